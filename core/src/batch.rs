@@ -1,0 +1,45 @@
+//! Cutting the event stream into batches for sinks.
+
+use std::time::Duration;
+
+use crate::event::Event;
+
+/// When the batcher cuts a batch: at the first limit reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// How long the first event of a batch may wait for more: the latency bound on a quiet stream.
+    pub max_wait: Duration,
+}
+
+impl Default for BatchLimits {
+    /// Large enough that a busy stream writes few, big target transactions; short enough in time that a quiet
+    /// stream lands within a tenth of a second.
+    fn default() -> Self {
+        BatchLimits { max_events: 10_000, max_bytes: 16 << 20, max_wait: Duration::from_millis(100) }
+    }
+}
+
+/// A run of consecutive events handed to every sink. Several source transactions may share a batch, and a
+/// transaction may continue into the next batch when it is larger than the limits.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub bytes: usize,
+}
+
+impl Batch {
+    pub fn push(&mut self, event: Event) {
+        self.bytes += event.size_hint();
+        self.events.push(event);
+    }
+
+    pub fn is_full(&self, limits: &BatchLimits) -> bool {
+        self.events.len() >= limits.max_events || self.bytes >= limits.max_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}

@@ -1,0 +1,30 @@
+//! Ferry's core: the event model every component shares, and the generic pipeline runner.
+//!
+//! ```text
+//! Source ──Event──► transforms + batcher ──Batch──► Sink (one task each)
+//!    ▲                                                 │ commits rows + checkpoint atomically
+//!    └──── AckTracker: min over sinks of durable positions ◄┘
+//! ```
+//!
+//! Values ([`Value`]), schemas ([`TableSchema`]) and positions ([`Position`]) are plain data. Sources emit
+//! [`Event`]s in commit order; [`pipeline::run_sink`] gives each sink only what its checkpoint does not include and
+//! acknowledges a position upstream only once every sink has made it durable.
+
+pub mod batch;
+pub mod error;
+pub mod event;
+pub mod pipeline;
+pub mod position;
+pub mod schema;
+pub mod sink;
+pub mod temporal;
+pub mod value;
+
+pub use batch::{Batch, BatchLimits};
+pub use error::{Error, ErrorClass, Result};
+pub use event::{Change, Event, Row, RowOp};
+pub use position::{Lsn, Position};
+pub use schema::{Column, ColumnType, SchemaRef, TableId, TableSchema};
+pub use sink::{Sink, Transform};
+pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};
+pub use value::{Decimal, Uuid, Value};

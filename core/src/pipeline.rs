@@ -1,0 +1,289 @@
+//! The generic pipeline runner: transforms and batcher, sink tasks and the ack tracker.
+//!
+//! ```text
+//! source task ──mpsc<Event>──► run_batcher (transforms, batch cutting) ──mpsc<Arc<Batch>> (1 in flight)──► run_sink ×N
+//!      ▲                                                                                                   │
+//!      └──────────────── watch<Option<Position>>: minimum over sinks of the durable checkpoint ◄── AckTracker ┘
+//! ```
+//!
+//! Progress tracking: a sink reports a position to the [`AckTracker`] only after [`Sink::apply`] committed it
+//! together with the rows, and the tracker publishes the minimum over all sinks. The source acknowledges exactly
+//! that position upstream, so the source keeps every change some sink has not yet made durable.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::batch::{Batch, BatchLimits};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::position::Position;
+use crate::sink::{Sink, Transform};
+
+/// Applies transforms, cuts batches and hands each batch to every sink. Returns when `input` closes, after
+/// handing on the last batch; dropping the outputs then tells the sinks to finish.
+pub async fn run_batcher(
+    mut input: mpsc::Receiver<Event>,
+    mut transforms: Vec<Box<dyn Transform>>,
+    limits: BatchLimits,
+    outputs: Vec<mpsc::Sender<Arc<Batch>>>,
+) -> Result<()> {
+    let mut batch = Batch::default();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(at) => tokio::select! {
+                biased;
+                event = input.recv() => event,
+                _ = tokio::time::sleep_until(at) => {
+                    send(&outputs, std::mem::take(&mut batch)).await?;
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => input.recv().await,
+        };
+        let Some(event) = next else { break };
+        let Some(event) = transforms.iter_mut().try_fold(event, |e, t| t.apply(e)) else { continue };
+        if batch.is_empty() {
+            deadline = Some(Instant::now() + limits.max_wait);
+        }
+        batch.push(event);
+        if batch.is_full(&limits) {
+            send(&outputs, std::mem::take(&mut batch)).await?;
+            deadline = None;
+        }
+    }
+    if !batch.is_empty() {
+        send(&outputs, batch).await?;
+    }
+    Ok(())
+}
+
+async fn send(outputs: &[mpsc::Sender<Arc<Batch>>], batch: Batch) -> Result<()> {
+    let batch = Arc::new(batch);
+    for out in outputs {
+        out.send(batch.clone()).await.map_err(|_| Error::fatal("a sink stopped while the pipeline was running"))?;
+    }
+    Ok(())
+}
+
+/// Publishes the minimum durable position over all sinks of a pipeline.
+#[derive(Clone)]
+pub struct AckTracker {
+    inner: Arc<AckInner>,
+}
+
+struct AckInner {
+    positions: Mutex<Vec<Option<Position>>>,
+    acked: watch::Sender<Option<Position>>,
+}
+
+impl AckTracker {
+    /// A tracker for `sinks` sinks, each starting at its stored checkpoint; also returns the receiver the source
+    /// reads the acknowledged position from. The receiver sees the channel close when every tracker handle is
+    /// dropped, which tells the source all sinks have finished.
+    pub fn new(checkpoints: Vec<Option<Position>>) -> (AckTracker, watch::Receiver<Option<Position>>) {
+        let min = minimum(&checkpoints);
+        let (acked, rx) = watch::channel(min);
+        (AckTracker { inner: Arc::new(AckInner { positions: Mutex::new(checkpoints), acked }) }, rx)
+    }
+
+    /// Records that sink `index` has made everything up to `position` durable.
+    pub fn report(&self, index: usize, position: Position) {
+        let mut positions = self.inner.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions[index] = Some(position);
+        let min = minimum(&positions);
+        self.inner.acked.send_if_modified(|current| {
+            let changed = *current != min;
+            *current = min;
+            changed
+        });
+    }
+}
+
+/// The smallest position, or `None` while any sink has none. Positions of different kinds never meet in one
+/// pipeline (one source), so an incomparable pair is treated as "not yet".
+fn minimum(positions: &[Option<Position>]) -> Option<Position> {
+    let mut min: Option<&Position> = None;
+    for p in positions {
+        let p = p.as_ref()?;
+        min = match min {
+            None => Some(p),
+            Some(m) => match p.try_cmp(m) {
+                Ok(std::cmp::Ordering::Less) => Some(p),
+                Ok(_) => Some(m),
+                Err(_) => return None,
+            },
+        };
+    }
+    min.cloned()
+}
+
+/// Feeds batches to one sink. Skips transactions the sink's checkpoint already includes, splits each batch at its
+/// last durable point so the sink commits as much as it can, and reports each commit to the tracker.
+pub async fn run_sink<S: Sink>(
+    mut sink: S,
+    index: usize,
+    checkpoint: Option<Position>,
+    mut batches: mpsc::Receiver<Arc<Batch>>,
+    tracker: AckTracker,
+) -> Result<()> {
+    let mut skip = SkipCovered { checkpoint, skipping: false };
+    while let Some(batch) = batches.recv().await {
+        let owned;
+        let events: &[Event] = if skip.needs_filter(&batch.events)? {
+            owned = skip.filter(&batch.events)?;
+            &owned
+        } else {
+            &batch.events
+        };
+        let split = last_durable_point(events);
+        match split {
+            Some((i, position)) => {
+                sink.apply(&events[..=i], Some(position)).await?;
+                debug!(sink = sink.name(), position = %position, "committed batch");
+                skip.checkpoint = Some(position.clone());
+                tracker.report(index, position.clone());
+                if i + 1 < events.len() {
+                    sink.apply(&events[i + 1..], None).await?;
+                }
+            }
+            None if !events.is_empty() => sink.apply(events, None).await?,
+            None => {}
+        }
+    }
+    info!(sink = sink.name(), "sink finished");
+    Ok(())
+}
+
+fn last_durable_point(events: &[Event]) -> Option<(usize, &Position)> {
+    events.iter().enumerate().rev().find_map(|(i, e)| match e {
+        Event::Commit { position, .. } | Event::Heartbeat { position } => Some((i, position)),
+        _ => None,
+    })
+}
+
+/// Drops the transactions and heartbeats a sink's checkpoint already includes (replay from the minimum over sinks
+/// after a restart).
+struct SkipCovered {
+    checkpoint: Option<Position>,
+    /// Inside a covered transaction carried over from the previous batch.
+    skipping: bool,
+}
+
+impl SkipCovered {
+    fn covered(&self, event: &Event) -> Result<bool> {
+        let Some(cp) = &self.checkpoint else { return Ok(false) };
+        let covered = match event {
+            Event::Begin { commit_at } => cp.includes(commit_at),
+            Event::Heartbeat { position } => position.try_cmp(cp).map(|o| o.is_le()),
+            _ => return Ok(false),
+        };
+        covered.map_err(|e| Error::fatal_from("the stored checkpoint does not belong to this source", e))
+    }
+
+    fn needs_filter(&self, events: &[Event]) -> Result<bool> {
+        if self.skipping {
+            return Ok(true);
+        }
+        for e in events {
+            if self.covered(e)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn filter(&mut self, events: &[Event]) -> Result<Vec<Event>> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            if self.skipping {
+                if matches!(e, Event::Commit { .. }) {
+                    self.skipping = false;
+                }
+                // Schema events inside a skipped transaction still describe the stream from here on.
+                if matches!(e, Event::Schema(_)) {
+                    out.push(e.clone());
+                }
+                continue;
+            }
+            if self.covered(e)? {
+                self.skipping = matches!(e, Event::Begin { .. });
+                continue;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Lsn;
+    use crate::temporal::Timestamp;
+
+    fn pg(n: u64) -> Position {
+        Position::Pg(Lsn(n))
+    }
+
+    fn txn(commit_start: u64, end: u64) -> Vec<Event> {
+        vec![
+            Event::Begin { commit_at: pg(commit_start) },
+            Event::Change(crate::event::Change::Truncate { tables: vec![] }),
+            Event::Commit { position: pg(end), commit_time: Timestamp(0) },
+        ]
+    }
+
+    #[test]
+    fn skips_transactions_the_checkpoint_includes() {
+        let mut skip = SkipCovered { checkpoint: Some(pg(20)), skipping: false };
+        let mut events = txn(10, 20);
+        events.extend(txn(20, 30));
+        assert!(skip.needs_filter(&events).unwrap());
+        let kept = skip.filter(&events).unwrap();
+        assert_eq!(kept, txn(20, 30));
+    }
+
+    #[test]
+    fn skips_a_covered_transaction_split_across_batches() {
+        let mut skip = SkipCovered { checkpoint: Some(pg(20)), skipping: false };
+        let t = txn(10, 20);
+        assert!(skip.filter(&t[..2]).unwrap().is_empty());
+        assert!(skip.needs_filter(&t[2..]).unwrap());
+        assert!(skip.filter(&t[2..]).unwrap().is_empty());
+        assert!(!skip.needs_filter(&txn(25, 30)).unwrap());
+    }
+
+    #[test]
+    fn tracker_publishes_the_minimum_over_sinks() {
+        let (tracker, rx) = AckTracker::new(vec![None, Some(pg(5))]);
+        assert_eq!(*rx.borrow(), None);
+        tracker.report(0, pg(9));
+        assert_eq!(*rx.borrow(), Some(pg(5)));
+        tracker.report(1, pg(12));
+        assert_eq!(*rx.borrow(), Some(pg(9)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batcher_cuts_on_size_and_on_time() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let limits = BatchLimits { max_events: 3, max_bytes: usize::MAX, max_wait: std::time::Duration::from_secs(1) };
+        let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx]));
+        for e in txn(1, 2) {
+            tx.send(e).await.unwrap();
+        }
+        assert_eq!(out_rx.recv().await.unwrap().events.len(), 3);
+        tx.send(Event::Heartbeat { position: pg(3) }).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(out_rx.recv().await.unwrap().events.len(), 1);
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+        drop(tx);
+        task.await.unwrap().unwrap();
+        assert!(out_rx.recv().await.is_none());
+    }
+}

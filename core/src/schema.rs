@@ -1,0 +1,93 @@
+//! Table identities and versioned table schemas.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A source table: schema (or database, for MySQL) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableId { schema: schema.into(), name: name.into() }
+    }
+
+    /// Parses `schema.table`; a bare `table` is in `default_schema`.
+    pub fn parse(s: &str, default_schema: &str) -> Option<TableId> {
+        let (schema, name) = s.split_once('.').unwrap_or((default_schema, s));
+        (!schema.is_empty() && !name.is_empty() && !name.contains('.')).then(|| TableId::new(schema, name))
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// The logical type of a column: how its values are decoded and how a sink stores them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    Text,
+    Bytes,
+    Json,
+    Jsonb,
+    Uuid,
+    Date,
+    Time,
+    TimeTz,
+    Timestamp,
+    TimestampTz,
+    Interval,
+    Array(Box<ColumnType>),
+    /// Carried as text: network addresses, bit strings, money, enums, ranges, geometry, tsvector, composites,
+    /// extension types. Their text form is exact in the source's own syntax.
+    Other,
+}
+
+/// One column of a table schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    /// The column's type as the source spells it in DDL (`numeric(12,2)`, `character varying(40)`, `integer[]`),
+    /// with enums and other user-defined types replaced by what a target without them can hold.
+    pub source_type: String,
+    pub nullable: bool,
+}
+
+/// A table's columns at one moment of the stream. Schemas are shared (`Arc`) by every change that uses them and
+/// replaced, never mutated, when the source reports a change; `version` grows with each replacement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub id: TableId,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order; empty when the table has none.
+    pub primary_key: Vec<usize>,
+    pub version: u64,
+}
+
+/// A shared schema.
+pub type SchemaRef = Arc<TableSchema>;
+
+impl TableSchema {
+    /// The position of a column by name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Whether rows can be matched by a primary key.
+    pub fn has_primary_key(&self) -> bool {
+        !self.primary_key.is_empty()
+    }
+}

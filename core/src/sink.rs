@@ -1,0 +1,34 @@
+//! The contract every sink implements.
+
+use std::future::Future;
+
+use crate::error::Result;
+use crate::event::Event;
+use crate::position::Position;
+
+/// A destination that applies events and stores its checkpoint atomically with them.
+pub trait Sink: Send + 'static {
+    /// A short name for logs, metrics and the checkpoint row (`sink` column).
+    fn name(&self) -> &str;
+
+    /// Reads the checkpoint stored by the last durable [`Sink::apply`] with a commit, `None` if this sink has
+    /// never committed for this pipeline. Called once, before any `apply`.
+    fn checkpoint(&mut self) -> impl Future<Output = Result<Option<Position>>> + Send;
+
+    /// Applies `events` in order inside the sink's open target transaction, opening one if none is open.
+    ///
+    /// With `commit = Some(p)`, the sink stores `p` as its checkpoint in that same transaction and commits it
+    /// before returning: on `Ok`, every event applied since the previous commit and the checkpoint are durable
+    /// together; on `Err` or a crash, none of them are. With `commit = None` the transaction stays open for the
+    /// next call (a source transaction larger than one batch). The runner never passes a transaction the
+    /// checkpoint already includes, so the sink need not deduplicate.
+    fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A pure, synchronous stage between source and sinks.
+pub trait Transform: Send {
+    /// Returns the event to pass on, changed or not, or `None` to drop it. Only `Change` and `Schema` events may
+    /// be dropped: positions (`Begin`, `Commit`, `Heartbeat`) always pass so filtered transactions still advance
+    /// the checkpoint.
+    fn apply(&mut self, event: Event) -> Option<Event>;
+}
