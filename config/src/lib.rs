@@ -1,1 +1,149 @@
-//! placeholder
+//! Ferry's configuration: TOML files with `${VAR}` expansion, validated into typed pipelines.
+//!
+//! Parsing and validation are separate and pure: [`load_str`] reports every problem of a file at once, each with
+//! the file, the key path and the expected form. Connecting to servers comes later (`ferry check`).
+
+mod env;
+mod model;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use env::{expand, ExpandError};
+pub use model::{FilterConfig, PipelineConfig, PostgresSource, SinkConfig, SinkKind, SnapshotMode, SourceConfig};
+pub use validate::parse_duration;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `sink[1].url`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates config text. `env` looks up `${VAR}` references.
+pub fn load_str(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigErrors> {
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let key = match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            }
+            None => "(syntax)".to_owned(),
+        };
+        ConfigErrors(vec![ConfigError { file: file.to_path_buf(), key, message: format!("not valid TOML: {}", e.message()) }])
+    })?;
+    validate::validate(file, &doc, env)
+}
+
+/// Reads, parses and validates a config file using the process environment.
+pub fn load_file(file: &Path) -> Result<PipelineConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: file.to_path_buf(), key: "(file)".into(), message: format!("cannot read: {e}") }])
+    })?;
+    load_str(file, &text, &|name| std::env::var(name).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<PipelineConfig, ConfigErrors> {
+        load_str(Path::new("/etc/ferry/p.toml"), text, &|n| (n == "PW").then(|| "pw".to_owned()))
+    }
+
+    const GOOD: &str = r#"
+        [pipeline]
+        name = "orders"
+        [source]
+        type = "postgres"
+        url = "postgres://ferry:${PW}@127.0.0.1:5432/shop"
+        tables = ["public.orders", "items"]
+        [sink]
+        type = "sqlite"
+        path = "replica.db"
+    "#;
+
+    #[test]
+    fn reads_a_complete_pipeline() {
+        let p = load(GOOD).unwrap();
+        assert_eq!(p.name, "orders");
+        let SourceConfig::Postgres(pg) = &p.source;
+        assert_eq!(pg.url, "postgres://ferry:pw@127.0.0.1:5432/shop");
+        assert_eq!(pg.slot, "ferry_orders");
+        assert_eq!(pg.snapshot, SnapshotMode::Initial);
+        assert_eq!(pg.tables.as_ref().unwrap()[1].to_string(), "public.items");
+        assert_eq!(p.sinks[0].kind, SinkKind::Sqlite { path: "/etc/ferry/replica.db".into() });
+        assert_eq!(p.heartbeat_interval, Some(std::time::Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn reports_every_error_with_key_and_expectation() {
+        let text = r#"
+            [pipeline]
+            name = "bad name"
+            colour = "red"
+            [source]
+            type = "postgres"
+            url = "mysql://x"
+            snapshot = "sometimes"
+            [[sink]]
+            type = "postgres"
+            [[sink]]
+            type = "kafkaa"
+        "#;
+        let errs = load(text).unwrap_err();
+        let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["pipeline.name", "pipeline.colour", "source.url", "source.snapshot", "sink[0].url", "sink[1].type"]);
+        let text = errs.to_string();
+        assert!(text.contains("/etc/ferry/p.toml: source.snapshot: expected \"initial\", \"never\" or \"only\", found \"sometimes\""), "{text}");
+        assert!(text.contains("pipeline.colour: unknown key; expected one of:"), "{text}");
+    }
+
+    #[test]
+    fn unset_variable_names_the_key() {
+        let errs = load(&GOOD.replace("${PW}", "${MISSING}")).unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert_eq!(errs.0[0].key, "source.url");
+        assert!(errs.0[0].message.contains("MISSING is not set"));
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let errs = load("[pipeline]\nname = \n").unwrap_err();
+        assert!(errs.0[0].key.starts_with("line "), "{errs}");
+    }
+
+    #[test]
+    fn duplicate_sink_names_are_rejected() {
+        let text = GOOD.to_owned() + "\n[[sink]]\n";
+        assert!(load(&text).is_err());
+        let fan_out = GOOD.replace("[sink]", "[[sink]]") + "[[sink]]\ntype = \"sqlite\"\npath = \"b.db\"\nname = \"sqlite\"\n";
+        let errs = load(&fan_out).unwrap_err();
+        assert!(errs.to_string().contains("used twice"), "{errs}");
+    }
+}

@@ -1,0 +1,89 @@
+//! The typed, validated pipeline configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_core::{BatchLimits, TableId};
+
+/// One pipeline: a source, its filters, and one or more sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// The file this pipeline was read from, for messages.
+    pub file: PathBuf,
+    pub name: String,
+    pub source: SourceConfig,
+    pub filter: FilterConfig,
+    pub sinks: Vec<SinkConfig>,
+    pub batch: BatchLimits,
+    /// How long the source may be idle before Ferry writes a heartbeat so the source's log position advances.
+    /// `None` turns heartbeats off.
+    pub heartbeat_interval: Option<Duration>,
+    /// Tables copied at once by the initial snapshot.
+    pub snapshot_parallelism: usize,
+    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`), if any.
+    pub http_listen: Option<String>,
+}
+
+/// Where changes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    Postgres(PostgresSource),
+}
+
+/// A PostgreSQL logical-replication source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresSource {
+    /// A libpq-style URL (`postgres://user:pw@host:port/db?sslmode=…`).
+    pub url: String,
+    /// Tables to publish; `None` publishes all tables.
+    pub tables: Option<Vec<TableId>>,
+    pub snapshot: SnapshotMode,
+    pub slot: String,
+    pub publication: String,
+}
+
+/// Whether and how the initial snapshot runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Copy existing rows when there is no checkpoint, then stream.
+    Initial,
+    /// Never copy existing rows: stream changes from the slot's creation on.
+    Never,
+    /// Copy existing rows, then stop.
+    Only,
+}
+
+/// Table and column filters applied in the transform stage.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FilterConfig {
+    /// When set, only these tables pass.
+    pub include_tables: Option<Vec<TableId>>,
+    pub exclude_tables: Vec<TableId>,
+    /// Columns removed from every row and from the target schema.
+    pub exclude_columns: Vec<(TableId, String)>,
+}
+
+/// Where changes go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    /// Unique within the pipeline; names the checkpoint row.
+    pub name: String,
+    pub kind: SinkKind,
+}
+
+/// The backend of a sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    Postgres { url: String },
+    Sqlite { path: PathBuf },
+}
+
+impl SinkKind {
+    /// The `type` key's value.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Postgres { .. } => "postgres",
+            SinkKind::Sqlite { .. } => "sqlite",
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Pure validation of a parsed TOML document into a [`PipelineConfig`], collecting every error.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_core::{BatchLimits, TableId};
+use toml::{Table, Value};
+
+use crate::env::expand;
+use crate::model::*;
+use crate::{ConfigError, ConfigErrors};
+
+/// Collects errors while reading one file.
+struct Reader<'a> {
+    file: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+/// A table being read, with the keys looked at so far (the rest are unknown).
+struct Section<'t> {
+    path: String,
+    table: &'t Table,
+    known: BTreeSet<&'static str>,
+}
+
+impl<'t> Section<'t> {
+    fn new(path: impl Into<String>, table: &'t Table) -> Self {
+        Section { path: path.into(), table, known: BTreeSet::new() }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+}
+
+impl Reader<'_> {
+    fn error(&mut self, key: String, message: impl Into<String>) {
+        self.errors.push(ConfigError { file: self.file.to_path_buf(), key, message: message.into() });
+    }
+
+    fn get<'t>(&mut self, sec: &mut Section<'t>, key: &'static str) -> Option<&'t Value> {
+        sec.known.insert(key);
+        sec.table.get(key)
+    }
+
+    fn string(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<String> {
+        match self.get(sec, key)? {
+            Value::String(s) => match expand(s, self.env) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.error(sec.key(key), e.to_string());
+                    None
+                }
+            },
+            other => {
+                self.error(sec.key(key), format!("expected {expected}, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<String> {
+        if !sec.table.contains_key(key) {
+            sec.known.insert(key);
+            self.error(sec.key(key), format!("missing; expected {expected}"));
+            return None;
+        }
+        self.string(sec, key, expected)
+    }
+
+    fn string_list(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<Vec<String>> {
+        let value = self.get(sec, key)?;
+        let Value::Array(items) = value else {
+            self.error(sec.key(key), format!("expected a list of {expected}, found {}", value.type_str()));
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Value::String(s) => match expand(s, self.env) {
+                    Ok(v) => out.push(v),
+                    Err(e) => self.error(format!("{}[{i}]", sec.key(key)), e.to_string()),
+                },
+                other => {
+                    self.error(format!("{}[{i}]", sec.key(key)), format!("expected {expected}, found {}", other.type_str()))
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn positive_int(&mut self, sec: &mut Section<'_>, key: &'static str) -> Option<usize> {
+        match self.get(sec, key)? {
+            Value::Integer(n) if *n > 0 => Some(*n as usize),
+            other => {
+                self.error(sec.key(key), format!("expected a positive integer, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, sec: &mut Section<'_>, key: &'static str, allow_off: bool) -> Option<Option<Duration>> {
+        let text = self.string(sec, key, "a duration such as \"500ms\", \"10s\" or \"2m\"")?;
+        if allow_off && text == "off" {
+            return Some(None);
+        }
+        match parse_duration(&text) {
+            Some(d) => Some(Some(d)),
+            None => {
+                let off = if allow_off { " or \"off\"" } else { "" };
+                self.error(sec.key(key), format!("expected a duration such as \"500ms\", \"10s\" or \"2m\"{off}, found {text:?}"));
+                None
+            }
+        }
+    }
+
+    fn table_id(&mut self, key: String, text: &str) -> Option<TableId> {
+        let id = TableId::parse(text, "public");
+        if id.is_none() {
+            self.error(key, format!("expected a table as \"schema.table\", found {text:?}"));
+        }
+        id
+    }
+
+    fn table_list(&mut self, sec: &mut Section<'_>, key: &'static str) -> Option<Vec<TableId>> {
+        let names = self.string_list(sec, key, "tables as \"schema.table\"")?;
+        Some(names.iter().enumerate().filter_map(|(i, n)| self.table_id(format!("{}[{i}]", sec.key(key)), n)).collect())
+    }
+
+    fn subtable<'t>(&mut self, sec: &mut Section<'t>, key: &'static str) -> Option<Section<'t>> {
+        match self.get(sec, key)? {
+            Value::Table(t) => Some(Section::new(sec.key(key), t)),
+            other => {
+                self.error(sec.key(key), format!("expected a table ([{}]), found {}", sec.key(key), other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// Reports keys of `sec` that were never looked at.
+    fn finish(&mut self, sec: Section<'_>) {
+        for key in sec.table.keys() {
+            if !sec.known.contains(key.as_str()) {
+                let known: Vec<_> = sec.known.iter().copied().collect();
+                self.error(sec.key(key), format!("unknown key; expected one of: {}", known.join(", ")));
+            }
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Integer(n) => n.to_string(),
+        other => other.type_str().to_owned(),
+    }
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
+}
+
+/// Validates one parsed file. `env` looks variables up; `base_dir` resolves relative SQLite paths.
+pub fn validate(
+    file: &Path,
+    doc: &Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, ConfigErrors> {
+    let mut r = Reader { file, env, errors: Vec::new() };
+    let mut root = Section::new("", doc);
+
+    let mut name = None;
+    let mut batch = BatchLimits::default();
+    let mut heartbeat_interval = Some(Duration::from_secs(10));
+    let mut snapshot_parallelism = 2;
+    let mut http_listen = None;
+    match r.subtable(&mut root, "pipeline") {
+        Some(mut p) => {
+            name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
+            if let Some(n) = &name {
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || n.len() > 40 {
+                    r.error(p.key("name"), format!("expected letters, digits and _ (at most 40; it names the replication slot), found {n:?}"));
+                }
+            }
+            if let Some(d) = r.duration(&mut p, "heartbeat_interval", true) {
+                heartbeat_interval = d;
+            }
+            if let Some(n) = r.positive_int(&mut p, "snapshot_parallelism") {
+                snapshot_parallelism = n;
+            }
+            http_listen = r.string(&mut p, "http_listen", "an address such as \"127.0.0.1:9180\"");
+            if let Some(mut b) = r.subtable(&mut p, "batch") {
+                if let Some(n) = r.positive_int(&mut b, "max_events") {
+                    batch.max_events = n;
+                }
+                if let Some(n) = r.positive_int(&mut b, "max_bytes") {
+                    batch.max_bytes = n;
+                }
+                if let Some(Some(d)) = r.duration(&mut b, "max_wait", false) {
+                    batch.max_wait = d;
+                }
+                r.finish(b);
+            }
+            r.finish(p);
+        }
+        None if !doc.contains_key("pipeline") => r.error("pipeline".into(), "missing; expected a [pipeline] table with name = \"…\""),
+        None => {}
+    }
+    let pipeline_name = name.clone().unwrap_or_default().to_lowercase();
+
+    let source = match r.subtable(&mut root, "source") {
+        Some(s) => read_source(&mut r, s, &pipeline_name),
+        None => {
+            if !doc.contains_key("source") {
+                r.error("source".into(), "missing; expected a [source] table with type = \"postgres\"");
+            }
+            None
+        }
+    };
+
+    let filter = match r.subtable(&mut root, "filter") {
+        Some(f) => read_filter(&mut r, f),
+        None => FilterConfig::default(),
+    };
+    let filter = FilterConfig {
+        include_tables: match &source {
+            Some(SourceConfig::Postgres(pg)) => pg.tables.clone(),
+            None => None,
+        },
+        ..filter
+    };
+
+    let sinks = read_sinks(&mut r, &mut root);
+    r.finish(root);
+
+    if r.errors.is_empty() {
+        if let (Some(name), Some(source)) = (name, source) {
+            return Ok(PipelineConfig {
+                file: file.to_path_buf(),
+                name,
+                source,
+                filter,
+                sinks,
+                batch,
+                heartbeat_interval,
+                snapshot_parallelism,
+                http_listen,
+            });
+        }
+    }
+    Err(ConfigErrors(r.errors))
+}
+
+fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option<SourceConfig> {
+    let ty = r.required_string(&mut s, "type", "\"postgres\"");
+    let result = match ty.as_deref() {
+        Some("postgres") => {
+            let url = r.required_string(&mut s, "url", "a URL such as \"postgres://user@host:5432/db\"");
+            if let Some(u) = &url {
+                if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                    r.error(s.key("url"), "expected a URL starting with postgres:// or postgresql://".to_owned());
+                }
+            }
+            let tables = r.table_list(&mut s, "tables");
+            let snapshot = match r.string(&mut s, "snapshot", "\"initial\", \"never\" or \"only\"").as_deref() {
+                None | Some("initial") => Some(SnapshotMode::Initial),
+                Some("never") => Some(SnapshotMode::Never),
+                Some("only") => Some(SnapshotMode::Only),
+                Some(other) => {
+                    r.error(s.key("snapshot"), format!("expected \"initial\", \"never\" or \"only\", found {other:?}"));
+                    None
+                }
+            };
+            let default_name = format!("ferry_{pipeline}");
+            let slot = r.string(&mut s, "slot", "a slot name").unwrap_or_else(|| default_name.clone());
+            let publication = r.string(&mut s, "publication", "a publication name").unwrap_or(default_name);
+            Some(SourceConfig::Postgres(PostgresSource { url: url?, tables, snapshot: snapshot?, slot, publication }))
+        }
+        Some(other) => {
+            r.error(s.key("type"), format!("expected \"postgres\", found {other:?}"));
+            None
+        }
+        None => None,
+    };
+    r.finish(s);
+    result
+}
+
+fn read_filter(r: &mut Reader<'_>, mut f: Section<'_>) -> FilterConfig {
+    let exclude_tables = r.table_list(&mut f, "exclude_tables").unwrap_or_default();
+    let columns = r.string_list(&mut f, "exclude_columns", "columns as \"schema.table.column\"").unwrap_or_default();
+    let mut exclude_columns = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
+        match c.rsplit_once('.').and_then(|(t, col)| Some((TableId::parse(t, "public")?, col))) {
+            Some((t, col)) if !col.is_empty() => exclude_columns.push((t, col.to_owned())),
+            _ => r.error(format!("{}[{i}]", f.key("exclude_columns")), format!("expected \"schema.table.column\", found {c:?}")),
+        }
+    }
+    r.finish(f);
+    FilterConfig { include_tables: None, exclude_tables, exclude_columns }
+}
+
+fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
+    let sections: Vec<Section<'_>> = match r.get(root, "sink") {
+        Some(Value::Table(t)) => vec![Section::new("sink", t)],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match item {
+                Value::Table(t) => Some(Section::new(format!("sink[{i}]"), t)),
+                _ => {
+                    r.error(format!("sink[{i}]"), "expected a [[sink]] table");
+                    None
+                }
+            })
+            .collect(),
+        Some(other) => {
+            r.error("sink".into(), format!("expected a [sink] table or [[sink]] tables, found {}", other.type_str()));
+            return Vec::new();
+        }
+        None => {
+            r.error("sink".into(), "missing; expected a [sink] table with type = \"postgres\" or \"sqlite\"");
+            return Vec::new();
+        }
+    };
+    let mut sinks: Vec<SinkConfig> = Vec::new();
+    for mut s in sections {
+        let ty = r.required_string(&mut s, "type", "\"postgres\" or \"sqlite\"");
+        let name = r.string(&mut s, "name", "a sink name");
+        let kind = match ty.as_deref() {
+            Some("postgres") => {
+                let url = r.required_string(&mut s, "url", "a URL such as \"postgres://user@host:5432/db\"");
+                if let Some(u) = &url {
+                    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                        r.error(s.key("url"), "expected a URL starting with postgres:// or postgresql://");
+                    }
+                }
+                url.map(|url| SinkKind::Postgres { url })
+            }
+            Some("sqlite") => {
+                let path = r.required_string(&mut s, "path", "a file path such as \"replica.db\"");
+                path.map(|p| {
+                    let p = PathBuf::from(p);
+                    let base = r.file.parent().unwrap_or(Path::new("."));
+                    SinkKind::Sqlite { path: if p.is_relative() { base.join(p) } else { p } }
+                })
+            }
+            Some(other) => {
+                r.error(s.key("type"), format!("expected \"postgres\" or \"sqlite\", found {other:?}"));
+                None
+            }
+            None => None,
+        };
+        if let Some(kind) = kind {
+            let name = name.unwrap_or_else(|| {
+                let base = kind.type_name();
+                let n = sinks.iter().filter(|s| s.kind.type_name() == base).count();
+                if n == 0 { base.to_owned() } else { format!("{base}_{}", n + 1) }
+            });
+            if sinks.iter().any(|other| other.name == name) {
+                r.error(s.key("name"), format!("sink name {name:?} is used twice; give each sink a unique name"));
+            }
+            sinks.push(SinkConfig { name, kind });
+        }
+        r.finish(s);
+    }
+    sinks
+}
