@@ -1,1 +1,4 @@
-//! placeholder
+//! Ferry's sources. Each source emits [`ferry_core::Event`]s in commit order and acknowledges upstream only the
+//! position the sinks report as durable.
+
+pub mod postgres;

@@ -1,0 +1,205 @@
+//! Reading table schemas and resolving column types from the source's catalog.
+//!
+//! pgoutput's Relation message names the columns and their type OIDs; nullability, the primary key and what a
+//! type really is (a domain's base type, an enum, an extension type) come from the catalog over an ordinary
+//! connection. Resolved types are cached by OID.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ferry_core::{Column, ColumnType, Error, TableId, TableSchema};
+use tokio_postgres::Client;
+use tracing::warn;
+
+/// A column as the stream or the catalog lists it, before its type is resolved.
+#[derive(Debug, Clone)]
+pub struct RawColumn {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_modifier: i32,
+    /// Part of the replica identity, per the Relation message.
+    pub is_key: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ResolvedType {
+    ty: ColumnType,
+    /// The DDL type a target without this type's definition can use (`text` for enums, the base type for
+    /// domains); `None` when the column's own `format_type` is right.
+    ddl_override: Option<String>,
+    /// Why the values are carried as text, for the once-per-column log line.
+    as_text_reason: Option<&'static str>,
+}
+
+/// Catalog access for one source database.
+pub struct Catalog {
+    client: Client,
+    types: HashMap<u32, ResolvedType>,
+    warned: HashSet<(TableId, String)>,
+}
+
+fn catalog_error(e: tokio_postgres::Error) -> Error {
+    Error::transient("reading the source catalog", e)
+}
+
+/// The value type of a built-in (pg_catalog) type by name.
+fn builtin(typname: &str) -> Option<ColumnType> {
+    Some(match typname {
+        "bool" => ColumnType::Bool,
+        "int2" => ColumnType::Int2,
+        "int4" => ColumnType::Int4,
+        "int8" | "oid" => ColumnType::Int8,
+        "float4" => ColumnType::Float4,
+        "float8" => ColumnType::Float8,
+        "numeric" => ColumnType::Numeric,
+        "text" | "varchar" | "bpchar" | "name" | "char" => ColumnType::Text,
+        "bytea" => ColumnType::Bytes,
+        "json" => ColumnType::Json,
+        "jsonb" => ColumnType::Jsonb,
+        "uuid" => ColumnType::Uuid,
+        "date" => ColumnType::Date,
+        "time" => ColumnType::Time,
+        "timetz" => ColumnType::TimeTz,
+        "timestamp" => ColumnType::Timestamp,
+        "timestamptz" => ColumnType::TimestampTz,
+        "interval" => ColumnType::Interval,
+        _ => return None,
+    })
+}
+
+impl Catalog {
+    pub fn new(client: Client) -> Self {
+        Catalog { client, types: HashMap::new(), warned: HashSet::new() }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Resolves a type OID, following domains to their base type and arrays to their element type.
+    async fn resolve(&mut self, oid: u32) -> Result<ResolvedType, Error> {
+        if let Some(t) = self.types.get(&oid) {
+            return Ok(t.clone());
+        }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT t.typname::text, n.nspname::text, t.typtype::text, t.typbasetype::int8, t.typelem::int8, \
+                        t.typcategory::text, format_type(t.typbasetype, t.typtypmod) \
+                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1::int8::oid",
+                &[&i64::from(oid)],
+            )
+            .await
+            .map_err(catalog_error)?;
+        let Some(row) = row else {
+            return Ok(ResolvedType { ty: ColumnType::Other, ddl_override: Some("text".into()), as_text_reason: Some("unknown type") });
+        };
+        let typname: String = row.get(0);
+        let nspname: String = row.get(1);
+        let typtype: String = row.get(2);
+        let base: i64 = row.get(3);
+        let elem: i64 = row.get(4);
+        let category: String = row.get(5);
+        let base_ddl: Option<String> = row.get(6);
+        let resolved = if typtype == "d" {
+            let base_type = Box::pin(self.resolve(base as u32)).await?;
+            ResolvedType { ddl_override: base_type.ddl_override.clone().or(base_ddl), ..base_type }
+        } else if category == "A" && elem != 0 {
+            let element = Box::pin(self.resolve(elem as u32)).await?;
+            // box[] separates elements with ';': keep it whole as text.
+            let ty = if typname == "_box" { ColumnType::Other } else { ColumnType::Array(Box::new(element.ty)) };
+            ResolvedType {
+                ty,
+                ddl_override: element.ddl_override.map(|d| format!("{d}[]")),
+                as_text_reason: element.as_text_reason,
+            }
+        } else if typtype == "e" {
+            ResolvedType { ty: ColumnType::Other, ddl_override: Some("text".into()), as_text_reason: None }
+        } else if nspname == "pg_catalog" {
+            ResolvedType { ty: builtin(&typname).unwrap_or(ColumnType::Other), ddl_override: None, as_text_reason: None }
+        } else {
+            let reason = if typtype == "c" { "composite type" } else { "extension or user-defined type" };
+            ResolvedType { ty: ColumnType::Other, ddl_override: Some("text".into()), as_text_reason: Some(reason) }
+        };
+        self.types.insert(oid, resolved.clone());
+        Ok(resolved)
+    }
+
+    /// The relation's columns in catalog order, for the snapshot.
+    pub async fn columns(&self, rel_oid: u32) -> Result<Vec<RawColumn>, Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute \
+                 WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[&i64::from(rel_oid)],
+            )
+            .await
+            .map_err(catalog_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| RawColumn { name: r.get(0), type_oid: r.get::<_, i64>(1) as u32, type_modifier: r.get(2), is_key: false })
+            .collect())
+    }
+
+    /// Builds the schema of table `id` (relation `rel_oid`) with `columns` as the stream or snapshot sees them.
+    /// The primary key comes from the catalog; without one, replica-identity-index columns serve as the key.
+    pub async fn table_schema(
+        &mut self,
+        rel_oid: u32,
+        id: TableId,
+        columns: &[RawColumn],
+        replica_identity: u8,
+        version: u64,
+    ) -> Result<Arc<TableSchema>, Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, a.attnotnull, format_type(a.atttypid, a.atttypmod), \
+                        coalesce((SELECT array_position(i.indkey::int2[], a.attnum) FROM pg_index i \
+                                  WHERE i.indrelid = a.attrelid AND i.indisprimary), 0) \
+                 FROM pg_attribute a WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&i64::from(rel_oid)],
+            )
+            .await
+            .map_err(catalog_error)?;
+        let info: HashMap<String, (bool, String, i32)> =
+            rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3)))).collect();
+        let mut out = Vec::with_capacity(columns.len());
+        let mut pk: Vec<(i32, usize)> = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            let resolved = self.resolve(c.type_oid).await?;
+            let (not_null, format, pk_pos) = match info.get(&c.name) {
+                Some((nn, f, p)) => (*nn, f.clone(), *p),
+                None => {
+                    let row = self
+                        .client
+                        .query_one("SELECT format_type($1::int8::oid, $2)", &[&i64::from(c.type_oid), &c.type_modifier])
+                        .await
+                        .map_err(catalog_error)?;
+                    (false, row.get(0), 0)
+                }
+            };
+            if pk_pos > 0 {
+                pk.push((pk_pos, i));
+            }
+            if let Some(reason) = resolved.as_text_reason {
+                if self.warned.insert((id.clone(), c.name.clone())) {
+                    warn!(table = %id, column = %c.name, r#type = %format, reason, "column values pass through as text");
+                }
+            }
+            out.push(Column {
+                name: c.name.clone(),
+                ty: resolved.ty,
+                source_type: resolved.ddl_override.unwrap_or(format),
+                nullable: !not_null,
+            });
+        }
+        pk.sort();
+        let mut primary_key: Vec<usize> = pk.into_iter().map(|(_, i)| i).collect();
+        if primary_key.is_empty() && replica_identity == b'i' {
+            primary_key = columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+        }
+        Ok(Arc::new(TableSchema { id, columns: out, primary_key, version }))
+    }
+}

@@ -1,0 +1,164 @@
+//! The PostgreSQL logical-replication source.
+//!
+//! ```text
+//! start ─► publication ─► checkpoint? ──no──► create slot (exported snapshot) ─► snapshot ─► stream
+//!                                  └─yes──► check slot still covers the checkpoint ────────────► stream
+//! ```
+//!
+//! Progress tracking: the slot's confirmed position only moves when the sinks acknowledge (see `stream.rs`), so
+//! after any crash the slot still holds every change after the minimum checkpoint.
+
+mod catalog;
+mod check;
+mod conn;
+mod decode;
+pub mod pgoutput;
+mod slot;
+mod snapshot;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_config::{PostgresSource, SnapshotMode};
+use ferry_core::{Error, Event, Lsn, Position};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+pub use check::{check_prerequisites, CheckOutcome};
+pub use decode::{decode_text, ValueError};
+pub use slot::{quote_ident, slot_info, SlotInfo};
+pub use snapshot::SnapshotProgress;
+
+use catalog::Catalog;
+use conn::ReplicationConn;
+
+/// The session settings that fix each type's text form (the replication connection sets the same in its startup
+/// options).
+const SESSION_SQL: &str =
+    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex';";
+
+/// Opens an ordinary connection (catalog queries, snapshot copies, heartbeats).
+pub async fn connect_client(url: &str) -> Result<Client, Error> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| Error::fatal_from("source url", e))?;
+    let (client, connection) =
+        config.connect(NoTls).await.map_err(|e| Error::transient("cannot connect to the source database", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "source connection closed");
+        }
+    });
+    client.batch_execute(SESSION_SQL).await.map_err(|e| Error::transient("setting up the source session", e))?;
+    Ok(client)
+}
+
+/// How the source ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceExit {
+    /// Shutdown was requested; the final status update was sent.
+    Shutdown,
+    /// `snapshot = "only"` finished its copy.
+    SnapshotDone,
+}
+
+/// Everything the source needs besides its channels.
+#[derive(Debug, Clone)]
+pub struct PgSourceSettings {
+    pub pipeline: String,
+    pub config: PostgresSource,
+    pub heartbeat_interval: Option<Duration>,
+    pub snapshot_parallelism: usize,
+}
+
+/// Runs the source: snapshot if `resume` is `None`, then streams from the slot until `shutdown` turns true.
+pub async fn run(
+    settings: &PgSourceSettings,
+    resume: Option<Position>,
+    events: mpsc::Sender<Event>,
+    acked: watch::Receiver<Option<Position>>,
+    shutdown: watch::Receiver<bool>,
+    progress: Arc<SnapshotProgress>,
+) -> Result<SourceExit, Error> {
+    let cfg = &settings.config;
+    let client = connect_client(&cfg.url).await?;
+    check::require_logical_wal(&client).await?;
+    slot::ensure_publication(&client, &cfg.publication, cfg.tables.as_deref()).await?;
+    let mut catalog = Catalog::new(client);
+    let url_config: tokio_postgres::Config = cfg.url.parse().map_err(|e| Error::fatal_from("source url", e))?;
+    let application_name = format!("ferry_{}", settings.pipeline);
+
+    let start = match resume {
+        Some(checkpoint) => slot::check_resumable(catalog.client(), &cfg.slot, &checkpoint).await?,
+        None => {
+            if slot::drop_slot(catalog.client(), &cfg.slot).await? {
+                warn!(slot = %cfg.slot, "no sink holds a checkpoint: dropped the old slot to start over");
+            }
+            let mut creator = ReplicationConn::connect(&url_config, &application_name).await?;
+            let export = cfg.snapshot != SnapshotMode::Never;
+            let created = slot::create_slot(&mut creator, &cfg.slot, export).await?;
+            info!(slot = %cfg.slot, consistent_point = %created.consistent_point, "created replication slot");
+            if let (true, Some(name)) = (export, created.snapshot_name.as_deref()) {
+                let tables = slot::published_tables(catalog.client(), &cfg.publication)
+                    .await?
+                    .into_iter()
+                    .map(|(id, oid, estimated_rows)| snapshot::SnapshotTable { id, oid, estimated_rows })
+                    .collect();
+                snapshot::run(
+                    &cfg.url,
+                    name,
+                    created.consistent_point,
+                    tables,
+                    &mut catalog,
+                    &events,
+                    settings.snapshot_parallelism,
+                    progress,
+                )
+                .await?;
+            } else {
+                let position = Position::Pg(created.consistent_point);
+                let send = |e| events.send(e);
+                let closed = |_| Error::fatal("the pipeline stopped");
+                send(Event::Begin { commit_at: position.clone() }).await.map_err(closed)?;
+                send(Event::Commit { position, commit_time: ferry_core::Timestamp(0) }).await.map_err(closed)?;
+            }
+            creator.terminate().await;
+            if cfg.snapshot == SnapshotMode::Only {
+                return Ok(SourceExit::SnapshotDone);
+            }
+            created.consistent_point
+        }
+    };
+    let conn = ReplicationConn::connect(&url_config, &application_name).await?;
+    let streamer = stream::Streamer {
+        conn,
+        catalog,
+        events,
+        acked,
+        shutdown,
+        heartbeat_interval: settings.heartbeat_interval,
+        decoder: Default::default(),
+        relations: Default::default(),
+        schema_versions: 0,
+        in_transaction: false,
+    };
+    streamer.run(&cfg.slot, &cfg.publication, start).await?;
+    Ok(SourceExit::Shutdown)
+}
+
+/// Drops the slot and the publication (for `ferry reset`).
+pub async fn reset(config: &PostgresSource) -> Result<(bool, ()), Error> {
+    let client = connect_client(&config.url).await?;
+    let dropped = slot::drop_slot(&client, &config.slot).await?;
+    slot::drop_publication(&client, &config.publication).await?;
+    Ok((dropped, ()))
+}
+
+/// The source's current WAL position (for lag in `ferry status`).
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, Error> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| Error::transient("reading the current WAL position", e))?;
+    row.get::<_, String>(0).parse().map_err(|e| Error::fatal_from("pg_current_wal_lsn", e))
+}

@@ -1,0 +1,168 @@
+//! Replication slot and publication management, and the checks that keep resumption gap-free.
+
+use ferry_core::{Error, Lsn, Position, TableId};
+use tokio_postgres::Client;
+
+use super::conn::ReplicationConn;
+
+fn sql_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |e| match e.code() {
+        Some(code) if code.code().starts_with("42") => Error::fatal_from(what.to_owned(), e),
+        _ => Error::transient(what.to_owned(), e),
+    }
+}
+
+/// Quotes an identifier for PostgreSQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for PostgreSQL.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn qualified(t: &TableId) -> String {
+    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+}
+
+/// What the server says about a slot.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub confirmed_flush: Option<Lsn>,
+    pub active: bool,
+    /// `lost` means the server removed WAL the slot needed.
+    pub wal_status: Option<String>,
+}
+
+/// Reads the slot, `None` when it does not exist.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, active, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql_error("reading the replication slot"))?;
+    Ok(row.map(|r| SlotInfo {
+        confirmed_flush: r.get::<_, Option<String>>(0).and_then(|s| s.parse().ok()),
+        active: r.get(1),
+        wal_status: r.get(2),
+    }))
+}
+
+/// Creates the publication when missing; when tables are listed, makes it publish exactly those.
+pub async fn ensure_publication(client: &Client, name: &str, tables: Option<&[TableId]>) -> Result<(), Error> {
+    let exists = client
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(sql_error("reading the publication"))?;
+    let target = match tables {
+        Some(t) => format!("TABLE {}", t.iter().map(qualified).collect::<Vec<_>>().join(", ")),
+        None => "ALL TABLES".to_owned(),
+    };
+    let sql = match (exists, tables) {
+        (None, _) => format!("CREATE PUBLICATION {} FOR {target}", quote_ident(name)),
+        (Some(_), Some(_)) => format!("ALTER PUBLICATION {} SET {target}", quote_ident(name)),
+        (Some(row), None) if row.get::<_, bool>(0) => return Ok(()),
+        (Some(_), None) => {
+            return Err(Error::fatal(format!(
+                "publication {name} exists but does not publish all tables, while the config lists none; \
+                 list the tables under [source] tables, or run: DROP PUBLICATION {}",
+                quote_ident(name)
+            )))
+        }
+    };
+    client.batch_execute(&sql).await.map_err(sql_error("creating the publication"))
+}
+
+/// The tables the publication publishes, with their relation OIDs and row estimates.
+pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<(TableId, u32, f64)>, Error> {
+    let rows = client
+        .query(
+            "SELECT p.schemaname::text, p.tablename::text, c.oid::int8, greatest(c.reltuples, 0)::float8 \
+             FROM pg_publication_tables p \
+             JOIN pg_namespace n ON n.nspname = p.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+             WHERE p.pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await
+        .map_err(sql_error("listing the published tables"))?;
+    Ok(rows.iter().map(|r| (TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get::<_, i64>(2) as u32, r.get(3))).collect())
+}
+
+/// A freshly created slot and the snapshot that matches its start.
+pub struct CreatedSlot {
+    pub consistent_point: Lsn,
+    pub snapshot_name: Option<String>,
+}
+
+/// Creates the logical slot on `conn`. With `export_snapshot`, the returned snapshot stays usable until `conn`
+/// runs another command or closes.
+pub async fn create_slot(conn: &mut ReplicationConn, slot: &str, export_snapshot: bool) -> Result<CreatedSlot, Error> {
+    let mode = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+    let rows = conn.simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}", quote_ident(slot))).await?;
+    let row = rows.first().ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
+    let consistent_point = row
+        .get(1)
+        .and_then(|v| v.as_deref())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
+    Ok(CreatedSlot { consistent_point, snapshot_name: row.get(2).cloned().flatten() })
+}
+
+/// Drops the slot if it exists and no one is using it.
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, Error> {
+    match slot_info(client, slot).await? {
+        None => Ok(false),
+        Some(info) if info.active => Err(Error::fatal(format!(
+            "replication slot {slot} is in use by another connection; stop the other ferry process first"
+        ))),
+        Some(_) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(sql_error("dropping the replication slot"))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Drops the publication if it exists.
+pub async fn drop_publication(client: &Client, publication: &str) -> Result<(), Error> {
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+        .await
+        .map_err(sql_error("dropping the publication"))
+}
+
+/// Checks that streaming can resume at `checkpoint` without a gap: the slot exists, still has its WAL, and has not
+/// confirmed past the checkpoint.
+pub async fn check_resumable(client: &Client, slot: &str, checkpoint: &Position) -> Result<Lsn, Error> {
+    let Position::Pg(lsn) = checkpoint;
+    let reset = "run `ferry reset --config <file> --yes` to drop the checkpoints and take a new snapshot";
+    let info = slot_info(client, slot).await?.ok_or_else(|| {
+        Error::fatal(format!("replication slot {slot} does not exist, but the sinks hold checkpoint {checkpoint}: changes since then are lost to Ferry; {reset}"))
+    })?;
+    if info.wal_status.as_deref() == Some("lost") {
+        return Err(Error::fatal(format!(
+            "replication slot {slot} was invalidated (the server removed WAL it needed, see max_slot_wal_keep_size); {reset}"
+        )));
+    }
+    if let Some(confirmed) = info.confirmed_flush {
+        if confirmed > *lsn {
+            return Err(Error::fatal(format!(
+                "replication slot {slot} has confirmed {confirmed}, past the sinks' checkpoint {lsn}: the changes between \
+                 them cannot be replayed (was the slot used by another consumer?); {reset}"
+            )));
+        }
+    }
+    if info.active {
+        return Err(Error::transient(
+            format!("replication slot {slot} is in use by another connection"),
+            std::io::Error::other("slot active"),
+        ));
+    }
+    Ok(*lsn)
+}

@@ -1,0 +1,249 @@
+//! The initial snapshot: copies the published tables as of the slot's creation, so that streaming from the slot's
+//! consistent point continues exactly where the copy ends.
+//!
+//! The whole snapshot is one source "transaction" (`Begin`, a truncate of every target table, `read` rows,
+//! `Commit` at the consistent point). Sinks commit it as a unit, so a crash during the snapshot leaves no
+//! checkpoint and the next start takes the snapshot again from scratch: never a mixed target.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use ferry_core::{Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value};
+use futures_util::{pin_mut, StreamExt};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::info;
+
+use super::catalog::Catalog;
+use super::decode::decode_text;
+use super::slot::quote_ident;
+use super::{connect_client, SESSION_SQL};
+
+/// Shared progress counters, readable while the snapshot runs.
+#[derive(Debug, Default)]
+pub struct SnapshotProgress {
+    pub rows_copied: AtomicU64,
+    pub rows_estimated: AtomicU64,
+    pub tables_total: AtomicU64,
+    pub tables_done: AtomicU64,
+}
+
+/// One table to copy.
+pub struct SnapshotTable {
+    pub id: TableId,
+    pub oid: u32,
+    pub estimated_rows: f64,
+}
+
+/// Copies `tables` under the exported snapshot `snapshot_name` and emits them as one transaction committing at
+/// `consistent_point`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    url: &str,
+    snapshot_name: &str,
+    consistent_point: Lsn,
+    tables: Vec<SnapshotTable>,
+    catalog: &mut Catalog,
+    events: &mpsc::Sender<Event>,
+    parallelism: usize,
+    progress: Arc<SnapshotProgress>,
+) -> Result<(), Error> {
+    let closed = || Error::fatal("the pipeline stopped during the snapshot");
+    let mut schemas = Vec::with_capacity(tables.len());
+    for t in &tables {
+        let columns = catalog.columns(t.oid).await?;
+        schemas.push(catalog.table_schema(t.oid, t.id.clone(), &columns, b'd', 0).await?);
+    }
+    let position = Position::Pg(consistent_point);
+    events.send(Event::Begin { commit_at: position.clone() }).await.map_err(|_| closed())?;
+    for s in &schemas {
+        events.send(Event::Schema(s.clone())).await.map_err(|_| closed())?;
+    }
+    let ids: Vec<TableId> = schemas.iter().map(|s| s.id.clone()).collect();
+    events.send(Event::Change(Change::Truncate { tables: ids })).await.map_err(|_| closed())?;
+
+    let estimated: f64 = tables.iter().map(|t| t.estimated_rows).sum();
+    progress.rows_estimated.store(estimated as u64, Ordering::Relaxed);
+    progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
+    info!(tables = tables.len(), estimated_rows = estimated as u64, parallelism, "snapshot started");
+    let started = Instant::now();
+    let reporter = tokio::spawn(report_progress(progress.clone(), started));
+
+    let permits = Arc::new(Semaphore::new(parallelism.max(1)));
+    let mut workers = tokio::task::JoinSet::new();
+    for schema in schemas {
+        let permits = permits.clone();
+        let (url, snapshot, events, progress) = (url.to_owned(), snapshot_name.to_owned(), events.clone(), progress.clone());
+        workers.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|_| Error::fatal("snapshot workers stopped"))?;
+            let rows = copy_table(&url, &snapshot, &schema, &events, &progress).await?;
+            progress.tables_done.fetch_add(1, Ordering::Relaxed);
+            info!(table = %schema.id, rows, "table copied");
+            Ok::<_, Error>(())
+        });
+    }
+    let mut result = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        let outcome = joined.map_err(|e| Error::fatal(format!("snapshot worker failed: {e}"))).and_then(|r| r);
+        if let Err(e) = outcome {
+            workers.abort_all();
+            result = Err(e);
+            break;
+        }
+    }
+    reporter.abort();
+    result?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    events.send(Event::Commit { position, commit_time: Timestamp(now) }).await.map_err(|_| closed())?;
+    let rows = progress.rows_copied.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    info!(rows, seconds = format!("{secs:.1}"), rows_per_s = (rows as f64 / secs.max(1e-9)) as u64, "snapshot copied");
+    Ok(())
+}
+
+async fn report_progress(progress: Arc<SnapshotProgress>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let rows = progress.rows_copied.load(Ordering::Relaxed);
+        let estimated = progress.rows_estimated.load(Ordering::Relaxed).max(rows).max(1);
+        let secs = started.elapsed().as_secs_f64();
+        let rate = rows as f64 / secs.max(1e-9);
+        let eta = (estimated - rows) as f64 / rate.max(1.0);
+        info!(
+            rows,
+            rows_per_s = rate as u64,
+            percent = format!("{:.1}", 100.0 * rows as f64 / estimated as f64),
+            eta_s = eta as u64,
+            tables_done = progress.tables_done.load(Ordering::Relaxed),
+            tables = progress.tables_total.load(Ordering::Relaxed),
+            "snapshot progress"
+        );
+    }
+}
+
+async fn copy_table(
+    url: &str,
+    snapshot_name: &str,
+    schema: &SchemaRef,
+    events: &mpsc::Sender<Event>,
+    progress: &SnapshotProgress,
+) -> Result<u64, Error> {
+    let client = connect_client(url).await?;
+    let sql_err = |e: tokio_postgres::Error| Error::transient(format!("copying table {}", schema.id), e);
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; {SESSION_SQL}",
+            snapshot_name.replace('\'', "''")
+        ))
+        .await
+        .map_err(sql_err)?;
+    let columns: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let sql = format!(
+        "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+        columns.join(", "),
+        quote_ident(&schema.id.schema),
+        quote_ident(&schema.id.name)
+    );
+    let stream = client.copy_out(sql.as_str()).await.map_err(sql_err)?;
+    pin_mut!(stream);
+    let mut buf = BytesMut::new();
+    let mut rows = 0u64;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.map_err(sql_err)?);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(end);
+            buf.advance(1);
+            let after = parse_copy_line(schema, &line)?;
+            events
+                .send(Event::Change(Change::Row { table: schema.clone(), op: RowOp::Read { after } }))
+                .await
+                .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;
+            rows += 1;
+            progress.rows_copied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(sql_err)?;
+    Ok(rows)
+}
+
+/// Parses one line of COPY's text format (tab-separated, `\N` for NULL, backslash escapes).
+fn parse_copy_line(schema: &SchemaRef, line: &[u8]) -> Result<Vec<Value>, Error> {
+    let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
+    if fields.len() != schema.columns.len() {
+        return Err(Error::fatal(format!("table {}: COPY line has {} fields, expected {}", schema.id, fields.len(), schema.columns.len())));
+    }
+    fields
+        .iter()
+        .zip(&schema.columns)
+        .map(|(field, col)| {
+            if *field == b"\\N" {
+                return Ok(Value::Null);
+            }
+            let raw = unescape_copy(field);
+            decode_text(&col.ty, &raw).map_err(|e| Error::fatal_from(format!("table {}, column {}", schema.id, col.name), e))
+        })
+        .collect()
+}
+
+fn unescape_copy(field: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !field.contains(&b'\\') {
+        return std::borrow::Cow::Borrowed(field);
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 == field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(next - b'0');
+                let mut n = 1;
+                while n < 3 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
+                    v = v * 8 + u32::from(field[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 && i < field.len() && field[i].is_ascii_hexdigit() {
+                    v = v * 16 + (field[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_copy_text() {
+        assert_eq!(&*unescape_copy(b"a\\tb\\\\c\\n"), b"a\tb\\c\n");
+        assert_eq!(&*unescape_copy(b"\\101\\x42"), b"AB");
+        assert_eq!(&*unescape_copy(b"trailing\\"), b"trailing\\");
+    }
+}

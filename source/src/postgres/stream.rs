@@ -1,0 +1,268 @@
+//! The streaming loop: reads the slot, turns pgoutput into events, acknowledges durable positions.
+//!
+//! ```text
+//! walsender ──CopyData──► Streamer ──pending──► events (bounded mpsc) ──► pipeline
+//!     ▲                        │ ▲
+//!     └── status update ◄──────┘ └── acked: watch (min over sinks)
+//! ```
+//!
+//! Progress tracking: standby status updates carry the acknowledged position from the sinks — never what has only
+//! been received — so the slot retains everything not yet durable in every sink. Updates go out every second,
+//! whenever the server asks, and while the loop waits for room in the event channel (back-pressure never starves
+//! the keepalive protocol).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_core::{Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::catalog::{Catalog, RawColumn};
+use super::conn::ReplicationConn;
+use super::decode::decode_text;
+use super::pgoutput::{standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue, PG_EPOCH_OFFSET_MICROS};
+use super::slot::quote_literal;
+
+/// Why streaming stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    Shutdown,
+}
+
+enum Step {
+    Shutdown,
+    Tick,
+    Continue,
+    Data(Option<bytes::Bytes>),
+}
+
+pub(crate) struct Streamer {
+    pub conn: ReplicationConn,
+    pub catalog: Catalog,
+    pub events: mpsc::Sender<Event>,
+    pub acked: watch::Receiver<Option<Position>>,
+    pub shutdown: watch::Receiver<bool>,
+    pub heartbeat_interval: Option<Duration>,
+    pub decoder: Decoder,
+    pub relations: HashMap<u32, SchemaRef>,
+    pub schema_versions: u64,
+    pub in_transaction: bool,
+}
+
+fn now_unix_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+impl Streamer {
+    fn acked_lsn(&self) -> Lsn {
+        self.acked.borrow().as_ref().and_then(Position::as_lsn).unwrap_or(Lsn::ZERO)
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), Error> {
+        let lsn = self.acked_lsn();
+        self.conn.send_copy_data(&standby_status_update(lsn, now_unix_micros(), reply_requested)).await?;
+        debug!(lsn = %lsn, "sent status update");
+        Ok(())
+    }
+
+    /// Streams until shutdown or error. `slot` and `publication` name what to read; `start` is where to resume.
+    pub async fn run(mut self, slot: &str, publication: &str, start: Lsn) -> Result<StreamEnd, Error> {
+        let command = format!(
+            "START_REPLICATION SLOT \"{}\" LOGICAL {start} (proto_version '1', publication_names {}, messages 'true')",
+            slot.replace('"', "\"\""),
+            quote_literal(&format!("\"{}\"", publication.replace('"', "\"\"")))
+        );
+        self.conn.start_replication(&command).await?;
+        info!(slot, start = %start, "streaming from replication slot");
+        let mut pending: VecDeque<Event> = VecDeque::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_data = Instant::now();
+        loop {
+            if let Some(event) = pending.pop_front() {
+                let step = tokio::select! {
+                    biased;
+                    _ = self.shutdown.changed() => Step::Shutdown,
+                    _ = tick.tick() => {
+                        pending.push_front(event);
+                        Step::Tick
+                    }
+                    permit = self.events.reserve() => match permit {
+                        Ok(permit) => {
+                            permit.send(event);
+                            Step::Continue
+                        }
+                        Err(_) => return Err(Error::fatal("the pipeline stopped while the source was running")),
+                    },
+                };
+                match step {
+                    Step::Shutdown => return self.finish().await,
+                    Step::Tick => self.send_status(false).await?,
+                    _ => {}
+                }
+                continue;
+            }
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => Step::Shutdown,
+                _ = tick.tick() => Step::Tick,
+                data = self.conn.next_copy_data() => Step::Data(data?),
+            };
+            match step {
+                Step::Shutdown => return self.finish().await,
+                Step::Tick => {
+                    self.send_status(false).await?;
+                    if let Some(interval) = self.heartbeat_interval {
+                        if !self.in_transaction && last_data.elapsed() >= interval {
+                            self.emit_heartbeat().await?;
+                            last_data = Instant::now();
+                        }
+                    }
+                }
+                Step::Continue => {}
+                Step::Data(None) => {
+                    return Err(Error::transient("the server ended the replication stream", std::io::Error::other("CopyDone")));
+                }
+                Step::Data(Some(data)) => {
+                    match ReplicationMessage::parse(&data).map_err(|e| Error::fatal_from("reading the replication stream", e))? {
+                        ReplicationMessage::XLogData { data, .. } => {
+                            last_data = Instant::now();
+                            self.handle(data, &mut pending).await?;
+                        }
+                        ReplicationMessage::Keepalive { reply_requested, .. } => {
+                            if reply_requested {
+                                self.send_status(false).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After shutdown: waits until every sink has finished (the ack channel closes), keeps reporting what they
+    /// commit, and sends the final status update.
+    async fn finish(mut self) -> Result<StreamEnd, Error> {
+        drop(self.events);
+        let (tx, _) = mpsc::channel(1);
+        self.events = tx;
+        loop {
+            tokio::select! {
+                changed = self.acked.changed() => {
+                    if changed.is_err() { break; }
+                    self.send_status(false).await?;
+                }
+                data = self.conn.next_copy_data() => {
+                    if let Some(data) = data? {
+                        if let Ok(ReplicationMessage::Keepalive { reply_requested: true, .. }) = ReplicationMessage::parse(&data) {
+                            self.send_status(false).await?;
+                        }
+                    }
+                }
+            }
+        }
+        self.send_status(false).await?;
+        info!(lsn = %self.acked_lsn(), "sent final status update");
+        self.conn.terminate().await;
+        Ok(StreamEnd::Shutdown)
+    }
+
+    async fn emit_heartbeat(&mut self) -> Result<(), Error> {
+        self.catalog
+            .client()
+            .execute("SELECT pg_logical_emit_message(false, 'ferry', 'heartbeat')", &[])
+            .await
+            .map_err(|e| Error::transient("writing a heartbeat message", e))?;
+        Ok(())
+    }
+
+    async fn handle(&mut self, data: &[u8], out: &mut VecDeque<Event>) -> Result<(), Error> {
+        let msg = self.decoder.decode(data).map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
+        match msg {
+            PgOutput::Begin { final_lsn, .. } => {
+                self.in_transaction = true;
+                out.push_back(Event::Begin { commit_at: Position::Pg(final_lsn) });
+            }
+            PgOutput::Commit { end_lsn, commit_time_micros, .. } => {
+                self.in_transaction = false;
+                out.push_back(Event::Commit {
+                    position: Position::Pg(end_lsn),
+                    commit_time: Timestamp(commit_time_micros + PG_EPOCH_OFFSET_MICROS),
+                });
+            }
+            PgOutput::Relation { oid, namespace, name, replica_identity, columns, .. } => {
+                let raw: Vec<RawColumn> = columns
+                    .iter()
+                    .map(|c| RawColumn { name: c.name.to_owned(), type_oid: c.type_oid, type_modifier: c.type_modifier, is_key: c.is_key })
+                    .collect();
+                let id = TableId::new(namespace, name);
+                self.schema_versions += 1;
+                let schema = self.catalog.table_schema(oid, id, &raw, replica_identity, self.schema_versions).await?;
+                let changed = self.relations.get(&oid).is_none_or(|old| old.columns != schema.columns || old.primary_key != schema.primary_key);
+                if changed {
+                    out.push_back(Event::Schema(schema.clone()));
+                    self.relations.insert(oid, schema);
+                }
+            }
+            PgOutput::Insert { oid, new, .. } => {
+                let table = self.relation(oid)?;
+                let after = row(&table, &new)?;
+                out.push_back(Event::Change(Change::Row { table, op: RowOp::Insert { after } }));
+            }
+            PgOutput::Update { oid, old, new, .. } => {
+                let table = self.relation(oid)?;
+                let before = old.map(|o| row(&table, &o)).transpose()?;
+                let after = row(&table, &new)?;
+                out.push_back(Event::Change(Change::Row { table, op: RowOp::Update { before, after } }));
+            }
+            PgOutput::Delete { oid, old, .. } => {
+                let table = self.relation(oid)?;
+                let before = row(&table, &old)?;
+                out.push_back(Event::Change(Change::Row { table, op: RowOp::Delete { before } }));
+            }
+            PgOutput::Truncate { oids, .. } => {
+                let tables = oids.iter().map(|o| self.relation(*o).map(|t| t.id.clone())).collect::<Result<Vec<_>, _>>()?;
+                out.push_back(Event::Change(Change::Truncate { tables }));
+            }
+            PgOutput::Message { transactional: false, prefix: "ferry", lsn, .. } => {
+                out.push_back(Event::Heartbeat { position: Position::Pg(lsn) });
+            }
+            PgOutput::Message { .. } | PgOutput::Type { .. } | PgOutput::Origin { .. } => {}
+            PgOutput::StreamStart { .. } | PgOutput::StreamStop | PgOutput::StreamCommit { .. } | PgOutput::StreamAbort { .. } => {
+                warn!("unexpected streamed-transaction message: streaming is not requested");
+                return Err(Error::fatal("the server sent a streamed transaction although streaming was not requested"));
+            }
+        }
+        Ok(())
+    }
+
+    fn relation(&self, oid: u32) -> Result<SchemaRef, Error> {
+        self.relations
+            .get(&oid)
+            .cloned()
+            .ok_or_else(|| Error::fatal(format!("change for relation {oid} before its Relation message")))
+    }
+}
+
+/// Converts a pgoutput tuple into a row of typed values.
+pub(crate) fn row(table: &SchemaRef, values: &[TupleValue<'_>]) -> Result<Vec<Value>, Error> {
+    if values.len() != table.columns.len() {
+        return Err(Error::fatal(format!(
+            "table {}: a row has {} columns, its schema {}",
+            table.id,
+            values.len(),
+            table.columns.len()
+        )));
+    }
+    values
+        .iter()
+        .zip(&table.columns)
+        .map(|(v, col)| match v {
+            TupleValue::Null => Ok(Value::Null),
+            TupleValue::Unchanged => Ok(Value::Unchanged),
+            TupleValue::Text(bytes) | TupleValue::Binary(bytes) => decode_text(&col.ty, bytes)
+                .map_err(|e| Error::fatal_from(format!("table {}, column {}", table.id, col.name), e)),
+        })
+        .collect()
+}
