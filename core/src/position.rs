@@ -97,6 +97,17 @@ impl FromStr for Position {
     }
 }
 
+impl Position {
+    /// Whether a transaction that commits at `commit_at` (from [`crate::Event::Begin`]) is already covered by
+    /// this checkpoint. PostgreSQL: the checkpoint is a commit's end LSN and `commit_at` the commit record's start,
+    /// so the transaction is covered when it starts before the checkpoint.
+    pub fn includes(&self, commit_at: &Position) -> Result<bool, IncomparablePositions> {
+        match (self, commit_at) {
+            (Position::Pg(checkpoint), Position::Pg(commit)) => Ok(commit < checkpoint),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,17 +131,6 @@ mod tests {
         fn position_round_trips(v in any::<u64>()) {
             let p = Position::Pg(Lsn(v));
             prop_assert_eq!(p.to_string().parse::<Position>().unwrap(), p);
-        }
-    }
-}
-
-impl Position {
-    /// Whether a transaction that commits at `commit_at` (from [`crate::Event::Begin`]) is already covered by
-    /// this checkpoint. PostgreSQL: the checkpoint is a commit's end LSN and `commit_at` the commit record's start,
-    /// so the transaction is covered when it starts before the checkpoint.
-    pub fn includes(&self, commit_at: &Position) -> Result<bool, IncomparablePositions> {
-        match (self, commit_at) {
-            (Position::Pg(checkpoint), Position::Pg(commit)) => Ok(commit < checkpoint),
         }
     }
 }

@@ -1,1 +1,11 @@
-//! placeholder
+//! Ferry's sinks. Each applies batches inside one target transaction and writes its checkpoint row
+//! (`ferry_checkpoints(pipeline, sink, position, updated_at)`) in that same transaction, so the rows and the
+//! position they reach become durable together or not at all.
+
+pub mod checkpoint;
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+pub use postgres::PostgresSink;
+pub use sqlite::SqliteSink;

@@ -247,7 +247,7 @@ impl ReplicationConn {
 
     /// Sends one CopyData message (a standby status update).
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), Error> {
-        self.write_buf.extend_from_slice(&[b'd']);
+        self.write_buf.extend_from_slice(b"d");
         self.write_buf.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
         self.write_buf.extend_from_slice(payload);
         self.flush().await

@@ -1,0 +1,142 @@
+//! SQL text for the PostgreSQL sink: statement shapes and target-table creation and evolution.
+
+use std::collections::HashSet;
+
+use ferry_core::{Error, TableId, TableSchema};
+use tokio_postgres::Client;
+use tracing::info;
+
+/// Quotes an identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"`.
+pub fn qualified_name(t: &TableId) -> String {
+    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+}
+
+pub enum StatementKind {
+    Upsert,
+    Update,
+    Delete,
+    Insert,
+}
+
+/// One set-based statement over `unnest` of one text array per column in `columns`.
+pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usize]) -> String {
+    let name = qualified_name(&table.id);
+    let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+    let unnest = format!(
+        "unnest({}) AS u({})",
+        (1..=columns.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+        aliases.join(", ")
+    );
+    let cast = |i: usize, c: usize| format!("u.c{i}::{}", table.columns[c].source_type);
+    let col = |c: usize| quote_ident(&table.columns[c].name);
+    let col_list = columns.iter().map(|&c| col(c)).collect::<Vec<_>>().join(", ");
+    let select = columns.iter().enumerate().map(|(i, &c)| cast(i, c)).collect::<Vec<_>>().join(", ");
+    let key_match = |target: &str| {
+        table
+            .primary_key
+            .iter()
+            .map(|&k| {
+                let i = columns.iter().position(|&c| c == k).unwrap_or(0);
+                format!("{target}.{} = {}", col(k), cast(i, k))
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    match kind {
+        StatementKind::Insert => format!("INSERT INTO {name} ({col_list}) SELECT {select} FROM {unnest}"),
+        StatementKind::Upsert => {
+            let pk = table.primary_key.iter().map(|&k| col(k)).collect::<Vec<_>>().join(", ");
+            let updates: Vec<String> =
+                columns.iter().filter(|c| !table.primary_key.contains(c)).map(|&c| format!("{0} = EXCLUDED.{0}", col(c))).collect();
+            let action = if updates.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+            format!("INSERT INTO {name} ({col_list}) SELECT {select} FROM {unnest} ON CONFLICT ({pk}) {action}")
+        }
+        StatementKind::Update => {
+            let sets: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !table.primary_key.contains(c))
+                .map(|(i, &c)| format!("{} = {}", col(c), cast(i, c)))
+                .collect();
+            if sets.is_empty() {
+                // Only the key was sent and it did not change: nothing to write.
+                return format!("SELECT 1 FROM {unnest} WHERE false");
+            }
+            format!("UPDATE {name} AS t SET {} FROM {unnest} WHERE {}", sets.join(", "), key_match("t"))
+        }
+        StatementKind::Delete => format!("DELETE FROM {name} AS t USING {unnest} WHERE {}", key_match("t")),
+    }
+}
+
+/// Deletes one row whose `matched` columns equal the parameters (tables without a primary key). Each column is
+/// compared through its type's text output, so types without an equality operator (json, point) match too.
+pub fn delete_one_matching(table: &TableSchema, matched: &[usize]) -> String {
+    let name = qualified_name(&table.id);
+    let conditions: Vec<String> = matched
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let column = &table.columns[c];
+            format!("{}::text IS NOT DISTINCT FROM (${}::text::{})::text", quote_ident(&column.name), i + 1, column.source_type)
+        })
+        .collect();
+    let condition = if conditions.is_empty() { "true".to_owned() } else { conditions.join(" AND ") };
+    format!("DELETE FROM {name} WHERE ctid = (SELECT ctid FROM {name} WHERE {condition} LIMIT 1)")
+}
+
+fn ddl_error(table: &TableId) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::fatal_from(format!("creating or altering target table {table}"), e)
+}
+
+/// Creates the target table when missing; otherwise adds columns the source has and drops those it no longer has.
+pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), Error> {
+    let name = qualified_name(&schema.id);
+    let existing: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&name],
+        )
+        .await
+        .map_err(ddl_error(&schema.id))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if existing.is_empty() {
+        let mut defs: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("{} {}{}", quote_ident(&c.name), c.source_type, if c.nullable { "" } else { " NOT NULL" }))
+            .collect();
+        if schema.has_primary_key() {
+            let pk: Vec<String> = schema.primary_key.iter().map(|&k| quote_ident(&schema.columns[k].name)).collect();
+            defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+        }
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {name} ({})", quote_ident(&schema.id.schema), defs.join(", "));
+        client.batch_execute(&sql).await.map_err(ddl_error(&schema.id))?;
+        info!(table = %schema.id, "created target table");
+        return Ok(());
+    }
+    let existing_set: HashSet<&str> = existing.iter().map(String::as_str).collect();
+    let wanted: HashSet<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut alters = Vec::new();
+    for c in &schema.columns {
+        if !existing_set.contains(c.name.as_str()) {
+            alters.push(format!("ADD COLUMN {} {}", quote_ident(&c.name), c.source_type));
+        }
+    }
+    for c in &existing {
+        if !wanted.contains(c.as_str()) {
+            alters.push(format!("DROP COLUMN {}", quote_ident(c)));
+        }
+    }
+    if !alters.is_empty() {
+        client.batch_execute(&format!("ALTER TABLE {name} {}", alters.join(", "))).await.map_err(ddl_error(&schema.id))?;
+        info!(table = %schema.id, changes = %alters.join(", "), "altered target table");
+    }
+    Ok(())
+}

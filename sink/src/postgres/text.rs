@@ -1,0 +1,107 @@
+//! Values as PostgreSQL input text: every value is sent as text and cast to its column type in SQL, which is
+//! exact for every type and keeps one statement shape for all of them.
+
+use std::fmt::Write;
+
+use ferry_core::Value;
+
+/// The PostgreSQL input text of `v`; `None` for SQL NULL. `Unchanged` never reaches here (callers leave those
+/// columns out).
+pub fn pg_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null | Value::Unchanged => None,
+        other => {
+            let mut s = String::new();
+            write_value(&mut s, other);
+            Some(s)
+        }
+    }
+}
+
+fn write_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null | Value::Unchanged => out.push_str("NULL"),
+        Value::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) if f.is_nan() => out.push_str("NaN"),
+        Value::Float(f) if f.is_infinite() => out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" }),
+        // Rust prints the shortest text that reads back as the same double, which float4in/float8in accept.
+        Value::Float(f) => {
+            let _ = write!(out, "{f:?}");
+        }
+        Value::Decimal(d) => {
+            let _ = write!(out, "{d}");
+        }
+        Value::Text(s) | Value::Json(s) => out.push_str(s),
+        Value::Bytes(b) => {
+            out.push_str("\\x");
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+        }
+        Value::Uuid(u) => {
+            let _ = write!(out, "{u}");
+        }
+        Value::Date(d) => {
+            let _ = write!(out, "{d}");
+        }
+        Value::Time(t) => {
+            let _ = write!(out, "{t}");
+        }
+        Value::TimeTz(t) => {
+            let _ = write!(out, "{t}");
+        }
+        Value::Timestamp(t) => {
+            let _ = write!(out, "{t}");
+        }
+        Value::TimestampTz(t) => {
+            let _ = write!(out, "{}", t.display_utc());
+        }
+        Value::Interval(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Array(items) => {
+            out.push('{');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match item {
+                    Value::Null | Value::Unchanged => out.push_str("NULL"),
+                    Value::Array(_) => write_value(out, item),
+                    scalar => {
+                        let mut text = String::new();
+                        write_value(&mut text, scalar);
+                        out.push('"');
+                        for c in text.chars() {
+                            if c == '"' || c == '\\' {
+                                out.push('\\');
+                            }
+                            out.push(c);
+                        }
+                        out.push('"');
+                    }
+                }
+            }
+            out.push('}');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_arrays_floats_and_bytes() {
+        let v = Value::Array(vec![Value::Text("a\"b".into()), Value::Null, Value::Array(vec![Value::Int(1)])]);
+        assert_eq!(pg_text(&v).unwrap(), r#"{"a\"b",NULL,{"1"}}"#);
+        assert_eq!(pg_text(&Value::Float(0.1)).unwrap(), "0.1");
+        assert_eq!(pg_text(&Value::Float(1e300)).unwrap(), "1e300");
+        assert_eq!(pg_text(&Value::Float(f64::NEG_INFINITY)).unwrap(), "-Infinity");
+        assert_eq!(pg_text(&Value::Bytes(vec![0, 0xab])).unwrap(), "\\x00ab");
+        assert_eq!(pg_text(&Value::Null), None);
+    }
+}

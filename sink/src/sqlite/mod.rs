@@ -1,0 +1,319 @@
+//! The SQLite sink: the embedded default target.
+//!
+//! One connection, WAL journal with `synchronous = FULL` (a committed checkpoint must survive power loss, or the
+//! source would release changes the target lost), per-row prepared statements inside one transaction per batch:
+//! SQLite executes those faster than it parses multi-row statements.
+//!
+//! Table names: a source table `public.t` becomes `t`; any other schema `s.t` becomes `s_t` (SQLite has no
+//! schemas). Types follow docs/type-mapping.md.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ferry_core::{Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue};
+use rusqlite::{params_from_iter, Connection};
+use tracing::{debug, info};
+
+use crate::checkpoint;
+use crate::rows::{classify, sent_columns, RowAction};
+
+fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+    let what = what.into();
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => Error::transient(what, e),
+        _ => Error::fatal_from(what, e),
+    }
+}
+
+/// The SQLite table name of a source table.
+pub fn table_name(t: &TableId) -> String {
+    if t.schema == "public" {
+        t.name.clone()
+    } else {
+        format!("{}_{}", t.schema, t.name)
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The declared SQLite type of a column (its affinity).
+pub fn sqlite_type(ty: &ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Bool | ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 => "INTEGER",
+        ColumnType::Float4 | ColumnType::Float8 => "REAL",
+        ColumnType::Bytes => "BLOB",
+        _ => "TEXT",
+    }
+}
+
+/// A value as SQLite stores it.
+fn sqlite_value(v: &Value) -> SqlValue {
+    match v {
+        Value::Null | Value::Unchanged => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Int(i) => SqlValue::Integer(*i),
+        // SQLite turns NaN into NULL; keep it as text so it is not lost.
+        Value::Float(f) if f.is_nan() => SqlValue::Text("NaN".into()),
+        Value::Float(f) => SqlValue::Real(*f),
+        Value::Decimal(d) => SqlValue::Text(d.to_string()),
+        Value::Text(s) | Value::Json(s) => SqlValue::Text(s.clone()),
+        Value::Bytes(b) => SqlValue::Blob(b.clone()),
+        Value::Uuid(u) => SqlValue::Text(u.to_string()),
+        Value::Date(d) => SqlValue::Text(d.to_string()),
+        Value::Time(t) => SqlValue::Text(t.to_string()),
+        Value::TimeTz(t) => SqlValue::Text(t.to_string()),
+        Value::Timestamp(t) => SqlValue::Text(t.to_string()),
+        Value::TimestampTz(t) => SqlValue::Text(t.display_utc().to_string()),
+        Value::Interval(i) => SqlValue::Text(i.to_string()),
+        Value::Array(_) => SqlValue::Text(json_array(v)),
+    }
+}
+
+/// Arrays are stored as JSON arrays of their elements' SQLite forms.
+fn json_array(v: &Value) -> String {
+    fn write(out: &mut String, v: &Value) {
+        match v {
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(out, item);
+                }
+                out.push(']');
+            }
+            Value::Json(s) => out.push_str(s),
+            other => match sqlite_value(other) {
+                SqlValue::Null => out.push_str("null"),
+                SqlValue::Integer(i) => out.push_str(&i.to_string()),
+                SqlValue::Real(f) if f.is_finite() => out.push_str(&format!("{f:?}")),
+                SqlValue::Real(f) => out.push_str(&json_string(&f.to_string())),
+                SqlValue::Text(s) => out.push_str(&json_string(&s)),
+                SqlValue::Blob(b) => out.push_str(&json_string(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+            },
+        }
+    }
+    let mut out = String::new();
+    write(&mut out, v);
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A SQLite file target.
+pub struct SqliteSink {
+    name: String,
+    pipeline: String,
+    conn: Connection,
+    in_transaction: bool,
+    known_tables: HashMap<TableId, SchemaRef>,
+}
+
+impl SqliteSink {
+    /// Opens (creating if needed) the database file.
+    pub fn open(name: &str, pipeline: &str, path: &Path) -> Result<Self, Error> {
+        let conn = open_db(path)?;
+        Ok(SqliteSink { name: name.to_owned(), pipeline: pipeline.to_owned(), conn, in_transaction: false, known_tables: HashMap::new() })
+    }
+
+    fn apply_sync(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db_error("starting a transaction"))?;
+            self.in_transaction = true;
+        }
+        for event in events {
+            match event {
+                Event::Change(Change::Row { table, op }) => self.apply_row(table, classify(table, op))?,
+                Event::Change(Change::Truncate { tables }) => {
+                    for t in tables.iter().filter(|t| self.known_tables.contains_key(*t)) {
+                        self.conn.execute(&format!("DELETE FROM {}", quote(&table_name(t))), []).map_err(db_error("truncating"))?;
+                    }
+                }
+                Event::Schema(schema) => {
+                    ensure_table(&self.conn, schema)?;
+                    self.known_tables.insert(schema.id.clone(), schema.clone());
+                }
+                Event::Begin { .. } | Event::Commit { .. } | Event::Heartbeat { .. } => {}
+            }
+        }
+        if let Some(position) = commit {
+            self.conn
+                .execute(checkpoint::UPSERT_CHECKPOINT, (&self.pipeline, &self.name, position.to_string(), checkpoint::now_text()))
+                .map_err(db_error("writing the checkpoint"))?;
+            self.conn.execute_batch("COMMIT").map_err(db_error("committing"))?;
+            self.in_transaction = false;
+            debug!(sink = %self.name, %position, "committed");
+        }
+        Ok(())
+    }
+
+    fn apply_row(&mut self, table: &SchemaRef, action: RowAction<'_>) -> Result<(), Error> {
+        let name = quote(&table_name(&table.id));
+        let col = |c: usize| quote(&table.columns[c].name);
+        let what = || format!("writing to {}", table.id);
+        match action {
+            RowAction::Upsert(row) => self.upsert(table, row)?,
+            RowAction::InsertNoKey(row) => {
+                let all: Vec<usize> = (0..row.len()).collect();
+                let sql = format!(
+                    "INSERT INTO {name} ({}) VALUES ({})",
+                    all.iter().map(|&c| col(c)).collect::<Vec<_>>().join(", "),
+                    vec!["?"; all.len()].join(", ")
+                );
+                self.exec(&sql, row.iter(), what)?;
+            }
+            RowAction::UpdateSent(row) => {
+                let sets: Vec<usize> = sent_columns(row).into_iter().filter(|c| !table.primary_key.contains(c)).collect();
+                if sets.is_empty() {
+                    return Ok(());
+                }
+                let sql = format!(
+                    "UPDATE {name} SET {} WHERE {}",
+                    sets.iter().map(|&c| format!("{} = ?", col(c))).collect::<Vec<_>>().join(", "),
+                    table.primary_key.iter().map(|&k| format!("{} = ?", col(k))).collect::<Vec<_>>().join(" AND ")
+                );
+                let values = sets.iter().chain(&table.primary_key).map(|&c| &row[c]);
+                self.exec(&sql, values, what)?;
+            }
+            RowAction::Delete(row) => self.delete_by_key(table, row)?,
+            RowAction::Rekey { old, new } => {
+                self.delete_by_key(table, old)?;
+                self.upsert(table, new)?;
+            }
+            RowAction::ReplaceNoKey { old, new } => {
+                let matched = sent_columns(old);
+                let cond: Vec<String> = matched.iter().map(|&c| format!("{} IS ?", col(c))).collect();
+                let cond = if cond.is_empty() { "1".to_owned() } else { cond.join(" AND ") };
+                let sql = format!("DELETE FROM {name} WHERE rowid = (SELECT rowid FROM {name} WHERE {cond} LIMIT 1)");
+                self.exec(&sql, matched.iter().map(|&c| &old[c]), what)?;
+                if let Some(new) = new {
+                    self.apply_row(table, RowAction::InsertNoKey(new))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn upsert(&mut self, table: &SchemaRef, row: &Row) -> Result<(), Error> {
+        let col = |c: usize| quote(&table.columns[c].name);
+        let all: Vec<usize> = (0..row.len()).collect();
+        let updates: Vec<String> = all.iter().filter(|c| !table.primary_key.contains(c)).map(|&c| format!("{0} = excluded.{0}", col(c))).collect();
+        let action = if updates.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
+            quote(&table_name(&table.id)),
+            all.iter().map(|&c| col(c)).collect::<Vec<_>>().join(", "),
+            vec!["?"; all.len()].join(", "),
+            table.primary_key.iter().map(|&k| col(k)).collect::<Vec<_>>().join(", ")
+        );
+        self.exec(&sql, row.iter(), || format!("writing to {}", table.id))
+    }
+
+    fn delete_by_key(&mut self, table: &SchemaRef, row: &Row) -> Result<(), Error> {
+        let cond: Vec<String> = table.primary_key.iter().map(|&k| format!("{} = ?", quote(&table.columns[k].name))).collect();
+        let sql = format!("DELETE FROM {} WHERE {}", quote(&table_name(&table.id)), cond.join(" AND "));
+        self.exec(&sql, table.primary_key.iter().map(|&k| &row[k]), || format!("deleting from {}", table.id))
+    }
+
+    fn exec<'v>(&self, sql: &str, values: impl Iterator<Item = &'v Value>, what: impl FnOnce() -> String) -> Result<(), Error> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(db_error(what()))?;
+        stmt.execute(params_from_iter(values.map(|v| ToSqlOutput::Owned(sqlite_value(v))))).map_err(db_error("executing a write"))?;
+        Ok(())
+    }
+}
+
+fn open_db(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path).map_err(db_error(format!("opening {}", path.display())))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; {}",
+        checkpoint::CREATE_CHECKPOINT_TABLE
+    ))
+    .map_err(db_error(format!("preparing {}", path.display())))?;
+    Ok(conn)
+}
+
+/// Creates the table when missing; adds and drops columns to match the source.
+fn ensure_table(conn: &Connection, schema: &SchemaRef) -> Result<(), Error> {
+    let name = table_name(&schema.id);
+    let what = || format!("creating or altering target table {name}");
+    let existing: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)").map_err(db_error(what()))?;
+        let rows = stmt.query_map([&name], |r| r.get(0)).map_err(db_error(what()))?;
+        rows.collect::<Result<_, _>>().map_err(db_error(what()))?
+    };
+    if existing.is_empty() {
+        let mut defs: Vec<String> = schema.columns.iter().map(|c| format!("{} {}", quote(&c.name), sqlite_type(&c.ty))).collect();
+        if schema.has_primary_key() {
+            let pk: Vec<String> = schema.primary_key.iter().map(|&k| quote(&schema.columns[k].name)).collect();
+            defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+        }
+        conn.execute_batch(&format!("CREATE TABLE {} ({})", quote(&name), defs.join(", "))).map_err(db_error(what()))?;
+        info!(table = %name, "created target table");
+        return Ok(());
+    }
+    for c in &schema.columns {
+        if !existing.contains(&c.name) {
+            conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {} {}", quote(&name), quote(&c.name), sqlite_type(&c.ty)))
+                .map_err(db_error(what()))?;
+            info!(table = %name, column = %c.name, "added target column");
+        }
+    }
+    for c in &existing {
+        if schema.column_index(c).is_none() {
+            conn.execute_batch(&format!("ALTER TABLE {} DROP COLUMN {}", quote(&name), quote(c))).map_err(db_error(what()))?;
+            info!(table = %name, column = %c, "dropped target column");
+        }
+    }
+    Ok(())
+}
+
+impl Sink for SqliteSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
+        let text: Option<String> = self
+            .conn
+            .query_row(checkpoint::SELECT_CHECKPOINT, (&self.pipeline, &self.name), |r| r.get(0))
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+            .map_err(db_error("reading the checkpoint"))?;
+        text.map(|t| t.parse().map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))).transpose()
+    }
+
+    async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        tokio::task::block_in_place(|| self.apply_sync(events, commit))
+    }
+}
+
+/// A pipeline's checkpoints in a SQLite file (`ferry status`).
+pub fn list_checkpoints(path: &Path, pipeline: &str) -> Result<Vec<(String, String, String)>, Error> {
+    let conn = open_db(path)?;
+    let mut stmt = conn.prepare(checkpoint::LIST_CHECKPOINTS).map_err(db_error("reading checkpoints"))?;
+    let rows = stmt.query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db_error("reading checkpoints"))?;
+    rows.collect::<Result<_, _>>().map_err(db_error("reading checkpoints"))
+}
+
+/// Deletes a pipeline's checkpoints from a SQLite file (`ferry reset`).
+pub fn delete_checkpoints(path: &Path, pipeline: &str) -> Result<usize, Error> {
+    let conn = open_db(path)?;
+    conn.execute(checkpoint::DELETE_CHECKPOINTS, [pipeline]).map_err(db_error("deleting checkpoints"))
+}
