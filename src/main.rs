@@ -1,1 +1,96 @@
-fn main() {}
+//! `ferry`: runs change-data-capture pipelines defined in config files.
+//!
+//! A thin edge: parse the command line, set up logging, hand over to [`commands`].
+
+mod commands;
+mod runtime;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Change-data-capture replication, exactly once.
+#[derive(Parser)]
+#[command(name = "ferry", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every pipeline in the given files until SIGTERM or SIGINT.
+    Run {
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+    },
+    /// Parse the config, connect, and check every source prerequisite; exit 1 if any fails.
+    Check {
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+    },
+    /// Show the slot, each sink's checkpoint and the lag.
+    Status {
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the replication slot, the publication and the stored checkpoints, so the next run starts with a
+    /// new snapshot.
+    Reset {
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+        /// Confirm: this discards the replication position.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { configs } => commands::run(&configs).await,
+            Command::Check { configs } => commands::check(&configs).await,
+            Command::Status { configs, json } => commands::status(&configs, json).await,
+            Command::Reset { configs, yes } => commands::reset(&configs, yes).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

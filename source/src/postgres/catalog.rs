@@ -156,8 +156,8 @@ impl Catalog {
             .client
             .query(
                 "SELECT a.attname::text, a.attnotnull, format_type(a.atttypid, a.atttypmod), \
-                        coalesce((SELECT array_position(i.indkey::int2[], a.attnum) FROM pg_index i \
-                                  WHERE i.indrelid = a.attrelid AND i.indisprimary), 0) \
+                        coalesce((SELECT k.ord::int FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                                  WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0) \
                  FROM pg_attribute a WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&i64::from(rel_oid)],
             )

@@ -104,7 +104,7 @@ pub async fn run(
                     .into_iter()
                     .map(|(id, oid, estimated_rows)| snapshot::SnapshotTable { id, oid, estimated_rows })
                     .collect();
-                snapshot::run(
+                let copy = snapshot::run(
                     &cfg.url,
                     name,
                     created.consistent_point,
@@ -113,8 +113,16 @@ pub async fn run(
                     &events,
                     settings.snapshot_parallelism,
                     progress,
-                )
-                .await?;
+                );
+                let mut shutdown = shutdown.clone();
+                tokio::select! {
+                    r = copy => r?,
+                    // No checkpoint is written for a partial snapshot: the next run starts it again.
+                    _ = shutdown.wait_for(|stop| *stop) => {
+                        info!("shutdown during the snapshot; it restarts from the beginning on the next run");
+                        return Ok(SourceExit::Shutdown);
+                    }
+                }
             } else {
                 let position = Position::Pg(created.consistent_point);
                 let send = |e| events.send(e);
@@ -147,11 +155,11 @@ pub async fn run(
 }
 
 /// Drops the slot and the publication (for `ferry reset`).
-pub async fn reset(config: &PostgresSource) -> Result<(bool, ()), Error> {
+pub async fn reset(config: &PostgresSource) -> Result<bool, Error> {
     let client = connect_client(&config.url).await?;
     let dropped = slot::drop_slot(&client, &config.slot).await?;
     slot::drop_publication(&client, &config.publication).await?;
-    Ok((dropped, ()))
+    Ok(dropped)
 }
 
 /// The source's current WAL position (for lag in `ferry status`).

@@ -1,0 +1,214 @@
+//! The subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ferry_config::{SinkKind, SourceConfig};
+use ferry_core::{Lsn, Position};
+use ferry_source::postgres as pg;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::runtime::{load_configs, run_pipeline};
+
+/// `ferry run`: every pipeline until SIGTERM / SIGINT, then a graceful stop.
+pub async fn run(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("stopping: finishing the batch in flight and writing the checkpoint");
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in pipelines {
+        tasks.spawn(run_pipeline(p, stop_rx.clone()));
+    }
+    let mut failed = false;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("ferry: {e:#}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("ferry: pipeline task failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `ferry check`: connects and reports every prerequisite with its fix.
+pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    let mut all_ok = true;
+    for p in &pipelines {
+        println!("pipeline {} ({})", p.name, p.file.display());
+        let SourceConfig::Postgres(source) = &p.source;
+        let outcomes = match pg::connect_client(&source.url).await {
+            Ok(client) => pg::check_prerequisites(&client, source).await.map_err(anyhow::Error::from)?,
+            Err(e) => {
+                println!("  FAIL source connection: {e}");
+                println!("       fix: check the host, port, user and password in [source] url, and pg_hba.conf");
+                all_ok = false;
+                continue;
+            }
+        };
+        for o in outcomes {
+            if o.ok {
+                println!("  ok   {}: {}", o.name, o.detail);
+            } else {
+                all_ok = false;
+                println!("  FAIL {}: {}", o.name, o.detail);
+                if let Some(fix) = o.fix {
+                    println!("       fix: {fix}");
+                }
+            }
+        }
+        for sink in &p.sinks {
+            let reachable = match &sink.kind {
+                SinkKind::Postgres { url } => ferry_sink::postgres::connect(url).await.map(|_| ()),
+                SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ()),
+            };
+            match reachable {
+                Ok(()) => println!("  ok   sink {}: reachable", sink.name),
+                Err(e) => {
+                    all_ok = false;
+                    println!("  FAIL sink {}: {e}", sink.name);
+                }
+            }
+        }
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[derive(Serialize)]
+struct SinkStatus {
+    name: String,
+    checkpoint: Option<String>,
+    updated_at: Option<String>,
+    lag_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct PipelineStatus {
+    pipeline: String,
+    slot: String,
+    slot_exists: bool,
+    slot_active: bool,
+    confirmed_flush_lsn: Option<String>,
+    current_wal_lsn: String,
+    slot_lag_bytes: Option<u64>,
+    sinks: Vec<SinkStatus>,
+}
+
+/// `ferry status`.
+pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    for p in &pipelines {
+        let SourceConfig::Postgres(source) = &p.source;
+        let client = pg::connect_client(&source.url).await.context("connecting to the source")?;
+        let slot = pg::slot_info(&client, &source.slot).await?;
+        let current = pg::current_wal_lsn(&client).await?;
+        let lag = |lsn: Lsn| current.0.saturating_sub(lsn.0);
+        let mut sinks = Vec::new();
+        for sink in &p.sinks {
+            let rows = match &sink.kind {
+                SinkKind::Postgres { url } => ferry_sink::postgres::list_checkpoints(url, &p.name).await?,
+                SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name)?,
+            };
+            let row = rows.into_iter().find(|(name, _, _)| *name == sink.name);
+            let position: Option<Position> = row.as_ref().and_then(|(_, pos, _)| pos.parse().ok());
+            sinks.push(SinkStatus {
+                name: sink.name.clone(),
+                checkpoint: position.as_ref().map(ToString::to_string),
+                updated_at: row.map(|(_, _, at)| at),
+                lag_bytes: position.and_then(|p| p.as_lsn()).map(lag),
+            });
+        }
+        let status = PipelineStatus {
+            pipeline: p.name.clone(),
+            slot: source.slot.clone(),
+            slot_exists: slot.is_some(),
+            slot_active: slot.as_ref().is_some_and(|s| s.active),
+            confirmed_flush_lsn: slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string()),
+            current_wal_lsn: current.to_string(),
+            slot_lag_bytes: slot.as_ref().and_then(|s| s.confirmed_flush).map(lag),
+            sinks,
+        };
+        if json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            println!("pipeline {}", status.pipeline);
+            match &status.confirmed_flush_lsn {
+                Some(lsn) => println!(
+                    "  slot {}: confirmed {lsn}, {} ({} bytes behind {})",
+                    status.slot,
+                    if status.slot_active { "active" } else { "inactive" },
+                    status.slot_lag_bytes.unwrap_or(0),
+                    status.current_wal_lsn
+                ),
+                None => println!("  slot {}: missing (the next run takes a new snapshot)", status.slot),
+            }
+            for s in &status.sinks {
+                match (&s.checkpoint, s.lag_bytes) {
+                    (Some(cp), lag) => println!(
+                        "  sink {}: checkpoint {cp} at {}, {} bytes behind",
+                        s.name,
+                        s.updated_at.as_deref().unwrap_or("?"),
+                        lag.unwrap_or(0)
+                    ),
+                    (None, _) => println!("  sink {}: no checkpoint (snapshot pending)", s.name),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry reset --yes`.
+pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    if !yes {
+        eprintln!("ferry reset drops the replication slot, the publication and every sink's checkpoint; the next run copies all tables again. Add --yes to confirm.");
+        return Ok(ExitCode::FAILURE);
+    }
+    for p in &pipelines {
+        let SourceConfig::Postgres(source) = &p.source;
+        let dropped = pg::reset(source).await?;
+        println!("pipeline {}: slot {} {}", p.name, source.slot, if dropped { "dropped" } else { "was absent" });
+        println!("pipeline {}: publication {} dropped", p.name, source.publication);
+        for sink in &p.sinks {
+            match &sink.kind {
+                SinkKind::Postgres { url } => {
+                    ferry_sink::postgres::delete_checkpoints(url, &p.name).await?;
+                }
+                SinkKind::Sqlite { path } => {
+                    ferry_sink::sqlite::delete_checkpoints(path, &p.name)?;
+                }
+            }
+            println!("pipeline {}: sink {} checkpoint removed", p.name, sink.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

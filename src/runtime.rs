@@ -1,0 +1,189 @@
+//! Runs one pipeline: wires source, transforms, batcher and sinks, restarts on transient errors.
+//!
+//! ```text
+//! source::run ──mpsc<Event>(1024)──► run_batcher ──mpsc<Arc<Batch>>(1)──► run_sink × N
+//!      ▲ watch<Option<Position>> ◄────────── AckTracker ◄──────────────────────┘
+//! ```
+//!
+//! Every attempt starts from the sinks' stored checkpoints, so a restart after any failure replays exactly what
+//! is not yet durable everywhere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
+use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
+use ferry_core::{Error, Event, Position, Sink, Transform};
+use ferry_sink::{PostgresSink, SqliteSink};
+use ferry_source::postgres::{self as pg, PgSourceSettings, SnapshotProgress, SourceExit};
+use ferry_transform::TableFilter;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// Events buffered between the source and the batcher.
+const EVENT_CHANNEL: usize = 4096;
+
+/// Runs the pipeline until `shutdown` turns true or a fatal error.
+pub async fn run_pipeline(config: PipelineConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = tokio::time::Instant::now();
+        match run_once(&config, shutdown.clone()).await {
+            Ok(exit) => {
+                info!(pipeline = %config.name, ?exit, "pipeline stopped");
+                return Ok(());
+            }
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                warn!(pipeline = %config.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure; restarting from the checkpoints");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                error!(pipeline = %config.name, error = %e, "pipeline failed");
+                return Err(anyhow!("pipeline {} ({}): {e}", config.name, config.file.display()));
+            }
+        }
+    }
+}
+
+/// A sink of any kind, so sinks of different kinds share one pipeline.
+enum AnySink {
+    Postgres(PostgresSink),
+    Sqlite(SqliteSink),
+}
+
+impl Sink for AnySink {
+    fn name(&self) -> &str {
+        match self {
+            AnySink::Postgres(s) => s.name(),
+            AnySink::Sqlite(s) => s.name(),
+        }
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
+        match self {
+            AnySink::Postgres(s) => s.checkpoint().await,
+            AnySink::Sqlite(s) => s.checkpoint().await,
+        }
+    }
+
+    async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        match self {
+            AnySink::Postgres(s) => s.apply(events, commit).await,
+            AnySink::Sqlite(s) => s.apply(events, commit).await,
+        }
+    }
+}
+
+async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Error> {
+    let sink = &config.sinks[index];
+    Ok(match &sink.kind {
+        SinkKind::Postgres { url } => AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?),
+        SinkKind::Sqlite { path } => AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?),
+    })
+}
+
+async fn run_once(config: &PipelineConfig, shutdown: watch::Receiver<bool>) -> Result<SourceExit, Error> {
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    let mut checkpoints = Vec::with_capacity(config.sinks.len());
+    for i in 0..config.sinks.len() {
+        let mut sink = open_sink(config, i).await?;
+        let checkpoint = sink.checkpoint().await?;
+        info!(pipeline = %config.name, sink = sink.name(), checkpoint = %checkpoint.as_ref().map_or("none".to_owned(), |p| p.to_string()), "sink ready");
+        checkpoints.push(checkpoint);
+        sinks.push(sink);
+    }
+    // Resume from the minimum; a sink without a checkpoint means a new snapshot for all (see source docs).
+    let resume = if checkpoints.iter().any(Option::is_none) {
+        None
+    } else {
+        let mut min: Option<Position> = None;
+        for p in checkpoints.iter().flatten() {
+            let lower = match &min {
+                None => true,
+                Some(m) => p.try_cmp(m).map_err(|e| Error::fatal_from("sinks hold checkpoints of different sources", e))?.is_lt(),
+            };
+            if lower {
+                min = Some(p.clone());
+            }
+        }
+        min
+    };
+    let (tracker, acked) = AckTracker::new(checkpoints.clone());
+    let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
+    let mut tasks = JoinSet::new();
+    let mut outputs = Vec::new();
+    for (i, (sink, checkpoint)) in sinks.into_iter().zip(checkpoints).enumerate() {
+        let (tx, rx) = mpsc::channel(1);
+        outputs.push(tx);
+        // After a new snapshot every sink starts from scratch: its old checkpoint must not skip the snapshot.
+        let checkpoint = if resume.is_none() { None } else { checkpoint };
+        tasks.spawn(run_sink(sink, i, checkpoint, rx, tracker.clone()));
+    }
+    drop(tracker);
+    let filter = TableFilter::new(&config.filter);
+    let transforms: Vec<Box<dyn Transform>> = if filter.is_noop() { Vec::new() } else { vec![Box::new(filter)] };
+    tasks.spawn(run_batcher(events_rx, transforms, config.batch, outputs));
+
+    let SourceConfig::Postgres(source) = &config.source;
+    let settings = PgSourceSettings {
+        pipeline: config.name.clone(),
+        config: source.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        snapshot_parallelism: config.snapshot_parallelism,
+    };
+    let progress = Arc::new(SnapshotProgress::default());
+    let source = pg::run(&settings, resume, events_tx, acked, shutdown, progress);
+    tokio::pin!(source);
+
+    let mut source_result = None;
+    let mut task_error = None;
+    loop {
+        tokio::select! {
+            r = &mut source, if source_result.is_none() => source_result = Some(r),
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => { task_error.get_or_insert(e); if source_result.is_none() { break; } }
+                Some(Err(join)) => { task_error.get_or_insert(Error::fatal(format!("a pipeline task panicked: {join}"))); break; }
+            },
+        }
+    }
+    // A failed sink or batcher is the cause; the source's "pipeline stopped" is only its symptom.
+    if let Some(e) = task_error {
+        return Err(e);
+    }
+    match source_result {
+        Some(r) => r,
+        None => source.await,
+    }
+}
+
+/// Validates every file; returns all pipelines or every error of every file.
+pub fn load_configs(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<PipelineConfig>> {
+    let mut pipelines = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        match ferry_config::load_file(f) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(anyhow!("invalid configuration:\n{}", errors.join("\n")));
+    }
+    let mut names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(anyhow!("pipeline name {:?} is used by two config files; names must be unique", w[0])).context("invalid configuration");
+    }
+    Ok(pipelines)
+}

@@ -1,0 +1,76 @@
+//! End-to-end: PostgreSQL → PostgreSQL and SQLite through the `ferry` binary, against real servers.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fan_out_config(pg: &PgServer, name: &str, tables: &str, sqlite: &std::path::Path) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+heartbeat_interval = "1s"
+[pipeline.batch]
+max_wait = "50ms"
+
+[source]
+type = "postgres"
+url = "{}"
+{tables}
+
+[[sink]]
+type = "postgres"
+url = "{}"
+
+[[sink]]
+type = "sqlite"
+path = "{}"
+"#,
+        pg.url("shop"),
+        pg.url("replica"),
+        sqlite.display()
+    )
+}
+
+fn setup_shop(pg: &PgServer) {
+    pg.create_db("shop");
+    pg.create_db("replica");
+}
+
+#[test]
+fn snapshot_then_stream_reaches_both_sinks() {
+    let pg = PgServer::start();
+    setup_shop(&pg);
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, item text NOT NULL, qty int, price numeric(10,2));
+         INSERT INTO orders SELECT g, 'item ' || g, g % 7, g * 1.25 FROM generate_series(1, 500) g;",
+    );
+    let dir = scratch();
+    let db = dir.path().join("replica.db");
+    let config = write_config(dir.path(), "p", &fan_out_config(&pg, "orders", "", &db));
+    let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
+
+    let source_rows = || pg.psql("shop", "SELECT id, item, qty, price FROM orders ORDER BY id");
+    assert!(
+        wait_until(WAIT, || pg.try_psql("replica", "SELECT count(*) FROM public.orders").is_ok_and(|n| n == "500")),
+        "snapshot did not arrive:\n{}",
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "BEGIN; INSERT INTO orders VALUES (1001, 'new', 1, 9.99); UPDATE orders SET qty = qty + 100 WHERE id <= 10;
+         DELETE FROM orders WHERE id BETWEEN 20 AND 29; COMMIT;
+         UPDATE orders SET id = 5000 WHERE id = 100;",
+    );
+    let pg_target = || pg.try_psql("replica", "SELECT id, item, qty, price FROM public.orders ORDER BY id").unwrap_or_default();
+    assert!(wait_until(WAIT, || pg_target() == source_rows()), "PostgreSQL target differs:\n{}\n--- source\n{}\n--- target\n{}", ferry.log(), source_rows(), pg_target());
+    let sqlite_target = || sqlite_rows(&db, "SELECT id, item, qty, price FROM orders ORDER BY id").join("\n");
+    assert!(wait_until(WAIT, || sqlite_target() == source_rows()), "SQLite target differs:\n{}", ferry.log());
+    let status = ferry.terminate();
+    assert!(status.success(), "ferry did not exit cleanly after SIGTERM: {status:?}");
+}

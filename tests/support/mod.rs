@@ -1,0 +1,297 @@
+//! Throwaway servers and a ferry process for end-to-end tests.
+//!
+//! PostgreSQL comes from Debian's postgresql-15 server binaries (`scripts/setup` installs them). `initdb` refuses
+//! to run as root, so as root the server runs as the `postgres` user via `setpriv`. Each server gets a free
+//! 127.0.0.1 port and a temporary data directory, and is stopped on drop. A missing server binary fails the test
+//! loudly: tests never skip.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Where Debian installs the server binaries.
+pub fn pg_bin(name: &str) -> PathBuf {
+    let dir = std::env::var("FERRY_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
+    let path = Path::new(&dir).join(name);
+    assert!(path.exists(), "{} is missing: run scripts/setup (installs postgresql-15)", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().expect("run id");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("the postgres user exists (scripts/setup creates it)")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A command that runs as the unprivileged `postgres` user when we are root.
+fn as_server_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A running throwaway PostgreSQL server.
+pub struct PgServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    settings: Vec<String>,
+}
+
+impl PgServer {
+    /// Starts a server with `wal_level = logical`.
+    pub fn start() -> PgServer {
+        Self::start_with(&["wal_level=logical"])
+    }
+
+    /// Starts a server with extra `-c` settings.
+    pub fn start_with(settings: &[&str]) -> PgServer {
+        let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir().expect("temp dir");
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown data dir");
+        }
+        let data = dir.path().join("data");
+        let out = as_server_user(&pg_bin("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut server = PgServer { port: free_port(), dir, child: None, settings: settings.iter().map(|s| s.to_string()).collect() };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let data = self.dir.path().join("data");
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let mut cmd = as_server_user(&pg_bin("postgres"));
+        cmd.arg("-D").arg(&data).args(["-p", &self.port.to_string(), "-k"]).arg(self.dir.path());
+        for s in [
+            "listen_addresses=127.0.0.1",
+            "max_replication_slots=20",
+            "max_wal_senders=20",
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "shared_buffers=128MB",
+            "max_connections=100",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(self.settings.iter().cloned())
+        {
+            cmd.args(["-c", &s]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(pg_bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A URL for `db` as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates a database.
+    pub fn create_db(&self, db: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    }
+
+    /// Runs SQL with psql and returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.try_psql(db, sql).unwrap_or_else(|e| panic!("psql failed on {sql}: {e}"))
+    }
+
+    /// Runs SQL with psql; the error text when it fails (a table not created yet, say).
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .output()
+            .expect("run psql");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// Stops the server with a fast shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts the server on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `ferry run` process with its logs captured.
+pub struct Ferry {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+/// Path to the ferry binary under test.
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+impl Ferry {
+    pub fn start(config: &Path, log_path: &Path) -> Ferry {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("ferry log");
+        let child = Command::new(ferry_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("FERRY_LOG", "info,ferry_core=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ferry");
+        Ferry { child, log_path: log_path.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait for ferry")
+    }
+
+    /// Whether the process has exited, with its status.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it succeeded.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Rows of a SQLite table as text lines, `|`-separated, in the given order.
+pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).expect("open sqlite");
+    let Ok(mut stmt) = conn.prepare(sql) else { return Vec::new() };
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            let mut parts = Vec::with_capacity(n);
+            for i in 0..n {
+                let v: rusqlite::types::Value = r.get(i)?;
+                parts.push(match v {
+                    rusqlite::types::Value::Null => String::new(),
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Real(f) => f.to_string(),
+                    rusqlite::types::Value::Text(s) => s,
+                    rusqlite::types::Value::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+                });
+            }
+            Ok(parts.join("|"))
+        })
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    rows
+}
+
+/// A scratch directory for config files, SQLite targets and logs.
+pub fn scratch() -> TempDir {
+    tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("scratch dir")
+}
+
+/// Writes a pipeline config and returns its path.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
