@@ -40,12 +40,19 @@ pub async fn run(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -66,7 +73,9 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         println!("pipeline {} ({})", p.name, p.file.display());
         let SourceConfig::Postgres(source) = &p.source;
         let outcomes = match pg::connect_client(&source.url).await {
-            Ok(client) => pg::check_prerequisites(&client, source).await.map_err(anyhow::Error::from)?,
+            Ok(client) => pg::check_prerequisites(&client, source)
+                .await
+                .map_err(anyhow::Error::from)?,
             Err(e) => {
                 println!("  FAIL source connection: {e}");
                 println!("       fix: check the host, port, user and password in [source] url, and pg_hba.conf");
@@ -88,7 +97,9 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         for sink in &p.sinks {
             let reachable = match &sink.kind {
                 SinkKind::Postgres { url } => ferry_sink::postgres::connect(url).await.map(|_| ()),
-                SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ()),
+                SinkKind::Sqlite { path } => {
+                    ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ())
+                }
             };
             match reachable {
                 Ok(()) => println!("  ok   sink {}: reachable", sink.name),
@@ -99,7 +110,11 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(Serialize)]
@@ -127,14 +142,18 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     let pipelines = load_configs(files)?;
     for p in &pipelines {
         let SourceConfig::Postgres(source) = &p.source;
-        let client = pg::connect_client(&source.url).await.context("connecting to the source")?;
+        let client = pg::connect_client(&source.url)
+            .await
+            .context("connecting to the source")?;
         let slot = pg::slot_info(&client, &source.slot).await?;
         let current = pg::current_wal_lsn(&client).await?;
         let lag = |lsn: Lsn| current.0.saturating_sub(lsn.0);
         let mut sinks = Vec::new();
         for sink in &p.sinks {
             let rows = match &sink.kind {
-                SinkKind::Postgres { url } => ferry_sink::postgres::list_checkpoints(url, &p.name).await?,
+                SinkKind::Postgres { url } => {
+                    ferry_sink::postgres::list_checkpoints(url, &p.name).await?
+                }
                 SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name)?,
             };
             let row = rows.into_iter().find(|(name, _, _)| *name == sink.name);
@@ -151,7 +170,10 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             slot: source.slot.clone(),
             slot_exists: slot.is_some(),
             slot_active: slot.as_ref().is_some_and(|s| s.active),
-            confirmed_flush_lsn: slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string()),
+            confirmed_flush_lsn: slot
+                .as_ref()
+                .and_then(|s| s.confirmed_flush)
+                .map(|l| l.to_string()),
             current_wal_lsn: current.to_string(),
             slot_lag_bytes: slot.as_ref().and_then(|s| s.confirmed_flush).map(lag),
             sinks,
@@ -164,11 +186,18 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
                 Some(lsn) => println!(
                     "  slot {}: confirmed {lsn}, {} ({} bytes behind {})",
                     status.slot,
-                    if status.slot_active { "active" } else { "inactive" },
+                    if status.slot_active {
+                        "active"
+                    } else {
+                        "inactive"
+                    },
                     status.slot_lag_bytes.unwrap_or(0),
                     status.current_wal_lsn
                 ),
-                None => println!("  slot {}: missing (the next run takes a new snapshot)", status.slot),
+                None => println!(
+                    "  slot {}: missing (the next run takes a new snapshot)",
+                    status.slot
+                ),
             }
             for s in &status.sinks {
                 match (&s.checkpoint, s.lag_bytes) {
@@ -196,8 +225,16 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
     for p in &pipelines {
         let SourceConfig::Postgres(source) = &p.source;
         let dropped = pg::reset(source).await?;
-        println!("pipeline {}: slot {} {}", p.name, source.slot, if dropped { "dropped" } else { "was absent" });
-        println!("pipeline {}: publication {} dropped", p.name, source.publication);
+        println!(
+            "pipeline {}: slot {} {}",
+            p.name,
+            source.slot,
+            if dropped { "dropped" } else { "was absent" }
+        );
+        println!(
+            "pipeline {}: publication {} dropped",
+            p.name, source.publication
+        );
         for sink in &p.sinks {
             match &sink.kind {
                 SinkKind::Postgres { url } => {

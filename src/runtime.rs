@@ -26,7 +26,10 @@ use tracing::{error, info, warn};
 const EVENT_CHANNEL: usize = 4096;
 
 /// Runs the pipeline until `shutdown` turns true or a fatal error.
-pub async fn run_pipeline(config: PipelineConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run_pipeline(
+    config: PipelineConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = tokio::time::Instant::now();
@@ -48,7 +51,11 @@ pub async fn run_pipeline(config: PipelineConfig, mut shutdown: watch::Receiver<
             }
             Err(e) => {
                 error!(pipeline = %config.name, error = %e, "pipeline failed");
-                return Err(anyhow!("pipeline {} ({}): {e}", config.name, config.file.display()));
+                return Err(anyhow!(
+                    "pipeline {} ({}): {e}",
+                    config.name,
+                    config.file.display()
+                ));
             }
         }
     }
@@ -86,12 +93,19 @@ impl Sink for AnySink {
 async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Error> {
     let sink = &config.sinks[index];
     Ok(match &sink.kind {
-        SinkKind::Postgres { url } => AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?),
-        SinkKind::Sqlite { path } => AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?),
+        SinkKind::Postgres { url } => {
+            AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?)
+        }
+        SinkKind::Sqlite { path } => {
+            AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
+        }
     })
 }
 
-async fn run_once(config: &PipelineConfig, shutdown: watch::Receiver<bool>) -> Result<SourceExit, Error> {
+async fn run_once(
+    config: &PipelineConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SourceExit, Error> {
     let mut sinks = Vec::with_capacity(config.sinks.len());
     let mut checkpoints = Vec::with_capacity(config.sinks.len());
     for i in 0..config.sinks.len() {
@@ -109,7 +123,12 @@ async fn run_once(config: &PipelineConfig, shutdown: watch::Receiver<bool>) -> R
         for p in checkpoints.iter().flatten() {
             let lower = match &min {
                 None => true,
-                Some(m) => p.try_cmp(m).map_err(|e| Error::fatal_from("sinks hold checkpoints of different sources", e))?.is_lt(),
+                Some(m) => p
+                    .try_cmp(m)
+                    .map_err(|e| {
+                        Error::fatal_from("sinks hold checkpoints of different sources", e)
+                    })?
+                    .is_lt(),
             };
             if lower {
                 min = Some(p.clone());
@@ -130,7 +149,11 @@ async fn run_once(config: &PipelineConfig, shutdown: watch::Receiver<bool>) -> R
     }
     drop(tracker);
     let filter = TableFilter::new(&config.filter);
-    let transforms: Vec<Box<dyn Transform>> = if filter.is_noop() { Vec::new() } else { vec![Box::new(filter)] };
+    let transforms: Vec<Box<dyn Transform>> = if filter.is_noop() {
+        Vec::new()
+    } else {
+        vec![Box::new(filter)]
+    };
     tasks.spawn(run_batcher(events_rx, transforms, config.batch, outputs));
 
     let SourceConfig::Postgres(source) = &config.source;
@@ -183,7 +206,11 @@ pub fn load_configs(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Pipeline
     let mut names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(anyhow!("pipeline name {:?} is used by two config files; names must be unique", w[0])).context("invalid configuration");
+        return Err(anyhow!(
+            "pipeline name {:?} is used by two config files; names must be unique",
+            w[0]
+        ))
+        .context("invalid configuration");
     }
     Ok(pipelines)
 }

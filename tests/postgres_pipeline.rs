@@ -55,9 +55,16 @@ fn snapshot_then_stream_reaches_both_sinks() {
     let config = write_config(dir.path(), "p", &fan_out_config(&pg, "orders", "", &db));
     let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
 
-    let source_rows = || pg.psql("shop", "SELECT id, item, qty, price FROM orders ORDER BY id");
+    let source_rows = || {
+        pg.psql(
+            "shop",
+            "SELECT id, item, qty, price FROM orders ORDER BY id",
+        )
+    };
     assert!(
-        wait_until(WAIT, || pg.try_psql("replica", "SELECT count(*) FROM public.orders").is_ok_and(|n| n == "500")),
+        wait_until(WAIT, || pg
+            .try_psql("replica", "SELECT count(*) FROM public.orders")
+            .is_ok_and(|n| n == "500")),
         "snapshot did not arrive:\n{}",
         ferry.log()
     );
@@ -67,10 +74,30 @@ fn snapshot_then_stream_reaches_both_sinks() {
          DELETE FROM orders WHERE id BETWEEN 20 AND 29; COMMIT;
          UPDATE orders SET id = 5000 WHERE id = 100;",
     );
-    let pg_target = || pg.try_psql("replica", "SELECT id, item, qty, price FROM public.orders ORDER BY id").unwrap_or_default();
-    assert!(wait_until(WAIT, || pg_target() == source_rows()), "PostgreSQL target differs:\n{}\n--- source\n{}\n--- target\n{}", ferry.log(), source_rows(), pg_target());
-    let sqlite_target = || sqlite_rows(&db, "SELECT id, item, qty, price FROM orders ORDER BY id").join("\n");
-    assert!(wait_until(WAIT, || sqlite_target() == source_rows()), "SQLite target differs:\n{}", ferry.log());
+    let pg_target = || {
+        pg.try_psql(
+            "replica",
+            "SELECT id, item, qty, price FROM public.orders ORDER BY id",
+        )
+        .unwrap_or_default()
+    };
+    assert!(
+        wait_until(WAIT, || pg_target() == source_rows()),
+        "PostgreSQL target differs:\n{}\n--- source\n{}\n--- target\n{}",
+        ferry.log(),
+        source_rows(),
+        pg_target()
+    );
+    let sqlite_target =
+        || sqlite_rows(&db, "SELECT id, item, qty, price FROM orders ORDER BY id").join("\n");
+    assert!(
+        wait_until(WAIT, || sqlite_target() == source_rows()),
+        "SQLite target differs:\n{}",
+        ferry.log()
+    );
     let status = ferry.terminate();
-    assert!(status.success(), "ferry did not exit cleanly after SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "ferry did not exit cleanly after SIGTERM: {status:?}"
+    );
 }

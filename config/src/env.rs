@@ -27,7 +27,10 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(ExpandError::BadName(expr.to_owned()));
         }
-        match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+        match (
+            lookup(name).filter(|v| !v.is_empty() || default.is_none()),
+            default,
+        ) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => return Err(ExpandError::Unset(name.to_owned())),
@@ -68,8 +71,14 @@ mod tests {
         assert_eq!(expand("${EMPTY:-x}", &env).unwrap(), "x");
         assert_eq!(expand("${EMPTY}", &env).unwrap(), "");
         assert_eq!(expand("cost $$5 $x", &env).unwrap(), "cost $5 $x");
-        assert_eq!(expand("${NOPE}", &env), Err(ExpandError::Unset("NOPE".into())));
+        assert_eq!(
+            expand("${NOPE}", &env),
+            Err(ExpandError::Unset("NOPE".into()))
+        );
         assert_eq!(expand("${PW", &env), Err(ExpandError::Unterminated));
-        assert!(matches!(expand("${a b}", &env), Err(ExpandError::BadName(_))));
+        assert!(matches!(
+            expand("${a b}", &env),
+            Err(ExpandError::BadName(_))
+        ));
     }
 }

@@ -11,7 +11,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use env::{expand, ExpandError};
-pub use model::{FilterConfig, PipelineConfig, PostgresSource, SinkConfig, SinkKind, SnapshotMode, SourceConfig};
+pub use model::{
+    FilterConfig, PipelineConfig, PostgresSource, SinkConfig, SinkKind, SnapshotMode, SourceConfig,
+};
 pub use validate::parse_duration;
 
 /// One problem in a config file.
@@ -46,7 +48,11 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Parses and validates config text. `env` looks up `${VAR}` references.
-pub fn load_str(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigErrors> {
+pub fn load_str(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, ConfigErrors> {
     let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let key = match e.span() {
             Some(span) => {
@@ -55,7 +61,11 @@ pub fn load_str(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -
             }
             None => "(syntax)".to_owned(),
         };
-        ConfigErrors(vec![ConfigError { file: file.to_path_buf(), key, message: format!("not valid TOML: {}", e.message()) }])
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key,
+            message: format!("not valid TOML: {}", e.message()),
+        }])
     })?;
     validate::validate(file, &doc, env)
 }
@@ -63,7 +73,11 @@ pub fn load_str(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -
 /// Reads, parses and validates a config file using the process environment.
 pub fn load_file(file: &Path) -> Result<PipelineConfig, ConfigErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: file.to_path_buf(), key: "(file)".into(), message: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }])
     })?;
     load_str(file, &text, &|name| std::env::var(name).ok())
 }
@@ -73,7 +87,9 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<PipelineConfig, ConfigErrors> {
-        load_str(Path::new("/etc/ferry/p.toml"), text, &|n| (n == "PW").then(|| "pw".to_owned()))
+        load_str(Path::new("/etc/ferry/p.toml"), text, &|n| {
+            (n == "PW").then(|| "pw".to_owned())
+        })
     }
 
     const GOOD: &str = r#"
@@ -97,8 +113,16 @@ mod tests {
         assert_eq!(pg.slot, "ferry_orders");
         assert_eq!(pg.snapshot, SnapshotMode::Initial);
         assert_eq!(pg.tables.as_ref().unwrap()[1].to_string(), "public.items");
-        assert_eq!(p.sinks[0].kind, SinkKind::Sqlite { path: "/etc/ferry/replica.db".into() });
-        assert_eq!(p.heartbeat_interval, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            p.sinks[0].kind,
+            SinkKind::Sqlite {
+                path: "/etc/ferry/replica.db".into()
+            }
+        );
+        assert_eq!(
+            p.heartbeat_interval,
+            Some(std::time::Duration::from_secs(10))
+        );
     }
 
     #[test]
@@ -118,10 +142,23 @@ mod tests {
         "#;
         let errs = load(text).unwrap_err();
         let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["pipeline.name", "pipeline.colour", "source.url", "source.snapshot", "sink[0].url", "sink[1].type"]);
+        assert_eq!(
+            keys,
+            [
+                "pipeline.name",
+                "pipeline.colour",
+                "source.url",
+                "source.snapshot",
+                "sink[0].url",
+                "sink[1].type"
+            ]
+        );
         let text = errs.to_string();
         assert!(text.contains("/etc/ferry/p.toml: source.snapshot: expected \"initial\", \"never\" or \"only\", found \"sometimes\""), "{text}");
-        assert!(text.contains("pipeline.colour: unknown key; expected one of:"), "{text}");
+        assert!(
+            text.contains("pipeline.colour: unknown key; expected one of:"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -142,7 +179,8 @@ mod tests {
     fn duplicate_sink_names_are_rejected() {
         let text = GOOD.to_owned() + "\n[[sink]]\n";
         assert!(load(&text).is_err());
-        let fan_out = GOOD.replace("[sink]", "[[sink]]") + "[[sink]]\ntype = \"sqlite\"\npath = \"b.db\"\nname = \"sqlite\"\n";
+        let fan_out = GOOD.replace("[sink]", "[[sink]]")
+            + "[[sink]]\ntype = \"sqlite\"\npath = \"b.db\"\nname = \"sqlite\"\n";
         let errs = load(&fan_out).unwrap_err();
         assert!(errs.to_string().contains("used twice"), "{errs}");
     }

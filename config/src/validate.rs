@@ -27,7 +27,11 @@ struct Section<'t> {
 
 impl<'t> Section<'t> {
     fn new(path: impl Into<String>, table: &'t Table) -> Self {
-        Section { path: path.into(), table, known: BTreeSet::new() }
+        Section {
+            path: path.into(),
+            table,
+            known: BTreeSet::new(),
+        }
     }
 
     fn key(&self, key: &str) -> String {
@@ -41,7 +45,11 @@ impl<'t> Section<'t> {
 
 impl Reader<'_> {
     fn error(&mut self, key: String, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.to_path_buf(), key, message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key,
+            message: message.into(),
+        });
     }
 
     fn get<'t>(&mut self, sec: &mut Section<'t>, key: &'static str) -> Option<&'t Value> {
@@ -49,7 +57,12 @@ impl Reader<'_> {
         sec.table.get(key)
     }
 
-    fn string(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<String> {
+    fn string(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        expected: &str,
+    ) -> Option<String> {
         match self.get(sec, key)? {
             Value::String(s) => match expand(s, self.env) {
                 Ok(v) => Some(v),
@@ -59,13 +72,21 @@ impl Reader<'_> {
                 }
             },
             other => {
-                self.error(sec.key(key), format!("expected {expected}, found {}", other.type_str()));
+                self.error(
+                    sec.key(key),
+                    format!("expected {expected}, found {}", other.type_str()),
+                );
                 None
             }
         }
     }
 
-    fn required_string(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<String> {
+    fn required_string(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        expected: &str,
+    ) -> Option<String> {
         if !sec.table.contains_key(key) {
             sec.known.insert(key);
             self.error(sec.key(key), format!("missing; expected {expected}"));
@@ -74,10 +95,18 @@ impl Reader<'_> {
         self.string(sec, key, expected)
     }
 
-    fn string_list(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<Vec<String>> {
+    fn string_list(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        expected: &str,
+    ) -> Option<Vec<String>> {
         let value = self.get(sec, key)?;
         let Value::Array(items) = value else {
-            self.error(sec.key(key), format!("expected a list of {expected}, found {}", value.type_str()));
+            self.error(
+                sec.key(key),
+                format!("expected a list of {expected}, found {}", value.type_str()),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -87,9 +116,10 @@ impl Reader<'_> {
                     Ok(v) => out.push(v),
                     Err(e) => self.error(format!("{}[{i}]", sec.key(key)), e.to_string()),
                 },
-                other => {
-                    self.error(format!("{}[{i}]", sec.key(key)), format!("expected {expected}, found {}", other.type_str()))
-                }
+                other => self.error(
+                    format!("{}[{i}]", sec.key(key)),
+                    format!("expected {expected}, found {}", other.type_str()),
+                ),
             }
         }
         Some(out)
@@ -99,13 +129,21 @@ impl Reader<'_> {
         match self.get(sec, key)? {
             Value::Integer(n) if *n > 0 => Some(*n as usize),
             other => {
-                self.error(sec.key(key), format!("expected a positive integer, found {}", describe(other)));
+                self.error(
+                    sec.key(key),
+                    format!("expected a positive integer, found {}", describe(other)),
+                );
                 None
             }
         }
     }
 
-    fn duration(&mut self, sec: &mut Section<'_>, key: &'static str, allow_off: bool) -> Option<Option<Duration>> {
+    fn duration(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        allow_off: bool,
+    ) -> Option<Option<Duration>> {
         let text = self.string(sec, key, "a duration such as \"500ms\", \"10s\" or \"2m\"")?;
         if allow_off && text == "off" {
             return Some(None);
@@ -123,21 +161,37 @@ impl Reader<'_> {
     fn table_id(&mut self, key: String, text: &str) -> Option<TableId> {
         let id = TableId::parse(text, "public");
         if id.is_none() {
-            self.error(key, format!("expected a table as \"schema.table\", found {text:?}"));
+            self.error(
+                key,
+                format!("expected a table as \"schema.table\", found {text:?}"),
+            );
         }
         id
     }
 
     fn table_list(&mut self, sec: &mut Section<'_>, key: &'static str) -> Option<Vec<TableId>> {
         let names = self.string_list(sec, key, "tables as \"schema.table\"")?;
-        Some(names.iter().enumerate().filter_map(|(i, n)| self.table_id(format!("{}[{i}]", sec.key(key)), n)).collect())
+        Some(
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.table_id(format!("{}[{i}]", sec.key(key)), n))
+                .collect(),
+        )
     }
 
     fn subtable<'t>(&mut self, sec: &mut Section<'t>, key: &'static str) -> Option<Section<'t>> {
         match self.get(sec, key)? {
             Value::Table(t) => Some(Section::new(sec.key(key), t)),
             other => {
-                self.error(sec.key(key), format!("expected a table ([{}]), found {}", sec.key(key), other.type_str()));
+                self.error(
+                    sec.key(key),
+                    format!(
+                        "expected a table ([{}]), found {}",
+                        sec.key(key),
+                        other.type_str()
+                    ),
+                );
                 None
             }
         }
@@ -148,7 +202,10 @@ impl Reader<'_> {
         for key in sec.table.keys() {
             if !sec.known.contains(key.as_str()) {
                 let known: Vec<_> = sec.known.iter().copied().collect();
-                self.error(sec.key(key), format!("unknown key; expected one of: {}", known.join(", ")));
+                self.error(
+                    sec.key(key),
+                    format!("unknown key; expected one of: {}", known.join(", ")),
+                );
             }
         }
     }
@@ -181,7 +238,11 @@ pub fn validate(
     doc: &Table,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PipelineConfig, ConfigErrors> {
-    let mut r = Reader { file, env, errors: Vec::new() };
+    let mut r = Reader {
+        file,
+        env,
+        errors: Vec::new(),
+    };
     let mut root = Section::new("", doc);
 
     let mut name = None;
@@ -193,7 +254,10 @@ pub fn validate(
         Some(mut p) => {
             name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
             if let Some(n) = &name {
-                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || n.len() > 40 {
+                if n.is_empty()
+                    || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    || n.len() > 40
+                {
                     r.error(p.key("name"), format!("expected letters, digits and _ (at most 40; it names the replication slot), found {n:?}"));
                 }
             }
@@ -203,7 +267,11 @@ pub fn validate(
             if let Some(n) = r.positive_int(&mut p, "snapshot_parallelism") {
                 snapshot_parallelism = n;
             }
-            http_listen = r.string(&mut p, "http_listen", "an address such as \"127.0.0.1:9180\"");
+            http_listen = r.string(
+                &mut p,
+                "http_listen",
+                "an address such as \"127.0.0.1:9180\"",
+            );
             if let Some(mut b) = r.subtable(&mut p, "batch") {
                 if let Some(n) = r.positive_int(&mut b, "max_events") {
                     batch.max_events = n;
@@ -218,7 +286,10 @@ pub fn validate(
             }
             r.finish(p);
         }
-        None if !doc.contains_key("pipeline") => r.error("pipeline".into(), "missing; expected a [pipeline] table with name = \"…\""),
+        None if !doc.contains_key("pipeline") => r.error(
+            "pipeline".into(),
+            "missing; expected a [pipeline] table with name = \"…\"",
+        ),
         None => {}
     }
     let pipeline_name = name.clone().unwrap_or_default().to_lowercase();
@@ -227,7 +298,10 @@ pub fn validate(
         Some(s) => read_source(&mut r, s, &pipeline_name),
         None => {
             if !doc.contains_key("source") {
-                r.error("source".into(), "missing; expected a [source] table with type = \"postgres\"");
+                r.error(
+                    "source".into(),
+                    "missing; expected a [source] table with type = \"postgres\"",
+                );
             }
             None
         }
@@ -270,29 +344,55 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
     let ty = r.required_string(&mut s, "type", "\"postgres\"");
     let result = match ty.as_deref() {
         Some("postgres") => {
-            let url = r.required_string(&mut s, "url", "a URL such as \"postgres://user@host:5432/db\"");
+            let url = r.required_string(
+                &mut s,
+                "url",
+                "a URL such as \"postgres://user@host:5432/db\"",
+            );
             if let Some(u) = &url {
                 if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                    r.error(s.key("url"), "expected a URL starting with postgres:// or postgresql://".to_owned());
+                    r.error(
+                        s.key("url"),
+                        "expected a URL starting with postgres:// or postgresql://".to_owned(),
+                    );
                 }
             }
             let tables = r.table_list(&mut s, "tables");
-            let snapshot = match r.string(&mut s, "snapshot", "\"initial\", \"never\" or \"only\"").as_deref() {
+            let snapshot = match r
+                .string(&mut s, "snapshot", "\"initial\", \"never\" or \"only\"")
+                .as_deref()
+            {
                 None | Some("initial") => Some(SnapshotMode::Initial),
                 Some("never") => Some(SnapshotMode::Never),
                 Some("only") => Some(SnapshotMode::Only),
                 Some(other) => {
-                    r.error(s.key("snapshot"), format!("expected \"initial\", \"never\" or \"only\", found {other:?}"));
+                    r.error(
+                        s.key("snapshot"),
+                        format!("expected \"initial\", \"never\" or \"only\", found {other:?}"),
+                    );
                     None
                 }
             };
             let default_name = format!("ferry_{pipeline}");
-            let slot = r.string(&mut s, "slot", "a slot name").unwrap_or_else(|| default_name.clone());
-            let publication = r.string(&mut s, "publication", "a publication name").unwrap_or(default_name);
-            Some(SourceConfig::Postgres(PostgresSource { url: url?, tables, snapshot: snapshot?, slot, publication }))
+            let slot = r
+                .string(&mut s, "slot", "a slot name")
+                .unwrap_or_else(|| default_name.clone());
+            let publication = r
+                .string(&mut s, "publication", "a publication name")
+                .unwrap_or(default_name);
+            Some(SourceConfig::Postgres(PostgresSource {
+                url: url?,
+                tables,
+                snapshot: snapshot?,
+                slot,
+                publication,
+            }))
         }
         Some(other) => {
-            r.error(s.key("type"), format!("expected \"postgres\", found {other:?}"));
+            r.error(
+                s.key("type"),
+                format!("expected \"postgres\", found {other:?}"),
+            );
             None
         }
         None => None,
@@ -303,16 +403,32 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
 
 fn read_filter(r: &mut Reader<'_>, mut f: Section<'_>) -> FilterConfig {
     let exclude_tables = r.table_list(&mut f, "exclude_tables").unwrap_or_default();
-    let columns = r.string_list(&mut f, "exclude_columns", "columns as \"schema.table.column\"").unwrap_or_default();
+    let columns = r
+        .string_list(
+            &mut f,
+            "exclude_columns",
+            "columns as \"schema.table.column\"",
+        )
+        .unwrap_or_default();
     let mut exclude_columns = Vec::new();
     for (i, c) in columns.iter().enumerate() {
-        match c.rsplit_once('.').and_then(|(t, col)| Some((TableId::parse(t, "public")?, col))) {
+        match c
+            .rsplit_once('.')
+            .and_then(|(t, col)| Some((TableId::parse(t, "public")?, col)))
+        {
             Some((t, col)) if !col.is_empty() => exclude_columns.push((t, col.to_owned())),
-            _ => r.error(format!("{}[{i}]", f.key("exclude_columns")), format!("expected \"schema.table.column\", found {c:?}")),
+            _ => r.error(
+                format!("{}[{i}]", f.key("exclude_columns")),
+                format!("expected \"schema.table.column\", found {c:?}"),
+            ),
         }
     }
     r.finish(f);
-    FilterConfig { include_tables: None, exclude_tables, exclude_columns }
+    FilterConfig {
+        include_tables: None,
+        exclude_tables,
+        exclude_columns,
+    }
 }
 
 fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
@@ -330,11 +446,20 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
             })
             .collect(),
         Some(other) => {
-            r.error("sink".into(), format!("expected a [sink] table or [[sink]] tables, found {}", other.type_str()));
+            r.error(
+                "sink".into(),
+                format!(
+                    "expected a [sink] table or [[sink]] tables, found {}",
+                    other.type_str()
+                ),
+            );
             return Vec::new();
         }
         None => {
-            r.error("sink".into(), "missing; expected a [sink] table with type = \"postgres\" or \"sqlite\"");
+            r.error(
+                "sink".into(),
+                "missing; expected a [sink] table with type = \"postgres\" or \"sqlite\"",
+            );
             return Vec::new();
         }
     };
@@ -344,10 +469,17 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
         let name = r.string(&mut s, "name", "a sink name");
         let kind = match ty.as_deref() {
             Some("postgres") => {
-                let url = r.required_string(&mut s, "url", "a URL such as \"postgres://user@host:5432/db\"");
+                let url = r.required_string(
+                    &mut s,
+                    "url",
+                    "a URL such as \"postgres://user@host:5432/db\"",
+                );
                 if let Some(u) = &url {
                     if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                        r.error(s.key("url"), "expected a URL starting with postgres:// or postgresql://");
+                        r.error(
+                            s.key("url"),
+                            "expected a URL starting with postgres:// or postgresql://",
+                        );
                     }
                 }
                 url.map(|url| SinkKind::Postgres { url })
@@ -357,11 +489,16 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                 path.map(|p| {
                     let p = PathBuf::from(p);
                     let base = r.file.parent().unwrap_or(Path::new("."));
-                    SinkKind::Sqlite { path: if p.is_relative() { base.join(p) } else { p } }
+                    SinkKind::Sqlite {
+                        path: if p.is_relative() { base.join(p) } else { p },
+                    }
                 })
             }
             Some(other) => {
-                r.error(s.key("type"), format!("expected \"postgres\" or \"sqlite\", found {other:?}"));
+                r.error(
+                    s.key("type"),
+                    format!("expected \"postgres\" or \"sqlite\", found {other:?}"),
+                );
                 None
             }
             None => None,
@@ -370,10 +507,17 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
             let name = name.unwrap_or_else(|| {
                 let base = kind.type_name();
                 let n = sinks.iter().filter(|s| s.kind.type_name() == base).count();
-                if n == 0 { base.to_owned() } else { format!("{base}_{}", n + 1) }
+                if n == 0 {
+                    base.to_owned()
+                } else {
+                    format!("{base}_{}", n + 1)
+                }
             });
             if sinks.iter().any(|other| other.name == name) {
-                r.error(s.key("name"), format!("sink name {name:?} is used twice; give each sink a unique name"));
+                r.error(
+                    s.key("name"),
+                    format!("sink name {name:?} is used twice; give each sink a unique name"),
+                );
             }
             sinks.push(SinkConfig { name, kind });
         }

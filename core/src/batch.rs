@@ -17,7 +17,11 @@ impl Default for BatchLimits {
     /// Large enough that a busy stream writes few, big target transactions; short enough in time that a quiet
     /// stream lands within a tenth of a second.
     fn default() -> Self {
-        BatchLimits { max_events: 10_000, max_bytes: 16 << 20, max_wait: Duration::from_millis(100) }
+        BatchLimits {
+            max_events: 10_000,
+            max_bytes: 16 << 20,
+            max_wait: Duration::from_millis(100),
+        }
     }
 }
 

@@ -32,16 +32,34 @@ impl fmt::Display for Error {
 }
 
 impl Error {
-    pub fn transient(message: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Error { class: ErrorClass::Transient, message: message.into(), source: Some(source.into()) }
+    pub fn transient(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     pub fn fatal(message: impl Into<String>) -> Self {
-        Error { class: ErrorClass::Fatal, message: message.into(), source: None }
+        Error {
+            class: ErrorClass::Fatal,
+            message: message.into(),
+            source: None,
+        }
     }
 
-    pub fn fatal_from(message: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Error { class: ErrorClass::Fatal, message: message.into(), source: Some(source.into()) }
+    pub fn fatal_from(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error {
+            class: ErrorClass::Fatal,
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     pub fn is_transient(&self) -> bool {

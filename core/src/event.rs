@@ -11,14 +11,23 @@ pub type Row = Vec<Value>;
 /// What happened to one row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowOp {
-    Insert { after: Row },
+    Insert {
+        after: Row,
+    },
     /// `before` is the old key (REPLICA IDENTITY DEFAULT, key changed) or the whole old row (FULL); `None` when
     /// the source sent no old values (the key did not change).
-    Update { before: Option<Row>, after: Row },
+    Update {
+        before: Option<Row>,
+        after: Row,
+    },
     /// `before` holds at least the key columns; the others may be `Null` when the source does not send them.
-    Delete { before: Row },
+    Delete {
+        before: Row,
+    },
     /// A row copied by the initial snapshot.
-    Read { after: Row },
+    Read {
+        after: Row,
+    },
 }
 
 /// One change inside a source transaction.
@@ -51,15 +60,22 @@ impl Change {
 pub enum Event {
     /// A transaction starts. `commit_at` identifies its commit: a sink whose checkpoint
     /// [`Position::includes`] it has applied the transaction already and skips it.
-    Begin { commit_at: Position },
+    Begin {
+        commit_at: Position,
+    },
     Change(Change),
     /// The transaction ends; `position` is what a sink stores as its checkpoint once the transaction is durable.
-    Commit { position: Position, commit_time: Timestamp },
+    Commit {
+        position: Position,
+        commit_time: Timestamp,
+    },
     /// A table's schema as of this point in the stream (new table, or columns added or dropped).
     Schema(SchemaRef),
     /// The source is idle up to `position`: nothing before it remains to be applied. Sinks may store it as
     /// their checkpoint so the source can release its log.
-    Heartbeat { position: Position },
+    Heartbeat {
+        position: Position,
+    },
 }
 
 impl Event {

@@ -46,7 +46,9 @@ pub async fn run_batcher(
             None => input.recv().await,
         };
         let Some(event) = next else { break };
-        let Some(event) = transforms.iter_mut().try_fold(event, |e, t| t.apply(e)) else { continue };
+        let Some(event) = transforms.iter_mut().try_fold(event, |e, t| t.apply(e)) else {
+            continue;
+        };
         if batch.is_empty() {
             deadline = Some(Instant::now() + limits.max_wait);
         }
@@ -65,7 +67,9 @@ pub async fn run_batcher(
 async fn send(outputs: &[mpsc::Sender<Arc<Batch>>], batch: Batch) -> Result<()> {
     let batch = Arc::new(batch);
     for out in outputs {
-        out.send(batch.clone()).await.map_err(|_| Error::fatal("a sink stopped while the pipeline was running"))?;
+        out.send(batch.clone())
+            .await
+            .map_err(|_| Error::fatal("a sink stopped while the pipeline was running"))?;
     }
     Ok(())
 }
@@ -85,15 +89,29 @@ impl AckTracker {
     /// A tracker for `sinks` sinks, each starting at its stored checkpoint; also returns the receiver the source
     /// reads the acknowledged position from. The receiver sees the channel close when every tracker handle is
     /// dropped, which tells the source all sinks have finished.
-    pub fn new(checkpoints: Vec<Option<Position>>) -> (AckTracker, watch::Receiver<Option<Position>>) {
+    pub fn new(
+        checkpoints: Vec<Option<Position>>,
+    ) -> (AckTracker, watch::Receiver<Option<Position>>) {
         let min = minimum(&checkpoints);
         let (acked, rx) = watch::channel(min);
-        (AckTracker { inner: Arc::new(AckInner { positions: Mutex::new(checkpoints), acked }) }, rx)
+        (
+            AckTracker {
+                inner: Arc::new(AckInner {
+                    positions: Mutex::new(checkpoints),
+                    acked,
+                }),
+            },
+            rx,
+        )
     }
 
     /// Records that sink `index` has made everything up to `position` durable.
     pub fn report(&self, index: usize, position: Position) {
-        let mut positions = self.inner.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut positions = self
+            .inner
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         positions[index] = Some(position);
         let min = minimum(&positions);
         self.inner.acked.send_if_modified(|current| {
@@ -131,7 +149,10 @@ pub async fn run_sink<S: Sink>(
     mut batches: mpsc::Receiver<Arc<Batch>>,
     tracker: AckTracker,
 ) -> Result<()> {
-    let mut skip = SkipCovered { checkpoint, skipping: false };
+    let mut skip = SkipCovered {
+        checkpoint,
+        skipping: false,
+    };
     while let Some(batch) = batches.recv().await {
         let owned;
         let events: &[Event] = if skip.needs_filter(&batch.events)? {
@@ -176,13 +197,17 @@ struct SkipCovered {
 
 impl SkipCovered {
     fn covered(&self, event: &Event) -> Result<bool> {
-        let Some(cp) = &self.checkpoint else { return Ok(false) };
+        let Some(cp) = &self.checkpoint else {
+            return Ok(false);
+        };
         let covered = match event {
             Event::Begin { commit_at } => cp.includes(commit_at),
             Event::Heartbeat { position } => position.try_cmp(cp).map(|o| o.is_le()),
             _ => return Ok(false),
         };
-        covered.map_err(|e| Error::fatal_from("the stored checkpoint does not belong to this source", e))
+        covered.map_err(|e| {
+            Error::fatal_from("the stored checkpoint does not belong to this source", e)
+        })
     }
 
     fn needs_filter(&self, events: &[Event]) -> Result<bool> {
@@ -232,15 +257,23 @@ mod tests {
 
     fn txn(commit_start: u64, end: u64) -> Vec<Event> {
         vec![
-            Event::Begin { commit_at: pg(commit_start) },
+            Event::Begin {
+                commit_at: pg(commit_start),
+            },
             Event::Change(crate::event::Change::Truncate { tables: vec![] }),
-            Event::Commit { position: pg(end), commit_time: Timestamp(0) },
+            Event::Commit {
+                position: pg(end),
+                commit_time: Timestamp(0),
+            },
         ]
     }
 
     #[test]
     fn skips_transactions_the_checkpoint_includes() {
-        let mut skip = SkipCovered { checkpoint: Some(pg(20)), skipping: false };
+        let mut skip = SkipCovered {
+            checkpoint: Some(pg(20)),
+            skipping: false,
+        };
         let mut events = txn(10, 20);
         events.extend(txn(20, 30));
         assert!(skip.needs_filter(&events).unwrap());
@@ -250,7 +283,10 @@ mod tests {
 
     #[test]
     fn skips_a_covered_transaction_split_across_batches() {
-        let mut skip = SkipCovered { checkpoint: Some(pg(20)), skipping: false };
+        let mut skip = SkipCovered {
+            checkpoint: Some(pg(20)),
+            skipping: false,
+        };
         let t = txn(10, 20);
         assert!(skip.filter(&t[..2]).unwrap().is_empty());
         assert!(skip.needs_filter(&t[2..]).unwrap());
@@ -272,7 +308,11 @@ mod tests {
     async fn batcher_cuts_on_size_and_on_time() {
         let (tx, rx) = mpsc::channel(16);
         let (out_tx, mut out_rx) = mpsc::channel(16);
-        let limits = BatchLimits { max_events: 3, max_bytes: usize::MAX, max_wait: std::time::Duration::from_secs(1) };
+        let limits = BatchLimits {
+            max_events: 3,
+            max_bytes: usize::MAX,
+            max_wait: std::time::Duration::from_secs(1),
+        };
         let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx]));
         for e in txn(1, 2) {
             tx.send(e).await.unwrap();

@@ -10,7 +10,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A PostgreSQL write-ahead-log location, displayed as PostgreSQL does (`16/B374D848`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -36,7 +38,10 @@ impl FromStr for Lsn {
     type Err = ParsePositionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParsePositionError { input: s.to_owned(), expected: "an LSN such as 16/B374D848" };
+        let err = || ParsePositionError {
+            input: s.to_owned(),
+            expected: "an LSN such as 16/B374D848",
+        };
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
@@ -92,7 +97,10 @@ impl FromStr for Position {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("pg", lsn)) => Ok(Position::Pg(lsn.parse()?)),
-            _ => Err(ParsePositionError { input: s.to_owned(), expected: "a position such as pg:16/B374D848" }),
+            _ => Err(ParsePositionError {
+                input: s.to_owned(),
+                expected: "a position such as pg:16/B374D848",
+            }),
         }
     }
 }

@@ -12,13 +12,17 @@ pub struct TableId {
 
 impl TableId {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        TableId { schema: schema.into(), name: name.into() }
+        TableId {
+            schema: schema.into(),
+            name: name.into(),
+        }
     }
 
     /// Parses `schema.table`; a bare `table` is in `default_schema`.
     pub fn parse(s: &str, default_schema: &str) -> Option<TableId> {
         let (schema, name) = s.split_once('.').unwrap_or((default_schema, s));
-        (!schema.is_empty() && !name.is_empty() && !name.contains('.')).then(|| TableId::new(schema, name))
+        (!schema.is_empty() && !name.is_empty() && !name.contains('.'))
+            .then(|| TableId::new(schema, name))
     }
 }
 

@@ -22,7 +22,11 @@ pub trait Sink: Send + 'static {
     /// together; on `Err` or a crash, none of them are. With `commit = None` the transaction stays open for the
     /// next call (a source transaction larger than one batch). The runner never passes a transaction the
     /// checkpoint already includes, so the sink need not deduplicate.
-    fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> impl Future<Output = Result<()>> + Send;
+    fn apply(
+        &mut self,
+        events: &[Event],
+        commit: Option<&Position>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// A pure, synchronous stage between source and sinks.

@@ -17,7 +17,10 @@ pub struct TemporalParseError {
 }
 
 fn err(kind: &'static str, input: &str) -> TemporalParseError {
-    TemporalParseError { kind, input: input.to_owned() }
+    TemporalParseError {
+        kind,
+        input: input.to_owned(),
+    }
 }
 
 /// A calendar date: days since 1970-01-01. `i32::MIN` / `i32::MAX` are `-infinity` / `infinity`.
@@ -88,7 +91,11 @@ fn parse_ymd(s: &str, bc: bool) -> Option<i64> {
 
 fn write_ymd(f: &mut fmt::Formatter<'_>, days: i64) -> Result<bool, fmt::Error> {
     let (year, month, day) = civil_from_days(days);
-    let (shown, bc) = if year <= 0 { (1 - year, true) } else { (year, false) };
+    let (shown, bc) = if year <= 0 {
+        (1 - year, true)
+    } else {
+        (year, false)
+    };
     write!(f, "{shown:04}-{month:02}-{day:02}")?;
     Ok(bc)
 }
@@ -112,14 +119,24 @@ fn parse_hms(s: &str) -> Option<i64> {
     if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) || m > 59 || s > 60 || h > 24 {
         return None;
     }
-    let frac_micros: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    let frac_micros: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().ok()?
+    };
     Some(((h * 60 + m) * 60 + s) * MICROS_PER_SECOND + frac_micros)
 }
 
 fn write_hms(f: &mut fmt::Formatter<'_>, micros: i64) -> fmt::Result {
     let secs = micros / MICROS_PER_SECOND;
     let frac = micros % MICROS_PER_SECOND;
-    write!(f, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)?;
+    write!(
+        f,
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )?;
     if frac != 0 {
         let digits = format!("{frac:06}");
         write!(f, ".{}", digits.trim_end_matches('0'))?;
@@ -206,7 +223,10 @@ impl TimeTz {
         let at = s.rfind(['+', '-']).ok_or_else(|| err("timetz", s))?;
         let micros = parse_hms(&s[..at]).ok_or_else(|| err("timetz", s))?;
         let offset_seconds = parse_offset(&s[at..]).ok_or_else(|| err("timetz", s))?;
-        Ok(TimeTz { micros, offset_seconds })
+        Ok(TimeTz {
+            micros,
+            offset_seconds,
+        })
     }
 }
 
@@ -301,7 +321,11 @@ impl Interval {
     fn parse_inner(s: &str) -> Option<Interval> {
         let rest = s.strip_prefix('P')?;
         let (date_part, time_part) = rest.split_once('T').unwrap_or((rest, ""));
-        let mut iv = Interval { months: 0, days: 0, micros: 0 };
+        let mut iv = Interval {
+            months: 0,
+            days: 0,
+            micros: 0,
+        };
         for (unit, number) in iso_fields(date_part)? {
             let n: i32 = number.parse().ok()?;
             match unit {
@@ -314,8 +338,14 @@ impl Interval {
         }
         for (unit, number) in iso_fields(time_part)? {
             let micros = match unit {
-                'H' => number.parse::<i64>().ok()?.checked_mul(3600 * MICROS_PER_SECOND)?,
-                'M' => number.parse::<i64>().ok()?.checked_mul(60 * MICROS_PER_SECOND)?,
+                'H' => number
+                    .parse::<i64>()
+                    .ok()?
+                    .checked_mul(3600 * MICROS_PER_SECOND)?,
+                'M' => number
+                    .parse::<i64>()
+                    .ok()?
+                    .checked_mul(60 * MICROS_PER_SECOND)?,
                 'S' => parse_signed_seconds(number)?,
                 _ => return None,
             };
@@ -350,8 +380,16 @@ fn parse_signed_seconds(s: &str) -> Option<i64> {
     if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let frac_micros: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
-    let micros = whole.parse::<i64>().ok()?.checked_mul(MICROS_PER_SECOND)?.checked_add(frac_micros)?;
+    let frac_micros: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().ok()?
+    };
+    let micros = whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(MICROS_PER_SECOND)?
+        .checked_add(frac_micros)?;
     Some(if neg { -micros } else { micros })
 }
 
@@ -375,7 +413,13 @@ impl fmt::Display for Interval {
             let a = self.micros.unsigned_abs();
             let secs = a / 1_000_000;
             let frac = a % 1_000_000;
-            write!(f, "T{sign}{}H{sign}{}M{sign}{}", secs / 3600, secs / 60 % 60, secs % 60)?;
+            write!(
+                f,
+                "T{sign}{}H{sign}{}M{sign}{}",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            )?;
             if frac != 0 {
                 write!(f, ".{}", format!("{frac:06}").trim_end_matches('0'))?;
             }
@@ -393,9 +437,18 @@ mod tests {
     #[test]
     fn parses_postgres_dates() {
         assert_eq!(Date::parse_iso("1970-01-01").unwrap(), Date(0));
-        assert_eq!(Date::parse_iso("2000-02-29").unwrap().to_string(), "2000-02-29");
-        assert_eq!(Date::parse_iso("0044-03-15 BC").unwrap().to_string(), "0044-03-15 BC");
-        assert_eq!(Date::parse_iso("0001-01-01 BC").unwrap(), Date(days_from_civil(0, 1, 1) as i32));
+        assert_eq!(
+            Date::parse_iso("2000-02-29").unwrap().to_string(),
+            "2000-02-29"
+        );
+        assert_eq!(
+            Date::parse_iso("0044-03-15 BC").unwrap().to_string(),
+            "0044-03-15 BC"
+        );
+        assert_eq!(
+            Date::parse_iso("0001-01-01 BC").unwrap(),
+            Date(days_from_civil(0, 1, 1) as i32)
+        );
         assert_eq!(Date::parse_iso("infinity").unwrap(), Date::INFINITY);
         assert!(Date::parse_iso("2000-13-01").is_err());
         assert!(Date::parse_iso("").is_err());
@@ -409,7 +462,10 @@ mod tests {
         assert_eq!(tz.display_utc().to_string(), "2024-01-31 07:04:56+00");
         let bc = Timestamp::parse_iso_tz("0044-03-15 10:00:00+00 BC").unwrap();
         assert_eq!(bc.display_utc().to_string(), "0044-03-15 10:00:00+00 BC");
-        assert_eq!(Timestamp::parse_iso("-infinity").unwrap(), Timestamp::NEG_INFINITY);
+        assert_eq!(
+            Timestamp::parse_iso("-infinity").unwrap(),
+            Timestamp::NEG_INFINITY
+        );
         assert!(Timestamp::parse_iso("2024-01-31").is_err());
     }
 
@@ -420,9 +476,23 @@ mod tests {
         assert_eq!(tz.offset_seconds, -8 * 3600);
         assert_eq!(tz.to_string(), "04:05:06.5-08:00");
         let iv = Interval::parse_iso("P1Y2M-3DT4H-5M6.25S").unwrap();
-        assert_eq!(iv, Interval { months: 14, days: -3, micros: (4 * 3600 - 5 * 60) * 1_000_000 + 6_250_000 });
+        assert_eq!(
+            iv,
+            Interval {
+                months: 14,
+                days: -3,
+                micros: (4 * 3600 - 5 * 60) * 1_000_000 + 6_250_000
+            }
+        );
         assert_eq!(Interval::parse_iso(&iv.to_string()).unwrap(), iv);
-        assert_eq!(Interval::parse_iso("PT0S").unwrap(), Interval { months: 0, days: 0, micros: 0 });
+        assert_eq!(
+            Interval::parse_iso("PT0S").unwrap(),
+            Interval {
+                months: 0,
+                days: 0,
+                micros: 0
+            }
+        );
         assert!(Interval::parse_iso("P1").is_err());
     }
 

@@ -6,7 +6,8 @@ pub const CREATE_CHECKPOINT_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_chec
     PRIMARY KEY (pipeline, sink))";
 
 /// Reads one sink's checkpoint; parameters: pipeline, sink.
-pub const SELECT_CHECKPOINT: &str = "SELECT position FROM ferry_checkpoints WHERE pipeline = $1 AND sink = $2";
+pub const SELECT_CHECKPOINT: &str =
+    "SELECT position FROM ferry_checkpoints WHERE pipeline = $1 AND sink = $2";
 
 /// Upserts a checkpoint; parameters: pipeline, sink, position, updated_at.
 pub const UPSERT_CHECKPOINT: &str = "INSERT INTO ferry_checkpoints (pipeline, sink, position, updated_at) \
@@ -16,10 +17,13 @@ pub const UPSERT_CHECKPOINT: &str = "INSERT INTO ferry_checkpoints (pipeline, si
 pub const DELETE_CHECKPOINTS: &str = "DELETE FROM ferry_checkpoints WHERE pipeline = $1";
 
 /// Lists a pipeline's checkpoints (`ferry status`); parameter: pipeline.
-pub const LIST_CHECKPOINTS: &str = "SELECT sink, position, updated_at FROM ferry_checkpoints WHERE pipeline = $1 ORDER BY sink";
+pub const LIST_CHECKPOINTS: &str =
+    "SELECT sink, position, updated_at FROM ferry_checkpoints WHERE pipeline = $1 ORDER BY sink";
 
 /// The current time as ISO 8601 UTC, for `updated_at`.
 pub fn now_text() -> String {
-    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
     ferry_core::Timestamp(micros).display_utc().to_string()
 }

@@ -16,24 +16,43 @@ use tempfile::TempDir;
 
 /// Where Debian installs the server binaries.
 pub fn pg_bin(name: &str) -> PathBuf {
-    let dir = std::env::var("FERRY_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
+    let dir =
+        std::env::var("FERRY_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
     let path = Path::new(&dir).join(name);
-    assert!(path.exists(), "{} is missing: run scripts/setup (installs postgresql-15)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup (installs postgresql-15)",
+        path.display()
+    );
     path
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, "postgres"]).output().expect("run id");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("the postgres user exists (scripts/setup creates it)")
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the postgres user exists (scripts/setup creates it)")
     };
     (id("-u"), id("-g"))
 }
@@ -42,7 +61,13 @@ fn postgres_ids() -> (u32, u32) {
 fn as_server_user(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"]).arg(program);
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program);
         c
     } else {
         Command::new(program)
@@ -65,7 +90,10 @@ impl PgServer {
 
     /// Starts a server with extra `-c` settings.
     pub fn start_with(settings: &[&str]) -> PgServer {
-        let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-")
+            .tempdir()
+            .expect("temp dir");
         if is_root() {
             let (uid, gid) = postgres_ids();
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown data dir");
@@ -74,11 +102,28 @@ impl PgServer {
         let out = as_server_user(&pg_bin("initdb"))
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .output()
             .expect("run initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut server = PgServer { port: free_port(), dir, child: None, settings: settings.iter().map(|s| s.to_string()).collect() };
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut server = PgServer {
+            port: free_port(),
+            dir,
+            child: None,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+        };
         server.launch();
         server
     }
@@ -87,7 +132,10 @@ impl PgServer {
         let data = self.dir.path().join("data");
         let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
         let mut cmd = as_server_user(&pg_bin("postgres"));
-        cmd.arg("-D").arg(&data).args(["-p", &self.port.to_string(), "-k"]).arg(self.dir.path());
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path());
         for s in [
             "listen_addresses=127.0.0.1",
             "max_replication_slots=20",
@@ -104,12 +152,23 @@ impl PgServer {
         {
             cmd.args(["-c", &s]);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start postgres");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = Command::new(pg_bin("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .stdout(Stdio::null())
                 .status()
                 .map(|s| s.success())
@@ -117,7 +176,11 @@ impl PgServer {
             if ready {
                 return;
             }
-            assert!(Instant::now() < deadline, "postgres did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -138,13 +201,25 @@ impl PgServer {
 
     /// Runs SQL with psql and returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        self.try_psql(db, sql).unwrap_or_else(|e| panic!("psql failed on {sql}: {e}"))
+        self.try_psql(db, sql)
+            .unwrap_or_else(|e| panic!("psql failed on {sql}: {e}"))
     }
 
     /// Runs SQL with psql; the error text when it fails (a table not created yet, say).
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
             .output()
             .expect("run psql");
@@ -157,7 +232,9 @@ impl PgServer {
     /// Stops the server with a fast shutdown.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
@@ -188,7 +265,11 @@ pub fn ferry_bin() -> &'static str {
 
 impl Ferry {
     pub fn start(config: &Path, log_path: &Path) -> Ferry {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("ferry log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("ferry log");
         let child = Command::new(ferry_bin())
             .args(["run", "--config"])
             .arg(config)
@@ -197,7 +278,10 @@ impl Ferry {
             .stderr(log)
             .spawn()
             .expect("start ferry");
-        Ferry { child, log_path: log_path.to_path_buf() }
+        Ferry {
+            child,
+            log_path: log_path.to_path_buf(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -212,7 +296,9 @@ impl Ferry {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         self.child.wait().expect("wait for ferry")
     }
 
@@ -262,7 +348,9 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// Rows of a SQLite table as text lines, `|`-separated, in the given order.
 pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(path).expect("open sqlite");
-    let Ok(mut stmt) = conn.prepare(sql) else { return Vec::new() };
+    let Ok(mut stmt) = conn.prepare(sql) else {
+        return Vec::new();
+    };
     let n = stmt.column_count();
     let rows = stmt
         .query_map([], |r| {
@@ -274,7 +362,9 @@ pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
                     rusqlite::types::Value::Integer(i) => i.to_string(),
                     rusqlite::types::Value::Real(f) => f.to_string(),
                     rusqlite::types::Value::Text(s) => s,
-                    rusqlite::types::Value::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+                    rusqlite::types::Value::Blob(b) => {
+                        b.iter().map(|x| format!("{x:02x}")).collect()
+                    }
                 });
             }
             Ok(parts.join("|"))
@@ -286,7 +376,10 @@ pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
 
 /// A scratch directory for config files, SQLite targets and logs.
 pub fn scratch() -> TempDir {
-    tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("scratch dir")
+    tempfile::Builder::new()
+        .prefix("ferry-test-")
+        .tempdir()
+        .expect("scratch dir")
 }
 
 /// Writes a pipeline config and returns its path.

@@ -19,10 +19,16 @@ impl TableFilter {
     pub fn new(config: &FilterConfig) -> Self {
         let mut exclude_columns: HashMap<TableId, HashSet<String>> = HashMap::new();
         for (t, c) in &config.exclude_columns {
-            exclude_columns.entry(t.clone()).or_default().insert(c.clone());
+            exclude_columns
+                .entry(t.clone())
+                .or_default()
+                .insert(c.clone());
         }
         TableFilter {
-            include: config.include_tables.as_ref().map(|t| t.iter().cloned().collect()),
+            include: config
+                .include_tables
+                .as_ref()
+                .map(|t| t.iter().cloned().collect()),
             exclude: config.exclude_tables.iter().cloned().collect(),
             exclude_columns,
             narrowed: HashMap::new(),
@@ -48,8 +54,14 @@ impl TableFilter {
                 return (s.clone(), keep.clone());
             }
         }
-        let keep: Vec<usize> = (0..schema.columns.len()).filter(|&i| !drop.contains(&schema.columns[i].name)).collect();
-        let primary_key = schema.primary_key.iter().filter_map(|k| keep.iter().position(|i| i == k)).collect();
+        let keep: Vec<usize> = (0..schema.columns.len())
+            .filter(|&i| !drop.contains(&schema.columns[i].name))
+            .collect();
+        let primary_key = schema
+            .primary_key
+            .iter()
+            .filter_map(|k| keep.iter().position(|i| i == k))
+            .collect();
         let narrowed = Arc::new(TableSchema {
             id: schema.id.clone(),
             columns: keep.iter().map(|&i| schema.columns[i].clone()).collect(),
@@ -66,7 +78,9 @@ fn project(row: Row, keep: &[usize]) -> Row {
         return row;
     }
     let mut row: Vec<Option<ferry_core::Value>> = row.into_iter().map(Some).collect();
-    keep.iter().filter_map(|&i| row.get_mut(i).and_then(Option::take)).collect()
+    keep.iter()
+        .filter_map(|&i| row.get_mut(i).and_then(Option::take))
+        .collect()
 }
 
 impl Transform for TableFilter {
@@ -84,12 +98,19 @@ impl Transform for TableFilter {
                 }
                 let (table, keep) = self.narrow(&table);
                 let op = match op {
-                    RowOp::Insert { after } => RowOp::Insert { after: project(after, &keep) },
-                    RowOp::Read { after } => RowOp::Read { after: project(after, &keep) },
-                    RowOp::Update { before, after } => {
-                        RowOp::Update { before: before.map(|b| project(b, &keep)), after: project(after, &keep) }
-                    }
-                    RowOp::Delete { before } => RowOp::Delete { before: project(before, &keep) },
+                    RowOp::Insert { after } => RowOp::Insert {
+                        after: project(after, &keep),
+                    },
+                    RowOp::Read { after } => RowOp::Read {
+                        after: project(after, &keep),
+                    },
+                    RowOp::Update { before, after } => RowOp::Update {
+                        before: before.map(|b| project(b, &keep)),
+                        after: project(after, &keep),
+                    },
+                    RowOp::Delete { before } => RowOp::Delete {
+                        before: project(before, &keep),
+                    },
                 };
                 Some(Event::Change(Change::Row { table, op }))
             }
@@ -108,34 +129,73 @@ mod tests {
     use ferry_core::{Column, ColumnType, Lsn, Position, Value};
 
     fn schema(name: &str) -> SchemaRef {
-        let col = |n: &str| Column { name: n.into(), ty: ColumnType::Text, source_type: "text".into(), nullable: true };
-        Arc::new(TableSchema { id: TableId::new("public", name), columns: vec![col("id"), col("secret"), col("v")], primary_key: vec![0], version: 1 })
+        let col = |n: &str| Column {
+            name: n.into(),
+            ty: ColumnType::Text,
+            source_type: "text".into(),
+            nullable: true,
+        };
+        Arc::new(TableSchema {
+            id: TableId::new("public", name),
+            columns: vec![col("id"), col("secret"), col("v")],
+            primary_key: vec![0],
+            version: 1,
+        })
     }
 
     fn insert(table: &SchemaRef) -> Event {
-        let row = vec![Value::Text("1".into()), Value::Text("s".into()), Value::Text("v".into())];
-        Event::Change(Change::Row { table: table.clone(), op: RowOp::Insert { after: row } })
+        let row = vec![
+            Value::Text("1".into()),
+            Value::Text("s".into()),
+            Value::Text("v".into()),
+        ];
+        Event::Change(Change::Row {
+            table: table.clone(),
+            op: RowOp::Insert { after: row },
+        })
     }
 
     #[test]
     fn excluded_tables_drop_rows_but_not_positions() {
-        let config = FilterConfig { exclude_tables: vec![TableId::new("public", "audit")], ..Default::default() };
+        let config = FilterConfig {
+            exclude_tables: vec![TableId::new("public", "audit")],
+            ..Default::default()
+        };
         let mut f = TableFilter::new(&config);
         assert!(f.apply(insert(&schema("audit"))).is_none());
         assert!(f.apply(insert(&schema("orders"))).is_some());
-        let commit = Event::Heartbeat { position: Position::Pg(Lsn(5)) };
+        let commit = Event::Heartbeat {
+            position: Position::Pg(Lsn(5)),
+        };
         assert_eq!(f.apply(commit.clone()), Some(commit));
     }
 
     #[test]
     fn excluded_columns_leave_rows_and_schema() {
-        let config = FilterConfig { exclude_columns: vec![(TableId::new("public", "t"), "secret".into())], ..Default::default() };
+        let config = FilterConfig {
+            exclude_columns: vec![(TableId::new("public", "t"), "secret".into())],
+            ..Default::default()
+        };
         let mut f = TableFilter::new(&config);
-        let Some(Event::Change(Change::Row { table, op: RowOp::Insert { after } })) = f.apply(insert(&schema("t"))) else {
+        let Some(Event::Change(Change::Row {
+            table,
+            op: RowOp::Insert { after },
+        })) = f.apply(insert(&schema("t")))
+        else {
             panic!("row dropped")
         };
-        assert_eq!(table.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "v"]);
-        assert_eq!(after, vec![Value::Text("1".into()), Value::Text("v".into())]);
+        assert_eq!(
+            table
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["id", "v"]
+        );
+        assert_eq!(
+            after,
+            vec![Value::Text("1".into()), Value::Text("v".into())]
+        );
         assert_eq!(table.primary_key, vec![0]);
     }
 }

@@ -29,13 +29,25 @@ pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usiz
     let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
     let unnest = format!(
         "unnest({}) AS u({})",
-        (1..=columns.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+        (1..=columns.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect::<Vec<_>>()
+            .join(", "),
         aliases.join(", ")
     );
     let cast = |i: usize, c: usize| format!("u.c{i}::{}", table.columns[c].source_type);
     let col = |c: usize| quote_ident(&table.columns[c].name);
-    let col_list = columns.iter().map(|&c| col(c)).collect::<Vec<_>>().join(", ");
-    let select = columns.iter().enumerate().map(|(i, &c)| cast(i, c)).collect::<Vec<_>>().join(", ");
+    let col_list = columns
+        .iter()
+        .map(|&c| col(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let select = columns
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| cast(i, c))
+        .collect::<Vec<_>>()
+        .join(", ");
     let key_match = |target: &str| {
         table
             .primary_key
@@ -48,12 +60,26 @@ pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usiz
             .join(" AND ")
     };
     match kind {
-        StatementKind::Insert => format!("INSERT INTO {name} ({col_list}) SELECT {select} FROM {unnest}"),
+        StatementKind::Insert => {
+            format!("INSERT INTO {name} ({col_list}) SELECT {select} FROM {unnest}")
+        }
         StatementKind::Upsert => {
-            let pk = table.primary_key.iter().map(|&k| col(k)).collect::<Vec<_>>().join(", ");
-            let updates: Vec<String> =
-                columns.iter().filter(|c| !table.primary_key.contains(c)).map(|&c| format!("{0} = EXCLUDED.{0}", col(c))).collect();
-            let action = if updates.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+            let pk = table
+                .primary_key
+                .iter()
+                .map(|&k| col(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let updates: Vec<String> = columns
+                .iter()
+                .filter(|c| !table.primary_key.contains(c))
+                .map(|&c| format!("{0} = EXCLUDED.{0}", col(c)))
+                .collect();
+            let action = if updates.is_empty() {
+                "DO NOTHING".to_owned()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
             format!("INSERT INTO {name} ({col_list}) SELECT {select} FROM {unnest} ON CONFLICT ({pk}) {action}")
         }
         StatementKind::Update => {
@@ -67,9 +93,16 @@ pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usiz
                 // Only the key was sent and it did not change: nothing to write.
                 return format!("SELECT 1 FROM {unnest} WHERE false");
             }
-            format!("UPDATE {name} AS t SET {} FROM {unnest} WHERE {}", sets.join(", "), key_match("t"))
+            format!(
+                "UPDATE {name} AS t SET {} FROM {unnest} WHERE {}",
+                sets.join(", "),
+                key_match("t")
+            )
         }
-        StatementKind::Delete => format!("DELETE FROM {name} AS t USING {unnest} WHERE {}", key_match("t")),
+        StatementKind::Delete => format!(
+            "DELETE FROM {name} AS t USING {unnest} WHERE {}",
+            key_match("t")
+        ),
     }
 }
 
@@ -82,10 +115,19 @@ pub fn delete_one_matching(table: &TableSchema, matched: &[usize]) -> String {
         .enumerate()
         .map(|(i, &c)| {
             let column = &table.columns[c];
-            format!("{}::text IS NOT DISTINCT FROM (${}::text::{})::text", quote_ident(&column.name), i + 1, column.source_type)
+            format!(
+                "{}::text IS NOT DISTINCT FROM (${}::text::{})::text",
+                quote_ident(&column.name),
+                i + 1,
+                column.source_type
+            )
         })
         .collect();
-    let condition = if conditions.is_empty() { "true".to_owned() } else { conditions.join(" AND ") };
+    let condition = if conditions.is_empty() {
+        "true".to_owned()
+    } else {
+        conditions.join(" AND ")
+    };
     format!("DELETE FROM {name} WHERE ctid = (SELECT ctid FROM {name} WHERE {condition} LIMIT 1)")
 }
 
@@ -110,14 +152,32 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
         let mut defs: Vec<String> = schema
             .columns
             .iter()
-            .map(|c| format!("{} {}{}", quote_ident(&c.name), c.source_type, if c.nullable { "" } else { " NOT NULL" }))
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    quote_ident(&c.name),
+                    c.source_type,
+                    if c.nullable { "" } else { " NOT NULL" }
+                )
+            })
             .collect();
         if schema.has_primary_key() {
-            let pk: Vec<String> = schema.primary_key.iter().map(|&k| quote_ident(&schema.columns[k].name)).collect();
+            let pk: Vec<String> = schema
+                .primary_key
+                .iter()
+                .map(|&k| quote_ident(&schema.columns[k].name))
+                .collect();
             defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
         }
-        let sql = format!("CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {name} ({})", quote_ident(&schema.id.schema), defs.join(", "));
-        client.batch_execute(&sql).await.map_err(ddl_error(&schema.id))?;
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {name} ({})",
+            quote_ident(&schema.id.schema),
+            defs.join(", ")
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(ddl_error(&schema.id))?;
         info!(table = %schema.id, "created target table");
         return Ok(());
     }
@@ -126,7 +186,11 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
     let mut alters = Vec::new();
     for c in &schema.columns {
         if !existing_set.contains(c.name.as_str()) {
-            alters.push(format!("ADD COLUMN {} {}", quote_ident(&c.name), c.source_type));
+            alters.push(format!(
+                "ADD COLUMN {} {}",
+                quote_ident(&c.name),
+                c.source_type
+            ));
         }
     }
     for c in &existing {
@@ -135,7 +199,10 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
         }
     }
     if !alters.is_empty() {
-        client.batch_execute(&format!("ALTER TABLE {name} {}", alters.join(", "))).await.map_err(ddl_error(&schema.id))?;
+        client
+            .batch_execute(&format!("ALTER TABLE {name} {}", alters.join(", ")))
+            .await
+            .map_err(ddl_error(&schema.id))?;
         info!(table = %schema.id, changes = %alters.join(", "), "altered target table");
     }
     Ok(())

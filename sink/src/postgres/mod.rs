@@ -22,7 +22,13 @@ pub use ddl::qualified_name;
 fn write_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| {
         // Connection-level failures are worth a retry; a rejected statement is not.
-        let transient = e.is_closed() || e.code().is_none_or(|c| c.code().starts_with("08") || c.code().starts_with("57") || c.code() == "40001" || c.code() == "40P01");
+        let transient = e.is_closed()
+            || e.code().is_none_or(|c| {
+                c.code().starts_with("08")
+                    || c.code().starts_with("57")
+                    || c.code() == "40001"
+                    || c.code() == "40P01"
+            });
         if transient {
             Error::transient(what.to_owned(), e)
         } else {
@@ -33,8 +39,12 @@ fn write_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 
 /// Connects an ordinary client to a target database.
 pub async fn connect(url: &str) -> Result<Client, Error> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| Error::fatal_from("sink url", e))?;
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| Error::transient("cannot connect to the target database", e))?;
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| Error::fatal_from("sink url", e))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| Error::transient("cannot connect to the target database", e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "target connection closed");
@@ -74,7 +84,10 @@ impl PostgresSink {
     /// Connects and makes sure the checkpoint table exists.
     pub async fn connect(name: &str, pipeline: &str, url: &str) -> Result<Self, Error> {
         let client = connect(url).await?;
-        client.batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE).await.map_err(write_error("creating ferry_checkpoints"))?;
+        client
+            .batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE)
+            .await
+            .map_err(write_error("creating ferry_checkpoints"))?;
         Ok(PostgresSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
@@ -86,36 +99,68 @@ impl PostgresSink {
     }
 
     async fn flush(&mut self, group: Option<Group>) -> Result<(), Error> {
-        let Some(mut group) = group else { return Ok(()) };
+        let Some(mut group) = group else {
+            return Ok(());
+        };
         if matches!(group.kind, GroupKind::Upsert | GroupKind::UpdateSent) {
             dedupe_by_key(&mut group);
         }
-        let key = (group.table.id.clone(), group.table.version, group.kind, group.columns.clone());
+        let key = (
+            group.table.id.clone(),
+            group.table.version,
+            group.kind,
+            group.columns.clone(),
+        );
         let statement = match self.statements.get(&key) {
             Some(s) => s.clone(),
             None => {
                 let sql = ddl::group_statement(&group.table, group.kind_sql(), &group.columns);
-                let s = self.client.prepare(&sql).await.map_err(write_error("preparing a write"))?;
+                let s = self
+                    .client
+                    .prepare(&sql)
+                    .await
+                    .map_err(write_error("preparing a write"))?;
                 self.statements.insert(key, s.clone());
                 s
             }
         };
-        let params: Vec<Vec<Option<String>>> =
-            group.columns.iter().map(|&c| group.rows.iter().map(|r| pg_text(&r[c])).collect()).collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        self.client.execute(&statement, &refs).await.map_err(write_error(&format!("writing to {}", group.table.id)))?;
+        let params: Vec<Vec<Option<String>>> = group
+            .columns
+            .iter()
+            .map(|&c| group.rows.iter().map(|r| pg_text(&r[c])).collect())
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        self.client
+            .execute(&statement, &refs)
+            .await
+            .map_err(write_error(&format!("writing to {}", group.table.id)))?;
         Ok(())
     }
 
-    async fn replace_without_key(&mut self, table: &SchemaRef, old: &Row, new: Option<&Row>) -> Result<(), Error> {
+    async fn replace_without_key(
+        &mut self,
+        table: &SchemaRef,
+        old: &Row,
+        new: Option<&Row>,
+    ) -> Result<(), Error> {
         let matched: Vec<usize> = sent_columns(old);
         let sql = ddl::delete_one_matching(table, &matched);
         let params: Vec<Option<String>> = matched.iter().map(|&c| pg_text(&old[c])).collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        self.client.execute(sql.as_str(), &refs).await.map_err(write_error(&format!("deleting from {}", table.id)))?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        self.client
+            .execute(sql.as_str(), &refs)
+            .await
+            .map_err(write_error(&format!("deleting from {}", table.id)))?;
         if let Some(new) = new {
             let columns: Vec<usize> = (0..table.columns.len()).collect();
-            let group = Group { table: table.clone(), kind: GroupKind::Insert, columns, rows: vec![new.clone()] };
+            let group = Group {
+                table: table.clone(),
+                kind: GroupKind::Insert,
+                columns,
+                rows: vec![new.clone()],
+            };
             self.flush(Some(group)).await?;
         }
         Ok(())
@@ -131,7 +176,9 @@ impl PostgresSink {
                         RowAction::Upsert(r) => vec![(GroupKind::Upsert, r)],
                         RowAction::UpdateSent(r) => vec![(GroupKind::UpdateSent, r)],
                         RowAction::Delete(r) => vec![(GroupKind::Delete, r)],
-                        RowAction::Rekey { old, new } => vec![(GroupKind::Delete, old), (GroupKind::Upsert, new)],
+                        RowAction::Rekey { old, new } => {
+                            vec![(GroupKind::Delete, old), (GroupKind::Upsert, new)]
+                        }
                         RowAction::InsertNoKey(r) => vec![(GroupKind::Insert, r)],
                         RowAction::ReplaceNoKey { old, new } => {
                             self.flush(group.take()).await?;
@@ -143,14 +190,23 @@ impl PostgresSink {
                         let columns = match kind {
                             GroupKind::Delete => table.primary_key.clone(),
                             GroupKind::UpdateSent => sent_columns(row),
-                            GroupKind::Upsert | GroupKind::Insert => (0..table.columns.len()).collect(),
+                            GroupKind::Upsert | GroupKind::Insert => {
+                                (0..table.columns.len()).collect()
+                            }
                         };
                         let same = group.as_ref().is_some_and(|g| {
-                            g.kind == kind && std::sync::Arc::ptr_eq(&g.table, table) && g.columns == columns
+                            g.kind == kind
+                                && std::sync::Arc::ptr_eq(&g.table, table)
+                                && g.columns == columns
                         });
                         if !same {
                             self.flush(group.take()).await?;
-                            group = Some(Group { table: table.clone(), kind, columns, rows: Vec::new() });
+                            group = Some(Group {
+                                table: table.clone(),
+                                kind,
+                                columns,
+                                rows: Vec::new(),
+                            });
                         }
                         if let Some(g) = group.as_mut() {
                             g.rows.push(row.clone());
@@ -159,11 +215,17 @@ impl PostgresSink {
                 }
                 Event::Change(Change::Truncate { tables }) => {
                     self.flush(group.take()).await?;
-                    let known: Vec<String> =
-                        tables.iter().filter(|t| self.known_tables.contains_key(*t)).map(qualified_name).collect();
+                    let known: Vec<String> = tables
+                        .iter()
+                        .filter(|t| self.known_tables.contains_key(*t))
+                        .map(qualified_name)
+                        .collect();
                     if !known.is_empty() {
                         let sql = format!("TRUNCATE {}", known.join(", "));
-                        self.client.batch_execute(&sql).await.map_err(write_error("truncating"))?;
+                        self.client
+                            .batch_execute(&sql)
+                            .await
+                            .map_err(write_error("truncating"))?;
                     }
                 }
                 Event::Schema(schema) => {
@@ -183,7 +245,14 @@ fn dedupe_by_key(group: &mut Group) {
     if group.rows.len() < 2 {
         return;
     }
-    let key_of = |r: &Row| -> Vec<Value> { group.table.primary_key.iter().map(|&k| r[k].clone()).collect::<Vec<_>>() };
+    let key_of = |r: &Row| -> Vec<Value> {
+        group
+            .table
+            .primary_key
+            .iter()
+            .map(|&k| r[k].clone())
+            .collect::<Vec<_>>()
+    };
     let mut last: HashMap<String, usize> = HashMap::with_capacity(group.rows.len());
     for (i, r) in group.rows.iter().enumerate() {
         last.insert(format!("{:?}", key_of(r)), i);
@@ -220,23 +289,41 @@ impl Sink for PostgresSink {
             .query_opt(checkpoint::SELECT_CHECKPOINT, &[&self.pipeline, &self.name])
             .await
             .map_err(write_error("reading the checkpoint"))?;
-        row.map(|r| r.get::<_, String>(0).parse().map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e)))
-            .transpose()
+        row.map(|r| {
+            r.get::<_, String>(0)
+                .parse()
+                .map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))
+        })
+        .transpose()
     }
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         if !self.in_transaction {
-            self.client.batch_execute("BEGIN").await.map_err(write_error("starting a transaction"))?;
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(write_error("starting a transaction"))?;
             self.in_transaction = true;
         }
         self.apply_events(events).await?;
         if let Some(position) = commit {
             let position = position.to_string();
             self.client
-                .execute(checkpoint::UPSERT_CHECKPOINT, &[&self.pipeline, &self.name, &position, &checkpoint::now_text()])
+                .execute(
+                    checkpoint::UPSERT_CHECKPOINT,
+                    &[
+                        &self.pipeline,
+                        &self.name,
+                        &position,
+                        &checkpoint::now_text(),
+                    ],
+                )
                 .await
                 .map_err(write_error("writing the checkpoint"))?;
-            self.client.batch_execute("COMMIT").await.map_err(write_error("committing"))?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(write_error("committing"))?;
             self.in_transaction = false;
             debug!(sink = %self.name, position, "committed");
         }
@@ -245,16 +332,34 @@ impl Sink for PostgresSink {
 }
 
 /// Reads and deletes checkpoints of a pipeline in a PostgreSQL target (`ferry status`, `ferry reset`).
-pub async fn list_checkpoints(url: &str, pipeline: &str) -> Result<Vec<(String, String, String)>, Error> {
+pub async fn list_checkpoints(
+    url: &str,
+    pipeline: &str,
+) -> Result<Vec<(String, String, String)>, Error> {
     let client = connect(url).await?;
-    client.batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE).await.map_err(write_error("creating ferry_checkpoints"))?;
-    let rows = client.query(checkpoint::LIST_CHECKPOINTS, &[&pipeline]).await.map_err(write_error("reading checkpoints"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    client
+        .batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE)
+        .await
+        .map_err(write_error("creating ferry_checkpoints"))?;
+    let rows = client
+        .query(checkpoint::LIST_CHECKPOINTS, &[&pipeline])
+        .await
+        .map_err(write_error("reading checkpoints"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Deletes a pipeline's checkpoints from a PostgreSQL target.
 pub async fn delete_checkpoints(url: &str, pipeline: &str) -> Result<u64, Error> {
     let client = connect(url).await?;
-    client.batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE).await.map_err(write_error("creating ferry_checkpoints"))?;
-    client.execute(checkpoint::DELETE_CHECKPOINTS, &[&pipeline]).await.map_err(write_error("deleting checkpoints"))
+    client
+        .batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE)
+        .await
+        .map_err(write_error("creating ferry_checkpoints"))?;
+    client
+        .execute(checkpoint::DELETE_CHECKPOINTS, &[&pipeline])
+        .await
+        .map_err(write_error("deleting checkpoints"))
 }

@@ -26,7 +26,9 @@ fn write_value(out: &mut String, v: &Value) {
             let _ = write!(out, "{i}");
         }
         Value::Float(f) if f.is_nan() => out.push_str("NaN"),
-        Value::Float(f) if f.is_infinite() => out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" }),
+        Value::Float(f) if f.is_infinite() => {
+            out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+        }
         // Rust prints the shortest text that reads back as the same double, which float4in/float8in accept.
         Value::Float(f) => {
             let _ = write!(out, "{f:?}");
@@ -96,11 +98,18 @@ mod tests {
 
     #[test]
     fn renders_arrays_floats_and_bytes() {
-        let v = Value::Array(vec![Value::Text("a\"b".into()), Value::Null, Value::Array(vec![Value::Int(1)])]);
+        let v = Value::Array(vec![
+            Value::Text("a\"b".into()),
+            Value::Null,
+            Value::Array(vec![Value::Int(1)]),
+        ]);
         assert_eq!(pg_text(&v).unwrap(), r#"{"a\"b",NULL,{"1"}}"#);
         assert_eq!(pg_text(&Value::Float(0.1)).unwrap(), "0.1");
         assert_eq!(pg_text(&Value::Float(1e300)).unwrap(), "1e300");
-        assert_eq!(pg_text(&Value::Float(f64::NEG_INFINITY)).unwrap(), "-Infinity");
+        assert_eq!(
+            pg_text(&Value::Float(f64::NEG_INFINITY)).unwrap(),
+            "-Infinity"
+        );
         assert_eq!(pg_text(&Value::Bytes(vec![0, 0xab])).unwrap(), "\\x00ab");
         assert_eq!(pg_text(&Value::Null), None);
     }

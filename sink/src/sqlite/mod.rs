@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ferry_core::{Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value};
+use ferry_core::{
+    Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value,
+};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{params_from_iter, Connection};
 use tracing::{debug, info};
@@ -21,7 +23,9 @@ use crate::rows::{classify, sent_columns, RowAction};
 fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
     let what = what.into();
     move |e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => Error::transient(what, e),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            Error::transient(what, e)
+        }
         _ => Error::fatal_from(what, e),
     }
 }
@@ -93,7 +97,9 @@ fn json_array(v: &Value) -> String {
                 SqlValue::Real(f) if f.is_finite() => out.push_str(&format!("{f:?}")),
                 SqlValue::Real(f) => out.push_str(&json_string(&f.to_string())),
                 SqlValue::Text(s) => out.push_str(&json_string(&s)),
-                SqlValue::Blob(b) => out.push_str(&json_string(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+                SqlValue::Blob(b) => out.push_str(&json_string(
+                    &b.iter().map(|x| format!("{x:02x}")).collect::<String>(),
+                )),
             },
         }
     }
@@ -130,20 +136,32 @@ impl SqliteSink {
     /// Opens (creating if needed) the database file.
     pub fn open(name: &str, pipeline: &str, path: &Path) -> Result<Self, Error> {
         let conn = open_db(path)?;
-        Ok(SqliteSink { name: name.to_owned(), pipeline: pipeline.to_owned(), conn, in_transaction: false, known_tables: HashMap::new() })
+        Ok(SqliteSink {
+            name: name.to_owned(),
+            pipeline: pipeline.to_owned(),
+            conn,
+            in_transaction: false,
+            known_tables: HashMap::new(),
+        })
     }
 
     fn apply_sync(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         if !self.in_transaction {
-            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db_error("starting a transaction"))?;
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(db_error("starting a transaction"))?;
             self.in_transaction = true;
         }
         for event in events {
             match event {
-                Event::Change(Change::Row { table, op }) => self.apply_row(table, classify(table, op))?,
+                Event::Change(Change::Row { table, op }) => {
+                    self.apply_row(table, classify(table, op))?
+                }
                 Event::Change(Change::Truncate { tables }) => {
                     for t in tables.iter().filter(|t| self.known_tables.contains_key(*t)) {
-                        self.conn.execute(&format!("DELETE FROM {}", quote(&table_name(t))), []).map_err(db_error("truncating"))?;
+                        self.conn
+                            .execute(&format!("DELETE FROM {}", quote(&table_name(t))), [])
+                            .map_err(db_error("truncating"))?;
                     }
                 }
                 Event::Schema(schema) => {
@@ -155,9 +173,19 @@ impl SqliteSink {
         }
         if let Some(position) = commit {
             self.conn
-                .execute(checkpoint::UPSERT_CHECKPOINT, (&self.pipeline, &self.name, position.to_string(), checkpoint::now_text()))
+                .execute(
+                    checkpoint::UPSERT_CHECKPOINT,
+                    (
+                        &self.pipeline,
+                        &self.name,
+                        position.to_string(),
+                        checkpoint::now_text(),
+                    ),
+                )
                 .map_err(db_error("writing the checkpoint"))?;
-            self.conn.execute_batch("COMMIT").map_err(db_error("committing"))?;
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(db_error("committing"))?;
             self.in_transaction = false;
             debug!(sink = %self.name, %position, "committed");
         }
@@ -180,14 +208,25 @@ impl SqliteSink {
                 self.exec(&sql, row.iter(), what)?;
             }
             RowAction::UpdateSent(row) => {
-                let sets: Vec<usize> = sent_columns(row).into_iter().filter(|c| !table.primary_key.contains(c)).collect();
+                let sets: Vec<usize> = sent_columns(row)
+                    .into_iter()
+                    .filter(|c| !table.primary_key.contains(c))
+                    .collect();
                 if sets.is_empty() {
                     return Ok(());
                 }
                 let sql = format!(
                     "UPDATE {name} SET {} WHERE {}",
-                    sets.iter().map(|&c| format!("{} = ?", col(c))).collect::<Vec<_>>().join(", "),
-                    table.primary_key.iter().map(|&k| format!("{} = ?", col(k))).collect::<Vec<_>>().join(" AND ")
+                    sets.iter()
+                        .map(|&c| format!("{} = ?", col(c)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    table
+                        .primary_key
+                        .iter()
+                        .map(|&k| format!("{} = ?", col(k)))
+                        .collect::<Vec<_>>()
+                        .join(" AND ")
                 );
                 let values = sets.iter().chain(&table.primary_key).map(|&c| &row[c]);
                 self.exec(&sql, values, what)?;
@@ -199,8 +238,15 @@ impl SqliteSink {
             }
             RowAction::ReplaceNoKey { old, new } => {
                 let matched = sent_columns(old);
-                let cond: Vec<String> = matched.iter().map(|&c| format!("{} IS ?", col(c))).collect();
-                let cond = if cond.is_empty() { "1".to_owned() } else { cond.join(" AND ") };
+                let cond: Vec<String> = matched
+                    .iter()
+                    .map(|&c| format!("{} IS ?", col(c)))
+                    .collect();
+                let cond = if cond.is_empty() {
+                    "1".to_owned()
+                } else {
+                    cond.join(" AND ")
+                };
                 let sql = format!("DELETE FROM {name} WHERE rowid = (SELECT rowid FROM {name} WHERE {cond} LIMIT 1)");
                 self.exec(&sql, matched.iter().map(|&c| &old[c]), what)?;
                 if let Some(new) = new {
@@ -214,27 +260,58 @@ impl SqliteSink {
     fn upsert(&mut self, table: &SchemaRef, row: &Row) -> Result<(), Error> {
         let col = |c: usize| quote(&table.columns[c].name);
         let all: Vec<usize> = (0..row.len()).collect();
-        let updates: Vec<String> = all.iter().filter(|c| !table.primary_key.contains(c)).map(|&c| format!("{0} = excluded.{0}", col(c))).collect();
-        let action = if updates.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        let updates: Vec<String> = all
+            .iter()
+            .filter(|c| !table.primary_key.contains(c))
+            .map(|&c| format!("{0} = excluded.{0}", col(c)))
+            .collect();
+        let action = if updates.is_empty() {
+            "NOTHING".to_owned()
+        } else {
+            format!("UPDATE SET {}", updates.join(", "))
+        };
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
             quote(&table_name(&table.id)),
             all.iter().map(|&c| col(c)).collect::<Vec<_>>().join(", "),
             vec!["?"; all.len()].join(", "),
-            table.primary_key.iter().map(|&k| col(k)).collect::<Vec<_>>().join(", ")
+            table
+                .primary_key
+                .iter()
+                .map(|&k| col(k))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         self.exec(&sql, row.iter(), || format!("writing to {}", table.id))
     }
 
     fn delete_by_key(&mut self, table: &SchemaRef, row: &Row) -> Result<(), Error> {
-        let cond: Vec<String> = table.primary_key.iter().map(|&k| format!("{} = ?", quote(&table.columns[k].name))).collect();
-        let sql = format!("DELETE FROM {} WHERE {}", quote(&table_name(&table.id)), cond.join(" AND "));
-        self.exec(&sql, table.primary_key.iter().map(|&k| &row[k]), || format!("deleting from {}", table.id))
+        let cond: Vec<String> = table
+            .primary_key
+            .iter()
+            .map(|&k| format!("{} = ?", quote(&table.columns[k].name)))
+            .collect();
+        let sql = format!(
+            "DELETE FROM {} WHERE {}",
+            quote(&table_name(&table.id)),
+            cond.join(" AND ")
+        );
+        self.exec(&sql, table.primary_key.iter().map(|&k| &row[k]), || {
+            format!("deleting from {}", table.id)
+        })
     }
 
-    fn exec<'v>(&self, sql: &str, values: impl Iterator<Item = &'v Value>, what: impl FnOnce() -> String) -> Result<(), Error> {
+    fn exec<'v>(
+        &self,
+        sql: &str,
+        values: impl Iterator<Item = &'v Value>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Error> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(db_error(what()))?;
-        stmt.execute(params_from_iter(values.map(|v| ToSqlOutput::Owned(sqlite_value(v))))).map_err(db_error("executing a write"))?;
+        stmt.execute(params_from_iter(
+            values.map(|v| ToSqlOutput::Owned(sqlite_value(v))),
+        ))
+        .map_err(db_error("executing a write"))?;
         Ok(())
     }
 }
@@ -254,30 +331,57 @@ fn ensure_table(conn: &Connection, schema: &SchemaRef) -> Result<(), Error> {
     let name = table_name(&schema.id);
     let what = || format!("creating or altering target table {name}");
     let existing: Vec<String> = {
-        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)").map_err(db_error(what()))?;
-        let rows = stmt.query_map([&name], |r| r.get(0)).map_err(db_error(what()))?;
+        let mut stmt = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .map_err(db_error(what()))?;
+        let rows = stmt
+            .query_map([&name], |r| r.get(0))
+            .map_err(db_error(what()))?;
         rows.collect::<Result<_, _>>().map_err(db_error(what()))?
     };
     if existing.is_empty() {
-        let mut defs: Vec<String> = schema.columns.iter().map(|c| format!("{} {}", quote(&c.name), sqlite_type(&c.ty))).collect();
+        let mut defs: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote(&c.name), sqlite_type(&c.ty)))
+            .collect();
         if schema.has_primary_key() {
-            let pk: Vec<String> = schema.primary_key.iter().map(|&k| quote(&schema.columns[k].name)).collect();
+            let pk: Vec<String> = schema
+                .primary_key
+                .iter()
+                .map(|&k| quote(&schema.columns[k].name))
+                .collect();
             defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
         }
-        conn.execute_batch(&format!("CREATE TABLE {} ({})", quote(&name), defs.join(", "))).map_err(db_error(what()))?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE {} ({})",
+            quote(&name),
+            defs.join(", ")
+        ))
+        .map_err(db_error(what()))?;
         info!(table = %name, "created target table");
         return Ok(());
     }
     for c in &schema.columns {
         if !existing.contains(&c.name) {
-            conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {} {}", quote(&name), quote(&c.name), sqlite_type(&c.ty)))
-                .map_err(db_error(what()))?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                quote(&name),
+                quote(&c.name),
+                sqlite_type(&c.ty)
+            ))
+            .map_err(db_error(what()))?;
             info!(table = %name, column = %c.name, "added target column");
         }
     }
     for c in &existing {
         if schema.column_index(c).is_none() {
-            conn.execute_batch(&format!("ALTER TABLE {} DROP COLUMN {}", quote(&name), quote(c))).map_err(db_error(what()))?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} DROP COLUMN {}",
+                quote(&name),
+                quote(c)
+            ))
+            .map_err(db_error(what()))?;
             info!(table = %name, column = %c, "dropped target column");
         }
     }
@@ -292,11 +396,25 @@ impl Sink for SqliteSink {
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
         let text: Option<String> = self
             .conn
-            .query_row(checkpoint::SELECT_CHECKPOINT, (&self.pipeline, &self.name), |r| r.get(0))
+            .query_row(
+                checkpoint::SELECT_CHECKPOINT,
+                (&self.pipeline, &self.name),
+                |r| r.get(0),
+            )
             .map(Some)
-            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+            .or_else(|e| {
+                if e == rusqlite::Error::QueryReturnedNoRows {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(db_error("reading the checkpoint"))?;
-        text.map(|t| t.parse().map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))).transpose()
+        text.map(|t| {
+            t.parse()
+                .map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))
+        })
+        .transpose()
     }
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
@@ -305,15 +423,24 @@ impl Sink for SqliteSink {
 }
 
 /// A pipeline's checkpoints in a SQLite file (`ferry status`).
-pub fn list_checkpoints(path: &Path, pipeline: &str) -> Result<Vec<(String, String, String)>, Error> {
+pub fn list_checkpoints(
+    path: &Path,
+    pipeline: &str,
+) -> Result<Vec<(String, String, String)>, Error> {
     let conn = open_db(path)?;
-    let mut stmt = conn.prepare(checkpoint::LIST_CHECKPOINTS).map_err(db_error("reading checkpoints"))?;
-    let rows = stmt.query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db_error("reading checkpoints"))?;
-    rows.collect::<Result<_, _>>().map_err(db_error("reading checkpoints"))
+    let mut stmt = conn
+        .prepare(checkpoint::LIST_CHECKPOINTS)
+        .map_err(db_error("reading checkpoints"))?;
+    let rows = stmt
+        .query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(db_error("reading checkpoints"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(db_error("reading checkpoints"))
 }
 
 /// Deletes a pipeline's checkpoints from a SQLite file (`ferry reset`).
 pub fn delete_checkpoints(path: &Path, pipeline: &str) -> Result<usize, Error> {
     let conn = open_db(path)?;
-    conn.execute(checkpoint::DELETE_CHECKPOINTS, [pipeline]).map_err(db_error("deleting checkpoints"))
+    conn.execute(checkpoint::DELETE_CHECKPOINTS, [pipeline])
+        .map_err(db_error("deleting checkpoints"))
 }

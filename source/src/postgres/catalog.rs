@@ -69,7 +69,11 @@ fn builtin(typname: &str) -> Option<ColumnType> {
 
 impl Catalog {
     pub fn new(client: Client) -> Self {
-        Catalog { client, types: HashMap::new(), warned: HashSet::new() }
+        Catalog {
+            client,
+            types: HashMap::new(),
+            warned: HashSet::new(),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -92,7 +96,11 @@ impl Catalog {
             .await
             .map_err(catalog_error)?;
         let Some(row) = row else {
-            return Ok(ResolvedType { ty: ColumnType::Other, ddl_override: Some("text".into()), as_text_reason: Some("unknown type") });
+            return Ok(ResolvedType {
+                ty: ColumnType::Other,
+                ddl_override: Some("text".into()),
+                as_text_reason: Some("unknown type"),
+            });
         };
         let typname: String = row.get(0);
         let nspname: String = row.get(1);
@@ -103,23 +111,46 @@ impl Catalog {
         let base_ddl: Option<String> = row.get(6);
         let resolved = if typtype == "d" {
             let base_type = Box::pin(self.resolve(base as u32)).await?;
-            ResolvedType { ddl_override: base_type.ddl_override.clone().or(base_ddl), ..base_type }
+            ResolvedType {
+                ddl_override: base_type.ddl_override.clone().or(base_ddl),
+                ..base_type
+            }
         } else if category == "A" && elem != 0 {
             let element = Box::pin(self.resolve(elem as u32)).await?;
             // box[] separates elements with ';': keep it whole as text.
-            let ty = if typname == "_box" { ColumnType::Other } else { ColumnType::Array(Box::new(element.ty)) };
+            let ty = if typname == "_box" {
+                ColumnType::Other
+            } else {
+                ColumnType::Array(Box::new(element.ty))
+            };
             ResolvedType {
                 ty,
                 ddl_override: element.ddl_override.map(|d| format!("{d}[]")),
                 as_text_reason: element.as_text_reason,
             }
         } else if typtype == "e" {
-            ResolvedType { ty: ColumnType::Other, ddl_override: Some("text".into()), as_text_reason: None }
+            ResolvedType {
+                ty: ColumnType::Other,
+                ddl_override: Some("text".into()),
+                as_text_reason: None,
+            }
         } else if nspname == "pg_catalog" {
-            ResolvedType { ty: builtin(&typname).unwrap_or(ColumnType::Other), ddl_override: None, as_text_reason: None }
+            ResolvedType {
+                ty: builtin(&typname).unwrap_or(ColumnType::Other),
+                ddl_override: None,
+                as_text_reason: None,
+            }
         } else {
-            let reason = if typtype == "c" { "composite type" } else { "extension or user-defined type" };
-            ResolvedType { ty: ColumnType::Other, ddl_override: Some("text".into()), as_text_reason: Some(reason) }
+            let reason = if typtype == "c" {
+                "composite type"
+            } else {
+                "extension or user-defined type"
+            };
+            ResolvedType {
+                ty: ColumnType::Other,
+                ddl_override: Some("text".into()),
+                as_text_reason: Some(reason),
+            }
         };
         self.types.insert(oid, resolved.clone());
         Ok(resolved)
@@ -138,7 +169,12 @@ impl Catalog {
             .map_err(catalog_error)?;
         Ok(rows
             .iter()
-            .map(|r| RawColumn { name: r.get(0), type_oid: r.get::<_, i64>(1) as u32, type_modifier: r.get(2), is_key: false })
+            .map(|r| RawColumn {
+                name: r.get(0),
+                type_oid: r.get::<_, i64>(1) as u32,
+                type_modifier: r.get(2),
+                is_key: false,
+            })
             .collect())
     }
 
@@ -163,8 +199,10 @@ impl Catalog {
             )
             .await
             .map_err(catalog_error)?;
-        let info: HashMap<String, (bool, String, i32)> =
-            rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3)))).collect();
+        let info: HashMap<String, (bool, String, i32)> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
         let mut out = Vec::with_capacity(columns.len());
         let mut pk: Vec<(i32, usize)> = Vec::new();
         for (i, c) in columns.iter().enumerate() {
@@ -174,7 +212,10 @@ impl Catalog {
                 None => {
                     let row = self
                         .client
-                        .query_one("SELECT format_type($1::int8::oid, $2)", &[&i64::from(c.type_oid), &c.type_modifier])
+                        .query_one(
+                            "SELECT format_type($1::int8::oid, $2)",
+                            &[&i64::from(c.type_oid), &c.type_modifier],
+                        )
                         .await
                         .map_err(catalog_error)?;
                     (false, row.get(0), 0)
@@ -198,8 +239,18 @@ impl Catalog {
         pk.sort();
         let mut primary_key: Vec<usize> = pk.into_iter().map(|(_, i)| i).collect();
         if primary_key.is_empty() && replica_identity == b'i' {
-            primary_key = columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+            primary_key = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key)
+                .map(|(i, _)| i)
+                .collect();
         }
-        Ok(Arc::new(TableSchema { id, columns: out, primary_key, version }))
+        Ok(Arc::new(TableSchema {
+            id,
+            columns: out,
+            primary_key,
+            version,
+        }))
     }
 }

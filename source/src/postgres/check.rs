@@ -18,11 +18,25 @@ pub struct CheckOutcome {
 }
 
 fn pass(name: impl Into<String>, detail: impl Into<String>) -> CheckOutcome {
-    CheckOutcome { name: name.into(), ok: true, detail: detail.into(), fix: None }
+    CheckOutcome {
+        name: name.into(),
+        ok: true,
+        detail: detail.into(),
+        fix: None,
+    }
 }
 
-fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> CheckOutcome {
-    CheckOutcome { name: name.into(), ok: false, detail: detail.into(), fix: Some(fix.into()) }
+fn fail(
+    name: impl Into<String>,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> CheckOutcome {
+    CheckOutcome {
+        name: name.into(),
+        ok: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
 }
 
 fn query_error(e: tokio_postgres::Error) -> Error {
@@ -30,7 +44,10 @@ fn query_error(e: tokio_postgres::Error) -> Error {
 }
 
 async fn setting(client: &Client, name: &str) -> Result<String, Error> {
-    let row = client.query_one("SELECT current_setting($1)", &[&name]).await.map_err(query_error)?;
+    let row = client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .map_err(query_error)?;
     Ok(row.get(0))
 }
 
@@ -48,14 +65,21 @@ pub async fn require_logical_wal(client: &Client) -> Result<(), Error> {
 }
 
 /// Runs every check against the source and returns all outcomes.
-pub async fn check_prerequisites(client: &Client, config: &PostgresSource) -> Result<Vec<CheckOutcome>, Error> {
+pub async fn check_prerequisites(
+    client: &Client,
+    config: &PostgresSource,
+) -> Result<Vec<CheckOutcome>, Error> {
     let mut out = Vec::new();
 
     let level = setting(client, "wal_level").await?;
     out.push(if level == "logical" {
         pass("wal_level", "logical")
     } else {
-        fail("wal_level", format!("wal_level is {level}"), "ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL")
+        fail(
+            "wal_level",
+            format!("wal_level is {level}"),
+            "ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL",
+        )
     });
 
     let row = client
@@ -81,12 +105,18 @@ pub async fn check_prerequisites(client: &Client, config: &PostgresSource) -> Re
         )
     });
     out.push(if used_senders < max_senders {
-        pass("wal senders", format!("{used_senders} of {max_senders} in use"))
+        pass(
+            "wal senders",
+            format!("{used_senders} of {max_senders} in use"),
+        )
     } else {
         fail(
             "wal senders",
             format!("all {max_senders} WAL senders are in use"),
-            format!("ALTER SYSTEM SET max_wal_senders = {}; -- then restart PostgreSQL", max_senders + 4),
+            format!(
+                "ALTER SYSTEM SET max_wal_senders = {}; -- then restart PostgreSQL",
+                max_senders + 4
+            ),
         )
     });
 
@@ -96,9 +126,16 @@ pub async fn check_prerequisites(client: &Client, config: &PostgresSource) -> Re
         .map_err(query_error)?;
     let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
     out.push(if can_replicate {
-        pass("REPLICATION privilege", format!("role {user} may replicate"))
+        pass(
+            "REPLICATION privilege",
+            format!("role {user} may replicate"),
+        )
     } else {
-        fail("REPLICATION privilege", format!("role {user} lacks REPLICATION"), format!("ALTER ROLE {} REPLICATION;", quote_ident(&user)))
+        fail(
+            "REPLICATION privilege",
+            format!("role {user} lacks REPLICATION"),
+            format!("ALTER ROLE {} REPLICATION;", quote_ident(&user)),
+        )
     });
 
     let tables: Vec<TableId> = match &config.tables {
@@ -128,10 +165,15 @@ pub async fn check_prerequisites(client: &Client, config: &PostgresSource) -> Re
             )
             .await
             .map_err(query_error)?;
-        let (exists, ident, has_pk, can_select): (bool, Option<String>, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (exists, ident, has_pk, can_select): (bool, Option<String>, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         let name = format!("table {t}");
         if !exists {
-            out.push(fail(name, "does not exist", format!("create the table, or remove {t} from [source] tables")));
+            out.push(fail(
+                name,
+                "does not exist",
+                format!("create the table, or remove {t} from [source] tables"),
+            ));
             continue;
         }
         out.push(match (ident.as_deref(), has_pk) {
@@ -143,7 +185,11 @@ pub async fn check_prerequisites(client: &Client, config: &PostgresSource) -> Re
             ),
         });
         if !can_select {
-            out.push(fail(format!("{name} SELECT"), "cannot be read for the snapshot", format!("GRANT SELECT ON {qualified} TO {};", quote_ident(&user))));
+            out.push(fail(
+                format!("{name} SELECT"),
+                "cannot be read for the snapshot",
+                format!("GRANT SELECT ON {qualified} TO {};", quote_ident(&user)),
+            ));
         }
     }
     Ok(out)

@@ -47,7 +47,10 @@ pub struct ServerError {
 pub type TextRows = Vec<Vec<Option<String>>>;
 
 fn protocol_error(what: impl Into<String>) -> Error {
-    Error::transient("replication connection", io::Error::new(io::ErrorKind::InvalidData, what.into()))
+    Error::transient(
+        "replication connection",
+        io::Error::new(io::ErrorKind::InvalidData, what.into()),
+    )
 }
 
 fn io_error(e: io::Error) -> Error {
@@ -56,7 +59,10 @@ fn io_error(e: io::Error) -> Error {
 
 impl ReplicationConn {
     /// Connects with `replication=database` to the database of `config` (parsed from the source URL).
-    pub async fn connect(config: &tokio_postgres::Config, application_name: &str) -> Result<Self, Error> {
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        application_name: &str,
+    ) -> Result<Self, Error> {
         if matches!(config.get_ssl_mode(), SslMode::Require) {
             return Err(Error::fatal(
                 "sslmode=require is not supported yet by Ferry's replication connection; use sslmode=disable or prefer",
@@ -64,15 +70,25 @@ impl ReplicationConn {
         }
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
-            Some(Host::Unix(_)) => return Err(Error::fatal("Unix-socket hosts are not supported; give a TCP host in the URL")),
+            Some(Host::Unix(_)) => {
+                return Err(Error::fatal(
+                    "Unix-socket hosts are not supported; give a TCP host in the URL",
+                ))
+            }
             None => "localhost".to_owned(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let stream = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| Error::transient(format!("cannot connect to PostgreSQL at {host}:{port}"), e))?;
+            .map_err(|e| {
+                Error::transient(format!("cannot connect to PostgreSQL at {host}:{port}"), e)
+            })?;
         stream.set_nodelay(true).map_err(io_error)?;
-        let mut conn = ReplicationConn { stream, read_buf: BytesMut::with_capacity(1 << 16), write_buf: BytesMut::new() };
+        let mut conn = ReplicationConn {
+            stream,
+            read_buf: BytesMut::with_capacity(1 << 16),
+            write_buf: BytesMut::new(),
+        };
         let user = config.get_user().unwrap_or("postgres");
         let dbname = config.get_dbname().unwrap_or(user);
         let params = [
@@ -90,16 +106,27 @@ impl ReplicationConn {
     }
 
     async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), Error> {
-        let need_password = || Error::fatal("the server asks for a password: put it in the source URL (postgres://user:password@…)");
+        let need_password = || {
+            Error::fatal("the server asks for a password: put it in the source URL (postgres://user:password@…)")
+        };
         loop {
             match self.next_message().await? {
                 backend::Message::AuthenticationOk => return Ok(()),
                 backend::Message::AuthenticationCleartextPassword => {
-                    frontend::password_message(password.ok_or_else(need_password)?, &mut self.write_buf).map_err(io_error)?;
+                    frontend::password_message(
+                        password.ok_or_else(need_password)?,
+                        &mut self.write_buf,
+                    )
+                    .map_err(io_error)?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
-                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut self.write_buf).map_err(io_error)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        user.as_bytes(),
+                        password.ok_or_else(need_password)?,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)
+                        .map_err(io_error)?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
                     let mut mechanisms = body.mechanisms();
@@ -108,24 +135,43 @@ impl ReplicationConn {
                         scram_offered |= m == SCRAM_SHA_256;
                     }
                     if !scram_offered {
-                        return Err(Error::fatal("the server offers no SASL mechanism Ferry supports (SCRAM-SHA-256)"));
+                        return Err(Error::fatal(
+                            "the server offers no SASL mechanism Ferry supports (SCRAM-SHA-256)",
+                        ));
                     }
-                    let mut scram = ScramSha256::new(password.ok_or_else(need_password)?, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf).map_err(io_error)?;
+                    let mut scram = ScramSha256::new(
+                        password.ok_or_else(need_password)?,
+                        ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(
+                        SCRAM_SHA_256,
+                        scram.message(),
+                        &mut self.write_buf,
+                    )
+                    .map_err(io_error)?;
                     self.flush().await?;
                     match self.next_message().await? {
-                        backend::Message::AuthenticationSaslContinue(body) => scram.update(body.data()).map_err(io_error)?,
+                        backend::Message::AuthenticationSaslContinue(body) => {
+                            scram.update(body.data()).map_err(io_error)?
+                        }
                         _ => return Err(protocol_error("expected SASL continue")),
                     }
-                    frontend::sasl_response(scram.message(), &mut self.write_buf).map_err(io_error)?;
+                    frontend::sasl_response(scram.message(), &mut self.write_buf)
+                        .map_err(io_error)?;
                     self.flush().await?;
                     match self.next_message().await? {
-                        backend::Message::AuthenticationSaslFinal(body) => scram.finish(body.data()).map_err(io_error)?,
+                        backend::Message::AuthenticationSaslFinal(body) => {
+                            scram.finish(body.data()).map_err(io_error)?
+                        }
                         _ => return Err(protocol_error("expected SASL final")),
                     }
                     continue;
                 }
-                _ => return Err(Error::fatal("the server asks for an authentication method Ferry does not support")),
+                _ => {
+                    return Err(Error::fatal(
+                        "the server asks for an authentication method Ferry does not support",
+                    ))
+                }
             }
             self.flush().await?;
         }
@@ -140,7 +186,10 @@ impl ReplicationConn {
     }
 
     async fn flush(&mut self) -> Result<(), Error> {
-        self.stream.write_all(&self.write_buf).await.map_err(io_error)?;
+        self.stream
+            .write_all(&self.write_buf)
+            .await
+            .map_err(io_error)?;
         self.write_buf.clear();
         Ok(())
     }
@@ -149,7 +198,12 @@ impl ReplicationConn {
     async fn next_frame(&mut self) -> Result<Frame, Error> {
         loop {
             if self.read_buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]]) as usize;
+                let len = u32::from_be_bytes([
+                    self.read_buf[1],
+                    self.read_buf[2],
+                    self.read_buf[3],
+                    self.read_buf[4],
+                ]) as usize;
                 if len < 4 {
                     return Err(protocol_error(format!("invalid message length {len}")));
                 }
@@ -163,7 +217,9 @@ impl ReplicationConn {
                         }
                         b'W' => Ok(Frame::CopyBoth),
                         _ => match backend::Message::parse(&mut frame).map_err(io_error)? {
-                            Some(backend::Message::ErrorResponse(body)) => Err(server_error(body.fields())),
+                            Some(backend::Message::ErrorResponse(body)) => {
+                                Err(server_error(body.fields()))
+                            }
                             Some(m) => Ok(Frame::Other(m)),
                             None => Err(protocol_error("truncated message")),
                         },
@@ -174,9 +230,16 @@ impl ReplicationConn {
             if self.read_buf.capacity() - self.read_buf.len() < 8192 {
                 self.read_buf.reserve(1 << 16);
             }
-            let n = self.stream.read_buf(&mut self.read_buf).await.map_err(io_error)?;
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(io_error)?;
             if n == 0 {
-                return Err(Error::transient("replication connection", io::Error::from(io::ErrorKind::UnexpectedEof)));
+                return Err(Error::transient(
+                    "replication connection",
+                    io::Error::from(io::ErrorKind::UnexpectedEof),
+                ));
             }
         }
     }
@@ -184,9 +247,12 @@ impl ReplicationConn {
     async fn next_message(&mut self) -> Result<backend::Message, Error> {
         loop {
             match self.next_frame().await? {
-                Frame::Other(backend::Message::NoticeResponse(_)) | Frame::Other(backend::Message::ParameterStatus(_)) => {}
+                Frame::Other(backend::Message::NoticeResponse(_))
+                | Frame::Other(backend::Message::ParameterStatus(_)) => {}
                 Frame::Other(m) => return Ok(m),
-                Frame::CopyData(_) | Frame::CopyBoth => return Err(protocol_error("unexpected copy data")),
+                Frame::CopyData(_) | Frame::CopyBoth => {
+                    return Err(protocol_error("unexpected copy data"))
+                }
             }
         }
     }
@@ -211,7 +277,9 @@ impl ReplicationConn {
                 Ok(Frame::Other(backend::Message::ReadyForQuery(_))) => break,
                 Ok(_) => {}
                 // An error response is followed by ReadyForQuery; read on so the connection stays usable.
-                Err(e) if e.source.as_ref().is_some_and(|s| s.is::<ServerError>()) => failure = Some(e),
+                Err(e) if e.source.as_ref().is_some_and(|s| s.is::<ServerError>()) => {
+                    failure = Some(e)
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -229,7 +297,11 @@ impl ReplicationConn {
             match self.next_frame().await? {
                 Frame::CopyBoth => return Ok(()),
                 Frame::Other(backend::Message::NoticeResponse(_)) => {}
-                _ => return Err(protocol_error("expected CopyBothResponse after START_REPLICATION")),
+                _ => {
+                    return Err(protocol_error(
+                        "expected CopyBothResponse after START_REPLICATION",
+                    ))
+                }
             }
         }
     }
@@ -239,7 +311,8 @@ impl ReplicationConn {
         loop {
             match self.next_frame().await? {
                 Frame::CopyData(data) => return Ok(Some(data)),
-                Frame::Other(backend::Message::CopyDone) | Frame::Other(backend::Message::CommandComplete(_)) => return Ok(None),
+                Frame::Other(backend::Message::CopyDone)
+                | Frame::Other(backend::Message::CommandComplete(_)) => return Ok(None),
                 Frame::Other(_) | Frame::CopyBoth => {}
             }
         }
@@ -248,7 +321,8 @@ impl ReplicationConn {
     /// Sends one CopyData message (a standby status update).
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), Error> {
         self.write_buf.extend_from_slice(b"d");
-        self.write_buf.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
+        self.write_buf
+            .extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
         self.write_buf.extend_from_slice(payload);
         self.flush().await
     }
@@ -261,7 +335,11 @@ impl ReplicationConn {
 }
 
 fn server_error(mut fields: backend::ErrorFields<'_>) -> Error {
-    let mut err = ServerError { severity: String::new(), code: String::new(), message: String::new() };
+    let mut err = ServerError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+    };
     while let Ok(Some(field)) = fields.next() {
         let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
         match field.type_() {
@@ -272,7 +350,10 @@ fn server_error(mut fields: backend::ErrorFields<'_>) -> Error {
         }
     }
     // 55000 object_not_in_prerequisite_state, 42704 undefined_object, 42501 insufficient_privilege: retrying cannot help.
-    let fatal = matches!(err.code.as_str(), "55000" | "42704" | "42501" | "28000" | "28P01" | "3D000" | "42P01" | "53400");
+    let fatal = matches!(
+        err.code.as_str(),
+        "55000" | "42704" | "42501" | "28000" | "28P01" | "3D000" | "42P01" | "53400"
+    );
     if fatal {
         Error::fatal_from("PostgreSQL refused", err)
     } else {

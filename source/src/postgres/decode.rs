@@ -15,12 +15,18 @@ pub struct ValueError {
 }
 
 fn bad(ty: &ColumnType, text: &str) -> ValueError {
-    ValueError { ty: format!("{ty:?}").to_lowercase(), text: text.chars().take(200).collect() }
+    ValueError {
+        ty: format!("{ty:?}").to_lowercase(),
+        text: text.chars().take(200).collect(),
+    }
 }
 
 /// Decodes one text value of a column of type `ty`.
 pub fn decode_text(ty: &ColumnType, bytes: &[u8]) -> Result<Value, ValueError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ValueError { ty: "text".into(), text: String::from_utf8_lossy(bytes).into_owned() })?;
+    let text = std::str::from_utf8(bytes).map_err(|_| ValueError {
+        ty: "text".into(),
+        text: String::from_utf8_lossy(bytes).into_owned(),
+    })?;
     decode_str(ty, text)
 }
 
@@ -31,13 +37,20 @@ fn decode_str(ty: &ColumnType, s: &str) -> Result<Value, ValueError> {
             "f" => Value::Bool(false),
             _ => return Err(bad(ty, s)),
         },
-        ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 => Value::Int(s.parse().map_err(|_| bad(ty, s))?),
+        ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 => {
+            Value::Int(s.parse().map_err(|_| bad(ty, s))?)
+        }
         ColumnType::Float4 | ColumnType::Float8 => Value::Float(match s {
             "NaN" => f64::NAN,
             "Infinity" => f64::INFINITY,
             "-Infinity" => f64::NEG_INFINITY,
             // Rust would also accept "inf" and "nan"; PostgreSQL never sends them, so refuse them.
-            _ if s.bytes().any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') => return Err(bad(ty, s)),
+            _ if s
+                .bytes()
+                .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') =>
+            {
+                return Err(bad(ty, s))
+            }
             _ => s.parse().map_err(|_| bad(ty, s))?,
         }),
         ColumnType::Numeric => Value::Decimal(Decimal::parse(s).map_err(|_| bad(ty, s))?),
@@ -49,15 +62,24 @@ fn decode_str(ty: &ColumnType, s: &str) -> Result<Value, ValueError> {
         ColumnType::Time => Value::Time(Time::parse_iso(s).map_err(|_| bad(ty, s))?),
         ColumnType::TimeTz => Value::TimeTz(TimeTz::parse_iso(s).map_err(|_| bad(ty, s))?),
         ColumnType::Timestamp => Value::Timestamp(Timestamp::parse_iso(s).map_err(|_| bad(ty, s))?),
-        ColumnType::TimestampTz => Value::TimestampTz(Timestamp::parse_iso_tz(s).map_err(|_| bad(ty, s))?),
+        ColumnType::TimestampTz => {
+            Value::TimestampTz(Timestamp::parse_iso_tz(s).map_err(|_| bad(ty, s))?)
+        }
         ColumnType::Interval => Value::Interval(Interval::parse_iso(s).map_err(|_| bad(ty, s))?),
         ColumnType::Array(elem) => {
             // Arrays with non-default lower bounds are written "[0:1]={…}"; the bounds are not kept.
             let body = match s.strip_prefix('[') {
-                Some(_) => s.split_once('=').map(|(_, b)| b).ok_or_else(|| bad(ty, s))?,
+                Some(_) => s
+                    .split_once('=')
+                    .map(|(_, b)| b)
+                    .ok_or_else(|| bad(ty, s))?,
                 None => s,
             };
-            let mut parser = ArrayParser { s: body.as_bytes(), pos: 0, elem };
+            let mut parser = ArrayParser {
+                s: body.as_bytes(),
+                pos: 0,
+                elem,
+            };
             let v = parser.array().ok_or_else(|| bad(ty, s))?;
             if parser.pos != body.len() {
                 return Err(bad(ty, s));
@@ -79,7 +101,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     };
-    hex.chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
+    hex.chunks(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
 }
 
 /// A recursive-descent parser for PostgreSQL's array literal (`{1,NULL,"a \"b\""}`, nested for more dimensions).
@@ -169,12 +193,26 @@ mod tests {
 
     #[test]
     fn decodes_scalars() {
-        assert_eq!(decode_text(&ColumnType::Bool, b"t").unwrap(), Value::Bool(true));
-        assert_eq!(decode_text(&ColumnType::Int8, b"-9223372036854775808").unwrap(), Value::Int(i64::MIN));
-        assert!(matches!(decode_text(&ColumnType::Float8, b"NaN").unwrap(), Value::Float(f) if f.is_nan()));
-        assert_eq!(decode_text(&ColumnType::Float4, b"-Infinity").unwrap(), Value::Float(f64::NEG_INFINITY));
+        assert_eq!(
+            decode_text(&ColumnType::Bool, b"t").unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            decode_text(&ColumnType::Int8, b"-9223372036854775808").unwrap(),
+            Value::Int(i64::MIN)
+        );
+        assert!(
+            matches!(decode_text(&ColumnType::Float8, b"NaN").unwrap(), Value::Float(f) if f.is_nan())
+        );
+        assert_eq!(
+            decode_text(&ColumnType::Float4, b"-Infinity").unwrap(),
+            Value::Float(f64::NEG_INFINITY)
+        );
         assert!(decode_text(&ColumnType::Float8, b"inf").is_err());
-        assert_eq!(decode_text(&ColumnType::Bytes, b"\\x00ff").unwrap(), Value::Bytes(vec![0, 255]));
+        assert_eq!(
+            decode_text(&ColumnType::Bytes, b"\\x00ff").unwrap(),
+            Value::Bytes(vec![0, 255])
+        );
         assert!(decode_text(&ColumnType::Bytes, b"\\x0").is_err());
         assert!(decode_text(&ColumnType::Int4, b"12a").is_err());
         assert!(decode_text(&ColumnType::Text, &[0xff]).is_err());
@@ -201,8 +239,14 @@ mod tests {
                 Value::Array(vec![Value::Int(3), Value::Null])
             ])
         );
-        assert_eq!(decode_text(&arr(ColumnType::Int4), b"{}").unwrap(), Value::Array(vec![]));
-        assert_eq!(decode_text(&arr(ColumnType::Int4), b"[0:1]={5,6}").unwrap(), Value::Array(vec![Value::Int(5), Value::Int(6)]));
+        assert_eq!(
+            decode_text(&arr(ColumnType::Int4), b"{}").unwrap(),
+            Value::Array(vec![])
+        );
+        assert_eq!(
+            decode_text(&arr(ColumnType::Int4), b"[0:1]={5,6}").unwrap(),
+            Value::Array(vec![Value::Int(5), Value::Int(6)])
+        );
         assert!(decode_text(&arr(ColumnType::Int4), b"{1,2").is_err());
         assert!(decode_text(&arr(ColumnType::Int4), b"{1,x}").is_err());
         assert!(decode_text(&arr(ColumnType::Int4), b"{1}}").is_err());

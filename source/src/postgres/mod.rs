@@ -41,15 +41,22 @@ const SESSION_SQL: &str =
 
 /// Opens an ordinary connection (catalog queries, snapshot copies, heartbeats).
 pub async fn connect_client(url: &str) -> Result<Client, Error> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| Error::fatal_from("source url", e))?;
-    let (client, connection) =
-        config.connect(NoTls).await.map_err(|e| Error::transient("cannot connect to the source database", e))?;
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::fatal_from("source url", e))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| Error::transient("cannot connect to the source database", e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "source connection closed");
         }
     });
-    client.batch_execute(SESSION_SQL).await.map_err(|e| Error::transient("setting up the source session", e))?;
+    client
+        .batch_execute(SESSION_SQL)
+        .await
+        .map_err(|e| Error::transient("setting up the source session", e))?;
     Ok(client)
 }
 
@@ -85,7 +92,10 @@ pub async fn run(
     check::require_logical_wal(&client).await?;
     slot::ensure_publication(&client, &cfg.publication, cfg.tables.as_deref()).await?;
     let mut catalog = Catalog::new(client);
-    let url_config: tokio_postgres::Config = cfg.url.parse().map_err(|e| Error::fatal_from("source url", e))?;
+    let url_config: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .map_err(|e| Error::fatal_from("source url", e))?;
     let application_name = format!("ferry_{}", settings.pipeline);
 
     let start = match resume {
@@ -102,7 +112,11 @@ pub async fn run(
                 let tables = slot::published_tables(catalog.client(), &cfg.publication)
                     .await?
                     .into_iter()
-                    .map(|(id, oid, estimated_rows)| snapshot::SnapshotTable { id, oid, estimated_rows })
+                    .map(|(id, oid, estimated_rows)| snapshot::SnapshotTable {
+                        id,
+                        oid,
+                        estimated_rows,
+                    })
                     .collect();
                 let copy = snapshot::run(
                     &cfg.url,
@@ -127,8 +141,17 @@ pub async fn run(
                 let position = Position::Pg(created.consistent_point);
                 let send = |e| events.send(e);
                 let closed = |_| Error::fatal("the pipeline stopped");
-                send(Event::Begin { commit_at: position.clone() }).await.map_err(closed)?;
-                send(Event::Commit { position, commit_time: ferry_core::Timestamp(0) }).await.map_err(closed)?;
+                send(Event::Begin {
+                    commit_at: position.clone(),
+                })
+                .await
+                .map_err(closed)?;
+                send(Event::Commit {
+                    position,
+                    commit_time: ferry_core::Timestamp(0),
+                })
+                .await
+                .map_err(closed)?;
             }
             creator.terminate().await;
             if cfg.snapshot == SnapshotMode::Only {
@@ -168,5 +191,7 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, Error> {
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .map_err(|e| Error::transient("reading the current WAL position", e))?;
-    row.get::<_, String>(0).parse().map_err(|e| Error::fatal_from("pg_current_wal_lsn", e))
+    row.get::<_, String>(0)
+        .parse()
+        .map_err(|e| Error::fatal_from("pg_current_wal_lsn", e))
 }

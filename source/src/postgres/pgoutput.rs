@@ -22,7 +22,10 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(malformed(format!("truncated {what}: need {n} bytes, have {}", self.buf.len())));
+            return Err(malformed(format!(
+                "truncated {what}: need {n} bytes, have {}",
+                self.buf.len()
+            )));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -63,8 +66,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn cstr(&mut self, what: &str) -> Result<&'a str, DecodeError> {
-        let end = self.buf.iter().position(|b| *b == 0).ok_or_else(|| malformed(format!("unterminated {what}")))?;
-        let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| malformed(format!("{what} is not UTF-8")))?;
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| malformed(format!("unterminated {what}")))?;
+        let s = std::str::from_utf8(&self.buf[..end])
+            .map_err(|_| malformed(format!("{what} is not UTF-8")))?;
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }
@@ -73,7 +81,10 @@ impl<'a> Cursor<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(malformed(format!("{} trailing bytes after {what}", self.buf.len())))
+            Err(malformed(format!(
+                "{} trailing bytes after {what}",
+                self.buf.len()
+            )))
         }
     }
 }
@@ -85,7 +96,11 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 #[derive(Debug, PartialEq)]
 pub enum ReplicationMessage<'a> {
     /// WAL data: `wal_start` is the LSN of this message, `data` a pgoutput message.
-    XLogData { wal_start: Lsn, wal_end: Lsn, data: &'a [u8] },
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: &'a [u8],
+    },
     /// The server is alive at `wal_end`; `reply_requested` asks for a status update now.
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
@@ -98,16 +113,26 @@ impl<'a> ReplicationMessage<'a> {
                 let wal_start = c.lsn("XLogData start")?;
                 let wal_end = c.lsn("XLogData end")?;
                 let _send_time = c.i64("XLogData time")?;
-                Ok(ReplicationMessage::XLogData { wal_start, wal_end, data: c.buf })
+                Ok(ReplicationMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    data: c.buf,
+                })
             }
             b'k' => {
                 let wal_end = c.lsn("keepalive end")?;
                 let _send_time = c.i64("keepalive time")?;
                 let reply_requested = c.u8("keepalive reply flag")? == 1;
                 c.finish("keepalive")?;
-                Ok(ReplicationMessage::Keepalive { wal_end, reply_requested })
+                Ok(ReplicationMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                })
             }
-            tag => Err(malformed(format!("unknown replication message tag {:?}", tag as char))),
+            tag => Err(malformed(format!(
+                "unknown replication message tag {:?}",
+                tag as char
+            ))),
         }
     }
 }
@@ -147,21 +172,81 @@ pub struct RelationColumn<'a> {
 /// A decoded pgoutput message.
 #[derive(Debug, PartialEq)]
 pub enum PgOutput<'a> {
-    Begin { final_lsn: Lsn, commit_time_micros: i64, xid: u32 },
-    Commit { commit_lsn: Lsn, end_lsn: Lsn, commit_time_micros: i64 },
-    Origin { commit_lsn: Lsn, name: &'a str },
-    Relation { xid: Option<u32>, oid: u32, namespace: &'a str, name: &'a str, replica_identity: u8, columns: Vec<RelationColumn<'a>> },
-    Type { xid: Option<u32>, oid: u32, namespace: &'a str, name: &'a str },
-    Insert { xid: Option<u32>, oid: u32, new: Vec<TupleValue<'a>> },
+    Begin {
+        final_lsn: Lsn,
+        commit_time_micros: i64,
+        xid: u32,
+    },
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_micros: i64,
+    },
+    Origin {
+        commit_lsn: Lsn,
+        name: &'a str,
+    },
+    Relation {
+        xid: Option<u32>,
+        oid: u32,
+        namespace: &'a str,
+        name: &'a str,
+        replica_identity: u8,
+        columns: Vec<RelationColumn<'a>>,
+    },
+    Type {
+        xid: Option<u32>,
+        oid: u32,
+        namespace: &'a str,
+        name: &'a str,
+    },
+    Insert {
+        xid: Option<u32>,
+        oid: u32,
+        new: Vec<TupleValue<'a>>,
+    },
     /// `old` is the key (`'K'`) or full old row (`'O'`) when the server sent one.
-    Update { xid: Option<u32>, oid: u32, old: Option<Vec<TupleValue<'a>>>, old_is_full_row: bool, new: Vec<TupleValue<'a>> },
-    Delete { xid: Option<u32>, oid: u32, old: Vec<TupleValue<'a>>, old_is_full_row: bool },
-    Truncate { xid: Option<u32>, cascade: bool, restart_identity: bool, oids: Vec<u32> },
-    Message { xid: Option<u32>, transactional: bool, lsn: Lsn, prefix: &'a str, content: &'a [u8] },
-    StreamStart { xid: u32, first_segment: bool },
+    Update {
+        xid: Option<u32>,
+        oid: u32,
+        old: Option<Vec<TupleValue<'a>>>,
+        old_is_full_row: bool,
+        new: Vec<TupleValue<'a>>,
+    },
+    Delete {
+        xid: Option<u32>,
+        oid: u32,
+        old: Vec<TupleValue<'a>>,
+        old_is_full_row: bool,
+    },
+    Truncate {
+        xid: Option<u32>,
+        cascade: bool,
+        restart_identity: bool,
+        oids: Vec<u32>,
+    },
+    Message {
+        xid: Option<u32>,
+        transactional: bool,
+        lsn: Lsn,
+        prefix: &'a str,
+        content: &'a [u8],
+    },
+    StreamStart {
+        xid: u32,
+        first_segment: bool,
+    },
     StreamStop,
-    StreamCommit { xid: u32, commit_lsn: Lsn, end_lsn: Lsn, commit_time_micros: i64 },
-    StreamAbort { xid: u32, subxid: u32 },
+    StreamCommit {
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_micros: i64,
+    },
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
 }
 
 /// Decodes pgoutput messages, tracking whether the stream is inside a streamed-transaction block (protocol 2),
@@ -196,7 +281,10 @@ impl Decoder {
                     commit_time_micros: c.i64("commit time")?,
                 }
             }
-            b'O' => PgOutput::Origin { commit_lsn: c.lsn("origin lsn")?, name: c.cstr("origin name")? },
+            b'O' => PgOutput::Origin {
+                commit_lsn: c.lsn("origin lsn")?,
+                name: c.cstr("origin name")?,
+            },
             b'R' => {
                 let xid = xid(&mut c, self.in_stream)?;
                 let oid = c.u32("relation oid")?;
@@ -217,7 +305,14 @@ impl Decoder {
                         type_modifier: c.i32("column typmod")?,
                     });
                 }
-                PgOutput::Relation { xid, oid, namespace, name, replica_identity, columns }
+                PgOutput::Relation {
+                    xid,
+                    oid,
+                    namespace,
+                    name,
+                    replica_identity,
+                    columns,
+                }
             }
             b'Y' => PgOutput::Type {
                 xid: xid(&mut c, self.in_stream)?,
@@ -229,7 +324,11 @@ impl Decoder {
                 let xid = xid(&mut c, self.in_stream)?;
                 let oid = c.u32("insert relation")?;
                 expect(&mut c, b'N', "insert new tuple marker")?;
-                PgOutput::Insert { xid, oid, new: tuple(&mut c)? }
+                PgOutput::Insert {
+                    xid,
+                    oid,
+                    new: tuple(&mut c)?,
+                }
             }
             b'U' => {
                 let xid = xid(&mut c, self.in_stream)?;
@@ -243,18 +342,35 @@ impl Decoder {
                     marker = c.u8("update new tuple marker")?;
                 }
                 if marker != b'N' {
-                    return Err(malformed(format!("unexpected update tuple marker {:?}", marker as char)));
+                    return Err(malformed(format!(
+                        "unexpected update tuple marker {:?}",
+                        marker as char
+                    )));
                 }
-                PgOutput::Update { xid, oid, old, old_is_full_row, new: tuple(&mut c)? }
+                PgOutput::Update {
+                    xid,
+                    oid,
+                    old,
+                    old_is_full_row,
+                    new: tuple(&mut c)?,
+                }
             }
             b'D' => {
                 let xid = xid(&mut c, self.in_stream)?;
                 let oid = c.u32("delete relation")?;
                 let marker = c.u8("delete tuple marker")?;
                 if marker != b'K' && marker != b'O' {
-                    return Err(malformed(format!("unexpected delete tuple marker {:?}", marker as char)));
+                    return Err(malformed(format!(
+                        "unexpected delete tuple marker {:?}",
+                        marker as char
+                    )));
                 }
-                PgOutput::Delete { xid, oid, old: tuple(&mut c)?, old_is_full_row: marker == b'O' }
+                PgOutput::Delete {
+                    xid,
+                    oid,
+                    old: tuple(&mut c)?,
+                    old_is_full_row: marker == b'O',
+                }
             }
             b'T' => {
                 let xid = xid(&mut c, self.in_stream)?;
@@ -264,7 +380,12 @@ impl Decoder {
                 for _ in 0..n {
                     oids.push(c.u32("truncate relation")?);
                 }
-                PgOutput::Truncate { xid, cascade: options & 1 != 0, restart_identity: options & 2 != 0, oids }
+                PgOutput::Truncate {
+                    xid,
+                    cascade: options & 1 != 0,
+                    restart_identity: options & 2 != 0,
+                    oids,
+                }
             }
             b'M' => {
                 let xid = xid(&mut c, self.in_stream)?;
@@ -273,11 +394,20 @@ impl Decoder {
                 let prefix = c.cstr("message prefix")?;
                 let len = c.u32("message length")? as usize;
                 let content = c.take(len, "message content")?;
-                PgOutput::Message { xid, transactional, lsn, prefix, content }
+                PgOutput::Message {
+                    xid,
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                }
             }
             b'S' => {
                 self.in_stream = true;
-                PgOutput::StreamStart { xid: c.u32("stream start xid")?, first_segment: c.u8("stream first segment")? == 1 }
+                PgOutput::StreamStart {
+                    xid: c.u32("stream start xid")?,
+                    first_segment: c.u8("stream first segment")? == 1,
+                }
             }
             b'E' => {
                 self.in_stream = false;
@@ -300,7 +430,12 @@ impl Decoder {
                 c.buf = &[];
                 PgOutput::StreamAbort { xid, subxid }
             }
-            other => return Err(malformed(format!("unknown pgoutput message {:?}", other as char))),
+            other => {
+                return Err(malformed(format!(
+                    "unknown pgoutput message {:?}",
+                    other as char
+                )))
+            }
         };
         c.finish("pgoutput message")?;
         Ok(msg)
@@ -312,7 +447,10 @@ fn expect(c: &mut Cursor<'_>, want: u8, what: &str) -> Result<(), DecodeError> {
     if got == want {
         Ok(())
     } else {
-        Err(malformed(format!("{what}: expected {:?}, found {:?}", want as char, got as char)))
+        Err(malformed(format!(
+            "{what}: expected {:?}, found {:?}",
+            want as char, got as char
+        )))
     }
 }
 
@@ -328,7 +466,8 @@ fn tuple<'a>(c: &mut Cursor<'a>) -> Result<Vec<TupleValue<'a>>, DecodeError> {
             b'u' => TupleValue::Unchanged,
             kind @ (b't' | b'b') => {
                 let len = c.i32("tuple value length")?;
-                let len = usize::try_from(len).map_err(|_| malformed("negative tuple value length"))?;
+                let len =
+                    usize::try_from(len).map_err(|_| malformed("negative tuple value length"))?;
                 let bytes = c.take(len, "tuple value")?;
                 if kind == b't' {
                     TupleValue::Text(bytes)
@@ -336,7 +475,12 @@ fn tuple<'a>(c: &mut Cursor<'a>) -> Result<Vec<TupleValue<'a>>, DecodeError> {
                     TupleValue::Binary(bytes)
                 }
             }
-            other => return Err(malformed(format!("unknown tuple value kind {:?}", other as char))),
+            other => {
+                return Err(malformed(format!(
+                    "unknown tuple value kind {:?}",
+                    other as char
+                )))
+            }
         });
     }
     Ok(values)
@@ -369,7 +513,11 @@ mod tests {
             PgOutput::Insert {
                 xid: None,
                 oid: 16384,
-                new: vec![TupleValue::Text(b"42"), TupleValue::Null, TupleValue::Unchanged]
+                new: vec![
+                    TupleValue::Text(b"42"),
+                    TupleValue::Null,
+                    TupleValue::Unchanged
+                ]
             }
         );
     }
@@ -380,20 +528,35 @@ mod tests {
         let mut start = vec![b'S'];
         start.extend_from_slice(&7u32.to_be_bytes());
         start.push(1);
-        assert_eq!(d.decode(&start).unwrap(), PgOutput::StreamStart { xid: 7, first_segment: true });
+        assert_eq!(
+            d.decode(&start).unwrap(),
+            PgOutput::StreamStart {
+                xid: 7,
+                first_segment: true
+            }
+        );
         let mut insert = vec![b'I'];
         insert.extend_from_slice(&7u32.to_be_bytes());
         insert.extend_from_slice(&insert_message()[1..]);
-        assert!(matches!(d.decode(&insert).unwrap(), PgOutput::Insert { xid: Some(7), .. }));
+        assert!(matches!(
+            d.decode(&insert).unwrap(),
+            PgOutput::Insert { xid: Some(7), .. }
+        ));
         assert_eq!(d.decode(b"E").unwrap(), PgOutput::StreamStop);
-        assert!(d.decode(&insert).is_err(), "outside a stream block the xid is not expected");
+        assert!(
+            d.decode(&insert).is_err(),
+            "outside a stream block the xid is not expected"
+        );
     }
 
     #[test]
     fn every_truncation_of_a_message_is_an_error() {
         let msg = insert_message();
         for len in 0..msg.len() {
-            assert!(Decoder::default().decode(&msg[..len]).is_err(), "prefix of {len} bytes decoded");
+            assert!(
+                Decoder::default().decode(&msg[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
         }
     }
 

@@ -52,13 +52,23 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
 }
 
 /// Creates the publication when missing; when tables are listed, makes it publish exactly those.
-pub async fn ensure_publication(client: &Client, name: &str, tables: Option<&[TableId]>) -> Result<(), Error> {
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: Option<&[TableId]>,
+) -> Result<(), Error> {
     let exists = client
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&name])
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
         .await
         .map_err(sql_error("reading the publication"))?;
     let target = match tables {
-        Some(t) => format!("TABLE {}", t.iter().map(qualified).collect::<Vec<_>>().join(", ")),
+        Some(t) => format!(
+            "TABLE {}",
+            t.iter().map(qualified).collect::<Vec<_>>().join(", ")
+        ),
         None => "ALL TABLES".to_owned(),
     };
     let sql = match (exists, tables) {
@@ -73,11 +83,17 @@ pub async fn ensure_publication(client: &Client, name: &str, tables: Option<&[Ta
             )))
         }
     };
-    client.batch_execute(&sql).await.map_err(sql_error("creating the publication"))
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(sql_error("creating the publication"))
 }
 
 /// The tables the publication publishes, with their relation OIDs and row estimates.
-pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<(TableId, u32, f64)>, Error> {
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<(TableId, u32, f64)>, Error> {
     let rows = client
         .query(
             "SELECT p.schemaname::text, p.tablename::text, c.oid::int8, greatest(c.reltuples, 0)::float8 \
@@ -89,7 +105,16 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<
         )
         .await
         .map_err(sql_error("listing the published tables"))?;
-    Ok(rows.iter().map(|r| (TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get::<_, i64>(2) as u32, r.get(3))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get::<_, i64>(2) as u32,
+                r.get(3),
+            )
+        })
+        .collect())
 }
 
 /// A freshly created slot and the snapshot that matches its start.
@@ -100,16 +125,34 @@ pub struct CreatedSlot {
 
 /// Creates the logical slot on `conn`. With `export_snapshot`, the returned snapshot stays usable until `conn`
 /// runs another command or closes.
-pub async fn create_slot(conn: &mut ReplicationConn, slot: &str, export_snapshot: bool) -> Result<CreatedSlot, Error> {
-    let mode = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
-    let rows = conn.simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}", quote_ident(slot))).await?;
-    let row = rows.first().ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
+pub async fn create_slot(
+    conn: &mut ReplicationConn,
+    slot: &str,
+    export_snapshot: bool,
+) -> Result<CreatedSlot, Error> {
+    let mode = if export_snapshot {
+        "EXPORT_SNAPSHOT"
+    } else {
+        "NOEXPORT_SNAPSHOT"
+    };
+    let rows = conn
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}",
+            quote_ident(slot)
+        ))
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
     let consistent_point = row
         .get(1)
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
-    Ok(CreatedSlot { consistent_point, snapshot_name: row.get(2).cloned().flatten() })
+    Ok(CreatedSlot {
+        consistent_point,
+        snapshot_name: row.get(2).cloned().flatten(),
+    })
 }
 
 /// Drops the slot if it exists and no one is using it.
@@ -132,16 +175,24 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, Error> {
 /// Drops the publication if it exists.
 pub async fn drop_publication(client: &Client, publication: &str) -> Result<(), Error> {
     client
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(publication)
+        ))
         .await
         .map_err(sql_error("dropping the publication"))
 }
 
 /// Checks that streaming can resume at `checkpoint` without a gap: the slot exists, still has its WAL, and has not
 /// confirmed past the checkpoint.
-pub async fn check_resumable(client: &Client, slot: &str, checkpoint: &Position) -> Result<Lsn, Error> {
+pub async fn check_resumable(
+    client: &Client,
+    slot: &str,
+    checkpoint: &Position,
+) -> Result<Lsn, Error> {
     let Position::Pg(lsn) = checkpoint;
-    let reset = "run `ferry reset --config <file> --yes` to drop the checkpoints and take a new snapshot";
+    let reset =
+        "run `ferry reset --config <file> --yes` to drop the checkpoints and take a new snapshot";
     let info = slot_info(client, slot).await?.ok_or_else(|| {
         Error::fatal(format!("replication slot {slot} does not exist, but the sinks hold checkpoint {checkpoint}: changes since then are lost to Ferry; {reset}"))
     })?;

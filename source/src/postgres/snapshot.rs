@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
-use ferry_core::{Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value};
+use ferry_core::{
+    Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value,
+};
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::info;
@@ -53,20 +55,44 @@ pub async fn run(
     let mut schemas = Vec::with_capacity(tables.len());
     for t in &tables {
         let columns = catalog.columns(t.oid).await?;
-        schemas.push(catalog.table_schema(t.oid, t.id.clone(), &columns, b'd', 0).await?);
+        schemas.push(
+            catalog
+                .table_schema(t.oid, t.id.clone(), &columns, b'd', 0)
+                .await?,
+        );
     }
     let position = Position::Pg(consistent_point);
-    events.send(Event::Begin { commit_at: position.clone() }).await.map_err(|_| closed())?;
+    events
+        .send(Event::Begin {
+            commit_at: position.clone(),
+        })
+        .await
+        .map_err(|_| closed())?;
     for s in &schemas {
-        events.send(Event::Schema(s.clone())).await.map_err(|_| closed())?;
+        events
+            .send(Event::Schema(s.clone()))
+            .await
+            .map_err(|_| closed())?;
     }
     let ids: Vec<TableId> = schemas.iter().map(|s| s.id.clone()).collect();
-    events.send(Event::Change(Change::Truncate { tables: ids })).await.map_err(|_| closed())?;
+    events
+        .send(Event::Change(Change::Truncate { tables: ids }))
+        .await
+        .map_err(|_| closed())?;
 
     let estimated: f64 = tables.iter().map(|t| t.estimated_rows).sum();
-    progress.rows_estimated.store(estimated as u64, Ordering::Relaxed);
-    progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
-    info!(tables = tables.len(), estimated_rows = estimated as u64, parallelism, "snapshot started");
+    progress
+        .rows_estimated
+        .store(estimated as u64, Ordering::Relaxed);
+    progress
+        .tables_total
+        .store(tables.len() as u64, Ordering::Relaxed);
+    info!(
+        tables = tables.len(),
+        estimated_rows = estimated as u64,
+        parallelism,
+        "snapshot started"
+    );
     let started = Instant::now();
     let reporter = tokio::spawn(report_progress(progress.clone(), started));
 
@@ -74,9 +100,17 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     for schema in schemas {
         let permits = permits.clone();
-        let (url, snapshot, events, progress) = (url.to_owned(), snapshot_name.to_owned(), events.clone(), progress.clone());
+        let (url, snapshot, events, progress) = (
+            url.to_owned(),
+            snapshot_name.to_owned(),
+            events.clone(),
+            progress.clone(),
+        );
         workers.spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|_| Error::fatal("snapshot workers stopped"))?;
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::fatal("snapshot workers stopped"))?;
             let rows = copy_table(&url, &snapshot, &schema, &events, &progress).await?;
             progress.tables_done.fetch_add(1, Ordering::Relaxed);
             info!(table = %schema.id, rows, "table copied");
@@ -85,7 +119,9 @@ pub async fn run(
     }
     let mut result = Ok(());
     while let Some(joined) = workers.join_next().await {
-        let outcome = joined.map_err(|e| Error::fatal(format!("snapshot worker failed: {e}"))).and_then(|r| r);
+        let outcome = joined
+            .map_err(|e| Error::fatal(format!("snapshot worker failed: {e}")))
+            .and_then(|r| r);
         if let Err(e) = outcome {
             workers.abort_all();
             result = Err(e);
@@ -94,11 +130,24 @@ pub async fn run(
     }
     reporter.abort();
     result?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-    events.send(Event::Commit { position, commit_time: Timestamp(now) }).await.map_err(|_| closed())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    events
+        .send(Event::Commit {
+            position,
+            commit_time: Timestamp(now),
+        })
+        .await
+        .map_err(|_| closed())?;
     let rows = progress.rows_copied.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    info!(rows, seconds = format!("{secs:.1}"), rows_per_s = (rows as f64 / secs.max(1e-9)) as u64, "snapshot copied");
+    info!(
+        rows,
+        seconds = format!("{secs:.1}"),
+        rows_per_s = (rows as f64 / secs.max(1e-9)) as u64,
+        "snapshot copied"
+    );
     Ok(())
 }
 
@@ -108,7 +157,11 @@ async fn report_progress(progress: Arc<SnapshotProgress>, started: Instant) {
     loop {
         tick.tick().await;
         let rows = progress.rows_copied.load(Ordering::Relaxed);
-        let estimated = progress.rows_estimated.load(Ordering::Relaxed).max(rows).max(1);
+        let estimated = progress
+            .rows_estimated
+            .load(Ordering::Relaxed)
+            .max(rows)
+            .max(1);
         let secs = started.elapsed().as_secs_f64();
         let rate = rows as f64 / secs.max(1e-9);
         let eta = (estimated - rows) as f64 / rate.max(1.0);
@@ -132,7 +185,8 @@ async fn copy_table(
     progress: &SnapshotProgress,
 ) -> Result<u64, Error> {
     let client = connect_client(url).await?;
-    let sql_err = |e: tokio_postgres::Error| Error::transient(format!("copying table {}", schema.id), e);
+    let sql_err =
+        |e: tokio_postgres::Error| Error::transient(format!("copying table {}", schema.id), e);
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; {SESSION_SQL}",
@@ -140,7 +194,11 @@ async fn copy_table(
         ))
         .await
         .map_err(sql_err)?;
-    let columns: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let columns: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     let sql = format!(
         "COPY (SELECT {} FROM {}.{}) TO STDOUT",
         columns.join(", "),
@@ -158,7 +216,10 @@ async fn copy_table(
             buf.advance(1);
             let after = parse_copy_line(schema, &line)?;
             events
-                .send(Event::Change(Change::Row { table: schema.clone(), op: RowOp::Read { after } }))
+                .send(Event::Change(Change::Row {
+                    table: schema.clone(),
+                    op: RowOp::Read { after },
+                }))
                 .await
                 .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;
             rows += 1;
@@ -173,7 +234,12 @@ async fn copy_table(
 fn parse_copy_line(schema: &SchemaRef, line: &[u8]) -> Result<Vec<Value>, Error> {
     let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
     if fields.len() != schema.columns.len() {
-        return Err(Error::fatal(format!("table {}: COPY line has {} fields, expected {}", schema.id, fields.len(), schema.columns.len())));
+        return Err(Error::fatal(format!(
+            "table {}: COPY line has {} fields, expected {}",
+            schema.id,
+            fields.len(),
+            schema.columns.len()
+        )));
     }
     fields
         .iter()
@@ -183,7 +249,9 @@ fn parse_copy_line(schema: &SchemaRef, line: &[u8]) -> Result<Vec<Value>, Error>
                 return Ok(Value::Null);
             }
             let raw = unescape_copy(field);
-            decode_text(&col.ty, &raw).map_err(|e| Error::fatal_from(format!("table {}, column {}", schema.id, col.name), e))
+            decode_text(&col.ty, &raw).map_err(|e| {
+                Error::fatal_from(format!("table {}, column {}", schema.id, col.name), e)
+            })
         })
         .collect()
 }

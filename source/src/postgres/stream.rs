@@ -14,14 +14,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_core::{Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value};
+use ferry_core::{
+    Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::catalog::{Catalog, RawColumn};
 use super::conn::ReplicationConn;
 use super::decode::decode_text;
-use super::pgoutput::{standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue, PG_EPOCH_OFFSET_MICROS};
+use super::pgoutput::{
+    standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue,
+    PG_EPOCH_OFFSET_MICROS,
+};
 use super::slot::quote_literal;
 
 /// Why streaming stopped without an error.
@@ -51,23 +56,40 @@ pub(crate) struct Streamer {
 }
 
 fn now_unix_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl Streamer {
     fn acked_lsn(&self) -> Lsn {
-        self.acked.borrow().as_ref().and_then(Position::as_lsn).unwrap_or(Lsn::ZERO)
+        self.acked
+            .borrow()
+            .as_ref()
+            .and_then(Position::as_lsn)
+            .unwrap_or(Lsn::ZERO)
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), Error> {
         let lsn = self.acked_lsn();
-        self.conn.send_copy_data(&standby_status_update(lsn, now_unix_micros(), reply_requested)).await?;
+        self.conn
+            .send_copy_data(&standby_status_update(
+                lsn,
+                now_unix_micros(),
+                reply_requested,
+            ))
+            .await?;
         debug!(lsn = %lsn, "sent status update");
         Ok(())
     }
 
     /// Streams until shutdown or error. `slot` and `publication` name what to read; `start` is where to resume.
-    pub async fn run(mut self, slot: &str, publication: &str, start: Lsn) -> Result<StreamEnd, Error> {
+    pub async fn run(
+        mut self,
+        slot: &str,
+        publication: &str,
+        start: Lsn,
+    ) -> Result<StreamEnd, Error> {
         let command = format!(
             "START_REPLICATION SLOT \"{}\" LOGICAL {start} (proto_version '1', publication_names {}, messages 'true')",
             slot.replace('"', "\"\""),
@@ -122,15 +144,22 @@ impl Streamer {
                 }
                 Step::Continue => {}
                 Step::Data(None) => {
-                    return Err(Error::transient("the server ended the replication stream", std::io::Error::other("CopyDone")));
+                    return Err(Error::transient(
+                        "the server ended the replication stream",
+                        std::io::Error::other("CopyDone"),
+                    ));
                 }
                 Step::Data(Some(data)) => {
-                    match ReplicationMessage::parse(&data).map_err(|e| Error::fatal_from("reading the replication stream", e))? {
+                    match ReplicationMessage::parse(&data)
+                        .map_err(|e| Error::fatal_from("reading the replication stream", e))?
+                    {
                         ReplicationMessage::XLogData { data, .. } => {
                             last_data = Instant::now();
                             self.handle(data, &mut pending).await?;
                         }
-                        ReplicationMessage::Keepalive { reply_requested, .. } => {
+                        ReplicationMessage::Keepalive {
+                            reply_requested, ..
+                        } => {
                             if reply_requested {
                                 self.send_status(false).await?;
                             }
@@ -171,35 +200,64 @@ impl Streamer {
     async fn emit_heartbeat(&mut self) -> Result<(), Error> {
         self.catalog
             .client()
-            .execute("SELECT pg_logical_emit_message(false, 'ferry', 'heartbeat')", &[])
+            .execute(
+                "SELECT pg_logical_emit_message(false, 'ferry', 'heartbeat')",
+                &[],
+            )
             .await
             .map_err(|e| Error::transient("writing a heartbeat message", e))?;
         Ok(())
     }
 
     async fn handle(&mut self, data: &[u8], out: &mut VecDeque<Event>) -> Result<(), Error> {
-        let msg = self.decoder.decode(data).map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
+        let msg = self
+            .decoder
+            .decode(data)
+            .map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
         match msg {
             PgOutput::Begin { final_lsn, .. } => {
                 self.in_transaction = true;
-                out.push_back(Event::Begin { commit_at: Position::Pg(final_lsn) });
+                out.push_back(Event::Begin {
+                    commit_at: Position::Pg(final_lsn),
+                });
             }
-            PgOutput::Commit { end_lsn, commit_time_micros, .. } => {
+            PgOutput::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
                 self.in_transaction = false;
                 out.push_back(Event::Commit {
                     position: Position::Pg(end_lsn),
                     commit_time: Timestamp(commit_time_micros + PG_EPOCH_OFFSET_MICROS),
                 });
             }
-            PgOutput::Relation { oid, namespace, name, replica_identity, columns, .. } => {
+            PgOutput::Relation {
+                oid,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+                ..
+            } => {
                 let raw: Vec<RawColumn> = columns
                     .iter()
-                    .map(|c| RawColumn { name: c.name.to_owned(), type_oid: c.type_oid, type_modifier: c.type_modifier, is_key: c.is_key })
+                    .map(|c| RawColumn {
+                        name: c.name.to_owned(),
+                        type_oid: c.type_oid,
+                        type_modifier: c.type_modifier,
+                        is_key: c.is_key,
+                    })
                     .collect();
                 let id = TableId::new(namespace, name);
                 self.schema_versions += 1;
-                let schema = self.catalog.table_schema(oid, id, &raw, replica_identity, self.schema_versions).await?;
-                let changed = self.relations.get(&oid).is_none_or(|old| old.columns != schema.columns || old.primary_key != schema.primary_key);
+                let schema = self
+                    .catalog
+                    .table_schema(oid, id, &raw, replica_identity, self.schema_versions)
+                    .await?;
+                let changed = self.relations.get(&oid).is_none_or(|old| {
+                    old.columns != schema.columns || old.primary_key != schema.primary_key
+                });
                 if changed {
                     out.push_back(Event::Schema(schema.clone()));
                     self.relations.insert(oid, schema);
@@ -208,40 +266,65 @@ impl Streamer {
             PgOutput::Insert { oid, new, .. } => {
                 let table = self.relation(oid)?;
                 let after = row(&table, &new)?;
-                out.push_back(Event::Change(Change::Row { table, op: RowOp::Insert { after } }));
+                out.push_back(Event::Change(Change::Row {
+                    table,
+                    op: RowOp::Insert { after },
+                }));
             }
             PgOutput::Update { oid, old, new, .. } => {
                 let table = self.relation(oid)?;
                 let before = old.map(|o| row(&table, &o)).transpose()?;
                 let after = row(&table, &new)?;
-                out.push_back(Event::Change(Change::Row { table, op: RowOp::Update { before, after } }));
+                out.push_back(Event::Change(Change::Row {
+                    table,
+                    op: RowOp::Update { before, after },
+                }));
             }
             PgOutput::Delete { oid, old, .. } => {
                 let table = self.relation(oid)?;
                 let before = row(&table, &old)?;
-                out.push_back(Event::Change(Change::Row { table, op: RowOp::Delete { before } }));
+                out.push_back(Event::Change(Change::Row {
+                    table,
+                    op: RowOp::Delete { before },
+                }));
             }
             PgOutput::Truncate { oids, .. } => {
-                let tables = oids.iter().map(|o| self.relation(*o).map(|t| t.id.clone())).collect::<Result<Vec<_>, _>>()?;
+                let tables = oids
+                    .iter()
+                    .map(|o| self.relation(*o).map(|t| t.id.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
                 out.push_back(Event::Change(Change::Truncate { tables }));
             }
-            PgOutput::Message { transactional: false, prefix: "ferry", lsn, .. } => {
-                out.push_back(Event::Heartbeat { position: Position::Pg(lsn) });
+            PgOutput::Message {
+                transactional: false,
+                prefix: "ferry",
+                lsn,
+                ..
+            } => {
+                out.push_back(Event::Heartbeat {
+                    position: Position::Pg(lsn),
+                });
             }
             PgOutput::Message { .. } | PgOutput::Type { .. } | PgOutput::Origin { .. } => {}
-            PgOutput::StreamStart { .. } | PgOutput::StreamStop | PgOutput::StreamCommit { .. } | PgOutput::StreamAbort { .. } => {
+            PgOutput::StreamStart { .. }
+            | PgOutput::StreamStop
+            | PgOutput::StreamCommit { .. }
+            | PgOutput::StreamAbort { .. } => {
                 warn!("unexpected streamed-transaction message: streaming is not requested");
-                return Err(Error::fatal("the server sent a streamed transaction although streaming was not requested"));
+                return Err(Error::fatal(
+                    "the server sent a streamed transaction although streaming was not requested",
+                ));
             }
         }
         Ok(())
     }
 
     fn relation(&self, oid: u32) -> Result<SchemaRef, Error> {
-        self.relations
-            .get(&oid)
-            .cloned()
-            .ok_or_else(|| Error::fatal(format!("change for relation {oid} before its Relation message")))
+        self.relations.get(&oid).cloned().ok_or_else(|| {
+            Error::fatal(format!(
+                "change for relation {oid} before its Relation message"
+            ))
+        })
     }
 }
 
@@ -262,7 +345,9 @@ pub(crate) fn row(table: &SchemaRef, values: &[TupleValue<'_>]) -> Result<Vec<Va
             TupleValue::Null => Ok(Value::Null),
             TupleValue::Unchanged => Ok(Value::Unchanged),
             TupleValue::Text(bytes) | TupleValue::Binary(bytes) => decode_text(&col.ty, bytes)
-                .map_err(|e| Error::fatal_from(format!("table {}, column {}", table.id, col.name), e)),
+                .map_err(|e| {
+                    Error::fatal_from(format!("table {}, column {}", table.id, col.name), e)
+                }),
         })
         .collect()
 }
