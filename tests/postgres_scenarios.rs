@@ -1,0 +1,185 @@
+//! Scenarios against real PostgreSQL: types, TOAST, DDL, truncate, failure messages.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(pg: &PgServer, name: &str, sqlite: &std::path::Path) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n",
+        pg.url("shop"),
+        pg.url("replica"),
+        sqlite.display()
+    )
+}
+
+fn server_with_dbs() -> PgServer {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.create_db("replica");
+    pg
+}
+
+/// Waits until `sql` returns the same text on source and PostgreSQL target.
+fn wait_same(pg: &PgServer, sql: &str, ferry: &Ferry) {
+    let ok = wait_until(WAIT, || pg.try_psql("replica", sql).ok() == pg.try_psql("shop", sql).ok());
+    assert!(
+        ok,
+        "target differs for {sql}\n--- source\n{}\n--- target\n{}\n--- log\n{}",
+        pg.psql("shop", sql),
+        pg.try_psql("replica", sql).unwrap_or_else(|e| e),
+        ferry.log()
+    );
+}
+
+const TYPES_TABLE: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+CREATE TABLE all_types (
+  id int PRIMARY KEY, b bool, i2 int2, i4 int4, i8 int8, o oid, f4 float4, f8 float8, n numeric, n2 numeric(12,3),
+  t text, vc varchar(10), bp char(5), nm name, by bytea, j json, jb jsonb, u uuid, d date, tm time, ttz timetz,
+  ts timestamp, tstz timestamptz, iv interval, ip inet, cid cidr, mac macaddr, bt bit(4), vb varbit, m money,
+  e mood, dm positive, ai int[], at text[], a2 int[][], rg int4range, pt point, tv tsvector);";
+
+const TYPES_ROWS: &str = "INSERT INTO all_types VALUES
+ (1, true, -32768, -2147483648, -9223372036854775808, 4294967295, 'NaN', 'Infinity', 'NaN', -123456789.123,
+  'unicode ✓ \"quoted\" \\ back', 'short', 'ab', 'name', '\\x00ff10', '{\"a\": [1, 2.50]}', '{\"b\": null}',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '0044-03-15 BC', '24:00:00', '04:05:06.789-08:00',
+  '2024-02-29 23:59:59.999999', 'infinity', '1 year 2 mons -3 days 04:05:06.5', '192.168.0.1/24', '10.0.0.0/8',
+  '08:00:2b:01:02:03', B'1010', B'10111', '$1,234.56', 'happy', 7, '{1,NULL,3}', '{\"a b\",\"c,d\",NULL,\"\\\\\"}',
+  '{{1,2},{3,4}}', '[1,5)', '(1.5,2)', 'a fat cat'),
+ (2, false, 32767, 2147483647, 9223372036854775807, 0, '-Infinity', 1.0000000000000002, '1e-20', 0.001,
+  '', NULL, NULL, NULL, '\\x', '[]', '[]', NULL, '-infinity', '00:00:00', '00:00:00+00', '0001-01-01 00:00:00 BC',
+  '2000-01-01 00:00:00.000001+05:30', '-178000000 years', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '{}', '{}',
+  NULL, 'empty', NULL, NULL),
+ (3, NULL, NULL, NULL, NULL, NULL, 3.4028235e38, -1.7976931348623157e308, 'Infinity', NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, 'infinity', NULL, NULL, 'infinity', '1970-01-01 00:00:00+00', '0 seconds', NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);";
+
+#[test]
+fn every_type_round_trips_through_snapshot_and_stream() {
+    let pg = server_with_dbs();
+    pg.psql("shop", TYPES_TABLE);
+    pg.psql("shop", &TYPES_ROWS.replace("VALUES\n (1,", "VALUES\n (1,"));
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let ferry = Ferry::start(&write_config(dir.path(), "types", &config(&pg, "types", &db)), &dir.path().join("f.log"));
+    // Rows 1-3 arrive by snapshot; the same values again by streaming as rows 11-13.
+    pg.psql("shop", "INSERT INTO all_types SELECT id + 10, b, i2, i4, i8, o, f4, f8, n, n2, t, vc, bp, nm, by, j, jb, u, d, tm, ttz, ts, tstz, iv, ip, cid, mac, bt, vb, m, e, dm, ai, at, a2, rg, pt, tv FROM all_types");
+    // Enums and domains land as their text / base type; compare every column through its text form.
+    let sql = "SELECT id, b, i2, i4, i8, o, f4, f8, n, n2, t, vc, bp, nm, by, j, jb, u, d, tm, ttz, ts, tstz, iv, ip, cid, mac, bt, vb, m, e::text, dm, ai, at, a2, rg, pt, tv FROM public.all_types ORDER BY id";
+    wait_same(&pg, sql, &ferry);
+    assert_eq!(pg.psql("replica", "SELECT count(*) FROM public.all_types"), "6");
+    // SQLite: the documented mapping.
+    let sqlite = sqlite_rows(&db, "SELECT i8, f8, n2, by, d, tstz, ai, at, e, typeof(b), typeof(f4) FROM all_types WHERE id IN (1, 11) ORDER BY id");
+    let expected = "-9223372036854775808|inf|-123456789.123|00ff10|0044-03-15 BC|infinity|[1,null,3]|[\"a b\",\"c,d\",null,\"\\\\\"]|happy|integer|text";
+    assert_eq!(sqlite, vec![expected.to_owned(), expected.to_owned()]);
+    ferry.terminate();
+}
+
+#[test]
+fn unchanged_toast_values_are_kept_and_ddl_and_truncate_follow_the_source() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         CREATE TABLE nokey (a int, b text);
+         ALTER TABLE nokey REPLICA IDENTITY FULL;
+         INSERT INTO nokey VALUES (1, 'x'), (1, 'x'), (2, 'y');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let ferry = Ferry::start(&write_config(dir.path(), "toast", &config(&pg, "toast", &db)), &dir.path().join("f.log"));
+    pg.psql("shop", "INSERT INTO docs SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1, 5) g");
+    wait_same(&pg, "SELECT id, md5(body), n FROM public.docs ORDER BY id", &ferry);
+    // The update does not send `body` (unchanged TOAST): the target must keep it, not write NULL.
+    pg.psql("shop", "UPDATE docs SET n = n + 1");
+    wait_same(&pg, "SELECT id, md5(body), n FROM public.docs ORDER BY id", &ferry);
+    let sqlite_body = sqlite_rows(&db, "SELECT count(*) FROM docs WHERE length(body) = 12800 AND n = 1");
+    assert!(wait_until(WAIT, || sqlite_rows(&db, "SELECT count(*) FROM docs WHERE length(body) = 12800 AND n = 1") == ["5"]), "{sqlite_body:?}");
+
+    // A table without a primary key: one of two identical rows is updated, one deleted.
+    pg.psql("shop", "UPDATE nokey SET b = 'z' WHERE ctid = (SELECT ctid FROM nokey WHERE a = 1 LIMIT 1); DELETE FROM nokey WHERE a = 2;");
+    wait_same(&pg, "SELECT a, b FROM public.nokey ORDER BY a, b", &ferry);
+
+    // ADD and DROP COLUMN mid-stream, then TRUNCATE.
+    pg.psql("shop", "ALTER TABLE docs ADD COLUMN tag text; UPDATE docs SET tag = 'v2' WHERE id = 1; ALTER TABLE docs DROP COLUMN n; INSERT INTO docs VALUES (6, 'six', 'v2');");
+    wait_same(&pg, "SELECT id, md5(body), tag FROM public.docs ORDER BY id", &ferry);
+    assert!(wait_until(WAIT, || sqlite_rows(&db, "SELECT id, tag FROM docs WHERE id IN (1, 6) ORDER BY id") == ["1|v2", "6|v2"]));
+    assert!(sqlite_rows(&db, "SELECT name FROM pragma_table_info('docs')").join(",") == "id,body,tag");
+    pg.psql("shop", "TRUNCATE docs");
+    wait_same(&pg, "SELECT count(*) FROM public.docs", &ferry);
+    assert!(wait_until(WAIT, || sqlite_rows(&db, "SELECT count(*) FROM docs") == ["0"]));
+    ferry.terminate();
+}
+
+#[test]
+fn a_dropped_slot_stops_with_the_fix() {
+    let pg = server_with_dbs();
+    pg.psql("shop", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(dir.path(), "slot", &config(&pg, "slotcase", &db));
+    let ferry = Ferry::start(&cfg, &dir.path().join("f1.log"));
+    assert!(wait_until(WAIT, || pg.try_psql("replica", "SELECT count(*) FROM public.t").is_ok_and(|n| n == "1")));
+    assert!(ferry.terminate().success());
+    pg.psql("shop", "SELECT pg_drop_replication_slot('ferry_slotcase')");
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    let status = ferry.wait_exit(WAIT).expect("ferry should stop on a missing slot");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(log.contains("replication slot ferry_slotcase does not exist") && log.contains("ferry reset --config"), "{log}");
+}
+
+#[test]
+fn bad_config_reports_file_key_and_expected_form() {
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "bad",
+        "[pipeline]\nname = \"x\"\nbatchsize = 3\n[source]\ntype = \"postgres\"\nurl = \"${FERRY_TEST_UNSET_VAR}\"\nsnapshot = \"maybe\"\n[sink]\ntype = \"sqlite\"\n",
+    );
+    let out = Command::new(ferry_bin()).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = cfg.display().to_string();
+    for expected in [
+        format!("{file}: pipeline.batchsize: unknown key"),
+        format!("{file}: source.url: environment variable FERRY_TEST_UNSET_VAR is not set"),
+        format!("{file}: source.snapshot: expected \"initial\", \"never\" or \"only\", found \"maybe\""),
+        format!("{file}: sink.path: missing; expected a file path"),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_names_the_fix_for_wal_level_replica() {
+    let pg = PgServer::start_with(&["wal_level=replica"]);
+    pg.create_db("shop");
+    pg.psql("shop", "CREATE TABLE keyless (a int)");
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "check",
+        &format!("[pipeline]\nname = \"c\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.keyless\", \"public.missing\"]\n[sink]\ntype = \"sqlite\"\npath = \"c.db\"\n", pg.url("shop")),
+    );
+    let out = Command::new(ferry_bin()).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "FAIL wal_level: wal_level is replica",
+        "fix: ALTER SYSTEM SET wal_level = logical;",
+        "FAIL table public.keyless",
+        "fix: ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL;",
+        "FAIL table public.missing: does not exist",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
