@@ -14,9 +14,16 @@ struct Rng(u64);
 
 impl Rng {
     fn new() -> Rng {
-        let seed = std::env::var("FERRY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed = std::env::var("FERRY_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
         println!("FERRY_TEST_SEED={seed}");
         Rng(seed)
     }
@@ -115,18 +122,31 @@ path = "{}"
     let ferry = Ferry::start(&config, &log);
     let accounts = "SELECT id, balance, note FROM accounts ORDER BY id";
     let ledger = "SELECT writer, seq, amount FROM ledger ORDER BY writer, seq";
-    let source_accounts = pg.psql("shop", &format!("{accounts}"));
+    let source_accounts = pg.psql("shop", accounts);
     let source_ledger = pg.psql("shop", ledger);
     let pg_matches = || {
-        pg.try_psql("replica", &accounts.replace("accounts", "public.accounts")).ok().as_deref() == Some(source_accounts.as_str())
-            && pg.try_psql("replica", &ledger.replace("ledger", "public.ledger")).ok().as_deref() == Some(source_ledger.as_str())
+        pg.try_psql("replica", &accounts.replace("accounts", "public.accounts"))
+            .ok()
+            .as_deref()
+            == Some(source_accounts.as_str())
+            && pg
+                .try_psql("replica", &ledger.replace("ledger", "public.ledger"))
+                .ok()
+                .as_deref()
+                == Some(source_ledger.as_str())
     };
     let sqlite_matches = || {
-        sqlite_rows(&db, accounts).join("\n") == source_accounts && sqlite_rows(&db, ledger).join("\n") == source_ledger
+        sqlite_rows(&db, accounts).join("\n") == source_accounts
+            && sqlite_rows(&db, ledger).join("\n") == source_ledger
     };
     let converged = wait_until(Duration::from_secs(90), || pg_matches() && sqlite_matches());
     if !converged {
-        let target = pg.try_psql("replica", "SELECT count(*), count(DISTINCT (writer, seq)) FROM public.ledger").unwrap_or_default();
+        let target = pg
+            .try_psql(
+                "replica",
+                "SELECT count(*), count(DISTINCT (writer, seq)) FROM public.ledger",
+            )
+            .unwrap_or_default();
         let source = pg.psql("shop", "SELECT count(*) FROM ledger");
         panic!(
             "targets differ from the source after 10 kills (ledger rows source {source}, postgres target count/distinct {target}, sqlite {}):\n{}",

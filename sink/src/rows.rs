@@ -55,7 +55,7 @@ pub fn classify<'a>(table: &TableSchema, op: &'a RowOp) -> RowAction<'a> {
             });
             match before {
                 Some(old) if key_changed => RowAction::Rekey { old, new: after },
-                _ if after.iter().any(|v| *v == Value::Unchanged) => RowAction::UpdateSent(after),
+                _ if after.contains(&Value::Unchanged) => RowAction::UpdateSent(after),
                 _ => RowAction::Upsert(after),
             }
         }
