@@ -20,8 +20,6 @@ pub struct PipelineConfig {
     pub heartbeat_interval: Option<Duration>,
     /// Tables copied at once by the initial snapshot.
     pub snapshot_parallelism: usize,
-    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`), if any.
-    pub http_listen: Option<String>,
 }
 
 /// Where changes come from.

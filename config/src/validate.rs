@@ -197,6 +197,20 @@ impl Reader<'_> {
         }
     }
 
+    /// The required `url` key of a PostgreSQL source or sink.
+    fn postgres_url(&mut self, sec: &mut Section<'_>) -> Option<String> {
+        let url =
+            self.required_string(sec, "url", "a URL such as \"postgres://user@host:5432/db\"")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            self.error(
+                sec.key("url"),
+                "expected a URL starting with postgres:// or postgresql://",
+            );
+            return None;
+        }
+        Some(url)
+    }
+
     /// Reports keys of `sec` that were never looked at.
     fn finish(&mut self, sec: Section<'_>) {
         for key in sec.table.keys() {
@@ -249,7 +263,6 @@ pub fn validate(
     let mut batch = BatchLimits::default();
     let mut heartbeat_interval = Some(Duration::from_secs(10));
     let mut snapshot_parallelism = 2;
-    let mut http_listen = None;
     match r.subtable(&mut root, "pipeline") {
         Some(mut p) => {
             name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
@@ -267,11 +280,6 @@ pub fn validate(
             if let Some(n) = r.positive_int(&mut p, "snapshot_parallelism") {
                 snapshot_parallelism = n;
             }
-            http_listen = r.string(
-                &mut p,
-                "http_listen",
-                "an address such as \"127.0.0.1:9180\"",
-            );
             if let Some(mut b) = r.subtable(&mut p, "batch") {
                 if let Some(n) = r.positive_int(&mut b, "max_events") {
                     batch.max_events = n;
@@ -333,7 +341,6 @@ pub fn validate(
                 batch,
                 heartbeat_interval,
                 snapshot_parallelism,
-                http_listen,
             });
         }
     }
@@ -344,19 +351,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
     let ty = r.required_string(&mut s, "type", "\"postgres\"");
     let result = match ty.as_deref() {
         Some("postgres") => {
-            let url = r.required_string(
-                &mut s,
-                "url",
-                "a URL such as \"postgres://user@host:5432/db\"",
-            );
-            if let Some(u) = &url {
-                if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                    r.error(
-                        s.key("url"),
-                        "expected a URL starting with postgres:// or postgresql://".to_owned(),
-                    );
-                }
-            }
+            let url = r.postgres_url(&mut s);
             let tables = r.table_list(&mut s, "tables");
             let snapshot = match r
                 .string(&mut s, "snapshot", "\"initial\", \"never\" or \"only\"")
@@ -469,19 +464,7 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
         let name = r.string(&mut s, "name", "a sink name");
         let kind = match ty.as_deref() {
             Some("postgres") => {
-                let url = r.required_string(
-                    &mut s,
-                    "url",
-                    "a URL such as \"postgres://user@host:5432/db\"",
-                );
-                if let Some(u) = &url {
-                    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                        r.error(
-                            s.key("url"),
-                            "expected a URL starting with postgres:// or postgresql://",
-                        );
-                    }
-                }
+                let url = r.postgres_url(&mut s);
                 url.map(|url| SinkKind::Postgres { url })
             }
             Some("sqlite") => {

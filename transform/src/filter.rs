@@ -11,7 +11,7 @@ pub struct TableFilter {
     include: Option<HashSet<TableId>>,
     exclude: HashSet<TableId>,
     exclude_columns: HashMap<TableId, HashSet<String>>,
-    /// Source schema (by pointer identity and version) → the narrowed schema and the kept column indexes.
+    /// Source schema (table and version) → the narrowed schema and the kept column indexes.
     narrowed: HashMap<(TableId, u64), (SchemaRef, Vec<usize>)>,
 }
 
@@ -49,10 +49,8 @@ impl TableFilter {
             return (schema.clone(), Vec::new());
         };
         let key = (schema.id.clone(), schema.version);
-        if let Some((s, keep)) = self.narrowed.get(&key) {
-            if s.columns.len() == keep.len() {
-                return (s.clone(), keep.clone());
-            }
+        if let Some((narrowed, keep)) = self.narrowed.get(&key) {
+            return (narrowed.clone(), keep.clone());
         }
         let keep: Vec<usize> = (0..schema.columns.len())
             .filter(|&i| !drop.contains(&schema.columns[i].name))
