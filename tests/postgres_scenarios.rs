@@ -247,3 +247,35 @@ fn check_names_the_fix_for_wal_level_replica() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn source_restart_mid_stream_reconnects_and_resumes() {
+    let mut pg = server_with_dbs();
+    pg.psql("shop", "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;");
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let ferry = Ferry::start(
+        &write_config(dir.path(), "restart", &config(&pg, "restart", &db)),
+        &dir.path().join("f.log"),
+    );
+    pg.psql("shop", "UPDATE t SET v = 1");
+    wait_same(&pg, "SELECT id, v FROM public.t ORDER BY id", &ferry);
+    pg.restart();
+    pg.psql(
+        "shop",
+        "UPDATE t SET v = 2 WHERE id <= 50; INSERT INTO t VALUES (101, 3);",
+    );
+    wait_same(&pg, "SELECT id, v FROM public.t ORDER BY id", &ferry);
+    assert!(wait_until(WAIT, || sqlite_rows(
+        &db,
+        "SELECT count(*), sum(v) FROM t"
+    ) == ["101|153"]));
+    assert!(
+        ferry
+            .log()
+            .contains("transient failure; restarting from the checkpoints"),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+}
