@@ -38,9 +38,7 @@ impl Rng {
 
 #[test]
 fn resumes_after_sigkill_without_loss_or_duplicates() {
-    let pg = PgServer::start();
-    pg.create_db("shop");
-    pg.create_db("replica");
+    let pg = server_with_dbs();
     pg.psql(
         "shop",
         "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -52,26 +50,11 @@ fn resumes_after_sigkill_without_loss_or_duplicates() {
     let config = write_config(
         dir.path(),
         "kill",
-        &format!(
-            r#"
-[pipeline]
-name = "kill"
-[pipeline.batch]
-max_events = 500
-max_wait = "20ms"
-[source]
-type = "postgres"
-url = "{}"
-[[sink]]
-type = "postgres"
-url = "{}"
-[[sink]]
-type = "sqlite"
-path = "{}"
-"#,
-            pg.url("shop"),
-            pg.url("replica"),
-            db.display()
+        &fan_out_config(
+            &pg,
+            "kill",
+            "[pipeline.batch]\nmax_events = 500\nmax_wait = \"20ms\"",
+            &db,
         ),
     );
     let log = dir.path().join("ferry.log");

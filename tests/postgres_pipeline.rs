@@ -8,43 +8,9 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn fan_out_config(pg: &PgServer, name: &str, tables: &str, sqlite: &std::path::Path) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "{name}"
-heartbeat_interval = "1s"
-[pipeline.batch]
-max_wait = "50ms"
-
-[source]
-type = "postgres"
-url = "{}"
-{tables}
-
-[[sink]]
-type = "postgres"
-url = "{}"
-
-[[sink]]
-type = "sqlite"
-path = "{}"
-"#,
-        pg.url("shop"),
-        pg.url("replica"),
-        sqlite.display()
-    )
-}
-
-fn setup_shop(pg: &PgServer) {
-    pg.create_db("shop");
-    pg.create_db("replica");
-}
-
 #[test]
 fn snapshot_then_stream_reaches_both_sinks() {
-    let pg = PgServer::start();
-    setup_shop(&pg);
+    let pg = server_with_dbs();
     pg.psql(
         "shop",
         "CREATE TABLE orders (id bigint PRIMARY KEY, item text NOT NULL, qty int, price numeric(10,2));
@@ -52,7 +18,16 @@ fn snapshot_then_stream_reaches_both_sinks() {
     );
     let dir = scratch();
     let db = dir.path().join("replica.db");
-    let config = write_config(dir.path(), "p", &fan_out_config(&pg, "orders", "", &db));
+    let config = write_config(
+        dir.path(),
+        "p",
+        &fan_out_config(
+            &pg,
+            "orders",
+            "heartbeat_interval = \"1s\"\n[pipeline.batch]\nmax_wait = \"50ms\"",
+            &db,
+        ),
+    );
     let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
 
     let source_rows = || {

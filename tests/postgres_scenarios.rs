@@ -10,20 +10,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(pg: &PgServer, name: &str, sqlite: &std::path::Path) -> String {
-    format!(
-        "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
-         [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n",
-        pg.url("shop"),
-        pg.url("replica"),
-        sqlite.display()
-    )
-}
-
-fn server_with_dbs() -> PgServer {
-    let pg = PgServer::start();
-    pg.create_db("shop");
-    pg.create_db("replica");
-    pg
+    fan_out_config(pg, name, "[pipeline.batch]\nmax_wait = \"20ms\"", sqlite)
 }
 
 /// Waits until `sql` returns the same text on source and PostgreSQL target.

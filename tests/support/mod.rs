@@ -388,3 +388,23 @@ pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// A server with a `shop` source database and a `replica` target database.
+pub fn server_with_dbs() -> PgServer {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.create_db("replica");
+    pg
+}
+
+/// A pipeline from `shop` fanning out to the `replica` database and an SQLite file. `pipeline_extra` is TOML
+/// placed after the `[pipeline]` name (heartbeat, `[pipeline.batch]` limits).
+pub fn fan_out_config(pg: &PgServer, name: &str, pipeline_extra: &str, sqlite: &Path) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n{pipeline_extra}\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n",
+        pg.url("shop"),
+        pg.url("replica"),
+        sqlite.display()
+    )
+}
