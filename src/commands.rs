@@ -100,6 +100,7 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 SinkKind::Sqlite { path } => {
                     ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ())
                 }
+                SinkKind::Discard { .. } => Ok(()),
             };
             match reachable {
                 Ok(()) => println!("  ok   sink {}: reachable", sink.name),
@@ -155,6 +156,12 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
                     ferry_sink::postgres::list_checkpoints(url, &p.name).await?
                 }
                 SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name)?,
+                SinkKind::Discard { checkpoint_file } => {
+                    ferry_sink::discard::read_checkpoint(checkpoint_file)?
+                        .map(|(position, at)| (sink.name.clone(), position, at))
+                        .into_iter()
+                        .collect()
+                }
             };
             let row = rows.into_iter().find(|(name, _, _)| *name == sink.name);
             let position: Option<Position> = row.as_ref().and_then(|(_, pos, _)| pos.parse().ok());
@@ -242,6 +249,9 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
                 }
                 SinkKind::Sqlite { path } => {
                     ferry_sink::sqlite::delete_checkpoints(path, &p.name)?;
+                }
+                SinkKind::Discard { checkpoint_file } => {
+                    ferry_sink::discard::delete_checkpoint(checkpoint_file)?;
                 }
             }
             println!("pipeline {}: sink {} checkpoint removed", p.name, sink.name);

@@ -15,7 +15,7 @@ use anyhow::{anyhow, Context};
 use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
 use ferry_core::{Error, Event, Position, Sink, Transform};
-use ferry_sink::{PostgresSink, SqliteSink};
+use ferry_sink::{DiscardSink, PostgresSink, SqliteSink};
 use ferry_source::postgres::{self as pg, PgSourceSettings, SnapshotProgress, SourceExit};
 use ferry_transform::TableFilter;
 use tokio::sync::{mpsc, watch};
@@ -65,6 +65,7 @@ pub async fn run_pipeline(
 enum AnySink {
     Postgres(PostgresSink),
     Sqlite(SqliteSink),
+    Discard(DiscardSink),
 }
 
 impl Sink for AnySink {
@@ -72,6 +73,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.name(),
             AnySink::Sqlite(s) => s.name(),
+            AnySink::Discard(s) => s.name(),
         }
     }
 
@@ -79,6 +81,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.checkpoint().await,
             AnySink::Sqlite(s) => s.checkpoint().await,
+            AnySink::Discard(s) => s.checkpoint().await,
         }
     }
 
@@ -86,6 +89,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.apply(events, commit).await,
             AnySink::Sqlite(s) => s.apply(events, commit).await,
+            AnySink::Discard(s) => s.apply(events, commit).await,
         }
     }
 }
@@ -98,6 +102,9 @@ async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Err
         }
         SinkKind::Sqlite { path } => {
             AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
+        }
+        SinkKind::Discard { checkpoint_file } => {
+            AnySink::Discard(DiscardSink::new(&sink.name, checkpoint_file))
         }
     })
 }

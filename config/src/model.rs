@@ -74,6 +74,9 @@ pub struct SinkConfig {
 pub enum SinkKind {
     Postgres { url: String },
     Sqlite { path: PathBuf },
+    /// Drops every change and keeps only its position in a small file: for measuring a source, or advancing a
+    /// slot without a target.
+    Discard { checkpoint_file: PathBuf },
 }
 
 impl SinkKind {
@@ -82,6 +85,7 @@ impl SinkKind {
         match self {
             SinkKind::Postgres { .. } => "postgres",
             SinkKind::Sqlite { .. } => "sqlite",
+            SinkKind::Discard { .. } => "discard",
         }
     }
 }

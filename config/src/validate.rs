@@ -11,6 +11,9 @@ use crate::env::expand;
 use crate::model::*;
 use crate::{ConfigError, ConfigErrors};
 
+/// The sink kinds, as the `type` key expects them.
+const SINK_TYPES: &str = "\"postgres\", \"sqlite\" or \"discard\"";
+
 /// Collects errors while reading one file.
 struct Reader<'a> {
     file: &'a Path,
@@ -209,6 +212,16 @@ impl Reader<'_> {
             return None;
         }
         Some(url)
+    }
+
+    /// A required path; relative paths are relative to the config file's folder.
+    fn file_path(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<PathBuf> {
+        let path = PathBuf::from(self.required_string(sec, key, expected)?);
+        if path.is_relative() {
+            Some(self.file.parent().unwrap_or(Path::new(".")).join(path))
+        } else {
+            Some(path)
+        }
     }
 
     /// Reports keys of `sec` that were never looked at.
@@ -453,35 +466,28 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
         None => {
             r.error(
                 "sink".into(),
-                "missing; expected a [sink] table with type = \"postgres\" or \"sqlite\"",
+                "missing; expected a [sink] table with type = \"postgres\", \"sqlite\" or \"discard\"",
             );
             return Vec::new();
         }
     };
     let mut sinks: Vec<SinkConfig> = Vec::new();
     for mut s in sections {
-        let ty = r.required_string(&mut s, "type", "\"postgres\" or \"sqlite\"");
+        let ty = r.required_string(&mut s, "type", SINK_TYPES);
         let name = r.string(&mut s, "name", "a sink name");
         let kind = match ty.as_deref() {
             Some("postgres") => {
                 let url = r.postgres_url(&mut s);
                 url.map(|url| SinkKind::Postgres { url })
             }
-            Some("sqlite") => {
-                let path = r.required_string(&mut s, "path", "a file path such as \"replica.db\"");
-                path.map(|p| {
-                    let p = PathBuf::from(p);
-                    let base = r.file.parent().unwrap_or(Path::new("."));
-                    SinkKind::Sqlite {
-                        path: if p.is_relative() { base.join(p) } else { p },
-                    }
-                })
-            }
+            Some("sqlite") => r
+                .file_path(&mut s, "path", "a file path such as \"replica.db\"")
+                .map(|path| SinkKind::Sqlite { path }),
+            Some("discard") => r
+                .file_path(&mut s, "path", "a checkpoint file path such as \"discard.pos\"")
+                .map(|checkpoint_file| SinkKind::Discard { checkpoint_file }),
             Some(other) => {
-                r.error(
-                    s.key("type"),
-                    format!("expected \"postgres\" or \"sqlite\", found {other:?}"),
-                );
+                r.error(s.key("type"), format!("expected {SINK_TYPES}, found {other:?}"));
                 None
             }
             None => None,

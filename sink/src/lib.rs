@@ -3,9 +3,11 @@
 //! position they reach become durable together or not at all.
 
 pub mod checkpoint;
+pub mod discard;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub use discard::DiscardSink;
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;

@@ -1,0 +1,558 @@
+//! `scripts/bench pg`: Ferry against PostgreSQL's own tools on identical backlogs.
+//!
+//! Each run starts a fresh source and target server (the test harness's throwaway servers), creates every slot
+//! and subscription before the workload, writes the workload, and then lets each contender drain the same
+//! backlog alone, timed until the target holds the workload's final marker row (every contender applies
+//! transactions in commit order, so the marker arrives last). Row counts and sums are then compared with the
+//! source, so a fast wrong answer cannot win. Figures are medians over the runs (`FERRY_BENCH_RUNS`, default 3).
+//!
+//! Run through `cargo bench --bench pg -- --bench [--json]` (what `scripts/bench pg` does); without `--bench`
+//! (as under `cargo test --all-targets`) it only prints how to run it.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Rows per backlog workload; `FERRY_BENCH_ROWS` shrinks it for a quick look.
+fn rows() -> u64 {
+    env_number("FERRY_BENCH_ROWS", 1_000_000)
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Server settings for both sides: room for the backlog's WAL, no walsender timeout while a contender waits.
+const SERVER_SETTINGS: &[&str] = &["wal_level=logical", "max_wal_size=8GB", "wal_sender_timeout=0"];
+
+const TABLES: &str = "CREATE TABLE bench_rows (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
+     CREATE TABLE bench_single (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
+     CREATE TABLE bench_big (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
+     CREATE TABLE bench_marker (id int8 PRIMARY KEY);";
+
+const TABLE_LIST: &str =
+    "[\"public.bench_rows\", \"public.bench_single\", \"public.bench_big\", \"public.bench_marker\"]";
+
+/// One measured row of the table.
+#[derive(Clone)]
+struct Measure {
+    workload: String,
+    anchor: &'static str,
+    rows: u64,
+    ferry: Duration,
+    anchor_time: Option<Duration>,
+    ferry_peak_rss_mb: f64,
+}
+
+/// A short-lived SQL client for polling without spawning psql each time.
+struct Probe {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Probe {
+    fn connect(url: &str) -> Probe {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = runtime.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect probe");
+            tokio::spawn(conn);
+            client
+        });
+        Probe { runtime, client }
+    }
+
+    /// The first column of the first row as text ('' for NULL or an error such as a missing table).
+    fn scalar(&self, sql: &str) -> String {
+        self.runtime.block_on(async {
+            match self.client.simple_query(sql).await {
+                Ok(messages) => messages
+                    .into_iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some(r.get(0).unwrap_or("").to_owned())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        })
+    }
+}
+
+/// Polls every 20 ms until `done`, for at most 30 minutes; returns the elapsed time since `started`.
+fn time_until(started: Instant, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let deadline = started + Duration::from_secs(1800);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: no result after 30 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// Peak resident set of a process, from the kernel's high-water mark.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Bench {
+    source: PgServer,
+    target: PgServer,
+    dir: tempfile::TempDir,
+    markers: i64,
+}
+
+/// A ferry pipeline of the benchmark.
+struct Pipeline {
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let source = PgServer::start_with(SERVER_SETTINGS);
+        let target = PgServer::start_with(SERVER_SETTINGS);
+        source.create_db("shop");
+        source.psql("shop", TABLES);
+        source.psql(
+            "shop",
+            "CREATE PUBLICATION native_pub FOR TABLE bench_rows, bench_single, bench_big, bench_marker",
+        );
+        for db in ["ferry_pg", "native"] {
+            target.create_db(db);
+        }
+        target.psql("native", TABLES);
+        let connection = format!(
+            "host=127.0.0.1 port={} dbname=shop user=postgres",
+            source.port
+        );
+        target.psql(
+            "native",
+            &format!("CREATE SUBSCRIPTION native CONNECTION '{connection}' PUBLICATION native_pub WITH (copy_data = false, enabled = false)"),
+        );
+        source.psql(
+            "shop",
+            "SELECT pg_create_logical_replication_slot('recv', 'pgoutput')",
+        );
+        Bench {
+            source,
+            target,
+            dir: scratch(),
+            markers: 0,
+        }
+    }
+
+    /// Writes a pipeline config; `sink` is its `[sink]` body.
+    fn pipeline(&self, name: &str, tables: &str, snapshot: &str, sink: &str) -> Pipeline {
+        let text = format!(
+            "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = {tables}\nsnapshot = \"{snapshot}\"\n\n[sink]\n{sink}\n",
+            self.source.url("shop")
+        );
+        Pipeline {
+            config: write_config(self.dir.path(), name, &text),
+            log: self.dir.path().join(format!("{name}.log")),
+        }
+    }
+
+    /// Starts a pipeline once so it creates its slot and first checkpoint, then stops it: its slot now holds
+    /// everything written afterwards.
+    fn prime(&self, pipeline: &Pipeline, checkpointed: impl Fn() -> bool) {
+        let ferry = Ferry::start(&pipeline.config, &pipeline.log);
+        assert!(
+            wait_until(Duration::from_secs(60), checkpointed),
+            "pipeline did not start: {}",
+            ferry.log()
+        );
+        assert!(ferry.terminate().success(), "ferry failed: {}", pipeline.log.display());
+    }
+
+    /// Runs `sql` (which may COMMIT inside a DO block), then commits one marker row. Returns a WAL position
+    /// inside the marker transaction: any commit position past it includes the whole workload.
+    fn workload(&mut self, what: &str, sql: &str) -> ferry_core::Lsn {
+        eprintln!("bench:   writing {what}");
+        self.source.psql("shop", sql);
+        self.markers += 1;
+        self.source
+            .psql(
+                "shop",
+                &format!(
+                    "BEGIN; INSERT INTO bench_marker VALUES ({}); SELECT pg_current_wal_insert_lsn(); COMMIT;",
+                    self.markers
+                ),
+            )
+            .parse()
+            .expect("an LSN")
+    }
+
+    fn marker_reached(&self, probe: &Probe) -> bool {
+        probe
+            .scalar("SELECT count(*) FROM bench_marker")
+            .parse::<i64>()
+            .is_ok_and(|n| n >= self.markers)
+    }
+
+    /// Native logical replication drains the backlog: enable, wait for the marker, disable again.
+    fn native_apply(&self) -> Duration {
+        let probe = Probe::connect(&self.target.url("native"));
+        let started = Instant::now();
+        self.target
+            .psql("native", "ALTER SUBSCRIPTION native ENABLE");
+        let took = time_until(started, "native apply", || self.marker_reached(&probe));
+        self.target
+            .psql("native", "ALTER SUBSCRIPTION native DISABLE");
+        // The apply worker exits asynchronously; wait so it does not compete with the next contender.
+        wait_until(Duration::from_secs(30), || {
+            self.target
+                .psql("native", "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL")
+                == "0"
+        });
+        took
+    }
+
+    /// Ferry drains the backlog into the PostgreSQL target; returns the time and its peak RSS.
+    fn ferry_apply(&self, pipeline: &Pipeline, probe: &Probe) -> (Duration, f64) {
+        let started = Instant::now();
+        let ferry = Ferry::start(&pipeline.config, &pipeline.log);
+        let took = time_until(started, "ferry apply", || self.marker_reached(probe));
+        let rss = peak_rss_mb(ferry.pid());
+        assert!(ferry.terminate().success(), "ferry failed: {}", pipeline.log.display());
+        (took, rss)
+    }
+
+    /// Asserts both targets hold what the source holds for `table`.
+    fn assert_same(&self, table: &str) {
+        let sql = format!("SELECT count(*), coalesce(sum(qty), 0), coalesce(sum(length(note)), 0) FROM {table}");
+        let want = self.source.psql("shop", &sql);
+        for db in ["ferry_pg", "native"] {
+            let got = self.target.psql(db, &sql);
+            assert_eq!(got, want, "{db}.{table} differs from the source");
+        }
+    }
+}
+
+/// One full run: every workload once.
+fn run_once(n: u64) -> Vec<Measure> {
+    let mut b = Bench::new();
+    let sqlite_db = b.dir.path().join("replica.db");
+    let decode_pos = b.dir.path().join("decode.pos");
+    let pg = b.pipeline(
+        "bench_pg",
+        TABLE_LIST,
+        "initial",
+        &format!("type = \"postgres\"\nurl = \"{}\"", b.target.url("ferry_pg")),
+    );
+    let sqlite = b.pipeline(
+        "bench_sqlite",
+        "[\"public.bench_rows\", \"public.bench_marker\"]",
+        "initial",
+        &format!("type = \"sqlite\"\npath = \"{}\"", sqlite_db.display()),
+    );
+    let decode = b.pipeline(
+        "bench_decode",
+        "[\"public.bench_rows\", \"public.bench_marker\"]",
+        "never",
+        &format!("type = \"discard\"\npath = \"{}\"", decode_pos.display()),
+    );
+    let ferry_pg = Probe::connect(&b.target.url("ferry_pg"));
+    b.prime(&pg, || {
+        ferry_pg.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
+    });
+    b.prime(&sqlite, || !sqlite_rows(&sqlite_db, "SELECT 1 FROM ferry_checkpoints").is_empty());
+    b.prime(&decode, || decode_pos.exists());
+    let mut out = Vec::new();
+    let batches = n / 1000;
+
+    // 1. Inserts in 1,000-row transactions.
+    let marker = b.workload(
+        "inserts",
+        &format!(
+            "DO $$ BEGIN FOR b IN 0..{} LOOP
+               INSERT INTO bench_rows SELECT g, g % 100, md5(g::text), now() FROM generate_series(b * 1000 + 1, b * 1000 + 1000) g;
+               COMMIT;
+             END LOOP; END $$",
+            batches - 1
+        ),
+    );
+    // Decode only: pg_recvlogical and ferry's discard sink read the same backlog.
+    let end = b.source.psql("shop", "SELECT pg_current_wal_lsn()");
+    let started = Instant::now();
+    let status = Command::new(pg_bin("pg_recvlogical"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "shop", "--slot", "recv"])
+        .args(["-p", &b.source.port.to_string(), "--start", "--no-loop", "-f", "/dev/null"])
+        .args(["--endpos", &end, "-o", "proto_version=1", "-o", "publication_names=native_pub"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run pg_recvlogical");
+    assert!(status.success(), "pg_recvlogical failed");
+    let recv = started.elapsed();
+    let started = Instant::now();
+    let ferry = Ferry::start(&decode.config, &decode.log);
+    let took = time_until(started, "ferry decode", || {
+        std::fs::read_to_string(&decode_pos)
+            .ok()
+            .and_then(|t| t.trim().parse::<ferry_core::Position>().ok())
+            .and_then(|p| p.as_lsn())
+            .is_some_and(|lsn| lsn > marker)
+    });
+    let rss = peak_rss_mb(ferry.pid());
+    assert!(ferry.terminate().success(), "ferry failed: {}", decode.log.display());
+    b.source.psql(
+        "shop",
+        "SELECT pg_drop_replication_slot('recv'); SELECT pg_drop_replication_slot('ferry_bench_decode')",
+    );
+    out.push(Measure {
+        workload: "decode only (discard sink)".to_owned(),
+        anchor: "pg_recvlogical",
+        rows: n,
+        ferry: took,
+        anchor_time: Some(recv),
+        ferry_peak_rss_mb: rss,
+    });
+
+    let native = b.native_apply();
+    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    b.assert_same("bench_rows");
+    out.push(Measure {
+        workload: "PG→PG inserts, 1,000-row txns".to_owned(),
+        anchor: "native subscription",
+        rows: n,
+        ferry,
+        anchor_time: Some(native),
+        ferry_peak_rss_mb: rss,
+    });
+    let started = Instant::now();
+    let ferry = Ferry::start(&sqlite.config, &sqlite.log);
+    let took = time_until(started, "ferry sqlite", || {
+        sqlite_rows(&sqlite_db, "SELECT count(*) FROM bench_marker") == ["1"]
+    });
+    let rss = peak_rss_mb(ferry.pid());
+    assert!(ferry.terminate().success(), "ferry failed: {}", sqlite.log.display());
+    assert_eq!(
+        sqlite_rows(&sqlite_db, "SELECT count(*) FROM bench_rows"),
+        [n.to_string()]
+    );
+    b.source.psql("shop", "SELECT pg_drop_replication_slot('ferry_bench_sqlite')");
+    out.push(Measure {
+        workload: "PG→SQLite inserts, 1,000-row txns".to_owned(),
+        anchor: "native subscription (PG→PG)",
+        rows: n,
+        ferry: took,
+        anchor_time: Some(native),
+        ferry_peak_rss_mb: rss,
+    });
+
+    // 2. Updates of every row in 1,000-row transactions.
+    b.workload(
+        "updates",
+        &format!(
+            "DO $$ BEGIN FOR b IN 0..{} LOOP
+               UPDATE bench_rows SET qty = qty + 1, at = now() WHERE id BETWEEN b * 1000 + 1 AND b * 1000 + 1000;
+               COMMIT;
+             END LOOP; END $$",
+            batches - 1
+        ),
+    );
+    let native = b.native_apply();
+    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    b.assert_same("bench_rows");
+    out.push(Measure {
+        workload: "PG→PG updates, 1,000-row txns".to_owned(),
+        anchor: "native subscription",
+        rows: n,
+        ferry,
+        anchor_time: Some(native),
+        ferry_peak_rss_mb: rss,
+    });
+
+    // 3. Single-row transactions.
+    let singles = n / 10;
+    b.workload(
+        "single-row transactions",
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{singles} LOOP
+               INSERT INTO bench_single VALUES (i, i % 100, md5(i::text), now());
+               COMMIT;
+             END LOOP; END $$"
+        ),
+    );
+    let native = b.native_apply();
+    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    b.assert_same("bench_single");
+    out.push(Measure {
+        workload: "PG→PG single-row txns".to_owned(),
+        anchor: "native subscription",
+        rows: singles,
+        ferry,
+        anchor_time: Some(native),
+        ferry_peak_rss_mb: rss,
+    });
+
+    // 4. One transaction of n rows: memory must stay bounded.
+    b.workload(
+        "one large transaction",
+        &format!("INSERT INTO bench_big SELECT g, g % 100, md5(g::text), now() FROM generate_series(1, {n}) g"),
+    );
+    let native = b.native_apply();
+    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    b.assert_same("bench_big");
+    out.push(Measure {
+        workload: format!("PG→PG one {}-row txn", thousands(n)),
+        anchor: "native subscription",
+        rows: n,
+        ferry,
+        anchor_time: Some(native),
+        ferry_peak_rss_mb: rss,
+    });
+
+    // 5. Initial snapshot of bench_rows (n rows) vs a subscription's initial copy.
+    for db in ["snap_ferry", "snap_native"] {
+        b.target.create_db(db);
+    }
+    b.target.psql("snap_native", TABLES);
+    b.source.psql("shop", "CREATE PUBLICATION snap_pub FOR TABLE bench_rows");
+    let snap = b.pipeline(
+        "bench_snap",
+        "[\"public.bench_rows\"]",
+        "initial",
+        &format!("type = \"postgres\"\nurl = \"{}\"", b.target.url("snap_ferry")),
+    );
+    let probe = Probe::connect(&b.target.url("snap_native"));
+    let connection = format!(
+        "host=127.0.0.1 port={} dbname=shop user=postgres",
+        b.source.port
+    );
+    let started = Instant::now();
+    b.target.psql(
+        "snap_native",
+        &format!("CREATE SUBSCRIPTION snap CONNECTION '{connection}' PUBLICATION snap_pub WITH (copy_data = true)"),
+    );
+    // 'f' (copy finished) is committed with the copied rows.
+    let native = time_until(started, "native copy", || {
+        probe.scalar("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate IN ('f', 's', 'r')") == "1"
+    });
+    b.target.psql("snap_native", "ALTER SUBSCRIPTION snap DISABLE");
+    let probe = Probe::connect(&b.target.url("snap_ferry"));
+    let started = Instant::now();
+    let ferry = Ferry::start(&snap.config, &snap.log);
+    let took = time_until(started, "ferry snapshot", || {
+        probe.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
+    });
+    let rss = peak_rss_mb(ferry.pid());
+    assert!(ferry.terminate().success(), "ferry failed: {}", snap.log.display());
+    let sql = "SELECT count(*), sum(qty) FROM bench_rows";
+    let want = b.source.psql("shop", sql);
+    assert_eq!(b.target.psql("snap_ferry", sql), want);
+    assert_eq!(b.target.psql("snap_native", sql), want);
+    out.push(Measure {
+        workload: format!("initial snapshot, {} rows", thousands(n)),
+        anchor: "subscription copy_data",
+        rows: n,
+        ferry: took,
+        anchor_time: Some(native),
+        ferry_peak_rss_mb: rss,
+    });
+    out
+}
+
+/// 1000000 → "1,000,000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn per_second(rows: u64, d: Duration) -> f64 {
+    rows as f64 / d.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("pg benchmark: run it with scripts/bench pg [--json]");
+        return;
+    }
+    let json = args.iter().any(|a| a == "--json");
+    let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
+    let n = rows().max(1000) / 1000 * 1000;
+    let mut all: Vec<Vec<Measure>> = Vec::new();
+    for run in 1..=runs {
+        eprintln!("bench: run {run} of {runs} ({n} rows per workload)");
+        let measures = run_once(n);
+        for m in &measures {
+            eprintln!(
+                "bench:   {:<36} ferry {:>10.0} rows/s  {} {:>10.0} rows/s  peak RSS {:.0} MB",
+                m.workload,
+                per_second(m.rows, m.ferry),
+                m.anchor,
+                m.anchor_time.map_or(0.0, |t| per_second(m.rows, t)),
+                m.ferry_peak_rss_mb
+            );
+        }
+        all.push(measures);
+    }
+    if !json {
+        println!(
+            "{:<36} | {:>14} | {:<28} | {:>14} | {:>6} | {:>14}",
+            "workload", "ferry rows/s", "anchor", "anchor rows/s", "ratio", "ferry peak RSS"
+        );
+        println!("{}", "-".repeat(128));
+    }
+    for i in 0..all[0].len() {
+        let first = &all[0][i];
+        let ferry = median(all.iter().map(|r| per_second(r[i].rows, r[i].ferry)).collect());
+        let anchor = median(
+            all.iter()
+                .map(|r| r[i].anchor_time.map_or(f64::NAN, |t| per_second(r[i].rows, t)))
+                .collect(),
+        );
+        let rss = median(all.iter().map(|r| r[i].ferry_peak_rss_mb).collect());
+        let ratio = ferry / anchor;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "workload": first.workload,
+                    "ferry_rows_per_s": ferry.round(),
+                    "anchor": first.anchor,
+                    "anchor_rows_per_s": anchor.round(),
+                    "ratio": (ratio * 100.0).round() / 100.0,
+                    "ferry_peak_rss_mb": rss.round(),
+                })
+            );
+        } else {
+            println!(
+                "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>11.0} MB",
+                first.workload, ferry, first.anchor, anchor, ratio, rss
+            );
+        }
+    }
+}
