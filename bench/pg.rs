@@ -31,7 +31,11 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Server settings for both sides: room for the backlog's WAL, no walsender timeout while a contender waits.
-const SERVER_SETTINGS: &[&str] = &["wal_level=logical", "max_wal_size=8GB", "wal_sender_timeout=0"];
+const SERVER_SETTINGS: &[&str] = &[
+    "wal_level=logical",
+    "max_wal_size=8GB",
+    "wal_sender_timeout=0",
+];
 
 const TABLES: &str = "CREATE TABLE bench_rows (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
      CREATE TABLE bench_single (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
@@ -97,7 +101,10 @@ impl Probe {
 fn time_until(started: Instant, what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let deadline = started + Duration::from_secs(1800);
     while !done() {
-        assert!(Instant::now() < deadline, "{what}: no result after 30 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no result after 30 minutes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
@@ -181,7 +188,11 @@ impl Bench {
             "pipeline did not start: {}",
             ferry.log()
         );
-        assert!(ferry.terminate().success(), "ferry failed: {}", pipeline.log.display());
+        assert!(
+            ferry.terminate().success(),
+            "ferry failed: {}",
+            pipeline.log.display()
+        );
     }
 
     /// Runs `sql` (which may COMMIT inside a DO block), then commits one marker row. Returns a WAL position
@@ -220,9 +231,10 @@ impl Bench {
             .psql("native", "ALTER SUBSCRIPTION native DISABLE");
         // The apply worker exits asynchronously; wait so it does not compete with the next contender.
         wait_until(Duration::from_secs(30), || {
-            self.target
-                .psql("native", "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL")
-                == "0"
+            self.target.psql(
+                "native",
+                "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
+            ) == "0"
         });
         took
     }
@@ -233,13 +245,19 @@ impl Bench {
         let ferry = Ferry::start(&pipeline.config, &pipeline.log);
         let took = time_until(started, "ferry apply", || self.marker_reached(probe));
         let rss = peak_rss_mb(ferry.pid());
-        assert!(ferry.terminate().success(), "ferry failed: {}", pipeline.log.display());
+        assert!(
+            ferry.terminate().success(),
+            "ferry failed: {}",
+            pipeline.log.display()
+        );
         (took, rss)
     }
 
     /// Asserts both targets hold what the source holds for `table`.
     fn assert_same(&self, table: &str) {
-        let sql = format!("SELECT count(*), coalesce(sum(qty), 0), coalesce(sum(length(note)), 0) FROM {table}");
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(qty), 0), coalesce(sum(length(note)), 0) FROM {table}"
+        );
         let want = self.source.psql("shop", &sql);
         for db in ["ferry_pg", "native"] {
             let got = self.target.psql(db, &sql);
@@ -257,7 +275,10 @@ fn run_once(n: u64) -> Vec<Measure> {
         "bench_pg",
         TABLE_LIST,
         "initial",
-        &format!("type = \"postgres\"\nurl = \"{}\"", b.target.url("ferry_pg")),
+        &format!(
+            "type = \"postgres\"\nurl = \"{}\"",
+            b.target.url("ferry_pg")
+        ),
     );
     let sqlite = b.pipeline(
         "bench_sqlite",
@@ -275,7 +296,9 @@ fn run_once(n: u64) -> Vec<Measure> {
     b.prime(&pg, || {
         ferry_pg.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
     });
-    b.prime(&sqlite, || !sqlite_rows(&sqlite_db, "SELECT 1 FROM ferry_checkpoints").is_empty());
+    b.prime(&sqlite, || {
+        !sqlite_rows(&sqlite_db, "SELECT 1 FROM ferry_checkpoints").is_empty()
+    });
     b.prime(&decode, || decode_pos.exists());
     let mut out = Vec::new();
     let batches = n / 1000;
@@ -295,9 +318,32 @@ fn run_once(n: u64) -> Vec<Measure> {
     let end = b.source.psql("shop", "SELECT pg_current_wal_lsn()");
     let started = Instant::now();
     let status = Command::new(pg_bin("pg_recvlogical"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "shop", "--slot", "recv"])
-        .args(["-p", &b.source.port.to_string(), "--start", "--no-loop", "-f", "/dev/null"])
-        .args(["--endpos", &end, "-o", "proto_version=1", "-o", "publication_names=native_pub"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "--slot",
+            "recv",
+        ])
+        .args([
+            "-p",
+            &b.source.port.to_string(),
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "--endpos",
+            &end,
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=native_pub",
+        ])
         .stderr(Stdio::null())
         .status()
         .expect("run pg_recvlogical");
@@ -313,7 +359,11 @@ fn run_once(n: u64) -> Vec<Measure> {
             .is_some_and(|lsn| lsn > marker)
     });
     let rss = peak_rss_mb(ferry.pid());
-    assert!(ferry.terminate().success(), "ferry failed: {}", decode.log.display());
+    assert!(
+        ferry.terminate().success(),
+        "ferry failed: {}",
+        decode.log.display()
+    );
     b.source.psql(
         "shop",
         "SELECT pg_drop_replication_slot('recv'); SELECT pg_drop_replication_slot('ferry_bench_decode')",
@@ -344,12 +394,19 @@ fn run_once(n: u64) -> Vec<Measure> {
         sqlite_rows(&sqlite_db, "SELECT count(*) FROM bench_marker") == ["1"]
     });
     let rss = peak_rss_mb(ferry.pid());
-    assert!(ferry.terminate().success(), "ferry failed: {}", sqlite.log.display());
+    assert!(
+        ferry.terminate().success(),
+        "ferry failed: {}",
+        sqlite.log.display()
+    );
     assert_eq!(
         sqlite_rows(&sqlite_db, "SELECT count(*) FROM bench_rows"),
         [n.to_string()]
     );
-    b.source.psql("shop", "SELECT pg_drop_replication_slot('ferry_bench_sqlite')");
+    b.source.psql(
+        "shop",
+        "SELECT pg_drop_replication_slot('ferry_bench_sqlite')",
+    );
     out.push(Measure {
         workload: "PG→SQLite inserts, 1,000-row txns".to_owned(),
         anchor: "native subscription (PG→PG)",
@@ -427,12 +484,16 @@ fn run_once(n: u64) -> Vec<Measure> {
         b.target.create_db(db);
     }
     b.target.psql("snap_native", TABLES);
-    b.source.psql("shop", "CREATE PUBLICATION snap_pub FOR TABLE bench_rows");
+    b.source
+        .psql("shop", "CREATE PUBLICATION snap_pub FOR TABLE bench_rows");
     let snap = b.pipeline(
         "bench_snap",
         "[\"public.bench_rows\"]",
         "initial",
-        &format!("type = \"postgres\"\nurl = \"{}\"", b.target.url("snap_ferry")),
+        &format!(
+            "type = \"postgres\"\nurl = \"{}\"",
+            b.target.url("snap_ferry")
+        ),
     );
     let probe = Probe::connect(&b.target.url("snap_native"));
     let connection = format!(
@@ -446,9 +507,11 @@ fn run_once(n: u64) -> Vec<Measure> {
     );
     // 'f' (copy finished) is committed with the copied rows.
     let native = time_until(started, "native copy", || {
-        probe.scalar("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate IN ('f', 's', 'r')") == "1"
+        probe.scalar("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate IN ('f', 's', 'r')")
+            == "1"
     });
-    b.target.psql("snap_native", "ALTER SUBSCRIPTION snap DISABLE");
+    b.target
+        .psql("snap_native", "ALTER SUBSCRIPTION snap DISABLE");
     let probe = Probe::connect(&b.target.url("snap_ferry"));
     let started = Instant::now();
     let ferry = Ferry::start(&snap.config, &snap.log);
@@ -456,7 +519,11 @@ fn run_once(n: u64) -> Vec<Measure> {
         probe.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
     });
     let rss = peak_rss_mb(ferry.pid());
-    assert!(ferry.terminate().success(), "ferry failed: {}", snap.log.display());
+    assert!(
+        ferry.terminate().success(),
+        "ferry failed: {}",
+        snap.log.display()
+    );
     let sql = "SELECT count(*), sum(qty) FROM bench_rows";
     let want = b.source.psql("shop", sql);
     assert_eq!(b.target.psql("snap_ferry", sql), want);
@@ -477,7 +544,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -528,10 +595,17 @@ fn main() {
     }
     for i in 0..all[0].len() {
         let first = &all[0][i];
-        let ferry = median(all.iter().map(|r| per_second(r[i].rows, r[i].ferry)).collect());
+        let ferry = median(
+            all.iter()
+                .map(|r| per_second(r[i].rows, r[i].ferry))
+                .collect(),
+        );
         let anchor = median(
             all.iter()
-                .map(|r| r[i].anchor_time.map_or(f64::NAN, |t| per_second(r[i].rows, t)))
+                .map(|r| {
+                    r[i].anchor_time
+                        .map_or(f64::NAN, |t| per_second(r[i].rows, t))
+                })
                 .collect(),
         );
         let rss = median(all.iter().map(|r| r[i].ferry_peak_rss_mb).collect());

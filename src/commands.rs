@@ -1,30 +1,44 @@
 //! The subcommands.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_config::{SinkKind, SourceConfig};
-use ferry_core::{Lsn, Position};
+use ferry_core::{Lsn, PipelineStats, Position};
 use ferry_source::postgres as pg;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::http::LiveStatus;
 use crate::runtime::{load_configs, run_pipeline};
 
 /// `ferry run`: every pipeline until SIGTERM / SIGINT, then a graceful stop.
-pub async fn run(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub async fn run(files: &[PathBuf], http: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let pipelines = load_configs(files)?;
+    let stats: Vec<Arc<PipelineStats>> = pipelines
+        .iter()
+        .map(|p| {
+            let sinks: Vec<&str> = p.sinks.iter().map(|s| s.name.as_str()).collect();
+            Arc::new(PipelineStats::new(&p.name, &sinks))
+        })
+        .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let server = match http {
+        Some(addr) => Some(crate::http::serve(addr, stats.clone(), stop_rx.clone()).await?),
+        None => None,
+    };
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("stopping: finishing the batch in flight and writing the checkpoint");
         let _ = stop_tx.send(true);
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for p in pipelines {
-        tasks.spawn(run_pipeline(p, stop_rx.clone()));
+    for (p, stats) in pipelines.into_iter().zip(stats) {
+        tasks.spawn(run_pipeline(p, stats, stop_rx.clone()));
     }
     let mut failed = false;
     while let Some(r) = tasks.join_next().await {
@@ -39,6 +53,9 @@ pub async fn run(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 failed = true;
             }
         }
+    }
+    if let Some(server) = server {
+        server.abort();
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -124,6 +141,8 @@ struct SinkStatus {
     checkpoint: Option<String>,
     updated_at: Option<String>,
     lag_bytes: Option<u64>,
+    /// From the running process; 0 when the sink holds everything; unknown otherwise.
+    lag_seconds: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -136,12 +155,31 @@ struct PipelineStatus {
     current_wal_lsn: String,
     slot_lag_bytes: Option<u64>,
     sinks: Vec<SinkStatus>,
+    /// The running process's view (state, snapshot progress), when its /status answered.
+    process: Option<LiveStatus>,
 }
 
 /// `ferry status`.
-pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+pub async fn status(
+    files: &[PathBuf],
+    json: bool,
+    http: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     let pipelines = load_configs(files)?;
+    let live = match http {
+        Some(addr) => match crate::http::fetch_status(addr).await {
+            Ok(live) => live,
+            Err(e) => {
+                if !json {
+                    println!("ferry run is not answering at http://{addr}/status ({e:#}); showing stored state only");
+                }
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
     for p in &pipelines {
+        let process = live.iter().find(|l| l.pipeline == p.name);
         let SourceConfig::Postgres(source) = &p.source;
         let client = pg::connect_client(&source.url)
             .await
@@ -165,11 +203,16 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             };
             let row = rows.into_iter().find(|(name, _, _)| *name == sink.name);
             let position: Option<Position> = row.as_ref().and_then(|(_, pos, _)| pos.parse().ok());
+            let lag_bytes = position.as_ref().and_then(Position::as_lsn).map(lag);
+            let live_lag = process
+                .and_then(|l| l.sinks.iter().find(|s| s.name == sink.name))
+                .and_then(|s| s.lag_seconds);
             sinks.push(SinkStatus {
                 name: sink.name.clone(),
                 checkpoint: position.as_ref().map(ToString::to_string),
                 updated_at: row.map(|(_, _, at)| at),
-                lag_bytes: position.and_then(|p| p.as_lsn()).map(lag),
+                lag_bytes,
+                lag_seconds: live_lag.or((lag_bytes == Some(0)).then_some(0.0)),
             });
         }
         let status = PipelineStatus {
@@ -184,11 +227,37 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             current_wal_lsn: current.to_string(),
             slot_lag_bytes: slot.as_ref().and_then(|s| s.confirmed_flush).map(lag),
             sinks,
+            process: process.cloned(),
         };
         if json {
             println!("{}", serde_json::to_string(&status)?);
         } else {
             println!("pipeline {}", status.pipeline);
+            if let Some(l) = &status.process {
+                println!(
+                    "  process: {}{}, {} restarts, {} source transactions read",
+                    l.state,
+                    l.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                    l.restarts,
+                    l.source_transactions
+                );
+                if let Some(s) = &l.snapshot {
+                    println!(
+                        "  snapshot: {}{:.1}% — {} of ~{} rows, {} rows/s, {} of {} tables{}",
+                        if s.finished { "done, " } else { "" },
+                        s.percent,
+                        s.rows_copied,
+                        s.rows_estimated,
+                        s.rows_per_s,
+                        s.tables_done,
+                        s.tables_total,
+                        s.eta_s.map(|e| format!(", ETA {e} s")).unwrap_or_default()
+                    );
+                }
+            }
             match &status.confirmed_flush_lsn {
                 Some(lsn) => println!(
                     "  slot {}: confirmed {lsn}, {} ({} bytes behind {})",
@@ -209,10 +278,13 @@ pub async fn status(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             for s in &status.sinks {
                 match (&s.checkpoint, s.lag_bytes) {
                     (Some(cp), lag) => println!(
-                        "  sink {}: checkpoint {cp} at {}, {} bytes behind",
+                        "  sink {}: checkpoint {cp} at {}, {} bytes behind{}",
                         s.name,
                         s.updated_at.as_deref().unwrap_or("?"),
-                        lag.unwrap_or(0)
+                        lag.unwrap_or(0),
+                        s.lag_seconds
+                            .map(|l| format!(", lag {l:.1} s"))
+                            .unwrap_or_default()
                     ),
                     (None, _) => println!("  sink {}: no checkpoint (snapshot pending)", s.name),
                 }

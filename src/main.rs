@@ -3,8 +3,10 @@
 //! A thin edge: parse the command line, set up logging, hand over to [`commands`].
 
 mod commands;
+mod http;
 mod runtime;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +35,9 @@ enum Command {
     Run {
         #[arg(long = "config", short, required = true, num_args = 1..)]
         configs: Vec<PathBuf>,
+        /// Address of the HTTP endpoints (/healthz, /readyz, /metrics, /status), or "off".
+        #[arg(long, env = "FERRY_HTTP", default_value = DEFAULT_HTTP, value_parser = parse_http)]
+        http: HttpAddr,
     },
     /// Parse the config, connect, and check every source prerequisite; exit 1 if any fails.
     Check {
@@ -46,6 +51,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Where the running `ferry run` serves /status (for snapshot progress and live lag), or "off".
+        #[arg(long, env = "FERRY_HTTP", default_value = DEFAULT_HTTP, value_parser = parse_http)]
+        http: HttpAddr,
     },
     /// Drop the replication slot, the publication and the stored checkpoints, so the next run starts with a
     /// new snapshot.
@@ -56,6 +64,21 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+}
+
+const DEFAULT_HTTP: &str = "127.0.0.1:9187";
+
+/// An HTTP address, or `None` for "off".
+type HttpAddr = Option<SocketAddr>;
+
+fn parse_http(value: &str) -> Result<HttpAddr, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("expected an address such as {DEFAULT_HTTP}, or \"off\""))
 }
 
 fn init_logging(format: LogFormat) {
@@ -87,9 +110,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { configs } => commands::run(&configs).await,
+            Command::Run { configs, http } => commands::run(&configs, http).await,
             Command::Check { configs } => commands::check(&configs).await,
-            Command::Status { configs, json } => commands::status(&configs, json).await,
+            Command::Status {
+                configs,
+                json,
+                http,
+            } => commands::status(&configs, json, http).await,
             Command::Reset { configs, yes } => commands::reset(&configs, yes).await,
         }
     });

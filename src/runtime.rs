@@ -8,15 +8,16 @@
 //! Every attempt starts from the sinks' stored checkpoints, so a restart after any failure replays exactly what
 //! is not yet durable everywhere.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
-use ferry_core::{Error, Event, Position, Sink, Transform};
+use ferry_core::{Error, Event, PipelineState, PipelineStats, Position, Sink, Transform};
 use ferry_sink::{DiscardSink, PostgresSink, SqliteSink};
-use ferry_source::postgres::{self as pg, PgSourceSettings, SnapshotProgress, SourceExit};
+use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
 use ferry_transform::TableFilter;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -28,17 +29,24 @@ const EVENT_CHANNEL: usize = 4096;
 /// Runs the pipeline until `shutdown` turns true or a fatal error.
 pub async fn run_pipeline(
     config: PipelineConfig,
+    stats: Arc<PipelineStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(&config, shutdown.clone()).await {
+        stats.set_state(PipelineState::Starting);
+        match run_once(&config, &stats, shutdown.clone()).await {
             Ok(exit) => {
+                stats.set_state(PipelineState::Stopped);
                 info!(pipeline = %config.name, ?exit, "pipeline stopped");
                 return Ok(());
             }
             Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                stats.set_state(PipelineState::Retrying {
+                    error: e.to_string(),
+                });
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(500);
                 }
@@ -50,6 +58,9 @@ pub async fn run_pipeline(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
+                stats.set_state(PipelineState::Failed {
+                    error: e.to_string(),
+                });
                 error!(pipeline = %config.name, error = %e, "pipeline failed");
                 return Err(anyhow!(
                     "pipeline {} ({}): {e}",
@@ -111,6 +122,7 @@ async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Err
 
 async fn run_once(
     config: &PipelineConfig,
+    stats: &Arc<PipelineStats>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<SourceExit, Error> {
     let mut sinks = Vec::with_capacity(config.sinks.len());
@@ -152,7 +164,14 @@ async fn run_once(
         outputs.push(tx);
         // After a new snapshot every sink starts from scratch: its old checkpoint must not skip the snapshot.
         let checkpoint = if resume.is_none() { None } else { checkpoint };
-        tasks.spawn(run_sink(sink, i, checkpoint, rx, tracker.clone()));
+        tasks.spawn(run_sink(
+            sink,
+            i,
+            checkpoint,
+            rx,
+            tracker.clone(),
+            stats.clone(),
+        ));
     }
     drop(tracker);
     let filter = TableFilter::new(&config.filter);
@@ -161,7 +180,13 @@ async fn run_once(
     } else {
         vec![Box::new(filter)]
     };
-    tasks.spawn(run_batcher(events_rx, transforms, config.batch, outputs));
+    tasks.spawn(run_batcher(
+        events_rx,
+        transforms,
+        config.batch,
+        outputs,
+        stats.clone(),
+    ));
 
     let SourceConfig::Postgres(source) = &config.source;
     let settings = PgSourceSettings {
@@ -170,8 +195,7 @@ async fn run_once(
         heartbeat_interval: config.heartbeat_interval,
         snapshot_parallelism: config.snapshot_parallelism,
     };
-    let progress = Arc::new(SnapshotProgress::default());
-    let source = pg::run(&settings, resume, events_tx, acked, shutdown, progress);
+    let source = pg::run(&settings, resume, events_tx, acked, shutdown, stats.clone());
     tokio::pin!(source);
 
     let mut source_result = None;

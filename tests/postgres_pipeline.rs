@@ -70,9 +70,52 @@ fn snapshot_then_stream_reaches_both_sinks() {
         "SQLite target differs:\n{}",
         ferry.log()
     );
+    assert_endpoints(&ferry, &config);
     let status = ferry.terminate();
     assert!(
         status.success(),
         "ferry did not exit cleanly after SIGTERM: {status:?}"
     );
+}
+
+/// The HTTP endpoints and `ferry status` while the pipeline streams.
+fn assert_endpoints(ferry: &Ferry, config: &std::path::Path) {
+    assert_eq!(ferry.get("/healthz").map(|(c, _)| c), Some(200));
+    assert!(
+        wait_until(WAIT, || ferry.get("/readyz").is_some_and(|(c, _)| c == 200)),
+        "never ready: {:?}",
+        ferry.get("/readyz")
+    );
+    let (code, metrics) = ferry.get("/metrics").expect("metrics answer");
+    assert_eq!(code, 200);
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line_start} missing from:\n{metrics}"))
+    };
+    // 500 snapshot rows, 1 insert, 10 updates, 10 deletes, 1 key change (delete + insert or update).
+    assert!(value("ferry_sink_rows_total{pipeline=\"orders\",sink=\"postgres\"}") >= 521.0);
+    assert!(value("ferry_sink_rows_total{pipeline=\"orders\",sink=\"sqlite\"}") >= 521.0);
+    assert_eq!(value("ferry_pipeline_up{pipeline=\"orders\"}"), 1.0);
+    assert_eq!(
+        value("ferry_snapshot_rows_copied{pipeline=\"orders\"}"),
+        500.0
+    );
+    assert!(value("ferry_sink_lag_seconds{pipeline=\"orders\",sink=\"postgres\"}") >= 0.0);
+
+    let out = std::process::Command::new(ferry_bin())
+        .args(["status", "--http", &ferry.http, "--config"])
+        .arg(config)
+        .output()
+        .expect("run ferry status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("process: streaming"), "{text}");
+    assert!(
+        text.contains("snapshot: done, 100.0% — 500 of ~500 rows"),
+        "{text}"
+    );
+    assert!(text.contains("sink postgres: checkpoint pg:"), "{text}");
 }

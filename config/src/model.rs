@@ -72,11 +72,17 @@ pub struct SinkConfig {
 /// The backend of a sink.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
-    Postgres { url: String },
-    Sqlite { path: PathBuf },
+    Postgres {
+        url: String,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
     /// Drops every change and keeps only its position in a small file: for measuring a source, or advancing a
     /// slot without a target.
-    Discard { checkpoint_file: PathBuf },
+    Discard {
+        checkpoint_file: PathBuf,
+    },
 }
 
 impl SinkKind {

@@ -215,7 +215,12 @@ impl Reader<'_> {
     }
 
     /// A required path; relative paths are relative to the config file's folder.
-    fn file_path(&mut self, sec: &mut Section<'_>, key: &'static str, expected: &str) -> Option<PathBuf> {
+    fn file_path(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        expected: &str,
+    ) -> Option<PathBuf> {
         let path = PathBuf::from(self.required_string(sec, key, expected)?);
         if path.is_relative() {
             Some(self.file.parent().unwrap_or(Path::new(".")).join(path))
@@ -484,10 +489,17 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                 .file_path(&mut s, "path", "a file path such as \"replica.db\"")
                 .map(|path| SinkKind::Sqlite { path }),
             Some("discard") => r
-                .file_path(&mut s, "path", "a checkpoint file path such as \"discard.pos\"")
+                .file_path(
+                    &mut s,
+                    "path",
+                    "a checkpoint file path such as \"discard.pos\"",
+                )
                 .map(|checkpoint_file| SinkKind::Discard { checkpoint_file }),
             Some(other) => {
-                r.error(s.key("type"), format!("expected {SINK_TYPES}, found {other:?}"));
+                r.error(
+                    s.key("type"),
+                    format!("expected {SINK_TYPES}, found {other:?}"),
+                );
                 None
             }
             None => None,

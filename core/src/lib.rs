@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod position;
 pub mod schema;
 pub mod sink;
+pub mod stats;
 pub mod temporal;
 pub mod value;
 
@@ -26,5 +27,6 @@ pub use event::{Change, Event, Row, RowOp};
 pub use position::{Lsn, Position};
 pub use schema::{Column, ColumnType, SchemaRef, TableId, TableSchema};
 pub use sink::{Sink, Transform};
+pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};
 pub use value::{Decimal, Uuid, Value};

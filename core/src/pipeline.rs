@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::position::Position;
 use crate::sink::{Sink, Transform};
+use crate::stats::PipelineStats;
 
 /// Applies transforms, cuts batches and hands each batch to every sink. Returns when `input` closes, after
 /// handing on the last batch; dropping the outputs then tells the sinks to finish.
@@ -29,6 +30,7 @@ pub async fn run_batcher(
     mut transforms: Vec<Box<dyn Transform>>,
     limits: BatchLimits,
     outputs: Vec<mpsc::Sender<Arc<Batch>>>,
+    stats: Arc<PipelineStats>,
 ) -> Result<()> {
     let mut batch = Batch::default();
     let mut deadline: Option<Instant> = None;
@@ -46,6 +48,7 @@ pub async fn run_batcher(
             None => input.recv().await,
         };
         let Some(event) = next else { break };
+        stats.source_event(&event);
         let Some(event) = transforms.iter_mut().try_fold(event, |e, t| t.apply(e)) else {
             continue;
         };
@@ -148,7 +151,10 @@ pub async fn run_sink<S: Sink>(
     checkpoint: Option<Position>,
     mut batches: mpsc::Receiver<Arc<Batch>>,
     tracker: AckTracker,
+    stats: Arc<PipelineStats>,
 ) -> Result<()> {
+    let sink_stats = &stats.sinks[index];
+    sink_stats.set_checkpoint(checkpoint.clone());
     let mut skip = SkipCovered {
         checkpoint,
         skipping: false,
@@ -165,14 +171,19 @@ pub async fn run_sink<S: Sink>(
         match split {
             Some((i, position)) => {
                 sink.apply(&events[..=i], Some(position)).await?;
+                sink_stats.applied(&events[..=i], Some(position));
                 debug!(sink = sink.name(), position = %position, "committed batch");
                 skip.checkpoint = Some(position.clone());
                 tracker.report(index, position.clone());
                 if i + 1 < events.len() {
                     sink.apply(&events[i + 1..], None).await?;
+                    sink_stats.applied(&events[i + 1..], None);
                 }
             }
-            None if !events.is_empty() => sink.apply(events, None).await?,
+            None if !events.is_empty() => {
+                sink.apply(events, None).await?;
+                sink_stats.applied(events, None);
+            }
             None => {}
         }
     }
@@ -250,6 +261,7 @@ mod tests {
     use super::*;
     use crate::position::Lsn;
     use crate::temporal::Timestamp;
+    use std::sync::atomic::Ordering;
 
     fn pg(n: u64) -> Position {
         Position::Pg(Lsn(n))
@@ -313,7 +325,8 @@ mod tests {
             max_bytes: usize::MAX,
             max_wait: std::time::Duration::from_secs(1),
         };
-        let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx]));
+        let stats = Arc::new(PipelineStats::new("p", &[]));
+        let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx], stats.clone()));
         for e in txn(1, 2) {
             tx.send(e).await.unwrap();
         }
@@ -325,5 +338,7 @@ mod tests {
         drop(tx);
         task.await.unwrap().unwrap();
         assert!(out_rx.recv().await.is_none());
+        assert_eq!(stats.source_events.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.source_transactions.load(Ordering::Relaxed), 1);
     }
 }

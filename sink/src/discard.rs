@@ -35,7 +35,10 @@ impl Sink for DiscardSink {
         match std::fs::read_to_string(&self.file) {
             Ok(text) => text.trim().parse().map(Some).map_err(|e| {
                 Error::fatal_from(
-                    format!("the checkpoint file {} is not a position", self.file.display()),
+                    format!(
+                        "the checkpoint file {} is not a position",
+                        self.file.display()
+                    ),
                     e,
                 )
             }),
@@ -60,7 +63,10 @@ impl Sink for DiscardSink {
 /// The stored position and the time it was written (`ferry status`).
 pub fn read_checkpoint(file: &Path) -> Result<Option<(String, String)>, Error> {
     let read = || -> std::io::Result<(String, std::time::SystemTime)> {
-        Ok((std::fs::read_to_string(file)?, std::fs::metadata(file)?.modified()?))
+        Ok((
+            std::fs::read_to_string(file)?,
+            std::fs::metadata(file)?.modified()?,
+        ))
     };
     match read() {
         Ok((text, modified)) => {

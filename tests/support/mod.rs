@@ -256,6 +256,8 @@ impl Drop for PgServer {
 pub struct Ferry {
     child: Child,
     pub log_path: PathBuf,
+    /// Where its HTTP endpoints listen.
+    pub http: String,
 }
 
 /// Path to the ferry binary under test.
@@ -270,8 +272,9 @@ impl Ferry {
             .append(true)
             .open(log_path)
             .expect("ferry log");
+        let http = format!("127.0.0.1:{}", free_port());
         let child = Command::new(ferry_bin())
-            .args(["run", "--config"])
+            .args(["run", "--http", &http, "--config"])
             .arg(config)
             .env("FERRY_LOG", "info,ferry_core=debug")
             .stdout(Stdio::null())
@@ -281,7 +284,21 @@ impl Ferry {
         Ferry {
             child,
             log_path: log_path.to_path_buf(),
+            http,
         }
+    }
+
+    /// GET `path` from its HTTP endpoints: the status code and the body (`None` if nothing answers).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.http).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let code = head.split(' ').nth(1)?.parse().ok()?;
+        Some((code, body.to_owned()))
     }
 
     pub fn pid(&self) -> u32 {

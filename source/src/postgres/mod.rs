@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_config::{PostgresSource, SnapshotMode};
-use ferry_core::{Error, Event, Lsn, Position};
+use ferry_core::{Error, Event, Lsn, PipelineState, PipelineStats, Position};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
@@ -29,7 +29,6 @@ use tracing::{info, warn};
 pub use check::{check_prerequisites, CheckOutcome};
 pub use decode::{decode_text, ValueError};
 pub use slot::{quote_ident, slot_info, SlotInfo};
-pub use snapshot::SnapshotProgress;
 
 use catalog::Catalog;
 use conn::ReplicationConn;
@@ -85,7 +84,7 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     acked: watch::Receiver<Option<Position>>,
     shutdown: watch::Receiver<bool>,
-    progress: Arc<SnapshotProgress>,
+    stats: Arc<PipelineStats>,
 ) -> Result<SourceExit, Error> {
     let cfg = &settings.config;
     let client = connect_client(&cfg.url).await?;
@@ -118,6 +117,7 @@ pub async fn run(
                         estimated_rows,
                     })
                     .collect();
+                stats.set_state(PipelineState::Snapshotting);
                 let copy = snapshot::run(
                     &cfg.url,
                     name,
@@ -126,7 +126,7 @@ pub async fn run(
                     &mut catalog,
                     &events,
                     settings.snapshot_parallelism,
-                    progress,
+                    stats.clone(),
                 );
                 let mut shutdown = shutdown.clone();
                 tokio::select! {
@@ -172,6 +172,7 @@ pub async fn run(
         relations: Default::default(),
         schema_versions: 0,
         in_transaction: false,
+        stats,
     };
     streamer.run(&cfg.slot, &cfg.publication, start).await?;
     Ok(SourceExit::Shutdown)

@@ -5,13 +5,14 @@
 //! `Commit` at the consistent point). Sinks commit it as a unit, so a crash during the snapshot leaves no
 //! checkpoint and the next start takes the snapshot again from scratch: never a mixed target.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use ferry_core::{
-    Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value,
+    Change, Error, Event, Lsn, PipelineStats, Position, RowOp, SchemaRef, SnapshotProgress,
+    TableId, Timestamp, Value,
 };
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -21,15 +22,6 @@ use super::catalog::Catalog;
 use super::decode::decode_text;
 use super::slot::quote_ident;
 use super::{connect_client, SESSION_SQL};
-
-/// Shared progress counters, readable while the snapshot runs.
-#[derive(Debug, Default)]
-pub struct SnapshotProgress {
-    pub rows_copied: AtomicU64,
-    pub rows_estimated: AtomicU64,
-    pub tables_total: AtomicU64,
-    pub tables_done: AtomicU64,
-}
 
 /// One table to copy.
 pub struct SnapshotTable {
@@ -49,7 +41,7 @@ pub async fn run(
     catalog: &mut Catalog,
     events: &mpsc::Sender<Event>,
     parallelism: usize,
-    progress: Arc<SnapshotProgress>,
+    stats: Arc<PipelineStats>,
 ) -> Result<(), Error> {
     let closed = || Error::fatal("the pipeline stopped during the snapshot");
     let mut schemas = Vec::with_capacity(tables.len());
@@ -81,12 +73,7 @@ pub async fn run(
         .map_err(|_| closed())?;
 
     let estimated: f64 = tables.iter().map(|t| t.estimated_rows).sum();
-    progress
-        .rows_estimated
-        .store(estimated as u64, Ordering::Relaxed);
-    progress
-        .tables_total
-        .store(tables.len() as u64, Ordering::Relaxed);
+    stats.snapshot.start(tables.len() as u64, estimated as u64);
     info!(
         tables = tables.len(),
         estimated_rows = estimated as u64,
@@ -94,25 +81,25 @@ pub async fn run(
         "snapshot started"
     );
     let started = Instant::now();
-    let reporter = tokio::spawn(report_progress(progress.clone(), started));
+    let reporter = tokio::spawn(report_progress(stats.clone()));
 
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
     let mut workers = tokio::task::JoinSet::new();
     for schema in schemas {
         let permits = permits.clone();
-        let (url, snapshot, events, progress) = (
+        let (url, snapshot, events, stats) = (
             url.to_owned(),
             snapshot_name.to_owned(),
             events.clone(),
-            progress.clone(),
+            stats.clone(),
         );
         workers.spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::fatal("snapshot workers stopped"))?;
-            let rows = copy_table(&url, &snapshot, &schema, &events, &progress).await?;
-            progress.tables_done.fetch_add(1, Ordering::Relaxed);
+            let rows = copy_table(&url, &snapshot, &schema, &events, &stats.snapshot).await?;
+            stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
             info!(table = %schema.id, rows, "table copied");
             Ok::<_, Error>(())
         });
@@ -130,6 +117,7 @@ pub async fn run(
     }
     reporter.abort();
     result?;
+    stats.snapshot.finish();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
@@ -140,7 +128,7 @@ pub async fn run(
         })
         .await
         .map_err(|_| closed())?;
-    let rows = progress.rows_copied.load(Ordering::Relaxed);
+    let rows = stats.snapshot.rows_copied.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     info!(
         rows,
@@ -151,27 +139,21 @@ pub async fn run(
     Ok(())
 }
 
-async fn report_progress(progress: Arc<SnapshotProgress>, started: Instant) {
+async fn report_progress(stats: Arc<PipelineStats>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let rows = progress.rows_copied.load(Ordering::Relaxed);
-        let estimated = progress
-            .rows_estimated
-            .load(Ordering::Relaxed)
-            .max(rows)
-            .max(1);
-        let secs = started.elapsed().as_secs_f64();
-        let rate = rows as f64 / secs.max(1e-9);
-        let eta = (estimated - rows) as f64 / rate.max(1.0);
+        let Some(r) = stats.snapshot.report() else {
+            continue;
+        };
         info!(
-            rows,
-            rows_per_s = rate as u64,
-            percent = format!("{:.1}", 100.0 * rows as f64 / estimated as f64),
-            eta_s = eta as u64,
-            tables_done = progress.tables_done.load(Ordering::Relaxed),
-            tables = progress.tables_total.load(Ordering::Relaxed),
+            rows = r.rows_copied,
+            rows_per_s = r.rows_per_s as u64,
+            percent = format!("{:.1}", r.percent),
+            eta_s = r.eta_s,
+            tables_done = r.tables_done,
+            tables = r.tables_total,
             "snapshot progress"
         );
     }

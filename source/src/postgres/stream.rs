@@ -12,10 +12,12 @@
 //! the keepalive protocol).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{
-    Change, Error, Event, Lsn, Position, RowOp, SchemaRef, TableId, Timestamp, Value,
+    Change, Error, Event, Lsn, PipelineState, PipelineStats, Position, RowOp, SchemaRef, TableId,
+    Timestamp, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -53,6 +55,7 @@ pub(crate) struct Streamer {
     pub relations: HashMap<u32, SchemaRef>,
     pub schema_versions: u64,
     pub in_transaction: bool,
+    pub stats: Arc<PipelineStats>,
 }
 
 fn now_unix_micros() -> i64 {
@@ -96,6 +99,7 @@ impl Streamer {
             quote_literal(&format!("\"{}\"", publication.replace('"', "\"\"")))
         );
         self.conn.start_replication(&command).await?;
+        self.stats.set_state(PipelineState::Streaming);
         info!(slot, start = %start, "streaming from replication slot");
         let mut pending: VecDeque<Event> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -1,0 +1,277 @@
+//! Live counters of a running pipeline, shared by its tasks and read by the HTTP endpoints
+//! (`/metrics`, `/status`, `/readyz`).
+//!
+//! Plain atomics: writers never wait on readers, and a reader sees each counter as of its own load.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Change, Event};
+use crate::position::Position;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// What a pipeline is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineState {
+    Starting,
+    Snapshotting,
+    Streaming,
+    /// A transient failure; the pipeline restarts from its checkpoints after a back-off.
+    Retrying {
+        error: String,
+    },
+    /// A fatal failure: the pipeline stopped and needs a person.
+    Failed {
+        error: String,
+    },
+    Stopped,
+}
+
+/// Counters of the initial snapshot.
+#[derive(Debug, Default)]
+pub struct SnapshotProgress {
+    pub rows_copied: AtomicU64,
+    pub rows_estimated: AtomicU64,
+    pub tables_total: AtomicU64,
+    pub tables_done: AtomicU64,
+    /// When the copy started (µs since the epoch); 0 before.
+    pub started_unix_micros: AtomicI64,
+    /// When it finished; 0 while running.
+    pub finished_unix_micros: AtomicI64,
+}
+
+/// A readable copy of [`SnapshotProgress`] with rate and ETA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub rows_copied: u64,
+    pub rows_estimated: u64,
+    pub percent: f64,
+    pub rows_per_s: f64,
+    pub eta_s: Option<u64>,
+    pub tables_done: u64,
+    pub tables_total: u64,
+    pub finished: bool,
+}
+
+impl SnapshotProgress {
+    /// Marks the start of a (new) copy, clearing the previous one's counters.
+    pub fn start(&self, tables: u64, estimated_rows: u64) {
+        self.rows_copied.store(0, Relaxed);
+        self.tables_done.store(0, Relaxed);
+        self.finished_unix_micros.store(0, Relaxed);
+        self.tables_total.store(tables, Relaxed);
+        self.rows_estimated.store(estimated_rows, Relaxed);
+        self.started_unix_micros.store(now_unix_micros(), Relaxed);
+    }
+
+    pub fn finish(&self) {
+        self.finished_unix_micros.store(now_unix_micros(), Relaxed);
+    }
+
+    /// `None` before any snapshot started.
+    pub fn report(&self) -> Option<SnapshotReport> {
+        let started = self.started_unix_micros.load(Relaxed);
+        if started == 0 {
+            return None;
+        }
+        let finished_at = self.finished_unix_micros.load(Relaxed);
+        let finished = finished_at != 0;
+        let end = if finished {
+            finished_at
+        } else {
+            now_unix_micros()
+        };
+        let rows = self.rows_copied.load(Relaxed);
+        // reltuples is an estimate: never report more than 100 %.
+        let estimated = self.rows_estimated.load(Relaxed).max(rows);
+        let secs = (end - started).max(1) as f64 / 1e6;
+        let rate = rows as f64 / secs;
+        Some(SnapshotReport {
+            rows_copied: rows,
+            rows_estimated: estimated,
+            percent: if finished || estimated == 0 {
+                100.0
+            } else {
+                (1000.0 * rows as f64 / estimated as f64).round() / 10.0
+            },
+            rows_per_s: rate.round(),
+            eta_s: (!finished && rate >= 1.0).then(|| ((estimated - rows) as f64 / rate) as u64),
+            tables_done: self.tables_done.load(Relaxed),
+            tables_total: self.tables_total.load(Relaxed),
+            finished,
+        })
+    }
+}
+
+/// Counters of one sink.
+#[derive(Debug)]
+pub struct SinkStats {
+    pub name: String,
+    pub batches: AtomicU64,
+    pub rows: AtomicU64,
+    pub transactions: AtomicU64,
+    checkpoint: Mutex<Option<Position>>,
+    /// Source commit time of the last transaction made durable (µs since the epoch; 0: none yet).
+    last_commit_unix_micros: AtomicI64,
+    /// When that happened.
+    last_apply_unix_micros: AtomicI64,
+}
+
+impl SinkStats {
+    fn new(name: &str) -> SinkStats {
+        SinkStats {
+            name: name.to_owned(),
+            batches: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            checkpoint: Mutex::new(None),
+            last_commit_unix_micros: AtomicI64::new(0),
+            last_apply_unix_micros: AtomicI64::new(0),
+        }
+    }
+
+    /// Records events the sink made durable up to `position`.
+    pub fn applied(&self, events: &[Event], position: Option<&Position>) {
+        let mut rows = 0;
+        let mut transactions = 0;
+        let mut last_commit = None;
+        for e in events {
+            match e {
+                Event::Change(Change::Row { .. }) => rows += 1,
+                Event::Commit { commit_time, .. } => {
+                    transactions += 1;
+                    last_commit = Some(commit_time.0);
+                }
+                _ => {}
+            }
+        }
+        self.rows.fetch_add(rows, Relaxed);
+        self.transactions.fetch_add(transactions, Relaxed);
+        if let Some(position) = position {
+            self.batches.fetch_add(1, Relaxed);
+            *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(position.clone());
+            // A commit without a source time (0) says nothing about lag.
+            if let Some(at) = last_commit.filter(|t| *t > 0) {
+                self.last_commit_unix_micros.store(at, Relaxed);
+                self.last_apply_unix_micros
+                    .store(now_unix_micros(), Relaxed);
+            }
+        }
+    }
+
+    /// Sets the checkpoint the sink starts from.
+    pub fn set_checkpoint(&self, position: Option<Position>) {
+        *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = position;
+    }
+
+    pub fn checkpoint(&self) -> Option<Position> {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Seconds between the source commit of the last durable transaction and the moment it became durable.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        let commit = self.last_commit_unix_micros.load(Relaxed);
+        let applied = self.last_apply_unix_micros.load(Relaxed);
+        (commit > 0).then(|| (applied - commit).max(0) as f64 / 1e6)
+    }
+}
+
+/// Counters of one pipeline.
+#[derive(Debug)]
+pub struct PipelineStats {
+    pub name: String,
+    state: Mutex<PipelineState>,
+    pub restarts: AtomicU64,
+    /// Events read from the source (before filters).
+    pub source_events: AtomicU64,
+    pub source_transactions: AtomicU64,
+    pub snapshot: SnapshotProgress,
+    pub sinks: Vec<SinkStats>,
+}
+
+impl PipelineStats {
+    pub fn new(name: &str, sinks: &[&str]) -> PipelineStats {
+        PipelineStats {
+            name: name.to_owned(),
+            state: Mutex::new(PipelineState::Starting),
+            restarts: AtomicU64::new(0),
+            source_events: AtomicU64::new(0),
+            source_transactions: AtomicU64::new(0),
+            snapshot: SnapshotProgress::default(),
+            sinks: sinks.iter().map(|n| SinkStats::new(n)).collect(),
+        }
+    }
+
+    pub fn set_state(&self, state: PipelineState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    pub fn state(&self) -> PipelineState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts an event read from the source.
+    pub fn source_event(&self, event: &Event) {
+        self.source_events.fetch_add(1, Relaxed);
+        if matches!(event, Event::Commit { .. }) {
+            self.source_transactions.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Lsn, Timestamp};
+
+    #[test]
+    fn sink_stats_count_rows_transactions_and_lag() {
+        let stats = PipelineStats::new("p", &["a"]);
+        let sink = &stats.sinks[0];
+        let position = Position::Pg(Lsn(42));
+        let commit_time = now_unix_micros() - 2_000_000;
+        sink.applied(
+            &[
+                Event::Begin {
+                    commit_at: position.clone(),
+                },
+                Event::Change(Change::Truncate { tables: vec![] }),
+                Event::Commit {
+                    position: position.clone(),
+                    commit_time: Timestamp(commit_time),
+                },
+            ],
+            Some(&position),
+        );
+        assert_eq!(sink.transactions.load(Relaxed), 1);
+        assert_eq!(sink.rows.load(Relaxed), 0);
+        assert_eq!(sink.checkpoint(), Some(position));
+        let lag = sink.lag_seconds().unwrap();
+        assert!((2.0..3.0).contains(&lag), "{lag}");
+    }
+
+    #[test]
+    fn snapshot_report_never_exceeds_the_estimate() {
+        let p = SnapshotProgress::default();
+        assert!(p.report().is_none());
+        p.start(2, 100);
+        p.rows_copied.store(150, Relaxed);
+        let r = p.report().unwrap();
+        assert_eq!(r.rows_estimated, 150);
+        assert_eq!(r.percent, 100.0);
+        p.finish();
+        assert!(p.report().unwrap().finished);
+    }
+}

@@ -1,0 +1,317 @@
+//! The HTTP endpoints of `ferry run`: `/healthz` (the process answers), `/readyz` (every pipeline is snapshotting
+//! or streaming), `/metrics` (Prometheus text format) and `/status` (JSON, read by `ferry status`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ferry_core::stats::SnapshotReport;
+use ferry_core::{PipelineState, PipelineStats};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::info;
+
+type Registry = Arc<Vec<Arc<PipelineStats>>>;
+
+/// Binds `addr` now (so a taken port fails `ferry run` at once) and serves until `shutdown` turns true.
+pub async fn serve(
+    addr: SocketAddr,
+    pipelines: Vec<Arc<PipelineStats>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the HTTP endpoints; choose another address with --http ADDR, or --http off"))?;
+    info!(address = %listener.local_addr()?, "serving /healthz /readyz /metrics /status");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(Arc::new(pipelines));
+    Ok(tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::warn!(error = %e, "the HTTP server stopped");
+        }
+    }))
+}
+
+async fn readyz(State(pipelines): State<Registry>) -> Response {
+    let not_ready: Vec<String> = pipelines
+        .iter()
+        .filter_map(|p| match p.state() {
+            PipelineState::Snapshotting | PipelineState::Streaming => None,
+            other => Some(format!("{}: {}", p.name, state_name(&other))),
+        })
+        .collect();
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", not_ready.join("\n")),
+        )
+            .into_response()
+    }
+}
+
+fn state_name(state: &PipelineState) -> &'static str {
+    match state {
+        PipelineState::Starting => "starting",
+        PipelineState::Snapshotting => "snapshotting",
+        PipelineState::Streaming => "streaming",
+        PipelineState::Retrying { .. } => "retrying",
+        PipelineState::Failed { .. } => "failed",
+        PipelineState::Stopped => "stopped",
+    }
+}
+
+/// One pipeline as `/status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveStatus {
+    pub pipeline: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub restarts: u64,
+    pub source_events: u64,
+    pub source_transactions: u64,
+    pub snapshot: Option<SnapshotReport>,
+    pub sinks: Vec<LiveSink>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSink {
+    pub name: String,
+    pub checkpoint: Option<String>,
+    pub rows: u64,
+    pub transactions: u64,
+    pub batches: u64,
+    pub lag_seconds: Option<f64>,
+}
+
+fn live_status(p: &PipelineStats) -> LiveStatus {
+    let state = p.state();
+    let error = match &state {
+        PipelineState::Retrying { error } | PipelineState::Failed { error } => Some(error.clone()),
+        _ => None,
+    };
+    LiveStatus {
+        pipeline: p.name.clone(),
+        state: state_name(&state).to_owned(),
+        error,
+        restarts: p.restarts.load(Relaxed),
+        source_events: p.source_events.load(Relaxed),
+        source_transactions: p.source_transactions.load(Relaxed),
+        snapshot: p.snapshot.report(),
+        sinks: p
+            .sinks
+            .iter()
+            .map(|s| LiveSink {
+                name: s.name.clone(),
+                checkpoint: s.checkpoint().map(|c| c.to_string()),
+                rows: s.rows.load(Relaxed),
+                transactions: s.transactions.load(Relaxed),
+                batches: s.batches.load(Relaxed),
+                lag_seconds: s.lag_seconds(),
+            })
+            .collect(),
+    }
+}
+
+async fn status(State(pipelines): State<Registry>) -> Json<Vec<LiveStatus>> {
+    Json(pipelines.iter().map(|p| live_status(p)).collect())
+}
+
+/// Reads `/status` from a running `ferry run` (for `ferry status`). A plain HTTP/1.0 GET: the one request this
+/// client makes does not justify an HTTP client dependency.
+pub async fn fetch_status(addr: SocketAddr) -> anyhow::Result<Vec<LiveStatus>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /status HTTP/1.0\r\nHost: ferry\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), exchange)
+        .await
+        .context("no answer within 3 s")??;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("not an HTTP response")?;
+    if !response.starts_with(b"HTTP/1.1 200") && !response.starts_with(b"HTTP/1.0 200") {
+        anyhow::bail!(
+            "unexpected answer: {}",
+            String::from_utf8_lossy(&response[..split])
+        );
+    }
+    serde_json::from_slice(&response[split + 4..]).context("not a ferry /status answer")
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn metrics(State(pipelines): State<Registry>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&pipelines),
+    )
+        .into_response()
+}
+
+fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let per_pipeline = |f: &dyn Fn(&PipelineStats) -> Option<f64>| -> Vec<(String, f64)> {
+        pipelines
+            .iter()
+            .filter_map(|p| f(p).map(|v| (format!("pipeline=\"{}\"", label(&p.name)), v)))
+            .collect()
+    };
+    let per_sink = |f: &dyn Fn(&ferry_core::SinkStats) -> Option<f64>| -> Vec<(String, f64)> {
+        pipelines
+            .iter()
+            .flat_map(|p| {
+                p.sinks.iter().filter_map(move |s| {
+                    f(s).map(|v| {
+                        (
+                            format!(
+                                "pipeline=\"{}\",sink=\"{}\"",
+                                label(&p.name),
+                                label(&s.name)
+                            ),
+                            v,
+                        )
+                    })
+                })
+            })
+            .collect()
+    };
+    family(
+        "ferry_pipeline_up",
+        "gauge",
+        "1 while the pipeline is snapshotting or streaming.",
+        per_pipeline(&|p| {
+            Some(match p.state() {
+                PipelineState::Snapshotting | PipelineState::Streaming => 1.0,
+                _ => 0.0,
+            })
+        }),
+    );
+    family(
+        "ferry_pipeline_restarts_total",
+        "counter",
+        "Restarts after transient failures.",
+        per_pipeline(&|p| Some(p.restarts.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_source_events_total",
+        "counter",
+        "Events read from the source, before filters.",
+        per_pipeline(&|p| Some(p.source_events.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_source_transactions_total",
+        "counter",
+        "Source transactions read.",
+        per_pipeline(&|p| Some(p.source_transactions.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_snapshot_rows_copied",
+        "gauge",
+        "Rows copied by the current or last initial snapshot.",
+        per_pipeline(&|p| p.snapshot.report().map(|r| r.rows_copied as f64)),
+    );
+    family(
+        "ferry_snapshot_rows_estimated",
+        "gauge",
+        "Rows the snapshot expects to copy (from pg_class.reltuples).",
+        per_pipeline(&|p| p.snapshot.report().map(|r| r.rows_estimated as f64)),
+    );
+    family(
+        "ferry_sink_rows_total",
+        "counter",
+        "Row changes applied by the sink.",
+        per_sink(&|s| Some(s.rows.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_sink_transactions_total",
+        "counter",
+        "Source transactions applied by the sink.",
+        per_sink(&|s| Some(s.transactions.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_sink_batches_total",
+        "counter",
+        "Target transactions committed with a checkpoint.",
+        per_sink(&|s| Some(s.batches.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_sink_checkpoint_lsn",
+        "gauge",
+        "The sink's durable position as a number (PostgreSQL LSN).",
+        per_sink(&|s| s.checkpoint().and_then(|c| c.as_lsn()).map(|l| l.0 as f64)),
+    );
+    family(
+        "ferry_sink_lag_seconds",
+        "gauge",
+        "Seconds from the source commit of the last durable transaction to its commit in the sink.",
+        per_sink(&|s| s.lag_seconds()),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_escape_labels_and_declare_types() {
+        let stats = Arc::new(PipelineStats::new("a\"b", &["s"]));
+        stats.set_state(PipelineState::Streaming);
+        stats.source_events.store(7, Relaxed);
+        let text = render_metrics(&[stats]);
+        assert!(
+            text.contains("# TYPE ferry_source_events_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_source_events_total{pipeline=\"a\\\"b\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_pipeline_up{pipeline=\"a\\\"b\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_sink_rows_total{pipeline=\"a\\\"b\",sink=\"s\"} 0"),
+            "{text}"
+        );
+    }
+}
