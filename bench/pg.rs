@@ -54,6 +54,8 @@ struct Measure {
     ferry: Duration,
     anchor_time: Option<Duration>,
     ferry_peak_rss_mb: f64,
+    /// CPU seconds ferry used per wall second.
+    ferry_cpu_cores: f64,
 }
 
 /// A short-lived SQL client for polling without spawning psql each time.
@@ -108,6 +110,33 @@ fn time_until(started: Instant, what: &str, mut done: impl FnMut() -> bool) -> D
         std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak memory and CPU of a finished contender, then a graceful stop.
+fn finish(ferry: Ferry, took: Duration, log: &std::path::Path) -> (f64, f64) {
+    let rss = peak_rss_mb(ferry.pid());
+    let cores = cpu_seconds(ferry.pid()) / took.as_secs_f64();
+    assert!(
+        ferry.terminate().success(),
+        "ferry failed: {}",
+        log.display()
+    );
+    (rss, cores)
 }
 
 /// Peak resident set of a process, from the kernel's high-water mark.
@@ -240,17 +269,12 @@ impl Bench {
     }
 
     /// Ferry drains the backlog into the PostgreSQL target; returns the time and its peak RSS.
-    fn ferry_apply(&self, pipeline: &Pipeline, probe: &Probe) -> (Duration, f64) {
+    fn ferry_apply(&self, pipeline: &Pipeline, probe: &Probe) -> (Duration, f64, f64) {
         let started = Instant::now();
         let ferry = Ferry::start(&pipeline.config, &pipeline.log);
         let took = time_until(started, "ferry apply", || self.marker_reached(probe));
-        let rss = peak_rss_mb(ferry.pid());
-        assert!(
-            ferry.terminate().success(),
-            "ferry failed: {}",
-            pipeline.log.display()
-        );
-        (took, rss)
+        let (rss, cores) = finish(ferry, took, &pipeline.log);
+        (took, rss, cores)
     }
 
     /// Asserts both targets hold what the source holds for `table`.
@@ -358,12 +382,7 @@ fn run_once(n: u64) -> Vec<Measure> {
             .and_then(|p| p.as_lsn())
             .is_some_and(|lsn| lsn > marker)
     });
-    let rss = peak_rss_mb(ferry.pid());
-    assert!(
-        ferry.terminate().success(),
-        "ferry failed: {}",
-        decode.log.display()
-    );
+    let (rss, cores) = finish(ferry, took, &decode.log);
     b.source.psql(
         "shop",
         "SELECT pg_drop_replication_slot('recv'); SELECT pg_drop_replication_slot('ferry_bench_decode')",
@@ -375,10 +394,11 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry: took,
         anchor_time: Some(recv),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
 
     let native = b.native_apply();
-    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    let (ferry, rss, cores) = b.ferry_apply(&pg, &ferry_pg);
     b.assert_same("bench_rows");
     out.push(Measure {
         workload: "PG→PG inserts, 1,000-row txns".to_owned(),
@@ -387,18 +407,14 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry,
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
     let started = Instant::now();
     let ferry = Ferry::start(&sqlite.config, &sqlite.log);
     let took = time_until(started, "ferry sqlite", || {
         sqlite_rows(&sqlite_db, "SELECT count(*) FROM bench_marker") == ["1"]
     });
-    let rss = peak_rss_mb(ferry.pid());
-    assert!(
-        ferry.terminate().success(),
-        "ferry failed: {}",
-        sqlite.log.display()
-    );
+    let (rss, cores) = finish(ferry, took, &sqlite.log);
     assert_eq!(
         sqlite_rows(&sqlite_db, "SELECT count(*) FROM bench_rows"),
         [n.to_string()]
@@ -414,6 +430,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry: took,
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
 
     // 2. Updates of every row in 1,000-row transactions.
@@ -428,7 +445,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ),
     );
     let native = b.native_apply();
-    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    let (ferry, rss, cores) = b.ferry_apply(&pg, &ferry_pg);
     b.assert_same("bench_rows");
     out.push(Measure {
         workload: "PG→PG updates, 1,000-row txns".to_owned(),
@@ -437,6 +454,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry,
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
 
     // 3. Single-row transactions.
@@ -451,7 +469,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ),
     );
     let native = b.native_apply();
-    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    let (ferry, rss, cores) = b.ferry_apply(&pg, &ferry_pg);
     b.assert_same("bench_single");
     out.push(Measure {
         workload: "PG→PG single-row txns".to_owned(),
@@ -460,6 +478,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry,
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
 
     // 4. One transaction of n rows: memory must stay bounded.
@@ -468,7 +487,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         &format!("INSERT INTO bench_big SELECT g, g % 100, md5(g::text), now() FROM generate_series(1, {n}) g"),
     );
     let native = b.native_apply();
-    let (ferry, rss) = b.ferry_apply(&pg, &ferry_pg);
+    let (ferry, rss, cores) = b.ferry_apply(&pg, &ferry_pg);
     b.assert_same("bench_big");
     out.push(Measure {
         workload: format!("PG→PG one {}-row txn", thousands(n)),
@@ -477,6 +496,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry,
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
 
     // 5. Initial snapshot of bench_rows (n rows) vs a subscription's initial copy.
@@ -518,12 +538,7 @@ fn run_once(n: u64) -> Vec<Measure> {
     let took = time_until(started, "ferry snapshot", || {
         probe.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
     });
-    let rss = peak_rss_mb(ferry.pid());
-    assert!(
-        ferry.terminate().success(),
-        "ferry failed: {}",
-        snap.log.display()
-    );
+    let (rss, cores) = finish(ferry, took, &snap.log);
     let sql = "SELECT count(*), sum(qty) FROM bench_rows";
     let want = b.source.psql("shop", sql);
     assert_eq!(b.target.psql("snap_ferry", sql), want);
@@ -535,6 +550,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry: took,
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
     });
     out
 }
@@ -576,9 +592,10 @@ fn main() {
         let measures = run_once(n);
         for m in &measures {
             eprintln!(
-                "bench:   {:<36} ferry {:>10.0} rows/s  {} {:>10.0} rows/s  peak RSS {:.0} MB",
+                "bench:   {:<36} ferry {:>8.0} rows/s ({:.2} cores)  {} {:>8.0} rows/s  peak RSS {:.0} MB",
                 m.workload,
                 per_second(m.rows, m.ferry),
+                m.ferry_cpu_cores,
                 m.anchor,
                 m.anchor_time.map_or(0.0, |t| per_second(m.rows, t)),
                 m.ferry_peak_rss_mb
@@ -588,10 +605,16 @@ fn main() {
     }
     if !json {
         println!(
-            "{:<36} | {:>14} | {:<28} | {:>14} | {:>6} | {:>14}",
-            "workload", "ferry rows/s", "anchor", "anchor rows/s", "ratio", "ferry peak RSS"
+            "{:<36} | {:>14} | {:<28} | {:>14} | {:>6} | {:>14} | {:>10}",
+            "workload",
+            "ferry rows/s",
+            "anchor",
+            "anchor rows/s",
+            "ratio",
+            "ferry peak RSS",
+            "ferry CPU"
         );
-        println!("{}", "-".repeat(128));
+        println!("{}", "-".repeat(141));
     }
     for i in 0..all[0].len() {
         let first = &all[0][i];
@@ -609,6 +632,7 @@ fn main() {
                 .collect(),
         );
         let rss = median(all.iter().map(|r| r[i].ferry_peak_rss_mb).collect());
+        let cores = median(all.iter().map(|r| r[i].ferry_cpu_cores).collect());
         let ratio = ferry / anchor;
         if json {
             println!(
@@ -620,12 +644,13 @@ fn main() {
                     "anchor_rows_per_s": anchor.round(),
                     "ratio": (ratio * 100.0).round() / 100.0,
                     "ferry_peak_rss_mb": rss.round(),
+                    "ferry_cpu_cores": (cores * 100.0).round() / 100.0,
                 })
             );
         } else {
             println!(
-                "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>11.0} MB",
-                first.workload, ferry, first.anchor, anchor, ratio, rss
+                "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>11.0} MB | {:>4.2} cores",
+                first.workload, ferry, first.anchor, anchor, ratio, rss, cores
             );
         }
     }

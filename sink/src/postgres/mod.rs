@@ -3,13 +3,16 @@
 //! Consecutive changes of one table and one kind become one statement over `unnest` of text arrays
 //! (`INSERT … SELECT … FROM unnest($1::text[], …) ON CONFLICT (pk) DO UPDATE`), so a batch of thousands of rows is
 //! a handful of round trips. Values travel as text and are cast to the column type in SQL.
+//!
+//! Snapshot rows into a table truncated earlier in the same target transaction cannot conflict (the snapshot
+//! holds each key once), so they go through `COPY … FROM STDIN`, PostgreSQL's fastest load path.
 
 mod ddl;
 mod text;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use ferry_core::{Change, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value};
+use ferry_core::{Change, Error, Event, Position, Row, RowOp, SchemaRef, Sink, TableId};
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::debug;
 
@@ -60,14 +63,16 @@ enum GroupKind {
     UpdateSent,
     Delete,
     Insert,
+    /// Snapshot rows into a table truncated in this transaction.
+    Copy,
 }
 
-struct Group {
+struct Group<'a> {
     table: SchemaRef,
     kind: GroupKind,
     /// The columns the statement sets (or, for deletes, the key columns).
     columns: Vec<usize>,
-    rows: Vec<Row>,
+    rows: Vec<&'a Row>,
 }
 
 /// A PostgreSQL target.
@@ -78,6 +83,8 @@ pub struct PostgresSink {
     in_transaction: bool,
     statements: HashMap<(TableId, u64, GroupKind, Vec<usize>), Statement>,
     known_tables: HashMap<TableId, SchemaRef>,
+    /// Tables truncated in the open target transaction (where snapshot rows may be copied in).
+    truncated: HashSet<TableId>,
 }
 
 impl PostgresSink {
@@ -95,13 +102,17 @@ impl PostgresSink {
             in_transaction: false,
             statements: HashMap::new(),
             known_tables: HashMap::new(),
+            truncated: HashSet::new(),
         })
     }
 
-    async fn flush(&mut self, group: Option<Group>) -> Result<(), Error> {
+    async fn flush(&mut self, group: Option<Group<'_>>) -> Result<(), Error> {
         let Some(mut group) = group else {
             return Ok(());
         };
+        if group.kind == GroupKind::Copy {
+            return self.copy_in(&group).await;
+        }
         if matches!(group.kind, GroupKind::Upsert | GroupKind::UpdateSent) {
             dedupe_by_key(&mut group);
         }
@@ -138,6 +149,43 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Loads the group's rows with `COPY … FROM STDIN` (text format).
+    async fn copy_in(&mut self, group: &Group<'_>) -> Result<(), Error> {
+        use futures_util::SinkExt;
+        let columns: Vec<String> = group
+            .columns
+            .iter()
+            .map(|&c| ddl::quote_ident(&group.table.columns[c].name))
+            .collect();
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN",
+            qualified_name(&group.table.id),
+            columns.join(", ")
+        );
+        let what = format!("copying into {}", group.table.id);
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&sql)
+            .await
+            .map_err(write_error(&what))?;
+        futures_util::pin_mut!(sink);
+        let mut buf = String::with_capacity(1 << 20);
+        for row in &group.rows {
+            text::write_copy_line(&mut buf, row, &group.columns);
+            if buf.len() >= 1 << 20 {
+                let chunk = bytes::Bytes::from(std::mem::take(&mut buf));
+                sink.send(chunk).await.map_err(write_error(&what))?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(bytes::Bytes::from(buf))
+                .await
+                .map_err(write_error(&what))?;
+        }
+        sink.finish().await.map_err(write_error(&what))?;
+        Ok(())
+    }
+
     async fn replace_without_key(
         &mut self,
         table: &SchemaRef,
@@ -159,7 +207,7 @@ impl PostgresSink {
                 table: table.clone(),
                 kind: GroupKind::Insert,
                 columns,
-                rows: vec![new.clone()],
+                rows: vec![new],
             };
             self.flush(Some(group)).await?;
         }
@@ -173,6 +221,12 @@ impl PostgresSink {
                 Event::Change(Change::Row { table, op }) => {
                     let action = classify(table, op);
                     let steps: Vec<(GroupKind, &Row)> = match action {
+                        RowAction::Upsert(r)
+                            if matches!(op, RowOp::Read { .. })
+                                && self.truncated.contains(&table.id) =>
+                        {
+                            vec![(GroupKind::Copy, r)]
+                        }
                         RowAction::Upsert(r) => vec![(GroupKind::Upsert, r)],
                         RowAction::UpdateSent(r) => vec![(GroupKind::UpdateSent, r)],
                         RowAction::Delete(r) => vec![(GroupKind::Delete, r)],
@@ -190,7 +244,7 @@ impl PostgresSink {
                         let columns = match kind {
                             GroupKind::Delete => table.primary_key.clone(),
                             GroupKind::UpdateSent => sent_columns(row),
-                            GroupKind::Upsert | GroupKind::Insert => {
+                            GroupKind::Upsert | GroupKind::Insert | GroupKind::Copy => {
                                 (0..table.columns.len()).collect()
                             }
                         };
@@ -209,7 +263,7 @@ impl PostgresSink {
                             });
                         }
                         if let Some(g) = group.as_mut() {
-                            g.rows.push(row.clone());
+                            g.rows.push(row);
                         }
                     }
                 }
@@ -227,6 +281,12 @@ impl PostgresSink {
                             .await
                             .map_err(write_error("truncating"))?;
                     }
+                    self.truncated.extend(
+                        tables
+                            .iter()
+                            .filter(|t| self.known_tables.contains_key(*t))
+                            .cloned(),
+                    );
                 }
                 Event::Schema(schema) => {
                     self.flush(group.take()).await?;
@@ -240,40 +300,39 @@ impl PostgresSink {
     }
 }
 
-/// Keeps the last row per key, in first-seen order (one statement may not touch a row twice).
-fn dedupe_by_key(group: &mut Group) {
+/// Keeps the last row per key, in first-seen order (one statement may not touch a row twice). Keys compare by
+/// their PostgreSQL text, which is what the statement compares too.
+fn dedupe_by_key(group: &mut Group<'_>) {
     if group.rows.len() < 2 {
         return;
     }
-    let key_of = |r: &Row| -> Vec<Value> {
+    let key_of = |r: &Row| -> Vec<Option<String>> {
         group
             .table
             .primary_key
             .iter()
-            .map(|&k| r[k].clone())
-            .collect::<Vec<_>>()
+            .map(|&k| pg_text(&r[k]))
+            .collect()
     };
-    let mut last: HashMap<String, usize> = HashMap::with_capacity(group.rows.len());
+    let mut last: HashMap<Vec<Option<String>>, usize> = HashMap::with_capacity(group.rows.len());
     for (i, r) in group.rows.iter().enumerate() {
-        last.insert(format!("{:?}", key_of(r)), i);
+        last.insert(key_of(r), i);
     }
     if last.len() == group.rows.len() {
         return;
     }
     let mut keep: Vec<usize> = last.into_values().collect();
     keep.sort_unstable();
-    let rows = std::mem::take(&mut group.rows);
-    let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-    group.rows = keep.into_iter().filter_map(|i| rows[i].take()).collect();
+    group.rows = keep.into_iter().map(|i| group.rows[i]).collect();
 }
 
-impl Group {
+impl Group<'_> {
     fn kind_sql(&self) -> ddl::StatementKind {
         match self.kind {
             GroupKind::Upsert => ddl::StatementKind::Upsert,
             GroupKind::UpdateSent => ddl::StatementKind::Update,
             GroupKind::Delete => ddl::StatementKind::Delete,
-            GroupKind::Insert => ddl::StatementKind::Insert,
+            GroupKind::Insert | GroupKind::Copy => ddl::StatementKind::Insert,
         }
     }
 }
@@ -325,6 +384,7 @@ impl Sink for PostgresSink {
                 .await
                 .map_err(write_error("committing"))?;
             self.in_transaction = false;
+            self.truncated.clear();
             debug!(sink = %self.name, position, "committed");
         }
         Ok(())

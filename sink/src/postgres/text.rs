@@ -18,6 +18,33 @@ pub fn pg_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Appends one line of COPY's text format: tab-separated, `\N` for NULL, backslash escapes.
+pub fn write_copy_line(out: &mut String, row: &[Value], columns: &[usize]) {
+    let mut field = String::new();
+    for (i, &c) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        match &row[c] {
+            Value::Null | Value::Unchanged => out.push_str("\\N"),
+            v => {
+                field.clear();
+                write_value(&mut field, v);
+                for ch in field.chars() {
+                    match ch {
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+    out.push('\n');
+}
+
 fn write_value(out: &mut String, v: &Value) {
     match v {
         Value::Null | Value::Unchanged => out.push_str("NULL"),
@@ -112,5 +139,23 @@ mod tests {
         );
         assert_eq!(pg_text(&Value::Bytes(vec![0, 0xab])).unwrap(), "\\x00ab");
         assert_eq!(pg_text(&Value::Null), None);
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    #[test]
+    fn copy_lines_escape_separators_and_mark_nulls() {
+        let row = vec![
+            Value::Int(7),
+            Value::Text("a\tb\nc\\d".into()),
+            Value::Null,
+            Value::Bytes(vec![0xde, 0xad]),
+        ];
+        let mut out = String::new();
+        write_copy_line(&mut out, &row, &[0, 1, 2, 3]);
+        assert_eq!(out, "7\ta\\tb\\nc\\\\d\t\\N\t\\\\xdead\n");
     }
 }
