@@ -266,3 +266,41 @@ fn source_restart_mid_stream_reconnects_and_resumes() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn an_insert_of_a_key_the_target_already_has_replaces_that_row() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL)",
+    );
+    let dir = scratch();
+    let db = dir.path().join("replica.db");
+    let config_path = write_config(dir.path(), "p", &config(&pg, "items", &db));
+    let ferry = Ferry::start(&config_path, &dir.path().join("ferry.log"));
+    assert!(
+        wait_until(WAIT, || pg
+            .try_psql("replica", "SELECT count(*) FROM items")
+            .is_ok()),
+        "target table never created:\n{}",
+        ferry.log()
+    );
+    // Someone wrote key 2 into the target directly: the optimistic COPY of the source's insert conflicts, and the
+    // rows are upserted instead.
+    pg.psql("replica", "INSERT INTO items VALUES (2, 'stale')");
+    pg.psql(
+        "shop",
+        "INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three\ttab')",
+    );
+    wait_same(&pg, "SELECT id, label FROM items ORDER BY id", &ferry);
+    assert!(
+        ferry
+            .log()
+            .contains("already exists in the target; upserting"),
+        "the conflict path was not taken:\n{}",
+        ferry.log()
+    );
+    pg.psql("shop", "INSERT INTO items VALUES (4, 'four')");
+    wait_same(&pg, "SELECT id, label FROM items ORDER BY id", &ferry);
+    assert!(ferry.terminate().success());
+}
