@@ -38,7 +38,7 @@ const SERVER_SETTINGS: &[&str] = &[
 ];
 
 const TABLES: &str = "CREATE TABLE bench_rows (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
-     CREATE TABLE bench_single (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
+     CREATE TABLE bench_single (id bigserial PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
      CREATE TABLE bench_big (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
      CREATE TABLE bench_marker (id int8 PRIMARY KEY);";
 
@@ -224,11 +224,43 @@ impl Bench {
         );
     }
 
-    /// Runs `sql` (which may COMMIT inside a DO block), then commits one marker row. Returns a WAL position
-    /// inside the marker transaction: any commit position past it includes the whole workload.
+    /// Runs `sql` (which may COMMIT inside a DO block), then commits one marker row (see [`Bench::mark`]).
     fn workload(&mut self, what: &str, sql: &str) -> ferry_core::Lsn {
         eprintln!("bench:   writing {what}");
         self.source.psql("shop", sql);
+        self.mark()
+    }
+
+    /// Runs `script` with pgbench from `clients` concurrent clients, `per_client` transactions each, then commits
+    /// one marker row.
+    fn pgbench_workload(&mut self, what: &str, script: &str, clients: u64, per_client: u64) {
+        eprintln!("bench:   writing {what} from {clients} pgbench clients");
+        let file = self.dir.path().join("workload.sql");
+        std::fs::write(&file, script).expect("write the pgbench script");
+        let status = Command::new(pg_bin("pgbench"))
+            .args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.source.port.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "2",
+                "-t",
+                &per_client.to_string(),
+            ])
+            .arg("-f")
+            .arg(&file)
+            .arg("shop")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pgbench");
+        assert!(status.success(), "pgbench failed");
+        self.mark();
+    }
+
+    /// Commits the next marker row. Returns a WAL position inside the marker transaction: any commit position
+    /// past it includes the whole workload.
+    fn mark(&mut self) -> ferry_core::Lsn {
         self.markers += 1;
         self.source
             .psql(
@@ -459,20 +491,17 @@ fn run_once(n: u64) -> Vec<Measure> {
 
     // 3. Single-row transactions.
     let singles = n / 10;
-    b.workload(
+    b.pgbench_workload(
         "single-row transactions",
-        &format!(
-            "DO $$ BEGIN FOR i IN 1..{singles} LOOP
-               INSERT INTO bench_single VALUES (i, i % 100, md5(i::text), now());
-               COMMIT;
-             END LOOP; END $$"
-        ),
+        "INSERT INTO bench_single (qty, note, at) VALUES (:client_id, md5(random()::text), now());\n",
+        4,
+        singles / 4,
     );
     let native = b.native_apply();
     let (ferry, rss, cores) = b.ferry_apply(&pg, &ferry_pg);
     b.assert_same("bench_single");
     out.push(Measure {
-        workload: "PG→PG single-row txns".to_owned(),
+        workload: "PG→PG single-row txns, 4 clients".to_owned(),
         anchor: "native subscription",
         rows: singles,
         ferry,
