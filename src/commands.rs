@@ -95,7 +95,7 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 .map_err(anyhow::Error::from)?,
             Err(e) => {
                 println!("  FAIL source connection: {e}");
-                println!("       fix: check the host, port, user and password in [source] url, and pg_hba.conf");
+                println!("       fix: check the host, port, user, password and sslmode/sslrootcert in [source] url, and pg_hba.conf");
                 all_ok = false;
                 continue;
             }

@@ -170,6 +170,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_sslmode_is_reported_with_its_key() {
+        let text = GOOD.replace("/shop\"", "/shop?sslmode=verify\"");
+        let errs = load(&text).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].key, "source.url");
+        assert!(
+            errs.0[0].message.contains("verify-ca or verify-full"),
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_give_the_line() {
         let errs = load("[pipeline]\nname = \n").unwrap_err();
         assert!(errs.0[0].key.starts_with("line "), "{errs}");

@@ -211,6 +211,11 @@ impl Reader<'_> {
             );
             return None;
         }
+        // The URL is parsed again at connect time; parsing it here reports a bad one with its file and key.
+        if let Err(e) = ferry_pgconn::PgUrl::parse(&url) {
+            self.error(sec.key("url"), format!("{e}"));
+            return None;
+        }
         Some(url)
     }
 

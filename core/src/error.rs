@@ -22,12 +22,23 @@ pub struct Error {
 }
 
 impl fmt::Display for Error {
+    /// The message, then each cause in turn (a TLS failure inside a connection error, say); a cause whose text
+    /// is already shown is skipped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        let mut shown = self.message.clone();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            cause = c.source();
         }
-        Ok(())
+        f.write_str(&shown)
     }
 }
 
@@ -69,3 +80,21 @@ impl Error {
 
 /// Shorthand for results carrying [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer failure")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn display_walks_the_cause_chain() {
+        let e = Error::transient(
+            "connecting",
+            Outer(std::io::Error::other("bad certificate")),
+        );
+        assert_eq!(e.to_string(), "connecting: outer failure: bad certificate");
+    }
+}

@@ -425,3 +425,123 @@ pub fn fan_out_config(pg: &PgServer, name: &str, pipeline_extra: &str, sqlite: &
         sqlite.display()
     )
 }
+
+/// A certificate authority and a server certificate it signed for 127.0.0.1 and localhost, made with the
+/// openssl command line; readable by the server user.
+pub struct TlsFiles {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsFiles {
+    pub fn new() -> TlsFiles {
+        let dir = scratch();
+        let d = dir.path();
+        let subject = |cn: &str| format!("/CN={cn}");
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                &subject("ferry test CA"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                &subject("localhost"),
+            ],
+        );
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+        std::fs::write(
+            d.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            for f in ["server.key", "server.crt", "pg_hba.conf"] {
+                std::os::unix::fs::chown(d.join(f), Some(uid), Some(gid)).unwrap();
+            }
+        }
+        TlsFiles {
+            ca: d.join("ca.crt"),
+            cert: d.join("server.crt"),
+            key: d.join("server.key"),
+            dir,
+        }
+    }
+
+    /// Server settings: TLS on, and a pg_hba.conf that accepts only TLS connections over TCP.
+    pub fn server_settings(&self) -> Vec<String> {
+        vec![
+            "wal_level=logical".to_owned(),
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", self.cert.display()),
+            format!("ssl_key_file={}", self.key.display()),
+            format!("hba_file={}", self.dir.path().join("pg_hba.conf").display()),
+        ]
+    }
+}

@@ -16,7 +16,8 @@ mod text;
 use std::collections::{HashMap, HashSet};
 
 use ferry_core::{Change, Error, Event, Position, Row, RowOp, SchemaRef, Sink, TableId};
-use tokio_postgres::{Client, NoTls, Statement};
+use ferry_pgconn::PgUrl;
+use tokio_postgres::{Client, Statement};
 use tracing::{debug, info};
 
 use crate::checkpoint;
@@ -45,18 +46,7 @@ fn write_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 
 /// Connects an ordinary client to a target database.
 pub async fn connect(url: &str) -> Result<Client, Error> {
-    let config: tokio_postgres::Config =
-        url.parse().map_err(|e| Error::fatal_from("sink url", e))?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| Error::transient("cannot connect to the target database", e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "target connection closed");
-        }
-    });
-    Ok(client)
+    PgUrl::parse(url)?.connect("the target database").await
 }
 
 /// The kind of a set-based statement; a group holds consecutive rows of one table and kind.

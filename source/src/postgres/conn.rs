@@ -8,11 +8,12 @@ use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
+use ferry_pgconn::{MaybeTlsStream, PgUrl};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 use ferry_core::Error;
 
@@ -22,7 +23,7 @@ const SESSION_OPTIONS: &str =
 
 /// A connection in replication mode.
 pub struct ReplicationConn {
-    stream: TcpStream,
+    stream: MaybeTlsStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
 }
@@ -58,16 +59,9 @@ fn io_error(e: io::Error) -> Error {
 }
 
 impl ReplicationConn {
-    /// Connects with `replication=database` to the database of `config` (parsed from the source URL).
-    pub async fn connect(
-        config: &tokio_postgres::Config,
-        application_name: &str,
-    ) -> Result<Self, Error> {
-        if matches!(config.get_ssl_mode(), SslMode::Require) {
-            return Err(Error::fatal(
-                "sslmode=require is not supported yet by Ferry's replication connection; use sslmode=disable or prefer",
-            ));
-        }
+    /// Connects with `replication=database` to the database of `url`, over TLS as its `sslmode` says.
+    pub async fn connect(url: &PgUrl, application_name: &str) -> Result<Self, Error> {
+        let config = &url.config;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(_)) => {
@@ -84,6 +78,7 @@ impl ReplicationConn {
                 Error::transient(format!("cannot connect to PostgreSQL at {host}:{port}"), e)
             })?;
         stream.set_nodelay(true).map_err(io_error)?;
+        let stream = url.negotiate(stream, &host).await?;
         let mut conn = ReplicationConn {
             stream,
             read_buf: BytesMut::with_capacity(1 << 16),

@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use ferry_config::{PostgresSource, SnapshotMode};
 use ferry_core::{Error, Event, Lsn, PipelineState, PipelineStats, Position};
+use ferry_pgconn::PgUrl;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 pub use check::{check_prerequisites, CheckOutcome};
@@ -40,18 +41,7 @@ const SESSION_SQL: &str =
 
 /// Opens an ordinary connection (catalog queries, snapshot copies, heartbeats).
 pub async fn connect_client(url: &str) -> Result<Client, Error> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::fatal_from("source url", e))?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| Error::transient("cannot connect to the source database", e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "source connection closed");
-        }
-    });
+    let client = PgUrl::parse(url)?.connect("the source database").await?;
     client
         .batch_execute(SESSION_SQL)
         .await
@@ -91,10 +81,7 @@ pub async fn run(
     check::require_logical_wal(&client).await?;
     slot::ensure_publication(&client, &cfg.publication, cfg.tables.as_deref()).await?;
     let mut catalog = Catalog::new(client);
-    let url_config: tokio_postgres::Config = cfg
-        .url
-        .parse()
-        .map_err(|e| Error::fatal_from("source url", e))?;
+    let url_config = PgUrl::parse(&cfg.url)?;
     let application_name = format!("ferry_{}", settings.pipeline);
 
     let start = match resume {

@@ -1,0 +1,265 @@
+//! PostgreSQL connection settings shared by the source and the sink.
+//!
+//! ```text
+//! postgres://user@host/db?sslmode=verify-full&sslrootcert=ca.pem
+//!        └─► PgUrl { config: tokio_postgres::Config, ssl: SslMode, root_cert }
+//!                 ├─► connect(): tokio-postgres client, TLS through tokio-postgres-rustls
+//!                 └─► negotiate(): SSLRequest on a raw TcpStream, for the replication connection
+//! ```
+//!
+//! `sslmode` takes libpq's values with libpq's meaning: `disable`, `prefer` (the default: TLS when the server offers
+//! it, without verifying the certificate), `require` (TLS or fail, no verification), `verify-ca` (the chain must
+//! lead to `sslrootcert`), `verify-full` (and the certificate must name the host). tokio-postgres parses only the
+//! first three, so both TLS keys are taken out of the URL before it is handed on.
+
+mod stream;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_core::Error;
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::Client;
+
+pub use stream::MaybeTlsStream;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The values `sslmode` accepts, for error messages.
+    pub const EXPECTED: &'static str = "disable, prefer, require, verify-ca or verify-full";
+
+    pub fn parse(value: &str) -> Option<SslMode> {
+        Some(match value {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// A parsed PostgreSQL URL.
+#[derive(Debug, Clone)]
+pub struct PgUrl {
+    pub config: tokio_postgres::Config,
+    pub ssl: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Decodes `%XX` escapes of a URL query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl PgUrl {
+    pub fn parse(url: &str) -> Result<PgUrl, Error> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut ssl = SslMode::Prefer;
+        let mut root_cert = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "sslmode" => {
+                    ssl = SslMode::parse(&percent_decode(value)).ok_or_else(|| {
+                        Error::fatal(format!(
+                            "sslmode={value} in a PostgreSQL URL: expected {}",
+                            SslMode::EXPECTED
+                        ))
+                    })?;
+                }
+                "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(value))),
+                _ => rest.push(pair),
+            }
+        }
+        let stripped = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let mut config: tokio_postgres::Config = stripped
+            .parse()
+            .map_err(|e| Error::fatal_from("PostgreSQL URL", e))?;
+        config.ssl_mode(match ssl {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        Ok(PgUrl {
+            config,
+            ssl,
+            root_cert,
+        })
+    }
+
+    /// The rustls configuration for this URL's `sslmode` (`None` for `disable`).
+    pub fn tls_config(&self) -> Result<Option<Arc<ClientConfig>>, Error> {
+        if self.ssl == SslMode::Disable {
+            return Ok(None);
+        }
+        let verifier = if self.ssl.verifies() {
+            let path = self.root_cert.clone().unwrap_or_else(default_root_cert);
+            verify::trusting(&path, self.ssl == SslMode::VerifyFull)?
+        } else {
+            verify::encrypt_only()
+        };
+        let config = ClientConfig::builder_with_provider(verify::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::fatal_from("TLS setup", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Some(Arc::new(config)))
+    }
+
+    /// Opens an ordinary connection and drives it on a background task.
+    pub async fn connect(&self, what: &str) -> Result<Client, Error> {
+        let cannot = |e| Error::transient(format!("cannot connect to {what}"), e);
+        let client = match self.tls_config()? {
+            None => {
+                let (client, connection) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(cannot)?;
+                spawn_connection(connection);
+                client
+            }
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                let (client, connection) = self.config.connect(tls).await.map_err(cannot)?;
+                spawn_connection(connection);
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    /// Asks the server for TLS on a fresh TCP connection (PostgreSQL's SSLRequest) as `sslmode` says: `host` is
+    /// the name the certificate must carry under `verify-full`.
+    pub async fn negotiate(&self, mut tcp: TcpStream, host: &str) -> Result<MaybeTlsStream, Error> {
+        let Some(tls) = self.tls_config()? else {
+            return Ok(MaybeTlsStream::Plain(tcp));
+        };
+        let io = |e| Error::transient("TLS negotiation with PostgreSQL", e);
+        // SSLRequest: length 8, code 80877103.
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .map_err(io)?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.map_err(io)?;
+        if answer[0] != b'S' {
+            if self.ssl == SslMode::Prefer {
+                return Ok(MaybeTlsStream::Plain(tcp));
+            }
+            return Err(Error::fatal(format!(
+                "the server at {host} does not offer TLS, but the URL asks for sslmode={}; turn on ssl in postgresql.conf or lower sslmode",
+                match self.ssl {
+                    SslMode::Require => "require",
+                    SslMode::VerifyCa => "verify-ca",
+                    _ => "verify-full",
+                }
+            )));
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| Error::fatal_from(format!("{host:?} as a TLS server name"), e))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    Error::fatal_from(format!("TLS handshake with {host}"), e)
+                } else {
+                    Error::transient(format!("TLS handshake with {host}"), e)
+                }
+            })?;
+        Ok(MaybeTlsStream::Tls(Box::new(stream)))
+    }
+}
+
+/// libpq's default root certificate file.
+fn default_root_cert() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    PathBuf::from(home).join(".postgresql").join("root.crt")
+}
+
+fn spawn_connection<C>(connection: C)
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_keys_are_taken_out_of_the_url() {
+        let url = PgUrl::parse(
+            "postgres://u@h:5433/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(url.ssl, SslMode::VerifyFull);
+        assert_eq!(url.root_cert, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(url.config.get_dbname(), Some("db"));
+        assert_eq!(url.config.get_application_name(), Some("x"));
+        assert_eq!(
+            PgUrl::parse("postgres://h/db").unwrap().ssl,
+            SslMode::Prefer
+        );
+        let err = PgUrl::parse("postgres://h/db?sslmode=always").unwrap_err();
+        assert!(err.to_string().contains("verify-full"), "{err}");
+    }
+
+    #[test]
+    fn verifying_modes_need_a_readable_root_certificate() {
+        let url =
+            PgUrl::parse("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent.pem").unwrap();
+        let err = url.tls_config().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent.pem"), "{err}");
+        assert!(PgUrl::parse("postgres://h/db?sslmode=require")
+            .unwrap()
+            .tls_config()
+            .unwrap()
+            .is_some());
+    }
+}
