@@ -313,6 +313,26 @@ impl ReplicationConn {
         }
     }
 
+    /// A CopyData payload already complete in the read buffer, without waiting: the streaming loop drains these
+    /// without the cost of a `select!` per message.
+    pub fn buffered_copy_data(&mut self) -> Option<Bytes> {
+        if self.read_buf.len() < 5 || self.read_buf[0] != b'd' {
+            return None;
+        }
+        let len = u32::from_be_bytes([
+            self.read_buf[1],
+            self.read_buf[2],
+            self.read_buf[3],
+            self.read_buf[4],
+        ]) as usize;
+        if len < 4 || self.read_buf.len() <= len {
+            return None;
+        }
+        let mut frame = self.read_buf.split_to(len + 1);
+        frame.advance(5);
+        Some(frame.freeze())
+    }
+
     /// Sends one CopyData message (a standby status update).
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), Error> {
         self.write_buf.extend_from_slice(b"d");

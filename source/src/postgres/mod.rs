@@ -160,6 +160,7 @@ pub async fn run(
         schema_versions: 0,
         in_transaction: false,
         stats,
+        received: 0,
     };
     streamer.run(&cfg.slot, &cfg.publication, start).await?;
     Ok(SourceExit::Shutdown)

@@ -37,6 +37,9 @@ pub enum StreamEnd {
     Shutdown,
 }
 
+/// How many messages or events the loop handles back to back before it looks at shutdown and the status tick.
+const FAST_PATH_LIMIT: u32 = 256;
+
 enum Step {
     Shutdown,
     Tick,
@@ -56,6 +59,8 @@ pub(crate) struct Streamer {
     pub schema_versions: u64,
     pub in_transaction: bool,
     pub stats: Arc<PipelineStats>,
+    /// XLogData messages received; the status tick compares it to notice an idle source.
+    pub received: u64,
 }
 
 fn now_unix_micros() -> i64 {
@@ -104,8 +109,34 @@ impl Streamer {
         let mut pending: VecDeque<Event> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When data last arrived, as seen at the status ticks (a clock read per message costs too much).
         let mut last_data = Instant::now();
+        let mut received_at_tick = self.received;
+        // Messages handled without a `select!`; after FAST_PATH_LIMIT in a row the loop takes the `select!` once,
+        // so shutdown and the status tick are never starved by a flood.
+        let mut fast = 0u32;
         loop {
+            if fast < FAST_PATH_LIMIT {
+                fast += 1;
+                if let Some(event) = pending.pop_front() {
+                    match self.events.try_reserve() {
+                        Ok(permit) => {
+                            permit.send(event);
+                            continue;
+                        }
+                        Err(mpsc::error::TrySendError::Full(())) => pending.push_front(event),
+                        Err(mpsc::error::TrySendError::Closed(())) => {
+                            return Err(Error::fatal(
+                                "the pipeline stopped while the source was running",
+                            ))
+                        }
+                    }
+                } else if let Some(data) = self.conn.buffered_copy_data() {
+                    self.on_copy_data(&data, &mut pending).await?;
+                    continue;
+                }
+            }
+            fast = 0;
             if let Some(event) = pending.pop_front() {
                 let step = tokio::select! {
                     biased;
@@ -139,6 +170,10 @@ impl Streamer {
                 Step::Shutdown => return self.finish().await,
                 Step::Tick => {
                     self.send_status(false).await?;
+                    if self.received != received_at_tick {
+                        received_at_tick = self.received;
+                        last_data = Instant::now();
+                    }
                     if let Some(interval) = self.heartbeat_interval {
                         if !self.in_transaction && last_data.elapsed() >= interval {
                             self.emit_heartbeat().await?;
@@ -153,23 +188,7 @@ impl Streamer {
                         std::io::Error::other("CopyDone"),
                     ));
                 }
-                Step::Data(Some(data)) => {
-                    match ReplicationMessage::parse(&data)
-                        .map_err(|e| Error::fatal_from("reading the replication stream", e))?
-                    {
-                        ReplicationMessage::XLogData { data, .. } => {
-                            last_data = Instant::now();
-                            self.handle(data, &mut pending).await?;
-                        }
-                        ReplicationMessage::Keepalive {
-                            reply_requested, ..
-                        } => {
-                            if reply_requested {
-                                self.send_status(false).await?;
-                            }
-                        }
-                    }
-                }
+                Step::Data(Some(data)) => self.on_copy_data(&data, &mut pending).await?,
             }
         }
     }
@@ -199,6 +218,30 @@ impl Streamer {
         info!(lsn = %self.acked_lsn(), "sent final status update");
         self.conn.terminate().await;
         Ok(StreamEnd::Shutdown)
+    }
+
+    /// Handles one CopyData message.
+    async fn on_copy_data(
+        &mut self,
+        data: &[u8],
+        pending: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
+        match ReplicationMessage::parse(data)
+            .map_err(|e| Error::fatal_from("reading the replication stream", e))?
+        {
+            ReplicationMessage::XLogData { data, .. } => {
+                self.received += 1;
+                self.handle(data, pending).await
+            }
+            ReplicationMessage::Keepalive {
+                reply_requested, ..
+            } => {
+                if reply_requested {
+                    self.send_status(false).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn emit_heartbeat(&mut self) -> Result<(), Error> {
