@@ -348,6 +348,16 @@ impl Drop for Ferry {
     }
 }
 
+/// The peak resident set of a running process in kB, from the kernel's high-water mark (0 if unreadable).
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Polls `check` until it returns true or `timeout` passes; returns whether it succeeded.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -189,16 +189,16 @@ impl ReplicationConn {
         Ok(())
     }
 
+    /// The length field of the frame at the start of the read buffer, once its header is there.
+    fn buffered_frame_len(&self) -> Option<usize> {
+        let header = self.read_buf.get(..5)?;
+        Some(u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize)
+    }
+
     /// Reads one frame. Cancel-safe: bytes read so far stay in `read_buf`.
     async fn next_frame(&mut self) -> Result<Frame, Error> {
         loop {
-            if self.read_buf.len() >= 5 {
-                let len = u32::from_be_bytes([
-                    self.read_buf[1],
-                    self.read_buf[2],
-                    self.read_buf[3],
-                    self.read_buf[4],
-                ]) as usize;
+            if let Some(len) = self.buffered_frame_len() {
                 if len < 4 {
                     return Err(protocol_error(format!("invalid message length {len}")));
                 }
@@ -316,16 +316,8 @@ impl ReplicationConn {
     /// A CopyData payload already complete in the read buffer, without waiting: the streaming loop drains these
     /// without the cost of a `select!` per message.
     pub fn buffered_copy_data(&mut self) -> Option<Bytes> {
-        if self.read_buf.len() < 5 || self.read_buf[0] != b'd' {
-            return None;
-        }
-        let len = u32::from_be_bytes([
-            self.read_buf[1],
-            self.read_buf[2],
-            self.read_buf[3],
-            self.read_buf[4],
-        ]) as usize;
-        if len < 4 || self.read_buf.len() <= len {
+        let len = self.buffered_frame_len()?;
+        if self.read_buf[0] != b'd' || len < 4 || self.read_buf.len() <= len {
             return None;
         }
         let mut frame = self.read_buf.split_to(len + 1);
