@@ -555,3 +555,137 @@ impl TlsFiles {
         ]
     }
 }
+
+/// A running throwaway MariaDB server (Debian's `mariadb-server`), configured as the MySQL source needs it: row
+/// binlog with full images and full row metadata, a server id, GTIDs. The packaged service is not used (it may not
+/// start in containers): `mariadb-install-db` into a temp dir, then `mariadbd` on a free 127.0.0.1 port.
+pub struct MariaDbServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl MariaDbServer {
+    pub fn start() -> MariaDbServer {
+        for tool in [
+            "/usr/sbin/mariadbd",
+            "/usr/bin/mariadb-install-db",
+            "/usr/bin/mariadb",
+        ] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: run scripts/setup (installs mariadb-server)"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-mariadb-")
+            .tempdir()
+            .expect("temp dir");
+        let root = is_root();
+        if root {
+            let out = Command::new("chown")
+                .args(["mysql:mysql"])
+                .arg(dir.path())
+                .output()
+                .expect("chown");
+            assert!(out.status.success(), "chown to mysql failed");
+        }
+        let data = dir.path().join("data");
+        let mut install = Command::new("/usr/bin/mariadb-install-db");
+        install
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        if root {
+            install.arg("--user=mysql");
+        }
+        let out = install.output().expect("run mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let d = dir.path();
+        let mut server = Command::new("/usr/sbin/mariadbd");
+        server
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", d.join("mariadb.sock").display()))
+            .arg(format!("--pid-file={}", d.join("mariadb.pid").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--log-bin={}", d.join("binlog").display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--server-id=1",
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-row-metadata=FULL",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--sync-binlog=0",
+                "--skip-name-resolve",
+            ]);
+        if root {
+            server.arg("--user=mysql");
+        }
+        let child = server
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let server = MariaDbServer {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.try_sql("SELECT 1").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd did not start: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// A URL for `db` as root.
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL with the mariadb client; tab-separated rows without headers.
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("mariadb failed on {sql}: {e}"))
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("/usr/bin/mariadb")
+            .args(["--no-defaults", "-h", "127.0.0.1", "-u", "root", "-N", "-B"])
+            .args(["-P", &self.port.to_string(), "-e", sql])
+            .output()
+            .expect("run mariadb");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+}
+
+impl Drop for MariaDbServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
