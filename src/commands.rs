@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::http::LiveStatus;
-use crate::runtime::{load_configs, run_pipeline};
+use crate::runtime::{load_configs, run_pipeline, MYSQL_NOT_RUNNABLE};
 
 /// `ferry run`: every pipeline until SIGTERM / SIGINT, then a graceful stop.
 pub async fn run(files: &[PathBuf], http: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
@@ -88,14 +88,18 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut all_ok = true;
     for p in &pipelines {
         println!("pipeline {} ({})", p.name, p.file.display());
-        let SourceConfig::Postgres(source) = &p.source;
-        let outcomes = match pg::connect_client(&source.url).await {
-            Ok(client) => pg::check_prerequisites(&client, source)
-                .await
-                .map_err(anyhow::Error::from)?,
+        let outcomes = match &p.source {
+            SourceConfig::Postgres(source) => match pg::connect_client(&source.url).await {
+                Ok(client) => pg::check_prerequisites(&client, source).await,
+                Err(e) => Err(e),
+            },
+            SourceConfig::Mysql(source) => ferry_source::mysql::check_prerequisites(source).await,
+        };
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
             Err(e) => {
-                println!("  FAIL source connection: {e}");
-                println!("       fix: check the host, port, user, password and sslmode/sslrootcert in [source] url, and pg_hba.conf");
+                println!("  FAIL source: {e}");
+                println!("       fix: check the host, port, user, password and TLS settings in [source] url, and that the server lets this user in from here");
                 all_ok = false;
                 continue;
             }
@@ -180,7 +184,10 @@ pub async fn status(
     };
     for p in &pipelines {
         let process = live.iter().find(|l| l.pipeline == p.name);
-        let SourceConfig::Postgres(source) = &p.source;
+        let SourceConfig::Postgres(source) = &p.source else {
+            println!("pipeline {}: {MYSQL_NOT_RUNNABLE}", p.name);
+            continue;
+        };
         let client = pg::connect_client(&source.url)
             .await
             .context("connecting to the source")?;
@@ -302,7 +309,10 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     for p in &pipelines {
-        let SourceConfig::Postgres(source) = &p.source;
+        let SourceConfig::Postgres(source) = &p.source else {
+            println!("pipeline {}: {MYSQL_NOT_RUNNABLE}", p.name);
+            continue;
+        };
         let dropped = pg::reset(source).await?;
         println!(
             "pipeline {}: slot {} {}",

@@ -23,6 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+/// What `run`, `status` and `reset` say for a MySQL source until its streaming is built.
+pub const MYSQL_NOT_RUNNABLE: &str =
+    "the MySQL source can be checked (ferry check) but not run yet: reading the binlog is not built";
+
 /// Events buffered between the source and the batcher.
 const EVENT_CHANNEL: usize = 4096;
 
@@ -188,7 +192,10 @@ async fn run_once(
         stats.clone(),
     ));
 
-    let SourceConfig::Postgres(source) = &config.source;
+    let source = match &config.source {
+        SourceConfig::Postgres(source) => source,
+        SourceConfig::Mysql(_) => return Err(Error::fatal(MYSQL_NOT_RUNNABLE)),
+    };
     let settings = PgSourceSettings {
         pipeline: config.name.clone(),
         config: source.clone(),

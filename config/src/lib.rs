@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use env::{expand, ExpandError};
 pub use model::{
-    FilterConfig, PipelineConfig, PostgresSource, SinkConfig, SinkKind, SnapshotMode, SourceConfig,
+    FilterConfig, MysqlSource, PipelineConfig, PostgresSource, SinkConfig, SinkKind, SnapshotMode,
+    SourceConfig,
 };
 pub use validate::parse_duration;
 
@@ -108,7 +109,9 @@ mod tests {
     fn reads_a_complete_pipeline() {
         let p = load(GOOD).unwrap();
         assert_eq!(p.name, "orders");
-        let SourceConfig::Postgres(pg) = &p.source;
+        let SourceConfig::Postgres(pg) = &p.source else {
+            panic!("not a PostgreSQL source")
+        };
         assert_eq!(pg.url, "postgres://ferry:pw@127.0.0.1:5432/shop");
         assert_eq!(pg.slot, "ferry_orders");
         assert_eq!(pg.snapshot, SnapshotMode::Initial);
@@ -177,6 +180,27 @@ mod tests {
         assert_eq!(errs.0[0].key, "source.url");
         assert!(
             errs.0[0].message.contains("verify-ca or verify-full"),
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn reads_a_mysql_source() {
+        let text = GOOD
+            .replace("type = \"postgres\"", "type = \"mysql\"\nserver_id = 4242")
+            .replace(
+                "postgres://ferry:${PW}@127.0.0.1:5432",
+                "mysql://ferry@127.0.0.1:3306",
+            );
+        assert_ne!(text, GOOD, "the replacement must hit");
+        let p = load(&text).unwrap();
+        let SourceConfig::Mysql(my) = &p.source else {
+            panic!("not a MySQL source: {:?}", p.source)
+        };
+        assert_eq!(my.server_id, Some(4242));
+        let errs = load(&text.replace("mysql://", "http://")).unwrap_err();
+        assert!(
+            errs.to_string().contains("mysql:// or mariadb://"),
             "{errs}"
         );
     }

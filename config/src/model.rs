@@ -26,6 +26,19 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     Postgres(PostgresSource),
+    Mysql(MysqlSource),
+}
+
+/// A MySQL / MariaDB row-binlog source (so far `ferry check` only; streaming is the MySQL-source issue's work).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MysqlSource {
+    /// `mysql://user:pw@host:3306/db`.
+    pub url: String,
+    /// Tables as `database.table`; `None`: every table of the URL's database.
+    pub tables: Option<Vec<TableId>>,
+    pub snapshot: SnapshotMode,
+    /// The replica server id Ferry registers with; `None`: derived from the pipeline name.
+    pub server_id: Option<u32>,
 }
 
 /// A PostgreSQL logical-replication source.

@@ -345,6 +345,7 @@ pub fn validate(
     let filter = FilterConfig {
         include_tables: match &source {
             Some(SourceConfig::Postgres(pg)) => pg.tables.clone(),
+            Some(SourceConfig::Mysql(my)) => my.tables.clone(),
             None => None,
         },
         ..filter
@@ -371,26 +372,12 @@ pub fn validate(
 }
 
 fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option<SourceConfig> {
-    let ty = r.required_string(&mut s, "type", "\"postgres\"");
+    let ty = r.required_string(&mut s, "type", "\"postgres\" or \"mysql\"");
     let result = match ty.as_deref() {
         Some("postgres") => {
             let url = r.postgres_url(&mut s);
             let tables = r.table_list(&mut s, "tables");
-            let snapshot = match r
-                .string(&mut s, "snapshot", "\"initial\", \"never\" or \"only\"")
-                .as_deref()
-            {
-                None | Some("initial") => Some(SnapshotMode::Initial),
-                Some("never") => Some(SnapshotMode::Never),
-                Some("only") => Some(SnapshotMode::Only),
-                Some(other) => {
-                    r.error(
-                        s.key("snapshot"),
-                        format!("expected \"initial\", \"never\" or \"only\", found {other:?}"),
-                    );
-                    None
-                }
-            };
+            let snapshot = read_snapshot_mode(r, &mut s);
             let default_name = format!("ferry_{pipeline}");
             let slot = r
                 .string(&mut s, "slot", "a slot name")
@@ -406,10 +393,36 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 publication,
             }))
         }
+        Some("mysql") => {
+            let url =
+                r.required_string(&mut s, "url", "a URL such as \"mysql://user@host:3306/db\"");
+            let url = url.filter(|u| {
+                let ok = u.starts_with("mysql://") || u.starts_with("mariadb://");
+                if !ok {
+                    r.error(
+                        s.key("url"),
+                        "expected a URL starting with mysql:// or mariadb://",
+                    );
+                }
+                ok
+            });
+            let tables = r.table_list(&mut s, "tables");
+            let snapshot = read_snapshot_mode(r, &mut s);
+            let server_id = match s.table.get("server_id") {
+                None => Some(None),
+                Some(_) => r.positive_int(&mut s, "server_id").map(|n| Some(n as u32)),
+            };
+            Some(SourceConfig::Mysql(MysqlSource {
+                url: url?,
+                tables,
+                snapshot: snapshot?,
+                server_id: server_id?,
+            }))
+        }
         Some(other) => {
             r.error(
                 s.key("type"),
-                format!("expected \"postgres\", found {other:?}"),
+                format!("expected \"postgres\" or \"mysql\", found {other:?}"),
             );
             None
         }
@@ -417,6 +430,24 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
     };
     r.finish(s);
     result
+}
+
+fn read_snapshot_mode(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SnapshotMode> {
+    match r
+        .string(s, "snapshot", "\"initial\", \"never\" or \"only\"")
+        .as_deref()
+    {
+        None | Some("initial") => Some(SnapshotMode::Initial),
+        Some("never") => Some(SnapshotMode::Never),
+        Some("only") => Some(SnapshotMode::Only),
+        Some(other) => {
+            r.error(
+                s.key("snapshot"),
+                format!("expected \"initial\", \"never\" or \"only\", found {other:?}"),
+            );
+            None
+        }
+    }
 }
 
 fn read_filter(r: &mut Reader<'_>, mut f: Section<'_>) -> FilterConfig {

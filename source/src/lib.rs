@@ -1,4 +1,8 @@
 //! Ferry's sources. Each source emits [`ferry_core::Event`]s in commit order and acknowledges upstream only the
 //! position the sinks report as durable.
 
+pub mod check;
+pub mod mysql;
 pub mod postgres;
+
+pub use check::CheckOutcome;

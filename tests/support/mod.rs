@@ -567,6 +567,11 @@ pub struct MariaDbServer {
 
 impl MariaDbServer {
     pub fn start() -> MariaDbServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `mariadbd` options (later options override the defaults).
+    pub fn start_with(extra: &[&str]) -> MariaDbServer {
         for tool in [
             "/usr/sbin/mariadbd",
             "/usr/bin/mariadb-install-db",
@@ -595,7 +600,9 @@ impl MariaDbServer {
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            // Its own tmpdir: bootstraps running in parallel collide on temporary tables in /tmp.
+            .arg(format!("--tmpdir={}", dir.path().display()));
         if root {
             install.arg("--user=mysql");
         }
@@ -615,6 +622,7 @@ impl MariaDbServer {
             .arg(format!("--pid-file={}", d.join("mariadb.pid").display()))
             .arg(format!("--log-error={}", d.join("error.log").display()))
             .arg(format!("--log-bin={}", d.join("binlog").display()))
+            .arg(format!("--tmpdir={}", d.display()))
             .arg(format!("--port={port}"))
             .args([
                 "--bind-address=127.0.0.1",
@@ -629,6 +637,7 @@ impl MariaDbServer {
         if root {
             server.arg("--user=mysql");
         }
+        server.args(extra);
         let child = server
             .stdout(Stdio::null())
             .stderr(Stdio::null())

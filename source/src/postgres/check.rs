@@ -5,39 +5,7 @@ use ferry_core::{Error, TableId};
 use tokio_postgres::Client;
 
 use super::slot::quote_ident;
-
-/// The result of one prerequisite check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckOutcome {
-    pub name: String,
-    pub ok: bool,
-    /// What was found.
-    pub detail: String,
-    /// What to run or set when the check fails.
-    pub fix: Option<String>,
-}
-
-fn pass(name: impl Into<String>, detail: impl Into<String>) -> CheckOutcome {
-    CheckOutcome {
-        name: name.into(),
-        ok: true,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn fail(
-    name: impl Into<String>,
-    detail: impl Into<String>,
-    fix: impl Into<String>,
-) -> CheckOutcome {
-    CheckOutcome {
-        name: name.into(),
-        ok: false,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
-}
+use crate::check::{fail, pass, CheckOutcome};
 
 fn query_error(e: tokio_postgres::Error) -> Error {
     Error::transient("checking source prerequisites", e)

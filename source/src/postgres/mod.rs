@@ -27,7 +27,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-pub use check::{check_prerequisites, CheckOutcome};
+pub use crate::check::CheckOutcome;
+pub use check::check_prerequisites;
 pub use decode::{decode_text, ValueError};
 pub use slot::{quote_ident, slot_info, SlotInfo};
 
