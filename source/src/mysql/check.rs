@@ -11,13 +11,11 @@ fn query_error(what: &str) -> impl Fn(mysql_async::Error) -> Error + '_ {
     move |e| Error::transient(format!("reading {what} from the MySQL source"), e)
 }
 
-/// One server variable as text (`None` when this server version does not have it).
-async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>, Error> {
+/// One server variable as text (`None` when this server version does not have it). `SHOW GLOBAL VARIABLES`
+/// works on MySQL 5.x, 8.x and MariaDB alike (information_schema.GLOBAL_VARIABLES is gone in MySQL 8).
+async fn variable(conn: &mut Conn, name: &'static str) -> Result<Option<String>, Error> {
     let row: Option<(String, Option<String>)> = conn
-        .exec_first(
-            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = ?",
-            (name.to_uppercase(),),
-        )
+        .query_first(format!("SHOW GLOBAL VARIABLES LIKE '{name}'"))
         .await
         .map_err(query_error(name))?;
     Ok(row.and_then(|(_, v)| v))
