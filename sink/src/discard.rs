@@ -32,19 +32,19 @@ impl Sink for DiscardSink {
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
-        match std::fs::read_to_string(&self.file) {
-            Ok(text) => text.trim().parse().map(Some).map_err(|e| {
-                Error::fatal_from(
-                    format!(
-                        "the checkpoint file {} is not a position",
-                        self.file.display()
-                    ),
-                    e,
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io_error("reading the checkpoint file", e)),
-        }
+        read_checkpoint(&self.file)?
+            .map(|(text, _)| {
+                text.parse().map_err(|e| {
+                    Error::fatal_from(
+                        format!(
+                            "the checkpoint file {} is not a position",
+                            self.file.display()
+                        ),
+                        e,
+                    )
+                })
+            })
+            .transpose()
     }
 
     async fn apply(&mut self, _events: &[Event], commit: Option<&Position>) -> Result<(), Error> {

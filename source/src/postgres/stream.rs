@@ -37,6 +37,10 @@ pub enum StreamEnd {
     Shutdown,
 }
 
+fn pipeline_stopped() -> Error {
+    Error::fatal("the pipeline stopped while the source was running")
+}
+
 /// How many messages or events the loop handles back to back before it looks at shutdown and the status tick.
 const FAST_PATH_LIMIT: u32 = 256;
 
@@ -126,9 +130,7 @@ impl Streamer {
                         }
                         Err(mpsc::error::TrySendError::Full(())) => pending.push_front(event),
                         Err(mpsc::error::TrySendError::Closed(())) => {
-                            return Err(Error::fatal(
-                                "the pipeline stopped while the source was running",
-                            ))
+                            return Err(pipeline_stopped())
                         }
                     }
                 } else if let Some(data) = self.conn.buffered_copy_data() {
@@ -150,7 +152,7 @@ impl Streamer {
                             permit.send(event);
                             Step::Continue
                         }
-                        Err(_) => return Err(Error::fatal("the pipeline stopped while the source was running")),
+                        Err(_) => return Err(pipeline_stopped()),
                     },
                 };
                 match step {
