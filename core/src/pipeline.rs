@@ -26,6 +26,24 @@ use crate::stats::PipelineStats;
 /// Applies transforms, cuts batches and hands each batch to every sink. Returns when `input` closes, after
 /// handing on the last batch; dropping the outputs then tells the sinks to finish.
 pub async fn run_batcher(
+    input: mpsc::Receiver<Event>,
+    transforms: Vec<Box<dyn Transform>>,
+    limits: BatchLimits,
+    outputs: Vec<mpsc::Sender<Arc<Batch>>>,
+    stats: Arc<PipelineStats>,
+) -> Result<()> {
+    match cut_batches(input, transforms, limits, outputs, stats).await {
+        // Only the symptom of a failed sink: stop quietly so that the sink's own error, which may be transient
+        // (a target restart), decides what the runtime does.
+        Err(e) if e.source.as_deref().is_some_and(|s| s.is::<SinkGone>()) => {
+            debug!("a sink stopped; the batcher stops too");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn cut_batches(
     mut input: mpsc::Receiver<Event>,
     mut transforms: Vec<Box<dyn Transform>>,
     limits: BatchLimits,
@@ -85,12 +103,17 @@ pub async fn run_batcher(
     Ok(())
 }
 
+/// A sink's input closed: that sink failed, and its own task reports why.
+#[derive(Debug, thiserror::Error)]
+#[error("its input closed")]
+struct SinkGone;
+
 async fn send(outputs: &[mpsc::Sender<Arc<Batch>>], batch: Batch) -> Result<()> {
     let batch = Arc::new(batch);
     for out in outputs {
-        out.send(batch.clone())
-            .await
-            .map_err(|_| Error::fatal("a sink stopped while the pipeline was running"))?;
+        out.send(batch.clone()).await.map_err(|_| {
+            Error::fatal_from("a sink stopped while the pipeline was running", SinkGone)
+        })?;
     }
     Ok(())
 }
@@ -332,6 +355,22 @@ mod tests {
         assert_eq!(*rx.borrow(), Some(pg(5)));
         tracker.report(1, pg(12));
         assert_eq!(*rx.borrow(), Some(pg(9)));
+    }
+
+    #[tokio::test]
+    async fn batcher_stops_quietly_when_a_sink_is_gone() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, out_rx) = mpsc::channel(1);
+        drop(out_rx);
+        let limits = BatchLimits {
+            max_events: 1,
+            ..BatchLimits::default()
+        };
+        let stats = Arc::new(PipelineStats::new("p", &[]));
+        let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx], stats));
+        tx.send(Event::Heartbeat { position: pg(3) }).await.unwrap();
+        // The failed sink's own error is the cause the runtime acts on; the batcher adds none.
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]
