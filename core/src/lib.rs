@@ -11,6 +11,7 @@
 //! acknowledges a position upstream only once every sink has made it durable.
 
 pub mod batch;
+pub mod binlog_position;
 pub mod error;
 pub mod event;
 pub mod pipeline;
@@ -22,10 +23,13 @@ pub mod temporal;
 pub mod value;
 
 pub use batch::{Batch, BatchLimits};
+pub use binlog_position::{
+    BinlogFilePos, BinlogPosition, GtidState, MariaGtid, MariaGtidList, MysqlGtidSet,
+};
 pub use error::{Error, ErrorClass, Result};
 pub use event::{Change, Event, Row, RowOp};
 pub use position::{Lsn, Position};
-pub use schema::{Column, ColumnType, SchemaRef, TableId, TableSchema};
+pub use schema::{Column, ColumnType, Dialect, SchemaRef, TableId, TableSchema};
 pub use sink::{Sink, Transform};
 pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};

@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::binlog_position::BinlogPosition;
+
 /// A PostgreSQL write-ahead-log location, displayed as PostgreSQL does (`16/B374D848`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
@@ -34,14 +36,20 @@ pub struct ParsePositionError {
     expected: &'static str,
 }
 
+impl ParsePositionError {
+    pub(crate) fn new(input: &str, expected: &'static str) -> Self {
+        ParsePositionError {
+            input: input.to_owned(),
+            expected,
+        }
+    }
+}
+
 impl FromStr for Lsn {
     type Err = ParsePositionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParsePositionError {
-            input: s.to_owned(),
-            expected: "an LSN such as 16/B374D848",
-        };
+        let err = || ParsePositionError::new(s, "an LSN such as 16/B374D848");
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
@@ -57,6 +65,8 @@ pub enum Position {
     /// PostgreSQL: the end LSN of a transaction's commit record. Restarting the slot there replays only
     /// transactions that committed after it.
     Pg(Lsn),
+    /// MySQL / MariaDB: the binlog offset just past a transaction's commit event, with the GTID state after it.
+    Binlog(BinlogPosition),
 }
 
 /// Two positions of different kinds were compared.
@@ -72,6 +82,17 @@ impl Position {
     pub fn try_cmp(&self, other: &Position) -> Result<Ordering, IncomparablePositions> {
         match (self, other) {
             (Position::Pg(a), Position::Pg(b)) => Ok(a.cmp(b)),
+            (Position::Binlog(a), Position::Binlog(b)) => {
+                a.pos.try_cmp(&b.pos).ok_or_else(|| self.incomparable(other))
+            }
+            _ => Err(self.incomparable(other)),
+        }
+    }
+
+    fn incomparable(&self, other: &Position) -> IncomparablePositions {
+        IncomparablePositions {
+            left: self.to_string(),
+            right: other.to_string(),
         }
     }
 
@@ -79,6 +100,7 @@ impl Position {
     pub fn as_lsn(&self) -> Option<Lsn> {
         match self {
             Position::Pg(lsn) => Some(*lsn),
+            Position::Binlog(_) => None,
         }
     }
 }
@@ -87,6 +109,7 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Pg(lsn) => write!(f, "pg:{lsn}"),
+            Position::Binlog(pos) => write!(f, "mysql:{pos}"),
         }
     }
 }
@@ -97,10 +120,11 @@ impl FromStr for Position {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("pg", lsn)) => Ok(Position::Pg(lsn.parse()?)),
-            _ => Err(ParsePositionError {
-                input: s.to_owned(),
-                expected: "a position such as pg:16/B374D848",
-            }),
+            Some(("mysql", pos)) => Ok(Position::Binlog(pos.parse()?)),
+            _ => Err(ParsePositionError::new(
+                s,
+                "a position such as pg:16/B374D848 or mysql:binlog.000003:1234",
+            )),
         }
     }
 }
@@ -108,10 +132,17 @@ impl FromStr for Position {
 impl Position {
     /// Whether a transaction that commits at `commit_at` (from [`crate::Event::Begin`]) is already covered by
     /// this checkpoint. PostgreSQL: the checkpoint is a commit's end LSN and `commit_at` the commit record's start,
-    /// so the transaction is covered when it starts before the checkpoint.
+    /// so the transaction is covered when it starts before the checkpoint. Binlog: `commit_at` is where the
+    /// transaction's first event starts, the checkpoint where a transaction's last event ends; same rule.
     pub fn includes(&self, commit_at: &Position) -> Result<bool, IncomparablePositions> {
         match (self, commit_at) {
             (Position::Pg(checkpoint), Position::Pg(commit)) => Ok(commit < checkpoint),
+            (Position::Binlog(checkpoint), Position::Binlog(start)) => Ok(start
+                .pos
+                .try_cmp(&checkpoint.pos)
+                .ok_or_else(|| self.incomparable(commit_at))?
+                .is_lt()),
+            _ => Err(self.incomparable(commit_at)),
         }
     }
 }
@@ -132,6 +163,11 @@ mod tests {
     #[test]
     fn position_rejects_unknown_kind() {
         assert!("mysql:1".parse::<Position>().is_err());
+        assert!("oracle:1".parse::<Position>().is_err());
+        let binlog: Position = "mysql:bin.000002:77".parse().unwrap();
+        assert!(binlog.try_cmp(&Position::Pg(Lsn(1))).is_err());
+        assert!(binlog.includes(&"mysql:bin.000002:4".parse().unwrap()).unwrap());
+        assert!(!binlog.includes(&"mysql:bin.000002:77".parse().unwrap()).unwrap());
     }
 
     proptest! {

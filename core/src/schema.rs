@@ -70,6 +70,15 @@ pub struct Column {
     pub nullable: bool,
 }
 
+/// Which SQL dialect a schema's `source_type` spellings are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dialect {
+    #[default]
+    Postgres,
+    /// MySQL and MariaDB (`int(10) unsigned`, `enum('a','b')`, `datetime(6)`).
+    Mysql,
+}
+
 /// A table's columns at one moment of the stream. Schemas are shared (`Arc`) by every change that uses them and
 /// replaced, never mutated, when the source reports a change; `version` grows with each replacement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +88,9 @@ pub struct TableSchema {
     /// Indexes into `columns` of the primary key, in key order; empty when the table has none.
     pub primary_key: Vec<usize>,
     pub version: u64,
+    /// The dialect of the columns' `source_type`: a sink of the same dialect can create columns exactly as the
+    /// source has them; others map from [`ColumnType`].
+    pub dialect: Dialect,
 }
 
 /// A shared schema.

@@ -177,6 +177,21 @@ impl Date {
     pub const NEG_INFINITY: Date = Date(i32::MIN);
     pub const INFINITY: Date = Date(i32::MAX);
 
+    /// A calendar date (astronomical year); `None` for month or day out of range (MySQL's zero dates).
+    pub fn from_ymd(year: i32, month: u32, day: u32) -> Option<Date> {
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+            return None;
+        }
+        i32::try_from(days_from_civil(i64::from(year), month, day))
+            .ok()
+            .map(Date)
+    }
+
+    /// The (astronomical year, month, day) of this date.
+    pub fn ymd(self) -> (i64, u32, u32) {
+        civil_from_days(i64::from(self.0))
+    }
+
     /// Parses PostgreSQL's ISO date output (`2024-01-31`, `0044-03-15 BC`, `infinity`).
     pub fn parse_iso(s: &str) -> Result<Date, TemporalParseError> {
         match s {

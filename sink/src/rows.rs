@@ -88,6 +88,7 @@ mod tests {
             columns: vec![col("id"), col("v")],
             primary_key: pk,
             version: 1,
+            dialect: Default::default(),
         }
     }
 

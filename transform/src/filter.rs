@@ -65,6 +65,7 @@ impl TableFilter {
             columns: keep.iter().map(|&i| schema.columns[i].clone()).collect(),
             primary_key,
             version: schema.version,
+            dialect: schema.dialect,
         });
         self.narrowed.insert(key, (narrowed.clone(), keep.clone()));
         (narrowed, keep)
@@ -138,6 +139,7 @@ mod tests {
             columns: vec![col("id"), col("secret"), col("v")],
             primary_key: vec![0],
             version: 1,
+            dialect: Default::default(),
         })
     }
 

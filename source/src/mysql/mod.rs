@@ -1,7 +1,15 @@
 //! The MySQL / MariaDB row-binlog source. So far: connecting and `ferry check`'s prerequisites; reading the
 //! binlog is the MySQL-source issue's remaining work.
 
+mod catalog;
 mod check;
+pub mod decoder;
+pub mod file;
+mod jsonb;
+mod layout;
+mod mariadb;
+mod rows;
+mod statement;
 
 use ferry_core::Error;
 

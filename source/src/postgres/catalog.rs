@@ -251,6 +251,7 @@ impl Catalog {
             columns: out,
             primary_key,
             version,
+            dialect: ferry_core::Dialect::Postgres,
         }))
     }
 }

@@ -190,7 +190,11 @@ pub async fn check_resumable(
     slot: &str,
     checkpoint: &Position,
 ) -> Result<Lsn, Error> {
-    let Position::Pg(lsn) = checkpoint;
+    let Some(lsn) = checkpoint.as_lsn() else {
+        return Err(Error::fatal(format!(
+            "the sinks hold checkpoint {checkpoint}, which is not a PostgreSQL position: they were filled from another source; point them at new targets or run `ferry reset --config <file> --yes`"
+        )));
+    };
     let reset =
         "run `ferry reset --config <file> --yes` to drop the checkpoints and take a new snapshot";
     let info = slot_info(client, slot).await?.ok_or_else(|| {
@@ -202,7 +206,7 @@ pub async fn check_resumable(
         )));
     }
     if let Some(confirmed) = info.confirmed_flush {
-        if confirmed > *lsn {
+        if confirmed > lsn {
             return Err(Error::fatal(format!(
                 "replication slot {slot} has confirmed {confirmed}, past the sinks' checkpoint {lsn}: the changes between \
                  them cannot be replayed (was the slot used by another consumer?); {reset}"
@@ -215,5 +219,5 @@ pub async fn check_resumable(
             std::io::Error::other("slot active"),
         ));
     }
-    Ok(*lsn)
+    Ok(lsn)
 }

@@ -1,0 +1,158 @@
+//! Table definitions from information_schema, read at start (and for the snapshot).
+
+use std::collections::BTreeMap;
+
+use ferry_core::{Error, TableId};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+/// One column as information_schema describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogColumn {
+    pub name: String,
+    /// `COLUMN_TYPE`: `int(10) unsigned`, `enum('a','b')`, `decimal(12,2)`.
+    pub column_type: String,
+    /// `DATA_TYPE`: `int`, `enum`, `longtext`.
+    pub data_type: String,
+    pub unsigned: bool,
+    /// Bytes rather than text: binary string types, or no character set.
+    pub binary: bool,
+    /// ENUM / SET labels in declaration order.
+    pub labels: Vec<String>,
+    pub nullable: bool,
+}
+
+/// A table's columns in ordinal order and its primary key (column indexes in key order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogTable {
+    pub columns: Vec<CatalogColumn>,
+    pub primary_key: Vec<usize>,
+}
+
+fn query_error(e: mysql_async::Error) -> Error {
+    Error::transient("reading table definitions from information_schema", e)
+}
+
+/// Reads the tables of `databases` (all base tables, or just `only` when given).
+pub async fn read_tables(
+    conn: &mut Conn,
+    databases: &[String],
+    only: Option<&[TableId]>,
+) -> Result<BTreeMap<TableId, CatalogTable>, Error> {
+    let mut out: BTreeMap<TableId, CatalogTable> = BTreeMap::new();
+    if databases.is_empty() {
+        return Ok(out);
+    }
+    let in_list = databases
+        .iter()
+        .map(|d| format!("'{}'", d.replace('\\', "\\\\").replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows: Vec<(String, String, String, String, String, String, Option<String>)> = conn
+        .query(format!(
+            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.DATA_TYPE, c.IS_NULLABLE, c.CHARACTER_SET_NAME \
+             FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
+               ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+             WHERE c.TABLE_SCHEMA IN ({in_list}) AND t.TABLE_TYPE = 'BASE TABLE' \
+             ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
+        ))
+        .await
+        .map_err(query_error)?;
+    for (schema, table, name, column_type, data_type, nullable, charset) in rows {
+        let id = TableId::new(schema, table);
+        if only.is_some_and(|o| !o.contains(&id)) {
+            continue;
+        }
+        let lower = column_type.to_ascii_lowercase();
+        let binary = matches!(
+            data_type.as_str(),
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "bit" | "geometry"
+        ) || (charset.as_deref() == Some("binary"));
+        let labels = if matches!(data_type.as_str(), "enum" | "set") {
+            parse_labels(&column_type)
+        } else {
+            Vec::new()
+        };
+        out.entry(id)
+            .or_insert_with(|| CatalogTable {
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+            })
+            .columns
+            .push(CatalogColumn {
+                name,
+                unsigned: lower.contains(" unsigned"),
+                column_type,
+                data_type,
+                binary,
+                labels,
+                nullable: nullable == "YES",
+            });
+    }
+    let keys: Vec<(String, String, String)> = conn
+        .query(format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA IN ({in_list}) AND INDEX_NAME = 'PRIMARY' \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX"
+        ))
+        .await
+        .map_err(query_error)?;
+    for (schema, table, column) in keys {
+        if let Some(t) = out.get_mut(&TableId::new(schema, table)) {
+            if let Some(i) = t.columns.iter().position(|c| c.name == column) {
+                t.primary_key.push(i);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The labels of `enum('a','b''c')` / `set(…)` as declared.
+pub fn parse_labels(column_type: &str) -> Vec<String> {
+    let Some(body) = column_type
+        .find('(')
+        .and_then(|start| column_type.rfind(')').map(|end| &column_type[start + 1..end]))
+    else {
+        return Vec::new();
+    };
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\'' {
+            continue;
+        }
+        let mut label = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    label.push('\'');
+                }
+                '\'' => break,
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        label.push(n);
+                    }
+                }
+                other => label.push(other),
+            }
+        }
+        labels.push(label);
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unquoted() {
+        assert_eq!(
+            parse_labels("enum('a','b''c','d,e')"),
+            vec!["a", "b'c", "d,e"]
+        );
+        assert_eq!(parse_labels("set('x')"), vec!["x"]);
+        assert!(parse_labels("int").is_empty());
+    }
+}

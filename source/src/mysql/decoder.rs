@@ -1,0 +1,593 @@
+//! Turns binlog events into Ferry's events: transactions of typed row changes with positions.
+//!
+//! ```text
+//! GTID / BEGIN ─► TABLE_MAP ─► rows … ─► XID / COMMIT      one transaction
+//! GTID (standalone) ─► QUERY (DDL, TRUNCATE)                one implicit transaction
+//! ```
+//!
+//! `Begin` carries where the transaction's first event starts, `Commit` where its last event ends (plus the GTID
+//! state after it): a checkpoint includes a transaction iff the transaction starts before it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::{
+    BinlogFilePos, BinlogPosition, Change, Error, Event as FerryEvent, GtidState, MariaGtid,
+    MysqlGtidSet, Position, SchemaRef, TableId, Timestamp,
+};
+use mysql_common::binlog::events::{
+    Event, GtidEvent, PreviousGtidsEvent, RotateEvent, TableMapEvent,
+};
+use tracing::warn;
+
+use super::catalog::CatalogTable;
+use super::layout::{layout_from_table_map, TableLayout};
+use super::mariadb;
+use super::rows::{decode_rows, Cursor, RowsKind};
+use super::statement::{classify, Statement};
+
+/// Binlog event type codes Ferry acts on (MySQL's `Log_event_type`).
+mod code {
+    pub const QUERY: u8 = 2;
+    pub const ROTATE: u8 = 4;
+    pub const XID: u8 = 16;
+    pub const TABLE_MAP: u8 = 19;
+    pub const WRITE_ROWS_V0: u8 = 20;
+    pub const DELETE_ROWS_V0: u8 = 22;
+    pub const WRITE_ROWS_V1: u8 = 23;
+    pub const UPDATE_ROWS_V1: u8 = 24;
+    pub const DELETE_ROWS_V1: u8 = 25;
+    pub const WRITE_ROWS: u8 = 30;
+    pub const UPDATE_ROWS: u8 = 31;
+    pub const DELETE_ROWS: u8 = 32;
+    pub const GTID: u8 = 33;
+    pub const ANONYMOUS_GTID: u8 = 34;
+    pub const PREVIOUS_GTIDS: u8 = 35;
+    pub const PARTIAL_UPDATE_ROWS: u8 = 39;
+    pub const TRANSACTION_PAYLOAD: u8 = 40;
+    pub const GTID_TAGGED: u8 = 42;
+}
+
+/// Which tables the pipeline follows.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// Every table of these databases.
+    Databases(Vec<String>),
+    Tables(HashSet<TableId>),
+    /// Every table (offline decoding of whole files). Columns the binlog does not name are `col_1`, `col_2`, ….
+    All,
+}
+
+impl Selection {
+    pub fn includes(&self, table: &TableId) -> bool {
+        match self {
+            Selection::Databases(dbs) => dbs.iter().any(|d| *d == table.schema),
+            Selection::Tables(tables) => tables.contains(table),
+            Selection::All => true,
+        }
+    }
+
+    fn includes_database(&self, db: &str) -> bool {
+        match self {
+            Selection::Databases(dbs) => dbs.iter().any(|d| d == db),
+            Selection::Tables(tables) => tables.iter().any(|t| t.schema == db),
+            Selection::All => true,
+        }
+    }
+}
+
+/// What to do with a DDL statement on a followed table that Ferry cannot interpret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownDdl {
+    /// Stop the pipeline, quoting the statement and its position.
+    #[default]
+    Fail,
+    /// Log it, count it, go on.
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+enum PendingGtid {
+    Maria(MariaGtid),
+    Mysql(String, u64),
+}
+
+#[derive(Debug)]
+struct Txn {
+    start: BinlogFilePos,
+    gtid: Option<PendingGtid>,
+    /// `Begin` was emitted (the transaction touched a followed table).
+    begun: bool,
+    /// A single statement with an implicit commit (MariaDB GTID flag, MySQL DDL).
+    standalone: bool,
+}
+
+/// The binlog decoder's state between events.
+pub struct Decoder {
+    selection: Selection,
+    on_unknown_ddl: UnknownDdl,
+    /// Definitions read at start; dropped for a table once DDL changes it.
+    catalog: BTreeMap<TableId, CatalogTable>,
+    file: String,
+    gtid: Option<GtidState>,
+    /// TABLE_MAP id → layout, for followed tables; ids of other tables are remembered as skipped.
+    maps: HashMap<u64, Arc<TableLayout>>,
+    skipped_ids: HashSet<u64>,
+    /// The schema last announced per table, and tables whose new schema is still to announce.
+    schemas: HashMap<TableId, SchemaRef>,
+    unannounced: HashSet<TableId>,
+    schema_versions: u64,
+    txn: Option<Txn>,
+    /// End of the enclosing TRANSACTION_PAYLOAD event: its inner events carry no positions of their own.
+    payload_end: Option<u64>,
+    last_heartbeat: Instant,
+    /// DDL statements skipped under `on_unknown_ddl = "skip"`.
+    pub skipped_ddl: u64,
+}
+
+/// How often a run of transactions on other tables moves the checkpoint forward.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+impl Decoder {
+    /// A decoder that starts reading at `start` (the file the first events belong to, and the GTID state there).
+    pub fn new(
+        selection: Selection,
+        on_unknown_ddl: UnknownDdl,
+        catalog: BTreeMap<TableId, CatalogTable>,
+        start: &BinlogPosition,
+    ) -> Self {
+        Decoder {
+            selection,
+            on_unknown_ddl,
+            catalog,
+            file: start.pos.file.clone(),
+            gtid: start.gtid.clone(),
+            maps: HashMap::new(),
+            skipped_ids: HashSet::new(),
+            schemas: HashMap::new(),
+            unannounced: HashSet::new(),
+            schema_versions: 0,
+            txn: None,
+            payload_end: None,
+            last_heartbeat: Instant::now(),
+            skipped_ddl: 0,
+        }
+    }
+
+    /// The binlog file being read.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Whether the decoder is between transactions (a safe point to stop).
+    pub fn between_transactions(&self) -> bool {
+        self.txn.is_none()
+    }
+
+    fn fail(&self, end: u64, why: impl std::fmt::Display) -> Error {
+        Error::fatal(format!("binlog event ending at {}:{end}: {why}", self.file))
+    }
+
+    /// Decodes one event, appending what it means to `out`.
+    pub fn decode(&mut self, event: &Event, out: &mut Vec<FerryEvent>) -> Result<(), Error> {
+        let header = event.header();
+        let ty = header.event_type_raw();
+        let size = u64::from(header.event_size());
+        let end = match (u64::from(header.log_pos()), self.payload_end) {
+            (0, Some(payload_end)) => payload_end,
+            (end, _) => end,
+        };
+        let start = end.saturating_sub(size);
+        let data = event.data();
+        match ty {
+            code::ROTATE => {
+                let rotate: RotateEvent<'_> =
+                    event.read_event().map_err(|e| self.fail(end, e))?;
+                self.file = rotate.name().into_owned();
+                // Table ids are only valid within one file's transactions.
+                self.maps.clear();
+                self.skipped_ids.clear();
+            }
+            code::TRANSACTION_PAYLOAD => self.payload_end = Some(end),
+            code::GTID | code::GTID_TAGGED => {
+                let g: GtidEvent = event.read_event().map_err(|e| self.fail(end, e))?;
+                let sid = format_uuid(g.sid());
+                let sid = match g.tag() {
+                    Some(tag) => format!("{sid}:{tag}"),
+                    None => sid,
+                };
+                self.begin_txn(start, Some(PendingGtid::Mysql(sid, g.gno())), false);
+                self.payload_end = None;
+            }
+            code::ANONYMOUS_GTID => {
+                self.begin_txn(start, None, false);
+                self.payload_end = None;
+            }
+            code::PREVIOUS_GTIDS => {
+                let prev: PreviousGtidsEvent<'_> =
+                    event.read_event().map_err(|e| self.fail(end, e))?;
+                if self.gtid.is_none() {
+                    let mut set = MysqlGtidSet::default();
+                    for sid in prev.sids() {
+                        let mut name = format_uuid(sid.uuid());
+                        if let Some(tag) = sid.tag() {
+                            name = format!("{name}:{tag}");
+                        }
+                        for i in sid.intervals() {
+                            if i.end() > i.start() {
+                                set.add_interval(&name, i.start(), i.end() - 1);
+                            }
+                        }
+                    }
+                    self.gtid = Some(GtidState::MySql(set));
+                }
+            }
+            mariadb::GTID => {
+                let g = mariadb::parse_gtid(data, header.server_id())
+                    .map_err(|e| self.fail(end, e))?;
+                self.begin_txn(start, Some(PendingGtid::Maria(g.gtid)), g.standalone);
+            }
+            mariadb::GTID_LIST => {
+                let list = mariadb::parse_gtid_list(data).map_err(|e| self.fail(end, e))?;
+                if self.gtid.is_none() {
+                    self.gtid = Some(GtidState::MariaDb(list));
+                }
+            }
+            mariadb::START_ENCRYPTION => {
+                return Err(self.fail(
+                    end,
+                    "the binlog is encrypted (encrypt_binlog = ON); Ferry cannot read encrypted binlogs",
+                ))
+            }
+            code::QUERY | mariadb::QUERY_COMPRESSED => {
+                let (db, sql) = parse_query(data, ty == mariadb::QUERY_COMPRESSED)
+                    .map_err(|e| self.fail(end, e))?;
+                self.query(&db, &sql, start, end, header.timestamp(), out)?;
+            }
+            code::XID => self.end_txn(end, header.timestamp(), out),
+            code::TABLE_MAP => {
+                let tme: TableMapEvent<'_> = event.read_event().map_err(|e| self.fail(end, e))?;
+                self.table_map(&tme, end)?;
+            }
+            code::WRITE_ROWS_V1..=code::DELETE_ROWS_V1
+            | code::WRITE_ROWS..=code::DELETE_ROWS
+            | mariadb::WRITE_ROWS_COMPRESSED_V1..=mariadb::DELETE_ROWS_COMPRESSED => {
+                self.rows(ty, data, start, end, out)?;
+            }
+            code::PARTIAL_UPDATE_ROWS => {
+                return Err(self.fail(
+                    end,
+                    "a PARTIAL_UPDATE_ROWS event (binlog_row_value_options = PARTIAL_JSON): Ferry needs full JSON images; run SET GLOBAL binlog_row_value_options = ''",
+                ))
+            }
+            code::WRITE_ROWS_V0..=code::DELETE_ROWS_V0 => {
+                return Err(self.fail(end, "pre-GA MySQL 5.1 rows events are not supported"))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn begin_txn(&mut self, start: u64, gtid: Option<PendingGtid>, standalone: bool) {
+        self.txn = Some(Txn {
+            start: BinlogFilePos::new(self.file.clone(), start),
+            gtid,
+            begun: false,
+            standalone,
+        });
+    }
+
+    /// Emits `Begin` for the open transaction (opening one if the stream has none, as in GTID-less binlogs).
+    fn ensure_begun(&mut self, start: u64, out: &mut Vec<FerryEvent>) {
+        if self.txn.is_none() {
+            self.begin_txn(start, None, false);
+        }
+        let txn = self.txn.as_mut().expect("opened above");
+        if !txn.begun {
+            txn.begun = true;
+            out.push(FerryEvent::Begin {
+                commit_at: Position::Binlog(BinlogPosition {
+                    pos: txn.start.clone(),
+                    gtid: None,
+                }),
+            });
+        }
+    }
+
+    fn end_txn(&mut self, end: u64, timestamp: u32, out: &mut Vec<FerryEvent>) {
+        let txn = self.txn.take();
+        match txn.as_ref().and_then(|t| t.gtid.clone()) {
+            Some(PendingGtid::Maria(g)) => match &mut self.gtid {
+                Some(GtidState::MariaDb(list)) => list.advance(g),
+                _ => {
+                    let mut list = ferry_core::MariaGtidList::default();
+                    list.advance(g);
+                    self.gtid = Some(GtidState::MariaDb(list));
+                }
+            },
+            Some(PendingGtid::Mysql(sid, gno)) => match &mut self.gtid {
+                Some(GtidState::MySql(set)) => set.add(&sid, gno),
+                _ => {
+                    let mut set = MysqlGtidSet::default();
+                    set.add(&sid, gno);
+                    self.gtid = Some(GtidState::MySql(set));
+                }
+            },
+            None => {}
+        }
+        self.payload_end = None;
+        let position = Position::Binlog(BinlogPosition {
+            pos: BinlogFilePos::new(self.file.clone(), end),
+            gtid: self.gtid.clone().filter(|g| !g.is_empty()),
+        });
+        if txn.is_some_and(|t| t.begun) {
+            out.push(FerryEvent::Commit {
+                position,
+                commit_time: Timestamp(i64::from(timestamp) * 1_000_000),
+            });
+            self.last_heartbeat = Instant::now();
+        } else if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
+            out.push(FerryEvent::Heartbeat { position });
+            self.last_heartbeat = Instant::now();
+        }
+    }
+
+    fn query(
+        &mut self,
+        db: &str,
+        sql: &str,
+        start: u64,
+        end: u64,
+        timestamp: u32,
+        out: &mut Vec<FerryEvent>,
+    ) -> Result<(), Error> {
+        match classify(sql, db) {
+            Statement::Begin => {
+                if self.txn.is_none() {
+                    self.begin_txn(start, None, false);
+                }
+            }
+            // A ROLLBACK is only logged when non-transactional tables already changed: their rows stay.
+            Statement::Commit | Statement::Rollback => self.end_txn(end, timestamp, out),
+            Statement::Truncate(table) => {
+                if self.selection.includes(&table) {
+                    self.ensure_begun(start, out);
+                    out.push(FerryEvent::Change(Change::Truncate {
+                        tables: vec![table],
+                    }));
+                }
+                self.end_txn(end, timestamp, out);
+            }
+            Statement::SchemaChange(tables) => {
+                let followed: Vec<&TableId> = tables
+                    .iter()
+                    .filter(|t| self.selection.includes(t))
+                    .collect();
+                if !followed.is_empty() {
+                    // Rows after this statement are decoded from their own TABLE_MAP metadata. The start-time
+                    // catalog no longer describes these tables; without FULL metadata, rows of theirs stop the
+                    // pipeline in layout_from_table_map rather than decode with a stale schema.
+                    for t in &followed {
+                        self.catalog.remove(t);
+                    }
+                }
+                self.end_txn(end, timestamp, out);
+            }
+            Statement::DataChange => {
+                if self.selection.includes_database(db) {
+                    let quoted: String = sql.chars().take(300).collect();
+                    match self.on_unknown_ddl {
+                        UnknownDdl::Fail => return Err(self.fail(end, format!(
+                            "a statement-logged change in database {db} ({quoted:?}): its rows are not in the binlog. Set binlog_format = ROW for every session (SET GLOBAL binlog_format = 'ROW' and reconnect the writers), then take a new snapshot with `ferry reset`"
+                        ))),
+                        UnknownDdl::Skip => {
+                            self.skipped_ddl += 1;
+                            warn!(statement = %quoted, position = %format!("{}:{end}", self.file), "skipped a statement-logged change (on_unknown_ddl = \"skip\")");
+                        }
+                    }
+                }
+                if self.txn.as_ref().is_none_or(|t| t.standalone) {
+                    self.end_txn(end, timestamp, out);
+                }
+            }
+            Statement::Other => {
+                if self.txn.as_ref().is_some_and(|t| t.standalone) {
+                    self.end_txn(end, timestamp, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn table_map(&mut self, tme: &TableMapEvent<'_>, end: u64) -> Result<(), Error> {
+        let id = TableId::new(tme.database_name(), tme.table_name());
+        let table_id = tme.table_id();
+        if !self.selection.includes(&id) {
+            self.maps.remove(&table_id);
+            self.skipped_ids.insert(table_id);
+            return Ok(());
+        }
+        self.skipped_ids.remove(&table_id);
+        let anonymous = matches!(self.selection, Selection::All);
+        let mut layout = layout_from_table_map(tme, self.catalog.get(&id), 0, anonymous)
+            .map_err(|e| self.fail(end, e))?;
+        match self.schemas.get(&id) {
+            Some(known)
+                if known.columns == layout.schema.columns
+                    && known.primary_key == layout.schema.primary_key =>
+            {
+                layout.schema = known.clone();
+            }
+            _ => {
+                self.schema_versions += 1;
+                let mut schema = (*layout.schema).clone();
+                schema.version = self.schema_versions;
+                layout.schema = Arc::new(schema);
+                self.schemas.insert(id.clone(), layout.schema.clone());
+                self.unannounced.insert(id);
+            }
+        }
+        self.maps.insert(table_id, Arc::new(layout));
+        Ok(())
+    }
+
+    fn rows(
+        &mut self,
+        ty: u8,
+        data: &[u8],
+        start: u64,
+        end: u64,
+        out: &mut Vec<FerryEvent>,
+    ) -> Result<(), Error> {
+        let (kind, v2, compressed) = match ty {
+            code::WRITE_ROWS_V1 => (RowsKind::Write, false, false),
+            code::UPDATE_ROWS_V1 => (RowsKind::Update, false, false),
+            code::DELETE_ROWS_V1 => (RowsKind::Delete, false, false),
+            code::WRITE_ROWS => (RowsKind::Write, true, false),
+            code::UPDATE_ROWS => (RowsKind::Update, true, false),
+            code::DELETE_ROWS => (RowsKind::Delete, true, false),
+            mariadb::WRITE_ROWS_COMPRESSED_V1 => (RowsKind::Write, false, true),
+            mariadb::UPDATE_ROWS_COMPRESSED_V1 => (RowsKind::Update, false, true),
+            mariadb::DELETE_ROWS_COMPRESSED_V1 => (RowsKind::Delete, false, true),
+            mariadb::WRITE_ROWS_COMPRESSED => (RowsKind::Write, true, true),
+            mariadb::UPDATE_ROWS_COMPRESSED => (RowsKind::Update, true, true),
+            _ => (RowsKind::Delete, true, true),
+        };
+        let body = RowsBody::parse(data, kind, v2).map_err(|e| self.fail(end, e))?;
+        let Some(layout) = self.maps.get(&body.table_id).cloned() else {
+            if self.skipped_ids.contains(&body.table_id) {
+                return Ok(());
+            }
+            return Err(self.fail(
+                end,
+                format!("rows event for table id {} without its TABLE_MAP event", body.table_id),
+            ));
+        };
+        let table = layout.schema.id.clone();
+        if body.columns != layout.columns.len() {
+            return Err(self.fail(
+                end,
+                format!(
+                    "rows event for {table} has {} columns, its TABLE_MAP {}",
+                    body.columns,
+                    layout.columns.len()
+                ),
+            ));
+        }
+        let inflated;
+        let rows = if compressed {
+            inflated = mariadb::uncompress(body.rows).map_err(|e| {
+                self.fail(end, format!("compressed rows event for {table}: {e}"))
+            })?;
+            &inflated[..]
+        } else {
+            body.rows
+        };
+        let ops = decode_rows(rows, &layout.columns, kind, &body.before, &body.after)
+            .map_err(|e| self.fail(end, format!("rows of {table}: {e}")))?;
+        self.ensure_begun(start, out);
+        if self.unannounced.remove(&table) {
+            out.push(FerryEvent::Schema(layout.schema.clone()));
+        }
+        out.extend(ops.into_iter().map(|op| {
+            FerryEvent::Change(Change::Row {
+                table: layout.schema.clone(),
+                op,
+            })
+        }));
+        Ok(())
+    }
+}
+
+/// The fixed part of a rows event.
+struct RowsBody<'a> {
+    table_id: u64,
+    columns: usize,
+    before: Vec<bool>,
+    after: Vec<bool>,
+    rows: &'a [u8],
+}
+
+impl<'a> RowsBody<'a> {
+    /// Post-header (table id, flags, and for v2 the extra-data block), column count, column bitmaps.
+    fn parse(data: &'a [u8], kind: RowsKind, v2: bool) -> Result<Self, String> {
+        let mut cur = Cursor::new(data);
+        let err = |e: super::rows::RowError| e.0;
+        let id = cur.take(6, "the rows event header").map_err(err)?;
+        let table_id = id.iter().rev().fold(0u64, |a, &b| (a << 8) | u64::from(b));
+        cur.take(2, "the rows event flags").map_err(err)?;
+        if v2 {
+            let extra = cur.take(2, "the rows event extra data").map_err(err)?;
+            let extra = usize::from(u16::from_le_bytes([extra[0], extra[1]]));
+            cur.take(extra.saturating_sub(2), "the rows event extra data")
+                .map_err(err)?;
+        }
+        let columns = lenenc(&mut cur).map_err(err)?;
+        let columns = usize::try_from(columns)
+            .ok()
+            .filter(|&c| c <= 4096)
+            .ok_or_else(|| format!("rows event claims {columns} columns"))?;
+        let bitmap = |cur: &mut Cursor<'a>| -> Result<Vec<bool>, String> {
+            let bytes = cur.take(columns.div_ceil(8), "a column bitmap").map_err(err)?;
+            Ok((0..columns).map(|i| bytes[i / 8] & (1 << (i % 8)) != 0).collect())
+        };
+        let first = bitmap(&mut cur)?;
+        let (before, after) = match kind {
+            RowsKind::Update => {
+                let second = bitmap(&mut cur)?;
+                (first, second)
+            }
+            _ => (first.clone(), first),
+        };
+        Ok(RowsBody {
+            table_id,
+            columns,
+            before,
+            after,
+            rows: cur.take(cur.remaining(), "rows").map_err(err)?,
+        })
+    }
+}
+
+/// A length-encoded integer.
+fn lenenc(cur: &mut Cursor<'_>) -> Result<u64, super::rows::RowError> {
+    let first = cur.take(1, "a length")?[0];
+    let n = match first {
+        0..=250 => return Ok(u64::from(first)),
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return Err(super::rows::RowError(format!("length prefix {first:#x}"))),
+    };
+    let b = cur.take(n, "a length")?;
+    Ok(b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
+}
+
+/// A QUERY event's default database and statement. Post-header: thread id (4), exec time (4), database name
+/// length (1), error code (2), status-variables length (2); then the status variables, the database name and a
+/// NUL, then the statement (zlib-compressed in MariaDB's QUERY_COMPRESSED).
+fn parse_query(data: &[u8], compressed: bool) -> Result<(String, String), String> {
+    let mut cur = Cursor::new(data);
+    let err = |e: super::rows::RowError| format!("QUERY event: {}", e.0);
+    let post = cur.take(13, "the QUERY header").map_err(err)?;
+    let db_len = usize::from(post[8]);
+    let status_len = usize::from(u16::from_le_bytes([post[11], post[12]]));
+    cur.take(status_len, "the QUERY status variables").map_err(err)?;
+    let db = cur.take(db_len, "the QUERY database").map_err(err)?;
+    cur.take(1, "the QUERY database terminator").map_err(err)?;
+    let rest = cur.take(cur.remaining(), "the statement").map_err(err)?;
+    let sql = if compressed {
+        mariadb::uncompress(rest).map_err(|e| format!("QUERY_COMPRESSED event: {e}"))?
+    } else {
+        rest.to_vec()
+    };
+    Ok((
+        String::from_utf8_lossy(db).into_owned(),
+        String::from_utf8_lossy(&sql).into_owned(),
+    ))
+}
+
+fn format_uuid(b: [u8; 16]) -> String {
+    ferry_core::Uuid(b).to_string()
+}

@@ -1,0 +1,436 @@
+//! Row images of WRITE / UPDATE / DELETE rows events, decoded into typed values. Every read is bounds-checked:
+//! malformed bytes give an error, never a panic.
+
+use ferry_core::{Date, Decimal, Interval, Row, RowOp, Timestamp, Value};
+use mysql_common::binlog::decimal::Decimal as BinDecimal;
+
+use super::jsonb;
+use super::layout::{ColumnLayout, Wire};
+
+/// A malformed or unsupported row image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RowError(pub String);
+
+fn short(what: &str) -> RowError {
+    RowError(format!("row image ends inside {what}"))
+}
+
+/// A bounds-checked cursor over row bytes.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], RowError> {
+        if self.buf.len() < n {
+            return Err(short(what));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn uint_le(&mut self, n: usize, what: &str) -> Result<u64, RowError> {
+        let b = self.take(n, what)?;
+        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    }
+
+    fn uint_be(&mut self, n: usize, what: &str) -> Result<u64, RowError> {
+        let b = self.take(n, what)?;
+        Ok(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    }
+}
+
+/// Which columns an image holds (the rows event's column bitmap).
+pub type Present<'a> = &'a [bool];
+
+/// Decodes one row image: its NULL bitmap, then each present non-NULL column. Columns not in the image are
+/// [`Value::Unchanged`].
+pub fn decode_image(
+    cur: &mut Cursor<'_>,
+    layout: &[ColumnLayout],
+    present: Present<'_>,
+) -> Result<Row, RowError> {
+    let count = present.iter().filter(|p| **p).count();
+    let nulls = cur.take(count.div_ceil(8), "the NULL bitmap")?;
+    let mut row = Vec::with_capacity(layout.len());
+    let mut n = 0;
+    for (i, column) in layout.iter().enumerate() {
+        if !present.get(i).copied().unwrap_or(false) {
+            row.push(Value::Unchanged);
+            continue;
+        }
+        let is_null = nulls[n / 8] & (1 << (n % 8)) != 0;
+        n += 1;
+        row.push(if is_null {
+            Value::Null
+        } else {
+            decode_value(cur, column).map_err(|e| RowError(format!("column {}: {}", i + 1, e.0)))?
+        });
+    }
+    Ok(row)
+}
+
+/// The rows of one event: inserts / deletes have one image per row, updates two (before, after).
+pub fn decode_rows(
+    data: &[u8],
+    layout: &[ColumnLayout],
+    kind: RowsKind,
+    before: Present<'_>,
+    after: Present<'_>,
+) -> Result<Vec<RowOp>, RowError> {
+    let mut cur = Cursor::new(data);
+    let mut out = Vec::new();
+    while !cur.is_empty() {
+        out.push(match kind {
+            RowsKind::Write => RowOp::Insert {
+                after: decode_image(&mut cur, layout, after)?,
+            },
+            RowsKind::Delete => RowOp::Delete {
+                before: decode_image(&mut cur, layout, before)?,
+            },
+            RowsKind::Update => {
+                let old = decode_image(&mut cur, layout, before)?;
+                let new = decode_image(&mut cur, layout, after)?;
+                RowOp::Update {
+                    before: Some(old),
+                    after: new,
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsKind {
+    Write,
+    Update,
+    Delete,
+}
+
+/// Sign-extends the low `bits` of `v`.
+fn sign_extend(v: u64, bits: u32) -> i64 {
+    let shift = 64 - bits;
+    ((v << shift) as i64) >> shift
+}
+
+/// Fractional seconds after a TIME2 / DATETIME2 / TIMESTAMP2 integer part: 1, 2 or 3 bytes for 1–2, 3–4, 5–6
+/// digits, scaled to microseconds.
+fn fraction(cur: &mut Cursor<'_>, fsp: u8) -> Result<(u64, usize), RowError> {
+    let bytes = usize::from(fsp).div_ceil(2);
+    if bytes == 0 {
+        return Ok((0, 0));
+    }
+    if bytes > 3 {
+        return Err(RowError(format!("fractional-second precision {fsp}")));
+    }
+    let raw = cur.uint_be(bytes, "fractional seconds")?;
+    Ok((raw, bytes))
+}
+
+fn micros_of_fraction(raw: u64, bytes: usize) -> i64 {
+    match bytes {
+        1 => raw as i64 * 10_000,
+        2 => raw as i64 * 100,
+        _ => raw as i64,
+    }
+}
+
+fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowError> {
+    Ok(match c.wire {
+        Wire::Int { bytes } => {
+            let bits = u32::from(bytes) * 8;
+            let raw = cur.uint_le(usize::from(bytes), "an integer")?;
+            if c.unsigned {
+                match i64::try_from(raw) {
+                    Ok(v) => Value::Int(v),
+                    Err(_) => Value::Decimal(Decimal::Finite(raw.to_string())),
+                }
+            } else {
+                Value::Int(sign_extend(raw, bits))
+            }
+        }
+        Wire::Float => {
+            let b = cur.take(4, "a FLOAT")?;
+            let f = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            // The shortest decimal that reads back as this f32, so 1.1 stays 1.1 rather than 1.100000023841858.
+            Value::Float(f.to_string().parse().unwrap_or(f64::from(f)))
+        }
+        Wire::Double => {
+            let b = cur.take(8, "a DOUBLE")?;
+            Value::Float(f64::from_le_bytes(b.try_into().map_err(|_| short("a DOUBLE"))?))
+        }
+        Wire::Decimal { precision, scale } => {
+            if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+                return Err(RowError(format!("DECIMAL({precision},{scale})")));
+            }
+            let size = mysql_common::binlog::decimal::decimal_bin_size(
+                usize::from(precision),
+                usize::from(scale),
+            );
+            let bytes = cur.take(size, "a DECIMAL")?;
+            let d = BinDecimal::read_bin(bytes, usize::from(precision), usize::from(scale), false)
+                .map_err(|e| RowError(format!("DECIMAL: {e}")))?;
+            Value::Decimal(
+                Decimal::parse(&d.to_string()).map_err(|e| RowError(e.to_string()))?,
+            )
+        }
+        Wire::Year => {
+            let y = cur.uint_le(1, "a YEAR")?;
+            Value::Int(if y == 0 { 0 } else { 1900 + y as i64 })
+        }
+        Wire::Date => {
+            let v = cur.uint_le(3, "a DATE")?;
+            date_value((v >> 9) as i32, ((v >> 5) & 15) as u32, (v & 31) as u32)
+        }
+        Wire::TimeV1 => {
+            let v = sign_extend(cur.uint_le(3, "a TIME")?, 24);
+            let (sign, a) = (v.signum(), v.abs());
+            let secs = (a / 10_000) * 3600 + (a / 100 % 100) * 60 + a % 100;
+            interval(sign * secs * 1_000_000)
+        }
+        Wire::Time2 { fsp } => {
+            // 3 bytes big-endian, offset by 0x800000: sign, 10 bits hour, 6 minute, 6 second.
+            let int_part = cur.uint_be(3, "a TIME")? as i64 - 0x80_0000;
+            let (raw, bytes) = fraction(cur, fsp)?;
+            let mut frac = micros_of_fraction(raw, bytes);
+            let mut int_part = int_part;
+            // Negative times store the fraction as its complement (MySQL's my_time_packed_from_binary).
+            if int_part < 0 && raw != 0 {
+                int_part += 1;
+                frac -= match bytes {
+                    1 => 0x100 * 10_000,
+                    2 => 0x1_0000 * 100,
+                    _ => 0x100_0000,
+                };
+            }
+            let packed = (int_part << 24) + frac;
+            let (sign, a) = (packed.signum(), packed.abs());
+            let hms = a >> 24;
+            let micros = a % (1 << 24);
+            let secs = ((hms >> 12) & 0x3ff) * 3600 + ((hms >> 6) & 63) * 60 + (hms & 63);
+            interval(sign * (secs * 1_000_000 + micros))
+        }
+        Wire::DatetimeV1 => {
+            let v = cur.uint_le(8, "a DATETIME")?;
+            let (d, t) = (v / 1_000_000, v % 1_000_000);
+            datetime_value(
+                (d / 10_000) as i32,
+                (d / 100 % 100) as u32,
+                (d % 100) as u32,
+                (t / 10_000) as i64,
+                (t / 100 % 100) as i64,
+                (t % 100) as i64,
+                0,
+            )
+        }
+        Wire::Datetime2 { fsp } => {
+            // 5 bytes big-endian, offset by 0x8000000000: 17 bits year*13+month, 5 day, 5 hour, 6 minute, 6 second.
+            let int_part = cur.uint_be(5, "a DATETIME")? as i64 - 0x80_0000_0000;
+            let (raw, bytes) = fraction(cur, fsp)?;
+            let frac = micros_of_fraction(raw, bytes);
+            let a = int_part.abs();
+            let ymd = a >> 17;
+            let ym = ymd >> 5;
+            let hms = a % (1 << 17);
+            datetime_value(
+                (ym / 13) as i32,
+                (ym % 13) as u32,
+                (ymd % 32) as u32,
+                hms >> 12,
+                (hms >> 6) % 64,
+                hms % 64,
+                frac,
+            )
+        }
+        Wire::TimestampV1 => {
+            let secs = cur.uint_le(4, "a TIMESTAMP")? as i64;
+            Value::TimestampTz(Timestamp(secs * 1_000_000))
+        }
+        Wire::Timestamp2 { fsp } => {
+            let secs = cur.uint_be(4, "a TIMESTAMP")? as i64;
+            let (raw, bytes) = fraction(cur, fsp)?;
+            // MySQL writes the zero timestamp as 0 seconds; it reads back as '0000-00-00 00:00:00'.
+            if secs == 0 && raw == 0 {
+                Value::Null
+            } else {
+                Value::TimestampTz(Timestamp(secs * 1_000_000 + micros_of_fraction(raw, bytes)))
+            }
+        }
+        Wire::Bit { bytes } => Value::Bytes(cur.take(usize::from(bytes), "a BIT")?.to_vec()),
+        Wire::Enum { bytes } => {
+            let index = cur.uint_le(usize::from(bytes), "an ENUM")? as usize;
+            match index {
+                // Index 0 is the empty string MySQL stores for an invalid value in non-strict mode.
+                0 => Value::Text(String::new()),
+                i => Value::Text(c.labels.get(i - 1).cloned().ok_or_else(|| {
+                    RowError(format!(
+                        "ENUM index {i} but the column has {} labels",
+                        c.labels.len()
+                    ))
+                })?),
+            }
+        }
+        Wire::Set { bytes } => {
+            let bits = cur.uint_le(usize::from(bytes), "a SET")?;
+            let mut chosen = Vec::new();
+            for bit in 0..64 {
+                if bits & (1 << bit) != 0 {
+                    chosen.push(c.labels.get(bit).map(String::as_str).ok_or_else(|| {
+                        RowError(format!(
+                            "SET bit {bit} but the column has {} labels",
+                            c.labels.len()
+                        ))
+                    })?);
+                }
+            }
+            Value::Text(chosen.join(","))
+        }
+        Wire::String { len_bytes } => {
+            let len = cur.uint_le(usize::from(len_bytes), "a string length")? as usize;
+            string_value(cur.take(len, "a string")?, c.binary)?
+        }
+        Wire::Blob { len_bytes } => {
+            if !(1..=4).contains(&len_bytes) {
+                return Err(RowError(format!("BLOB length of {len_bytes} bytes")));
+            }
+            let len = cur.uint_le(usize::from(len_bytes), "a BLOB length")? as usize;
+            string_value(cur.take(len, "a BLOB")?, c.binary)?
+        }
+        Wire::Json { len_bytes } => {
+            let len_bytes = if (1..=4).contains(&len_bytes) {
+                len_bytes
+            } else {
+                4
+            };
+            let len = cur.uint_le(usize::from(len_bytes), "a JSON length")? as usize;
+            let doc = cur.take(len, "a JSON document")?;
+            Value::Json(jsonb::to_json_text(doc).map_err(|e| RowError(format!("JSON: {e}")))?)
+        }
+        Wire::Null => Value::Null,
+    })
+}
+
+fn string_value(bytes: &[u8], binary: bool) -> Result<Value, RowError> {
+    if binary {
+        return Ok(Value::Bytes(bytes.to_vec()));
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(Value::Text(s.to_owned())),
+        // A latin1 or other single-byte column: each byte is the code point of the same value.
+        Err(_) => Ok(Value::Text(bytes.iter().map(|&b| char::from(b)).collect())),
+    }
+}
+
+fn interval(micros: i64) -> Value {
+    Value::Interval(Interval {
+        months: 0,
+        days: 0,
+        micros,
+    })
+}
+
+/// A DATE; MySQL's zero dates (`0000-00-00`, `2024-00-00`) have no calendar value and become NULL.
+fn date_value(year: i32, month: u32, day: u32) -> Value {
+    Date::from_ymd(year, month, day).map_or(Value::Null, Value::Date)
+}
+
+fn datetime_value(
+    year: i32,
+    month: u32,
+    day: u32,
+    hour: i64,
+    minute: i64,
+    second: i64,
+    micros: i64,
+) -> Value {
+    match Date::from_ymd(year, month, day) {
+        Some(d) => Value::Timestamp(Timestamp(
+            i64::from(d.0) * 86_400_000_000 + ((hour * 60 + minute) * 60 + second) * 1_000_000 + micros,
+        )),
+        None => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(wire: Wire, unsigned: bool) -> ColumnLayout {
+        ColumnLayout {
+            wire,
+            unsigned,
+            binary: false,
+            labels: vec!["a".into(), "b".into(), "c".into()],
+        }
+    }
+
+    fn one(bytes: &[u8], c: ColumnLayout) -> Value {
+        decode_value(&mut Cursor::new(bytes), &c).unwrap()
+    }
+
+    #[test]
+    fn signed_mediumint_is_sign_extended() {
+        assert_eq!(one(&[0xff, 0xff, 0xff], col(Wire::Int { bytes: 3 }, false)), Value::Int(-1));
+        assert_eq!(
+            one(&[0x00, 0x00, 0x80], col(Wire::Int { bytes: 3 }, false)),
+            Value::Int(-8_388_608)
+        );
+        assert_eq!(
+            one(&[0xff, 0xff, 0xff], col(Wire::Int { bytes: 3 }, true)),
+            Value::Int(16_777_215)
+        );
+    }
+
+    #[test]
+    fn unsigned_bigint_beyond_i64_is_exact() {
+        assert_eq!(
+            one(&[0xff; 8], col(Wire::Int { bytes: 8 }, true)),
+            Value::Decimal(Decimal::Finite("18446744073709551615".into()))
+        );
+        assert_eq!(one(&[0xff; 8], col(Wire::Int { bytes: 8 }, false)), Value::Int(-1));
+    }
+
+    #[test]
+    fn enum_and_set_become_labels() {
+        assert_eq!(one(&[2], col(Wire::Enum { bytes: 1 }, false)), Value::Text("b".into()));
+        assert_eq!(one(&[0b101], col(Wire::Set { bytes: 1 }, false)), Value::Text("a,c".into()));
+        assert!(decode_value(&mut Cursor::new(&[9]), &col(Wire::Enum { bytes: 1 }, false)).is_err());
+    }
+
+    #[test]
+    fn negative_time2_with_fraction() {
+        // -00:00:01.5 at fsp 1: MySQL writes int part 0x7fffff and fraction 0x100 - 50.
+        let v = one(&[0x7f, 0xff, 0xff, 0xce], col(Wire::Time2 { fsp: 1 }, false));
+        assert_eq!(v, interval(-1_500_000));
+        // 838:59:59 at fsp 0.
+        let hms: i64 = (838 << 12) | (59 << 6) | 59;
+        let raw = (hms + 0x80_0000) as u32;
+        let b = raw.to_be_bytes();
+        assert_eq!(
+            one(&b[1..], col(Wire::Time2 { fsp: 0 }, false)),
+            interval((838 * 3600 + 59 * 60 + 59) * 1_000_000)
+        );
+    }
+
+    #[test]
+    fn truncated_images_are_errors() {
+        let layout = vec![col(Wire::Int { bytes: 4 }, false)];
+        assert!(decode_rows(&[0, 1, 2], &layout, RowsKind::Write, &[true], &[true]).is_err());
+        assert!(decode_rows(&[0, 1, 0, 0, 0], &layout, RowsKind::Write, &[true], &[true]).is_ok());
+    }
+}
