@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::http::LiveStatus;
-use crate::runtime::{load_configs, run_pipeline, MYSQL_NOT_RUNNABLE};
+use crate::runtime::{load_configs, run_pipeline};
 
 /// `ferry run`: every pipeline until SIGTERM / SIGINT, then a graceful stop.
 pub async fn run(files: &[PathBuf], http: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
@@ -152,10 +152,12 @@ struct SinkStatus {
 #[derive(Serialize)]
 struct PipelineStatus {
     pipeline: String,
-    slot: String,
+    /// PostgreSQL sources only.
+    slot: Option<String>,
     slot_exists: bool,
     slot_active: bool,
     confirmed_flush_lsn: Option<String>,
+    /// The source's current position: WAL LSN, or binlog file:offset.
     current_wal_lsn: String,
     slot_lag_bytes: Option<u64>,
     sinks: Vec<SinkStatus>,
@@ -184,16 +186,24 @@ pub async fn status(
     };
     for p in &pipelines {
         let process = live.iter().find(|l| l.pipeline == p.name);
-        let SourceConfig::Postgres(source) = &p.source else {
-            println!("pipeline {}: {MYSQL_NOT_RUNNABLE}", p.name);
-            continue;
+        // PostgreSQL: the slot and the WAL position; MySQL: the server's current binlog position.
+        let (slot_name, slot, current, source_position) = match &p.source {
+            SourceConfig::Postgres(source) => {
+                let client = pg::connect_client(&source.url)
+                    .await
+                    .context("connecting to the source")?;
+                let slot = pg::slot_info(&client, &source.slot).await?;
+                let current = pg::current_wal_lsn(&client).await?;
+                (Some(source.slot.clone()), slot, Some(current), current.to_string())
+            }
+            SourceConfig::Mysql(source) => {
+                let position = ferry_source::mysql::current_position(&source.url)
+                    .await
+                    .context("reading the source's binlog position")?;
+                (None, None, None, position)
+            }
         };
-        let client = pg::connect_client(&source.url)
-            .await
-            .context("connecting to the source")?;
-        let slot = pg::slot_info(&client, &source.slot).await?;
-        let current = pg::current_wal_lsn(&client).await?;
-        let lag = |lsn: Lsn| current.0.saturating_sub(lsn.0);
+        let lag = |lsn: Lsn| current.map_or(0, |c| c.0.saturating_sub(lsn.0));
         let mut sinks = Vec::new();
         for sink in &p.sinks {
             let rows = match &sink.kind {
@@ -224,14 +234,14 @@ pub async fn status(
         }
         let status = PipelineStatus {
             pipeline: p.name.clone(),
-            slot: source.slot.clone(),
+            slot: slot_name.clone(),
             slot_exists: slot.is_some(),
             slot_active: slot.as_ref().is_some_and(|s| s.active),
             confirmed_flush_lsn: slot
                 .as_ref()
                 .and_then(|s| s.confirmed_flush)
                 .map(|l| l.to_string()),
-            current_wal_lsn: current.to_string(),
+            current_wal_lsn: source_position,
             slot_lag_bytes: slot.as_ref().and_then(|s| s.confirmed_flush).map(lag),
             sinks,
             process: process.cloned(),
@@ -265,10 +275,10 @@ pub async fn status(
                     );
                 }
             }
-            match &status.confirmed_flush_lsn {
-                Some(lsn) => println!(
-                    "  slot {}: confirmed {lsn}, {} ({} bytes behind {})",
-                    status.slot,
+            match (&status.slot, &status.confirmed_flush_lsn) {
+                (None, _) => println!("  source binlog at {}", status.current_wal_lsn),
+                (Some(slot), Some(lsn)) => println!(
+                    "  slot {slot}: confirmed {lsn}, {} ({} bytes behind {})",
                     if status.slot_active {
                         "active"
                     } else {
@@ -277,18 +287,17 @@ pub async fn status(
                     status.slot_lag_bytes.unwrap_or(0),
                     status.current_wal_lsn
                 ),
-                None => println!(
-                    "  slot {}: missing (the next run takes a new snapshot)",
-                    status.slot
+                (Some(slot), None) => println!(
+                    "  slot {slot}: missing (the next run takes a new snapshot)"
                 ),
             }
             for s in &status.sinks {
                 match (&s.checkpoint, s.lag_bytes) {
                     (Some(cp), lag) => println!(
-                        "  sink {}: checkpoint {cp} at {}, {} bytes behind{}",
+                        "  sink {}: checkpoint {cp} at {}{}{}",
                         s.name,
                         s.updated_at.as_deref().unwrap_or("?"),
-                        lag.unwrap_or(0),
+                        lag.map(|l| format!(", {l} bytes behind")).unwrap_or_default(),
                         s.lag_seconds
                             .map(|l| format!(", lag {l:.1} s"))
                             .unwrap_or_default()
@@ -309,21 +318,20 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     for p in &pipelines {
-        let SourceConfig::Postgres(source) = &p.source else {
-            println!("pipeline {}: {MYSQL_NOT_RUNNABLE}", p.name);
-            continue;
-        };
-        let dropped = pg::reset(source).await?;
-        println!(
-            "pipeline {}: slot {} {}",
-            p.name,
-            source.slot,
-            if dropped { "dropped" } else { "was absent" }
-        );
-        println!(
-            "pipeline {}: publication {} dropped",
-            p.name, source.publication
-        );
+        // A MySQL source keeps nothing on the server for Ferry: only the checkpoints go.
+        if let SourceConfig::Postgres(source) = &p.source {
+            let dropped = pg::reset(source).await?;
+            println!(
+                "pipeline {}: slot {} {}",
+                p.name,
+                source.slot,
+                if dropped { "dropped" } else { "was absent" }
+            );
+            println!(
+                "pipeline {}: publication {} dropped",
+                p.name, source.publication
+            );
+        }
         for sink in &p.sinks {
             match &sink.kind {
                 SinkKind::Postgres { url } => {

@@ -17,15 +17,12 @@ use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
 use ferry_core::{Error, Event, PipelineState, PipelineStats, Position, Sink, Transform};
 use ferry_sink::{DiscardSink, PostgresSink, SqliteSink};
+use ferry_source::mysql::{self, MysqlSourceSettings};
 use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
 use ferry_transform::TableFilter;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
-
-/// What `run`, `status` and `reset` say for a MySQL source until its streaming is built.
-pub const MYSQL_NOT_RUNNABLE: &str =
-    "the MySQL source can be checked (ferry check) but not run yet: reading the binlog is not built";
 
 /// Events buffered between the source and the batcher.
 const EVENT_CHANNEL: usize = 4096;
@@ -192,17 +189,28 @@ async fn run_once(
         stats.clone(),
     ));
 
-    let source = match &config.source {
-        SourceConfig::Postgres(source) => source,
-        SourceConfig::Mysql(_) => return Err(Error::fatal(MYSQL_NOT_RUNNABLE)),
+    let source = async {
+        match &config.source {
+            SourceConfig::Postgres(source) => {
+                let settings = PgSourceSettings {
+                    pipeline: config.name.clone(),
+                    config: source.clone(),
+                    heartbeat_interval: config.heartbeat_interval,
+                    snapshot_parallelism: config.snapshot_parallelism,
+                };
+                pg::run(&settings, resume, events_tx, acked, shutdown, stats.clone()).await
+            }
+            SourceConfig::Mysql(source) => {
+                // The binlog needs no acknowledgements: the server keeps it regardless of replicas.
+                drop(acked);
+                let settings = MysqlSourceSettings {
+                    pipeline: config.name.clone(),
+                    config: source.clone(),
+                };
+                mysql::run(&settings, resume, events_tx, shutdown, stats.clone()).await
+            }
+        }
     };
-    let settings = PgSourceSettings {
-        pipeline: config.name.clone(),
-        config: source.clone(),
-        heartbeat_interval: config.heartbeat_interval,
-        snapshot_parallelism: config.snapshot_parallelism,
-    };
-    let source = pg::run(&settings, resume, events_tx, acked, shutdown, stats.clone());
     tokio::pin!(source);
 
     let mut source_result = None;

@@ -69,7 +69,7 @@ fn check_names_the_fix_for_each_missing_prerequisite() {
     ] {
         assert!(text.contains(fix), "missing {fix:?} in:\n{text}");
     }
-    // Streaming is not built yet: run says so plainly instead of starting.
+    // Streaming refuses a statement binlog up front, with the fix.
     let out = Command::new(ferry_bin())
         .args(["run", "--http", "off", "--config"])
         .arg(dir.path().join("my.toml"))
@@ -77,7 +77,7 @@ fn check_names_the_fix_for_each_missing_prerequisite() {
         .expect("run ferry");
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("reading the binlog is not built"),
+        String::from_utf8_lossy(&out.stderr).contains("binlog_format is STATEMENT on the source; Ferry needs ROW"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

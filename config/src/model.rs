@@ -39,6 +39,9 @@ pub struct MysqlSource {
     pub snapshot: SnapshotMode,
     /// The replica server id Ferry registers with; `None`: derived from the pipeline name.
     pub server_id: Option<u32>,
+    /// `on_unknown_ddl = "skip"`: a statement Ferry cannot apply (a statement-logged data change) is logged and
+    /// counted instead of stopping the pipeline.
+    pub skip_unknown_ddl: bool,
 }
 
 /// A PostgreSQL logical-replication source.

@@ -412,11 +412,26 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 None => Some(None),
                 Some(_) => r.positive_int(&mut s, "server_id").map(|n| Some(n as u32)),
             };
+            let on_unknown_ddl = match r
+                .string(&mut s, "on_unknown_ddl", "\"fail\" or \"skip\"")
+                .as_deref()
+            {
+                None | Some("fail") => Some(false),
+                Some("skip") => Some(true),
+                Some(other) => {
+                    r.error(
+                        s.key("on_unknown_ddl"),
+                        format!("expected \"fail\" or \"skip\", found {other:?}"),
+                    );
+                    None
+                }
+            };
             Some(SourceConfig::Mysql(MysqlSource {
                 url: url?,
                 tables,
                 snapshot: snapshot?,
                 server_id: server_id?,
+                skip_unknown_ddl: on_unknown_ddl?,
             }))
         }
         Some(other) => {

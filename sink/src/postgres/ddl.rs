@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use ferry_core::{Error, TableId, TableSchema};
+use ferry_core::{ColumnType, Dialect, Error, TableId, TableSchema};
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -14,6 +14,52 @@ pub fn quote_ident(name: &str) -> String {
 /// `"schema"."table"`.
 pub fn qualified_name(t: &TableId) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+}
+
+/// The PostgreSQL type of column `i`: the source's own spelling for PostgreSQL sources, otherwise mapped from the
+/// logical type (docs/type-mapping.md), keeping a MySQL `decimal(p,s)`'s precision and a `varchar(n)`'s length.
+pub fn pg_type(table: &TableSchema, i: usize) -> String {
+    let column = &table.columns[i];
+    if table.dialect == Dialect::Postgres {
+        return column.source_type.clone();
+    }
+    let spelled = column.source_type.to_ascii_lowercase();
+    let args = || {
+        spelled
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(args, _)| args.to_owned())
+    };
+    match &column.ty {
+        ColumnType::Bool => "boolean".into(),
+        ColumnType::Int2 => "smallint".into(),
+        ColumnType::Int4 => "integer".into(),
+        ColumnType::Int8 => "bigint".into(),
+        ColumnType::Float4 => "real".into(),
+        ColumnType::Float8 => "double precision".into(),
+        ColumnType::Numeric if spelled.starts_with("decimal(") || spelled.starts_with("numeric(") => {
+            format!("numeric({})", args().unwrap_or_default())
+        }
+        // bigint unsigned: up to 20 digits.
+        ColumnType::Numeric if spelled.starts_with("bigint") => "numeric(20,0)".into(),
+        ColumnType::Numeric => "numeric".into(),
+        ColumnType::Text if spelled.starts_with("varchar(") || spelled.starts_with("char(") => {
+            let kind = if spelled.starts_with("char(") { "char" } else { "varchar" };
+            format!("{kind}({})", args().unwrap_or_default())
+        }
+        ColumnType::Text | ColumnType::Other => "text".into(),
+        ColumnType::Bytes => "bytea".into(),
+        ColumnType::Json => "json".into(),
+        ColumnType::Jsonb => "jsonb".into(),
+        ColumnType::Uuid => "uuid".into(),
+        ColumnType::Date => "date".into(),
+        ColumnType::Time => "time".into(),
+        ColumnType::TimeTz => "timetz".into(),
+        ColumnType::Timestamp => "timestamp".into(),
+        ColumnType::TimestampTz => "timestamptz".into(),
+        ColumnType::Interval => "interval".into(),
+        ColumnType::Array(_) => "text".into(),
+    }
 }
 
 pub enum StatementKind {
@@ -35,7 +81,7 @@ pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usiz
             .join(", "),
         aliases.join(", ")
     );
-    let cast = |i: usize, c: usize| format!("u.c{i}::{}", table.columns[c].source_type);
+    let cast = |i: usize, c: usize| format!("u.c{i}::{}", pg_type(table, c));
     let col = |c: usize| quote_ident(&table.columns[c].name);
     let col_list = columns
         .iter()
@@ -114,12 +160,11 @@ pub fn delete_one_matching(table: &TableSchema, matched: &[usize]) -> String {
         .iter()
         .enumerate()
         .map(|(i, &c)| {
-            let column = &table.columns[c];
             format!(
                 "{}::text IS NOT DISTINCT FROM (${}::text::{})::text",
-                quote_ident(&column.name),
+                quote_ident(&table.columns[c].name),
                 i + 1,
-                column.source_type
+                pg_type(table, c)
             )
         })
         .collect();
@@ -152,11 +197,12 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
         let mut defs: Vec<String> = schema
             .columns
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 format!(
                     "{} {}{}",
                     quote_ident(&c.name),
-                    c.source_type,
+                    pg_type(schema, i),
                     if c.nullable { "" } else { " NOT NULL" }
                 )
             })
@@ -184,12 +230,12 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
     let existing_set: HashSet<&str> = existing.iter().map(String::as_str).collect();
     let wanted: HashSet<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     let mut alters = Vec::new();
-    for c in &schema.columns {
+    for (i, c) in schema.columns.iter().enumerate() {
         if !existing_set.contains(c.name.as_str()) {
             alters.push(format!(
                 "ADD COLUMN {} {}",
                 quote_ident(&c.name),
-                c.source_type
+                pg_type(schema, i)
             ));
         }
     }

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_core::{Error, TableId};
+use std::sync::Arc;
+
+use ferry_core::{Column, ColumnType, Dialect, Error, TableId, TableSchema};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
@@ -105,6 +107,56 @@ pub async fn read_tables(
         }
     }
     Ok(out)
+}
+
+impl CatalogTable {
+    /// The schema rows of this table are decoded into; the same as the binlog's TABLE_MAP gives for an unchanged
+    /// table (layout.rs), so the stream does not announce a new schema version after the snapshot.
+    pub fn schema(&self, id: &TableId, version: u64) -> TableSchema {
+        TableSchema {
+            id: id.clone(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    ty: c.column_type_logical(),
+                    source_type: c.column_type.clone(),
+                    nullable: c.nullable,
+                })
+                .collect(),
+            primary_key: self.primary_key.clone(),
+            version,
+            dialect: Dialect::Mysql,
+        }
+    }
+}
+
+impl CatalogColumn {
+    /// The logical type, as layout::column_type derives it from the binlog.
+    pub fn column_type_logical(&self) -> ColumnType {
+        match (self.data_type.as_str(), self.unsigned) {
+            ("tinyint" | "year", _) | ("smallint", false) => ColumnType::Int2,
+            ("smallint" | "mediumint", _) | ("int" | "integer", false) => ColumnType::Int4,
+            ("int" | "integer", true) | ("bigint", false) => ColumnType::Int8,
+            ("bigint" | "decimal" | "numeric", _) => ColumnType::Numeric,
+            ("float", _) => ColumnType::Float4,
+            ("double" | "real", _) => ColumnType::Float8,
+            ("date", _) => ColumnType::Date,
+            ("time", _) => ColumnType::Interval,
+            ("datetime", _) => ColumnType::Timestamp,
+            ("timestamp", _) => ColumnType::TimestampTz,
+            ("json", _) => ColumnType::Json,
+            ("bit", _) => ColumnType::Bytes,
+            _ if self.binary => ColumnType::Bytes,
+            _ => ColumnType::Text,
+        }
+    }
+}
+
+/// A shared schema for a catalog table.
+pub fn shared_schema(id: &TableId, table: &CatalogTable, version: u64) -> Arc<TableSchema> {
+    Arc::new(table.schema(id, version))
 }
 
 /// The labels of `enum('a','b''c')` / `set(…)` as declared.

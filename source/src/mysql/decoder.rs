@@ -31,6 +31,7 @@ use super::statement::{classify, Statement};
 mod code {
     pub const QUERY: u8 = 2;
     pub const ROTATE: u8 = 4;
+    pub const FORMAT_DESCRIPTION: u8 = 15;
     pub const XID: u8 = 16;
     pub const TABLE_MAP: u8 = 19;
     pub const WRITE_ROWS_V0: u8 = 20;
@@ -122,6 +123,9 @@ pub struct Decoder {
     /// End of the enclosing TRANSACTION_PAYLOAD event: its inner events carry no positions of their own.
     payload_end: Option<u64>,
     last_heartbeat: Instant,
+    seen_format_description: bool,
+    /// The server checksums its events (binlog_checksum = CRC32).
+    stream_checksums: bool,
     /// DDL statements skipped under `on_unknown_ddl = "skip"`.
     pub skipped_ddl: u64,
 }
@@ -151,8 +155,15 @@ impl Decoder {
             txn: None,
             payload_end: None,
             last_heartbeat: Instant::now(),
+            seen_format_description: false,
+            stream_checksums: false,
             skipped_ddl: 0,
         }
+    }
+
+    /// Tells the decoder that the server checksums its events (`binlog_checksum` is not NONE).
+    pub fn set_stream_checksums(&mut self, on: bool) {
+        self.stream_checksums = on;
     }
 
     /// The binlog file being read.
@@ -181,10 +192,17 @@ impl Decoder {
         let start = end.saturating_sub(size);
         let data = event.data();
         match ty {
+            code::FORMAT_DESCRIPTION => self.seen_format_description = true,
             code::ROTATE => {
                 let rotate: RotateEvent<'_> =
                     event.read_event().map_err(|e| self.fail(end, e))?;
-                self.file = rotate.name().into_owned();
+                let mut name = rotate.name_raw();
+                // The stream's first (artificial) ROTATE comes before the FORMAT_DESCRIPTION that announces
+                // checksums, so the parser leaves the CRC32 on the end of the name.
+                if !self.seen_format_description && self.stream_checksums && name.len() > 4 {
+                    name = &name[..name.len() - 4];
+                }
+                self.file = String::from_utf8_lossy(name).into_owned();
                 // Table ids are only valid within one file's transactions.
                 self.maps.clear();
                 self.skipped_ids.clear();

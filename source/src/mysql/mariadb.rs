@@ -7,8 +7,6 @@ use ferry_core::{MariaGtid, MariaGtidList};
 
 use super::rows::Cursor;
 
-pub const ANNOTATE_ROWS: u8 = 160;
-pub const BINLOG_CHECKPOINT: u8 = 161;
 pub const GTID: u8 = 162;
 pub const GTID_LIST: u8 = 163;
 pub const START_ENCRYPTION: u8 = 164;

@@ -1,5 +1,12 @@
-//! The MySQL / MariaDB row-binlog source. So far: connecting and `ferry check`'s prerequisites; reading the
-//! binlog is the MySQL-source issue's remaining work.
+//! The MySQL / MariaDB row-binlog source.
+//!
+//! ```text
+//! start ─► catalog ─► checkpoint? ──no──► consistent snapshot (position read inside it) ─► stream from there
+//!                              └─yes──► stream from the checkpoint (MariaDB GTID state, else file:offset)
+//! ```
+//!
+//! The server keeps its binlog whatever replicas do, so there is nothing to acknowledge upstream: the sinks'
+//! checkpoints alone say where to resume, and a checkpoint older than the oldest binlog is a fatal gap.
 
 mod catalog;
 mod check;
@@ -9,11 +16,23 @@ mod jsonb;
 mod layout;
 mod mariadb;
 mod rows;
+mod snapshot;
 mod statement;
+mod stream;
 
-use ferry_core::Error;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ferry_config::{MysqlSource, SnapshotMode};
+use ferry_core::{BinlogPosition, Error, Event, PipelineState, PipelineStats, Position};
+use mysql_async::prelude::Queryable;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
 
 pub use check::check_prerequisites;
+
+use crate::postgres::SourceExit;
+use decoder::{Decoder, Selection, UnknownDdl};
 
 /// Parses a `mysql://` (or `mariadb://`) URL into connection options.
 pub fn connection_options(url: &str) -> Result<mysql_async::Opts, Error> {
@@ -29,4 +48,240 @@ pub async fn connect(url: &str) -> Result<mysql_async::Conn, Error> {
     mysql_async::Conn::new(connection_options(url)?)
         .await
         .map_err(|e| Error::transient("cannot connect to the MySQL source", e))
+}
+
+/// Quotes an identifier with backquotes.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// Which server family the source is; detected from the server's version string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MariaDb,
+    MySql,
+}
+
+async fn flavor(conn: &mut mysql_async::Conn) -> Result<Flavor, Error> {
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| Error::transient("reading the server version", e))?;
+    Ok(if version.unwrap_or_default().contains("MariaDB") {
+        Flavor::MariaDb
+    } else {
+        Flavor::MySql
+    })
+}
+
+/// Everything the source needs besides its channels.
+#[derive(Debug, Clone)]
+pub struct MysqlSourceSettings {
+    pub pipeline: String,
+    pub config: MysqlSource,
+}
+
+impl MysqlSourceSettings {
+    /// The replica id Ferry registers with: configured, or derived from the pipeline name (stable across runs,
+    /// and away from the small ids people give their servers).
+    pub fn server_id(&self) -> u32 {
+        self.config.server_id.unwrap_or_else(|| {
+            let hash = self
+                .pipeline
+                .bytes()
+                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            1_000_000 + hash % 1_000_000_000
+        })
+    }
+
+    fn selection(&self) -> Result<Selection, Error> {
+        match &self.config.tables {
+            Some(tables) => Ok(Selection::Tables(tables.iter().cloned().collect::<HashSet<_>>())),
+            None => {
+                let db = connection_options(&self.config.url)?
+                    .db_name()
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        Error::fatal("the MySQL source follows every table of the URL's database, but the URL names none: add /dbname to url or list tables")
+                    })?;
+                Ok(Selection::Databases(vec![db]))
+            }
+        }
+    }
+}
+
+/// Runs the source: snapshot if `resume` is `None`, then streams from the binlog until `shutdown` turns true.
+pub async fn run(
+    settings: &MysqlSourceSettings,
+    resume: Option<Position>,
+    events: mpsc::Sender<Event>,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<PipelineStats>,
+) -> Result<SourceExit, Error> {
+    let cfg = &settings.config;
+    let mut conn = connect(&cfg.url).await?;
+    let flavor = flavor(&mut conn).await?;
+    require_row_binlog(&mut conn).await?;
+    let selection = settings.selection()?;
+    let databases: Vec<String> = match &selection {
+        Selection::Databases(dbs) => dbs.clone(),
+        Selection::Tables(t) => {
+            let mut dbs: Vec<String> = t.iter().map(|t| t.schema.clone()).collect();
+            dbs.sort();
+            dbs.dedup();
+            dbs
+        }
+        Selection::All => Vec::new(),
+    };
+    let only: Option<Vec<_>> = cfg.tables.clone();
+    let catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
+    if let Some(tables) = &cfg.tables {
+        for t in tables {
+            if !catalog.contains_key(t) {
+                warn!(table = %t, "a configured table does not exist (yet); its rows are followed once it is created");
+            }
+        }
+    }
+
+    let start = match resume {
+        Some(Position::Binlog(p)) => {
+            require_binlog_still_has(&mut conn, &p).await?;
+            p
+        }
+        Some(other) => {
+            return Err(Error::fatal(format!(
+                "the sinks hold checkpoint {other}, which is not a binlog position: they were filled from another source; point them at new targets or run `ferry reset --config <file> --yes`"
+            )))
+        }
+        None => {
+            let mut snap = connect(&cfg.url).await?;
+            let position = snapshot::begin(&mut snap, flavor).await?;
+            info!(position = %position, ?flavor, "snapshot position");
+            if cfg.snapshot == SnapshotMode::Never {
+                send_marker(&events, &position).await?;
+            } else {
+                stats.set_state(PipelineState::Snapshotting);
+                let tables: Vec<_> = catalog.iter().map(|(id, t)| (id.clone(), t.clone())).collect();
+                let copy = snapshot::run(&mut snap, &position, &tables, &events, stats.clone());
+                let mut shutdown = shutdown.clone();
+                tokio::select! {
+                    r = copy => r?,
+                    _ = shutdown.wait_for(|stop| *stop) => {
+                        info!("shutdown during the snapshot; it restarts from the beginning on the next run");
+                        return Ok(SourceExit::Shutdown);
+                    }
+                }
+            }
+            drop(snap);
+            if cfg.snapshot == SnapshotMode::Only {
+                return Ok(SourceExit::SnapshotDone);
+            }
+            position
+        }
+    };
+    drop(conn);
+    stats.set_state(PipelineState::Streaming);
+    let on_unknown_ddl = if cfg.skip_unknown_ddl {
+        UnknownDdl::Skip
+    } else {
+        UnknownDdl::Fail
+    };
+    let decoder = Decoder::new(selection, on_unknown_ddl, catalog, &start);
+    stream::run(
+        &cfg.url,
+        flavor,
+        settings.server_id(),
+        &start,
+        decoder,
+        events,
+        shutdown,
+        stats,
+    )
+    .await?;
+    Ok(SourceExit::Shutdown)
+}
+
+/// An empty transaction at `position`, so the sinks hold a checkpoint without a snapshot.
+async fn send_marker(events: &mpsc::Sender<Event>, position: &BinlogPosition) -> Result<(), Error> {
+    let closed = |_| Error::fatal("the pipeline stopped");
+    let position = Position::Binlog(position.clone());
+    events
+        .send(Event::Begin {
+            commit_at: position.clone(),
+        })
+        .await
+        .map_err(closed)?;
+    events
+        .send(Event::Commit {
+            position,
+            commit_time: ferry_core::Timestamp(0),
+        })
+        .await
+        .map_err(closed)
+}
+
+/// Streaming needs row events with full images; anything else loses data, so it stops the pipeline up front.
+async fn require_row_binlog(conn: &mut mysql_async::Conn) -> Result<(), Error> {
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image')")
+        .await
+        .map_err(|e| Error::transient("reading the binlog settings", e))?;
+    let get = |n: &str| rows.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or("");
+    if !matches!(get("log_bin"), "ON" | "1") {
+        return Err(Error::fatal("the source server's binary log is off: start it with log_bin (see `ferry check`)"));
+    }
+    if !get("binlog_format").eq_ignore_ascii_case("ROW") {
+        return Err(Error::fatal(format!(
+            "binlog_format is {} on the source; Ferry needs ROW: SET GLOBAL binlog_format = 'ROW' and binlog_format = ROW in my.cnf (see `ferry check`)",
+            get("binlog_format")
+        )));
+    }
+    if !get("binlog_row_image").eq_ignore_ascii_case("FULL") {
+        return Err(Error::fatal(format!(
+            "binlog_row_image is {} on the source; Ferry needs FULL: SET GLOBAL binlog_row_image = 'FULL' and binlog_row_image = FULL in my.cnf (see `ferry check`)",
+            get("binlog_row_image")
+        )));
+    }
+    Ok(())
+}
+
+/// The checkpoint's binlog file must still exist, or changes since then are lost.
+async fn require_binlog_still_has(
+    conn: &mut mysql_async::Conn,
+    checkpoint: &BinlogPosition,
+) -> Result<(), Error> {
+    let logs: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| Error::transient("listing the binary logs", e))?;
+    let names: Vec<String> = logs.iter().filter_map(|r| r.get::<String, _>(0)).collect();
+    if names.iter().any(|n| *n == checkpoint.pos.file) {
+        return Ok(());
+    }
+    Err(Error::fatal(format!(
+        "the sinks' checkpoint is in binlog file {}, which the server no longer has (oldest: {}): the changes since then are gone. Run `ferry reset --config <file> --yes` to take a new snapshot, and raise binlog retention so it covers Ferry's downtime",
+        checkpoint.pos.file,
+        names.first().map_or("none", String::as_str)
+    )))
+}
+
+/// The server's current binlog position (for `ferry status`).
+pub async fn current_position(url: &str) -> Result<String, Error> {
+    let mut conn = connect(url).await?;
+    // MySQL 8.4 renamed SHOW MASTER STATUS; MariaDB and older MySQL only know the old name.
+    let row: Option<mysql_async::Row> = match conn.query_first("SHOW BINARY LOG STATUS").await {
+        Ok(row) => row,
+        Err(_) => conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(|e| Error::transient("reading the binlog position", e))?,
+    };
+    Ok(match row {
+        Some(r) => format!(
+            "{}:{}",
+            r.get::<String, _>(0).unwrap_or_default(),
+            r.get::<u64, _>(1).unwrap_or_default()
+        ),
+        None => "unknown (binary log off)".into(),
+    })
 }

@@ -139,7 +139,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn report_progress(stats: Arc<PipelineStats>) {
+pub(crate) async fn report_progress(stats: Arc<PipelineStats>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
