@@ -118,6 +118,9 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         for sink in &p.sinks {
             let reachable = match &sink.kind {
                 SinkKind::Postgres { url } => ferry_sink::postgres::connect(url).await.map(|_| ()),
+                SinkKind::Mysql { url } => ferry_sink::mysql::list_checkpoints(url, &p.name)
+                    .await
+                    .map(|_| ()),
                 SinkKind::Sqlite { path } => {
                     ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ())
                 }
@@ -194,7 +197,12 @@ pub async fn status(
                     .context("connecting to the source")?;
                 let slot = pg::slot_info(&client, &source.slot).await?;
                 let current = pg::current_wal_lsn(&client).await?;
-                (Some(source.slot.clone()), slot, Some(current), current.to_string())
+                (
+                    Some(source.slot.clone()),
+                    slot,
+                    Some(current),
+                    current.to_string(),
+                )
             }
             SourceConfig::Mysql(source) => {
                 let position = ferry_source::mysql::current_position(&source.url)
@@ -209,6 +217,9 @@ pub async fn status(
             let rows = match &sink.kind {
                 SinkKind::Postgres { url } => {
                     ferry_sink::postgres::list_checkpoints(url, &p.name).await?
+                }
+                SinkKind::Mysql { url } => {
+                    ferry_sink::mysql::list_checkpoints(url, &p.name).await?
                 }
                 SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name)?,
                 SinkKind::Discard { checkpoint_file } => {
@@ -287,9 +298,9 @@ pub async fn status(
                     status.slot_lag_bytes.unwrap_or(0),
                     status.current_wal_lsn
                 ),
-                (Some(slot), None) => println!(
-                    "  slot {slot}: missing (the next run takes a new snapshot)"
-                ),
+                (Some(slot), None) => {
+                    println!("  slot {slot}: missing (the next run takes a new snapshot)")
+                }
             }
             for s in &status.sinks {
                 match (&s.checkpoint, s.lag_bytes) {
@@ -297,7 +308,8 @@ pub async fn status(
                         "  sink {}: checkpoint {cp} at {}{}{}",
                         s.name,
                         s.updated_at.as_deref().unwrap_or("?"),
-                        lag.map(|l| format!(", {l} bytes behind")).unwrap_or_default(),
+                        lag.map(|l| format!(", {l} bytes behind"))
+                            .unwrap_or_default(),
                         s.lag_seconds
                             .map(|l| format!(", lag {l:.1} s"))
                             .unwrap_or_default()
@@ -336,6 +348,9 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
             match &sink.kind {
                 SinkKind::Postgres { url } => {
                     ferry_sink::postgres::delete_checkpoints(url, &p.name).await?;
+                }
+                SinkKind::Mysql { url } => {
+                    ferry_sink::mysql::delete_checkpoints(url, &p.name).await?;
                 }
                 SinkKind::Sqlite { path } => {
                     ferry_sink::sqlite::delete_checkpoints(path, &p.name)?;

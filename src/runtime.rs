@@ -16,7 +16,7 @@ use anyhow::{anyhow, Context};
 use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
 use ferry_core::{Error, Event, PipelineState, PipelineStats, Position, Sink, Transform};
-use ferry_sink::{DiscardSink, PostgresSink, SqliteSink};
+use ferry_sink::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
 use ferry_source::mysql::{self, MysqlSourceSettings};
 use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
 use ferry_transform::TableFilter;
@@ -76,6 +76,7 @@ pub async fn run_pipeline(
 /// A sink of any kind, so sinks of different kinds share one pipeline.
 enum AnySink {
     Postgres(PostgresSink),
+    Mysql(MysqlSink),
     Sqlite(SqliteSink),
     Discard(DiscardSink),
 }
@@ -84,6 +85,7 @@ impl Sink for AnySink {
     fn name(&self) -> &str {
         match self {
             AnySink::Postgres(s) => s.name(),
+            AnySink::Mysql(s) => s.name(),
             AnySink::Sqlite(s) => s.name(),
             AnySink::Discard(s) => s.name(),
         }
@@ -92,6 +94,7 @@ impl Sink for AnySink {
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
         match self {
             AnySink::Postgres(s) => s.checkpoint().await,
+            AnySink::Mysql(s) => s.checkpoint().await,
             AnySink::Sqlite(s) => s.checkpoint().await,
             AnySink::Discard(s) => s.checkpoint().await,
         }
@@ -100,6 +103,7 @@ impl Sink for AnySink {
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         match self {
             AnySink::Postgres(s) => s.apply(events, commit).await,
+            AnySink::Mysql(s) => s.apply(events, commit).await,
             AnySink::Sqlite(s) => s.apply(events, commit).await,
             AnySink::Discard(s) => s.apply(events, commit).await,
         }
@@ -111,6 +115,9 @@ async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Err
     Ok(match &sink.kind {
         SinkKind::Postgres { url } => {
             AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?)
+        }
+        SinkKind::Mysql { url } => {
+            AnySink::Mysql(MysqlSink::connect(&sink.name, &config.name, url).await?)
         }
         SinkKind::Sqlite { path } => {
             AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)

@@ -77,7 +77,8 @@ fn check_names_the_fix_for_each_missing_prerequisite() {
         .expect("run ferry");
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("binlog_format is STATEMENT on the source; Ferry needs ROW"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("binlog_format is STATEMENT on the source; Ferry needs ROW"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

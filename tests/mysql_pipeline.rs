@@ -9,7 +9,12 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A pipeline from MariaDB's `shop` into PostgreSQL's `replica` and an SQLite file.
-fn config(my: &MariaDbServer, pg: &PgServer, sqlite: &std::path::Path, extra_source: &str) -> String {
+fn config(
+    my: &MariaDbServer,
+    pg: &PgServer,
+    sqlite: &std::path::Path,
+    extra_source: &str,
+) -> String {
     format!(
         "[pipeline]\nname = \"m\"\n[pipeline.batch]\nmax_wait = \"50ms\"\n\n[source]\ntype = \"mysql\"\nurl = \"{}\"\nserver_id = 4242\n{extra_source}\n\n\
          [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n",
@@ -37,10 +42,18 @@ fn snapshot_then_stream_reaches_postgres_and_sqlite() {
     let db = dir.path().join("replica.db");
     let cfg = write_config(dir.path(), "m", &config(&my, &pg, &db, ""));
     let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
-    let source = || mariadb_rows(&my, "SELECT id, item, qty, price FROM shop.orders ORDER BY id");
+    let source = || {
+        mariadb_rows(
+            &my,
+            "SELECT id, item, qty, price FROM shop.orders ORDER BY id",
+        )
+    };
     let pg_target = || {
-        pg.try_psql("replica", "SELECT id, item, qty, price FROM shop.orders ORDER BY id")
-            .unwrap_or_default()
+        pg.try_psql(
+            "replica",
+            "SELECT id, item, qty, price FROM shop.orders ORDER BY id",
+        )
+        .unwrap_or_default()
     };
     assert!(
         wait_until(WAIT, || pg_target().lines().count() == 500),
@@ -59,12 +72,116 @@ fn snapshot_then_stream_reaches_postgres_and_sqlite() {
         pg_target(),
         ferry.log()
     );
-    let sqlite = || sqlite_rows(&db, "SELECT id, item, qty, price FROM shop_orders ORDER BY id").join("\n");
+    let sqlite = || {
+        sqlite_rows(
+            &db,
+            "SELECT id, item, qty, price FROM shop_orders ORDER BY id",
+        )
+        .join("\n")
+    };
     assert!(
-        wait_until(WAIT, || sqlite().lines().count() == source().lines().count()),
+        wait_until(WAIT, || sqlite().lines().count()
+            == source().lines().count()),
         "sqlite: {}",
         ferry.log()
     );
     let status = ferry.terminate();
     assert!(status.success(), "{status:?}");
+}
+
+const TYPES_TABLE: &str = "CREATE TABLE shop.t (
+    id int PRIMARY KEY,
+    ti tinyint, tiu tinyint unsigned, si smallint, siu smallint unsigned, mi mediumint, miu mediumint unsigned,
+    i int, iu int unsigned, bi bigint, biu bigint unsigned,
+    d65 decimal(65,30), f float, dbl double, b64 bit(64), y year, dt date, tm time(6), dtm datetime(6),
+    ts timestamp(6) NULL DEFAULT NULL,
+    c char(10), vc varchar(100), tx text CHARACTER SET utf8mb4, bn binary(4), vb varbinary(10), bl blob,
+    e enum('a','b','c'), st set('x','y','z'), j json)";
+
+/// Extremes of every type; `base` offsets the ids.
+fn type_rows(base: i32) -> String {
+    format!(
+        "INSERT INTO shop.t VALUES
+         ({}, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295, -9223372036854775808, 18446744073709551615,
+          -12345678901234567890123456789012345.123456789012345678901234567890, 1.5, -2.2250738585072014e-308, b'1000000000000000000000000000000000000000000000000000000000000001',
+          2155, '1000-01-01', '-838:59:59.000000', '1000-01-01 00:00:00.000001', '2038-01-19 03:14:07.999999',
+          'ab', 'héllo 🦀', 'tab\\there', X'00FF7F80', X'', X'DEADBEEF', 'c', 'x,z', '{{\"k\": [1, 2.5, \"s\"]}}'),
+         ({}, 127, 0, 32767, 0, -1, 0, 2147483647, 0, 9223372036854775807, 0,
+          0.000000000000000000000000000001, -3.4e38, 1.7976931348623157e308, b'0', 1901, '9999-12-31', '838:59:59.999999', '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01.000000',
+          '', '', '', X'00000000', X'01', NULL, 'a', '', 'null'),
+         ({}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        base + 1,
+        base + 2,
+        base + 3
+    )
+}
+
+#[test]
+fn every_type_round_trips_mariadb_to_mariadb_and_maps_to_postgres() {
+    let my = MariaDbServer::start();
+    let replica = MariaDbServer::start();
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    my.sql(&format!(
+        "CREATE DATABASE shop; {TYPES_TABLE}; {}",
+        type_rows(0)
+    ));
+    replica.sql("CREATE DATABASE copy");
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "t",
+        &format!(
+            "[pipeline]\nname = \"t\"\n[pipeline.batch]\nmax_wait = \"50ms\"\n\n[source]\ntype = \"mysql\"\nurl = \"{}\"\n\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            my.url("shop"),
+            replica.url("copy"),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    // Snapshot rows, then the same values again through the binlog.
+    assert!(
+        wait_until(WAIT, || replica
+            .try_sql("SELECT count(*) FROM copy.t")
+            .is_ok_and(|n| n == "3")),
+        "snapshot did not arrive:\n{}",
+        ferry.log()
+    );
+    my.sql(&type_rows(10));
+    my.sql("UPDATE shop.t SET mi = mi - 1, vc = concat(vc, '!') WHERE id IN (2, 12)");
+    let all = "SELECT * FROM {} ORDER BY id";
+    let source = my.sql(&all.replace("{}", "shop.t"));
+    assert!(
+        wait_until(WAIT, || replica
+            .try_sql(&all.replace("{}", "copy.t"))
+            .is_ok_and(|t| t == source)),
+        "MariaDB target differs:\nsource:\n{source}\ntarget:\n{}\n{}",
+        replica
+            .try_sql(&all.replace("{}", "copy.t"))
+            .unwrap_or_default(),
+        ferry.log()
+    );
+    // The target table was created with the source's own column types.
+    let ddl = "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 't' ORDER BY ORDINAL_POSITION";
+    assert_eq!(replica.sql(ddl), my.sql(ddl));
+
+    // PostgreSQL: per docs/type-mapping.md.
+    let pg_rows = || {
+        pg.try_psql(
+            "replica",
+            "SELECT id, mi, miu, iu, biu, d65, f, y, dt, tm, dtm, ts, vc, encode(bn, 'hex'), e, st, j::text FROM shop.t WHERE id IN (1, 12) ORDER BY id",
+        )
+        .unwrap_or_default()
+    };
+    let expected = "1|-8388608|16777215|4294967295|18446744073709551615|-12345678901234567890123456789012345.123456789012345678901234567890|1.5|2155|1000-01-01|-838:59:59|1000-01-01 00:00:00.000001|2038-01-19 03:14:07.999999+00|héllo 🦀|00ff7f80|c|x,z|{\"k\": [1, 2.5, \"s\"]}\n\
+                    12|-2|0|0|0|0.000000000000000000000000000001|-3.4e+38|1901|9999-12-31|838:59:59.999999|9999-12-31 23:59:59.999999|1970-01-01 00:00:01+00|!|00000000|a||null";
+    assert!(
+        wait_until(WAIT, || pg_rows() == expected),
+        "PostgreSQL target:\n{}\n{}",
+        pg_rows(),
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
 }

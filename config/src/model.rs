@@ -91,6 +91,10 @@ pub enum SinkKind {
     Postgres {
         url: String,
     },
+    /// MySQL or MariaDB (`mysql://user:pw@host:3306/db`).
+    Mysql {
+        url: String,
+    },
     Sqlite {
         path: PathBuf,
     },
@@ -106,6 +110,7 @@ impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::Postgres { .. } => "postgres",
+            SinkKind::Mysql { .. } => "mysql",
             SinkKind::Sqlite { .. } => "sqlite",
             SinkKind::Discard { .. } => "discard",
         }

@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::{ConfigError, ConfigErrors};
 
 /// The sink kinds, as the `type` key expects them.
-const SINK_TYPES: &str = "\"postgres\", \"sqlite\" or \"discard\"";
+const SINK_TYPES: &str = "\"postgres\", \"mysql\", \"sqlite\" or \"discard\"";
 
 /// Collects errors while reading one file.
 struct Reader<'a> {
@@ -522,7 +522,7 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
         None => {
             r.error(
                 "sink".into(),
-                "missing; expected a [sink] table with type = \"postgres\", \"sqlite\" or \"discard\"",
+                "missing; expected a [sink] table with type = \"postgres\", \"mysql\", \"sqlite\" or \"discard\"",
             );
             return Vec::new();
         }
@@ -535,6 +535,21 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
             Some("postgres") => {
                 let url = r.postgres_url(&mut s);
                 url.map(|url| SinkKind::Postgres { url })
+            }
+            Some("mysql") => {
+                let url =
+                    r.required_string(&mut s, "url", "a URL such as \"mysql://user@host:3306/db\"");
+                url.filter(|u| {
+                    let ok = u.starts_with("mysql://") || u.starts_with("mariadb://");
+                    if !ok {
+                        r.error(
+                            s.key("url"),
+                            "expected a URL starting with mysql:// or mariadb://",
+                        );
+                    }
+                    ok
+                })
+                .map(|url| SinkKind::Mysql { url })
             }
             Some("sqlite") => r
                 .file_path(&mut s, "path", "a file path such as \"replica.db\"")

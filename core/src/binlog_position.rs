@@ -36,7 +36,9 @@ impl BinlogFilePos {
             Some((base.to_owned(), seq.parse::<u64>().ok()?))
         };
         match (split(&self.file), split(&other.file)) {
-            (Some((a, x)), Some((b, y))) if a == b => Some((x, self.offset).cmp(&(y, other.offset))),
+            (Some((a, x)), Some((b, y))) if a == b => {
+                Some((x, self.offset).cmp(&(y, other.offset)))
+            }
             _ if self.file == other.file => Some(self.offset.cmp(&other.offset)),
             _ => None,
         }
@@ -241,7 +243,8 @@ impl FromStr for BinlogPosition {
     type Err = ParsePositionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParsePositionError::new(s, "a binlog position such as mysql:binlog.000003:1234");
+        let err =
+            || ParsePositionError::new(s, "a binlog position such as mysql:binlog.000003:1234");
         let (pos, gtid) = match s.split_once(";gtid=") {
             Some((pos, gtid)) => (pos, Some(gtid)),
             None => (s, None),
@@ -295,7 +298,10 @@ mod tests {
         let a = BinlogFilePos::new("bin.000009", 900);
         let b = BinlogFilePos::new("bin.000010", 4);
         assert_eq!(a.try_cmp(&b), Some(Ordering::Less));
-        assert_eq!(b.try_cmp(&BinlogFilePos::new("bin.000010", 4)), Some(Ordering::Equal));
+        assert_eq!(
+            b.try_cmp(&BinlogFilePos::new("bin.000010", 4)),
+            Some(Ordering::Equal)
+        );
         assert_eq!(a.try_cmp(&BinlogFilePos::new("other.000009", 1)), None);
     }
 
@@ -305,10 +311,21 @@ mod tests {
         for gno in [1, 2, 3, 5, 4, 9] {
             set.add("3E11FA47-71CA-11E1-9E33-C80AA9429562", gno);
         }
-        assert_eq!(set.to_string(), "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:9");
+        assert_eq!(
+            set.to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:9"
+        );
         let mut list: MariaGtidList = "0-1-5".parse().unwrap();
-        list.advance(MariaGtid { domain: 0, server: 2, sequence: 6 });
-        list.advance(MariaGtid { domain: 3, server: 1, sequence: 1 });
+        list.advance(MariaGtid {
+            domain: 0,
+            server: 2,
+            sequence: 6,
+        });
+        list.advance(MariaGtid {
+            domain: 3,
+            server: 1,
+            sequence: 1,
+        });
         assert_eq!(list.to_string(), "0-2-6,3-1-1");
     }
 }

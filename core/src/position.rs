@@ -82,9 +82,10 @@ impl Position {
     pub fn try_cmp(&self, other: &Position) -> Result<Ordering, IncomparablePositions> {
         match (self, other) {
             (Position::Pg(a), Position::Pg(b)) => Ok(a.cmp(b)),
-            (Position::Binlog(a), Position::Binlog(b)) => {
-                a.pos.try_cmp(&b.pos).ok_or_else(|| self.incomparable(other))
-            }
+            (Position::Binlog(a), Position::Binlog(b)) => a
+                .pos
+                .try_cmp(&b.pos)
+                .ok_or_else(|| self.incomparable(other)),
             _ => Err(self.incomparable(other)),
         }
     }
@@ -166,8 +167,12 @@ mod tests {
         assert!("oracle:1".parse::<Position>().is_err());
         let binlog: Position = "mysql:bin.000002:77".parse().unwrap();
         assert!(binlog.try_cmp(&Position::Pg(Lsn(1))).is_err());
-        assert!(binlog.includes(&"mysql:bin.000002:4".parse().unwrap()).unwrap());
-        assert!(!binlog.includes(&"mysql:bin.000002:77".parse().unwrap()).unwrap());
+        assert!(binlog
+            .includes(&"mysql:bin.000002:4".parse().unwrap())
+            .unwrap());
+        assert!(!binlog
+            .includes(&"mysql:bin.000002:77".parse().unwrap())
+            .unwrap());
     }
 
     proptest! {

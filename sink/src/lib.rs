@@ -4,10 +4,12 @@
 
 pub mod checkpoint;
 pub mod discard;
+pub mod mysql;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
 pub use discard::DiscardSink;
+pub use mysql::MysqlSink;
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;

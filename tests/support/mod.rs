@@ -633,6 +633,7 @@ impl MariaDbServer {
                 "--innodb-flush-log-at-trx-commit=2",
                 "--sync-binlog=0",
                 "--skip-name-resolve",
+                "--character-set-server=utf8mb4",
             ]);
         if root {
             server.arg("--user=mysql");
@@ -677,7 +678,13 @@ impl MariaDbServer {
 
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new("/usr/bin/mariadb")
-            .args(["--no-defaults", "-h", "127.0.0.1", "-u", "root", "-N", "-B"])
+            .args([
+                "--no-defaults",
+                "--default-character-set=utf8mb4",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args(["-u", "root", "-N", "-B"])
             .args(["-P", &self.port.to_string(), "-e", sql])
             .output()
             .expect("run mariadb");

@@ -37,14 +37,20 @@ pub fn pg_type(table: &TableSchema, i: usize) -> String {
         ColumnType::Int8 => "bigint".into(),
         ColumnType::Float4 => "real".into(),
         ColumnType::Float8 => "double precision".into(),
-        ColumnType::Numeric if spelled.starts_with("decimal(") || spelled.starts_with("numeric(") => {
+        ColumnType::Numeric
+            if spelled.starts_with("decimal(") || spelled.starts_with("numeric(") =>
+        {
             format!("numeric({})", args().unwrap_or_default())
         }
         // bigint unsigned: up to 20 digits.
         ColumnType::Numeric if spelled.starts_with("bigint") => "numeric(20,0)".into(),
         ColumnType::Numeric => "numeric".into(),
         ColumnType::Text if spelled.starts_with("varchar(") || spelled.starts_with("char(") => {
-            let kind = if spelled.starts_with("char(") { "char" } else { "varchar" };
+            let kind = if spelled.starts_with("char(") {
+                "char"
+            } else {
+                "varchar"
+            };
             format!("{kind}({})", args().unwrap_or_default())
         }
         ColumnType::Text | ColumnType::Other => "text".into(),

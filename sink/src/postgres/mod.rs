@@ -11,7 +11,7 @@
 //! else), the savepoint is rolled back and the same rows are upserted instead.
 
 mod ddl;
-mod text;
+pub(crate) mod text;
 
 use std::collections::{HashMap, HashSet};
 

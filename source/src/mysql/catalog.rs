@@ -68,7 +68,14 @@ pub async fn read_tables(
         let lower = column_type.to_ascii_lowercase();
         let binary = matches!(
             data_type.as_str(),
-            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "bit" | "geometry"
+            "binary"
+                | "varbinary"
+                | "tinyblob"
+                | "blob"
+                | "mediumblob"
+                | "longblob"
+                | "bit"
+                | "geometry"
         ) || (charset.as_deref() == Some("binary"));
         let labels = if matches!(data_type.as_str(), "enum" | "set") {
             parse_labels(&column_type)
@@ -161,10 +168,11 @@ pub fn shared_schema(id: &TableId, table: &CatalogTable, version: u64) -> Arc<Ta
 
 /// The labels of `enum('a','b''c')` / `set(…)` as declared.
 pub fn parse_labels(column_type: &str) -> Vec<String> {
-    let Some(body) = column_type
-        .find('(')
-        .and_then(|start| column_type.rfind(')').map(|end| &column_type[start + 1..end]))
-    else {
+    let Some(body) = column_type.find('(').and_then(|start| {
+        column_type
+            .rfind(')')
+            .map(|end| &column_type[start + 1..end])
+    }) else {
         return Vec::new();
     };
     let mut labels = Vec::new();

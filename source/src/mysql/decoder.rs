@@ -479,7 +479,10 @@ impl Decoder {
             }
             return Err(self.fail(
                 end,
-                format!("rows event for table id {} without its TABLE_MAP event", body.table_id),
+                format!(
+                    "rows event for table id {} without its TABLE_MAP event",
+                    body.table_id
+                ),
             ));
         };
         let table = layout.schema.id.clone();
@@ -495,9 +498,8 @@ impl Decoder {
         }
         let inflated;
         let rows = if compressed {
-            inflated = mariadb::uncompress(body.rows).map_err(|e| {
-                self.fail(end, format!("compressed rows event for {table}: {e}"))
-            })?;
+            inflated = mariadb::uncompress(body.rows)
+                .map_err(|e| self.fail(end, format!("compressed rows event for {table}: {e}")))?;
             &inflated[..]
         } else {
             body.rows
@@ -547,8 +549,12 @@ impl<'a> RowsBody<'a> {
             .filter(|&c| c <= 4096)
             .ok_or_else(|| format!("rows event claims {columns} columns"))?;
         let bitmap = |cur: &mut Cursor<'a>| -> Result<Vec<bool>, String> {
-            let bytes = cur.take(columns.div_ceil(8), "a column bitmap").map_err(err)?;
-            Ok((0..columns).map(|i| bytes[i / 8] & (1 << (i % 8)) != 0).collect())
+            let bytes = cur
+                .take(columns.div_ceil(8), "a column bitmap")
+                .map_err(err)?;
+            Ok((0..columns)
+                .map(|i| bytes[i / 8] & (1 << (i % 8)) != 0)
+                .collect())
         };
         let first = bitmap(&mut cur)?;
         let (before, after) = match kind {
@@ -591,7 +597,8 @@ fn parse_query(data: &[u8], compressed: bool) -> Result<(String, String), String
     let post = cur.take(13, "the QUERY header").map_err(err)?;
     let db_len = usize::from(post[8]);
     let status_len = usize::from(u16::from_le_bytes([post[11], post[12]]));
-    cur.take(status_len, "the QUERY status variables").map_err(err)?;
+    cur.take(status_len, "the QUERY status variables")
+        .map_err(err)?;
     let db = cur.take(db_len, "the QUERY database").map_err(err)?;
     cur.take(1, "the QUERY database terminator").map_err(err)?;
     let rest = cur.take(cur.remaining(), "the statement").map_err(err)?;

@@ -29,7 +29,10 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
         }
         let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
         if size < HEADER_LEN || size > rest.len() {
-            return Err(format!("event at offset {} claims {size} bytes", offset + 4));
+            return Err(format!(
+                "event at offset {} claims {size} bytes",
+                offset + 4
+            ));
         }
         let event = reader
             .read(&rest[..size])
@@ -39,10 +42,12 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
             .then(|| event.read_event::<TransactionPayloadEvent<'_>>())
             .transpose()
             .map_err(|e| format!("transaction payload at offset {}: {e}", offset + 4))?
-            .map(|p| p.decompressed().and_then(|mut d| {
-                let mut out = Vec::new();
-                std::io::Read::read_to_end(&mut d, &mut out).map(|_| out)
-            }));
+            .map(|p| {
+                p.decompressed().and_then(|mut d| {
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(&mut d, &mut out).map(|_| out)
+                })
+            });
         events.push(event);
         if let Some(inner) = payload {
             let inner = inner.map_err(|e| format!("transaction payload: {e}"))?;

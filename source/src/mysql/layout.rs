@@ -52,30 +52,56 @@ const BINARY_CHARSET: u16 = 63;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     /// Little-endian integer of 1, 2, 3, 4 or 8 bytes.
-    Int { bytes: u8 },
+    Int {
+        bytes: u8,
+    },
     Float,
     Double,
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
     Year,
     Date,
     /// Pre-5.6 TIME: 3 bytes `HHMMSS`.
     TimeV1,
-    Time2 { fsp: u8 },
+    Time2 {
+        fsp: u8,
+    },
     /// Pre-5.6 DATETIME: 8 bytes `YYYYMMDDHHMMSS`.
     DatetimeV1,
-    Datetime2 { fsp: u8 },
+    Datetime2 {
+        fsp: u8,
+    },
     /// Pre-5.6 TIMESTAMP: 4 bytes of epoch seconds.
     TimestampV1,
-    Timestamp2 { fsp: u8 },
-    Bit { bytes: u8 },
-    Enum { bytes: u8 },
-    Set { bytes: u8 },
-    /// A string with a 1- or 2-byte length prefix (CHAR, VARCHAR, BINARY, VARBINARY).
-    String { len_bytes: u8 },
+    Timestamp2 {
+        fsp: u8,
+    },
+    Bit {
+        bytes: u8,
+    },
+    Enum {
+        bytes: u8,
+    },
+    Set {
+        bytes: u8,
+    },
+    /// A string with a 1- or 2-byte length prefix (CHAR, VARCHAR, BINARY, VARBINARY). `fixed` is a CHAR /
+    /// BINARY column's declared size in bytes: the binlog strips BINARY's trailing zero bytes, which decoding puts
+    /// back.
+    String {
+        len_bytes: u8,
+        fixed: Option<u16>,
+    },
     /// A value with a 1–4-byte length prefix (BLOB, TEXT, GEOMETRY, MariaDB JSON, VECTOR).
-    Blob { len_bytes: u8 },
+    Blob {
+        len_bytes: u8,
+    },
     /// MySQL's binary JSON, with a 4-byte length prefix... or its length-prefix size from the metadata.
-    Json { len_bytes: u8 },
+    Json {
+        len_bytes: u8,
+    },
     /// A column that is always NULL.
     Null,
 }
@@ -150,6 +176,7 @@ fn wire_of(type_code: u8, meta: &[u8]) -> Result<(u8, Wire), String> {
                 VARCHAR,
                 Wire::String {
                     len_bytes: if max < 256 { 1 } else { 2 },
+                    fixed: None,
                 },
             )
         }
@@ -158,7 +185,10 @@ fn wire_of(type_code: u8, meta: &[u8]) -> Result<(u8, Wire), String> {
             let (b0, b1) = (m(0), m(1));
             // A CHAR longer than 255 bytes keeps its length's high bits in the type byte (MySQL bug #37426).
             let (real, len) = if b0 & 0x30 != 0x30 {
-                (b0 | 0x30, usize::from(b1) | (usize::from((b0 & 0x30) ^ 0x30) << 4))
+                (
+                    b0 | 0x30,
+                    usize::from(b1) | (usize::from((b0 & 0x30) ^ 0x30) << 4),
+                )
             } else {
                 (b0, usize::from(b1))
             };
@@ -169,6 +199,7 @@ fn wire_of(type_code: u8, meta: &[u8]) -> Result<(u8, Wire), String> {
                     STRING,
                     Wire::String {
                         len_bytes: if len < 256 { 1 } else { 2 },
+                        fixed: u16::try_from(len).ok(),
                     },
                 ),
             }
@@ -222,7 +253,9 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
     let numeric: Vec<usize> = (0..reals.len())
         .filter(|&i| has_signedness_bit(reals[i]))
         .collect();
-    let character: Vec<usize> = (0..reals.len()).filter(|&i| has_charset(reals[i])).collect();
+    let character: Vec<usize> = (0..reals.len())
+        .filter(|&i| has_charset(reals[i]))
+        .collect();
     for field in tme.iter_optional_meta() {
         let field = field.map_err(|e| format!("optional metadata: {e}"))?;
         match field {
@@ -509,7 +542,16 @@ mod tests {
         );
         // CHAR(255) in utf8mb4 = 1020 bytes: the high bits of the length hide in the type byte.
         let (real, w) = wire_of(wire::STRING, &[0xec, 0xfc]).unwrap();
-        assert_eq!((real, w), (wire::STRING, Wire::String { len_bytes: 2 }));
+        assert_eq!(
+            (real, w),
+            (
+                wire::STRING,
+                Wire::String {
+                    len_bytes: 2,
+                    fixed: Some(1020)
+                }
+            )
+        );
         assert!(wire_of(wire::NEWDECIMAL, &[10]).is_err());
         assert!(wire_of(200, &[]).is_err());
     }

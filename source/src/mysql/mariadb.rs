@@ -69,11 +69,15 @@ const MAX_UNCOMPRESSED: usize = 1 << 30;
 pub fn uncompress(buf: &[u8]) -> Result<Vec<u8>, String> {
     let header = *buf.first().ok_or("empty compressed body")?;
     if header & 0x80 == 0 {
-        return Err(format!("compressed body starts with {header:#04x}, not a compression header"));
+        return Err(format!(
+            "compressed body starts with {header:#04x}, not a compression header"
+        ));
     }
     let algorithm = (header & 0x70) >> 4;
     if algorithm != 0 {
-        return Err(format!("compression algorithm {algorithm} (only zlib, 0, exists)"));
+        return Err(format!(
+            "compression algorithm {algorithm} (only zlib, 0, exists)"
+        ));
     }
     let len_len = usize::from(header & 0x07);
     if !(1..=4).contains(&len_len) || buf.len() < 1 + len_len {

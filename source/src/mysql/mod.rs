@@ -86,17 +86,18 @@ impl MysqlSourceSettings {
     /// and away from the small ids people give their servers).
     pub fn server_id(&self) -> u32 {
         self.config.server_id.unwrap_or_else(|| {
-            let hash = self
-                .pipeline
-                .bytes()
-                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            let hash = self.pipeline.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
             1_000_000 + hash % 1_000_000_000
         })
     }
 
     fn selection(&self) -> Result<Selection, Error> {
         match &self.config.tables {
-            Some(tables) => Ok(Selection::Tables(tables.iter().cloned().collect::<HashSet<_>>())),
+            Some(tables) => Ok(Selection::Tables(
+                tables.iter().cloned().collect::<HashSet<_>>(),
+            )),
             None => {
                 let db = connection_options(&self.config.url)?
                     .db_name()
@@ -226,9 +227,16 @@ async fn require_row_binlog(conn: &mut mysql_async::Conn) -> Result<(), Error> {
         .query("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image')")
         .await
         .map_err(|e| Error::transient("reading the binlog settings", e))?;
-    let get = |n: &str| rows.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or("");
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
     if !matches!(get("log_bin"), "ON" | "1") {
-        return Err(Error::fatal("the source server's binary log is off: start it with log_bin (see `ferry check`)"));
+        return Err(Error::fatal(
+            "the source server's binary log is off: start it with log_bin (see `ferry check`)",
+        ));
     }
     if !get("binlog_format").eq_ignore_ascii_case("ROW") {
         return Err(Error::fatal(format!(

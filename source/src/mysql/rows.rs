@@ -45,7 +45,9 @@ impl<'a> Cursor<'a> {
 
     fn uint_le(&mut self, n: usize, what: &str) -> Result<u64, RowError> {
         let b = self.take(n, what)?;
-        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        Ok(b.iter()
+            .rev()
+            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
     }
 
     fn uint_be(&mut self, n: usize, what: &str) -> Result<u64, RowError> {
@@ -172,7 +174,9 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
         }
         Wire::Double => {
             let b = cur.take(8, "a DOUBLE")?;
-            Value::Float(f64::from_le_bytes(b.try_into().map_err(|_| short("a DOUBLE"))?))
+            Value::Float(f64::from_le_bytes(
+                b.try_into().map_err(|_| short("a DOUBLE"))?,
+            ))
         }
         Wire::Decimal { precision, scale } => {
             if precision == 0 || precision > 65 || scale > 30 || scale > precision {
@@ -185,9 +189,7 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
             let bytes = cur.take(size, "a DECIMAL")?;
             let d = BinDecimal::read_bin(bytes, usize::from(precision), usize::from(scale), false)
                 .map_err(|e| RowError(format!("DECIMAL: {e}")))?;
-            Value::Decimal(
-                Decimal::parse(&d.to_string()).map_err(|e| RowError(e.to_string()))?,
-            )
+            Value::Decimal(Decimal::parse(&d.to_string()).map_err(|e| RowError(e.to_string()))?)
         }
         Wire::Year => {
             let y = cur.uint_le(1, "a YEAR")?;
@@ -300,9 +302,17 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
             }
             Value::Text(chosen.join(","))
         }
-        Wire::String { len_bytes } => {
+        Wire::String { len_bytes, fixed } => {
             let len = cur.uint_le(usize::from(len_bytes), "a string length")? as usize;
-            string_value(cur.take(len, "a string")?, c.binary)?
+            let bytes = cur.take(len, "a string")?;
+            match fixed {
+                Some(size) if c.binary && bytes.len() < usize::from(size) => {
+                    let mut padded = bytes.to_vec();
+                    padded.resize(usize::from(size), 0);
+                    Value::Bytes(padded)
+                }
+                _ => string_value(bytes, c.binary)?,
+            }
         }
         Wire::Blob { len_bytes } => {
             if !(1..=4).contains(&len_bytes) {
@@ -360,7 +370,9 @@ fn datetime_value(
 ) -> Value {
     match Date::from_ymd(year, month, day) {
         Some(d) => Value::Timestamp(Timestamp(
-            i64::from(d.0) * 86_400_000_000 + ((hour * 60 + minute) * 60 + second) * 1_000_000 + micros,
+            i64::from(d.0) * 86_400_000_000
+                + ((hour * 60 + minute) * 60 + second) * 1_000_000
+                + micros,
         )),
         None => Value::Null,
     }
@@ -385,7 +397,10 @@ mod tests {
 
     #[test]
     fn signed_mediumint_is_sign_extended() {
-        assert_eq!(one(&[0xff, 0xff, 0xff], col(Wire::Int { bytes: 3 }, false)), Value::Int(-1));
+        assert_eq!(
+            one(&[0xff, 0xff, 0xff], col(Wire::Int { bytes: 3 }, false)),
+            Value::Int(-1)
+        );
         assert_eq!(
             one(&[0x00, 0x00, 0x80], col(Wire::Int { bytes: 3 }, false)),
             Value::Int(-8_388_608)
@@ -402,20 +417,34 @@ mod tests {
             one(&[0xff; 8], col(Wire::Int { bytes: 8 }, true)),
             Value::Decimal(Decimal::Finite("18446744073709551615".into()))
         );
-        assert_eq!(one(&[0xff; 8], col(Wire::Int { bytes: 8 }, false)), Value::Int(-1));
+        assert_eq!(
+            one(&[0xff; 8], col(Wire::Int { bytes: 8 }, false)),
+            Value::Int(-1)
+        );
     }
 
     #[test]
     fn enum_and_set_become_labels() {
-        assert_eq!(one(&[2], col(Wire::Enum { bytes: 1 }, false)), Value::Text("b".into()));
-        assert_eq!(one(&[0b101], col(Wire::Set { bytes: 1 }, false)), Value::Text("a,c".into()));
-        assert!(decode_value(&mut Cursor::new(&[9]), &col(Wire::Enum { bytes: 1 }, false)).is_err());
+        assert_eq!(
+            one(&[2], col(Wire::Enum { bytes: 1 }, false)),
+            Value::Text("b".into())
+        );
+        assert_eq!(
+            one(&[0b101], col(Wire::Set { bytes: 1 }, false)),
+            Value::Text("a,c".into())
+        );
+        assert!(
+            decode_value(&mut Cursor::new(&[9]), &col(Wire::Enum { bytes: 1 }, false)).is_err()
+        );
     }
 
     #[test]
     fn negative_time2_with_fraction() {
         // -00:00:01.5 at fsp 1: MySQL writes int part 0x7fffff and fraction 0x100 - 50.
-        let v = one(&[0x7f, 0xff, 0xff, 0xce], col(Wire::Time2 { fsp: 1 }, false));
+        let v = one(
+            &[0x7f, 0xff, 0xff, 0xce],
+            col(Wire::Time2 { fsp: 1 }, false),
+        );
         assert_eq!(v, interval(-1_500_000));
         // 838:59:59 at fsp 0.
         let hms: i64 = (838 << 12) | (59 << 6) | 59;

@@ -46,7 +46,11 @@ pub async fn begin(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, Er
                 .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
                 .await
                 .map_err(sql_error("reading the snapshot's binlog position"))?;
-            let get = |name: &str| rows.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let get = |name: &str| {
+                rows.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
             let file = get("binlog_snapshot_file").unwrap_or_default();
             let offset = get("binlog_snapshot_position").and_then(|p| p.parse().ok());
             let (false, Some(offset)) = (file.is_empty(), offset) else {
@@ -68,7 +72,9 @@ pub async fn begin(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, Er
         Flavor::MySql => {
             conn.query_drop("FLUSH TABLES WITH READ LOCK")
                 .await
-                .map_err(sql_error("taking the brief read lock for the snapshot position"))?;
+                .map_err(sql_error(
+                    "taking the brief read lock for the snapshot position",
+                ))?;
             let started = conn
                 .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await
@@ -83,7 +89,8 @@ pub async fn begin(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, Er
             conn.query_drop("UNLOCK TABLES")
                 .await
                 .map_err(sql_error("releasing the read lock"))?;
-            let row = status?.ok_or_else(|| Error::fatal("SHOW MASTER STATUS is empty: is log_bin on?"))?;
+            let row = status?
+                .ok_or_else(|| Error::fatal("SHOW MASTER STATUS is empty: is log_bin on?"))?;
             let file: String = row.get(0).unwrap_or_default();
             let offset: u64 = row.get(1).unwrap_or_default();
             let gtid: Option<String> = row.get(4);
@@ -132,7 +139,10 @@ pub async fn run(
         .await
         .map_err(|_| closed())?;
     for s in &schemas {
-        events.send(Event::Schema(s.clone())).await.map_err(|_| closed())?;
+        events
+            .send(Event::Schema(s.clone()))
+            .await
+            .map_err(|_| closed())?;
     }
     events
         .send(Event::Change(Change::Truncate {
@@ -141,7 +151,11 @@ pub async fn run(
         .await
         .map_err(|_| closed())?;
     stats.snapshot.start(tables.len() as u64, estimated);
-    info!(tables = tables.len(), estimated_rows = estimated, "snapshot started");
+    info!(
+        tables = tables.len(),
+        estimated_rows = estimated,
+        "snapshot started"
+    );
     let started = Instant::now();
     let reporter = tokio::spawn(crate::postgres::snapshot::report_progress(stats.clone()));
     let result = async {
@@ -257,7 +271,8 @@ fn snapshot_value(v: mysql_async::Value, ty: &ferry_core::ColumnType) -> Result<
         }),
         (M::Date(y, m, d, h, mi, s, us), T::Date) => {
             let _ = (h, mi, s, us);
-            Date::from_ymd(i32::from(y), u32::from(m), u32::from(d)).map_or(Value::Null, Value::Date)
+            Date::from_ymd(i32::from(y), u32::from(m), u32::from(d))
+                .map_or(Value::Null, Value::Date)
         }
         (M::Date(y, m, d, h, mi, s, us), t) => {
             match Date::from_ymd(i32::from(y), u32::from(m), u32::from(d)) {
@@ -280,11 +295,10 @@ fn snapshot_value(v: mysql_async::Value, ty: &ferry_core::ColumnType) -> Result<
             }
         }
         (M::Time(negative, days, h, m, s, us), _) => {
-            let micros = ((i64::from(days) * 24 + i64::from(h)) * 3600
-                + i64::from(m) * 60
-                + i64::from(s))
-                * 1_000_000
-                + i64::from(us);
+            let micros =
+                ((i64::from(days) * 24 + i64::from(h)) * 3600 + i64::from(m) * 60 + i64::from(s))
+                    * 1_000_000
+                    + i64::from(us);
             Value::Interval(Interval {
                 months: 0,
                 days: 0,

@@ -137,7 +137,8 @@ pub fn classify(sql: &str, default_db: &str) -> Statement {
         }
         i
     };
-    if kw(0, "BEGIN") || (kw(0, "START") && kw(1, "TRANSACTION")) || (kw(0, "XA") && kw(1, "START")) {
+    if kw(0, "BEGIN") || (kw(0, "START") && kw(1, "TRANSACTION")) || (kw(0, "XA") && kw(1, "START"))
+    {
         return Statement::Begin;
     }
     if kw(0, "COMMIT") || (kw(0, "XA") && kw(1, "COMMIT")) {
@@ -234,8 +235,14 @@ mod tests {
         assert_eq!(classify("BEGIN", "d"), Statement::Begin);
         assert_eq!(classify("COMMIT /* implicit */", "d"), Statement::Commit);
         assert_eq!(classify("ROLLBACK TO SAVEPOINT x", "d"), Statement::Other);
-        assert_eq!(classify("truncate table `a b`", "d"), Statement::Truncate(t("d", "a b")));
-        assert_eq!(classify("TRUNCATE x.y", "d"), Statement::Truncate(t("x", "y")));
+        assert_eq!(
+            classify("truncate table `a b`", "d"),
+            Statement::Truncate(t("d", "a b"))
+        );
+        assert_eq!(
+            classify("TRUNCATE x.y", "d"),
+            Statement::Truncate(t("x", "y"))
+        );
         assert_eq!(
             classify("/* c */ ALTER TABLE `db`.`t` ADD COLUMN c int", "d"),
             Statement::SchemaChange(vec![t("db", "t")])
@@ -256,9 +263,15 @@ mod tests {
             classify("ALTER TABLE a RENAME TO b", "d"),
             Statement::SchemaChange(vec![t("d", "a"), t("d", "b")])
         );
-        assert_eq!(classify("CREATE TEMPORARY TABLE tmp (x int)", "d"), Statement::Other);
+        assert_eq!(
+            classify("CREATE TEMPORARY TABLE tmp (x int)", "d"),
+            Statement::Other
+        );
         assert_eq!(classify("CREATE INDEX i ON t (x)", "d"), Statement::Other);
-        assert_eq!(classify("insert into t values ('a;b')", "d"), Statement::DataChange);
+        assert_eq!(
+            classify("insert into t values ('a;b')", "d"),
+            Statement::DataChange
+        );
         assert_eq!(classify("GRANT ALL ON *.* TO x", "d"), Statement::Other);
         assert_eq!(classify("", "d"), Statement::Other);
     }

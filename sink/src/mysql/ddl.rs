@@ -1,0 +1,179 @@
+//! Target tables in MySQL: created from the source schema, then kept in step (ADD / DROP COLUMN).
+
+use std::collections::HashMap;
+
+use ferry_core::{ColumnType, Dialect, Error, TableSchema};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use tracing::info;
+
+use super::literal::quote_ident;
+use super::write_error;
+
+/// How values are spelled for a target column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// MySQL TIME: durations are written as `[-]H:MM:SS.ffffff`.
+    Time,
+    Other,
+}
+
+/// A target table's columns as they are after the last DDL.
+#[derive(Debug, Clone)]
+pub struct TargetTable {
+    /// The source schema version it was made for.
+    pub version: u64,
+    columns: HashMap<String, TargetKind>,
+}
+
+impl TargetTable {
+    pub fn has(&self, column: &str) -> bool {
+        self.columns.contains_key(column)
+    }
+
+    pub fn kind(&self, column: &str) -> TargetKind {
+        self.columns
+            .get(column)
+            .copied()
+            .unwrap_or(TargetKind::Other)
+    }
+}
+
+/// The MySQL type of column `i`: the source's own spelling for MySQL sources, otherwise mapped from the logical
+/// type (docs/type-mapping.md). Key columns get bounded types, since MySQL cannot index a whole TEXT or BLOB.
+pub fn mysql_type(table: &TableSchema, i: usize) -> String {
+    let column = &table.columns[i];
+    if table.dialect == Dialect::Mysql {
+        return column.source_type.clone();
+    }
+    let spelled = column.source_type.to_ascii_lowercase();
+    let args = spelled
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(args, _)| args.to_owned());
+    let key = table.primary_key.contains(&i);
+    match &column.ty {
+        ColumnType::Bool => "boolean".into(),
+        ColumnType::Int2 => "smallint".into(),
+        ColumnType::Int4 => "int".into(),
+        ColumnType::Int8 => "bigint".into(),
+        ColumnType::Float4 => "float".into(),
+        ColumnType::Float8 => "double".into(),
+        ColumnType::Numeric => match args {
+            Some(a) if spelled.starts_with("numeric(") => format!("decimal({a})"),
+            // Unconstrained numeric: the widest MySQL decimal.
+            _ => "decimal(65,30)".into(),
+        },
+        ColumnType::Text if spelled.starts_with("character varying(") => {
+            format!("varchar({})", args.unwrap_or_default())
+        }
+        ColumnType::Text if spelled.starts_with("character(") => {
+            format!("char({})", args.unwrap_or_default())
+        }
+        ColumnType::Text | ColumnType::Other | ColumnType::Array(_) if key => "varchar(255)".into(),
+        ColumnType::Text | ColumnType::Other | ColumnType::Array(_) => "longtext".into(),
+        ColumnType::Bytes if key => "varbinary(255)".into(),
+        ColumnType::Bytes => "longblob".into(),
+        ColumnType::Json | ColumnType::Jsonb => "json".into(),
+        ColumnType::Uuid => "char(36)".into(),
+        ColumnType::Date => "date".into(),
+        ColumnType::Time => "time(6)".into(),
+        ColumnType::TimeTz => "varchar(32)".into(),
+        ColumnType::Timestamp | ColumnType::TimestampTz => "datetime(6)".into(),
+        ColumnType::Interval => "varchar(64)".into(),
+    }
+}
+
+async fn columns(conn: &mut Conn, name: &str) -> Result<Vec<(String, String)>, Error> {
+    // `db`.`t` → ('db', 't') for information_schema.
+    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
+    let (db, table) = name
+        .split_once("`.`")
+        .map(|(a, b)| (unquote(a), unquote(b)))
+        .unwrap_or_default();
+    conn.exec(
+        "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        (db, table),
+    )
+    .await
+    .map_err(write_error(format!("reading the columns of {name}")))
+}
+
+/// Creates `name` for `schema` when missing; otherwise adds the columns it lacks and drops those the source no
+/// longer has.
+pub async fn ensure_table(
+    conn: &mut Conn,
+    name: &str,
+    schema: &TableSchema,
+) -> Result<TargetTable, Error> {
+    let existing = columns(conn, name).await?;
+    let ddl_err = || write_error(format!("creating or altering target table {name}"));
+    if existing.is_empty() {
+        let mut defs: Vec<String> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "{} {}{}",
+                    quote_ident(&c.name),
+                    mysql_type(schema, i),
+                    if c.nullable { " NULL" } else { " NOT NULL" }
+                )
+            })
+            .collect();
+        if schema.has_primary_key() {
+            let pk: Vec<String> = schema
+                .primary_key
+                .iter()
+                .map(|&k| quote_ident(&schema.columns[k].name))
+                .collect();
+            defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+        }
+        conn.query_drop(format!(
+            "CREATE TABLE {name} ({}) DEFAULT CHARSET = utf8mb4",
+            defs.join(", ")
+        ))
+        .await
+        .map_err(ddl_err())?;
+        info!(table = %name, "created target table");
+    } else {
+        let mut alters = Vec::new();
+        for (i, c) in schema.columns.iter().enumerate() {
+            if !existing.iter().any(|(n, _)| *n == c.name) {
+                alters.push(format!(
+                    "ADD COLUMN {} {} NULL",
+                    quote_ident(&c.name),
+                    mysql_type(schema, i)
+                ));
+            }
+        }
+        for (n, _) in &existing {
+            if !schema.columns.iter().any(|c| c.name == *n) {
+                alters.push(format!("DROP COLUMN {}", quote_ident(n)));
+            }
+        }
+        if !alters.is_empty() {
+            conn.query_drop(format!("ALTER TABLE {name} {}", alters.join(", ")))
+                .await
+                .map_err(ddl_err())?;
+            info!(table = %name, changes = %alters.join(", "), "altered target table");
+        }
+    }
+    let columns = columns(conn, name)
+        .await?
+        .into_iter()
+        .map(|(n, ty)| {
+            let kind = if ty.eq_ignore_ascii_case("time") {
+                TargetKind::Time
+            } else {
+                TargetKind::Other
+            };
+            (n, kind)
+        })
+        .collect();
+    Ok(TargetTable {
+        version: schema.version,
+        columns,
+    })
+}

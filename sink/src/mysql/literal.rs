@@ -1,0 +1,148 @@
+//! Values as MySQL SQL literals, for a session with `NO_BACKSLASH_ESCAPES` and `time_zone = '+00:00'`.
+
+use std::fmt::Write;
+
+use ferry_core::{Date, Decimal, Error, Timestamp, Value};
+
+use super::ddl::TargetKind;
+
+/// Quotes an identifier with backquotes.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A string literal: quotes doubled (the session has NO_BACKSLASH_ESCAPES, so backslashes are plain).
+pub fn text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut out = String::with_capacity(3 + b.len() * 2);
+    out.push_str("X'");
+    for byte in b {
+        let _ = write!(out, "{byte:02X}");
+    }
+    out.push('\'');
+    out
+}
+
+/// `[-]H:MM:SS[.ffffff]`: MySQL's TIME form of a signed duration.
+fn time_text(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let a = micros.unsigned_abs();
+    let secs = a / 1_000_000;
+    let frac = a % 1_000_000;
+    let mut s = format!(
+        "{sign}{}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    if frac != 0 {
+        let _ = write!(s, ".{frac:06}");
+    }
+    s
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` of a UTC timestamp.
+fn datetime_text(t: Timestamp) -> Result<String, String> {
+    if t == Timestamp::INFINITY || t == Timestamp::NEG_INFINITY {
+        return Err("MySQL has no infinite timestamps".into());
+    }
+    let days = t.0.div_euclid(86_400_000_000);
+    let rest = t.0.rem_euclid(86_400_000_000);
+    let (y, m, d) = Date(days as i32).ymd();
+    if !(0..=9999).contains(&y) {
+        return Err(format!("year {y} is outside MySQL's range"));
+    }
+    let secs = rest / 1_000_000;
+    let mut s = format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    if rest % 1_000_000 != 0 {
+        let _ = write!(s, ".{:06}", rest % 1_000_000);
+    }
+    Ok(s)
+}
+
+/// The literal for `v` in a column of `kind`.
+pub fn literal(v: &Value, kind: TargetKind) -> Result<String, Error> {
+    let bad = |why: String| Error::fatal(format!("value cannot be written to MySQL: {why}"));
+    Ok(match v {
+        Value::Null | Value::Unchanged => "NULL".into(),
+        Value::Bool(b) => if *b { "1" } else { "0" }.into(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) if f.is_finite() => {
+            let s = format!("{f:?}");
+            if s.contains('e') || s.contains('E') {
+                format!("{f:e}")
+            } else {
+                s
+            }
+        }
+        Value::Float(f) => return Err(bad(format!("{f} (MySQL floats have no NaN or infinity)"))),
+        Value::Decimal(Decimal::Finite(s)) => s.clone(),
+        Value::Decimal(d) => return Err(bad(format!("decimal {d}"))),
+        Value::Text(s) | Value::Json(s) => text(s),
+        Value::Bytes(b) => hex(b),
+        Value::Uuid(u) => text(&u.to_string()),
+        Value::Date(d) => {
+            let (y, m, day) = d.ymd();
+            if !(0..=9999).contains(&y) {
+                return Err(bad(format!("date {d}")));
+            }
+            format!("'{y:04}-{m:02}-{day:02}'")
+        }
+        Value::Time(t) => text(&t.to_string()),
+        Value::TimeTz(t) => text(&t.to_string()),
+        Value::Timestamp(t) | Value::TimestampTz(t) => text(&datetime_text(*t).map_err(bad)?),
+        Value::Interval(i) => match kind {
+            TargetKind::Time if i.months == 0 => {
+                text(&time_text(i.micros + i64::from(i.days) * 86_400_000_000))
+            }
+            _ => text(&i.to_string()),
+        },
+        Value::Array(_) => text(&crate::postgres::text::pg_text(v).unwrap_or_default()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::Interval;
+
+    #[test]
+    fn literals_are_exact_and_quoted() {
+        assert_eq!(text("it's \\ fine"), "'it''s \\ fine'");
+        assert_eq!(
+            literal(&Value::Bytes(vec![0, 0xab]), TargetKind::Other).unwrap(),
+            "X'00AB'"
+        );
+        assert_eq!(
+            literal(&Value::Float(1.5), TargetKind::Other).unwrap(),
+            "1.5"
+        );
+        assert_eq!(
+            literal(&Value::Float(1e300), TargetKind::Other).unwrap(),
+            "1e300"
+        );
+        assert!(literal(&Value::Float(f64::NAN), TargetKind::Other).is_err());
+        let t = Value::Interval(Interval {
+            months: 0,
+            days: 0,
+            micros: -(838 * 3600 + 59 * 60 + 59) * 1_000_000 - 5,
+        });
+        assert_eq!(
+            literal(&t, TargetKind::Time).unwrap(),
+            "'-838:59:59.000005'"
+        );
+        let ts = Value::Timestamp(Timestamp(1_700_000_000_123_456));
+        assert_eq!(
+            literal(&ts, TargetKind::Other).unwrap(),
+            "'2023-11-14 22:13:20.123456'"
+        );
+    }
+}

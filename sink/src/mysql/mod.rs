@@ -1,0 +1,488 @@
+//! The MySQL / MariaDB sink: batched `INSERT … ON DUPLICATE KEY UPDATE`, deletes by key, and the checkpoint row
+//! in the same transaction.
+//!
+//! Tables go into the URL's database under the source table's name (without a database in the URL, into a
+//! database named after the source schema). MySQL commits implicitly before any DDL, so creating or altering a
+//! target table happens before the batch's transaction opens: when a batch needs DDL while a transaction is still
+//! open from an earlier batch, that transaction is committed first without a checkpoint. Its changes are then
+//! replayed after a crash; for tables with a primary key the replay converges to the same rows (every write sets
+//! whole rows by key), for keyless tables it can duplicate rows written in that window.
+
+mod ddl;
+mod literal;
+
+use std::collections::HashMap;
+
+use ferry_core::{Change, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts};
+use tracing::debug;
+
+use crate::checkpoint::now_text;
+use crate::rows::{classify, RowAction};
+use ddl::{ensure_table, TargetTable};
+use literal::{literal, quote_ident};
+
+/// Statements are flushed once their SQL text reaches this size (well under max_allowed_packet's 16 MiB default).
+const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+const CREATE_CHECKPOINT_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_checkpoints (\
+    pipeline VARCHAR(255) NOT NULL, sink VARCHAR(255) NOT NULL, position TEXT NOT NULL, updated_at VARCHAR(64) NOT NULL, \
+    PRIMARY KEY (pipeline, sink))";
+
+/// The session every sink connection uses: exact values in, no surprises from server defaults.
+const SESSION_SQL: [&str; 3] = [
+    "SET NAMES utf8mb4",
+    "SET SESSION time_zone = '+00:00', SESSION foreign_key_checks = 0",
+    // Quotes are doubled, never backslash-escaped; an explicit 0 in an AUTO_INCREMENT column stays 0.
+    "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO,STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+];
+
+fn write_error(what: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Error {
+    let what = what.into();
+    move |e| match &e {
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => Error::transient(what, e),
+        // Lost connections and server shutdown surface as these server errors.
+        mysql_async::Error::Server(s) if matches!(s.code, 1053 | 1205 | 1213 | 2006 | 2013) => {
+            Error::transient(what, e)
+        }
+        _ => Error::fatal_from(what, e),
+    }
+}
+
+/// Parses a `mysql://` / `mariadb://` URL.
+pub fn options(url: &str) -> Result<Opts, Error> {
+    let url = match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_owned(),
+    };
+    Opts::from_url(&url).map_err(|e| Error::fatal_from("MySQL sink url", e))
+}
+
+async fn connect(url: &str) -> Result<Conn, Error> {
+    let opts = options(url)?;
+    let mut conn = Conn::new(opts)
+        .await
+        .map_err(|e| Error::transient("connecting to the MySQL target", e))?;
+    for sql in SESSION_SQL {
+        conn.query_drop(sql)
+            .await
+            .map_err(write_error("setting up the MySQL target session"))?;
+    }
+    Ok(conn)
+}
+
+/// Writes into MySQL or MariaDB.
+pub struct MysqlSink {
+    name: String,
+    pipeline: String,
+    conn: Conn,
+    /// The database tables go into; `None`: the source schema's name.
+    database: Option<String>,
+    /// Target tables as last created or altered, by source table.
+    tables: HashMap<TableId, TargetTable>,
+    in_transaction: bool,
+    /// Writes made in the open transaction.
+    dirty: bool,
+}
+
+impl MysqlSink {
+    pub async fn connect(name: &str, pipeline: &str, url: &str) -> Result<Self, Error> {
+        let database = options(url)?.db_name().map(str::to_owned);
+        let mut conn = connect(url).await?;
+        conn.query_drop(CREATE_CHECKPOINT_TABLE)
+            .await
+            .map_err(write_error("creating ferry_checkpoints"))?;
+        Ok(MysqlSink {
+            name: name.to_owned(),
+            pipeline: pipeline.to_owned(),
+            conn,
+            database,
+            tables: HashMap::new(),
+            in_transaction: false,
+            dirty: false,
+        })
+    }
+
+    fn target_name(&self, id: &TableId) -> String {
+        match &self.database {
+            Some(db) => format!("{}.{}", quote_ident(db), quote_ident(&id.name)),
+            None => format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name)),
+        }
+    }
+
+    /// Creates or alters the tables this batch needs, before its transaction opens (DDL commits implicitly).
+    async fn prepare_tables(&mut self, events: &[Event]) -> Result<(), Error> {
+        let mut wanted: Vec<SchemaRef> = Vec::new();
+        for e in events {
+            let schema = match e {
+                Event::Schema(s) => s,
+                Event::Change(Change::Row { table, .. }) => table,
+                _ => continue,
+            };
+            let known = self.tables.get(&schema.id).map(|t| t.version);
+            let queued = wanted
+                .iter()
+                .rev()
+                .find(|w| w.id == schema.id)
+                .map(|w| w.version);
+            if queued.or(known) != Some(schema.version) {
+                wanted.push(schema.clone());
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if self.in_transaction {
+            if self.dirty {
+                debug!(sink = %self.name, "committing the open transaction before DDL (MySQL commits implicitly)");
+            }
+            self.conn
+                .query_drop("COMMIT")
+                .await
+                .map_err(write_error("committing before DDL"))?;
+            self.in_transaction = false;
+            self.dirty = false;
+        }
+        for schema in wanted {
+            let name = self.target_name(&schema.id);
+            if let Some(db) = self.database.is_none().then(|| schema.id.schema.clone()) {
+                self.conn
+                    .query_drop(format!(
+                        "CREATE DATABASE IF NOT EXISTS {}",
+                        quote_ident(&db)
+                    ))
+                    .await
+                    .map_err(write_error(format!("creating database {db}")))?;
+            }
+            let target = ensure_table(&mut self.conn, &name, &schema).await?;
+            self.tables.insert(schema.id.clone(), target);
+        }
+        Ok(())
+    }
+
+    async fn exec(&mut self, sql: String, what: &str) -> Result<(), Error> {
+        self.dirty = true;
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(write_error(what.to_owned()))
+    }
+
+    async fn apply_events(
+        &mut self,
+        events: &[Event],
+        commit: Option<&Position>,
+    ) -> Result<(), Error> {
+        self.prepare_tables(events).await?;
+        if !self.in_transaction {
+            self.conn
+                .query_drop("START TRANSACTION")
+                .await
+                .map_err(write_error("starting a transaction"))?;
+            self.in_transaction = true;
+        }
+        let mut upserts = Upserts::default();
+        for e in events {
+            let Event::Change(change) = e else { continue };
+            match change {
+                Change::Truncate { tables } => {
+                    self.flush(&mut upserts).await?;
+                    for t in tables {
+                        if self.tables.contains_key(t) {
+                            // TRUNCATE is DDL in MySQL (an implicit commit); DELETE stays in the transaction.
+                            let sql = format!("DELETE FROM {}", self.target_name(t));
+                            self.exec(sql, "truncating a table").await?;
+                        }
+                    }
+                }
+                Change::Row { table, op } => match classify(table, op) {
+                    RowAction::Upsert(row) => {
+                        if upserts
+                            .table
+                            .as_ref()
+                            .is_some_and(|t| t.id != table.id || t.version != table.version)
+                            || upserts.sql.len() > MAX_STATEMENT_BYTES
+                        {
+                            self.flush(&mut upserts).await?;
+                        }
+                        let target = &self.tables[&table.id];
+                        upserts.push(table, target, row, &self.target_name(&table.id))?;
+                    }
+                    action => {
+                        self.flush(&mut upserts).await?;
+                        self.apply_single(table, action).await?;
+                    }
+                },
+            }
+        }
+        self.flush(&mut upserts).await?;
+        if let Some(position) = commit {
+            let sql = format!(
+                "INSERT INTO ferry_checkpoints (pipeline, sink, position, updated_at) VALUES ({}, {}, {}, {}) \
+                 ON DUPLICATE KEY UPDATE position = VALUES(position), updated_at = VALUES(updated_at)",
+                literal::text(&self.pipeline),
+                literal::text(&self.name),
+                literal::text(&position.to_string()),
+                literal::text(&now_text())
+            );
+            self.exec(sql, "writing the checkpoint").await?;
+            self.conn
+                .query_drop("COMMIT")
+                .await
+                .map_err(write_error("committing"))?;
+            self.in_transaction = false;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, upserts: &mut Upserts) -> Result<(), Error> {
+        if let Some(sql) = upserts.finish() {
+            self.exec(sql, "writing rows").await?;
+        }
+        Ok(())
+    }
+
+    /// Writes for the columns the target has, of the row's own schema.
+    fn assignments(&self, table: &SchemaRef, row: &Row, sep: &str) -> Result<String, Error> {
+        let target = &self.tables[&table.id];
+        let mut parts = Vec::new();
+        for (i, c) in table.columns.iter().enumerate() {
+            if row[i] == Value::Unchanged || !target.has(&c.name) {
+                continue;
+            }
+            parts.push(format!(
+                "{} = {}",
+                quote_ident(&c.name),
+                literal(&row[i], target.kind(&c.name))?
+            ));
+        }
+        Ok(parts.join(sep))
+    }
+
+    fn key_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
+        let target = &self.tables[&table.id];
+        let mut parts = Vec::new();
+        for &k in &table.primary_key {
+            let c = &table.columns[k];
+            parts.push(format!(
+                "{} = {}",
+                quote_ident(&c.name),
+                literal(&row[k], target.kind(&c.name))?
+            ));
+        }
+        Ok(parts.join(" AND "))
+    }
+
+    /// Matches every column the source sent, NULL-safely (keyless tables).
+    fn row_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
+        let target = &self.tables[&table.id];
+        let mut parts = Vec::new();
+        for (i, c) in table.columns.iter().enumerate() {
+            if row[i] == Value::Unchanged || !target.has(&c.name) {
+                continue;
+            }
+            parts.push(format!(
+                "{} <=> {}",
+                quote_ident(&c.name),
+                literal(&row[i], target.kind(&c.name))?
+            ));
+        }
+        Ok(if parts.is_empty() {
+            "TRUE".into()
+        } else {
+            parts.join(" AND ")
+        })
+    }
+
+    async fn apply_single(
+        &mut self,
+        table: &SchemaRef,
+        action: RowAction<'_>,
+    ) -> Result<(), Error> {
+        let name = self.target_name(&table.id);
+        match action {
+            RowAction::Upsert(row) | RowAction::InsertNoKey(row) => {
+                let mut one = Upserts::default();
+                let target = &self.tables[&table.id];
+                one.push(table, target, row, &name)?;
+                self.flush(&mut one).await
+            }
+            RowAction::UpdateSent(row) => {
+                let sql = format!(
+                    "UPDATE {name} SET {} WHERE {}",
+                    self.assignments(table, row, ", ")?,
+                    self.key_condition(table, row)?
+                );
+                self.exec(sql, "updating a row").await
+            }
+            RowAction::Delete(row) => {
+                let sql = format!(
+                    "DELETE FROM {name} WHERE {}",
+                    self.key_condition(table, row)?
+                );
+                self.exec(sql, "deleting a row").await
+            }
+            RowAction::Rekey { old, new } => {
+                let sql = format!(
+                    "DELETE FROM {name} WHERE {}",
+                    self.key_condition(table, old)?
+                );
+                self.exec(sql, "deleting a re-keyed row").await?;
+                let mut one = Upserts::default();
+                let target = &self.tables[&table.id];
+                one.push(table, target, new, &name)?;
+                self.flush(&mut one).await
+            }
+            RowAction::ReplaceNoKey { old, new } => {
+                let sql = format!(
+                    "DELETE FROM {name} WHERE {} LIMIT 1",
+                    self.row_condition(table, old)?
+                );
+                self.exec(sql, "deleting a keyless row").await?;
+                if let Some(new) = new {
+                    let mut one = Upserts::default();
+                    let target = &self.tables[&table.id];
+                    one.push(table, target, new, &name)?;
+                    self.flush(&mut one).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A multi-row `INSERT … ON DUPLICATE KEY UPDATE` being built for one table and schema version.
+#[derive(Default)]
+struct Upserts {
+    table: Option<SchemaRef>,
+    sql: String,
+    /// The column indexes written (those the target has).
+    columns: Vec<usize>,
+}
+
+impl Upserts {
+    fn push(
+        &mut self,
+        table: &SchemaRef,
+        target: &TargetTable,
+        row: &Row,
+        name: &str,
+    ) -> Result<(), Error> {
+        if self.table.is_none() {
+            self.columns = (0..table.columns.len())
+                .filter(|&i| target.has(&table.columns[i].name))
+                .collect();
+            let list = self
+                .columns
+                .iter()
+                .map(|&i| quote_ident(&table.columns[i].name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.sql = format!("INSERT INTO {name} ({list}) VALUES ");
+            self.table = Some(table.clone());
+        } else {
+            self.sql.push_str(", ");
+        }
+        self.sql.push('(');
+        for (n, &i) in self.columns.iter().enumerate() {
+            if n > 0 {
+                self.sql.push_str(", ");
+            }
+            let column = &table.columns[i];
+            self.sql
+                .push_str(&literal(&row[i], target.kind(&column.name))?);
+        }
+        self.sql.push(')');
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Option<String> {
+        let table = self.table.take()?;
+        let mut sql = std::mem::take(&mut self.sql);
+        if table.has_primary_key() {
+            let updates: Vec<String> = self
+                .columns
+                .iter()
+                .filter(|i| !table.primary_key.contains(i))
+                .map(|&i| {
+                    let c = quote_ident(&table.columns[i].name);
+                    format!("{c} = VALUES({c})")
+                })
+                .collect();
+            let key = quote_ident(&table.columns[table.primary_key[0]].name);
+            sql.push_str(" ON DUPLICATE KEY UPDATE ");
+            if updates.is_empty() {
+                sql.push_str(&format!("{key} = {key}"));
+            } else {
+                sql.push_str(&updates.join(", "));
+            }
+        }
+        Some(sql)
+    }
+}
+
+impl Sink for MysqlSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
+        let position: Option<String> = self
+            .conn
+            .exec_first(
+                "SELECT position FROM ferry_checkpoints WHERE pipeline = ? AND sink = ?",
+                (self.pipeline.clone(), self.name.clone()),
+            )
+            .await
+            .map_err(write_error("reading the checkpoint"))?;
+        position
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| Error::fatal_from("stored checkpoint", e))
+            })
+            .transpose()
+    }
+
+    async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        let result = self.apply_events(events, commit).await;
+        if result.is_err() && self.in_transaction {
+            // The connection may be gone; the next attempt starts from the checkpoint on a new sink.
+            let _ = self.conn.query_drop("ROLLBACK").await;
+            self.in_transaction = false;
+        }
+        result
+    }
+}
+
+/// Lists a pipeline's checkpoints in a MySQL target (`ferry status`).
+pub async fn list_checkpoints(
+    url: &str,
+    pipeline: &str,
+) -> Result<Vec<(String, String, String)>, Error> {
+    let mut conn = connect(url).await?;
+    conn.query_drop(CREATE_CHECKPOINT_TABLE)
+        .await
+        .map_err(write_error("creating ferry_checkpoints"))?;
+    conn.exec(
+        "SELECT sink, position, updated_at FROM ferry_checkpoints WHERE pipeline = ? ORDER BY sink",
+        (pipeline,),
+    )
+    .await
+    .map_err(write_error("reading checkpoints"))
+}
+
+/// Deletes a pipeline's checkpoints from a MySQL target (`ferry reset`).
+pub async fn delete_checkpoints(url: &str, pipeline: &str) -> Result<(), Error> {
+    let mut conn = connect(url).await?;
+    conn.query_drop(CREATE_CHECKPOINT_TABLE)
+        .await
+        .map_err(write_error("creating ferry_checkpoints"))?;
+    conn.exec_drop(
+        "DELETE FROM ferry_checkpoints WHERE pipeline = ?",
+        (pipeline,),
+    )
+    .await
+    .map_err(write_error("deleting checkpoints"))
+}
