@@ -86,14 +86,26 @@ fn mariadb_source_resumes_after_sigkill_without_loss_or_duplicates() {
     let source_accounts = my.sql(accounts).replace('\t', "|");
     let source_ledger = my.sql(ledger).replace('\t', "|");
     let mariadb_matches = || {
-        replica.try_sql(accounts).map(|t| t.replace('\t', "|")).ok().as_deref() == Some(source_accounts.as_str())
-            && replica.try_sql(ledger).map(|t| t.replace('\t', "|")).ok().as_deref() == Some(source_ledger.as_str())
+        replica
+            .try_sql(accounts)
+            .map(|t| t.replace('\t', "|"))
+            .ok()
+            .as_deref()
+            == Some(source_accounts.as_str())
+            && replica
+                .try_sql(ledger)
+                .map(|t| t.replace('\t', "|"))
+                .ok()
+                .as_deref()
+                == Some(source_ledger.as_str())
     };
     let pg_matches = || {
         pg.try_psql("replica", accounts).ok().as_deref() == Some(source_accounts.as_str())
             && pg.try_psql("replica", ledger).ok().as_deref() == Some(source_ledger.as_str())
     };
-    let converged = wait_until(Duration::from_secs(90), || mariadb_matches() && pg_matches());
+    let converged = wait_until(Duration::from_secs(90), || {
+        mariadb_matches() && pg_matches()
+    });
     if !converged {
         let count = "SELECT count(*), count(DISTINCT writer, seq) FROM shop.ledger";
         panic!(

@@ -8,9 +8,13 @@ use ferry_source::mysql::decoder::{Selection, UnknownDdl};
 use ferry_source::mysql::file::decode_file;
 
 fn decode(name: &str) -> Vec<Event> {
-    let path = format!("{}/tests/fixtures/mysql-binlog/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/mysql-binlog/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    decode_file(name, &bytes, Selection::All, UnknownDdl::Skip).unwrap_or_else(|e| panic!("{name}: {e}"))
+    decode_file(name, &bytes, Selection::All, UnknownDdl::Skip)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn rows(events: &[Event]) -> Vec<&RowOp> {
@@ -66,11 +70,16 @@ fn mariadb_gtids_enums_and_timestamps() {
         ]
     );
     // Begin carries the transaction's first byte, Commit the end of its last: the next transaction starts there.
-    let begins: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Begin { .. })).collect();
+    let begins: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Begin { .. }))
+        .collect();
     assert_eq!(
         begins[1],
         &Event::Begin {
-            commit_at: "mysql:rmc__mariadb-bin.000001:702".parse::<Position>().unwrap()
+            commit_at: "mysql:rmc__mariadb-bin.000001:702"
+                .parse::<Position>()
+                .unwrap()
         }
     );
 }
@@ -87,27 +96,58 @@ fn mysql8_enum_and_set_labels_from_full_metadata() {
         .unwrap();
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["f1", "f2", "f3", "f4", "f5"]);
-    assert_eq!(schema.columns[3].source_type, "set('one','two','three','four')");
+    assert_eq!(
+        schema.columns[3].source_type,
+        "set('one','two','three','four')"
+    );
     let rows = rows(&events);
     assert_eq!(rows.len(), 3);
-    assert_eq!(&after(rows[2])[..4], [text("field1"), text("field_2"), text("variant2"), text("two,four")]);
-    assert!(commits(&events)[2].ends_with(";gtid=93e95066-a2f4-11ec-9b69-9657f0ae95e2:2-5"), "{:?}", commits(&events));
+    assert_eq!(
+        &after(rows[2])[..4],
+        [
+            text("field1"),
+            text("field_2"),
+            text("variant2"),
+            text("two,four")
+        ]
+    );
+    assert!(
+        commits(&events)[2].ends_with(";gtid=93e95066-a2f4-11ec-9b69-9657f0ae95e2:2-5"),
+        "{:?}",
+        commits(&events)
+    );
 }
 
 #[test]
 fn mysql_bit_and_invisible_columns() {
     let rows_bit = decode("rmc__mysql_type_bit.000001");
-    assert_eq!(after(rows(&rows_bit)[0]), [Value::Bytes(vec![4]), text("foo"), Value::Bytes(vec![32])]);
+    assert_eq!(
+        after(rows(&rows_bit)[0]),
+        [Value::Bytes(vec![4]), text("foo"), Value::Bytes(vec![32])]
+    );
     let events = decode("rmc__binlog-invisible-columns.000001");
     let rows = rows(&events);
     assert_eq!(
         after(rows[0]),
-        [Value::Int(1), Value::Int(2), Value::Int(-3), text("4"), Value::Bytes(vec![5]), Value::Int(6_000_000_000)]
+        [
+            Value::Int(1),
+            Value::Int(2),
+            Value::Int(-3),
+            text("4"),
+            Value::Bytes(vec![5]),
+            Value::Int(6_000_000_000)
+        ]
     );
     match rows[2] {
-        RowOp::Update { before: Some(b), after } => {
+        RowOp::Update {
+            before: Some(b),
+            after,
+        } => {
             assert_eq!(b[2], Value::Int(-33));
-            assert_eq!(after[..3], [Value::Int(111), Value::Int(222), Value::Int(-333)]);
+            assert_eq!(
+                after[..3],
+                [Value::Int(111), Value::Int(222), Value::Int(-333)]
+            );
         }
         other => panic!("expected an update, got {other:?}"),
     }
@@ -157,7 +197,11 @@ fn mysql9_tagged_gtids() {
     let events = decode("rmc__binlog_transaction_with_GTID_TAG.000001");
     assert_eq!(
         after(rows(&events)[0]),
-        [Value::Int(3), Value::Int(100), Value::Decimal(Decimal::Finite("250.00".into()))]
+        [
+            Value::Int(3),
+            Value::Int(100),
+            Value::Decimal(Decimal::Finite("250.00".into()))
+        ]
     );
     assert_eq!(
         commits(&events),
@@ -172,7 +216,11 @@ fn negative_time_and_minimal_metadata() {
     let micros = -(507 * 3600 + 48 * 60 + 27) * 1_000_000;
     assert_eq!(
         after(rows(&events)[0]),
-        [Value::Interval(ferry_core::Interval { months: 0, days: 0, micros })]
+        [Value::Interval(ferry_core::Interval {
+            months: 0,
+            days: 0,
+            micros
+        })]
     );
     // Without FULL metadata the file names no columns; offline decoding numbers them. int unsigned 3230202323
     // would read as a negative int without the signedness the catalog or metadata supplies; MINIMAL metadata
@@ -195,32 +243,57 @@ fn row_counts_match_the_provenance_table() {
         assert_eq!(rows(&decode(file)).len(), expected, "{file}");
     }
     let decimals = decode("gomysql__tcb-eval002c-bin.003320");
-    assert_eq!(after(rows(&decimals)[0])[1], Value::Decimal(Decimal::Finite("-10.55".into())));
+    assert_eq!(
+        after(rows(&decimals)[0])[1],
+        Value::Decimal(Decimal::Finite("-10.55".into()))
+    );
 }
 
 #[test]
 fn statement_logged_changes_are_never_skipped_silently() {
-    let path = format!("{}/tests/fixtures/mysql-binlog/rmc__binlog_transaction.000001", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/mysql-binlog/rmc__binlog_transaction.000001",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let bytes = std::fs::read(path).unwrap();
-    let err = decode_file("rmc__binlog_transaction.000001", &bytes, Selection::All, UnknownDdl::Fail)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("statement-logged change") && err.contains("insert into t1"), "{err}");
+    let err = decode_file(
+        "rmc__binlog_transaction.000001",
+        &bytes,
+        Selection::All,
+        UnknownDdl::Fail,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("statement-logged change") && err.contains("insert into t1"),
+        "{err}"
+    );
 }
 
 #[test]
 fn partial_json_updates_stop_with_the_setting_to_change() {
-    let path = format!("{}/tests/fixtures/mysql-binlog/rmc__json.binlog.000001", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/mysql-binlog/rmc__json.binlog.000001",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let bytes = std::fs::read(path).unwrap();
-    let err = decode_file("rmc__json.binlog.000001", &bytes, Selection::All, UnknownDdl::Skip)
-        .unwrap_err()
-        .to_string();
+    let err = decode_file(
+        "rmc__json.binlog.000001",
+        &bytes,
+        Selection::All,
+        UnknownDdl::Skip,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("binlog_row_value_options"), "{err}");
 }
 
 #[test]
 fn truncated_and_corrupt_files_are_errors_not_panics() {
-    let path = format!("{}/tests/fixtures/mysql-binlog/rmc__mariadb-bin.000001", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/mysql-binlog/rmc__mariadb-bin.000001",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let bytes = std::fs::read(path).unwrap();
     for cut in [3, 10, 200, 500, bytes.len() - 1] {
         let _ = decode_file("cut", &bytes[..cut], Selection::All, UnknownDdl::Skip);

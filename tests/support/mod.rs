@@ -562,6 +562,7 @@ impl TlsFiles {
 pub struct MariaDbServer {
     pub port: u16,
     dir: TempDir,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -614,17 +615,18 @@ impl MariaDbServer {
         );
         let port = free_port();
         let d = dir.path();
-        let mut server = Command::new("/usr/sbin/mariadbd");
-        server
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", d.join("mariadb.sock").display()))
-            .arg(format!("--pid-file={}", d.join("mariadb.pid").display()))
-            .arg(format!("--log-error={}", d.join("error.log").display()))
-            .arg(format!("--log-bin={}", d.join("binlog").display()))
-            .arg(format!("--tmpdir={}", d.display()))
-            .arg(format!("--port={port}"))
-            .args([
+        let mut args: Vec<String> = vec![
+            "--no-defaults".into(),
+            format!("--datadir={}", data.display()),
+            format!("--socket={}", d.join("mariadb.sock").display()),
+            format!("--pid-file={}", d.join("mariadb.pid").display()),
+            format!("--log-error={}", d.join("error.log").display()),
+            format!("--log-bin={}", d.join("binlog").display()),
+            format!("--tmpdir={}", d.display()),
+            format!("--port={port}"),
+        ];
+        args.extend(
+            [
                 "--bind-address=127.0.0.1",
                 "--server-id=1",
                 "--binlog-format=ROW",
@@ -634,31 +636,55 @@ impl MariaDbServer {
                 "--sync-binlog=0",
                 "--skip-name-resolve",
                 "--character-set-server=utf8mb4",
-            ]);
+            ]
+            .map(String::from),
+        );
         if root {
-            server.arg("--user=mysql");
+            args.push("--user=mysql".into());
         }
-        server.args(extra);
-        let child = server
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut server = MariaDbServer {
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("/usr/sbin/mariadbd")
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start mariadbd");
-        let server = MariaDbServer {
-            port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while server.try_sql("SELECT 1").is_err() {
+        while self.try_sql("SELECT 1").is_err() {
             assert!(
                 Instant::now() < deadline,
                 "mariadbd did not start: {}",
-                server.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
+    }
+
+    /// Stops the server (clean shutdown) and starts it again on the same data and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
     }
 
     pub fn log(&self) -> String {
@@ -697,12 +723,7 @@ impl MariaDbServer {
 
 impl Drop for MariaDbServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
@@ -733,4 +754,3 @@ impl Rng {
         self.0 % n
     }
 }
-

@@ -31,6 +31,17 @@ pub struct CatalogTable {
     pub primary_key: Vec<usize>,
 }
 
+/// schema, table, column, COLUMN_TYPE, DATA_TYPE, IS_NULLABLE, CHARACTER_SET_NAME.
+type ColumnRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
 fn query_error(e: mysql_async::Error) -> Error {
     Error::transient("reading table definitions from information_schema", e)
 }
@@ -50,7 +61,7 @@ pub async fn read_tables(
         .map(|d| format!("'{}'", d.replace('\\', "\\\\").replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(",");
-    let rows: Vec<(String, String, String, String, String, String, Option<String>)> = conn
+    let rows: Vec<ColumnRow> = conn
         .query(format!(
             "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.DATA_TYPE, c.IS_NULLABLE, c.CHARACTER_SET_NAME \
              FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \

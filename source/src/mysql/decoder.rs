@@ -63,7 +63,7 @@ pub enum Selection {
 impl Selection {
     pub fn includes(&self, table: &TableId) -> bool {
         match self {
-            Selection::Databases(dbs) => dbs.iter().any(|d| *d == table.schema),
+            Selection::Databases(dbs) => dbs.contains(&table.schema),
             Selection::Tables(tables) => tables.contains(table),
             Selection::All => true,
         }

@@ -263,7 +263,7 @@ async fn require_binlog_still_has(
         .await
         .map_err(|e| Error::transient("listing the binary logs", e))?;
     let names: Vec<String> = logs.iter().filter_map(|r| r.get::<String, _>(0)).collect();
-    if names.iter().any(|n| *n == checkpoint.pos.file) {
+    if names.contains(&checkpoint.pos.file) {
         return Ok(());
     }
     Err(Error::fatal(format!(
