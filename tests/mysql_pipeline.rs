@@ -185,3 +185,60 @@ fn every_type_round_trips_mariadb_to_mariadb_and_maps_to_postgres() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn postgres_to_mariadb_per_the_type_mapping() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE copy");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, b bool, s int2, big int8, n numeric(12,2), nu numeric, r real, d double precision,
+           tx text, vc varchar(20), by bytea, j json, jb jsonb, u uuid, dt date, tm time, ts timestamp, tz timestamptz,
+           iv interval, arr int[]);
+         INSERT INTO t VALUES (1, true, -32768, -9223372036854775808, 1234567890.12, 3.14159265358979323846264338327950288419,
+           1.5, -2.5e-300, 'héllo 🦀', 'short', '\\x00ff', '{\"a\": [1, 2]}', '{\"b\": true}',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '23:59:59.999999', '2024-02-29 12:00:00.5',
+           '2024-02-29 12:00:00.5+02', '1 day 02:03:04', '{1,NULL,3}');
+         INSERT INTO t (id) VALUES (2);",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "pm",
+        &format!(
+            "[pipeline]\nname = \"pm\"\n[pipeline.batch]\nmax_wait = \"50ms\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            my.url("copy")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM copy.t")
+            .is_ok_and(|n| n == "2")),
+        "snapshot did not arrive:\n{}",
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "UPDATE t SET vc = 'streamed', n = -0.01 WHERE id = 1; DELETE FROM t WHERE id = 2",
+    );
+    let row = "SELECT id, b, s, big, n, nu, r, d, tx, vc, hex(`by`), j, jb, u, dt, tm, ts, tz, iv, arr FROM copy.t";
+    let expected = "1\t1\t-32768\t-9223372036854775808\t-0.01\t3.141592653589793238462643383280\t1.5\t-2.5e-300\théllo 🦀\tstreamed\t00FF\t{\"a\": [1, 2]}\t{\"b\": true}\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\t2024-02-29\t23:59:59.999999\t2024-02-29 12:00:00.500000\t2024-02-29 10:00:00.500000\tP1DT2H3M4S\t[1,null,3]";
+    assert!(
+        wait_until(WAIT, || my.try_sql(row).ok().as_deref() == Some(expected)),
+        "MariaDB target:\n{}\n{}",
+        my.try_sql(row).unwrap_or_default(),
+        ferry.log()
+    );
+    let types = my.sql(
+        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'copy' AND TABLE_NAME = 't' ORDER BY ORDINAL_POSITION",
+    );
+    assert_eq!(
+        types.replace('\t', " ").replace('\n', ", "),
+        "id int(11), b tinyint(1), s smallint(6), big bigint(20), n decimal(12,2), nu decimal(65,30), r float, d double, tx longtext, vc varchar(20), by longblob, j longtext, jb longtext, u char(36), dt date, tm time(6), ts datetime(6), tz datetime(6), iv varchar(64), arr longtext"
+    );
+    assert!(ferry.terminate().success());
+}

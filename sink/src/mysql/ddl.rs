@@ -71,7 +71,9 @@ pub fn mysql_type(table: &TableSchema, i: usize) -> String {
             format!("char({})", args.unwrap_or_default())
         }
         ColumnType::Text | ColumnType::Other | ColumnType::Array(_) if key => "varchar(255)".into(),
-        ColumnType::Text | ColumnType::Other | ColumnType::Array(_) => "longtext".into(),
+        ColumnType::Text | ColumnType::Other => "longtext".into(),
+        // Arrays become JSON arrays.
+        ColumnType::Array(_) => "json".into(),
         ColumnType::Bytes if key => "varbinary(255)".into(),
         ColumnType::Bytes => "longblob".into(),
         ColumnType::Json | ColumnType::Jsonb => "json".into(),

@@ -105,7 +105,7 @@ pub fn literal(v: &Value, kind: TargetKind) -> Result<String, Error> {
             }
             _ => text(&i.to_string()),
         },
-        Value::Array(_) => text(&crate::postgres::text::pg_text(v).unwrap_or_default()),
+        Value::Array(_) => text(&crate::sqlite::json_array(v)),
     })
 }
 

@@ -11,7 +11,7 @@
 //! else), the savepoint is rolled back and the same rows are upserted instead.
 
 mod ddl;
-pub(crate) mod text;
+mod text;
 
 use std::collections::{HashMap, HashSet};
 

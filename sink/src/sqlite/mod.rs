@@ -76,8 +76,8 @@ fn sqlite_value(v: &Value) -> SqlValue {
     }
 }
 
-/// Arrays are stored as JSON arrays of their elements' SQLite forms.
-fn json_array(v: &Value) -> String {
+/// Arrays are stored as JSON arrays of their elements' SQLite forms (the MySQL sink writes them the same way).
+pub(crate) fn json_array(v: &Value) -> String {
     fn write(out: &mut String, v: &Value) {
         match v {
             Value::Array(items) => {
