@@ -12,22 +12,19 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use support::*;
 
 /// Rows per backlog workload; `FERRY_BENCH_ROWS` shrinks it for a quick look.
 fn rows() -> u64 {
     env_number("FERRY_BENCH_ROWS", 1_000_000)
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Server settings for both sides: room for the backlog's WAL, no walsender timeout while a contender waits.
@@ -44,19 +41,6 @@ const TABLES: &str = "CREATE TABLE bench_rows (id int8 PRIMARY KEY, qty int4 NOT
 
 const TABLE_LIST: &str =
     "[\"public.bench_rows\", \"public.bench_single\", \"public.bench_big\", \"public.bench_marker\"]";
-
-/// One measured row of the table.
-#[derive(Clone)]
-struct Measure {
-    workload: String,
-    anchor: &'static str,
-    rows: u64,
-    ferry: Duration,
-    anchor_time: Option<Duration>,
-    ferry_peak_rss_mb: f64,
-    /// CPU seconds ferry used per wall second.
-    ferry_cpu_cores: f64,
-}
 
 /// A short-lived SQL client for polling without spawning psql each time.
 struct Probe {
@@ -97,51 +81,6 @@ impl Probe {
             }
         })
     }
-}
-
-/// Polls every 20 ms until `done`, for at most 30 minutes; returns the elapsed time since `started`.
-fn time_until(started: Instant, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let deadline = started + Duration::from_secs(1800);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no result after 30 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Peak memory and CPU of a finished contender, then a graceful stop.
-fn finish(ferry: Ferry, took: Duration, log: &std::path::Path) -> (f64, f64) {
-    let rss = peak_rss_mb(ferry.pid());
-    let cores = cpu_seconds(ferry.pid()) / took.as_secs_f64();
-    assert!(
-        ferry.terminate().success(),
-        "ferry failed: {}",
-        log.display()
-    );
-    (rss, cores)
-}
-
-/// Peak resident set of a process in MB.
-fn peak_rss_mb(pid: u32) -> f64 {
-    peak_rss_kb(pid) as f64 / 1024.0
 }
 
 struct Bench {
@@ -608,15 +547,6 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn per_second(rows: u64, d: Duration) -> f64 {
-    rows as f64 / d.as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -643,55 +573,5 @@ fn main() {
         }
         all.push(measures);
     }
-    if !json {
-        println!(
-            "{:<36} | {:>14} | {:<28} | {:>14} | {:>6} | {:>14} | {:>10}",
-            "workload",
-            "ferry rows/s",
-            "anchor",
-            "anchor rows/s",
-            "ratio",
-            "ferry peak RSS",
-            "ferry CPU"
-        );
-        println!("{}", "-".repeat(141));
-    }
-    for i in 0..all[0].len() {
-        let first = &all[0][i];
-        let ferry = median(
-            all.iter()
-                .map(|r| per_second(r[i].rows, r[i].ferry))
-                .collect(),
-        );
-        let anchor = median(
-            all.iter()
-                .map(|r| {
-                    r[i].anchor_time
-                        .map_or(f64::NAN, |t| per_second(r[i].rows, t))
-                })
-                .collect(),
-        );
-        let rss = median(all.iter().map(|r| r[i].ferry_peak_rss_mb).collect());
-        let cores = median(all.iter().map(|r| r[i].ferry_cpu_cores).collect());
-        let ratio = ferry / anchor;
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "workload": first.workload,
-                    "ferry_rows_per_s": ferry.round(),
-                    "anchor": first.anchor,
-                    "anchor_rows_per_s": anchor.round(),
-                    "ratio": (ratio * 100.0).round() / 100.0,
-                    "ferry_peak_rss_mb": rss.round(),
-                    "ferry_cpu_cores": (cores * 100.0).round() / 100.0,
-                })
-            );
-        } else {
-            println!(
-                "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>11.0} MB | {:>4.2} cores",
-                first.workload, ferry, first.anchor, anchor, ratio, rss, cores
-            );
-        }
-    }
+    report(&all, json);
 }
