@@ -217,3 +217,54 @@ fn source_restart_mid_stream_loses_nothing() {
     assert!(ferry.log().contains("transient failure"), "{}", ferry.log());
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn without_full_metadata_ddl_is_interpreted_and_unknown_ddl_stops_with_the_statement() {
+    let my = MariaDbServer::start_with(&["--binlog-row-metadata=MINIMAL"]);
+    let target = MariaDbServer::start();
+    my.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id int PRIMARY KEY, name varchar(20), e enum('a','b'), n int unsigned)",
+    );
+    target.sql("CREATE DATABASE copy");
+    let dir = scratch();
+    let db = dir.path().join("t.db");
+    let cfg = write_config(dir.path(), "s", &config(&my, &target, &db));
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    my.sql(
+        "USE shop; INSERT INTO items VALUES (1, 'one', 'b', 4000000000);
+         ALTER TABLE items ADD COLUMN note varchar(30) AFTER id, MODIFY e enum('a','b','c') NOT NULL;
+         INSERT INTO items VALUES (2, 'second', 'two', 'c', 7);
+         UPDATE items SET e = 'c', note = 'edited' WHERE id = 1;
+         ALTER TABLE items DROP COLUMN name, ADD INDEX (n);
+         INSERT INTO items VALUES (3, 'third', 'a', 0);
+         CREATE TABLE more (k varchar(10) PRIMARY KEY, v varbinary(10), s set('x','y'));
+         INSERT INTO more VALUES ('k1', X'00FF', 'x,y');",
+    );
+    for (table, columns) in [("items", "id, note, e, n"), ("more", "k, hex(v), s")] {
+        let sql = format!("SELECT {columns} FROM {{}}.{table} ORDER BY 1");
+        let source = my.sql(&sql.replace("{}", "shop"));
+        assert!(
+            wait_until(WAIT, || target.try_sql(&sql.replace("{}", "copy")).ok()
+                == Some(source.clone())),
+            "{table} differs:\nsource:\n{source}\ntarget:\n{}\n{}",
+            target
+                .try_sql(&sql.replace("{}", "copy"))
+                .unwrap_or_default(),
+            ferry.log()
+        );
+    }
+    // A statement whose columns are not in the statement: Ferry stops rather than guess.
+    my.sql("CREATE TABLE shop.clone LIKE shop.items");
+    let status = ferry.wait_exit(WAIT).unwrap_or_else(|| {
+        panic!(
+            "ferry should stop on DDL it cannot interpret:\n{}",
+            ferry.log()
+        )
+    });
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("cannot interpret") && log.contains("CREATE TABLE shop.clone LIKE shop.items"),
+        "{log}"
+    );
+}

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_core::{Column, ColumnType, Dialect, Error, TableId, TableSchema};
+
+use super::statement::{AlterSpec, ColumnDef, Ddl, Placement};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
@@ -169,6 +171,163 @@ impl CatalogColumn {
             _ if self.binary => ColumnType::Bytes,
             _ => ColumnType::Text,
         }
+    }
+}
+
+impl From<&ColumnDef> for CatalogColumn {
+    fn from(d: &ColumnDef) -> Self {
+        CatalogColumn {
+            name: d.name.clone(),
+            column_type: d.column_type.clone(),
+            data_type: d.data_type.clone(),
+            unsigned: d.unsigned,
+            binary: d.binary,
+            labels: d.labels.clone(),
+            nullable: d.nullable,
+        }
+    }
+}
+
+/// Applies an interpreted DDL statement to the table definitions: the catalog is the schema history the binlog's
+/// rows are decoded with when their TABLE_MAP events carry no column names.
+pub fn apply_ddl(catalog: &mut BTreeMap<TableId, CatalogTable>, ddl: &Ddl) -> Result<(), String> {
+    match ddl {
+        Ddl::Create {
+            table,
+            columns,
+            primary_key,
+        } => {
+            let columns: Vec<CatalogColumn> = columns.iter().map(CatalogColumn::from).collect();
+            let primary_key = primary_key
+                .iter()
+                .map(|k| {
+                    columns
+                        .iter()
+                        .position(|c| c.name.eq_ignore_ascii_case(k))
+                        .ok_or_else(|| format!("primary key column {k} is not in the table"))
+                })
+                .collect::<Result<_, _>>()?;
+            catalog.insert(
+                table.clone(),
+                CatalogTable {
+                    columns,
+                    primary_key,
+                },
+            );
+        }
+        Ddl::Drop(tables) => {
+            for t in tables {
+                catalog.remove(t);
+            }
+        }
+        Ddl::Rename(pairs) => {
+            for (from, to) in pairs {
+                if let Some(t) = catalog.remove(from) {
+                    catalog.insert(to.clone(), t);
+                }
+            }
+        }
+        Ddl::Alter(id, specs) => {
+            let Some(mut table) = catalog.remove(id) else {
+                return Ok(());
+            };
+            let mut id = id.clone();
+            for spec in specs {
+                table.alter(spec, &mut id)?;
+            }
+            catalog.insert(id, table);
+        }
+    }
+    Ok(())
+}
+
+impl CatalogTable {
+    fn index_of(&self, name: &str) -> Result<usize, String> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("column {name} is not in the table"))
+    }
+
+    fn place(&mut self, column: CatalogColumn, at: &Placement) -> Result<(), String> {
+        let keys: Vec<String> = self
+            .primary_key
+            .iter()
+            .map(|&k| self.columns[k].name.clone())
+            .collect();
+        let index = match at {
+            Placement::Last => self.columns.len(),
+            Placement::First => 0,
+            Placement::After(c) => self.index_of(c)? + 1,
+        };
+        self.columns.insert(index, column);
+        self.rekey(&keys)
+    }
+
+    /// Recomputes key indexes from key column names after columns moved.
+    fn rekey(&mut self, keys: &[String]) -> Result<(), String> {
+        self.primary_key = keys
+            .iter()
+            .map(|k| self.index_of(k))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    fn alter(&mut self, spec: &AlterSpec, id: &mut TableId) -> Result<(), String> {
+        let keys: Vec<String> = self
+            .primary_key
+            .iter()
+            .map(|&k| self.columns[k].name.clone())
+            .collect();
+        match spec {
+            AlterSpec::Add(def, at) => self.place(def.into(), at)?,
+            AlterSpec::Drop(name) => {
+                let i = self.index_of(name)?;
+                self.columns.remove(i);
+                let keys: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| !k.eq_ignore_ascii_case(name))
+                    .collect();
+                self.rekey(&keys)?;
+            }
+            AlterSpec::Change(old, def, at) => {
+                let i = self.index_of(old)?;
+                let renamed: Vec<String> = keys
+                    .iter()
+                    .map(|k| {
+                        if k.eq_ignore_ascii_case(old) {
+                            def.name.clone()
+                        } else {
+                            k.clone()
+                        }
+                    })
+                    .collect();
+                let mut column = CatalogColumn::from(def);
+                // MODIFY / CHANGE restate NULL-ability; a key column stays NOT NULL.
+                column.nullable = def.nullable && !renamed.contains(&def.name);
+                if *at == Placement::Last {
+                    self.columns[i] = column;
+                } else {
+                    self.columns.remove(i);
+                    self.place(column, at)?;
+                }
+                self.rekey(&renamed)?;
+            }
+            AlterSpec::RenameColumn(from, to) => {
+                let i = self.index_of(from)?;
+                self.columns[i].name = to.clone();
+            }
+            AlterSpec::AddPrimaryKey(columns) => {
+                self.primary_key = columns
+                    .iter()
+                    .map(|c| self.index_of(c))
+                    .collect::<Result<_, _>>()?;
+            }
+            AlterSpec::DropPrimaryKey => self.primary_key.clear(),
+            AlterSpec::RenameTable(to) => *id = to.clone(),
+            AlterSpec::NoLayoutChange => {}
+        }
+        Ok(())
     }
 }
 

@@ -21,11 +21,12 @@ use mysql_common::binlog::events::{
 };
 use tracing::warn;
 
+use super::catalog::apply_ddl;
 use super::catalog::CatalogTable;
 use super::layout::{layout_from_table_map, TableLayout};
 use super::mariadb;
 use super::rows::{decode_rows, Cursor, RowsKind};
-use super::statement::{classify, Statement};
+use super::statement::{classify, parse_ddl, Statement};
 
 /// Binlog event type codes Ferry acts on (MySQL's `Log_event_type`).
 mod code {
@@ -126,6 +127,8 @@ pub struct Decoder {
     seen_format_description: bool,
     /// The server checksums its events (binlog_checksum = CRC32).
     stream_checksums: bool,
+    /// TABLE_MAP events carry column names, signedness and labels (binlog_row_metadata = FULL).
+    full_metadata: bool,
     /// DDL statements skipped under `on_unknown_ddl = "skip"`.
     pub skipped_ddl: u64,
 }
@@ -157,8 +160,14 @@ impl Decoder {
             last_heartbeat: Instant::now(),
             seen_format_description: false,
             stream_checksums: false,
+            full_metadata: false,
             skipped_ddl: 0,
         }
+    }
+
+    /// Tells the decoder that the server writes FULL row metadata, so DDL needs no interpreting.
+    pub fn set_full_metadata(&mut self, on: bool) {
+        self.full_metadata = on;
     }
 
     /// Tells the decoder that the server checksums its events (`binlog_checksum` is not NONE).
@@ -378,17 +387,8 @@ impl Decoder {
                 self.end_txn(end, timestamp, out);
             }
             Statement::SchemaChange(tables) => {
-                let followed: Vec<&TableId> = tables
-                    .iter()
-                    .filter(|t| self.selection.includes(t))
-                    .collect();
-                if !followed.is_empty() {
-                    // Rows after this statement are decoded from their own TABLE_MAP metadata. The start-time
-                    // catalog no longer describes these tables; without FULL metadata, rows of theirs stop the
-                    // pipeline in layout_from_table_map rather than decode with a stale schema.
-                    for t in &followed {
-                        self.catalog.remove(t);
-                    }
+                if tables.iter().any(|t| self.selection.includes(t)) {
+                    self.schema_change(db, sql, &tables, end)?;
                 }
                 self.end_txn(end, timestamp, out);
             }
@@ -416,6 +416,47 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the schema history in step with a DDL statement on followed tables. With FULL row metadata every
+    /// TABLE_MAP carries its table's columns, so the start-time definitions are simply retired. Without it the
+    /// statement is interpreted into the definitions; one Ferry cannot interpret stops the pipeline (or, with
+    /// `on_unknown_ddl = "skip"`, is logged and counted, and rows whose column count no longer matches still stop
+    /// it in layout_from_table_map).
+    fn schema_change(
+        &mut self,
+        db: &str,
+        sql: &str,
+        tables: &[TableId],
+        end: u64,
+    ) -> Result<(), Error> {
+        if self.full_metadata {
+            for t in tables {
+                self.catalog.remove(t);
+            }
+            return Ok(());
+        }
+        let why = match parse_ddl(sql, db) {
+            Ok(ddl) => match apply_ddl(&mut self.catalog, &ddl) {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            },
+            Err(why) => why,
+        };
+        let quoted: String = sql.chars().take(500).collect();
+        match self.on_unknown_ddl {
+            UnknownDdl::Fail => Err(self.fail(
+                end,
+                format!(
+                    "Ferry cannot interpret this DDL on a followed table ({why}): {quoted:?}. Rows after it would be decoded with a wrong schema. Set binlog_row_metadata = FULL on the source (rows then carry their own schema), or set on_unknown_ddl = \"skip\" if the statement does not change the table's columns"
+                ),
+            )),
+            UnknownDdl::Skip => {
+                self.skipped_ddl += 1;
+                warn!(statement = %quoted, reason = %why, position = %format!("{}:{end}", self.file), "skipped a DDL statement Ferry cannot interpret (on_unknown_ddl = \"skip\")");
+                Ok(())
+            }
+        }
     }
 
     fn table_map(&mut self, tme: &TableMapEvent<'_>, end: u64) -> Result<(), Error> {

@@ -80,15 +80,30 @@ fn tokens(sql: &str, limit: usize) -> Vec<String> {
                 out.push(format!("`{ident}"));
             }
             '\'' | '"' => {
+                // A literal, kept as `'` followed by its unescaped content.
                 let quote = c;
+                let mut literal = String::from("'");
                 while let Some(n) = chars.next() {
-                    if n == '\\' {
-                        chars.next();
-                    } else if n == quote {
-                        break;
+                    match n {
+                        '\\' => {
+                            if let Some(e) = chars.next() {
+                                literal.push(match e {
+                                    'n' => '\n',
+                                    't' => '\t',
+                                    '0' => '\0',
+                                    other => other,
+                                });
+                            }
+                        }
+                        n if n == quote && chars.peek() == Some(&quote) => {
+                            chars.next();
+                            literal.push(quote);
+                        }
+                        n if n == quote => break,
+                        n => literal.push(n),
                     }
                 }
-                out.push("'".into());
+                out.push(literal);
             }
             c if c.is_alphanumeric() || c == '_' || c == '$' => {
                 let mut word = c.to_string();
@@ -222,6 +237,426 @@ pub fn classify(sql: &str, default_db: &str) -> Statement {
     }
 }
 
+/// A column as a CREATE / ALTER TABLE statement defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDef {
+    pub name: String,
+    /// As information_schema's `COLUMN_TYPE` would show it, near enough to create the column again.
+    pub column_type: String,
+    pub data_type: String,
+    pub unsigned: bool,
+    pub binary: bool,
+    pub labels: Vec<String>,
+    pub nullable: bool,
+    pub primary_key: bool,
+}
+
+/// Where ADD / CHANGE / MODIFY put a column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Last,
+    First,
+    After(String),
+}
+
+/// One change of an ALTER TABLE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlterSpec {
+    Add(ColumnDef, Placement),
+    Drop(String),
+    /// CHANGE old new … / MODIFY name …: the column's new definition.
+    Change(String, ColumnDef, Placement),
+    RenameColumn(String, String),
+    AddPrimaryKey(Vec<String>),
+    DropPrimaryKey,
+    RenameTable(TableId),
+    /// Indexes, constraints, defaults, table options, partitions: rows are laid out as before.
+    NoLayoutChange,
+}
+
+/// A table-definition statement, interpreted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ddl {
+    Create {
+        table: TableId,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<String>,
+    },
+    Alter(TableId, Vec<AlterSpec>),
+    Drop(Vec<TableId>),
+    Rename(Vec<(TableId, TableId)>),
+}
+
+fn upper(t: &str) -> String {
+    if t.starts_with('`') || t.starts_with('\'') {
+        String::new()
+    } else {
+        t.to_ascii_uppercase()
+    }
+}
+
+/// Splits tokens at commas outside parentheses.
+fn split_top(tokens: &[String]) -> Vec<&[String]> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, t) in tokens.iter().enumerate() {
+        match t.as_str() {
+            "(" => depth += 1,
+            ")" => depth -= 1,
+            "," if depth == 0 => {
+                parts.push(&tokens[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < tokens.len() {
+        parts.push(&tokens[start..]);
+    }
+    parts
+}
+
+/// The identifiers inside `( … )` at `i` (a key's columns; prefix lengths dropped).
+fn ident_list(t: &[String], i: usize) -> Option<Vec<String>> {
+    if t.get(i).map(String::as_str) != Some("(") {
+        return None;
+    }
+    let close = t[i..].iter().position(|x| x == ")")? + i;
+    Some(
+        split_top(&t[i + 1..close])
+            .into_iter()
+            .filter_map(|part| part.first().map(|x| ident(x)))
+            .collect(),
+    )
+}
+
+/// Parses `name type[(args)] [UNSIGNED] [CHARACTER SET cs] [NOT NULL] [PRIMARY KEY] …`.
+fn column_def(t: &[String]) -> Result<ColumnDef, String> {
+    let name = ident(t.first().ok_or("a column definition without a name")?);
+    let raw_type = t
+        .get(1)
+        .filter(|x| !x.starts_with('\''))
+        .ok_or_else(|| format!("column {name} has no type"))?
+        .to_ascii_lowercase();
+    let mut data_type = match raw_type.as_str() {
+        "integer" => "int",
+        "bool" | "boolean" => "tinyint",
+        "dec" | "numeric" | "fixed" => "decimal",
+        "real" => "double",
+        "character" => "char",
+        other => other,
+    }
+    .to_owned();
+    let mut i = 2;
+    if data_type == "double" && upper(t.get(2).map_or("", String::as_str)) == "PRECISION" {
+        i += 1;
+    }
+    if data_type == "char" && upper(t.get(i).map_or("", String::as_str)) == "VARYING" {
+        data_type = "varchar".into();
+        i += 1;
+    }
+    let mut args = Vec::new();
+    if t.get(i).map(String::as_str) == Some("(") {
+        let close = t[i..]
+            .iter()
+            .position(|x| x == ")")
+            .ok_or_else(|| format!("column {name}: unbalanced parentheses"))?
+            + i;
+        args = t[i + 1..close].to_vec();
+        i = close + 1;
+    }
+    let labels: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix('\'').map(str::to_owned))
+        .collect();
+    let args_text = args
+        .iter()
+        .map(|a| match a.strip_prefix('\'') {
+            Some(l) => format!("'{}'", l.replace('\'', "''")),
+            None => a.clone(),
+        })
+        .collect::<String>();
+    let (mut unsigned, mut zerofill, mut charset_binary) = (false, false, false);
+    let (mut nullable, mut primary_key) = (true, false);
+    while i < t.len() {
+        match upper(&t[i]).as_str() {
+            "UNSIGNED" => unsigned = true,
+            "ZEROFILL" => {
+                zerofill = true;
+                unsigned = true;
+            }
+            "CHARACTER" | "CHARSET" => {
+                let j = if upper(&t[i]) == "CHARACTER" {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                charset_binary = t
+                    .get(j)
+                    .is_some_and(|c| ident(c).eq_ignore_ascii_case("binary"));
+                i = j;
+            }
+            "NOT" if upper(t.get(i + 1).map_or("", String::as_str)) == "NULL" => {
+                nullable = false;
+                i += 1;
+            }
+            "PRIMARY" => {
+                primary_key = true;
+                nullable = false;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let binary = charset_binary
+        || matches!(
+            data_type.as_str(),
+            "binary"
+                | "varbinary"
+                | "tinyblob"
+                | "blob"
+                | "mediumblob"
+                | "longblob"
+                | "bit"
+                | "geometry"
+        );
+    let mut column_type = data_type.clone();
+    if !args_text.is_empty() {
+        column_type = format!("{column_type}({args_text})");
+    }
+    if unsigned {
+        column_type.push_str(" unsigned");
+    }
+    if zerofill {
+        column_type.push_str(" zerofill");
+    }
+    Ok(ColumnDef {
+        name,
+        column_type,
+        data_type,
+        unsigned,
+        binary,
+        labels: if matches!(raw_type.as_str(), "enum" | "set") {
+            labels
+        } else {
+            Vec::new()
+        },
+        nullable,
+        primary_key,
+    })
+}
+
+fn placement(t: &[String]) -> Placement {
+    for (i, x) in t.iter().enumerate() {
+        match upper(x).as_str() {
+            "FIRST" => return Placement::First,
+            "AFTER" => {
+                if let Some(c) = t.get(i + 1) {
+                    return Placement::After(ident(c));
+                }
+            }
+            _ => {}
+        }
+    }
+    Placement::Last
+}
+
+/// One ALTER TABLE specification.
+fn alter_spec(t: &[String], default_db: &str) -> Result<AlterSpec, String> {
+    let kw = |i: usize| upper(t.get(i).map_or("", String::as_str));
+    let column_words = |i: usize| if kw(i) == "COLUMN" { i + 1 } else { i };
+    let skip_if = |i: usize| {
+        if kw(i) == "IF" {
+            i + 2 + usize::from(kw(i + 1) == "NOT")
+        } else {
+            i
+        }
+    };
+    Ok(match kw(0).as_str() {
+        "ADD" => match kw(1).as_str() {
+            "PRIMARY" => AlterSpec::AddPrimaryKey(
+                ident_list(t, 3).ok_or("ADD PRIMARY KEY without a column list")?,
+            ),
+            "CONSTRAINT" if t.iter().any(|x| upper(x) == "PRIMARY") => {
+                let at = t
+                    .iter()
+                    .position(|x| upper(x) == "KEY")
+                    .ok_or("ADD CONSTRAINT … PRIMARY without KEY")?;
+                AlterSpec::AddPrimaryKey(
+                    ident_list(t, at + 1).ok_or("ADD PRIMARY KEY without a column list")?,
+                )
+            }
+            "INDEX" | "KEY" | "UNIQUE" | "FULLTEXT" | "SPATIAL" | "CONSTRAINT" | "FOREIGN"
+            | "CHECK" | "PARTITION" | "PERIOD" | "SYSTEM" => AlterSpec::NoLayoutChange,
+            _ => {
+                let i = skip_if(column_words(1));
+                if t.get(i).map(String::as_str) == Some("(") {
+                    return Err("ADD COLUMN with a parenthesised list".into());
+                }
+                let def = column_def(&t[i..])?;
+                AlterSpec::Add(def, placement(&t[i + 2..]))
+            }
+        },
+        "DROP" => match kw(1).as_str() {
+            "PRIMARY" => AlterSpec::DropPrimaryKey,
+            "INDEX" | "KEY" | "FOREIGN" | "CONSTRAINT" | "CHECK" | "PARTITION" | "PERIOD"
+            | "SYSTEM" => AlterSpec::NoLayoutChange,
+            _ => {
+                let i = skip_if(column_words(1));
+                AlterSpec::Drop(ident(t.get(i).ok_or("DROP without a column")?))
+            }
+        },
+        "CHANGE" => {
+            let i = skip_if(column_words(1));
+            let old = ident(t.get(i).ok_or("CHANGE without a column")?);
+            let def = column_def(&t[i + 1..])?;
+            AlterSpec::Change(old, def, placement(&t[i + 3..]))
+        }
+        "MODIFY" => {
+            let i = skip_if(column_words(1));
+            let def = column_def(&t[i..])?;
+            AlterSpec::Change(def.name.clone(), def, placement(&t[i + 2..]))
+        }
+        "RENAME" => match kw(1).as_str() {
+            "COLUMN" => {
+                let from = ident(t.get(2).ok_or("RENAME COLUMN without a name")?);
+                if kw(3) != "TO" {
+                    return Err("RENAME COLUMN without TO".into());
+                }
+                AlterSpec::RenameColumn(
+                    from,
+                    ident(t.get(4).ok_or("RENAME COLUMN without a new name")?),
+                )
+            }
+            "INDEX" | "KEY" => AlterSpec::NoLayoutChange,
+            _ => {
+                let at = if matches!(kw(1).as_str(), "TO" | "AS") {
+                    2
+                } else {
+                    1
+                };
+                let (to, _) = table_at(t, at, default_db).ok_or("RENAME without a new name")?;
+                AlterSpec::RenameTable(to)
+            }
+        },
+        // Collation / character-set conversion keeps text text and bytes bytes.
+        "ALTER" | "ALGORITHM" | "LOCK" | "ENGINE" | "COMMENT" | "AUTO_INCREMENT" | "ROW_FORMAT"
+        | "FORCE" | "ORDER" | "CONVERT" | "DEFAULT" | "CHARACTER" | "CHARSET" | "COLLATE"
+        | "KEY_BLOCK_SIZE" | "STATS_PERSISTENT" | "STATS_AUTO_RECALC" | "STATS_SAMPLE_PAGES"
+        | "PARTITION" | "REMOVE" | "COALESCE" | "REORGANIZE" | "ANALYZE" | "CHECK" | "OPTIMIZE"
+        | "REBUILD" | "REPAIR" | "TRUNCATE" | "DISCARD" | "IMPORT" | "ENABLE" | "DISABLE"
+        | "WITH" | "WITHOUT" | "PAGE_CHECKSUM" | "TRANSACTIONAL" | "ADD_PERIOD" => {
+            AlterSpec::NoLayoutChange
+        }
+        other => return Err(format!("the ALTER TABLE clause {other:?}")),
+    })
+}
+
+/// Interprets a CREATE / ALTER / DROP / RENAME TABLE statement, or says why it cannot.
+pub fn parse_ddl(sql: &str, default_db: &str) -> Result<Ddl, String> {
+    let t = tokens(sql, usize::MAX);
+    let kw = |i: usize| upper(t.get(i).map_or("", String::as_str));
+    let mut i = 1;
+    while i < t.len() && kw(i) != "TABLE" {
+        i += 1;
+    }
+    let skip_if = |i: usize| {
+        if kw(i) == "IF" {
+            i + 2 + usize::from(kw(i + 1) == "NOT")
+        } else {
+            i
+        }
+    };
+    match kw(0).as_str() {
+        "CREATE" => {
+            let (table, next) =
+                table_at(&t, skip_if(i + 1), default_db).ok_or("CREATE TABLE without a name")?;
+            if t.get(next).map(String::as_str) != Some("(") {
+                return Err("CREATE TABLE … LIKE / AS SELECT: the new table's columns are not in the statement".into());
+            }
+            let close = {
+                let mut depth = 0;
+                let mut at = None;
+                for (j, x) in t.iter().enumerate().skip(next) {
+                    match x.as_str() {
+                        "(" => depth += 1,
+                        ")" => {
+                            depth -= 1;
+                            if depth == 0 {
+                                at = Some(j);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                at.ok_or("CREATE TABLE with unbalanced parentheses")?
+            };
+            if t[close + 1..]
+                .iter()
+                .any(|x| matches!(upper(x).as_str(), "SELECT" | "AS"))
+            {
+                return Err("CREATE TABLE … SELECT: the columns come from a query".into());
+            }
+            let mut columns = Vec::new();
+            let mut primary_key = Vec::new();
+            for part in split_top(&t[next + 1..close]) {
+                let first = upper(part.first().map_or("", String::as_str));
+                match first.as_str() {
+                    "PRIMARY" => {
+                        primary_key = ident_list(part, 2).ok_or("PRIMARY KEY without columns")?
+                    }
+                    "CONSTRAINT" if part.iter().any(|x| upper(x) == "PRIMARY") => {
+                        let at = part
+                            .iter()
+                            .position(|x| upper(x) == "KEY")
+                            .ok_or("PRIMARY without KEY")?;
+                        primary_key =
+                            ident_list(part, at + 1).ok_or("PRIMARY KEY without columns")?;
+                    }
+                    "INDEX" | "KEY" | "UNIQUE" | "FULLTEXT" | "SPATIAL" | "CONSTRAINT"
+                    | "FOREIGN" | "CHECK" | "PERIOD" => {}
+                    _ => {
+                        let def = column_def(part)?;
+                        if def.primary_key {
+                            primary_key = vec![def.name.clone()];
+                        }
+                        columns.push(def);
+                    }
+                }
+            }
+            Ok(Ddl::Create {
+                table,
+                columns,
+                primary_key,
+            })
+        }
+        "ALTER" => {
+            let (table, next) =
+                table_at(&t, skip_if(i + 1), default_db).ok_or("ALTER TABLE without a name")?;
+            let specs = split_top(&t[next..])
+                .into_iter()
+                .map(|part| alter_spec(part, default_db))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Ddl::Alter(table, specs))
+        }
+        "DROP" => match classify(sql, default_db) {
+            Statement::SchemaChange(tables) => Ok(Ddl::Drop(tables)),
+            _ => Err("DROP without tables".into()),
+        },
+        "RENAME" => match classify(sql, default_db) {
+            Statement::SchemaChange(tables) if tables.len() % 2 == 0 => Ok(Ddl::Rename(
+                tables
+                    .chunks(2)
+                    .map(|p| (p[0].clone(), p[1].clone()))
+                    .collect(),
+            )),
+            _ => Err("RENAME TABLE without pairs".into()),
+        },
+        other => Err(format!("{other} statements")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +709,68 @@ mod tests {
         );
         assert_eq!(classify("GRANT ALL ON *.* TO x", "d"), Statement::Other);
         assert_eq!(classify("", "d"), Statement::Other);
+    }
+
+    #[test]
+    fn ddl_is_interpreted_into_column_changes() {
+        let create = parse_ddl(
+            "CREATE TABLE IF NOT EXISTS `s`.`t` (id int(10) unsigned NOT NULL AUTO_INCREMENT, \
+             e enum('a','b''c') DEFAULT 'a', b varbinary(8), n decimal(10,2), c varchar(20) CHARACTER SET binary, \
+             PRIMARY KEY (id), KEY k (n)) ENGINE=InnoDB",
+            "d",
+        )
+        .unwrap();
+        let Ddl::Create {
+            table,
+            columns,
+            primary_key,
+        } = create
+        else {
+            panic!("{create:?}")
+        };
+        assert_eq!(table, t("s", "t"));
+        assert_eq!(primary_key, ["id"]);
+        assert_eq!(columns[0].column_type, "int(10) unsigned");
+        assert!(columns[0].unsigned && !columns[0].nullable);
+        assert_eq!(columns[1].labels, ["a", "b'c"]);
+        assert_eq!(columns[1].column_type, "enum('a','b''c')");
+        assert!(columns[2].binary && columns[4].binary && !columns[3].binary);
+
+        let alter = parse_ddl(
+            "ALTER TABLE t ADD COLUMN x int AFTER id, DROP COLUMN y, CHANGE a b bigint unsigned FIRST, \
+             MODIFY c text, RENAME COLUMN d TO e, ADD INDEX (x), ALGORITHM=INPLACE, DROP PRIMARY KEY, ADD PRIMARY KEY (x, b)",
+            "d",
+        )
+        .unwrap();
+        let Ddl::Alter(table, specs) = alter else {
+            panic!("{alter:?}")
+        };
+        assert_eq!(table, t("d", "t"));
+        assert!(
+            matches!(&specs[0], AlterSpec::Add(c, Placement::After(a)) if c.name == "x" && a == "id")
+        );
+        assert_eq!(specs[1], AlterSpec::Drop("y".into()));
+        assert!(
+            matches!(&specs[2], AlterSpec::Change(old, c, Placement::First) if old == "a" && c.name == "b" && c.unsigned)
+        );
+        assert!(
+            matches!(&specs[3], AlterSpec::Change(old, c, Placement::Last) if old == "c" && c.data_type == "text")
+        );
+        assert_eq!(specs[4], AlterSpec::RenameColumn("d".into(), "e".into()));
+        assert_eq!(specs[5], AlterSpec::NoLayoutChange);
+        assert_eq!(specs[6], AlterSpec::NoLayoutChange);
+        assert_eq!(specs[7], AlterSpec::DropPrimaryKey);
+        assert_eq!(
+            specs[8],
+            AlterSpec::AddPrimaryKey(vec!["x".into(), "b".into()])
+        );
+
+        assert!(parse_ddl("CREATE TABLE a LIKE b", "d").is_err());
+        assert!(parse_ddl("CREATE TABLE a AS SELECT 1", "d").is_err());
+        assert!(parse_ddl("ALTER TABLE a FROBNICATE", "d").is_err());
+        assert_eq!(
+            parse_ddl("RENAME TABLE a TO b", "d").unwrap(),
+            Ddl::Rename(vec![(t("d", "a"), t("d", "b"))])
+        );
     }
 }

@@ -67,6 +67,12 @@ pub async fn run(
         .await
         .map_err(setup_err)?;
     decoder.set_stream_checksums(checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")));
+    // MySQL before 8.0.1 and MariaDB before 10.5 have no binlog_row_metadata: MINIMAL.
+    let metadata: Option<String> = conn
+        .query_first("SELECT @@global.binlog_row_metadata")
+        .await
+        .unwrap_or(None);
+    decoder.set_full_metadata(metadata.is_some_and(|m| m.eq_ignore_ascii_case("FULL")));
     let use_gtid = match (&start.gtid, flavor) {
         (Some(GtidState::MariaDb(list)), Flavor::MariaDb) => {
             // MariaDB rejects the MySQL-style GTID dump command; it reads the start state from these variables and
