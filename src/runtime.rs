@@ -213,6 +213,7 @@ async fn run_once(
                 let settings = MysqlSourceSettings {
                     pipeline: config.name.clone(),
                     config: source.clone(),
+                    snapshot_parallelism: config.snapshot_parallelism,
                 };
                 mysql::run(&settings, resume, events_tx, shutdown, stats.clone()).await
             }

@@ -79,6 +79,8 @@ async fn flavor(conn: &mut mysql_async::Conn) -> Result<Flavor, Error> {
 pub struct MysqlSourceSettings {
     pub pipeline: String,
     pub config: MysqlSource,
+    /// Connections copying tables during the snapshot.
+    pub snapshot_parallelism: usize,
 }
 
 impl MysqlSourceSettings {
@@ -155,15 +157,19 @@ pub async fn run(
             )))
         }
         None => {
-            let mut snap = connect(&cfg.url).await?;
-            let position = snapshot::begin(&mut snap, flavor).await?;
-            info!(position = %position, ?flavor, "snapshot position");
+            let parallelism = if cfg.snapshot == SnapshotMode::Never {
+                1
+            } else {
+                settings.snapshot_parallelism.clamp(1, catalog.len().max(1))
+            };
+            let (snap, position) = snapshot::open(&cfg.url, flavor, parallelism).await?;
+            info!(position = %position, ?flavor, connections = snap.len(), "snapshot position");
             if cfg.snapshot == SnapshotMode::Never {
                 send_marker(&events, &position).await?;
             } else {
                 stats.set_state(PipelineState::Snapshotting);
                 let tables: Vec<_> = catalog.iter().map(|(id, t)| (id.clone(), t.clone())).collect();
-                let copy = snapshot::run(&mut snap, &position, &tables, &events, stats.clone());
+                let copy = snapshot::run(snap, &position, &tables, &events, stats.clone());
                 let mut shutdown = shutdown.clone();
                 tokio::select! {
                     r = copy => r?,
@@ -173,7 +179,6 @@ pub async fn run(
                     }
                 }
             }
-            drop(snap);
             if cfg.snapshot == SnapshotMode::Only {
                 return Ok(SourceExit::SnapshotDone);
             }

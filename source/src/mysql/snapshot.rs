@@ -5,7 +5,10 @@
 //! so no lock is taken. MySQL has no such status: a `FLUSH TABLES WITH READ LOCK` is held only while the
 //! transaction starts and the position is read.
 //!
-//! One connection holds the snapshot, so tables are read one after another.
+//! Tables are copied in parallel over several connections whose snapshots are the same: on MariaDB, each opens
+//! its consistent snapshot and they are used together only if all report the same binlog position (retried a few
+//! times while writes race; otherwise one connection copies every table); on MySQL, all open theirs under the
+//! one brief read lock.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,15 +31,8 @@ fn sql_error(what: &'static str) -> impl Fn(mysql_async::Error) -> Error {
 }
 
 /// Opens the snapshot transaction on `conn` and returns the binlog position it sees.
-pub async fn begin(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, Error> {
-    for sql in [
-        "SET SESSION time_zone = '+00:00'",
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .map_err(sql_error("setting up the snapshot session"))?;
-    }
+async fn begin(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, Error> {
+    session(conn).await?;
     let pos = match flavor {
         Flavor::MariaDb => {
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
@@ -75,41 +71,142 @@ pub async fn begin(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, Er
                 .map_err(sql_error(
                     "taking the brief read lock for the snapshot position",
                 ))?;
-            let started = conn
-                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await
-                .map_err(sql_error("starting the snapshot transaction"));
-            let status: Result<Option<mysql_async::Row>, _> = match started {
-                Ok(()) => conn
-                    .query_first("SHOW MASTER STATUS")
-                    .await
-                    .map_err(sql_error("reading the binlog position")),
-                Err(e) => Err(e),
-            };
+            let position = begin_locked(conn).await;
             conn.query_drop("UNLOCK TABLES")
                 .await
                 .map_err(sql_error("releasing the read lock"))?;
-            let row = status?
-                .ok_or_else(|| Error::fatal("SHOW MASTER STATUS is empty: is log_bin on?"))?;
-            let file: String = row.get(0).unwrap_or_default();
-            let offset: u64 = row.get(1).unwrap_or_default();
-            let gtid: Option<String> = row.get(4);
-            BinlogPosition {
-                pos: BinlogFilePos::new(file, offset),
-                gtid: gtid
-                    .map(|g| g.replace(['\n', ' '], ""))
-                    .and_then(|g| g.parse().ok())
-                    .map(GtidState::MySql)
-                    .filter(|g| !g.is_empty()),
-            }
+            position?
         }
     };
     Ok(pos)
 }
 
-/// Reads `tables` in the open snapshot transaction and emits them as one transaction committing at `position`.
+/// Opens up to `parallelism` connections holding the same snapshot, and its binlog position.
+pub async fn open(
+    url: &str,
+    flavor: Flavor,
+    parallelism: usize,
+) -> Result<(Vec<Conn>, BinlogPosition), Error> {
+    let mut first = super::connect(url).await?;
+    if parallelism <= 1 {
+        let position = begin(&mut first, flavor).await?;
+        return Ok((vec![first], position));
+    }
+    match flavor {
+        Flavor::MySql => {
+            // begin() on the first connection holds FTWRL only around its own start; to share the lock with the
+            // others, take it here for all of them.
+            first
+                .query_drop("FLUSH TABLES WITH READ LOCK")
+                .await
+                .map_err(sql_error(
+                    "taking the brief read lock for the snapshot position",
+                ))?;
+            let mut conns = Vec::new();
+            let mut result = Ok(());
+            for _ in 1..parallelism {
+                let mut conn = super::connect(url).await?;
+                if let Err(e) = start(&mut conn).await {
+                    result = Err(e);
+                    break;
+                }
+                conns.push(conn);
+            }
+            let position = match result {
+                Ok(()) => begin_locked(&mut first).await,
+                Err(e) => Err(e),
+            };
+            first
+                .query_drop("UNLOCK TABLES")
+                .await
+                .map_err(sql_error("releasing the read lock"))?;
+            conns.insert(0, first);
+            Ok((conns, position?))
+        }
+        Flavor::MariaDb => {
+            let position = begin(&mut first, flavor).await?;
+            let mut conns = vec![first];
+            for attempt in 0..5 {
+                let mut others = Vec::new();
+                for _ in 1..parallelism {
+                    let mut conn = super::connect(url).await?;
+                    let theirs = begin(&mut conn, flavor).await?;
+                    if theirs.pos != position.pos {
+                        break;
+                    }
+                    others.push(conn);
+                }
+                if others.len() + 1 == parallelism {
+                    conns.extend(others);
+                    return Ok((conns, position));
+                }
+                info!(
+                    attempt,
+                    "writes moved the binlog while the snapshot connections opened; retrying"
+                );
+                // The first connection's snapshot stays; later ones must match it, so reopen it too.
+                conns[0]
+                    .query_drop("ROLLBACK")
+                    .await
+                    .map_err(sql_error("restarting the snapshot"))?;
+                let again = begin(&mut conns[0], flavor).await?;
+                if again.pos != position.pos {
+                    return Ok((conns, again));
+                }
+            }
+            info!("the binlog kept moving: copying tables over one connection");
+            Ok((conns, position))
+        }
+    }
+}
+
+async fn start(conn: &mut Conn) -> Result<(), Error> {
+    session(conn).await?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(sql_error("starting the snapshot transaction"))
+}
+
+async fn session(conn: &mut Conn) -> Result<(), Error> {
+    for sql in [
+        "SET SESSION time_zone = '+00:00'",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .map_err(sql_error("setting up the snapshot session"))?;
+    }
+    Ok(())
+}
+
+/// MySQL, with FLUSH TABLES WITH READ LOCK held by the caller: start the snapshot and read the position.
+async fn begin_locked(conn: &mut Conn) -> Result<BinlogPosition, Error> {
+    start(conn).await?;
+    let row: Option<mysql_async::Row> = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .map_err(sql_error("reading the binlog position"))?;
+    mysql_position(row)
+}
+
+fn mysql_position(row: Option<mysql_async::Row>) -> Result<BinlogPosition, Error> {
+    let row = row.ok_or_else(|| Error::fatal("SHOW MASTER STATUS is empty: is log_bin on?"))?;
+    let file: String = row.get(0).unwrap_or_default();
+    let offset: u64 = row.get(1).unwrap_or_default();
+    let gtid: Option<String> = row.get(4);
+    Ok(BinlogPosition {
+        pos: BinlogFilePos::new(file, offset),
+        gtid: gtid
+            .map(|g| g.replace(['\n', ' '], ""))
+            .and_then(|g| g.parse().ok())
+            .map(GtidState::MySql)
+            .filter(|g| !g.is_empty()),
+    })
+}
+
+/// Reads `tables` in the open snapshot transactions and emits them as one transaction committing at `position`.
 pub async fn run(
-    conn: &mut Conn,
+    conns: Vec<Conn>,
     position: &BinlogPosition,
     tables: &[(TableId, CatalogTable)],
     events: &mpsc::Sender<Event>,
@@ -121,9 +218,10 @@ pub async fn run(
         .iter()
         .map(|(id, t)| shared_schema(id, t, 0))
         .collect();
+    let mut conns = conns;
     let mut estimated = 0u64;
     for (id, _) in tables {
-        let rows: Option<Option<u64>> = conn
+        let rows: Option<Option<u64>> = conns[0]
             .exec_first(
                 "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
                 (id.schema.clone(), id.name.clone()),
@@ -158,20 +256,39 @@ pub async fn run(
     );
     let started = Instant::now();
     let reporter = tokio::spawn(crate::postgres::snapshot::report_progress(stats.clone()));
-    let result = async {
-        for schema in &schemas {
-            let rows = copy_table(conn, schema, events, &stats).await?;
-            stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
-            info!(table = %schema.id, rows, "table copied");
-        }
-        Ok::<_, Error>(())
+    let queue = Arc::new(std::sync::Mutex::new(schemas.clone()));
+    let mut workers = tokio::task::JoinSet::new();
+    for mut conn in conns.drain(..) {
+        let (queue, events, stats) = (queue.clone(), events.clone(), stats.clone());
+        workers.spawn(async move {
+            loop {
+                let next = queue
+                    .lock()
+                    .map_err(|_| Error::fatal("snapshot queue poisoned"))?
+                    .pop();
+                let Some(schema) = next else { break };
+                let rows = copy_table(&mut conn, &schema, &events, &stats).await?;
+                stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
+                info!(table = %schema.id, rows, "table copied");
+            }
+            conn.query_drop("COMMIT")
+                .await
+                .map_err(sql_error("ending the snapshot transaction"))
+        });
     }
-    .await;
+    let mut result = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        let outcome = joined
+            .map_err(|e| Error::fatal(format!("snapshot worker failed: {e}")))
+            .and_then(|r| r);
+        if let Err(e) = outcome {
+            workers.abort_all();
+            result = Err(e);
+            break;
+        }
+    }
     reporter.abort();
     result?;
-    conn.query_drop("COMMIT")
-        .await
-        .map_err(sql_error("ending the snapshot transaction"))?;
     stats.snapshot.finish();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
