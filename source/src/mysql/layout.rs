@@ -541,7 +541,7 @@ mod tests {
             (wire::SET, Wire::Set { bytes: 8 })
         );
         // CHAR(255) in utf8mb4 = 1020 bytes: the high bits of the length hide in the type byte.
-        let (real, w) = wire_of(wire::STRING, &[0xec, 0xfc]).unwrap();
+        let (real, w) = wire_of(wire::STRING, &[0xce, 0xfc]).unwrap();
         assert_eq!(
             (real, w),
             (

@@ -440,9 +440,10 @@ mod tests {
 
     #[test]
     fn negative_time2_with_fraction() {
-        // -00:00:01.5 at fsp 1: MySQL writes int part 0x7fffff and fraction 0x100 - 50.
+        // -00:00:01.5 at fsp 1: MySQL writes the packed value's floor int part (-2 + 0x800000) and the fraction
+        // as a signed byte (-50).
         let v = one(
-            &[0x7f, 0xff, 0xff, 0xce],
+            &[0x7f, 0xff, 0xfe, 0xce],
             col(Wire::Time2 { fsp: 1 }, false),
         );
         assert_eq!(v, interval(-1_500_000));
