@@ -270,8 +270,11 @@ fn statement_logged_changes_are_never_skipped_silently() {
     );
 }
 
+/// This file was written with binlog_row_image = MINIMAL: its partial JSON updates (PARTIAL_UPDATE_ROWS) come
+/// without the old document, so the new one cannot be known. Ferry says so (with FULL images, which Ferry's
+/// checks require, the diffs are applied to the old document: see jsonb.rs's tests).
 #[test]
-fn partial_json_updates_stop_with_the_setting_to_change() {
+fn partial_json_updates_without_the_old_document_stop_with_the_setting_to_change() {
     let path = format!(
         "{}/tests/fixtures/mysql-binlog/rmc__json.binlog.000001",
         env!("CARGO_MANIFEST_DIR")
@@ -285,7 +288,10 @@ fn partial_json_updates_stop_with_the_setting_to_change() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("binlog_row_value_options"), "{err}");
+    assert!(
+        err.contains("partial JSON update") && err.contains("binlog_row_image = FULL"),
+        "{err}"
+    );
 }
 
 #[test]

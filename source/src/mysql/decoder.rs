@@ -25,7 +25,7 @@ use super::catalog::apply_ddl;
 use super::catalog::CatalogTable;
 use super::layout::{layout_from_table_map, TableLayout};
 use super::mariadb;
-use super::rows::{decode_rows, Cursor, RowsKind};
+use super::rows::{decode_rows, lenenc, Cursor, RowsKind};
 use super::statement::{classify, parse_ddl, Statement};
 
 /// Binlog event type codes Ferry acts on (MySQL's `Log_event_type`).
@@ -279,14 +279,9 @@ impl Decoder {
             }
             code::WRITE_ROWS_V1..=code::DELETE_ROWS_V1
             | code::WRITE_ROWS..=code::DELETE_ROWS
+            | code::PARTIAL_UPDATE_ROWS
             | mariadb::WRITE_ROWS_COMPRESSED_V1..=mariadb::DELETE_ROWS_COMPRESSED => {
                 self.rows(ty, data, start, end, out)?;
-            }
-            code::PARTIAL_UPDATE_ROWS => {
-                return Err(self.fail(
-                    end,
-                    "a PARTIAL_UPDATE_ROWS event (binlog_row_value_options = PARTIAL_JSON): Ferry needs full JSON images; run SET GLOBAL binlog_row_value_options = ''",
-                ))
             }
             code::WRITE_ROWS_V0..=code::DELETE_ROWS_V0 => {
                 return Err(self.fail(end, "pre-GA MySQL 5.1 rows events are not supported"))
@@ -506,6 +501,7 @@ impl Decoder {
             code::WRITE_ROWS => (RowsKind::Write, true, false),
             code::UPDATE_ROWS => (RowsKind::Update, true, false),
             code::DELETE_ROWS => (RowsKind::Delete, true, false),
+            code::PARTIAL_UPDATE_ROWS => (RowsKind::Update, true, false),
             mariadb::WRITE_ROWS_COMPRESSED_V1 => (RowsKind::Write, false, true),
             mariadb::UPDATE_ROWS_COMPRESSED_V1 => (RowsKind::Update, false, true),
             mariadb::DELETE_ROWS_COMPRESSED_V1 => (RowsKind::Delete, false, true),
@@ -545,8 +541,16 @@ impl Decoder {
         } else {
             body.rows
         };
-        let ops = decode_rows(rows, &layout.columns, kind, &body.before, &body.after)
-            .map_err(|e| self.fail(end, format!("rows of {table}: {e}")))?;
+        let partial = ty == code::PARTIAL_UPDATE_ROWS;
+        let ops = decode_rows(
+            rows,
+            &layout.columns,
+            kind,
+            &body.before,
+            &body.after,
+            partial,
+        )
+        .map_err(|e| self.fail(end, format!("rows of {table}: {e}")))?;
         self.ensure_begun(start, out);
         if self.unannounced.remove(&table) {
             out.push(FerryEvent::Schema(layout.schema.clone()));
@@ -613,20 +617,6 @@ impl<'a> RowsBody<'a> {
             rows: cur.take(cur.remaining(), "rows").map_err(err)?,
         })
     }
-}
-
-/// A length-encoded integer.
-fn lenenc(cur: &mut Cursor<'_>) -> Result<u64, super::rows::RowError> {
-    let first = cur.take(1, "a length")?[0];
-    let n = match first {
-        0..=250 => return Ok(u64::from(first)),
-        0xfc => 2,
-        0xfd => 3,
-        0xfe => 8,
-        _ => return Err(super::rows::RowError(format!("length prefix {first:#x}"))),
-    };
-    let b = cur.take(n, "a length")?;
-    Ok(b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
 }
 
 /// A QUERY event's default database and statement. Post-header: thread id (4), exec time (4), database name

@@ -66,6 +66,18 @@ pub fn decode_image(
     layout: &[ColumnLayout],
     present: Present<'_>,
 ) -> Result<Row, RowError> {
+    decode_partial_image(cur, layout, present, &[], None)
+}
+
+/// Like [`decode_image`]; columns flagged in `partial` hold JSON diffs against `before`'s value (MySQL's
+/// PARTIAL_UPDATE_ROWS).
+fn decode_partial_image(
+    cur: &mut Cursor<'_>,
+    layout: &[ColumnLayout],
+    present: Present<'_>,
+    partial: &[bool],
+    before: Option<&Row>,
+) -> Result<Row, RowError> {
     let count = present.iter().filter(|p| **p).count();
     let nulls = cur.take(count.div_ceil(8), "the NULL bitmap")?;
     let mut row = Vec::with_capacity(layout.len());
@@ -77,22 +89,50 @@ pub fn decode_image(
         }
         let is_null = nulls[n / 8] & (1 << (n % 8)) != 0;
         n += 1;
-        row.push(if is_null {
+        let value = if is_null {
             Value::Null
+        } else if partial.get(i).copied().unwrap_or(false) {
+            let Wire::Json { len_bytes } = column.wire else {
+                return Err(RowError(format!(
+                    "column {}: partial update of a non-JSON column",
+                    i + 1
+                )));
+            };
+            let len_bytes = if (1..=4).contains(&len_bytes) {
+                len_bytes
+            } else {
+                4
+            };
+            let len = cur.uint_le(usize::from(len_bytes), "a JSON diff length")? as usize;
+            let diffs = cur.take(len, "JSON diffs")?;
+            let base = match before.and_then(|b| b.get(i)) {
+                Some(Value::Json(text)) => text.as_str(),
+                _ => {
+                    return Err(RowError(format!(
+                        "column {}: a partial JSON update, but the before image lacks the old document to apply it to; set binlog_row_image = FULL (or binlog_row_value_options = '') on the source",
+                        i + 1
+                    )))
+                }
+            };
+            Value::Json(jsonb::apply_diffs(base, diffs).map_err(RowError)?)
         } else {
             decode_value(cur, column).map_err(|e| RowError(format!("column {}: {}", i + 1, e.0)))?
-        });
+        };
+        row.push(value);
     }
     Ok(row)
 }
 
 /// The rows of one event: inserts / deletes have one image per row, updates two (before, after).
+/// `partial_json` for MySQL's PARTIAL_UPDATE_ROWS, whose after images start with value options
+/// and a bitmap of the JSON columns sent as diffs.
 pub fn decode_rows(
     data: &[u8],
     layout: &[ColumnLayout],
     kind: RowsKind,
     before: Present<'_>,
     after: Present<'_>,
+    partial_json: bool,
 ) -> Result<Vec<RowOp>, RowError> {
     let mut cur = Cursor::new(data);
     let mut out = Vec::new();
@@ -106,7 +146,12 @@ pub fn decode_rows(
             },
             RowsKind::Update => {
                 let old = decode_image(&mut cur, layout, before)?;
-                let new = decode_image(&mut cur, layout, after)?;
+                let partial = if partial_json {
+                    partial_columns(&mut cur, layout)?
+                } else {
+                    Vec::new()
+                };
+                let new = decode_partial_image(&mut cur, layout, after, &partial, Some(&old))?;
                 RowOp::Update {
                     before: Some(old),
                     after: new,
@@ -115,6 +160,38 @@ pub fn decode_rows(
         });
     }
     Ok(out)
+}
+
+/// The value options of a partial after image and, with PARTIAL_JSON_UPDATES set, which JSON columns (in column
+/// order) carry diffs.
+fn partial_columns(cur: &mut Cursor<'_>, layout: &[ColumnLayout]) -> Result<Vec<bool>, RowError> {
+    let options = lenenc(cur)?;
+    let mut partial = vec![false; layout.len()];
+    if options & 1 == 0 {
+        return Ok(partial);
+    }
+    let json: Vec<usize> = (0..layout.len())
+        .filter(|&i| matches!(layout[i].wire, Wire::Json { .. }))
+        .collect();
+    let bits = cur.take(json.len().div_ceil(8), "the partial JSON bitmap")?;
+    for (n, &i) in json.iter().enumerate() {
+        partial[i] = bits[n / 8] & (1 << (n % 8)) != 0;
+    }
+    Ok(partial)
+}
+
+/// A length-encoded integer.
+pub fn lenenc(cur: &mut Cursor<'_>) -> Result<u64, RowError> {
+    let first = cur.take(1, "a length")?[0];
+    let n = match first {
+        0..=250 => return Ok(u64::from(first)),
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return Err(RowError(format!("length prefix {first:#x}"))),
+    };
+    let b = cur.take(n, "a length")?;
+    Ok(b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -460,7 +537,23 @@ mod tests {
     #[test]
     fn truncated_images_are_errors() {
         let layout = vec![col(Wire::Int { bytes: 4 }, false)];
-        assert!(decode_rows(&[0, 1, 2], &layout, RowsKind::Write, &[true], &[true]).is_err());
-        assert!(decode_rows(&[0, 1, 0, 0, 0], &layout, RowsKind::Write, &[true], &[true]).is_ok());
+        assert!(decode_rows(
+            &[0, 1, 2],
+            &layout,
+            RowsKind::Write,
+            &[true],
+            &[true],
+            false
+        )
+        .is_err());
+        assert!(decode_rows(
+            &[0, 1, 0, 0, 0],
+            &layout,
+            RowsKind::Write,
+            &[true],
+            &[true],
+            false
+        )
+        .is_ok());
     }
 }
