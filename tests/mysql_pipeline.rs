@@ -151,6 +151,11 @@ fn every_type_round_trips_mariadb_to_mariadb_and_maps_to_postgres() {
     );
     my.sql(&type_rows(10));
     my.sql("UPDATE shop.t SET mi = mi - 1, vc = concat(vc, '!') WHERE id IN (2, 12)");
+    // 60 rows in one statement: the MySQL sink writes them with LOAD DATA rather than INSERT.
+    my.sql(
+        "USE shop; CREATE TEMPORARY TABLE tmp AS SELECT t.*, s.seq AS k FROM shop.t t JOIN seq_1_to_10 s;
+         UPDATE tmp SET id = id + 100 * k; ALTER TABLE tmp DROP COLUMN k; INSERT INTO shop.t SELECT * FROM tmp;",
+    );
     let all = "SELECT * FROM {} ORDER BY id";
     let source = my.sql(&all.replace("{}", "shop.t"));
     assert!(
@@ -162,6 +167,11 @@ fn every_type_round_trips_mariadb_to_mariadb_and_maps_to_postgres() {
             .try_sql(&all.replace("{}", "copy.t"))
             .unwrap_or_default(),
         ferry.log()
+    );
+    let loads = replica.sql("SHOW GLOBAL STATUS LIKE 'Com_load'");
+    assert_ne!(
+        loads, "Com_load\t0",
+        "the bulk insert did not go through LOAD DATA"
     );
     // The target table was created with the source's own column types.
     let ddl = "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 't' ORDER BY ORDINAL_POSITION";

@@ -24,11 +24,17 @@ pub struct TargetTable {
     /// The source schema version it was made for.
     pub version: u64,
     columns: HashMap<String, TargetKind>,
+    /// Every text column holds UTF-8 (or bytes), so a LOAD DATA file in the binary character set carries it as is.
+    utf8: bool,
 }
 
 impl TargetTable {
     pub fn has(&self, column: &str) -> bool {
         self.columns.contains_key(column)
+    }
+
+    pub fn load_data_ok(&self) -> bool {
+        self.utf8
     }
 
     pub fn kind(&self, column: &str) -> TargetKind {
@@ -86,7 +92,11 @@ pub fn mysql_type(table: &TableSchema, i: usize) -> String {
     }
 }
 
-async fn columns(conn: &mut Conn, name: &str) -> Result<Vec<(String, String)>, Error> {
+/// (name, DATA_TYPE, CHARACTER_SET_NAME) of a target table's columns.
+async fn columns(
+    conn: &mut Conn,
+    name: &str,
+) -> Result<Vec<(String, String, Option<String>)>, Error> {
     // `db`.`t` → ('db', 't') for information_schema.
     let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
     let (db, table) = name
@@ -94,7 +104,7 @@ async fn columns(conn: &mut Conn, name: &str) -> Result<Vec<(String, String)>, E
         .map(|(a, b)| (unquote(a), unquote(b)))
         .unwrap_or_default();
     conn.exec(
-        "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         (db, table),
     )
     .await
@@ -142,7 +152,7 @@ pub async fn ensure_table(
     } else {
         let mut alters = Vec::new();
         for (i, c) in schema.columns.iter().enumerate() {
-            if !existing.iter().any(|(n, _)| *n == c.name) {
+            if !existing.iter().any(|(n, _, _)| *n == c.name) {
                 alters.push(format!(
                     "ADD COLUMN {} {} NULL",
                     quote_ident(&c.name),
@@ -150,7 +160,7 @@ pub async fn ensure_table(
                 ));
             }
         }
-        for (n, _) in &existing {
+        for (n, _, _) in &existing {
             if !schema.columns.iter().any(|c| c.name == *n) {
                 alters.push(format!("DROP COLUMN {}", quote_ident(n)));
             }
@@ -162,10 +172,15 @@ pub async fn ensure_table(
             info!(table = %name, changes = %alters.join(", "), "altered target table");
         }
     }
-    let columns = columns(conn, name)
-        .await?
+    let described = columns(conn, name).await?;
+    let utf8 = described.iter().all(|(_, _, charset)| {
+        charset
+            .as_deref()
+            .is_none_or(|c| matches!(c, "utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary"))
+    });
+    let columns = described
         .into_iter()
-        .map(|(n, ty)| {
+        .map(|(n, ty, _)| {
             let kind = if ty.eq_ignore_ascii_case("time") {
                 TargetKind::Time
             } else {
@@ -177,5 +192,6 @@ pub async fn ensure_table(
     Ok(TargetTable {
         version: schema.version,
         columns,
+        utf8,
     })
 }

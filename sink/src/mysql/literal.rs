@@ -68,45 +68,87 @@ fn datetime_text(t: Timestamp) -> Result<String, String> {
     Ok(s)
 }
 
-/// The literal for `v` in a column of `kind`.
-pub fn literal(v: &Value, kind: TargetKind) -> Result<String, Error> {
+/// A value's MySQL form before quoting.
+enum Lit<'a> {
+    Null,
+    /// Numbers: written as they are.
+    Raw(String),
+    /// Text: quoted in SQL.
+    Str(std::borrow::Cow<'a, str>),
+    Bin(&'a [u8]),
+}
+
+fn lit(v: &Value, kind: TargetKind) -> Result<Lit<'_>, Error> {
     let bad = |why: String| Error::fatal(format!("value cannot be written to MySQL: {why}"));
+    let owned = |s: String| Lit::Str(std::borrow::Cow::Owned(s));
     Ok(match v {
-        Value::Null | Value::Unchanged => "NULL".into(),
-        Value::Bool(b) => if *b { "1" } else { "0" }.into(),
-        Value::Int(i) => i.to_string(),
+        Value::Null | Value::Unchanged => Lit::Null,
+        Value::Bool(b) => Lit::Raw(if *b { "1" } else { "0" }.into()),
+        Value::Int(i) => Lit::Raw(i.to_string()),
         Value::Float(f) if f.is_finite() => {
             let s = format!("{f:?}");
-            if s.contains('e') || s.contains('E') {
+            Lit::Raw(if s.contains('e') || s.contains('E') {
                 format!("{f:e}")
             } else {
                 s
-            }
+            })
         }
         Value::Float(f) => return Err(bad(format!("{f} (MySQL floats have no NaN or infinity)"))),
-        Value::Decimal(Decimal::Finite(s)) => s.clone(),
+        Value::Decimal(Decimal::Finite(s)) => Lit::Raw(s.clone()),
         Value::Decimal(d) => return Err(bad(format!("decimal {d}"))),
-        Value::Text(s) | Value::Json(s) => text(s),
-        Value::Bytes(b) => hex(b),
-        Value::Uuid(u) => text(&u.to_string()),
+        Value::Text(s) | Value::Json(s) => Lit::Str(std::borrow::Cow::Borrowed(s)),
+        Value::Bytes(b) => Lit::Bin(b),
+        Value::Uuid(u) => owned(u.to_string()),
         Value::Date(d) => {
             let (y, m, day) = d.ymd();
             if !(0..=9999).contains(&y) {
                 return Err(bad(format!("date {d}")));
             }
-            format!("'{y:04}-{m:02}-{day:02}'")
+            owned(format!("{y:04}-{m:02}-{day:02}"))
         }
-        Value::Time(t) => text(&t.to_string()),
-        Value::TimeTz(t) => text(&t.to_string()),
-        Value::Timestamp(t) | Value::TimestampTz(t) => text(&datetime_text(*t).map_err(bad)?),
+        Value::Time(t) => owned(t.to_string()),
+        Value::TimeTz(t) => owned(t.to_string()),
+        Value::Timestamp(t) | Value::TimestampTz(t) => owned(datetime_text(*t).map_err(bad)?),
         Value::Interval(i) => match kind {
             TargetKind::Time if i.months == 0 => {
-                text(&time_text(i.micros + i64::from(i.days) * 86_400_000_000))
+                owned(time_text(i.micros + i64::from(i.days) * 86_400_000_000))
             }
-            _ => text(&i.to_string()),
+            _ => owned(i.to_string()),
         },
-        Value::Array(_) => text(&crate::sqlite::json_array(v)),
+        Value::Array(_) => owned(crate::sqlite::json_array(v)),
     })
+}
+
+/// The SQL literal for `v` in a column of `kind`.
+pub fn literal(v: &Value, kind: TargetKind) -> Result<String, Error> {
+    Ok(match lit(v, kind)? {
+        Lit::Null => "NULL".into(),
+        Lit::Raw(s) => s,
+        Lit::Str(s) => text(&s),
+        Lit::Bin(b) => hex(b),
+    })
+}
+
+/// Appends `v` as one field of a `LOAD DATA` file (tab-separated, backslash escapes, `\N` for NULL).
+pub fn load_field(out: &mut Vec<u8>, v: &Value, kind: TargetKind) -> Result<(), Error> {
+    let escape = |out: &mut Vec<u8>, bytes: &[u8]| {
+        for &b in bytes {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                0 => out.extend_from_slice(b"\\0"),
+                b => out.push(b),
+            }
+        }
+    };
+    match lit(v, kind)? {
+        Lit::Null => out.extend_from_slice(b"\\N"),
+        Lit::Raw(s) => out.extend_from_slice(s.as_bytes()),
+        Lit::Str(s) => escape(out, s.as_bytes()),
+        Lit::Bin(b) => escape(out, b),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -139,6 +181,17 @@ mod tests {
             literal(&t, TargetKind::Time).unwrap(),
             "'-838:59:59.000005'"
         );
+        let mut field = Vec::new();
+        load_field(
+            &mut field,
+            &Value::Text("a\tb\\c\nd\0".into()),
+            TargetKind::Other,
+        )
+        .unwrap();
+        assert_eq!(field, b"a\\tb\\\\c\\nd\\0");
+        field.clear();
+        load_field(&mut field, &Value::Null, TargetKind::Other).unwrap();
+        assert_eq!(field, b"\\N");
         let ts = Value::Timestamp(Timestamp(1_700_000_000_123_456));
         assert_eq!(
             literal(&ts, TargetKind::Other).unwrap(),

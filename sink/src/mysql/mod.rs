@@ -13,18 +13,24 @@ mod literal;
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use ferry_core::{Change, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value};
+use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
 use crate::rows::{classify, RowAction};
 use ddl::{ensure_table, TargetTable};
-use literal::{literal, quote_ident};
+use literal::{literal, load_field, quote_ident};
 
-/// Statements are flushed once their SQL text reaches this size (well under max_allowed_packet's 16 MiB default).
+/// Row groups are flushed once their values reach this size (well under max_allowed_packet's 16 MiB default).
 const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// Fewer rows than this go in one INSERT; more through LOAD DATA.
+const LOAD_DATA_MIN_ROWS: usize = 16;
 
 const CREATE_CHECKPOINT_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_checkpoints (\
     pipeline VARCHAR(255) NOT NULL, sink VARCHAR(255) NOT NULL, position TEXT NOT NULL, updated_at VARCHAR(64) NOT NULL, \
@@ -84,6 +90,8 @@ pub struct MysqlSink {
     in_transaction: bool,
     /// Writes made in the open transaction.
     dirty: bool,
+    /// The target accepts LOAD DATA LOCAL INFILE (until it refuses once).
+    load_data: bool,
 }
 
 impl MysqlSink {
@@ -101,6 +109,7 @@ impl MysqlSink {
             tables: HashMap::new(),
             in_transaction: false,
             dirty: false,
+            load_data: true,
         })
     }
 
@@ -197,17 +206,16 @@ impl MysqlSink {
                     }
                 }
                 Change::Row { table, op } => match classify(table, op) {
-                    RowAction::Upsert(row) => {
+                    RowAction::Upsert(row) | RowAction::InsertNoKey(row) => {
                         if upserts
                             .table
                             .as_ref()
-                            .is_some_and(|t| t.id != table.id || t.version != table.version)
-                            || upserts.sql.len() > MAX_STATEMENT_BYTES
+                            .is_some_and(|t| !Arc::ptr_eq(t, table))
+                            || upserts.bytes > MAX_STATEMENT_BYTES
                         {
                             self.flush(&mut upserts).await?;
                         }
-                        let target = &self.tables[&table.id];
-                        upserts.push(table, target, row, &self.target_name(&table.id))?;
+                        upserts.push(table, row);
                     }
                     action => {
                         self.flush(&mut upserts).await?;
@@ -237,11 +245,95 @@ impl MysqlSink {
         Ok(())
     }
 
-    async fn flush(&mut self, upserts: &mut Upserts) -> Result<(), Error> {
-        if let Some(sql) = upserts.finish() {
-            self.exec(sql, "writing rows").await?;
+    /// Writes the collected rows: `LOAD DATA LOCAL INFILE … REPLACE` for more than a few rows (about twice as fast
+    /// as INSERT on the server), a multi-row `INSERT … ON DUPLICATE KEY UPDATE` otherwise or where the server
+    /// refuses local infile.
+    async fn flush(&mut self, upserts: &mut Upserts<'_>) -> Result<(), Error> {
+        let Some(table) = upserts.table.take() else {
+            return Ok(());
+        };
+        let rows = std::mem::take(&mut upserts.rows);
+        upserts.bytes = 0;
+        let name = self.target_name(&table.id);
+        let target = &self.tables[&table.id];
+        let columns: Vec<usize> = (0..table.columns.len())
+            .filter(|&i| target.has(&table.columns[i].name))
+            .collect();
+        let list = columns
+            .iter()
+            .map(|&i| quote_ident(&table.columns[i].name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.load_data && target.load_data_ok() && rows.len() >= LOAD_DATA_MIN_ROWS {
+            let mut data = Vec::with_capacity(rows.len() * 64);
+            for row in &rows {
+                for (n, &i) in columns.iter().enumerate() {
+                    if n > 0 {
+                        data.push(b'\t');
+                    }
+                    load_field(&mut data, &row[i], target.kind(&table.columns[i].name))?;
+                }
+                data.push(b'\n');
+            }
+            let replace = if table.has_primary_key() {
+                "REPLACE "
+            } else {
+                ""
+            };
+            let sql = format!(
+                "LOAD DATA LOCAL INFILE 'ferry' {replace}INTO TABLE {name} CHARACTER SET binary \
+                 FIELDS TERMINATED BY X'09' ESCAPED BY X'5C' LINES TERMINATED BY X'0A' ({list})"
+            );
+            let data = bytes::Bytes::from(data);
+            self.conn.set_infile_handler(async move {
+                Ok(futures_util::stream::iter([Ok(data)]).boxed())
+            });
+            self.dirty = true;
+            match self.conn.query_drop(sql).await {
+                Ok(()) => return Ok(()),
+                // Local infile off on the server (MySQL 8's default) or refused: INSERT from now on.
+                Err(mysql_async::Error::Server(e))
+                    if matches!(e.code, 1148 | 3948 | 1227 | 2068) =>
+                {
+                    warn!(sink = %self.name, error = %e.message, "the target refuses LOAD DATA LOCAL INFILE; writing rows with INSERT (slower)");
+                    self.load_data = false;
+                }
+                Err(e) => return Err(write_error("loading rows")(e)),
+            }
         }
-        Ok(())
+        let target = &self.tables[&table.id];
+        let mut sql = format!("INSERT INTO {name} ({list}) VALUES ");
+        for (r, row) in rows.iter().enumerate() {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for (n, &i) in columns.iter().enumerate() {
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&literal(&row[i], target.kind(&table.columns[i].name))?);
+            }
+            sql.push(')');
+        }
+        if table.has_primary_key() {
+            let updates: Vec<String> = columns
+                .iter()
+                .filter(|i| !table.primary_key.contains(i))
+                .map(|&i| {
+                    let c = quote_ident(&table.columns[i].name);
+                    format!("{c} = VALUES({c})")
+                })
+                .collect();
+            let key = quote_ident(&table.columns[table.primary_key[0]].name);
+            sql.push_str(" ON DUPLICATE KEY UPDATE ");
+            if updates.is_empty() {
+                sql.push_str(&format!("{key} = {key}"));
+            } else {
+                sql.push_str(&updates.join(", "));
+            }
+        }
+        self.exec(sql, "writing rows").await
     }
 
     /// Writes for the columns the target has, of the row's own schema.
@@ -305,8 +397,7 @@ impl MysqlSink {
         match action {
             RowAction::Upsert(row) | RowAction::InsertNoKey(row) => {
                 let mut one = Upserts::default();
-                let target = &self.tables[&table.id];
-                one.push(table, target, row, &name)?;
+                one.push(table, row);
                 self.flush(&mut one).await
             }
             RowAction::UpdateSent(row) => {
@@ -331,8 +422,7 @@ impl MysqlSink {
                 );
                 self.exec(sql, "deleting a re-keyed row").await?;
                 let mut one = Upserts::default();
-                let target = &self.tables[&table.id];
-                one.push(table, target, new, &name)?;
+                one.push(table, new);
                 self.flush(&mut one).await
             }
             RowAction::ReplaceNoKey { old, new } => {
@@ -343,8 +433,7 @@ impl MysqlSink {
                 self.exec(sql, "deleting a keyless row").await?;
                 if let Some(new) = new {
                     let mut one = Upserts::default();
-                    let target = &self.tables[&table.id];
-                    one.push(table, target, new, &name)?;
+                    one.push(table, new);
                     self.flush(&mut one).await?;
                 }
                 Ok(())
@@ -353,73 +442,22 @@ impl MysqlSink {
     }
 }
 
-/// A multi-row `INSERT … ON DUPLICATE KEY UPDATE` being built for one table and schema version.
+/// Consecutive inserts / upserts of one table and schema version, written together by [`MysqlSink::flush`].
 #[derive(Default)]
-struct Upserts {
+struct Upserts<'a> {
     table: Option<SchemaRef>,
-    sql: String,
-    /// The column indexes written (those the target has).
-    columns: Vec<usize>,
+    rows: Vec<&'a Row>,
+    /// Approximate size of the rows, to bound one statement.
+    bytes: usize,
 }
 
-impl Upserts {
-    fn push(
-        &mut self,
-        table: &SchemaRef,
-        target: &TargetTable,
-        row: &Row,
-        name: &str,
-    ) -> Result<(), Error> {
+impl<'a> Upserts<'a> {
+    fn push(&mut self, table: &SchemaRef, row: &'a Row) {
         if self.table.is_none() {
-            self.columns = (0..table.columns.len())
-                .filter(|&i| target.has(&table.columns[i].name))
-                .collect();
-            let list = self
-                .columns
-                .iter()
-                .map(|&i| quote_ident(&table.columns[i].name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            self.sql = format!("INSERT INTO {name} ({list}) VALUES ");
             self.table = Some(table.clone());
-        } else {
-            self.sql.push_str(", ");
         }
-        self.sql.push('(');
-        for (n, &i) in self.columns.iter().enumerate() {
-            if n > 0 {
-                self.sql.push_str(", ");
-            }
-            let column = &table.columns[i];
-            self.sql
-                .push_str(&literal(&row[i], target.kind(&column.name))?);
-        }
-        self.sql.push(')');
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Option<String> {
-        let table = self.table.take()?;
-        let mut sql = std::mem::take(&mut self.sql);
-        if table.has_primary_key() {
-            let updates: Vec<String> = self
-                .columns
-                .iter()
-                .filter(|i| !table.primary_key.contains(i))
-                .map(|&i| {
-                    let c = quote_ident(&table.columns[i].name);
-                    format!("{c} = VALUES({c})")
-                })
-                .collect();
-            let key = quote_ident(&table.columns[table.primary_key[0]].name);
-            sql.push_str(" ON DUPLICATE KEY UPDATE ");
-            if updates.is_empty() {
-                sql.push_str(&format!("{key} = {key}"));
-            } else {
-                sql.push_str(&updates.join(", "));
-            }
-        }
-        Some(sql)
+        self.bytes += row.iter().map(Value::size_hint).sum::<usize>();
+        self.rows.push(row);
     }
 }
 
