@@ -114,15 +114,28 @@ pub async fn run(
             }
         };
         decoder.decode(&event, &mut out)?;
+        let commits = out
+            .iter()
+            .filter(|e| matches!(e, Event::Commit { .. }))
+            .count();
+        stats
+            .source_transactions
+            .fetch_add(commits as u64, Ordering::Relaxed);
+        stats
+            .source_events
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         for e in out.drain(..) {
-            if matches!(e, Event::Commit { .. }) {
-                stats.source_transactions.fetch_add(1, Ordering::Relaxed);
+            // Without an await per event while the channel has room (a rows event holds ~100 rows).
+            match events.try_send(e) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(e)) => events
+                    .send(e)
+                    .await
+                    .map_err(|_| Error::fatal("the pipeline stopped"))?,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Error::fatal("the pipeline stopped"))
+                }
             }
-            stats.source_events.fetch_add(1, Ordering::Relaxed);
-            events
-                .send(e)
-                .await
-                .map_err(|_| Error::fatal("the pipeline stopped"))?;
         }
     }
 }
