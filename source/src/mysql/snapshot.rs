@@ -124,37 +124,36 @@ pub async fn open(
             Ok((conns, position?))
         }
         Flavor::MariaDb => {
-            let position = begin(&mut first, flavor).await?;
             let mut conns = vec![first];
-            for attempt in 0..5 {
-                let mut others = Vec::new();
-                for _ in 1..parallelism {
-                    let mut conn = super::connect(url).await?;
-                    let theirs = begin(&mut conn, flavor).await?;
-                    if theirs.pos != position.pos {
-                        break;
+            for _ in 1..parallelism {
+                conns.push(super::connect(url).await?);
+            }
+            // Snapshots opened back to back on already-open connections: usually no commit lands between them.
+            for attempt in 0..10 {
+                let mut positions = Vec::with_capacity(conns.len());
+                for conn in &mut conns {
+                    if attempt > 0 {
+                        conn.query_drop("ROLLBACK")
+                            .await
+                            .map_err(sql_error("restarting the snapshot"))?;
                     }
-                    others.push(conn);
+                    positions.push(begin(conn, flavor).await?);
                 }
-                if others.len() + 1 == parallelism {
-                    conns.extend(others);
-                    return Ok((conns, position));
+                if positions.iter().all(|p| p.pos == positions[0].pos) {
+                    return Ok((conns, positions.swap_remove(0)));
                 }
                 info!(
                     attempt,
-                    "writes moved the binlog while the snapshot connections opened; retrying"
+                    "writes moved the binlog while the snapshot transactions opened; retrying"
                 );
-                // The first connection's snapshot stays; later ones must match it, so reopen it too.
-                conns[0]
-                    .query_drop("ROLLBACK")
-                    .await
-                    .map_err(sql_error("restarting the snapshot"))?;
-                let again = begin(&mut conns[0], flavor).await?;
-                if again.pos != position.pos {
-                    return Ok((conns, again));
-                }
             }
             info!("the binlog kept moving: copying tables over one connection");
+            conns.truncate(1);
+            conns[0]
+                .query_drop("ROLLBACK")
+                .await
+                .map_err(sql_error("restarting the snapshot"))?;
+            let position = begin(&mut conns[0], flavor).await?;
             Ok((conns, position))
         }
     }
