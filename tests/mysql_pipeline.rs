@@ -98,7 +98,8 @@ const TYPES_TABLE: &str = "CREATE TABLE shop.t (
     c char(10), vc varchar(100), tx text CHARACTER SET utf8mb4, bn binary(4), vb varbinary(10), bl blob,
     e enum('a','b','c'), st set('x','y','z'), j json)";
 
-/// Extremes of every type; `base` offsets the ids.
+/// Extremes of every type, NULLs, and MySQL's zero dates (allowed by the server's default sql_mode); `base`
+/// offsets the ids.
 fn type_rows(base: i32) -> String {
     format!(
         "INSERT INTO shop.t VALUES
@@ -110,10 +111,13 @@ fn type_rows(base: i32) -> String {
           0.000000000000000000000000000001, -3.4e38, 1.7976931348623157e308, b'0', 1901, '9999-12-31', '838:59:59.999999', '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01.000000',
           '', '', '', X'00000000', X'01', NULL, 'a', '', 'null'),
          ({}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+         ({}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', NULL,
+          '2024-00-10 10:00:00.500000', '0000-00-00 00:00:00', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
         base + 1,
         base + 2,
-        base + 3
+        base + 3,
+        base + 4
     )
 }
 
@@ -145,7 +149,7 @@ fn every_type_round_trips_mariadb_to_mariadb_and_maps_to_postgres() {
     assert!(
         wait_until(WAIT, || replica
             .try_sql("SELECT count(*) FROM copy.t")
-            .is_ok_and(|n| n == "3")),
+            .is_ok_and(|n| n == "4")),
         "snapshot did not arrive:\n{}",
         ferry.log()
     );
@@ -192,6 +196,16 @@ fn every_type_round_trips_mariadb_to_mariadb_and_maps_to_postgres() {
         "PostgreSQL target:\n{}\n{}",
         pg_rows(),
         ferry.log()
+    );
+    // Zero dates have no PostgreSQL value: NULL there, exact in MariaDB (compared above).
+    let zero = pg.psql(
+        "replica",
+        "SELECT count(*) FROM shop.t WHERE id IN (4, 14) AND dt IS NULL AND dtm IS NULL AND ts IS NULL",
+    );
+    assert_eq!(zero, "2");
+    assert_eq!(
+        replica.sql("SELECT dt, dtm, ts FROM copy.t WHERE id = 14"),
+        "0000-00-00\t2024-00-10 10:00:00.500000\t0000-00-00 00:00:00.000000"
     );
     assert!(ferry.terminate().success());
 }

@@ -31,13 +31,19 @@ pub enum Value {
     Interval(Interval),
     /// An array; a multi-dimensional array nests `Array` values, one level per dimension.
     Array(Vec<Value>),
+    /// A MySQL date or datetime with zero parts (`0000-00-00`, `2024-02-00 10:00:00`), which no calendar holds:
+    /// carried as MySQL's own text. MySQL targets store it as it is, SQLite as text, other targets as NULL.
+    ZeroDate(String),
 }
 
 impl Value {
     /// Approximate heap and inline size, for batch size limits.
     pub fn size_hint(&self) -> usize {
         16 + match self {
-            Value::Decimal(Decimal::Finite(s)) | Value::Text(s) | Value::Json(s) => s.len(),
+            Value::Decimal(Decimal::Finite(s))
+            | Value::Text(s)
+            | Value::Json(s)
+            | Value::ZeroDate(s) => s.len(),
             Value::Bytes(b) => b.len(),
             Value::Array(items) => items.iter().map(Value::size_hint).sum(),
             _ => 0,

@@ -96,7 +96,9 @@ fn lit(v: &Value, kind: TargetKind) -> Result<Lit<'_>, Error> {
         Value::Float(f) => return Err(bad(format!("{f} (MySQL floats have no NaN or infinity)"))),
         Value::Decimal(Decimal::Finite(s)) => Lit::Raw(s.clone()),
         Value::Decimal(d) => return Err(bad(format!("decimal {d}"))),
-        Value::Text(s) | Value::Json(s) => Lit::Str(std::borrow::Cow::Borrowed(s)),
+        Value::Text(s) | Value::Json(s) | Value::ZeroDate(s) => {
+            Lit::Str(std::borrow::Cow::Borrowed(s))
+        }
         Value::Bytes(b) => Lit::Bin(b),
         Value::Uuid(u) => owned(u.to_string()),
         Value::Date(d) => {

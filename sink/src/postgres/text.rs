@@ -9,7 +9,8 @@ use ferry_core::Value;
 /// columns out).
 pub fn pg_text(v: &Value) -> Option<String> {
     match v {
-        Value::Null | Value::Unchanged => None,
+        // A MySQL zero date has no PostgreSQL value (docs/type-mapping.md).
+        Value::Null | Value::Unchanged | Value::ZeroDate(_) => None,
         other => {
             let mut s = String::new();
             write_value(&mut s, other);
@@ -26,7 +27,7 @@ pub fn write_copy_line(out: &mut String, row: &[Value], columns: &[usize]) {
             out.push('\t');
         }
         match &row[c] {
-            Value::Null | Value::Unchanged => out.push_str("\\N"),
+            Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("\\N"),
             v => {
                 field.clear();
                 write_value(&mut field, v);
@@ -47,7 +48,7 @@ pub fn write_copy_line(out: &mut String, row: &[Value], columns: &[usize]) {
 
 fn write_value(out: &mut String, v: &Value) {
     match v {
-        Value::Null | Value::Unchanged => out.push_str("NULL"),
+        Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("NULL"),
         Value::Bool(b) => out.push(if *b { 't' } else { 'f' }),
         Value::Int(i) => {
             let _ = write!(out, "{i}");
@@ -98,7 +99,7 @@ fn write_value(out: &mut String, v: &Value) {
                     out.push(',');
                 }
                 match item {
-                    Value::Null | Value::Unchanged => out.push_str("NULL"),
+                    Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("NULL"),
                     Value::Array(_) => write_value(out, item),
                     scalar => {
                         let mut text = String::new();

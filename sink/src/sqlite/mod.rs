@@ -63,7 +63,7 @@ fn sqlite_value(v: &Value) -> SqlValue {
         Value::Float(f) if f.is_nan() => SqlValue::Text("NaN".into()),
         Value::Float(f) => SqlValue::Real(*f),
         Value::Decimal(d) => SqlValue::Text(d.to_string()),
-        Value::Text(s) | Value::Json(s) => SqlValue::Text(s.clone()),
+        Value::Text(s) | Value::Json(s) | Value::ZeroDate(s) => SqlValue::Text(s.clone()),
         Value::Bytes(b) => SqlValue::Blob(b.clone()),
         Value::Uuid(u) => SqlValue::Text(u.to_string()),
         Value::Date(d) => SqlValue::Text(d.to_string()),

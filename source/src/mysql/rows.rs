@@ -345,7 +345,7 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
             let (raw, bytes) = fraction(cur, fsp)?;
             // MySQL writes the zero timestamp as 0 seconds; it reads back as '0000-00-00 00:00:00'.
             if secs == 0 && raw == 0 {
-                Value::Null
+                Value::ZeroDate("0000-00-00 00:00:00".into())
             } else {
                 Value::TimestampTz(Timestamp(secs * 1_000_000 + micros_of_fraction(raw, bytes)))
             }
@@ -431,12 +431,16 @@ fn interval(micros: i64) -> Value {
     })
 }
 
-/// A DATE; MySQL's zero dates (`0000-00-00`, `2024-00-00`) have no calendar value and become NULL.
-fn date_value(year: i32, month: u32, day: u32) -> Value {
-    Date::from_ymd(year, month, day).map_or(Value::Null, Value::Date)
+/// A DATE; MySQL's zero dates (`0000-00-00`, `2024-00-00`) have no calendar value and travel as their text.
+pub fn date_value(year: i32, month: u32, day: u32) -> Value {
+    Date::from_ymd(year, month, day).map_or_else(
+        || Value::ZeroDate(format!("{year:04}-{month:02}-{day:02}")),
+        Value::Date,
+    )
 }
 
-fn datetime_value(
+/// A DATETIME; with zero date parts, MySQL's text.
+pub fn datetime_value(
     year: i32,
     month: u32,
     day: u32,
@@ -451,7 +455,14 @@ fn datetime_value(
                 + ((hour * 60 + minute) * 60 + second) * 1_000_000
                 + micros,
         )),
-        None => Value::Null,
+        None => {
+            let mut text =
+                format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}");
+            if micros != 0 {
+                text.push_str(&format!(".{micros:06}"));
+            }
+            Value::ZeroDate(text)
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{
-    BinlogFilePos, BinlogPosition, Change, Date, Decimal, Error, Event, GtidState, Interval,
+    BinlogFilePos, BinlogPosition, Change, Decimal, Error, Event, GtidState, Interval,
     PipelineStats, Position, RowOp, SchemaRef, TableId, Timestamp, Value,
 };
 use mysql_async::prelude::Queryable;
@@ -385,29 +385,16 @@ fn snapshot_value(v: mysql_async::Value, ty: &ferry_core::ColumnType) -> Result<
             Ok(s) => s,
             Err(e) => e.into_bytes().iter().map(|&b| char::from(b)).collect(),
         }),
-        (M::Date(y, m, d, h, mi, s, us), T::Date) => {
-            let _ = (h, mi, s, us);
-            Date::from_ymd(i32::from(y), u32::from(m), u32::from(d))
-                .map_or(Value::Null, Value::Date)
+        (M::Date(y, m, d, _, _, _, _), T::Date) => {
+            super::rows::date_value(i32::from(y), u32::from(m), u32::from(d))
         }
         (M::Date(y, m, d, h, mi, s, us), t) => {
-            match Date::from_ymd(i32::from(y), u32::from(m), u32::from(d)) {
-                None => Value::Null,
-                Some(date) => {
-                    let micros = i64::from(date.0) * 86_400_000_000
-                        + ((i64::from(h) * 60 + i64::from(mi)) * 60 + i64::from(s)) * 1_000_000
-                        + i64::from(us);
-                    // TIMESTAMP columns are read in the session time zone, set to UTC in begin().
-                    if *t == T::TimestampTz {
-                        if micros == 0 {
-                            Value::Null
-                        } else {
-                            Value::TimestampTz(Timestamp(micros))
-                        }
-                    } else {
-                        Value::Timestamp(Timestamp(micros))
-                    }
-                }
+            let (y, m, d) = (i32::from(y), u32::from(m), u32::from(d));
+            let (h, mi, s) = (i64::from(h), i64::from(mi), i64::from(s));
+            match super::rows::datetime_value(y, m, d, h, mi, s, i64::from(us)) {
+                // TIMESTAMP columns are read in the session time zone, set to UTC in begin().
+                Value::Timestamp(ts) if *t == T::TimestampTz => Value::TimestampTz(ts),
+                other => other,
             }
         }
         (M::Time(negative, days, h, m, s, us), _) => {
