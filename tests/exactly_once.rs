@@ -62,14 +62,7 @@ fn resumes_after_sigkill_without_loss_or_duplicates() {
         })
         .collect();
 
-    let mut rng = Rng::new();
-    for kill in 0..10 {
-        let ferry = Ferry::start(&config, &log);
-        let delay = 300 + rng.below(2200);
-        std::thread::sleep(Duration::from_millis(delay));
-        println!("kill {kill} after {delay} ms");
-        ferry.kill9();
-    }
+    kill_randomly(&config, &log, 10);
     stop.store(true, Ordering::Relaxed);
     let writes: Vec<i32> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     println!("writer transactions: {writes:?}");

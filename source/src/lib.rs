@@ -4,5 +4,6 @@
 pub mod check;
 pub mod mysql;
 pub mod postgres;
+mod snapshot;
 
 pub use check::CheckOutcome;

@@ -754,3 +754,15 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// Starts ferry and SIGKILLs it at a random moment (0.3–2.5 s in), `kills` times.
+pub fn kill_randomly(config: &Path, log: &Path, kills: u32) {
+    let mut rng = Rng::new();
+    for kill in 0..kills {
+        let ferry = Ferry::start(config, log);
+        let delay = 300 + rng.below(2200);
+        std::thread::sleep(Duration::from_millis(delay));
+        println!("kill {kill} after {delay} ms");
+        ferry.kill9();
+    }
+}

@@ -337,15 +337,24 @@ impl MysqlSink {
     }
 
     /// Writes for the columns the target has, of the row's own schema.
-    fn assignments(&self, table: &SchemaRef, row: &Row, sep: &str) -> Result<String, Error> {
+    /// `column <op> value` for `columns` of `row` that were sent and that the target has, joined by `sep`.
+    fn column_terms(
+        &self,
+        table: &SchemaRef,
+        row: &Row,
+        columns: impl Iterator<Item = usize>,
+        op: &str,
+        sep: &str,
+    ) -> Result<String, Error> {
         let target = &self.tables[&table.id];
         let mut parts = Vec::new();
-        for (i, c) in table.columns.iter().enumerate() {
+        for i in columns {
+            let c = &table.columns[i];
             if row[i] == Value::Unchanged || !target.has(&c.name) {
                 continue;
             }
             parts.push(format!(
-                "{} = {}",
+                "{} {op} {}",
                 quote_ident(&c.name),
                 literal(&row[i], target.kind(&c.name))?
             ));
@@ -353,38 +362,21 @@ impl MysqlSink {
         Ok(parts.join(sep))
     }
 
+    fn assignments(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
+        self.column_terms(table, row, 0..table.columns.len(), "=", ", ")
+    }
+
     fn key_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
-        let target = &self.tables[&table.id];
-        let mut parts = Vec::new();
-        for &k in &table.primary_key {
-            let c = &table.columns[k];
-            parts.push(format!(
-                "{} = {}",
-                quote_ident(&c.name),
-                literal(&row[k], target.kind(&c.name))?
-            ));
-        }
-        Ok(parts.join(" AND "))
+        self.column_terms(table, row, table.primary_key.iter().copied(), "=", " AND ")
     }
 
     /// Matches every column the source sent, NULL-safely (keyless tables).
     fn row_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
-        let target = &self.tables[&table.id];
-        let mut parts = Vec::new();
-        for (i, c) in table.columns.iter().enumerate() {
-            if row[i] == Value::Unchanged || !target.has(&c.name) {
-                continue;
-            }
-            parts.push(format!(
-                "{} <=> {}",
-                quote_ident(&c.name),
-                literal(&row[i], target.kind(&c.name))?
-            ));
-        }
-        Ok(if parts.is_empty() {
+        let terms = self.column_terms(table, row, 0..table.columns.len(), "<=>", " AND ")?;
+        Ok(if terms.is_empty() {
             "TRUE".into()
         } else {
-            parts.join(" AND ")
+            terms
         })
     }
 
@@ -403,7 +395,7 @@ impl MysqlSink {
             RowAction::UpdateSent(row) => {
                 let sql = format!(
                     "UPDATE {name} SET {} WHERE {}",
-                    self.assignments(table, row, ", ")?,
+                    self.assignments(table, row)?,
                     self.key_condition(table, row)?
                 );
                 self.exec(sql, "updating a row").await

@@ -12,11 +12,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use ferry_core::{
     BinlogFilePos, BinlogPosition, Change, Decimal, Error, Event, GtidState, Interval,
-    PipelineStats, Position, RowOp, SchemaRef, TableId, Timestamp, Value,
+    PipelineStats, Position, RowOp, SchemaRef, TableId, Value,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -254,7 +254,7 @@ pub async fn run(
         "snapshot started"
     );
     let started = Instant::now();
-    let reporter = tokio::spawn(crate::postgres::snapshot::report_progress(stats.clone()));
+    let reporter = crate::snapshot::report_progress(stats.clone());
     let queue = Arc::new(std::sync::Mutex::new(schemas.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for mut conn in conns.drain(..) {
@@ -275,39 +275,10 @@ pub async fn run(
                 .map_err(sql_error("ending the snapshot transaction"))
         });
     }
-    let mut result = Ok(());
-    while let Some(joined) = workers.join_next().await {
-        let outcome = joined
-            .map_err(|e| Error::fatal(format!("snapshot worker failed: {e}")))
-            .and_then(|r| r);
-        if let Err(e) = outcome {
-            workers.abort_all();
-            result = Err(e);
-            break;
-        }
-    }
+    let result = crate::snapshot::join_workers(workers).await;
     reporter.abort();
     result?;
-    stats.snapshot.finish();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    events
-        .send(Event::Commit {
-            position,
-            commit_time: Timestamp(now),
-        })
-        .await
-        .map_err(|_| closed())?;
-    let rows = stats.snapshot.rows_copied.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    info!(
-        rows,
-        seconds = format!("{secs:.1}"),
-        rows_per_s = (rows as f64 / secs.max(1e-9)) as u64,
-        "snapshot copied"
-    );
-    Ok(())
+    crate::snapshot::commit(events, position, &stats, started).await
 }
 
 async fn copy_table(

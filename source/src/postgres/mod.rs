@@ -14,7 +14,7 @@ mod conn;
 mod decode;
 pub mod pgoutput;
 mod slot;
-pub(crate) mod snapshot;
+mod snapshot;
 mod stream;
 
 use std::sync::Arc;

@@ -7,12 +7,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use ferry_core::{
     Change, Error, Event, Lsn, PipelineStats, Position, RowOp, SchemaRef, SnapshotProgress,
-    TableId, Timestamp, Value,
+    TableId, Value,
 };
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -81,7 +81,7 @@ pub async fn run(
         "snapshot started"
     );
     let started = Instant::now();
-    let reporter = tokio::spawn(report_progress(stats.clone()));
+    let reporter = crate::snapshot::report_progress(stats.clone());
 
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
     let mut workers = tokio::task::JoinSet::new();
@@ -104,59 +104,10 @@ pub async fn run(
             Ok::<_, Error>(())
         });
     }
-    let mut result = Ok(());
-    while let Some(joined) = workers.join_next().await {
-        let outcome = joined
-            .map_err(|e| Error::fatal(format!("snapshot worker failed: {e}")))
-            .and_then(|r| r);
-        if let Err(e) = outcome {
-            workers.abort_all();
-            result = Err(e);
-            break;
-        }
-    }
+    let result = crate::snapshot::join_workers(workers).await;
     reporter.abort();
     result?;
-    stats.snapshot.finish();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    events
-        .send(Event::Commit {
-            position,
-            commit_time: Timestamp(now),
-        })
-        .await
-        .map_err(|_| closed())?;
-    let rows = stats.snapshot.rows_copied.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    info!(
-        rows,
-        seconds = format!("{secs:.1}"),
-        rows_per_s = (rows as f64 / secs.max(1e-9)) as u64,
-        "snapshot copied"
-    );
-    Ok(())
-}
-
-pub(crate) async fn report_progress(stats: Arc<PipelineStats>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(r) = stats.snapshot.report() else {
-            continue;
-        };
-        info!(
-            rows = r.rows_copied,
-            rows_per_s = r.rows_per_s as u64,
-            percent = format!("{:.1}", r.percent),
-            eta_s = r.eta_s,
-            tables_done = r.tables_done,
-            tables = r.tables_total,
-            "snapshot progress"
-        );
-    }
+    crate::snapshot::commit(events, position, &stats, started).await
 }
 
 async fn copy_table(
