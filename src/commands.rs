@@ -125,6 +125,12 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                     ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ())
                 }
                 SinkKind::Discard { .. } => Ok(()),
+                #[cfg(feature = "kafka")]
+                SinkKind::Kafka(k) => ferry_sink::kafka::stored_checkpoint(k, &p.name, &sink.name)
+                    .await
+                    .map(|_| ()),
+                #[cfg(not(feature = "kafka"))]
+                SinkKind::Kafka(_) => Err(ferry_core::Error::fatal("built without the Kafka sink")),
             };
             match reachable {
                 Ok(()) => println!("  ok   sink {}: reachable", sink.name),
@@ -228,6 +234,14 @@ pub async fn status(
                         .into_iter()
                         .collect()
                 }
+                #[cfg(feature = "kafka")]
+                SinkKind::Kafka(k) => ferry_sink::kafka::stored_checkpoint(k, &p.name, &sink.name)
+                    .await?
+                    .map(|position| (sink.name.clone(), position, "?".to_owned()))
+                    .into_iter()
+                    .collect(),
+                #[cfg(not(feature = "kafka"))]
+                SinkKind::Kafka(_) => Vec::new(),
             };
             let row = rows.into_iter().find(|(name, _, _)| *name == sink.name);
             let position: Option<Position> = row.as_ref().and_then(|(_, pos, _)| pos.parse().ok());
@@ -358,6 +372,12 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
                 SinkKind::Discard { checkpoint_file } => {
                     ferry_sink::discard::delete_checkpoint(checkpoint_file)?;
                 }
+                #[cfg(feature = "kafka")]
+                SinkKind::Kafka(k) => {
+                    ferry_sink::kafka::delete_checkpoint(k, &p.name, &sink.name).await?;
+                }
+                #[cfg(not(feature = "kafka"))]
+                SinkKind::Kafka(_) => anyhow::bail!("this ferry was built without the Kafka sink"),
             }
             println!("pipeline {}: sink {} checkpoint removed", p.name, sink.name);
         }

@@ -77,6 +77,8 @@ pub async fn run_pipeline(
 enum AnySink {
     Postgres(PostgresSink),
     Mysql(MysqlSink),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<ferry_sink::kafka::KafkaSink>),
     Sqlite(SqliteSink),
     Discard(DiscardSink),
 }
@@ -86,6 +88,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.name(),
             AnySink::Mysql(s) => s.name(),
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.name(),
             AnySink::Sqlite(s) => s.name(),
             AnySink::Discard(s) => s.name(),
         }
@@ -95,6 +99,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.checkpoint().await,
             AnySink::Mysql(s) => s.checkpoint().await,
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.checkpoint().await,
             AnySink::Sqlite(s) => s.checkpoint().await,
             AnySink::Discard(s) => s.checkpoint().await,
         }
@@ -104,6 +110,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.apply(events, commit).await,
             AnySink::Mysql(s) => s.apply(events, commit).await,
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.apply(events, commit).await,
             AnySink::Sqlite(s) => s.apply(events, commit).await,
             AnySink::Discard(s) => s.apply(events, commit).await,
         }
@@ -125,7 +133,46 @@ async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Err
         SinkKind::Discard { checkpoint_file } => {
             AnySink::Discard(DiscardSink::new(&sink.name, checkpoint_file))
         }
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(kafka) => AnySink::Kafka(Box::new(
+            ferry_sink::kafka::KafkaSink::connect(
+                &sink.name,
+                &config.name,
+                kafka,
+                source_info(config, kafka),
+            )
+            .await?,
+        )),
+        #[cfg(not(feature = "kafka"))]
+        SinkKind::Kafka(_) => {
+            return Err(Error::fatal(
+                "this ferry was built without the Kafka sink (cargo feature \"kafka\")",
+            ))
+        }
     })
+}
+
+/// What a Kafka sink's records say about their source (Debezium's `source` block).
+#[cfg(feature = "kafka")]
+fn source_info(
+    config: &PipelineConfig,
+    kafka: &ferry_config::KafkaSink,
+) -> ferry_sink::kafka::SourceInfo {
+    let (connector, url) = match &config.source {
+        SourceConfig::Postgres(p) => ("postgresql", p.url.as_str()),
+        SourceConfig::Mysql(m) => ("mysql", m.url.as_str()),
+    };
+    // The database is the URL's path: scheme://user@host:port/db?options.
+    let db = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path.split(['?', '/']).next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    ferry_sink::kafka::SourceInfo {
+        connector,
+        name: kafka.topic_prefix.clone(),
+        db,
+    }
 }
 
 async fn run_once(

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use env::{expand, ExpandError};
 pub use model::{
-    FilterConfig, MysqlSource, PipelineConfig, PostgresSource, SinkConfig, SinkKind, SnapshotMode,
-    SourceConfig,
+    DecimalHandling, FilterConfig, KafkaFormat, KafkaSink, MysqlSource, PipelineConfig,
+    PostgresSource, SinkConfig, SinkKind, SnapshotMode, SourceConfig,
 };
 pub use validate::parse_duration;
 

@@ -103,6 +103,46 @@ pub enum SinkKind {
     Discard {
         checkpoint_file: PathBuf,
     },
+    /// Kafka topics, Debezium-compatible records.
+    Kafka(KafkaSink),
+}
+
+/// How a Kafka sink writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSink {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topic_prefix: String,
+    /// Topic name template with `{prefix}`, `{schema}`, `{table}`; default `{prefix}.{schema}.{table}`.
+    pub topic: String,
+    pub format: KafkaFormat,
+    /// Transactions (exactly once for `read_committed` consumers), or plain idempotent produce.
+    pub exactly_once: bool,
+    /// Include Kafka Connect's `schema` block beside `payload` (JsonConverter's `schemas.enable`).
+    pub schemas: bool,
+    /// A null-value record after each delete, so compaction can drop the key.
+    pub tombstones: bool,
+    pub decimal_handling: DecimalHandling,
+    /// For topics Ferry creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub cleanup_policy: String,
+    /// Extra librdkafka properties (`[sink.kafka]`: TLS, SASL, …).
+    pub properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFormat {
+    Json,
+}
+
+/// Debezium's `decimal.handling.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecimalHandling {
+    /// Exact: the unscaled value's two's-complement bytes (base64 in JSON) with the scale.
+    Precise,
+    Double,
+    String,
 }
 
 impl SinkKind {
@@ -113,6 +153,7 @@ impl SinkKind {
             SinkKind::Mysql { .. } => "mysql",
             SinkKind::Sqlite { .. } => "sqlite",
             SinkKind::Discard { .. } => "discard",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 }

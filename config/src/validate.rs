@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::{ConfigError, ConfigErrors};
 
 /// The sink kinds, as the `type` key expects them.
-const SINK_TYPES: &str = "\"postgres\", \"mysql\", \"sqlite\" or \"discard\"";
+const SINK_TYPES: &str = "\"postgres\", \"mysql\", \"sqlite\", \"kafka\" or \"discard\"";
 
 /// Collects errors while reading one file.
 struct Reader<'a> {
@@ -447,6 +447,135 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
     result
 }
 
+/// One of `choices` for `key`, or `default` when absent.
+fn choice(
+    r: &mut Reader<'_>,
+    s: &mut Section<'_>,
+    key: &'static str,
+    choices: &[&str],
+    default: &str,
+) -> Option<String> {
+    let expected = choices
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    match r.string(s, key, &expected) {
+        None if !s.table.contains_key(key) => Some(default.to_owned()),
+        None => None,
+        Some(v) if choices.contains(&v.as_str()) => Some(v),
+        Some(v) => {
+            r.error(s.key(key), format!("expected {expected}, found {v:?}"));
+            None
+        }
+    }
+}
+
+fn flag(r: &mut Reader<'_>, s: &mut Section<'_>, key: &'static str, default: bool) -> Option<bool> {
+    match r.get(s, key) {
+        None => Some(default),
+        Some(Value::Boolean(b)) => Some(*b),
+        Some(other) => {
+            r.error(
+                s.key(key),
+                format!("expected true or false, found {}", other.type_str()),
+            );
+            None
+        }
+    }
+}
+
+fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
+    let brokers = r.required_string(s, "brokers", "a broker list such as \"127.0.0.1:9092\"");
+    let topic_prefix = r
+        .string(s, "topic_prefix", "a topic prefix")
+        .unwrap_or_else(|| "ferry".into());
+    let topic = r
+        .string(
+            s,
+            "topic",
+            "a topic template such as \"{prefix}.{schema}.{table}\"",
+        )
+        .unwrap_or_else(|| "{prefix}.{schema}.{table}".into());
+    let format = match choice(r, s, "format", &["json", "avro"], "json")?.as_str() {
+        "avro" => {
+            r.error(s.key("format"), "\"avro\" is not built yet; use \"json\"");
+            return None;
+        }
+        _ => KafkaFormat::Json,
+    };
+    let exactly_once = choice(
+        r,
+        s,
+        "delivery",
+        &["exactly_once", "at_least_once"],
+        "exactly_once",
+    )? == "exactly_once";
+    let decimal_handling = match choice(
+        r,
+        s,
+        "decimal_handling",
+        &["precise", "double", "string"],
+        "precise",
+    )?
+    .as_str()
+    {
+        "double" => DecimalHandling::Double,
+        "string" => DecimalHandling::String,
+        _ => DecimalHandling::Precise,
+    };
+    let schemas = flag(r, s, "schemas", true)?;
+    let tombstones = flag(r, s, "tombstones", true)?;
+    let partitions = if s.table.contains_key("partitions") {
+        r.positive_int(s, "partitions")?
+    } else {
+        1
+    };
+    let replication_factor = if s.table.contains_key("replication_factor") {
+        r.positive_int(s, "replication_factor")?
+    } else {
+        1
+    };
+    let cleanup_policy = choice(
+        r,
+        s,
+        "cleanup_policy",
+        &["delete", "compact", "compact,delete"],
+        "delete",
+    )?;
+    let mut properties = Vec::new();
+    if let Some(props) = r.subtable(s, "kafka") {
+        for (k, v) in props.table {
+            match v {
+                Value::String(text) => match expand(text, r.env) {
+                    Ok(text) => properties.push((k.clone(), text)),
+                    Err(e) => r.error(props.key(k), e.to_string()),
+                },
+                Value::Integer(n) => properties.push((k.clone(), n.to_string())),
+                Value::Boolean(b) => properties.push((k.clone(), b.to_string())),
+                other => r.error(
+                    props.key(k),
+                    format!("expected a librdkafka property value (string, number or boolean), found {}", other.type_str()),
+                ),
+            }
+        }
+    }
+    Some(SinkKind::Kafka(KafkaSink {
+        brokers: brokers?,
+        topic_prefix,
+        topic,
+        format,
+        exactly_once,
+        schemas,
+        tombstones,
+        decimal_handling,
+        partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+        replication_factor: i32::try_from(replication_factor).unwrap_or(i32::MAX),
+        cleanup_policy,
+        properties,
+    }))
+}
+
 fn read_snapshot_mode(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SnapshotMode> {
     match r
         .string(s, "snapshot", "\"initial\", \"never\" or \"only\"")
@@ -551,6 +680,7 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                 })
                 .map(|url| SinkKind::Mysql { url })
             }
+            Some("kafka") => read_kafka(r, &mut s),
             Some("sqlite") => r
                 .file_path(&mut s, "path", "a file path such as \"replica.db\"")
                 .map(|path| SinkKind::Sqlite { path }),

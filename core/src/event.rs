@@ -33,8 +33,16 @@ pub enum RowOp {
 /// One change inside a source transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Row { table: SchemaRef, op: RowOp },
-    Truncate { tables: Vec<TableId> },
+    Row {
+        table: SchemaRef,
+        op: RowOp,
+    },
+    /// `snapshot`: the initial snapshot's emptying of its tables before copying them (SQL targets apply it;
+    /// event-stream targets such as Kafka do not report it as a change).
+    Truncate {
+        tables: Vec<TableId>,
+        snapshot: bool,
+    },
 }
 
 impl Change {
@@ -49,7 +57,7 @@ impl Change {
                     RowOp::Delete { before } => row(before),
                 }
             }
-            Change::Truncate { tables } => 64 * tables.len(),
+            Change::Truncate { tables, .. } => 64 * tables.len(),
         }
     }
 }

@@ -313,7 +313,10 @@ mod tests {
             Event::Begin {
                 commit_at: pg(commit_start),
             },
-            Event::Change(crate::event::Change::Truncate { tables: vec![] }),
+            Event::Change(crate::event::Change::Truncate {
+                tables: vec![],
+                snapshot: false,
+            }),
             Event::Commit {
                 position: pg(end),
                 commit_time: Timestamp(0),

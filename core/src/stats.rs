@@ -247,7 +247,10 @@ mod tests {
                 Event::Begin {
                     commit_at: position.clone(),
                 },
-                Event::Change(Change::Truncate { tables: vec![] }),
+                Event::Change(Change::Truncate {
+                    tables: vec![],
+                    snapshot: false,
+                }),
                 Event::Commit {
                     position: position.clone(),
                     commit_time: Timestamp(commit_time),

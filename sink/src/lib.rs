@@ -4,6 +4,8 @@
 
 pub mod checkpoint;
 pub mod discard;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mysql;
 pub mod postgres;
 mod rows;

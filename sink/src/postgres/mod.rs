@@ -289,7 +289,7 @@ impl PostgresSink {
                         }
                     }
                 }
-                Event::Change(Change::Truncate { tables }) => {
+                Event::Change(Change::Truncate { tables, .. }) => {
                     self.flush(group.take()).await?;
                     let known: Vec<String> = tables
                         .iter()

@@ -157,7 +157,7 @@ impl SqliteSink {
                 Event::Change(Change::Row { table, op }) => {
                     self.apply_row(table, classify(table, op))?
                 }
-                Event::Change(Change::Truncate { tables }) => {
+                Event::Change(Change::Truncate { tables, .. }) => {
                     for t in tables.iter().filter(|t| self.known_tables.contains_key(*t)) {
                         self.conn
                             .execute(&format!("DELETE FROM {}", quote(&table_name(t))), [])

@@ -377,6 +377,7 @@ impl Decoder {
                     self.ensure_begun(start, out);
                     out.push(FerryEvent::Change(Change::Truncate {
                         tables: vec![table],
+                        snapshot: false,
                     }));
                 }
                 self.end_txn(end, timestamp, out);

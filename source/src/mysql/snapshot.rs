@@ -244,6 +244,7 @@ pub async fn run(
     events
         .send(Event::Change(Change::Truncate {
             tables: schemas.iter().map(|s| s.id.clone()).collect(),
+            snapshot: true,
         }))
         .await
         .map_err(|_| closed())?;

@@ -68,7 +68,10 @@ pub async fn run(
     }
     let ids: Vec<TableId> = schemas.iter().map(|s| s.id.clone()).collect();
     events
-        .send(Event::Change(Change::Truncate { tables: ids }))
+        .send(Event::Change(Change::Truncate {
+            tables: ids,
+            snapshot: true,
+        }))
         .await
         .map_err(|_| closed())?;
 

@@ -342,7 +342,10 @@ impl Streamer {
                     .iter()
                     .map(|o| self.relation(*o).map(|t| t.id.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
-                out.push_back(Event::Change(Change::Truncate { tables }));
+                out.push_back(Event::Change(Change::Truncate {
+                    tables,
+                    snapshot: false,
+                }));
             }
             PgOutput::Message {
                 transactional: false,

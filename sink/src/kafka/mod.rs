@@ -1,0 +1,497 @@
+//! The Kafka sink: Debezium-compatible records, exactly once for `read_committed` consumers.
+//!
+//! With `delivery = "exactly_once"` each batch is one Kafka transaction (`transactional.id =
+//! ferry.{pipeline}.{sink}`) holding its records and a checkpoint record in the compacted `ferry_checkpoints`
+//! topic (key `{pipeline}/{sink}`). At start the last committed checkpoint is read back with `read_committed`, and
+//! `init_transactions` fences any older instance with the same id, aborting its open transaction. With
+//! `at_least_once`, records and then the checkpoint are produced without transactions (idempotent producer):
+//! after a crash, records since the last checkpoint are produced again.
+
+mod envelope;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_config::KafkaSink as KafkaConfig;
+use ferry_core::{Change, Error, Event, Position, RowOp, Sink, TableId};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tracing::info;
+
+pub use envelope::SourceInfo;
+
+/// The compacted topic holding every Kafka sink's checkpoint.
+pub const CHECKPOINT_TOPIC: &str = "ferry_checkpoints";
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Remembers the first failed delivery, so a flush or commit can report it.
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+fn kafka_error(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
+    let what = what.into();
+    move |e| {
+        let fatal = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        );
+        if fatal {
+            Error::fatal_from(
+                format!("{what}: another Ferry with the same transactional.id took over, or access is denied"),
+                e,
+            )
+        } else {
+            Error::transient(what, e)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Writes into Kafka topics.
+pub struct KafkaSink {
+    name: String,
+    pipeline: String,
+    cfg: KafkaConfig,
+    info: SourceInfo,
+    producer: ThreadedProducer<Deliveries>,
+    admin: AdminClient<DefaultClientContext>,
+    topics: HashSet<String>,
+    in_transaction: bool,
+}
+
+impl KafkaSink {
+    /// Connects, and with exactly-once initialises the transactional producer (fencing older instances).
+    pub async fn connect(
+        name: &str,
+        pipeline: &str,
+        cfg: &KafkaConfig,
+        info: SourceInfo,
+    ) -> Result<Self, Error> {
+        let mut producer_config = client_config(cfg);
+        producer_config
+            .set("enable.idempotence", "true")
+            // Java clients' default: the same key lands on the same partition as with Debezium.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "10485760");
+        if cfg.exactly_once {
+            producer_config.set("transactional.id", format!("ferry.{pipeline}.{name}"));
+        }
+        let producer: ThreadedProducer<Deliveries> = producer_config
+            .create_with_context(Deliveries::default())
+            .map_err(|e| Error::fatal_from("creating the Kafka producer", e))?;
+        let admin: AdminClient<DefaultClientContext> = client_config(cfg)
+            .create()
+            .map_err(|e| Error::fatal_from("creating the Kafka admin client", e))?;
+        let mut sink = KafkaSink {
+            name: name.to_owned(),
+            pipeline: pipeline.to_owned(),
+            cfg: cfg.clone(),
+            info,
+            producer,
+            admin,
+            topics: HashSet::new(),
+            in_transaction: false,
+        };
+        sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
+        if cfg.exactly_once {
+            let producer = &sink.producer;
+            tokio::task::block_in_place(|| producer.init_transactions(TIMEOUT))
+                .map_err(kafka_error("initialising Kafka transactions"))?;
+        }
+        Ok(sink)
+    }
+
+    fn checkpoint_key(&self) -> String {
+        format!("{}/{}", self.pipeline, self.name)
+    }
+
+    async fn ensure_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        cleanup: &str,
+    ) -> Result<(), Error> {
+        if self.topics.contains(topic) {
+            return Ok(());
+        }
+        let new = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.cfg.replication_factor),
+        )
+        .set("cleanup.policy", cleanup);
+        let results = self
+            .admin
+            .create_topics(
+                [&new],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .map_err(kafka_error(format!("creating topic {topic}")))?;
+        for r in results {
+            match r {
+                Ok(_) => info!(topic, partitions, cleanup, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(Error::transient(
+                        format!("creating topic {t}"),
+                        KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        self.topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    fn topic_for(&self, table: &TableId) -> String {
+        self.cfg
+            .topic
+            .replace("{prefix}", &self.cfg.topic_prefix)
+            .replace("{schema}", &table.schema)
+            .replace("{table}", &table.name)
+    }
+
+    /// Queues one record, waiting while librdkafka's queue is full.
+    fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let mut record = BaseRecord::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(kafka_error(format!("producing to {topic}"))(e)),
+            }
+        }
+    }
+
+    fn take_delivery_failure(&self) -> Option<String> {
+        self.producer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    async fn apply_events(
+        &mut self,
+        events: &[Event],
+        commit: Option<&Position>,
+    ) -> Result<(), Error> {
+        // Topics first: creating one is a round trip outside the transaction.
+        for e in events {
+            if let Event::Change(Change::Row { table, .. }) = e {
+                let topic = self.topic_for(&table.id);
+                let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
+                self.ensure_topic(&topic, partitions, &cleanup).await?;
+            }
+        }
+        if self.cfg.exactly_once && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka_error("beginning a Kafka transaction"))?;
+            self.in_transaction = true;
+        }
+        // Each change's commit time and position: those of the next Commit in the batch (now, if its transaction
+        // continues in the next batch).
+        let mut commit_ms = vec![now_ms(); events.len()];
+        let mut positions: Vec<Option<&Position>> = vec![None; events.len()];
+        let (mut next_ms, mut next_pos) = (now_ms(), None);
+        for (i, e) in events.iter().enumerate().rev() {
+            if let Event::Commit {
+                position,
+                commit_time,
+            } = e
+            {
+                next_ms = commit_time.0 / 1000;
+                next_pos = Some(position);
+            }
+            commit_ms[i] = next_ms;
+            positions[i] = next_pos;
+        }
+        let now = now_ms();
+        let (schemas, decimals) = (self.cfg.schemas, self.cfg.decimal_handling);
+        for (i, e) in events.iter().enumerate() {
+            let Event::Change(change) = e else { continue };
+            match change {
+                Change::Row { table, op } => {
+                    let topic = self.topic_for(&table.id);
+                    let (op_code, before, after, snapshot) = match op {
+                        RowOp::Insert { after } => ("c", None, Some(after), false),
+                        RowOp::Read { after } => ("r", None, Some(after), true),
+                        RowOp::Update { before, after } => {
+                            ("u", before.as_ref(), Some(after), false)
+                        }
+                        RowOp::Delete { before } => ("d", Some(before), None, false),
+                    };
+                    let key_row = after.or(before).expect("a row change has an image");
+                    let key = envelope::key(table, key_row, &topic, schemas, decimals)
+                        .map(|k| k.to_string().into_bytes());
+                    let value = envelope::value(
+                        &self.info,
+                        &envelope::Change {
+                            table,
+                            op: op_code,
+                            before,
+                            after,
+                            commit_ms: commit_ms[i],
+                            position: positions[i],
+                            snapshot,
+                        },
+                        &topic,
+                        now,
+                        schemas,
+                        decimals,
+                    )
+                    .to_string();
+                    tokio::task::block_in_place(|| {
+                        self.produce(&topic, key.as_deref(), Some(value.as_bytes()))?;
+                        if op_code == "d" && self.cfg.tombstones && key.is_some() {
+                            self.produce(&topic, key.as_deref(), None)?;
+                        }
+                        Ok::<_, Error>(())
+                    })?;
+                }
+                // Debezium's truncate event has no key and no row images; it goes to each table's topic.
+                // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
+                Change::Truncate { snapshot: true, .. } => {}
+                Change::Truncate { tables, .. } => {
+                    for t in tables {
+                        let topic = self.topic_for(t);
+                        let (partitions, cleanup) =
+                            (self.cfg.partitions, self.cfg.cleanup_policy.clone());
+                        self.ensure_topic(&topic, partitions, &cleanup).await?;
+                        let value = serde_json::json!({
+                            "payload": {
+                                "before": null, "after": null, "op": "t", "ts_ms": now,
+                                "source": { "connector": self.info.connector, "name": self.info.name,
+                                            "db": self.info.db, "schema": t.schema, "table": t.name,
+                                            "ts_ms": commit_ms[i] }
+                            }
+                        })
+                        .to_string();
+                        tokio::task::block_in_place(|| {
+                            self.produce(&topic, None, Some(value.as_bytes()))
+                        })?;
+                    }
+                }
+            }
+        }
+        let Some(position) = commit else {
+            return Ok(());
+        };
+        let key = self.checkpoint_key();
+        let text = position.to_string();
+        let producer = &self.producer;
+        if self.cfg.exactly_once {
+            tokio::task::block_in_place(|| {
+                self.produce(
+                    CHECKPOINT_TOPIC,
+                    Some(key.as_bytes()),
+                    Some(text.as_bytes()),
+                )?;
+                producer
+                    .commit_transaction(TIMEOUT)
+                    .map_err(kafka_error("committing the Kafka transaction"))
+            })?;
+            self.in_transaction = false;
+        } else {
+            tokio::task::block_in_place(|| {
+                producer
+                    .flush(TIMEOUT)
+                    .map_err(kafka_error("flushing records"))?;
+                if let Some(failed) = self.take_delivery_failure() {
+                    return Err(Error::transient("delivering records", failed));
+                }
+                // The checkpoint only after every record is acknowledged: at least once.
+                self.produce(
+                    CHECKPOINT_TOPIC,
+                    Some(key.as_bytes()),
+                    Some(text.as_bytes()),
+                )?;
+                producer
+                    .flush(TIMEOUT)
+                    .map_err(kafka_error("flushing the checkpoint"))
+            })?;
+        }
+        if let Some(failed) = self.take_delivery_failure() {
+            return Err(Error::transient("delivering records", failed));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the last committed checkpoint for `key` from the checkpoint topic (`read_committed`).
+fn read_checkpoint(cfg: &KafkaConfig, key: &str) -> Result<Option<String>, Error> {
+    let consumer: BaseConsumer = client_config(cfg)
+        .set("group.id", "ferry-checkpoint-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .map_err(|e| Error::fatal_from("creating the Kafka checkpoint reader", e))?;
+    let (low, high) = consumer
+        .fetch_watermarks(CHECKPOINT_TOPIC, 0, TIMEOUT)
+        .map_err(kafka_error("reading the checkpoint topic's offsets"))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(CHECKPOINT_TOPIC, 0, rdkafka::Offset::Beginning)
+        .map_err(kafka_error("assigning the checkpoint topic"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(kafka_error("assigning the checkpoint topic"))?;
+    let mut last = None;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                if m.key() == Some(key.as_bytes()) {
+                    last = m.payload().map(|p| String::from_utf8_lossy(p).into_owned());
+                }
+                if m.offset() + 1 >= high {
+                    break;
+                }
+            }
+            // With read_committed, the end is the last stable offset.
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka_error("reading the checkpoint topic")(e)),
+            None if std::time::Instant::now() > deadline => {
+                return Err(Error::transient(
+                    "reading the checkpoint topic",
+                    "no end of the topic within 30 s",
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(last)
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
+        let (cfg, key) = (self.cfg.clone(), self.checkpoint_key());
+        let text = tokio::task::spawn_blocking(move || read_checkpoint(&cfg, &key))
+            .await
+            .map_err(|e| Error::fatal(format!("checkpoint reader failed: {e}")))??;
+        text.map(|t| {
+            t.parse()
+                .map_err(|e| Error::fatal_from("stored checkpoint", e))
+        })
+        .transpose()
+    }
+
+    async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        let result = self.apply_events(events, commit).await;
+        if result.is_err() && self.in_transaction {
+            let producer = &self.producer;
+            let _ = tokio::task::block_in_place(|| producer.abort_transaction(TIMEOUT));
+            self.in_transaction = false;
+        }
+        result
+    }
+}
+
+/// A Kafka sink's checkpoint, for `ferry status`.
+pub async fn stored_checkpoint(
+    cfg: &KafkaConfig,
+    pipeline: &str,
+    sink: &str,
+) -> Result<Option<String>, Error> {
+    let (cfg, key) = (cfg.clone(), format!("{pipeline}/{sink}"));
+    tokio::task::spawn_blocking(move || read_checkpoint(&cfg, &key))
+        .await
+        .map_err(|e| Error::fatal(format!("checkpoint reader failed: {e}")))?
+}
+
+/// Removes a Kafka sink's checkpoint (`ferry reset`): a tombstone for its key in the compacted topic.
+pub async fn delete_checkpoint(cfg: &KafkaConfig, pipeline: &str, sink: &str) -> Result<(), Error> {
+    let producer: ThreadedProducer<Deliveries> = client_config(cfg)
+        .create_with_context(Deliveries::default())
+        .map_err(|e| Error::fatal_from("creating the Kafka producer", e))?;
+    let key = format!("{pipeline}/{sink}");
+    tokio::task::block_in_place(|| {
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(CHECKPOINT_TOPIC).key(key.as_bytes()))
+            .map_err(|(e, _)| kafka_error("deleting the checkpoint")(e))?;
+        producer
+            .flush(TIMEOUT)
+            .map_err(kafka_error("deleting the checkpoint"))
+    })?;
+    let failed = producer
+        .context()
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match failed {
+        Some(failed) => Err(Error::transient("deleting the checkpoint", failed)),
+        None => Ok(()),
+    }
+}

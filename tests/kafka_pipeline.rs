@@ -1,0 +1,257 @@
+//! PostgreSQL → Kafka through the `ferry` binary, against a real Kafka-protocol broker (noida-db), read back by
+//! Confluent's Python client as a `read_committed` consumer and checked against Debezium's documented format.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kafka_config(pg: &PgServer, broker: &KafkaBroker, name: &str, extra: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_events = 500\nmax_wait = \"20ms\"\n\n\
+         [source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+         [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"shop\"\n{extra}\n",
+        pg.url("shop"),
+        broker.brokers()
+    )
+}
+
+fn values(records: &[Json], topic: &str) -> Vec<Option<Json>> {
+    records
+        .iter()
+        .filter(|r| r["topic"] == topic)
+        .map(|r| {
+            r["value"]
+                .as_str()
+                .map(|v| serde_json::from_str(v).expect("value is JSON"))
+        })
+        .collect()
+}
+
+#[test]
+fn postgres_changes_reach_kafka_as_debezium_json() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, price numeric(10,2), at timestamptz);
+         INSERT INTO orders VALUES (1, 'one', 9.99, '2024-01-02 03:04:05.5+00'), (2, 'two', -1.25, NULL);",
+    );
+    let dir = scratch();
+    let cfg = write_config(dir.path(), "k", &kafka_config(&pg, &broker, "k", ""));
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    let topic = "shop.public.orders";
+    let records = || broker.consume(&[topic]);
+    assert!(
+        wait_until(WAIT, || records().len() >= 2),
+        "the snapshot did not arrive\n{}",
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "INSERT INTO orders VALUES (3, 'three', 100, now()); UPDATE orders SET item = 'ONE' WHERE id = 1;
+         DELETE FROM orders WHERE id = 2;",
+    );
+    assert!(
+        wait_until(WAIT, || records().len() >= 6),
+        "records did not arrive: {:?}\n{}",
+        records(),
+        ferry.log()
+    );
+    let all = records();
+    let vals = values(&all, topic);
+    let payloads: Vec<&Json> = vals.iter().flatten().map(|v| &v["payload"]).collect();
+    let ops: Vec<&str> = payloads.iter().map(|p| p["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["r", "r", "c", "u", "d"], "{all:?}");
+    // The tombstone after the delete: same key, null value.
+    assert_eq!(vals.len(), 6);
+    assert!(vals[5].is_none());
+    assert_eq!(all[5]["key"], all[4]["key"]);
+
+    // Snapshot read of row 1, field by field (Debezium's PostgreSQL connector format).
+    let r = payloads[0];
+    assert!(r["before"].is_null());
+    assert_eq!(r["after"]["id"], 1);
+    assert_eq!(r["after"]["item"], "one");
+    // numeric(10,2) 9.99: decimal.handling.mode=precise → base64 of the unscaled 999 (0x03E7).
+    assert_eq!(r["after"]["price"], "A+c=");
+    assert_eq!(r["after"]["at"], "2024-01-02T03:04:05.5Z");
+    let source = &r["source"];
+    assert_eq!(source["connector"], "postgresql");
+    assert_eq!(source["name"], "shop");
+    assert_eq!(source["db"], "shop");
+    assert_eq!(source["schema"], "public");
+    assert_eq!(source["table"], "orders");
+    assert_eq!(source["snapshot"], "true");
+    assert!(source["ts_ms"].as_i64().unwrap() > 1_600_000_000_000);
+    assert!(source["lsn"].as_i64().unwrap() > 0);
+    assert!(r["ts_ms"].as_i64().unwrap() >= source["ts_ms"].as_i64().unwrap() - 1000);
+    // -1.25 → unscaled -125 → 0x83.
+    assert_eq!(payloads[1]["after"]["price"], "gw==");
+    assert!(payloads[1]["after"]["at"].is_null());
+
+    // The update carries the old row (REPLICA IDENTITY DEFAULT: before only when the key changes) and the new.
+    let u = payloads[3];
+    assert_eq!(u["after"]["item"], "ONE");
+    assert_eq!(u["source"]["snapshot"], "false");
+    let d = payloads[4];
+    assert_eq!(d["before"]["id"], 2);
+    assert!(d["after"].is_null());
+
+    // The schema block (JsonConverter with schemas.enable): Debezium's envelope and logical types.
+    let schema = &vals[0].as_ref().unwrap()["schema"];
+    assert_eq!(schema["name"], "shop.public.orders.Envelope");
+    let after_fields = &schema["fields"][1]["fields"];
+    let price = after_fields
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "price")
+        .unwrap();
+    assert_eq!(price["name"], "org.apache.kafka.connect.data.Decimal");
+    assert_eq!(price["parameters"]["scale"], "2");
+    let at = after_fields
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "at")
+        .unwrap();
+    assert_eq!(at["name"], "io.debezium.time.ZonedTimestamp");
+
+    // The key: the primary key, with its schema.
+    let key: Json = serde_json::from_str(all[0]["key"].as_str().unwrap()).unwrap();
+    assert_eq!(key["payload"], serde_json::json!({ "id": 1 }));
+    assert_eq!(key["schema"]["name"], "shop.public.orders.Key");
+
+    // The checkpoint record, committed with the records.
+    let checkpoints = broker.consume(&["ferry_checkpoints"]);
+    assert!(
+        checkpoints
+            .iter()
+            .any(|c| c["key"] == "k/kafka"
+                && c["value"].as_str().is_some_and(|v| v.starts_with("pg:"))),
+        "{checkpoints:?}"
+    );
+    assert!(ferry.terminate().success());
+}
+
+#[test]
+fn kafka_sink_survives_sigkill_exactly_once() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    pg.psql(
+        "shop",
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 200) g;
+         CREATE TABLE ledger (writer int NOT NULL, seq int NOT NULL, amount bigint NOT NULL, PRIMARY KEY (writer, seq));",
+    );
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "kk",
+        &kafka_config(&pg, &broker, "kk", "schemas = false"),
+    );
+    let log = dir.path().join("ferry.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (stop, port) = (stop.clone(), pg.port);
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let sql = format!(
+                        "BEGIN; INSERT INTO ledger VALUES ({w}, {seq}, {seq});
+                         UPDATE accounts SET balance = balance + {seq} WHERE id = ({seq} * 7 + {w}) % 200 + 1; COMMIT;"
+                    );
+                    let status = std::process::Command::new("psql")
+                        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), "-d", "shop", "-c", &sql])
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .expect("psql");
+                    assert!(status.success(), "writer transaction failed");
+                }
+                seq
+            })
+        })
+        .collect();
+    kill_randomly(&config, &log, 10);
+    stop.store(true, Ordering::Relaxed);
+    let writes: Vec<i32> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    println!("writer transactions: {writes:?}");
+    assert!(writes.iter().all(|&n| n > 10), "the write load did not run");
+
+    let ferry = Ferry::start(&config, &log);
+    let expected_ledger: usize = pg
+        .psql("shop", "SELECT count(*) FROM ledger")
+        .parse()
+        .unwrap();
+    let ledger = || {
+        values(
+            &broker.consume(&["shop.public.ledger"]),
+            "shop.public.ledger",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || ledger().len()
+            >= expected_ledger),
+        "ledger records missing: {} of {expected_ledger}\n{}",
+        ledger().len(),
+        ferry.log()
+    );
+    // Exactly once: every source row once, none twice (read_committed hides the killed instances' aborted
+    // transactions).
+    let mut seen = BTreeMap::new();
+    for v in ledger().into_iter().flatten() {
+        let after = &v["after"];
+        *seen
+            .entry((
+                after["writer"].as_i64().unwrap(),
+                after["seq"].as_i64().unwrap(),
+            ))
+            .or_insert(0) += 1;
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert_eq!(seen.len(), expected_ledger, "lost ledger rows");
+
+    // Per-key order: the last record of each account carries the account's final balance.
+    let source: BTreeMap<i64, i64> = pg
+        .psql("shop", "SELECT id, balance FROM accounts ORDER BY id")
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once('|').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    let accounts = || {
+        let mut last = BTreeMap::new();
+        for v in values(
+            &broker.consume(&["shop.public.accounts"]),
+            "shop.public.accounts",
+        )
+        .into_iter()
+        .flatten()
+        {
+            let after = &v["after"];
+            last.insert(
+                after["id"].as_i64().unwrap(),
+                after["balance"].as_i64().unwrap(),
+            );
+        }
+        last
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || accounts() == source),
+        "account balances differ from the source\n{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+}

@@ -1,0 +1,50 @@
+"""Reads every record of the given topics as a read_committed consumer, with Confluent's Python client.
+
+Usage: kafka_consume.py BROKERS TOPIC...  Prints one JSON object per record, in partition order:
+{"topic", "partition", "offset", "key", "value"}; key and value are the UTF-8 text of the bytes, or null.
+"""
+import json
+import sys
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+brokers, topics = sys.argv[1], sys.argv[2:]
+consumer = Consumer({
+    "bootstrap.servers": brokers,
+    "group.id": "ferry-test-reader",
+    "enable.auto.commit": False,
+    "isolation.level": "read_committed",
+    "enable.partition.eof": True,
+    "session.timeout.ms": 6000,
+})
+assignment = []
+for topic in topics:
+    metadata = consumer.list_topics(topic, timeout=10)
+    partitions = metadata.topics[topic].partitions
+    for p in partitions:
+        assignment.append(TopicPartition(topic, p, 0))
+consumer.assign(assignment)
+remaining = {(tp.topic, tp.partition) for tp in assignment}
+idle = 0
+while remaining and idle < 60:
+    msg = consumer.poll(0.5)
+    if msg is None:
+        idle += 1
+        continue
+    if msg.error():
+        if msg.error().code() == KafkaError._PARTITION_EOF:
+            remaining.discard((msg.topic(), msg.partition()))
+            continue
+        raise SystemExit(f"consumer error: {msg.error()}")
+    idle = 0
+    decode = lambda b: None if b is None else b.decode("utf-8")
+    print(json.dumps({
+        "topic": msg.topic(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "key": decode(msg.key()),
+        "value": decode(msg.value()),
+    }))
+consumer.close()
+if remaining:
+    raise SystemExit(f"no end of partitions {sorted(remaining)} within 30 s")
