@@ -255,3 +255,89 @@ fn kafka_sink_survives_sigkill_exactly_once() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn topics_settings_big_rows_broker_restart_and_a_mariadb_source() {
+    let my = MariaDbServer::start();
+    let mut broker = KafkaBroker::start();
+    my.sql("CREATE DATABASE shop; CREATE TABLE shop.docs (id int PRIMARY KEY, body longtext)");
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "m",
+        &format!(
+            "[pipeline]\nname = \"m\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n[source]\ntype = \"mysql\"\nurl = \"{}\"\n\n\
+             [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"my\"\nschemas = false\npartitions = 3\ncleanup_policy = \"compact\"\n\n\
+             [sink.kafka]\n\"compression.type\" = \"lz4\"\n",
+            my.url("shop"),
+            broker.brokers()
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    // A 5 MB row. noida-db refuses record batches over about 1 MB whatever the topic's max.message.bytes, so this
+    // one travels compressed (librdkafka's lz4, set through the [sink.kafka] pass-through properties).
+    my.sql("INSERT INTO shop.docs VALUES (1, repeat('x', 5 * 1024 * 1024)), (2, 'small')");
+    let topic = "my.shop.docs";
+    let docs = |broker: &KafkaBroker| values(&broker.consume(&[topic]), topic);
+    assert!(
+        wait_until(WAIT, || docs(&broker).len() >= 2),
+        "{}",
+        ferry.log()
+    );
+    let rows = docs(&broker);
+    let big = rows
+        .iter()
+        .flatten()
+        .find(|v| v["payload"]["after"]["id"] == 1)
+        .map(|v| v["payload"]["after"]["body"].as_str().unwrap().len());
+    let plain = rows
+        .iter()
+        .flatten()
+        .find(|v| v["after"]["id"] == 1)
+        .map(|v| v["after"]["body"].as_str().unwrap().len());
+    assert_eq!(big.or(plain), Some(5 * 1024 * 1024));
+    let first = rows.iter().flatten().next().unwrap();
+    // MySQL source block: file / pos / gtid.
+    assert_eq!(first["source"]["connector"], "mysql");
+    assert_eq!(first["source"]["db"], "shop");
+    assert!(first["source"]["file"]
+        .as_str()
+        .unwrap()
+        .starts_with("binlog."));
+    assert!(first["source"]["gtid"]
+        .as_str()
+        .unwrap()
+        .starts_with("0-1-"));
+    // Topics as configured, the checkpoint topic compacted.
+    let described = broker.describe(topic);
+    assert_eq!(described["partitions"], 3);
+    assert_eq!(described["cleanup.policy"], "compact");
+    assert_eq!(
+        broker.describe("ferry_checkpoints")["cleanup.policy"],
+        "compact"
+    );
+
+    // The broker restarts: the sink retries and nothing is lost or doubled.
+    broker.restart();
+    my.sql("INSERT INTO shop.docs SELECT seq, 'after restart' FROM shop.seq_10_to_209");
+    let ids = || {
+        let mut ids: Vec<i64> = docs(&broker)
+            .iter()
+            .flatten()
+            .map(|v| v["after"]["id"].as_i64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || ids().len() >= 202),
+        "{}",
+        ferry.log()
+    );
+    let got = ids();
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(got, unique, "duplicated records after the broker restart");
+    assert_eq!(got.len(), 202);
+    assert!(ferry.terminate().success());
+}

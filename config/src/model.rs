@@ -127,6 +127,8 @@ pub struct KafkaSink {
     pub partitions: i32,
     pub replication_factor: i32,
     pub cleanup_policy: String,
+    /// The largest record: the producer's `message.max.bytes` and created topics' `max.message.bytes`.
+    pub max_message_bytes: usize,
     /// Extra librdkafka properties (`[sink.kafka]`: TLS, SASL, …).
     pub properties: Vec<(String, String)>,
 }

@@ -543,6 +543,11 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         &["delete", "compact", "compact,delete"],
         "delete",
     )?;
+    let max_message_bytes = if s.table.contains_key("max_message_bytes") {
+        r.positive_int(s, "max_message_bytes")?
+    } else {
+        16 << 20
+    };
     let mut properties = Vec::new();
     if let Some(props) = r.subtable(s, "kafka") {
         for (k, v) in props.table {
@@ -572,6 +577,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
         replication_factor: i32::try_from(replication_factor).unwrap_or(i32::MAX),
         cleanup_policy,
+        max_message_bytes,
         properties,
     }))
 }

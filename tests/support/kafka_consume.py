@@ -2,11 +2,23 @@
 
 Usage: kafka_consume.py BROKERS TOPIC...  Prints one JSON object per record, in partition order:
 {"topic", "partition", "offset", "key", "value"}; key and value are the UTF-8 text of the bytes, or null.
+       kafka_consume.py --describe BROKERS TOPIC  Prints {"partitions": N, "cleanup.policy": "..."}.
 """
 import json
 import sys
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+if sys.argv[1] == "--describe":
+    brokers, topic = sys.argv[2], sys.argv[3]
+    admin = AdminClient({"bootstrap.servers": brokers})
+    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    policy = configs["cleanup.policy"].value if "cleanup.policy" in configs else None
+    print(json.dumps({"partitions": partitions, "cleanup.policy": policy}))
+    sys.exit(0)
 
 brokers, topics = sys.argv[1], sys.argv[2:]
 consumer = Consumer({

@@ -884,6 +884,27 @@ impl KafkaBroker {
     }
 }
 
+impl KafkaBroker {
+    /// A topic's partition count and cleanup.policy, as the broker's admin API reports them.
+    pub fn describe(&self, topic: &str) -> serde_json::Value {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/kafka_consume.py"
+        );
+        let out = Command::new("python3")
+            .arg(script)
+            .args(["--describe", &self.brokers(), topic])
+            .output()
+            .expect("run the Python admin client");
+        assert!(
+            out.status.success(),
+            "describing {topic} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("describe output is JSON")
+    }
+}
+
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         self.stop();

@@ -65,6 +65,12 @@ fn kafka_error(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
                     | RDKafkaErrorCode::ClusterAuthorizationFailed
             )
         );
+        if e.to_string().contains("Message size too large") {
+            return Error::fatal_from(
+                format!("{what}: a record is larger than the broker or topic accepts; raise max_message_bytes in the sink (sets max.message.bytes on topics Ferry creates) or the topic's max.message.bytes and the broker's message.max.bytes"),
+                e,
+            );
+        }
         if fatal {
             Error::fatal_from(
                 format!("{what}: another Ferry with the same transactional.id took over, or access is denied"),
@@ -117,7 +123,7 @@ impl KafkaSink {
             // Java clients' default: the same key lands on the same partition as with Debezium.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
-            .set("message.max.bytes", "10485760");
+            .set("message.max.bytes", cfg.max_message_bytes.to_string());
         if cfg.exactly_once {
             producer_config.set("transactional.id", format!("ferry.{pipeline}.{name}"));
         }
