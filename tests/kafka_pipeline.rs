@@ -420,3 +420,61 @@ fn at_least_once_on_a_broker_without_transactions() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn avro_records_decode_with_confluents_deserializer_and_evolve_on_add_column() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    let registry = SchemaRegistry::start();
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2), seen timestamp, raw bytea);
+         INSERT INTO items VALUES (1, 'one', 9.99, '2024-01-02 03:04:05.5', '\\x00ff');",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "av",
+        &kafka_config(
+            &pg,
+            &broker,
+            "av",
+            &format!(
+                "format = \"avro\"\nschema_registry = \"{}\"",
+                registry.url()
+            ),
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    let topic = "shop.public.items";
+    let records = || broker.consume_avro(&registry, &[topic]);
+    assert!(
+        wait_until(WAIT, || !records().is_empty()),
+        "{}",
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "ALTER TABLE items ADD COLUMN note text; INSERT INTO items VALUES (2, 'two', -1.25, NULL, NULL, 'added');",
+    );
+    assert!(wait_until(WAIT, || records().len() >= 2), "{}", ferry.log());
+    let all = records();
+    let first = &all[0]["value"];
+    assert_eq!(first["op"], "r");
+    assert_eq!(first["after"]["id"], 1);
+    assert_eq!(first["after"]["name"], "one");
+    // Avro decimal (bytes, logicalType decimal, scale 2) → Python Decimal.
+    assert_eq!(first["after"]["price"], "9.99");
+    // MicroTimestamp: microseconds since the epoch.
+    assert_eq!(first["after"]["seen"], 1_704_164_645_500_000i64);
+    assert_eq!(first["source"]["connector"], "postgresql");
+    assert_eq!(first["source"]["table"], "items");
+    assert_eq!(all[0]["key"]["id"], 1);
+    // Schema evolution: the added column is a nullable field of a new schema version, read by the same consumer.
+    let second = &all[1]["value"];
+    assert_eq!(second["op"], "c");
+    assert_eq!(second["after"]["note"], "added");
+    assert_eq!(second["after"]["price"], "-1.25");
+    assert!(first["after"].get("note").is_none());
+    assert!(ferry.terminate().success());
+}

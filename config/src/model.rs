@@ -133,9 +133,13 @@ pub struct KafkaSink {
     pub properties: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KafkaFormat {
     Json,
+    /// Avro in the Confluent wire format, schemas registered at this registry URL.
+    Avro {
+        schema_registry: String,
+    },
 }
 
 /// Debezium's `decimal.handling.mode`.

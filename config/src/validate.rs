@@ -497,11 +497,28 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
             "a topic template such as \"{prefix}.{schema}.{table}\"",
         )
         .unwrap_or_else(|| "{prefix}.{schema}.{table}".into());
+    let registry = r.string(
+        s,
+        "schema_registry",
+        "a schema registry URL such as \"http://registry:8081\"",
+    );
     let format = match choice(r, s, "format", &["json", "avro"], "json")?.as_str() {
-        "avro" => {
-            r.error(s.key("format"), "\"avro\" is not built yet; use \"json\"");
-            return None;
-        }
+        "avro" => match registry {
+            Some(url) if url.starts_with("http://") => KafkaFormat::Avro {
+                schema_registry: url,
+            },
+            Some(url) => {
+                r.error(
+                    s.key("schema_registry"),
+                    format!("expected an http:// URL, found {url:?}"),
+                );
+                return None;
+            }
+            None => {
+                r.error(s.key("schema_registry"), "missing; format = \"avro\" needs a schema registry URL such as \"http://registry:8081\"");
+                return None;
+            }
+        },
         _ => KafkaFormat::Json,
     };
     let exactly_once = choice(

@@ -3,6 +3,8 @@
 Usage: kafka_consume.py BROKERS TOPIC...  Prints one JSON object per record, in partition order:
 {"topic", "partition", "offset", "key", "value"}; key and value are the UTF-8 text of the bytes, or null.
        kafka_consume.py --describe BROKERS TOPIC  Prints {"partitions": N, "cleanup.policy": "..."}.
+       kafka_consume.py --avro REGISTRY_URL BROKERS TOPIC...  Decodes keys and values with Confluent's
+       AvroDeserializer through that registry; key and value are then JSON objects (bytes and decimals as text).
 """
 import json
 import sys
@@ -19,6 +21,15 @@ if sys.argv[1] == "--describe":
     policy = configs["cleanup.policy"].value if "cleanup.policy" in configs else None
     print(json.dumps({"partitions": partitions, "cleanup.policy": policy}))
     sys.exit(0)
+
+avro = None
+if sys.argv[1] == "--avro":
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    avro = AvroDeserializer(SchemaRegistryClient({"url": sys.argv[2]}))
+    sys.argv = sys.argv[2:]
 
 brokers, topics = sys.argv[1], sys.argv[2:]
 consumer = Consumer({
@@ -49,14 +60,20 @@ while remaining and idle < 60:
             continue
         raise SystemExit(f"consumer error: {msg.error()}")
     idle = 0
-    decode = lambda b: None if b is None else b.decode("utf-8")
+    if avro is None:
+        decode = lambda b, field: None if b is None else b.decode("utf-8")
+    else:
+        def decode(b, field):
+            if b is None:
+                return None
+            return avro(b, SerializationContext(msg.topic(), field))
     print(json.dumps({
         "topic": msg.topic(),
         "partition": msg.partition(),
         "offset": msg.offset(),
-        "key": decode(msg.key()),
-        "value": decode(msg.value()),
-    }))
+        "key": decode(msg.key(), "key" if avro is None else MessageField.KEY),
+        "value": decode(msg.value(), "value" if avro is None else MessageField.VALUE),
+    }, default=str))
 consumer.close()
 if remaining:
     raise SystemExit(f"no end of partitions {sorted(remaining)} within 30 s")

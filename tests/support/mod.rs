@@ -911,6 +911,34 @@ impl KafkaBroker {
 }
 
 impl KafkaBroker {
+    /// Like [`KafkaBroker::consume`], with keys and values decoded from Avro by Confluent's AvroDeserializer
+    /// through `registry`: they come back as JSON objects.
+    pub fn consume_avro(
+        &self,
+        registry: &SchemaRegistry,
+        topics: &[&str],
+    ) -> Vec<serde_json::Value> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/kafka_consume.py"
+        );
+        let out = Command::new("python3")
+            .arg(script)
+            .args(["--avro", &registry.url(), &self.brokers()])
+            .args(topics)
+            .output()
+            .expect("run the Python consumer");
+        assert!(
+            out.status.success(),
+            "the Python Avro consumer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("consumer output is JSON"))
+            .collect()
+    }
+
     /// A topic's partition count and cleanup.policy, as the broker's admin API reports them.
     pub fn describe(&self, topic: &str) -> serde_json::Value {
         let script = concat!(
@@ -934,5 +962,45 @@ impl KafkaBroker {
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The schema registry stand-in (tests/support/schema_registry.py) on a free port.
+pub struct SchemaRegistry {
+    port: u16,
+    child: Child,
+}
+
+impl SchemaRegistry {
+    pub fn start() -> SchemaRegistry {
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/schema_registry.py"
+            ))
+            .arg(port.to_string())
+            .spawn()
+            .expect("start the schema registry stand-in");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the schema registry stand-in did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SchemaRegistry { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SchemaRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -57,7 +57,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The unscaled value of a decimal as big-endian two's-complement bytes, and its scale (Kafka Connect's
 /// `Decimal` logical type).
-fn unscaled_bytes(text: &str) -> (Vec<u8>, usize) {
+pub(super) fn unscaled_bytes(text: &str) -> (Vec<u8>, usize) {
     let negative = text.starts_with('-');
     let body = text.trim_start_matches(['-', '+']);
     let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
@@ -101,10 +101,15 @@ fn unscaled_bytes(text: &str) -> (Vec<u8>, usize) {
     (mag, frac.len())
 }
 
-/// The decimal's scale as the column declares it (`numeric(12,2)`, `decimal(65,30)`), if it does.
-fn declared_scale(source_type: &str) -> Option<usize> {
+/// The decimal's precision and scale as the column declares them (`numeric(12,2)`, `decimal(65,30)`), if it does.
+pub(super) fn declared_precision_scale(source_type: &str) -> Option<(usize, usize)> {
     let args = source_type.split_once('(')?.1.split_once(')')?.0;
-    args.split_once(',')?.1.trim().parse().ok()
+    let (p, s) = args.split_once(',')?;
+    Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+}
+
+fn declared_scale(source_type: &str) -> Option<usize> {
+    declared_precision_scale(source_type).map(|(_, s)| s)
 }
 
 fn field_value(v: &Value, ty: &ColumnType, decimals: DecimalHandling) -> Json {

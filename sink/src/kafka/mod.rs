@@ -7,14 +7,17 @@
 //! `at_least_once`, records and then the checkpoint are produced without transactions (idempotent producer):
 //! after a crash, records since the last checkpoint are produced again.
 
+mod avro;
 mod envelope;
+mod registry;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_config::KafkaSink as KafkaConfig;
-use ferry_core::{Change, Error, Event, Position, RowOp, Sink, TableId};
+use apache_avro::Schema;
+use ferry_config::{KafkaFormat, KafkaSink as KafkaConfig};
+use ferry_core::{Change, Error, Event, Position, RowOp, Sink, TableId, TableSchema};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -107,6 +110,14 @@ pub struct KafkaSink {
     admin: AdminClient<DefaultClientContext>,
     topics: HashSet<String>,
     in_transaction: bool,
+    /// Avro: the registry, and per topic and schema version the key and value schemas with their ids.
+    registry: Option<registry::Registry>,
+    avro_schemas: HashMap<(String, u64), AvroSchemas>,
+}
+
+struct AvroSchemas {
+    key: Option<(Schema, i32)>,
+    value: (Schema, i32),
 }
 
 impl KafkaSink {
@@ -142,6 +153,13 @@ impl KafkaSink {
             admin,
             topics: HashSet::new(),
             in_transaction: false,
+            registry: match &cfg.format {
+                KafkaFormat::Avro { schema_registry } => {
+                    Some(registry::Registry::new(schema_registry)?)
+                }
+                KafkaFormat::Json => None,
+            },
+            avro_schemas: HashMap::new(),
         };
         sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
         if cfg.exactly_once {
@@ -192,6 +210,37 @@ impl KafkaSink {
             }
         }
         self.topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Registers (once per schema version) the Avro key and value schemas of `table`'s topic.
+    async fn prepare_avro(&mut self, table: &TableSchema, topic: &str) -> Result<(), Error> {
+        let cache = (topic.to_owned(), table.version);
+        if self.avro_schemas.contains_key(&cache) {
+            return Ok(());
+        }
+        let Some(registry) = self.registry.as_mut() else {
+            return Ok(());
+        };
+        let decimals = self.cfg.decimal_handling;
+        let parse = |json: &serde_json::Value| {
+            Schema::parse(json).map_err(|e| Error::fatal(format!("Avro schema for {topic}: {e}")))
+        };
+        let key = match avro::key_schema(table, topic, decimals) {
+            Some(json) => {
+                let id = registry
+                    .id(&format!("{topic}-key"), &json.to_string())
+                    .await?;
+                Some((parse(&json)?, id))
+            }
+            None => None,
+        };
+        let json = avro::value_schema(table, &self.info, topic, decimals);
+        let id = registry
+            .id(&format!("{topic}-value"), &json.to_string())
+            .await?;
+        let value = (parse(&json)?, id);
+        self.avro_schemas.insert(cache, AvroSchemas { key, value });
         Ok(())
     }
 
@@ -249,6 +298,7 @@ impl KafkaSink {
                 let topic = self.topic_for(&table.id);
                 let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
                 self.ensure_topic(&topic, partitions, &cleanup).await?;
+                self.prepare_avro(table, &topic).await?;
             }
         }
         if self.cfg.exactly_once && !self.in_transaction {
@@ -290,27 +340,54 @@ impl KafkaSink {
                         RowOp::Delete { before } => ("d", Some(before), None, false),
                     };
                     let key_row = after.or(before).expect("a row change has an image");
-                    let key = envelope::key(table, key_row, &topic, schemas, decimals)
-                        .map(|k| k.to_string().into_bytes());
-                    let value = envelope::value(
-                        &self.info,
-                        &envelope::Change {
-                            table,
-                            op: op_code,
-                            before,
-                            after,
-                            commit_ms: commit_ms[i],
-                            position: positions[i],
-                            snapshot,
-                        },
-                        &topic,
-                        now,
-                        schemas,
-                        decimals,
-                    )
-                    .to_string();
+                    let change = envelope::Change {
+                        table,
+                        op: op_code,
+                        before,
+                        after,
+                        commit_ms: commit_ms[i],
+                        position: positions[i],
+                        snapshot,
+                    };
+                    let (key, value) = match self.avro_schemas.get(&(topic.clone(), table.version))
+                    {
+                        Some(schemas) => {
+                            let key = match &schemas.key {
+                                Some((schema, id)) => Some(
+                                    avro::frame(
+                                        *id,
+                                        schema,
+                                        avro::key_datum(table, key_row, decimals),
+                                    )
+                                    .map_err(|e| {
+                                        Error::fatal(format!(
+                                            "encoding an Avro key for {topic}: {e}"
+                                        ))
+                                    })?,
+                                ),
+                                None => None,
+                            };
+                            let (schema, id) = &schemas.value;
+                            let value = avro::frame(
+                                *id,
+                                schema,
+                                avro::value_datum(&self.info, &change, now, decimals),
+                            )
+                            .map_err(|e| {
+                                Error::fatal(format!("encoding an Avro value for {topic}: {e}"))
+                            })?;
+                            (key, value)
+                        }
+                        None => (
+                            envelope::key(table, key_row, &topic, schemas, decimals)
+                                .map(|k| k.to_string().into_bytes()),
+                            envelope::value(&self.info, &change, &topic, now, schemas, decimals)
+                                .to_string()
+                                .into_bytes(),
+                        ),
+                    };
                     tokio::task::block_in_place(|| {
-                        self.produce(&topic, key.as_deref(), Some(value.as_bytes()))?;
+                        self.produce(&topic, key.as_deref(), Some(&value))?;
                         if op_code == "d" && self.cfg.tombstones && key.is_some() {
                             self.produce(&topic, key.as_deref(), None)?;
                         }
@@ -320,6 +397,8 @@ impl KafkaSink {
                 // Debezium's truncate event has no key and no row images; it goes to each table's topic.
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
                 Change::Truncate { snapshot: true, .. } => {}
+                // Avro topics carry row envelopes only; a truncate has no row schema to encode.
+                Change::Truncate { .. } if self.registry.is_some() => {}
                 Change::Truncate { tables, .. } => {
                     for t in tables {
                         let topic = self.topic_for(t);

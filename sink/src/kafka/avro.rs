@@ -1,0 +1,353 @@
+//! Avro records for a Confluent-compatible schema registry: Debezium's envelope as Avro schemas (Kafka Connect's
+//! `connect.name` annotations), values encoded with apache-avro, framed in the registry's wire format (magic byte
+//! 0, the schema id big-endian, the Avro datum).
+//!
+//! Every non-key column is a `["null", T]` union with default null, so adding or dropping a column stays
+//! backward compatible for consumers (TopicNameStrategy subjects `{topic}-key` / `{topic}-value`).
+
+use apache_avro::types::Value as Avro;
+use apache_avro::Schema;
+use ferry_config::DecimalHandling;
+use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, TableSchema, Value};
+use serde_json::{json, Value as Json};
+
+use super::envelope::{declared_precision_scale, unscaled_bytes, Change, SourceInfo};
+
+/// An Avro name: letters, digits and `_`, not starting with a digit.
+fn avro_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// A namespace from a topic: each dotted part an Avro name.
+fn namespace(topic: &str) -> String {
+    topic
+        .split('.')
+        .map(avro_name)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn column_type(ty: &ColumnType, source_type: &str, decimals: DecimalHandling) -> Json {
+    let named = |t: &str, name: &str| json!({ "type": t, "connect.name": name });
+    match ty {
+        ColumnType::Bool => json!("boolean"),
+        ColumnType::Int2 => json!({ "type": "int", "connect.type": "int16" }),
+        ColumnType::Int4 => json!("int"),
+        ColumnType::Int8 => json!("long"),
+        ColumnType::Float4 => json!("float"),
+        ColumnType::Float8 => json!("double"),
+        ColumnType::Numeric => match (decimals, declared_precision_scale(source_type)) {
+            (DecimalHandling::Precise, Some((precision, scale))) => json!({
+                "type": "bytes",
+                "logicalType": "decimal",
+                "precision": precision,
+                "scale": scale,
+                "connect.name": "org.apache.kafka.connect.data.Decimal",
+                "connect.parameters": { "scale": scale.to_string() }
+            }),
+            (DecimalHandling::Double, _) => json!("double"),
+            // Variable scale: exact digits as text.
+            _ => json!("string"),
+        },
+        ColumnType::Bytes => json!("bytes"),
+        ColumnType::Json | ColumnType::Jsonb => named("string", "io.debezium.data.Json"),
+        ColumnType::Uuid => named("string", "io.debezium.data.Uuid"),
+        ColumnType::Date => named("int", "io.debezium.time.Date"),
+        ColumnType::Time => named("long", "io.debezium.time.MicroTime"),
+        ColumnType::TimeTz => named("string", "io.debezium.time.ZonedTime"),
+        ColumnType::Timestamp => named("long", "io.debezium.time.MicroTimestamp"),
+        ColumnType::TimestampTz => named("string", "io.debezium.time.ZonedTimestamp"),
+        ColumnType::Interval => named("long", "io.debezium.time.MicroDuration"),
+        ColumnType::Array(inner) => json!({
+            "type": "array",
+            "items": ["null", column_type(inner, "", decimals)]
+        }),
+        ColumnType::Text | ColumnType::Other => json!("string"),
+    }
+}
+
+fn row_fields(table: &TableSchema, columns: &[usize], decimals: DecimalHandling) -> Vec<Json> {
+    columns
+        .iter()
+        .map(|&i| {
+            let c = &table.columns[i];
+            let ty = column_type(&c.ty, &c.source_type, decimals);
+            if table.primary_key.contains(&i) {
+                json!({ "name": avro_name(&c.name), "type": ty })
+            } else {
+                json!({ "name": avro_name(&c.name), "type": ["null", ty], "default": null })
+            }
+        })
+        .collect()
+}
+
+/// The key schema (primary-key columns), `None` for keyless tables.
+pub fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -> Option<Json> {
+    table.has_primary_key().then(|| {
+        json!({
+            "type": "record",
+            "name": "Key",
+            "namespace": namespace(topic),
+            "fields": row_fields(table, &table.primary_key, decimals)
+        })
+    })
+}
+
+/// The value schema: Debezium's envelope around this table's row record.
+pub fn value_schema(
+    table: &TableSchema,
+    info: &SourceInfo,
+    topic: &str,
+    decimals: DecimalHandling,
+) -> Json {
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    let opt = |name: &str, t: &str| json!({ "name": name, "type": ["null", t], "default": null });
+    let mut source = vec![
+        json!({ "name": "version", "type": "string" }),
+        json!({ "name": "connector", "type": "string" }),
+        json!({ "name": "name", "type": "string" }),
+        json!({ "name": "ts_ms", "type": "long" }),
+        opt("snapshot", "string"),
+        json!({ "name": "db", "type": "string" }),
+    ];
+    if info.connector == "postgresql" {
+        source.extend([
+            opt("schema", "string"),
+            opt("table", "string"),
+            opt("txId", "long"),
+            opt("lsn", "long"),
+        ]);
+    } else {
+        source.extend([
+            opt("table", "string"),
+            opt("file", "string"),
+            opt("pos", "long"),
+            opt("gtid", "string"),
+        ]);
+    }
+    json!({
+        "type": "record",
+        "name": "Envelope",
+        "namespace": namespace(topic),
+        "fields": [
+            { "name": "before", "type": ["null", {
+                "type": "record", "name": "Value", "fields": row_fields(table, &all, decimals)
+            }], "default": null },
+            { "name": "after", "type": ["null", "Value"], "default": null },
+            { "name": "source", "type": {
+                "type": "record", "name": "Source",
+                "namespace": format!("io.debezium.connector.{}", info.connector),
+                "fields": source
+            }},
+            { "name": "op", "type": "string" },
+            { "name": "ts_ms", "type": ["null", "long"], "default": null }
+        ],
+        "connect.name": format!("{}.Envelope", namespace(topic))
+    })
+}
+
+fn value(v: &Value, ty: &ColumnType, source_type: &str, decimals: DecimalHandling) -> Avro {
+    match (v, ty) {
+        (Value::Null | Value::Unchanged | Value::ZeroDate(_), _) => Avro::Null,
+        (Value::Bool(b), _) => Avro::Boolean(*b),
+        (Value::Int(i), ColumnType::Int2 | ColumnType::Int4) => Avro::Int(*i as i32),
+        (Value::Int(i), _) => Avro::Long(*i),
+        (Value::Float(f), ColumnType::Float4) => Avro::Float(*f as f32),
+        (Value::Float(f), _) => Avro::Double(*f),
+        (Value::Decimal(Decimal::Finite(s)), _) => {
+            match (decimals, declared_precision_scale(source_type)) {
+                (DecimalHandling::Precise, Some((_, scale))) => {
+                    // The value's digits at the schema's scale.
+                    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+                    let frac: String = frac
+                        .chars()
+                        .chain(std::iter::repeat('0'))
+                        .take(scale)
+                        .collect();
+                    let (bytes, _) = unscaled_bytes(&format!("{whole}.{frac}"));
+                    Avro::Decimal(apache_avro::Decimal::from(bytes))
+                }
+                (DecimalHandling::Double, _) => Avro::Double(s.parse().unwrap_or(f64::NAN)),
+                _ => Avro::String(s.clone()),
+            }
+        }
+        (Value::Decimal(d), _) => Avro::String(d.to_string()),
+        (Value::Text(s) | Value::Json(s), _) => Avro::String(s.clone()),
+        (Value::Bytes(b), _) => Avro::Bytes(b.clone()),
+        (Value::Uuid(u), _) => Avro::String(u.to_string()),
+        (Value::Date(d), _) => Avro::Int(d.0),
+        (Value::Time(t), _) => Avro::Long(t.0),
+        (Value::TimeTz(t), _) => Avro::String(t.to_string()),
+        (Value::Timestamp(t), _) => Avro::Long(t.0),
+        (Value::TimestampTz(t), _) => {
+            let text = t.display_utc().to_string();
+            Avro::String(
+                text.replacen(' ', "T", 1)
+                    .trim_end_matches("+00")
+                    .to_owned()
+                    + "Z",
+            )
+        }
+        (Value::Interval(i), _) => Avro::Long(
+            i.micros
+                + i64::from(i.days) * 86_400_000_000
+                + i64::from(i.months) * 30 * 86_400_000_000,
+        ),
+        (Value::Array(items), ty) => {
+            let inner = match ty {
+                ColumnType::Array(inner) => inner.as_ref(),
+                other => other,
+            };
+            Avro::Array(
+                items
+                    .iter()
+                    .map(|item| match value(item, inner, "", decimals) {
+                        Avro::Null => Avro::Union(0, Box::new(Avro::Null)),
+                        v => Avro::Union(1, Box::new(v)),
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn row_record(
+    table: &TableSchema,
+    row: &Row,
+    columns: &[usize],
+    decimals: DecimalHandling,
+) -> Avro {
+    Avro::Record(
+        columns
+            .iter()
+            .map(|&i| {
+                let c = &table.columns[i];
+                let v = value(&row[i], &c.ty, &c.source_type, decimals);
+                let v = if table.primary_key.contains(&i) {
+                    v
+                } else if v == Avro::Null {
+                    Avro::Union(0, Box::new(Avro::Null))
+                } else {
+                    Avro::Union(1, Box::new(v))
+                };
+                (avro_name(&c.name), v)
+            })
+            .collect(),
+    )
+}
+
+fn optional(v: Option<Avro>) -> Avro {
+    match v {
+        Some(v) => Avro::Union(1, Box::new(v)),
+        None => Avro::Union(0, Box::new(Avro::Null)),
+    }
+}
+
+pub fn key_datum(table: &TableSchema, row: &Row, decimals: DecimalHandling) -> Avro {
+    row_record(table, row, &table.primary_key, decimals)
+}
+
+pub fn value_datum(
+    info: &SourceInfo,
+    change: &Change<'_>,
+    now_ms: i64,
+    decimals: DecimalHandling,
+) -> Avro {
+    let table = change.table;
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    let s = |v: &str| Avro::String(v.to_owned());
+    let opt_s = |v: Option<String>| optional(v.map(Avro::String));
+    let opt_l = |v: Option<i64>| optional(v.map(Avro::Long));
+    let mut source = vec![
+        (
+            "version".to_owned(),
+            s(concat!("ferry-", env!("CARGO_PKG_VERSION"))),
+        ),
+        ("connector".to_owned(), s(info.connector)),
+        ("name".to_owned(), s(&info.name)),
+        ("ts_ms".to_owned(), Avro::Long(change.commit_ms)),
+        (
+            "snapshot".to_owned(),
+            opt_s(Some(if change.snapshot { "true" } else { "false" }.into())),
+        ),
+        ("db".to_owned(), s(&info.db)),
+    ];
+    match table.dialect {
+        Dialect::Postgres => {
+            source.push(("schema".into(), opt_s(Some(table.id.schema.clone()))));
+            source.push(("table".into(), opt_s(Some(table.id.name.clone()))));
+            source.push(("txId".into(), opt_l(None)));
+            source.push((
+                "lsn".into(),
+                opt_l(
+                    change
+                        .position
+                        .and_then(Position::as_lsn)
+                        .map(|l| l.0 as i64),
+                ),
+            ));
+        }
+        Dialect::Mysql => {
+            let (file, pos, gtid) = match change.position {
+                Some(Position::Binlog(b)) => (
+                    Some(b.pos.file.clone()),
+                    Some(b.pos.offset as i64),
+                    b.gtid.as_ref().map(ToString::to_string),
+                ),
+                _ => (None, None, None),
+            };
+            source.push(("table".into(), opt_s(Some(table.id.name.clone()))));
+            source.push(("file".into(), opt_s(file)));
+            source.push(("pos".into(), opt_l(pos)));
+            source.push(("gtid".into(), opt_s(gtid)));
+        }
+    }
+    Avro::Record(vec![
+        (
+            "before".into(),
+            optional(change.before.map(|r| row_record(table, r, &all, decimals))),
+        ),
+        (
+            "after".into(),
+            optional(change.after.map(|r| row_record(table, r, &all, decimals))),
+        ),
+        ("source".into(), Avro::Record(source)),
+        ("op".into(), s(change.op)),
+        ("ts_ms".into(), opt_l(Some(now_ms))),
+    ])
+}
+
+/// Encodes `datum` in the registry's wire format.
+pub fn frame(schema_id: i32, schema: &Schema, datum: Avro) -> Result<Vec<u8>, String> {
+    let body = apache_avro::to_avro_datum(schema, datum).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(0);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend(body);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_avro_names() {
+        assert_eq!(avro_name("order-id"), "order_id");
+        assert_eq!(avro_name("1st"), "_1st");
+        assert_eq!(namespace("shop.public.my-table"), "shop.public.my_table");
+    }
+}
