@@ -252,8 +252,8 @@ impl KafkaSink {
             .replace("{table}", &table.name)
     }
 
-    /// Queues one record, waiting while librdkafka's queue is full.
-    fn produce(
+    /// Queues one record, waiting while librdkafka's queue is full (its own thread drains it).
+    async fn produce(
         &self,
         topic: &str,
         key: Option<&[u8]>,
@@ -271,7 +271,7 @@ impl KafkaSink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    std::thread::sleep(Duration::from_millis(5));
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => return Err(kafka_error(format!("producing to {topic}"))(e)),
             }
@@ -386,13 +386,10 @@ impl KafkaSink {
                                 .into_bytes(),
                         ),
                     };
-                    tokio::task::block_in_place(|| {
-                        self.produce(&topic, key.as_deref(), Some(&value))?;
-                        if op_code == "d" && self.cfg.tombstones && key.is_some() {
-                            self.produce(&topic, key.as_deref(), None)?;
-                        }
-                        Ok::<_, Error>(())
-                    })?;
+                    self.produce(&topic, key.as_deref(), Some(&value)).await?;
+                    if op_code == "d" && self.cfg.tombstones && key.is_some() {
+                        self.produce(&topic, key.as_deref(), None).await?;
+                    }
                 }
                 // Debezium's truncate event has no key and no row images; it goes to each table's topic.
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
@@ -414,9 +411,7 @@ impl KafkaSink {
                             }
                         })
                         .to_string();
-                        tokio::task::block_in_place(|| {
-                            self.produce(&topic, None, Some(value.as_bytes()))
-                        })?;
+                        self.produce(&topic, None, Some(value.as_bytes())).await?;
                     }
                 }
             }
@@ -426,37 +421,34 @@ impl KafkaSink {
         };
         let key = self.checkpoint_key();
         let text = position.to_string();
-        let producer = &self.producer;
         if self.cfg.exactly_once {
-            tokio::task::block_in_place(|| {
-                self.produce(
-                    CHECKPOINT_TOPIC,
-                    Some(key.as_bytes()),
-                    Some(text.as_bytes()),
-                )?;
-                producer
-                    .commit_transaction(TIMEOUT)
-                    .map_err(kafka_error("committing the Kafka transaction"))
-            })?;
+            self.produce(
+                CHECKPOINT_TOPIC,
+                Some(key.as_bytes()),
+                Some(text.as_bytes()),
+            )
+            .await?;
+            let producer = &self.producer;
+            tokio::task::block_in_place(|| producer.commit_transaction(TIMEOUT))
+                .map_err(kafka_error("committing the Kafka transaction"))?;
             self.in_transaction = false;
         } else {
-            tokio::task::block_in_place(|| {
-                producer
-                    .flush(TIMEOUT)
-                    .map_err(kafka_error("flushing records"))?;
-                if let Some(failed) = self.take_delivery_failure() {
-                    return Err(Error::transient("delivering records", failed));
-                }
-                // The checkpoint only after every record is acknowledged: at least once.
-                self.produce(
-                    CHECKPOINT_TOPIC,
-                    Some(key.as_bytes()),
-                    Some(text.as_bytes()),
-                )?;
-                producer
-                    .flush(TIMEOUT)
-                    .map_err(kafka_error("flushing the checkpoint"))
-            })?;
+            let producer = &self.producer;
+            tokio::task::block_in_place(|| producer.flush(TIMEOUT))
+                .map_err(kafka_error("flushing records"))?;
+            if let Some(failed) = self.take_delivery_failure() {
+                return Err(Error::transient("delivering records", failed));
+            }
+            // The checkpoint only after every record is acknowledged: at least once.
+            self.produce(
+                CHECKPOINT_TOPIC,
+                Some(key.as_bytes()),
+                Some(text.as_bytes()),
+            )
+            .await?;
+            let producer = &self.producer;
+            tokio::task::block_in_place(|| producer.flush(TIMEOUT))
+                .map_err(kafka_error("flushing the checkpoint"))?;
         }
         if let Some(failed) = self.take_delivery_failure() {
             return Err(Error::transient("delivering records", failed));
