@@ -137,7 +137,7 @@ pub async fn run(
         Selection::All => Vec::new(),
     };
     let only: Option<Vec<_>> = cfg.tables.clone();
-    let catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
+    let mut catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
     if let Some(tables) = &cfg.tables {
         for t in tables {
             if !catalog.contains_key(t) {
@@ -164,6 +164,10 @@ pub async fn run(
             };
             let (snap, position) = snapshot::open(&cfg.url, flavor, parallelism).await?;
             info!(position = %position, ?flavor, connections = snap.len(), "snapshot position");
+            // Read the table list again now that the position is fixed: a table created between the first read
+            // and the snapshot point is in neither the first list nor the binlog after the point. One created
+            // after the point is copied empty (or skipped) and its rows come from the binlog.
+            catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
             if cfg.snapshot == SnapshotMode::Never {
                 send_marker(&events, &position).await?;
             } else {

@@ -301,7 +301,16 @@ async fn copy_table(
     );
     let err = |e: mysql_async::Error| Error::transient(format!("reading table {}", schema.id), e);
     // The binary protocol gives typed values (integers, dates) rather than text.
-    let mut result = conn.exec_iter(sql, ()).await.map_err(err)?;
+    let mut result = match conn.exec_iter(sql, ()).await {
+        Ok(result) => result,
+        // ER_TABLE_DEF_CHANGED: the table was created (or rebuilt) after the snapshot point, so every row it has
+        // comes from the binlog after that point.
+        Err(mysql_async::Error::Server(e)) if e.code == 1412 => {
+            info!(table = %schema.id, "created after the snapshot point: its rows come from the binlog");
+            return Ok(0);
+        }
+        Err(e) => return Err(err(e)),
+    };
     let mut stream = result
         .stream::<mysql_async::Row>()
         .await
