@@ -140,6 +140,32 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
         "{checkpoints:?}"
     );
     assert!(ferry.terminate().success());
+
+    // `ferry status` reads the checkpoint back; `ferry reset` removes it with a tombstone.
+    let status = std::process::Command::new(ferry_bin())
+        .args(["status", "--http", "off", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("ferry status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("sink kafka: checkpoint pg:"), "{text}");
+    let reset = std::process::Command::new(ferry_bin())
+        .args(["reset", "--yes", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("ferry reset");
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let last = broker
+        .consume(&["ferry_checkpoints"])
+        .into_iter()
+        .filter(|c| c["key"] == "k/kafka")
+        .last()
+        .expect("checkpoint records");
+    assert!(last["value"].is_null(), "{last}");
 }
 
 #[test]

@@ -266,6 +266,10 @@ impl KafkaSink {
         if let Some(p) = payload {
             record = record.payload(p);
         }
+        // Checkpoints always go to (and are read from) partition 0, even if someone gave the topic more.
+        if topic == CHECKPOINT_TOPIC {
+            record = record.partition(0);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -555,7 +559,11 @@ pub async fn delete_checkpoint(cfg: &KafkaConfig, pipeline: &str, sink: &str) ->
     let key = format!("{pipeline}/{sink}");
     tokio::task::block_in_place(|| {
         producer
-            .send(BaseRecord::<[u8], [u8]>::to(CHECKPOINT_TOPIC).key(key.as_bytes()))
+            .send(
+                BaseRecord::<[u8], [u8]>::to(CHECKPOINT_TOPIC)
+                    .key(key.as_bytes())
+                    .partition(0),
+            )
             .map_err(|(e, _)| kafka_error("deleting the checkpoint")(e))?;
         producer
             .flush(TIMEOUT)
