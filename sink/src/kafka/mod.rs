@@ -113,6 +113,8 @@ pub struct KafkaSink {
     /// Avro: the registry, and per topic and schema version the key and value schemas with their ids.
     registry: Option<registry::Registry>,
     avro_schemas: HashMap<(String, u64), AvroSchemas>,
+    /// The position of the source transaction in progress, for records whose commit is in a later batch.
+    open_begin: Option<Position>,
 }
 
 struct AvroSchemas {
@@ -160,6 +162,7 @@ impl KafkaSink {
                 KafkaFormat::Json => None,
             },
             avro_schemas: HashMap::new(),
+            open_begin: None,
         };
         sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
         if cfg.exactly_once {
@@ -314,7 +317,7 @@ impl KafkaSink {
         // Each change's commit time and position: those of the next Commit in the batch (now, if its transaction
         // continues in the next batch).
         let mut commit_ms = vec![now_ms(); events.len()];
-        let mut positions: Vec<Option<&Position>> = vec![None; events.len()];
+        let mut positions: Vec<Option<Position>> = vec![None; events.len()];
         let (mut next_ms, mut next_pos) = (now_ms(), None);
         for (i, e) in events.iter().enumerate().rev() {
             if let Event::Commit {
@@ -326,8 +329,22 @@ impl KafkaSink {
                 next_pos = Some(position);
             }
             commit_ms[i] = next_ms;
-            positions[i] = next_pos;
+            positions[i] = next_pos.cloned();
         }
+        // A transaction whose commit comes in a later batch: its Begin's position (the commit record's start LSN,
+        // or the binlog offset where the transaction starts).
+        let mut open = self.open_begin.take();
+        for (i, e) in events.iter().enumerate() {
+            match e {
+                Event::Begin { commit_at } => open = Some(commit_at.clone()),
+                Event::Commit { .. } => open = None,
+                _ => {}
+            }
+            if positions[i].is_none() {
+                positions[i].clone_from(&open);
+            }
+        }
+        self.open_begin = open;
         let now = now_ms();
         let (schemas, decimals) = (self.cfg.schemas, self.cfg.decimal_handling);
         for (i, e) in events.iter().enumerate() {
@@ -350,7 +367,7 @@ impl KafkaSink {
                         before,
                         after,
                         commit_ms: commit_ms[i],
-                        position: positions[i],
+                        position: positions[i].as_ref(),
                         snapshot,
                     };
                     let (key, value) = match self.avro_schemas.get(&(topic.clone(), table.version))
