@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -32,41 +30,25 @@ fn resumes_after_sigkill_without_loss_or_duplicates() {
     );
     let log = dir.path().join("ferry.log");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            let stop = stop.clone();
-            let port = pg.port;
-            std::thread::spawn(move || {
-                let mut seq = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let sql = format!(
-                        "BEGIN;
-                         INSERT INTO ledger VALUES ({w}, {seq}, {seq});
-                         UPDATE accounts SET balance = balance + {seq} WHERE id = ({seq} * 7919 + {w}) % 20000 + 1;
-                         UPDATE accounts SET note = 'w{w} s{seq}' WHERE id = ({seq} * 104729) % 20000 + 1;
-                         DELETE FROM accounts WHERE id = 20000 + {w} * 100000 + {seq} - 1;
-                         INSERT INTO accounts VALUES (20000 + {w} * 100000 + {seq}, {seq}, 'new');
-                         COMMIT;"
-                    );
-                    let status = std::process::Command::new("psql")
-                        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), "-d", "shop", "-c", &sql])
-                        .stdout(std::process::Stdio::null())
-                        .status()
-                        .expect("psql");
-                    assert!(status.success(), "writer transaction failed");
-                }
-                seq
-            })
-        })
-        .collect();
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN;
+                 INSERT INTO ledger VALUES ({w}, {seq}, {seq});
+                 UPDATE accounts SET balance = balance + {seq} WHERE id = ({seq} * 7919 + {w}) % 20000 + 1;
+                 UPDATE accounts SET note = 'w{w} s{seq}' WHERE id = ({seq} * 104729) % 20000 + 1;
+                 DELETE FROM accounts WHERE id = 20000 + {w} * 100000 + {seq} - 1;
+                 INSERT INTO accounts VALUES (20000 + {w} * 100000 + {seq}, {seq}, 'new');
+                 COMMIT;"
+            ),
+        )
+    });
 
     kill_randomly(&config, &log, 10);
-    stop.store(true, Ordering::Relaxed);
-    let writes: Vec<i32> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    println!("writer transactions: {writes:?}");
-    assert!(writes.iter().all(|&n| n > 10), "the write load did not run");
+    writers.stop();
 
     let ferry = Ferry::start(&config, &log);
     let accounts = "SELECT id, balance, note FROM accounts ORDER BY id";

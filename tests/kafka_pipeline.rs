@@ -184,34 +184,19 @@ fn kafka_sink_survives_sigkill_exactly_once() {
         &kafka_config(&pg, &broker, "kk", "schemas = false"),
     );
     let log = dir.path().join("ferry.log");
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            let (stop, port) = (stop.clone(), pg.port);
-            std::thread::spawn(move || {
-                let mut seq = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let sql = format!(
-                        "BEGIN; INSERT INTO ledger VALUES ({w}, {seq}, {seq});
-                         UPDATE accounts SET balance = balance + {seq} WHERE id = ({seq} * 7 + {w}) % 200 + 1; COMMIT;"
-                    );
-                    let status = std::process::Command::new("psql")
-                        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), "-d", "shop", "-c", &sql])
-                        .stdout(std::process::Stdio::null())
-                        .status()
-                        .expect("psql");
-                    assert!(status.success(), "writer transaction failed");
-                }
-                seq
-            })
-        })
-        .collect();
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN; INSERT INTO ledger VALUES ({w}, {seq}, {seq});
+                 UPDATE accounts SET balance = balance + {seq} WHERE id = ({seq} * 7 + {w}) % 200 + 1; COMMIT;"
+            ),
+        )
+    });
     kill_randomly(&config, &log, 10);
-    stop.store(true, Ordering::Relaxed);
-    let writes: Vec<i32> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    println!("writer transactions: {writes:?}");
-    assert!(writes.iter().all(|&n| n > 10), "the write load did not run");
+    writers.stop();
 
     let ferry = Ferry::start(&config, &log);
     let expected_ledger: usize = pg

@@ -888,25 +888,9 @@ impl KafkaBroker {
     /// Every record of `topics` a `read_committed` consumer sees, read by Confluent's Python client
     /// (tests/support/kafka_consume.py): one JSON object per record with topic, partition, offset, key, value.
     pub fn consume(&self, topics: &[&str]) -> Vec<serde_json::Value> {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/kafka_consume.py"
-        );
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(self.brokers())
-            .args(topics)
-            .output()
-            .expect("run the Python consumer");
-        assert!(
-            out.status.success(),
-            "the Python consumer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("consumer output is JSON"))
-            .collect()
+        let mut args = vec![self.brokers()];
+        args.extend(topics.iter().map(|t| t.to_string()));
+        json_lines(&kafka_script(&args))
     }
 }
 
@@ -918,44 +902,15 @@ impl KafkaBroker {
         registry: &SchemaRegistry,
         topics: &[&str],
     ) -> Vec<serde_json::Value> {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/kafka_consume.py"
-        );
-        let out = Command::new("python3")
-            .arg(script)
-            .args(["--avro", &registry.url(), &self.brokers()])
-            .args(topics)
-            .output()
-            .expect("run the Python consumer");
-        assert!(
-            out.status.success(),
-            "the Python Avro consumer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("consumer output is JSON"))
-            .collect()
+        let mut args = vec!["--avro".to_owned(), registry.url(), self.brokers()];
+        args.extend(topics.iter().map(|t| t.to_string()));
+        json_lines(&kafka_script(&args))
     }
 
     /// A topic's partition count and cleanup.policy, as the broker's admin API reports them.
     pub fn describe(&self, topic: &str) -> serde_json::Value {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/kafka_consume.py"
-        );
-        let out = Command::new("python3")
-            .arg(script)
-            .args(["--describe", &self.brokers(), topic])
-            .output()
-            .expect("run the Python admin client");
-        assert!(
-            out.status.success(),
-            "describing {topic} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("describe output is JSON")
+        let out = kafka_script(&["--describe".to_owned(), self.brokers(), topic.to_owned()]);
+        serde_json::from_str(&out).expect("describe output is JSON")
     }
 }
 
@@ -963,6 +918,31 @@ impl Drop for KafkaBroker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs tests/support/kafka_consume.py (Confluent's Python client) and returns its output.
+fn kafka_script(args: &[String]) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/kafka_consume.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the Python Kafka client");
+    assert!(
+        out.status.success(),
+        "the Python Kafka client failed ({args:?}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("consumer output is JSON"))
+        .collect()
 }
 
 /// The schema registry stand-in (tests/support/schema_registry.py) on a free port.
@@ -1003,4 +983,90 @@ impl Drop for SchemaRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writer threads, each running one transaction after another (`seq` = 1, 2, …) until stopped.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<i32>>,
+}
+
+impl Writers {
+    /// `write(writer, seq)` runs one transaction and says whether it committed; a failure fails the test.
+    pub fn start(
+        count: usize,
+        write: impl Fn(usize, i32) -> bool + Send + Sync + 'static,
+    ) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let write = std::sync::Arc::new(write);
+        let handles = (0..count)
+            .map(|w| {
+                let (stop, write) = (stop.clone(), write.clone());
+                std::thread::spawn(move || {
+                    let mut seq = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        seq += 1;
+                        assert!(write(w, seq), "writer transaction failed");
+                    }
+                    seq
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    /// Stops the writers; the number of transactions each committed (checked to be more than a few).
+    pub fn stop(self) -> Vec<i32> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes: Vec<i32> = self
+            .handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        println!("writer transactions: {writes:?}");
+        assert!(writes.iter().all(|&n| n > 10), "the write load did not run");
+        writes
+    }
+}
+
+/// Runs SQL with psql against a test server; whether it succeeded.
+pub fn psql_ok(port: u16, db: &str, sql: &str) -> bool {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs SQL with the mariadb client against a test server; whether it succeeded.
+pub fn mariadb_ok(port: u16, db: &str, sql: &str) -> bool {
+    Command::new("/usr/bin/mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+            "-P",
+            &port.to_string(),
+            db,
+            "-e",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
