@@ -28,6 +28,7 @@ fn kafka_settings(brokers: &str, exactly_once: bool) -> ferry_config::KafkaSink 
         exactly_once,
         schemas: false,
         tombstones: true,
+        transaction_topic: false,
         decimal_handling: ferry_config::DecimalHandling::Precise,
         partitions: 1,
         replication_factor: 1,

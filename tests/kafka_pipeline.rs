@@ -45,7 +45,11 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
          INSERT INTO orders VALUES (1, 'one', 9.99, '2024-01-02 03:04:05.5+00'), (2, 'two', -1.25, NULL);",
     );
     let dir = scratch();
-    let cfg = write_config(dir.path(), "k", &kafka_config(&pg, &broker, "k", ""));
+    let cfg = write_config(
+        dir.path(),
+        "k",
+        &kafka_config(&pg, &broker, "k", "transaction_topic = true"),
+    );
     let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
     let topic = "shop.public.orders";
     let records = || broker.consume(&[topic]);
@@ -129,6 +133,26 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
     let key: Json = serde_json::from_str(all[0]["key"].as_str().unwrap()).unwrap();
     assert_eq!(key["payload"], serde_json::json!({ "id": 1 }));
     assert_eq!(key["schema"]["name"], "shop.public.orders.Key");
+
+    // Transaction metadata: BEGIN and END around each source transaction, with per-table counts; the three
+    // statements of the second psql call are one transaction.
+    let markers: Vec<Json> = broker
+        .consume(&["shop.transaction"])
+        .iter()
+        .map(|r| serde_json::from_str(r["value"].as_str().unwrap()).unwrap())
+        .collect();
+    let statuses: Vec<&str> = markers
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["BEGIN", "END", "BEGIN", "END"], "{markers:?}");
+    assert_eq!(markers[3]["event_count"], 3);
+    assert_eq!(
+        markers[3]["data_collections"],
+        serde_json::json!([{ "data_collection": "public.orders", "event_count": 3 }])
+    );
+    assert_eq!(u["transaction"]["id"], markers[2]["id"]);
+    assert_eq!(u["transaction"]["total_order"], 2);
 
     // The checkpoint record, committed with the records.
     let checkpoints = broker.consume(&["ferry_checkpoints"]);

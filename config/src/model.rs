@@ -122,6 +122,8 @@ pub struct KafkaSink {
     pub schemas: bool,
     /// A null-value record after each delete, so compaction can drop the key.
     pub tombstones: bool,
+    /// BEGIN / END records per source transaction in `{prefix}.transaction` (Debezium's transaction metadata).
+    pub transaction_topic: bool,
     pub decimal_handling: DecimalHandling,
     /// For topics Ferry creates.
     pub partitions: i32,

@@ -543,6 +543,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     };
     let schemas = flag(r, s, "schemas", true)?;
     let tombstones = flag(r, s, "tombstones", true)?;
+    let transaction_topic = flag(r, s, "transaction_topic", false)?;
     let partitions = if s.table.contains_key("partitions") {
         r.positive_int(s, "partitions")?
     } else {
@@ -590,6 +591,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         exactly_once,
         schemas,
         tombstones,
+        transaction_topic,
         decimal_handling,
         partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
         replication_factor: i32::try_from(replication_factor).unwrap_or(i32::MAX),

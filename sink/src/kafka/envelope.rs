@@ -31,6 +31,8 @@ pub struct Change<'a> {
     /// Where the transaction is in the source.
     pub position: Option<&'a Position>,
     pub snapshot: bool,
+    /// With transaction metadata on: `{id, total_order, data_collection_order}`.
+    pub transaction: Option<Json>,
 }
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -399,7 +401,7 @@ pub fn value(
         "source": source_block(info, change),
         "op": change.op,
         "ts_ms": now_ms,
-        "transaction": Json::Null,
+        "transaction": change.transaction.clone().unwrap_or(Json::Null),
     });
     connect(
         schemas,

@@ -115,6 +115,26 @@ pub struct KafkaSink {
     avro_schemas: HashMap<(String, u64), AvroSchemas>,
     /// The position of the source transaction in progress, for records whose commit is in a later batch.
     open_begin: Option<Position>,
+    /// With `transaction_topic`: the source transaction in progress and its event counts.
+    transaction: Option<TransactionCounts>,
+}
+
+/// Debezium's transaction metadata for one source transaction: its id (the position where it starts) and how
+/// many events it had, per table.
+struct TransactionCounts {
+    id: String,
+    total: u64,
+    per_table: std::collections::BTreeMap<String, u64>,
+}
+
+impl TransactionCounts {
+    /// Counts one more event of `table`; the record's `transaction` block.
+    fn count(&mut self, table: &TableId) -> serde_json::Value {
+        self.total += 1;
+        let n = self.per_table.entry(table.to_string()).or_insert(0);
+        *n += 1;
+        serde_json::json!({ "id": self.id, "total_order": self.total, "data_collection_order": *n })
+    }
 }
 
 struct AvroSchemas {
@@ -163,6 +183,7 @@ impl KafkaSink {
             },
             avro_schemas: HashMap::new(),
             open_begin: None,
+            transaction: None,
         };
         sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
         if cfg.exactly_once {
@@ -245,6 +266,44 @@ impl KafkaSink {
         let value = (parse(&json)?, id);
         self.avro_schemas.insert(cache, AvroSchemas { key, value });
         Ok(())
+    }
+
+    /// With `transaction_topic`: a BEGIN record at each source transaction's start and an END record with its
+    /// event counts at its commit, in `{prefix}.transaction` (Debezium's format), inside the same Kafka transaction.
+    async fn transaction_marker(&mut self, event: &Event, ts_ms: i64) -> Result<(), Error> {
+        let topic = format!("{}.transaction", self.cfg.topic_prefix);
+        let record = match event {
+            Event::Begin { commit_at } => {
+                let id = commit_at.to_string();
+                self.transaction = Some(TransactionCounts {
+                    id: id.clone(),
+                    total: 0,
+                    per_table: Default::default(),
+                });
+                serde_json::json!({ "status": "BEGIN", "id": id, "event_count": null, "data_collections": null, "ts_ms": ts_ms })
+            }
+            Event::Commit { .. } => {
+                let Some(t) = self.transaction.take() else {
+                    return Ok(());
+                };
+                let collections: Vec<serde_json::Value> = t
+                    .per_table
+                    .iter()
+                    .map(|(table, n)| serde_json::json!({ "data_collection": table, "event_count": n }))
+                    .collect();
+                serde_json::json!({ "status": "END", "id": t.id, "event_count": t.total, "data_collections": collections, "ts_ms": ts_ms })
+            }
+            _ => return Ok(()),
+        };
+        let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
+        self.ensure_topic(&topic, partitions, &cleanup).await?;
+        let key = serde_json::json!({ "id": record["id"] }).to_string();
+        self.produce(
+            &topic,
+            Some(key.as_bytes()),
+            Some(record.to_string().as_bytes()),
+        )
+        .await
     }
 
     fn topic_for(&self, table: &TableId) -> String {
@@ -348,6 +407,9 @@ impl KafkaSink {
         let now = now_ms();
         let (schemas, decimals) = (self.cfg.schemas, self.cfg.decimal_handling);
         for (i, e) in events.iter().enumerate() {
+            if self.cfg.transaction_topic {
+                self.transaction_marker(e, commit_ms[i]).await?;
+            }
             let Event::Change(change) = e else { continue };
             match change {
                 Change::Row { table, op } => {
@@ -369,6 +431,7 @@ impl KafkaSink {
                         commit_ms: commit_ms[i],
                         position: positions[i].as_ref(),
                         snapshot,
+                        transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };
                     let (key, value) = match self.avro_schemas.get(&(topic.clone(), table.version))
                     {
