@@ -103,6 +103,12 @@ impl Bench {
                 .is_some_and(|c| c >= target)
         });
         let (rss, cores) = finish(ferry, took, &log);
+        if std::env::var("FERRY_BENCH_TRACE").is_ok() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("kafka batch")).take(12) {
+                eprintln!("{line}");
+            }
+        }
         (took, rss, cores)
     }
 }

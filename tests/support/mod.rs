@@ -276,7 +276,10 @@ impl Ferry {
         let child = Command::new(ferry_bin())
             .args(["run", "--http", &http, "--config"])
             .arg(config)
-            .env("FERRY_LOG", "info,ferry_core=debug")
+            .env(
+                "FERRY_LOG",
+                std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info,ferry_core=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -405,6 +405,7 @@ impl KafkaSink {
         }
         self.open_begin = open;
         let now = now_ms();
+        let encode_started = std::time::Instant::now();
         let (schemas, decimals) = (self.cfg.schemas, self.cfg.decimal_handling);
         for (i, e) in events.iter().enumerate() {
             if self.cfg.transaction_topic {
@@ -500,9 +501,11 @@ impl KafkaSink {
                 }
             }
         }
+        let encoded = encode_started.elapsed();
         let Some(position) = commit else {
             return Ok(());
         };
+        let commit_started = std::time::Instant::now();
         let key = self.checkpoint_key();
         let text = position.to_string();
         if self.cfg.exactly_once {
@@ -537,6 +540,13 @@ impl KafkaSink {
         if let Some(failed) = self.take_delivery_failure() {
             return Err(Error::transient("delivering records", failed));
         }
+        tracing::debug!(
+            sink = %self.name,
+            events = events.len(),
+            encode_ms = encoded.as_millis() as u64,
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            "kafka batch"
+        );
         Ok(())
     }
 }
