@@ -245,21 +245,31 @@ fn fix_decimal(table: &TableSchema, i: usize, value: Json, decimals: DecimalHand
     }
 }
 
-fn row_object(
+/// Writes `{"column": value, …}` for `columns` of `row`, in column order.
+fn write_row(
+    out: &mut String,
     table: &TableSchema,
     row: &Row,
     columns: &[usize],
     decimals: DecimalHandling,
-) -> Json {
-    let mut m = Map::new();
-    for &i in columns {
-        let v = field_value(&row[i], &table.columns[i].ty, decimals);
-        m.insert(
-            table.columns[i].name.clone(),
-            fix_decimal(table, i, v, decimals),
+) {
+    out.push('{');
+    for (n, &i) in columns.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let column = &table.columns[i];
+        out.push_str(&Json::String(column.name.clone()).to_string());
+        out.push(':');
+        let v = fix_decimal(
+            table,
+            i,
+            field_value(&row[i], &column.ty, decimals),
+            decimals,
         );
+        out.push_str(&v.to_string());
     }
-    Json::Object(m)
+    out.push('}');
 }
 
 fn struct_schema(
@@ -277,39 +287,41 @@ fn struct_schema(
     })
 }
 
-fn connect(schemas: bool, schema: impl FnOnce() -> Json, payload: Json) -> Json {
-    if schemas {
-        json!({ "schema": schema(), "payload": payload })
-    } else {
-        payload
+/// `{"schema": …, "payload": …}` with a schema block, the bare payload without.
+fn connect(schema: Option<&str>, payload: &str) -> String {
+    match schema {
+        Some(schema) => format!("{{\"schema\":{schema},\"payload\":{payload}}}"),
+        None => payload.to_owned(),
     }
+}
+
+/// The key's schema block (JsonConverter's `schemas.enable`), once per table version.
+pub fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -> Option<String> {
+    table.has_primary_key().then(|| {
+        struct_schema(
+            table,
+            &format!("{topic}.Key"),
+            &table.primary_key,
+            false,
+            decimals,
+        )
+        .to_string()
+    })
 }
 
 /// The record key: the primary key's columns; `None` for tables without one.
 pub fn key(
     table: &TableSchema,
     row: &Row,
-    topic: &str,
-    schemas: bool,
+    schema: Option<&str>,
     decimals: DecimalHandling,
-) -> Option<Json> {
+) -> Option<String> {
     if !table.has_primary_key() {
         return None;
     }
-    let payload = row_object(table, row, &table.primary_key, decimals);
-    Some(connect(
-        schemas,
-        || {
-            struct_schema(
-                table,
-                &format!("{topic}.Key"),
-                &table.primary_key,
-                false,
-                decimals,
-            )
-        },
-        payload,
-    ))
+    let mut payload = String::new();
+    write_row(&mut payload, table, row, &table.primary_key, decimals);
+    Some(connect(schema, &payload))
 }
 
 fn source_block(info: &SourceInfo, change: &Change<'_>) -> Json {
@@ -383,57 +395,76 @@ fn source_schema(info: &SourceInfo) -> Json {
 }
 
 /// The record value (the change event envelope).
+/// The value's schema block: Debezium's envelope for this table version, once per table version.
+pub fn value_schema(
+    table: &TableSchema,
+    info: &SourceInfo,
+    topic: &str,
+    decimals: DecimalHandling,
+) -> String {
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    let row = |field: &str| {
+        let mut s = struct_schema(table, &format!("{topic}.Value"), &all, true, decimals);
+        if let Json::Object(m) = &mut s {
+            m.insert("field".into(), json!(field));
+        }
+        s
+    };
+    json!({
+        "type": "struct",
+        "name": format!("{topic}.Envelope"),
+        "optional": false,
+        "version": 1,
+        "fields": [
+            row("before"),
+            row("after"),
+            source_schema(info),
+            { "type": "string", "optional": false, "field": "op" },
+            { "type": "int64", "optional": true, "field": "ts_ms" },
+            { "type": "struct", "optional": true, "field": "transaction", "fields": [
+                { "type": "string", "optional": false, "field": "id" },
+                { "type": "int64", "optional": false, "field": "total_order" },
+                { "type": "int64", "optional": false, "field": "data_collection_order" }
+            ]}
+        ]
+    })
+    .to_string()
+}
+
+/// The record value (the change event envelope), written straight into text.
 pub fn value(
     info: &SourceInfo,
     change: &Change<'_>,
-    topic: &str,
     now_ms: i64,
-    schemas: bool,
+    schema: Option<&str>,
     decimals: DecimalHandling,
-) -> Json {
+) -> String {
     let table = change.table;
     let all: Vec<usize> = (0..table.columns.len()).collect();
-    let image =
-        |row: Option<&Row>| row.map_or(Json::Null, |r| row_object(table, r, &all, decimals));
-    let payload = json!({
-        "before": image(change.before),
-        "after": image(change.after),
-        "source": source_block(info, change),
-        "op": change.op,
-        "ts_ms": now_ms,
-        "transaction": change.transaction.clone().unwrap_or(Json::Null),
-    });
-    connect(
-        schemas,
-        || {
-            let row = |field: &str| {
-                let mut s = struct_schema(table, &format!("{topic}.Value"), &all, true, decimals);
-                if let Json::Object(m) = &mut s {
-                    m.insert("field".into(), json!(field));
-                }
-                s
-            };
-            json!({
-                "type": "struct",
-                "name": format!("{topic}.Envelope"),
-                "optional": false,
-                "version": 1,
-                "fields": [
-                    row("before"),
-                    row("after"),
-                    source_schema(info),
-                    { "type": "string", "optional": false, "field": "op" },
-                    { "type": "int64", "optional": true, "field": "ts_ms" },
-                    { "type": "struct", "optional": true, "field": "transaction", "fields": [
-                        { "type": "string", "optional": false, "field": "id" },
-                        { "type": "int64", "optional": false, "field": "total_order" },
-                        { "type": "int64", "optional": false, "field": "data_collection_order" }
-                    ]}
-                ]
-            })
-        },
-        payload,
-    )
+    let mut p = String::with_capacity(256);
+    let image = |p: &mut String, row: Option<&Row>| match row {
+        Some(r) => write_row(p, table, r, &all, decimals),
+        None => p.push_str("null"),
+    };
+    p.push_str("{\"before\":");
+    image(&mut p, change.before);
+    p.push_str(",\"after\":");
+    image(&mut p, change.after);
+    p.push_str(",\"source\":");
+    p.push_str(&source_block(info, change).to_string());
+    p.push_str(",\"op\":\"");
+    p.push_str(change.op);
+    p.push_str("\",\"ts_ms\":");
+    p.push_str(&now_ms.to_string());
+    p.push_str(",\"transaction\":");
+    p.push_str(
+        &change
+            .transaction
+            .as_ref()
+            .map_or("null".into(), Json::to_string),
+    );
+    p.push('}');
+    connect(schema, &p)
 }
 
 #[cfg(test)]

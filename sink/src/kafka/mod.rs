@@ -113,6 +113,8 @@ pub struct KafkaSink {
     /// Avro: the registry, and per topic and schema version the key and value schemas with their ids.
     registry: Option<registry::Registry>,
     avro_schemas: HashMap<(String, u64), AvroSchemas>,
+    /// JSON with `schemas`: the key and value schema blocks per topic and schema version.
+    json_schemas: HashMap<(String, u64), (Option<String>, String)>,
     /// The position of the source transaction in progress, for records whose commit is in a later batch.
     open_begin: Option<Position>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
@@ -182,6 +184,7 @@ impl KafkaSink {
                 KafkaFormat::Json => None,
             },
             avro_schemas: HashMap::new(),
+            json_schemas: HashMap::new(),
             open_begin: None,
             transaction: None,
         };
@@ -365,6 +368,16 @@ impl KafkaSink {
                 let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
                 self.ensure_topic(&topic, partitions, &cleanup).await?;
                 self.prepare_avro(table, &topic).await?;
+                // JsonConverter's schema blocks, built once per table version.
+                if self.cfg.schemas && self.registry.is_none() {
+                    let cache = (topic.clone(), table.version);
+                    if !self.json_schemas.contains_key(&cache) {
+                        let decimals = self.cfg.decimal_handling;
+                        let key = envelope::key_schema(table, &topic, decimals);
+                        let value = envelope::value_schema(table, &self.info, &topic, decimals);
+                        self.json_schemas.insert(cache, (key, value));
+                    }
+                }
             }
         }
         if self.cfg.exactly_once && !self.in_transaction {
@@ -406,7 +419,7 @@ impl KafkaSink {
         self.open_begin = open;
         let now = now_ms();
         let encode_started = std::time::Instant::now();
-        let (schemas, decimals) = (self.cfg.schemas, self.cfg.decimal_handling);
+        let decimals = self.cfg.decimal_handling;
         for (i, e) in events.iter().enumerate() {
             if self.cfg.transaction_topic {
                 self.transaction_marker(e, commit_ms[i]).await?;
@@ -463,13 +476,19 @@ impl KafkaSink {
                             })?;
                             (key, value)
                         }
-                        None => (
-                            envelope::key(table, key_row, &topic, schemas, decimals)
-                                .map(|k| k.to_string().into_bytes()),
-                            envelope::value(&self.info, &change, &topic, now, schemas, decimals)
-                                .to_string()
-                                .into_bytes(),
-                        ),
+                        None => {
+                            let (key_schema, value_schema) =
+                                match self.json_schemas.get(&(topic.clone(), table.version)) {
+                                    Some((k, v)) => (k.as_deref(), Some(v.as_str())),
+                                    None => (None, None),
+                                };
+                            (
+                                envelope::key(table, key_row, key_schema, decimals)
+                                    .map(String::into_bytes),
+                                envelope::value(&self.info, &change, now, value_schema, decimals)
+                                    .into_bytes(),
+                            )
+                        }
                     };
                     self.produce(&topic, key.as_deref(), Some(&value)).await?;
                     if op_code == "d" && self.cfg.tombstones && key.is_some() {
