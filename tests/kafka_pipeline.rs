@@ -4,8 +4,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -397,37 +395,16 @@ fn at_least_once_on_a_broker_without_transactions() {
         ),
     );
     let log = dir.path().join("ferry.log");
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, port) = (stop.clone(), pg.port);
-        std::thread::spawn(move || {
-            let mut id = 100;
-            while !stop.load(Ordering::Relaxed) {
-                id += 1;
-                let sql = format!("INSERT INTO ledger VALUES ({id}, {id})");
-                let _ = std::process::Command::new("psql")
-                    .args([
-                        "-X",
-                        "-q",
-                        "-h",
-                        "127.0.0.1",
-                        "-U",
-                        "postgres",
-                        "-p",
-                        &port.to_string(),
-                        "-d",
-                        "shop",
-                        "-c",
-                        &sql,
-                    ])
-                    .stdout(std::process::Stdio::null())
-                    .status();
-            }
-        })
-    };
+    let port = pg.port;
+    let writers = Writers::start(1, move |_, seq| {
+        psql_ok(
+            port,
+            "shop",
+            &format!("INSERT INTO ledger VALUES ({0}, {0})", 100 + seq),
+        )
+    });
     kill_randomly(&config, &log, 3);
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    writers.stop();
     let ferry = Ferry::start(&config, &log);
     let expected: std::collections::BTreeSet<i64> = pg
         .psql("shop", "SELECT id FROM ledger")

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_core::{Error, Event, PipelineStats, Position, Timestamp};
+use ferry_core::{Change, Error, Event, PipelineStats, Position, SchemaRef, Timestamp};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::info;
@@ -31,6 +31,35 @@ pub(crate) fn report_progress(stats: Arc<PipelineStats>) -> JoinHandle<()> {
             );
         }
     })
+}
+
+/// Opens the snapshot transaction at `position`: Begin, each table's schema, and the truncate that empties SQL
+/// targets before the copy.
+pub(crate) async fn begin(
+    events: &mpsc::Sender<Event>,
+    position: &Position,
+    schemas: &[SchemaRef],
+) -> Result<(), Error> {
+    let closed = |_| Error::fatal("the pipeline stopped during the snapshot");
+    events
+        .send(Event::Begin {
+            commit_at: position.clone(),
+        })
+        .await
+        .map_err(closed)?;
+    for s in schemas {
+        events
+            .send(Event::Schema(s.clone()))
+            .await
+            .map_err(closed)?;
+    }
+    events
+        .send(Event::Change(Change::Truncate {
+            tables: schemas.iter().map(|s| s.id.clone()).collect(),
+            snapshot: true,
+        }))
+        .await
+        .map_err(closed)
 }
 
 /// Waits for every table worker; the first failure stops the others.

@@ -682,12 +682,7 @@ impl MariaDbServer {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
+        terminate(&mut self.child);
     }
 
     pub fn log(&self) -> String {
@@ -880,12 +875,7 @@ impl KafkaBroker {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
+        terminate(&mut self.child);
     }
 
     /// Every record of `topics` a `read_committed` consumer sees, read by Confluent's Python client
@@ -1072,4 +1062,14 @@ pub fn mariadb_ok(port: u16, db: &str, sql: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Stops a server process with SIGTERM (a clean shutdown) and waits for it.
+fn terminate(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
 }

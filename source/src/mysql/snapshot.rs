@@ -211,7 +211,6 @@ pub async fn run(
     events: &mpsc::Sender<Event>,
     stats: Arc<PipelineStats>,
 ) -> Result<(), Error> {
-    let closed = || Error::fatal("the pipeline stopped during the snapshot");
     let position = Position::Binlog(position.clone());
     let schemas: Vec<SchemaRef> = tables
         .iter()
@@ -229,25 +228,7 @@ pub async fn run(
             .map_err(sql_error("estimating table sizes"))?;
         estimated += rows.flatten().unwrap_or(0);
     }
-    events
-        .send(Event::Begin {
-            commit_at: position.clone(),
-        })
-        .await
-        .map_err(|_| closed())?;
-    for s in &schemas {
-        events
-            .send(Event::Schema(s.clone()))
-            .await
-            .map_err(|_| closed())?;
-    }
-    events
-        .send(Event::Change(Change::Truncate {
-            tables: schemas.iter().map(|s| s.id.clone()).collect(),
-            snapshot: true,
-        }))
-        .await
-        .map_err(|_| closed())?;
+    crate::snapshot::begin(events, &position, &schemas).await?;
     stats.snapshot.start(tables.len() as u64, estimated);
     info!(
         tables = tables.len(),

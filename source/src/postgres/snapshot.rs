@@ -43,7 +43,6 @@ pub async fn run(
     parallelism: usize,
     stats: Arc<PipelineStats>,
 ) -> Result<(), Error> {
-    let closed = || Error::fatal("the pipeline stopped during the snapshot");
     let mut schemas = Vec::with_capacity(tables.len());
     for t in &tables {
         let columns = catalog.columns(t.oid).await?;
@@ -54,26 +53,7 @@ pub async fn run(
         );
     }
     let position = Position::Pg(consistent_point);
-    events
-        .send(Event::Begin {
-            commit_at: position.clone(),
-        })
-        .await
-        .map_err(|_| closed())?;
-    for s in &schemas {
-        events
-            .send(Event::Schema(s.clone()))
-            .await
-            .map_err(|_| closed())?;
-    }
-    let ids: Vec<TableId> = schemas.iter().map(|s| s.id.clone()).collect();
-    events
-        .send(Event::Change(Change::Truncate {
-            tables: ids,
-            snapshot: true,
-        }))
-        .await
-        .map_err(|_| closed())?;
+    crate::snapshot::begin(events, &position, &schemas).await?;
 
     let estimated: f64 = tables.iter().map(|t| t.estimated_rows).sum();
     stats.snapshot.start(tables.len() as u64, estimated as u64);
