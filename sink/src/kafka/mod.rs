@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apache_avro::Schema;
 use ferry_config::{KafkaFormat, KafkaSink as KafkaConfig};
-use ferry_core::{Change, Error, Event, Position, RowOp, Sink, TableId, TableSchema};
+use std::sync::Arc;
+
+use ferry_core::{Change, Error, Event, Position, RowOp, SchemaRef, Sink, TableId, TableSchema};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -361,10 +363,16 @@ impl KafkaSink {
         events: &[Event],
         commit: Option<&Position>,
     ) -> Result<(), Error> {
-        // Topics first: creating one is a round trip outside the transaction.
+        // Topics and schemas first (creating a topic is a round trip outside the transaction), once per table
+        // schema in the batch rather than per row.
+        let mut tables: Vec<(&SchemaRef, String)> = Vec::new();
         for e in events {
             if let Event::Change(Change::Row { table, .. }) = e {
+                if tables.iter().any(|(t, _)| Arc::ptr_eq(t, table)) {
+                    continue;
+                }
                 let topic = self.topic_for(&table.id);
+                tables.push((table, topic.clone()));
                 let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
                 self.ensure_topic(&topic, partitions, &cleanup).await?;
                 self.prepare_avro(table, &topic).await?;
@@ -427,7 +435,10 @@ impl KafkaSink {
             let Event::Change(change) = e else { continue };
             match change {
                 Change::Row { table, op } => {
-                    let topic = self.topic_for(&table.id);
+                    let topic = tables
+                        .iter()
+                        .find(|(t, _)| Arc::ptr_eq(t, table))
+                        .map_or_else(|| self.topic_for(&table.id), |(_, topic)| topic.clone());
                     let (op_code, before, after, snapshot) = match op {
                         RowOp::Insert { after } => ("c", None, Some(after), false),
                         RowOp::Read { after } => ("r", None, Some(after), true),
