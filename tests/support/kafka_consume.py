@@ -39,6 +39,8 @@ consumer = Consumer({
     "isolation.level": "read_committed",
     "enable.partition.eof": True,
     "session.timeout.ms": 6000,
+    # noida-db answers a fetch with everything up to the end, whatever fetch.max.bytes says.
+    "receive.message.max.bytes": 1_000_000_000,
 })
 assignment = []
 for topic in topics:

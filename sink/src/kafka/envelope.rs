@@ -7,7 +7,9 @@
 
 use ferry_config::DecimalHandling;
 use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, TableSchema, Value};
-use serde_json::{json, Map, Value as Json};
+use std::fmt::Write as _;
+
+use serde_json::{json, Value as Json};
 
 /// What every record of a pipeline says about its source.
 #[derive(Debug, Clone)]
@@ -37,8 +39,9 @@ pub struct Change<'a> {
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+/// Appends `bytes` in standard base64 with padding (what Kafka Connect's JsonConverter writes for bytes).
+fn push_base64(out: &mut String, bytes: &[u8]) {
+    out.reserve(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
             chunk[0],
@@ -54,7 +57,33 @@ fn base64(bytes: &[u8]) -> String {
             }
         }
     }
-    out
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut plain_from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every byte matched above is ASCII, so `i` is a character boundary.
+        out.push_str(&s[plain_from..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        plain_from = i + 1;
+    }
+    out.push_str(&s[plain_from..]);
+    out.push('"');
 }
 
 /// The unscaled value of a decimal as big-endian two's-complement bytes, and its scale (Kafka Connect's
@@ -114,57 +143,99 @@ fn declared_scale(source_type: &str) -> Option<usize> {
     declared_precision_scale(source_type).map(|(_, s)| s)
 }
 
-fn field_value(v: &Value, ty: &ColumnType, decimals: DecimalHandling) -> Json {
-    match v {
-        Value::Null | Value::Unchanged | Value::ZeroDate(_) => Json::Null,
-        Value::Bool(b) => Json::Bool(*b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+/// Appends one column value, typed as Debezium's defaults have it. `declared_scale` is the column's scale when
+/// it declares one: such decimals are plain base64 bytes (Kafka Connect's `Decimal`), others Debezium's
+/// VariableScaleDecimal `{scale, value}`.
+fn push_value(
+    out: &mut String,
+    v: &Value,
+    ty: &ColumnType,
+    declared_scale: Option<usize>,
+    decimals: DecimalHandling,
+) {
+    // Writing into a String cannot fail.
+    let _ = match v {
+        Value::Null | Value::Unchanged | Value::ZeroDate(_) => write!(out, "null"),
+        Value::Bool(b) => write!(out, "{b}"),
+        Value::Int(i) => write!(out, "{i}"),
+        Value::Float(f) => push_float(out, *f),
         Value::Decimal(d) => match (decimals, d) {
-            (DecimalHandling::String, d) => Json::String(d.to_string()),
-            (DecimalHandling::Double, Decimal::Finite(s)) => s
-                .parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-                .map_or(Json::Null, Json::Number),
-            // Debezium's VariableScaleDecimal struct; fix_decimal keeps only the bytes when the column declares
-            // its scale.
+            // Decimal text is digits, sign, point or a word: nothing to escape.
+            (DecimalHandling::String, d) => write!(out, "\"{d}\""),
+            (DecimalHandling::Double, Decimal::Finite(s)) => match s.parse::<f64>() {
+                Ok(f) => push_float(out, f),
+                Err(_) => write!(out, "null"),
+            },
             (DecimalHandling::Precise, Decimal::Finite(s)) => {
                 let (bytes, scale) = unscaled_bytes(s);
-                json!({ "scale": scale, "value": base64(&bytes) })
+                if declared_scale.is_none() {
+                    let _ = write!(out, "{{\"scale\":{scale},\"value\":");
+                }
+                out.push('"');
+                push_base64(out, &bytes);
+                out.push('"');
+                if declared_scale.is_none() {
+                    out.push('}');
+                }
+                Ok(())
             }
-            _ => Json::Null,
+            _ => write!(out, "null"),
         },
-        Value::Text(s) | Value::Json(s) => Json::String(s.clone()),
-        Value::Bytes(b) => Json::String(base64(b)),
-        Value::Uuid(u) => Json::String(u.to_string()),
-        Value::Date(d) => json!(d.0),
-        Value::Time(t) => json!(t.0),
-        Value::TimeTz(t) => Json::String(t.to_string()),
-        Value::Timestamp(t) => json!(t.0),
+        Value::Text(s) | Value::Json(s) => {
+            push_json_str(out, s);
+            Ok(())
+        }
+        Value::Bytes(b) => {
+            out.push('"');
+            push_base64(out, b);
+            out.push('"');
+            Ok(())
+        }
+        Value::Uuid(u) => write!(out, "\"{u}\""),
+        Value::Date(d) => write!(out, "{}", d.0),
+        Value::Time(t) => write!(out, "{}", t.0),
+        Value::TimeTz(t) => write!(out, "\"{t}\""),
+        Value::Timestamp(t) => write!(out, "{}", t.0),
         Value::TimestampTz(t) => {
-            let text = t.display_utc().to_string();
             // `2024-01-02 03:04:05.5+00` → ISO-8601 `2024-01-02T03:04:05.5Z`.
-            Json::String(
-                text.replacen(' ', "T", 1)
-                    .trim_end_matches("+00")
-                    .to_owned()
-                    + "Z",
-            )
+            out.push('"');
+            let start = out.len();
+            let _ = write!(out, "{}", t.display_utc());
+            if let Some(space) = out[start..].find(' ') {
+                out.replace_range(start + space..start + space + 1, "T");
+            }
+            if out.ends_with("+00") {
+                out.truncate(out.len() - 3);
+            }
+            out.push_str("Z\"");
+            Ok(())
         }
-        Value::Interval(i) => {
-            json!(
-                i.micros
-                    + i64::from(i.days) * 86_400_000_000
-                    + i64::from(i.months) * 30 * 86_400_000_000
-            )
-        }
-        Value::Array(items) => Json::Array(
-            items
-                .iter()
-                .map(|item| field_value(item, element_type(ty), decimals))
-                .collect(),
+        Value::Interval(i) => write!(
+            out,
+            "{}",
+            i.micros
+                + i64::from(i.days) * 86_400_000_000
+                + i64::from(i.months) * 30 * 86_400_000_000
         ),
+        Value::Array(items) => {
+            out.push('[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                push_value(out, item, element_type(ty), None, decimals);
+            }
+            out.push(']');
+            Ok(())
+        }
+    };
+}
+
+/// Appends a double as serde_json writes it; NaN and infinities, which JSON cannot hold, as null.
+fn push_float(out: &mut String, f: f64) -> std::fmt::Result {
+    match serde_json::Number::from_f64(f) {
+        Some(n) => write!(out, "{n}"),
+        None => write!(out, "null"),
     }
 }
 
@@ -233,41 +304,27 @@ fn column_schema(ty: &ColumnType, source_type: &str, decimals: DecimalHandling) 
     }
 }
 
-/// A decimal column with a declared scale is `{scale, value}` only without one; with one, plain base64 bytes.
-fn fix_decimal(table: &TableSchema, i: usize, value: Json, decimals: DecimalHandling) -> Json {
-    match (&table.columns[i].ty, decimals, value) {
-        (ColumnType::Numeric, DecimalHandling::Precise, Json::Object(mut m))
-            if declared_scale(&table.columns[i].source_type).is_some() =>
-        {
-            m.remove("value").unwrap_or(Json::Null)
-        }
-        (_, _, v) => v,
-    }
-}
-
-/// Writes `{"column": value, …}` for `columns` of `row`, in column order.
+/// Appends `{"column": value, …}` for `columns` of `row`, in column order.
 fn write_row(
     out: &mut String,
     table: &TableSchema,
     row: &Row,
-    columns: &[usize],
+    columns: impl Iterator<Item = usize>,
     decimals: DecimalHandling,
 ) {
     out.push('{');
-    for (n, &i) in columns.iter().enumerate() {
+    for (n, i) in columns.enumerate() {
         if n > 0 {
             out.push(',');
         }
         let column = &table.columns[i];
-        out.push_str(&Json::String(column.name.clone()).to_string());
+        push_json_str(out, &column.name);
         out.push(':');
-        let v = fix_decimal(
-            table,
-            i,
-            field_value(&row[i], &column.ty, decimals),
-            decimals,
-        );
-        out.push_str(&v.to_string());
+        let scale = match (&column.ty, decimals) {
+            (ColumnType::Numeric, DecimalHandling::Precise) => declared_scale(&column.source_type),
+            _ => None,
+        };
+        push_value(out, &row[i], &column.ty, scale, decimals);
     }
     out.push('}');
 }
@@ -287,11 +344,19 @@ fn struct_schema(
     })
 }
 
-/// `{"schema": …, "payload": …}` with a schema block, the bare payload without.
-fn connect(schema: Option<&str>, payload: &str) -> String {
-    match schema {
-        Some(schema) => format!("{{\"schema\":{schema},\"payload\":{payload}}}"),
-        None => payload.to_owned(),
+/// Opens `{"schema": …, "payload": ` with a schema block; nothing without one.
+fn open_connect(out: &mut String, schema: Option<&str>) {
+    if let Some(schema) = schema {
+        out.push_str("{\"schema\":");
+        out.push_str(schema);
+        out.push_str(",\"payload\":");
+    }
+}
+
+/// Closes what [`open_connect`] opened.
+fn close_connect(out: &mut String, schema: Option<&str>) {
+    if schema.is_some() {
+        out.push('}');
     }
 }
 
@@ -309,64 +374,72 @@ pub fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -
     })
 }
 
-/// The record key: the primary key's columns; `None` for tables without one.
-pub fn key(
+/// Writes the record key into `out` (cleared first): the primary key's columns. False, with nothing written, for
+/// tables without one.
+pub fn write_key(
+    out: &mut String,
     table: &TableSchema,
     row: &Row,
     schema: Option<&str>,
     decimals: DecimalHandling,
-) -> Option<String> {
+) -> bool {
+    out.clear();
     if !table.has_primary_key() {
-        return None;
+        return false;
     }
-    let mut payload = String::new();
-    write_row(&mut payload, table, row, &table.primary_key, decimals);
-    Some(connect(schema, &payload))
+    open_connect(out, schema);
+    write_row(out, table, row, table.primary_key.iter().copied(), decimals);
+    close_connect(out, schema);
+    true
 }
 
-fn source_block(info: &SourceInfo, change: &Change<'_>) -> Json {
-    let mut m = Map::new();
-    m.insert(
-        "version".into(),
-        json!(concat!("ferry-", env!("CARGO_PKG_VERSION"))),
+/// Appends the `source` block: where the change comes from, in Debezium's field order.
+fn push_source(out: &mut String, info: &SourceInfo, change: &Change<'_>) {
+    out.push_str(concat!(
+        "{\"version\":\"ferry-",
+        env!("CARGO_PKG_VERSION"),
+        "\",\"connector\":"
+    ));
+    push_json_str(out, info.connector);
+    out.push_str(",\"name\":");
+    push_json_str(out, &info.name);
+    let _ = write!(
+        out,
+        ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":",
+        change.commit_ms, change.snapshot
     );
-    m.insert("connector".into(), json!(info.connector));
-    m.insert("name".into(), json!(info.name));
-    m.insert("ts_ms".into(), json!(change.commit_ms));
-    m.insert(
-        "snapshot".into(),
-        json!(if change.snapshot { "true" } else { "false" }),
-    );
-    m.insert("db".into(), json!(info.db));
+    push_json_str(out, &info.db);
     match change.table.dialect {
         Dialect::Postgres => {
-            m.insert("schema".into(), json!(change.table.id.schema));
-            m.insert("table".into(), json!(change.table.id.name));
-            m.insert("txId".into(), Json::Null);
-            m.insert(
-                "lsn".into(),
-                change
-                    .position
-                    .and_then(Position::as_lsn)
-                    .map_or(Json::Null, |l| json!(l.0)),
-            );
+            out.push_str(",\"schema\":");
+            push_json_str(out, &change.table.id.schema);
+            out.push_str(",\"table\":");
+            push_json_str(out, &change.table.id.name);
+            // Ferry's events carry no PostgreSQL xid.
+            out.push_str(",\"txId\":null,\"lsn\":");
+            let _ = match change.position.and_then(Position::as_lsn) {
+                Some(lsn) => write!(out, "{}", lsn.0),
+                None => write!(out, "null"),
+            };
         }
         Dialect::Mysql => {
-            m.insert("table".into(), json!(change.table.id.name));
-            let (file, pos, gtid) = match change.position {
-                Some(Position::Binlog(b)) => (
-                    json!(b.pos.file),
-                    json!(b.pos.offset),
-                    b.gtid.as_ref().map_or(Json::Null, |g| json!(g.to_string())),
-                ),
-                _ => (Json::Null, Json::Null, Json::Null),
-            };
-            m.insert("file".into(), file);
-            m.insert("pos".into(), pos);
-            m.insert("gtid".into(), gtid);
+            out.push_str(",\"table\":");
+            push_json_str(out, &change.table.id.name);
+            match change.position {
+                Some(Position::Binlog(b)) => {
+                    out.push_str(",\"file\":");
+                    push_json_str(out, &b.pos.file);
+                    let _ = write!(out, ",\"pos\":{},\"gtid\":", b.pos.offset);
+                    match &b.gtid {
+                        Some(g) => push_json_str(out, &g.to_string()),
+                        None => out.push_str("null"),
+                    }
+                }
+                _ => out.push_str(",\"file\":null,\"pos\":null,\"gtid\":null"),
+            }
         }
     }
-    Json::Object(m)
+    out.push('}');
 }
 
 fn source_schema(info: &SourceInfo) -> Json {
@@ -431,40 +504,44 @@ pub fn value_schema(
     .to_string()
 }
 
-/// The record value (the change event envelope), written straight into text.
-pub fn value(
+/// Writes the record value (the change event envelope) into `out`, cleared first.
+pub fn write_value(
+    out: &mut String,
     info: &SourceInfo,
     change: &Change<'_>,
     now_ms: i64,
     schema: Option<&str>,
     decimals: DecimalHandling,
-) -> String {
+) {
+    out.clear();
+    open_connect(out, schema);
     let table = change.table;
-    let all: Vec<usize> = (0..table.columns.len()).collect();
-    let mut p = String::with_capacity(256);
-    let image = |p: &mut String, row: Option<&Row>| match row {
-        Some(r) => write_row(p, table, r, &all, decimals),
-        None => p.push_str("null"),
-    };
-    p.push_str("{\"before\":");
-    image(&mut p, change.before);
-    p.push_str(",\"after\":");
-    image(&mut p, change.after);
-    p.push_str(",\"source\":");
-    p.push_str(&source_block(info, change).to_string());
-    p.push_str(",\"op\":\"");
-    p.push_str(change.op);
-    p.push_str("\",\"ts_ms\":");
-    p.push_str(&now_ms.to_string());
-    p.push_str(",\"transaction\":");
-    p.push_str(
-        &change
-            .transaction
-            .as_ref()
-            .map_or("null".into(), Json::to_string),
+    let all = || 0..table.columns.len();
+    out.push_str("{\"before\":");
+    match change.before {
+        Some(r) => write_row(out, table, r, all(), decimals),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"after\":");
+    match change.after {
+        Some(r) => write_row(out, table, r, all(), decimals),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"source\":");
+    push_source(out, info, change);
+    let _ = write!(
+        out,
+        ",\"op\":\"{}\",\"ts_ms\":{now_ms},\"transaction\":",
+        change.op
     );
-    p.push('}');
-    connect(schema, &p)
+    match &change.transaction {
+        Some(t) => {
+            let _ = write!(out, "{t}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    close_connect(out, schema);
 }
 
 #[cfg(test)]
@@ -479,8 +556,122 @@ mod tests {
         assert_eq!(unscaled_bytes("-128"), (vec![0x80], 0));
         assert_eq!(unscaled_bytes("0.000"), (vec![0x00], 3));
         assert_eq!(unscaled_bytes("65536"), (vec![0x01, 0x00, 0x00], 0));
+        let base64 = |b: &[u8]| {
+            let mut out = String::new();
+            push_base64(&mut out, b);
+            out
+        };
         assert_eq!(base64(&[0x7d]), "fQ==");
         assert_eq!(base64(b"Man"), "TWFu");
         assert_eq!(base64(b"Ma"), "TWE=");
+    }
+
+    #[test]
+    fn values_are_valid_json_with_debezium_types() {
+        use ferry_core::{Column, Lsn, TableId, Timestamp};
+        let column = |name: &str, ty: ColumnType, source_type: &str| Column {
+            name: name.into(),
+            ty,
+            source_type: source_type.into(),
+            nullable: true,
+        };
+        let table = TableSchema {
+            id: TableId::new("public", "odd \"table\""),
+            columns: vec![
+                column("id", ColumnType::Int8, "bigint"),
+                column("note\n", ColumnType::Text, "text"),
+                column("price", ColumnType::Numeric, "numeric(12,2)"),
+                column("amount", ColumnType::Numeric, "numeric"),
+                column("at", ColumnType::TimestampTz, "timestamp with time zone"),
+                column("ratio", ColumnType::Float8, "double precision"),
+                column(
+                    "tags",
+                    ColumnType::Array(Box::new(ColumnType::Text)),
+                    "text[]",
+                ),
+            ],
+            primary_key: vec![0],
+            version: 1,
+            dialect: Dialect::Postgres,
+        };
+        let note = "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀";
+        let row = vec![
+            Value::Int(-7),
+            Value::Text(note.into()),
+            Value::Decimal(Decimal::Finite("-1.25".into())),
+            Value::Decimal(Decimal::Finite("128".into())),
+            // 1970-01-01 00:00:01.5 UTC.
+            Value::TimestampTz(Timestamp(1_500_000)),
+            Value::Float(f64::NAN),
+            Value::Array(vec![Value::Text("a\"".into()), Value::Null]),
+        ];
+        let info = SourceInfo {
+            connector: "postgresql",
+            name: "ferry".into(),
+            db: "shop".into(),
+        };
+        let position = Position::Pg(Lsn(42));
+        let change = Change {
+            table: &table,
+            op: "c",
+            before: None,
+            after: Some(&row),
+            commit_ms: 1000,
+            position: Some(&position),
+            snapshot: false,
+            transaction: None,
+        };
+        let mut out = String::new();
+        write_value(
+            &mut out,
+            &info,
+            &change,
+            2000,
+            None,
+            DecimalHandling::Precise,
+        );
+        let v: Json = serde_json::from_str(&out).expect("valid JSON");
+        let after = &v["after"];
+        assert_eq!(after["id"], -7);
+        assert_eq!(after["note\n"], note);
+        assert_eq!(after["price"], "gw==", "declared scale: bytes only");
+        assert_eq!(after["amount"], json!({ "scale": 0, "value": "AIA=" }));
+        assert_eq!(after["at"], "1970-01-01T00:00:01.5Z");
+        assert_eq!(after["ratio"], Json::Null);
+        assert_eq!(after["tags"], json!(["a\"", null]));
+        assert_eq!(v["before"], Json::Null);
+        assert_eq!(v["op"], "c");
+        assert_eq!(v["ts_ms"], 2000);
+        let source = &v["source"];
+        assert_eq!(source["table"], "odd \"table\"");
+        assert_eq!(source["lsn"], 42);
+        assert_eq!(source["ts_ms"], 1000);
+        assert_eq!(source["snapshot"], "false");
+
+        let schema = value_schema(&table, &info, "t", DecimalHandling::Precise);
+        write_value(
+            &mut out,
+            &info,
+            &change,
+            2000,
+            Some(&schema),
+            DecimalHandling::Precise,
+        );
+        let wrapped: Json = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(wrapped["payload"], v);
+        assert_eq!(wrapped["schema"]["name"], "t.Envelope");
+
+        let mut key = String::new();
+        assert!(write_key(
+            &mut key,
+            &table,
+            &row,
+            None,
+            DecimalHandling::Precise
+        ));
+        assert_eq!(
+            serde_json::from_str::<Json>(&key).unwrap(),
+            json!({ "id": -7 })
+        );
     }
 }

@@ -114,9 +114,9 @@ pub struct KafkaSink {
     in_transaction: bool,
     /// Avro: the registry, and per topic and schema version the key and value schemas with their ids.
     registry: Option<registry::Registry>,
-    avro_schemas: HashMap<(String, u64), AvroSchemas>,
+    avro_schemas: HashMap<(String, u64), Arc<AvroSchemas>>,
     /// JSON with `schemas`: the key and value schema blocks per topic and schema version.
-    json_schemas: HashMap<(String, u64), (Option<String>, String)>,
+    json_schemas: HashMap<(String, u64), Arc<JsonSchemas>>,
     /// The position of the source transaction in progress, for records whose commit is in a later batch.
     open_begin: Option<Position>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
@@ -140,6 +140,21 @@ impl TransactionCounts {
         serde_json::json!({ "id": self.id, "total_order": self.total, "data_collection_order": *n })
     }
 }
+
+/// What a batch needs to write one table's rows, looked up once per batch.
+struct Prepared<'t> {
+    table: &'t SchemaRef,
+    topic: String,
+    encoding: Encoding,
+}
+
+enum Encoding {
+    /// With `schemas`, the key's (none without a primary key) and the value's schema blocks.
+    Json(Option<Arc<JsonSchemas>>),
+    Avro(Arc<AvroSchemas>),
+}
+
+type JsonSchemas = (Option<String>, String);
 
 struct AvroSchemas {
     key: Option<(Schema, i32)>,
@@ -242,15 +257,52 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Registers (once per schema version) the Avro key and value schemas of `table`'s topic.
-    async fn prepare_avro(&mut self, table: &TableSchema, topic: &str) -> Result<(), Error> {
-        let cache = (topic.to_owned(), table.version);
-        if self.avro_schemas.contains_key(&cache) {
-            return Ok(());
-        }
-        let Some(registry) = self.registry.as_mut() else {
-            return Ok(());
+    /// The topic of `table`'s rows, created if missing, and how they are encoded: the Avro schemas registered
+    /// (once per table version), or the JSON schema blocks built (once per table version, with `schemas`).
+    async fn prepare<'t>(&mut self, table: &'t SchemaRef) -> Result<Prepared<'t>, Error> {
+        let topic = self.topic_for(&table.id);
+        let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
+        self.ensure_topic(&topic, partitions, &cleanup).await?;
+        let cache = (topic.clone(), table.version);
+        let decimals = self.cfg.decimal_handling;
+        let encoding = if self.registry.is_some() {
+            let schemas = match self.avro_schemas.get(&cache) {
+                Some(schemas) => schemas.clone(),
+                None => {
+                    let schemas = Arc::new(self.register_avro(table, &topic).await?);
+                    self.avro_schemas.insert(cache, schemas.clone());
+                    schemas
+                }
+            };
+            Encoding::Avro(schemas)
+        } else if self.cfg.schemas {
+            let blocks = self.json_schemas.entry(cache).or_insert_with(|| {
+                Arc::new((
+                    envelope::key_schema(table, &topic, decimals),
+                    envelope::value_schema(table, &self.info, &topic, decimals),
+                ))
+            });
+            Encoding::Json(Some(blocks.clone()))
+        } else {
+            Encoding::Json(None)
         };
+        Ok(Prepared {
+            table,
+            topic,
+            encoding,
+        })
+    }
+
+    /// Registers the Avro key and value schemas of `table`'s topic.
+    async fn register_avro(
+        &mut self,
+        table: &TableSchema,
+        topic: &str,
+    ) -> Result<AvroSchemas, Error> {
+        let registry = self
+            .registry
+            .as_mut()
+            .ok_or_else(|| Error::fatal("Avro records need a schema registry"))?;
         let decimals = self.cfg.decimal_handling;
         let parse = |json: &serde_json::Value| {
             Schema::parse(json).map_err(|e| Error::fatal(format!("Avro schema for {topic}: {e}")))
@@ -269,8 +321,7 @@ impl KafkaSink {
             .id(&format!("{topic}-value"), &json.to_string())
             .await?;
         let value = (parse(&json)?, id);
-        self.avro_schemas.insert(cache, AvroSchemas { key, value });
-        Ok(())
+        Ok(AvroSchemas { key, value })
     }
 
     /// With `transaction_topic`: a BEGIN record at each source transaction's start and an END record with its
@@ -382,26 +433,12 @@ impl KafkaSink {
     ) -> Result<(), Error> {
         // Topics and schemas first (creating a topic is a round trip outside the transaction), once per table
         // schema in the batch rather than per row.
-        let mut tables: Vec<(&SchemaRef, String)> = Vec::new();
+        let mut tables: Vec<Prepared<'_>> = Vec::new();
         for e in events {
             if let Event::Change(Change::Row { table, .. }) = e {
-                if tables.iter().any(|(t, _)| Arc::ptr_eq(t, table)) {
-                    continue;
-                }
-                let topic = self.topic_for(&table.id);
-                tables.push((table, topic.clone()));
-                let (partitions, cleanup) = (self.cfg.partitions, self.cfg.cleanup_policy.clone());
-                self.ensure_topic(&topic, partitions, &cleanup).await?;
-                self.prepare_avro(table, &topic).await?;
-                // JsonConverter's schema blocks, built once per table version.
-                if self.cfg.schemas && self.registry.is_none() {
-                    let cache = (topic.clone(), table.version);
-                    if !self.json_schemas.contains_key(&cache) {
-                        let decimals = self.cfg.decimal_handling;
-                        let key = envelope::key_schema(table, &topic, decimals);
-                        let value = envelope::value_schema(table, &self.info, &topic, decimals);
-                        self.json_schemas.insert(cache, (key, value));
-                    }
+                if !tables.iter().any(|p| Arc::ptr_eq(p.table, table)) {
+                    let prepared = self.prepare(table).await?;
+                    tables.push(prepared);
                 }
             }
         }
@@ -414,7 +451,7 @@ impl KafkaSink {
         // Each change's commit time and position: those of the next Commit in the batch (now, if its transaction
         // continues in the next batch).
         let mut commit_ms = vec![now_ms(); events.len()];
-        let mut positions: Vec<Option<Position>> = vec![None; events.len()];
+        let mut positions: Vec<Option<&Position>> = vec![None; events.len()];
         let (mut next_ms, mut next_pos) = (now_ms(), None);
         for (i, e) in events.iter().enumerate().rev() {
             if let Event::Commit {
@@ -426,25 +463,29 @@ impl KafkaSink {
                 next_pos = Some(position);
             }
             commit_ms[i] = next_ms;
-            positions[i] = next_pos.cloned();
+            positions[i] = next_pos;
         }
         // A transaction whose commit comes in a later batch: its Begin's position (the commit record's start LSN,
         // or the binlog offset where the transaction starts).
-        let mut open = self.open_begin.take();
+        let carried = self.open_begin.take();
+        let mut open = carried.as_ref();
         for (i, e) in events.iter().enumerate() {
             match e {
-                Event::Begin { commit_at } => open = Some(commit_at.clone()),
+                Event::Begin { commit_at } => open = Some(commit_at),
                 Event::Commit { .. } => open = None,
                 _ => {}
             }
             if positions[i].is_none() {
-                positions[i].clone_from(&open);
+                positions[i] = open;
             }
         }
-        self.open_begin = open;
+        self.open_begin = open.cloned();
         let now = now_ms();
         let encode_started = std::time::Instant::now();
         let decimals = self.cfg.decimal_handling;
+        // Reused for every record: librdkafka copies what it is given.
+        let (mut json_key, mut json_value) = (String::new(), String::new());
+        let (mut avro_key, mut avro_value): (Option<Vec<u8>>, Vec<u8>);
         for (i, e) in events.iter().enumerate() {
             if self.cfg.transaction_topic {
                 self.transaction_marker(e, commit_ms[i]).await?;
@@ -452,10 +493,13 @@ impl KafkaSink {
             let Event::Change(change) = e else { continue };
             match change {
                 Change::Row { table, op } => {
-                    let topic = tables
+                    let prepared = tables
                         .iter()
-                        .find(|(t, _)| Arc::ptr_eq(t, table))
-                        .map_or_else(|| self.topic_for(&table.id), |(_, topic)| topic.clone());
+                        .find(|p| Arc::ptr_eq(p.table, table))
+                        .ok_or_else(|| {
+                            Error::fatal("a row's table was not prepared for the batch")
+                        })?;
+                    let topic = prepared.topic.as_str();
                     let (op_code, before, after, snapshot) = match op {
                         RowOp::Insert { after } => ("c", None, Some(after), false),
                         RowOp::Read { after } => ("r", None, Some(after), true),
@@ -471,14 +515,13 @@ impl KafkaSink {
                         before,
                         after,
                         commit_ms: commit_ms[i],
-                        position: positions[i].as_ref(),
+                        position: positions[i],
                         snapshot,
                         transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };
-                    let (key, value) = match self.avro_schemas.get(&(topic.clone(), table.version))
-                    {
-                        Some(schemas) => {
-                            let key = match &schemas.key {
+                    let (key, value): (Option<&[u8]>, &[u8]) = match &prepared.encoding {
+                        Encoding::Avro(schemas) => {
+                            avro_key = match &schemas.key {
                                 Some((schema, id)) => Some(
                                     avro::frame(
                                         *id,
@@ -494,7 +537,7 @@ impl KafkaSink {
                                 None => None,
                             };
                             let (schema, id) = &schemas.value;
-                            let value = avro::frame(
+                            avro_value = avro::frame(
                                 *id,
                                 schema,
                                 avro::value_datum(&self.info, &change, now, decimals),
@@ -502,25 +545,37 @@ impl KafkaSink {
                             .map_err(|e| {
                                 Error::fatal(format!("encoding an Avro value for {topic}: {e}"))
                             })?;
-                            (key, value)
+                            (avro_key.as_deref(), &avro_value)
                         }
-                        None => {
-                            let (key_schema, value_schema) =
-                                match self.json_schemas.get(&(topic.clone(), table.version)) {
-                                    Some((k, v)) => (k.as_deref(), Some(v.as_str())),
-                                    None => (None, None),
-                                };
+                        Encoding::Json(schemas) => {
+                            let (key_schema, value_schema) = match schemas {
+                                Some(s) => (s.0.as_deref(), Some(s.1.as_str())),
+                                None => (None, None),
+                            };
+                            let has_key = envelope::write_key(
+                                &mut json_key,
+                                table,
+                                key_row,
+                                key_schema,
+                                decimals,
+                            );
+                            envelope::write_value(
+                                &mut json_value,
+                                &self.info,
+                                &change,
+                                now,
+                                value_schema,
+                                decimals,
+                            );
                             (
-                                envelope::key(table, key_row, key_schema, decimals)
-                                    .map(String::into_bytes),
-                                envelope::value(&self.info, &change, now, value_schema, decimals)
-                                    .into_bytes(),
+                                has_key.then_some(json_key.as_bytes()),
+                                json_value.as_bytes(),
                             )
                         }
                     };
-                    self.produce(&topic, key.as_deref(), Some(&value)).await?;
+                    self.produce(topic, key, Some(value)).await?;
                     if op_code == "d" && self.cfg.tombstones && key.is_some() {
-                        self.produce(&topic, key.as_deref(), None).await?;
+                        self.produce(topic, key, None).await?;
                     }
                 }
                 // Debezium's truncate event has no key and no row images; it goes to each table's topic.
