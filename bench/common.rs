@@ -125,8 +125,14 @@ pub fn report(all: &[Vec<Measure>], json: bool) {
                 })
             );
         } else {
+            // No peak RSS of its own for a contender measured inside the bench process.
+            let rss = if rss.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{rss:.0} MB")
+            };
             println!(
-                "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>11.0} MB | {:>4.2} cores",
+                "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>14} | {:>4.2} cores",
                 first.workload, ferry, first.anchor, anchor, ratio, rss, cores
             );
         }

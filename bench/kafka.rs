@@ -1,10 +1,13 @@
 //! `scripts/bench kafka`: PostgreSQL → Kafka against a plain rdkafka producer, on the noida-db broker.
 //!
-//! Each run starts a fresh PostgreSQL and broker. Two pipelines (exactly-once and at-least-once, JSON records) are
-//! primed, so their first checkpoints sit before the workload; then N rows are written in 1,000-row transactions
-//! and a marker row. Each pipeline drains the backlog alone, timed until its checkpoint reaches the marker's commit
-//! (the checkpoint is written with, or after, the records). The anchor is a plain producer (no transactions)
-//! writing N records of the same key and value sizes as Ferry's to the same broker, timed to its final flush.
+//! Each run starts a fresh PostgreSQL and broker. Three pipelines (exactly-once and at-least-once, JSON records,
+//! and a discard sink) are primed, so their first checkpoints sit before the workload; then N rows are written in
+//! 1,000-row transactions and a marker row. Each pipeline drains the backlog alone, timed until its checkpoint
+//! reaches the marker's commit (the checkpoint is written with, or after, the records). The discard pipeline is
+//! the ceiling the source sets: no PG→Kafka pipeline drains faster than PostgreSQL decodes. The Kafka sink is then
+//! also timed alone, in this process, fed the same changes from memory in 10,000-event batches. The anchor is a
+//! plain producer (no transactions) writing N records of the same key and value sizes as Ferry's to the same
+//! broker, timed to its final flush.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -47,45 +50,46 @@ struct Bench {
 
 impl Bench {
     fn config(&self, name: &str, delivery: &str) -> std::path::PathBuf {
+        let sink = match delivery {
+            "discard" => format!(
+                "type = \"discard\"\npath = \"{}\"",
+                self.dir.path().join("decode.pos").display()
+            ),
+            _ => format!(
+                "type = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"bench_{name}\"\nschemas = false\ndelivery = \"{delivery}\"",
+                self.broker.brokers()
+            ),
+        };
         write_config(
             self.dir.path(),
             name,
             &format!(
-                "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.bench_rows\", \"public.bench_marker\"]\n\n\
-                 [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"bench_{name}\"\nschemas = false\ndelivery = \"{delivery}\"\n",
+                "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.bench_rows\", \"public.bench_marker\"]\n\n[sink]\n{sink}\n",
                 self.pg.url("shop"),
-                self.broker.brokers()
             ),
         )
     }
 
     /// The pipeline's stored checkpoint, as an LSN.
-    fn checkpoint(&self, name: &str, exactly_once: bool) -> Option<ferry_core::Lsn> {
-        let settings = kafka_settings(&self.broker.brokers(), exactly_once);
-        self.runtime
-            .block_on(ferry_sink::kafka::stored_checkpoint(
-                &settings, name, "kafka",
-            ))
-            .ok()
-            .flatten()
-            .and_then(|p| p.parse::<ferry_core::Position>().ok())
+    fn checkpoint(&self, name: &str, delivery: &str) -> Option<ferry_core::Lsn> {
+        let text = if delivery == "discard" {
+            std::fs::read_to_string(self.dir.path().join("decode.pos")).ok()
+        } else {
+            let settings = kafka_settings(&self.broker.brokers(), delivery == "exactly_once");
+            self.runtime
+                .block_on(ferry_sink::kafka::stored_checkpoint(
+                    &settings, name, "kafka",
+                ))
+                .ok()
+                .flatten()
+        };
+        text.and_then(|p| p.trim().parse::<ferry_core::Position>().ok())
             .and_then(|p| p.as_lsn())
     }
 
-    fn drain(
-        &self,
-        name: &str,
-        exactly_once: bool,
-        target: ferry_core::Lsn,
-    ) -> (Duration, f64, f64) {
-        let config = self.config(
-            name,
-            if exactly_once {
-                "exactly_once"
-            } else {
-                "at_least_once"
-            },
-        );
+    /// Runs a primed pipeline until its checkpoint reaches `target`: its time, peak RSS and CPU.
+    fn drain(&self, name: &str, delivery: &str, target: ferry_core::Lsn) -> (Duration, f64, f64) {
+        let config = self.config(name, delivery);
         let log = self.dir.path().join(format!("{name}.log"));
         let started = Instant::now();
         let ferry = Ferry::start(&config, &log);
@@ -111,7 +115,97 @@ impl Bench {
         }
         (took, rss, cores)
     }
+
+    /// The Kafka sink alone, exactly once: the workload's changes (same table, same kind of values) built in
+    /// memory first, then applied in 10,000-event batches, each committed at its last transaction's position.
+    /// Returns the time and the CPU this process used meanwhile (the sink and librdkafka's threads), in cores.
+    fn sink_alone(&self, n: u64) -> (Duration, f64) {
+        use ferry_core::{
+            Change, Column, ColumnType, Dialect, Event, Lsn, Position, RowOp, Sink, TableId,
+            TableSchema, Timestamp, Value,
+        };
+        let column = |name: &str, ty: ColumnType, source_type: &str| Column {
+            name: name.into(),
+            ty,
+            source_type: source_type.into(),
+            nullable: false,
+        };
+        let table = std::sync::Arc::new(TableSchema {
+            id: TableId::new("public", "bench_rows"),
+            columns: vec![
+                column("id", ColumnType::Int8, "bigint"),
+                column("qty", ColumnType::Int4, "integer"),
+                column("note", ColumnType::Text, "text"),
+                column("at", ColumnType::TimestampTz, "timestamp with time zone"),
+            ],
+            primary_key: vec![0],
+            version: 1,
+            dialect: Dialect::Postgres,
+        });
+        let now = Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
+        );
+        let mut events = Vec::with_capacity(n as usize + n as usize / 500);
+        for t in 0..n / 1000 {
+            events.push(Event::Begin {
+                commit_at: Position::Pg(Lsn(2 * t + 1)),
+            });
+            for id in t * 1000 + 1..=t * 1000 + 1000 {
+                let after = vec![
+                    Value::Int(id as i64),
+                    Value::Int(id as i64 % 100),
+                    Value::Text(format!("note {id}")),
+                    Value::TimestampTz(now),
+                ];
+                events.push(Event::Change(Change::Row {
+                    table: table.clone(),
+                    op: RowOp::Insert { after },
+                }));
+            }
+            events.push(Event::Commit {
+                position: Position::Pg(Lsn(2 * t + 2)),
+                commit_time: now,
+            });
+        }
+        let mut settings = kafka_settings(&self.broker.brokers(), true);
+        settings.topic_prefix = "bench_mem".into();
+        let info = ferry_sink::kafka::SourceInfo {
+            connector: "postgresql",
+            name: "bench_mem".into(),
+            db: "shop".into(),
+        };
+        let (took, cores) = self.runtime.block_on(async {
+            let mut sink = ferry_sink::kafka::KafkaSink::connect("kafka", "mem", &settings, info)
+                .await
+                .expect("connect the Kafka sink");
+            let cpu = cpu_seconds(std::process::id());
+            let started = Instant::now();
+            for batch in events.chunks(10_000) {
+                let commit = batch.iter().rev().find_map(|e| match e {
+                    Event::Commit { position, .. } => Some(position),
+                    _ => None,
+                });
+                sink.apply(batch, commit).await.expect("apply a batch");
+            }
+            let took = started.elapsed();
+            (
+                took,
+                (cpu_seconds(std::process::id()) - cpu) / took.as_secs_f64(),
+            )
+        });
+        let records = self.broker.consume(&["bench_mem.public.bench_rows"]).len() as u64;
+        assert_eq!(records, n, "the sink alone wrote {records} records of {n}");
+        (took, cores)
+    }
 }
+
+const CONTENDERS: [(&str, &str, &str); 3] = [
+    ("eos", "exactly_once", "PG→Kafka exactly once (JSON)"),
+    ("alo", "at_least_once", "PG→Kafka at least once (JSON)"),
+    ("decode", "discard", "PG decode only (discard sink)"),
+];
 
 fn run_once(n: u64) -> Vec<Measure> {
     let pg = PgServer::start_with(&[
@@ -135,21 +229,14 @@ fn run_once(n: u64) -> Vec<Measure> {
             .build()
             .expect("runtime"),
     };
-    // Prime both pipelines: slot, snapshot of the empty tables, first checkpoint.
-    for (name, exactly_once) in [("eos", true), ("alo", false)] {
-        let config = b.config(
-            name,
-            if exactly_once {
-                "exactly_once"
-            } else {
-                "at_least_once"
-            },
-        );
+    // Prime every pipeline: slot, snapshot of the empty tables, first checkpoint.
+    for (name, delivery, _) in CONTENDERS {
+        let config = b.config(name, delivery);
         let log = b.dir.path().join(format!("{name}.log"));
         let ferry = Ferry::start(&config, &log);
         assert!(
             wait_until(Duration::from_secs(60), || b
-                .checkpoint(name, exactly_once)
+                .checkpoint(name, delivery)
                 .is_some()),
             "{name} did not start: {}",
             ferry.log()
@@ -176,16 +263,18 @@ fn run_once(n: u64) -> Vec<Measure> {
         .expect("an LSN");
     let mut out = Vec::new();
     let mut plain_record = (0usize, 0usize);
-    for (name, exactly_once, label) in [
-        ("eos", true, "PG→Kafka exactly once (JSON)"),
-        ("alo", false, "PG→Kafka at least once (JSON)"),
-    ] {
-        let (took, rss, cores) = b.drain(name, exactly_once, target);
-        if exactly_once {
-            // A sample of Ferry's records, for the anchor's record sizes.
+    for (name, delivery, label) in CONTENDERS {
+        let (took, rss, cores) = b.drain(name, delivery, target);
+        if delivery == "exactly_once" {
+            // Every record is there, and a sample of them gives the anchor's record sizes.
             let topic = format!("bench_{name}.public.bench_rows");
-            let sample = b.broker.consume(&[&topic]);
-            let sizes: Vec<(usize, usize)> = sample
+            let records = b.broker.consume(&[&topic]);
+            assert!(
+                records.len() as u64 >= n,
+                "records missing: {} of {n}",
+                records.len()
+            );
+            let sizes: Vec<(usize, usize)> = records
                 .iter()
                 .take(1000)
                 .map(|r| {
@@ -195,11 +284,6 @@ fn run_once(n: u64) -> Vec<Measure> {
                     )
                 })
                 .collect();
-            assert!(
-                sample.len() as u64 >= n,
-                "records missing: {} of {n}",
-                sample.len()
-            );
             let count = sizes.len().max(1);
             plain_record = (
                 sizes.iter().map(|s| s.0).sum::<usize>() / count,
@@ -216,6 +300,17 @@ fn run_once(n: u64) -> Vec<Measure> {
             ferry_cpu_cores: cores,
         });
     }
+    let (took, cores) = b.sink_alone(n);
+    out.push(Measure {
+        workload: "Kafka sink alone, exactly once".into(),
+        anchor: "plain rdkafka producer",
+        rows: n,
+        ferry: took,
+        anchor_time: None,
+        // In this process, next to the prepared events: not the sink's own figure.
+        ferry_peak_rss_mb: f64::NAN,
+        ferry_cpu_cores: cores,
+    });
     // The anchor: the same number of records of the same sizes, produced as fast as librdkafka goes.
     let producer: ThreadedProducer<_> = ClientConfig::new()
         .set("bootstrap.servers", b.broker.brokers())
