@@ -117,12 +117,13 @@ impl Bench {
     }
 
     /// The Kafka sink alone, exactly once: the workload's changes (same table, same kind of values) built in
-    /// memory first, then applied in 10,000-event batches, each committed at its last transaction's position.
+    /// memory first, then fed in 10,000-event batches through the pipeline's sink runner (which joins waiting
+    /// batches into one Kafka transaction, as it does for a sink that is behind its source).
     /// Returns the time and the CPU this process used meanwhile (the sink and librdkafka's threads), in cores.
     fn sink_alone(&self, n: u64) -> (Duration, f64) {
         use ferry_core::{
-            Change, Column, ColumnType, Dialect, Event, Lsn, Position, RowOp, Sink, TableId,
-            TableSchema, Timestamp, Value,
+            Change, Column, ColumnType, Dialect, Event, Lsn, Position, RowOp, TableId, TableSchema,
+            Timestamp, Value,
         };
         let column = |name: &str, ty: ColumnType, source_type: &str| Column {
             name: name.into(),
@@ -177,18 +178,32 @@ impl Bench {
             db: "shop".into(),
         };
         let (took, cores) = self.runtime.block_on(async {
-            let mut sink = ferry_sink::kafka::KafkaSink::connect("kafka", "mem", &settings, info)
+            let sink = ferry_sink::kafka::KafkaSink::connect("kafka", "mem", &settings, info)
                 .await
                 .expect("connect the Kafka sink");
+            // As the pipeline drives a sink that is behind: 10,000-event batches waiting in its channel.
+            let batches: Vec<_> = events
+                .chunks(10_000)
+                .map(|chunk| {
+                    std::sync::Arc::new(ferry_core::Batch {
+                        events: chunk.to_vec(),
+                        bytes: 0,
+                    })
+                })
+                .collect();
+            let (tx, rx) = tokio::sync::mpsc::channel(batches.len());
+            for batch in batches {
+                tx.send(batch).await.expect("queue a batch");
+            }
+            drop(tx);
+            let (tracker, _acked) = ferry_core::pipeline::AckTracker::new(vec![None]);
+            let stats =
+                std::sync::Arc::new(ferry_core::stats::PipelineStats::new("mem", &["kafka"]));
             let cpu = cpu_seconds(std::process::id());
             let started = Instant::now();
-            for batch in events.chunks(10_000) {
-                let commit = batch.iter().rev().find_map(|e| match e {
-                    Event::Commit { position, .. } => Some(position),
-                    _ => None,
-                });
-                sink.apply(batch, commit).await.expect("apply a batch");
-            }
+            ferry_core::pipeline::run_sink(sink, 0, None, rx, tracker, stats, Default::default())
+                .await
+                .expect("the Kafka sink");
             let took = started.elapsed();
             (
                 took,
@@ -311,6 +326,10 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry_peak_rss_mb: f64::NAN,
         ferry_cpu_cores: cores,
     });
+    anchor(&b, n, plain_record, out)
+}
+
+fn anchor(b: &Bench, n: u64, plain_record: (usize, usize), mut out: Vec<Measure>) -> Vec<Measure> {
     // The anchor: the same number of records of the same sizes, produced as fast as librdkafka goes.
     let producer: ThreadedProducer<_> = ClientConfig::new()
         .set("bootstrap.servers", b.broker.brokers())

@@ -226,6 +226,7 @@ async fn run_once(
             rx,
             tracker.clone(),
             stats.clone(),
+            config.batch,
         ));
     }
     drop(tracker);

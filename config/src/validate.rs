@@ -313,6 +313,9 @@ pub fn validate(
                 if let Some(Some(d)) = r.duration(&mut b, "max_wait", false) {
                     batch.max_wait = d;
                 }
+                if let Some(n) = r.positive_int(&mut b, "max_transaction_events") {
+                    batch.max_transaction_events = n;
+                }
                 r.finish(b);
             }
             r.finish(p);

@@ -11,6 +11,10 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     /// How long the first event of a batch may wait for more: the latency bound on a quiet stream.
     pub max_wait: Duration,
+    /// A sink that is behind joins the batches already waiting for it into one target transaction, up to this
+    /// many events and one second: fewer, larger commits while catching up, no added latency when keeping up.
+    /// At or below `max_events`, every batch commits on its own.
+    pub max_transaction_events: usize,
 }
 
 impl Default for BatchLimits {
@@ -21,6 +25,7 @@ impl Default for BatchLimits {
             max_events: 10_000,
             max_bytes: 16 << 20,
             max_wait: Duration::from_millis(100),
+            max_transaction_events: 100_000,
         }
     }
 }

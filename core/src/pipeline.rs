@@ -11,6 +11,7 @@
 //! that position upstream, so the source keeps every change some sink has not yet made durable.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -185,7 +186,10 @@ fn minimum(positions: &[Option<Position>]) -> Option<Position> {
 }
 
 /// Feeds batches to one sink. Skips transactions the sink's checkpoint already includes, splits each batch at its
-/// last durable point so the sink commits as much as it can, and reports each commit to the tracker.
+/// last durable point so the sink commits as much as it can, and reports each commit to the tracker. While the
+/// next batch is already waiting, the sink keeps its transaction open and commits with that batch instead (group
+/// commit, bounded by `limits.max_transaction_events` and [`MAX_GROUP_TIME`]): per-commit costs (an fsync, a Kafka
+/// transaction marker) are paid once per group while the sink catches up.
 pub async fn run_sink<S: Sink>(
     mut sink: S,
     index: usize,
@@ -193,6 +197,7 @@ pub async fn run_sink<S: Sink>(
     mut batches: mpsc::Receiver<Arc<Batch>>,
     tracker: AckTracker,
     stats: Arc<PipelineStats>,
+    limits: BatchLimits,
 ) -> Result<()> {
     let sink_stats = &stats.sinks[index];
     sink_stats.set_checkpoint(checkpoint.clone());
@@ -200,7 +205,17 @@ pub async fn run_sink<S: Sink>(
         checkpoint,
         skipping: false,
     };
-    while let Some(batch) = batches.recv().await {
+    let mut waiting: Option<Arc<Batch>> = None;
+    // Events applied since the last commit, and when that commit was.
+    let (mut open_events, mut last_commit) = (0, Instant::now());
+    loop {
+        let batch = match waiting.take() {
+            Some(batch) => batch,
+            None => match batches.recv().await {
+                Some(batch) => batch,
+                None => break,
+            },
+        };
         let owned;
         let events: &[Event] = if skip.needs_filter(&batch.events)? {
             owned = skip.filter(&batch.events)?;
@@ -209,21 +224,41 @@ pub async fn run_sink<S: Sink>(
             &batch.events
         };
         let split = last_durable_point(events);
+        if split.is_some()
+            && open_events + events.len() < limits.max_transaction_events
+            && last_commit.elapsed() < MAX_GROUP_TIME
+        {
+            if let Ok(next) = batches.try_recv() {
+                // A schema change may need DDL, which a MySQL target cannot hold inside a transaction: commit
+                // before it as usual.
+                let joins = !next.events.iter().any(|e| matches!(e, Event::Schema(_)));
+                waiting = Some(next);
+                if joins {
+                    sink.apply(events, None).await?;
+                    sink_stats.applied(events, None);
+                    open_events += events.len();
+                    continue;
+                }
+            }
+        }
         match split {
             Some((i, position)) => {
                 sink.apply(&events[..=i], Some(position)).await?;
                 sink_stats.applied(&events[..=i], Some(position));
-                debug!(sink = sink.name(), position = %position, "committed batch");
+                debug!(sink = sink.name(), position = %position, events = open_events + i + 1, "committed batch");
                 skip.checkpoint = Some(position.clone());
                 tracker.report(index, position.clone());
+                (open_events, last_commit) = (0, Instant::now());
                 if i + 1 < events.len() {
                     sink.apply(&events[i + 1..], None).await?;
                     sink_stats.applied(&events[i + 1..], None);
+                    open_events = events.len() - (i + 1);
                 }
             }
             None if !events.is_empty() => {
                 sink.apply(events, None).await?;
                 sink_stats.applied(events, None);
+                open_events += events.len();
             }
             None => {}
         }
@@ -231,6 +266,9 @@ pub async fn run_sink<S: Sink>(
     info!(sink = sink.name(), "sink finished");
     Ok(())
 }
+
+/// The longest a sink that is behind keeps joining batches before it commits.
+pub const MAX_GROUP_TIME: Duration = Duration::from_secs(1);
 
 fn last_durable_point(events: &[Event]) -> Option<(usize, &Position)> {
     events.iter().enumerate().rev().find_map(|(i, e)| match e {
@@ -384,6 +422,7 @@ mod tests {
             max_events: 3,
             max_bytes: usize::MAX,
             max_wait: std::time::Duration::from_secs(1),
+            ..BatchLimits::default()
         };
         let stats = Arc::new(PipelineStats::new("p", &[]));
         let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx], stats.clone()));
@@ -400,5 +439,75 @@ mod tests {
         assert!(out_rx.recv().await.is_none());
         assert_eq!(stats.source_events.load(Ordering::Relaxed), 4);
         assert_eq!(stats.source_transactions.load(Ordering::Relaxed), 1);
+    }
+
+    /// Records what `run_sink` asks of a sink: per call, the number of events and the commit position.
+    struct Recorder(Arc<Mutex<Vec<(usize, Option<Position>)>>>);
+
+    impl Sink for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+
+        async fn checkpoint(&mut self) -> Result<Option<Position>> {
+            Ok(None)
+        }
+
+        async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<()> {
+            self.0.lock().unwrap().push((events.len(), commit.cloned()));
+            Ok(())
+        }
+    }
+
+    /// Runs `run_sink` over `batches`, all queued before it starts; returns its calls and the acknowledged position.
+    async fn sink_calls(
+        batches: Vec<Vec<Event>>,
+        limits: BatchLimits,
+    ) -> (Vec<(usize, Option<Position>)>, Option<Position>) {
+        let (tx, rx) = mpsc::channel(16);
+        for events in batches {
+            tx.send(Arc::new(Batch { events, bytes: 0 })).await.unwrap();
+        }
+        drop(tx);
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (tracker, acked) = AckTracker::new(vec![None]);
+        let stats = Arc::new(PipelineStats::new("p", &["recorder"]));
+        run_sink(Recorder(calls.clone()), 0, None, rx, tracker, stats, limits)
+            .await
+            .unwrap();
+        let calls = calls.lock().unwrap().clone();
+        let acked = acked.borrow().clone();
+        (calls, acked)
+    }
+
+    #[tokio::test]
+    async fn a_sink_behind_commits_waiting_batches_together() {
+        let batches = vec![txn(1, 2), txn(3, 4), txn(5, 6)];
+        let (calls, acked) = sink_calls(batches, BatchLimits::default()).await;
+        assert_eq!(calls, vec![(3, None), (3, None), (3, Some(pg(6)))]);
+        assert_eq!(acked, Some(pg(6)));
+    }
+
+    #[tokio::test]
+    async fn group_commit_stops_at_its_limit_and_before_schema_changes() {
+        let limits = BatchLimits {
+            max_transaction_events: 5,
+            ..BatchLimits::default()
+        };
+        let batches = vec![txn(1, 2), txn(3, 4), txn(5, 6)];
+        let (calls, _) = sink_calls(batches, limits).await;
+        assert_eq!(calls, vec![(3, None), (3, Some(pg(4))), (3, Some(pg(6)))]);
+
+        let table = Arc::new(crate::schema::TableSchema {
+            id: crate::schema::TableId::new("public", "t"),
+            columns: vec![],
+            primary_key: vec![],
+            version: 1,
+            dialect: Default::default(),
+        });
+        let mut with_schema = vec![Event::Schema(table)];
+        with_schema.extend(txn(3, 4));
+        let (calls, _) = sink_calls(vec![txn(1, 2), with_schema], BatchLimits::default()).await;
+        assert_eq!(calls, vec![(3, Some(pg(2))), (4, Some(pg(4)))]);
     }
 }
