@@ -489,3 +489,55 @@ fn avro_records_decode_with_confluents_deserializer_and_evolve_on_add_column() {
     assert!(first["after"].get("note").is_none());
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn avro_through_an_https_registry_with_basic_auth() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    let tls = TlsFiles::new();
+    let registry = SchemaRegistry::start_https(&tls, "ferry-key:s3cret-Z9");
+    pg.psql(
+        "shop",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'over https');",
+    );
+    let dir = scratch();
+    let config = |name: &str, url: &str| {
+        write_config(
+            dir.path(),
+            name,
+            &kafka_config(
+                &pg,
+                &broker,
+                name,
+                &format!(
+                    "format = \"avro\"\nschema_registry = \"{url}\"\nschema_registry_ca = \"{}\"",
+                    tls.ca.display()
+                ),
+            ),
+        )
+    };
+    // Wrong credentials: a fatal error that says what to fix, without the secret.
+    let wrong = config("badauth", &registry.url_with("ferry-key:wrong-secret"));
+    let mut ferry = Ferry::start(&wrong, &dir.path().join("badauth.log"));
+    let status = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("refused the credentials (HTTP 401)"), "{log}");
+    assert!(!log.contains("wrong-secret"), "{log}");
+
+    let ferry = Ferry::start(
+        &config("https", &registry.url()),
+        &dir.path().join("https.log"),
+    );
+    let topic = "shop.public.notes";
+    let records = || broker.consume_avro(&registry, &[topic]);
+    assert!(
+        wait_until(WAIT, || !records().is_empty()),
+        "{}",
+        ferry.log()
+    );
+    let all = records();
+    assert_eq!(all[0]["key"]["id"], 1);
+    assert_eq!(all[0]["value"]["after"]["body"], "over https");
+    assert!(ferry.terminate().success());
+}

@@ -138,9 +138,12 @@ pub struct KafkaSink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KafkaFormat {
     Json,
-    /// Avro in the Confluent wire format, schemas registered at this registry URL.
+    /// Avro in the Confluent wire format, schemas registered at this registry URL (http or https, with basic
+    /// auth credentials in its user info).
     Avro {
         schema_registry: String,
+        /// The CA certificate (PEM) an https registry's certificate must chain to; the system's bundle if unset.
+        schema_registry_ca: Option<std::path::PathBuf>,
     },
 }
 

@@ -503,17 +503,29 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     let registry = r.string(
         s,
         "schema_registry",
-        "a schema registry URL such as \"http://registry:8081\"",
+        "a schema registry URL such as \"http://registry:8081\" or \"https://KEY:SECRET@registry.example.com\"",
     );
+    let registry_ca = r
+        .string(
+            s,
+            "schema_registry_ca",
+            "the path of a PEM file with the CA certificate of an https registry",
+        )
+        .map(std::path::PathBuf::from);
     let format = match choice(r, s, "format", &["json", "avro"], "json")?.as_str() {
         "avro" => match registry {
-            Some(url) if url.starts_with("http://") => KafkaFormat::Avro {
-                schema_registry: url,
-            },
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                KafkaFormat::Avro {
+                    schema_registry: url,
+                    schema_registry_ca: registry_ca,
+                }
+            }
             Some(url) => {
+                // Not echoed whole: the URL may carry credentials.
+                let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
                 r.error(
                     s.key("schema_registry"),
-                    format!("expected an http:// URL, found {url:?}"),
+                    format!("expected an http:// or https:// URL, found one starting {scheme:?}"),
                 );
                 return None;
             }

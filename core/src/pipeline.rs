@@ -441,8 +441,11 @@ mod tests {
         assert_eq!(stats.source_transactions.load(Ordering::Relaxed), 1);
     }
 
-    /// Records what `run_sink` asks of a sink: per call, the number of events and the commit position.
-    struct Recorder(Arc<Mutex<Vec<(usize, Option<Position>)>>>);
+    /// Per `apply` call: the number of events and the commit position.
+    type Calls = Vec<(usize, Option<Position>)>;
+
+    /// Records what `run_sink` asks of a sink.
+    struct Recorder(Arc<Mutex<Calls>>);
 
     impl Sink for Recorder {
         fn name(&self) -> &str {
@@ -463,7 +466,7 @@ mod tests {
     async fn sink_calls(
         batches: Vec<Vec<Event>>,
         limits: BatchLimits,
-    ) -> (Vec<(usize, Option<Position>)>, Option<Position>) {
+    ) -> (Calls, Option<Position>) {
         let (tx, rx) = mpsc::channel(16);
         for events in batches {
             tx.send(Arc::new(Batch { events, bytes: 0 })).await.unwrap();

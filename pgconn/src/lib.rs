@@ -133,7 +133,11 @@ impl PgUrl {
         }
         let verifier = if self.ssl.verifies() {
             let path = self.root_cert.clone().unwrap_or_else(default_root_cert);
-            verify::trusting(&path, self.ssl == SslMode::VerifyFull)?
+            verify::trusting(
+                &path,
+                self.ssl == SslMode::VerifyFull,
+                "sslmode=verify-ca and verify-full need the CA certificate that signed the server's certificate: give it as sslrootcert=<PEM file> in the URL",
+            )?
         } else {
             verify::encrypt_only()
         };
@@ -195,20 +199,58 @@ impl PgUrl {
                 }
             )));
         }
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| Error::fatal_from(format!("{host:?} as a TLS server name"), e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    Error::fatal_from(format!("TLS handshake with {host}"), e)
-                } else {
-                    Error::transient(format!("TLS handshake with {host}"), e)
-                }
-            })?;
-        Ok(MaybeTlsStream::Tls(Box::new(stream)))
+        handshake(tls, tcp, host).await
     }
+}
+
+/// The TLS handshake over `tcp`, with `host` as the server name.
+async fn handshake(
+    tls: Arc<ClientConfig>,
+    tcp: TcpStream,
+    host: &str,
+) -> Result<MaybeTlsStream, Error> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| Error::fatal_from(format!("{host:?} as a TLS server name"), e))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            // A certificate that does not verify is not going to start verifying on a retry.
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::fatal_from(format!("TLS handshake with {host}"), e)
+            } else {
+                Error::transient(format!("TLS handshake with {host}"), e)
+            }
+        })?;
+    Ok(MaybeTlsStream::Tls(Box::new(stream)))
+}
+
+/// TLS to an https server of Ferry's (the schema registry): the chain must lead to a certificate in `ca_file`, or
+/// in the system's bundle (`SSL_CERT_FILE`, else Debian's /etc/ssl/certs/ca-certificates.crt), and name `host`.
+/// `hint` says how to give another CA file, for errors.
+pub async fn https_connect(
+    tcp: TcpStream,
+    host: &str,
+    ca_file: Option<&std::path::Path>,
+    hint: &str,
+) -> Result<MaybeTlsStream, Error> {
+    let ca = ca_file.map_or_else(
+        || {
+            std::env::var_os("SSL_CERT_FILE").map_or_else(
+                || PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+                PathBuf::from,
+            )
+        },
+        std::path::Path::to_path_buf,
+    );
+    let verifier = verify::trusting(&ca, true, hint)?;
+    let config = ClientConfig::builder_with_provider(verify::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::fatal_from("TLS setup", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    handshake(Arc::new(config), tcp, host).await
 }
 
 /// libpq's default root certificate file.

@@ -22,12 +22,13 @@ pub fn encrypt_only() -> Arc<dyn ServerCertVerifier> {
 }
 
 /// `verify-ca` (`check_name` false) and `verify-full`: the chain must lead to a certificate in `root_file`.
-pub fn trusting(root_file: &Path, check_name: bool) -> Result<Arc<dyn ServerCertVerifier>, Error> {
-    let fail = |what: String| {
-        Error::fatal(format!(
-            "{what}; sslmode=verify-ca and verify-full need the CA certificate that signed the server's certificate: give it as sslrootcert=<PEM file> in the URL"
-        ))
-    };
+/// `hint` says how to give another file, for errors.
+pub fn trusting(
+    root_file: &Path,
+    check_name: bool,
+    hint: &str,
+) -> Result<Arc<dyn ServerCertVerifier>, Error> {
+    let fail = |what: String| Error::fatal(format!("{what}; {hint}"));
     let certs = CertificateDer::pem_file_iter(root_file)
         .map_err(|e| fail(format!("cannot read {}: {e}", root_file.display())))?;
     let mut roots = RootCertStore::empty();

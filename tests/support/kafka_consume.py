@@ -5,6 +5,7 @@ Usage: kafka_consume.py BROKERS TOPIC...  Prints one JSON object per record, in 
        kafka_consume.py --describe BROKERS TOPIC  Prints {"partitions": N, "cleanup.policy": "..."}.
        kafka_consume.py --avro REGISTRY_URL BROKERS TOPIC...  Decodes keys and values with Confluent's
        AvroDeserializer through that registry; key and value are then JSON objects (bytes and decimals as text).
+       An https registry's CA certificate comes from the environment: REGISTRY_CA=<PEM file>.
 """
 import json
 import sys
@@ -28,7 +29,12 @@ if sys.argv[1] == "--avro":
     from confluent_kafka.schema_registry.avro import AvroDeserializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
-    avro = AvroDeserializer(SchemaRegistryClient({"url": sys.argv[2]}))
+    import os
+
+    registry = {"url": sys.argv[2]}  # credentials, if any, in the URL's user info
+    if os.environ.get("REGISTRY_CA"):
+        registry["ssl.ca.location"] = os.environ["REGISTRY_CA"]
+    avro = AvroDeserializer(SchemaRegistryClient(registry))
     sys.argv = sys.argv[2:]
 
 brokers, topics = sys.argv[1], sys.argv[2:]

@@ -897,7 +897,7 @@ impl KafkaBroker {
     ) -> Vec<serde_json::Value> {
         let mut args = vec!["--avro".to_owned(), registry.url(), self.brokers()];
         args.extend(topics.iter().map(|t| t.to_string()));
-        json_lines(&kafka_script(&args))
+        json_lines(&kafka_script_with_ca(&args, registry.ca()))
     }
 
     /// A topic's partition count and cleanup.policy, as the broker's admin API reports them.
@@ -915,11 +915,20 @@ impl Drop for KafkaBroker {
 
 /// Runs tests/support/kafka_consume.py (Confluent's Python client) and returns its output.
 fn kafka_script(args: &[String]) -> String {
+    kafka_script_with_ca(args, None)
+}
+
+/// [`kafka_script`], trusting `registry_ca` for an https schema registry.
+fn kafka_script_with_ca(args: &[String], registry_ca: Option<&Path>) -> String {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/support/kafka_consume.py"
     );
-    let out = Command::new("python3")
+    let mut command = Command::new("python3");
+    if let Some(ca) = registry_ca {
+        command.env("REGISTRY_CA", ca);
+    }
+    let out = command
         .arg(script)
         .args(args)
         .output()
@@ -942,19 +951,34 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 pub struct SchemaRegistry {
     port: u16,
     child: Child,
+    /// Served over https: the CA file and the `user:password` it demands.
+    https: Option<(PathBuf, String)>,
 }
 
 impl SchemaRegistry {
     pub fn start() -> SchemaRegistry {
+        Self::spawn(None)
+    }
+
+    /// Serving https with `tls`'s server certificate, and only requests with HTTP basic auth `credentials`
+    /// (`user:password`).
+    pub fn start_https(tls: &TlsFiles, credentials: &str) -> SchemaRegistry {
+        Self::spawn(Some((tls, credentials)))
+    }
+
+    fn spawn(https: Option<(&TlsFiles, &str)>) -> SchemaRegistry {
         let port = free_port();
-        let child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/support/schema_registry.py"
             ))
-            .arg(port.to_string())
-            .spawn()
-            .expect("start the schema registry stand-in");
+            .arg(port.to_string());
+        if let Some((tls, credentials)) = https {
+            command.arg(&tls.cert).arg(&tls.key).arg(credentials);
+        }
+        let child = command.spawn().expect("start the schema registry stand-in");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -963,11 +987,29 @@ impl SchemaRegistry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        SchemaRegistry { port, child }
+        SchemaRegistry {
+            port,
+            child,
+            https: https.map(|(tls, credentials)| (tls.ca.clone(), credentials.to_owned())),
+        }
     }
 
+    /// The URL, with the credentials the stand-in demands in its user info.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match &self.https {
+            Some((_, credentials)) => self.url_with(credentials),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The https URL with other credentials.
+    pub fn url_with(&self, credentials: &str) -> String {
+        format!("https://{credentials}@localhost:{}", self.port)
+    }
+
+    /// The CA file an https stand-in's certificate chains to.
+    pub fn ca(&self) -> Option<&Path> {
+        self.https.as_ref().map(|(ca, _)| ca.as_path())
     }
 }
 

@@ -6,11 +6,16 @@ AvroDeserializer use (no Confluent registry can be installed on the build machin
   GET  /subjects/{subject}/versions       -> [1, 2, ...]
   GET  /subjects/{subject}/versions/latest-> {"subject", "version", "id", "schema"}
 
-Usage: schema_registry.py PORT
+Usage: schema_registry.py PORT [CERT KEY USER:PASSWORD]
+With a certificate and key it serves https, and answers 401 to requests without HTTP basic auth for USER:PASSWORD.
 """
+import base64
 import json
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+credentials = None  # the expected Authorization header, when set
 
 schemas = {}  # id -> schema text
 subjects = {}  # subject -> [id, ...] in version order
@@ -25,7 +30,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def authorized(self):
+        if credentials is None or self.headers.get("Authorization") == credentials:
+            return True
+        self.reply(401, {"error_code": 401, "message": "Unauthorized"})
+        return False
+
     def do_POST(self):
+        if not self.authorized():
+            return
         parts = self.path.split("?")[0].strip("/").split("/")
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
@@ -42,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(404, {"error_code": 404, "message": "not found"})
 
     def do_GET(self):
+        if not self.authorized():
+            return
         parts = self.path.split("?")[0].strip("/").split("/")
         if len(parts) == 3 and parts[:2] == ["schemas", "ids"] and int(parts[2]) in schemas:
             return self.reply(200, {"schema": schemas[int(parts[2])]})
@@ -59,4 +74,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+if len(sys.argv) > 2:
+    cert, key, user_password = sys.argv[2:5]
+    credentials = "Basic " + base64.b64encode(user_password.encode()).decode()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

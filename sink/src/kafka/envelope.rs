@@ -40,7 +40,7 @@ pub struct Change<'a> {
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Appends `bytes` in standard base64 with padding (what Kafka Connect's JsonConverter writes for bytes).
-fn push_base64(out: &mut String, bytes: &[u8]) {
+pub(super) fn push_base64(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [

@@ -195,9 +195,13 @@ impl KafkaSink {
             topics: HashSet::new(),
             in_transaction: false,
             registry: match &cfg.format {
-                KafkaFormat::Avro { schema_registry } => {
-                    Some(registry::Registry::new(schema_registry)?)
-                }
+                KafkaFormat::Avro {
+                    schema_registry,
+                    schema_registry_ca,
+                } => Some(registry::Registry::new(
+                    schema_registry,
+                    schema_registry_ca.as_deref(),
+                )?),
                 KafkaFormat::Json => None,
             },
             avro_schemas: HashMap::new(),

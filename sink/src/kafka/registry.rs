@@ -1,35 +1,83 @@
 //! A Confluent-compatible schema registry client: registers schemas under TopicNameStrategy subjects and
-//! remembers their ids. Plain `http://` (a small HTTP/1.1 exchange per new schema; registrations are rare).
+//! remembers their ids. `http://` or `https://` (the certificate verified against the system's CAs or
+//! `schema_registry_ca`), with HTTP basic authentication from the URL's user info
+//! (`https://KEY:SECRET@host`, the form Confluent Cloud's API keys take). One short connection per new schema:
+//! registrations are rare.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use ferry_core::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
 pub struct Registry {
-    /// `host:port`.
-    authority: String,
+    /// The URL without credentials, for messages.
+    shown: String,
+    host: String,
+    port: u16,
+    tls: bool,
+    ca: Option<PathBuf>,
     /// Path prefix before `/subjects` (usually empty).
     base_path: String,
+    /// `Basic …` from the URL's user info.
+    authorization: Option<String>,
     ids: HashMap<(String, String), i32>,
 }
 
 impl Registry {
-    pub fn new(url: &str) -> Result<Registry, Error> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            Error::fatal(format!(
-                "schema registry {url:?}: only http:// registries are supported (put TLS in front with a local proxy)"
-            ))
-        })?;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Registry, Error> {
+        // Parse errors never quote the URL: it may carry credentials.
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| Error::fatal(format!("the schema registry URL does not parse: {e}")))?;
+        let tls = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(Error::fatal(format!(
+                    "the schema registry URL starts {other:?}; expected http:// or https://"
+                )))
+            }
+        };
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Error::fatal("the schema registry URL has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = parsed
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let authorization = (!parsed.username().is_empty()).then(|| {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let credentials = format!(
+                "{}:{}",
+                decode(parsed.username()),
+                decode(parsed.password().unwrap_or(""))
+            );
+            let mut header = "Basic ".to_owned();
+            super::envelope::push_base64(&mut header, credentials.as_bytes());
+            header
+        });
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
         Ok(Registry {
-            authority: authority.to_owned(),
-            base_path: if path.is_empty() {
-                String::new()
-            } else {
-                format!("/{}", path.trim_end_matches('/'))
-            },
+            shown: parsed.to_string(),
+            host,
+            port,
+            tls,
+            ca: ca.map(Path::to_path_buf),
+            base_path: parsed.path().trim_end_matches('/').to_owned(),
+            authorization,
             ids: HashMap::new(),
         })
     }
@@ -42,11 +90,33 @@ impl Registry {
         }
         let body = serde_json::json!({ "schema": schema }).to_string();
         let path = format!("{}/subjects/{subject}/versions", self.base_path);
-        let (status, response) = self.post(&path, &body).await?;
-        if status != 200 {
-            return Err(Error::fatal(format!(
-                "the schema registry refused the schema for {subject} (HTTP {status}): {response}"
-            )));
+        let (status, response) = self.post(&path, body).await?;
+        match status {
+            200 => {}
+            401 | 403 => {
+                return Err(Error::fatal(format!(
+                    "the schema registry at {} refused the credentials (HTTP {status}): give them as https://KEY:SECRET@host in schema_registry: {response}",
+                    self.shown
+                )))
+            }
+            409 => {
+                return Err(Error::fatal(format!(
+                    "the schema registry at {} finds the new schema for {subject} incompatible with the subject's compatibility setting (HTTP 409): {response}",
+                    self.shown
+                )))
+            }
+            500.. => {
+                return Err(Error::transient(
+                    format!("registering the schema for {subject}"),
+                    format!("HTTP {status} from {}: {response}", self.shown),
+                ))
+            }
+            _ => {
+                return Err(Error::fatal(format!(
+                    "the schema registry at {} refused the schema for {subject} (HTTP {status}): {response}",
+                    self.shown
+                )))
+            }
         }
         let id = serde_json::from_str::<serde_json::Value>(&response)
             .ok()
@@ -54,48 +124,94 @@ impl Registry {
             .and_then(|id| i32::try_from(id).ok())
             .ok_or_else(|| {
                 Error::fatal(format!(
-                    "the schema registry answered without an id: {response}"
+                    "the schema registry at {} answered without an id: {response}",
+                    self.shown
                 ))
             })?;
         self.ids.insert(cache_key, id);
         Ok(id)
     }
 
-    async fn post(&self, path: &str, body: &str) -> Result<(u16, String), Error> {
-        let fail = |e: std::io::Error| {
-            Error::transient(
-                format!("calling the schema registry at {}", self.authority),
-                e,
+    async fn post(&self, path: &str, body: String) -> Result<(u16, String), Error> {
+        let what = format!("calling the schema registry at {}", self.shown);
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| Error::transient(what.clone(), e))?;
+        let stream = if self.tls {
+            ferry_pgconn::https_connect(
+                tcp,
+                &self.host,
+                self.ca.as_deref(),
+                "give the CA certificate that signed the registry's certificate as schema_registry_ca = \"<PEM file>\" in the sink",
             )
-        };
-        let mut stream = TcpStream::connect(&self.authority).await.map_err(fail)?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nAccept: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.authority,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.map_err(fail)?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.map_err(fail)?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        // A chunked body: the JSON sits between the chunk-size lines.
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body.lines()
-                .filter(|l| !l.chars().all(|c| c.is_ascii_hexdigit()))
-                .collect::<Vec<_>>()
-                .join("")
+            .await?
         } else {
-            body.to_owned()
+            ferry_pgconn::MaybeTlsStream::Plain(tcp)
         };
-        Ok((status, body))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::transient(what.clone(), e))?;
+        // The connection is driven while the one request runs, and ends with it.
+        let driver = tokio::spawn(connection);
+        let host = if self.port == if self.tls { 443 } else { 80 } {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let mut request = hyper::Request::post(path)
+            .header(HOST, host)
+            .header(CONTENT_TYPE, MEDIA_TYPE)
+            .header(ACCEPT, MEDIA_TYPE);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Error::fatal_from(format!("a request to {}", self.shown), e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| Error::transient(what.clone(), e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::transient(what.clone(), e))?
+            .to_bytes();
+        driver.abort();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_for_a_basic_auth_header() {
+        let r = Registry::new("https://key%2F1:s%40cret@registry.example.com/base/", None).unwrap();
+        assert_eq!(r.shown, "https://registry.example.com/base/");
+        assert_eq!(
+            (r.host.as_str(), r.port, r.tls),
+            ("registry.example.com", 443, true)
+        );
+        assert_eq!(r.base_path, "/base");
+        // base64("key/1:s@cret")
+        assert_eq!(r.authorization.as_deref(), Some("Basic a2V5LzE6c0BjcmV0"));
+
+        let r = Registry::new("http://127.0.0.1:8081", None).unwrap();
+        assert_eq!(
+            (r.port, r.tls, r.authorization.is_none()),
+            (8081, false, true)
+        );
+        assert_eq!(r.base_path, "");
+
+        let err = Registry::new("ftp://user:secret@host", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("expected http:// or https://"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 }
