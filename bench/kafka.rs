@@ -152,6 +152,7 @@ impl Bench {
         for t in 0..n / 1000 {
             events.push(Event::Begin {
                 commit_at: Position::Pg(Lsn(2 * t + 1)),
+                xid: Some(t as u32 + 1000),
             });
             for id in t * 1000 + 1..=t * 1000 + 1000 {
                 let after = vec![

@@ -151,6 +151,19 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
     );
     assert_eq!(u["transaction"]["id"], markers[2]["id"]);
     assert_eq!(u["transaction"]["total_order"], 2);
+    // txId: the PostgreSQL transaction id, which PostgreSQL also stamps on the rows it wrote (xmin); the
+    // transaction's id is Debezium's `txId:lsn`. Snapshot reads have none.
+    let xmin: i64 = pg
+        .psql("shop", "SELECT xmin::text FROM orders WHERE id = 3")
+        .parse()
+        .unwrap();
+    assert_eq!(u["source"]["txId"], xmin);
+    assert_eq!(payloads[2]["source"]["txId"], xmin);
+    assert!(markers[2]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{xmin}:")));
+    assert!(r["source"]["txId"].is_null());
 
     // The checkpoint record, committed with the records.
     let checkpoints = broker.consume(&["ferry_checkpoints"]);
@@ -486,6 +499,8 @@ fn avro_records_decode_with_confluents_deserializer_and_evolve_on_add_column() {
     assert_eq!(second["op"], "c");
     assert_eq!(second["after"]["note"], "added");
     assert_eq!(second["after"]["price"], "-1.25");
+    assert!(second["source"]["txId"].as_i64().is_some_and(|x| x > 0));
+    assert!(first["source"]["txId"].is_null());
     assert!(first["after"].get("note").is_none());
     assert!(ferry.terminate().success());
 }

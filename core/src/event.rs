@@ -70,6 +70,8 @@ pub enum Event {
     /// [`Position::includes`] it has applied the transaction already and skips it.
     Begin {
         commit_at: Position,
+        /// PostgreSQL's transaction id (Debezium's `txId`); `None` for binlog sources and snapshots.
+        xid: Option<u32>,
     },
     Change(Change),
     /// The transaction ends; `position` is what a sink stores as its checkpoint once the transaction is durable.

@@ -291,7 +291,7 @@ impl SkipCovered {
             return Ok(false);
         };
         let covered = match event {
-            Event::Begin { commit_at } => cp.includes(commit_at),
+            Event::Begin { commit_at, .. } => cp.includes(commit_at),
             Event::Heartbeat { position } => position.try_cmp(cp).map(|o| o.is_le()),
             _ => return Ok(false),
         };
@@ -350,6 +350,7 @@ mod tests {
         vec![
             Event::Begin {
                 commit_at: pg(commit_start),
+                xid: None,
             },
             Event::Change(crate::event::Change::Truncate {
                 tables: vec![],

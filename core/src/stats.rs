@@ -246,6 +246,7 @@ mod tests {
             &[
                 Event::Begin {
                     commit_at: position.clone(),
+                    xid: None,
                 },
                 Event::Change(Change::Truncate {
                     tables: vec![],

@@ -44,6 +44,7 @@ pub(crate) async fn begin(
     events
         .send(Event::Begin {
             commit_at: position.clone(),
+            xid: None,
         })
         .await
         .map_err(closed)?;

@@ -79,7 +79,8 @@ fn mariadb_gtids_enums_and_timestamps() {
         &Event::Begin {
             commit_at: "mysql:rmc__mariadb-bin.000001:702"
                 .parse::<Position>()
-                .unwrap()
+                .unwrap(),
+            xid: None,
         }
     );
 }

@@ -289,7 +289,7 @@ pub fn value_datum(
         Dialect::Postgres => {
             source.push(("schema".into(), opt_s(Some(table.id.schema.clone()))));
             source.push(("table".into(), opt_s(Some(table.id.name.clone()))));
-            source.push(("txId".into(), opt_l(None)));
+            source.push(("txId".into(), opt_l(change.xid.map(i64::from))));
             source.push((
                 "lsn".into(),
                 opt_l(

@@ -32,6 +32,8 @@ pub struct Change<'a> {
     pub commit_ms: i64,
     /// Where the transaction is in the source.
     pub position: Option<&'a Position>,
+    /// PostgreSQL's transaction id.
+    pub xid: Option<u32>,
     pub snapshot: bool,
     /// With transaction metadata on: `{id, total_order, data_collection_order}`.
     pub transaction: Option<Json>,
@@ -415,8 +417,10 @@ fn push_source(out: &mut String, info: &SourceInfo, change: &Change<'_>) {
             push_json_str(out, &change.table.id.schema);
             out.push_str(",\"table\":");
             push_json_str(out, &change.table.id.name);
-            // Ferry's events carry no PostgreSQL xid.
-            out.push_str(",\"txId\":null,\"lsn\":");
+            let _ = match change.xid {
+                Some(xid) => write!(out, ",\"txId\":{xid},\"lsn\":"),
+                None => write!(out, ",\"txId\":null,\"lsn\":"),
+            };
             let _ = match change.position.and_then(Position::as_lsn) {
                 Some(lsn) => write!(out, "{}", lsn.0),
                 None => write!(out, "null"),
@@ -618,6 +622,7 @@ mod tests {
             after: Some(&row),
             commit_ms: 1000,
             position: Some(&position),
+            xid: Some(7),
             snapshot: false,
             transaction: None,
         };
@@ -645,6 +650,7 @@ mod tests {
         let source = &v["source"];
         assert_eq!(source["table"], "odd \"table\"");
         assert_eq!(source["lsn"], 42);
+        assert_eq!(source["txId"], 7);
         assert_eq!(source["ts_ms"], 1000);
         assert_eq!(source["snapshot"], "false");
 

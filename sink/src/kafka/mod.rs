@@ -119,6 +119,8 @@ pub struct KafkaSink {
     json_schemas: HashMap<(String, u64), Arc<JsonSchemas>>,
     /// The position of the source transaction in progress, for records whose commit is in a later batch.
     open_begin: Option<Position>,
+    /// Its transaction id.
+    open_xid: Option<u32>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
     transaction: Option<TransactionCounts>,
 }
@@ -207,6 +209,7 @@ impl KafkaSink {
             avro_schemas: HashMap::new(),
             json_schemas: HashMap::new(),
             open_begin: None,
+            open_xid: None,
             transaction: None,
         };
         sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
@@ -333,8 +336,12 @@ impl KafkaSink {
     async fn transaction_marker(&mut self, event: &Event, ts_ms: i64) -> Result<(), Error> {
         let topic = format!("{}.transaction", self.cfg.topic_prefix);
         let record = match event {
-            Event::Begin { commit_at } => {
-                let id = commit_at.to_string();
+            Event::Begin { commit_at, xid } => {
+                // Debezium's PostgreSQL form, `txId:lsn`, when the source has an xid.
+                let id = match (xid, commit_at.as_lsn()) {
+                    (Some(xid), Some(lsn)) => format!("{xid}:{}", lsn.0),
+                    _ => commit_at.to_string(),
+                };
                 self.transaction = Some(TransactionCounts {
                     id: id.clone(),
                     total: 0,
@@ -471,19 +478,25 @@ impl KafkaSink {
         }
         // A transaction whose commit comes in a later batch: its Begin's position (the commit record's start LSN,
         // or the binlog offset where the transaction starts).
+        // Each change's source transaction id, from its Begin.
         let carried = self.open_begin.take();
         let mut open = carried.as_ref();
+        let mut xid = self.open_xid;
+        let mut xids = vec![None; events.len()];
         for (i, e) in events.iter().enumerate() {
             match e {
-                Event::Begin { commit_at } => open = Some(commit_at),
-                Event::Commit { .. } => open = None,
-                _ => {}
+                Event::Begin {
+                    commit_at,
+                    xid: begin_xid,
+                } => (open, xid) = (Some(commit_at), *begin_xid),
+                Event::Commit { .. } => (open, xid) = (None, None),
+                _ => xids[i] = xid,
             }
             if positions[i].is_none() {
                 positions[i] = open;
             }
         }
-        self.open_begin = open.cloned();
+        (self.open_begin, self.open_xid) = (open.cloned(), xid);
         let now = now_ms();
         let encode_started = std::time::Instant::now();
         let decimals = self.cfg.decimal_handling;
@@ -520,6 +533,7 @@ impl KafkaSink {
                         after,
                         commit_ms: commit_ms[i],
                         position: positions[i],
+                        xid: xids[i],
                         snapshot,
                         transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };

@@ -313,6 +313,7 @@ impl Decoder {
                     pos: txn.start.clone(),
                     gtid: None,
                 }),
+                xid: None,
             });
         }
     }

@@ -218,6 +218,7 @@ async fn send_marker(events: &mpsc::Sender<Event>, position: &BinlogPosition) ->
     events
         .send(Event::Begin {
             commit_at: position.clone(),
+            xid: None,
         })
         .await
         .map_err(closed)?;

@@ -131,6 +131,7 @@ pub async fn run(
                 let closed = |_| Error::fatal("the pipeline stopped");
                 send(Event::Begin {
                     commit_at: position.clone(),
+                    xid: None,
                 })
                 .await
                 .map_err(closed)?;

@@ -264,10 +264,11 @@ impl Streamer {
             .decode(data)
             .map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
         match msg {
-            PgOutput::Begin { final_lsn, .. } => {
+            PgOutput::Begin { final_lsn, xid, .. } => {
                 self.in_transaction = true;
                 out.push_back(Event::Begin {
                     commit_at: Position::Pg(final_lsn),
+                    xid: Some(xid),
                 });
             }
             PgOutput::Commit {
