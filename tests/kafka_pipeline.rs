@@ -174,6 +174,24 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
                 && c["value"].as_str().is_some_and(|v| v.starts_with("pg:"))),
         "{checkpoints:?}"
     );
+
+    // TRUNCATE: Debezium's op "t", no key and no row images, with the table and transaction in `source`.
+    pg.psql("shop", "TRUNCATE orders");
+    let truncate = || {
+        records().into_iter().find(|r| {
+            r["value"]
+                .as_str()
+                .is_some_and(|v| v.contains("\"op\":\"t\""))
+        })
+    };
+    assert!(wait_until(WAIT, || truncate().is_some()), "{}", ferry.log());
+    let t = truncate().unwrap();
+    assert!(t["key"].is_null(), "{t}");
+    let t: Json = serde_json::from_str(t["value"].as_str().unwrap()).unwrap();
+    let t = &t["payload"];
+    assert!(t["before"].is_null() && t["after"].is_null(), "{t}");
+    assert_eq!(t["source"]["table"], "orders");
+    assert!(t["source"]["txId"].as_i64().is_some_and(|x| x > xmin));
     assert!(ferry.terminate().success());
 
     // `ferry status` reads the checkpoint back; `ferry reset` removes it with a tombstone.
@@ -501,6 +519,14 @@ fn avro_records_decode_with_confluents_deserializer_and_evolve_on_add_column() {
     assert_eq!(second["after"]["price"], "-1.25");
     assert!(second["source"]["txId"].as_i64().is_some_and(|x| x > 0));
     assert!(first["source"]["txId"].is_null());
+    // A TRUNCATE under the table's latest value schema, with no row images.
+    pg.psql("shop", "TRUNCATE items");
+    assert!(wait_until(WAIT, || records().len() >= 3), "{}", ferry.log());
+    let truncate = &records()[2];
+    assert!(truncate["key"].is_null(), "{truncate}");
+    assert_eq!(truncate["value"]["op"], "t");
+    assert!(truncate["value"]["before"].is_null() && truncate["value"]["after"].is_null());
+    assert_eq!(truncate["value"]["source"]["table"], "items");
     assert!(first["after"].get("note").is_none());
     assert!(ferry.terminate().success());
 }

@@ -19,7 +19,9 @@ use apache_avro::Schema;
 use ferry_config::{KafkaFormat, KafkaSink as KafkaConfig};
 use std::sync::Arc;
 
-use ferry_core::{Change, Error, Event, Position, RowOp, SchemaRef, Sink, TableId, TableSchema};
+use ferry_core::{
+    Change, Dialect, Error, Event, Position, RowOp, SchemaRef, Sink, TableId, TableSchema,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -28,7 +30,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, TopicPartitionList};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use envelope::SourceInfo;
 
@@ -121,6 +123,8 @@ pub struct KafkaSink {
     open_begin: Option<Position>,
     /// Its transaction id.
     open_xid: Option<u32>,
+    /// The latest schema of each table seen, for truncates (which name tables only).
+    known: HashMap<TableId, SchemaRef>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
     transaction: Option<TransactionCounts>,
 }
@@ -157,6 +161,15 @@ enum Encoding {
 }
 
 type JsonSchemas = (Option<String>, String);
+
+/// Encoding buffers, reused for every record of a batch.
+#[derive(Default)]
+struct Buffers {
+    json_key: String,
+    json_value: String,
+    avro_key: Option<Vec<u8>>,
+    avro_value: Vec<u8>,
+}
 
 struct AvroSchemas {
     key: Option<(Schema, i32)>,
@@ -210,6 +223,7 @@ impl KafkaSink {
             json_schemas: HashMap::new(),
             open_begin: None,
             open_xid: None,
+            known: HashMap::new(),
             transaction: None,
         };
         sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
@@ -373,6 +387,62 @@ impl KafkaSink {
         .await
     }
 
+    /// Encodes one change as its record key (`None` without a primary key, or without a row) and value.
+    fn encode<'b>(
+        &self,
+        prepared: &Prepared<'_>,
+        change: &envelope::Change<'_>,
+        now: i64,
+        buffers: &'b mut Buffers,
+    ) -> Result<(Option<&'b [u8]>, &'b [u8]), Error> {
+        let decimals = self.cfg.decimal_handling;
+        let (table, topic) = (change.table, &prepared.topic);
+        let key_row = change.after.or(change.before);
+        match &prepared.encoding {
+            Encoding::Avro(schemas) => {
+                let failed = |what: &str, e| {
+                    Error::fatal(format!("encoding an Avro {what} for {topic}: {e}"))
+                };
+                buffers.avro_key = match (&schemas.key, key_row) {
+                    (Some((schema, id)), Some(row)) => Some(
+                        avro::frame(*id, schema, avro::key_datum(table, row, decimals))
+                            .map_err(|e| failed("key", e))?,
+                    ),
+                    _ => None,
+                };
+                let (schema, id) = &schemas.value;
+                buffers.avro_value = avro::frame(
+                    *id,
+                    schema,
+                    avro::value_datum(&self.info, change, now, decimals),
+                )
+                .map_err(|e| failed("value", e))?;
+                Ok((buffers.avro_key.as_deref(), &buffers.avro_value))
+            }
+            Encoding::Json(schemas) => {
+                let (key_schema, value_schema) = match schemas {
+                    Some(s) => (s.0.as_deref(), Some(s.1.as_str())),
+                    None => (None, None),
+                };
+                let has_key = key_row.is_some_and(|row| {
+                    envelope::write_key(&mut buffers.json_key, table, row, key_schema, decimals)
+                });
+                envelope::write_value(
+                    &mut buffers.json_value,
+                    &self.info,
+                    change,
+                    now,
+                    value_schema,
+                    decimals,
+                );
+                Ok((
+                    has_key.then_some(buffers.json_key.as_bytes()),
+                    buffers.json_value.as_bytes(),
+                ))
+            }
+        }
+    }
+
     fn topic_for(&self, table: &TableId) -> String {
         self.cfg
             .topic
@@ -448,6 +518,7 @@ impl KafkaSink {
         for e in events {
             if let Event::Change(Change::Row { table, .. }) = e {
                 if !tables.iter().any(|p| Arc::ptr_eq(p.table, table)) {
+                    self.known.insert(table.id.clone(), table.clone());
                     let prepared = self.prepare(table).await?;
                     tables.push(prepared);
                 }
@@ -499,15 +570,20 @@ impl KafkaSink {
         (self.open_begin, self.open_xid) = (open.cloned(), xid);
         let now = now_ms();
         let encode_started = std::time::Instant::now();
-        let decimals = self.cfg.decimal_handling;
         // Reused for every record: librdkafka copies what it is given.
-        let (mut json_key, mut json_value) = (String::new(), String::new());
-        let (mut avro_key, mut avro_value): (Option<Vec<u8>>, Vec<u8>);
+        let mut buffers = Buffers::default();
         for (i, e) in events.iter().enumerate() {
             if self.cfg.transaction_topic {
                 self.transaction_marker(e, commit_ms[i]).await?;
             }
-            let Event::Change(change) = e else { continue };
+            let change = match e {
+                Event::Change(change) => change,
+                Event::Schema(table) => {
+                    self.known.insert(table.id.clone(), table.clone());
+                    continue;
+                }
+                _ => continue,
+            };
             match change {
                 Change::Row { table, op } => {
                     let prepared = tables
@@ -516,7 +592,6 @@ impl KafkaSink {
                         .ok_or_else(|| {
                             Error::fatal("a row's table was not prepared for the batch")
                         })?;
-                    let topic = prepared.topic.as_str();
                     let (op_code, before, after, snapshot) = match op {
                         RowOp::Insert { after } => ("c", None, Some(after), false),
                         RowOp::Read { after } => ("r", None, Some(after), true),
@@ -525,7 +600,6 @@ impl KafkaSink {
                         }
                         RowOp::Delete { before } => ("d", Some(before), None, false),
                     };
-                    let key_row = after.or(before).expect("a row change has an image");
                     let change = envelope::Change {
                         table,
                         op: op_code,
@@ -537,86 +611,53 @@ impl KafkaSink {
                         snapshot,
                         transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };
-                    let (key, value): (Option<&[u8]>, &[u8]) = match &prepared.encoding {
-                        Encoding::Avro(schemas) => {
-                            avro_key = match &schemas.key {
-                                Some((schema, id)) => Some(
-                                    avro::frame(
-                                        *id,
-                                        schema,
-                                        avro::key_datum(table, key_row, decimals),
-                                    )
-                                    .map_err(|e| {
-                                        Error::fatal(format!(
-                                            "encoding an Avro key for {topic}: {e}"
-                                        ))
-                                    })?,
-                                ),
-                                None => None,
-                            };
-                            let (schema, id) = &schemas.value;
-                            avro_value = avro::frame(
-                                *id,
-                                schema,
-                                avro::value_datum(&self.info, &change, now, decimals),
-                            )
-                            .map_err(|e| {
-                                Error::fatal(format!("encoding an Avro value for {topic}: {e}"))
-                            })?;
-                            (avro_key.as_deref(), &avro_value)
-                        }
-                        Encoding::Json(schemas) => {
-                            let (key_schema, value_schema) = match schemas {
-                                Some(s) => (s.0.as_deref(), Some(s.1.as_str())),
-                                None => (None, None),
-                            };
-                            let has_key = envelope::write_key(
-                                &mut json_key,
-                                table,
-                                key_row,
-                                key_schema,
-                                decimals,
-                            );
-                            envelope::write_value(
-                                &mut json_value,
-                                &self.info,
-                                &change,
-                                now,
-                                value_schema,
-                                decimals,
-                            );
-                            (
-                                has_key.then_some(json_key.as_bytes()),
-                                json_value.as_bytes(),
-                            )
-                        }
-                    };
-                    self.produce(topic, key, Some(value)).await?;
+                    let (key, value) = self.encode(prepared, &change, now, &mut buffers)?;
+                    self.produce(&prepared.topic, key, Some(value)).await?;
                     if op_code == "d" && self.cfg.tombstones && key.is_some() {
-                        self.produce(topic, key, None).await?;
+                        self.produce(&prepared.topic, key, None).await?;
                     }
                 }
-                // Debezium's truncate event has no key and no row images; it goes to each table's topic.
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
                 Change::Truncate { snapshot: true, .. } => {}
-                // Avro topics carry row envelopes only; a truncate has no row schema to encode.
-                Change::Truncate { .. } if self.registry.is_some() => {}
-                Change::Truncate { tables, .. } => {
-                    for t in tables {
-                        let topic = self.topic_for(t);
-                        let (partitions, cleanup) =
-                            (self.cfg.partitions, self.cfg.cleanup_policy.clone());
-                        self.ensure_topic(&topic, partitions, &cleanup).await?;
-                        let value = serde_json::json!({
-                            "payload": {
-                                "before": null, "after": null, "op": "t", "ts_ms": now,
-                                "source": { "connector": self.info.connector, "name": self.info.name,
-                                            "db": self.info.db, "schema": t.schema, "table": t.name,
-                                            "ts_ms": commit_ms[i] }
+                // Debezium's truncate event: no key, no row images, in each table's topic.
+                Change::Truncate {
+                    tables: truncated, ..
+                } => {
+                    for t in truncated {
+                        let table = match self.known.get(t) {
+                            Some(table) => table.clone(),
+                            // An Avro value needs the table's registered schema.
+                            None if self.registry.is_some() => {
+                                warn!(table = %t, "a TRUNCATE is not published: Avro records need the table's schema, and none was seen since Ferry started");
+                                continue;
                             }
-                        })
-                        .to_string();
-                        self.produce(&topic, None, Some(value.as_bytes())).await?;
+                            // JSON needs only the table's name.
+                            None => Arc::new(TableSchema {
+                                id: t.clone(),
+                                columns: Vec::new(),
+                                primary_key: Vec::new(),
+                                version: 0,
+                                dialect: if self.info.connector == "mysql" {
+                                    Dialect::Mysql
+                                } else {
+                                    Dialect::Postgres
+                                },
+                            }),
+                        };
+                        let prepared = self.prepare(&table).await?;
+                        let change = envelope::Change {
+                            table: &table,
+                            op: "t",
+                            before: None,
+                            after: None,
+                            commit_ms: commit_ms[i],
+                            position: positions[i],
+                            xid: xids[i],
+                            snapshot: false,
+                            transaction: self.transaction.as_mut().map(|c| c.count(t)),
+                        };
+                        let (_, value) = self.encode(&prepared, &change, now, &mut buffers)?;
+                        self.produce(&prepared.topic, None, Some(value)).await?;
                     }
                 }
             }
