@@ -96,12 +96,36 @@ fn now_ms() -> i64 {
 }
 
 fn client_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
+    with_settings(ClientConfig::new(), cfg)
+}
+
+/// `c` with the sink's brokers and `[sink.kafka]` properties over it.
+fn with_settings(mut c: ClientConfig, cfg: &KafkaConfig) -> ClientConfig {
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
     c
+}
+
+/// The producer's settings: Ferry's defaults, then `[sink.kafka]` over them, then what delivery depends on.
+fn producer_config(name: &str, pipeline: &str, cfg: &KafkaConfig) -> ClientConfig {
+    let mut defaults = ClientConfig::new();
+    defaults
+        // Java clients' default: the same key lands on the same partition as with Debezium.
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        // librdkafka's 60 s would abort (and so retry forever) any source transaction that takes longer to
+        // stream; 15 minutes is the brokers' default transaction.max.timeout.ms.
+        .set("transaction.timeout.ms", "900000");
+    let mut producer = with_settings(defaults, cfg);
+    producer
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", cfg.max_message_bytes.to_string());
+    if cfg.exactly_once {
+        producer.set("transactional.id", format!("ferry.{pipeline}.{name}"));
+    }
+    producer
 }
 
 /// Writes into Kafka topics.
@@ -184,16 +208,7 @@ impl KafkaSink {
         cfg: &KafkaConfig,
         info: SourceInfo,
     ) -> Result<Self, Error> {
-        let mut producer_config = client_config(cfg);
-        producer_config
-            .set("enable.idempotence", "true")
-            // Java clients' default: the same key lands on the same partition as with Debezium.
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("message.max.bytes", cfg.max_message_bytes.to_string());
-        if cfg.exactly_once {
-            producer_config.set("transactional.id", format!("ferry.{pipeline}.{name}"));
-        }
+        let producer_config = producer_config(name, pipeline, cfg);
         let producer: ThreadedProducer<Deliveries> = producer_config
             .create_with_context(Deliveries::default())
             .map_err(|e| Error::fatal_from("creating the Kafka producer", e))?;
@@ -826,5 +841,42 @@ pub async fn delete_checkpoint(cfg: &KafkaConfig, pipeline: &str, sink: &str) ->
     match failed {
         Some(failed) => Err(Error::transient("deleting the checkpoint", failed)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_override_defaults_but_not_delivery() {
+        let cfg = KafkaConfig {
+            brokers: "b:9092".into(),
+            topic_prefix: "ferry".into(),
+            topic: "{prefix}.{schema}.{table}".into(),
+            format: KafkaFormat::Json,
+            exactly_once: true,
+            schemas: true,
+            tombstones: true,
+            transaction_topic: false,
+            decimal_handling: ferry_config::DecimalHandling::Precise,
+            partitions: 1,
+            replication_factor: 1,
+            cleanup_policy: "delete".into(),
+            max_message_bytes: 1 << 20,
+            properties: vec![
+                ("linger.ms".into(), "50".into()),
+                ("enable.idempotence".into(), "false".into()),
+                ("compression.type".into(), "zstd".into()),
+            ],
+        };
+        let c = producer_config("kafka", "shop", &cfg);
+        assert_eq!(c.get("linger.ms"), Some("50"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(c.get("transaction.timeout.ms"), Some("900000"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("transactional.id"), Some("ferry.shop.kafka"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
     }
 }
