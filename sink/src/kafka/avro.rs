@@ -193,13 +193,9 @@ fn value(v: &Value, ty: &ColumnType, source_type: &str, decimals: DecimalHandlin
         (Value::TimeTz(t), _) => Avro::String(t.to_string()),
         (Value::Timestamp(t), _) => Avro::Long(t.0),
         (Value::TimestampTz(t), _) => {
-            let text = t.display_utc().to_string();
-            Avro::String(
-                text.replacen(' ', "T", 1)
-                    .trim_end_matches("+00")
-                    .to_owned()
-                    + "Z",
-            )
+            let mut text = String::with_capacity(32);
+            t.push_iso_utc(&mut text);
+            Avro::String(text)
         }
         (Value::Interval(i), _) => Avro::Long(
             i.micros

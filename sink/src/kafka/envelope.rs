@@ -6,7 +6,7 @@
 //! per `decimal.handling.mode`, bytes as base64, JSON as a string (`io.debezium.data.Json`).
 
 use ferry_config::DecimalHandling;
-use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, TableSchema, Value};
+use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, SchemaRef, TableSchema, Value};
 use std::fmt::Write as _;
 
 use serde_json::{json, Value as Json};
@@ -39,6 +39,79 @@ pub struct Change<'a> {
     pub transaction: Option<Json>,
 }
 
+/// What every JSON record of one table version shares, built once: its schema blocks (with `schemas`), the
+/// escaped `"column":` names, and the constant parts of the `source` block.
+pub struct JsonTable {
+    table: SchemaRef,
+    pub key_schema: Option<String>,
+    pub value_schema: Option<String>,
+    names: Vec<String>,
+    /// Per column, the declared scale of a precise decimal (written as plain bytes).
+    scales: Vec<Option<usize>>,
+    /// The source block up to `ts_ms`'s value.
+    source_head: String,
+    /// From `db` up to the position's fields.
+    source_middle: String,
+}
+
+impl JsonTable {
+    pub fn new(
+        table: &SchemaRef,
+        info: &SourceInfo,
+        topic: &str,
+        schemas: bool,
+        decimals: DecimalHandling,
+    ) -> JsonTable {
+        let names = table
+            .columns
+            .iter()
+            .map(|c| {
+                let mut name = String::new();
+                push_json_str(&mut name, &c.name);
+                name.push(':');
+                name
+            })
+            .collect();
+        let scales = table
+            .columns
+            .iter()
+            .map(|c| match (&c.ty, decimals) {
+                (ColumnType::Numeric, DecimalHandling::Precise) => declared_scale(&c.source_type),
+                _ => None,
+            })
+            .collect();
+        let mut source_head = concat!(
+            "{\"version\":\"ferry-",
+            env!("CARGO_PKG_VERSION"),
+            "\",\"connector\":"
+        )
+        .to_owned();
+        push_json_str(&mut source_head, info.connector);
+        source_head.push_str(",\"name\":");
+        push_json_str(&mut source_head, &info.name);
+        source_head.push_str(",\"ts_ms\":");
+        let mut source_middle = ",\"db\":".to_owned();
+        push_json_str(&mut source_middle, &info.db);
+        if table.dialect == Dialect::Postgres {
+            source_middle.push_str(",\"schema\":");
+            push_json_str(&mut source_middle, &table.id.schema);
+        }
+        source_middle.push_str(",\"table\":");
+        push_json_str(&mut source_middle, &table.id.name);
+        JsonTable {
+            table: table.clone(),
+            key_schema: schemas
+                .then(|| key_schema(table, topic, decimals))
+                .flatten(),
+            value_schema: schemas.then(|| value_schema(table, info, topic, decimals)),
+            names,
+            scales,
+            source_head,
+            source_middle,
+        }
+    }
+}
+
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Appends `bytes` in standard base64 with padding (what Kafka Connect's JsonConverter writes for bytes).
@@ -64,28 +137,45 @@ pub(super) fn push_base64(out: &mut String, bytes: &[u8]) {
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut plain_from = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escaped = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        // Every byte matched above is ASCII, so `i` is a character boundary.
+    // Runs of bytes that need no escape are copied whole; found with a table, as serde_json does.
+    while let Some(offset) = bytes[plain_from..].iter().position(|&b| ESCAPE[b as usize]) {
+        let i = plain_from + offset;
+        // Every byte that needs an escape is ASCII, so `i` is a character boundary.
         out.push_str(&s[plain_from..i]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escaped);
+        match bytes[i] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
         }
         plain_from = i + 1;
     }
     out.push_str(&s[plain_from..]);
     out.push('"');
+}
+
+/// The bytes a JSON string cannot hold as they are: control characters, `"` and `\\`.
+const ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Appends an integer in decimal.
+fn push_int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// The unscaled value of a decimal as big-endian two's-complement bytes, and its scale (Kafka Connect's
@@ -159,7 +249,10 @@ fn push_value(
     let _ = match v {
         Value::Null | Value::Unchanged | Value::ZeroDate(_) => write!(out, "null"),
         Value::Bool(b) => write!(out, "{b}"),
-        Value::Int(i) => write!(out, "{i}"),
+        Value::Int(i) => {
+            push_int(out, *i);
+            Ok(())
+        }
         Value::Float(f) => push_float(out, *f),
         Value::Decimal(d) => match (decimals, d) {
             // Decimal text is digits, sign, point or a word: nothing to escape.
@@ -194,22 +287,23 @@ fn push_value(
             Ok(())
         }
         Value::Uuid(u) => write!(out, "\"{u}\""),
-        Value::Date(d) => write!(out, "{}", d.0),
-        Value::Time(t) => write!(out, "{}", t.0),
+        Value::Date(d) => {
+            push_int(out, d.0);
+            Ok(())
+        }
+        Value::Time(t) => {
+            push_int(out, t.0);
+            Ok(())
+        }
         Value::TimeTz(t) => write!(out, "\"{t}\""),
-        Value::Timestamp(t) => write!(out, "{}", t.0),
+        Value::Timestamp(t) => {
+            push_int(out, t.0);
+            Ok(())
+        }
         Value::TimestampTz(t) => {
-            // `2024-01-02 03:04:05.5+00` → ISO-8601 `2024-01-02T03:04:05.5Z`.
             out.push('"');
-            let start = out.len();
-            let _ = write!(out, "{}", t.display_utc());
-            if let Some(space) = out[start..].find(' ') {
-                out.replace_range(start + space..start + space + 1, "T");
-            }
-            if out.ends_with("+00") {
-                out.truncate(out.len() - 3);
-            }
-            out.push_str("Z\"");
+            t.push_iso_utc(out);
+            out.push('"');
             Ok(())
         }
         Value::Interval(i) => write!(
@@ -309,7 +403,7 @@ fn column_schema(ty: &ColumnType, source_type: &str, decimals: DecimalHandling) 
 /// Appends `{"column": value, …}` for `columns` of `row`, in column order.
 fn write_row(
     out: &mut String,
-    table: &TableSchema,
+    layout: &JsonTable,
     row: &Row,
     columns: impl Iterator<Item = usize>,
     decimals: DecimalHandling,
@@ -319,14 +413,9 @@ fn write_row(
         if n > 0 {
             out.push(',');
         }
-        let column = &table.columns[i];
-        push_json_str(out, &column.name);
-        out.push(':');
-        let scale = match (&column.ty, decimals) {
-            (ColumnType::Numeric, DecimalHandling::Precise) => declared_scale(&column.source_type),
-            _ => None,
-        };
-        push_value(out, &row[i], &column.ty, scale, decimals);
+        let column = &layout.table.columns[i];
+        out.push_str(&layout.names[i]);
+        push_value(out, &row[i], &column.ty, layout.scales[i], decimals);
     }
     out.push('}');
 }
@@ -380,68 +469,65 @@ pub fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -
 /// tables without one.
 pub fn write_key(
     out: &mut String,
-    table: &TableSchema,
+    layout: &JsonTable,
     row: &Row,
-    schema: Option<&str>,
     decimals: DecimalHandling,
 ) -> bool {
     out.clear();
+    let table = &layout.table;
     if !table.has_primary_key() {
         return false;
     }
+    let schema = layout.key_schema.as_deref();
     open_connect(out, schema);
-    write_row(out, table, row, table.primary_key.iter().copied(), decimals);
+    write_row(
+        out,
+        layout,
+        row,
+        table.primary_key.iter().copied(),
+        decimals,
+    );
     close_connect(out, schema);
     true
 }
 
 /// Appends the `source` block: where the change comes from, in Debezium's field order.
-fn push_source(out: &mut String, info: &SourceInfo, change: &Change<'_>) {
-    out.push_str(concat!(
-        "{\"version\":\"ferry-",
-        env!("CARGO_PKG_VERSION"),
-        "\",\"connector\":"
-    ));
-    push_json_str(out, info.connector);
-    out.push_str(",\"name\":");
-    push_json_str(out, &info.name);
-    let _ = write!(
-        out,
-        ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":",
-        change.commit_ms, change.snapshot
-    );
-    push_json_str(out, &info.db);
-    match change.table.dialect {
+fn push_source(out: &mut String, layout: &JsonTable, change: &Change<'_>) {
+    out.push_str(&layout.source_head);
+    push_int(out, change.commit_ms);
+    out.push_str(if change.snapshot {
+        ",\"snapshot\":\"true\""
+    } else {
+        ",\"snapshot\":\"false\""
+    });
+    out.push_str(&layout.source_middle);
+    match layout.table.dialect {
         Dialect::Postgres => {
-            out.push_str(",\"schema\":");
-            push_json_str(out, &change.table.id.schema);
-            out.push_str(",\"table\":");
-            push_json_str(out, &change.table.id.name);
-            let _ = match change.xid {
-                Some(xid) => write!(out, ",\"txId\":{xid},\"lsn\":"),
-                None => write!(out, ",\"txId\":null,\"lsn\":"),
-            };
-            let _ = match change.position.and_then(Position::as_lsn) {
-                Some(lsn) => write!(out, "{}", lsn.0),
-                None => write!(out, "null"),
-            };
-        }
-        Dialect::Mysql => {
-            out.push_str(",\"table\":");
-            push_json_str(out, &change.table.id.name);
-            match change.position {
-                Some(Position::Binlog(b)) => {
-                    out.push_str(",\"file\":");
-                    push_json_str(out, &b.pos.file);
-                    let _ = write!(out, ",\"pos\":{},\"gtid\":", b.pos.offset);
-                    match &b.gtid {
-                        Some(g) => push_json_str(out, &g.to_string()),
-                        None => out.push_str("null"),
-                    }
-                }
-                _ => out.push_str(",\"file\":null,\"pos\":null,\"gtid\":null"),
+            out.push_str(",\"txId\":");
+            match change.xid {
+                Some(xid) => push_int(out, xid),
+                None => out.push_str("null"),
+            }
+            out.push_str(",\"lsn\":");
+            match change.position.and_then(Position::as_lsn) {
+                Some(lsn) => push_int(out, lsn.0),
+                None => out.push_str("null"),
             }
         }
+        Dialect::Mysql => match change.position {
+            Some(Position::Binlog(b)) => {
+                out.push_str(",\"file\":");
+                push_json_str(out, &b.pos.file);
+                out.push_str(",\"pos\":");
+                push_int(out, b.pos.offset);
+                out.push_str(",\"gtid\":");
+                match &b.gtid {
+                    Some(g) => push_json_str(out, &g.to_string()),
+                    None => out.push_str("null"),
+                }
+            }
+            _ => out.push_str(",\"file\":null,\"pos\":null,\"gtid\":null"),
+        },
     }
     out.push('}');
 }
@@ -508,36 +594,36 @@ pub fn value_schema(
     .to_string()
 }
 
-/// Writes the record value (the change event envelope) into `out`, cleared first.
+/// Writes the record value (the change event envelope) into `out`, cleared first. `change.table` is
+/// `layout`'s table.
 pub fn write_value(
     out: &mut String,
-    info: &SourceInfo,
+    layout: &JsonTable,
     change: &Change<'_>,
     now_ms: i64,
-    schema: Option<&str>,
     decimals: DecimalHandling,
 ) {
     out.clear();
+    let schema = layout.value_schema.as_deref();
     open_connect(out, schema);
-    let table = change.table;
-    let all = || 0..table.columns.len();
+    let all = || 0..layout.table.columns.len();
     out.push_str("{\"before\":");
     match change.before {
-        Some(r) => write_row(out, table, r, all(), decimals),
+        Some(r) => write_row(out, layout, r, all(), decimals),
         None => out.push_str("null"),
     }
     out.push_str(",\"after\":");
     match change.after {
-        Some(r) => write_row(out, table, r, all(), decimals),
+        Some(r) => write_row(out, layout, r, all(), decimals),
         None => out.push_str("null"),
     }
     out.push_str(",\"source\":");
-    push_source(out, info, change);
-    let _ = write!(
-        out,
-        ",\"op\":\"{}\",\"ts_ms\":{now_ms},\"transaction\":",
-        change.op
-    );
+    push_source(out, layout, change);
+    out.push_str(",\"op\":\"");
+    out.push_str(change.op);
+    out.push_str("\",\"ts_ms\":");
+    push_int(out, now_ms);
+    out.push_str(",\"transaction\":");
     match &change.transaction {
         Some(t) => {
             let _ = write!(out, "{t}");
@@ -579,7 +665,7 @@ mod tests {
             source_type: source_type.into(),
             nullable: true,
         };
-        let table = TableSchema {
+        let table = std::sync::Arc::new(TableSchema {
             id: TableId::new("public", "odd \"table\""),
             columns: vec![
                 column("id", ColumnType::Int8, "bigint"),
@@ -597,7 +683,7 @@ mod tests {
             primary_key: vec![0],
             version: 1,
             dialect: Dialect::Postgres,
-        };
+        });
         let note = "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀";
         let row = vec![
             Value::Int(-7),
@@ -626,15 +712,9 @@ mod tests {
             snapshot: false,
             transaction: None,
         };
+        let layout = JsonTable::new(&table, &info, "t", false, DecimalHandling::Precise);
         let mut out = String::new();
-        write_value(
-            &mut out,
-            &info,
-            &change,
-            2000,
-            None,
-            DecimalHandling::Precise,
-        );
+        write_value(&mut out, &layout, &change, 2000, DecimalHandling::Precise);
         let v: Json = serde_json::from_str(&out).expect("valid JSON");
         let after = &v["after"];
         assert_eq!(after["id"], -7);
@@ -654,13 +734,12 @@ mod tests {
         assert_eq!(source["ts_ms"], 1000);
         assert_eq!(source["snapshot"], "false");
 
-        let schema = value_schema(&table, &info, "t", DecimalHandling::Precise);
+        let with_schemas = JsonTable::new(&table, &info, "t", true, DecimalHandling::Precise);
         write_value(
             &mut out,
-            &info,
+            &with_schemas,
             &change,
             2000,
-            Some(&schema),
             DecimalHandling::Precise,
         );
         let wrapped: Json = serde_json::from_str(&out).expect("valid JSON");
@@ -668,13 +747,7 @@ mod tests {
         assert_eq!(wrapped["schema"]["name"], "t.Envelope");
 
         let mut key = String::new();
-        assert!(write_key(
-            &mut key,
-            &table,
-            &row,
-            None,
-            DecimalHandling::Precise
-        ));
+        assert!(write_key(&mut key, &layout, &row, DecimalHandling::Precise));
         assert_eq!(
             serde_json::from_str::<Json>(&key).unwrap(),
             json!({ "id": -7 })

@@ -141,8 +141,8 @@ pub struct KafkaSink {
     /// Avro: the registry, and per topic and schema version the key and value schemas with their ids.
     registry: Option<registry::Registry>,
     avro_schemas: HashMap<(String, u64), Arc<AvroSchemas>>,
-    /// JSON with `schemas`: the key and value schema blocks per topic and schema version.
-    json_schemas: HashMap<(String, u64), Arc<JsonSchemas>>,
+    /// JSON: what the records of each topic and schema version share.
+    json_tables: HashMap<(String, u64), Arc<envelope::JsonTable>>,
     /// The position of the source transaction in progress, for records whose commit is in a later batch.
     open_begin: Option<Position>,
     /// Its transaction id.
@@ -179,12 +179,9 @@ struct Prepared<'t> {
 }
 
 enum Encoding {
-    /// With `schemas`, the key's (none without a primary key) and the value's schema blocks.
-    Json(Option<Arc<JsonSchemas>>),
+    Json(Arc<envelope::JsonTable>),
     Avro(Arc<AvroSchemas>),
 }
-
-type JsonSchemas = (Option<String>, String);
 
 /// Encoding buffers, reused for every record of a batch.
 #[derive(Default)]
@@ -235,7 +232,7 @@ impl KafkaSink {
                 KafkaFormat::Json => None,
             },
             avro_schemas: HashMap::new(),
-            json_schemas: HashMap::new(),
+            json_tables: HashMap::new(),
             open_begin: None,
             open_xid: None,
             known: HashMap::new(),
@@ -311,16 +308,14 @@ impl KafkaSink {
                 }
             };
             Encoding::Avro(schemas)
-        } else if self.cfg.schemas {
-            let blocks = self.json_schemas.entry(cache).or_insert_with(|| {
-                Arc::new((
-                    envelope::key_schema(table, &topic, decimals),
-                    envelope::value_schema(table, &self.info, &topic, decimals),
+        } else {
+            let schemas = self.cfg.schemas;
+            let layout = self.json_tables.entry(cache).or_insert_with(|| {
+                Arc::new(envelope::JsonTable::new(
+                    table, &self.info, &topic, schemas, decimals,
                 ))
             });
-            Encoding::Json(Some(blocks.clone()))
-        } else {
-            Encoding::Json(None)
+            Encoding::Json(layout.clone())
         };
         Ok(Prepared {
             table,
@@ -434,22 +429,11 @@ impl KafkaSink {
                 .map_err(|e| failed("value", e))?;
                 Ok((buffers.avro_key.as_deref(), &buffers.avro_value))
             }
-            Encoding::Json(schemas) => {
-                let (key_schema, value_schema) = match schemas {
-                    Some(s) => (s.0.as_deref(), Some(s.1.as_str())),
-                    None => (None, None),
-                };
+            Encoding::Json(layout) => {
                 let has_key = key_row.is_some_and(|row| {
-                    envelope::write_key(&mut buffers.json_key, table, row, key_schema, decimals)
+                    envelope::write_key(&mut buffers.json_key, layout, row, decimals)
                 });
-                envelope::write_value(
-                    &mut buffers.json_value,
-                    &self.info,
-                    change,
-                    now,
-                    value_schema,
-                    decimals,
-                );
+                envelope::write_value(&mut buffers.json_value, layout, change, now, decimals);
                 Ok((
                     has_key.then_some(buffers.json_key.as_bytes()),
                     buffers.json_value.as_bytes(),
