@@ -24,20 +24,10 @@ use support::*;
 
 fn kafka_settings(brokers: &str, exactly_once: bool) -> ferry_config::KafkaSink {
     ferry_config::KafkaSink {
-        brokers: brokers.to_owned(),
         topic_prefix: "bench".into(),
-        topic: "{prefix}.{schema}.{table}".into(),
-        format: ferry_config::KafkaFormat::Json,
         exactly_once,
         schemas: false,
-        tombstones: true,
-        transaction_topic: false,
-        decimal_handling: ferry_config::DecimalHandling::Precise,
-        partitions: 1,
-        replication_factor: 1,
-        cleanup_policy: "delete".into(),
-        max_message_bytes: 16 << 20,
-        properties: Vec::new(),
+        ..ferry_config::KafkaSink::new(brokers)
     }
 }
 

@@ -135,6 +135,28 @@ pub struct KafkaSink {
     pub properties: Vec<(String, String)>,
 }
 
+impl KafkaSink {
+    /// A sink for `brokers` with every other setting at the default a config file gets.
+    pub fn new(brokers: impl Into<String>) -> KafkaSink {
+        KafkaSink {
+            brokers: brokers.into(),
+            topic_prefix: "ferry".into(),
+            topic: "{prefix}.{schema}.{table}".into(),
+            format: KafkaFormat::Json,
+            exactly_once: true,
+            schemas: true,
+            tombstones: true,
+            transaction_topic: false,
+            decimal_handling: DecimalHandling::Precise,
+            partitions: 1,
+            replication_factor: 1,
+            cleanup_policy: "delete".into(),
+            max_message_bytes: 16 << 20,
+            properties: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KafkaFormat {
     Json,

@@ -490,16 +490,17 @@ fn flag(r: &mut Reader<'_>, s: &mut Section<'_>, key: &'static str, default: boo
 
 fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     let brokers = r.required_string(s, "brokers", "a broker list such as \"127.0.0.1:9092\"");
+    let defaults = KafkaSink::new("");
     let topic_prefix = r
         .string(s, "topic_prefix", "a topic prefix")
-        .unwrap_or_else(|| "ferry".into());
+        .unwrap_or(defaults.topic_prefix);
     let topic = r
         .string(
             s,
             "topic",
             "a topic template such as \"{prefix}.{schema}.{table}\"",
         )
-        .unwrap_or_else(|| "{prefix}.{schema}.{table}".into());
+        .unwrap_or(defaults.topic);
     let registry = r.string(
         s,
         "schema_registry",
@@ -556,18 +557,18 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         "string" => DecimalHandling::String,
         _ => DecimalHandling::Precise,
     };
-    let schemas = flag(r, s, "schemas", true)?;
-    let tombstones = flag(r, s, "tombstones", true)?;
-    let transaction_topic = flag(r, s, "transaction_topic", false)?;
+    let schemas = flag(r, s, "schemas", defaults.schemas)?;
+    let tombstones = flag(r, s, "tombstones", defaults.tombstones)?;
+    let transaction_topic = flag(r, s, "transaction_topic", defaults.transaction_topic)?;
     let partitions = if s.table.contains_key("partitions") {
-        r.positive_int(s, "partitions")?
+        i32::try_from(r.positive_int(s, "partitions")?).unwrap_or(i32::MAX)
     } else {
-        1
+        defaults.partitions
     };
     let replication_factor = if s.table.contains_key("replication_factor") {
-        r.positive_int(s, "replication_factor")?
+        i32::try_from(r.positive_int(s, "replication_factor")?).unwrap_or(i32::MAX)
     } else {
-        1
+        defaults.replication_factor
     };
     let cleanup_policy = choice(
         r,
@@ -579,7 +580,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     let max_message_bytes = if s.table.contains_key("max_message_bytes") {
         r.positive_int(s, "max_message_bytes")?
     } else {
-        16 << 20
+        defaults.max_message_bytes
     };
     let mut properties = Vec::new();
     if let Some(props) = r.subtable(s, "kafka") {
@@ -608,8 +609,8 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         tombstones,
         transaction_topic,
         decimal_handling,
-        partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
-        replication_factor: i32::try_from(replication_factor).unwrap_or(i32::MAX),
+        partitions,
+        replication_factor,
         cleanup_policy,
         max_message_bytes,
         properties,

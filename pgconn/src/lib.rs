@@ -141,13 +141,7 @@ impl PgUrl {
         } else {
             verify::encrypt_only()
         };
-        let config = ClientConfig::builder_with_provider(verify::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::fatal_from("TLS setup", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        Ok(Some(Arc::new(config)))
+        tls_client(verifier).map(Some)
     }
 
     /// Opens an ordinary connection and drives it on a background task.
@@ -243,14 +237,21 @@ pub async fn https_connect(
         },
         std::path::Path::to_path_buf,
     );
-    let verifier = verify::trusting(&ca, true, hint)?;
+    let config = tls_client(verify::trusting(&ca, true, hint)?)?;
+    handshake(config, tcp, host).await
+}
+
+/// rustls client settings that check the server's certificate with `verifier`.
+fn tls_client(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, Error> {
     let config = ClientConfig::builder_with_provider(verify::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::fatal_from("TLS setup", e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    handshake(Arc::new(config), tcp, host).await
+    Ok(Arc::new(config))
 }
 
 /// libpq's default root certificate file.

@@ -835,24 +835,12 @@ mod tests {
     #[test]
     fn user_properties_override_defaults_but_not_delivery() {
         let cfg = KafkaConfig {
-            brokers: "b:9092".into(),
-            topic_prefix: "ferry".into(),
-            topic: "{prefix}.{schema}.{table}".into(),
-            format: KafkaFormat::Json,
-            exactly_once: true,
-            schemas: true,
-            tombstones: true,
-            transaction_topic: false,
-            decimal_handling: ferry_config::DecimalHandling::Precise,
-            partitions: 1,
-            replication_factor: 1,
-            cleanup_policy: "delete".into(),
-            max_message_bytes: 1 << 20,
             properties: vec![
                 ("linger.ms".into(), "50".into()),
                 ("enable.idempotence".into(), "false".into()),
                 ("compression.type".into(), "zstd".into()),
             ],
+            ..KafkaConfig::new("b:9092")
         };
         let c = producer_config("kafka", "shop", &cfg);
         assert_eq!(c.get("linger.ms"), Some("50"));
