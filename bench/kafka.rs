@@ -72,6 +72,7 @@ impl Bench {
                 ))
                 .ok()
                 .flatten()
+                .map(|(position, _)| position)
         };
         text.and_then(|p| p.trim().parse::<ferry_core::Position>().ok())
             .and_then(|p| p.as_lsn())

@@ -237,7 +237,7 @@ pub async fn status(
                 #[cfg(feature = "kafka")]
                 SinkKind::Kafka(k) => ferry_sink::kafka::stored_checkpoint(k, &p.name, &sink.name)
                     .await?
-                    .map(|position| (sink.name.clone(), position, "?".to_owned()))
+                    .map(|(position, at)| (sink.name.clone(), position, at))
                     .into_iter()
                     .collect(),
                 #[cfg(not(feature = "kafka"))]

@@ -195,6 +195,21 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
     assert!(ferry.terminate().success());
 
     // `ferry status` reads the checkpoint back; `ferry reset` removes it with a tombstone.
+    // Other pipelines' checkpoints after this one's, more than the reader's first stretch of the topic's end:
+    // it reads further back and still finds this one.
+    let producer: rdkafka::producer::ThreadedProducer<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .create()
+        .expect("producer");
+    for i in 0..3000 {
+        let position = format!("pg:0/{i:X}");
+        let record = rdkafka::producer::BaseRecord::to("ferry_checkpoints")
+            .partition(0)
+            .key("other/kafka")
+            .payload(&position);
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).expect("flush");
     let status = std::process::Command::new(ferry_bin())
         .args(["status", "--http", "off", "--config"])
         .arg(&cfg)
@@ -202,6 +217,8 @@ fn postgres_changes_reach_kafka_as_debezium_json() {
         .expect("ferry status");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("sink kafka: checkpoint pg:"), "{text}");
+    // When it was written: the record's timestamp.
+    assert!(text.contains("+00"), "{text}");
     let reset = std::process::Command::new(ferry_bin())
         .args(["reset", "--yes", "--config"])
         .arg(&cfg)
@@ -375,6 +392,7 @@ fn topics_settings_big_rows_broker_restart_and_a_mariadb_source() {
     let described = broker.describe(topic);
     assert_eq!(described["partitions"], 3);
     assert_eq!(described["cleanup.policy"], "compact");
+    assert_eq!(described["max.message.bytes"], "16777216", "{described}");
     assert_eq!(
         broker.describe("ferry_checkpoints")["cleanup.policy"],
         "compact"

@@ -2,7 +2,8 @@
 
 Usage: kafka_consume.py BROKERS TOPIC...  Prints one JSON object per record, in partition order:
 {"topic", "partition", "offset", "key", "value"}; key and value are the UTF-8 text of the bytes, or null.
-       kafka_consume.py --describe BROKERS TOPIC  Prints {"partitions": N, "cleanup.policy": "..."}.
+       kafka_consume.py --describe BROKERS TOPIC  Prints {"partitions": N, "cleanup.policy": "...",
+       "max.message.bytes": "..."}.
        kafka_consume.py --avro REGISTRY_URL BROKERS TOPIC...  Decodes keys and values with Confluent's
        AvroDeserializer through that registry; key and value are then JSON objects (bytes and decimals as text).
        An https registry's CA certificate comes from the environment: REGISTRY_CA=<PEM file>.
@@ -19,8 +20,9 @@ if sys.argv[1] == "--describe":
     partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = admin.describe_configs([resource])[resource].result(timeout=10)
-    policy = configs["cleanup.policy"].value if "cleanup.policy" in configs else None
-    print(json.dumps({"partitions": partitions, "cleanup.policy": policy}))
+    setting = lambda name: configs[name].value if name in configs else None
+    print(json.dumps({"partitions": partitions, "cleanup.policy": setting("cleanup.policy"),
+                      "max.message.bytes": setting("max.message.bytes")}))
     sys.exit(0)
 
 avro = None

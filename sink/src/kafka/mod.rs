@@ -8,6 +8,7 @@
 //! after a crash, records since the last checkpoint are produced again.
 
 mod avro;
+mod checkpoints;
 mod envelope;
 mod registry;
 
@@ -25,13 +26,12 @@ use ferry_core::{
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::ClientContext;
 use tracing::{info, warn};
 
+pub use checkpoints::{delete_checkpoint, stored_checkpoint};
 pub use envelope::SourceInfo;
 
 /// The compacted topic holding every Kafka sink's checkpoint.
@@ -260,12 +260,18 @@ impl KafkaSink {
         if self.topics.contains(topic) {
             return Ok(());
         }
-        let new = NewTopic::new(
+        let max_bytes = self.cfg.max_message_bytes.to_string();
+        let mut new = NewTopic::new(
             topic,
             partitions,
             TopicReplication::Fixed(self.cfg.replication_factor),
         )
-        .set("cleanup.policy", cleanup);
+        .set("cleanup.policy", cleanup)
+        .set("max.message.bytes", &max_bytes);
+        if topic == CHECKPOINT_TOPIC {
+            // Kafka compacts only closed segments (a week by default): roll hourly, so superseded checkpoints go.
+            new = new.set("segment.ms", "3600000");
+        }
         let results = self
             .admin
             .create_topics(
@@ -708,56 +714,6 @@ impl KafkaSink {
     }
 }
 
-/// Reads the last committed checkpoint for `key` from the checkpoint topic (`read_committed`).
-fn read_checkpoint(cfg: &KafkaConfig, key: &str) -> Result<Option<String>, Error> {
-    let consumer: BaseConsumer = client_config(cfg)
-        .set("group.id", "ferry-checkpoint-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .map_err(|e| Error::fatal_from("creating the Kafka checkpoint reader", e))?;
-    let (low, high) = consumer
-        .fetch_watermarks(CHECKPOINT_TOPIC, 0, TIMEOUT)
-        .map_err(kafka_error("reading the checkpoint topic's offsets"))?;
-    if high <= low {
-        return Ok(None);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(CHECKPOINT_TOPIC, 0, rdkafka::Offset::Beginning)
-        .map_err(kafka_error("assigning the checkpoint topic"))?;
-    consumer
-        .assign(&assignment)
-        .map_err(kafka_error("assigning the checkpoint topic"))?;
-    let mut last = None;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                if m.key() == Some(key.as_bytes()) {
-                    last = m.payload().map(|p| String::from_utf8_lossy(p).into_owned());
-                }
-                if m.offset() + 1 >= high {
-                    break;
-                }
-            }
-            // With read_committed, the end is the last stable offset.
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(kafka_error("reading the checkpoint topic")(e)),
-            None if std::time::Instant::now() > deadline => {
-                return Err(Error::transient(
-                    "reading the checkpoint topic",
-                    "no end of the topic within 30 s",
-                ))
-            }
-            None => {}
-        }
-    }
-    Ok(last)
-}
-
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
         &self.name
@@ -765,14 +721,15 @@ impl Sink for KafkaSink {
 
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
         let (cfg, key) = (self.cfg.clone(), self.checkpoint_key());
-        let text = tokio::task::spawn_blocking(move || read_checkpoint(&cfg, &key))
+        let stored = tokio::task::spawn_blocking(move || checkpoints::read(&cfg, &key))
             .await
             .map_err(|e| Error::fatal(format!("checkpoint reader failed: {e}")))??;
-        text.map(|t| {
-            t.parse()
-                .map_err(|e| Error::fatal_from("stored checkpoint", e))
-        })
-        .transpose()
+        stored
+            .map(|(text, _)| {
+                text.parse()
+                    .map_err(|e| Error::fatal_from("stored checkpoint", e))
+            })
+            .transpose()
     }
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
@@ -783,48 +740,6 @@ impl Sink for KafkaSink {
             self.in_transaction = false;
         }
         result
-    }
-}
-
-/// A Kafka sink's checkpoint, for `ferry status`.
-pub async fn stored_checkpoint(
-    cfg: &KafkaConfig,
-    pipeline: &str,
-    sink: &str,
-) -> Result<Option<String>, Error> {
-    let (cfg, key) = (cfg.clone(), format!("{pipeline}/{sink}"));
-    tokio::task::spawn_blocking(move || read_checkpoint(&cfg, &key))
-        .await
-        .map_err(|e| Error::fatal(format!("checkpoint reader failed: {e}")))?
-}
-
-/// Removes a Kafka sink's checkpoint (`ferry reset`): a tombstone for its key in the compacted topic.
-pub async fn delete_checkpoint(cfg: &KafkaConfig, pipeline: &str, sink: &str) -> Result<(), Error> {
-    let producer: ThreadedProducer<Deliveries> = client_config(cfg)
-        .create_with_context(Deliveries::default())
-        .map_err(|e| Error::fatal_from("creating the Kafka producer", e))?;
-    let key = format!("{pipeline}/{sink}");
-    tokio::task::block_in_place(|| {
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(CHECKPOINT_TOPIC)
-                    .key(key.as_bytes())
-                    .partition(0),
-            )
-            .map_err(|(e, _)| kafka_error("deleting the checkpoint")(e))?;
-        producer
-            .flush(TIMEOUT)
-            .map_err(kafka_error("deleting the checkpoint"))
-    })?;
-    let failed = producer
-        .context()
-        .failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    match failed {
-        Some(failed) => Err(Error::transient("deleting the checkpoint", failed)),
-        None => Ok(()),
     }
 }
 
