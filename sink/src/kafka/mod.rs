@@ -766,4 +766,23 @@ mod tests {
         assert_eq!(c.get("transactional.id"), Some("ferry.shop.kafka"));
         assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
     }
+
+    #[test]
+    fn tls_sasl_and_zstd_are_built_in() {
+        // librdkafka refuses these settings when built without OpenSSL or libzstd.
+        let setting = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let cfg = KafkaConfig {
+            properties: vec![
+                setting("security.protocol", "SASL_SSL"),
+                setting("sasl.mechanisms", "SCRAM-SHA-512"),
+                setting("sasl.username", "ferry"),
+                setting("sasl.password", "secret"),
+                setting("compression.type", "zstd"),
+            ],
+            ..KafkaConfig::new("127.0.0.1:9")
+        };
+        let producer: Result<rdkafka::producer::BaseProducer, _> =
+            producer_config("kafka", "shop", &cfg).create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
 }
