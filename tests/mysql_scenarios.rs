@@ -305,19 +305,7 @@ fn parallel_snapshot_under_writes_is_consistent() {
                     "START TRANSACTION; UPDATE shop.{from} SET v = v - 1 WHERE id = {k}; UPDATE shop.{to} SET v = v + 1 WHERE id = {k}; COMMIT;",
                     k = i % 5000 + 1
                 );
-                let _ = std::process::Command::new("/usr/bin/mariadb")
-                    .args([
-                        "--no-defaults",
-                        "-h",
-                        "127.0.0.1",
-                        "-u",
-                        "root",
-                        "-P",
-                        &port.to_string(),
-                        "-e",
-                        &sql,
-                    ])
-                    .status();
+                let _ = mariadb_ok(port, "shop", &sql);
             }
         })
     };

@@ -33,6 +33,28 @@ pub(crate) fn report_progress(stats: Arc<PipelineStats>) -> JoinHandle<()> {
     })
 }
 
+/// An empty transaction at `position`, so the sinks hold a checkpoint when no snapshot is taken.
+pub(crate) async fn send_marker(
+    events: &mpsc::Sender<Event>,
+    position: Position,
+) -> Result<(), Error> {
+    let closed = |_| Error::fatal("the pipeline stopped");
+    events
+        .send(Event::Begin {
+            commit_at: position.clone(),
+            xid: None,
+        })
+        .await
+        .map_err(closed)?;
+    events
+        .send(Event::Commit {
+            position,
+            commit_time: ferry_core::Timestamp(0),
+        })
+        .await
+        .map_err(closed)
+}
+
 /// Opens the snapshot transaction at `position`: Begin, each table's schema, and the truncate that empties SQL
 /// targets before the copy.
 pub(crate) async fn begin(

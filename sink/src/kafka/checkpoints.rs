@@ -128,14 +128,5 @@ pub async fn delete_checkpoint(cfg: &KafkaConfig, pipeline: &str, sink: &str) ->
             .flush(TIMEOUT)
             .map_err(kafka_error("deleting the checkpoint"))
     })?;
-    let failed = producer
-        .context()
-        .failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    match failed {
-        Some(failed) => Err(Error::transient("deleting the checkpoint", failed)),
-        None => Ok(()),
-    }
+    producer.context().check("deleting the checkpoint")
 }

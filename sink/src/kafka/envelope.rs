@@ -43,8 +43,8 @@ pub struct Change<'a> {
 /// escaped `"column":` names, and the constant parts of the `source` block.
 pub struct JsonTable {
     table: SchemaRef,
-    pub key_schema: Option<String>,
-    pub value_schema: Option<String>,
+    key_schema: Option<String>,
+    value_schema: Option<String>,
     names: Vec<String>,
     /// Per column, the declared scale of a precise decimal (written as plain bytes).
     scales: Vec<Option<usize>>,
@@ -245,26 +245,28 @@ fn push_value(
     declared_scale: Option<usize>,
     decimals: DecimalHandling,
 ) {
-    // Writing into a String cannot fail.
-    let _ = match v {
-        Value::Null | Value::Unchanged | Value::ZeroDate(_) => write!(out, "null"),
-        Value::Bool(b) => write!(out, "{b}"),
-        Value::Int(i) => {
-            push_int(out, *i);
-            Ok(())
-        }
+    let quoted = |out: &mut String, text: &dyn std::fmt::Display| {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "\"{text}\"");
+    };
+    match v {
+        Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => push_int(out, *i),
         Value::Float(f) => push_float(out, *f),
         Value::Decimal(d) => match (decimals, d) {
             // Decimal text is digits, sign, point or a word: nothing to escape.
-            (DecimalHandling::String, d) => write!(out, "\"{d}\""),
+            (DecimalHandling::String, d) => quoted(out, d),
             (DecimalHandling::Double, Decimal::Finite(s)) => match s.parse::<f64>() {
                 Ok(f) => push_float(out, f),
-                Err(_) => write!(out, "null"),
+                Err(_) => out.push_str("null"),
             },
             (DecimalHandling::Precise, Decimal::Finite(s)) => {
                 let (bytes, scale) = unscaled_bytes(s);
                 if declared_scale.is_none() {
-                    let _ = write!(out, "{{\"scale\":{scale},\"value\":");
+                    out.push_str("{\"scale\":");
+                    push_int(out, scale);
+                    out.push_str(",\"value\":");
                 }
                 out.push('"');
                 push_base64(out, &bytes);
@@ -272,46 +274,30 @@ fn push_value(
                 if declared_scale.is_none() {
                     out.push('}');
                 }
-                Ok(())
             }
-            _ => write!(out, "null"),
+            _ => out.push_str("null"),
         },
-        Value::Text(s) | Value::Json(s) => {
-            push_json_str(out, s);
-            Ok(())
-        }
+        Value::Text(s) | Value::Json(s) => push_json_str(out, s),
         Value::Bytes(b) => {
             out.push('"');
             push_base64(out, b);
             out.push('"');
-            Ok(())
         }
-        Value::Uuid(u) => write!(out, "\"{u}\""),
-        Value::Date(d) => {
-            push_int(out, d.0);
-            Ok(())
-        }
-        Value::Time(t) => {
-            push_int(out, t.0);
-            Ok(())
-        }
-        Value::TimeTz(t) => write!(out, "\"{t}\""),
-        Value::Timestamp(t) => {
-            push_int(out, t.0);
-            Ok(())
-        }
+        Value::Uuid(u) => quoted(out, u),
+        Value::Date(d) => push_int(out, d.0),
+        Value::Time(t) => push_int(out, t.0),
+        Value::TimeTz(t) => quoted(out, t),
+        Value::Timestamp(t) => push_int(out, t.0),
         Value::TimestampTz(t) => {
             out.push('"');
             t.push_iso_utc(out);
             out.push('"');
-            Ok(())
         }
-        Value::Interval(i) => write!(
+        Value::Interval(i) => push_int(
             out,
-            "{}",
             i.micros
                 + i64::from(i.days) * 86_400_000_000
-                + i64::from(i.months) * 30 * 86_400_000_000
+                + i64::from(i.months) * 30 * 86_400_000_000,
         ),
         Value::Array(items) => {
             out.push('[');
@@ -322,16 +308,17 @@ fn push_value(
                 push_value(out, item, element_type(ty), None, decimals);
             }
             out.push(']');
-            Ok(())
         }
-    };
+    }
 }
 
 /// Appends a double as serde_json writes it; NaN and infinities, which JSON cannot hold, as null.
-fn push_float(out: &mut String, f: f64) -> std::fmt::Result {
+fn push_float(out: &mut String, f: f64) {
     match serde_json::Number::from_f64(f) {
-        Some(n) => write!(out, "{n}"),
-        None => write!(out, "null"),
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push_str("null"),
     }
 }
 
@@ -452,7 +439,7 @@ fn close_connect(out: &mut String, schema: Option<&str>) {
 }
 
 /// The key's schema block (JsonConverter's `schemas.enable`), once per table version.
-pub fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -> Option<String> {
+fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -> Option<String> {
     table.has_primary_key().then(|| {
         struct_schema(
             table,
@@ -559,7 +546,7 @@ fn source_schema(info: &SourceInfo) -> Json {
 
 /// The record value (the change event envelope).
 /// The value's schema block: Debezium's envelope for this table version, once per table version.
-pub fn value_schema(
+fn value_schema(
     table: &TableSchema,
     info: &SourceInfo,
     topic: &str,

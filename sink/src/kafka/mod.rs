@@ -45,6 +45,17 @@ struct Deliveries {
     failed: Mutex<Option<String>>,
 }
 
+impl Deliveries {
+    /// The first failed delivery since the last check, as an error.
+    fn check(&self, what: &str) -> Result<(), Error> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match failed {
+            Some(failed) => Err(Error::transient(what, failed)),
+            None => Ok(()),
+        }
+    }
+}
+
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
@@ -486,9 +497,10 @@ impl KafkaSink {
         }
     }
 
-    /// Waits until every queued record is acknowledged (or failed). rdkafka's own `flush` (also the first step
-    /// of its `commit_transaction`) polls in whole 100 ms steps, which cost each batch 100 ms for nothing; the
-    /// producer's thread serves the delivery reports, so watching the queue length returns within a millisecond.
+    /// Waits until every queued record is acknowledged, then reports the first that failed. rdkafka's own
+    /// `flush` (also the first step of its `commit_transaction`) polls in whole 100 ms steps, which cost each
+    /// batch 100 ms for nothing; the producer's thread serves the delivery reports, so watching the queue length
+    /// returns within a millisecond.
     async fn delivered(&self) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + TIMEOUT;
         while self.producer.in_flight_count() > 0 {
@@ -500,16 +512,7 @@ impl KafkaSink {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(())
-    }
-
-    fn take_delivery_failure(&self) -> Option<String> {
-        self.producer
-            .context()
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.producer.context().check("delivering records")
     }
 
     async fn apply_events(
@@ -674,34 +677,22 @@ impl KafkaSink {
         let commit_started = std::time::Instant::now();
         let key = self.checkpoint_key();
         let text = position.to_string();
-        if self.cfg.exactly_once {
-            self.produce(
-                CHECKPOINT_TOPIC,
-                Some(key.as_bytes()),
-                Some(text.as_bytes()),
-            )
-            .await?;
+        if !self.cfg.exactly_once {
+            // The checkpoint only after every record is acknowledged: at least once.
             self.delivered().await?;
+        }
+        self.produce(
+            CHECKPOINT_TOPIC,
+            Some(key.as_bytes()),
+            Some(text.as_bytes()),
+        )
+        .await?;
+        self.delivered().await?;
+        if self.cfg.exactly_once {
             let producer = &self.producer;
             tokio::task::block_in_place(|| producer.commit_transaction(TIMEOUT))
                 .map_err(kafka_error("committing the Kafka transaction"))?;
             self.in_transaction = false;
-        } else {
-            self.delivered().await?;
-            if let Some(failed) = self.take_delivery_failure() {
-                return Err(Error::transient("delivering records", failed));
-            }
-            // The checkpoint only after every record is acknowledged: at least once.
-            self.produce(
-                CHECKPOINT_TOPIC,
-                Some(key.as_bytes()),
-                Some(text.as_bytes()),
-            )
-            .await?;
-            self.delivered().await?;
-        }
-        if let Some(failed) = self.take_delivery_failure() {
-            return Err(Error::transient("delivering records", failed));
         }
         tracing::debug!(
             sink = %self.name,

@@ -169,7 +169,7 @@ pub async fn run(
             // after the point is copied empty (or skipped) and its rows come from the binlog.
             catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
             if cfg.snapshot == SnapshotMode::Never {
-                send_marker(&events, &position).await?;
+                crate::snapshot::send_marker(&events, Position::Binlog(position.clone())).await?;
             } else {
                 stats.set_state(PipelineState::Snapshotting);
                 let tables: Vec<_> = catalog.iter().map(|(id, t)| (id.clone(), t.clone())).collect();
@@ -209,26 +209,6 @@ pub async fn run(
     )
     .await?;
     Ok(SourceExit::Shutdown)
-}
-
-/// An empty transaction at `position`, so the sinks hold a checkpoint without a snapshot.
-async fn send_marker(events: &mpsc::Sender<Event>, position: &BinlogPosition) -> Result<(), Error> {
-    let closed = |_| Error::fatal("the pipeline stopped");
-    let position = Position::Binlog(position.clone());
-    events
-        .send(Event::Begin {
-            commit_at: position.clone(),
-            xid: None,
-        })
-        .await
-        .map_err(closed)?;
-    events
-        .send(Event::Commit {
-            position,
-            commit_time: ferry_core::Timestamp(0),
-        })
-        .await
-        .map_err(closed)
 }
 
 /// Streaming needs row events with full images; anything else loses data, so it stops the pipeline up front.

@@ -126,21 +126,8 @@ pub async fn run(
                     }
                 }
             } else {
-                let position = Position::Pg(created.consistent_point);
-                let send = |e| events.send(e);
-                let closed = |_| Error::fatal("the pipeline stopped");
-                send(Event::Begin {
-                    commit_at: position.clone(),
-                    xid: None,
-                })
-                .await
-                .map_err(closed)?;
-                send(Event::Commit {
-                    position,
-                    commit_time: ferry_core::Timestamp(0),
-                })
-                .await
-                .map_err(closed)?;
+                crate::snapshot::send_marker(&events, Position::Pg(created.consistent_point))
+                    .await?;
             }
             creator.terminate().await;
             if cfg.snapshot == SnapshotMode::Only {
