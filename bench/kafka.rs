@@ -131,6 +131,7 @@ impl Bench {
                 column("at", ColumnType::TimestampTz, "timestamp with time zone"),
             ],
             primary_key: vec![0],
+            identity: Vec::new(),
             version: 1,
             dialect: Dialect::Postgres,
         });

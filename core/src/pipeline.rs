@@ -506,6 +506,7 @@ mod tests {
             id: crate::schema::TableId::new("public", "t"),
             columns: vec![],
             primary_key: vec![],
+            identity: Vec::new(),
             version: 1,
             dialect: Default::default(),
         });

@@ -87,6 +87,11 @@ pub struct TableSchema {
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary key, in key order; empty when the table has none.
     pub primary_key: Vec<usize>,
+    /// Indexes into `columns` of the replica identity: the columns an old row image (of an update or delete) is
+    /// sure to carry, so the ones by which a target finds the row a change is about. PostgreSQL: the primary key
+    /// (`REPLICA IDENTITY DEFAULT`), the columns of the identity index (`USING INDEX`), every column (`FULL`), or
+    /// none (`NOTHING`); MySQL and MariaDB: the primary key. Empty means "the same as `primary_key`".
+    pub identity: Vec<usize>,
     pub version: u64,
     /// The dialect of the columns' `source_type`: a sink of the same dialect can create columns exactly as the
     /// source has them; others map from [`ColumnType`].
@@ -105,5 +110,21 @@ impl TableSchema {
     /// Whether rows can be matched by a primary key.
     pub fn has_primary_key(&self) -> bool {
         !self.primary_key.is_empty()
+    }
+
+    /// The columns by which a sink finds the target row of an update or delete: the primary key when the old
+    /// image carries it (identity DEFAULT or FULL), otherwise the identity columns (a `USING INDEX` identity on a
+    /// unique index other than the key: the old image carries only those, and the key itself may change).
+    pub fn match_key(&self) -> &[usize] {
+        if self.identity.is_empty() || self.primary_key.iter().all(|k| self.identity.contains(k)) {
+            &self.primary_key
+        } else {
+            &self.identity
+        }
+    }
+
+    /// Whether the target row is found by other columns than the primary key (see [`TableSchema::match_key`]).
+    pub fn matches_by_identity_index(&self) -> bool {
+        self.match_key() != self.primary_key.as_slice()
     }
 }

@@ -1,6 +1,6 @@
 //! How a row change becomes target writes, shared by the SQL sinks.
 
-use ferry_core::{Row, RowOp, TableSchema, Value};
+use ferry_core::{Error, Row, RowOp, TableSchema, Value};
 
 /// What a sink does for one row change.
 #[derive(Debug, PartialEq)]
@@ -11,8 +11,12 @@ pub enum RowAction<'a> {
     UpdateSent(&'a Row),
     /// Delete the row with the key in these values.
     Delete(&'a Row),
-    /// The key changed: delete the old row, then upsert the new one.
-    Rekey { old: &'a Row, new: &'a Row },
+    /// Update the row found by `old`'s [`TableSchema::match_key`] values in place, setting every column `new`
+    /// carries (not `Unchanged`), the key included: the key changed, or the row is found by an identity index
+    /// other than the key. The row moves rather than being deleted and re-inserted, so values the source did not
+    /// send again (unchanged TOAST) stay. When no target row matches and `new` is complete, the sink upserts it;
+    /// when it is not, that is an error naming the table and key, never a row with NULLs.
+    Move { old: &'a Row, new: &'a Row },
     /// Tables without a primary key: insert a row.
     InsertNoKey(&'a Row),
     /// Tables without a primary key: remove one row equal to `old` (all columns the source sent), then insert
@@ -46,6 +50,11 @@ pub fn classify<'a>(table: &TableSchema, op: &'a RowOp) -> RowAction<'a> {
     match op {
         RowOp::Insert { after } | RowOp::Read { after } => RowAction::Upsert(after),
         RowOp::Delete { before } => RowAction::Delete(before),
+        // The old image carries the identity index's columns, not the key: the key may have changed unseen.
+        RowOp::Update { before, after } if table.matches_by_identity_index() => RowAction::Move {
+            old: before.as_ref().unwrap_or(after),
+            new: after,
+        },
         RowOp::Update { before, after } => {
             let key_changed = before.as_ref().is_some_and(|old| {
                 table
@@ -54,12 +63,47 @@ pub fn classify<'a>(table: &TableSchema, op: &'a RowOp) -> RowAction<'a> {
                     .any(|&k| old[k] != after[k] && old[k] != Value::Unchanged)
             });
             match before {
-                Some(old) if key_changed => RowAction::Rekey { old, new: after },
+                Some(old) if key_changed => RowAction::Move { old, new: after },
                 _ if after.contains(&Value::Unchanged) => RowAction::UpdateSent(after),
                 _ => RowAction::Upsert(after),
             }
         }
     }
+}
+
+/// Whether the row carries every column's value (nothing `Unchanged`), so it can be written on its own.
+pub fn is_complete(row: &Row) -> bool {
+    !row.contains(&Value::Unchanged)
+}
+
+/// `(a, b) = (1, 'x')` for the [`TableSchema::match_key`] columns of `row`, for error messages.
+pub fn describe_key(table: &TableSchema, row: &Row) -> String {
+    let key = table.match_key();
+    let names: Vec<&str> = key
+        .iter()
+        .map(|&k| table.columns[k].name.as_str())
+        .collect();
+    let values: Vec<String> = key
+        .iter()
+        .map(|&k| match &row[k] {
+            Value::Text(s) => format!("'{}'", s.replace('\'', "''")),
+            Value::Int(i) => i.to_string(),
+            Value::Null => "NULL".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    format!("({}) = ({})", names.join(", "), values.join(", "))
+}
+
+/// The error for a [`RowAction::Move`] that found no target row and cannot write the row anew.
+pub fn missing_row(table: &TableSchema, old: &Row) -> Error {
+    Error::fatal(format!(
+        "table {}: no target row has {}, and the update does not carry every column (unchanged TOAST or a \
+         minimal row image), so it cannot be written anew: the target has diverged from the source; re-copy the \
+         table (`ferry reset --config <file> --yes` takes a new snapshot)",
+        table.id,
+        describe_key(table, old)
+    ))
 }
 
 /// Indexes of the columns a row carries values for (not `Unchanged`).
@@ -87,20 +131,21 @@ mod tests {
             id: TableId::new("public", "t"),
             columns: vec![col("id"), col("v")],
             primary_key: pk,
+            identity: Vec::new(),
             version: 1,
             dialect: Default::default(),
         }
     }
 
     #[test]
-    fn key_change_becomes_delete_then_upsert() {
+    fn key_change_moves_the_row() {
         let op = RowOp::Update {
             before: Some(vec![Value::Int(1), Value::Null]),
             after: vec![Value::Int(2), Value::Int(5)],
         };
         assert!(matches!(
             classify(&table(vec![0]), &op),
-            RowAction::Rekey { .. }
+            RowAction::Move { .. }
         ));
         let same = RowOp::Update {
             before: None,
@@ -114,5 +159,23 @@ mod tests {
             classify(&table(vec![]), &same),
             RowAction::InsertNoKey(_)
         ));
+    }
+
+    #[test]
+    fn an_identity_index_other_than_the_key_moves_by_that_index() {
+        let mut t = table(vec![0]);
+        t.identity = vec![1];
+        assert_eq!(t.match_key(), &[1]);
+        // Only the key changed: no old image, the identity values are the new row's.
+        let op = RowOp::Update {
+            before: None,
+            after: vec![Value::Int(40), Value::Int(7)],
+        };
+        assert!(
+            matches!(classify(&t, &op), RowAction::Move { old, .. } if old[1] == Value::Int(7))
+        );
+        // FULL identity covers the key: rows are found by the key.
+        t.identity = vec![0, 1];
+        assert_eq!(t.match_key(), &[0]);
     }
 }

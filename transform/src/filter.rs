@@ -55,15 +55,19 @@ impl TableFilter {
         let keep: Vec<usize> = (0..schema.columns.len())
             .filter(|&i| !drop.contains(&schema.columns[i].name))
             .collect();
-        let primary_key = schema
-            .primary_key
-            .iter()
-            .filter_map(|k| keep.iter().position(|i| i == k))
-            .collect();
+        let remap = |columns: &[usize]| -> Vec<usize> {
+            columns
+                .iter()
+                .filter_map(|k| keep.iter().position(|i| i == k))
+                .collect()
+        };
+        let primary_key = remap(&schema.primary_key);
+        let identity = remap(&schema.identity);
         let narrowed = Arc::new(TableSchema {
             id: schema.id.clone(),
             columns: keep.iter().map(|&i| schema.columns[i].clone()).collect(),
             primary_key,
+            identity,
             version: schema.version,
             dialect: schema.dialect,
         });
@@ -138,6 +142,7 @@ mod tests {
             id: TableId::new("public", name),
             columns: vec![col("id"), col("secret"), col("v")],
             primary_key: vec![0],
+            identity: Vec::new(),
             version: 1,
             dialect: Default::default(),
         })

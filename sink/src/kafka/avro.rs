@@ -11,7 +11,10 @@ use ferry_config::DecimalHandling;
 use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, TableSchema, Value};
 use serde_json::{json, Value as Json};
 
-use super::envelope::{declared_precision_scale, unscaled_bytes, Change, SourceInfo};
+use super::envelope::{
+    declared_precision_scale, unavailable, unscaled_bytes, Change, SourceInfo, Unavailable,
+    UNAVAILABLE,
+};
 
 /// An Avro name: letters, digits and `_`, not starting with a digit.
 fn avro_name(name: &str) -> String {
@@ -161,7 +164,37 @@ pub fn value_schema(
 
 fn value(v: &Value, ty: &ColumnType, source_type: &str, decimals: DecimalHandling) -> Avro {
     match (v, ty) {
-        (Value::Null | Value::Unchanged | Value::ZeroDate(_), _) => Avro::Null,
+        (Value::Unchanged, _) => {
+            let bytes = || Avro::Bytes(UNAVAILABLE.as_bytes().to_vec());
+            let text = || Avro::String(UNAVAILABLE.to_owned());
+            let one = |v: Avro| Avro::Array(vec![Avro::Union(1, Box::new(v))]);
+            let scale = declared_precision_scale(source_type).map(|(_, s)| s);
+            match unavailable(ty, scale, decimals) {
+                Unavailable::Text => text(),
+                Unavailable::Bytes if *ty == ColumnType::Numeric => {
+                    Avro::Decimal(apache_avro::Decimal::from(UNAVAILABLE.as_bytes().to_vec()))
+                }
+                Unavailable::Bytes => bytes(),
+                Unavailable::Ints => Avro::Array(
+                    UNAVAILABLE
+                        .bytes()
+                        .map(|b| {
+                            let n = match ty {
+                                ColumnType::Array(inner) if **inner == ColumnType::Int8 => {
+                                    Avro::Long(i64::from(b))
+                                }
+                                _ => Avro::Int(i32::from(b)),
+                            };
+                            Avro::Union(1, Box::new(n))
+                        })
+                        .collect(),
+                ),
+                Unavailable::TextArray => one(text()),
+                Unavailable::BytesArray => one(bytes()),
+                Unavailable::Null => Avro::Null,
+            }
+        }
+        (Value::Null | Value::ZeroDate(_), _) => Avro::Null,
         (Value::Bool(b), _) => Avro::Boolean(*b),
         (Value::Int(i), ColumnType::Int2 | ColumnType::Int4) => Avro::Int(*i as i32),
         (Value::Int(i), _) => Avro::Long(*i),

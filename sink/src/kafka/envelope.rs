@@ -235,6 +235,90 @@ fn declared_scale(source_type: &str) -> Option<usize> {
     declared_precision_scale(source_type).map(|(_, s)| s)
 }
 
+/// Debezium's placeholder for a value the source did not send (PostgreSQL's unchanged TOAST), the default of its
+/// `unavailable.value.placeholder`: consumers of Debezium topics already recognise it, and it is never mistaken
+/// for a NULL the source wrote.
+pub(super) const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+/// The form the placeholder takes in a column, as Debezium's `UnchangedToastedPlaceholder` writes it: text in
+/// text-typed fields, its bytes in binary ones, its bytes as numbers in integer arrays, a one-element array in
+/// other arrays. Only numeric scalars (`double` or variable-scale decimals) cannot hold it: those stay null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unavailable {
+    Text,
+    Bytes,
+    Ints,
+    TextArray,
+    BytesArray,
+    Null,
+}
+
+pub(super) fn unavailable(
+    ty: &ColumnType,
+    declared_scale: Option<usize>,
+    decimals: DecimalHandling,
+) -> Unavailable {
+    let scalar = |ty: &ColumnType| match ty {
+        ColumnType::Text
+        | ColumnType::Other
+        | ColumnType::Json
+        | ColumnType::Jsonb
+        | ColumnType::Uuid
+        | ColumnType::TimeTz
+        | ColumnType::TimestampTz => Unavailable::Text,
+        ColumnType::Bytes => Unavailable::Bytes,
+        ColumnType::Numeric => match (decimals, declared_scale) {
+            (DecimalHandling::String, _) => Unavailable::Text,
+            (DecimalHandling::Precise, Some(_)) => Unavailable::Bytes,
+            _ => Unavailable::Null,
+        },
+        _ => Unavailable::Null,
+    };
+    match ty {
+        ColumnType::Array(inner) => match inner.as_ref() {
+            ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 => Unavailable::Ints,
+            inner => match scalar(inner) {
+                Unavailable::Text => Unavailable::TextArray,
+                Unavailable::Bytes => Unavailable::BytesArray,
+                _ => Unavailable::Null,
+            },
+        },
+        ty => scalar(ty),
+    }
+}
+
+fn push_unavailable(out: &mut String, form: Unavailable) {
+    match form {
+        Unavailable::Text => push_json_str(out, UNAVAILABLE),
+        Unavailable::Bytes => {
+            out.push('"');
+            push_base64(out, UNAVAILABLE.as_bytes());
+            out.push('"');
+        }
+        Unavailable::Ints => {
+            out.push('[');
+            for (n, b) in UNAVAILABLE.bytes().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                push_int(out, i64::from(b));
+            }
+            out.push(']');
+        }
+        Unavailable::TextArray | Unavailable::BytesArray => {
+            out.push('[');
+            let element = if form == Unavailable::TextArray {
+                Unavailable::Text
+            } else {
+                Unavailable::Bytes
+            };
+            push_unavailable(out, element);
+            out.push(']');
+        }
+        Unavailable::Null => out.push_str("null"),
+    }
+}
+
 /// Appends one column value, typed as Debezium's defaults have it. `declared_scale` is the column's scale when
 /// it declares one: such decimals are plain base64 bytes (Kafka Connect's `Decimal`), others Debezium's
 /// VariableScaleDecimal `{scale, value}`.
@@ -250,7 +334,8 @@ fn push_value(
         let _ = write!(out, "\"{text}\"");
     };
     match v {
-        Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("null"),
+        Value::Unchanged => push_unavailable(out, unavailable(ty, declared_scale, decimals)),
+        Value::Null | Value::ZeroDate(_) => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Int(i) => push_int(out, *i),
         Value::Float(f) => push_float(out, *f),
@@ -626,6 +711,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unchanged_values_carry_debeziums_placeholder_never_null() {
+        let json = |ty: ColumnType, source_type: &str| {
+            let mut out = String::new();
+            let scale = declared_scale(source_type);
+            push_value(
+                &mut out,
+                &Value::Unchanged,
+                &ty,
+                scale,
+                DecimalHandling::Precise,
+            );
+            out
+        };
+        let arr = |t: ColumnType| ColumnType::Array(Box::new(t));
+        assert_eq!(
+            json(ColumnType::Text, "text"),
+            "\"__debezium_unavailable_value\""
+        );
+        assert_eq!(
+            json(ColumnType::Jsonb, "jsonb"),
+            "\"__debezium_unavailable_value\""
+        );
+        assert_eq!(
+            json(ColumnType::Bytes, "bytea"),
+            "\"X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==\""
+        );
+        assert_eq!(
+            json(ColumnType::Numeric, "numeric(10,2)"),
+            "\"X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==\""
+        );
+        assert_eq!(
+            json(arr(ColumnType::Text), "text[]"),
+            "[\"__debezium_unavailable_value\"]"
+        );
+        assert!(json(arr(ColumnType::Int4), "integer[]").starts_with("[95,95,100,"));
+        // A NULL the source wrote stays null.
+        let mut out = String::new();
+        push_value(
+            &mut out,
+            &Value::Null,
+            &ColumnType::Text,
+            None,
+            DecimalHandling::Precise,
+        );
+        assert_eq!(out, "null");
+    }
+
+    #[test]
     fn decimals_become_twos_complement_bytes() {
         assert_eq!(unscaled_bytes("1.25"), (vec![0x7d], 2));
         assert_eq!(unscaled_bytes("-1.25"), (vec![0x83], 2));
@@ -668,6 +801,7 @@ mod tests {
                 ),
             ],
             primary_key: vec![0],
+            identity: Vec::new(),
             version: 1,
             dialect: Dialect::Postgres,
         });

@@ -644,6 +644,7 @@ impl KafkaSink {
                                 id: t.clone(),
                                 columns: Vec::new(),
                                 primary_key: Vec::new(),
+                                identity: Vec::new(),
                                 version: 0,
                                 dialect: if self.info.connector == "mysql" {
                                     Dialect::Mysql

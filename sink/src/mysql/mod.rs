@@ -22,7 +22,7 @@ use mysql_async::{Conn, Opts};
 use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
-use crate::rows::{classify, RowAction};
+use crate::rows::{classify, describe_key, is_complete, missing_row, RowAction};
 use ddl::{ensure_table, TargetTable};
 use literal::{literal, load_field, quote_ident};
 
@@ -66,7 +66,8 @@ pub fn options(url: &str) -> Result<Opts, Error> {
 }
 
 async fn connect(url: &str) -> Result<Conn, Error> {
-    let opts = options(url)?;
+    // Found rather than changed rows: a moved row whose values did not change still counts as found.
+    let opts = mysql_async::OptsBuilder::from_opts(options(url)?).client_found_rows(true);
     let mut conn = Conn::new(opts)
         .await
         .map_err(|e| Error::transient("connecting to the MySQL target", e))?;
@@ -176,6 +177,12 @@ impl MysqlSink {
             .query_drop(sql)
             .await
             .map_err(write_error(what.to_owned()))
+    }
+
+    /// Like [`MysqlSink::exec`], returning the number of rows the statement found.
+    async fn exec_counted(&mut self, sql: String, what: &str) -> Result<u64, Error> {
+        self.exec(sql, what).await?;
+        Ok(self.conn.affected_rows())
     }
 
     async fn apply_events(
@@ -367,7 +374,7 @@ impl MysqlSink {
     }
 
     fn key_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
-        self.column_terms(table, row, table.primary_key.iter().copied(), "=", " AND ")
+        self.column_terms(table, row, table.match_key().iter().copied(), "=", " AND ")
     }
 
     /// Matches every column the source sent, NULL-safely (keyless tables).
@@ -407,12 +414,19 @@ impl MysqlSink {
                 );
                 self.exec(sql, "deleting a row").await
             }
-            RowAction::Rekey { old, new } => {
+            RowAction::Move { old, new } => {
                 let sql = format!(
-                    "DELETE FROM {name} WHERE {}",
+                    "UPDATE {name} SET {} WHERE {}",
+                    self.assignments(table, new)?,
                     self.key_condition(table, old)?
                 );
-                self.exec(sql, "deleting a re-keyed row").await?;
+                let what = format!("updating {} where {}", table.id, describe_key(table, old));
+                if self.exec_counted(sql, &what).await? > 0 {
+                    return Ok(());
+                }
+                if !is_complete(new) {
+                    return Err(missing_row(table, old));
+                }
                 let mut one = Upserts::default();
                 one.push(table, new);
                 self.flush(&mut one).await

@@ -102,7 +102,7 @@ pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usiz
         .join(", ");
     let key_match = |target: &str| {
         table
-            .primary_key
+            .match_key()
             .iter()
             .map(|&k| {
                 let i = columns.iter().position(|&c| c == k).unwrap_or(0);
@@ -156,6 +156,31 @@ pub fn group_statement(table: &TableSchema, kind: StatementKind, columns: &[usiz
             key_match("t")
         ),
     }
+}
+
+/// Moves one row in place: `UPDATE … SET` each of `sets` (parameters `$1…`) `WHERE` each of `keys` equals the
+/// parameters after them. Values travel as text and are cast to the column type, as in [`group_statement`].
+pub fn move_statement(table: &TableSchema, sets: &[usize], keys: &[usize]) -> String {
+    let term = |(i, &c): (usize, &usize)| {
+        format!(
+            "{} = ${}::text::{}",
+            quote_ident(&table.columns[c].name),
+            i + 1,
+            pg_type(table, c)
+        )
+    };
+    let assignments: Vec<String> = sets.iter().enumerate().map(term).collect();
+    let conditions: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, c)| term((i + sets.len(), c)))
+        .collect();
+    format!(
+        "UPDATE {} SET {} WHERE {}",
+        qualified_name(&table.id),
+        assignments.join(", "),
+        conditions.join(" AND ")
+    )
 }
 
 /// Deletes one row whose `matched` columns equal the parameters (tables without a primary key). Each column is

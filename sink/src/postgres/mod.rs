@@ -21,7 +21,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{debug, info};
 
 use crate::checkpoint;
-use crate::rows::{classify, sent_columns, RowAction};
+use crate::rows::{classify, is_complete, sent_columns, RowAction};
 use text::pg_text;
 
 pub use ddl::qualified_name;
@@ -232,6 +232,43 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Applies a [`RowAction::Move`]: one statement per row, since moves within one set-based statement could
+    /// depend on each other (1 → 100, 2 → 1, 100 → 2).
+    async fn move_row(&mut self, table: &SchemaRef, old: &Row, new: &Row) -> Result<(), Error> {
+        let sets = sent_columns(new);
+        let keys = table.match_key();
+        let sql = ddl::move_statement(table, &sets, keys);
+        let params: Vec<Option<String>> = sets
+            .iter()
+            .map(|&c| pg_text(&new[c]))
+            .chain(keys.iter().map(|&k| pg_text(&old[k])))
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        let moved = self
+            .client
+            .execute(sql.as_str(), &refs)
+            .await
+            .map_err(write_error(&format!(
+                "updating {} where {}",
+                table.id,
+                crate::rows::describe_key(table, old)
+            )))?;
+        if moved > 0 {
+            return Ok(());
+        }
+        if !is_complete(new) {
+            return Err(crate::rows::missing_row(table, old));
+        }
+        let group = Group {
+            table: table.clone(),
+            kind: GroupKind::Upsert,
+            columns: (0..table.columns.len()).collect(),
+            rows: vec![new],
+        };
+        self.flush(Some(group)).await
+    }
+
     async fn apply_events(&mut self, events: &[Event]) -> Result<(), Error> {
         let mut group: Option<Group> = None;
         for event in events {
@@ -251,8 +288,10 @@ impl PostgresSink {
                         RowAction::Upsert(r) => vec![(GroupKind::Upsert, r)],
                         RowAction::UpdateSent(r) => vec![(GroupKind::UpdateSent, r)],
                         RowAction::Delete(r) => vec![(GroupKind::Delete, r)],
-                        RowAction::Rekey { old, new } => {
-                            vec![(GroupKind::Delete, old), (GroupKind::Upsert, new)]
+                        RowAction::Move { old, new } => {
+                            self.flush(group.take()).await?;
+                            self.move_row(table, old, new).await?;
+                            continue;
                         }
                         RowAction::InsertNoKey(r) => vec![(GroupKind::Copy, r)],
                         RowAction::ReplaceNoKey { old, new } => {
@@ -263,7 +302,7 @@ impl PostgresSink {
                     };
                     for (kind, row) in steps {
                         let columns = match kind {
-                            GroupKind::Delete => table.primary_key.clone(),
+                            GroupKind::Delete => table.match_key().to_vec(),
                             GroupKind::UpdateSent => sent_columns(row),
                             GroupKind::Upsert
                             | GroupKind::Insert

@@ -18,7 +18,7 @@ use rusqlite::{params_from_iter, Connection};
 use tracing::{debug, info};
 
 use crate::checkpoint;
-use crate::rows::{classify, sent_columns, RowAction};
+use crate::rows::{classify, is_complete, missing_row, sent_columns, RowAction};
 
 fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
     let what = what.into();
@@ -232,9 +232,30 @@ impl SqliteSink {
                 self.exec(&sql, values, what)?;
             }
             RowAction::Delete(row) => self.delete_by_key(table, row)?,
-            RowAction::Rekey { old, new } => {
-                self.delete_by_key(table, old)?;
-                self.upsert(table, new)?;
+            RowAction::Move { old, new } => {
+                let sets = sent_columns(new);
+                let keys = table.match_key();
+                let sql = format!(
+                    "UPDATE {name} SET {} WHERE {}",
+                    sets.iter()
+                        .map(|&c| format!("{} = ?", col(c)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    keys.iter()
+                        .map(|&k| format!("{} = ?", col(k)))
+                        .collect::<Vec<_>>()
+                        .join(" AND ")
+                );
+                let values = sets
+                    .iter()
+                    .map(|&c| &new[c])
+                    .chain(keys.iter().map(|&k| &old[k]));
+                if self.exec(&sql, values, what)? == 0 {
+                    if !is_complete(new) {
+                        return Err(missing_row(table, old));
+                    }
+                    self.upsert(table, new)?;
+                }
             }
             RowAction::ReplaceNoKey { old, new } => {
                 let matched = sent_columns(old);
@@ -282,12 +303,13 @@ impl SqliteSink {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.exec(&sql, row.iter(), || format!("writing to {}", table.id))
+        self.exec(&sql, row.iter(), || format!("writing to {}", table.id))?;
+        Ok(())
     }
 
     fn delete_by_key(&mut self, table: &SchemaRef, row: &Row) -> Result<(), Error> {
         let cond: Vec<String> = table
-            .primary_key
+            .match_key()
             .iter()
             .map(|&k| format!("{} = ?", quote(&table.columns[k].name)))
             .collect();
@@ -296,9 +318,10 @@ impl SqliteSink {
             quote(&table_name(&table.id)),
             cond.join(" AND ")
         );
-        self.exec(&sql, table.primary_key.iter().map(|&k| &row[k]), || {
+        self.exec(&sql, table.match_key().iter().map(|&k| &row[k]), || {
             format!("deleting from {}", table.id)
-        })
+        })?;
+        Ok(())
     }
 
     fn exec<'v>(
@@ -306,13 +329,13 @@ impl SqliteSink {
         sql: &str,
         values: impl Iterator<Item = &'v Value>,
         what: impl FnOnce() -> String,
-    ) -> Result<(), Error> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(db_error(what()))?;
+    ) -> Result<usize, Error> {
+        let what = what();
+        let mut stmt = self.conn.prepare_cached(sql).map_err(db_error(&what))?;
         stmt.execute(params_from_iter(
             values.map(|v| ToSqlOutput::Owned(sqlite_value(v))),
         ))
-        .map_err(db_error("executing a write"))?;
-        Ok(())
+        .map_err(db_error(what))
     }
 }
 

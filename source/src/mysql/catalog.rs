@@ -146,6 +146,7 @@ impl CatalogTable {
                 })
                 .collect(),
             primary_key: self.primary_key.clone(),
+            identity: Vec::new(),
             version,
             dialect: Dialect::Mysql,
         }

@@ -439,6 +439,7 @@ pub fn layout_from_table_map(
             id,
             columns: schema_columns,
             primary_key,
+            identity: Vec::new(),
             version,
             dialect: Dialect::Mysql,
         }),

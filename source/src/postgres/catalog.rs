@@ -180,12 +180,13 @@ impl Catalog {
 
     /// Builds the schema of table `id` (relation `rel_oid`) with `columns` as the stream or snapshot sees them.
     /// The primary key comes from the catalog; without one, replica-identity-index columns serve as the key.
+    /// `replica_identity` is the Relation message's setting (`d`, `n`, `f`, `i`); `None` reads the catalog's.
     pub async fn table_schema(
         &mut self,
         rel_oid: u32,
         id: TableId,
         columns: &[RawColumn],
-        replica_identity: u8,
+        replica_identity: Option<u8>,
         version: u64,
     ) -> Result<Arc<TableSchema>, Error> {
         let rows = self
@@ -193,8 +194,17 @@ impl Catalog {
             .query(
                 "SELECT a.attname::text, a.attnotnull, format_type(a.atttypid, a.atttypmod), \
                         coalesce((SELECT k.ord::int FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                                  WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0) \
-                 FROM pg_attribute a WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                                  WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0), \
+                        CASE c.relreplident \
+                          WHEN 'f' THEN true \
+                          WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
+                                                AND i.indisprimary AND a.attnum = ANY (i.indkey)) \
+                          WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
+                                                AND i.indisreplident AND a.attnum = ANY (i.indkey)) \
+                          ELSE false END, \
+                        c.relreplident::text \
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&i64::from(rel_oid)],
             )
             .await
@@ -202,6 +212,11 @@ impl Catalog {
         let info: HashMap<String, (bool, String, i32)> = rows
             .iter()
             .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
+        let in_catalog_identity: HashSet<String> = rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(4))
+            .map(|r| r.get(0))
             .collect();
         let mut out = Vec::with_capacity(columns.len());
         let mut pk: Vec<(i32, usize)> = Vec::new();
@@ -238,18 +253,37 @@ impl Catalog {
         }
         pk.sort();
         let mut primary_key: Vec<usize> = pk.into_iter().map(|(_, i)| i).collect();
-        if primary_key.is_empty() && replica_identity == b'i' {
-            primary_key = columns
+        // The stream's Relation message marks the identity as of its own point in the WAL; the snapshot has only
+        // the catalog's current one.
+        let identity: Vec<usize> = if columns.iter().any(|c| c.is_key) {
+            columns
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| c.is_key)
                 .map(|(i, _)| i)
-                .collect();
+                .collect()
+        } else {
+            columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| in_catalog_identity.contains(&c.name))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let replica_identity = replica_identity.unwrap_or_else(|| {
+            rows.first()
+                .and_then(|r| r.get::<_, String>(5).bytes().next())
+                .unwrap_or(b'd')
+        });
+        if primary_key.is_empty() && replica_identity == b'i' {
+            // Without a primary key, a USING INDEX identity (a unique index on NOT NULL columns) is the key.
+            primary_key = identity.clone();
         }
         Ok(Arc::new(TableSchema {
             id,
             columns: out,
             primary_key,
+            identity,
             version,
             dialect: ferry_core::Dialect::Postgres,
         }))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{
     Change, Error, Event, Lsn, PipelineState, PipelineStats, Position, RowOp, SchemaRef, TableId,
-    Timestamp, Value,
+    TableSchema, Timestamp, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -303,10 +303,12 @@ impl Streamer {
                 self.schema_versions += 1;
                 let schema = self
                     .catalog
-                    .table_schema(oid, id, &raw, replica_identity, self.schema_versions)
+                    .table_schema(oid, id, &raw, Some(replica_identity), self.schema_versions)
                     .await?;
                 let changed = self.relations.get(&oid).is_none_or(|old| {
-                    old.columns != schema.columns || old.primary_key != schema.primary_key
+                    old.columns != schema.columns
+                        || old.primary_key != schema.primary_key
+                        || old.identity != schema.identity
                 });
                 if changed {
                     out.push_back(Event::Schema(schema.clone()));
@@ -324,7 +326,10 @@ impl Streamer {
             PgOutput::Update { oid, old, new, .. } => {
                 let table = self.relation(oid)?;
                 let before = old.map(|o| row(&table, &o)).transpose()?;
-                let after = row(&table, &new)?;
+                let mut after = row(&table, &new)?;
+                if let Some(before) = &before {
+                    fill_unchanged_from_identity(&table, before, &mut after);
+                }
                 out.push_back(Event::Change(Change::Row {
                     table,
                     op: RowOp::Update { before, after },
@@ -378,6 +383,17 @@ impl Streamer {
                 "change for relation {oid} before its Relation message"
             ))
         })
+    }
+}
+
+/// An unchanged TOAST value is not in the new tuple, but an old image carries every identity column in full
+/// (`REPLICA IDENTITY FULL` detoasts the whole old row): take those values, so the new image is complete and no
+/// sink has to guess (a keyless table's update is a delete and an insert of the whole row).
+fn fill_unchanged_from_identity(table: &TableSchema, before: &[Value], after: &mut [Value]) {
+    for &i in &table.identity {
+        if after[i] == Value::Unchanged && before[i] != Value::Unchanged {
+            after[i] = before[i].clone();
+        }
     }
 }
 
