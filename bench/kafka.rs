@@ -121,6 +121,7 @@ impl Bench {
             ty,
             source_type: source_type.into(),
             nullable: false,
+            generated: None,
         };
         let table = std::sync::Arc::new(TableSchema {
             id: TableId::new("public", "bench_rows"),

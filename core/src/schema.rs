@@ -68,6 +68,10 @@ pub struct Column {
     /// with enums and other user-defined types replaced by what a target without them can hold.
     pub source_type: String,
     pub nullable: bool,
+    /// A stored generated column's expression (`GENERATED ALWAYS AS (expr) STORED`), in the source's dialect: a
+    /// target of the same dialect computes the column itself and is never written to it; other targets store
+    /// the values the source sends (PostgreSQL sends them from version 18, with `publish_generated_columns`).
+    pub generated: Option<String>,
 }
 
 /// Which SQL dialect a schema's `source_type` spellings are in.

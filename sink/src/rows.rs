@@ -126,6 +126,7 @@ mod tests {
             ty: ColumnType::Int8,
             source_type: "bigint".into(),
             nullable: true,
+            generated: None,
         };
         TableSchema {
             id: TableId::new("public", "t"),

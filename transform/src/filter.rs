@@ -137,6 +137,7 @@ mod tests {
             ty: ColumnType::Text,
             source_type: "text".into(),
             nullable: true,
+            generated: None,
         };
         Arc::new(TableSchema {
             id: TableId::new("public", name),

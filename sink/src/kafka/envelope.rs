@@ -784,6 +784,7 @@ mod tests {
             ty,
             source_type: source_type.into(),
             nullable: true,
+            generated: None,
         };
         let table = std::sync::Arc::new(TableSchema {
             id: TableId::new("public", "odd \"table\""),

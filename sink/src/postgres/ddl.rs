@@ -68,6 +68,22 @@ pub fn pg_type(table: &TableSchema, i: usize) -> String {
     }
 }
 
+/// Whether the target computes column `i` itself: a stored generated column of a PostgreSQL source, which the
+/// target table gets with the same expression.
+pub fn computed_by_target(table: &TableSchema, i: usize) -> bool {
+    table.dialect == Dialect::Postgres && table.columns[i].generated.is_some()
+}
+
+/// A column's definition: name, type, and the generated expression a target of the source's dialect computes.
+fn column_definition(table: &TableSchema, i: usize) -> String {
+    let c = &table.columns[i];
+    let mut def = format!("{} {}", quote_ident(&c.name), pg_type(table, i));
+    if let (true, Some(expr)) = (computed_by_target(table, i), &c.generated) {
+        def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"));
+    }
+    def
+}
+
 pub enum StatementKind {
     Upsert,
     Update,
@@ -231,9 +247,8 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
             .enumerate()
             .map(|(i, c)| {
                 format!(
-                    "{} {}{}",
-                    quote_ident(&c.name),
-                    pg_type(schema, i),
+                    "{}{}",
+                    column_definition(schema, i),
                     if c.nullable { "" } else { " NOT NULL" }
                 )
             })
@@ -263,11 +278,7 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
     let mut alters = Vec::new();
     for (i, c) in schema.columns.iter().enumerate() {
         if !existing_set.contains(c.name.as_str()) {
-            alters.push(format!(
-                "ADD COLUMN {} {}",
-                quote_ident(&c.name),
-                pg_type(schema, i)
-            ));
+            alters.push(format!("ADD COLUMN {}", column_definition(schema, i)));
         }
     }
     for c in &existing {

@@ -15,7 +15,9 @@ mod text;
 
 use std::collections::{HashMap, HashSet};
 
-use ferry_core::{Change, Error, Event, Position, Row, RowOp, SchemaRef, Sink, TableId};
+use ferry_core::{
+    Change, Error, Event, Position, Row, RowOp, SchemaRef, Sink, TableId, TableSchema,
+};
 use ferry_pgconn::PgUrl;
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, info};
@@ -210,7 +212,7 @@ impl PostgresSink {
         old: &Row,
         new: Option<&Row>,
     ) -> Result<(), Error> {
-        let matched: Vec<usize> = sent_columns(old);
+        let matched = written(table, sent_columns(old));
         let sql = ddl::delete_one_matching(table, &matched);
         let params: Vec<Option<String>> = matched.iter().map(|&c| pg_text(&old[c])).collect();
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
@@ -220,7 +222,7 @@ impl PostgresSink {
             .await
             .map_err(write_error(&format!("deleting from {}", table.id)))?;
         if let Some(new) = new {
-            let columns: Vec<usize> = (0..table.columns.len()).collect();
+            let columns = written(table, 0..table.columns.len());
             let group = Group {
                 table: table.clone(),
                 kind: GroupKind::Insert,
@@ -235,7 +237,7 @@ impl PostgresSink {
     /// Applies a [`RowAction::Move`]: one statement per row, since moves within one set-based statement could
     /// depend on each other (1 → 100, 2 → 1, 100 → 2).
     async fn move_row(&mut self, table: &SchemaRef, old: &Row, new: &Row) -> Result<(), Error> {
-        let sets = sent_columns(new);
+        let sets = written(table, sent_columns(new));
         let keys = table.match_key();
         let sql = ddl::move_statement(table, &sets, keys);
         let params: Vec<Option<String>> = sets
@@ -263,7 +265,7 @@ impl PostgresSink {
         let group = Group {
             table: table.clone(),
             kind: GroupKind::Upsert,
-            columns: (0..table.columns.len()).collect(),
+            columns: written(table, 0..table.columns.len()),
             rows: vec![new],
         };
         self.flush(Some(group)).await
@@ -303,11 +305,11 @@ impl PostgresSink {
                     for (kind, row) in steps {
                         let columns = match kind {
                             GroupKind::Delete => table.match_key().to_vec(),
-                            GroupKind::UpdateSent => sent_columns(row),
+                            GroupKind::UpdateSent => written(table, sent_columns(row)),
                             GroupKind::Upsert
                             | GroupKind::Insert
                             | GroupKind::Copy
-                            | GroupKind::CopyOrUpsert => (0..table.columns.len()).collect(),
+                            | GroupKind::CopyOrUpsert => written(table, 0..table.columns.len()),
                         };
                         let same = group.as_ref().is_some_and(|g| {
                             g.kind == kind
@@ -359,6 +361,15 @@ impl PostgresSink {
         }
         self.flush(group).await
     }
+}
+
+/// The columns of `columns` that statements write: all but the generated columns the target computes itself
+/// (those of a PostgreSQL source, created with the same expression; see `ddl::ensure_table`).
+fn written(table: &TableSchema, columns: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    columns
+        .into_iter()
+        .filter(|&c| !ddl::computed_by_target(table, c))
+        .collect()
 }
 
 /// A failed COPY, keeping whether it was a duplicate key (which the caller can recover from).

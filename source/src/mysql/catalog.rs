@@ -143,6 +143,7 @@ impl CatalogTable {
                     ty: c.column_type_logical(),
                     source_type: c.column_type.clone(),
                     nullable: c.nullable,
+                    generated: None,
                 })
                 .collect(),
             primary_key: self.primary_key.clone(),

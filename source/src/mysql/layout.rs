@@ -425,6 +425,7 @@ pub fn layout_from_table_map(
             ty,
             source_type,
             nullable: nullable_bits.get(i).is_some_and(|b| *b),
+            generated: None,
         });
         columns.push(layout);
     }

@@ -31,9 +31,25 @@ struct ResolvedType {
     as_text_reason: Option<&'static str>,
 }
 
+/// One attribute as the catalog describes it.
+struct CatalogAttr {
+    name: String,
+    not_null: bool,
+    format: String,
+    /// Position in the primary key, from 1; 0 when not part of it.
+    pk_ord: i32,
+    in_identity: bool,
+    attnum: i32,
+    type_oid: u32,
+    type_modifier: i32,
+    /// A stored generated column's expression.
+    generated: Option<String>,
+}
+
 /// Catalog access for one source database.
 pub struct Catalog {
     client: Client,
+    server_version: Option<u32>,
     types: HashMap<u32, ResolvedType>,
     warned: HashSet<(TableId, String)>,
 }
@@ -71,6 +87,7 @@ impl Catalog {
     pub fn new(client: Client) -> Self {
         Catalog {
             client,
+            server_version: None,
             types: HashMap::new(),
             warned: HashSet::new(),
         }
@@ -178,9 +195,31 @@ impl Catalog {
             .collect())
     }
 
+    /// The server's `server_version_num` (150004, 180006), read once.
+    pub async fn server_version(&mut self) -> Result<u32, Error> {
+        if let Some(v) = self.server_version {
+            return Ok(v);
+        }
+        let row = self
+            .client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(catalog_error)?;
+        let v = row.get::<_, i32>(0) as u32;
+        self.server_version = Some(v);
+        Ok(v)
+    }
+
+    /// Whether the server publishes stored generated columns' values (PostgreSQL 18's `publish_generated_columns`).
+    pub async fn publishes_generated_columns(&mut self) -> Result<bool, Error> {
+        Ok(self.server_version().await? >= 180_000)
+    }
+
     /// Builds the schema of table `id` (relation `rel_oid`) with `columns` as the stream or snapshot sees them.
     /// The primary key comes from the catalog; without one, replica-identity-index columns serve as the key.
     /// `replica_identity` is the Relation message's setting (`d`, `n`, `f`, `i`); `None` reads the catalog's.
+    /// Stored generated columns the stream does not carry (PostgreSQL before 18) are added at their catalog place,
+    /// so the target keeps them: their values arrive as NULL (see [`Catalog::publishes_generated_columns`]).
     pub async fn table_schema(
         &mut self,
         rel_oid: u32,
@@ -202,28 +241,62 @@ impl Catalog {
                           WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
                                                 AND i.indisreplident AND a.attnum = ANY (i.indkey)) \
                           ELSE false END, \
-                        c.relreplident::text \
+                        c.relreplident::text, a.attnum::int, a.atttypid::int8, a.atttypmod, \
+                        CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END \
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-                 WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                 WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 &[&i64::from(rel_oid)],
             )
             .await
             .map_err(catalog_error)?;
-        let info: HashMap<String, (bool, String, i32)> = rows
+        let attrs: Vec<CatalogAttr> = rows
             .iter()
-            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3))))
+            .map(|r| CatalogAttr {
+                name: r.get(0),
+                not_null: r.get(1),
+                format: r.get(2),
+                pk_ord: r.get(3),
+                in_identity: r.get(4),
+                attnum: r.get(6),
+                type_oid: r.get::<_, i64>(7) as u32,
+                type_modifier: r.get(8),
+                generated: r.get(9),
+            })
             .collect();
-        let in_catalog_identity: HashSet<String> = rows
-            .iter()
-            .filter(|r| r.get::<_, bool>(4))
-            .map(|r| r.get(0))
-            .collect();
+        let info: HashMap<&str, &CatalogAttr> =
+            attrs.iter().map(|a| (a.name.as_str(), a)).collect();
+        let publishes_generated = self.publishes_generated_columns().await?;
+        // Generated columns the stream leaves out, placed before the first column that follows them in the catalog.
+        let mut columns: Vec<RawColumn> = columns.to_vec();
+        for attr in attrs.iter().filter(|a| a.generated.is_some()) {
+            if columns.iter().any(|c| c.name == attr.name) {
+                continue;
+            }
+            let at = columns
+                .iter()
+                .position(|c| {
+                    info.get(c.name.as_str())
+                        .is_some_and(|a| a.attnum > attr.attnum)
+                })
+                .unwrap_or(columns.len());
+            columns.insert(
+                at,
+                RawColumn {
+                    name: attr.name.clone(),
+                    type_oid: attr.type_oid,
+                    type_modifier: attr.type_modifier,
+                    is_key: false,
+                },
+            );
+        }
         let mut out = Vec::with_capacity(columns.len());
         let mut pk: Vec<(i32, usize)> = Vec::new();
         for (i, c) in columns.iter().enumerate() {
             let resolved = self.resolve(c.type_oid).await?;
-            let (not_null, format, pk_pos) = match info.get(&c.name) {
-                Some((nn, f, p)) => (*nn, f.clone(), *p),
+            let attr = info.get(c.name.as_str());
+            let (not_null, format, pk_pos) = match attr {
+                Some(a) => (a.not_null, a.format.clone(), a.pk_ord),
                 None => {
                     let row = self
                         .client
@@ -244,11 +317,21 @@ impl Catalog {
                     warn!(table = %id, column = %c.name, r#type = %format, reason, "column values pass through as text");
                 }
             }
+            let generated = attr.and_then(|a| a.generated.clone());
+            if generated.is_some()
+                && !publishes_generated
+                && self.warned.insert((id.clone(), c.name.clone()))
+            {
+                warn!(table = %id, column = %c.name,
+                    "PostgreSQL before 18 does not publish generated columns: a PostgreSQL target computes this \
+                     column itself, other targets get NULL in it (snapshot and stream alike)");
+            }
             out.push(Column {
                 name: c.name.clone(),
                 ty: resolved.ty,
                 source_type: resolved.ddl_override.unwrap_or(format),
                 nullable: !not_null,
+                generated,
             });
         }
         pk.sort();
@@ -266,7 +349,7 @@ impl Catalog {
             columns
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| in_catalog_identity.contains(&c.name))
+                .filter(|(_, c)| info.get(c.name.as_str()).is_some_and(|a| a.in_identity))
                 .map(|(i, _)| i)
                 .collect()
         };

@@ -39,6 +39,32 @@ pub async fn check_prerequisites(
 ) -> Result<Vec<CheckOutcome>, Error> {
     let mut out = Vec::new();
 
+    let version = setting(client, "server_version").await?;
+    let number: u32 = setting(client, "server_version_num")
+        .await?
+        .parse()
+        .unwrap_or(0);
+    out.push(if number >= 180_000 {
+        pass(
+            "server version",
+            format!("PostgreSQL {version}: generated columns are published with their values"),
+        )
+    } else if number >= 100_000 {
+        pass(
+            "server version",
+            format!(
+                "PostgreSQL {version}: generated columns are not published before 18 (a PostgreSQL target \
+                 computes them; other targets get NULL in them)"
+            ),
+        )
+    } else {
+        fail(
+            "server version",
+            format!("PostgreSQL {version} is older than 10, which logical replication needs"),
+            "upgrade the source server",
+        )
+    });
+
     let level = setting(client, "wal_level").await?;
     out.push(if level == "logical" {
         pass("wal_level", "logical")

@@ -80,8 +80,15 @@ pub async fn run(
     let cfg = &settings.config;
     let client = connect_client(&cfg.url).await?;
     check::require_logical_wal(&client).await?;
-    slot::ensure_publication(&client, &cfg.publication, cfg.tables.as_deref()).await?;
     let mut catalog = Catalog::new(client);
+    let version = catalog.server_version().await?;
+    slot::ensure_publication(
+        catalog.client(),
+        &cfg.publication,
+        cfg.tables.as_deref(),
+        version,
+    )
+    .await?;
     let url_config = PgUrl::parse(&cfg.url)?;
     let application_name = format!("ferry_{}", settings.pipeline);
 
@@ -146,6 +153,8 @@ pub async fn run(
         heartbeat_interval: settings.heartbeat_interval,
         decoder: Default::default(),
         relations: Default::default(),
+        tuple_layouts: Default::default(),
+        unannounced: Default::default(),
         schema_versions: 0,
         in_transaction: false,
         stats,

@@ -51,11 +51,15 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     }))
 }
 
-/// Creates the publication when missing; when tables are listed, makes it publish exactly those.
+/// Creates the publication when missing; when tables are listed, makes it publish exactly those. Changes of
+/// partitions are published under their partitioned table (`publish_via_partition_root`), and from PostgreSQL 18
+/// stored generated columns are published with their values (`publish_generated_columns`); an existing
+/// publication is altered to both.
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     tables: Option<&[TableId]>,
+    server_version: u32,
 ) -> Result<(), Error> {
     let exists = client
         .query_opt(
@@ -71,15 +75,24 @@ pub async fn ensure_publication(
         ),
         None => "ALL TABLES".to_owned(),
     };
+    let options = if server_version >= 180_000 {
+        "publish_via_partition_root = true, publish_generated_columns = stored"
+    } else {
+        "publish_via_partition_root = true"
+    };
+    let quoted = quote_ident(name);
     let sql = match (exists, tables) {
-        (None, _) => format!("CREATE PUBLICATION {} FOR {target}", quote_ident(name)),
-        (Some(_), Some(_)) => format!("ALTER PUBLICATION {} SET {target}", quote_ident(name)),
-        (Some(row), None) if row.get::<_, bool>(0) => return Ok(()),
+        (None, _) => format!("CREATE PUBLICATION {quoted} FOR {target} WITH ({options})"),
+        (Some(_), Some(_)) => {
+            format!("ALTER PUBLICATION {quoted} SET {target}; ALTER PUBLICATION {quoted} SET ({options})")
+        }
+        (Some(row), None) if row.get::<_, bool>(0) => {
+            format!("ALTER PUBLICATION {quoted} SET ({options})")
+        }
         (Some(_), None) => {
             return Err(Error::fatal(format!(
                 "publication {name} exists but does not publish all tables, while the config lists none; \
-                 list the tables under [source] tables, or run: DROP PUBLICATION {}",
-                quote_ident(name)
+                 list the tables under [source] tables, or run: DROP PUBLICATION {quoted}"
             )))
         }
     };

@@ -52,6 +52,7 @@ pub async fn run(
                 .await?,
         );
     }
+    let generated_published = catalog.publishes_generated_columns().await?;
     let position = Position::Pg(consistent_point);
     crate::snapshot::begin(events, &position, &schemas).await?;
 
@@ -81,7 +82,15 @@ pub async fn run(
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::fatal("snapshot workers stopped"))?;
-            let rows = copy_table(&url, &snapshot, &schema, &events, &stats.snapshot).await?;
+            let rows = copy_table(
+                &url,
+                &snapshot,
+                &schema,
+                generated_published,
+                &events,
+                &stats.snapshot,
+            )
+            .await?;
             stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
             info!(table = %schema.id, rows, "table copied");
             Ok::<_, Error>(())
@@ -93,10 +102,13 @@ pub async fn run(
     crate::snapshot::commit(events, position, &stats, started).await
 }
 
+/// Copies one table. Generated columns the stream cannot carry (`generated_published` false) are copied as NULL,
+/// so snapshot and stream agree.
 async fn copy_table(
     url: &str,
     snapshot_name: &str,
     schema: &SchemaRef,
+    generated_published: bool,
     events: &mpsc::Sender<Event>,
     progress: &SnapshotProgress,
 ) -> Result<u64, Error> {
@@ -113,7 +125,10 @@ async fn copy_table(
     let columns: Vec<String> = schema
         .columns
         .iter()
-        .map(|c| quote_ident(&c.name))
+        .map(|c| match &c.generated {
+            Some(_) if !generated_published => "NULL".to_owned(),
+            _ => quote_ident(&c.name),
+        })
         .collect();
     let sql = format!(
         "COPY (SELECT {} FROM {}.{}) TO STDOUT",

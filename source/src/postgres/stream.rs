@@ -11,7 +11,7 @@
 //! whenever the server asks, and while the loop waits for room in the event channel (back-pressure never starves
 //! the keepalive protocol).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +60,11 @@ pub(crate) struct Streamer {
     pub heartbeat_interval: Option<Duration>,
     pub decoder: Decoder,
     pub relations: HashMap<u32, SchemaRef>,
+    /// Per relation with columns the stream does not carry (generated columns before PostgreSQL 18): the schema
+    /// column of each tuple value. Absent: the tuple has every column in schema order.
+    pub tuple_layouts: HashMap<u32, Vec<usize>>,
+    /// Relations whose new schema no change has used yet.
+    pub unannounced: HashSet<u32>,
     pub schema_versions: u64,
     pub in_transaction: bool,
     pub stats: Arc<PipelineStats>,
@@ -310,23 +315,34 @@ impl Streamer {
                         || old.primary_key != schema.primary_key
                         || old.identity != schema.identity
                 });
+                if schema.columns.len() == raw.len() {
+                    self.tuple_layouts.remove(&oid);
+                } else {
+                    let layout = raw
+                        .iter()
+                        .filter_map(|c| schema.column_index(&c.name))
+                        .collect();
+                    self.tuple_layouts.insert(oid, layout);
+                }
                 if changed {
-                    out.push_back(Event::Schema(schema.clone()));
+                    // Announced before the relation's first change, not now: with publish_via_partition_root the
+                    // server also describes each leaf partition, whose changes arrive under the root.
+                    self.unannounced.insert(oid);
                     self.relations.insert(oid, schema);
                 }
             }
             PgOutput::Insert { oid, new, .. } => {
-                let table = self.relation(oid)?;
-                let after = row(&table, &new)?;
+                let table = self.relation(oid, out)?;
+                let after = self.row(oid, &table, &new)?;
                 out.push_back(Event::Change(Change::Row {
                     table,
                     op: RowOp::Insert { after },
                 }));
             }
             PgOutput::Update { oid, old, new, .. } => {
-                let table = self.relation(oid)?;
-                let before = old.map(|o| row(&table, &o)).transpose()?;
-                let mut after = row(&table, &new)?;
+                let table = self.relation(oid, out)?;
+                let before = old.map(|o| self.row(oid, &table, &o)).transpose()?;
+                let mut after = self.row(oid, &table, &new)?;
                 if let Some(before) = &before {
                     fill_unchanged_from_identity(&table, before, &mut after);
                 }
@@ -336,8 +352,8 @@ impl Streamer {
                 }));
             }
             PgOutput::Delete { oid, old, .. } => {
-                let table = self.relation(oid)?;
-                let before = row(&table, &old)?;
+                let table = self.relation(oid, out)?;
+                let before = self.row(oid, &table, &old)?;
                 out.push_back(Event::Change(Change::Row {
                     table,
                     op: RowOp::Delete { before },
@@ -346,7 +362,7 @@ impl Streamer {
             PgOutput::Truncate { oids, .. } => {
                 let tables = oids
                     .iter()
-                    .map(|o| self.relation(*o).map(|t| t.id.clone()))
+                    .map(|o| self.relation(*o, out).map(|t| t.id.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 out.push_back(Event::Change(Change::Truncate {
                     tables,
@@ -377,12 +393,42 @@ impl Streamer {
         Ok(())
     }
 
-    fn relation(&self, oid: u32) -> Result<SchemaRef, Error> {
-        self.relations.get(&oid).cloned().ok_or_else(|| {
+    /// A tuple of relation `oid` as a row of `table`; columns the tuple does not carry are NULL.
+    fn row(
+        &self,
+        oid: u32,
+        table: &SchemaRef,
+        values: &[TupleValue<'_>],
+    ) -> Result<Vec<Value>, Error> {
+        let Some(layout) = self.tuple_layouts.get(&oid) else {
+            return row(table, values);
+        };
+        if values.len() != layout.len() {
+            return Err(Error::fatal(format!(
+                "table {}: a row has {} columns, its Relation message {}",
+                table.id,
+                values.len(),
+                layout.len()
+            )));
+        }
+        let mut out = vec![Value::Null; table.columns.len()];
+        for (v, &i) in values.iter().zip(layout) {
+            out[i] = decode_tuple_value(table, i, v)?;
+        }
+        Ok(out)
+    }
+
+    /// The schema of a relation a change is about, announced first (an [`Event::Schema`]) if it is new.
+    fn relation(&mut self, oid: u32, out: &mut VecDeque<Event>) -> Result<SchemaRef, Error> {
+        let schema = self.relations.get(&oid).cloned().ok_or_else(|| {
             Error::fatal(format!(
                 "change for relation {oid} before its Relation message"
             ))
-        })
+        })?;
+        if self.unannounced.remove(&oid) {
+            out.push_back(Event::Schema(schema.clone()));
+        }
+        Ok(schema)
     }
 }
 
@@ -409,14 +455,17 @@ pub(crate) fn row(table: &SchemaRef, values: &[TupleValue<'_>]) -> Result<Vec<Va
     }
     values
         .iter()
-        .zip(&table.columns)
-        .map(|(v, col)| match v {
-            TupleValue::Null => Ok(Value::Null),
-            TupleValue::Unchanged => Ok(Value::Unchanged),
-            TupleValue::Text(bytes) | TupleValue::Binary(bytes) => decode_text(&col.ty, bytes)
-                .map_err(|e| {
-                    Error::fatal_from(format!("table {}, column {}", table.id, col.name), e)
-                }),
-        })
+        .enumerate()
+        .map(|(i, v)| decode_tuple_value(table, i, v))
         .collect()
+}
+
+fn decode_tuple_value(table: &TableSchema, i: usize, v: &TupleValue<'_>) -> Result<Value, Error> {
+    let col = &table.columns[i];
+    match v {
+        TupleValue::Null => Ok(Value::Null),
+        TupleValue::Unchanged => Ok(Value::Unchanged),
+        TupleValue::Text(bytes) | TupleValue::Binary(bytes) => decode_text(&col.ty, bytes)
+            .map_err(|e| Error::fatal_from(format!("table {}, column {}", table.id, col.name), e)),
+    }
 }
