@@ -116,12 +116,8 @@ impl Bench {
             Change, Column, ColumnType, Dialect, Event, Lsn, Position, RowOp, TableId, TableSchema,
             Timestamp, Value,
         };
-        let column = |name: &str, ty: ColumnType, source_type: &str| Column {
-            name: name.into(),
-            ty,
-            source_type: source_type.into(),
-            nullable: false,
-            generated: None,
+        let column = |name: &str, ty: ColumnType, source_type: &str| {
+            Column::new(name, ty, source_type, false)
         };
         let table = std::sync::Arc::new(TableSchema {
             id: TableId::new("public", "bench_rows"),
@@ -134,6 +130,7 @@ impl Bench {
             primary_key: vec![0],
             identity: Vec::new(),
             version: 1,
+            relation_id: None,
             dialect: Dialect::Postgres,
         });
         let now = Timestamp(

@@ -508,6 +508,7 @@ mod tests {
             primary_key: vec![],
             identity: Vec::new(),
             version: 1,
+            relation_id: None,
             dialect: Default::default(),
         });
         let mut with_schema = vec![Event::Schema(table)];

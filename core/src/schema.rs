@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::value::Value;
+
 /// A source table: schema (or database, for MySQL) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableId {
@@ -60,7 +62,7 @@ pub enum ColumnType {
 }
 
 /// One column of a table schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Column {
     pub name: String,
     pub ty: ColumnType,
@@ -72,6 +74,37 @@ pub struct Column {
     /// target of the same dialect computes the column itself and is never written to it; other targets store
     /// the values the source sends (PostgreSQL sends them from version 18, with `publish_generated_columns`).
     pub generated: Option<String>,
+    /// The source's stable number for the column, which survives a rename (PostgreSQL's `attnum`); `None` when the
+    /// source has none. Sinks match columns of successive schema versions by it: same number, new name = rename.
+    pub source_id: Option<u32>,
+    /// The column's default expression in the source's dialect (`'dflt'::character varying`, `now()`); a target
+    /// of the same dialect gets the same default.
+    pub default: Option<String>,
+    /// The value that rows written before the column was added read for it (PostgreSQL's `attmissingval`, set by
+    /// `ADD COLUMN … DEFAULT <constant>` without rewriting the table): a target that adds the column fills its
+    /// existing rows with it. `None`: those rows read NULL.
+    pub missing_value: Option<Value>,
+}
+
+impl Column {
+    /// A plain column: not generated, no source number, no default.
+    pub fn new(
+        name: impl Into<String>,
+        ty: ColumnType,
+        source_type: impl Into<String>,
+        nullable: bool,
+    ) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            source_type: source_type.into(),
+            nullable,
+            generated: None,
+            source_id: None,
+            default: None,
+            missing_value: None,
+        }
+    }
 }
 
 /// Which SQL dialect a schema's `source_type` spellings are in.
@@ -85,7 +118,7 @@ pub enum Dialect {
 
 /// A table's columns at one moment of the stream. Schemas are shared (`Arc`) by every change that uses them and
 /// replaced, never mutated, when the source reports a change; `version` grows with each replacement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableSchema {
     pub id: TableId,
     pub columns: Vec<Column>,
@@ -97,6 +130,10 @@ pub struct TableSchema {
     /// none (`NOTHING`); MySQL and MariaDB: the primary key. Empty means "the same as `primary_key`".
     pub identity: Vec<usize>,
     pub version: u64,
+    /// The source's stable identity of the table, which survives renames (PostgreSQL's relation OID); `None`
+    /// when the source has none. A new identity under a known name means the table was dropped and created
+    /// again, or another table was renamed into its place.
+    pub relation_id: Option<u32>,
     /// The dialect of the columns' `source_type`: a sink of the same dialect can create columns exactly as the
     /// source has them; others map from [`ColumnType`].
     pub dialect: Dialect,

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod discard;
+pub mod evolve;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mysql;

@@ -121,19 +121,14 @@ mod tests {
     use ferry_core::{Column, ColumnType, TableId};
 
     fn table(pk: Vec<usize>) -> TableSchema {
-        let col = |n: &str| Column {
-            name: n.into(),
-            ty: ColumnType::Int8,
-            source_type: "bigint".into(),
-            nullable: true,
-            generated: None,
-        };
+        let col = |n: &str| Column::new(n, ColumnType::Int8, "bigint", true);
         TableSchema {
             id: TableId::new("public", "t"),
             columns: vec![col("id"), col("v")],
             primary_key: pk,
             identity: Vec::new(),
             version: 1,
+            relation_id: None,
             dialect: Default::default(),
         }
     }

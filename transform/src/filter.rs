@@ -69,6 +69,7 @@ impl TableFilter {
             primary_key,
             identity,
             version: schema.version,
+            relation_id: schema.relation_id,
             dialect: schema.dialect,
         });
         self.narrowed.insert(key, (narrowed.clone(), keep.clone()));
@@ -132,19 +133,14 @@ mod tests {
     use ferry_core::{Column, ColumnType, Lsn, Position, Value};
 
     fn schema(name: &str) -> SchemaRef {
-        let col = |n: &str| Column {
-            name: n.into(),
-            ty: ColumnType::Text,
-            source_type: "text".into(),
-            nullable: true,
-            generated: None,
-        };
+        let col = |n: &str| Column::new(n, ColumnType::Text, "text", true);
         Arc::new(TableSchema {
             id: TableId::new("public", name),
             columns: vec![col("id"), col("secret"), col("v")],
             primary_key: vec![0],
             identity: Vec::new(),
             version: 1,
+            relation_id: None,
             dialect: Default::default(),
         })
     }

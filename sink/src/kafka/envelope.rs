@@ -779,12 +779,8 @@ mod tests {
     #[test]
     fn values_are_valid_json_with_debezium_types() {
         use ferry_core::{Column, Lsn, TableId, Timestamp};
-        let column = |name: &str, ty: ColumnType, source_type: &str| Column {
-            name: name.into(),
-            ty,
-            source_type: source_type.into(),
-            nullable: true,
-            generated: None,
+        let column = |name: &str, ty: ColumnType, source_type: &str| {
+            Column::new(name, ty, source_type, true)
         };
         let table = std::sync::Arc::new(TableSchema {
             id: TableId::new("public", "odd \"table\""),
@@ -804,6 +800,7 @@ mod tests {
             primary_key: vec![0],
             identity: Vec::new(),
             version: 1,
+            relation_id: None,
             dialect: Dialect::Postgres,
         });
         let note = "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀";

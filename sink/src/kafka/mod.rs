@@ -646,6 +646,7 @@ impl KafkaSink {
                                 primary_key: Vec::new(),
                                 identity: Vec::new(),
                                 version: 0,
+                                relation_id: None,
                                 dialect: if self.info.connector == "mysql" {
                                     Dialect::Mysql
                                 } else {

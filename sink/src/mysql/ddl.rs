@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 
-use ferry_core::{ColumnType, Dialect, Error, TableSchema};
+use ferry_core::{ColumnType, Dialect, Error, TableId, TableSchema};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tracing::info;
 
-use super::literal::quote_ident;
+use super::literal::{literal, quote_ident};
 use super::write_error;
+use crate::evolve::{self, Applied, Step};
 
 /// How values are spelled for a target column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,66 +112,127 @@ async fn columns(
     .map_err(write_error(format!("reading the columns of {name}")))
 }
 
-/// Creates `name` for `schema` when missing; otherwise adds the columns it lacks and drops those the source no
-/// longer has.
+/// `column type NULL|NOT NULL`.
+fn column_definition(schema: &TableSchema, i: usize) -> String {
+    let c = &schema.columns[i];
+    format!(
+        "{} {}{}",
+        quote_ident(&c.name),
+        mysql_type(schema, i),
+        if c.nullable { " NULL" } else { " NOT NULL" }
+    )
+}
+
+/// The SQL of one step (docs/schema-changes.md). `name` is the target table, `target_name` names others.
+fn step_sql(
+    schema: &TableSchema,
+    name: &str,
+    step: &Step,
+    target_name: &(dyn Fn(&TableId) -> String + Sync),
+) -> Result<Vec<String>, Error> {
+    let col = |i: usize| quote_ident(&schema.columns[i].name);
+    Ok(match step {
+        Step::DropTable => vec![format!("DROP TABLE IF EXISTS {name}")],
+        Step::RenameTable { from } => vec![format!("RENAME TABLE {} TO {name}", target_name(from))],
+        Step::CreateTable => {
+            let mut defs: Vec<String> = (0..schema.columns.len())
+                .map(|i| column_definition(schema, i))
+                .collect();
+            if schema.has_primary_key() {
+                let pk: Vec<String> = schema
+                    .primary_key
+                    .iter()
+                    .map(|&k| quote_ident(&schema.columns[k].name))
+                    .collect();
+                defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+            }
+            vec![format!(
+                "CREATE TABLE {name} ({}) DEFAULT CHARSET = utf8mb4",
+                defs.join(", ")
+            )]
+        }
+        Step::RenameColumn { from, to } => vec![format!(
+            "ALTER TABLE {name} RENAME COLUMN {} TO {}",
+            quote_ident(from),
+            quote_ident(to)
+        )],
+        Step::AddColumn(i) => {
+            let c = &schema.columns[*i];
+            match &c.missing_value {
+                // The default fills the rows already there; later rows always carry their own value.
+                Some(v) => vec![
+                    format!(
+                        "ALTER TABLE {name} ADD COLUMN {} DEFAULT {}",
+                        column_definition(schema, *i),
+                        literal(v, TargetKind::Other)?
+                    ),
+                    format!("ALTER TABLE {name} ALTER COLUMN {} DROP DEFAULT", col(*i)),
+                ],
+                None => vec![format!(
+                    "ALTER TABLE {name} ADD COLUMN {} {} NULL",
+                    col(*i),
+                    mysql_type(schema, *i)
+                )],
+            }
+        }
+        Step::DropColumn(c) => vec![format!("ALTER TABLE {name} DROP COLUMN {}", quote_ident(c))],
+        Step::AlterColumn {
+            i, ty, nullable, ..
+        } if *ty || *nullable => vec![format!(
+            "ALTER TABLE {name} MODIFY COLUMN {}",
+            column_definition(schema, *i)
+        )],
+        Step::AlterColumn { .. } => Vec::new(),
+    })
+}
+
+/// Brings target table `name` in step with `schema` (see [`crate::evolve`]) and records it in `ferry_schemas`.
+/// MySQL commits each DDL statement on its own, so this runs outside the batch's transaction, and the record
+/// follows the DDL (a step found already done is skipped).
 pub async fn ensure_table(
     conn: &mut Conn,
     name: &str,
     schema: &TableSchema,
+    applied: &mut HashMap<TableId, Applied>,
+    (pipeline, sink): (&str, &str),
+    target_name: &(dyn Fn(&TableId) -> String + Sync),
 ) -> Result<TargetTable, Error> {
-    let existing = columns(conn, name).await?;
+    let existing: Vec<String> = columns(conn, name)
+        .await?
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
     let ddl_err = || write_error(format!("creating or altering target table {name}"));
-    if existing.is_empty() {
-        let mut defs: Vec<String> = schema
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(
-                    "{} {}{}",
-                    quote_ident(&c.name),
-                    mysql_type(schema, i),
-                    if c.nullable { " NULL" } else { " NOT NULL" }
-                )
-            })
-            .collect();
-        if schema.has_primary_key() {
-            let pk: Vec<String> = schema
-                .primary_key
-                .iter()
-                .map(|&k| quote_ident(&schema.columns[k].name))
-                .collect();
-            defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+    let steps = evolve::plan(
+        applied,
+        schema,
+        (!existing.is_empty()).then_some(&existing[..]),
+    );
+    for step in &steps {
+        for sql in step_sql(schema, name, step, target_name)? {
+            conn.query_drop(sql).await.map_err(ddl_err())?;
         }
-        conn.query_drop(format!(
-            "CREATE TABLE {name} ({}) DEFAULT CHARSET = utf8mb4",
-            defs.join(", ")
-        ))
+        info!(table = %name, ?step, "target table changed");
+        if let Step::RenameTable { from } = step {
+            applied.remove(from);
+            conn.exec_drop(
+                "DELETE FROM ferry_schemas WHERE pipeline = ? AND sink = ? AND source_table = ?",
+                (pipeline, sink, evolve::record_key(from)),
+            )
+            .await
+            .map_err(ddl_err())?;
+        }
+    }
+    let record = Applied::of(schema);
+    if applied.get(&schema.id) != Some(&record) {
+        conn.exec_drop(
+            "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE applied = VALUES(applied)",
+            (pipeline, sink, evolve::record_key(&schema.id), record.to_json()),
+        )
         .await
         .map_err(ddl_err())?;
-        info!(table = %name, "created target table");
-    } else {
-        let mut alters = Vec::new();
-        for (i, c) in schema.columns.iter().enumerate() {
-            if !existing.iter().any(|(n, _, _)| *n == c.name) {
-                alters.push(format!(
-                    "ADD COLUMN {} {} NULL",
-                    quote_ident(&c.name),
-                    mysql_type(schema, i)
-                ));
-            }
-        }
-        for (n, _, _) in &existing {
-            if !schema.columns.iter().any(|c| c.name == *n) {
-                alters.push(format!("DROP COLUMN {}", quote_ident(n)));
-            }
-        }
-        if !alters.is_empty() {
-            conn.query_drop(format!("ALTER TABLE {name} {}", alters.join(", ")))
-                .await
-                .map_err(ddl_err())?;
-            info!(table = %name, changes = %alters.join(", "), "altered target table");
-        }
+        applied.insert(schema.id.clone(), record);
     }
     let described = columns(conn, name).await?;
     let utf8 = described.iter().all(|(_, _, charset)| {

@@ -22,6 +22,7 @@ use mysql_async::{Conn, Opts};
 use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
+use crate::evolve::{self, Applied};
 use crate::rows::{classify, describe_key, is_complete, missing_row, RowAction};
 use ddl::{ensure_table, TargetTable};
 use literal::{literal, load_field, quote_ident};
@@ -88,6 +89,8 @@ pub struct MysqlSink {
     database: Option<String>,
     /// Target tables as last created or altered, by source table.
     tables: HashMap<TableId, TargetTable>,
+    /// What this sink last applied to each target table (`ferry_schemas`).
+    applied: HashMap<TableId, Applied>,
     in_transaction: bool,
     /// Writes made in the open transaction.
     dirty: bool,
@@ -102,12 +105,24 @@ impl MysqlSink {
         conn.query_drop(CREATE_CHECKPOINT_TABLE)
             .await
             .map_err(write_error("creating ferry_checkpoints"))?;
+        conn.query_drop(evolve::CREATE_SCHEMAS_TABLE)
+            .await
+            .map_err(write_error("creating ferry_schemas"))?;
+        let records: Vec<(String, String)> = conn
+            .exec(
+                "SELECT source_table, applied FROM ferry_schemas WHERE pipeline = ? AND sink = ?",
+                (pipeline, name),
+            )
+            .await
+            .map_err(write_error("reading ferry_schemas"))?;
+        let applied = evolve::parse_records(records)?;
         Ok(MysqlSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
             conn,
             database,
             tables: HashMap::new(),
+            applied,
             in_transaction: false,
             dirty: false,
             load_data: true,
@@ -165,7 +180,20 @@ impl MysqlSink {
                     .await
                     .map_err(write_error(format!("creating database {db}")))?;
             }
-            let target = ensure_table(&mut self.conn, &name, &schema).await?;
+            let database = self.database.clone();
+            let target_name = move |id: &TableId| match &database {
+                Some(db) => format!("{}.{}", quote_ident(db), quote_ident(&id.name)),
+                None => format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name)),
+            };
+            let target = ensure_table(
+                &mut self.conn,
+                &name,
+                &schema,
+                &mut self.applied,
+                (&self.pipeline, &self.name),
+                &target_name,
+            )
+            .await?;
             self.tables.insert(schema.id.clone(), target);
         }
         Ok(())

@@ -1,10 +1,12 @@
 //! SQL text for the PostgreSQL sink: statement shapes and target-table creation and evolution.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use ferry_core::{ColumnType, Dialect, Error, TableId, TableSchema};
 use tokio_postgres::Client;
 use tracing::info;
+
+use crate::evolve::{self, Applied, Step};
 
 /// Quotes an identifier.
 pub fn quote_ident(name: &str) -> String {
@@ -227,8 +229,190 @@ fn ddl_error(table: &TableId) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::fatal_from(format!("creating or altering target table {table}"), e)
 }
 
-/// Creates the target table when missing; otherwise adds columns the source has and drops those it no longer has.
-pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), Error> {
+/// Whether a default expression is a constant (`'dflt'::character varying`, `42`, `true`), which a target can
+/// hold as it is; other defaults (`nextval(…)`, `now()`, functions of the source's own) stay on the source.
+fn is_constant_default(expr: &str) -> bool {
+    let e = expr.trim();
+    let literal = |s: &str| {
+        s.parse::<f64>().is_ok() || matches!(s, "true" | "false" | "NULL") || {
+            let quoted = s
+                .strip_prefix('\'')
+                .and_then(|r| r.rfind('\'').map(|end| &r[end + 1..]));
+            quoted.is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with("::") && !rest.contains('(')
+            })
+        }
+    };
+    let unwrapped = e
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(e);
+    literal(e) || literal(unwrapped)
+}
+
+/// The default column `i` gets in the target: the source's own when both are PostgreSQL and it is a constant.
+fn target_default(table: &TableSchema, i: usize) -> Option<&str> {
+    let c = &table.columns[i];
+    (table.dialect == Dialect::Postgres && !computed_by_target(table, i))
+        .then_some(c.default.as_deref())
+        .flatten()
+        .filter(|d| is_constant_default(d))
+}
+
+fn literal(table: &TableSchema, i: usize, v: &ferry_core::Value) -> String {
+    match super::text::pg_text(v) {
+        Some(text) => format!("'{}'::{}", text.replace('\'', "''"), pg_type(table, i)),
+        None => "NULL".to_owned(),
+    }
+}
+
+/// `CREATE TABLE` for `schema`.
+fn create_table_sql(schema: &TableSchema) -> String {
+    let mut defs: Vec<String> = schema
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut def = column_definition(schema, i);
+            if let Some(d) = target_default(schema, i) {
+                def.push_str(&format!(" DEFAULT {d}"));
+            }
+            if !c.nullable {
+                def.push_str(" NOT NULL");
+            }
+            def
+        })
+        .collect();
+    if schema.has_primary_key() {
+        let pk: Vec<String> = schema
+            .primary_key
+            .iter()
+            .map(|&k| quote_ident(&schema.columns[k].name))
+            .collect();
+        defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+    }
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {} ({})",
+        quote_ident(&schema.id.schema),
+        qualified_name(&schema.id),
+        defs.join(", ")
+    )
+}
+
+/// The SQL of one step (docs/schema-changes.md).
+fn step_sql(schema: &TableSchema, step: &Step) -> Vec<String> {
+    let name = qualified_name(&schema.id);
+    let col = |i: usize| quote_ident(&schema.columns[i].name);
+    match step {
+        Step::DropTable => vec![format!("DROP TABLE IF EXISTS {name}")],
+        Step::RenameTable { from } => {
+            let mut out = Vec::new();
+            let mut current = from.clone();
+            if from.schema != schema.id.schema {
+                out.push(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}; ALTER TABLE {} SET SCHEMA {}",
+                    quote_ident(&schema.id.schema),
+                    qualified_name(from),
+                    quote_ident(&schema.id.schema)
+                ));
+                current = TableId::new(schema.id.schema.clone(), from.name.clone());
+            }
+            out.push(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                qualified_name(&current),
+                quote_ident(&schema.id.name)
+            ));
+            out
+        }
+        Step::CreateTable => vec![create_table_sql(schema)],
+        Step::RenameColumn { from, to } => vec![format!(
+            "ALTER TABLE {name} RENAME COLUMN {} TO {}",
+            quote_ident(from),
+            quote_ident(to)
+        )],
+        Step::AddColumn(i) => {
+            let c = &schema.columns[*i];
+            let mut add = format!(
+                "ALTER TABLE {name} ADD COLUMN {}",
+                column_definition(schema, *i)
+            );
+            let fill = c
+                .missing_value
+                .as_ref()
+                .filter(|_| !computed_by_target(schema, *i));
+            if let Some(v) = fill {
+                add.push_str(&format!(" DEFAULT {}", literal(schema, *i, v)));
+                if !c.nullable {
+                    add.push_str(" NOT NULL");
+                }
+            }
+            let mut out = vec![add];
+            match (target_default(schema, *i), fill) {
+                (Some(d), _) => out.push(format!(
+                    "ALTER TABLE {name} ALTER COLUMN {} SET DEFAULT {d}",
+                    col(*i)
+                )),
+                (None, Some(_)) => out.push(format!(
+                    "ALTER TABLE {name} ALTER COLUMN {} DROP DEFAULT",
+                    col(*i)
+                )),
+                (None, None) => {}
+            }
+            out
+        }
+        Step::DropColumn(c) => vec![format!(
+            "ALTER TABLE {name} DROP COLUMN IF EXISTS {}",
+            quote_ident(c)
+        )],
+        Step::AlterColumn {
+            i,
+            ty,
+            nullable,
+            default,
+        } => {
+            let mut out = Vec::new();
+            let c = &schema.columns[*i];
+            if *ty && !computed_by_target(schema, *i) {
+                let t = pg_type(schema, *i);
+                out.push(format!(
+                    "ALTER TABLE {name} ALTER COLUMN {0} TYPE {t} USING {0}::{t}",
+                    col(*i)
+                ));
+            }
+            if *nullable {
+                let change = if c.nullable {
+                    "DROP NOT NULL"
+                } else {
+                    "SET NOT NULL"
+                };
+                out.push(format!(
+                    "ALTER TABLE {name} ALTER COLUMN {} {change}",
+                    col(*i)
+                ));
+            }
+            if *default && !computed_by_target(schema, *i) {
+                out.push(match target_default(schema, *i) {
+                    Some(d) => format!(
+                        "ALTER TABLE {name} ALTER COLUMN {} SET DEFAULT {d}",
+                        col(*i)
+                    ),
+                    None => format!("ALTER TABLE {name} ALTER COLUMN {} DROP DEFAULT", col(*i)),
+                });
+            }
+            out
+        }
+    }
+}
+
+/// Brings the target table in step with `schema` (see [`crate::evolve`]) and records what was applied in
+/// `ferry_schemas`, inside the open target transaction.
+pub async fn ensure_table(
+    client: &Client,
+    schema: &TableSchema,
+    applied: &mut HashMap<TableId, Applied>,
+    pipeline: &str,
+    sink: &str,
+) -> Result<(), Error> {
     let name = qualified_name(&schema.id);
     let existing: Vec<String> = client
         .query(
@@ -240,58 +424,68 @@ pub async fn ensure_table(client: &Client, schema: &TableSchema) -> Result<(), E
         .iter()
         .map(|r| r.get(0))
         .collect();
-    if existing.is_empty() {
-        let mut defs: Vec<String> = schema
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(
-                    "{}{}",
-                    column_definition(schema, i),
-                    if c.nullable { "" } else { " NOT NULL" }
+    let steps = evolve::plan(
+        applied,
+        schema,
+        (!existing.is_empty()).then_some(&existing[..]),
+    );
+    for step in &steps {
+        for sql in step_sql(schema, step) {
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(ddl_error(&schema.id))?;
+        }
+        info!(table = %schema.id, ?step, "target table changed");
+        if let Step::RenameTable { from } = step {
+            applied.remove(from);
+            client
+                .execute(
+                    "DELETE FROM ferry_schemas WHERE pipeline = $1 AND sink = $2 AND source_table = $3",
+                    &[&pipeline, &sink, &evolve::record_key(from)],
                 )
-            })
-            .collect();
-        if schema.has_primary_key() {
-            let pk: Vec<String> = schema
-                .primary_key
-                .iter()
-                .map(|&k| quote_ident(&schema.columns[k].name))
-                .collect();
-            defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+                .await
+                .map_err(ddl_error(&schema.id))?;
         }
-        let sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {name} ({})",
-            quote_ident(&schema.id.schema),
-            defs.join(", ")
-        );
+    }
+    let record = Applied::of(schema);
+    if applied.get(&schema.id) != Some(&record) {
         client
-            .batch_execute(&sql)
+            .execute(
+                "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
+                &[&pipeline, &sink, &evolve::record_key(&schema.id), &record.to_json()],
+            )
             .await
             .map_err(ddl_error(&schema.id))?;
-        info!(table = %schema.id, "created target table");
-        return Ok(());
-    }
-    let existing_set: HashSet<&str> = existing.iter().map(String::as_str).collect();
-    let wanted: HashSet<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
-    let mut alters = Vec::new();
-    for (i, c) in schema.columns.iter().enumerate() {
-        if !existing_set.contains(c.name.as_str()) {
-            alters.push(format!("ADD COLUMN {}", column_definition(schema, i)));
-        }
-    }
-    for c in &existing {
-        if !wanted.contains(c.as_str()) {
-            alters.push(format!("DROP COLUMN {}", quote_ident(c)));
-        }
-    }
-    if !alters.is_empty() {
-        client
-            .batch_execute(&format!("ALTER TABLE {name} {}", alters.join(", ")))
-            .await
-            .map_err(ddl_error(&schema.id))?;
-        info!(table = %schema.id, changes = %alters.join(", "), "altered target table");
+        applied.insert(schema.id.clone(), record);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_constant_default;
+
+    #[test]
+    fn only_constant_defaults_travel() {
+        for constant in [
+            "'dflt'::character varying",
+            "42",
+            "(-1)",
+            "true",
+            "'a''b'::text",
+            "'{}'::integer[]",
+        ] {
+            assert!(is_constant_default(constant), "{constant}");
+        }
+        for other in [
+            "nextval('t_id_seq'::regclass)",
+            "now()",
+            "'x'::text || f()",
+            "(a + 1)",
+        ] {
+            assert!(!is_constant_default(other), "{other}");
+        }
+    }
 }

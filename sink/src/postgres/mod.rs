@@ -23,6 +23,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{debug, info};
 
 use crate::checkpoint;
+use crate::evolve::{self, Applied};
 use crate::rows::{classify, is_complete, sent_columns, RowAction};
 use text::pg_text;
 
@@ -80,6 +81,8 @@ pub struct PostgresSink {
     in_transaction: bool,
     statements: HashMap<(TableId, u64, GroupKind, Vec<usize>), Statement>,
     known_tables: HashMap<TableId, SchemaRef>,
+    /// What this sink last applied to each target table (`ferry_schemas`).
+    applied: HashMap<TableId, Applied>,
     /// Tables truncated in the open target transaction (where snapshot rows may be copied in).
     truncated: HashSet<TableId>,
 }
@@ -89,9 +92,22 @@ impl PostgresSink {
     pub async fn connect(name: &str, pipeline: &str, url: &str) -> Result<Self, Error> {
         let client = connect(url).await?;
         client
-            .batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE)
+            .batch_execute(&format!(
+                "{}; {}",
+                checkpoint::CREATE_CHECKPOINT_TABLE,
+                evolve::CREATE_SCHEMAS_TABLE
+            ))
             .await
-            .map_err(write_error("creating ferry_checkpoints"))?;
+            .map_err(write_error("creating ferry_checkpoints and ferry_schemas"))?;
+        let records = client
+            .query(
+                "SELECT source_table, applied FROM ferry_schemas WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &name],
+            )
+            .await
+            .map_err(write_error("reading ferry_schemas"))?;
+        let applied =
+            evolve::parse_records(records.iter().map(|r| (r.get(0), r.get(1))).collect())?;
         Ok(PostgresSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
@@ -99,6 +115,7 @@ impl PostgresSink {
             in_transaction: false,
             statements: HashMap::new(),
             known_tables: HashMap::new(),
+            applied,
             truncated: HashSet::new(),
         })
     }
@@ -353,7 +370,14 @@ impl PostgresSink {
                 }
                 Event::Schema(schema) => {
                     self.flush(group.take()).await?;
-                    ddl::ensure_table(&self.client, schema).await?;
+                    ddl::ensure_table(
+                        &self.client,
+                        schema,
+                        &mut self.applied,
+                        &self.pipeline,
+                        &self.name,
+                    )
+                    .await?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
                 }
                 Event::Begin { .. } | Event::Commit { .. } | Event::Heartbeat { .. } => {}

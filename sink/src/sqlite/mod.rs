@@ -18,6 +18,7 @@ use rusqlite::{params_from_iter, Connection};
 use tracing::{debug, info};
 
 use crate::checkpoint;
+use crate::evolve::{self, Applied, Step};
 use crate::rows::{classify, is_complete, missing_row, sent_columns, RowAction};
 
 fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -130,18 +131,32 @@ pub struct SqliteSink {
     conn: Connection,
     in_transaction: bool,
     known_tables: HashMap<TableId, SchemaRef>,
+    /// What this sink last applied to each target table (`ferry_schemas`).
+    applied: HashMap<TableId, Applied>,
 }
 
 impl SqliteSink {
     /// Opens (creating if needed) the database file.
     pub fn open(name: &str, pipeline: &str, path: &Path) -> Result<Self, Error> {
         let conn = open_db(path)?;
+        let records: Vec<(String, String)> = {
+            let mut stmt = conn
+                .prepare("SELECT source_table, applied FROM ferry_schemas WHERE pipeline = ?1 AND sink = ?2")
+                .map_err(db_error("reading ferry_schemas"))?;
+            let rows = stmt
+                .query_map((pipeline, name), |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_error("reading ferry_schemas"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db_error("reading ferry_schemas"))?
+        };
+        let applied = evolve::parse_records(records)?;
         Ok(SqliteSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
             conn,
             in_transaction: false,
             known_tables: HashMap::new(),
+            applied,
         })
     }
 
@@ -165,7 +180,13 @@ impl SqliteSink {
                     }
                 }
                 Event::Schema(schema) => {
-                    ensure_table(&self.conn, schema)?;
+                    ensure_table(
+                        &self.conn,
+                        schema,
+                        &mut self.applied,
+                        &self.pipeline,
+                        &self.name,
+                    )?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
                 }
                 Event::Begin { .. } | Event::Commit { .. } | Event::Heartbeat { .. } => {}
@@ -342,15 +363,86 @@ impl SqliteSink {
 fn open_db(path: &Path) -> Result<Connection, Error> {
     let conn = Connection::open(path).map_err(db_error(format!("opening {}", path.display())))?;
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; {}",
-        checkpoint::CREATE_CHECKPOINT_TABLE
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; {}; {}",
+        checkpoint::CREATE_CHECKPOINT_TABLE,
+        evolve::CREATE_SCHEMAS_TABLE
     ))
     .map_err(db_error(format!("preparing {}", path.display())))?;
     Ok(conn)
 }
 
-/// Creates the table when missing; adds and drops columns to match the source.
-fn ensure_table(conn: &Connection, schema: &SchemaRef) -> Result<(), Error> {
+/// A value as an SQLite literal (for `ADD COLUMN … DEFAULT`).
+fn sqlite_literal(v: &Value) -> String {
+    match sqlite_value(v) {
+        SqlValue::Null => "NULL".to_owned(),
+        SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Real(f) if f.is_finite() => format!("{f:?}"),
+        SqlValue::Real(f) => format!("'{f}'"),
+        SqlValue::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        SqlValue::Blob(b) => format!(
+            "X'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    }
+}
+
+fn column_definition(c: &ferry_core::Column) -> String {
+    format!("{} {}", quote(&c.name), sqlite_type(&c.ty))
+}
+
+/// The SQL of one step (docs/schema-changes.md). SQLite cannot change a column's type or default in place; its
+/// columns take any value of their affinity, so a type change needs nothing.
+fn step_sql(schema: &SchemaRef, step: &Step) -> Option<String> {
+    let name = quote(&table_name(&schema.id));
+    Some(match step {
+        Step::DropTable => format!("DROP TABLE IF EXISTS {name}"),
+        Step::RenameTable { from } => {
+            format!("ALTER TABLE {} RENAME TO {name}", quote(&table_name(from)))
+        }
+        Step::CreateTable => {
+            let mut defs: Vec<String> = schema.columns.iter().map(column_definition).collect();
+            if schema.has_primary_key() {
+                let pk: Vec<String> = schema
+                    .primary_key
+                    .iter()
+                    .map(|&k| quote(&schema.columns[k].name))
+                    .collect();
+                defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+            }
+            format!("CREATE TABLE {name} ({})", defs.join(", "))
+        }
+        Step::RenameColumn { from, to } => {
+            format!(
+                "ALTER TABLE {name} RENAME COLUMN {} TO {}",
+                quote(from),
+                quote(to)
+            )
+        }
+        Step::AddColumn(i) => {
+            let c = &schema.columns[*i];
+            let fill = c
+                .missing_value
+                .as_ref()
+                .map_or(String::new(), |v| format!(" DEFAULT {}", sqlite_literal(v)));
+            format!(
+                "ALTER TABLE {name} ADD COLUMN {}{fill}",
+                column_definition(c)
+            )
+        }
+        Step::DropColumn(c) => format!("ALTER TABLE {name} DROP COLUMN {}", quote(c)),
+        Step::AlterColumn { .. } => return None,
+    })
+}
+
+/// Brings the target table in step with `schema` (see [`crate::evolve`]) and records it in `ferry_schemas`, in
+/// the open transaction.
+fn ensure_table(
+    conn: &Connection,
+    schema: &SchemaRef,
+    applied: &mut HashMap<TableId, Applied>,
+    pipeline: &str,
+    sink: &str,
+) -> Result<(), Error> {
     let name = table_name(&schema.id);
     let what = || format!("creating or altering target table {name}");
     let existing: Vec<String> = {
@@ -362,51 +454,34 @@ fn ensure_table(conn: &Connection, schema: &SchemaRef) -> Result<(), Error> {
             .map_err(db_error(what()))?;
         rows.collect::<Result<_, _>>().map_err(db_error(what()))?
     };
-    if existing.is_empty() {
-        let mut defs: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| format!("{} {}", quote(&c.name), sqlite_type(&c.ty)))
-            .collect();
-        if schema.has_primary_key() {
-            let pk: Vec<String> = schema
-                .primary_key
-                .iter()
-                .map(|&k| quote(&schema.columns[k].name))
-                .collect();
-            defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+    let steps = evolve::plan(
+        applied,
+        schema,
+        (!existing.is_empty()).then_some(&existing[..]),
+    );
+    for step in &steps {
+        if let Some(sql) = step_sql(schema, step) {
+            conn.execute_batch(&sql).map_err(db_error(what()))?;
+            info!(table = %name, ?step, "target table changed");
         }
-        conn.execute_batch(&format!(
-            "CREATE TABLE {} ({})",
-            quote(&name),
-            defs.join(", ")
-        ))
+        if let Step::RenameTable { from } = step {
+            applied.remove(from);
+            conn.execute(
+                "DELETE FROM ferry_schemas WHERE pipeline = ?1 AND sink = ?2 AND source_table = ?3",
+                (pipeline, sink, evolve::record_key(from)),
+            )
+            .map_err(db_error(what()))?;
+        }
+    }
+    let record = Applied::of(schema);
+    if applied.get(&schema.id) != Some(&record) {
+        conn.execute(
+            "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
+            (pipeline, sink, evolve::record_key(&schema.id), record.to_json()),
+        )
         .map_err(db_error(what()))?;
-        info!(table = %name, "created target table");
-        return Ok(());
-    }
-    for c in &schema.columns {
-        if !existing.contains(&c.name) {
-            conn.execute_batch(&format!(
-                "ALTER TABLE {} ADD COLUMN {} {}",
-                quote(&name),
-                quote(&c.name),
-                sqlite_type(&c.ty)
-            ))
-            .map_err(db_error(what()))?;
-            info!(table = %name, column = %c.name, "added target column");
-        }
-    }
-    for c in &existing {
-        if schema.column_index(c).is_none() {
-            conn.execute_batch(&format!(
-                "ALTER TABLE {} DROP COLUMN {}",
-                quote(&name),
-                quote(c)
-            ))
-            .map_err(db_error(what()))?;
-            info!(table = %name, column = %c, "dropped target column");
-        }
+        applied.insert(schema.id.clone(), record);
     }
     Ok(())
 }

@@ -138,17 +138,19 @@ impl CatalogTable {
             columns: self
                 .columns
                 .iter()
-                .map(|c| Column {
-                    name: c.name.clone(),
-                    ty: c.column_type_logical(),
-                    source_type: c.column_type.clone(),
-                    nullable: c.nullable,
-                    generated: None,
+                .map(|c| {
+                    Column::new(
+                        c.name.clone(),
+                        c.column_type_logical(),
+                        c.column_type.clone(),
+                        c.nullable,
+                    )
                 })
                 .collect(),
             primary_key: self.primary_key.clone(),
             identity: Vec::new(),
             version,
+            relation_id: None,
             dialect: Dialect::Mysql,
         }
     }

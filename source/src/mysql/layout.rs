@@ -420,13 +420,12 @@ pub fn layout_from_table_map(
             Some(c) if c.name == name => c.column_type.clone(),
             _ => spell_type(real, &layout, charset),
         };
-        schema_columns.push(Column {
+        schema_columns.push(Column::new(
             name,
             ty,
             source_type,
-            nullable: nullable_bits.get(i).is_some_and(|b| *b),
-            generated: None,
-        });
+            nullable_bits.get(i).is_some_and(|b| *b),
+        ));
         columns.push(layout);
     }
     let primary_key = match (meta.primary_key, catalog) {
@@ -442,6 +441,7 @@ pub fn layout_from_table_map(
             primary_key,
             identity: Vec::new(),
             version,
+            relation_id: None,
             dialect: Dialect::Mysql,
         }),
     })

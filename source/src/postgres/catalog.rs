@@ -7,7 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ferry_core::{Column, ColumnType, Error, TableId, TableSchema};
+use ferry_core::{Column, ColumnType, Error, TableId, TableSchema, Value};
+
+use super::decode::decode_text;
 use tokio_postgres::Client;
 use tracing::warn;
 
@@ -44,6 +46,9 @@ struct CatalogAttr {
     type_modifier: i32,
     /// A stored generated column's expression.
     generated: Option<String>,
+    default: Option<String>,
+    /// `attmissingval` as array text (`{dflt}`), when `atthasmissing`.
+    missing: Option<String>,
 }
 
 /// Catalog access for one source database.
@@ -242,7 +247,9 @@ impl Catalog {
                                                 AND i.indisreplident AND a.attnum = ANY (i.indkey)) \
                           ELSE false END, \
                         c.relreplident::text, a.attnum::int, a.atttypid::int8, a.atttypmod, \
-                        CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END \
+                        CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END, \
+                        CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
+                        CASE WHEN a.atthasmissing THEN a.attmissingval::text END \
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
                  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
                  WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -262,6 +269,8 @@ impl Catalog {
                 type_oid: r.get::<_, i64>(7) as u32,
                 type_modifier: r.get(8),
                 generated: r.get(9),
+                default: r.get(10),
+                missing: r.get(11),
             })
             .collect();
         let info: HashMap<&str, &CatalogAttr> =
@@ -326,12 +335,27 @@ impl Catalog {
                     "PostgreSQL before 18 does not publish generated columns: a PostgreSQL target computes this \
                      column itself, other targets get NULL in it (snapshot and stream alike)");
             }
+            let missing_value = match attr.and_then(|a| a.missing.as_deref()) {
+                Some(text) => match decode_text(&ColumnType::Array(Box::new(resolved.ty.clone())), text.as_bytes()) {
+                    Ok(Value::Array(mut items)) if items.len() == 1 => items.pop(),
+                    _ => {
+                        return Err(Error::fatal(format!(
+                            "table {id}, column {}: cannot read the value existing rows have for it ({text:?})",
+                            c.name
+                        )))
+                    }
+                },
+                None => None,
+            };
             out.push(Column {
                 name: c.name.clone(),
                 ty: resolved.ty,
                 source_type: resolved.ddl_override.unwrap_or(format),
                 nullable: !not_null,
                 generated,
+                source_id: attr.map(|a| a.attnum as u32),
+                default: attr.and_then(|a| a.default.clone()),
+                missing_value,
             });
         }
         pk.sort();
@@ -368,6 +392,7 @@ impl Catalog {
             primary_key,
             identity,
             version,
+            relation_id: Some(rel_oid),
             dialect: ferry_core::Dialect::Postgres,
         }))
     }

@@ -1,0 +1,303 @@
+//! Keeping a target table in step with its source table across schema changes, for every SQL sink.
+//!
+//! Each SQL sink keeps, per target table, what it last applied ([`Applied`]: the source table's identity and each
+//! column's source number, name, type, nullability and default) in `ferry_schemas` in the target, written in the
+//! same transaction as the rows where the target allows it (MySQL commits DDL on its own: there the record follows
+//! the DDL). A new source schema is compared with that record, so a renamed column or table is renamed in the
+//! target, even after a restart, instead of being dropped and added empty; and with the target's actual columns,
+//! so a step already done (a crash between a MySQL DDL and its record) is not done twice. Columns the target has
+//! that Ferry never applied (an operator's audit column) are left alone.
+
+use std::collections::{HashMap, HashSet};
+
+use ferry_core::{Error, TableId, TableSchema};
+use serde::{Deserialize, Serialize};
+
+/// Creates the table of applied schemas (portable across PostgreSQL, SQLite and MySQL).
+pub const CREATE_SCHEMAS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_schemas (\
+    pipeline VARCHAR(255) NOT NULL, sink VARCHAR(255) NOT NULL, source_table VARCHAR(255) NOT NULL, \
+    applied TEXT NOT NULL, PRIMARY KEY (pipeline, sink, source_table))";
+
+/// One column as a sink applied it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedColumn {
+    pub name: String,
+    pub source_id: Option<u32>,
+    pub source_type: String,
+    pub nullable: bool,
+    pub default: Option<String>,
+}
+
+/// A target table as a sink last made it, from which source table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub relation_id: Option<u32>,
+    pub columns: Vec<AppliedColumn>,
+}
+
+impl Applied {
+    pub fn of(schema: &TableSchema) -> Applied {
+        Applied {
+            relation_id: schema.relation_id,
+            columns: schema
+                .columns
+                .iter()
+                .map(|c| AppliedColumn {
+                    name: c.name.clone(),
+                    source_id: c.source_id,
+                    source_type: c.source_type.clone(),
+                    nullable: c.nullable,
+                    default: c.default.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The record as stored in `ferry_schemas.applied`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(table: &str, text: &str) -> Result<Applied, Error> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::fatal_from(
+                format!("the ferry_schemas record of {table} in the target is not readable"),
+                e,
+            )
+        })
+    }
+}
+
+/// The `ferry_schemas.source_table` key of a table.
+pub fn record_key(table: &TableId) -> String {
+    table.to_string()
+}
+
+/// Reads the records of every table: `(source_table, applied)` rows as the target returned them.
+pub fn parse_records(rows: Vec<(String, String)>) -> Result<HashMap<TableId, Applied>, Error> {
+    rows.into_iter()
+        .filter_map(|(key, text)| {
+            let (schema, name) = key.split_once('.')?;
+            Some((TableId::new(schema, name), key.clone(), text))
+        })
+        .map(|(id, key, text)| Ok((id, Applied::from_json(&key, &text)?)))
+        .collect()
+}
+
+/// One change to a target table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Drop the target table of the schema's name: its source table was dropped and created again, or another
+    /// table took its name.
+    DropTable,
+    /// Rename the target table of another source table (`from`) to the schema's name: the source table was
+    /// renamed (a gh-ost / pt-online-schema-change swap ends this way).
+    RenameTable {
+        from: TableId,
+    },
+    CreateTable,
+    RenameColumn {
+        from: String,
+        to: String,
+    },
+    /// Add column `i` of the schema; rows already in the target get its `missing_value`.
+    AddColumn(usize),
+    DropColumn(String),
+    /// Column `i`'s type, nullability or default changed.
+    AlterColumn {
+        i: usize,
+        ty: bool,
+        nullable: bool,
+        default: bool,
+    },
+}
+
+/// The steps that turn the target table into `schema`'s. `applied` holds the sink's records of every table;
+/// `existing` the target table's current columns, `None` when it does not exist.
+pub fn plan(
+    applied: &HashMap<TableId, Applied>,
+    schema: &TableSchema,
+    existing: Option<&[String]>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let same_name = applied.get(&schema.id);
+    let renamed_from = schema.relation_id.and_then(|rid| {
+        applied
+            .iter()
+            .find(|(t, a)| **t != schema.id && a.relation_id == Some(rid))
+            .map(|(t, _)| t.clone())
+    });
+    let replaced = matches!(
+        (same_name.and_then(|a| a.relation_id), schema.relation_id),
+        (Some(old), Some(new)) if old != new
+    );
+    let (previous, columns): (Option<&Applied>, Vec<String>) = match (renamed_from, existing) {
+        (Some(from), existing) => {
+            if existing.is_some() {
+                steps.push(Step::DropTable);
+            }
+            let previous = &applied[&from];
+            steps.push(Step::RenameTable { from });
+            let names = previous.columns.iter().map(|c| c.name.clone()).collect();
+            (Some(previous), names)
+        }
+        (None, Some(_)) if replaced => return vec![Step::DropTable, Step::CreateTable],
+        (None, None) => return vec![Step::CreateTable],
+        (None, Some(existing)) => (same_name, existing.to_vec()),
+    };
+    let mut columns: HashSet<String> = columns.into_iter().collect();
+    let mut matched = HashSet::new();
+    for (i, c) in schema.columns.iter().enumerate() {
+        let before = previous.and_then(|p| {
+            p.columns
+                .iter()
+                .position(|pc| match (pc.source_id, c.source_id) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => pc.name == c.name,
+                })
+                .map(|j| (j, &p.columns[j]))
+        });
+        let Some((j, pc)) = before else {
+            if !columns.contains(&c.name) {
+                steps.push(Step::AddColumn(i));
+                columns.insert(c.name.clone());
+            }
+            continue;
+        };
+        matched.insert(j);
+        if pc.name != c.name && columns.contains(&pc.name) && !columns.contains(&c.name) {
+            steps.push(Step::RenameColumn {
+                from: pc.name.clone(),
+                to: c.name.clone(),
+            });
+            columns.remove(&pc.name);
+            columns.insert(c.name.clone());
+        } else if !columns.contains(&c.name) {
+            steps.push(Step::AddColumn(i));
+            columns.insert(c.name.clone());
+            continue;
+        }
+        let (ty, nullable, default) = (
+            pc.source_type != c.source_type,
+            pc.nullable != c.nullable,
+            pc.default != c.default,
+        );
+        if ty || nullable || default {
+            steps.push(Step::AlterColumn {
+                i,
+                ty,
+                nullable,
+                default,
+            });
+        }
+    }
+    if let Some(previous) = previous {
+        for (j, pc) in previous.columns.iter().enumerate() {
+            if !matched.contains(&j)
+                && columns.contains(&pc.name)
+                && schema.column_index(&pc.name).is_none()
+            {
+                steps.push(Step::DropColumn(pc.name.clone()));
+            }
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{Column, ColumnType};
+
+    fn table(name: &str, rid: u32, cols: &[(&str, u32, &str)]) -> TableSchema {
+        TableSchema {
+            id: TableId::new("public", name),
+            columns: cols
+                .iter()
+                .map(|(n, id, ty)| {
+                    let mut c = Column::new(*n, ColumnType::Text, *ty, true);
+                    c.source_id = Some(*id);
+                    c
+                })
+                .collect(),
+            primary_key: vec![0],
+            identity: Vec::new(),
+            version: 1,
+            relation_id: Some(rid),
+            dialect: Default::default(),
+        }
+    }
+
+    fn names(t: &TableSchema) -> Vec<String> {
+        t.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    #[test]
+    fn same_number_new_name_is_a_rename_and_new_numbers_are_added() {
+        let before = table(
+            "t",
+            10,
+            &[("id", 1, "int"), ("a", 2, "text"), ("gone", 3, "text")],
+        );
+        let applied = HashMap::from([(before.id.clone(), Applied::of(&before))]);
+        let after = table(
+            "t",
+            10,
+            &[("id", 1, "int"), ("b", 2, "varchar(5)"), ("c", 4, "text")],
+        );
+        assert_eq!(
+            plan(&applied, &after, Some(&names(&before))),
+            vec![
+                Step::RenameColumn {
+                    from: "a".into(),
+                    to: "b".into()
+                },
+                Step::AlterColumn {
+                    i: 1,
+                    ty: true,
+                    nullable: false,
+                    default: false
+                },
+                Step::AddColumn(2),
+                Step::DropColumn("gone".into()),
+            ]
+        );
+        // Done already (a crash after the DDL, before its record): nothing to do but the type.
+        let done = plan(&applied, &after, Some(&names(&after)));
+        assert!(!done
+            .iter()
+            .any(|s| matches!(s, Step::RenameColumn { .. } | Step::AddColumn(_))));
+    }
+
+    #[test]
+    fn a_new_relation_under_a_known_name_replaces_the_table_and_a_renamed_one_moves() {
+        let old = table("t", 10, &[("id", 1, "int")]);
+        let shadow = table("t_new", 11, &[("id", 1, "int"), ("x", 2, "text")]);
+        let applied = HashMap::from([
+            (old.id.clone(), Applied::of(&old)),
+            (shadow.id.clone(), Applied::of(&shadow)),
+        ]);
+        let recreated = table("t", 12, &[("id", 1, "int")]);
+        assert_eq!(
+            plan(&applied, &recreated, Some(&names(&old))),
+            vec![Step::DropTable, Step::CreateTable]
+        );
+        let swapped = table("t", 11, &[("id", 1, "int"), ("x", 2, "text")]);
+        assert_eq!(
+            plan(&applied, &swapped, Some(&names(&old))),
+            vec![
+                Step::DropTable,
+                Step::RenameTable {
+                    from: shadow.id.clone()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn columns_ferry_never_applied_are_kept() {
+        let schema = table("t", 10, &[("id", 1, "int")]);
+        let existing = vec!["id".to_owned(), "audit".to_owned()];
+        assert_eq!(plan(&HashMap::new(), &schema, Some(&existing)), vec![]);
+    }
+}
