@@ -213,11 +213,8 @@ impl MysqlSink {
         Ok(self.conn.affected_rows())
     }
 
-    async fn apply_events(
-        &mut self,
-        events: &[Event],
-        commit: Option<&Position>,
-    ) -> Result<(), Error> {
+    /// Applies events that need no DDL between them: the tables they use are created or altered first.
+    async fn apply_segment(&mut self, events: &[Event]) -> Result<(), Error> {
         self.prepare_tables(events).await?;
         if !self.in_transaction {
             self.conn
@@ -260,6 +257,29 @@ impl MysqlSink {
             }
         }
         self.flush(&mut upserts).await?;
+        Ok(())
+    }
+
+    async fn apply_events(
+        &mut self,
+        events: &[Event],
+        commit: Option<&Position>,
+    ) -> Result<(), Error> {
+        // A schema change mid-batch (a table renamed or dropped and created again) is applied where it stands in
+        // the stream: the rows before it are written first, to the tables as they were.
+        let mut start = 0;
+        while start < events.len() {
+            let end = (start + 1..events.len())
+                .find(|&i| match &events[i] {
+                    Event::Schema(s) => {
+                        self.tables.get(&s.id).map(|t| t.version) != Some(s.version)
+                    }
+                    _ => false,
+                })
+                .unwrap_or(events.len());
+            self.apply_segment(&events[start..end]).await?;
+            start = end;
+        }
         if let Some(position) = commit {
             let sql = format!(
                 "INSERT INTO ferry_checkpoints (pipeline, sink, position, updated_at) VALUES ({}, {}, {}, {}) \

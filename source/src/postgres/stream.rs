@@ -311,7 +311,8 @@ impl Streamer {
                     .table_schema(oid, id, &raw, Some(replica_identity), self.schema_versions)
                     .await?;
                 let changed = self.relations.get(&oid).is_none_or(|old| {
-                    old.columns != schema.columns
+                    old.id != schema.id
+                        || old.columns != schema.columns
                         || old.primary_key != schema.primary_key
                         || old.identity != schema.identity
                 });
