@@ -266,3 +266,61 @@ fn postgres_to_mariadb_per_the_type_mapping() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn postgres_text_keys_stay_distinct_in_mariadb() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE copy");
+    // Four keys in PostgreSQL; a case- and accent-insensitive PAD SPACE collation would make them one.
+    pg.psql(
+        "shop",
+        "CREATE TABLE k (key text PRIMARY KEY, v int);
+         INSERT INTO k VALUES ('a', 1), ('A', 2), ('a ', 3), ('ä', 4);
+         CREATE TABLE k2 (a text, b text, n int, PRIMARY KEY (a, b));
+         INSERT INTO k2 VALUES ('x', 'Y', 1), ('x', 'y', 2);",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "keys",
+        &format!(
+            "[pipeline]\nname = \"keys\"\n[pipeline.batch]\nmax_wait = \"50ms\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            my.url("copy")
+        ),
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    // Streamed: an update of one of them, and a 700-character key (more than varchar(255)).
+    pg.psql(
+        "shop",
+        "UPDATE k SET v = 20 WHERE key = 'A'; INSERT INTO k VALUES (repeat('é', 700), 5);",
+    );
+    let rows = "SELECT concat('[', `key`, ']'), v FROM copy.k WHERE length(`key`) < 10 ORDER BY v";
+    let expected = "[a]\t1\n[a ]\t3\n[ä]\t4\n[A]\t20";
+    assert!(
+        wait_until(WAIT, || my.try_sql(rows).ok().as_deref() == Some(expected)
+            && my
+                .try_sql("SELECT char_length(`key`), v FROM copy.k WHERE v = 5")
+                .ok()
+                .as_deref()
+                == Some("700\t5")),
+        "MariaDB target:\n{}\n{}",
+        my.try_sql(rows).unwrap_or_default(),
+        ferry.log()
+    );
+    assert_eq!(my.sql("SELECT count(*) FROM copy.k2"), "2");
+    assert_eq!(
+        my.sql("SELECT COLUMN_TYPE, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'copy' AND TABLE_NAME = 'k' AND COLUMN_NAME = 'key'"),
+        "varchar(768)\tutf8mb4_nopad_bin"
+    );
+    // Beyond what the target's index holds: a clear error naming the column, not a silent cut.
+    pg.psql("shop", "INSERT INTO k VALUES (repeat('z', 800), 6)");
+    let status = ferry
+        .wait_exit(WAIT)
+        .expect("ferry should stop on a key the target cannot hold");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(log.contains("Data too long for column 'key'"), "{log}");
+}

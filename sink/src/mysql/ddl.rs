@@ -46,13 +46,91 @@ impl TargetTable {
     }
 }
 
+/// InnoDB's largest index key (DYNAMIC rows): 3,072 bytes.
+const MAX_KEY_BYTES: usize = 3072;
+
+/// How many characters an unbounded text key column may hold in the target, so the whole primary key fits in
+/// InnoDB's index: the key's text and binary columns share what its other columns leave (utf8mb4: 4 bytes per
+/// character). A longer key fails its write with MySQL's "Data too long" error naming the column (strict mode).
+fn key_text_chars(table: &TableSchema) -> usize {
+    let unbounded = |i: &usize| {
+        matches!(
+            table.columns[*i].ty,
+            ColumnType::Text | ColumnType::Other | ColumnType::Array(_) | ColumnType::Bytes
+        )
+    };
+    let shared = table
+        .primary_key
+        .iter()
+        .filter(|i| unbounded(i))
+        .count()
+        .max(1);
+    let others =
+        table.primary_key.len() - table.primary_key.iter().filter(|i| unbounded(i)).count();
+    (MAX_KEY_BYTES.saturating_sub(16 * others) / 4 / shared).max(1)
+}
+
+/// Picks the collation text key columns get: binary and NO PAD, so keys that differ only in case, accents or
+/// trailing spaces stay distinct rows ('a', 'A', 'a ' and 'ä' are four keys in PostgreSQL). MariaDB has
+/// `utf8mb4_nopad_bin`, MySQL 8 `utf8mb4_0900_bin`; older servers only the PAD SPACE `utf8mb4_bin`.
+pub async fn key_collation(conn: &mut Conn) -> Result<String, Error> {
+    let available: Vec<String> = conn
+        .query(
+            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS \
+             WHERE COLLATION_NAME IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin', 'utf8mb4_bin')",
+        )
+        .await
+        .map_err(write_error("reading the target's collations"))?;
+    let chosen = ["utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin"]
+        .into_iter()
+        .find(|c| available.iter().any(|a| a == c))
+        .ok_or_else(|| {
+            Error::fatal("the MySQL target has no utf8mb4 binary collation (utf8mb4_bin)")
+        })?;
+    if chosen == "utf8mb4_bin" {
+        tracing::warn!("the MySQL target has no NO PAD binary collation: text keys that differ only in trailing spaces collide");
+    }
+    Ok(chosen.to_owned())
+}
+
 /// The MySQL type of column `i`: the source's own spelling for MySQL sources, otherwise mapped from the logical
-/// type (docs/type-mapping.md). Key columns get bounded types, since MySQL cannot index a whole TEXT or BLOB.
-pub fn mysql_type(table: &TableSchema, i: usize) -> String {
+/// type (docs/type-mapping.md). Key columns get bounded types, since MySQL cannot index a whole TEXT or BLOB, and
+/// text key columns the binary NO PAD `key_collation`.
+pub fn mysql_type(table: &TableSchema, i: usize, key_collation: &str) -> String {
     let column = &table.columns[i];
+    let key = table.primary_key.contains(&i);
+    let spelled = column.source_type.to_ascii_lowercase();
+    let textual = [
+        "char",
+        "varchar",
+        "tinytext",
+        "text",
+        "mediumtext",
+        "longtext",
+    ]
+    .iter()
+    .any(|t| spelled == *t || spelled.starts_with(&format!("{t}(")));
     if table.dialect == Dialect::Mysql {
+        if key && textual {
+            return format!(
+                "{} CHARACTER SET utf8mb4 COLLATE {key_collation}",
+                column.source_type
+            );
+        }
         return column.source_type.clone();
     }
+    let keyed = |ty: String| {
+        if key && (ty.starts_with("varchar(") || ty.starts_with("char(")) {
+            format!("{ty} CHARACTER SET utf8mb4 COLLATE {key_collation}")
+        } else {
+            ty
+        }
+    };
+    keyed(mapped_type(table, i))
+}
+
+fn mapped_type(table: &TableSchema, i: usize) -> String {
+    let column = &table.columns[i];
     let spelled = column.source_type.to_ascii_lowercase();
     let args = spelled
         .split_once('(')
@@ -77,11 +155,13 @@ pub fn mysql_type(table: &TableSchema, i: usize) -> String {
         ColumnType::Text if spelled.starts_with("character(") => {
             format!("char({})", args.unwrap_or_default())
         }
-        ColumnType::Text | ColumnType::Other | ColumnType::Array(_) if key => "varchar(255)".into(),
+        ColumnType::Text | ColumnType::Other | ColumnType::Array(_) if key => {
+            format!("varchar({})", key_text_chars(table))
+        }
         ColumnType::Text | ColumnType::Other => "longtext".into(),
         // Arrays become JSON arrays.
         ColumnType::Array(_) => "json".into(),
-        ColumnType::Bytes if key => "varbinary(255)".into(),
+        ColumnType::Bytes if key => format!("varbinary({})", 4 * key_text_chars(table)),
         ColumnType::Bytes => "longblob".into(),
         ColumnType::Json | ColumnType::Jsonb => "json".into(),
         ColumnType::Uuid => "char(36)".into(),
@@ -113,12 +193,12 @@ async fn columns(
 }
 
 /// `column type NULL|NOT NULL`.
-fn column_definition(schema: &TableSchema, i: usize) -> String {
+fn column_definition(schema: &TableSchema, i: usize, key_collation: &str) -> String {
     let c = &schema.columns[i];
     format!(
         "{} {}{}",
         quote_ident(&c.name),
-        mysql_type(schema, i),
+        mysql_type(schema, i, key_collation),
         if c.nullable { " NULL" } else { " NOT NULL" }
     )
 }
@@ -128,6 +208,7 @@ fn step_sql(
     schema: &TableSchema,
     name: &str,
     step: &Step,
+    key_collation: &str,
     target_name: &(dyn Fn(&TableId) -> String + Sync),
 ) -> Result<Vec<String>, Error> {
     let col = |i: usize| quote_ident(&schema.columns[i].name);
@@ -136,7 +217,7 @@ fn step_sql(
         Step::RenameTable { from } => vec![format!("RENAME TABLE {} TO {name}", target_name(from))],
         Step::CreateTable => {
             let mut defs: Vec<String> = (0..schema.columns.len())
-                .map(|i| column_definition(schema, i))
+                .map(|i| column_definition(schema, i, key_collation))
                 .collect();
             if schema.has_primary_key() {
                 let pk: Vec<String> = schema
@@ -163,7 +244,7 @@ fn step_sql(
                 Some(v) => vec![
                     format!(
                         "ALTER TABLE {name} ADD COLUMN {} DEFAULT {}",
-                        column_definition(schema, *i),
+                        column_definition(schema, *i, key_collation),
                         literal(v, TargetKind::Other)?
                     ),
                     format!("ALTER TABLE {name} ALTER COLUMN {} DROP DEFAULT", col(*i)),
@@ -171,7 +252,7 @@ fn step_sql(
                 None => vec![format!(
                     "ALTER TABLE {name} ADD COLUMN {} {} NULL",
                     col(*i),
-                    mysql_type(schema, *i)
+                    mysql_type(schema, *i, key_collation)
                 )],
             }
         }
@@ -180,7 +261,7 @@ fn step_sql(
             i, ty, nullable, ..
         } if *ty || *nullable => vec![format!(
             "ALTER TABLE {name} MODIFY COLUMN {}",
-            column_definition(schema, *i)
+            column_definition(schema, *i, key_collation)
         )],
         Step::AlterColumn { .. } => Vec::new(),
     })
@@ -196,6 +277,7 @@ pub async fn ensure_table(
     applied: &mut HashMap<TableId, Applied>,
     (pipeline, sink): (&str, &str),
     target_name: &(dyn Fn(&TableId) -> String + Sync),
+    key_collation: &str,
 ) -> Result<TargetTable, Error> {
     let existing: Vec<String> = columns(conn, name)
         .await?
@@ -209,7 +291,7 @@ pub async fn ensure_table(
         (!existing.is_empty()).then_some(&existing[..]),
     );
     for step in &steps {
-        for sql in step_sql(schema, name, step, target_name)? {
+        for sql in step_sql(schema, name, step, key_collation, target_name)? {
             conn.query_drop(sql).await.map_err(ddl_err())?;
         }
         info!(table = %name, ?step, "target table changed");

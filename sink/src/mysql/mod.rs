@@ -91,6 +91,8 @@ pub struct MysqlSink {
     tables: HashMap<TableId, TargetTable>,
     /// What this sink last applied to each target table (`ferry_schemas`).
     applied: HashMap<TableId, Applied>,
+    /// The collation of text key columns (`ddl::key_collation`).
+    key_collation: String,
     in_transaction: bool,
     /// Writes made in the open transaction.
     dirty: bool,
@@ -116,6 +118,7 @@ impl MysqlSink {
             .await
             .map_err(write_error("reading ferry_schemas"))?;
         let applied = evolve::parse_records(records)?;
+        let key_collation = ddl::key_collation(&mut conn).await?;
         Ok(MysqlSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
@@ -123,6 +126,7 @@ impl MysqlSink {
             database,
             tables: HashMap::new(),
             applied,
+            key_collation,
             in_transaction: false,
             dirty: false,
             load_data: true,
@@ -192,6 +196,7 @@ impl MysqlSink {
                 &mut self.applied,
                 (&self.pipeline, &self.name),
                 &target_name,
+                &self.key_collation,
             )
             .await?;
             self.tables.insert(schema.id.clone(), target);
