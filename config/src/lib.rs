@@ -165,6 +165,36 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_are_reported_beside_a_missing_required_key() {
+        let text = r#"
+            [pipeline]
+            name = "p"
+            [source]
+            type = "postgres"
+            tabels = ["public.t"]
+            [sink]
+            type = "kafka"
+            partitions = 0
+            formatt = "json"
+            delivery = "sometimes"
+        "#;
+        let errs = load(text).unwrap_err();
+        let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "source.url",
+                "source.tabels",
+                "sink.brokers",
+                "sink.delivery",
+                "sink.partitions",
+                "sink.formatt"
+            ],
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn unset_variable_names_the_key() {
         let errs = load(&GOOD.replace("${PW}", "${MISSING}")).unwrap_err();
         assert_eq!(errs.0.len(), 1);

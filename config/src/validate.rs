@@ -388,13 +388,16 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             let publication = r
                 .string(&mut s, "publication", "a publication name")
                 .unwrap_or(default_name);
-            Some(SourceConfig::Postgres(PostgresSource {
-                url: url?,
-                tables,
-                snapshot: snapshot?,
-                slot,
-                publication,
-            }))
+            // Not `?` here: the unknown keys below must be reported too.
+            url.zip(snapshot).map(|(url, snapshot)| {
+                SourceConfig::Postgres(PostgresSource {
+                    url,
+                    tables,
+                    snapshot,
+                    slot,
+                    publication,
+                })
+            })
         }
         Some("mysql") => {
             let url =
@@ -429,13 +432,15 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     None
                 }
             };
-            Some(SourceConfig::Mysql(MysqlSource {
-                url: url?,
-                tables,
-                snapshot: snapshot?,
-                server_id: server_id?,
-                skip_unknown_ddl: on_unknown_ddl?,
-            }))
+            (|| {
+                Some(SourceConfig::Mysql(MysqlSource {
+                    url: url?,
+                    tables,
+                    snapshot: snapshot?,
+                    server_id: server_id?,
+                    skip_unknown_ddl: on_unknown_ddl?,
+                }))
+            })()
         }
         Some(other) => {
             r.error(
@@ -513,13 +518,15 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
             "the path of a PEM file with the CA certificate of an https registry",
         )
         .map(std::path::PathBuf::from);
-    let format = match choice(r, s, "format", &["json", "avro"], "json")?.as_str() {
-        "avro" => match registry {
+    // Every key is read before any is given up on, so all errors are reported at once.
+    let format = match choice(r, s, "format", &["json", "avro"], "json").as_deref() {
+        None => None,
+        Some("avro") => match registry {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                KafkaFormat::Avro {
+                Some(KafkaFormat::Avro {
                     schema_registry: url,
                     schema_registry_ca: registry_ca,
-                }
+                })
             }
             Some(url) => {
                 // Not echoed whole: the URL may carry credentials.
@@ -528,14 +535,14 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
                     s.key("schema_registry"),
                     format!("expected an http:// or https:// URL, found one starting {scheme:?}"),
                 );
-                return None;
+                None
             }
             None => {
                 r.error(s.key("schema_registry"), "missing; format = \"avro\" needs a schema registry URL such as \"http://registry:8081\"");
-                return None;
+                None
             }
         },
-        _ => KafkaFormat::Json,
+        Some(_) => Some(KafkaFormat::Json),
     };
     let exactly_once = choice(
         r,
@@ -543,32 +550,34 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         "delivery",
         &["exactly_once", "at_least_once"],
         "exactly_once",
-    )? == "exactly_once";
-    let decimal_handling = match choice(
+    )
+    .map(|d| d == "exactly_once");
+    let decimal_handling = choice(
         r,
         s,
         "decimal_handling",
         &["precise", "double", "string"],
         "precise",
-    )?
-    .as_str()
-    {
+    )
+    .map(|d| match d.as_str() {
         "double" => DecimalHandling::Double,
         "string" => DecimalHandling::String,
         _ => DecimalHandling::Precise,
-    };
-    let schemas = flag(r, s, "schemas", defaults.schemas)?;
-    let tombstones = flag(r, s, "tombstones", defaults.tombstones)?;
-    let transaction_topic = flag(r, s, "transaction_topic", defaults.transaction_topic)?;
+    });
+    let schemas = flag(r, s, "schemas", defaults.schemas);
+    let tombstones = flag(r, s, "tombstones", defaults.tombstones);
+    let transaction_topic = flag(r, s, "transaction_topic", defaults.transaction_topic);
     let partitions = if s.table.contains_key("partitions") {
-        i32::try_from(r.positive_int(s, "partitions")?).unwrap_or(i32::MAX)
+        r.positive_int(s, "partitions")
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
     } else {
-        defaults.partitions
+        Some(defaults.partitions)
     };
     let replication_factor = if s.table.contains_key("replication_factor") {
-        i32::try_from(r.positive_int(s, "replication_factor")?).unwrap_or(i32::MAX)
+        r.positive_int(s, "replication_factor")
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
     } else {
-        defaults.replication_factor
+        Some(defaults.replication_factor)
     };
     let cleanup_policy = choice(
         r,
@@ -576,11 +585,11 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         "cleanup_policy",
         &["delete", "compact", "compact,delete"],
         "delete",
-    )?;
+    );
     let max_message_bytes = if s.table.contains_key("max_message_bytes") {
-        r.positive_int(s, "max_message_bytes")?
+        r.positive_int(s, "max_message_bytes")
     } else {
-        defaults.max_message_bytes
+        Some(defaults.max_message_bytes)
     };
     let mut properties = Vec::new();
     if let Some(props) = r.subtable(s, "kafka") {
@@ -603,16 +612,16 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         brokers: brokers?,
         topic_prefix,
         topic,
-        format,
-        exactly_once,
-        schemas,
-        tombstones,
-        transaction_topic,
-        decimal_handling,
-        partitions,
-        replication_factor,
-        cleanup_policy,
-        max_message_bytes,
+        format: format?,
+        exactly_once: exactly_once?,
+        schemas: schemas?,
+        tombstones: tombstones?,
+        transaction_topic: transaction_topic?,
+        decimal_handling: decimal_handling?,
+        partitions: partitions?,
+        replication_factor: replication_factor?,
+        cleanup_policy: cleanup_policy?,
+        max_message_bytes: max_message_bytes?,
         properties,
     }))
 }
