@@ -90,6 +90,9 @@ pub struct LiveStatus {
     pub source_transactions: u64,
     pub snapshot: Option<SnapshotReport>,
     pub sinks: Vec<LiveSink>,
+    /// Tables whose changes are no longer applied, with why (`on_schema_change = "quarantine"`).
+    #[serde(default)]
+    pub quarantined: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +119,11 @@ fn live_status(p: &PipelineStats) -> LiveStatus {
         source_events: p.source_events.load(Relaxed),
         source_transactions: p.source_transactions.load(Relaxed),
         snapshot: p.snapshot.report(),
+        quarantined: p
+            .quarantined()
+            .into_iter()
+            .map(|(t, why)| format!("{t}: {why}"))
+            .collect(),
         sinks: p
             .sinks
             .iter()
@@ -223,6 +231,12 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
                 _ => 0.0,
             })
         }),
+    );
+    family(
+        "ferry_quarantined_tables",
+        "gauge",
+        "Tables whose changes are no longer applied (on_schema_change = \"quarantine\").",
+        per_pipeline(&|p| Some(p.quarantined().len() as f64)),
     );
     family(
         "ferry_pipeline_restarts_total",

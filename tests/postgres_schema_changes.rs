@@ -211,3 +211,117 @@ fn drop_and_create_and_rename_swaps_leave_exactly_the_source_table() {
     t.same_columns_on_postgres("orders");
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn a_rewrite_targets_cannot_reproduce_halts_naming_statement_table_and_position() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 10), (2, 20);",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "halt",
+        &fan_out_config(&pg, "halt", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    pg.psql("shop", "INSERT INTO t VALUES (3, 30)");
+    assert!(wait_until(WAIT, || pg
+        .try_psql("replica", "SELECT count(*) FROM t")
+        .is_ok_and(|n| n == "3")));
+    // A plain type change rewrites the table too, and the targets reproduce it: nothing stops.
+    pg.psql(
+        "shop",
+        "ALTER TABLE t ALTER COLUMN n TYPE bigint; INSERT INTO t VALUES (4, 40);",
+    );
+    assert!(wait_until(WAIT, || pg
+        .try_psql("replica", "SELECT sum(n) FROM t")
+        .is_ok_and(|n| n == "100")));
+    // Every row's value changes with no row event: the targets would keep the old values.
+    pg.psql(
+        "shop",
+        "ALTER TABLE t ALTER COLUMN n TYPE numeric USING n * 2; INSERT INTO t VALUES (5, 50);",
+    );
+    let status = ferry
+        .wait_exit(WAIT)
+        .expect("ferry should stop on a rewrite it cannot reproduce");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("table public.t was rewritten at ")
+            && log.contains("ALTER TABLE t ALTER COLUMN n TYPE numeric USING n * 2")
+            && log.contains("on_schema_change = \"quarantine\""),
+        "{log}"
+    );
+    // Nothing of the rewritten table's transaction was applied.
+    assert_eq!(pg.psql("replica", "SELECT sum(n) FROM t"), "100");
+}
+
+#[test]
+fn a_quarantined_table_stops_alone_and_stays_quarantined_after_a_restart() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);
+         INSERT INTO a VALUES (1, 1); INSERT INTO b VALUES (1, 1);",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let text = fan_out_config(&pg, "q", "[pipeline.batch]\nmax_wait = \"20ms\"", &db).replace(
+        "[source]\ntype = \"postgres\"\n",
+        "[source]\ntype = \"postgres\"\non_schema_change = \"quarantine\"\n",
+    );
+    let cfg = write_config(dir.path(), "q", &text);
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    let b_rows = |n: &str| {
+        wait_until(WAIT, || {
+            pg.try_psql("replica", "SELECT count(*) FROM b")
+                .is_ok_and(|c| c == n)
+                && sqlite_rows(&db, "SELECT count(*) FROM b") == [n]
+        })
+    };
+    pg.psql("shop", "INSERT INTO b VALUES (2, 2)");
+    assert!(b_rows("2"), "{}", ferry.log());
+    pg.psql(
+        "shop",
+        "ALTER TABLE a ADD COLUMN at timestamptz DEFAULT clock_timestamp();
+         INSERT INTO a (id, v) VALUES (2, 2); INSERT INTO b VALUES (3, 3);",
+    );
+    assert!(b_rows("3"), "{}", ferry.log());
+    assert_eq!(
+        pg.psql("replica", "SELECT count(*) FROM a"),
+        "1",
+        "{}",
+        ferry.log()
+    );
+    let (code, status) = ferry.get("/status").expect("status");
+    assert_eq!(code, 200);
+    assert!(
+        status.contains("public.a: rewritten at") && status.contains("volatile default"),
+        "{status}"
+    );
+    let (_, metrics) = ferry.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("ferry_quarantined_tables{pipeline=\"q\"} 1"),
+        "{metrics}"
+    );
+    assert!(ferry.terminate().success());
+
+    // After a restart the sinks still skip the table: its checkpointed quarantine is in ferry_schemas.
+    let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    pg.psql(
+        "shop",
+        "INSERT INTO a (id, v) VALUES (3, 3); INSERT INTO b VALUES (4, 4);",
+    );
+    assert!(b_rows("4"), "{}", ferry.log());
+    assert_eq!(pg.psql("replica", "SELECT count(*) FROM a"), "1");
+    assert_eq!(sqlite_rows(&db, "SELECT count(*) FROM a"), ["1"]);
+    assert!(
+        ferry.log().contains("table is quarantined"),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+}

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub use env::{expand, ExpandError};
 pub use model::{
     DecimalHandling, FilterConfig, KafkaFormat, KafkaSink, MysqlSource, PipelineConfig,
-    PostgresSource, SinkConfig, SinkKind, SnapshotMode, SourceConfig,
+    PostgresSource, SchemaChangePolicy, SinkConfig, SinkKind, SnapshotMode, SourceConfig,
 };
 pub use validate::parse_duration;
 

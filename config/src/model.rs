@@ -54,6 +54,18 @@ pub struct PostgresSource {
     pub snapshot: SnapshotMode,
     pub slot: String,
     pub publication: String,
+    /// What to do when the source changes a table in a way Ferry cannot reproduce on its targets.
+    pub on_schema_change: SchemaChangePolicy,
+}
+
+/// What to do with a schema change Ferry cannot reproduce on a target: a table rewritten without row events
+/// (`ALTER COLUMN … TYPE … USING <expression>`, `ADD COLUMN` with a volatile default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaChangePolicy {
+    /// Stop the pipeline, naming the statement, the table and the position.
+    Halt,
+    /// Stop applying that table only (loud in logs, metrics and `ferry status`); the others go on.
+    Quarantine,
 }
 
 /// Whether and how the initial snapshot runs.

@@ -43,6 +43,14 @@ pub enum Change {
         tables: Vec<TableId>,
         snapshot: bool,
     },
+    /// From here on, `table`'s changes are not applied: the source changed it in a way Ferry cannot reproduce on
+    /// its targets (`on_schema_change = "quarantine"`; `reason` names the statement and position). SQL sinks
+    /// record it in `ferry_schemas` and skip the table's changes from then on, across restarts, until the table
+    /// is copied anew (`ferry reset`). Kafka sinks go on publishing the table's changes, which stay true events.
+    Quarantine {
+        table: TableId,
+        reason: String,
+    },
 }
 
 impl Change {
@@ -58,6 +66,7 @@ impl Change {
                 }
             }
             Change::Truncate { tables, .. } => 64 * tables.len(),
+            Change::Quarantine { reason, .. } => 64 + reason.len(),
         }
     }
 }

@@ -199,6 +199,8 @@ pub struct PipelineStats {
     pub source_transactions: AtomicU64,
     pub snapshot: SnapshotProgress,
     pub sinks: Vec<SinkStats>,
+    /// Tables quarantined in this run (`on_schema_change = "quarantine"`), with why.
+    quarantined: Mutex<Vec<(String, String)>>,
 }
 
 impl PipelineStats {
@@ -211,7 +213,24 @@ impl PipelineStats {
             source_transactions: AtomicU64::new(0),
             snapshot: SnapshotProgress::default(),
             sinks: sinks.iter().map(|n| SinkStats::new(n)).collect(),
+            quarantined: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records a quarantined table.
+    pub fn quarantine(&self, table: String, reason: String) {
+        let mut q = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        if !q.iter().any(|(t, _)| *t == table) {
+            q.push((table, reason));
+        }
+    }
+
+    /// The tables quarantined in this run, with why.
+    pub fn quarantined(&self) -> Vec<(String, String)> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_state(&self, state: PipelineState) {

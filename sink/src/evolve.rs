@@ -33,6 +33,9 @@ pub struct AppliedColumn {
 pub struct Applied {
     pub relation_id: Option<u32>,
     pub columns: Vec<AppliedColumn>,
+    /// Why the table's changes are no longer applied ([`ferry_core::Change::Quarantine`]); `None` while they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 impl Applied {
@@ -50,9 +53,37 @@ impl Applied {
                     default: c.default.clone(),
                 })
                 .collect(),
+            quarantined: None,
         }
     }
 
+    /// The record of `table` once quarantined: its last applied columns, or none if it was never applied.
+    pub fn quarantined(previous: Option<&Applied>, reason: &str) -> Applied {
+        let mut record = previous.cloned().unwrap_or(Applied {
+            relation_id: None,
+            columns: Vec::new(),
+            quarantined: None,
+        });
+        record.quarantined = Some(reason.to_owned());
+        record
+    }
+}
+
+/// Whether a sink skips `table`'s changes, logging the reason once per sink start.
+pub fn is_quarantined(applied: &HashMap<TableId, Applied>, table: &TableId) -> bool {
+    applied.get(table).is_some_and(|a| a.quarantined.is_some())
+}
+
+/// Logs each quarantined table of a sink at its start: the target stays behind for those tables.
+pub fn report_quarantined(sink: &str, applied: &HashMap<TableId, Applied>) {
+    for (table, record) in applied {
+        if let Some(reason) = &record.quarantined {
+            tracing::error!(sink, %table, reason, "table is quarantined: its changes are not applied (ferry reset takes a new snapshot)");
+        }
+    }
+}
+
+impl Applied {
     /// The record as stored in `ferry_schemas.applied`.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

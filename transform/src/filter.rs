@@ -122,6 +122,9 @@ impl Transform for TableFilter {
                 let tables: Vec<TableId> = tables.into_iter().filter(|t| self.passes(t)).collect();
                 (!tables.is_empty()).then_some(Event::Change(Change::Truncate { tables, snapshot }))
             }
+            Event::Change(Change::Quarantine { table, reason }) => self
+                .passes(&table)
+                .then_some(Event::Change(Change::Quarantine { table, reason })),
             other => Some(other),
         }
     }

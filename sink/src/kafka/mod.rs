@@ -627,6 +627,10 @@ impl KafkaSink {
                 }
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
                 Change::Truncate { snapshot: true, .. } => {}
+                // A topic holds events, not a copy: the table's later changes are still true events.
+                Change::Quarantine { table, reason } => {
+                    warn!(%table, reason, "the table changed in a way no event describes; its topic goes on with its later changes");
+                }
                 // Debezium's truncate event: no key, no row images, in each table's topic.
                 Change::Truncate {
                     tables: truncated, ..

@@ -307,13 +307,7 @@ pub async fn ensure_table(
     }
     let record = Applied::of(schema);
     if applied.get(&schema.id) != Some(&record) {
-        conn.exec_drop(
-            "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES (?, ?, ?, ?) \
-             ON DUPLICATE KEY UPDATE applied = VALUES(applied)",
-            (pipeline, sink, evolve::record_key(&schema.id), record.to_json()),
-        )
-        .await
-        .map_err(ddl_err())?;
+        save_record(conn, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);
     }
     let described = columns(conn, name).await?;
@@ -338,4 +332,20 @@ pub async fn ensure_table(
         columns,
         utf8,
     })
+}
+
+/// Stores a table's [`Applied`] record in `ferry_schemas`.
+pub async fn save_record(
+    conn: &mut Conn,
+    (pipeline, sink): (&str, &str),
+    table: &TableId,
+    record: &Applied,
+) -> Result<(), Error> {
+    conn.exec_drop(
+        "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES (?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE applied = VALUES(applied)",
+        (pipeline, sink, evolve::record_key(table), record.to_json()),
+    )
+    .await
+    .map_err(write_error(format!("recording the schema of {table}")))
 }

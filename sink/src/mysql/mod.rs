@@ -118,6 +118,7 @@ impl MysqlSink {
             .await
             .map_err(write_error("reading ferry_schemas"))?;
         let applied = evolve::parse_records(records)?;
+        evolve::report_quarantined(name, &applied);
         let key_collation = ddl::key_collation(&mut conn).await?;
         Ok(MysqlSink {
             name: name.to_owned(),
@@ -149,6 +150,9 @@ impl MysqlSink {
                 Event::Change(Change::Row { table, .. }) => table,
                 _ => continue,
             };
+            if evolve::is_quarantined(&self.applied, &schema.id) {
+                continue;
+            }
             let known = self.tables.get(&schema.id).map(|t| t.version);
             let queued = wanted
                 .iter()
@@ -232,10 +236,20 @@ impl MysqlSink {
         for e in events {
             let Event::Change(change) = e else { continue };
             match change {
+                Change::Row { table, .. } if evolve::is_quarantined(&self.applied, &table.id) => {}
+                Change::Quarantine { table, reason } => {
+                    self.flush(&mut upserts).await?;
+                    let record = Applied::quarantined(self.applied.get(table), reason);
+                    ddl::save_record(&mut self.conn, (&self.pipeline, &self.name), table, &record)
+                        .await?;
+                    self.applied.insert(table.clone(), record);
+                    tracing::error!(sink = %self.name, %table, reason, "table quarantined: its changes are no longer applied");
+                }
                 Change::Truncate { tables, .. } => {
                     self.flush(&mut upserts).await?;
                     for t in tables {
-                        if self.tables.contains_key(t) {
+                        if self.tables.contains_key(t) && !evolve::is_quarantined(&self.applied, t)
+                        {
                             // TRUNCATE is DDL in MySQL (an implicit commit); DELETE stays in the transaction.
                             let sql = format!("DELETE FROM {}", self.target_name(t));
                             self.exec(sql, "truncating a table").await?;

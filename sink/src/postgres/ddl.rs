@@ -450,16 +450,27 @@ pub async fn ensure_table(
     }
     let record = Applied::of(schema);
     if applied.get(&schema.id) != Some(&record) {
-        client
-            .execute(
-                "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
-                &[&pipeline, &sink, &evolve::record_key(&schema.id), &record.to_json()],
-            )
-            .await
-            .map_err(ddl_error(&schema.id))?;
+        save_record(client, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);
     }
+    Ok(())
+}
+
+/// Stores a table's [`Applied`] record in `ferry_schemas`, in the open transaction.
+pub async fn save_record(
+    client: &Client,
+    (pipeline, sink): (&str, &str),
+    table: &TableId,
+    record: &Applied,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
+            &[&pipeline, &sink, &evolve::record_key(table), &record.to_json()],
+        )
+        .await
+        .map_err(ddl_error(table))?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use ferry_core::{
 };
 use ferry_pgconn::PgUrl;
 use tokio_postgres::{Client, Statement};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::checkpoint;
 use crate::evolve::{self, Applied};
@@ -292,6 +292,16 @@ impl PostgresSink {
         let mut group: Option<Group> = None;
         for event in events {
             match event {
+                Event::Change(Change::Row { table, .. }) | Event::Schema(table)
+                    if evolve::is_quarantined(&self.applied, &table.id) => {}
+                Event::Change(Change::Quarantine { table, reason }) => {
+                    self.flush(group.take()).await?;
+                    let record = Applied::quarantined(self.applied.get(table), reason);
+                    ddl::save_record(&self.client, (&self.pipeline, &self.name), table, &record)
+                        .await?;
+                    self.applied.insert(table.clone(), record);
+                    error!(sink = %self.name, %table, reason, "table quarantined: its changes are no longer applied");
+                }
                 Event::Change(Change::Row { table, op }) => {
                     let action = classify(table, op);
                     let steps: Vec<(GroupKind, &Row)> = match action {
@@ -352,6 +362,7 @@ impl PostgresSink {
                     let known: Vec<String> = tables
                         .iter()
                         .filter(|t| self.known_tables.contains_key(*t))
+                        .filter(|t| !evolve::is_quarantined(&self.applied, t))
                         .map(qualified_name)
                         .collect();
                     if !known.is_empty() {

@@ -15,7 +15,7 @@ use ferry_core::{
 };
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{params_from_iter, Connection};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::checkpoint;
 use crate::evolve::{self, Applied, Step};
@@ -150,6 +150,7 @@ impl SqliteSink {
                 .map_err(db_error("reading ferry_schemas"))?
         };
         let applied = evolve::parse_records(records)?;
+        evolve::report_quarantined(name, &applied);
         Ok(SqliteSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
@@ -169,11 +170,22 @@ impl SqliteSink {
         }
         for event in events {
             match event {
+                Event::Change(Change::Row { table, .. }) | Event::Schema(table)
+                    if evolve::is_quarantined(&self.applied, &table.id) => {}
+                Event::Change(Change::Quarantine { table, reason }) => {
+                    let record = Applied::quarantined(self.applied.get(table), reason);
+                    save_record(&self.conn, (&self.pipeline, &self.name), table, &record)?;
+                    self.applied.insert(table.clone(), record);
+                    error!(sink = %self.name, %table, reason, "table quarantined: its changes are no longer applied");
+                }
                 Event::Change(Change::Row { table, op }) => {
                     self.apply_row(table, classify(table, op))?
                 }
                 Event::Change(Change::Truncate { tables, .. }) => {
-                    for t in tables.iter().filter(|t| self.known_tables.contains_key(*t)) {
+                    for t in tables.iter().filter(|t| {
+                        self.known_tables.contains_key(*t)
+                            && !evolve::is_quarantined(&self.applied, t)
+                    }) {
                         self.conn
                             .execute(&format!("DELETE FROM {}", quote(&table_name(t))), [])
                             .map_err(db_error("truncating"))?;
@@ -475,14 +487,25 @@ fn ensure_table(
     }
     let record = Applied::of(schema);
     if applied.get(&schema.id) != Some(&record) {
-        conn.execute(
-            "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
-            (pipeline, sink, evolve::record_key(&schema.id), record.to_json()),
-        )
-        .map_err(db_error(what()))?;
+        save_record(conn, (pipeline, sink), &schema.id, &record)?;
         applied.insert(schema.id.clone(), record);
     }
+    Ok(())
+}
+
+/// Stores a table's [`Applied`] record in `ferry_schemas`, in the open transaction.
+fn save_record(
+    conn: &Connection,
+    (pipeline, sink): (&str, &str),
+    table: &TableId,
+    record: &Applied,
+) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
+        (pipeline, sink, evolve::record_key(table), record.to_json()),
+    )
+    .map_err(db_error(format!("recording the schema of {table}")))?;
     Ok(())
 }
 

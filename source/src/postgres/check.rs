@@ -65,6 +65,22 @@ pub async fn check_prerequisites(
         )
     });
 
+    let (trigger, superuser) = super::rewrite::state(client).await?;
+    out.push(match (trigger, superuser) {
+        (true, _) => pass("table rewrites", "the ferry_table_rewrite event trigger reports them"),
+        (false, true) => pass(
+            "table rewrites",
+            "the ferry_table_rewrite event trigger is created at start (this role is a superuser)",
+        ),
+        (false, false) => fail(
+            "table rewrites",
+            "without the ferry_table_rewrite event trigger, DDL that changes rows without row events \
+             (ALTER COLUMN … TYPE … USING, ADD COLUMN with a volatile default) goes unnoticed, and creating it \
+             needs a superuser",
+            format!("run as a superuser in the source database: {}", super::rewrite::INSTALL),
+        ),
+    });
+
     let level = setting(client, "wal_level").await?;
     out.push(if level == "logical" {
         pass("wal_level", "logical")

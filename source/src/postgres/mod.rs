@@ -13,6 +13,7 @@ mod check;
 mod conn;
 mod decode;
 pub mod pgoutput;
+mod rewrite;
 mod slot;
 mod snapshot;
 mod stream;
@@ -89,6 +90,11 @@ pub async fn run(
         version,
     )
     .await?;
+    if !rewrite::install(catalog.client()).await? {
+        warn!("the ferry_table_rewrite event trigger is missing and this role cannot create it (it needs a \
+               superuser): a rewrite that changes rows without row events (ALTER COLUMN … TYPE … USING, ADD COLUMN \
+               with a volatile default) would go unnoticed; `ferry check` prints the statement that creates it");
+    }
     let url_config = PgUrl::parse(&cfg.url)?;
     let application_name = format!("ferry_{}", settings.pipeline);
 
@@ -155,6 +161,8 @@ pub async fn run(
         relations: Default::default(),
         tuple_layouts: Default::default(),
         unannounced: Default::default(),
+        publication: cfg.publication.clone(),
+        on_schema_change: cfg.on_schema_change,
         schema_versions: 0,
         in_transaction: false,
         stats,

@@ -29,7 +29,9 @@ use super::pgoutput::{
     standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue,
     PG_EPOCH_OFFSET_MICROS,
 };
+use super::rewrite::{self, Rewrite};
 use super::slot::quote_literal;
+use ferry_config::SchemaChangePolicy;
 
 /// Why streaming stopped without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,9 @@ pub(crate) struct Streamer {
     pub tuple_layouts: HashMap<u32, Vec<usize>>,
     /// Relations whose new schema no change has used yet.
     pub unannounced: HashSet<u32>,
+    /// The publication streamed (rewrites of tables outside it are ignored).
+    pub publication: String,
+    pub on_schema_change: SchemaChangePolicy,
     pub schema_versions: u64,
     pub in_transaction: bool,
     pub stats: Arc<PipelineStats>,
@@ -380,6 +385,13 @@ impl Streamer {
                     position: Position::Pg(lsn),
                 });
             }
+            PgOutput::Message {
+                transactional: true,
+                prefix: rewrite::PREFIX,
+                lsn,
+                content,
+                ..
+            } => self.on_rewrite(content, lsn, out).await?,
             PgOutput::Message { .. } | PgOutput::Type { .. } | PgOutput::Origin { .. } => {}
             PgOutput::StreamStart { .. }
             | PgOutput::StreamStop
@@ -392,6 +404,58 @@ impl Streamer {
             }
         }
         Ok(())
+    }
+
+    /// A table was rewritten (see `rewrite.rs`): nothing to do when the targets can reproduce it, otherwise the
+    /// `on_schema_change` policy.
+    async fn on_rewrite(
+        &mut self,
+        content: &[u8],
+        lsn: Lsn,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
+        let Some(rewrite) = Rewrite::parse(content) else {
+            warn!("an unreadable table rewrite notice; ignored");
+            return Ok(());
+        };
+        let Err(why) = rewrite.reproducible() else {
+            debug!(oid = rewrite.oid, statement = %rewrite.statement, "a table rewrite the targets reproduce");
+            return Ok(());
+        };
+        // The published table (a partition's root) the rewritten relation belongs to.
+        let row = self
+            .catalog
+            .client()
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = coalesce(pg_partition_root($1::int8::oid), $1::int8::oid) \
+                 AND EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2 \
+                             AND p.schemaname = n.nspname AND p.tablename = c.relname)",
+                &[&i64::from(rewrite.oid), &self.publication],
+            )
+            .await
+            .map_err(|e| Error::transient("reading the rewritten table", e))?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let table = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let reason = format!(
+            "rewritten at {lsn} by `{}`: {why}",
+            rewrite.statement.trim()
+        );
+        match self.on_schema_change {
+            SchemaChangePolicy::Halt => Err(Error::fatal(format!(
+                "table {table} was {reason}; Ferry cannot reproduce that on its targets, so it stopped rather than \
+                 let them differ. Copy the table anew (`ferry reset --config <file> --yes` takes a new snapshot), or \
+                 set [source] on_schema_change = \"quarantine\" to stop applying only this table"
+            ))),
+            SchemaChangePolicy::Quarantine => {
+                tracing::error!(%table, %reason, "table quarantined: its changes are no longer applied");
+                self.stats.quarantine(table.to_string(), reason.clone());
+                out.push_back(Event::Change(Change::Quarantine { table, reason }));
+                Ok(())
+            }
+        }
     }
 
     /// A tuple of relation `oid` as a row of `table`; columns the tuple does not carry are NULL.

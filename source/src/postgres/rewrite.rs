@@ -1,0 +1,219 @@
+//! Noticing table rewrites: DDL that changes rows without any row event in the WAL, which logical decoding
+//! therefore never shows (`ALTER COLUMN … TYPE … USING <expression>`, `ADD COLUMN` with a volatile default).
+//!
+//! A `table_rewrite` event trigger (it needs a superuser to create) emits a transactional logical message with
+//! the rewritten table's OID, PostgreSQL's rewrite reason and the statement, so the message reaches the slot at
+//! the exact point of the rewrite. The streamer then decides whether a target can reproduce the rewrite itself
+//! (a plain type change: the target casts the same way) or not (the pipeline's `on_schema_change` policy).
+
+use tokio_postgres::Client;
+
+use ferry_core::Error;
+
+/// The logical message prefix of a rewrite notice.
+pub const PREFIX: &str = "ferry_rewrite";
+
+/// PostgreSQL's rewrite reasons (`AT_REWRITE_*` in src/include/commands/event_trigger.h).
+const DEFAULT_VAL: i32 = 0x02;
+const COLUMN_REWRITE: i32 = 0x04;
+
+pub const INSTALL: &str = "DO $ferry$ BEGIN
+IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_table_rewrite') THEN
+  CREATE OR REPLACE FUNCTION public.ferry_table_rewrite() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+  BEGIN
+    PERFORM pg_logical_emit_message(true, 'ferry_rewrite',
+      pg_event_trigger_table_rewrite_oid()::oid::text || ' ' || pg_event_trigger_table_rewrite_reason() || ' '
+      || current_query());
+  END $f$;
+  CREATE EVENT TRIGGER ferry_table_rewrite ON table_rewrite EXECUTE FUNCTION public.ferry_table_rewrite();
+END IF;
+END $ferry$";
+
+/// Whether the event trigger exists, and whether the current role is a superuser (who may create it).
+pub async fn state(client: &Client) -> Result<(bool, bool), Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_table_rewrite'), rolsuper \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::transient("reading the source's event triggers", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Installs the event trigger when it is missing and the role may create it. Returns whether it is in place.
+pub async fn install(client: &Client) -> Result<bool, Error> {
+    let (present, superuser) = state(client).await?;
+    if present {
+        return Ok(true);
+    }
+    if !superuser {
+        return Ok(false);
+    }
+    client
+        .batch_execute(INSTALL)
+        .await
+        .map_err(|e| Error::fatal_from("creating the ferry_table_rewrite event trigger", e))?;
+    Ok(true)
+}
+
+/// One rewrite notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub oid: u32,
+    pub reason: i32,
+    pub statement: String,
+}
+
+impl Rewrite {
+    /// Parses a notice's content: `<oid> <reason> <statement>`.
+    pub fn parse(content: &[u8]) -> Option<Rewrite> {
+        let text = std::str::from_utf8(content).ok()?;
+        let mut parts = text.splitn(3, ' ');
+        Some(Rewrite {
+            oid: parts.next()?.parse().ok()?,
+            reason: parts.next()?.parse().ok()?,
+            statement: parts.next().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// `Err(why)` when a target cannot derive the rewritten rows from the ones it has.
+    pub fn reproducible(&self) -> Result<(), &'static str> {
+        if self.reason & DEFAULT_VAL != 0 {
+            return Err("a column was added with a volatile default, so every existing row got its own value");
+        }
+        if self.reason & COLUMN_REWRITE != 0 && !plain_using(&self.statement) {
+            return Err("a column's values were rewritten by a USING expression");
+        }
+        Ok(())
+    }
+}
+
+/// Whether every `USING` clause of the statement is a plain cast of a column (`USING n::bigint`, `USING n`), which
+/// a target's own type change reproduces. Text in quotes is skipped; anything else counts as an expression.
+fn plain_using(statement: &str) -> bool {
+    let words = tokens(statement);
+    let mut i = 0;
+    while i < words.len() {
+        if words[i].eq_ignore_ascii_case("using") {
+            // The clause runs to the next comma or the end of the statement.
+            let clause: Vec<&str> = words[i + 1..]
+                .iter()
+                .take_while(|w| *w != "," && *w != ";")
+                .map(String::as_str)
+                .collect();
+            let plain = match clause.as_slice() {
+                [column] => is_identifier(column),
+                [column, "::", ty @ ..] => {
+                    is_identifier(column)
+                        && !ty.is_empty()
+                        && ty.iter().all(|t| {
+                            is_identifier(t)
+                                || t.chars().all(|c| c.is_ascii_digit() || "()[]".contains(c))
+                        })
+                }
+                _ => false,
+            };
+            if !plain {
+                return false;
+            }
+        }
+        i += 1;
+    }
+    true
+}
+
+fn is_identifier(word: &str) -> bool {
+    word.starts_with('"')
+        || word
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
+}
+
+/// Splits SQL into identifiers (quoted ones whole), string literals (whole), `::` and single punctuation.
+fn tokens(sql: &str) -> Vec<String> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '\'' || c == '"' {
+            let start = i;
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == c {
+                    if chars.get(i + 1) == Some(&c) {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(chars.len());
+            out.push(chars[start..i].iter().collect());
+        } else if c.is_alphanumeric() || c == '_' || c == '$' || c == '.' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || "_$.".contains(chars[i])) {
+                i += 1;
+            }
+            out.push(chars[start..i].iter().collect());
+        } else if c == ':' && chars.get(i + 1) == Some(&':') {
+            out.push("::".to_owned());
+            i += 2;
+        } else {
+            out.push(c.to_string());
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(reason: i32, statement: &str) -> Rewrite {
+        Rewrite::parse(format!("16384 {reason} {statement}").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn plain_type_changes_are_reproducible_expressions_and_volatile_defaults_are_not() {
+        assert_eq!(
+            rewrite(4, "ALTER TABLE t ALTER COLUMN a TYPE numeric(10,5)").oid,
+            16384
+        );
+        for ok in [
+            "ALTER TABLE t ALTER COLUMN a TYPE numeric(10,5)",
+            "ALTER TABLE t ALTER a TYPE bigint USING a::bigint, ALTER b TYPE int USING \"b\"",
+            "alter table t alter column a type int using a::integer[]",
+            "ALTER TABLE t ALTER COLUMN note TYPE text, ALTER c SET DEFAULT 'USING x + 1'",
+        ] {
+            assert_eq!(rewrite(4, ok).reproducible(), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ALTER TABLE t ALTER COLUMN a TYPE int USING a * 2",
+            "ALTER TABLE t ALTER COLUMN a TYPE int USING length(a)",
+            "ALTER TABLE t ALTER a TYPE int USING a::int, ALTER b TYPE text USING b || 'x'",
+        ] {
+            assert!(rewrite(4, bad).reproducible().is_err(), "{bad}");
+        }
+        assert!(rewrite(
+            2,
+            "ALTER TABLE t ADD COLUMN at timestamptz DEFAULT clock_timestamp()"
+        )
+        .reproducible()
+        .is_err());
+        // SET LOGGED / SET ACCESS METHOD rewrite without changing values.
+        assert_eq!(
+            rewrite(1, "ALTER TABLE t SET LOGGED").reproducible(),
+            Ok(())
+        );
+        assert!(Rewrite::parse(b"x 4 ALTER").is_none());
+        assert!(Rewrite::parse(&[0xff, 0xfe]).is_none());
+    }
+}
