@@ -84,6 +84,9 @@ pub struct Column {
     /// `ADD COLUMN … DEFAULT <constant>` without rewriting the table): a target that adds the column fills its
     /// existing rows with it. `None`: those rows read NULL.
     pub missing_value: Option<Value>,
+    /// The column's name in the table's previous schema version, when the source reported a rename (MySQL's
+    /// `RENAME COLUMN` / `CHANGE`, read from the binlog's DDL): sinks rename the column instead of dropping it.
+    pub previous_name: Option<String>,
 }
 
 impl Column {
@@ -103,6 +106,7 @@ impl Column {
             source_id: None,
             default: None,
             missing_value: None,
+            previous_name: None,
         }
     }
 }

@@ -184,7 +184,7 @@ pub fn plan(
                 .iter()
                 .position(|pc| match (pc.source_id, c.source_id) {
                     (Some(a), Some(b)) => a == b,
-                    _ => pc.name == c.name,
+                    _ => pc.name == c.name || c.previous_name.as_ref() == Some(&pc.name),
                 })
                 .map(|j| (j, &p.columns[j]))
         });

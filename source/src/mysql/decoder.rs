@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{
     BinlogFilePos, BinlogPosition, Change, Error, Event as FerryEvent, GtidState, MariaGtid,
-    MysqlGtidSet, Position, SchemaRef, TableId, Timestamp,
+    MysqlGtidSet, Position, SchemaRef, TableId, TableSchema, Timestamp, Value,
 };
 use mysql_common::binlog::events::{
     Event, GtidEvent, PreviousGtidsEvent, RotateEvent, TableMapEvent,
@@ -26,7 +26,7 @@ use super::catalog::CatalogTable;
 use super::layout::{layout_from_table_map, TableLayout};
 use super::mariadb;
 use super::rows::{decode_rows, lenenc, Cursor, RowsKind};
-use super::statement::{classify, parse_ddl, Statement};
+use super::statement::{classify, parse_ddl, AlterSpec, Ddl, Statement};
 
 /// Binlog event type codes Ferry acts on (MySQL's `Log_event_type`).
 mod code {
@@ -131,6 +131,15 @@ pub struct Decoder {
     full_metadata: bool,
     /// DDL statements skipped under `on_unknown_ddl = "skip"`.
     pub skipped_ddl: u64,
+    /// What DDL said about each table's columns since its last schema version.
+    column_hints: HashMap<TableId, Vec<ColumnHint>>,
+}
+
+/// What an ALTER TABLE says that the next row layout alone cannot: a column's old name, a new column's default.
+#[derive(Debug, Clone)]
+enum ColumnHint {
+    Renamed { from: String, to: String },
+    Default { column: String, value: String },
 }
 
 /// How often a run of transactions on other tables moves the checkpoint forward.
@@ -162,6 +171,7 @@ impl Decoder {
             stream_checksums: false,
             full_metadata: false,
             skipped_ddl: 0,
+            column_hints: HashMap::new(),
         }
     }
 
@@ -427,6 +437,28 @@ impl Decoder {
         tables: &[TableId],
         end: u64,
     ) -> Result<(), Error> {
+        if let Ok(Ddl::Alter(table, specs)) = parse_ddl(sql, db) {
+            let hints = self.column_hints.entry(table).or_default();
+            for spec in specs {
+                match spec {
+                    AlterSpec::RenameColumn(from, to) => {
+                        hints.push(ColumnHint::Renamed { from, to })
+                    }
+                    AlterSpec::Change(from, def, _) if from != def.name => {
+                        hints.push(ColumnHint::Renamed { from, to: def.name })
+                    }
+                    AlterSpec::Add(def, _) => {
+                        if let Some(value) = def.default {
+                            hints.push(ColumnHint::Default {
+                                column: def.name,
+                                value,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
         if self.full_metadata {
             for t in tables {
                 self.catalog.remove(t);
@@ -468,17 +500,38 @@ impl Decoder {
         let anonymous = matches!(self.selection, Selection::All);
         let mut layout = layout_from_table_map(tme, self.catalog.get(&id), 0, anonymous)
             .map_err(|e| self.fail(end, e))?;
+        let same_columns = |a: &TableSchema, b: &TableSchema| {
+            a.primary_key == b.primary_key
+                && a.columns.len() == b.columns.len()
+                && a.columns.iter().zip(&b.columns).all(|(x, y)| {
+                    (&x.name, &x.ty, &x.source_type, x.nullable)
+                        == (&y.name, &y.ty, &y.source_type, y.nullable)
+                })
+        };
         match self.schemas.get(&id) {
-            Some(known)
-                if known.columns == layout.schema.columns
-                    && known.primary_key == layout.schema.primary_key =>
-            {
+            Some(known) if same_columns(known, &layout.schema) => {
                 layout.schema = known.clone();
             }
             _ => {
                 self.schema_versions += 1;
                 let mut schema = (*layout.schema).clone();
                 schema.version = self.schema_versions;
+                // What the DDL since the last version said about renamed columns and constant defaults (existing
+                // rows read the default: targets fill them with it).
+                for hint in self.column_hints.remove(&id).unwrap_or_default() {
+                    match hint {
+                        ColumnHint::Renamed { from, to } => {
+                            if let Some(c) = schema.columns.iter_mut().find(|c| c.name == to) {
+                                c.previous_name = Some(from);
+                            }
+                        }
+                        ColumnHint::Default { column, value } => {
+                            if let Some(c) = schema.columns.iter_mut().find(|c| c.name == column) {
+                                c.missing_value = Some(Value::Text(value));
+                            }
+                        }
+                    }
+                }
                 layout.schema = Arc::new(schema);
                 self.schemas.insert(id.clone(), layout.schema.clone());
                 self.unannounced.insert(id);

@@ -249,6 +249,9 @@ pub struct ColumnDef {
     pub labels: Vec<String>,
     pub nullable: bool,
     pub primary_key: bool,
+    /// A constant `DEFAULT` (a string or number literal), as text; `None` without one, for `DEFAULT NULL` and
+    /// for expressions.
+    pub default: Option<String>,
 }
 
 /// Where ADD / CHANGE / MODIFY put a column.
@@ -378,8 +381,23 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
         .collect::<String>();
     let (mut unsigned, mut zerofill, mut charset_binary) = (false, false, false);
     let (mut nullable, mut primary_key) = (true, false);
+    let mut default = None;
     while i < t.len() {
         match upper(&t[i]).as_str() {
+            "DEFAULT" => {
+                let value = t.get(i + 1).map_or("", String::as_str);
+                let number = |v: &str| !v.is_empty() && v.parse::<f64>().is_ok();
+                default = match value.strip_prefix('\'') {
+                    Some(text) => Some(text.to_owned()),
+                    None if number(value) => Some(value.to_owned()),
+                    // `DEFAULT -1`: the sign is a token of its own.
+                    None if value == "-" && t.get(i + 2).is_some_and(|v| number(v)) => {
+                        Some(format!("-{}", t[i + 2]))
+                    }
+                    None => None,
+                };
+                i += 1;
+            }
             "UNSIGNED" => unsigned = true,
             "ZEROFILL" => {
                 zerofill = true;
@@ -443,6 +461,7 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
         },
         nullable,
         primary_key,
+        default,
     })
 }
 

@@ -356,6 +356,7 @@ impl Catalog {
                 source_id: attr.map(|a| a.attnum as u32),
                 default: attr.and_then(|a| a.default.clone()),
                 missing_value,
+                previous_name: None,
             });
         }
         pk.sort();

@@ -1,0 +1,95 @@
+//! Schema changes while streaming from MariaDB (into PostgreSQL, SQLite and MariaDB): the ALTER statements in
+//! the binlog say what the row layout alone cannot, a rename or a new column's default.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn mariadb_add_column_default_rename_and_type_change_keep_every_value() {
+    let my = MariaDbServer::start();
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    my.sql(
+        "CREATE DATABASE shop; CREATE DATABASE copy;
+         CREATE TABLE shop.t (id int PRIMARY KEY, v varchar(20), amount decimal(6,2));
+         INSERT INTO shop.t VALUES (1, 'one', 1.50), (2, 'two', 2.25);",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "my",
+        &format!(
+            "[pipeline]\nname = \"my\"\n[pipeline.batch]\nmax_wait = \"50ms\"\n\n[source]\ntype = \"mysql\"\n\
+             url = \"{}\"\ntables = [\"shop.t\"]\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            my.url("shop"),
+            pg.url("replica"),
+            db.display(),
+            my.url("copy")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    my.sql("INSERT INTO shop.t VALUES (3, 'three', 3.00)");
+    let wait_all = |pg_sql: &str, lite_sql: &str, my_sql: &str, expected: &str| {
+        let mine = || {
+            my.try_sql(my_sql)
+                .map(|s| s.replace('\t', "|"))
+                .unwrap_or_default()
+        };
+        let ok = wait_until(WAIT, || {
+            pg.try_psql("replica", pg_sql).ok().as_deref() == Some(expected)
+                && sqlite_rows(&db, lite_sql).join("\n") == expected
+                && mine() == expected
+        });
+        assert!(
+            ok,
+            "expected\n{expected}\n--- postgres\n{}\n--- sqlite\n{}\n--- mariadb copy\n{}\n--- log\n{}",
+            pg.try_psql("replica", pg_sql).unwrap_or_else(|e| e),
+            sqlite_rows(&db, lite_sql).join("\n"),
+            mine(),
+            ferry.log()
+        );
+    };
+
+    // ADD COLUMN … DEFAULT: the rows already there read the default, in every target too.
+    my.sql(
+        "ALTER TABLE shop.t ADD COLUMN b varchar(10) DEFAULT 'dflt';
+         INSERT INTO shop.t (id, v, amount) VALUES (4, 'four', 4.00);",
+    );
+    wait_all(
+        "SELECT id, v, b FROM shop.t ORDER BY id",
+        "SELECT id, v, b FROM shop_t ORDER BY id",
+        "SELECT id, v, b FROM copy.t ORDER BY id",
+        "1|one|dflt\n2|two|dflt\n3|three|dflt\n4|four|dflt",
+    );
+
+    // RENAME COLUMN, then CHANGE to another name: the values stay under the new names.
+    my.sql("ALTER TABLE shop.t RENAME COLUMN v TO label; UPDATE shop.t SET label = 'ONE' WHERE id = 1;");
+    my.sql("ALTER TABLE shop.t CHANGE label title varchar(30); UPDATE shop.t SET amount = 9 WHERE id = 2;");
+    wait_all(
+        "SELECT id, title, b FROM shop.t ORDER BY id",
+        "SELECT id, title, b FROM shop_t ORDER BY id",
+        "SELECT id, title, b FROM copy.t ORDER BY id",
+        "1|ONE|dflt\n2|two|dflt\n3|three|dflt\n4|four|dflt",
+    );
+
+    // MODIFY to a wider decimal: the target column follows, nothing is rounded.
+    my.sql("ALTER TABLE shop.t MODIFY amount decimal(10,5); INSERT INTO shop.t (id, title, amount) VALUES (5, 'five', 2.71828);");
+    wait_all(
+        "SELECT id, amount FROM shop.t WHERE id = 5",
+        "SELECT id, amount FROM shop_t WHERE id = 5",
+        "SELECT id, amount FROM copy.t WHERE id = 5",
+        "5|2.71828",
+    );
+    assert_eq!(
+        pg.psql("replica", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'shop.t'::regclass AND attname = 'amount'"),
+        "numeric(10,5)"
+    );
+    assert!(ferry.terminate().success());
+}
