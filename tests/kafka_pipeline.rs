@@ -600,3 +600,47 @@ fn avro_through_an_https_registry_with_basic_auth() {
     assert_eq!(all[0]["value"]["after"]["body"], "over https");
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn an_unchanged_toast_value_carries_debeziums_placeholder_never_null() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    pg.psql(
+        "shop",
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, tags text[], n int);
+         ALTER TABLE docs ALTER body SET STORAGE EXTERNAL, ALTER tags SET STORAGE EXTERNAL;",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "toast",
+        &kafka_config(&pg, &broker, "toast", "schemas = false"),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "INSERT INTO docs SELECT 1, repeat('x', 9600), array_fill('t'::text, ARRAY[3000]), 0;
+         UPDATE docs SET n = 1 WHERE id = 1;
+         UPDATE docs SET body = NULL, n = 2 WHERE id = 1;",
+    );
+    let topic = "shop.public.docs";
+    assert!(
+        wait_until(WAIT, || broker.consume(&[topic]).len() >= 3),
+        "records did not arrive\n{}",
+        ferry.log()
+    );
+    let vals = values(&broker.consume(&[topic]), topic);
+    let after: Vec<&Json> = vals.iter().flatten().map(|v| &v["after"]).collect();
+    assert_eq!(after[0]["body"].as_str().map(str::len), Some(9600));
+    // The update did not send the unchanged values: Debezium's placeholder, not null.
+    assert_eq!(after[1]["body"], "__debezium_unavailable_value");
+    assert_eq!(
+        after[1]["tags"],
+        serde_json::json!(["__debezium_unavailable_value"])
+    );
+    assert_eq!(after[1]["n"], 1);
+    // A NULL the source wrote stays null.
+    assert!(after[2]["body"].is_null());
+    assert!(ferry.terminate().success());
+}

@@ -35,6 +35,7 @@ fn mariadb_add_column_default_rename_and_type_change_keep_every_value() {
         ),
     );
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
     my.sql("INSERT INTO shop.t VALUES (3, 'three', 3.00)");
     let wait_all = |pg_sql: &str, lite_sql: &str, my_sql: &str, expected: &str| {
         let mine = || {

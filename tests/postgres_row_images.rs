@@ -71,6 +71,7 @@ fn key_changes_toast_and_identity_indexes_reach_every_sql_target_exactly() {
         &write_config(dir.path(), "images", &config(&pg, &my, "images", &db)),
         &dir.path().join("f.log"),
     );
+    ferry.wait_streaming();
 
     // The key changes and `body` is not sent again (unchanged TOAST): the row moves with its value.
     pg.psql(
@@ -155,6 +156,7 @@ fn a_moved_row_missing_from_the_target_stops_naming_table_and_key() {
         ),
         &dir.path().join("f.log"),
     );
+    ferry.wait_streaming();
     assert!(wait_until(WAIT, || pg
         .try_psql("replica", "SELECT count(*) FROM docs")
         .is_ok_and(|n| n == "1")));

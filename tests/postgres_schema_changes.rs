@@ -96,6 +96,7 @@ fn add_column_with_default_rename_and_type_changes_keep_every_value() {
          INSERT INTO t VALUES (1, 'one', 1.50, 'a'), (2, 'two', 2.25, 'b');",
     );
     let ferry = t.start("f.log");
+    ferry.wait_streaming();
     t.pg.psql("shop", "INSERT INTO t VALUES (3, 'three', 3.00, 'c')");
 
     // ADD COLUMN … DEFAULT: rows from before the ALTER read the default, in the target too.
@@ -151,6 +152,7 @@ fn add_column_with_default_rename_and_type_changes_keep_every_value() {
     assert!(ferry.terminate().success());
     t.pg.psql("shop", "ALTER TABLE t RENAME COLUMN label TO title");
     let ferry = t.start("f2.log");
+    ferry.wait_streaming();
     t.pg.psql("shop", "UPDATE t SET amount = 9 WHERE id = 2");
     let q = "SELECT id, title FROM t ORDER BY id";
     t.wait_all(
@@ -172,6 +174,7 @@ fn drop_and_create_and_rename_swaps_leave_exactly_the_source_table() {
          INSERT INTO orders SELECT g, g FROM generate_series(1, 5) g;",
     );
     let ferry = t.start("f.log");
+    ferry.wait_streaming();
     t.pg.psql("shop", "INSERT INTO gone VALUES (3, 'old')");
 
     // DROP TABLE, then CREATE TABLE with the same name and other columns: no stale rows, the new columns.
@@ -227,6 +230,7 @@ fn a_rewrite_targets_cannot_reproduce_halts_naming_statement_table_and_position(
         &fan_out_config(&pg, "halt", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
     );
     let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
     pg.psql("shop", "INSERT INTO t VALUES (3, 30)");
     assert!(wait_until(WAIT, || pg
         .try_psql("replica", "SELECT count(*) FROM t")
@@ -275,6 +279,7 @@ fn a_quarantined_table_stops_alone_and_stays_quarantined_after_a_restart() {
     );
     let cfg = write_config(dir.path(), "q", &text);
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
     let b_rows = |n: &str| {
         wait_until(WAIT, || {
             pg.try_psql("replica", "SELECT count(*) FROM b")
@@ -311,6 +316,7 @@ fn a_quarantined_table_stops_alone_and_stays_quarantined_after_a_restart() {
 
     // After a restart the sinks still skip the table: its checkpointed quarantine is in ferry_schemas.
     let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    ferry.wait_streaming();
     pg.psql(
         "shop",
         "INSERT INTO a (id, v) VALUES (3, 3); INSERT INTO b VALUES (4, 4);",

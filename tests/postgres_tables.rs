@@ -50,6 +50,7 @@ fn partitions_arrive_under_their_root(tables: Option<&str>, name: &str) {
         &write_config(dir.path(), name, &config(&pg, name, tables, &db)),
         &dir.path().join("f.log"),
     );
+    ferry.wait_streaming();
     pg.psql(
         "shop",
         "INSERT INTO events VALUES (4, 'us', 'd'), (5, 'eu', 'e');
@@ -124,6 +125,7 @@ fn generated_columns_are_kept_in_snapshot_and_stream() {
         &write_config(dir.path(), "gen", &config(&pg, "gen", None, &db)),
         &dir.path().join("f.log"),
     );
+    ferry.wait_streaming();
     pg.psql(
         "shop",
         "INSERT INTO orders (id, price, qty) VALUES (3, 10.00, 2);

@@ -331,6 +331,20 @@ impl Ferry {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until the pipeline streams (its snapshot is done), so that the changes a test makes next reach it
+    /// through the stream, not the snapshot.
+    pub fn wait_streaming(&self) {
+        let streaming = wait_until(Duration::from_secs(30), || {
+            self.get("/status")
+                .is_some_and(|(_, body)| body.contains("\"state\":\"streaming\""))
+        });
+        assert!(
+            streaming,
+            "the pipeline did not reach streaming:\n{}",
+            self.log()
+        );
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

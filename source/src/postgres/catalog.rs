@@ -37,7 +37,6 @@ struct ResolvedType {
 struct CatalogAttr {
     name: String,
     not_null: bool,
-    format: String,
     /// Position in the primary key, from 1; 0 when not part of it.
     pk_ord: i32,
     in_identity: bool,
@@ -55,6 +54,7 @@ struct CatalogAttr {
 pub struct Catalog {
     client: Client,
     server_version: Option<u32>,
+    formats: HashMap<(u32, i32), String>,
     types: HashMap<u32, ResolvedType>,
     warned: HashSet<(TableId, String)>,
 }
@@ -93,6 +93,7 @@ impl Catalog {
         Catalog {
             client,
             server_version: None,
+            formats: HashMap::new(),
             types: HashMap::new(),
             warned: HashSet::new(),
         }
@@ -200,6 +201,24 @@ impl Catalog {
             .collect())
     }
 
+    /// `format_type(oid, typmod)`: a type's DDL spelling (`character varying(20)`), cached.
+    async fn format_type(&mut self, oid: u32, modifier: i32) -> Result<String, Error> {
+        if let Some(f) = self.formats.get(&(oid, modifier)) {
+            return Ok(f.clone());
+        }
+        let row = self
+            .client
+            .query_one(
+                "SELECT format_type($1::int8::oid, $2)",
+                &[&i64::from(oid), &modifier],
+            )
+            .await
+            .map_err(catalog_error)?;
+        let f: String = row.get(0);
+        self.formats.insert((oid, modifier), f.clone());
+        Ok(f)
+    }
+
     /// The server's `server_version_num` (150004, 180006), read once.
     pub async fn server_version(&mut self) -> Result<u32, Error> {
         if let Some(v) = self.server_version {
@@ -232,11 +251,12 @@ impl Catalog {
         columns: &[RawColumn],
         replica_identity: Option<u8>,
         version: u64,
+        previous: Option<&TableSchema>,
     ) -> Result<Arc<TableSchema>, Error> {
         let rows = self
             .client
             .query(
-                "SELECT a.attname::text, a.attnotnull, format_type(a.atttypid, a.atttypmod), \
+                "SELECT a.attname::text, a.attnotnull, \
                         coalesce((SELECT k.ord::int FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                                   WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0), \
                         CASE c.relreplident \
@@ -262,17 +282,30 @@ impl Catalog {
             .map(|r| CatalogAttr {
                 name: r.get(0),
                 not_null: r.get(1),
-                format: r.get(2),
-                pk_ord: r.get(3),
-                in_identity: r.get(4),
-                attnum: r.get(6),
-                type_oid: r.get::<_, i64>(7) as u32,
-                type_modifier: r.get(8),
-                generated: r.get(9),
-                default: r.get(10),
-                missing: r.get(11),
+                pk_ord: r.get(2),
+                in_identity: r.get(3),
+                attnum: r.get(5),
+                type_oid: r.get::<_, i64>(6) as u32,
+                type_modifier: r.get(7),
+                generated: r.get(8),
+                default: r.get(9),
+                missing: r.get(10),
             })
             .collect();
+        // The table was dropped after this point of the stream, so the catalog no longer describes it: the
+        // previous schema still does when the Relation message has the same columns.
+        let dropped = attrs.is_empty();
+        if let Some(previous) = previous.filter(|p| {
+            dropped
+                && p.id == id
+                && p.columns.len() == columns.len()
+                && p.columns.iter().zip(columns).all(|(a, b)| a.name == b.name)
+        }) {
+            return Ok(Arc::new(TableSchema {
+                version,
+                ..previous.clone()
+            }));
+        }
         let info: HashMap<&str, &CatalogAttr> =
             attrs.iter().map(|a| (a.name.as_str(), a)).collect();
         let publishes_generated = self.publishes_generated_columns().await?;
@@ -304,20 +337,9 @@ impl Catalog {
         for (i, c) in columns.iter().enumerate() {
             let resolved = self.resolve(c.type_oid).await?;
             let attr = info.get(c.name.as_str());
-            let (not_null, format, pk_pos) = match attr {
-                Some(a) => (a.not_null, a.format.clone(), a.pk_ord),
-                None => {
-                    let row = self
-                        .client
-                        .query_one(
-                            "SELECT format_type($1::int8::oid, $2)",
-                            &[&i64::from(c.type_oid), &c.type_modifier],
-                        )
-                        .await
-                        .map_err(catalog_error)?;
-                    (false, row.get(0), 0)
-                }
-            };
+            // The type as the stream describes it at this point (the catalog may have changed it since).
+            let format = self.format_type(c.type_oid, c.type_modifier).await?;
+            let (not_null, pk_pos) = attr.map_or((false, 0), |a| (a.not_null, a.pk_ord));
             if pk_pos > 0 {
                 pk.push((pk_pos, i));
             }
@@ -380,9 +402,16 @@ impl Catalog {
         };
         let replica_identity = replica_identity.unwrap_or_else(|| {
             rows.first()
-                .and_then(|r| r.get::<_, String>(5).bytes().next())
+                .and_then(|r| r.get::<_, String>(4).bytes().next())
                 .unwrap_or(b'd')
         });
+        if dropped && replica_identity == b'd' {
+            // Only the Relation message is left: under REPLICA IDENTITY DEFAULT its key columns are the key.
+            primary_key = identity.clone();
+            for &k in &identity {
+                out[k].nullable = false;
+            }
+        }
         if primary_key.is_empty() && replica_identity == b'i' {
             // Without a primary key, a USING INDEX identity (a unique index on NOT NULL columns) is the key.
             primary_key = identity.clone();

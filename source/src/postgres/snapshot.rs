@@ -48,7 +48,7 @@ pub async fn run(
         let columns = catalog.columns(t.oid).await?;
         schemas.push(
             catalog
-                .table_schema(t.oid, t.id.clone(), &columns, None, 0)
+                .table_schema(t.oid, t.id.clone(), &columns, None, 0, None)
                 .await?,
         );
     }

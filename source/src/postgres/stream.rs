@@ -313,7 +313,14 @@ impl Streamer {
                 self.schema_versions += 1;
                 let schema = self
                     .catalog
-                    .table_schema(oid, id, &raw, Some(replica_identity), self.schema_versions)
+                    .table_schema(
+                        oid,
+                        id,
+                        &raw,
+                        Some(replica_identity),
+                        self.schema_versions,
+                        self.relations.get(&oid).map(|s| s.as_ref()),
+                    )
                     .await?;
                 let changed = self.relations.get(&oid).is_none_or(|old| {
                     old.id != schema.id
