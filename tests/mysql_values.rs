@@ -1,6 +1,8 @@
-//! MySQL character sets against a real MariaDB: Ferry's decoding of each set (source/src/mysql/charset.rs) agrees
-//! with the server's own conversion to UTF-8 on every one- and two-byte sequence,
-//! and string columns in each set arrive exactly, through the snapshot and the binlog, in PostgreSQL and MariaDB.
+//! MySQL values against real servers. Character sets: Ferry's decoding of each set (source/src/mysql/charset.rs)
+//! agrees with the server's own conversion to UTF-8 on every one- and two-byte sequence, and string columns in
+//! each set arrive exactly, through the snapshot and the binlog, in MariaDB, PostgreSQL and SQLite. ENUM / SET
+//! error values: the '' a non-strict source stores for an invalid ENUM, and the empty SET, arrive as the same
+//! index 0 in MariaDB and as '' elsewhere.
 
 mod support;
 
@@ -296,5 +298,104 @@ fn an_unsupported_character_set_stops_with_table_column_and_charset() {
     assert!(
         log.contains("shop.bad") && log.contains("column old") && log.contains("swe7"),
         "{log}"
+    );
+}
+
+#[test]
+fn enum_error_values_and_empty_sets_are_copied_exactly() {
+    let my = MariaDbServer::start();
+    let target = MariaDbServer::start();
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    target.sql("CREATE DATABASE copy");
+    // 20 rows before Ferry starts, so the snapshot's batch is large enough for LOAD DATA; every third holds
+    // the ENUM error value, and SETs are empty or not.
+    my.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.tasks (id int PRIMARY KEY, state enum('new','done') NOT NULL, \
+         tags set('a','b'), note varchar(10), opt enum('x','y'));
+         SET SESSION sql_mode = '';
+         INSERT INTO shop.tasks SELECT seq, IF(seq % 3 = 0, 'bogus', 'new'), IF(seq % 2 = 0, '', 'a,b'), 'n', \
+           IF(seq % 5 = 0, 'zz', NULL) FROM shop.seq_1_to_20;",
+    );
+    assert_eq!(
+        my.sql("SELECT state + 0, tags + 0, opt + 0 FROM shop.tasks WHERE id = 30 DIV 2"),
+        "0\t3\t0",
+        "the source stores index 0 for the invalid values"
+    );
+    let dir = scratch();
+    let db = dir.path().join("t.db");
+    let cfg = write_config(dir.path(), "e", &config("e", &my, &target, &pg, &db));
+    let ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    let exact =
+        "SELECT id, state, state + 0, tags, tags + 0, note, opt, opt + 0 FROM {} ORDER BY id";
+    let source = || my.sql(&exact.replace("{}", "shop.tasks"));
+    let mariadb = || {
+        target
+            .try_sql(&exact.replace("{}", "copy.tasks"))
+            .unwrap_or_default()
+    };
+    // A last column '.' so that psql and the mariadb client, which trim line ends, keep an empty last value.
+    let text = "SELECT id, state, tags, note, coalesce(opt, 'NULL'), '.' FROM {} ORDER BY id";
+    let postgres = || {
+        pg.try_psql("replica", &text.replace("{}", "shop.tasks"))
+            .unwrap_or_default()
+    };
+    let sqlite = || sqlite_rows(&db, &text.replace("{}", "shop_tasks")).join("\n");
+    let check = |when: &str| {
+        let want = source();
+        assert!(
+            wait_until(WAIT, || mariadb() == want),
+            "{when}: MariaDB differs:\nwant:\n{want}\ngot:\n{}\n{}",
+            mariadb(),
+            ferry.log()
+        );
+        let want = my.sql(&text.replace("{}", "shop.tasks")).replace('\t', "|");
+        assert!(
+            want.contains("||a,b|n|NULL|.") && want.contains("15||a,b|n||."),
+            "{want}"
+        );
+        for (name, rows) in [
+            ("PostgreSQL", &postgres as &dyn Fn() -> String),
+            ("SQLite", &sqlite),
+        ] {
+            assert!(
+                wait_until(WAIT, || rows() == want),
+                "{when}: {name} differs:\nwant:\n{want}\ngot:\n{}\n{}",
+                rows(),
+                ferry.log()
+            );
+        }
+    };
+    check("snapshot");
+
+    // The binlog: inserts and updates writing the error value, one turning it back into a label, under a
+    // non-strict session; an update that only touches another column of an error-value row.
+    my.sql(
+        "SET SESSION sql_mode = '';
+         INSERT INTO shop.tasks VALUES (21, 'bogus', '', 'b', 'nope'), (22, 'done', 'b', 'c', 'y');
+         UPDATE shop.tasks SET state = 'bogus', opt = 'x' WHERE id = 1;
+         UPDATE shop.tasks SET state = 'done' WHERE id = 3;
+         UPDATE shop.tasks SET note = 'edited' WHERE id = 6;
+         UPDATE shop.tasks SET id = 100 WHERE id = 9;",
+    );
+    check("binlog");
+
+    // Leaving strict mode for an ENUM error value lets nothing else through: a string the target would cut
+    // short in the same row stops the pipeline, as strict mode would.
+    target.sql("ALTER TABLE copy.tasks MODIFY note varchar(6)");
+    my.sql("SET SESSION sql_mode = ''; INSERT INTO shop.tasks VALUES (30, 'bogus', '', 'too long', NULL)");
+    let mut ferry = ferry;
+    let status = ferry
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("ferry should stop on a truncated string:\n{}", ferry.log()));
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("ENUM error value") && log.contains("column 'note'"),
+        "{log}"
+    );
+    assert_eq!(
+        target.sql("SELECT count(*) FROM copy.tasks WHERE id = 30"),
+        "0"
     );
 }
