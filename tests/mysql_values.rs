@@ -94,11 +94,15 @@ fn config(
 }
 
 /// One column per character set; `bin` is bytes, `e` an ENUM whose labels are latin1.
-const WORDS: &str = "CREATE TABLE shop.words (id int PRIMARY KEY, \
+/// The ENUM comes second: charset metadata counts string columns and ENUM / SET columns apart.
+const WORDS: &str = "CREATE TABLE shop.words (id int PRIMARY KEY, e enum('né','€uro') CHARACTER SET latin1, \
     l1 varchar(40) CHARACTER SET latin1, l2 varchar(40) CHARACTER SET latin2, cy varchar(40) CHARACTER SET cp1251, \
     u3 varchar(40) CHARACTER SET utf8mb3, u4 text CHARACTER SET utf8mb4, gb varchar(40) CHARACTER SET gbk, \
     sj varchar(40) CHARACTER SET sjis, b5 varchar(40) CHARACTER SET big5, a varchar(12) CHARACTER SET ascii, \
-    bin varbinary(16), e enum('né','€uro') CHARACTER SET latin1)";
+    bin varbinary(16))";
+
+const INSERT: &str =
+    "INSERT INTO shop.words (id, l1, l2, cy, u3, u4, gb, sj, b5, a, bin, e) VALUES";
 
 const COLUMNS: &str = "id, l1, l2, cy, u3, u4, gb, sj, b5, a";
 
@@ -150,10 +154,7 @@ fn strings_arrive_exactly(metadata: &str) {
     pg.create_db("replica");
     target.sql("CREATE DATABASE copy");
     my.sql(&format!("CREATE DATABASE shop; {WORDS}"));
-    my.sql(&format!(
-        "INSERT INTO shop.words VALUES {}, {}",
-        ROWS[0].0, ROWS[1].0
-    ));
+    my.sql(&format!("{INSERT} {}, {}", ROWS[0].0, ROWS[1].0));
     // The source itself holds the latin1 bytes: '€' is 0x80, “ ” are 0x93 0x94 (Windows-1252).
     assert_eq!(
         my.sql("SELECT hex(l1) FROM shop.words WHERE id = 2"),
@@ -203,7 +204,7 @@ fn strings_arrive_exactly(metadata: &str) {
     check(&expected(&[0, 1]), "snapshot");
 
     my.sql(&format!(
-        "INSERT INTO shop.words VALUES {}, {}; UPDATE shop.words SET l1 = 'Œuvre “quoted”', e = 'né' WHERE id = 1",
+        "{INSERT} {}, {}; UPDATE shop.words SET l1 = 'Œuvre “quoted”', e = 'né' WHERE id = 1",
         ROWS[2].0, ROWS[3].0
     ));
     let mut rows = expected(&[0, 1, 2, 3]);
@@ -211,8 +212,8 @@ fn strings_arrive_exactly(metadata: &str) {
     rows = rows.replacen("|00ff80|€uro", "|00ff80|né", 1);
     check(&rows, "binlog");
 
-    // A table created while streaming: without row metadata its character sets come from the statement (the
-    // table default latin1, column sjis and big5 by collation).
+    // A table created while streaming: its character sets come from the TABLE_MAP metadata, or, with NO_LOG, from
+    // the statement (the table default latin1, column sjis, and big5 by collation).
     my.sql(
         "CREATE TABLE shop.later (id int PRIMARY KEY, l1 varchar(20), sj varchar(20) CHARACTER SET sjis, \
          b5 text COLLATE big5_chinese_ci) DEFAULT CHARSET=latin1;
@@ -241,6 +242,11 @@ fn strings_arrive_exactly(metadata: &str) {
 #[test]
 fn strings_arrive_exactly_with_full_row_metadata() {
     strings_arrive_exactly("FULL");
+}
+
+#[test]
+fn strings_arrive_exactly_with_minimal_row_metadata() {
+    strings_arrive_exactly("MINIMAL");
 }
 
 #[test]

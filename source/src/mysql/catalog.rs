@@ -463,6 +463,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ddl_gives_string_columns_the_table_or_database_character_set() {
+        use super::super::statement::parse_ddl;
+        let mut catalog = BTreeMap::new();
+        let databases = BTreeMap::from([("d".to_owned(), "latin1".to_owned())]);
+        let apply = |catalog: &mut BTreeMap<TableId, CatalogTable>, sql: &str| {
+            apply_ddl(catalog, &parse_ddl(sql, "d").unwrap(), &databases).unwrap();
+        };
+        apply(
+            &mut catalog,
+            "CREATE TABLE t (id int, a varchar(5), b varchar(5) CHARACTER SET sjis, c blob)",
+        );
+        apply(
+            &mut catalog,
+            "CREATE TABLE u (a text) DEFAULT CHARSET = cp1251",
+        );
+        apply(
+            &mut catalog,
+            "ALTER TABLE t DEFAULT CHARACTER SET gbk, ADD COLUMN d char(2)",
+        );
+        let charsets =
+            |catalog: &BTreeMap<TableId, CatalogTable>, t: &str| -> Vec<Option<String>> {
+                catalog[&TableId::new("d", t)]
+                    .columns
+                    .iter()
+                    .map(|c| c.charset.clone())
+                    .collect()
+            };
+        let s = |c: &str| Some(c.to_owned());
+        assert_eq!(
+            charsets(&catalog, "t"),
+            [None, s("latin1"), s("sjis"), s("binary"), s("gbk")]
+        );
+        assert_eq!(charsets(&catalog, "u"), [s("cp1251")]);
+        apply(&mut catalog, "ALTER TABLE t CONVERT TO CHARACTER SET big5");
+        assert_eq!(
+            charsets(&catalog, "t"),
+            [None, s("big5"), s("big5"), s("binary"), s("big5")]
+        );
+        let id = TableId::new("d", "t");
+        assert_eq!(catalog[&id].columns[1].charset().unwrap().name(), "big5");
+        assert!(catalog[&id].columns[3].charset().unwrap().is_binary());
+    }
+
+    #[test]
     fn labels_are_unquoted() {
         assert_eq!(
             parse_labels("enum('a','b''c','d,e')"),

@@ -427,6 +427,21 @@ mod tests {
         assert!(Charset::from_collation_name("uca1400_ai_ci").is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            for entry in CHARSETS {
+                let charset = Charset(entry);
+                // A replacement character only where the input spells U+FFFD itself (the UTF encodings).
+                if let Ok(text) = charset.text(&bytes) {
+                    let replaced = text.contains(char::REPLACEMENT_CHARACTER);
+                    proptest::prop_assert!(!replaced || entry.name.starts_with("utf") || entry.name == "ucs2");
+                }
+                let _ = charset.value(&bytes);
+            }
+        }
+    }
+
     #[test]
     fn no_collation_id_belongs_to_two_character_sets() {
         for id in 0..4096u16 {
