@@ -16,6 +16,9 @@ use crate::evolve::{self, Applied, Step};
 pub enum TargetKind {
     /// MySQL TIME: durations are written as `[-]H:MM:SS.ffffff`.
     Time,
+    /// An ENUM without a '' label: '' is its error value (index 0), which only a non-strict statement writes
+    /// (see `SESSION_SQL` in mod.rs).
+    Enum,
     Other,
 }
 
@@ -173,11 +176,44 @@ fn mapped_type(table: &TableSchema, i: usize) -> String {
     }
 }
 
-/// (name, DATA_TYPE, CHARACTER_SET_NAME) of a target table's columns.
+/// Whether `enum('a','b')` declares the label ''.
+fn has_empty_label(column_type: &str) -> bool {
+    let Some(body) = column_type
+        .split_once('(')
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .map(|(body, _)| body)
+    else {
+        return false;
+    };
+    // Labels are quoted, with quotes doubled inside.
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\'' {
+            continue;
+        }
+        let mut label = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    label.push('\'');
+                }
+                '\'' => break,
+                other => label.push(other),
+            }
+        }
+        if label.is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
+/// (name, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE) of a target table's columns.
 async fn columns(
     conn: &mut Conn,
     name: &str,
-) -> Result<Vec<(String, String, Option<String>)>, Error> {
+) -> Result<Vec<(String, String, Option<String>, String)>, Error> {
     // `db`.`t` → ('db', 't') for information_schema.
     let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
     let (db, table) = name
@@ -185,7 +221,7 @@ async fn columns(
         .map(|(a, b)| (unquote(a), unquote(b)))
         .unwrap_or_default();
     conn.exec(
-        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         (db, table),
     )
     .await
@@ -282,7 +318,7 @@ pub async fn ensure_table(
     let existing: Vec<String> = columns(conn, name)
         .await?
         .into_iter()
-        .map(|(n, _, _)| n)
+        .map(|(n, ..)| n)
         .collect();
     let ddl_err = || write_error(format!("creating or altering target table {name}"));
     let steps = evolve::plan(
@@ -311,16 +347,18 @@ pub async fn ensure_table(
         applied.insert(schema.id.clone(), record);
     }
     let described = columns(conn, name).await?;
-    let utf8 = described.iter().all(|(_, _, charset)| {
+    let utf8 = described.iter().all(|(_, _, charset, _)| {
         charset
             .as_deref()
             .is_none_or(|c| matches!(c, "utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary"))
     });
     let columns = described
         .into_iter()
-        .map(|(n, ty, _)| {
+        .map(|(n, ty, _, column_type)| {
             let kind = if ty.eq_ignore_ascii_case("time") {
                 TargetKind::Time
+            } else if ty.eq_ignore_ascii_case("enum") && !has_empty_label(&column_type) {
+                TargetKind::Enum
             } else {
                 TargetKind::Other
             };
@@ -348,4 +386,18 @@ pub async fn save_record(
     )
     .await
     .map_err(write_error(format!("recording the schema of {table}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_enum_label_is_found_among_quoted_ones() {
+        assert!(!has_empty_label("enum('new','done')"));
+        assert!(has_empty_label("enum('','a')"));
+        assert!(has_empty_label("enum('a','')"));
+        assert!(!has_empty_label("enum('''','a')"));
+        assert!(!has_empty_label("enum('it''s')"));
+    }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::checkpoint::now_text;
 use crate::evolve::{self, Applied};
 use crate::rows::{classify, describe_key, is_complete, missing_row, RowAction};
-use ddl::{ensure_table, TargetTable};
+use ddl::{ensure_table, TargetKind, TargetTable};
 use literal::{literal, load_field, quote_ident};
 
 /// Row groups are flushed once their values reach this size (well under max_allowed_packet's 16 MiB default).
@@ -44,6 +44,16 @@ const SESSION_SQL: [&str; 3] = [
     // Quotes are doubled, never backslash-escaped; an explicit 0 in an AUTO_INCREMENT column stays 0.
     "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO,STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
 ];
+
+/// ENUM error values. Under a non-strict sql_mode a MySQL source stores '' (index 0) for an invalid ENUM value, and
+/// the copy must hold the same. Strict mode refuses to write '' (or 0) into an ENUM without that label ("Data
+/// truncated", 1265), and nothing else asks for index 0. So only a statement that writes such a value runs without
+/// STRICT_ALL_TABLES: one row at a time, never through LOAD DATA, and afterwards every warning it raised must be
+/// 1265 on a column it set to the ENUM error value. Any other warning (a string cut short, a number out of range)
+/// fails the batch, as strict mode would have. Every other statement keeps the strict session above.
+const RELAXED_SQL_MODE: &str =
+    "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'";
+const STRICT_SQL_MODE: &str = SESSION_SQL[2];
 
 fn write_error(what: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Error {
     let what = what.into();
@@ -222,6 +232,65 @@ impl MysqlSink {
         Ok(self.conn.affected_rows())
     }
 
+    /// Runs a one-row statement that writes the ENUM error value '' into `enum_errors` (target ENUM columns),
+    /// without strict mode (see [`RELAXED_SQL_MODE`]); any warning but those values' own "Data truncated" fails.
+    /// With no such column, the statement runs as usual. Returns the number of rows it found.
+    async fn exec_row(
+        &mut self,
+        sql: String,
+        what: &str,
+        enum_errors: &[String],
+    ) -> Result<u64, Error> {
+        if enum_errors.is_empty() {
+            return self.exec_counted(sql, what).await;
+        }
+        self.conn
+            .query_drop(RELAXED_SQL_MODE)
+            .await
+            .map_err(write_error("leaving strict mode for an ENUM error value"))?;
+        let written = self.exec_counted(sql, what).await;
+        let warnings: Result<Vec<(String, u32, String)>, _> = match &written {
+            Ok(_) => self.conn.query("SHOW WARNINGS").await,
+            Err(_) => Ok(Vec::new()),
+        };
+        let restored = self.conn.query_drop(STRICT_SQL_MODE).await;
+        let found = written?;
+        let warnings =
+            warnings.map_err(write_error("reading the warnings of an ENUM error value"))?;
+        restored.map_err(write_error("restoring strict mode"))?;
+        let expected = |code: u32, message: &str| {
+            code == 1265
+                && enum_errors
+                    .iter()
+                    .any(|c| message.contains(&format!("column '{c}'")))
+        };
+        if let Some((_, code, message)) = warnings
+            .iter()
+            .find(|(level, code, message)| level != "Note" && !expected(*code, message))
+        {
+            return Err(Error::fatal(format!(
+                "{what}: the row holds the ENUM error value '' in {}, which Ferry writes without strict mode, and the target warned of another conversion ({code}: {message}); strict mode would have refused it",
+                enum_errors.join(", ")
+            )));
+        }
+        Ok(found)
+    }
+
+    /// The target ENUM columns (without a '' label) that `row` sets to '', MySQL's ENUM error value.
+    fn enum_errors(&self, table: &SchemaRef, row: &Row) -> Vec<String> {
+        let target = &self.tables[&table.id];
+        table
+            .columns
+            .iter()
+            .zip(row)
+            .filter(|(c, v)| {
+                target.kind(&c.name) == TargetKind::Enum
+                    && matches!(v, Value::Text(t) if t.is_empty())
+            })
+            .map(|(c, _)| c.name.clone())
+            .collect()
+    }
+
     /// Applies events that need no DDL between them: the tables they use are created or altered first.
     async fn apply_segment(&mut self, events: &[Event]) -> Result<(), Error> {
         self.prepare_tables(events).await?;
@@ -328,6 +397,29 @@ impl MysqlSink {
         };
         let rows = std::mem::take(&mut upserts.rows);
         upserts.bytes = 0;
+        // A row holding an ENUM error value is written on its own, in its place among the others.
+        let mut start = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let enum_errors = self.enum_errors(&table, row);
+            if !enum_errors.is_empty() {
+                self.write_rows(&table, &rows[start..i], &[]).await?;
+                self.write_rows(&table, &rows[i..=i], &enum_errors).await?;
+                start = i + 1;
+            }
+        }
+        self.write_rows(&table, &rows[start..], &[]).await
+    }
+
+    /// Writes `rows` of `table`; `enum_errors` (for a single row) as [`MysqlSink::exec_row`] says.
+    async fn write_rows(
+        &mut self,
+        table: &SchemaRef,
+        rows: &[&Row],
+        enum_errors: &[String],
+    ) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let name = self.target_name(&table.id);
         let target = &self.tables[&table.id];
         let columns: Vec<usize> = (0..table.columns.len())
@@ -338,9 +430,13 @@ impl MysqlSink {
             .map(|&i| quote_ident(&table.columns[i].name))
             .collect::<Vec<_>>()
             .join(", ");
-        if self.load_data && target.load_data_ok() && rows.len() >= LOAD_DATA_MIN_ROWS {
+        if self.load_data
+            && target.load_data_ok()
+            && rows.len() >= LOAD_DATA_MIN_ROWS
+            && enum_errors.is_empty()
+        {
             let mut data = Vec::with_capacity(rows.len() * 64);
-            for row in &rows {
+            for row in rows {
                 for (n, &i) in columns.iter().enumerate() {
                     if n > 0 {
                         data.push(b'\t');
@@ -364,7 +460,24 @@ impl MysqlSink {
             });
             self.dirty = true;
             match self.conn.query_drop(sql).await {
-                Ok(()) => return Ok(()),
+                // LOCAL makes the server turn conversion errors into warnings whatever the sql_mode: any warning
+                // is a value the target did not take as sent.
+                Ok(()) if self.conn.get_warnings() == 0 => return Ok(()),
+                Ok(()) => {
+                    let warnings: Vec<(String, u32, String)> = self
+                        .conn
+                        .query("SHOW WARNINGS")
+                        .await
+                        .map_err(write_error("reading the warnings of LOAD DATA"))?;
+                    match warnings.iter().find(|(level, ..)| level != "Note") {
+                        Some((_, code, message)) => {
+                            return Err(Error::fatal(format!(
+                                "loading rows into {name}: the target did not take a value as sent ({code}: {message})"
+                            )))
+                        }
+                        None => return Ok(()),
+                    }
+                }
                 // Local infile off on the server (MySQL 8's default) or refused: INSERT from now on.
                 Err(mysql_async::Error::Server(e))
                     if matches!(e.code, 1148 | 3948 | 1227 | 2068) =>
@@ -407,7 +520,8 @@ impl MysqlSink {
                 sql.push_str(&updates.join(", "));
             }
         }
-        self.exec(sql, "writing rows").await
+        self.exec_row(sql, "writing rows", enum_errors).await?;
+        Ok(())
     }
 
     /// Writes for the columns the target has, of the row's own schema.
@@ -472,7 +586,9 @@ impl MysqlSink {
                     self.assignments(table, row)?,
                     self.key_condition(table, row)?
                 );
-                self.exec(sql, "updating a row").await
+                let enum_errors = self.enum_errors(table, row);
+                self.exec_row(sql, "updating a row", &enum_errors).await?;
+                Ok(())
             }
             RowAction::Delete(row) => {
                 let sql = format!(
@@ -488,7 +604,8 @@ impl MysqlSink {
                     self.key_condition(table, old)?
                 );
                 let what = format!("updating {} where {}", table.id, describe_key(table, old));
-                if self.exec_counted(sql, &what).await? > 0 {
+                let enum_errors = self.enum_errors(table, new);
+                if self.exec_row(sql, &what, &enum_errors).await? > 0 {
                     return Ok(());
                 }
                 if !is_complete(new) {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use ferry_core::{Column, ColumnType, Dialect, Error, TableId, TableSchema};
 
-use super::statement::{AlterSpec, ColumnDef, Ddl, Placement};
+use super::charset::{Charset, UnsupportedCharset};
+use super::statement::{takes_charset, AlterSpec, ColumnDef, Ddl, Placement};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
@@ -21,6 +22,9 @@ pub struct CatalogColumn {
     pub unsigned: bool,
     /// Bytes rather than text: binary string types, or no character set.
     pub binary: bool,
+    /// `CHARACTER_SET_NAME`: the character set of a string, ENUM or SET column (`None` for other columns, and for
+    /// a column DDL created without one in a table and database of unknown default).
+    pub charset: Option<String>,
     /// ENUM / SET labels in declaration order.
     pub labels: Vec<String>,
     pub nullable: bool,
@@ -31,9 +35,11 @@ pub struct CatalogColumn {
 pub struct CatalogTable {
     pub columns: Vec<CatalogColumn>,
     pub primary_key: Vec<usize>,
+    /// The table's default character set, which columns added without one take.
+    pub default_charset: Option<String>,
 }
 
-/// schema, table, column, COLUMN_TYPE, DATA_TYPE, IS_NULLABLE, CHARACTER_SET_NAME.
+/// schema, table, column, COLUMN_TYPE, DATA_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, TABLE_COLLATION.
 type ColumnRow = (
     String,
     String,
@@ -41,6 +47,7 @@ type ColumnRow = (
     String,
     String,
     String,
+    Option<String>,
     Option<String>,
 );
 
@@ -65,7 +72,7 @@ pub async fn read_tables(
         .join(",");
     let rows: Vec<ColumnRow> = conn
         .query(format!(
-            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.DATA_TYPE, c.IS_NULLABLE, c.CHARACTER_SET_NAME \
+            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.DATA_TYPE, c.IS_NULLABLE, c.CHARACTER_SET_NAME, t.TABLE_COLLATION \
              FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
                ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
              WHERE c.TABLE_SCHEMA IN ({in_list}) AND t.TABLE_TYPE = 'BASE TABLE' \
@@ -73,7 +80,7 @@ pub async fn read_tables(
         ))
         .await
         .map_err(query_error)?;
-    for (schema, table, name, column_type, data_type, nullable, charset) in rows {
+    for (schema, table, name, column_type, data_type, nullable, charset, collation) in rows {
         let id = TableId::new(schema, table);
         if only.is_some_and(|o| !o.contains(&id)) {
             continue;
@@ -99,6 +106,11 @@ pub async fn read_tables(
             .or_insert_with(|| CatalogTable {
                 columns: Vec::new(),
                 primary_key: Vec::new(),
+                default_charset: collation
+                    .as_deref()
+                    .and_then(Charset::from_collation_name)
+                    .and_then(Result::ok)
+                    .map(|c| c.name().to_owned()),
             })
             .columns
             .push(CatalogColumn {
@@ -107,6 +119,7 @@ pub async fn read_tables(
                 column_type,
                 data_type,
                 binary,
+                charset,
                 labels,
                 nullable: nullable == "YES",
             });
@@ -124,6 +137,27 @@ pub async fn read_tables(
             if let Some(i) = t.columns.iter().position(|c| c.name == column) {
                 t.primary_key.push(i);
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Each of `databases`' default character set (`SCHEMATA.DEFAULT_CHARACTER_SET_NAME`).
+pub async fn database_charsets(
+    conn: &mut Conn,
+    databases: &[String],
+) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for db in databases {
+        let charset: Option<String> = conn
+            .exec_first(
+                "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (db.clone(),),
+            )
+            .await
+            .map_err(query_error)?;
+        if let Some(charset) = charset {
+            out.insert(db.clone(), charset);
         }
     }
     Ok(out)
@@ -157,6 +191,16 @@ impl CatalogTable {
 }
 
 impl CatalogColumn {
+    /// The character set the column's text (and ENUM / SET labels) is in: bytes for binary columns, utf8mb4
+    /// where nothing says otherwise.
+    pub fn charset(&self) -> Result<Charset, UnsupportedCharset> {
+        match &self.charset {
+            Some(name) => Charset::from_name(name),
+            None if self.binary => Ok(Charset::BINARY),
+            None => Ok(Charset::UTF8MB4),
+        }
+    }
+
     /// The logical type, as layout::column_type derives it from the binlog.
     pub fn column_type_logical(&self) -> ColumnType {
         match (self.data_type.as_str(), self.unsigned) {
@@ -178,6 +222,17 @@ impl CatalogColumn {
     }
 }
 
+impl CatalogColumn {
+    /// A column as DDL defines it, in a table whose default character set is `default_charset`.
+    fn defined(d: &ColumnDef, default_charset: Option<&str>) -> Self {
+        let mut column = CatalogColumn::from(d);
+        if column.charset.is_none() && takes_charset(&column.data_type) {
+            column.charset = default_charset.map(str::to_owned);
+        }
+        column
+    }
+}
+
 impl From<&ColumnDef> for CatalogColumn {
     fn from(d: &ColumnDef) -> Self {
         CatalogColumn {
@@ -186,6 +241,7 @@ impl From<&ColumnDef> for CatalogColumn {
             data_type: d.data_type.clone(),
             unsigned: d.unsigned,
             binary: d.binary,
+            charset: d.charset.clone(),
             labels: d.labels.clone(),
             nullable: d.nullable,
         }
@@ -194,14 +250,27 @@ impl From<&ColumnDef> for CatalogColumn {
 
 /// Applies an interpreted DDL statement to the table definitions: the catalog is the schema history the binlog's
 /// rows are decoded with when their TABLE_MAP events carry no column names.
-pub fn apply_ddl(catalog: &mut BTreeMap<TableId, CatalogTable>, ddl: &Ddl) -> Result<(), String> {
+/// A string column created without a character set takes the table's default, itself the database's unless the
+/// statement names one.
+pub fn apply_ddl(
+    catalog: &mut BTreeMap<TableId, CatalogTable>,
+    ddl: &Ddl,
+    database_charsets: &BTreeMap<String, String>,
+) -> Result<(), String> {
     match ddl {
         Ddl::Create {
             table,
             columns,
             primary_key,
+            default_charset,
         } => {
-            let columns: Vec<CatalogColumn> = columns.iter().map(CatalogColumn::from).collect();
+            let default_charset = default_charset
+                .clone()
+                .or_else(|| database_charsets.get(&table.schema).cloned());
+            let columns: Vec<CatalogColumn> = columns
+                .iter()
+                .map(|d| CatalogColumn::defined(d, default_charset.as_deref()))
+                .collect();
             let primary_key = primary_key
                 .iter()
                 .map(|k| {
@@ -216,6 +285,7 @@ pub fn apply_ddl(catalog: &mut BTreeMap<TableId, CatalogTable>, ddl: &Ddl) -> Re
                 CatalogTable {
                     columns,
                     primary_key,
+                    default_charset,
                 },
             );
         }
@@ -284,7 +354,10 @@ impl CatalogTable {
             .map(|&k| self.columns[k].name.clone())
             .collect();
         match spec {
-            AlterSpec::Add(def, at) => self.place(def.into(), at)?,
+            AlterSpec::Add(def, at) => {
+                let column = CatalogColumn::defined(def, self.default_charset.as_deref());
+                self.place(column, at)?
+            }
             AlterSpec::Drop(name) => {
                 let i = self.index_of(name)?;
                 self.columns.remove(i);
@@ -306,7 +379,7 @@ impl CatalogTable {
                         }
                     })
                     .collect();
-                let mut column = CatalogColumn::from(def);
+                let mut column = CatalogColumn::defined(def, self.default_charset.as_deref());
                 // MODIFY / CHANGE restate NULL-ability; a key column stays NOT NULL.
                 column.nullable = def.nullable && !renamed.contains(&def.name);
                 if *at == Placement::Last {
@@ -329,6 +402,15 @@ impl CatalogTable {
             }
             AlterSpec::DropPrimaryKey => self.primary_key.clear(),
             AlterSpec::RenameTable(to) => *id = to.clone(),
+            AlterSpec::DefaultCharset(charset) => self.default_charset = Some(charset.clone()),
+            AlterSpec::ConvertCharset(charset) => {
+                for c in &mut self.columns {
+                    if takes_charset(&c.data_type) && !c.binary {
+                        c.charset = Some(charset.clone());
+                    }
+                }
+                self.default_charset = Some(charset.clone());
+            }
             AlterSpec::NoLayoutChange => {}
         }
         Ok(())
@@ -379,6 +461,50 @@ pub fn parse_labels(column_type: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ddl_gives_string_columns_the_table_or_database_character_set() {
+        use super::super::statement::parse_ddl;
+        let mut catalog = BTreeMap::new();
+        let databases = BTreeMap::from([("d".to_owned(), "latin1".to_owned())]);
+        let apply = |catalog: &mut BTreeMap<TableId, CatalogTable>, sql: &str| {
+            apply_ddl(catalog, &parse_ddl(sql, "d").unwrap(), &databases).unwrap();
+        };
+        apply(
+            &mut catalog,
+            "CREATE TABLE t (id int, a varchar(5), b varchar(5) CHARACTER SET sjis, c blob)",
+        );
+        apply(
+            &mut catalog,
+            "CREATE TABLE u (a text) DEFAULT CHARSET = cp1251",
+        );
+        apply(
+            &mut catalog,
+            "ALTER TABLE t DEFAULT CHARACTER SET gbk, ADD COLUMN d char(2)",
+        );
+        let charsets =
+            |catalog: &BTreeMap<TableId, CatalogTable>, t: &str| -> Vec<Option<String>> {
+                catalog[&TableId::new("d", t)]
+                    .columns
+                    .iter()
+                    .map(|c| c.charset.clone())
+                    .collect()
+            };
+        let s = |c: &str| Some(c.to_owned());
+        assert_eq!(
+            charsets(&catalog, "t"),
+            [None, s("latin1"), s("sjis"), s("binary"), s("gbk")]
+        );
+        assert_eq!(charsets(&catalog, "u"), [s("cp1251")]);
+        apply(&mut catalog, "ALTER TABLE t CONVERT TO CHARACTER SET big5");
+        assert_eq!(
+            charsets(&catalog, "t"),
+            [None, s("big5"), s("big5"), s("binary"), s("big5")]
+        );
+        let id = TableId::new("d", "t");
+        assert_eq!(catalog[&id].columns[1].charset().unwrap().name(), "big5");
+        assert!(catalog[&id].columns[3].charset().unwrap().is_binary());
+    }
 
     #[test]
     fn labels_are_unquoted() {

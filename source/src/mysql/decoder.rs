@@ -111,6 +111,8 @@ pub struct Decoder {
     on_unknown_ddl: UnknownDdl,
     /// Definitions read at start; dropped for a table once DDL changes it.
     catalog: BTreeMap<TableId, CatalogTable>,
+    /// Each database's default character set, which CREATE TABLE without one gives its string columns.
+    database_charsets: BTreeMap<String, String>,
     file: String,
     gtid: Option<GtidState>,
     /// TABLE_MAP id → layout, for followed tables; ids of other tables are remembered as skipped.
@@ -146,6 +148,12 @@ enum ColumnHint {
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 impl Decoder {
+    /// Each database's default character set (information_schema.SCHEMATA), for interpreting CREATE TABLE.
+    pub fn with_database_charsets(mut self, charsets: BTreeMap<String, String>) -> Self {
+        self.database_charsets = charsets;
+        self
+    }
+
     /// A decoder that starts reading at `start` (the file the first events belong to, and the GTID state there).
     pub fn new(
         selection: Selection,
@@ -157,6 +165,7 @@ impl Decoder {
             selection,
             on_unknown_ddl,
             catalog,
+            database_charsets: BTreeMap::new(),
             file: start.pos.file.clone(),
             gtid: start.gtid.clone(),
             maps: HashMap::new(),
@@ -466,7 +475,7 @@ impl Decoder {
             return Ok(());
         }
         let why = match parse_ddl(sql, db) {
-            Ok(ddl) => match apply_ddl(&mut self.catalog, &ddl) {
+            Ok(ddl) => match apply_ddl(&mut self.catalog, &ddl, &self.database_charsets) {
                 Ok(()) => return Ok(()),
                 Err(why) => why,
             },
@@ -605,7 +614,12 @@ impl Decoder {
             &body.after,
             partial,
         )
-        .map_err(|e| self.fail(end, format!("rows of {table}: {e}")))?;
+        .map_err(|e| {
+            self.fail(
+                end,
+                format!("rows of {table}: {}", e.describe(&layout.schema.columns)),
+            )
+        })?;
         self.ensure_begun(start, out);
         if self.unannounced.remove(&table) {
             out.push(FerryEvent::Schema(layout.schema.clone()));

@@ -8,6 +8,7 @@ use ferry_core::{Column, ColumnType, Dialect, Error, TableId, TableSchema};
 use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 
 use super::catalog::CatalogTable;
+use super::charset::Charset;
 
 /// Wire type codes (`enum_field_types`).
 pub mod wire {
@@ -44,9 +45,6 @@ pub mod wire {
     pub const STRING: u8 = 254;
     pub const GEOMETRY: u8 = 255;
 }
-
-/// The `binary` character set: strings in it are bytes.
-const BINARY_CHARSET: u16 = 63;
 
 /// How one column's value is encoded in a row image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +111,8 @@ pub struct ColumnLayout {
     pub unsigned: bool,
     /// Bytes rather than text (the `binary` character set, BLOB, BINARY).
     pub binary: bool,
+    /// The character set text values (and ENUM / SET labels) are decoded from.
+    pub charset: Charset,
     /// ENUM labels, 1-based in the binlog; SET labels by bit.
     pub labels: Vec<String>,
 }
@@ -242,9 +242,13 @@ fn has_charset(real: u8) -> bool {
 struct OptionalMeta {
     names: Vec<String>,
     unsigned: Option<Vec<bool>>,
+    /// Collation ids of character columns (by column index; 0 for other columns).
     charsets: Option<Vec<u16>>,
-    enum_labels: Vec<Vec<String>>,
-    set_labels: Vec<Vec<String>>,
+    /// Collation ids of ENUM / SET columns, likewise.
+    enum_set_charsets: Option<Vec<u16>>,
+    /// Labels as the column's character set spells them.
+    enum_labels: Vec<Vec<Vec<u8>>>,
+    set_labels: Vec<Vec<Vec<u8>>>,
     primary_key: Option<Vec<usize>>,
 }
 
@@ -255,6 +259,9 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
         .collect();
     let character: Vec<usize> = (0..reals.len())
         .filter(|&i| has_charset(reals[i]))
+        .collect();
+    let enum_set: Vec<usize> = (0..reals.len())
+        .filter(|&i| matches!(reals[i], wire::ENUM | wire::SET))
         .collect();
     for field in tme.iter_optional_meta() {
         let field = field.map_err(|e| format!("optional metadata: {e}"))?;
@@ -267,29 +274,16 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
                 out.unsigned = Some(unsigned);
             }
             OptionalMetadataField::DefaultCharset(d) => {
-                let mut charsets = vec![d.default_charset(); reals.len()];
-                let mut non_default = d.iter_non_default();
-                for entry in non_default.by_ref() {
-                    let entry = entry.map_err(|e| format!("charset metadata: {e}"))?;
-                    // The index counts character columns only.
-                    if let Some(&i) = usize::try_from(entry.column_index())
-                        .ok()
-                        .and_then(|n| character.get(n))
-                    {
-                        charsets[i] = entry.charset();
-                    }
-                }
-                out.charsets = Some(charsets);
+                out.charsets = Some(default_charsets(&d, &character, reals.len())?);
             }
             OptionalMetadataField::ColumnCharset(c) => {
-                let mut charsets = vec![0; reals.len()];
-                for (n, cs) in c.iter_charsets().enumerate() {
-                    let cs = cs.map_err(|e| format!("charset metadata: {e}"))?;
-                    if let Some(&i) = character.get(n) {
-                        charsets[i] = cs;
-                    }
-                }
-                out.charsets = Some(charsets);
+                out.charsets = Some(column_charsets(&c, &character, reals.len())?);
+            }
+            OptionalMetadataField::EnumAndSetDefaultCharset(d) => {
+                out.enum_set_charsets = Some(default_charsets(&d, &enum_set, reals.len())?);
+            }
+            OptionalMetadataField::EnumAndSetColumnCharset(c) => {
+                out.enum_set_charsets = Some(column_charsets(&c, &enum_set, reals.len())?);
             }
             OptionalMetadataField::ColumnName(names) => {
                 for name in names.iter_names() {
@@ -304,7 +298,7 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
                         labels
                             .values()
                             .iter()
-                            .map(|v| v.value().into_owned())
+                            .map(|v| v.value_raw().to_vec())
                             .collect(),
                     );
                 }
@@ -316,7 +310,7 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
                         labels
                             .values()
                             .iter()
-                            .map(|v| v.value().into_owned())
+                            .map(|v| v.value_raw().to_vec())
                             .collect(),
                     );
                 }
@@ -344,6 +338,45 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
         }
     }
     Ok(out)
+}
+
+/// Collation ids by column from a default-charset field: the default, and the exceptions by their index among
+/// `which` (the character, or the ENUM / SET, columns).
+fn default_charsets(
+    d: &mysql_common::binlog::events::DefaultCharset<'_>,
+    which: &[usize],
+    count: usize,
+) -> Result<Vec<u16>, String> {
+    let mut charsets = vec![0; count];
+    for &i in which {
+        charsets[i] = d.default_charset();
+    }
+    for entry in d.iter_non_default() {
+        let entry = entry.map_err(|e| format!("charset metadata: {e}"))?;
+        if let Some(&i) = usize::try_from(entry.column_index())
+            .ok()
+            .and_then(|n| which.get(n))
+        {
+            charsets[i] = entry.charset();
+        }
+    }
+    Ok(charsets)
+}
+
+/// Collation ids by column from a per-column charset field, listed in the order of `which`.
+fn column_charsets(
+    c: &mysql_common::binlog::events::ColumnCharsets<'_>,
+    which: &[usize],
+    count: usize,
+) -> Result<Vec<u16>, String> {
+    let mut charsets = vec![0; count];
+    for (n, cs) in c.iter_charsets().enumerate() {
+        let cs = cs.map_err(|e| format!("charset metadata: {e}"))?;
+        if let Some(&i) = which.get(n) {
+            charsets[i] = cs;
+        }
+    }
+    Ok(charsets)
 }
 
 /// Builds a table's layout from its TABLE_MAP event. `catalog` is what information_schema said at start; it
@@ -390,9 +423,36 @@ pub fn layout_from_table_map(
             (None, Some(c)) => c.unsigned,
             (None, None) => false,
         };
-        let charset = meta.charsets.as_ref().map(|c| c[i]);
-        let binary = match (charset, cat) {
-            (Some(cs), _) if has_charset(real) => cs == BINARY_CHARSET,
+        let name = if has_names {
+            meta.names[i].clone()
+        } else {
+            cat.map_or_else(|| format!("col_{}", i + 1), |c| c.name.clone())
+        };
+        let unsupported = |e: super::charset::UnsupportedCharset| {
+            bad(format!(
+                "column {name} is in {e}. Convert the column (ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4) or leave the table out of the pipeline"
+            ))
+        };
+        // The binlog's own metadata first (MINIMAL and FULL row metadata carry it), then the catalog; a string
+        // column neither describes is read as utf8mb4, and bytes that are not are an error, never mojibake.
+        let is_enum_set = matches!(real, wire::ENUM | wire::SET);
+        let binlog_charset = if is_enum_set {
+            meta.enum_set_charsets.as_ref()
+        } else if has_charset(real) {
+            meta.charsets.as_ref()
+        } else {
+            None
+        }
+        .map(|c| c[i]);
+        let charset = match (binlog_charset, cat) {
+            (Some(id), _) => Charset::from_collation_id(id).map_err(unsupported)?,
+            (None, Some(c)) if has_charset(real) || is_enum_set => {
+                c.charset().map_err(unsupported)?
+            }
+            _ => Charset::UTF8MB4,
+        };
+        let binary = match (binlog_charset, cat) {
+            (Some(_), _) => charset.is_binary(),
             (_, Some(c)) => c.binary,
             _ => matches!(real, wire::BIT | wire::GEOMETRY | wire::VECTOR),
         };
@@ -401,24 +461,27 @@ pub fn layout_from_table_map(
             wire::SET => sets.next(),
             _ => None,
         }
+        .map(|raw| {
+            raw.iter()
+                .map(|label| charset.text(label))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| bad(format!("the labels of column {name}: {e}")))?
         .or_else(|| cat.map(|c| c.labels.clone()))
         .unwrap_or_default();
         let layout = ColumnLayout {
             wire: wires[i],
             unsigned,
             binary,
+            charset,
             labels,
-        };
-        let name = if has_names {
-            meta.names[i].clone()
-        } else {
-            cat.map_or_else(|| format!("col_{}", i + 1), |c| c.name.clone())
         };
         let ty = column_type(real, &layout);
         // The catalog's spelling is exact (`varchar(40)`, `decimal(12,2)`) when it describes this column.
         let source_type = match cat {
             Some(c) if c.name == name => c.column_type.clone(),
-            _ => spell_type(real, &layout, charset),
+            _ => spell_type(real, &layout),
         };
         schema_columns.push(Column::new(
             name,
@@ -478,7 +541,7 @@ pub fn column_type(real: u8, c: &ColumnLayout) -> ColumnType {
 }
 
 /// A MySQL type spelling from the binlog alone, for tables the catalog does not describe.
-fn spell_type(real: u8, c: &ColumnLayout, charset: Option<u16>) -> String {
+fn spell_type(real: u8, c: &ColumnLayout) -> String {
     use wire::*;
     let unsigned = if c.unsigned { " unsigned" } else { "" };
     let fsp = |fsp: u8| {
@@ -495,7 +558,6 @@ fn spell_type(real: u8, c: &ColumnLayout, charset: Option<u16>) -> String {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let _ = charset;
     match (real, c.wire) {
         (_, Wire::Int { bytes: 1 }) => format!("tinyint{unsigned}"),
         (_, Wire::Int { bytes: 2 }) => format!("smallint{unsigned}"),

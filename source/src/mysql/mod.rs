@@ -9,6 +9,7 @@
 //! checkpoints alone say where to resume, and a checkpoint older than the oldest binlog is a fatal gap.
 
 mod catalog;
+pub mod charset;
 mod check;
 pub mod decoder;
 pub mod file;
@@ -138,6 +139,7 @@ pub async fn run(
     };
     let only: Option<Vec<_>> = cfg.tables.clone();
     let mut catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
+    let database_charsets = catalog::database_charsets(&mut conn, &databases).await?;
     if let Some(tables) = &cfg.tables {
         for t in tables {
             if !catalog.contains_key(t) {
@@ -196,7 +198,8 @@ pub async fn run(
     } else {
         UnknownDdl::Fail
     };
-    let decoder = Decoder::new(selection, on_unknown_ddl, catalog, &start);
+    let decoder = Decoder::new(selection, on_unknown_ddl, catalog, &start)
+        .with_database_charsets(database_charsets);
     stream::run(
         &cfg.url,
         flavor,

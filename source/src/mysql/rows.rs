@@ -12,6 +12,38 @@ use super::layout::{ColumnLayout, Wire};
 #[error("{0}")]
 pub struct RowError(pub String);
 
+/// A row image whose column `column` (an index into the layout) could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageError {
+    pub column: Option<usize>,
+    pub error: RowError,
+}
+
+impl From<RowError> for ImageError {
+    fn from(error: RowError) -> Self {
+        ImageError {
+            column: None,
+            error,
+        }
+    }
+}
+
+impl ImageError {
+    /// The error with the column named from `names` (the layout's schema columns).
+    pub fn describe(&self, names: &[ferry_core::Column]) -> String {
+        match self.column {
+            Some(i) => format!(
+                "column {}: {}",
+                names
+                    .get(i)
+                    .map_or_else(|| (i + 1).to_string(), |c| c.name.clone()),
+                self.error
+            ),
+            None => self.error.0.clone(),
+        }
+    }
+}
+
 fn short(what: &str) -> RowError {
     RowError(format!("row image ends inside {what}"))
 }
@@ -65,7 +97,7 @@ pub fn decode_image(
     cur: &mut Cursor<'_>,
     layout: &[ColumnLayout],
     present: Present<'_>,
-) -> Result<Row, RowError> {
+) -> Result<Row, ImageError> {
     decode_partial_image(cur, layout, present, &[], None)
 }
 
@@ -77,7 +109,13 @@ fn decode_partial_image(
     present: Present<'_>,
     partial: &[bool],
     before: Option<&Row>,
-) -> Result<Row, RowError> {
+) -> Result<Row, ImageError> {
+    let at = |i: usize| {
+        move |error: RowError| ImageError {
+            column: Some(i),
+            error,
+        }
+    };
     let count = present.iter().filter(|p| **p).count();
     let nulls = cur.take(count.div_ceil(8), "the NULL bitmap")?;
     let mut row = Vec::with_capacity(layout.len());
@@ -93,9 +131,8 @@ fn decode_partial_image(
             Value::Null
         } else if partial.get(i).copied().unwrap_or(false) {
             let Wire::Json { len_bytes } = column.wire else {
-                return Err(RowError(format!(
-                    "column {}: partial update of a non-JSON column",
-                    i + 1
+                return Err(at(i)(RowError(
+                    "partial update of a non-JSON column".into(),
                 )));
             };
             let len_bytes = if (1..=4).contains(&len_bytes) {
@@ -103,20 +140,25 @@ fn decode_partial_image(
             } else {
                 4
             };
-            let len = cur.uint_le(usize::from(len_bytes), "a JSON diff length")? as usize;
-            let diffs = cur.take(len, "JSON diffs")?;
+            let len = cur
+                .uint_le(usize::from(len_bytes), "a JSON diff length")
+                .map_err(at(i))? as usize;
+            let diffs = cur.take(len, "JSON diffs").map_err(at(i))?;
             let base = match before.and_then(|b| b.get(i)) {
                 Some(Value::Json(text)) => text.as_str(),
                 _ => {
-                    return Err(RowError(format!(
-                        "column {}: a partial JSON update, but the before image lacks the old document to apply it to; set binlog_row_image = FULL (or binlog_row_value_options = '') on the source",
-                        i + 1
+                    return Err(at(i)(RowError(
+                        "a partial JSON update, but the before image lacks the old document to apply it to; set binlog_row_image = FULL (or binlog_row_value_options = '') on the source".into(),
                     )))
                 }
             };
-            Value::Json(jsonb::apply_diffs(base, diffs).map_err(RowError)?)
+            Value::Json(
+                jsonb::apply_diffs(base, diffs)
+                    .map_err(RowError)
+                    .map_err(at(i))?,
+            )
         } else {
-            decode_value(cur, column).map_err(|e| RowError(format!("column {}: {}", i + 1, e.0)))?
+            decode_value(cur, column).map_err(at(i))?
         };
         row.push(value);
     }
@@ -133,7 +175,7 @@ pub fn decode_rows(
     before: Present<'_>,
     after: Present<'_>,
     partial_json: bool,
-) -> Result<Vec<RowOp>, RowError> {
+) -> Result<Vec<RowOp>, ImageError> {
     let mut cur = Cursor::new(data);
     let mut out = Vec::new();
     while !cur.is_empty() {
@@ -388,7 +430,7 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
                     padded.resize(usize::from(size), 0);
                     Value::Bytes(padded)
                 }
-                _ => string_value(bytes, c.binary)?,
+                _ => string_value(bytes, c)?,
             }
         }
         Wire::Blob { len_bytes } => {
@@ -396,7 +438,7 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
                 return Err(RowError(format!("BLOB length of {len_bytes} bytes")));
             }
             let len = cur.uint_le(usize::from(len_bytes), "a BLOB length")? as usize;
-            string_value(cur.take(len, "a BLOB")?, c.binary)?
+            string_value(cur.take(len, "a BLOB")?, c)?
         }
         Wire::Json { len_bytes } => {
             let len_bytes = if (1..=4).contains(&len_bytes) {
@@ -412,15 +454,13 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
     })
 }
 
-fn string_value(bytes: &[u8], binary: bool) -> Result<Value, RowError> {
-    if binary {
+/// A CHAR / VARCHAR / TEXT value decoded from the column's character set, or bytes (BINARY, BLOB, the `binary`
+/// character set).
+fn string_value(bytes: &[u8], c: &ColumnLayout) -> Result<Value, RowError> {
+    if c.binary {
         return Ok(Value::Bytes(bytes.to_vec()));
     }
-    match std::str::from_utf8(bytes) {
-        Ok(s) => Ok(Value::Text(s.to_owned())),
-        // A latin1 or other single-byte column: each byte is the code point of the same value.
-        Err(_) => Ok(Value::Text(bytes.iter().map(|&b| char::from(b)).collect())),
-    }
+    c.charset.value(bytes).map_err(RowError)
 }
 
 fn interval(micros: i64) -> Value {
@@ -475,6 +515,7 @@ mod tests {
             wire,
             unsigned,
             binary: false,
+            charset: crate::mysql::charset::Charset::UTF8MB4,
             labels: vec!["a".into(), "b".into(), "c".into()],
         }
     }
@@ -524,6 +565,68 @@ mod tests {
         assert!(
             decode_value(&mut Cursor::new(&[9]), &col(Wire::Enum { bytes: 1 }, false)).is_err()
         );
+    }
+
+    #[test]
+    fn enum_index_zero_is_the_empty_string_and_an_empty_set_is_empty() {
+        // Index 0: the '' MySQL stores for an invalid value under a non-strict sql_mode.
+        assert_eq!(
+            one(&[0], col(Wire::Enum { bytes: 1 }, false)),
+            Value::Text(String::new())
+        );
+        assert_eq!(
+            one(&[0, 0], col(Wire::Enum { bytes: 2 }, false)),
+            Value::Text(String::new())
+        );
+        assert_eq!(
+            one(&[0], col(Wire::Set { bytes: 1 }, false)),
+            Value::Text(String::new())
+        );
+    }
+
+    #[test]
+    fn strings_decode_from_their_column_character_set() {
+        use crate::mysql::charset::Charset;
+        let string = |charset: &str| ColumnLayout {
+            charset: Charset::from_name(charset).unwrap(),
+            ..col(
+                Wire::String {
+                    len_bytes: 1,
+                    fixed: None,
+                },
+                false,
+            )
+        };
+        assert_eq!(
+            one(b"\x04\x80uro", string("latin1")),
+            Value::Text("€uro".into())
+        );
+        assert_eq!(
+            one(b"\x02\xC3\xA9", string("latin1")),
+            Value::Text("Ã©".into())
+        );
+        assert_eq!(
+            one(b"\x04\xD6\xD0\xCE\xC4", string("gbk")),
+            Value::Text("中文".into())
+        );
+        let blob = ColumnLayout {
+            charset: Charset::from_name("cp1251").unwrap(),
+            ..col(Wire::Blob { len_bytes: 2 }, false)
+        };
+        assert_eq!(one(b"\x02\x00\xCF\xF0", blob), Value::Text("Пр".into()));
+        // Bytes that are not valid in the column's character set stop with the column named, never mojibake.
+        let layout = vec![string("utf8mb4")];
+        let err = decode_rows(
+            b"\x00\x02\xC3\x28",
+            &layout,
+            RowsKind::Write,
+            &[true],
+            &[true],
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.column, Some(0));
+        assert!(err.error.0.contains("0xC328"), "{err:?}");
     }
 
     #[test]

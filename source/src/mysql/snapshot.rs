@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::catalog::{shared_schema, CatalogTable};
+use super::charset::Charset;
 use super::{quote_ident, Flavor};
 
 fn sql_error(what: &'static str) -> impl Fn(mysql_async::Error) -> Error {
@@ -170,6 +171,9 @@ async fn session(conn: &mut Conn) -> Result<(), Error> {
     for sql in [
         "SET SESSION time_zone = '+00:00'",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        // Values arrive as stored, in each column's own character set, and are decoded once by the same table
+        // as the binlog's (charset.rs): the server converts nothing to the connection's character set.
+        "SET SESSION character_set_results = binary",
     ] {
         conn.query_drop(sql)
             .await
@@ -216,6 +220,23 @@ pub async fn run(
         .iter()
         .map(|(id, t)| shared_schema(id, t, 0))
         .collect();
+    // Each column's character set, checked before any row is read.
+    let mut work = Vec::with_capacity(tables.len());
+    for ((id, table), schema) in tables.iter().zip(&schemas) {
+        let charsets = table
+            .columns
+            .iter()
+            .map(|c| {
+                c.charset().map_err(|e| {
+                    Error::fatal(format!(
+                        "table {id}, column {}: {e}. Convert the column (ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4) or leave the table out of the pipeline",
+                        c.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        work.push((schema.clone(), charsets));
+    }
     let mut conns = conns;
     let mut estimated = 0u64;
     for (id, _) in tables {
@@ -237,7 +258,7 @@ pub async fn run(
     );
     let started = Instant::now();
     let reporter = crate::snapshot::report_progress(stats.clone());
-    let queue = Arc::new(std::sync::Mutex::new(schemas.clone()));
+    let queue = Arc::new(std::sync::Mutex::new(work));
     let mut workers = tokio::task::JoinSet::new();
     for mut conn in conns.drain(..) {
         let (queue, events, stats) = (queue.clone(), events.clone(), stats.clone());
@@ -247,8 +268,10 @@ pub async fn run(
                     .lock()
                     .map_err(|_| Error::fatal("snapshot queue poisoned"))?
                     .pop();
-                let Some(schema) = next else { break };
-                let rows = copy_table(&mut conn, &schema, &events, &stats).await?;
+                let Some((schema, charsets)) = next else {
+                    break;
+                };
+                let rows = copy_table(&mut conn, &schema, &charsets, &events, &stats).await?;
                 stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
                 info!(table = %schema.id, rows, "table copied");
             }
@@ -266,6 +289,7 @@ pub async fn run(
 async fn copy_table(
     conn: &mut Conn,
     schema: &SchemaRef,
+    charsets: &[Charset],
     events: &mpsc::Sender<Event>,
     stats: &PipelineStats,
 ) -> Result<u64, Error> {
@@ -304,10 +328,16 @@ async fn copy_table(
         let values = row
             .unwrap()
             .into_iter()
-            .zip(&schema.columns)
-            .map(|(v, c)| snapshot_value(v, &c.ty))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| Error::fatal(format!("reading table {}: {e}", schema.id)))?;
+            .zip(schema.columns.iter().zip(charsets))
+            .map(|(v, (c, charset))| {
+                snapshot_value(v, &c.ty, *charset).map_err(|e| {
+                    Error::fatal(format!(
+                        "reading table {}, column {}: {e}",
+                        schema.id, c.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         events
             .send(Event::Change(Change::Row {
                 table: schema.clone(),
@@ -321,8 +351,13 @@ async fn copy_table(
     Ok(count)
 }
 
-/// One value of the binary protocol as the typed value the binlog decoder gives for the same column.
-fn snapshot_value(v: mysql_async::Value, ty: &ferry_core::ColumnType) -> Result<Value, String> {
+/// One value of the binary protocol as the typed value the binlog decoder gives for the same column: strings
+/// (CHAR, TEXT, ENUM, SET) decoded from the column's character set.
+fn snapshot_value(
+    v: mysql_async::Value,
+    ty: &ferry_core::ColumnType,
+    charset: Charset,
+) -> Result<Value, String> {
     use ferry_core::ColumnType as T;
     use mysql_async::Value as M;
     Ok(match (v, ty) {
@@ -343,10 +378,7 @@ fn snapshot_value(v: mysql_async::Value, ty: &ferry_core::ColumnType) -> Result<
         }
         (M::Bytes(b), T::Bytes) => Value::Bytes(b),
         (M::Bytes(b), T::Json) => Value::Json(String::from_utf8(b).map_err(|e| e.to_string())?),
-        (M::Bytes(b), _) => Value::Text(match String::from_utf8(b) {
-            Ok(s) => s,
-            Err(e) => e.into_bytes().iter().map(|&b| char::from(b)).collect(),
-        }),
+        (M::Bytes(b), _) => Value::Text(charset.text(&b)?),
         (M::Date(y, m, d, _, _, _, _), T::Date) => {
             super::rows::date_value(i32::from(y), u32::from(m), u32::from(d))
         }

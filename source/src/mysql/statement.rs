@@ -246,6 +246,9 @@ pub struct ColumnDef {
     pub data_type: String,
     pub unsigned: bool,
     pub binary: bool,
+    /// The character set the definition names (`CHARACTER SET`, a `COLLATE` prefix, NCHAR's utf8mb3, `binary`
+    /// for binary types); `None`: the table's default.
+    pub charset: Option<String>,
     pub labels: Vec<String>,
     pub nullable: bool,
     pub primary_key: bool,
@@ -273,6 +276,10 @@ pub enum AlterSpec {
     AddPrimaryKey(Vec<String>),
     DropPrimaryKey,
     RenameTable(TableId),
+    /// `[DEFAULT] CHARACTER SET x` / `COLLATE y`: the character set columns added later take.
+    DefaultCharset(String),
+    /// `CONVERT TO CHARACTER SET x`: every string column's character set, and the default.
+    ConvertCharset(String),
     /// Indexes, constraints, defaults, table options, partitions: rows are laid out as before.
     NoLayoutChange,
 }
@@ -284,6 +291,8 @@ pub enum Ddl {
         table: TableId,
         columns: Vec<ColumnDef>,
         primary_key: Vec<String>,
+        /// The table option `[DEFAULT] CHARACTER SET` / `COLLATE`; `None`: the database's default.
+        default_charset: Option<String>,
     },
     Alter(TableId, Vec<AlterSpec>),
     Drop(Vec<TableId>),
@@ -317,6 +326,60 @@ fn split_top(tokens: &[String]) -> Vec<&[String]> {
         parts.push(&tokens[start..]);
     }
     parts
+}
+
+/// The character set a collation name starts with (`latin1_swedish_ci` → latin1, `binary` → binary); `None` for
+/// MariaDB's set-less `uca1400_…` names.
+fn collation_charset(collation: &str) -> Option<String> {
+    let lower = collation.to_ascii_lowercase();
+    super::charset::Charset::from_collation_name(&lower).map(drop)?;
+    lower.split('_').next().map(str::to_owned)
+}
+
+/// The character set that table options (`DEFAULT CHARSET = x`, `CHARACTER SET x`, `COLLATE = y`, or
+/// `CONVERT TO CHARACTER SET x`) name.
+fn charset_option(t: &[String]) -> Option<String> {
+    let value = |i: usize| {
+        let i = if t.get(i).map(String::as_str) == Some("=") {
+            i + 1
+        } else {
+            i
+        };
+        t.get(i).map(|x| ident(x.strip_prefix('\'').unwrap_or(x)))
+    };
+    let mut charset = None;
+    let mut collation = None;
+    for (i, x) in t.iter().enumerate() {
+        match upper(x).as_str() {
+            "CHARSET" => charset = value(i + 1),
+            "CHARACTER" if upper(t.get(i + 1).map_or("", String::as_str)) == "SET" => {
+                charset = value(i + 2)
+            }
+            "COLLATE" => collation = value(i + 1),
+            _ => {}
+        }
+    }
+    charset
+        .map(|c| c.to_ascii_lowercase())
+        .or_else(|| collation.as_deref().and_then(collation_charset))
+}
+
+/// Whether a column of this type has a character set.
+pub fn takes_charset(data_type: &str) -> bool {
+    matches!(
+        data_type,
+        "char"
+            | "varchar"
+            | "nchar"
+            | "nvarchar"
+            | "tinytext"
+            | "text"
+            | "mediumtext"
+            | "longtext"
+            | "long"
+            | "enum"
+            | "set"
+    )
 }
 
 /// The identifiers inside `( … )` at `i` (a key's columns; prefix lengths dropped).
@@ -380,6 +443,9 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
         })
         .collect::<String>();
     let (mut unsigned, mut zerofill, mut charset_binary) = (false, false, false);
+    let mut charset: Option<String> =
+        matches!(data_type.as_str(), "nchar" | "nvarchar").then(|| "utf8mb3".to_owned());
+    let mut collation: Option<String> = None;
     let (mut nullable, mut primary_key) = (true, false);
     let mut default = None;
     while i < t.len() {
@@ -412,8 +478,16 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
                 charset_binary = t
                     .get(j)
                     .is_some_and(|c| ident(c).eq_ignore_ascii_case("binary"));
+                charset = t.get(j).map(|c| ident(c).to_ascii_lowercase());
                 i = j;
             }
+            "COLLATE" => {
+                collation = t.get(i + 1).and_then(|c| collation_charset(&ident(c)));
+                i += 1;
+            }
+            // MySQL's shorthands: ASCII is latin1, UNICODE is ucs2.
+            "ASCII" => charset = Some("latin1".into()),
+            "UNICODE" => charset = Some("ucs2".into()),
             "NOT" if upper(t.get(i + 1).map_or("", String::as_str)) == "NULL" => {
                 nullable = false;
                 i += 1;
@@ -438,6 +512,13 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
                 | "bit"
                 | "geometry"
         );
+    let charset = if binary {
+        Some("binary".to_owned())
+    } else if takes_charset(&data_type) {
+        charset.or(collation)
+    } else {
+        None
+    };
     let mut column_type = data_type.clone();
     if !args_text.is_empty() {
         column_type = format!("{column_type}({args_text})");
@@ -454,6 +535,7 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
         data_type,
         unsigned,
         binary,
+        charset,
         labels: if matches!(raw_type.as_str(), "enum" | "set") {
             labels
         } else {
@@ -558,14 +640,20 @@ fn alter_spec(t: &[String], default_db: &str) -> Result<AlterSpec, String> {
                 AlterSpec::RenameTable(to)
             }
         },
-        // Collation / character-set conversion keeps text text and bytes bytes.
+        "CONVERT" => AlterSpec::ConvertCharset(
+            charset_option(t).ok_or("CONVERT TO without a character set")?,
+        ),
+        // Table options: a new default character set is the one columns added later take.
         "ALTER" | "ALGORITHM" | "LOCK" | "ENGINE" | "COMMENT" | "AUTO_INCREMENT" | "ROW_FORMAT"
-        | "FORCE" | "ORDER" | "CONVERT" | "DEFAULT" | "CHARACTER" | "CHARSET" | "COLLATE"
+        | "FORCE" | "ORDER" | "DEFAULT" | "CHARACTER" | "CHARSET" | "COLLATE"
         | "KEY_BLOCK_SIZE" | "STATS_PERSISTENT" | "STATS_AUTO_RECALC" | "STATS_SAMPLE_PAGES"
         | "PARTITION" | "REMOVE" | "COALESCE" | "REORGANIZE" | "ANALYZE" | "CHECK" | "OPTIMIZE"
         | "REBUILD" | "REPAIR" | "TRUNCATE" | "DISCARD" | "IMPORT" | "ENABLE" | "DISABLE"
         | "WITH" | "WITHOUT" | "PAGE_CHECKSUM" | "TRANSACTIONAL" | "ADD_PERIOD" => {
-            AlterSpec::NoLayoutChange
+            match charset_option(t) {
+                Some(charset) if kw(0) != "ALTER" => AlterSpec::DefaultCharset(charset),
+                _ => AlterSpec::NoLayoutChange,
+            }
         }
         other => return Err(format!("the ALTER TABLE clause {other:?}")),
     })
@@ -648,6 +736,7 @@ pub fn parse_ddl(sql: &str, default_db: &str) -> Result<Ddl, String> {
                 table,
                 columns,
                 primary_key,
+                default_charset: charset_option(&t[close + 1..]),
             })
         }
         "ALTER" => {
@@ -743,6 +832,7 @@ mod tests {
             table,
             columns,
             primary_key,
+            default_charset,
         } = create
         else {
             panic!("{create:?}")
@@ -754,6 +844,52 @@ mod tests {
         assert_eq!(columns[1].labels, ["a", "b'c"]);
         assert_eq!(columns[1].column_type, "enum('a','b''c')");
         assert!(columns[2].binary && columns[4].binary && !columns[3].binary);
+        assert_eq!(default_charset, None);
+        assert_eq!(columns[1].charset, None);
+        assert_eq!(columns[2].charset.as_deref(), Some("binary"));
+        assert_eq!(columns[3].charset, None);
+
+        let Ddl::Create {
+            columns,
+            default_charset,
+            ..
+        } = parse_ddl(
+            "CREATE TABLE t (a varchar(5) CHARACTER SET latin2, b text COLLATE cp1251_general_ci, c char(3), \
+             d nvarchar(4), e varchar(2) ASCII, f int, g enum('x') CHARSET sjis) DEFAULT CHARSET=gbk",
+            "d",
+        )
+        .unwrap()
+        else {
+            panic!()
+        };
+        let charsets: Vec<Option<&str>> = columns.iter().map(|c| c.charset.as_deref()).collect();
+        assert_eq!(
+            charsets,
+            [
+                Some("latin2"),
+                Some("cp1251"),
+                None,
+                Some("utf8mb3"),
+                Some("latin1"),
+                None,
+                Some("sjis")
+            ]
+        );
+        assert_eq!(default_charset.as_deref(), Some("gbk"));
+        let Ddl::Alter(_, specs) = parse_ddl(
+            "ALTER TABLE t CONVERT TO CHARACTER SET big5, ENGINE=InnoDB DEFAULT COLLATE = latin1_bin",
+            "d",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            specs,
+            [
+                AlterSpec::ConvertCharset("big5".into()),
+                AlterSpec::DefaultCharset("latin1".into())
+            ]
+        );
 
         let alter = parse_ddl(
             "ALTER TABLE t ADD COLUMN x int AFTER id, DROP COLUMN y, CHANGE a b bigint unsigned FIRST, \
