@@ -286,6 +286,9 @@ pub async fn status(
                     l.restarts,
                     l.source_transactions
                 );
+                for q in &l.quarantined {
+                    println!("  QUARANTINED {q}");
+                }
                 if let Some(s) = &l.snapshot {
                     println!(
                         "  snapshot: {}{:.1}% — {} of ~{} rows, {} rows/s, {} of {} tables{}",

@@ -307,6 +307,16 @@ fn a_quarantined_table_stops_alone_and_stays_quarantined_after_a_restart() {
         status.contains("public.a: rewritten at") && status.contains("volatile default"),
         "{status}"
     );
+    let out = std::process::Command::new(ferry_bin())
+        .args(["status", "--http", &ferry.http, "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run ferry status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("QUARANTINED public.a: rewritten at"),
+        "{text}"
+    );
     let (_, metrics) = ferry.get("/metrics").expect("metrics");
     assert!(
         metrics.contains("ferry_quarantined_tables{pipeline=\"q\"} 1"),
