@@ -340,4 +340,29 @@ fn a_quarantined_table_stops_alone_and_stays_quarantined_after_a_restart() {
         ferry.log()
     );
     assert!(ferry.terminate().success());
+
+    // A new snapshot copies the table anew and ends its quarantine.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["reset", "--yes", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run ferry reset");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f3.log"));
+    ferry.wait_streaming();
+    pg.psql("shop", "INSERT INTO a (id, v) VALUES (4, 4)");
+    let a = "SELECT id, v, at FROM a ORDER BY id";
+    assert!(
+        wait_until(WAIT, || pg.try_psql("replica", a).ok()
+            == pg.try_psql("shop", a).ok()
+            && sqlite_rows(&db, "SELECT count(*) FROM a") == ["4"]),
+        "{}\n{}",
+        pg.psql("replica", a),
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
 }

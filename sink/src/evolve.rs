@@ -74,6 +74,14 @@ pub fn is_quarantined(applied: &HashMap<TableId, Applied>, table: &TableId) -> b
     applied.get(table).is_some_and(|a| a.quarantined.is_some())
 }
 
+/// A new snapshot copies `table` anew: its quarantine ends. Returns the record to store, if it was quarantined.
+pub fn release(applied: &mut HashMap<TableId, Applied>, table: &TableId) -> Option<Applied> {
+    let record = applied.get_mut(table).filter(|a| a.quarantined.is_some())?;
+    record.quarantined = None;
+    tracing::info!(%table, "a new snapshot copies the quarantined table: its changes are applied again");
+    Some(record.clone())
+}
+
 /// Logs each quarantined table of a sink at its start: the target stays behind for those tables.
 pub fn report_quarantined(sink: &str, applied: &HashMap<TableId, Applied>) {
     for (table, record) in applied {

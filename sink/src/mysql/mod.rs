@@ -160,9 +160,6 @@ impl MysqlSink {
                 Event::Change(Change::Row { table, .. }) => table,
                 _ => continue,
             };
-            if evolve::is_quarantined(&self.applied, &schema.id) {
-                continue;
-            }
             let known = self.tables.get(&schema.id).map(|t| t.version);
             let queued = wanted
                 .iter()
@@ -314,8 +311,19 @@ impl MysqlSink {
                     self.applied.insert(table.clone(), record);
                     tracing::error!(sink = %self.name, %table, reason, "table quarantined: its changes are no longer applied");
                 }
-                Change::Truncate { tables, .. } => {
+                Change::Truncate { tables, snapshot } => {
                     self.flush(&mut upserts).await?;
+                    for t in tables.iter().filter(|_| *snapshot) {
+                        if let Some(record) = evolve::release(&mut self.applied, t) {
+                            ddl::save_record(
+                                &mut self.conn,
+                                (&self.pipeline, &self.name),
+                                t,
+                                &record,
+                            )
+                            .await?;
+                        }
+                    }
                     for t in tables {
                         if self.tables.contains_key(t) && !evolve::is_quarantined(&self.applied, t)
                         {

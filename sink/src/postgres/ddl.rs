@@ -448,7 +448,9 @@ pub async fn ensure_table(
                 .map_err(ddl_error(&schema.id))?;
         }
     }
-    let record = Applied::of(schema);
+    let mut record = Applied::of(schema);
+    // A quarantined table's target keeps in step with its schema; it stays quarantined until a new snapshot.
+    record.quarantined = applied.get(&schema.id).and_then(|a| a.quarantined.clone());
     if applied.get(&schema.id) != Some(&record) {
         save_record(client, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);

@@ -292,7 +292,7 @@ impl PostgresSink {
         let mut group: Option<Group> = None;
         for event in events {
             match event {
-                Event::Change(Change::Row { table, .. }) | Event::Schema(table)
+                Event::Change(Change::Row { table, .. })
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
                 Event::Change(Change::Quarantine { table, reason }) => {
                     self.flush(group.take()).await?;
@@ -357,8 +357,19 @@ impl PostgresSink {
                         }
                     }
                 }
-                Event::Change(Change::Truncate { tables, .. }) => {
+                Event::Change(Change::Truncate { tables, snapshot }) => {
                     self.flush(group.take()).await?;
+                    for t in tables.iter().filter(|_| *snapshot) {
+                        if let Some(record) = evolve::release(&mut self.applied, t) {
+                            ddl::save_record(
+                                &self.client,
+                                (&self.pipeline, &self.name),
+                                t,
+                                &record,
+                            )
+                            .await?;
+                        }
+                    }
                     let known: Vec<String> = tables
                         .iter()
                         .filter(|t| self.known_tables.contains_key(*t))

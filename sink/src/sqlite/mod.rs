@@ -170,7 +170,7 @@ impl SqliteSink {
         }
         for event in events {
             match event {
-                Event::Change(Change::Row { table, .. }) | Event::Schema(table)
+                Event::Change(Change::Row { table, .. })
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
                 Event::Change(Change::Quarantine { table, reason }) => {
                     let record = Applied::quarantined(self.applied.get(table), reason);
@@ -181,7 +181,12 @@ impl SqliteSink {
                 Event::Change(Change::Row { table, op }) => {
                     self.apply_row(table, classify(table, op))?
                 }
-                Event::Change(Change::Truncate { tables, .. }) => {
+                Event::Change(Change::Truncate { tables, snapshot }) => {
+                    for t in tables.iter().filter(|_| *snapshot) {
+                        if let Some(record) = evolve::release(&mut self.applied, t) {
+                            save_record(&self.conn, (&self.pipeline, &self.name), t, &record)?;
+                        }
+                    }
                     for t in tables.iter().filter(|t| {
                         self.known_tables.contains_key(*t)
                             && !evolve::is_quarantined(&self.applied, t)
@@ -485,7 +490,9 @@ fn ensure_table(
             .map_err(db_error(what()))?;
         }
     }
-    let record = Applied::of(schema);
+    let mut record = Applied::of(schema);
+    // A quarantined table's target keeps in step with its schema; it stays quarantined until a new snapshot.
+    record.quarantined = applied.get(&schema.id).and_then(|a| a.quarantined.clone());
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record)?;
         applied.insert(schema.id.clone(), record);
