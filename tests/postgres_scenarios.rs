@@ -13,20 +13,6 @@ fn config(pg: &PgServer, name: &str, sqlite: &std::path::Path) -> String {
     fan_out_config(pg, name, "[pipeline.batch]\nmax_wait = \"20ms\"", sqlite)
 }
 
-/// Waits until `sql` returns the same text on source and PostgreSQL target.
-fn wait_same(pg: &PgServer, sql: &str, ferry: &Ferry) {
-    let ok = wait_until(WAIT, || {
-        pg.try_psql("replica", sql).ok() == pg.try_psql("shop", sql).ok()
-    });
-    assert!(
-        ok,
-        "target differs for {sql}\n--- source\n{}\n--- target\n{}\n--- log\n{}",
-        pg.psql("shop", sql),
-        pg.try_psql("replica", sql).unwrap_or_else(|e| e),
-        ferry.log()
-    );
-}
-
 const TYPES_TABLE: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN positive AS int CHECK (VALUE > 0);
 CREATE TABLE all_types (

@@ -19,19 +19,6 @@ fn config(pg: &PgServer, name: &str, tables: Option<&str>, sqlite: &std::path::P
     )
 }
 
-fn wait_same(pg: &PgServer, sql: &str, ferry: &Ferry) {
-    let ok = wait_until(WAIT, || {
-        pg.try_psql("replica", sql).ok() == pg.try_psql("shop", sql).ok()
-    });
-    assert!(
-        ok,
-        "target differs for {sql}\n--- source\n{}\n--- target\n{}\n--- log\n{}",
-        pg.psql("shop", sql),
-        pg.try_psql("replica", sql).unwrap_or_else(|e| e),
-        ferry.log()
-    );
-}
-
 const EVENTS: &str =
     "CREATE TABLE events (id int, region text, payload text, PRIMARY KEY (id, region))
      PARTITION BY LIST (region);

@@ -29,7 +29,7 @@ pub use binlog_position::{
 pub use error::{Error, ErrorClass, Result};
 pub use event::{Change, Event, Row, RowOp};
 pub use position::{Lsn, Position};
-pub use schema::{Column, ColumnType, Dialect, SchemaRef, TableId, TableSchema};
+pub use schema::{enum_labels, Column, ColumnType, Dialect, SchemaRef, TableId, TableSchema};
 pub use sink::{Sink, Transform};
 pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};

@@ -173,3 +173,40 @@ impl TableSchema {
         self.match_key() != self.primary_key.as_slice()
     }
 }
+
+/// The labels of a MySQL `enum('a','b''c')` / `set(…)` column type as declared (information_schema's
+/// `COLUMN_TYPE`: quotes doubled, backslash escapes).
+pub fn enum_labels(column_type: &str) -> Vec<String> {
+    let Some(body) = column_type.find('(').and_then(|start| {
+        column_type
+            .rfind(')')
+            .map(|end| &column_type[start + 1..end])
+    }) else {
+        return Vec::new();
+    };
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\'' {
+            continue;
+        }
+        let mut label = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    label.push('\'');
+                }
+                '\'' => break,
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        label.push(n);
+                    }
+                }
+                other => label.push(other),
+            }
+        }
+        labels.push(label);
+    }
+    labels
+}

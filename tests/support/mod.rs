@@ -418,6 +418,20 @@ pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
     rows
 }
 
+/// Waits until `sql` returns the same text on the source (`shop`) and the PostgreSQL target (`replica`).
+pub fn wait_same(pg: &PgServer, sql: &str, ferry: &Ferry) {
+    let ok = wait_until(Duration::from_secs(30), || {
+        pg.try_psql("replica", sql).ok() == pg.try_psql("shop", sql).ok()
+    });
+    assert!(
+        ok,
+        "target differs for {sql}\n--- source\n{}\n--- target\n{}\n--- log\n{}",
+        pg.psql("shop", sql),
+        pg.try_psql("replica", sql).unwrap_or_else(|e| e),
+        ferry.log()
+    );
+}
+
 /// A scratch directory for config files, SQLite targets and logs.
 pub fn scratch() -> TempDir {
     tempfile::Builder::new()

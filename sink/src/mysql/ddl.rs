@@ -178,35 +178,9 @@ fn mapped_type(table: &TableSchema, i: usize) -> String {
 
 /// Whether `enum('a','b')` declares the label ''.
 fn has_empty_label(column_type: &str) -> bool {
-    let Some(body) = column_type
-        .split_once('(')
-        .and_then(|(_, rest)| rest.rsplit_once(')'))
-        .map(|(body, _)| body)
-    else {
-        return false;
-    };
-    // Labels are quoted, with quotes doubled inside.
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\'' {
-            continue;
-        }
-        let mut label = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\'' if chars.peek() == Some(&'\'') => {
-                    chars.next();
-                    label.push('\'');
-                }
-                '\'' => break,
-                other => label.push(other),
-            }
-        }
-        if label.is_empty() {
-            return true;
-        }
-    }
-    false
+    ferry_core::enum_labels(column_type)
+        .iter()
+        .any(String::is_empty)
 }
 
 /// (name, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE) of a target table's columns.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ferry_core::{
-    Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value,
+    Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, TableSchema, Value,
 };
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{params_from_iter, Connection};
@@ -253,19 +253,7 @@ impl SqliteSink {
                 if sets.is_empty() {
                     return Ok(());
                 }
-                let sql = format!(
-                    "UPDATE {name} SET {} WHERE {}",
-                    sets.iter()
-                        .map(|&c| format!("{} = ?", col(c)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    table
-                        .primary_key
-                        .iter()
-                        .map(|&k| format!("{} = ?", col(k)))
-                        .collect::<Vec<_>>()
-                        .join(" AND ")
-                );
+                let sql = update_sql(table, &sets, &table.primary_key);
                 let values = sets.iter().chain(&table.primary_key).map(|&c| &row[c]);
                 self.exec(&sql, values, what)?;
             }
@@ -273,17 +261,7 @@ impl SqliteSink {
             RowAction::Move { old, new } => {
                 let sets = sent_columns(new);
                 let keys = table.match_key();
-                let sql = format!(
-                    "UPDATE {name} SET {} WHERE {}",
-                    sets.iter()
-                        .map(|&c| format!("{} = ?", col(c)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    keys.iter()
-                        .map(|&k| format!("{} = ?", col(k)))
-                        .collect::<Vec<_>>()
-                        .join(" AND ")
-                );
+                let sql = update_sql(table, &sets, keys);
                 let values = sets
                     .iter()
                     .map(|&c| &new[c])
@@ -386,6 +364,22 @@ fn open_db(path: &Path) -> Result<Connection, Error> {
     ))
     .map_err(db_error(format!("preparing {}", path.display())))?;
     Ok(conn)
+}
+
+/// `UPDATE t SET set1 = ?, … WHERE key1 = ? AND …`.
+fn update_sql(table: &TableSchema, sets: &[usize], keys: &[usize]) -> String {
+    let terms = |cols: &[usize], sep: &str| {
+        cols.iter()
+            .map(|&c| format!("{} = ?", quote(&table.columns[c].name)))
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    format!(
+        "UPDATE {} SET {} WHERE {}",
+        quote(&table_name(&table.id)),
+        terms(sets, ", "),
+        terms(keys, " AND ")
+    )
 }
 
 /// A value as an SQLite literal (for `ADD COLUMN … DEFAULT`).

@@ -98,7 +98,7 @@ pub async fn read_tables(
                 | "geometry"
         ) || (charset.as_deref() == Some("binary"));
         let labels = if matches!(data_type.as_str(), "enum" | "set") {
-            parse_labels(&column_type)
+            ferry_core::enum_labels(&column_type)
         } else {
             Vec::new()
         };
@@ -422,42 +422,6 @@ pub fn shared_schema(id: &TableId, table: &CatalogTable, version: u64) -> Arc<Ta
     Arc::new(table.schema(id, version))
 }
 
-/// The labels of `enum('a','b''c')` / `set(…)` as declared.
-pub fn parse_labels(column_type: &str) -> Vec<String> {
-    let Some(body) = column_type.find('(').and_then(|start| {
-        column_type
-            .rfind(')')
-            .map(|end| &column_type[start + 1..end])
-    }) else {
-        return Vec::new();
-    };
-    let mut labels = Vec::new();
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\'' {
-            continue;
-        }
-        let mut label = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\'' if chars.peek() == Some(&'\'') => {
-                    chars.next();
-                    label.push('\'');
-                }
-                '\'' => break,
-                '\\' => {
-                    if let Some(n) = chars.next() {
-                        label.push(n);
-                    }
-                }
-                other => label.push(other),
-            }
-        }
-        labels.push(label);
-    }
-    labels
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,10 +473,10 @@ mod tests {
     #[test]
     fn labels_are_unquoted() {
         assert_eq!(
-            parse_labels("enum('a','b''c','d,e')"),
+            ferry_core::enum_labels("enum('a','b''c','d,e')"),
             vec!["a", "b'c", "d,e"]
         );
-        assert_eq!(parse_labels("set('x')"), vec!["x"]);
-        assert!(parse_labels("int").is_empty());
+        assert_eq!(ferry_core::enum_labels("set('x')"), vec!["x"]);
+        assert!(ferry_core::enum_labels("int").is_empty());
     }
 }
