@@ -366,3 +366,83 @@ fn a_quarantined_table_stops_alone_and_stays_quarantined_after_a_restart() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn a_column_dropped_and_added_again_under_its_name_is_a_new_column() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "readd",
+        &fan_out_config(&pg, "readd", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    let q = "SELECT id, v, c FROM t ORDER BY id";
+    pg.psql(
+        "shop",
+        "ALTER TABLE t ADD c int DEFAULT 5; INSERT INTO t VALUES (2, 'b', 7);",
+    );
+    wait_same(&pg, q, &ferry);
+    // Read while Ferry is caught up (docs/schema-changes.md says what happens when it is behind).
+    pg.psql(
+        "shop",
+        "ALTER TABLE t DROP c; ALTER TABLE t ADD c int DEFAULT 6; INSERT INTO t (id, v) VALUES (3, 'c');",
+    );
+    wait_same(&pg, q, &ferry);
+    assert_eq!(pg.psql("replica", q), "1|a|6\n2|b|6\n3|c|6");
+    assert!(wait_until(WAIT, || sqlite_rows(&db, q).join("\n")
+        == "1|a|6\n2|b|6\n3|c|6"));
+    assert!(ferry.terminate().success());
+}
+
+#[test]
+fn renames_ferry_cannot_tell_from_drops_stop_it_instead_of_losing_values() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b text); INSERT INTO t VALUES (1, 'a1', 'b1');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "behind",
+        &fan_out_config(&pg, "behind", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    assert!(wait_until(WAIT, || pg
+        .try_psql("replica", "SELECT count(*) FROM t")
+        .is_ok_and(|n| n == "1")));
+    assert!(ferry.terminate().success());
+    // While Ferry is stopped, a swap in three renames, each followed by a change: when Ferry reads the first
+    // change back, the catalog already describes the table after all three.
+    pg.psql(
+        "shop",
+        "ALTER TABLE t RENAME a TO tmp; INSERT INTO t VALUES (2, 'x2', 'y2');",
+    );
+    pg.psql(
+        "shop",
+        "ALTER TABLE t RENAME b TO a; INSERT INTO t VALUES (3, 'x3', 'y3');",
+    );
+    pg.psql(
+        "shop",
+        "ALTER TABLE t RENAME tmp TO b; INSERT INTO t VALUES (4, 'x4', 'y4');",
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    let status = ferry.wait_exit(WAIT).expect("ferry should stop");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("table public.t: columns a disappeared and tmp appeared"),
+        "{log}"
+    );
+    // Nothing was dropped: the values are still in the target.
+    assert_eq!(pg.psql("replica", "SELECT id, a, b FROM t"), "1|a1|b1");
+}

@@ -157,7 +157,7 @@ pub fn plan(
     applied: &HashMap<TableId, Applied>,
     schema: &TableSchema,
     existing: Option<&[String]>,
-) -> Vec<Step> {
+) -> Result<Vec<Step>, Error> {
     let mut steps = Vec::new();
     let same_name = applied.get(&schema.id);
     let renamed_from = schema.relation_id.and_then(|rid| {
@@ -180,42 +180,118 @@ pub fn plan(
             let names = previous.columns.iter().map(|c| c.name.clone()).collect();
             (Some(previous), names)
         }
-        (None, Some(_)) if replaced => return vec![Step::DropTable, Step::CreateTable],
-        (None, None) => return vec![Step::CreateTable],
+        (None, Some(_)) if replaced => return Ok(vec![Step::DropTable, Step::CreateTable]),
+        (None, None) => return Ok(vec![Step::CreateTable]),
         (None, Some(existing)) => (same_name, existing.to_vec()),
     };
     let mut columns: HashSet<String> = columns.into_iter().collect();
-    let mut matched = HashSet::new();
+    let previous_columns: &[AppliedColumn] = previous.map_or(&[], |p| &p.columns);
+    // Which previous column each new one is: the same source number; else the name a rename gave up; else the
+    // same name, unless both have numbers and they differ (dropped and added again under that name).
+    let mut matched: Vec<Option<usize>> = vec![None; schema.columns.len()];
+    let mut taken = HashSet::new();
     for (i, c) in schema.columns.iter().enumerate() {
-        let before = previous.and_then(|p| {
-            p.columns
+        let by_id = c.source_id.and_then(|id| {
+            previous_columns
                 .iter()
-                .position(|pc| match (pc.source_id, c.source_id) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => pc.name == c.name || c.previous_name.as_ref() == Some(&pc.name),
-                })
-                .map(|j| (j, &p.columns[j]))
+                .position(|pc| pc.source_id == Some(id))
         });
-        let Some((j, pc)) = before else {
-            if !columns.contains(&c.name) {
-                steps.push(Step::AddColumn(i));
-                columns.insert(c.name.clone());
-            }
-            continue;
+        let by_previous_name = || {
+            let old = c.previous_name.as_ref()?;
+            previous_columns.iter().position(|pc| pc.name == *old)
         };
-        matched.insert(j);
-        if pc.name != c.name && columns.contains(&pc.name) && !columns.contains(&c.name) {
+        let by_name = || {
+            previous_columns.iter().position(|pc| {
+                pc.name == c.name
+                    && !matches!((pc.source_id, c.source_id), (Some(a), Some(b)) if a != b)
+            })
+        };
+        let j = by_id.or_else(by_previous_name).or_else(by_name);
+        if let Some(j) = j.filter(|j| taken.insert(*j)) {
+            matched[i] = Some(j);
+        }
+    }
+    let dropped: Vec<&AppliedColumn> = previous_columns
+        .iter()
+        .enumerate()
+        .filter(|(j, pc)| !taken.contains(j) && columns.contains(&pc.name))
+        .map(|(_, pc)| pc)
+        .collect();
+    let added: Vec<usize> = (0..schema.columns.len())
+        .filter(|&i| matched[i].is_none())
+        .collect();
+    // A PostgreSQL table described without column numbers (it changed again after this point of the stream):
+    // a column gone and another come could be a rename, which dropping would lose.
+    let numbered = previous_columns.iter().any(|pc| pc.source_id.is_some());
+    let unnumbered = schema.columns.iter().any(|c| c.source_id.is_none());
+    let dropped_and_added = !dropped.is_empty()
+        && added
+            .iter()
+            .any(|&i| !columns.contains(&schema.columns[i].name));
+    if numbered && unnumbered && dropped_and_added {
+        return Err(Error::fatal(format!(
+            "table {}: columns {} disappeared and {} appeared, and Ferry cannot tell whether they were renamed \
+             (the table changed again after this point of the stream, so the source's column numbers no longer \
+             describe it). Nothing was changed; copy the table anew (`ferry reset --config <file> --yes`)",
+            schema.id,
+            dropped.iter().map(|pc| pc.name.as_str()).collect::<Vec<_>>().join(", "),
+            added
+                .iter()
+                .map(|&i| schema.columns[i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    for pc in &dropped {
+        steps.push(Step::DropColumn(pc.name.clone()));
+        columns.remove(&pc.name);
+    }
+    // Renames, through temporary names when one takes a name another still has (a swap).
+    let renames: Vec<(String, String)> = (0..schema.columns.len())
+        .filter_map(|i| {
+            let pc = &previous_columns[matched[i]?];
+            let c = &schema.columns[i];
+            (pc.name != c.name && columns.contains(&pc.name))
+                .then(|| (pc.name.clone(), c.name.clone()))
+        })
+        .collect();
+    let collides = renames.iter().any(|(_, to)| columns.contains(to));
+    if collides {
+        for (n, (from, _)) in renames.iter().enumerate() {
             steps.push(Step::RenameColumn {
-                from: pc.name.clone(),
-                to: c.name.clone(),
+                from: from.clone(),
+                to: format!("__ferry_rename_{n}"),
             });
-            columns.remove(&pc.name);
-            columns.insert(c.name.clone());
-        } else if !columns.contains(&c.name) {
+        }
+        for (n, (_, to)) in renames.iter().enumerate() {
+            steps.push(Step::RenameColumn {
+                from: format!("__ferry_rename_{n}"),
+                to: to.clone(),
+            });
+        }
+    } else {
+        for (from, to) in &renames {
+            steps.push(Step::RenameColumn {
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+    }
+    for (from, _) in &renames {
+        columns.remove(from);
+    }
+    for (_, to) in &renames {
+        columns.insert(to.clone());
+    }
+    for (i, c) in schema.columns.iter().enumerate() {
+        if !columns.contains(&c.name) {
             steps.push(Step::AddColumn(i));
             columns.insert(c.name.clone());
             continue;
         }
+        let Some(pc) = matched[i].map(|j| &previous_columns[j]) else {
+            continue;
+        };
         let (ty, nullable, default) = (
             pc.source_type != c.source_type,
             pc.nullable != c.nullable,
@@ -230,17 +306,7 @@ pub fn plan(
             });
         }
     }
-    if let Some(previous) = previous {
-        for (j, pc) in previous.columns.iter().enumerate() {
-            if !matched.contains(&j)
-                && columns.contains(&pc.name)
-                && schema.column_index(&pc.name).is_none()
-            {
-                steps.push(Step::DropColumn(pc.name.clone()));
-            }
-        }
-    }
-    steps
+    Ok(steps)
 }
 
 #[cfg(test)]
@@ -285,8 +351,9 @@ mod tests {
             &[("id", 1, "int"), ("b", 2, "varchar(5)"), ("c", 4, "text")],
         );
         assert_eq!(
-            plan(&applied, &after, Some(&names(&before))),
+            plan(&applied, &after, Some(&names(&before))).unwrap(),
             vec![
+                Step::DropColumn("gone".into()),
                 Step::RenameColumn {
                     from: "a".into(),
                     to: "b".into()
@@ -298,11 +365,10 @@ mod tests {
                     default: false
                 },
                 Step::AddColumn(2),
-                Step::DropColumn("gone".into()),
             ]
         );
         // Done already (a crash after the DDL, before its record): nothing to do but the type.
-        let done = plan(&applied, &after, Some(&names(&after)));
+        let done = plan(&applied, &after, Some(&names(&after))).unwrap();
         assert!(!done
             .iter()
             .any(|s| matches!(s, Step::RenameColumn { .. } | Step::AddColumn(_))));
@@ -318,12 +384,12 @@ mod tests {
         ]);
         let recreated = table("t", 12, &[("id", 1, "int")]);
         assert_eq!(
-            plan(&applied, &recreated, Some(&names(&old))),
+            plan(&applied, &recreated, Some(&names(&old))).unwrap(),
             vec![Step::DropTable, Step::CreateTable]
         );
         let swapped = table("t", 11, &[("id", 1, "int"), ("x", 2, "text")]);
         assert_eq!(
-            plan(&applied, &swapped, Some(&names(&old))),
+            plan(&applied, &swapped, Some(&names(&old))).unwrap(),
             vec![
                 Step::DropTable,
                 Step::RenameTable {
@@ -337,6 +403,64 @@ mod tests {
     fn columns_ferry_never_applied_are_kept() {
         let schema = table("t", 10, &[("id", 1, "int")]);
         let existing = vec!["id".to_owned(), "audit".to_owned()];
-        assert_eq!(plan(&HashMap::new(), &schema, Some(&existing)), vec![]);
+        assert_eq!(
+            plan(&HashMap::new(), &schema, Some(&existing)).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn swapped_names_go_through_temporary_ones_and_a_readded_name_is_a_new_column() {
+        let before = table(
+            "t",
+            10,
+            &[("id", 1, "int"), ("a", 2, "text"), ("b", 3, "text")],
+        );
+        let applied = HashMap::from([(before.id.clone(), Applied::of(&before))]);
+        let swapped = table(
+            "t",
+            10,
+            &[("id", 1, "int"), ("b", 2, "text"), ("a", 3, "text")],
+        );
+        let steps = plan(&applied, &swapped, Some(&names(&before))).unwrap();
+        let rename = |f: &str, t: &str| Step::RenameColumn {
+            from: f.into(),
+            to: t.into(),
+        };
+        assert_eq!(
+            steps,
+            vec![
+                rename("a", "__ferry_rename_0"),
+                rename("b", "__ferry_rename_1"),
+                rename("__ferry_rename_0", "b"),
+                rename("__ferry_rename_1", "a"),
+            ]
+        );
+        // `b` dropped and added again: a new column (its new number), filled anew.
+        let readded = table(
+            "t",
+            10,
+            &[("id", 1, "int"), ("a", 2, "text"), ("b", 4, "text")],
+        );
+        assert_eq!(
+            plan(&applied, &readded, Some(&names(&before))).unwrap(),
+            vec![Step::DropColumn("b".into()), Step::AddColumn(2)]
+        );
+    }
+
+    #[test]
+    fn a_gone_and_a_new_column_without_source_numbers_stop_rather_than_drop() {
+        let before = table("t", 10, &[("id", 1, "int"), ("a", 2, "text")]);
+        let applied = HashMap::from([(before.id.clone(), Applied::of(&before))]);
+        let mut later = table("t", 10, &[("id", 1, "int"), ("tmp", 2, "text")]);
+        for c in &mut later.columns {
+            c.source_id = None;
+        }
+        let err = plan(&applied, &later, Some(&names(&before))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("columns a disappeared and tmp appeared"),
+            "{err}"
+        );
     }
 }

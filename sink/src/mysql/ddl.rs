@@ -299,7 +299,7 @@ pub async fn ensure_table(
         applied,
         schema,
         (!existing.is_empty()).then_some(&existing[..]),
-    );
+    )?;
     for step in &steps {
         for sql in step_sql(schema, name, step, key_collation, target_name)? {
             conn.query_drop(sql).await.map_err(ddl_err())?;

@@ -428,7 +428,7 @@ pub async fn ensure_table(
         applied,
         schema,
         (!existing.is_empty()).then_some(&existing[..]),
-    );
+    )?;
     for step in &steps {
         for sql in step_sql(schema, step) {
             client

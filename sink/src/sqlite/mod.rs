@@ -469,7 +469,7 @@ fn ensure_table(
         applied,
         schema,
         (!existing.is_empty()).then_some(&existing[..]),
-    );
+    )?;
     for step in &steps {
         if let Some(sql) = step_sql(schema, step) {
             conn.execute_batch(&sql).map_err(db_error(what()))?;

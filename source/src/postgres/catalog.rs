@@ -309,6 +309,16 @@ impl Catalog {
         let info: HashMap<&str, &CatalogAttr> =
             attrs.iter().map(|a| (a.name.as_str(), a)).collect();
         let publishes_generated = self.publishes_generated_columns().await?;
+        // Column numbers are the catalog's now: they describe these columns only if the table has not changed
+        // since this point of the stream (same names and types). Otherwise none are given, and sinks match by
+        // name, stopping where a rename cannot be told from a drop (see the sinks' evolve.rs).
+        let current = attrs
+            .iter()
+            .filter(|a| a.generated.is_none() || columns.iter().any(|c| c.name == a.name));
+        let numbered = current.clone().count() == columns.len()
+            && current.zip(columns).all(|(a, c)| {
+                a.name == c.name && a.type_oid == c.type_oid && a.type_modifier == c.type_modifier
+            });
         // Generated columns the stream leaves out, placed before the first column that follows them in the catalog.
         let mut columns: Vec<RawColumn> = columns.to_vec();
         for attr in attrs.iter().filter(|a| a.generated.is_some()) {
@@ -375,7 +385,7 @@ impl Catalog {
                 source_type: resolved.ddl_override.unwrap_or(format),
                 nullable: !not_null,
                 generated,
-                source_id: attr.map(|a| a.attnum as u32),
+                source_id: attr.filter(|_| numbered).map(|a| a.attnum as u32),
                 default: attr.and_then(|a| a.default.clone()),
                 missing_value,
                 previous_name: None,

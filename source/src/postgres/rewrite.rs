@@ -17,14 +17,15 @@ pub const PREFIX: &str = "ferry_rewrite";
 const DEFAULT_VAL: i32 = 0x02;
 const COLUMN_REWRITE: i32 = 0x04;
 
-pub const INSTALL: &str = "DO $ferry$ BEGIN
+pub const INSTALL: &str = "CREATE OR REPLACE FUNCTION public.ferry_table_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM pg_logical_emit_message(true, 'ferry_rewrite',
+    pg_event_trigger_table_rewrite_oid()::oid::text || E'\\t' || pg_event_trigger_table_rewrite_reason() || E'\\t'
+    || current_setting('TimeZone') || E'\\t' || current_setting('DateStyle') || E'\\t' || current_query());
+END $f$;
+DO $ferry$ BEGIN
 IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_table_rewrite') THEN
-  CREATE OR REPLACE FUNCTION public.ferry_table_rewrite() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-  BEGIN
-    PERFORM pg_logical_emit_message(true, 'ferry_rewrite',
-      pg_event_trigger_table_rewrite_oid()::oid::text || ' ' || pg_event_trigger_table_rewrite_reason() || ' '
-      || current_query());
-  END $f$;
   CREATE EVENT TRIGGER ferry_table_rewrite ON table_rewrite EXECUTE FUNCTION public.ferry_table_rewrite();
 END IF;
 END $ferry$";
@@ -45,12 +46,10 @@ pub async fn state(client: &Client) -> Result<(bool, bool), Error> {
 /// Installs the event trigger when it is missing and the role may create it. Returns whether it is in place.
 pub async fn install(client: &Client) -> Result<bool, Error> {
     let (present, superuser) = state(client).await?;
-    if present {
-        return Ok(true);
-    }
     if !superuser {
-        return Ok(false);
+        return Ok(present);
     }
+    // Always (idempotent): the function takes this version's notice format.
     client
         .batch_execute(INSTALL)
         .await
@@ -63,17 +62,22 @@ pub async fn install(client: &Client) -> Result<bool, Error> {
 pub struct Rewrite {
     pub oid: u32,
     pub reason: i32,
+    /// The rewriting session's `TimeZone` and `DateStyle`: a date/time type change's values depend on them.
+    pub timezone: String,
+    pub datestyle: String,
     pub statement: String,
 }
 
 impl Rewrite {
-    /// Parses a notice's content: `<oid> <reason> <statement>`.
+    /// Parses a notice's content: `<oid>\t<reason>\t<TimeZone>\t<DateStyle>\t<statement>`.
     pub fn parse(content: &[u8]) -> Option<Rewrite> {
         let text = std::str::from_utf8(content).ok()?;
-        let mut parts = text.splitn(3, ' ');
+        let mut parts = text.splitn(5, '\t');
         Some(Rewrite {
             oid: parts.next()?.parse().ok()?,
             reason: parts.next()?.parse().ok()?,
+            timezone: parts.next()?.to_owned(),
+            datestyle: parts.next()?.to_owned(),
             statement: parts.next().unwrap_or_default().to_owned(),
         })
     }
@@ -86,6 +90,17 @@ impl Rewrite {
         if self.reason & COLUMN_REWRITE != 0 && !plain_using(&self.statement) {
             return Err("a column's values were rewritten by a USING expression");
         }
+        let utc = matches!(
+            self.timezone.as_str(),
+            "UTC" | "Etc/UTC" | "GMT" | "Etc/GMT" | "Z"
+        );
+        if self.reason & COLUMN_REWRITE != 0
+            && (!utc || !self.datestyle.starts_with("ISO"))
+            && mentions_temporal_type(&self.statement)
+        {
+            return Err("a date/time type change whose values depend on the session's TimeZone or DateStyle, which \
+                        the targets do not share");
+        }
         Ok(())
     }
 }
@@ -94,6 +109,13 @@ impl Rewrite {
 /// a target's own type change reproduces. Text in quotes is skipped; anything else counts as an expression.
 fn plain_using(statement: &str) -> bool {
     let words = tokens(statement);
+    // A rewrite from inside a DO block or a function: the statement that did it is not in sight.
+    if !words
+        .first()
+        .is_some_and(|w| w.eq_ignore_ascii_case("alter"))
+    {
+        return false;
+    }
     let mut i = 0;
     while i < words.len() {
         if words[i].eq_ignore_ascii_case("using") {
@@ -103,10 +125,23 @@ fn plain_using(statement: &str) -> bool {
                 .take_while(|w| *w != "," && *w != ";")
                 .map(String::as_str)
                 .collect();
+            // The column this USING belongs to: `ALTER [COLUMN] <name> [SET DATA] TYPE … USING`.
+            let altered = words[..i]
+                .iter()
+                .rposition(|w| w.eq_ignore_ascii_case("type"))
+                .and_then(|t| {
+                    words[..t]
+                        .iter()
+                        .rev()
+                        .find(|w| !w.eq_ignore_ascii_case("data") && !w.eq_ignore_ascii_case("set"))
+                })
+                .map(|w| normalize(w));
+            let same = |column: &str| altered.as_deref() == Some(normalize(column).as_str());
             let plain = match clause.as_slice() {
-                [column] => is_identifier(column),
+                [column] => is_identifier(column) && same(column),
                 [column, "::", ty @ ..] => {
                     is_identifier(column)
+                        && same(column)
                         && !ty.is_empty()
                         && ty.iter().all(|t| {
                             is_identifier(t)
@@ -122,6 +157,26 @@ fn plain_using(statement: &str) -> bool {
         i += 1;
     }
     true
+}
+
+/// Whether a statement names a date/time type (whose casts depend on the session's TimeZone and DateStyle).
+fn mentions_temporal_type(statement: &str) -> bool {
+    tokens(statement).iter().any(|w| {
+        let w = w.to_ascii_lowercase();
+        w.starts_with("timestamp")
+            || w.starts_with("date")
+            || w.starts_with("time")
+            || w == "interval"
+            || w == "abstime"
+    })
+}
+
+/// An identifier as PostgreSQL resolves it: quoted ones as written, others folded to lower case.
+fn normalize(word: &str) -> String {
+    match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => word.to_lowercase(),
+    }
 }
 
 fn is_identifier(word: &str) -> bool {
@@ -178,7 +233,7 @@ mod tests {
     use super::*;
 
     fn rewrite(reason: i32, statement: &str) -> Rewrite {
-        Rewrite::parse(format!("16384 {reason} {statement}").as_bytes()).unwrap()
+        Rewrite::parse(format!("16384\t{reason}\tUTC\tISO, YMD\t{statement}").as_bytes()).unwrap()
     }
 
     #[test]
@@ -190,6 +245,7 @@ mod tests {
         for ok in [
             "ALTER TABLE t ALTER COLUMN a TYPE numeric(10,5)",
             "ALTER TABLE t ALTER a TYPE bigint USING a::bigint, ALTER b TYPE int USING \"b\"",
+            "ALTER TABLE t ALTER COLUMN \"A\" SET DATA TYPE int USING \"A\"::int",
             "alter table t alter column a type int using a::integer[]",
             "ALTER TABLE t ALTER COLUMN note TYPE text, ALTER c SET DEFAULT 'USING x + 1'",
         ] {
@@ -199,6 +255,8 @@ mod tests {
             "ALTER TABLE t ALTER COLUMN a TYPE int USING a * 2",
             "ALTER TABLE t ALTER COLUMN a TYPE int USING length(a)",
             "ALTER TABLE t ALTER a TYPE int USING a::int, ALTER b TYPE text USING b || 'x'",
+            "ALTER TABLE t ALTER a TYPE int USING b::int",
+            "DO $$ BEGIN EXECUTE 'ALTER TABLE t ALTER a TYPE bigint USING a * 100'; END $$",
         ] {
             assert!(rewrite(4, bad).reproducible().is_err(), "{bad}");
         }
@@ -213,7 +271,17 @@ mod tests {
             rewrite(1, "ALTER TABLE t SET LOGGED").reproducible(),
             Ok(())
         );
-        assert!(Rewrite::parse(b"x 4 ALTER").is_none());
+        // A date/time type change in a session whose TimeZone or DateStyle the targets do not share.
+        let berlin = Rewrite::parse(
+            b"16384\t4\tEurope/Berlin\tISO, YMD\tALTER TABLE t ALTER ts TYPE timestamptz",
+        )
+        .unwrap();
+        assert!(berlin.reproducible().is_err());
+        let int =
+            Rewrite::parse(b"16384\t4\tEurope/Berlin\tSQL, DMY\tALTER TABLE t ALTER n TYPE bigint")
+                .unwrap();
+        assert_eq!(int.reproducible(), Ok(()));
+        assert!(Rewrite::parse(b"x\t4\tUTC\tISO\tALTER").is_none());
         assert!(Rewrite::parse(&[0xff, 0xfe]).is_none());
     }
 }
