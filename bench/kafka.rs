@@ -133,11 +133,7 @@ impl Bench {
             relation_id: None,
             dialect: Dialect::Postgres,
         });
-        let now = Timestamp(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64),
-        );
+        let now = Timestamp::now();
         let mut events = Vec::with_capacity(n as usize + n as usize / 500);
         for t in 0..n / 1000 {
             events.push(Event::Begin {

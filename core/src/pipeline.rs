@@ -358,7 +358,7 @@ mod tests {
             }),
             Event::Commit {
                 position: pg(end),
-                commit_time: Timestamp(0),
+                commit_time: Timestamp::UNIX_EPOCH,
             },
         ]
     }

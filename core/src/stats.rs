@@ -149,7 +149,7 @@ impl SinkStats {
                 Event::Change(Change::Row { .. }) => rows += 1,
                 Event::Commit { commit_time, .. } => {
                     transactions += 1;
-                    last_commit = Some(commit_time.0);
+                    last_commit = commit_time.unix_micros();
                 }
                 _ => {}
             }
@@ -273,7 +273,7 @@ mod tests {
                 }),
                 Event::Commit {
                     position: position.clone(),
-                    commit_time: Timestamp(commit_time),
+                    commit_time: Timestamp::from_unix_micros(commit_time),
                 },
             ],
             Some(&position),

@@ -22,8 +22,5 @@ pub const LIST_CHECKPOINTS: &str =
 
 /// The current time as ISO 8601 UTC, for `updated_at`.
 pub fn now_text() -> String {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    ferry_core::Timestamp(micros).display_utc().to_string()
+    ferry_core::Timestamp::now().display_utc().to_string()
 }

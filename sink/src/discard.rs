@@ -73,7 +73,9 @@ pub fn read_checkpoint(file: &Path) -> Result<Option<(String, String)>, Error> {
             let micros = modified
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
-            let at = ferry_core::Timestamp(micros).display_utc().to_string();
+            let at = ferry_core::Timestamp::from_unix_micros(micros)
+                .display_utc()
+                .to_string();
             Ok(Some((text.trim().to_owned(), at)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

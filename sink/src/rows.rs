@@ -106,6 +106,22 @@ pub fn missing_row(table: &TableSchema, old: &Row) -> Error {
     ))
 }
 
+/// The error for a source value that `target` cannot hold (a year past 9999 in a MySQL DATETIME, an instant
+/// past an i64 of microseconds in a Kafka `MicroTimestamp`): it stops the pipeline naming the table, the row's
+/// key, the column and the value (`why` quotes it), rather than writing a different value.
+pub fn unwritable(target: &str, table: &TableSchema, row: &Row, column: usize, why: &str) -> Error {
+    let key = if table.match_key().is_empty() {
+        String::new()
+    } else {
+        format!(", row {}", describe_key(table, row))
+    };
+    Error::fatal(format!(
+        "table {}{key}, column {}: {why}; {target} cannot hold it, and Ferry does not write a different value: \
+         change the value at the source, or replicate the table without this sink",
+        table.id, table.columns[column].name
+    ))
+}
+
 /// Indexes of the columns a row carries values for (not `Unchanged`).
 pub fn sent_columns(row: &Row) -> Vec<usize> {
     row.iter()

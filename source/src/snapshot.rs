@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ferry_core::{Change, Error, Event, PipelineStats, Position, SchemaRef, Timestamp};
 use tokio::sync::mpsc;
@@ -49,7 +49,7 @@ pub(crate) async fn send_marker(
     events
         .send(Event::Commit {
             position,
-            commit_time: ferry_core::Timestamp(0),
+            commit_time: ferry_core::Timestamp::UNIX_EPOCH,
         })
         .await
         .map_err(closed)
@@ -107,13 +107,10 @@ pub(crate) async fn commit(
     started: Instant,
 ) -> Result<(), Error> {
     stats.snapshot.finish();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
     events
         .send(Event::Commit {
             position,
-            commit_time: Timestamp(now),
+            commit_time: Timestamp::now(),
         })
         .await
         .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;

@@ -66,7 +66,7 @@ fn mariadb_gtids_enums_and_timestamps() {
             text("foo"),
             text("JSON"),
             Value::Bytes(b"{\"foo\":1}".to_vec()),
-            Value::TimestampTz(Timestamp(1_650_493_084_000_000)),
+            Value::TimestampTz(Timestamp::from_unix_micros(1_650_493_084_000_000)),
         ]
     );
     // Begin carries the transaction's first byte, Commit the end of its last: the next transaction starts there.

@@ -8,12 +8,12 @@
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use ferry_config::DecimalHandling;
-use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, TableSchema, Value};
+use ferry_core::{ColumnType, Decimal, Dialect, Error, Position, Row, TableSchema, Value};
 use serde_json::{json, Value as Json};
 
 use super::envelope::{
-    declared_precision_scale, unavailable, unscaled_bytes, Change, SourceInfo, Unavailable,
-    UNAVAILABLE,
+    declared_precision_scale, micro_duration, micro_timestamp, unavailable, unscaled_bytes, Change,
+    SourceInfo, Unavailable, UNAVAILABLE,
 };
 
 /// An Avro name: letters, digits and `_`, not starting with a digit.
@@ -162,8 +162,14 @@ pub fn value_schema(
     })
 }
 
-fn value(v: &Value, ty: &ColumnType, source_type: &str, decimals: DecimalHandling) -> Avro {
-    match (v, ty) {
+/// One value in Debezium's form, or why the form cannot hold it.
+fn value(
+    v: &Value,
+    ty: &ColumnType,
+    source_type: &str,
+    decimals: DecimalHandling,
+) -> Result<Avro, String> {
+    Ok(match (v, ty) {
         (Value::Unchanged, _) => {
             let bytes = || Avro::Bytes(UNAVAILABLE.as_bytes().to_vec());
             let text = || Avro::String(UNAVAILABLE.to_owned());
@@ -224,17 +230,13 @@ fn value(v: &Value, ty: &ColumnType, source_type: &str, decimals: DecimalHandlin
         (Value::Date(d), _) => Avro::Int(d.0),
         (Value::Time(t), _) => Avro::Long(t.0),
         (Value::TimeTz(t), _) => Avro::String(t.to_string()),
-        (Value::Timestamp(t), _) => Avro::Long(t.0),
+        (Value::Timestamp(t), _) => Avro::Long(micro_timestamp(*t)?),
         (Value::TimestampTz(t), _) => {
             let mut text = String::with_capacity(32);
             t.push_iso_utc(&mut text);
             Avro::String(text)
         }
-        (Value::Interval(i), _) => Avro::Long(
-            i.micros
-                + i64::from(i.days) * 86_400_000_000
-                + i64::from(i.months) * 30 * 86_400_000_000,
-        ),
+        (Value::Interval(i), _) => Avro::Long(micro_duration(*i)?),
         (Value::Array(items), ty) => {
             let inner = match ty {
                 ColumnType::Array(inner) => inner.as_ref(),
@@ -243,39 +245,42 @@ fn value(v: &Value, ty: &ColumnType, source_type: &str, decimals: DecimalHandlin
             Avro::Array(
                 items
                     .iter()
-                    .map(|item| match value(item, inner, "", decimals) {
-                        Avro::Null => Avro::Union(0, Box::new(Avro::Null)),
-                        v => Avro::Union(1, Box::new(v)),
+                    .map(|item| {
+                        Ok(match value(item, inner, "", decimals)? {
+                            Avro::Null => Avro::Union(0, Box::new(Avro::Null)),
+                            v => Avro::Union(1, Box::new(v)),
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, String>>()?,
             )
         }
-    }
+    })
 }
 
+/// The record of `columns` of `row`; a value Debezium's form cannot hold is an error naming it.
 fn row_record(
     table: &TableSchema,
     row: &Row,
     columns: &[usize],
     decimals: DecimalHandling,
-) -> Avro {
-    Avro::Record(
-        columns
-            .iter()
-            .map(|&i| {
-                let c = &table.columns[i];
-                let v = value(&row[i], &c.ty, &c.source_type, decimals);
-                let v = if table.primary_key.contains(&i) {
-                    v
-                } else if v == Avro::Null {
-                    Avro::Union(0, Box::new(Avro::Null))
-                } else {
-                    Avro::Union(1, Box::new(v))
-                };
-                (avro_name(&c.name), v)
-            })
-            .collect(),
-    )
+) -> Result<Avro, Error> {
+    let fields = columns
+        .iter()
+        .map(|&i| {
+            let c = &table.columns[i];
+            let v = value(&row[i], &c.ty, &c.source_type, decimals)
+                .map_err(|why| crate::rows::unwritable("Kafka", table, row, i, &why))?;
+            let v = if table.primary_key.contains(&i) {
+                v
+            } else if v == Avro::Null {
+                Avro::Union(0, Box::new(Avro::Null))
+            } else {
+                Avro::Union(1, Box::new(v))
+            };
+            Ok((avro_name(&c.name), v))
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(Avro::Record(fields))
 }
 
 fn optional(v: Option<Avro>) -> Avro {
@@ -285,7 +290,7 @@ fn optional(v: Option<Avro>) -> Avro {
     }
 }
 
-pub fn key_datum(table: &TableSchema, row: &Row, decimals: DecimalHandling) -> Avro {
+pub fn key_datum(table: &TableSchema, row: &Row, decimals: DecimalHandling) -> Result<Avro, Error> {
     row_record(table, row, &table.primary_key, decimals)
 }
 
@@ -294,7 +299,7 @@ pub fn value_datum(
     change: &Change<'_>,
     now_ms: i64,
     decimals: DecimalHandling,
-) -> Avro {
+) -> Result<Avro, Error> {
     let table = change.table;
     let all: Vec<usize> = (0..table.columns.len()).collect();
     let s = |v: &str| Avro::String(v.to_owned());
@@ -344,19 +349,14 @@ pub fn value_datum(
             source.push(("gtid".into(), opt_s(gtid)));
         }
     }
-    Avro::Record(vec![
-        (
-            "before".into(),
-            optional(change.before.map(|r| row_record(table, r, &all, decimals))),
-        ),
-        (
-            "after".into(),
-            optional(change.after.map(|r| row_record(table, r, &all, decimals))),
-        ),
+    let row = |r: Option<&Row>| r.map(|r| row_record(table, r, &all, decimals)).transpose();
+    Ok(Avro::Record(vec![
+        ("before".into(), optional(row(change.before)?)),
+        ("after".into(), optional(row(change.after)?)),
         ("source".into(), Avro::Record(source)),
         ("op".into(), s(change.op)),
         ("ts_ms".into(), opt_l(Some(now_ms))),
-    ])
+    ]))
 }
 
 /// Encodes `datum` in the registry's wire format.

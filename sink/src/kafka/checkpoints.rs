@@ -103,7 +103,7 @@ pub async fn stored_checkpoint(
         .await
         .map_err(|e| Error::fatal(format!("checkpoint reader failed: {e}")))??;
     Ok(stored.map(|(position, at_ms)| {
-        let at = Timestamp(at_ms.saturating_mul(1000))
+        let at = Timestamp::from_unix_micros(at_ms.saturating_mul(1000))
             .display_utc()
             .to_string();
         (position, at)

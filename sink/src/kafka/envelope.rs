@@ -3,10 +3,14 @@
 //!
 //! Value types follow Debezium's defaults: dates as days (`io.debezium.time.Date`), times and timestamps as
 //! microseconds (`MicroTime`, `MicroTimestamp`), zoned timestamps as ISO-8601 strings (`ZonedTimestamp`), decimals
-//! per `decimal.handling.mode`, bytes as base64, JSON as a string (`io.debezium.data.Json`).
+//! per `decimal.handling.mode`, bytes as base64, JSON as a string (`io.debezium.data.Json`). A value those
+//! forms cannot hold (a timestamp past an i64 of microseconds since 1970) stops the pipeline naming it.
 
 use ferry_config::DecimalHandling;
-use ferry_core::{ColumnType, Decimal, Dialect, Position, Row, SchemaRef, TableSchema, Value};
+use ferry_core::{
+    ColumnType, Decimal, Dialect, Error, Interval, Position, Row, SchemaRef, TableSchema,
+    Timestamp, Value,
+};
 use std::fmt::Write as _;
 
 use serde_json::{json, Value as Json};
@@ -319,16 +323,53 @@ fn push_unavailable(out: &mut String, form: Unavailable) {
     }
 }
 
+/// Debezium's `MicroTimestamp` for PostgreSQL's `infinity` and `-infinity`: the JDBC driver's
+/// `PGStatement.DATE_POSITIVE_INFINITY` / `DATE_NEGATIVE_INFINITY`, as Debezium's PostgreSQL connector writes them.
+const MICRO_TIMESTAMP_INFINITY: i64 = 9_223_372_036_825_200_000;
+const MICRO_TIMESTAMP_NEG_INFINITY: i64 = -9_223_372_036_832_400_000;
+
+const MICROS_PER_DAY: i128 = 86_400_000_000;
+
+/// A timestamp as Debezium's `MicroTimestamp`: microseconds since 1970, `±infinity` as Debezium writes them; why
+/// not for PostgreSQL's last thirty years (after 294247-01-10 04:00:54.775807), past an i64 of microseconds.
+pub(super) fn micro_timestamp(t: Timestamp) -> Result<i64, String> {
+    match t {
+        Timestamp::INFINITY => Ok(MICRO_TIMESTAMP_INFINITY),
+        Timestamp::NEG_INFINITY => Ok(MICRO_TIMESTAMP_NEG_INFINITY),
+        t => t.unix_micros().ok_or_else(|| {
+            format!(
+                "timestamp {t} is past io.debezium.time.MicroTimestamp's range (microseconds since 1970 in an \
+                 i64, up to 294247-01-10 04:00:54.775807)"
+            )
+        }),
+    }
+}
+
+/// An interval as Debezium's `MicroDuration`, a month counted as 30 days; why not when the sum is past an i64 of
+/// microseconds (beyond about ±292,000 years) or the interval is PostgreSQL 17's `±infinity`.
+pub(super) fn micro_duration(i: Interval) -> Result<i64, String> {
+    let micros = i128::from(i.micros)
+        + i128::from(i.days) * MICROS_PER_DAY
+        + i128::from(i.months) * 30 * MICROS_PER_DAY;
+    match i64::try_from(micros) {
+        Ok(m) if i.is_finite() => Ok(m),
+        _ => Err(format!(
+            "interval {i} is past io.debezium.time.MicroDuration's range (microseconds in an i64, a month \
+             counted as 30 days)"
+        )),
+    }
+}
+
 /// Appends one column value, typed as Debezium's defaults have it. `declared_scale` is the column's scale when
 /// it declares one: such decimals are plain base64 bytes (Kafka Connect's `Decimal`), others Debezium's
-/// VariableScaleDecimal `{scale, value}`.
+/// VariableScaleDecimal `{scale, value}`. A value the form cannot hold is an error saying why.
 fn push_value(
     out: &mut String,
     v: &Value,
     ty: &ColumnType,
     declared_scale: Option<usize>,
     decimals: DecimalHandling,
-) {
+) -> Result<(), String> {
     let quoted = |out: &mut String, text: &dyn std::fmt::Display| {
         // Writing into a String cannot fail.
         let _ = write!(out, "\"{text}\"");
@@ -372,29 +413,25 @@ fn push_value(
         Value::Date(d) => push_int(out, d.0),
         Value::Time(t) => push_int(out, t.0),
         Value::TimeTz(t) => quoted(out, t),
-        Value::Timestamp(t) => push_int(out, t.0),
+        Value::Timestamp(t) => push_int(out, micro_timestamp(*t)?),
         Value::TimestampTz(t) => {
             out.push('"');
             t.push_iso_utc(out);
             out.push('"');
         }
-        Value::Interval(i) => push_int(
-            out,
-            i.micros
-                + i64::from(i.days) * 86_400_000_000
-                + i64::from(i.months) * 30 * 86_400_000_000,
-        ),
+        Value::Interval(i) => push_int(out, micro_duration(*i)?),
         Value::Array(items) => {
             out.push('[');
             for (n, item) in items.iter().enumerate() {
                 if n > 0 {
                     out.push(',');
                 }
-                push_value(out, item, element_type(ty), None, decimals);
+                push_value(out, item, element_type(ty), None, decimals)?;
             }
             out.push(']');
         }
     }
+    Ok(())
 }
 
 /// Appends a double as serde_json writes it; NaN and infinities, which JSON cannot hold, as null.
@@ -479,7 +516,7 @@ fn write_row(
     row: &Row,
     columns: impl Iterator<Item = usize>,
     decimals: DecimalHandling,
-) {
+) -> Result<(), Error> {
     out.push('{');
     for (n, i) in columns.enumerate() {
         if n > 0 {
@@ -487,9 +524,11 @@ fn write_row(
         }
         let column = &layout.table.columns[i];
         out.push_str(&layout.names[i]);
-        push_value(out, &row[i], &column.ty, layout.scales[i], decimals);
+        push_value(out, &row[i], &column.ty, layout.scales[i], decimals)
+            .map_err(|why| crate::rows::unwritable("Kafka", &layout.table, row, i, &why))?;
     }
     out.push('}');
+    Ok(())
 }
 
 fn struct_schema(
@@ -544,11 +583,11 @@ pub fn write_key(
     layout: &JsonTable,
     row: &Row,
     decimals: DecimalHandling,
-) -> bool {
+) -> Result<bool, Error> {
     out.clear();
     let table = &layout.table;
     if !table.has_primary_key() {
-        return false;
+        return Ok(false);
     }
     let schema = layout.key_schema.as_deref();
     open_connect(out, schema);
@@ -558,9 +597,9 @@ pub fn write_key(
         row,
         table.primary_key.iter().copied(),
         decimals,
-    );
+    )?;
     close_connect(out, schema);
-    true
+    Ok(true)
 }
 
 /// Appends the `source` block: where the change comes from, in Debezium's field order.
@@ -674,19 +713,19 @@ pub fn write_value(
     change: &Change<'_>,
     now_ms: i64,
     decimals: DecimalHandling,
-) {
+) -> Result<(), Error> {
     out.clear();
     let schema = layout.value_schema.as_deref();
     open_connect(out, schema);
     let all = || 0..layout.table.columns.len();
     out.push_str("{\"before\":");
     match change.before {
-        Some(r) => write_row(out, layout, r, all(), decimals),
+        Some(r) => write_row(out, layout, r, all(), decimals)?,
         None => out.push_str("null"),
     }
     out.push_str(",\"after\":");
     match change.after {
-        Some(r) => write_row(out, layout, r, all(), decimals),
+        Some(r) => write_row(out, layout, r, all(), decimals)?,
         None => out.push_str("null"),
     }
     out.push_str(",\"source\":");
@@ -704,6 +743,7 @@ pub fn write_value(
     }
     out.push('}');
     close_connect(out, schema);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -721,7 +761,8 @@ mod tests {
                 &ty,
                 scale,
                 DecimalHandling::Precise,
-            );
+            )
+            .unwrap();
             out
         };
         let arr = |t: ColumnType| ColumnType::Array(Box::new(t));
@@ -754,8 +795,120 @@ mod tests {
             &ColumnType::Text,
             None,
             DecimalHandling::Precise,
-        );
+        )
+        .unwrap();
         assert_eq!(out, "null");
+    }
+
+    #[test]
+    fn timestamps_and_intervals_take_debeziums_forms_or_name_what_they_cannot_hold() {
+        let ts = |s: &str| Timestamp::parse_iso(s).unwrap();
+        // Debezium's documented example.
+        assert_eq!(
+            micro_timestamp(ts("2018-06-20 15:13:16.945104")),
+            Ok(1_529_507_596_945_104)
+        );
+        assert_eq!(
+            micro_timestamp(ts("4714-11-24 00:00:00 BC")),
+            Ok(-210_866_803_200_000_000)
+        );
+        assert_eq!(
+            micro_timestamp(ts("294247-01-10 04:00:54.775807")),
+            Ok(i64::MAX)
+        );
+        assert_eq!(
+            micro_timestamp(Timestamp::INFINITY),
+            Ok(9_223_372_036_825_200_000)
+        );
+        assert_eq!(
+            micro_timestamp(Timestamp::NEG_INFINITY),
+            Ok(-9_223_372_036_832_400_000)
+        );
+        let past = micro_timestamp(ts("294276-12-31 23:59:59.999999")).unwrap_err();
+        assert!(
+            past.starts_with(
+                "timestamp 294276-12-31 23:59:59.999999 is past io.debezium.time.MicroTimestamp"
+            ),
+            "{past}"
+        );
+        let iv = |s: &str| Interval::parse_iso(s).unwrap();
+        assert_eq!(
+            micro_duration(iv("P1M1DT0.000001S")),
+            Ok(31 * 86_400_000_000 + 1)
+        );
+        assert_eq!(
+            micro_duration(iv("PT-2562047788H-54.775808S")),
+            Ok(i64::MIN)
+        );
+        assert_eq!(
+            micro_duration(iv("P-178000000Y")).unwrap_err(),
+            "interval P-178000000Y is past io.debezium.time.MicroDuration's range (microseconds in an i64, a \
+             month counted as 30 days)"
+        );
+        assert!(micro_duration(Interval::INFINITY)
+            .unwrap_err()
+            .starts_with("interval infinity "));
+    }
+
+    #[test]
+    fn a_value_kafka_cannot_hold_stops_the_record_naming_table_key_column_and_value() {
+        use ferry_core::{Column, TableId};
+        let table = std::sync::Arc::new(TableSchema {
+            id: TableId::new("public", "events"),
+            columns: vec![
+                Column::new("id", ColumnType::Int4, "integer", false),
+                Column::new(
+                    "at",
+                    ColumnType::Timestamp,
+                    "timestamp without time zone",
+                    true,
+                ),
+            ],
+            primary_key: vec![0],
+            identity: Vec::new(),
+            version: 1,
+            relation_id: None,
+            dialect: Dialect::Postgres,
+        });
+        let row = vec![
+            Value::Int(7),
+            Value::Timestamp(Timestamp::parse_iso("294276-12-31 23:59:59.999999").unwrap()),
+        ];
+        let info = SourceInfo {
+            connector: "postgresql",
+            name: "ferry".into(),
+            db: "shop".into(),
+        };
+        let change = Change {
+            table: &table,
+            op: "c",
+            before: None,
+            after: Some(&row),
+            commit_ms: 1000,
+            position: None,
+            xid: None,
+            snapshot: false,
+            transaction: None,
+        };
+        let layout = JsonTable::new(&table, &info, "t", false, DecimalHandling::Precise);
+        let mut out = String::new();
+        let e =
+            write_value(&mut out, &layout, &change, 2000, DecimalHandling::Precise).unwrap_err();
+        assert!(!e.is_transient());
+        assert!(
+            e.to_string().starts_with(
+                "table public.events, row (id) = (7), column at: timestamp 294276-12-31 23:59:59.999999 is past \
+                 io.debezium.time.MicroTimestamp's range"
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Kafka cannot hold it"), "{e}");
+        let e = super::super::avro::value_datum(&info, &change, 2000, DecimalHandling::Precise)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("column at: timestamp 294276-12-31"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -810,7 +963,7 @@ mod tests {
             Value::Decimal(Decimal::Finite("-1.25".into())),
             Value::Decimal(Decimal::Finite("128".into())),
             // 1970-01-01 00:00:01.5 UTC.
-            Value::TimestampTz(Timestamp(1_500_000)),
+            Value::TimestampTz(Timestamp::from_unix_micros(1_500_000)),
             Value::Float(f64::NAN),
             Value::Array(vec![Value::Text("a\"".into()), Value::Null]),
         ];
@@ -833,7 +986,7 @@ mod tests {
         };
         let layout = JsonTable::new(&table, &info, "t", false, DecimalHandling::Precise);
         let mut out = String::new();
-        write_value(&mut out, &layout, &change, 2000, DecimalHandling::Precise);
+        write_value(&mut out, &layout, &change, 2000, DecimalHandling::Precise).unwrap();
         let v: Json = serde_json::from_str(&out).expect("valid JSON");
         let after = &v["after"];
         assert_eq!(after["id"], -7);
@@ -860,13 +1013,14 @@ mod tests {
             &change,
             2000,
             DecimalHandling::Precise,
-        );
+        )
+        .unwrap();
         let wrapped: Json = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(wrapped["payload"], v);
         assert_eq!(wrapped["schema"]["name"], "t.Envelope");
 
         let mut key = String::new();
-        assert!(write_key(&mut key, &layout, &row, DecimalHandling::Precise));
+        assert!(write_key(&mut key, &layout, &row, DecimalHandling::Precise).unwrap());
         assert_eq!(
             serde_json::from_str::<Json>(&key).unwrap(),
             json!({ "id": -7 })

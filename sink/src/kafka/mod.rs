@@ -432,7 +432,7 @@ impl KafkaSink {
                 };
                 buffers.avro_key = match (&schemas.key, key_row) {
                     (Some((schema, id)), Some(row)) => Some(
-                        avro::frame(*id, schema, avro::key_datum(table, row, decimals))
+                        avro::frame(*id, schema, avro::key_datum(table, row, decimals)?)
                             .map_err(|e| failed("key", e))?,
                     ),
                     _ => None,
@@ -441,16 +441,17 @@ impl KafkaSink {
                 buffers.avro_value = avro::frame(
                     *id,
                     schema,
-                    avro::value_datum(&self.info, change, now, decimals),
+                    avro::value_datum(&self.info, change, now, decimals)?,
                 )
                 .map_err(|e| failed("value", e))?;
                 Ok((buffers.avro_key.as_deref(), &buffers.avro_value))
             }
             Encoding::Json(layout) => {
-                let has_key = key_row.is_some_and(|row| {
-                    envelope::write_key(&mut buffers.json_key, layout, row, decimals)
-                });
-                envelope::write_value(&mut buffers.json_value, layout, change, now, decimals);
+                let has_key = match key_row {
+                    Some(row) => envelope::write_key(&mut buffers.json_key, layout, row, decimals)?,
+                    None => false,
+                };
+                envelope::write_value(&mut buffers.json_value, layout, change, now, decimals)?;
                 Ok((
                     has_key.then_some(buffers.json_key.as_bytes()),
                     buffers.json_value.as_bytes(),
@@ -549,7 +550,8 @@ impl KafkaSink {
                 commit_time,
             } = e
             {
-                next_ms = commit_time.0 / 1000;
+                // Commit times are now-ish; none lies past an i64 of microseconds since 1970.
+                next_ms = commit_time.unix_micros().unwrap_or_default() / 1000;
                 next_pos = Some(position);
             }
             commit_ms[i] = next_ms;

@@ -255,7 +255,13 @@ fn step_sql(
                     format!(
                         "ALTER TABLE {name} ADD COLUMN {} DEFAULT {}",
                         column_definition(schema, *i, key_collation),
-                        literal(v, TargetKind::Other)?
+                        literal(v, TargetKind::Other, schema.dialect).map_err(|why| {
+                            let (table, column) = (&schema.id, &c.name);
+                            Error::fatal(format!(
+                                "table {table}, column {column}: the value of existing rows, {why}; MySQL \
+                                 cannot hold it"
+                            ))
+                        })?
                     ),
                     format!("ALTER TABLE {name} ALTER COLUMN {} DROP DEFAULT", col(*i)),
                 ],

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use ferry_core::{Date, Decimal, Error, Timestamp, Value};
+use ferry_core::{Date, Decimal, Dialect, Timestamp, Value};
 
 use super::ddl::TargetKind;
 
@@ -44,20 +44,33 @@ fn time_text(micros: i64) -> String {
     s
 }
 
-/// `YYYY-MM-DD HH:MM:SS.ffffff` of a UTC timestamp.
-fn datetime_text(t: Timestamp) -> Result<String, String> {
-    if t == Timestamp::INFINITY || t == Timestamp::NEG_INFINITY {
-        return Err("MySQL has no infinite timestamps".into());
+/// The first year a date `from` a source keeps in MySQL's DATE and DATETIME, which end with 9999. A MySQL
+/// source's year 0 goes back as it came. PostgreSQL's year 0 is 1 BC, a leap year, but MySQL's year 0 is no leap
+/// year (`0000-02-29` does not exist there, and `DATEDIFF('0001-01-01', '0000-01-01')` is 365): so PostgreSQL's
+/// dates start at 0001-01-01, the start MariaDB documents (MySQL documents 1000-01-01 and stores earlier years
+/// alike).
+fn first_year(from: Dialect) -> i64 {
+    match from {
+        Dialect::Mysql => 0,
+        Dialect::Postgres => 1,
     }
-    let days = t.0.div_euclid(86_400_000_000);
-    let rest = t.0.rem_euclid(86_400_000_000);
-    let (y, m, d) = Date(days as i32).ymd();
-    if !(0..=9999).contains(&y) {
-        return Err(format!("year {y} is outside MySQL's range"));
-    }
+}
+
+/// `YYYY-MM-DD` of a date in MySQL's range for its source; `None` outside it, `±infinity` included.
+fn date_text(d: Date, from: Dialect) -> Option<String> {
+    let (y, m, day) = d.ymd();
+    (d.is_finite() && (first_year(from)..=9999).contains(&y))
+        .then(|| format!("{y:04}-{m:02}-{day:02}"))
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` of a UTC timestamp in MySQL's DATETIME range (see [`date_text`]).
+fn datetime_text(t: Timestamp, from: Dialect) -> Option<String> {
+    let (date, rest) = t.date_time()?;
+    let mut s = date_text(date, from)?;
     let secs = rest / 1_000_000;
-    let mut s = format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+    let _ = write!(
+        s,
+        " {:02}:{:02}:{:02}",
         secs / 3600,
         secs / 60 % 60,
         secs % 60
@@ -65,7 +78,7 @@ fn datetime_text(t: Timestamp) -> Result<String, String> {
     if rest % 1_000_000 != 0 {
         let _ = write!(s, ".{:06}", rest % 1_000_000);
     }
-    Ok(s)
+    Some(s)
 }
 
 /// A value's MySQL form before quoting.
@@ -78,8 +91,16 @@ enum Lit<'a> {
     Bin(&'a [u8]),
 }
 
-fn lit(v: &Value, kind: TargetKind) -> Result<Lit<'_>, Error> {
-    let bad = |why: String| Error::fatal(format!("value cannot be written to MySQL: {why}"));
+/// A value's literal, or why MySQL cannot hold it (quoting the value). `from` is the source's dialect.
+fn lit(v: &Value, kind: TargetKind, from: Dialect) -> Result<Lit<'_>, String> {
+    let range = || {
+        match from {
+        Dialect::Mysql => "outside MySQL's 0000-01-01 .. 9999-12-31",
+        Dialect::Postgres => {
+            "outside MySQL's 0001-01-01 .. 9999-12-31 (MySQL's year 0000 is not 1 BC: it has no leap day)"
+        }
+    }
+    };
     let owned = |s: String| Lit::Str(std::borrow::Cow::Owned(s));
     Ok(match v {
         Value::Null | Value::Unchanged => Lit::Null,
@@ -93,24 +114,30 @@ fn lit(v: &Value, kind: TargetKind) -> Result<Lit<'_>, Error> {
                 s
             })
         }
-        Value::Float(f) => return Err(bad(format!("{f} (MySQL floats have no NaN or infinity)"))),
+        Value::Float(f) => return Err(format!("{f} (MySQL floats have no NaN or infinity)")),
         Value::Decimal(Decimal::Finite(s)) => Lit::Raw(s.clone()),
-        Value::Decimal(d) => return Err(bad(format!("decimal {d}"))),
+        Value::Decimal(d) => {
+            return Err(format!(
+                "decimal {d} (MySQL decimals have no NaN or infinity)"
+            ))
+        }
         Value::Text(s) | Value::Json(s) | Value::ZeroDate(s) => {
             Lit::Str(std::borrow::Cow::Borrowed(s))
         }
         Value::Bytes(b) => Lit::Bin(b),
         Value::Uuid(u) => owned(u.to_string()),
         Value::Date(d) => {
-            let (y, m, day) = d.ymd();
-            if !(0..=9999).contains(&y) {
-                return Err(bad(format!("date {d}")));
-            }
-            owned(format!("{y:04}-{m:02}-{day:02}"))
+            owned(date_text(*d, from).ok_or_else(|| format!("date {d} is {}", range()))?)
         }
         Value::Time(t) => owned(t.to_string()),
         Value::TimeTz(t) => owned(t.to_string()),
-        Value::Timestamp(t) | Value::TimestampTz(t) => owned(datetime_text(*t).map_err(bad)?),
+        Value::Timestamp(t) => {
+            owned(datetime_text(*t, from).ok_or_else(|| format!("timestamp {t} is {}", range()))?)
+        }
+        Value::TimestampTz(t) => owned(
+            datetime_text(*t, from)
+                .ok_or_else(|| format!("timestamptz {} is {}", t.display_utc(), range()))?,
+        ),
         Value::Interval(i) => match kind {
             TargetKind::Time if i.months == 0 => {
                 owned(time_text(i.micros + i64::from(i.days) * 86_400_000_000))
@@ -121,9 +148,10 @@ fn lit(v: &Value, kind: TargetKind) -> Result<Lit<'_>, Error> {
     })
 }
 
-/// The SQL literal for `v` in a column of `kind`.
-pub fn literal(v: &Value, kind: TargetKind) -> Result<String, Error> {
-    Ok(match lit(v, kind)? {
+/// The SQL literal for `v` (from a `from` source) in a column of `kind`, or why MySQL cannot hold the value (for
+/// [`crate::rows::unwritable`]).
+pub fn literal(v: &Value, kind: TargetKind, from: Dialect) -> Result<String, String> {
+    Ok(match lit(v, kind, from)? {
         Lit::Null => "NULL".into(),
         Lit::Raw(s) => s,
         Lit::Str(s) => text(&s),
@@ -131,8 +159,14 @@ pub fn literal(v: &Value, kind: TargetKind) -> Result<String, Error> {
     })
 }
 
-/// Appends `v` as one field of a `LOAD DATA` file (tab-separated, backslash escapes, `\N` for NULL).
-pub fn load_field(out: &mut Vec<u8>, v: &Value, kind: TargetKind) -> Result<(), Error> {
+/// Appends `v` as one field of a `LOAD DATA` file (tab-separated, backslash escapes, `\N` for NULL), or says
+/// why MySQL cannot hold it.
+pub fn load_field(
+    out: &mut Vec<u8>,
+    v: &Value,
+    kind: TargetKind,
+    from: Dialect,
+) -> Result<(), String> {
     let escape = |out: &mut Vec<u8>, bytes: &[u8]| {
         for &b in bytes {
             match b {
@@ -144,7 +178,7 @@ pub fn load_field(out: &mut Vec<u8>, v: &Value, kind: TargetKind) -> Result<(), 
             }
         }
     };
-    match lit(v, kind)? {
+    match lit(v, kind, from)? {
         Lit::Null => out.extend_from_slice(b"\\N"),
         Lit::Raw(s) => out.extend_from_slice(s.as_bytes()),
         Lit::Str(s) => escape(out, s.as_bytes()),
@@ -158,29 +192,30 @@ mod tests {
     use super::*;
     use ferry_core::Interval;
 
+    fn pg(v: &Value, kind: TargetKind) -> Result<String, String> {
+        literal(v, kind, Dialect::Postgres)
+    }
+
     #[test]
     fn literals_are_exact_and_quoted() {
         assert_eq!(text("it's \\ fine"), "'it''s \\ fine'");
         assert_eq!(
-            literal(&Value::Bytes(vec![0, 0xab]), TargetKind::Other).unwrap(),
+            pg(&Value::Bytes(vec![0, 0xab]), TargetKind::Other).unwrap(),
             "X'00AB'"
         );
+        assert_eq!(pg(&Value::Float(1.5), TargetKind::Other).unwrap(), "1.5");
         assert_eq!(
-            literal(&Value::Float(1.5), TargetKind::Other).unwrap(),
-            "1.5"
-        );
-        assert_eq!(
-            literal(&Value::Float(1e300), TargetKind::Other).unwrap(),
+            pg(&Value::Float(1e300), TargetKind::Other).unwrap(),
             "1e300"
         );
-        assert!(literal(&Value::Float(f64::NAN), TargetKind::Other).is_err());
+        assert!(pg(&Value::Float(f64::NAN), TargetKind::Other).is_err());
         let t = Value::Interval(Interval {
             months: 0,
             days: 0,
             micros: -(838 * 3600 + 59 * 60 + 59) * 1_000_000 - 5,
         });
         assert_eq!(
-            literal(&t, TargetKind::Time).unwrap(),
+            literal(&t, TargetKind::Time, Dialect::Mysql).unwrap(),
             "'-838:59:59.000005'"
         );
         let mut field = Vec::new();
@@ -188,16 +223,78 @@ mod tests {
             &mut field,
             &Value::Text("a\tb\\c\nd\0".into()),
             TargetKind::Other,
+            Dialect::Postgres,
         )
         .unwrap();
         assert_eq!(field, b"a\\tb\\\\c\\nd\\0");
         field.clear();
-        load_field(&mut field, &Value::Null, TargetKind::Other).unwrap();
+        load_field(
+            &mut field,
+            &Value::Null,
+            TargetKind::Other,
+            Dialect::Postgres,
+        )
+        .unwrap();
         assert_eq!(field, b"\\N");
-        let ts = Value::Timestamp(Timestamp(1_700_000_000_123_456));
+        let ts = Value::Timestamp(Timestamp::from_unix_micros(1_700_000_000_123_456));
         assert_eq!(
-            literal(&ts, TargetKind::Other).unwrap(),
+            pg(&ts, TargetKind::Other).unwrap(),
             "'2023-11-14 22:13:20.123456'"
         );
+    }
+
+    #[test]
+    fn dates_outside_mysqls_range_are_refused_naming_the_value() {
+        let date = |s: &str| pg(&Value::Date(Date::parse_iso(s).unwrap()), TargetKind::Other);
+        let ts = |s: &str| {
+            pg(
+                &Value::Timestamp(Timestamp::parse_iso(s).unwrap()),
+                TargetKind::Other,
+            )
+        };
+        let tstz = |s: &str| {
+            pg(
+                &Value::TimestampTz(Timestamp::parse_iso_tz(s).unwrap()),
+                TargetKind::Other,
+            )
+        };
+        assert_eq!(date("0001-01-01").unwrap(), "'0001-01-01'");
+        assert_eq!(date("9999-12-31").unwrap(), "'9999-12-31'");
+        assert_eq!(
+            ts("9999-12-31 23:59:59.999999").unwrap(),
+            "'9999-12-31 23:59:59.999999'"
+        );
+        assert_eq!(ts("0001-01-01 00:00:00").unwrap(), "'0001-01-01 00:00:00'");
+        const RANGE: &str =
+            "outside MySQL's 0001-01-01 .. 9999-12-31 (MySQL's year 0000 is not 1 BC: it has no leap day)";
+        assert_eq!(
+            date("10000-01-01").unwrap_err(),
+            format!("date 10000-01-01 is {RANGE}")
+        );
+        assert_eq!(
+            date("0001-12-31 BC").unwrap_err(),
+            format!("date 0001-12-31 BC is {RANGE}")
+        );
+        assert!(date("infinity").unwrap_err().starts_with("date infinity "));
+        assert_eq!(
+            ts("294276-12-31 23:59:59.999999").unwrap_err(),
+            format!("timestamp 294276-12-31 23:59:59.999999 is {RANGE}")
+        );
+        assert!(ts("-infinity")
+            .unwrap_err()
+            .starts_with("timestamp -infinity "));
+        assert_eq!(
+            tstz("4714-11-24 00:00:00+00 BC").unwrap_err(),
+            format!("timestamptz 4714-11-24 00:00:00+00 BC is {RANGE}")
+        );
+        // A MySQL source's year 0 goes back as it came.
+        let zero = Value::Date(Date::from_ymd(0, 3, 1).unwrap());
+        assert_eq!(
+            literal(&zero, TargetKind::Other, Dialect::Mysql).unwrap(),
+            "'0000-03-01'"
+        );
+        // TIME reaches 838 hours: PostgreSQL's 24:00:00 is exact.
+        let midnight = Value::Time(ferry_core::Time::parse_iso("24:00:00").unwrap());
+        assert_eq!(pg(&midnight, TargetKind::Other).unwrap(), "'24:00:00'");
     }
 }

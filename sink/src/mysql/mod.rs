@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
 use crate::evolve::{self, Applied};
-use crate::rows::{classify, describe_key, is_complete, missing_row, RowAction};
+use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
 use ddl::{ensure_table, TargetKind, TargetTable};
 use literal::{literal, load_field, quote_ident};
 
@@ -449,7 +449,13 @@ impl MysqlSink {
                     if n > 0 {
                         data.push(b'\t');
                     }
-                    load_field(&mut data, &row[i], target.kind(&table.columns[i].name))?;
+                    load_field(
+                        &mut data,
+                        &row[i],
+                        target.kind(&table.columns[i].name),
+                        table.dialect,
+                    )
+                    .map_err(|why| unwritable("MySQL", table, row, i, &why))?;
                 }
                 data.push(b'\n');
             }
@@ -507,7 +513,10 @@ impl MysqlSink {
                 if n > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&literal(&row[i], target.kind(&table.columns[i].name))?);
+                sql.push_str(
+                    &literal(&row[i], target.kind(&table.columns[i].name), table.dialect)
+                        .map_err(|why| unwritable("MySQL", table, row, i, &why))?,
+                );
             }
             sql.push(')');
         }
@@ -552,7 +561,8 @@ impl MysqlSink {
             parts.push(format!(
                 "{} {op} {}",
                 quote_ident(&c.name),
-                literal(&row[i], target.kind(&c.name))?
+                literal(&row[i], target.kind(&c.name), table.dialect)
+                    .map_err(|why| unwritable("MySQL", table, row, i, &why))?
             ));
         }
         Ok(parts.join(sep))

@@ -89,8 +89,9 @@ fn write_value(out: &mut String, v: &Value) {
         Value::TimestampTz(t) => {
             let _ = write!(out, "{}", t.display_utc());
         }
+        // PostgreSQL 17's ±infinity as its fields, which every version reads back as the same value.
         Value::Interval(i) => {
-            let _ = write!(out, "{i}");
+            let _ = write!(out, "{}", i.display_fields());
         }
         Value::Array(items) => {
             out.push('{');
@@ -140,6 +141,60 @@ mod tests {
         );
         assert_eq!(pg_text(&Value::Bytes(vec![0, 0xab])).unwrap(), "\\x00ab");
         assert_eq!(pg_text(&Value::Null), None);
+    }
+}
+
+#[cfg(test)]
+mod temporal_tests {
+    use super::*;
+    use ferry_core::{Date, Interval, Time, TimeTz, Timestamp};
+
+    #[test]
+    fn temporal_extremes_are_sent_as_postgres_prints_them() {
+        let text = |v: Value| pg_text(&v).unwrap();
+        assert_eq!(
+            text(Value::Timestamp(
+                Timestamp::parse_iso("294276-12-31 23:59:59.999999").unwrap()
+            )),
+            "294276-12-31 23:59:59.999999"
+        );
+        assert_eq!(
+            text(Value::TimestampTz(
+                Timestamp::parse_iso_tz("4714-11-24 00:00:00+00 BC").unwrap()
+            )),
+            "4714-11-24 00:00:00+00 BC"
+        );
+        assert_eq!(
+            text(Value::Date(Date::parse_iso("5874897-12-31").unwrap())),
+            "5874897-12-31"
+        );
+        assert_eq!(
+            text(Value::Time(Time::parse_iso("24:00:00").unwrap())),
+            "24:00:00"
+        );
+        assert_eq!(
+            text(Value::TimeTz(
+                TimeTz::parse_iso("12:00:00+05:30:15").unwrap()
+            )),
+            "12:00:00+05:30:15"
+        );
+        assert_eq!(
+            text(Value::Interval(
+                Interval::parse_iso("P-178000000Y").unwrap()
+            )),
+            "P-178000000Y"
+        );
+        // PostgreSQL 17's infinity as fields: 17 and later read it back as infinity, 15 and 16 as the same bits.
+        assert_eq!(
+            text(Value::Interval(Interval::INFINITY)),
+            "P178956970Y7M2147483647DT2562047788H54.775807S"
+        );
+        assert_eq!(
+            text(Value::Array(vec![Value::Timestamp(
+                Timestamp::parse_iso("4714-11-24 00:00:00 BC").unwrap()
+            )])),
+            r#"{"4714-11-24 00:00:00 BC"}"#
+        );
     }
 }
 

@@ -366,7 +366,7 @@ impl Decoder {
         if txn.is_some_and(|t| t.begun) {
             out.push(FerryEvent::Commit {
                 position,
-                commit_time: Timestamp(i64::from(timestamp) * 1_000_000),
+                commit_time: Timestamp::from_unix_micros(i64::from(timestamp) * 1_000_000),
             });
             self.last_heartbeat = Instant::now();
         } else if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY {

@@ -380,7 +380,7 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
         }
         Wire::TimestampV1 => {
             let secs = cur.uint_le(4, "a TIMESTAMP")? as i64;
-            Value::TimestampTz(Timestamp(secs * 1_000_000))
+            Value::TimestampTz(Timestamp::from_unix_micros(secs * 1_000_000))
         }
         Wire::Timestamp2 { fsp } => {
             let secs = cur.uint_be(4, "a TIMESTAMP")? as i64;
@@ -389,7 +389,9 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
             if secs == 0 && raw == 0 {
                 Value::ZeroDate("0000-00-00 00:00:00".into())
             } else {
-                Value::TimestampTz(Timestamp(secs * 1_000_000 + micros_of_fraction(raw, bytes)))
+                Value::TimestampTz(Timestamp::from_unix_micros(
+                    secs * 1_000_000 + micros_of_fraction(raw, bytes),
+                ))
             }
         }
         Wire::Bit { bytes } => Value::Bytes(cur.take(usize::from(bytes), "a BIT")?.to_vec()),
@@ -489,12 +491,9 @@ pub fn datetime_value(
     second: i64,
     micros: i64,
 ) -> Value {
-    match Date::from_ymd(year, month, day) {
-        Some(d) => Value::Timestamp(Timestamp(
-            i64::from(d.0) * 86_400_000_000
-                + ((hour * 60 + minute) * 60 + second) * 1_000_000
-                + micros,
-        )),
+    let of_day = ((hour * 60 + minute) * 60 + second) * 1_000_000 + micros;
+    match Date::from_ymd(year, month, day).and_then(|d| Timestamp::from_date_time(d, of_day)) {
+        Some(t) => Value::Timestamp(t),
         None => {
             let mut text =
                 format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}");

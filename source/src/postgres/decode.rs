@@ -252,7 +252,102 @@ mod tests {
         assert!(decode_text(&arr(ColumnType::Int4), b"{1}}").is_err());
     }
 
+    /// The text of a decoded temporal value as the sinks write it back (PostgreSQL's own output form).
+    fn temporal_text(v: &Value) -> String {
+        match v {
+            Value::Date(d) => d.to_string(),
+            Value::Time(t) => t.to_string(),
+            Value::TimeTz(t) => t.to_string(),
+            Value::Timestamp(t) => t.to_string(),
+            Value::TimestampTz(t) => t.display_utc().to_string(),
+            Value::Interval(i) => i.to_string(),
+            other => panic!("not temporal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_every_temporal_extreme_postgres_prints_and_prints_it_back() {
+        use ColumnType as T;
+        // What PostgreSQL 15 and 18 print for the ends of each type's range under datestyle ISO, timezone UTC
+        // and intervalstyle iso_8601 (PostgreSQL 17 added the interval infinities).
+        let cases = [
+            (T::Date, "5874897-12-31"),
+            (T::Date, "4714-11-24 BC"),
+            (T::Date, "0001-01-01 BC"),
+            (T::Date, "infinity"),
+            (T::Date, "-infinity"),
+            (T::Timestamp, "294276-12-31 23:59:59.999999"),
+            (T::Timestamp, "4714-11-24 00:00:00 BC"),
+            (T::Timestamp, "0001-12-31 23:59:59.000001 BC"),
+            (T::Timestamp, "infinity"),
+            (T::Timestamp, "-infinity"),
+            (T::TimestampTz, "294276-12-31 23:59:59.999999+00"),
+            (T::TimestampTz, "4714-11-24 00:00:00+00 BC"),
+            (T::TimestampTz, "infinity"),
+            (T::TimestampTz, "-infinity"),
+            (T::Time, "24:00:00"),
+            (T::Time, "00:00:00"),
+            (T::Time, "23:59:59.999999"),
+            (T::TimeTz, "24:00:00-15:59"),
+            (T::TimeTz, "00:00:00+15:59:59"),
+            (T::TimeTz, "12:00:00+05:30:15"),
+            (T::TimeTz, "00:00:00.000001+00"),
+            (T::Interval, "P-178000000Y"),
+            (T::Interval, "P178000000Y"),
+            (
+                T::Interval,
+                "P-178956970Y-8M-2147483647DT-2562047788H-54.775808S",
+            ),
+            (
+                T::Interval,
+                "P178956970Y7M2147483647DT2562047788H54.775806S",
+            ),
+            (T::Interval, "PT0.000001S"),
+            (T::Interval, "P-1DT0.000001S"),
+            (T::Interval, "infinity"),
+            (T::Interval, "-infinity"),
+        ];
+        for (ty, text) in cases {
+            let v = decode_text(&ty, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(temporal_text(&v), text, "{ty:?}");
+        }
+        // A zone with seconds, as a timestamptz shows in a session outside UTC, normalises to UTC.
+        let v = decode_text(&T::TimestampTz, b"1799-12-31 19:03:58-04:56:02").unwrap();
+        assert_eq!(temporal_text(&v), "1800-01-01 00:00:00+00");
+        let v = decode_text(
+            &arr(T::Timestamp),
+            br#"{"294276-12-31 23:59:59.999999","4714-11-24 00:00:00 BC",infinity,NULL}"#,
+        )
+        .unwrap();
+        let Value::Array(items) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(temporal_text(&items[1]), "4714-11-24 00:00:00 BC");
+        assert_eq!(items[3], Value::Null);
+    }
+
+    #[test]
+    fn refuses_what_postgres_would_not_print_naming_the_text() {
+        let e = decode_text(&ColumnType::Timestamp, b"294277-01-01 00:00:00").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot decode \"294277-01-01 00:00:00\" as timestamp"
+        );
+        assert!(decode_text(&ColumnType::Date, b"5874898-01-01").is_err());
+        assert!(decode_text(&ColumnType::Time, b"24:00:00.000001").is_err());
+        assert!(decode_text(&ColumnType::TimeTz, b"12:00:00+16").is_err());
+        assert!(decode_text(&ColumnType::Interval, b"P178956970Y8M").is_err());
+    }
+
     proptest! {
+        #[test]
+        fn temporal_decoders_never_panic(s in "[0-9:.+ BCTPYMDHS-]{0,40}") {
+            for ty in [ColumnType::Date, ColumnType::Time, ColumnType::TimeTz, ColumnType::Timestamp,
+                       ColumnType::TimestampTz, ColumnType::Interval] {
+                let _ = decode_text(&ty, s.as_bytes());
+            }
+        }
+
         #[test]
         fn array_parser_never_panics(s in "[{}\",\\\\a-c0-9N ]{0,40}") {
             let _ = decode_text(&arr(arr(ColumnType::Text)), s.as_bytes());

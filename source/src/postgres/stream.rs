@@ -25,10 +25,7 @@ use tracing::{debug, info, warn};
 use super::catalog::{Catalog, RawColumn};
 use super::conn::ReplicationConn;
 use super::decode::decode_text;
-use super::pgoutput::{
-    standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue,
-    PG_EPOCH_OFFSET_MICROS,
-};
+use super::pgoutput::{standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue};
 use super::rewrite::{self, Rewrite};
 use super::slot::quote_literal;
 use ferry_config::SchemaChangePolicy;
@@ -289,7 +286,7 @@ impl Streamer {
                 self.in_transaction = false;
                 out.push_back(Event::Commit {
                     position: Position::Pg(end_lsn),
-                    commit_time: Timestamp(commit_time_micros + PG_EPOCH_OFFSET_MICROS),
+                    commit_time: Timestamp::from_pg_micros(commit_time_micros),
                 });
             }
             PgOutput::Relation {
