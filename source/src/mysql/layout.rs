@@ -451,11 +451,13 @@ pub fn layout_from_table_map(
             }
             _ => Charset::UTF8MB4,
         };
-        let binary = match (binlog_charset, cat) {
-            (Some(_), _) => charset.is_binary(),
-            (_, Some(c)) => c.binary,
-            _ => matches!(real, wire::BIT | wire::GEOMETRY | wire::VECTOR),
-        };
+        // BIT, GEOMETRY and VECTOR hold bytes whatever character set the metadata lists for them.
+        let binary = matches!(real, wire::BIT | wire::GEOMETRY | wire::VECTOR)
+            || match (binlog_charset, cat) {
+                (Some(_), _) => charset.is_binary(),
+                (_, Some(c)) => c.binary,
+                _ => false,
+            };
         let labels = match real {
             wire::ENUM => enums.next(),
             wire::SET => sets.next(),
