@@ -171,3 +171,80 @@ fn a_moved_row_missing_from_the_target_stops_naming_table_and_key() {
         "{log}"
     );
 }
+
+#[test]
+fn rows_are_matched_byte_for_byte_in_mariadb_whatever_the_column_collation() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE codes (id int PRIMARY KEY, code text NOT NULL UNIQUE);
+         ALTER TABLE codes REPLICA IDENTITY USING INDEX codes_code_key;
+         INSERT INTO codes VALUES (1, 'x'), (2, 'X'), (3, 'x '), (4, 'ä'), (5, 'a');
+         CREATE TABLE tags (tag text);
+         ALTER TABLE tags REPLICA IDENTITY FULL;
+         INSERT INTO tags VALUES ('a'), ('ä'), ('A'), ('a ');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let ferry = Ferry::start(
+        &write_config(dir.path(), "bytes", &config(&pg, &my, "bytes", &db)),
+        &dir.path().join("f.log"),
+    );
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "DELETE FROM codes WHERE code = 'x '; UPDATE codes SET id = 50 WHERE code = 'a';
+         DELETE FROM tags WHERE tag = 'ä'; UPDATE tags SET tag = 'b' WHERE tag = 'a ';",
+    );
+    let codes = "SELECT id, concat('[', code, ']') FROM codes ORDER BY id";
+    let codes_lite = "SELECT id, '[' || code || ']' FROM codes ORDER BY id";
+    wait_all(
+        &pg,
+        &my,
+        &db,
+        &ferry,
+        (codes, codes_lite, codes),
+        "1|[x]\n2|[X]\n4|[ä]\n50|[a]",
+    );
+    let tags = "SELECT concat('[', tag, ']') FROM tags ORDER BY tag COLLATE \"C\"";
+    let tags_lite = "SELECT '[' || tag || ']' FROM tags ORDER BY tag";
+    let tags_my = "SELECT concat('[', tag, ']') FROM tags ORDER BY BINARY tag";
+    wait_all(
+        &pg,
+        &my,
+        &db,
+        &ferry,
+        (tags, tags_lite, tags_my),
+        "[A]\n[a]\n[b]",
+    );
+    assert!(ferry.terminate().success());
+}
+
+#[test]
+fn two_source_tables_for_one_target_table_stop_naming_both() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE s_t (id int PRIMARY KEY, v text); CREATE SCHEMA s; CREATE TABLE s.t (id int PRIMARY KEY, v text);
+         INSERT INTO s_t VALUES (1, 'public.s_t'); INSERT INTO s.t VALUES (1, 's.t');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let mut ferry = Ferry::start(
+        &write_config(
+            dir.path(),
+            "clash",
+            &fan_out_config(&pg, "clash", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+        ),
+        &dir.path().join("f.log"),
+    );
+    let status = ferry.wait_exit(WAIT).expect("ferry should stop");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("would both be written to target table s_t"),
+        "{log}"
+    );
+}

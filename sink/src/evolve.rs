@@ -107,6 +107,27 @@ impl Applied {
     }
 }
 
+/// Refuses a second source table that would land in the same target table as another one (SQLite folds schemas
+/// into names, `public.s_t` and `s.t` both become `s_t`; a MySQL target database holds every source schema's
+/// tables): their rows would overwrite each other.
+pub fn check_target_name(
+    applied: &HashMap<TableId, Applied>,
+    schema: &TableSchema,
+    target_name: &dyn Fn(&TableId) -> String,
+) -> Result<(), Error> {
+    let name = target_name(&schema.id);
+    match applied.keys().find(|t| **t != schema.id && target_name(t) == name) {
+        Some(other) if !schema.relation_id.is_some_and(|r| applied[other].relation_id == Some(r)) => {
+            Err(Error::fatal(format!(
+                "source tables {other} and {} would both be written to target table {name}, overwriting each \
+                 other's rows; follow only one of them (`tables`), or give the other its own sink",
+                schema.id
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The `ferry_schemas.source_table` key of a table.
 pub fn record_key(table: &TableId) -> String {
     table.to_string()

@@ -122,6 +122,15 @@ pub fn unwritable(target: &str, table: &TableSchema, row: &Row, column: usize, w
     ))
 }
 
+/// The error for a keyless table's update or delete that found no target row equal to the old row.
+pub fn missing_old_row(table: &TableSchema) -> Error {
+    Error::fatal(format!(
+        "table {} (no primary key): no target row equals the old row of an update or delete: the target has \
+         diverged from the source; re-copy the table (`ferry reset --config <file> --yes` takes a new snapshot)",
+        table.id
+    ))
+}
+
 /// Indexes of the columns a row carries values for (not `Unchanged`).
 pub fn sent_columns(row: &Row) -> Vec<usize> {
     row.iter()

@@ -301,6 +301,7 @@ pub async fn ensure_table(
         .map(|(n, ..)| n)
         .collect();
     let ddl_err = || write_error(format!("creating or altering target table {name}"));
+    evolve::check_target_name(applied, schema, target_name)?;
     let steps = evolve::plan(
         applied,
         schema,

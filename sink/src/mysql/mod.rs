@@ -15,7 +15,9 @@ use std::collections::HashMap;
 
 use std::sync::Arc;
 
-use ferry_core::{Change, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value};
+use ferry_core::{
+    Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value,
+};
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
@@ -551,6 +553,20 @@ impl MysqlSink {
         op: &str,
         sep: &str,
     ) -> Result<String, Error> {
+        self.terms(table, row, columns, op, sep, false)
+    }
+
+    /// `column <op> value` terms; with `binary`, text columns compare byte for byte, whatever the target
+    /// column's collation (a case-insensitive one would match 'A' for 'a', and 'a ' for 'a').
+    fn terms(
+        &self,
+        table: &SchemaRef,
+        row: &Row,
+        columns: impl Iterator<Item = usize>,
+        op: &str,
+        sep: &str,
+        binary: bool,
+    ) -> Result<String, Error> {
         let target = &self.tables[&table.id];
         let mut parts = Vec::new();
         for i in columns {
@@ -558,12 +574,14 @@ impl MysqlSink {
             if row[i] == Value::Unchanged || !target.has(&c.name) {
                 continue;
             }
-            parts.push(format!(
-                "{} {op} {}",
-                quote_ident(&c.name),
-                literal(&row[i], target.kind(&c.name), table.dialect)
-                    .map_err(|why| unwritable("MySQL", table, row, i, &why))?
-            ));
+            let value = literal(&row[i], target.kind(&c.name), table.dialect)
+                .map_err(|why| unwritable("MySQL", table, row, i, &why))?;
+            let textual = matches!(c.ty, ColumnType::Text | ColumnType::Other);
+            parts.push(if binary && textual {
+                format!("BINARY {} {op} BINARY {value}", quote_ident(&c.name))
+            } else {
+                format!("{} {op} {value}", quote_ident(&c.name))
+            });
         }
         Ok(parts.join(sep))
     }
@@ -573,12 +591,21 @@ impl MysqlSink {
     }
 
     fn key_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
-        self.column_terms(table, row, table.match_key().iter().copied(), "=", " AND ")
+        // Key columns have a binary collation; an identity index's columns may not.
+        let binary = table.matches_by_identity_index();
+        self.terms(
+            table,
+            row,
+            table.match_key().iter().copied(),
+            "=",
+            " AND ",
+            binary,
+        )
     }
 
     /// Matches every column the source sent, NULL-safely (keyless tables).
     fn row_condition(&self, table: &SchemaRef, row: &Row) -> Result<String, Error> {
-        let terms = self.column_terms(table, row, 0..table.columns.len(), "<=>", " AND ")?;
+        let terms = self.terms(table, row, 0..table.columns.len(), "<=>", " AND ", true)?;
         Ok(if terms.is_empty() {
             "TRUE".into()
         } else {
@@ -638,7 +665,9 @@ impl MysqlSink {
                     "DELETE FROM {name} WHERE {} LIMIT 1",
                     self.row_condition(table, old)?
                 );
-                self.exec(sql, "deleting a keyless row").await?;
+                if self.exec_counted(sql, "deleting a keyless row").await? == 0 {
+                    return Err(crate::rows::missing_old_row(table));
+                }
                 if let Some(new) = new {
                     let mut one = Upserts::default();
                     one.push(table, new);

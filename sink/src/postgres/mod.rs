@@ -234,10 +234,14 @@ impl PostgresSink {
         let params: Vec<Option<String>> = matched.iter().map(|&c| pg_text(&old[c])).collect();
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as _).collect();
-        self.client
+        let deleted = self
+            .client
             .execute(sql.as_str(), &refs)
             .await
             .map_err(write_error(&format!("deleting from {}", table.id)))?;
+        if deleted == 0 {
+            return Err(crate::rows::missing_old_row(table));
+        }
         if let Some(new) = new {
             let columns = written(table, 0..table.columns.len());
             let group = Group {

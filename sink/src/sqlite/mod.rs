@@ -285,7 +285,9 @@ impl SqliteSink {
                     cond.join(" AND ")
                 };
                 let sql = format!("DELETE FROM {name} WHERE rowid = (SELECT rowid FROM {name} WHERE {cond} LIMIT 1)");
-                self.exec(&sql, matched.iter().map(|&c| &old[c]), what)?;
+                if self.exec(&sql, matched.iter().map(|&c| &old[c]), what)? == 0 {
+                    return Err(crate::rows::missing_old_row(table));
+                }
                 if let Some(new) = new {
                     self.apply_row(table, RowAction::InsertNoKey(new))?;
                 }
@@ -465,6 +467,7 @@ fn ensure_table(
             .map_err(db_error(what()))?;
         rows.collect::<Result<_, _>>().map_err(db_error(what()))?
     };
+    evolve::check_target_name(applied, schema, &table_name)?;
     let steps = evolve::plan(
         applied,
         schema,
