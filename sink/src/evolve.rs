@@ -117,7 +117,7 @@ pub fn check_target_name(
 ) -> Result<(), Error> {
     let name = target_name(&schema.id);
     match applied.keys().find(|t| **t != schema.id && target_name(t) == name) {
-        Some(other) if !schema.relation_id.is_some_and(|r| applied[other].relation_id == Some(r)) => {
+        Some(other) if schema.relation_id.is_none_or(|r| applied[other].relation_id != Some(r)) => {
             Err(Error::fatal(format!(
                 "source tables {other} and {} would both be written to target table {name}, overwriting each \
                  other's rows; follow only one of them (`tables`), or give the other its own sink",
