@@ -147,6 +147,19 @@ fn add_column_with_default_rename_and_type_changes_keep_every_value() {
     );
     t.same_columns_on_postgres("t");
 
+    // An enum column added with a default: targets hold its text (they have no such type), every row filled.
+    t.pg.psql(
+        "shop",
+        "CREATE TYPE mood AS ENUM ('meh', 'ok'); ALTER TABLE t ADD COLUMN e mood DEFAULT 'meh';
+         INSERT INTO t (id, label, e) VALUES (7, 'seven', 'ok');",
+    );
+    let q = "SELECT id, e FROM t ORDER BY id";
+    t.wait_all(
+        &ferry,
+        (q, q, q),
+        "1|meh\n2|meh\n3|meh\n4|meh\n5|meh\n6|meh\n7|ok",
+    );
+
     // A rename while Ferry is stopped, with no change to the table before the restart: the sinks' records
     // still know the column.
     assert!(ferry.terminate().success());
@@ -158,7 +171,7 @@ fn add_column_with_default_rename_and_type_changes_keep_every_value() {
     t.wait_all(
         &ferry,
         (q, q, q),
-        "1|ONE\n2|two\n3|three\n4|four\n5|five\n6|six",
+        "1|ONE\n2|two\n3|three\n4|four\n5|five\n6|six\n7|seven",
     );
     assert!(ferry.terminate().success());
 }

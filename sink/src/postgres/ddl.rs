@@ -253,10 +253,18 @@ fn is_constant_default(expr: &str) -> bool {
 /// The default column `i` gets in the target: the source's own when both are PostgreSQL and it is a constant.
 fn target_default(table: &TableSchema, i: usize) -> Option<&str> {
     let c = &table.columns[i];
+    // The constant's cast must name the target column's own type (an enum or domain the target lacks would not).
+    let ty = pg_type(table, i);
+    let base = ty.split('(').next().unwrap_or(&ty).trim();
     (table.dialect == Dialect::Postgres && !computed_by_target(table, i))
         .then_some(c.default.as_deref())
         .flatten()
         .filter(|d| is_constant_default(d))
+        .filter(|d| {
+            let d = d.trim_end_matches(')');
+            d.rsplit_once("::")
+                .is_none_or(|(_, cast)| cast.trim() == base)
+        })
 }
 
 fn literal(table: &TableSchema, i: usize, v: &ferry_core::Value) -> String {
