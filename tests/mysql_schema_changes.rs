@@ -60,14 +60,15 @@ fn mariadb_add_column_default_rename_and_type_change_keep_every_value() {
 
     // ADD COLUMN … DEFAULT: the rows already there read the default, in every target too.
     my.sql(
-        "ALTER TABLE shop.t ADD COLUMN b varchar(10) DEFAULT 'dflt';
+        "ALTER TABLE shop.t ADD COLUMN b varchar(10) DEFAULT 'dflt', ADD COLUMN p decimal(6,2) DEFAULT 9.99,
+           ADD COLUMN f int NOT NULL DEFAULT -3;
          INSERT INTO shop.t (id, v, amount) VALUES (4, 'four', 4.00);",
     );
     wait_all(
-        "SELECT id, v, b FROM shop.t ORDER BY id",
-        "SELECT id, v, b FROM shop_t ORDER BY id",
-        "SELECT id, v, b FROM copy.t ORDER BY id",
-        "1|one|dflt\n2|two|dflt\n3|three|dflt\n4|four|dflt",
+        "SELECT id, v, b, p, f FROM shop.t ORDER BY id",
+        "SELECT id, v, b, p, f FROM shop_t ORDER BY id",
+        "SELECT id, v, b, p, f FROM copy.t ORDER BY id",
+        "1|one|dflt|9.99|-3\n2|two|dflt|9.99|-3\n3|three|dflt|9.99|-3\n4|four|dflt|9.99|-3",
     );
 
     // RENAME COLUMN, then CHANGE to another name: the values stay under the new names.

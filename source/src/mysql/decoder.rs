@@ -26,7 +26,7 @@ use super::catalog::CatalogTable;
 use super::layout::{layout_from_table_map, TableLayout};
 use super::mariadb;
 use super::rows::{decode_rows, lenenc, Cursor, RowsKind};
-use super::statement::{classify, parse_ddl, AlterSpec, Ddl, Statement};
+use super::statement::{classify, parse_ddl, AlterSpec, Ddl, DefaultValue, Statement};
 
 /// Binlog event type codes Ferry acts on (MySQL's `Log_event_type`).
 mod code {
@@ -447,26 +447,49 @@ impl Decoder {
         end: u64,
     ) -> Result<(), Error> {
         if let Ok(Ddl::Alter(table, specs)) = parse_ddl(sql, db) {
-            let hints = self.column_hints.entry(table).or_default();
+            let mut hints = Vec::new();
+            let mut unknown = None;
             for spec in specs {
                 match spec {
-                    AlterSpec::RenameColumn(from, to) => {
-                        hints.push(ColumnHint::Renamed { from, to })
-                    }
+                    AlterSpec::RenameColumn(from, to) => hints.push(ColumnHint::Renamed { from, to }),
                     AlterSpec::Change(from, def, _) if from != def.name => {
                         hints.push(ColumnHint::Renamed { from, to: def.name })
                     }
-                    AlterSpec::Add(def, _) => {
-                        if let Some(value) = def.default {
-                            hints.push(ColumnHint::Default {
-                                column: def.name,
-                                value,
-                            });
+                    AlterSpec::Add(def, _) => match def.default {
+                        DefaultValue::Known(value) => hints.push(ColumnHint::Default {
+                            column: def.name,
+                            value,
+                        }),
+                        // Rows already there read a value Ferry does not know: say so rather than leave NULL.
+                        DefaultValue::Unknown(expr) => {
+                            unknown = Some(format!(
+                                "column {} was added with DEFAULT {expr}…, which Ferry does not evaluate",
+                                def.name
+                            ))
                         }
-                    }
+                        DefaultValue::None if !def.nullable => {
+                            unknown = Some(format!(
+                                "column {} was added NOT NULL without a DEFAULT, so rows already there read \
+                                 MySQL's implicit default, which Ferry does not reproduce",
+                                def.name
+                            ))
+                        }
+                        _ => {}
+                    },
                     _ => {}
                 }
             }
+            if let Some(why) = unknown {
+                let quoted: String = sql.chars().take(500).collect();
+                return Err(self.fail(
+                    end,
+                    format!(
+                        "{why}: the targets cannot know the values of the rows already in the table ({quoted:?}). \
+                         Copy the table anew (`ferry reset --config <file> --yes`)"
+                    ),
+                ));
+            }
+            self.column_hints.entry(table).or_default().extend(hints);
         }
         if self.full_metadata {
             for t in tables {

@@ -87,12 +87,20 @@ fn tokens(sql: &str, limit: usize) -> Vec<String> {
                     match n {
                         '\\' => {
                             if let Some(e) = chars.next() {
-                                literal.push(match e {
-                                    'n' => '\n',
-                                    't' => '\t',
-                                    '0' => '\0',
-                                    other => other,
-                                });
+                                // MySQL's escapes; `\%` and `\_` keep their backslash (LIKE patterns).
+                                match e {
+                                    'n' => literal.push('\n'),
+                                    't' => literal.push('\t'),
+                                    'r' => literal.push('\r'),
+                                    'b' => literal.push('\u{8}'),
+                                    'Z' => literal.push('\u{1a}'),
+                                    '0' => literal.push('\0'),
+                                    '%' | '_' => {
+                                        literal.push('\\');
+                                        literal.push(e);
+                                    }
+                                    other => literal.push(other),
+                                }
                             }
                         }
                         n if n == quote && chars.peek() == Some(&quote) => {
@@ -252,9 +260,7 @@ pub struct ColumnDef {
     pub labels: Vec<String>,
     pub nullable: bool,
     pub primary_key: bool,
-    /// A constant `DEFAULT` (a string or number literal), as text; `None` without one, for `DEFAULT NULL` and
-    /// for expressions.
-    pub default: Option<String>,
+    pub default: DefaultValue,
 }
 
 /// Where ADD / CHANGE / MODIFY put a column.
@@ -447,22 +453,13 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
         matches!(data_type.as_str(), "nchar" | "nvarchar").then(|| "utf8mb3".to_owned());
     let mut collation: Option<String> = None;
     let (mut nullable, mut primary_key) = (true, false);
-    let mut default = None;
+    let mut default = DefaultValue::None;
     while i < t.len() {
         match upper(&t[i]).as_str() {
             "DEFAULT" => {
-                let value = t.get(i + 1).map_or("", String::as_str);
-                let number = |v: &str| !v.is_empty() && v.parse::<f64>().is_ok();
-                default = match value.strip_prefix('\'') {
-                    Some(text) => Some(text.to_owned()),
-                    None if number(value) => Some(value.to_owned()),
-                    // `DEFAULT -1`: the sign is a token of its own.
-                    None if value == "-" && t.get(i + 2).is_some_and(|v| number(v)) => {
-                        Some(format!("-{}", t[i + 2]))
-                    }
-                    None => None,
-                };
-                i += 1;
+                let (value, used) = default_literal(&t[i + 1..]);
+                default = value;
+                i += used;
             }
             "UNSIGNED" => unsigned = true,
             "ZEROFILL" => {
@@ -545,6 +542,61 @@ fn column_def(t: &[String]) -> Result<ColumnDef, String> {
         primary_key,
         default,
     })
+}
+
+/// A column's `DEFAULT` from the tokens after the keyword: the literal's text (`Ok(None)` for `NULL`), or `Err`
+/// for what Ferry cannot evaluate (an expression, a function), with how many tokens were read.
+fn default_literal(t: &[String]) -> (DefaultValue, usize) {
+    let first = t.first().map_or("", String::as_str);
+    // A character-set introducer (`_utf8mb4'x'`) before a string.
+    if first.starts_with('_') && t.get(1).is_some_and(|x| x.starts_with('\'')) {
+        return (DefaultValue::Known(t[1][1..].to_owned()), 2);
+    }
+    if let Some(text) = first.strip_prefix('\'') {
+        return (DefaultValue::Known(text.to_owned()), 1);
+    }
+    match upper(first).as_str() {
+        "NULL" => return (DefaultValue::Null, 1),
+        "TRUE" => return (DefaultValue::Known("1".into()), 1),
+        "FALSE" => return (DefaultValue::Known("0".into()), 1),
+        _ => {}
+    }
+    // A number: its sign, digits, point and exponent are tokens of their own (`-`, `1`, `.`, `5e0`).
+    let mut text = String::new();
+    let mut used = 0;
+    for x in t {
+        let part = x.as_str();
+        let fits = match part {
+            "-" | "+" => text.is_empty(),
+            "." => !text.contains('.'),
+            _ => part.chars().next().is_some_and(|c| c.is_ascii_digit()) && !part.starts_with("0x"),
+        };
+        if !fits {
+            break;
+        }
+        text.push_str(part);
+        used += 1;
+    }
+    match text.parse::<f64>() {
+        Ok(_) => (DefaultValue::Known(text), used),
+        Err(_) => (
+            DefaultValue::Unknown(t.first().cloned().unwrap_or_default()),
+            1,
+        ),
+    }
+}
+
+/// What a column's `DEFAULT` clause says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DefaultValue {
+    /// No DEFAULT clause.
+    #[default]
+    None,
+    Null,
+    /// A constant, as text.
+    Known(String),
+    /// An expression or function Ferry does not evaluate (`CURRENT_TIMESTAMP`, `(1 + 2)`, `0x4142`).
+    Unknown(String),
 }
 
 fn placement(t: &[String]) -> Placement {
@@ -817,6 +869,24 @@ mod tests {
         );
         assert_eq!(classify("GRANT ALL ON *.* TO x", "d"), Statement::Other);
         assert_eq!(classify("", "d"), Statement::Other);
+    }
+
+    #[test]
+    fn defaults_are_read_whole_or_not_at_all() {
+        let def = |sql: &str| {
+            let t = tokens(sql, 100);
+            default_literal(&t).0
+        };
+        let known = |v: &str| DefaultValue::Known(v.into());
+        assert_eq!(def("9.99"), known("9.99"));
+        assert_eq!(def("-1.5e0 NOT NULL"), known("-1.5e0"));
+        assert_eq!(def("TRUE"), known("1"));
+        assert_eq!(def("_utf8mb4'uu'"), known("uu"));
+        assert_eq!(def("'50\\% a\\rb'"), known("50\\% a\rb"));
+        assert_eq!(def("NULL"), DefaultValue::Null);
+        assert!(matches!(def("0x4142"), DefaultValue::Unknown(_)));
+        assert!(matches!(def("(1 + 2)"), DefaultValue::Unknown(_)));
+        assert!(matches!(def("CURRENT_TIMESTAMP"), DefaultValue::Unknown(_)));
     }
 
     #[test]
