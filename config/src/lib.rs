@@ -195,6 +195,17 @@ mod tests {
     }
 
     #[test]
+    fn a_server_id_beyond_32_bits_is_refused_not_truncated() {
+        let text = GOOD.replace(
+            "type = \"postgres\"\n        url = \"postgres://ferry:${PW}@127.0.0.1:5432/shop\"\n        tables = [\"public.orders\", \"items\"]",
+            "type = \"mysql\"\n        url = \"mysql://ferry@127.0.0.1:3306/shop\"\n        server_id = 4294967297",
+        );
+        let errs = load(&text).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].key, "source.server_id");
+    }
+
+    #[test]
     fn unset_variable_names_the_key() {
         let errs = load(&GOOD.replace("${PW}", "${MISSING}")).unwrap_err();
         assert_eq!(errs.0.len(), 1);

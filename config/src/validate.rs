@@ -438,7 +438,17 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             let snapshot = read_snapshot_mode(r, &mut s);
             let server_id = match s.table.get("server_id") {
                 None => Some(None),
-                Some(_) => r.positive_int(&mut s, "server_id").map(|n| Some(n as u32)),
+                Some(_) => match r.positive_int(&mut s, "server_id") {
+                    Some(n) if n <= u32::MAX as usize => Some(Some(n as u32)),
+                    Some(n) => {
+                        r.error(
+                            s.key("server_id"),
+                            format!("expected a server id from 1 to 4294967295, found {n}"),
+                        );
+                        None
+                    }
+                    None => None,
+                },
             };
             let on_unknown_ddl = match r
                 .string(&mut s, "on_unknown_ddl", "\"fail\" or \"skip\"")
