@@ -152,3 +152,63 @@ fn generated_columns_are_kept_in_snapshot_and_stream() {
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn attaching_a_partition_that_holds_rows_stops_and_an_empty_one_flows() {
+    let pg = server_with_dbs();
+    pg.psql("shop", EVENTS);
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(dir.path(), "attach", &config(&pg, "attach", None, &db));
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    // An empty table attached, then filled through the root: an ordinary stream.
+    pg.psql(
+        "shop",
+        "CREATE TABLE events_x (LIKE events); ALTER TABLE events ATTACH PARTITION events_x FOR VALUES IN ('x');
+         INSERT INTO events VALUES (8, 'x', 'h');",
+    );
+    wait_same(
+        &pg,
+        "SELECT id, region, payload FROM events ORDER BY id",
+        &ferry,
+    );
+    // A table that already holds rows: they join the root without any row event.
+    pg.psql(
+        "shop",
+        "CREATE TABLE events_ap (LIKE events); INSERT INTO events_ap VALUES (10, 'ap', 'z');
+         ALTER TABLE events ATTACH PARTITION events_ap FOR VALUES IN ('ap');",
+    );
+    let status = ferry.wait_exit(WAIT).expect("ferry should stop");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("table public.events was rewritten at")
+            && log.contains("a partition holding rows was attached or detached"),
+        "{log}"
+    );
+}
+
+#[test]
+fn renaming_an_enum_label_stops_naming_the_tables_that_use_it() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TYPE mood AS ENUM ('meh', 'ok'); CREATE TABLE moods (id int PRIMARY KEY, m mood);
+         INSERT INTO moods VALUES (1, 'meh');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(dir.path(), "label", &config(&pg, "label", None, &db));
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    pg.psql("shop", "ALTER TYPE mood RENAME VALUE 'meh' TO 'fine'");
+    let status = ferry.wait_exit(WAIT).expect("ferry should stop");
+    assert!(!status.success());
+    let log = ferry.log();
+    assert!(
+        log.contains("table public.moods was rewritten at")
+            && log.contains("an enum label was renamed"),
+        "{log}"
+    );
+}

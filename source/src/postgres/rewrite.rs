@@ -16,6 +16,10 @@ pub const PREFIX: &str = "ferry_rewrite";
 /// PostgreSQL's rewrite reasons (`AT_REWRITE_*` in src/include/commands/event_trigger.h).
 const DEFAULT_VAL: i32 = 0x02;
 const COLUMN_REWRITE: i32 = 0x04;
+/// Ferry's own reasons, from the `ddl_command_end` trigger: a partition holding rows was attached or detached; an
+/// enum label was renamed.
+const PARTITION_WITH_ROWS: i32 = 0x100;
+const ENUM_LABEL_RENAMED: i32 = 0x200;
 
 pub const INSTALL: &str = "CREATE OR REPLACE FUNCTION public.ferry_table_rewrite() RETURNS event_trigger
 LANGUAGE plpgsql AS $f$
@@ -24,9 +28,39 @@ BEGIN
     pg_event_trigger_table_rewrite_oid()::oid::text || E'\\t' || pg_event_trigger_table_rewrite_reason() || E'\\t'
     || current_setting('TimeZone') || E'\\t' || current_setting('DateStyle') || E'\\t' || current_query());
 END $f$;
+CREATE OR REPLACE FUNCTION public.ferry_ddl_end() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+DECLARE
+  cmd record;
+  rel record;
+  part regclass;
+  has_rows boolean;
+  q text := current_query();
+  notice text := E'\\t' || current_setting('TimeZone') || E'\\t' || current_setting('DateStyle') || E'\\t' || q;
+BEGIN
+  FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    IF cmd.command_tag = 'ALTER TABLE' THEN
+      part := to_regclass(substring(q from '(?i)(?:ATTACH|DETACH)\\s+PARTITION\\s+([^\\s;]+)'));
+      IF part IS NOT NULL THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', part) INTO has_rows;
+        IF has_rows THEN
+          PERFORM pg_logical_emit_message(true, 'ferry_rewrite', cmd.objid::oid::text || E'\\t256' || notice);
+        END IF;
+      END IF;
+    ELSIF cmd.command_tag = 'ALTER TYPE' AND q ~* 'RENAME\\s+VALUE' THEN
+      FOR rel IN SELECT DISTINCT attrelid FROM pg_attribute WHERE atttypid = cmd.objid AND attnum > 0
+                 AND NOT attisdropped LOOP
+        PERFORM pg_logical_emit_message(true, 'ferry_rewrite', rel.attrelid::oid::text || E'\\t512' || notice);
+      END LOOP;
+    END IF;
+  END LOOP;
+END $f$;
 DO $ferry$ BEGIN
 IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_table_rewrite') THEN
   CREATE EVENT TRIGGER ferry_table_rewrite ON table_rewrite EXECUTE FUNCTION public.ferry_table_rewrite();
+END IF;
+IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_ddl_end') THEN
+  CREATE EVENT TRIGGER ferry_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
+    EXECUTE FUNCTION public.ferry_ddl_end();
 END IF;
 END $ferry$";
 
@@ -34,7 +68,8 @@ END $ferry$";
 pub async fn state(client: &Client) -> Result<(bool, bool), Error> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_table_rewrite'), rolsuper \
+            "SELECT (SELECT count(*) = 2 FROM pg_event_trigger WHERE evtname IN ('ferry_table_rewrite', 'ferry_ddl_end')), \
+                    rolsuper \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
@@ -84,6 +119,15 @@ impl Rewrite {
 
     /// `Err(why)` when a target cannot derive the rewritten rows from the ones it has.
     pub fn reproducible(&self) -> Result<(), &'static str> {
+        if self.reason & PARTITION_WITH_ROWS != 0 {
+            return Err("a partition holding rows was attached or detached, so its rows entered or left the table \
+                        without row events");
+        }
+        if self.reason & ENUM_LABEL_RENAMED != 0 {
+            return Err(
+                "an enum label was renamed, so every row holding it changed without row events",
+            );
+        }
         if self.reason & DEFAULT_VAL != 0 {
             return Err("a column was added with a volatile default, so every existing row got its own value");
         }
