@@ -79,10 +79,14 @@ impl Targets {
              FROM pg_attribute LEFT JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum \
              WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attname"
         );
-        assert_eq!(
-            self.pg.psql("replica", &sql),
+        let same = wait_until(WAIT, || {
+            self.pg.try_psql("replica", &sql).ok() == self.pg.try_psql("shop", &sql).ok()
+        });
+        assert!(
+            same,
+            "columns of {table}\n--- source\n{}\n--- target\n{}",
             self.pg.psql("shop", &sql),
-            "columns of {table}"
+            self.pg.psql("replica", &sql)
         );
     }
 }
