@@ -107,6 +107,18 @@ impl Applied {
     }
 }
 
+/// `PRIMARY KEY (a, b)` for a CREATE TABLE, with the dialect's identifier quoting; `None` for keyless tables.
+pub fn primary_key_clause(schema: &TableSchema, quote: fn(&str) -> String) -> Option<String> {
+    schema.has_primary_key().then(|| {
+        let pk: Vec<String> = schema
+            .primary_key
+            .iter()
+            .map(|&k| quote(&schema.columns[k].name))
+            .collect();
+        format!("PRIMARY KEY ({})", pk.join(", "))
+    })
+}
+
 /// Refuses a second source table that would land in the same target table as another one (SQLite folds schemas
 /// into names, `public.s_t` and `s.t` both become `s_t`; a MySQL target database holds every source schema's
 /// tables): their rows would overwrite each other.

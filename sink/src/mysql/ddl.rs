@@ -229,14 +229,7 @@ fn step_sql(
             let mut defs: Vec<String> = (0..schema.columns.len())
                 .map(|i| column_definition(schema, i, key_collation))
                 .collect();
-            if schema.has_primary_key() {
-                let pk: Vec<String> = schema
-                    .primary_key
-                    .iter()
-                    .map(|&k| quote_ident(&schema.columns[k].name))
-                    .collect();
-                defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
-            }
+            defs.extend(evolve::primary_key_clause(schema, quote_ident));
             vec![format!(
                 "CREATE TABLE {name} ({}) DEFAULT CHARSET = utf8mb4",
                 defs.join(", ")

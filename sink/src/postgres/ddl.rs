@@ -291,14 +291,7 @@ fn create_table_sql(schema: &TableSchema) -> String {
             def
         })
         .collect();
-    if schema.has_primary_key() {
-        let pk: Vec<String> = schema
-            .primary_key
-            .iter()
-            .map(|&k| quote_ident(&schema.columns[k].name))
-            .collect();
-        defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
-    }
+    defs.extend(evolve::primary_key_clause(schema, quote_ident));
     format!(
         "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {} ({})",
         quote_ident(&schema.id.schema),

@@ -414,14 +414,7 @@ fn step_sql(schema: &SchemaRef, step: &Step) -> Option<String> {
         }
         Step::CreateTable => {
             let mut defs: Vec<String> = schema.columns.iter().map(column_definition).collect();
-            if schema.has_primary_key() {
-                let pk: Vec<String> = schema
-                    .primary_key
-                    .iter()
-                    .map(|&k| quote(&schema.columns[k].name))
-                    .collect();
-                defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
-            }
+            defs.extend(evolve::primary_key_clause(schema, quote));
             format!("CREATE TABLE {name} ({})", defs.join(", "))
         }
         Step::RenameColumn { from, to } => {
