@@ -289,6 +289,10 @@ pub async fn status(
                 for q in &l.quarantined {
                     println!("  QUARANTINED {q}");
                 }
+                for r in &l.recopies {
+                    let state = if r.finished { "done" } else { "copying" };
+                    println!("  re-copy of {}: {state}, {} rows", r.table, r.rows_copied);
+                }
                 if let Some(s) = &l.snapshot {
                     println!(
                         "  snapshot: {}{:.1}% — {} of ~{} rows, {} rows/s, {} of {} tables{}",
@@ -340,6 +344,48 @@ pub async fn status(
 }
 
 /// `ferry reset --yes`.
+/// `ferry snapshot --table`: asks each pipeline that replicates the tables to copy them anew while streaming.
+pub async fn snapshot(files: &[PathBuf], tables: &[String]) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    let mut wanted = Vec::new();
+    for t in tables {
+        match ferry_core::TableId::parse(t, "public") {
+            Some(id) => wanted.push(id),
+            None => {
+                anyhow::bail!("--table {t:?}: expected schema.table (a bare name is in public)")
+            }
+        }
+    }
+    let mut failed = false;
+    for p in &pipelines {
+        let SourceConfig::Postgres(source) = &p.source else {
+            eprintln!(
+                "pipeline {}: re-copying a table online is built for PostgreSQL sources only; with a MySQL or                  MariaDB source, `ferry reset --yes` copies every table anew",
+                p.name
+            );
+            failed = true;
+            continue;
+        };
+        for table in &wanted {
+            match pg::request_recopy(source, table).await {
+                Ok(()) => println!(
+                    "pipeline {}: asked to re-copy {table}; `ferry status` shows its progress",
+                    p.name
+                ),
+                Err(e) => {
+                    eprintln!("pipeline {}: {table}: {e}", p.name);
+                    failed = true;
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
     let pipelines = load_configs(files)?;
     if !yes {

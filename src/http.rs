@@ -93,6 +93,17 @@ pub struct LiveStatus {
     /// Tables whose changes are no longer applied, with why (`on_schema_change = "quarantine"`).
     #[serde(default)]
     pub quarantined: Vec<String>,
+    /// Online re-copies of this run (`ferry snapshot --table`, `on_schema_change = "resnapshot"`).
+    #[serde(default)]
+    pub recopies: Vec<RecopyReport>,
+}
+
+/// How far an online re-copy got.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecopyReport {
+    pub table: String,
+    pub rows_copied: u64,
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +134,15 @@ fn live_status(p: &PipelineStats) -> LiveStatus {
             .quarantined()
             .into_iter()
             .map(|(t, why)| format!("{t}: {why}"))
+            .collect(),
+        recopies: p
+            .recopies()
+            .into_iter()
+            .map(|(table, rows_copied, finished)| RecopyReport {
+                table,
+                rows_copied,
+                finished,
+            })
             .collect(),
         sinks: p
             .sinks

@@ -55,6 +55,15 @@ enum Command {
         #[arg(long, env = "FERRY_HTTP", default_value = DEFAULT_HTTP, value_parser = parse_http)]
         http: HttpAddr,
     },
+    /// Copy tables anew while the pipeline streams on (PostgreSQL sources): asks the running pipeline, through the
+    /// source's WAL, to re-copy each table in key-ordered chunks; follow it with `ferry status`.
+    Snapshot {
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+        /// A table to copy anew (`schema.table`; a bare name is in `public`); repeat for several.
+        #[arg(long = "table", short, required = true, num_args = 1..)]
+        tables: Vec<String>,
+    },
     /// Drop the replication slot, the publication and the stored checkpoints, so the next run starts with a
     /// new snapshot.
     Reset {
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
                 http,
             } => commands::status(&configs, json, http).await,
             Command::Reset { configs, yes } => commands::reset(&configs, yes).await,
+            Command::Snapshot { configs, tables } => commands::snapshot(&configs, &tables).await,
         }
     });
     match result {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
-use ferry_core::{Error, Event, PipelineState, PipelineStats, Position, Sink, Transform};
+use ferry_core::{Error, Event, PipelineState, PipelineStats, Position, Sink, TableId, Transform};
 use ferry_sink::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
 use ferry_source::mysql::{self, MysqlSourceSettings};
 use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
@@ -106,6 +106,17 @@ impl Sink for AnySink {
         }
     }
 
+    async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
+        match self {
+            AnySink::Postgres(s) => s.recopies().await,
+            AnySink::Mysql(s) => s.recopies().await,
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.recopies().await,
+            AnySink::Sqlite(s) => s.recopies().await,
+            AnySink::Discard(s) => s.recopies().await,
+        }
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         match self {
             AnySink::Postgres(s) => s.apply(events, commit).await,
@@ -182,9 +193,13 @@ async fn run_once(
 ) -> Result<SourceExit, Error> {
     let mut sinks = Vec::with_capacity(config.sinks.len());
     let mut checkpoints = Vec::with_capacity(config.sinks.len());
+    let mut recopies = Vec::new();
     for i in 0..config.sinks.len() {
         let mut sink = open_sink(config, i).await?;
         let checkpoint = sink.checkpoint().await?;
+        if let Some(r) = sink.recopies().await? {
+            recopies.push(r);
+        }
         info!(pipeline = %config.name, sink = sink.name(), checkpoint = %checkpoint.as_ref().map_or("none".to_owned(), |p| p.to_string()), "sink ready");
         checkpoints.push(checkpoint);
         sinks.push(sink);
@@ -252,6 +267,7 @@ async fn run_once(
                     config: source.clone(),
                     heartbeat_interval: config.heartbeat_interval,
                     snapshot_parallelism: config.snapshot_parallelism,
+                    recopies: agreed_recopies(&recopies),
                 };
                 pg::run(&settings, resume, events_tx, acked, shutdown, stats.clone()).await
             }
@@ -290,6 +306,29 @@ async fn run_once(
         Some(r) => r,
         None => source.await,
     }
+}
+
+/// The online re-copies to resume, from what each sink that keeps them recorded: a table's cursor when every such
+/// sink holds the same one, `None` (start it again) when they differ or some sink has none.
+fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<String>)> {
+    let mut tables: Vec<&TableId> = per_sink.iter().flatten().map(|(t, _)| t).collect();
+    tables.sort();
+    tables.dedup();
+    tables
+        .into_iter()
+        .map(|t| {
+            let cursors: Vec<Option<&String>> = per_sink
+                .iter()
+                .map(|s| s.iter().find(|(x, _)| x == t).map(|(_, c)| c))
+                .collect();
+            let agreed = cursors
+                .iter()
+                .all(|c| *c == cursors[0])
+                .then(|| cursors[0].cloned())
+                .flatten();
+            (t.clone(), agreed)
+        })
+        .collect()
 }
 
 /// Validates every file; returns all pipelines or every error of every file.

@@ -66,6 +66,9 @@ pub enum SchemaChangePolicy {
     Halt,
     /// Stop applying that table only (loud in logs, metrics and `ferry status`); the others go on.
     Quarantine,
+    /// Copy that table anew while the stream goes on (an online re-copy in key order; tables without a primary
+    /// key halt instead, since their rows cannot be copied in chunks).
+    Resnapshot,
 }
 
 /// Whether and how the initial snapshot runs.

@@ -399,14 +399,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             {
                 Some("halt") => Some(SchemaChangePolicy::Halt),
                 Some("quarantine") => Some(SchemaChangePolicy::Quarantine),
-                Some(_) => {
-                    r.error(
-                        s.key("on_schema_change"),
-                        "\"resnapshot\" is not available yet (re-copying one table while streaming is not built); \
-                         expected \"halt\" or \"quarantine\"",
-                    );
-                    None
-                }
+                Some(_) => Some(SchemaChangePolicy::Resnapshot),
                 None => None,
             };
             // Not `?` here: the unknown keys below must be reported too.

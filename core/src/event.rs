@@ -51,6 +51,45 @@ pub enum Change {
         table: TableId,
         reason: String,
     },
+    /// A step of re-copying one table while the stream flows (`ferry snapshot --table`, or
+    /// `on_schema_change = "resnapshot"`). See [`RecopyStep`].
+    Recopy {
+        table: TableId,
+        step: RecopyStep,
+    },
+}
+
+/// How an online re-copy of a table unfolds in the stream (the DBLog watermark method: chunks of rows read between
+/// a low and a high watermark, without the keys changed in that window, land at the high watermark).
+///
+/// SQL sinks copy into a shadow table ([`recopy_shadow`]): from `Start` on, each change of the table is applied
+/// to the table and to its shadow, and the chunks' `Read` rows to the shadow only; at `Finish` the table's rows
+/// are replaced by the shadow's in one transaction. Event-stream sinks (Kafka) publish the chunks' rows as reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecopyStep {
+    /// The re-copy begins with `schema` (the table's schema at this point of the stream).
+    Start { schema: SchemaRef },
+    /// A chunk's rows precede this in the same transaction; `cursor` is the source's opaque record of where the
+    /// copy stands, stored with the checkpoint so a restart resumes at the next chunk. `rows`: rows copied so far.
+    Chunk { cursor: String, rows: u64 },
+    /// Every row was copied: the shadow replaces the rows of the table, whose schema is `schema`.
+    Finish { schema: SchemaRef },
+    /// The re-copy stops unfinished (a new snapshot copies the table whole): the shadow is dropped.
+    Cancel,
+}
+
+/// The target table a SQL sink re-copies `table` into: same schema, a name of at most 26 bytes that no source
+/// table is likely to have (`ferry_recopy_` and a hash of the table's name), so no target truncates it.
+pub fn recopy_shadow(table: &TableId) -> TableId {
+    // FNV-1a: stable across builds and platforms (the name is stored in targets).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in table.schema.bytes().chain([0]).chain(table.name.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    TableId::new(
+        table.schema.clone(),
+        format!("ferry_recopy_{:012x}", h >> 16),
+    )
 }
 
 impl Change {
@@ -67,6 +106,7 @@ impl Change {
             }
             Change::Truncate { tables, .. } => 64 * tables.len(),
             Change::Quarantine { reason, .. } => 64 + reason.len(),
+            Change::Recopy { .. } => 64,
         }
     }
 }

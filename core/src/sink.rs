@@ -5,6 +5,7 @@ use std::future::Future;
 use crate::error::Result;
 use crate::event::Event;
 use crate::position::Position;
+use crate::schema::TableId;
 
 /// A destination that applies events and stores its checkpoint atomically with them.
 pub trait Sink: Send + 'static {
@@ -22,6 +23,13 @@ pub trait Sink: Send + 'static {
     /// together; on `Err` or a crash, none of them are. With `commit = None` the transaction stays open for the
     /// next call (a source transaction larger than one batch). The runner never passes a transaction the
     /// checkpoint already includes, so the sink need not deduplicate.
+    /// The online re-copies this sink has under way ([`crate::RecopyStep`]), each with the cursor of its last
+    /// durable chunk; `None` when the sink keeps no such record (event-stream sinks), so it has no say in where a
+    /// re-copy resumes. Called once, after [`Sink::checkpoint`].
+    fn recopies(&mut self) -> impl Future<Output = Result<Option<Vec<(TableId, String)>>>> + Send {
+        async { Ok(None) }
+    }
+
     fn apply(
         &mut self,
         events: &[Event],

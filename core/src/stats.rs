@@ -201,6 +201,8 @@ pub struct PipelineStats {
     pub sinks: Vec<SinkStats>,
     /// Tables quarantined in this run (`on_schema_change = "quarantine"`), with why.
     quarantined: Mutex<Vec<(String, String)>>,
+    /// Online re-copies of this run: table, rows copied, finished.
+    recopies: Mutex<Vec<(String, u64, bool)>>,
 }
 
 impl PipelineStats {
@@ -214,7 +216,25 @@ impl PipelineStats {
             snapshot: SnapshotProgress::default(),
             sinks: sinks.iter().map(|n| SinkStats::new(n)).collect(),
             quarantined: Mutex::new(Vec::new()),
+            recopies: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records how far the online re-copy of `table` got.
+    pub fn recopy(&self, table: String, rows: u64, finished: bool) {
+        let mut r = self.recopies.lock().unwrap_or_else(|p| p.into_inner());
+        match r.iter_mut().find(|(t, _, _)| *t == table) {
+            Some(entry) => *entry = (table, rows, finished),
+            None => r.push((table, rows, finished)),
+        }
+    }
+
+    /// The online re-copies of this run: table, rows copied, finished.
+    pub fn recopies(&self) -> Vec<(String, u64, bool)> {
+        self.recopies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records a quarantined table.

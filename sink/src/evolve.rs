@@ -36,6 +36,10 @@ pub struct Applied {
     /// Why the table's changes are no longer applied ([`ferry_core::Change::Quarantine`]); `None` while they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// The cursor of the re-copy under way ([`ferry_core::RecopyStep`]), empty before its first chunk; `None`
+    /// when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recopy: Option<String>,
 }
 
 impl Applied {
@@ -54,6 +58,17 @@ impl Applied {
                 })
                 .collect(),
             quarantined: None,
+            recopy: None,
+        }
+    }
+
+    /// The record once `schema` is applied to a table last recorded as `previous`. A quarantined table's target
+    /// keeps in step with its schema, and stays quarantined until copied anew; a re-copy under way goes on.
+    pub fn following(schema: &TableSchema, previous: Option<&Applied>) -> Applied {
+        Applied {
+            quarantined: previous.and_then(|a| a.quarantined.clone()),
+            recopy: previous.and_then(|a| a.recopy.clone()),
+            ..Applied::of(schema)
         }
     }
 
@@ -63,6 +78,7 @@ impl Applied {
             relation_id: None,
             columns: Vec::new(),
             quarantined: None,
+            recopy: None,
         });
         record.quarantined = Some(reason.to_owned());
         record

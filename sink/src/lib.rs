@@ -9,6 +9,7 @@ pub mod evolve;
 pub mod kafka;
 pub mod mysql;
 pub mod postgres;
+pub mod recopy;
 mod rows;
 pub mod sqlite;
 

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ferry_config::FilterConfig;
-use ferry_core::{Change, Event, Row, RowOp, SchemaRef, TableId, TableSchema, Transform};
+use ferry_core::{
+    Change, Event, RecopyStep, Row, RowOp, SchemaRef, TableId, TableSchema, Transform,
+};
 
 /// Drops changes of tables not included (or excluded) and removes excluded columns from rows and schemas.
 pub struct TableFilter {
@@ -125,6 +127,22 @@ impl Transform for TableFilter {
             Event::Change(Change::Quarantine { table, reason }) => self
                 .passes(&table)
                 .then_some(Event::Change(Change::Quarantine { table, reason })),
+            Event::Change(Change::Recopy { table, step }) => {
+                if !self.passes(&table) {
+                    return None;
+                }
+                // The shadow table gets the columns the rows keep.
+                let step = match step {
+                    RecopyStep::Start { schema } => RecopyStep::Start {
+                        schema: self.narrow(&schema).0,
+                    },
+                    RecopyStep::Finish { schema } => RecopyStep::Finish {
+                        schema: self.narrow(&schema).0,
+                    },
+                    other => other,
+                };
+                Some(Event::Change(Change::Recopy { table, step }))
+            }
             other => Some(other),
         }
     }

@@ -633,6 +633,8 @@ impl KafkaSink {
                 Change::Quarantine { table, reason } => {
                     warn!(%table, reason, "the table changed in a way no event describes; its topic goes on with its later changes");
                 }
+                // A re-copy's rows are published as reads (Debezium's incremental snapshot does the same).
+                Change::Recopy { .. } => {}
                 // Debezium's truncate event: no key, no row images, in each table's topic.
                 Change::Truncate {
                     tables: truncated, ..

@@ -307,17 +307,10 @@ pub async fn ensure_table(
         info!(table = %name, ?step, "target table changed");
         if let Step::RenameTable { from } = step {
             applied.remove(from);
-            conn.exec_drop(
-                "DELETE FROM ferry_schemas WHERE pipeline = ? AND sink = ? AND source_table = ?",
-                (pipeline, sink, evolve::record_key(from)),
-            )
-            .await
-            .map_err(ddl_err())?;
+            delete_record(conn, (pipeline, sink), from).await?;
         }
     }
-    let mut record = Applied::of(schema);
-    // A quarantined table's target keeps in step with its schema; it stays quarantined until a new snapshot.
-    record.quarantined = applied.get(&schema.id).and_then(|a| a.quarantined.clone());
+    let record = Applied::following(schema, applied.get(&schema.id));
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);
@@ -349,6 +342,22 @@ pub async fn ensure_table(
 }
 
 /// Stores a table's [`Applied`] record in `ferry_schemas`.
+/// Deletes the `ferry_schemas` record of `table`.
+pub async fn delete_record(
+    conn: &mut Conn,
+    (pipeline, sink): (&str, &str),
+    table: &TableId,
+) -> Result<(), Error> {
+    conn.exec_drop(
+        "DELETE FROM ferry_schemas WHERE pipeline = ? AND sink = ? AND source_table = ?",
+        (pipeline, sink, evolve::record_key(table)),
+    )
+    .await
+    .map_err(write_error(format!(
+        "deleting the schema record of {table}"
+    )))
+}
+
 pub async fn save_record(
     conn: &mut Conn,
     (pipeline, sink): (&str, &str),

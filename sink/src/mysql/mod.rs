@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_core::{
-    Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, Value,
+    recopy_shadow, Change, ColumnType, Error, Event, Position, RecopyStep, Row, SchemaRef, Sink,
+    TableId, Value,
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
 use crate::evolve::{self, Applied};
+use crate::recopy::{self, Shadows};
 use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
 use ddl::{ensure_table, TargetKind, TargetTable};
 use literal::{literal, load_field, quote_ident};
@@ -110,6 +112,10 @@ pub struct MysqlSink {
     dirty: bool,
     /// The target accepts LOAD DATA LOCAL INFILE (until it refuses once).
     load_data: bool,
+    /// Tables being re-copied into shadow tables.
+    shadows: Shadows,
+    /// Shadow tables of finished re-copies, dropped once the transaction commits (DROP commits implicitly).
+    finished_shadows: Vec<TableId>,
 }
 
 impl MysqlSink {
@@ -138,6 +144,8 @@ impl MysqlSink {
             conn,
             database,
             tables: HashMap::new(),
+            shadows: Shadows::from_records(&applied),
+            finished_shadows: Vec::new(),
             applied,
             key_collation,
             in_transaction: false,
@@ -304,6 +312,59 @@ impl MysqlSink {
         for e in events {
             let Event::Change(change) = e else { continue };
             match change {
+                Change::Recopy { table, step } => {
+                    self.flush(&mut upserts).await?;
+                    match step {
+                        RecopyStep::Finish { schema } => {
+                            let shadow = recopy_shadow(table);
+                            let columns: Vec<String> = schema
+                                .columns
+                                .iter()
+                                .map(|c| quote_ident(&c.name))
+                                .collect();
+                            let (live, shadow_name) =
+                                (self.target_name(table), self.target_name(&shadow));
+                            let [delete, copy] =
+                                recopy::finish_statements(&live, &shadow_name, &columns);
+                            let what = format!("replacing the rows of {live} with its re-copy");
+                            self.exec(delete, &what).await?;
+                            self.exec(copy, &what).await?;
+                            ddl::delete_record(
+                                &mut self.conn,
+                                (&self.pipeline, &self.name),
+                                &shadow,
+                            )
+                            .await?;
+                            self.applied.remove(&shadow);
+                            self.tables.remove(&shadow);
+                            self.finished_shadows.push(shadow);
+                        }
+                        RecopyStep::Cancel => {
+                            let shadow = recopy_shadow(table);
+                            ddl::delete_record(
+                                &mut self.conn,
+                                (&self.pipeline, &self.name),
+                                &shadow,
+                            )
+                            .await?;
+                            self.applied.remove(&shadow);
+                            self.tables.remove(&shadow);
+                            self.finished_shadows.push(shadow);
+                        }
+                        RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
+                    }
+                    if let Some(record) =
+                        recopy::record_step(&mut self.applied, &self.name, table, step)
+                    {
+                        ddl::save_record(
+                            &mut self.conn,
+                            (&self.pipeline, &self.name),
+                            table,
+                            &record,
+                        )
+                        .await?;
+                    }
+                }
                 Change::Row { table, .. } if evolve::is_quarantined(&self.applied, &table.id) => {}
                 Change::Quarantine { table, reason } => {
                     self.flush(&mut upserts).await?;
@@ -394,6 +455,10 @@ impl MysqlSink {
                 .map_err(write_error("committing"))?;
             self.in_transaction = false;
             self.dirty = false;
+            for shadow in std::mem::take(&mut self.finished_shadows) {
+                let sql = format!("DROP TABLE IF EXISTS {}", self.target_name(&shadow));
+                self.exec(sql, "dropping a re-copy's shadow table").await?;
+            }
         }
         Ok(())
     }
@@ -720,8 +785,13 @@ impl Sink for MysqlSink {
             .transpose()
     }
 
+    async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
+        Ok(Some(recopy::recorded(&self.applied)))
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
-        let result = self.apply_events(events, commit).await;
+        let events = self.shadows.expand(events);
+        let result = self.apply_events(&events, commit).await;
         if result.is_err() && self.in_transaction {
             // The connection may be gone; the next attempt starts from the checkpoint on a new sink.
             let _ = self.conn.query_drop("ROLLBACK").await;

@@ -440,18 +440,10 @@ pub async fn ensure_table(
         info!(table = %schema.id, ?step, "target table changed");
         if let Step::RenameTable { from } = step {
             applied.remove(from);
-            client
-                .execute(
-                    "DELETE FROM ferry_schemas WHERE pipeline = $1 AND sink = $2 AND source_table = $3",
-                    &[&pipeline, &sink, &evolve::record_key(from)],
-                )
-                .await
-                .map_err(ddl_error(&schema.id))?;
+            delete_record(client, (pipeline, sink), from).await?;
         }
     }
-    let mut record = Applied::of(schema);
-    // A quarantined table's target keeps in step with its schema; it stays quarantined until a new snapshot.
-    record.quarantined = applied.get(&schema.id).and_then(|a| a.quarantined.clone());
+    let record = Applied::following(schema, applied.get(&schema.id));
     if applied.get(&schema.id) != Some(&record) {
         save_record(client, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);
@@ -471,6 +463,22 @@ pub async fn save_record(
             "INSERT INTO ferry_schemas (pipeline, sink, source_table, applied) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (pipeline, sink, source_table) DO UPDATE SET applied = excluded.applied",
             &[&pipeline, &sink, &evolve::record_key(table), &record.to_json()],
+        )
+        .await
+        .map_err(ddl_error(table))?;
+    Ok(())
+}
+
+/// Deletes the `ferry_schemas` record of `table`.
+pub async fn delete_record(
+    client: &Client,
+    (pipeline, sink): (&str, &str),
+    table: &TableId,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "DELETE FROM ferry_schemas WHERE pipeline = $1 AND sink = $2 AND source_table = $3",
+            &[&pipeline, &sink, &evolve::record_key(table)],
         )
         .await
         .map_err(ddl_error(table))?;

@@ -16,7 +16,8 @@ mod text;
 use std::collections::{HashMap, HashSet};
 
 use ferry_core::{
-    Change, Error, Event, Position, Row, RowOp, SchemaRef, Sink, TableId, TableSchema,
+    recopy_shadow, Change, Error, Event, Position, RecopyStep, Row, RowOp, SchemaRef, Sink,
+    TableId, TableSchema,
 };
 use ferry_pgconn::PgUrl;
 use tokio_postgres::{Client, Statement};
@@ -24,6 +25,7 @@ use tracing::{debug, error, info};
 
 use crate::checkpoint;
 use crate::evolve::{self, Applied};
+use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, sent_columns, RowAction};
 use text::pg_text;
 
@@ -85,6 +87,8 @@ pub struct PostgresSink {
     applied: HashMap<TableId, Applied>,
     /// Tables truncated in the open target transaction (where snapshot rows may be copied in).
     truncated: HashSet<TableId>,
+    /// Tables being re-copied into shadow tables.
+    shadows: Shadows,
 }
 
 impl PostgresSink {
@@ -115,6 +119,7 @@ impl PostgresSink {
             in_transaction: false,
             statements: HashMap::new(),
             known_tables: HashMap::new(),
+            shadows: Shadows::from_records(&applied),
             applied,
             truncated: HashSet::new(),
         })
@@ -292,10 +297,61 @@ impl PostgresSink {
         self.flush(Some(group)).await
     }
 
+    /// Ends a re-copy: the table's rows become its shadow's, and the shadow goes.
+    async fn finish_recopy(&mut self, schema: &SchemaRef) -> Result<(), Error> {
+        let shadow = recopy_shadow(&schema.id);
+        let columns: Vec<String> = written(schema, 0..schema.columns.len())
+            .into_iter()
+            .map(|c| ddl::quote_ident(&schema.columns[c].name))
+            .collect();
+        let live = qualified_name(&schema.id);
+        for sql in recopy::finish_statements(&live, &qualified_name(&shadow), &columns) {
+            self.client
+                .batch_execute(&sql)
+                .await
+                .map_err(write_error(&format!(
+                    "replacing the rows of {live} with its re-copy"
+                )))?;
+        }
+        self.forget_shadow(&shadow).await
+    }
+
+    /// Drops a shadow table and its record.
+    async fn forget_shadow(&mut self, shadow: &TableId) -> Result<(), Error> {
+        self.client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", qualified_name(shadow)))
+            .await
+            .map_err(write_error("dropping a re-copy's shadow table"))?;
+        ddl::delete_record(&self.client, (&self.pipeline, &self.name), shadow).await?;
+        self.applied.remove(shadow);
+        self.known_tables.remove(shadow);
+        self.statements.retain(|k, _| k.0 != *shadow);
+        Ok(())
+    }
+
     async fn apply_events(&mut self, events: &[Event]) -> Result<(), Error> {
         let mut group: Option<Group> = None;
         for event in events {
             match event {
+                Event::Change(Change::Recopy { table, step }) => {
+                    self.flush(group.take()).await?;
+                    match step {
+                        RecopyStep::Finish { schema } => self.finish_recopy(schema).await?,
+                        RecopyStep::Cancel => self.forget_shadow(&recopy_shadow(table)).await?,
+                        RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
+                    }
+                    if let Some(record) =
+                        recopy::record_step(&mut self.applied, &self.name, table, step)
+                    {
+                        ddl::save_record(
+                            &self.client,
+                            (&self.pipeline, &self.name),
+                            table,
+                            &record,
+                        )
+                        .await?;
+                    }
+                }
                 Event::Change(Change::Row { table, .. })
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
                 Event::Change(Change::Quarantine { table, reason }) => {
@@ -508,6 +564,10 @@ impl Sink for PostgresSink {
         .transpose()
     }
 
+    async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
+        Ok(Some(recopy::recorded(&self.applied)))
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         if !self.in_transaction {
             self.client
@@ -516,7 +576,8 @@ impl Sink for PostgresSink {
                 .map_err(write_error("starting a transaction"))?;
             self.in_transaction = true;
         }
-        self.apply_events(events).await?;
+        let events = self.shadows.expand(events);
+        self.apply_events(&events).await?;
         if let Some(position) = commit {
             let position = position.to_string();
             self.client

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ferry_core::{
-    Change, ColumnType, Error, Event, Position, Row, SchemaRef, Sink, TableId, TableSchema, Value,
+    recopy_shadow, Change, ColumnType, Error, Event, Position, RecopyStep, Row, SchemaRef, Sink,
+    TableId, TableSchema, Value,
 };
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{params_from_iter, Connection};
@@ -19,6 +20,7 @@ use tracing::{debug, error, info};
 
 use crate::checkpoint;
 use crate::evolve::{self, Applied, Step};
+use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, missing_row, sent_columns, RowAction};
 
 fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -133,6 +135,8 @@ pub struct SqliteSink {
     known_tables: HashMap<TableId, SchemaRef>,
     /// What this sink last applied to each target table (`ferry_schemas`).
     applied: HashMap<TableId, Applied>,
+    /// Tables being re-copied into shadow tables.
+    shadows: Shadows,
 }
 
 impl SqliteSink {
@@ -157,6 +161,7 @@ impl SqliteSink {
             conn,
             in_transaction: false,
             known_tables: HashMap::new(),
+            shadows: Shadows::from_records(&applied),
             applied,
         })
     }
@@ -168,8 +173,34 @@ impl SqliteSink {
                 .map_err(db_error("starting a transaction"))?;
             self.in_transaction = true;
         }
-        for event in events {
+        let events = self.shadows.expand(events);
+        for event in events.iter() {
             match event {
+                Event::Change(Change::Recopy { table, step }) => {
+                    match step {
+                        RecopyStep::Finish { schema } => {
+                            let columns: Vec<String> =
+                                schema.columns.iter().map(|c| quote(&c.name)).collect();
+                            let (live, shadow) = (
+                                quote(&table_name(table)),
+                                quote(&table_name(&recopy_shadow(table))),
+                            );
+                            for sql in recopy::finish_statements(&live, &shadow, &columns) {
+                                self.conn.execute_batch(&sql).map_err(db_error(&format!(
+                                    "replacing the rows of {live} with its re-copy"
+                                )))?;
+                            }
+                            self.forget_shadow(table)?;
+                        }
+                        RecopyStep::Cancel => self.forget_shadow(table)?,
+                        RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
+                    }
+                    if let Some(record) =
+                        recopy::record_step(&mut self.applied, &self.name, table, step)
+                    {
+                        save_record(&self.conn, (&self.pipeline, &self.name), table, &record)?;
+                    }
+                }
                 Event::Change(Change::Row { table, .. })
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
                 Event::Change(Change::Quarantine { table, reason }) => {
@@ -227,6 +258,21 @@ impl SqliteSink {
             self.in_transaction = false;
             debug!(sink = %self.name, %position, "committed");
         }
+        Ok(())
+    }
+
+    /// Drops the shadow table of `table`'s re-copy and its record.
+    fn forget_shadow(&mut self, table: &TableId) -> Result<(), Error> {
+        let shadow = recopy_shadow(table);
+        self.conn
+            .execute_batch(&format!(
+                "DROP TABLE IF EXISTS {}",
+                quote(&table_name(&shadow))
+            ))
+            .map_err(db_error("dropping a re-copy's shadow table"))?;
+        delete_record(&self.conn, (&self.pipeline, &self.name), &shadow)?;
+        self.applied.remove(&shadow);
+        self.known_tables.remove(&shadow);
         Ok(())
     }
 
@@ -473,16 +519,10 @@ fn ensure_table(
         }
         if let Step::RenameTable { from } = step {
             applied.remove(from);
-            conn.execute(
-                "DELETE FROM ferry_schemas WHERE pipeline = ?1 AND sink = ?2 AND source_table = ?3",
-                (pipeline, sink, evolve::record_key(from)),
-            )
-            .map_err(db_error(what()))?;
+            delete_record(conn, (pipeline, sink), from)?;
         }
     }
-    let mut record = Applied::of(schema);
-    // A quarantined table's target keeps in step with its schema; it stays quarantined until a new snapshot.
-    record.quarantined = applied.get(&schema.id).and_then(|a| a.quarantined.clone());
+    let record = Applied::following(schema, applied.get(&schema.id));
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record)?;
         applied.insert(schema.id.clone(), record);
@@ -503,6 +543,19 @@ fn save_record(
         (pipeline, sink, evolve::record_key(table), record.to_json()),
     )
     .map_err(db_error(format!("recording the schema of {table}")))?;
+    Ok(())
+}
+
+fn delete_record(
+    conn: &Connection,
+    (pipeline, sink): (&str, &str),
+    table: &TableId,
+) -> Result<(), Error> {
+    conn.execute(
+        "DELETE FROM ferry_schemas WHERE pipeline = ?1 AND sink = ?2 AND source_table = ?3",
+        (pipeline, sink, evolve::record_key(table)),
+    )
+    .map_err(db_error(format!("deleting the schema record of {table}")))?;
     Ok(())
 }
 
@@ -533,6 +586,10 @@ impl Sink for SqliteSink {
                 .map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))
         })
         .transpose()
+    }
+
+    async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
+        Ok(Some(recopy::recorded(&self.applied)))
     }
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {

@@ -13,6 +13,7 @@ mod check;
 mod conn;
 mod decode;
 pub mod pgoutput;
+pub mod recopy;
 mod rewrite;
 mod slot;
 mod snapshot;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_config::{PostgresSource, SnapshotMode};
-use ferry_core::{Error, Event, Lsn, PipelineState, PipelineStats, Position};
+use ferry_core::{Error, Event, Lsn, PipelineState, PipelineStats, Position, TableId};
 use ferry_pgconn::PgUrl;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
@@ -67,6 +68,9 @@ pub struct PgSourceSettings {
     pub config: PostgresSource,
     pub heartbeat_interval: Option<Duration>,
     pub snapshot_parallelism: usize,
+    /// Online re-copies under way in the sinks, with the cursor they agree on (`None`: they disagree, and the
+    /// re-copy starts again).
+    pub recopies: Vec<(TableId, Option<String>)>,
 }
 
 /// Runs the source: snapshot if `resume` is `None`, then streams from the slot until `shutdown` turns true.
@@ -98,6 +102,7 @@ pub async fn run(
     let url_config = PgUrl::parse(&cfg.url)?;
     let application_name = format!("ferry_{}", settings.pipeline);
 
+    let resuming = resume.is_some();
     let start = match resume {
         Some(checkpoint) => slot::check_resumable(catalog.client(), &cfg.slot, &checkpoint).await?,
         None => {
@@ -150,7 +155,8 @@ pub async fn run(
         }
     };
     let conn = ReplicationConn::connect(&url_config, &application_name).await?;
-    let streamer = stream::Streamer {
+    let generated_published = catalog.publishes_generated_columns().await?;
+    let mut streamer = stream::Streamer {
         conn,
         catalog,
         events,
@@ -167,9 +173,54 @@ pub async fn run(
         in_transaction: false,
         stats,
         received: 0,
+        slot: cfg.slot.clone(),
+        recopies: recopy::Recopies::new(&cfg.url, generated_published),
+        recopy_schemas: Default::default(),
+        xid: None,
     };
+    if resuming {
+        streamer.resume_recopies(settings.recopies.clone()).await?;
+    }
     streamer.run(&cfg.slot, &cfg.publication, start).await?;
     Ok(SourceExit::Shutdown)
+}
+
+/// Asks the pipeline reading `config` to re-copy `table` while it streams (`ferry snapshot --table`): checks the
+/// table can be (published, with a primary key or identity index) and the slot exists, then writes the request
+/// into the WAL, where the pipeline finds it in order, now or when it next runs.
+pub async fn request_recopy(config: &PostgresSource, table: &TableId) -> Result<(), Error> {
+    let client = connect_client(&config.url).await?;
+    if slot_info(&client, &config.slot).await?.is_none() {
+        return Err(Error::fatal(format!(
+            "slot {} does not exist: the pipeline has not started yet, and its first snapshot copies every table",
+            config.slot
+        )));
+    }
+    let row = client
+        .query_opt(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND EXISTS (SELECT 1 FROM pg_publication_tables p \
+             WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname)",
+            &[&table.schema, &table.name, &config.publication],
+        )
+        .await
+        .map_err(|e| Error::transient("looking up the table", e))?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        None => {
+            return Err(Error::fatal(format!(
+                "publication {} does not include the table (check the name, and [source] tables)",
+                config.publication
+            )))
+        }
+        Some(false) => {
+            return Err(Error::fatal(
+                "the table has no primary key (nor replica identity index): Ferry re-copies tables in key order;                  add a primary key, or copy every table anew with `ferry reset --yes`",
+            ))
+        }
+        Some(true) => {}
+    }
+    recopy::request(&client, &config.slot, table).await
 }
 
 /// Drops the slot and the publication (for `ferry reset`).

@@ -22,7 +22,8 @@ pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-fn qualified(t: &TableId) -> String {
+/// `"schema"."name"`.
+pub(crate) fn qualified(t: &TableId) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 

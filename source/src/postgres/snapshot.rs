@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use ferry_core::{
     Change, Error, Event, Lsn, PipelineStats, Position, RowOp, SchemaRef, SnapshotProgress,
-    TableId, Value,
+    TableId, TableSchema, Value,
 };
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -20,7 +20,7 @@ use tracing::info;
 
 use super::catalog::Catalog;
 use super::decode::decode_text;
-use super::slot::quote_ident;
+use super::slot::{qualified, quote_ident};
 use super::{connect_client, SESSION_SQL};
 
 /// One table to copy.
@@ -122,19 +122,10 @@ async fn copy_table(
         ))
         .await
         .map_err(sql_err)?;
-    let columns: Vec<String> = schema
-        .columns
-        .iter()
-        .map(|c| match &c.generated {
-            Some(_) if !generated_published => "NULL".to_owned(),
-            _ => quote_ident(&c.name),
-        })
-        .collect();
     let sql = format!(
-        "COPY (SELECT {} FROM {}.{}) TO STDOUT",
-        columns.join(", "),
-        quote_ident(&schema.id.schema),
-        quote_ident(&schema.id.name)
+        "COPY (SELECT {} FROM {}) TO STDOUT",
+        select_list(schema, generated_published),
+        qualified(&schema.id)
     );
     let stream = client.copy_out(sql.as_str()).await.map_err(sql_err)?;
     pin_mut!(stream);
@@ -161,8 +152,22 @@ async fn copy_table(
     Ok(rows)
 }
 
+/// The columns a copy selects: every column of `schema`, in order; generated columns the stream cannot carry
+/// (`generated_published` false) as NULL, so snapshot and stream agree.
+pub(crate) fn select_list(schema: &TableSchema, generated_published: bool) -> String {
+    let columns: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| match &c.generated {
+            Some(_) if !generated_published => "NULL".to_owned(),
+            _ => quote_ident(&c.name),
+        })
+        .collect();
+    columns.join(", ")
+}
+
 /// Parses one line of COPY's text format (tab-separated, `\N` for NULL, backslash escapes).
-fn parse_copy_line(schema: &SchemaRef, line: &[u8]) -> Result<Vec<Value>, Error> {
+pub(crate) fn parse_copy_line(schema: &SchemaRef, line: &[u8]) -> Result<Vec<Value>, Error> {
     let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
     if fields.len() != schema.columns.len() {
         return Err(Error::fatal(format!(
@@ -187,7 +192,7 @@ fn parse_copy_line(schema: &SchemaRef, line: &[u8]) -> Result<Vec<Value>, Error>
         .collect()
 }
 
-fn unescape_copy(field: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn unescape_copy(field: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if !field.contains(&b'\\') {
         return std::borrow::Cow::Borrowed(field);
     }

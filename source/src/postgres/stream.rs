@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{
-    Change, Error, Event, Lsn, PipelineState, PipelineStats, Position, RowOp, SchemaRef, TableId,
-    TableSchema, Timestamp, Value,
+    Change, Error, Event, Lsn, PipelineState, PipelineStats, Position, RecopyStep, RowOp,
+    SchemaRef, TableId, TableSchema, Timestamp, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -26,6 +26,7 @@ use super::catalog::{Catalog, RawColumn};
 use super::conn::ReplicationConn;
 use super::decode::decode_text;
 use super::pgoutput::{standby_status_update, Decoder, PgOutput, ReplicationMessage, TupleValue};
+use super::recopy::{self, Cursor, Landed, Recopies};
 use super::rewrite::{self, Rewrite};
 use super::slot::quote_literal;
 use ferry_config::SchemaChangePolicy;
@@ -72,6 +73,14 @@ pub(crate) struct Streamer {
     pub stats: Arc<PipelineStats>,
     /// XLogData messages received; the status tick compares it to notice an idle source.
     pub received: u64,
+    /// The slot streamed (a re-copy request names it).
+    pub slot: String,
+    /// Tables re-copied while streaming.
+    pub recopies: Recopies,
+    /// Schemas a re-copy chunk announced for relations the stream has not described yet.
+    pub recopy_schemas: HashMap<u32, SchemaRef>,
+    /// The xid of the transaction being streamed.
+    pub xid: Option<u32>,
 }
 
 fn now_unix_micros() -> i64 {
@@ -179,6 +188,9 @@ impl Streamer {
                 Step::Shutdown => return self.finish().await,
                 Step::Tick => {
                     self.send_status(false).await?;
+                    if let Some(e) = self.recopies.failure() {
+                        return Err(e);
+                    }
                     if self.received != received_at_tick {
                         received_at_tick = self.received;
                         last_data = Instant::now();
@@ -273,6 +285,7 @@ impl Streamer {
         match msg {
             PgOutput::Begin { final_lsn, xid, .. } => {
                 self.in_transaction = true;
+                self.xid = Some(xid);
                 out.push_back(Event::Begin {
                     commit_at: Position::Pg(final_lsn),
                     xid: Some(xid),
@@ -284,6 +297,7 @@ impl Streamer {
                 ..
             } => {
                 self.in_transaction = false;
+                self.recopies.committed(self.xid.take());
                 out.push_back(Event::Commit {
                     position: Position::Pg(end_lsn),
                     commit_time: Timestamp::from_pg_micros(commit_time_micros),
@@ -344,6 +358,9 @@ impl Streamer {
             PgOutput::Insert { oid, new, .. } => {
                 let table = self.relation(oid, out)?;
                 let after = self.row(oid, &table, &new)?;
+                if self.recopies.is_active(oid) {
+                    self.recopies.touched(oid, &table, [None, Some(&after)]);
+                }
                 out.push_back(Event::Change(Change::Row {
                     table,
                     op: RowOp::Insert { after },
@@ -356,6 +373,10 @@ impl Streamer {
                 if let Some(before) = &before {
                     fill_unchanged_from_identity(&table, before, &mut after);
                 }
+                if self.recopies.is_active(oid) {
+                    self.recopies
+                        .touched(oid, &table, [before.as_ref(), Some(&after)]);
+                }
                 out.push_back(Event::Change(Change::Row {
                     table,
                     op: RowOp::Update { before, after },
@@ -364,6 +385,9 @@ impl Streamer {
             PgOutput::Delete { oid, old, .. } => {
                 let table = self.relation(oid, out)?;
                 let before = self.row(oid, &table, &old)?;
+                if self.recopies.is_active(oid) {
+                    self.recopies.touched(oid, &table, [Some(&before), None]);
+                }
                 out.push_back(Event::Change(Change::Row {
                     table,
                     op: RowOp::Delete { before },
@@ -396,6 +420,32 @@ impl Streamer {
                 content,
                 ..
             } => self.on_rewrite(content, lsn, out).await?,
+            PgOutput::Message {
+                transactional: true,
+                prefix: recopy::WATERMARK_PREFIX,
+                content,
+                ..
+            } => self.on_watermark(content, out)?,
+            PgOutput::Message {
+                transactional: true,
+                prefix: recopy::SIGNAL_PREFIX,
+                content,
+                ..
+            } => {
+                let Ok(signal) = serde_json::from_slice::<recopy::Signal>(content) else {
+                    warn!("an unreadable re-copy request; ignored");
+                    return Ok(());
+                };
+                if signal.slot == self.slot {
+                    match TableId::parse(&signal.table, "public") {
+                        Some(table) => self.start_recopy(table, out).await?,
+                        None => warn!(
+                            table = signal.table,
+                            "a re-copy request names no table; ignored"
+                        ),
+                    }
+                }
+            }
             PgOutput::Message { .. } | PgOutput::Type { .. } | PgOutput::Origin { .. } => {}
             PgOutput::StreamStart { .. }
             | PgOutput::StreamStop
@@ -459,7 +509,165 @@ impl Streamer {
                 out.push_back(Event::Change(Change::Quarantine { table, reason }));
                 Ok(())
             }
+            SchemaChangePolicy::Resnapshot => {
+                warn!(%table, %reason, "re-copying the table (on_schema_change = \"resnapshot\")");
+                self.start_recopy(table, out).await
+            }
         }
+    }
+
+    /// Starts re-copying `table` at this point of the stream (a request, or the `resnapshot` policy).
+    async fn start_recopy(
+        &mut self,
+        table: TableId,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
+        let Some(oid) = self.published_oid(&table).await? else {
+            warn!(%table, publication = %self.publication, "a re-copy was asked for a table that is not published; ignored");
+            return Ok(());
+        };
+        if self.recopies.is_active(oid) {
+            info!(%table, "the table is being re-copied already");
+            return Ok(());
+        }
+        let schema = match self.relations.get(&oid) {
+            Some(_) => self.relation(oid, out)?,
+            None => self.catalog_schema(oid, &table, out).await?,
+        };
+        self.recopies.start(oid, &schema, Cursor::default())?;
+        self.stats.recopy(table.to_string(), 0, false);
+        out.push_back(Event::Change(Change::Recopy {
+            table,
+            step: RecopyStep::Start { schema },
+        }));
+        Ok(())
+    }
+
+    /// Resumes the re-copies the sinks hold cursors for; one without a cursor starts again from its first row.
+    pub async fn resume_recopies(
+        &mut self,
+        recopies: Vec<(TableId, Option<String>)>,
+    ) -> Result<(), Error> {
+        for (table, cursor) in recopies {
+            let Some(oid) = self.published_oid(&table).await? else {
+                warn!(%table, "a re-copy under way is dropped: the table is no longer published");
+                continue;
+            };
+            match cursor {
+                Some(text) => {
+                    let cursor = Cursor::parse(&table, &text)?;
+                    let columns = self.catalog.columns(oid).await?;
+                    let schema = self
+                        .catalog
+                        .table_schema(oid, table.clone(), &columns, None, 0, None)
+                        .await?;
+                    self.stats.recopy(table.to_string(), cursor.rows, false);
+                    self.recopies.start(oid, &schema, cursor)?;
+                }
+                None => {
+                    info!(%table, "the sinks disagree on how far the table's re-copy got: it starts again");
+                    recopy::request(self.catalog.client(), &self.slot, &table).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The relation OID of `table` if the publication includes it.
+    async fn published_oid(&self, table: &TableId) -> Result<Option<u32>, Error> {
+        let row = self
+            .catalog
+            .client()
+            .query_opt(
+                "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND EXISTS (SELECT 1 FROM pg_publication_tables p \
+                 WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname)",
+                &[&table.schema, &table.name, &self.publication],
+            )
+            .await
+            .map_err(|e| Error::transient("looking up a table to re-copy", e))?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u32))
+    }
+
+    /// The schema of a relation the stream has not described since it started, from the catalog, announced.
+    async fn catalog_schema(
+        &mut self,
+        oid: u32,
+        table: &TableId,
+        out: &mut VecDeque<Event>,
+    ) -> Result<SchemaRef, Error> {
+        if let Some(s) = self.recopy_schemas.get(&oid) {
+            return Ok(s.clone());
+        }
+        let columns = self.catalog.columns(oid).await?;
+        self.schema_versions += 1;
+        let schema = self
+            .catalog
+            .table_schema(
+                oid,
+                table.clone(),
+                &columns,
+                None,
+                self.schema_versions,
+                None,
+            )
+            .await?;
+        self.recopy_schemas.insert(oid, schema.clone());
+        out.push_back(Event::Schema(schema.clone()));
+        Ok(schema)
+    }
+
+    /// A re-copy watermark: at a high watermark, the chunk's rows and cursor (or the end of the re-copy).
+    fn on_watermark(&mut self, content: &[u8], out: &mut VecDeque<Event>) -> Result<(), Error> {
+        let relations = &self.relations;
+        let recopy_schemas = &self.recopy_schemas;
+        let landed = self.recopies.watermark(content, |oid| {
+            relations
+                .get(&oid)
+                .or_else(|| recopy_schemas.get(&oid))
+                .cloned()
+        })?;
+        let Landed::Chunk {
+            schema,
+            schema_new,
+            rows,
+            cursor,
+            finished,
+        } = landed
+        else {
+            return Ok(());
+        };
+        let schema = if schema_new {
+            self.schema_versions += 1;
+            let mut s = (*schema).clone();
+            s.version = self.schema_versions;
+            let s = std::sync::Arc::new(s);
+            if let Some(oid) = s.relation_id {
+                self.recopy_schemas.insert(oid, s.clone());
+            }
+            out.push_back(Event::Schema(s.clone()));
+            s
+        } else {
+            schema
+        };
+        for after in rows {
+            out.push_back(Event::Change(Change::Row {
+                table: schema.clone(),
+                op: RowOp::Read { after },
+            }));
+        }
+        let table = schema.id.clone();
+        self.stats.recopy(table.to_string(), cursor.rows, finished);
+        let step = if finished {
+            RecopyStep::Finish { schema }
+        } else {
+            RecopyStep::Chunk {
+                rows: cursor.rows,
+                cursor: cursor.to_json(),
+            }
+        };
+        out.push_back(Event::Change(Change::Recopy { table, step }));
+        Ok(())
     }
 
     /// A tuple of relation `oid` as a row of `table`; columns the tuple does not carry are NULL.
