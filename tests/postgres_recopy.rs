@@ -254,3 +254,50 @@ fn a_recopy_request_that_cannot_be_served_says_why() {
         ferry.log()
     );
 }
+
+#[test]
+fn a_recopy_ends_a_quarantine() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE a (id int PRIMARY KEY, v int);
+         INSERT INTO a SELECT g, g FROM generate_series(1, 3000) g;",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let text = fan_out_config(&pg, "rq2", "[pipeline.batch]\nmax_wait = \"20ms\"", &db).replace(
+        "[source]\ntype = \"postgres\"\n",
+        "[source]\ntype = \"postgres\"\non_schema_change = \"quarantine\"\n",
+    );
+    let cfg = write_config(dir.path(), "rq2", &text);
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "ALTER TABLE a ADD COLUMN at timestamptz NOT NULL DEFAULT clock_timestamp();
+         DELETE FROM a WHERE id % 10 = 0; INSERT INTO a (id, v) VALUES (5000, 5);",
+    );
+    assert!(
+        wait_until(WAIT, || ferry
+            .get("/status")
+            .is_some_and(|(_, s)| s.contains("public.a: rewritten at"))),
+        "{}",
+        ferry.log()
+    );
+    let (ok, out) = request(&cfg, "a");
+    assert!(ok, "{out}");
+    let sql = "SELECT id, v, at FROM a ORDER BY id";
+    wait_same(&pg, sql, &ferry);
+    let lite = "SELECT count(*), sum(v) FROM a";
+    let expected = pg.psql("shop", lite);
+    assert!(
+        wait_until(WAIT, || sqlite_rows(&db, lite).join("\n") == expected),
+        "{}",
+        ferry.log()
+    );
+    let (_, status) = ferry.get("/status").expect("status");
+    assert!(!status.contains("rewritten at"), "{status}");
+    // Its changes are applied again.
+    pg.psql("shop", "UPDATE a SET v = -1 WHERE id = 1");
+    wait_same(&pg, sql, &ferry);
+}

@@ -245,6 +245,14 @@ impl PipelineStats {
         }
     }
 
+    /// A quarantined table was copied anew.
+    pub fn release_quarantine(&self, table: &str) {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _)| t != table);
+    }
+
     /// The tables quarantined in this run, with why.
     pub fn quarantined(&self) -> Vec<(String, String)> {
         self.quarantined

@@ -146,6 +146,8 @@ struct Window {
     commits_at_low: Option<u64>,
     /// Keys (see [`key_string`]) changed in the window.
     changed: HashSet<String>,
+    /// The table was truncated in the window: every row of the chunk may be gone.
+    truncated: bool,
 }
 
 struct Active {
@@ -275,6 +277,13 @@ impl Recopies {
         }
     }
 
+    /// Relation `oid` was truncated.
+    pub fn truncated(&mut self, oid: u32) {
+        if let Some(w) = self.active.get_mut(&oid).and_then(|a| a.window.as_mut()) {
+            w.truncated |= w.commits_at_low.is_some();
+        }
+    }
+
     fn drain(&mut self) {
         while let Ok(m) = self.rx.try_recv() {
             match m {
@@ -284,6 +293,7 @@ impl Recopies {
                             tag,
                             commits_at_low: None,
                             changed: HashSet::new(),
+                            truncated: false,
                         });
                     }
                 }
@@ -352,8 +362,8 @@ impl Recopies {
             _ => (chunk.schema.clone(), true),
         };
         active.mismatches = 0;
-        if hidden {
-            debug!(table = %active.table, "a transaction that committed before the low watermark was invisible to the chunk; reading it again");
+        if hidden || window.truncated {
+            debug!(table = %active.table, hidden, truncated = window.truncated, "reading a re-copy chunk again");
             let _ = chunk.reply.send(Some(active.cursor.clone()));
             return Ok(Landed::None);
         }

@@ -394,6 +394,9 @@ impl Streamer {
                 }));
             }
             PgOutput::Truncate { oids, .. } => {
+                for oid in &oids {
+                    self.recopies.truncated(*oid);
+                }
                 let tables = oids
                     .iter()
                     .map(|o| self.relation(*o, out).map(|t| t.id.clone()))
@@ -658,6 +661,10 @@ impl Streamer {
         }
         let table = schema.id.clone();
         self.stats.recopy(table.to_string(), cursor.rows, finished);
+        if finished {
+            // The copy replaces what the targets had: a quarantine of the table ends with it.
+            self.stats.release_quarantine(&table.to_string());
+        }
         let step = if finished {
             RecopyStep::Finish { schema }
         } else {
