@@ -74,6 +74,7 @@ fn state_name(state: &PipelineState) -> &'static str {
         PipelineState::Snapshotting => "snapshotting",
         PipelineState::Streaming => "streaming",
         PipelineState::Retrying { .. } => "retrying",
+        PipelineState::Standby { .. } => "standby",
         PipelineState::Failed { .. } => "failed",
         PipelineState::Stopped => "stopped",
     }
@@ -119,7 +120,9 @@ pub struct LiveSink {
 fn live_status(p: &PipelineStats) -> LiveStatus {
     let state = p.state();
     let error = match &state {
-        PipelineState::Retrying { error } | PipelineState::Failed { error } => Some(error.clone()),
+        PipelineState::Retrying { error }
+        | PipelineState::Failed { error }
+        | PipelineState::Standby { owner: error } => Some(error.clone()),
         _ => None,
     };
     LiveStatus {

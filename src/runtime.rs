@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
-use ferry_core::{Error, Event, PipelineState, PipelineStats, Position, Sink, TableId, Transform};
+use ferry_core::{
+    Error, ErrorClass, Event, PipelineState, PipelineStats, Position, Sink, TableId, Transform,
+};
 use ferry_sink::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
 use ferry_source::mysql::{self, MysqlSourceSettings};
 use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
@@ -23,6 +25,9 @@ use ferry_transform::TableFilter;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
+
+/// How often a standby tries to take the lease of the pipeline another process runs.
+const STANDBY_POLL: Duration = Duration::from_secs(2);
 
 /// Events buffered between the source and the batcher.
 const EVENT_CHANNEL: usize = 4096;
@@ -36,12 +41,25 @@ pub async fn run_pipeline(
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = tokio::time::Instant::now();
-        stats.set_state(PipelineState::Starting);
+        if !matches!(stats.state(), PipelineState::Standby { .. }) {
+            stats.set_state(PipelineState::Starting);
+        }
         match run_once(&config, &stats, shutdown.clone()).await {
             Ok(exit) => {
                 stats.set_state(PipelineState::Stopped);
                 info!(pipeline = %config.name, ?exit, "pipeline stopped");
                 return Ok(());
+            }
+            Err(e) if e.class == ErrorClass::Standby && !*shutdown.borrow() => {
+                let owner = e.to_string();
+                if !matches!(stats.state(), PipelineState::Standby { owner: o } if o == owner) {
+                    warn!(pipeline = %config.name, "{owner}");
+                }
+                stats.set_state(PipelineState::Standby { owner });
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
             }
             Err(e) if e.is_transient() && !*shutdown.borrow() => {
                 stats.set_state(PipelineState::Retrying {

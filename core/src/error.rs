@@ -9,6 +9,8 @@ pub enum ErrorClass {
     Transient,
     /// Retrying cannot help (slot gone, position gap, bad configuration): stop and tell the operator.
     Fatal,
+    /// Another process runs this pipeline (it holds the lease): wait as a standby and take over when it stops.
+    Standby,
 }
 
 /// A component failure with the operator-facing context and the underlying cause.
@@ -70,6 +72,15 @@ impl Error {
             class: ErrorClass::Fatal,
             message: message.into(),
             source: Some(source.into()),
+        }
+    }
+
+    /// Another process holds the pipeline's lease; `message` names the pipeline and that process.
+    pub fn standby(message: impl Into<String>) -> Self {
+        Error {
+            class: ErrorClass::Standby,
+            message: message.into(),
+            source: None,
         }
     }
 

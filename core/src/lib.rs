@@ -34,3 +34,21 @@ pub use sink::{Sink, Transform};
 pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};
 pub use value::{Decimal, Uuid, Value};
+
+/// FNV-1a, 64 bits: a hash stable across builds and platforms, for names and lock keys stored outside Ferry.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// This process as other processes are told about it (a lease holder): `host pid N`.
+pub fn process_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown host".to_owned());
+    format!("{host} pid {}", std::process::id())
+}

@@ -29,6 +29,10 @@ pub enum PipelineState {
     Retrying {
         error: String,
     },
+    /// Another process runs the pipeline; this one waits to take over (`owner` says which holds the lease).
+    Standby {
+        owner: String,
+    },
     /// A fatal failure: the pipeline stopped and needs a person.
     Failed {
         error: String,

@@ -12,6 +12,7 @@
 //! lead to `sslrootcert`), `verify-full` (and the certificate must name the host). tokio-postgres parses only the
 //! first three, so both TLS keys are taken out of the URL before it is handed on.
 
+pub mod lease;
 mod stream;
 mod verify;
 

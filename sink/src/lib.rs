@@ -17,3 +17,11 @@ pub use discard::DiscardSink;
 pub use mysql::MysqlSink;
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
+
+/// The error of a sink whose lease another process holds: this process becomes a standby.
+pub fn lease_busy(pipeline: &str, sink: &str, holder: &str) -> ferry_core::Error {
+    ferry_core::Error::standby(format!(
+        "pipeline {pipeline} (sink {sink}) is already run by another process: {holder}; this one waits as a \
+         standby and takes over when that process stops"
+    ))
+}

@@ -125,6 +125,7 @@ impl MysqlSink {
         conn.query_drop(CREATE_CHECKPOINT_TABLE)
             .await
             .map_err(write_error("creating ferry_checkpoints"))?;
+        take_lease(&mut conn, pipeline, name).await?;
         conn.query_drop(evolve::CREATE_SCHEMAS_TABLE)
             .await
             .map_err(write_error("creating ferry_schemas"))?;
@@ -799,6 +800,47 @@ impl Sink for MysqlSink {
         }
         result
     }
+}
+
+/// Takes the lease of `pipeline`'s sink `name`: a `GET_LOCK` held by this connection for as long as it lives (a
+/// process that dies releases it), and the holder's name in `ferry_leases` for the process that finds it taken.
+async fn take_lease(conn: &mut Conn, pipeline: &str, name: &str) -> Result<(), Error> {
+    let lease = format!(
+        "ferry_{:016x}",
+        ferry_core::fnv1a(format!("ferry lease sink {pipeline}/{name}").into_bytes())
+    );
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS ferry_leases (lease VARCHAR(64) NOT NULL PRIMARY KEY, \
+         pipeline VARCHAR(255) NOT NULL, sink VARCHAR(255) NOT NULL, owner VARCHAR(255) NOT NULL, \
+         since VARCHAR(64) NOT NULL)",
+    )
+    .await
+    .map_err(write_error("creating ferry_leases"))?;
+    let taken: Option<Option<i64>> = conn
+        .exec_first("SELECT GET_LOCK(?, 0)", (&lease,))
+        .await
+        .map_err(write_error("taking the pipeline's lease"))?;
+    if taken.flatten() == Some(1) {
+        conn.exec_drop(
+            "REPLACE INTO ferry_leases (lease, pipeline, sink, owner, since) VALUES (?, ?, ?, ?, ?)",
+            (&lease, pipeline, name, ferry_core::process_owner(), now_text()),
+        )
+        .await
+        .map_err(write_error("recording the pipeline's lease"))?;
+        return Ok(());
+    }
+    let holder: Option<(String, String)> = conn
+        .exec_first(
+            "SELECT owner, since FROM ferry_leases WHERE lease = ?",
+            (&lease,),
+        )
+        .await
+        .map_err(write_error("reading the pipeline's lease"))?;
+    let holder = holder.map_or_else(
+        || "another process".to_owned(),
+        |(owner, since)| format!("ferry {owner} (since {since})"),
+    );
+    Err(crate::lease_busy(pipeline, name, &holder))
 }
 
 /// Lists a pipeline's checkpoints in a MySQL target (`ferry status`).

@@ -95,6 +95,11 @@ impl PostgresSink {
     /// Connects and makes sure the checkpoint table exists.
     pub async fn connect(name: &str, pipeline: &str, url: &str) -> Result<Self, Error> {
         let client = connect(url).await?;
+        if let Some(holder) =
+            ferry_pgconn::lease::try_lease(&client, &format!("sink {pipeline}/{name}")).await?
+        {
+            return Err(crate::lease_busy(pipeline, name, &holder));
+        }
         client
             .batch_execute(&format!(
                 "{}; {}",

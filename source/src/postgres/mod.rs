@@ -84,6 +84,17 @@ pub async fn run(
 ) -> Result<SourceExit, Error> {
     let cfg = &settings.config;
     let client = connect_client(&cfg.url).await?;
+    // Slot creation, drop and the snapshot happen only under the slot's lease: a second process with the same
+    // slot waits as a standby instead of dropping the slot under the first one's feet.
+    if let Some(holder) =
+        ferry_pgconn::lease::try_lease(&client, &format!("slot {}", cfg.slot)).await?
+    {
+        return Err(Error::standby(format!(
+            "pipeline {} (slot {}) is already run by another process: {holder}; this one waits as a standby \
+             and takes over when that process stops",
+            settings.pipeline, cfg.slot
+        )));
+    }
     check::require_logical_wal(&client).await?;
     let mut catalog = Catalog::new(client);
     let version = catalog.server_version().await?;
