@@ -16,6 +16,9 @@ use tracing::info;
 use crate::http::LiveStatus;
 use crate::runtime::{load_configs, run_pipeline};
 
+/// How long SIGTERM waits for the pipelines to write their last checkpoint.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// `ferry run`: every pipeline until SIGTERM / SIGINT, then a graceful stop.
 pub async fn run(files: &[PathBuf], http: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let pipelines = load_configs(files)?;
@@ -35,6 +38,15 @@ pub async fn run(files: &[PathBuf], http: Option<SocketAddr>) -> anyhow::Result<
         wait_for_signal().await;
         info!("stopping: finishing the batch in flight and writing the checkpoint");
         let _ = stop_tx.send(true);
+        // A connection that never answers must not hold the process: exactly-once does not need the last flush
+        // (the next start resumes from the checkpoints), so after the grace period the process just exits.
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::error!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "a pipeline did not stop within the grace period (a connection that does not answer); exiting \
+             without its last checkpoint: the next start resumes from the one before"
+        );
+        std::process::exit(2);
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (p, stats) in pipelines.into_iter().zip(stats) {

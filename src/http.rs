@@ -54,6 +54,11 @@ async fn readyz(State(pipelines): State<Registry>) -> Response {
         .iter()
         .filter_map(|p| match p.state() {
             PipelineState::Snapshotting | PipelineState::Streaming => None,
+            PipelineState::Retrying { error: why }
+            | PipelineState::Failed { error: why }
+            | PipelineState::Standby { owner: why } => {
+                Some(format!("{}: {} ({why})", p.name, state_name(&p.state())))
+            }
             other => Some(format!("{}: {}", p.name, state_name(&other))),
         })
         .collect();

@@ -285,6 +285,7 @@ async fn run_once(
                     config: source.clone(),
                     heartbeat_interval: config.heartbeat_interval,
                     snapshot_parallelism: config.snapshot_parallelism,
+                    source_timeout: config.source_timeout,
                     recopies: agreed_recopies(&recopies),
                 };
                 pg::run(&settings, resume, events_tx, acked, shutdown, stats.clone()).await
@@ -294,6 +295,7 @@ async fn run_once(
                 drop(acked);
                 let settings = MysqlSourceSettings {
                     pipeline: config.name.clone(),
+                    source_timeout: config.source_timeout,
                     config: source.clone(),
                     snapshot_parallelism: config.snapshot_parallelism,
                 };

@@ -20,6 +20,9 @@ pub struct PipelineConfig {
     pub heartbeat_interval: Option<Duration>,
     /// Tables copied at once by the initial snapshot.
     pub snapshot_parallelism: usize,
+    /// How long the source may send nothing (no change, no keepalive, no heartbeat) before Ferry takes its
+    /// connection for dead and reconnects.
+    pub source_timeout: Duration,
 }
 
 /// Where changes come from.

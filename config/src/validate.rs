@@ -128,17 +128,70 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn positive_int(&mut self, sec: &mut Section<'_>, key: &'static str) -> Option<usize> {
+    /// An integer from `min` to `max`: every numeric setting has bounds, so a huge value is a config error,
+    /// not a failure (or a panic) when the pipeline runs.
+    fn int_within(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        (min, max): (usize, usize),
+    ) -> Option<usize> {
         match self.get(sec, key)? {
-            Value::Integer(n) if *n > 0 => Some(*n as usize),
+            Value::Integer(n) if *n >= min as i64 && (*n as u64) <= max as u64 => Some(*n as usize),
             other => {
                 self.error(
                     sec.key(key),
-                    format!("expected a positive integer, found {}", describe(other)),
+                    format!(
+                        "expected an integer from {min} to {max}, found {}",
+                        describe(other)
+                    ),
                 );
                 None
             }
         }
+    }
+
+    /// A duration from `min` to `max` (or "off" where `allow_off`).
+    fn duration_within(
+        &mut self,
+        sec: &mut Section<'_>,
+        key: &'static str,
+        allow_off: bool,
+        (min, max): (Duration, Duration),
+    ) -> Option<Option<Duration>> {
+        let d = self.duration(sec, key, allow_off)?;
+        match d {
+            Some(v) if v < min || v > max => {
+                self.error(
+                    sec.key(key),
+                    format!("expected a duration from {min:?} to {max:?}, found {v:?}"),
+                );
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// A name PostgreSQL takes as an identifier: 1 to 63 bytes; `slot` names also only lowercase letters, digits
+    /// and `_` (as replication slots must be).
+    fn pg_name(&mut self, sec: &mut Section<'_>, key: &'static str, slot: bool) -> Option<String> {
+        let expected = if slot {
+            "a slot name: 1 to 63 lowercase letters, digits and _"
+        } else {
+            "a publication name: 1 to 63 bytes"
+        };
+        let name = self.string(sec, key, expected)?;
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && (!slot
+                || name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        if !ok {
+            self.error(sec.key(key), format!("expected {expected}, found {name:?}"));
+            return None;
+        }
+        Some(name)
     }
 
     fn duration(
@@ -226,7 +279,15 @@ impl Reader<'_> {
         key: &'static str,
         expected: &str,
     ) -> Option<PathBuf> {
-        let path = PathBuf::from(self.required_string(sec, key, expected)?);
+        let text = self.required_string(sec, key, expected)?;
+        if text.trim().is_empty() {
+            self.error(
+                sec.key(key),
+                format!("expected {expected}, found an empty string"),
+            );
+            return None;
+        }
+        let path = PathBuf::from(text);
         if path.is_relative() {
             Some(self.file.parent().unwrap_or(Path::new(".")).join(path))
         } else {
@@ -286,6 +347,7 @@ pub fn validate(
     let mut batch = BatchLimits::default();
     let mut heartbeat_interval = Some(Duration::from_secs(10));
     let mut snapshot_parallelism = 2;
+    let mut source_timeout = Duration::from_secs(30);
     match r.subtable(&mut root, "pipeline") {
         Some(mut p) => {
             name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
@@ -297,23 +359,41 @@ pub fn validate(
                     r.error(p.key("name"), format!("expected letters, digits and _ (at most 40; it names the replication slot), found {n:?}"));
                 }
             }
-            if let Some(d) = r.duration(&mut p, "heartbeat_interval", true) {
+            if let Some(d) = r.duration_within(
+                &mut p,
+                "heartbeat_interval",
+                true,
+                (Duration::from_millis(100), Duration::from_secs(86_400)),
+            ) {
                 heartbeat_interval = d;
             }
-            if let Some(n) = r.positive_int(&mut p, "snapshot_parallelism") {
+            if let Some(Some(d)) = r.duration_within(
+                &mut p,
+                "source_timeout",
+                false,
+                (Duration::from_secs(1), Duration::from_secs(3600)),
+            ) {
+                source_timeout = d;
+            }
+            if let Some(n) = r.int_within(&mut p, "snapshot_parallelism", (1, 64)) {
                 snapshot_parallelism = n;
             }
             if let Some(mut b) = r.subtable(&mut p, "batch") {
-                if let Some(n) = r.positive_int(&mut b, "max_events") {
+                if let Some(n) = r.int_within(&mut b, "max_events", (1, 10_000_000)) {
                     batch.max_events = n;
                 }
-                if let Some(n) = r.positive_int(&mut b, "max_bytes") {
+                if let Some(n) = r.int_within(&mut b, "max_bytes", (1024, 1 << 32)) {
                     batch.max_bytes = n;
                 }
-                if let Some(Some(d)) = r.duration(&mut b, "max_wait", false) {
+                if let Some(Some(d)) = r.duration_within(
+                    &mut b,
+                    "max_wait",
+                    false,
+                    (Duration::ZERO, Duration::from_secs(3600)),
+                ) {
                     batch.max_wait = d;
                 }
-                if let Some(n) = r.positive_int(&mut b, "max_transaction_events") {
+                if let Some(n) = r.int_within(&mut b, "max_transaction_events", (1, 100_000_000)) {
                     batch.max_transaction_events = n;
                 }
                 r.finish(b);
@@ -368,6 +448,7 @@ pub fn validate(
                 batch,
                 heartbeat_interval,
                 snapshot_parallelism,
+                source_timeout,
             });
         }
     }
@@ -383,10 +464,10 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             let snapshot = read_snapshot_mode(r, &mut s);
             let default_name = format!("ferry_{pipeline}");
             let slot = r
-                .string(&mut s, "slot", "a slot name")
+                .pg_name(&mut s, "slot", true)
                 .unwrap_or_else(|| default_name.clone());
             let publication = r
-                .string(&mut s, "publication", "a publication name")
+                .pg_name(&mut s, "publication", false)
                 .unwrap_or(default_name);
             let on_schema_change = match choice(
                 r,
@@ -431,17 +512,9 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             let snapshot = read_snapshot_mode(r, &mut s);
             let server_id = match s.table.get("server_id") {
                 None => Some(None),
-                Some(_) => match r.positive_int(&mut s, "server_id") {
-                    Some(n) if n <= u32::MAX as usize => Some(Some(n as u32)),
-                    Some(n) => {
-                        r.error(
-                            s.key("server_id"),
-                            format!("expected a server id from 1 to 4294967295, found {n}"),
-                        );
-                        None
-                    }
-                    None => None,
-                },
+                Some(_) => r
+                    .int_within(&mut s, "server_id", (1, u32::MAX as usize))
+                    .map(|n| Some(n as u32)),
             };
             let on_unknown_ddl = match r
                 .string(&mut s, "on_unknown_ddl", "\"fail\" or \"skip\"")
@@ -593,14 +666,14 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     let tombstones = flag(r, s, "tombstones", defaults.tombstones);
     let transaction_topic = flag(r, s, "transaction_topic", defaults.transaction_topic);
     let partitions = if s.table.contains_key("partitions") {
-        r.positive_int(s, "partitions")
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+        r.int_within(s, "partitions", (1, 100_000))
+            .map(|n| n as i32)
     } else {
         Some(defaults.partitions)
     };
     let replication_factor = if s.table.contains_key("replication_factor") {
-        r.positive_int(s, "replication_factor")
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+        r.int_within(s, "replication_factor", (1, 100))
+            .map(|n| n as i32)
     } else {
         Some(defaults.replication_factor)
     };
@@ -612,7 +685,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         "delete",
     );
     let max_message_bytes = if s.table.contains_key("max_message_bytes") {
-        r.positive_int(s, "max_message_bytes")
+        r.int_within(s, "max_message_bytes", (1024, 1 << 30))
     } else {
         Some(defaults.max_message_bytes)
     };

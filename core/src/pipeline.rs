@@ -234,7 +234,7 @@ pub async fn run_sink<S: Sink>(
                 let joins = !next.events.iter().any(|e| matches!(e, Event::Schema(_)));
                 waiting = Some(next);
                 if joins {
-                    sink.apply(events, None).await?;
+                    apply_within(&mut sink, events, None).await?;
                     sink_stats.applied(events, None);
                     open_events += events.len();
                     continue;
@@ -243,20 +243,20 @@ pub async fn run_sink<S: Sink>(
         }
         match split {
             Some((i, position)) => {
-                sink.apply(&events[..=i], Some(position)).await?;
+                apply_within(&mut sink, &events[..=i], Some(position)).await?;
                 sink_stats.applied(&events[..=i], Some(position));
                 debug!(sink = sink.name(), position = %position, events = open_events + i + 1, "committed batch");
                 skip.checkpoint = Some(position.clone());
                 tracker.report(index, position.clone());
                 (open_events, last_commit) = (0, Instant::now());
                 if i + 1 < events.len() {
-                    sink.apply(&events[i + 1..], None).await?;
+                    apply_within(&mut sink, &events[i + 1..], None).await?;
                     sink_stats.applied(&events[i + 1..], None);
                     open_events = events.len() - (i + 1);
                 }
             }
             None if !events.is_empty() => {
-                sink.apply(events, None).await?;
+                apply_within(&mut sink, events, None).await?;
                 sink_stats.applied(events, None);
                 open_events += events.len();
             }
@@ -265,6 +265,28 @@ pub async fn run_sink<S: Sink>(
     }
     info!(sink = sink.name(), "sink finished");
     Ok(())
+}
+
+/// The longest one [`Sink::apply`] may take before the target is taken for dead (a half-open connection that
+/// never answers): the pipeline then restarts from the checkpoints.
+pub const SINK_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn apply_within<S: Sink>(
+    sink: &mut S,
+    events: &[Event],
+    commit: Option<&Position>,
+) -> Result<()> {
+    match tokio::time::timeout(SINK_TIMEOUT, sink.apply(events, commit)).await {
+        Ok(applied) => applied,
+        Err(_) => Err(Error::transient(
+            format!(
+                "sink {} did not answer within {} s; its connection is taken for dead",
+                sink.name(),
+                SINK_TIMEOUT.as_secs()
+            ),
+            std::io::Error::from(std::io::ErrorKind::TimedOut),
+        )),
+    }
 }
 
 /// The longest a sink that is behind keeps joining batches before it commits.

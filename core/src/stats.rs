@@ -124,10 +124,9 @@ pub struct SinkStats {
     pub rows: AtomicU64,
     pub transactions: AtomicU64,
     checkpoint: Mutex<Option<Position>>,
-    /// Source commit time of the last transaction made durable (µs since the epoch; 0: none yet).
+    /// Source time of the last durable point: a commit time, or when a heartbeat became durable (µs since the
+    /// epoch; 0: none yet).
     last_commit_unix_micros: AtomicI64,
-    /// When that happened.
-    last_apply_unix_micros: AtomicI64,
 }
 
 impl SinkStats {
@@ -139,7 +138,6 @@ impl SinkStats {
             transactions: AtomicU64::new(0),
             checkpoint: Mutex::new(None),
             last_commit_unix_micros: AtomicI64::new(0),
-            last_apply_unix_micros: AtomicI64::new(0),
         }
     }
 
@@ -155,6 +153,8 @@ impl SinkStats {
                     transactions += 1;
                     last_commit = commit_time.unix_micros();
                 }
+                // The source had nothing more to send: the sink is caught up as of now.
+                Event::Heartbeat { .. } => last_commit = Some(now_unix_micros()),
                 _ => {}
             }
         }
@@ -166,8 +166,6 @@ impl SinkStats {
             // A commit without a source time (0) says nothing about lag.
             if let Some(at) = last_commit.filter(|t| *t > 0) {
                 self.last_commit_unix_micros.store(at, Relaxed);
-                self.last_apply_unix_micros
-                    .store(now_unix_micros(), Relaxed);
             }
         }
     }
@@ -184,11 +182,12 @@ impl SinkStats {
             .clone()
     }
 
-    /// Seconds between the source commit of the last durable transaction and the moment it became durable.
+    /// Seconds from the source time of the last durable point to now: the commit time of the last durable
+    /// transaction, or the moment a heartbeat (an idle source) became durable. It keeps growing while nothing
+    /// arrives, so a source that went silent without closing its connection shows, instead of a frozen gauge.
     pub fn lag_seconds(&self) -> Option<f64> {
         let commit = self.last_commit_unix_micros.load(Relaxed);
-        let applied = self.last_apply_unix_micros.load(Relaxed);
-        (commit > 0).then(|| (applied - commit).max(0) as f64 / 1e6)
+        (commit > 0).then(|| (now_unix_micros() - commit).max(0) as f64 / 1e6)
     }
 }
 

@@ -27,6 +27,36 @@ pub async fn try_lease(client: &Client, name: &str) -> Result<Option<String>, Er
     if taken {
         return Ok(None);
     }
+    // A session of this very process holds it: a connection of an earlier attempt that stopped answering (the
+    // server has not noticed yet). End it and take the lease.
+    let stale: Vec<i32> = client
+        .query(
+            "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND ((l.classid::int8 << 32) | l.objid::int8) = $1 AND a.application_name = $2 \
+               AND a.pid <> pg_backend_pid()",
+            &[&key, &truncate_name(&owner)],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for pid in stale {
+        tracing::warn!(lease = name, pid, "the lease was held by an earlier connection of this process that no longer answers: ending it");
+        client
+            .execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+            .await
+            .map_err(err)?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(err)?
+            .get(0);
+        if taken {
+            return Ok(None);
+        }
+    }
     let holder = client
         .query_opt(
             "SELECT coalesce(nullif(a.application_name, ''), 'a session') || ' (from ' || \
@@ -42,4 +72,13 @@ pub async fn try_lease(client: &Client, name: &str) -> Result<Option<String>, Er
         .map(|r| r.get::<_, String>(0))
         .unwrap_or_else(|| "another process".to_owned());
     Ok(Some(holder))
+}
+
+/// `name` as PostgreSQL stores it in a `name` column: at most 63 bytes, cut at a character boundary.
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }

@@ -86,6 +86,34 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// TCP keepalive settings for every connection Ferry opens: first probe after 15 s idle, then every 5 s, given
+/// up after 3 unanswered probes.
+pub struct Keepalive {
+    pub time: std::time::Duration,
+    pub interval: std::time::Duration,
+    pub retries: u32,
+    /// How long sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    pub user_timeout: std::time::Duration,
+}
+
+pub const KEEPALIVE: Keepalive = Keepalive {
+    time: std::time::Duration::from_secs(15),
+    interval: std::time::Duration::from_secs(5),
+    retries: 3,
+    user_timeout: std::time::Duration::from_secs(60),
+};
+
+/// Turns on [`KEEPALIVE`] for a socket Ferry opened itself (the replication connection).
+pub fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE.time)
+        .with_interval(KEEPALIVE.interval)
+        .with_retries(KEEPALIVE.retries);
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(&ka)?;
+    socket.set_tcp_user_timeout(Some(KEEPALIVE.user_timeout))
+}
+
 impl PgUrl {
     pub fn parse(url: &str) -> Result<PgUrl, Error> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
@@ -120,6 +148,17 @@ impl PgUrl {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+        // A peer that vanished without closing (a firewall dropping the connection) is noticed in about 30 s, not
+        // the kernel's 2 hours; the URL's own keepalives_* settings win.
+        if !rest.iter().any(|p| p.starts_with("keepalives")) {
+            config
+                .keepalives(true)
+                .keepalives_idle(KEEPALIVE.time)
+                .keepalives_interval(KEEPALIVE.interval)
+                .keepalives_retries(KEEPALIVE.retries);
+        }
+        // Data the peer never acknowledges (it vanished mid-write) fails the connection after a minute.
+        config.tcp_user_timeout(KEEPALIVE.user_timeout);
         Ok(PgUrl {
             config,
             ssl,

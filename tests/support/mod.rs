@@ -1143,3 +1143,99 @@ fn terminate(child: &mut Option<Child>) {
         let _ = child.wait();
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a test server that can freeze the connections open through it: a frozen
+/// connection stays open on both sides but carries nothing more, as when a stateful firewall drops an idle
+/// connection or a peer hangs. Connections opened after a freeze flow normally.
+pub struct FreezingProxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    pub fn start(target_port: u16) -> FreezingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let open: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (open2, stop2) = (open.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                };
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let frozen = Arc::new(AtomicBool::new(false));
+                open2.lock().unwrap().push(frozen.clone());
+                for (from, to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    let (frozen, stop) = (frozen.clone(), stop2.clone());
+                    std::thread::spawn(move || pump(from, to, &frozen, &stop));
+                }
+            }
+        });
+        FreezingProxy { port, open, stop }
+    }
+
+    /// Freezes every connection open now.
+    pub fn freeze_open(&self) {
+        for c in self.open.lock().unwrap().drain(..) {
+            c.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    frozen: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if frozen.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) if !frozen.load(Ordering::Relaxed) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

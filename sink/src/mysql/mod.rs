@@ -82,7 +82,9 @@ pub fn options(url: &str) -> Result<Opts, Error> {
 
 async fn connect(url: &str) -> Result<Conn, Error> {
     // Found rather than changed rows: a moved row whose values did not change still counts as found.
-    let opts = mysql_async::OptsBuilder::from_opts(options(url)?).client_found_rows(true);
+    let opts = mysql_async::OptsBuilder::from_opts(options(url)?)
+        .client_found_rows(true)
+        .tcp_keepalive(Some(ferry_pgconn::KEEPALIVE.time));
     let mut conn = Conn::new(opts)
         .await
         .map_err(|e| Error::transient("connecting to the MySQL target", e))?;

@@ -41,7 +41,12 @@ pub fn connection_options(url: &str) -> Result<mysql_async::Opts, Error> {
         Some(rest) => format!("mysql://{rest}"),
         None => url.to_owned(),
     };
-    mysql_async::Opts::from_url(&url).map_err(|e| Error::fatal_from("MySQL source url", e))
+    let opts =
+        mysql_async::Opts::from_url(&url).map_err(|e| Error::fatal_from("MySQL source url", e))?;
+    // A peer that vanished without closing is noticed by the kernel in about 30 s (see ferry_pgconn::KEEPALIVE).
+    Ok(mysql_async::OptsBuilder::from_opts(opts)
+        .tcp_keepalive(Some(ferry_pgconn::KEEPALIVE.time))
+        .into())
 }
 
 /// Opens an ordinary connection.
@@ -82,6 +87,8 @@ pub struct MysqlSourceSettings {
     pub config: MysqlSource,
     /// Connections copying tables during the snapshot.
     pub snapshot_parallelism: usize,
+    /// How long the server may send nothing (no event, no heartbeat) before its connection is taken for dead.
+    pub source_timeout: std::time::Duration,
 }
 
 impl MysqlSourceSettings {
@@ -209,6 +216,7 @@ pub async fn run(
         events,
         shutdown,
         stats,
+        settings.source_timeout,
     )
     .await?;
     Ok(SourceExit::Shutdown)

@@ -54,14 +54,20 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<PipelineStats>,
+    timeout: std::time::Duration,
 ) -> Result<(), Error> {
     let mut conn = super::connect(url).await?;
     let setup_err = |e| Error::transient("preparing the binlog connection", e);
-    // Without capability 4 MariaDB replaces its GTID events with dummies; the heartbeat (in nanoseconds) keeps an
-    // idle connection observable.
-    conn.query_drop("SET @mariadb_slave_capability = 4, @master_heartbeat_period = 5000000000")
-        .await
-        .map_err(setup_err)?;
+    // Without capability 4 MariaDB replaces its GTID events with dummies. The heartbeat (in nanoseconds; a third
+    // of the timeout, at most 5 s) keeps an idle connection observable: silence for `timeout` means it is dead.
+    let heartbeat_ns = (timeout / 3)
+        .min(std::time::Duration::from_secs(5))
+        .as_nanos();
+    conn.query_drop(format!(
+        "SET @mariadb_slave_capability = 4, @master_heartbeat_period = {heartbeat_ns}"
+    ))
+    .await
+    .map_err(setup_err)?;
     let checksum: Option<String> = conn
         .query_first("SELECT @@global.binlog_checksum")
         .await
@@ -99,7 +105,20 @@ pub async fn run(
     let mut out = Vec::new();
     loop {
         let next = tokio::select! {
-            next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
+            next = tokio::time::timeout(timeout, AssertUnwindSafe(stream.next()).catch_unwind()) => match next {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::warn!(silent_s = timeout.as_secs(), "the source sent nothing, not even a heartbeat: reconnecting");
+                    return Err(Error::transient(
+                        format!(
+                            "the source sent nothing (no event, no heartbeat) for {} s ([pipeline] source_timeout); \
+                             its connection is taken for dead",
+                            timeout.as_secs()
+                        ),
+                        std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    ));
+                }
+            },
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
         let event = match next {

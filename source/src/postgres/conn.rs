@@ -78,6 +78,7 @@ impl ReplicationConn {
                 Error::transient(format!("cannot connect to PostgreSQL at {host}:{port}"), e)
             })?;
         stream.set_nodelay(true).map_err(io_error)?;
+        ferry_pgconn::set_keepalive(&stream).map_err(io_error)?;
         let stream = url.negotiate(stream, &host).await?;
         let mut conn = ReplicationConn {
             stream,

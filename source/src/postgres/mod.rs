@@ -68,6 +68,8 @@ pub struct PgSourceSettings {
     pub config: PostgresSource,
     pub heartbeat_interval: Option<Duration>,
     pub snapshot_parallelism: usize,
+    /// How long the server may send nothing before its connection is taken for dead.
+    pub source_timeout: Duration,
     /// Online re-copies under way in the sinks, with the cursor they agree on (`None`: they disagree, and the
     /// re-copy starts again).
     pub recopies: Vec<(TableId, Option<String>)>,
@@ -95,6 +97,7 @@ pub async fn run(
             settings.pipeline, cfg.slot
         )));
     }
+    slot::release_stale(&client, &cfg.slot).await?;
     check::require_logical_wal(&client).await?;
     let mut catalog = Catalog::new(client);
     let version = catalog.server_version().await?;
@@ -184,6 +187,8 @@ pub async fn run(
         in_transaction: false,
         stats,
         received: 0,
+        messages: 0,
+        source_timeout: settings.source_timeout,
         slot: cfg.slot.clone(),
         recopies: recopy::Recopies::new(&cfg.url, generated_published),
         recopy_schemas: Default::default(),

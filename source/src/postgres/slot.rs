@@ -169,6 +169,37 @@ pub async fn create_slot(
     })
 }
 
+/// Ends the connection that keeps `slot` active, if any. Called under the slot's lease: no other live process
+/// runs this pipeline, so whoever still streams from the slot is a connection of an earlier run that stopped
+/// answering (a frozen network path) and that the server has not noticed yet. Waits until the slot is free.
+pub async fn release_stale(client: &Client, slot: &str) -> Result<(), Error> {
+    let pid: Option<i32> = client
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .map_err(sql_error("reading the slot's connection"))?
+        .and_then(|r| r.get(0));
+    let Some(pid) = pid else { return Ok(()) };
+    tracing::warn!(
+        slot,
+        pid,
+        "the slot is held by a connection of an earlier run that no longer answers: ending it"
+    );
+    client
+        .execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+        .await
+        .map_err(sql_error("ending the slot's stale connection"))?;
+    for _ in 0..50 {
+        if !slot_info(client, slot).await?.is_some_and(|i| i.active) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Drops the slot if it exists and no one is using it.
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, Error> {
     match slot_info(client, slot).await? {

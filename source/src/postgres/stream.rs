@@ -37,6 +37,18 @@ pub enum StreamEnd {
     Shutdown,
 }
 
+/// The error for a query on the source that got no answer within `source_timeout`.
+fn catalog_silent(timeout: Duration) -> Error {
+    Error::transient(
+        format!(
+            "the source did not answer a query within {} s ([pipeline] source_timeout); its connection is taken \
+             for dead",
+            timeout.as_secs()
+        ),
+        std::io::Error::from(std::io::ErrorKind::TimedOut),
+    )
+}
+
 fn pipeline_stopped() -> Error {
     Error::fatal("the pipeline stopped while the source was running")
 }
@@ -73,6 +85,10 @@ pub(crate) struct Streamer {
     pub stats: Arc<PipelineStats>,
     /// XLogData messages received; the status tick compares it to notice an idle source.
     pub received: u64,
+    /// Messages of any kind received (keepalives too); the status tick compares it to notice a dead connection.
+    pub messages: u64,
+    /// How long the server may send nothing before the connection is taken for dead.
+    pub source_timeout: Duration,
     /// The slot streamed (a re-copy request names it).
     pub slot: String,
     /// Tables re-copied while streaming.
@@ -132,6 +148,9 @@ impl Streamer {
         // When data last arrived, as seen at the status ticks (a clock read per message costs too much).
         let mut last_data = Instant::now();
         let mut received_at_tick = self.received;
+        // When any message last arrived, as seen at the status ticks (a half-open connection sends nothing).
+        let mut last_message = Instant::now();
+        let mut messages_at_tick = self.messages;
         // Messages handled without a `select!`; after FAST_PATH_LIMIT in a row the loop takes the `select!` once,
         // so shutdown and the status tick are never starved by a flood.
         let mut fast = 0u32;
@@ -173,7 +192,11 @@ impl Streamer {
                 };
                 match step {
                     Step::Shutdown => return self.finish().await,
-                    Step::Tick => self.send_status(false).await?,
+                    Step::Tick => {
+                        // Not reading while the pipeline catches up: the server's silence means nothing.
+                        last_message = Instant::now();
+                        self.send_status(false).await?
+                    }
                     _ => {}
                 }
                 continue;
@@ -187,7 +210,27 @@ impl Streamer {
             match step {
                 Step::Shutdown => return self.finish().await,
                 Step::Tick => {
-                    self.send_status(false).await?;
+                    if self.messages != messages_at_tick {
+                        messages_at_tick = self.messages;
+                        last_message = Instant::now();
+                    }
+                    let silent = last_message.elapsed();
+                    if silent >= self.source_timeout {
+                        warn!(
+                            silent_s = silent.as_secs(),
+                            "the source sent nothing, not even a keepalive: reconnecting"
+                        );
+                        return Err(Error::transient(
+                            format!(
+                                "the source sent nothing (no change, no keepalive) for {} s ([pipeline] \
+                                 source_timeout); its connection is taken for dead",
+                                silent.as_secs()
+                            ),
+                            std::io::Error::from(std::io::ErrorKind::TimedOut),
+                        ));
+                    }
+                    // Past a third of the timeout, ask the server to answer (a keepalive) so silence means death.
+                    self.send_status(silent >= self.source_timeout / 3).await?;
                     if let Some(e) = self.recopies.failure() {
                         return Err(e);
                     }
@@ -197,7 +240,9 @@ impl Streamer {
                     }
                     if let Some(interval) = self.heartbeat_interval {
                         if !self.in_transaction && last_data.elapsed() >= interval {
-                            self.emit_heartbeat().await?;
+                            tokio::time::timeout(self.source_timeout, self.emit_heartbeat())
+                                .await
+                                .map_err(|_| catalog_silent(self.source_timeout))??;
                             last_data = Instant::now();
                         }
                     }
@@ -247,12 +292,18 @@ impl Streamer {
         data: &[u8],
         pending: &mut VecDeque<Event>,
     ) -> Result<(), Error> {
+        self.messages += 1;
         match ReplicationMessage::parse(data)
             .map_err(|e| Error::fatal_from("reading the replication stream", e))?
         {
             ReplicationMessage::XLogData { data, .. } => {
                 self.received += 1;
-                self.handle(data, pending).await
+                // Handling may query the catalog: a catalog connection that stopped answering must not hold the
+                // stream forever.
+                let timeout = self.source_timeout;
+                tokio::time::timeout(timeout, self.handle(data, pending))
+                    .await
+                    .map_err(|_| catalog_silent(timeout))?
             }
             ReplicationMessage::Keepalive {
                 reply_requested, ..
