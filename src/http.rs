@@ -20,6 +20,49 @@ use tracing::info;
 
 type Registry = Arc<Vec<Arc<PipelineStats>>>;
 
+/// The environment variable holding the bearer token `/status` and `/metrics` require (none: no token).
+pub const TOKEN_ENV: &str = "FERRY_HTTP_TOKEN";
+
+fn bearer_token() -> Option<Arc<str>> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Arc::from)
+}
+
+async fn require_token(
+    token: Option<Arc<str>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared without an early exit, so the time taken says nothing about the token.
+    let matches = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            format!("a bearer token is required ({TOKEN_ENV})\n"),
+        )
+            .into_response()
+    }
+}
+
 /// Binds `addr` now (so a taken port fails `ferry run` at once) and serves until `shutdown` turns true.
 pub async fn serve(
     addr: SocketAddr,
@@ -30,11 +73,23 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr} for the HTTP endpoints; choose another address with --http ADDR, or --http off"))?;
     info!(address = %listener.local_addr()?, "serving /healthz /readyz /metrics /status");
+    let token = bearer_token();
+    if token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(address = %addr, "the HTTP endpoints listen beyond this machine without authentication: \
+            /status and /metrics tell anyone who reaches them about your pipelines; set {TOKEN_ENV} to require a \
+            bearer token, or listen on 127.0.0.1");
+    }
+    // Probes stay open; what describes the pipelines needs the token when one is set.
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            require_token(token.clone(), req, next)
+        }));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
+        .merge(guarded)
         .with_state(Arc::new(pipelines));
     Ok(tokio::spawn(async move {
         let stop = async move {
@@ -177,8 +232,11 @@ pub async fn fetch_status(addr: SocketAddr) -> anyhow::Result<Vec<LiveStatus>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let auth = bearer_token()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         stream
-            .write_all(b"GET /status HTTP/1.0\r\nHost: ferry\r\n\r\n")
+            .write_all(format!("GET /status HTTP/1.0\r\nHost: ferry\r\n{auth}\r\n").as_bytes())
             .await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;

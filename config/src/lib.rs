@@ -206,6 +206,47 @@ mod tests {
     }
 
     #[test]
+    fn every_numeric_setting_is_bounded_and_names_are_not_empty() {
+        let text = GOOD
+            .replace(
+                "name = \"orders\"",
+                "name = \"orders\"\n        snapshot_parallelism = 9223372036854775807\n        \
+                 source_timeout = \"0s\"\n        heartbeat_interval = \"1ms\"\n        \
+                 [pipeline.batch]\n        max_events = 0\n        max_bytes = 99999999999999",
+            )
+            .replace(
+                "tables = [\"public.orders\", \"items\"]",
+                "tables = [\"public.orders\", \"items\"]\n        slot = \"\"\n        publication = \"\"",
+            )
+            .replace("path = \"replica.db\"", "path = \"\"");
+        let errs = load(&text).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "pipeline.snapshot_parallelism",
+            "pipeline.source_timeout",
+            "pipeline.heartbeat_interval",
+            "pipeline.batch.max_events",
+            "pipeline.batch.max_bytes",
+            "source.slot",
+            "source.publication",
+            "sink.path",
+        ] {
+            assert!(keys.contains(&key), "{key} not reported: {errs}");
+        }
+        assert!(
+            errs.to_string()
+                .contains("expected an integer from 1 to 64"),
+            "{errs}"
+        );
+        let slot = load(&GOOD.replace(
+            "tables = [\"public.orders\", \"items\"]",
+            "slot = \"Bad-Slot\"",
+        ))
+        .unwrap_err();
+        assert_eq!(slot.0[0].key, "source.slot", "{slot}");
+    }
+
+    #[test]
     fn unset_variable_names_the_key() {
         let errs = load(&GOOD.replace("${PW}", "${MISSING}")).unwrap_err();
         assert_eq!(errs.0.len(), 1);

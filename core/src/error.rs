@@ -84,6 +84,27 @@ impl Error {
         }
     }
 
+    /// A connection to `what` that failed. `refused`: the server turned down the credentials or the database
+    /// (retrying the same settings cannot help, so the error is fatal and says what to check); otherwise the
+    /// failure is transient.
+    pub fn connect_failed(
+        what: &str,
+        refused: bool,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        if refused {
+            Error::fatal_from(
+                format!(
+                    "{what} refused the connection: check the user, password and database in its URL, and what \
+                     the server allows that user (pg_hba.conf, grants)"
+                ),
+                source,
+            )
+        } else {
+            Error::transient(format!("cannot connect to {what}"), source)
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         self.class == ErrorClass::Transient
     }
@@ -108,4 +129,10 @@ mod tests {
         );
         assert_eq!(e.to_string(), "connecting: outer failure: bad certificate");
     }
+}
+
+/// MySQL / MariaDB server errors that refuse a connection for good: no access to the database (1044), wrong
+/// credentials (1045), no such database (1049).
+pub fn mysql_refuses(code: u16) -> bool {
+    matches!(code, 1044 | 1045 | 1049)
 }

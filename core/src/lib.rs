@@ -26,7 +26,7 @@ pub use batch::{Batch, BatchLimits};
 pub use binlog_position::{
     BinlogFilePos, BinlogPosition, GtidState, MariaGtid, MariaGtidList, MysqlGtidSet,
 };
-pub use error::{Error, ErrorClass, Result};
+pub use error::{mysql_refuses, Error, ErrorClass, Result};
 pub use event::{recopy_shadow, Change, Event, RecopyStep, Row, RowOp};
 pub use position::{Lsn, Position};
 pub use schema::{enum_labels, Column, ColumnType, Dialect, SchemaRef, TableId, TableSchema};

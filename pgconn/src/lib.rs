@@ -86,6 +86,17 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A failed connection: wrong credentials or a missing database are fatal, said as such.
+fn refused(what: &str, e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    let refused = e.code().is_some_and(|c| {
+        *c == SqlState::INVALID_PASSWORD
+            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            || *c == SqlState::INVALID_CATALOG_NAME
+    });
+    Error::connect_failed(what, refused, e)
+}
+
 /// TCP keepalive settings for every connection Ferry opens: first probe after 15 s idle, then every 5 s, given
 /// up after 3 unanswered probes.
 pub struct Keepalive {
@@ -186,7 +197,7 @@ impl PgUrl {
 
     /// Opens an ordinary connection and drives it on a background task.
     pub async fn connect(&self, what: &str) -> Result<Client, Error> {
-        let cannot = |e| Error::transient(format!("cannot connect to {what}"), e);
+        let cannot = |e: tokio_postgres::Error| refused(what, e);
         let client = match self.tls_config()? {
             None => {
                 let (client, connection) = self

@@ -85,9 +85,11 @@ async fn connect(url: &str) -> Result<Conn, Error> {
     let opts = mysql_async::OptsBuilder::from_opts(options(url)?)
         .client_found_rows(true)
         .tcp_keepalive(Some(ferry_pgconn::KEEPALIVE.time));
-    let mut conn = Conn::new(opts)
-        .await
-        .map_err(|e| Error::transient("connecting to the MySQL target", e))?;
+    let mut conn = Conn::new(opts).await.map_err(|e| {
+        let refused =
+            matches!(&e, mysql_async::Error::Server(s) if ferry_core::mysql_refuses(s.code));
+        Error::connect_failed("the MySQL target", refused, e)
+    })?;
     for sql in SESSION_SQL {
         conn.query_drop(sql)
             .await
@@ -851,9 +853,17 @@ pub async fn list_checkpoints(
     pipeline: &str,
 ) -> Result<Vec<(String, String, String)>, Error> {
     let mut conn = connect(url).await?;
-    conn.query_drop(CREATE_CHECKPOINT_TABLE)
+    // Read-only: a target Ferry never wrote has no checkpoint table, and `ferry status` does not create one.
+    let exists: Option<i64> = conn
+        .query_first(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name = 'ferry_checkpoints'",
+        )
         .await
-        .map_err(write_error("creating ferry_checkpoints"))?;
+        .map_err(write_error("looking for ferry_checkpoints"))?;
+    if exists.unwrap_or(0) == 0 {
+        return Ok(Vec::new());
+    }
     conn.exec(
         "SELECT sink, position, updated_at FROM ferry_checkpoints WHERE pipeline = ? ORDER BY sink",
         (pipeline,),

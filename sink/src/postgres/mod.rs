@@ -615,10 +615,15 @@ pub async fn list_checkpoints(
     pipeline: &str,
 ) -> Result<Vec<(String, String, String)>, Error> {
     let client = connect(url).await?;
-    client
-        .batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE)
+    // Read-only: a target Ferry never wrote has no checkpoint table, and `ferry status` does not create one.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('ferry_checkpoints') IS NOT NULL", &[])
         .await
-        .map_err(write_error("creating ferry_checkpoints"))?;
+        .map_err(write_error("looking for ferry_checkpoints"))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
     let rows = client
         .query(checkpoint::LIST_CHECKPOINTS, &[&pipeline])
         .await

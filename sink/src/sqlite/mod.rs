@@ -651,7 +651,22 @@ pub fn list_checkpoints(
     path: &Path,
     pipeline: &str,
 ) -> Result<Vec<(String, String, String)>, Error> {
-    let conn = open_db(path)?;
+    // Read-only: neither the file nor the checkpoint table is created by `ferry status`.
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_error(format!("opening {}", path.display())))?;
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'ferry_checkpoints'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_error("looking for ferry_checkpoints"))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn
         .prepare(checkpoint::LIST_CHECKPOINTS)
         .map_err(db_error("reading checkpoints"))?;

@@ -53,7 +53,14 @@ pub fn connection_options(url: &str) -> Result<mysql_async::Opts, Error> {
 pub async fn connect(url: &str) -> Result<mysql_async::Conn, Error> {
     mysql_async::Conn::new(connection_options(url)?)
         .await
-        .map_err(|e| Error::transient("cannot connect to the MySQL source", e))
+        .map_err(|e| connect_error("the MySQL source", e))
+}
+
+/// A failed MySQL connection: wrong credentials (1045), no access to the database (1044) or a missing database
+/// (1049) are fatal, said as such; anything else is transient.
+pub fn connect_error(what: &str, e: mysql_async::Error) -> Error {
+    let refused = matches!(&e, mysql_async::Error::Server(s) if ferry_core::mysql_refuses(s.code));
+    Error::connect_failed(what, refused, e)
 }
 
 /// Quotes an identifier with backquotes.
