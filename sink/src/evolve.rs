@@ -85,6 +85,27 @@ impl Applied {
     }
 }
 
+/// Whether the target table of `schema` was dropped outside Ferry: this sink wrote it (its record has columns,
+/// for the same source table) but the target has no such table now. Its rows cannot come back from the stream,
+/// so the sink creates it again empty and quarantines it until a re-copy (`ferry snapshot --table`) fills it.
+pub fn dropped_outside(
+    applied: &HashMap<TableId, Applied>,
+    schema: &TableSchema,
+    target_exists: bool,
+) -> Option<String> {
+    let record = applied.get(&schema.id)?;
+    let same_table = match (record.relation_id, schema.relation_id) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    (!target_exists && !record.columns.is_empty() && same_table && record.quarantined.is_none())
+        .then(|| {
+            tracing::error!(table = %schema.id, "the target table was dropped outside Ferry: it is created again \
+                empty and quarantined; `ferry snapshot --config <file> --table <table>` copies it anew");
+            "the target table was dropped outside Ferry; `ferry snapshot --table` copies it anew".to_owned()
+        })
+}
+
 /// Whether a sink skips `table`'s changes, logging the reason once per sink start.
 pub fn is_quarantined(applied: &HashMap<TableId, Applied>, table: &TableId) -> bool {
     applied.get(table).is_some_and(|a| a.quarantined.is_some())

@@ -30,6 +30,10 @@ pub struct TargetTable {
     columns: HashMap<String, TargetKind>,
     /// Every text column holds UTF-8 (or bytes), so a LOAD DATA file in the binary character set carries it as is.
     utf8: bool,
+    /// Unique indexes of the target table other than its primary key (an operator's): a REPLACE or an
+    /// `ON DUPLICATE KEY UPDATE` would delete or change another row that collides on one of them, so rows of
+    /// this table are written by key (UPDATE, else a plain INSERT that fails naming the index).
+    pub extra_unique: Vec<String>,
 }
 
 impl TargetTable {
@@ -295,6 +299,7 @@ pub async fn ensure_table(
         .collect();
     let ddl_err = || write_error(format!("creating or altering target table {name}"));
     evolve::check_target_name(applied, schema, target_name)?;
+    let lost = evolve::dropped_outside(applied, schema, !existing.is_empty());
     let steps = evolve::plan(
         applied,
         schema,
@@ -310,7 +315,10 @@ pub async fn ensure_table(
             delete_record(conn, (pipeline, sink), from).await?;
         }
     }
-    let record = Applied::following(schema, applied.get(&schema.id));
+    let mut record = Applied::following(schema, applied.get(&schema.id));
+    if lost.is_some() {
+        record.quarantined = lost;
+    }
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);
@@ -334,11 +342,32 @@ pub async fn ensure_table(
             (n, kind)
         })
         .collect();
+    let extra_unique = extra_unique_indexes(conn, name).await?;
+    if !extra_unique.is_empty() {
+        tracing::warn!(table = %name, indexes = ?extra_unique, "the target table has unique indexes the source table does not: its rows are written by key, and a row that collides on one of them stops the pipeline");
+    }
     Ok(TargetTable {
         version: schema.version,
         columns,
         utf8,
+        extra_unique,
     })
+}
+
+/// The unique indexes of target table `name` other than its primary key.
+async fn extra_unique_indexes(conn: &mut Conn, name: &str) -> Result<Vec<String>, Error> {
+    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
+    let (db, table) = name
+        .split_once("`.`")
+        .map(|(a, b)| (unquote(a), unquote(b)))
+        .unwrap_or_default();
+    conn.exec(
+        "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+         AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' ORDER BY INDEX_NAME",
+        (db, table),
+    )
+    .await
+    .map_err(write_error(format!("reading the indexes of {name}")))
 }
 
 /// Stores a table's [`Applied`] record in `ferry_schemas`.

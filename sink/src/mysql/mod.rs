@@ -67,6 +67,9 @@ fn write_error(what: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Er
         mysql_async::Error::Server(s) if matches!(s.code, 1053 | 1205 | 1213 | 2006 | 2013) => {
             Error::transient(what, e)
         }
+        // A target table dropped outside Ferry: the restart finds it missing, creates it again and quarantines
+        // it (evolve::dropped_outside).
+        mysql_async::Error::Server(s) if s.code == 1146 => Error::transient(what, e),
         _ => Error::fatal_from(what, e),
     }
 }
@@ -502,6 +505,9 @@ impl MysqlSink {
         }
         let name = self.target_name(&table.id);
         let target = &self.tables[&table.id];
+        if !target.extra_unique.is_empty() {
+            return self.write_rows_by_key(table, rows, enum_errors).await;
+        }
         let columns: Vec<usize> = (0..table.columns.len())
             .filter(|&i| target.has(&table.columns[i].name))
             .collect();
@@ -610,6 +616,108 @@ impl MysqlSink {
             }
         }
         self.exec_row(sql, "writing rows", enum_errors).await?;
+        Ok(())
+    }
+
+    /// Writes rows into a table with unique indexes of its own (see [`ddl::TargetTable::extra_unique`]), touching
+    /// only the row with each change's key: an UPDATE by key, else a plain INSERT. A row that collides on another
+    /// unique index is an error naming the table, the row's key and the index, never a lost or merged row.
+    async fn write_rows_by_key(
+        &mut self,
+        table: &SchemaRef,
+        rows: &[&Row],
+        enum_errors: &[String],
+    ) -> Result<(), Error> {
+        let name = self.target_name(&table.id);
+        for row in rows {
+            let target = &self.tables[&table.id];
+            let columns: Vec<usize> = (0..table.columns.len())
+                .filter(|&i| target.has(&table.columns[i].name))
+                .collect();
+            let indexes = target.extra_unique.join(", ");
+            let collision = |e: Error| {
+                if e.to_string().contains("Duplicate entry") {
+                    Error::fatal(format!(
+                        "table {}, row {}: the target's own unique index ({}) refuses it: {e}. Ferry writes only \
+                         the row with the change's key, so it stopped rather than overwrite or delete another row; \
+                         drop or widen that index on the target",
+                        table.id,
+                        describe_key(table, row),
+                        indexes
+                    ))
+                } else {
+                    e
+                }
+            };
+            if table.has_primary_key() {
+                let sets: Vec<usize> = columns
+                    .iter()
+                    .copied()
+                    .filter(|i| !table.primary_key.contains(i))
+                    .collect();
+                if !sets.is_empty() {
+                    let sql = format!(
+                        "UPDATE {name} SET {} WHERE {}",
+                        self.column_terms(table, row, sets.into_iter(), " = ", ", ")?,
+                        self.terms(
+                            table,
+                            row,
+                            table.primary_key.iter().copied(),
+                            " = ",
+                            " AND ",
+                            true
+                        )?
+                    );
+                    let found = self
+                        .exec_row(sql, "writing a row by key", enum_errors)
+                        .await
+                        .map_err(collision)?;
+                    if found > 0 {
+                        continue;
+                    }
+                } else {
+                    let sql = format!(
+                        "SELECT 1 FROM {name} WHERE {}",
+                        self.terms(
+                            table,
+                            row,
+                            table.primary_key.iter().copied(),
+                            " = ",
+                            " AND ",
+                            true
+                        )?
+                    );
+                    let exists: Option<i64> = self
+                        .conn
+                        .query_first(sql)
+                        .await
+                        .map_err(write_error("looking up a row by key"))?;
+                    if exists.is_some() {
+                        continue;
+                    }
+                }
+            }
+            let target = &self.tables[&table.id];
+            let values = columns
+                .iter()
+                .map(|&i| {
+                    literal(&row[i], target.kind(&table.columns[i].name), table.dialect)
+                        .map_err(|why| unwritable("MySQL", table, row, i, &why))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let list: Vec<String> = columns
+                .iter()
+                .map(|&i| quote_ident(&table.columns[i].name))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {name} ({}) VALUES ({})",
+                list.join(", "),
+                values.join(", ")
+            );
+            self.exec_row(sql, "writing a row", enum_errors)
+                .await
+                .map_err(collision)?;
+        }
         Ok(())
     }
 

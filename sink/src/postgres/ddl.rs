@@ -425,6 +425,7 @@ pub async fn ensure_table(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let lost = evolve::dropped_outside(applied, schema, !existing.is_empty());
     let steps = evolve::plan(
         applied,
         schema,
@@ -443,7 +444,10 @@ pub async fn ensure_table(
             delete_record(client, (pipeline, sink), from).await?;
         }
     }
-    let record = Applied::following(schema, applied.get(&schema.id));
+    let mut record = Applied::following(schema, applied.get(&schema.id));
+    if lost.is_some() {
+        record.quarantined = lost;
+    }
     if applied.get(&schema.id) != Some(&record) {
         save_record(client, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);

@@ -40,6 +40,9 @@ fn write_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
                     || c.code().starts_with("57")
                     || c.code() == "40001"
                     || c.code() == "40P01"
+                    // A target table dropped outside Ferry: the restart finds it missing, creates it again and
+                    // quarantines it (evolve::dropped_outside).
+                    || c.code() == "42P01"
             });
         if transient {
             Error::transient(what.to_owned(), e)

@@ -29,6 +29,9 @@ fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
         Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
             Error::transient(what, e)
         }
+        // A target table dropped outside Ferry: the restart finds it missing, creates it again and quarantines
+        // it (evolve::dropped_outside).
+        _ if e.to_string().contains("no such table") => Error::transient(what, e),
         _ => Error::fatal_from(what, e),
     }
 }
@@ -556,6 +559,7 @@ fn ensure_table(
         rows.collect::<Result<_, _>>().map_err(db_error(what()))?
     };
     evolve::check_target_name(applied, schema, &table_name)?;
+    let lost = evolve::dropped_outside(applied, schema, !existing.is_empty());
     let steps = evolve::plan(
         applied,
         schema,
@@ -571,7 +575,10 @@ fn ensure_table(
             delete_record(conn, (pipeline, sink), from)?;
         }
     }
-    let record = Applied::following(schema, applied.get(&schema.id));
+    let mut record = Applied::following(schema, applied.get(&schema.id));
+    if lost.is_some() {
+        record.quarantined = lost;
+    }
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record)?;
         applied.insert(schema.id.clone(), record);

@@ -1,0 +1,182 @@
+//! Surprises on the target are errors, never losses: a MariaDB target table with a unique index of its own that a
+//! source row collides with stops the pipeline naming the table, the row and the index, and no other row is
+//! deleted or changed (REPLACE and ON DUPLICATE KEY UPDATE would have done either, silently).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_target_only_unique_index_is_an_error_naming_table_row_and_index_never_a_lost_row() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE u (id int PRIMARY KEY, c text, n int);
+         INSERT INTO u SELECT g, 'c' || g, g FROM generate_series(1, 100) g;",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "ux",
+        &format!(
+            "[pipeline]\nname = \"ux\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n[source]\ntype = \"postgres\"\n\
+             url = \"{}\"\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            my.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    let count = || {
+        my.try_sql("SELECT count(*) FROM replica.u")
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(WAIT, || count().trim() == "100"),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+    // The operator's own unique index on the replica.
+    my.sql("CREATE UNIQUE INDEX u_c ON replica.u (c(20))");
+    let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    ferry.wait_streaming();
+    // Ordinary changes still flow, by key.
+    pg.psql(
+        "shop",
+        "UPDATE u SET n = -1 WHERE id <= 50; INSERT INTO u SELECT g, 'c' || g, g FROM generate_series(101, 160) g;",
+    );
+    assert!(
+        wait_until(WAIT, || count().trim() == "160"
+            && my.sql("SELECT count(*) FROM replica.u WHERE n = -1").trim()
+                == "50"),
+        "{}",
+        ferry.log()
+    );
+    // A batch of new rows, one of which collides with row 7 on the target's index (not on the source).
+    pg.psql(
+        "shop",
+        "INSERT INTO u SELECT g, CASE WHEN g = 230 THEN 'c7' ELSE 'c' || g END, g FROM generate_series(200, 260) g;",
+    );
+    let mut ferry = ferry;
+    let stopped = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(stopped.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("table public.u, row (id) = (230)") && log.contains("u_c"),
+        "{log}"
+    );
+    // Row 7 is untouched, nothing was deleted.
+    assert_eq!(
+        my.sql("SELECT id, c, n FROM replica.u WHERE c = 'c7'")
+            .trim(),
+        "7\tc7\t-1"
+    );
+    assert!(
+        my.sql("SELECT count(*) FROM replica.u")
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            >= 160
+    );
+}
+
+#[test]
+fn a_target_table_dropped_by_hand_is_quarantined_then_copied_anew() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE d (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO d SELECT g, 'v' || g FROM generate_series(1, 50) g;",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "dd",
+        &format!(
+            "{}\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            fan_out_config(&pg, "dd", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+            my.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    let counts = |sql: &str| {
+        (
+            pg.try_psql("replica", sql).unwrap_or_default(),
+            sqlite_rows(&db, sql).join(""),
+            my.try_sql(&format!("USE replica; {sql}"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        )
+    };
+    let all = |n: &str| (n.to_owned(), n.to_owned(), n.to_owned());
+    assert!(
+        wait_until(WAIT, || counts("SELECT count(*) FROM d") == all("50")),
+        "{}",
+        ferry.log()
+    );
+    // Dropped by hand on every target while streaming; the source goes on.
+    pg.psql("replica", "DROP TABLE d");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE d")
+        .unwrap();
+    my.sql("DROP TABLE replica.d");
+    pg.psql(
+        "shop",
+        "INSERT INTO d VALUES (51, 'v51'); UPDATE d SET v = 'changed' WHERE id = 1; INSERT INTO other VALUES (1);",
+    );
+    // Not recreated with only the later changes: quarantined, loudly, and the other tables go on.
+    assert!(
+        wait_until(WAIT, || counts("SELECT count(*) FROM other") == all("1")),
+        "{}",
+        ferry.log()
+    );
+    assert!(
+        wait_until(WAIT, || ferry
+            .log()
+            .matches("dropped outside Ferry")
+            .count()
+            >= 3),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(counts("SELECT count(*) FROM d"), all("0"));
+    // A re-copy restores it and ends the quarantine.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["snapshot", "--table", "d", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sql = "SELECT count(*), sum(id), max(CASE WHEN id = 1 THEN v END) FROM d";
+    let expected = pg.psql("shop", sql);
+    assert!(
+        wait_until(WAIT, || {
+            let (a, b, c) = counts(sql);
+            a == expected && b == expected && c.replace('\t', "|") == expected
+        }),
+        "{:?} vs {expected}\n{}",
+        counts(sql),
+        ferry.log()
+    );
+    pg.psql("shop", "INSERT INTO d VALUES (52, 'after')");
+    assert!(
+        wait_until(WAIT, || counts("SELECT count(*) FROM d") == all("52")),
+        "{}",
+        ferry.log()
+    );
+}
