@@ -180,3 +180,65 @@ fn a_target_table_dropped_by_hand_is_quarantined_then_copied_anew() {
         ferry.log()
     );
 }
+
+#[test]
+fn a_listed_source_table_dropped_and_created_again_is_followed_and_copied_anew() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE d (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO d SELECT g, 'old' || g FROM generate_series(1, 20) g;",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "dl",
+        &fan_out_config(&pg, "dl", "[pipeline.batch]\nmax_wait = \"20ms\"", &db).replace(
+            "[source]\ntype = \"postgres\"\n",
+            "[source]\ntype = \"postgres\"\ntables = [\"d\", \"other\"]\n",
+        ),
+    );
+    let rows = "SELECT id, v FROM d ORDER BY id";
+    let same = |ferry: &Ferry| {
+        let expected = pg.psql("shop", rows);
+        let ok = wait_until(WAIT, || {
+            pg.try_psql("replica", rows).ok().as_deref() == Some(expected.as_str())
+                && sqlite_rows(&db, rows).join("\n") == expected
+        });
+        assert!(
+            ok,
+            "expected\n{expected}\n--- target\n{}\n--- log\n{}",
+            pg.try_psql("replica", rows).unwrap_or_default(),
+            ferry.log()
+        );
+    };
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    same(&ferry);
+    // While streaming: the new table's first rows are written before anyone could add it to the publication.
+    pg.psql(
+        "shop",
+        "DROP TABLE d; CREATE TABLE d (id int PRIMARY KEY, v text);
+         INSERT INTO d SELECT g, 'new' || g FROM generate_series(5, 12) g;",
+    );
+    same(&ferry);
+    pg.psql("shop", "UPDATE d SET v = 'streamed' WHERE id = 5");
+    same(&ferry);
+    assert!(
+        ferry.log().contains("left the publication"),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+
+    // While Ferry is stopped.
+    pg.psql(
+        "shop",
+        "DROP TABLE d; CREATE TABLE d (id int PRIMARY KEY, v text);
+         INSERT INTO d SELECT g, 'offline' || g FROM generate_series(100, 104) g;",
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    ferry.wait_streaming();
+    same(&ferry);
+}

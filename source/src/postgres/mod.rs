@@ -101,7 +101,7 @@ pub async fn run(
     check::require_logical_wal(&client).await?;
     let mut catalog = Catalog::new(client);
     let version = catalog.server_version().await?;
-    slot::ensure_publication(
+    let lost = slot::ensure_publication(
         catalog.client(),
         &cfg.publication,
         cfg.tables.as_deref(),
@@ -190,12 +190,20 @@ pub async fn run(
         messages: 0,
         source_timeout: settings.source_timeout,
         slot: cfg.slot.clone(),
+        followed: cfg.tables.clone(),
         recopies: recopy::Recopies::new(&cfg.url, generated_published),
         recopy_schemas: Default::default(),
         xid: None,
     };
     if resuming {
         streamer.resume_recopies(settings.recopies.clone()).await?;
+        // Followed tables dropped and created again while Ferry was away were out of the publication, so their
+        // rows since then never reached the slot: copy them anew.
+        for table in lost {
+            warn!(%table, "a followed table had left the publication (dropped and created again at the source): \
+                   it is back in it and copied anew");
+            recopy::request(streamer.catalog.client(), &cfg.slot, &table).await?;
+        }
     }
     streamer.run(&cfg.slot, &cfg.publication, start).await?;
     Ok(SourceExit::Shutdown)

@@ -61,7 +61,7 @@ pub async fn ensure_publication(
     name: &str,
     tables: Option<&[TableId]>,
     server_version: u32,
-) -> Result<(), Error> {
+) -> Result<Vec<TableId>, Error> {
     let exists = client
         .query_opt(
             "SELECT puballtables FROM pg_publication WHERE pubname = $1",
@@ -82,7 +82,7 @@ pub async fn ensure_publication(
         "publish_via_partition_root = true"
     };
     let quoted = quote_ident(name);
-    let sql = match (exists, tables) {
+    let sql = match (&exists, tables) {
         (None, _) => format!("CREATE PUBLICATION {quoted} FOR {target} WITH ({options})"),
         (Some(_), Some(_)) => {
             format!("ALTER PUBLICATION {quoted} SET {target}; ALTER PUBLICATION {quoted} SET ({options})")
@@ -97,10 +97,68 @@ pub async fn ensure_publication(
             )))
         }
     };
+    // Listed tables an existing publication lost (dropped and created again at the source): their rows written
+    // in between never reached the stream.
+    let lost = match (&exists, tables) {
+        (Some(_), Some(t)) => missing_from_publication(client, name, t).await?,
+        _ => Vec::new(),
+    };
     client
         .batch_execute(&sql)
         .await
-        .map_err(sql_error("creating the publication"))
+        .map_err(sql_error("creating the publication"))?;
+    Ok(lost)
+}
+
+/// The tables of `tables` that publication `name` does not publish.
+pub async fn missing_from_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableId],
+) -> Result<Vec<TableId>, Error> {
+    let published: Vec<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(sql_error("reading the publication's tables"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(tables
+        .iter()
+        .filter(|t| {
+            !published
+                .iter()
+                .any(|(s, n)| *s == t.schema && *n == t.name)
+        })
+        .cloned()
+        .collect())
+}
+
+/// Adds `table` to publication `name` if it exists now; whether it was added.
+pub async fn add_to_publication(
+    client: &Client,
+    name: &str,
+    table: &TableId,
+) -> Result<bool, Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified(table)])
+        .await
+        .map_err(sql_error("looking up a followed table"))?
+        .get(0);
+    if exists {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(name),
+                qualified(table)
+            ))
+            .await
+            .map_err(sql_error("adding a table to the publication"))?;
+    }
+    Ok(exists)
 }
 
 /// The tables the publication publishes, with their relation OIDs and row estimates.

@@ -53,6 +53,9 @@ fn pipeline_stopped() -> Error {
     Error::fatal("the pipeline stopped while the source was running")
 }
 
+/// Status ticks (seconds) between checks that every listed table is still in the publication.
+const FOLLOW_CHECK_TICKS: u64 = 5;
+
 /// How many messages or events the loop handles back to back before it looks at shutdown and the status tick.
 const FAST_PATH_LIMIT: u32 = 256;
 
@@ -91,6 +94,8 @@ pub(crate) struct Streamer {
     pub source_timeout: Duration,
     /// The slot streamed (a re-copy request names it).
     pub slot: String,
+    /// The tables the config lists (`None`: all tables), which must stay in the publication.
+    pub followed: Option<Vec<TableId>>,
     /// Tables re-copied while streaming.
     pub recopies: Recopies,
     /// Schemas a re-copy chunk announced for relations the stream has not described yet.
@@ -151,6 +156,7 @@ impl Streamer {
         // When any message last arrived, as seen at the status ticks (a half-open connection sends nothing).
         let mut last_message = Instant::now();
         let mut messages_at_tick = self.messages;
+        let mut ticks = 0u64;
         // Messages handled without a `select!`; after FAST_PATH_LIMIT in a row the loop takes the `select!` once,
         // so shutdown and the status tick are never starved by a flood.
         let mut fast = 0u32;
@@ -231,6 +237,12 @@ impl Streamer {
                     }
                     // Past a third of the timeout, ask the server to answer (a keepalive) so silence means death.
                     self.send_status(silent >= self.source_timeout / 3).await?;
+                    ticks += 1;
+                    if ticks % FOLLOW_CHECK_TICKS == 0 {
+                        tokio::time::timeout(self.source_timeout, self.keep_followed_tables())
+                            .await
+                            .map_err(|_| catalog_silent(self.source_timeout))??;
+                    }
                     if let Some(e) = self.recopies.failure() {
                         return Err(e);
                     }
@@ -568,6 +580,26 @@ impl Streamer {
                 self.start_recopy(table, out).await
             }
         }
+    }
+
+    /// A listed table dropped and created again at the source is no longer in the publication, so its rows stop
+    /// reaching the slot without any sign: add it back and copy it anew (the copy replaces the old table's rows
+    /// on the targets, and brings the rows written before it was added back).
+    async fn keep_followed_tables(&mut self) -> Result<(), Error> {
+        let Some(followed) = &self.followed else {
+            return Ok(());
+        };
+        let client = self.catalog.client();
+        for table in
+            super::slot::missing_from_publication(client, &self.publication, followed).await?
+        {
+            if super::slot::add_to_publication(client, &self.publication, &table).await? {
+                warn!(%table, "a followed table left the publication (dropped and created again at the source): \
+                       added it back, and it is copied anew");
+                recopy::request(client, &self.slot, &table).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts re-copying `table` at this point of the stream (a request, or the `resnapshot` policy).
