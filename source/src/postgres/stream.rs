@@ -238,7 +238,7 @@ impl Streamer {
                     // Past a third of the timeout, ask the server to answer (a keepalive) so silence means death.
                     self.send_status(silent >= self.source_timeout / 3).await?;
                     ticks += 1;
-                    if ticks % FOLLOW_CHECK_TICKS == 0 {
+                    if ticks.is_multiple_of(FOLLOW_CHECK_TICKS) {
                         tokio::time::timeout(self.source_timeout, self.keep_followed_tables())
                             .await
                             .map_err(|_| catalog_silent(self.source_timeout))??;
