@@ -242,3 +242,51 @@ fn a_listed_source_table_dropped_and_created_again_is_followed_and_copied_anew()
     ferry.wait_streaming();
     same(&ferry);
 }
+
+#[test]
+fn a_target_only_not_null_column_without_default_is_reported_at_start() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a VALUES (1);",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "nn",
+        &format!(
+            "{}\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            fan_out_config(&pg, "nn", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+            my.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM replica.a")
+            .is_ok_and(|c| c.trim() == "1")),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+    // An operator's audit column with a default is fine; one without a default cannot be written.
+    pg.psql(
+        "replica",
+        "ALTER TABLE a ADD COLUMN noted text NOT NULL DEFAULT 'ok'",
+    );
+    my.sql("ALTER TABLE replica.a ADD COLUMN audit_by varchar(20) NOT NULL");
+    pg.psql("shop", "INSERT INTO a VALUES (2)");
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    let stopped = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(stopped.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("has column(s) audit_by that the source table does not have, NOT NULL and without a default"),
+        "{log}"
+    );
+    assert!(!log.contains("column(s) noted"), "{log}");
+}

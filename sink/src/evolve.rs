@@ -106,6 +106,28 @@ pub fn dropped_outside(
         })
 }
 
+/// Refuses a target table with columns of its own (not from the source) that take no NULL and have no default:
+/// every row Ferry writes would fail there. `required` lists the target's NOT NULL columns without a default.
+pub fn check_required_target_columns(
+    schema: &TableSchema,
+    required: &[String],
+) -> Result<(), Error> {
+    let own: Vec<&str> = required
+        .iter()
+        .filter(|c| schema.column_index(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if own.is_empty() {
+        return Ok(());
+    }
+    Err(Error::fatal(format!(
+        "target table of {} has column(s) {} that the source table does not have, NOT NULL and without a \
+         default: no row Ferry writes can satisfy them; give them a default on the target, or allow NULL",
+        schema.id,
+        own.join(", ")
+    )))
+}
+
 /// Whether a sink skips `table`'s changes, logging the reason once per sink start.
 pub fn is_quarantined(applied: &HashMap<TableId, Applied>, table: &TableId) -> bool {
     applied.get(table).is_some_and(|a| a.quarantined.is_some())

@@ -192,12 +192,7 @@ async fn columns(
     conn: &mut Conn,
     name: &str,
 ) -> Result<Vec<(String, String, Option<String>, String)>, Error> {
-    // `db`.`t` → ('db', 't') for information_schema.
-    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
-    let (db, table) = name
-        .split_once("`.`")
-        .map(|(a, b)| (unquote(a), unquote(b)))
-        .unwrap_or_default();
+    let (db, table) = split_name(name);
     conn.exec(
         "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         (db, table),
@@ -315,6 +310,8 @@ pub async fn ensure_table(
             delete_record(conn, (pipeline, sink), from).await?;
         }
     }
+    let required = required_columns(conn, name).await?;
+    evolve::check_required_target_columns(schema, &required)?;
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;
@@ -354,13 +351,30 @@ pub async fn ensure_table(
     })
 }
 
+/// The NOT NULL columns of target table `name` without a default (nor generated or auto-incremented).
+async fn required_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>, Error> {
+    let (db, table) = split_name(name);
+    conn.exec(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+         AND IS_NULLABLE = 'NO' AND COLUMN_DEFAULT IS NULL AND EXTRA NOT LIKE '%auto_increment%' \
+         AND EXTRA NOT LIKE '%GENERATED%' AND coalesce(GENERATION_EXPRESSION, '') = ''",
+        (db, table),
+    )
+    .await
+    .map_err(write_error(format!("reading the columns of {name}")))
+}
+
+/// `db`.`t` → ("db", "t"), as information_schema names them.
+fn split_name(name: &str) -> (String, String) {
+    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
+    name.split_once("`.`")
+        .map(|(a, b)| (unquote(a), unquote(b)))
+        .unwrap_or_default()
+}
+
 /// The unique indexes of target table `name` other than its primary key.
 async fn extra_unique_indexes(conn: &mut Conn, name: &str) -> Result<Vec<String>, Error> {
-    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
-    let (db, table) = name
-        .split_once("`.`")
-        .map(|(a, b)| (unquote(a), unquote(b)))
-        .unwrap_or_default();
+    let (db, table) = split_name(name);
     conn.exec(
         "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
          AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' ORDER BY INDEX_NAME",

@@ -444,6 +444,18 @@ pub async fn ensure_table(
             delete_record(client, (pipeline, sink), from).await?;
         }
     }
+    let required: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 \
+             AND NOT attisdropped AND attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''",
+            &[&name],
+        )
+        .await
+        .map_err(ddl_error(&schema.id))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    evolve::check_required_target_columns(schema, &required)?;
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;

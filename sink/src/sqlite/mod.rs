@@ -575,6 +575,18 @@ fn ensure_table(
             delete_record(conn, (pipeline, sink), from)?;
         }
     }
+    let required: Vec<String> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name FROM pragma_table_info(?1) WHERE \"notnull\" = 1 AND dflt_value IS NULL AND pk = 0",
+            )
+            .map_err(db_error(what()))?;
+        let rows = stmt
+            .query_map([&name], |r| r.get(0))
+            .map_err(db_error(what()))?;
+        rows.collect::<Result<_, _>>().map_err(db_error(what()))?
+    };
+    evolve::check_required_target_columns(schema, &required)?;
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;
