@@ -107,13 +107,14 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             },
             SourceConfig::Mysql(source) => ferry_source::mysql::check_prerequisites(source).await,
         };
+        // A source that cannot be reached still lets the sinks be checked: every failure at once.
         let outcomes = match outcomes {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 println!("  FAIL source: {e}");
                 println!("       fix: check the host, port, user, password and TLS settings in [source] url, and that the server lets this user in from here");
                 all_ok = false;
-                continue;
+                Vec::new()
             }
         };
         for o in outcomes {
@@ -133,9 +134,15 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 SinkKind::Mysql { url } => ferry_sink::mysql::list_checkpoints(url, &p.name)
                     .await
                     .map(|_| ()),
-                SinkKind::Sqlite { path } => {
-                    ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ())
-                }
+                SinkKind::Sqlite { path } => match path.parent() {
+                    Some(dir) if !path.exists() && !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                        Err(ferry_core::Error::fatal(format!(
+                            "directory {} does not exist",
+                            dir.display()
+                        )))
+                    }
+                    _ => ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ()),
+                },
                 SinkKind::Discard { .. } => Ok(()),
                 #[cfg(feature = "kafka")]
                 SinkKind::Kafka(k) => ferry_sink::kafka::stored_checkpoint(k, &p.name, &sink.name)

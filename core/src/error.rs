@@ -40,7 +40,15 @@ impl fmt::Display for Error {
             }
             cause = c.source();
         }
-        f.write_str(&shown)
+        // Some drivers repeat their own prefix in a wrapped cause ("Input/output error: Input/output error: …"):
+        // each part is said once.
+        let mut parts: Vec<&str> = Vec::new();
+        for part in shown.split(": ") {
+            if parts.last() != Some(&part) {
+                parts.push(part);
+            }
+        }
+        f.write_str(&parts.join(": "))
     }
 }
 
@@ -128,6 +136,28 @@ mod tests {
             Outer(std::io::Error::other("bad certificate")),
         );
         assert_eq!(e.to_string(), "connecting: outer failure: bad certificate");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug)]
+        struct Inner;
+        impl fmt::Display for Inner {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("Input/output error: Input/output error: Connection refused")
+            }
+        }
+        impl std::error::Error for Inner {}
+        let e = Error::transient("cannot connect to the MySQL target", Inner);
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to the MySQL target: Input/output error: Connection refused"
+        );
     }
 }
 
