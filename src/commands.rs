@@ -368,11 +368,12 @@ pub async fn snapshot(files: &[PathBuf], tables: &[String]) -> anyhow::Result<Ex
     let pipelines = load_configs(files)?;
     let mut wanted = Vec::new();
     for t in tables {
-        match ferry_core::TableId::parse(t, "public") {
+        match table_arg(t) {
             Some(id) => wanted.push(id),
-            None => {
-                anyhow::bail!("--table {t:?}: expected schema.table (a bare name is in public)")
-            }
+            None => anyhow::bail!(
+                "--table {t:?}: expected schema.table (a bare name is in public; double-quote a name holding a dot: \
+                 'public.\"dot.ted\"')"
+            ),
         }
     }
     let mut failed = false;
@@ -403,6 +404,51 @@ pub async fn snapshot(files: &[PathBuf], tables: &[String]) -> anyhow::Result<Ex
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A table named on the command line: `schema.table` or `table` (in `public`), each part as is or double-quoted
+/// as in SQL (`"Sales Dept"."Order Items"`, `public."dot.ted"`; `""` is a quote inside). Names match exactly.
+fn table_arg(text: &str) -> Option<ferry_core::TableId> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => {}
+            Some(_) => return None,
+        }
+    }
+    match parts.as_slice() {
+        [name] => Some(ferry_core::TableId::new("public", name.clone())),
+        [schema, name] => Some(ferry_core::TableId::new(schema.clone(), name.clone())),
+        _ => None,
+    }
 }
 
 pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
@@ -451,4 +497,30 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_arg;
+
+    #[test]
+    fn table_arguments_take_quoted_parts() {
+        let t = |s: &str| table_arg(s).map(|t| (t.schema, t.name));
+        let pair = |a: &str, b: &str| Some((a.to_owned(), b.to_owned()));
+        assert_eq!(t("orders"), pair("public", "orders"));
+        assert_eq!(t("shop.orders"), pair("shop", "orders"));
+        assert_eq!(t("public.\"dot.ted\""), pair("public", "dot.ted"));
+        assert_eq!(t("\"dot.ted\""), pair("public", "dot.ted"));
+        assert_eq!(
+            t("\"Sales Dept\".\"Order \"\"Items\"\"\""),
+            pair("Sales Dept", "Order \"Items\"")
+        );
+        assert_eq!(
+            t("Sales Dept.Order Items"),
+            pair("Sales Dept", "Order Items")
+        );
+        for bad in ["a.b.c", "", ".x", "x.", "\"open", "\"a\"b"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 }

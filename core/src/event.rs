@@ -78,6 +78,11 @@ pub enum RecopyStep {
     Cancel,
 }
 
+/// Whether `table` is a re-copy's shadow table ([`recopy_shadow`]).
+pub fn is_recopy_shadow(table: &TableId) -> bool {
+    table.name.starts_with("ferry_recopy_")
+}
+
 /// The target table a SQL sink re-copies `table` into: same schema, a name of at most 26 bytes that no source
 /// table is likely to have (`ferry_recopy_` and a hash of the table's name), so no target truncates it.
 pub fn recopy_shadow(table: &TableId) -> TableId {

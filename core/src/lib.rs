@@ -27,7 +27,7 @@ pub use binlog_position::{
     BinlogFilePos, BinlogPosition, GtidState, MariaGtid, MariaGtidList, MysqlGtidSet,
 };
 pub use error::{mysql_refuses, Error, ErrorClass, Result};
-pub use event::{recopy_shadow, Change, Event, RecopyStep, Row, RowOp};
+pub use event::{is_recopy_shadow, recopy_shadow, Change, Event, RecopyStep, Row, RowOp};
 pub use position::{Lsn, Position};
 pub use schema::{enum_labels, Column, ColumnType, Dialect, SchemaRef, TableId, TableSchema};
 pub use sink::{Sink, Transform};

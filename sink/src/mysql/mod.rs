@@ -832,7 +832,7 @@ impl MysqlSink {
                     return Ok(());
                 }
                 if !is_complete(new) {
-                    return Err(missing_row(table, old));
+                    return missing_row(table, old);
                 }
                 let mut one = Upserts::default();
                 one.push(table, new);

@@ -294,7 +294,7 @@ impl PostgresSink {
             return Ok(());
         }
         if !is_complete(new) {
-            return Err(crate::rows::missing_row(table, old));
+            return crate::rows::missing_row(table, old);
         }
         let group = Group {
             table: table.clone(),
@@ -451,12 +451,16 @@ impl PostgresSink {
                             .await
                             .map_err(write_error("truncating"))?;
                     }
-                    self.truncated.extend(
-                        tables
-                            .iter()
-                            .filter(|t| self.known_tables.contains_key(*t))
-                            .cloned(),
-                    );
+                    // Only a snapshot's rows follow their own truncate alone; after any other truncate (a
+                    // re-copy's shadow, emptied at its start) the stream may write the same keys first.
+                    if *snapshot {
+                        self.truncated.extend(
+                            tables
+                                .iter()
+                                .filter(|t| self.known_tables.contains_key(*t))
+                                .cloned(),
+                        );
+                    }
                 }
                 Event::Schema(schema) => {
                     self.flush(group.take()).await?;

@@ -366,7 +366,7 @@ impl SqliteSink {
                     .chain(keys.iter().map(|&k| &old[k]));
                 if self.exec(&sql, values, what)? == 0 {
                     if !is_complete(new) {
-                        return Err(missing_row(table, old));
+                        return missing_row(table, old);
                     }
                     self.upsert(table, new)?;
                 }

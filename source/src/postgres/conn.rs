@@ -19,7 +19,8 @@ use ferry_core::Error;
 
 /// GUCs for the walsender session: they fix the text form of every value pgoutput sends, so decoding is exact.
 const SESSION_OPTIONS: &str =
-    "-c datestyle=ISO,YMD -c timezone=UTC -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex";
+    "-c datestyle=ISO,YMD -c timezone=UTC -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex \
+     -c standard_conforming_strings=on";
 
 /// A connection in replication mode.
 pub struct ReplicationConn {

@@ -40,7 +40,7 @@ use conn::ReplicationConn;
 /// The session settings that fix each type's text form (the replication connection sets the same in its startup
 /// options).
 const SESSION_SQL: &str =
-    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex';";
+    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on;";
 
 /// Opens an ordinary connection (catalog queries, snapshot copies, heartbeats).
 pub async fn connect_client(url: &str) -> Result<Client, Error> {
@@ -233,13 +233,14 @@ pub async fn request_recopy(config: &PostgresSource, table: &TableId) -> Result<
     match row.map(|r| r.get::<_, bool>(0)) {
         None => {
             return Err(Error::fatal(format!(
-                "publication {} does not include the table (check the name, and [source] tables)",
+                "publication {} does not include the table (names match exactly, case included; check [source] \
+                 tables)",
                 config.publication
             )))
         }
         Some(false) => {
             return Err(Error::fatal(
-                "the table has no primary key (nor replica identity index): Ferry re-copies tables in key order;                  add a primary key, or copy every table anew with `ferry reset --yes`",
+                "the table has no primary key (nor replica identity index): Ferry re-copies tables in key order; add a primary key, or copy every table anew with `ferry reset --yes`",
             ))
         }
         Some(true) => {}

@@ -61,6 +61,10 @@ pub struct Cursor {
     pub ranged_out: bool,
     /// Rows copied so far.
     pub rows: u64,
+    /// The relation OID of the table being copied: a table dropped and created again under the same name is
+    /// another table, whose copy starts over.
+    #[serde(default)]
+    pub relation: Option<u32>,
 }
 
 impl Cursor {
@@ -93,13 +97,17 @@ pub struct Signal {
 struct Watermark {
     tag: String,
     high: bool,
+    /// The table is gone (dropped, or another table took its name): the re-copy ends here.
+    #[serde(default)]
+    gone: bool,
 }
 
 /// The message content of a watermark.
-fn watermark(tag: &str, high: bool) -> String {
+fn watermark(tag: &str, high: bool, gone: bool) -> String {
     serde_json::to_string(&Watermark {
         tag: tag.to_owned(),
         high,
+        gone,
     })
     .unwrap_or_default()
 }
@@ -123,6 +131,9 @@ struct Chunk {
     full: bool,
     /// Transactions in progress for the chunk's snapshot (32-bit xids, as pgoutput's Begin carries them).
     xip: HashSet<u32>,
+    /// The table was rewritten (ALTER … TYPE, VACUUM FULL, TRUNCATE) after the chunk's snapshot was taken: a
+    /// rewrite is not MVCC-safe, so the snapshot may have read the new, still invisible, rows as none.
+    rewritten: bool,
     reply: oneshot::Sender<Option<Cursor>>,
 }
 
@@ -136,6 +147,8 @@ pub(crate) enum Landed {
         cursor: Cursor,
         finished: bool,
     },
+    /// The table is gone (dropped, or replaced by another under its name): the re-copy ends unfinished.
+    Gone { table: TableId },
     /// The window is not one of this process's.
     None,
 }
@@ -156,6 +169,10 @@ struct Active {
     cursor: Cursor,
     starved: u32,
     mismatches: u32,
+    /// Keys (text forms) whose change the shadow table may not have been able to apply (an update without every
+    /// column, to a row not copied yet): read again in the next window.
+    reread: Vec<Vec<String>>,
+    task: tokio::task::AbortHandle,
 }
 
 /// The streamer's side: which tables are re-copied, the windows open, the chunks waiting for their high watermark.
@@ -208,16 +225,10 @@ impl Recopies {
             )));
         }
         info!(table = %schema.id, rows_so_far = cursor.rows, "re-copying the table while streaming");
-        self.active.insert(
-            oid,
-            Active {
-                table: schema.id.clone(),
-                window: None,
-                cursor: cursor.clone(),
-                starved: 0,
-                mismatches: 0,
-            },
-        );
+        let cursor = Cursor {
+            relation: Some(oid),
+            ..cursor
+        };
         let task = TableTask {
             url: self.url.clone(),
             oid,
@@ -225,23 +236,41 @@ impl Recopies {
             key: schema
                 .primary_key
                 .iter()
-                .map(|&k| {
-                    let c = &schema.columns[k];
-                    (c.name.clone(), c.source_type.clone())
-                })
+                .map(|&k| schema.columns[k].name.clone())
                 .collect(),
             generated_published: self.generated_published,
             tx: self.tx.clone(),
             run: self.run.clone(),
         };
-        self.tasks.spawn(task.run(cursor));
+        let task = self.tasks.spawn(task.run(cursor.clone()));
+        self.active.insert(
+            oid,
+            Active {
+                table: schema.id.clone(),
+                window: None,
+                cursor,
+                starved: 0,
+                mismatches: 0,
+                reread: Vec::new(),
+                task,
+            },
+        );
         Ok(())
+    }
+
+    /// Stops re-copying relation `oid` (to start it over: the rows copied so far are not worth keeping).
+    pub fn stop(&mut self, oid: u32) {
+        if let Some(a) = self.active.remove(&oid) {
+            a.task.abort();
+        }
     }
 
     /// A task's failure, if one failed (looked at on the streamer's status tick).
     pub fn failure(&mut self) -> Option<Error> {
         match self.tasks.try_join_next()? {
             Ok(Ok(())) => None,
+            // Stopped on purpose (the copy starts over).
+            Err(e) if e.is_cancelled() => None,
             Ok(Err(e)) => Some(e),
             Err(e) => Some(Error::fatal(format!("a re-copy task failed: {e}"))),
         }
@@ -273,6 +302,16 @@ impl Recopies {
                 if let Some(k) = key_string(row, key) {
                     window.changed.insert(k);
                 }
+            }
+        }
+    }
+
+    /// An update of relation `oid` did not carry every column (unchanged TOAST values): the shadow table cannot
+    /// write the row if it does not hold it yet, so the row with key `key` (text forms) is read again.
+    pub fn reread(&mut self, oid: u32, key: Vec<String>) {
+        if let Some(a) = self.active.get_mut(&oid) {
+            if !a.reread.contains(&key) {
+                a.reread.push(key);
             }
         }
     }
@@ -321,6 +360,12 @@ impl Recopies {
         else {
             return Ok(Landed::None);
         };
+        if mark.gone {
+            let table = active.table.clone();
+            info!(%table, "the table being re-copied was dropped or replaced: its re-copy ends");
+            self.active.remove(&oid);
+            return Ok(Landed::Gone { table });
+        }
         if !mark.high {
             if let Some(w) = active.window.as_mut() {
                 w.commits_at_low = Some(self.commits);
@@ -362,8 +407,8 @@ impl Recopies {
             _ => (chunk.schema.clone(), true),
         };
         active.mismatches = 0;
-        if hidden || window.truncated {
-            debug!(table = %active.table, hidden, truncated = window.truncated, "reading a re-copy chunk again");
+        if hidden || window.truncated || chunk.rewritten {
+            debug!(table = %active.table, hidden, truncated = window.truncated, rewritten = chunk.rewritten, "reading a re-copy chunk again");
             let _ = chunk.reply.send(Some(active.cursor.clone()));
             return Ok(Landed::None);
         }
@@ -397,6 +442,11 @@ impl Recopies {
                 active.table,
                 retry.len()
             )));
+        }
+        for key in active.reread.drain(..) {
+            if !retry.contains(&key) {
+                retry.push(key);
+            }
         }
         cursor.retry = retry;
         cursor.rows += rows.len() as u64;
@@ -438,8 +488,8 @@ struct TableTask {
     url: String,
     oid: u32,
     table: TableId,
-    /// The key columns: name and type (for literals).
-    key: Vec<(String, String)>,
+    /// The key columns' names.
+    key: Vec<String>,
     generated_published: bool,
     tx: mpsc::UnboundedSender<TaskMessage>,
     run: String,
@@ -458,15 +508,19 @@ impl TableTask {
                     tag: tag.clone(),
                 })
                 .map_err(|_| gone())?;
-            emit(catalog.client(), &watermark(&tag, false)).await?;
+            emit(catalog.client(), &watermark(&tag, false, false)).await?;
             let (reply, answer) = oneshot::channel();
-            let chunk = self
+            let Some(chunk) = self
                 .read_chunk(&mut catalog, &cursor, tag.clone(), reply)
-                .await?;
+                .await?
+            else {
+                emit(catalog.client(), &watermark(&tag, true, true)).await?;
+                return Ok(());
+            };
             self.tx
                 .send(TaskMessage::Chunk(chunk))
                 .map_err(|_| gone())?;
-            emit(catalog.client(), &watermark(&tag, true)).await?;
+            emit(catalog.client(), &watermark(&tag, true, false)).await?;
             match answer.await {
                 Ok(Some(next)) => cursor = next,
                 Ok(None) => return Ok(()),
@@ -484,7 +538,7 @@ impl TableTask {
         cursor: &Cursor,
         tag: String,
         reply: oneshot::Sender<Option<Cursor>>,
-    ) -> Result<Chunk, Error> {
+    ) -> Result<Option<Chunk>, Error> {
         let sql_err = |e: tokio_postgres::Error| {
             Error::transient(format!("re-copying table {}", self.table), e)
         };
@@ -506,24 +560,54 @@ impl TableTask {
             .iter()
             .map(|r| r.get::<_, i64>(0) as u32)
             .collect();
-        let columns = catalog.columns(self.oid).await?;
-        if columns.is_empty() {
-            return Err(Error::fatal(format!(
-                "re-copying table {}: the table no longer exists",
-                self.table
-            )));
+        let current: Option<i64> = catalog
+            .client()
+            .query_one(
+                "SELECT to_regclass($1)::oid::int8",
+                &[&qualified(&self.table)],
+            )
+            .await
+            .map_err(sql_err)?
+            .get(0);
+        if current != Some(i64::from(self.oid)) {
+            catalog
+                .client()
+                .batch_execute("COMMIT")
+                .await
+                .map_err(sql_err)?;
+            return Ok(None);
         }
+        let columns = catalog.columns(self.oid).await?;
         let schema = catalog
             .table_schema(self.oid, self.table.clone(), &columns, None, 0, None)
             .await?;
         let client = catalog.client();
-        let key_cols: Vec<String> = self.key.iter().map(|(n, _)| quote_ident(n)).collect();
+        // Literals are cast to each key column's own type (an enum, a domain), as the catalog spells it.
+        let mut key_types = Vec::with_capacity(self.key.len());
+        for name in &self.key {
+            let ty: Option<String> = client
+                .query_opt(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::int8::oid \
+                     AND attname = $2 AND NOT attisdropped",
+                    &[&i64::from(self.oid), name],
+                )
+                .await
+                .map_err(sql_err)?
+                .map(|r| r.get(0));
+            key_types.push(ty.ok_or_else(|| {
+                Error::fatal(format!(
+                    "re-copying table {}: its key column {name} is gone; re-run `ferry snapshot`",
+                    self.table
+                ))
+            })?);
+        }
+        let key_cols: Vec<String> = self.key.iter().map(|n| quote_ident(n)).collect();
         let key_list = format!("({})", key_cols.join(", "));
         let literal = |values: &[String]| {
             let v: Vec<String> = values
                 .iter()
-                .zip(&self.key)
-                .map(|(v, (_, ty))| format!("{}::{ty}", quote_literal(v)))
+                .zip(&key_types)
+                .map(|(v, ty)| format!("{}::{ty}", quote_literal(v)))
                 .collect();
             format!("({})", v.join(", "))
         };
@@ -535,7 +619,7 @@ impl TableTask {
         let key_index: Vec<usize> = self
             .key
             .iter()
-            .map(|(n, _)| schema.column_index(n))
+            .map(|n| schema.column_index(n))
             .collect::<Option<_>>()
             .ok_or_else(|| {
                 Error::fatal(format!(
@@ -565,16 +649,29 @@ impl TableTask {
             );
             read_copy(client, &sql, &schema, &key_index, &mut rows).await?;
         }
+        // The relation's storage as the snapshot saw it against as it is now: they differ when a rewrite
+        // committed after the snapshot was taken.
+        let rewritten: bool = client
+            .query_one(
+                "SELECT coalesce(bool_or(pg_relation_filenode(t.relid) IS DISTINCT FROM c.relfilenode), false) \
+                 FROM (SELECT $1::int8::oid AS relid UNION SELECT relid FROM pg_partition_tree($1::int8::oid)) t \
+                 JOIN pg_class c ON c.oid = t.relid WHERE c.relkind IN ('r', 'm')",
+                &[&i64::from(self.oid)],
+            )
+            .await
+            .map_err(sql_err)?
+            .get(0);
         client.batch_execute("COMMIT").await.map_err(sql_err)?;
-        Ok(Chunk {
+        Ok(Some(Chunk {
             tag,
             schema,
             full: ranged == CHUNK_ROWS,
             ranged,
             rows,
             xip,
+            rewritten,
             reply,
-        })
+        }))
     }
 }
 
@@ -654,6 +751,7 @@ mod tests {
             retry: vec![vec!["x".into(), "1".into()]],
             ranged_out: false,
             rows: 4096,
+            relation: Some(16384),
         };
         assert_eq!(Cursor::parse(&t, &c.to_json()).unwrap(), c);
         assert!(Cursor::parse(&t, "{not json").is_err());

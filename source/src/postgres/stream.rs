@@ -439,6 +439,12 @@ impl Streamer {
                 if self.recopies.is_active(oid) {
                     self.recopies
                         .touched(oid, &table, [before.as_ref(), Some(&after)]);
+                    // Without every column the shadow table cannot write a row it does not hold yet.
+                    if after.contains(&Value::Unchanged) {
+                        if let Some(key) = self.key_text(oid, &table, &new) {
+                            self.recopies.reread(oid, key);
+                        }
+                    }
                 }
                 out.push_back(Event::Change(Change::Row {
                     table,
@@ -547,7 +553,7 @@ impl Streamer {
             .catalog
             .client()
             .query_opt(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT n.nspname::text, c.relname::text, c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.oid = coalesce(pg_partition_root($1::int8::oid), $1::int8::oid) \
                  AND EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2 \
                              AND p.schemaname = n.nspname AND p.tablename = c.relname)",
@@ -559,6 +565,13 @@ impl Streamer {
             return Ok(());
         };
         let table = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let oid = row.get::<_, i64>(2) as u32;
+        // Rows already copied into a re-copy's shadow hold the values from before the rewrite, which no row event
+        // will correct: whatever the policy, that copy starts over.
+        let recopying = self.recopies.is_active(oid);
+        if recopying {
+            self.recopies.stop(oid);
+        }
         let reason = format!(
             "rewritten at {lsn} by `{}`: {why}",
             rewrite.statement.trim()
@@ -572,7 +585,14 @@ impl Streamer {
             SchemaChangePolicy::Quarantine => {
                 tracing::error!(%table, %reason, "table quarantined: its changes are no longer applied");
                 self.stats.quarantine(table.to_string(), reason.clone());
-                out.push_back(Event::Change(Change::Quarantine { table, reason }));
+                out.push_back(Event::Change(Change::Quarantine {
+                    table: table.clone(),
+                    reason,
+                }));
+                if recopying {
+                    warn!(%table, "the table's re-copy starts over: the rows it copied predate the rewrite");
+                    self.start_recopy(table, out).await?;
+                }
                 Ok(())
             }
             SchemaChangePolicy::Resnapshot => {
@@ -640,6 +660,14 @@ impl Streamer {
                 continue;
             };
             match cursor {
+                Some(text)
+                    if Cursor::parse(&table, &text)?
+                        .relation
+                        .is_some_and(|r| r != oid) =>
+                {
+                    info!(%table, "the table being re-copied was dropped and created again: its copy starts over");
+                    recopy::request(self.catalog.client(), &self.slot, &table).await?;
+                }
                 Some(text) => {
                     let cursor = Cursor::parse(&table, &text)?;
                     let columns = self.catalog.columns(oid).await?;
@@ -713,15 +741,25 @@ impl Streamer {
                 .or_else(|| recopy_schemas.get(&oid))
                 .cloned()
         })?;
-        let Landed::Chunk {
-            schema,
-            schema_new,
-            rows,
-            cursor,
-            finished,
-        } = landed
-        else {
-            return Ok(());
+        let (schema, schema_new, rows, cursor, finished) = match landed {
+            Landed::Chunk {
+                schema,
+                schema_new,
+                rows,
+                cursor,
+                finished,
+            } => (schema, schema_new, rows, cursor, finished),
+            Landed::Gone { table } => {
+                // Its shadow goes; the table under that name now, if any, is another one, which the stream (or a
+                // new request) fills.
+                self.stats.recopy(table.to_string(), 0, true);
+                out.push_back(Event::Change(Change::Recopy {
+                    table,
+                    step: RecopyStep::Cancel,
+                }));
+                return Ok(());
+            }
+            Landed::None => return Ok(()),
         };
         let schema = if schema_new {
             self.schema_versions += 1;
@@ -758,6 +796,31 @@ impl Streamer {
         };
         out.push_back(Event::Change(Change::Recopy { table, step }));
         Ok(())
+    }
+
+    /// The text forms of `table`'s primary key in a tuple of relation `oid`, as the server sent them.
+    fn key_text(
+        &self,
+        oid: u32,
+        table: &TableSchema,
+        tuple: &[TupleValue<'_>],
+    ) -> Option<Vec<String>> {
+        table
+            .primary_key
+            .iter()
+            .map(|&k| {
+                let pos = match self.tuple_layouts.get(&oid) {
+                    Some(layout) => layout.iter().position(|&i| i == k)?,
+                    None => k,
+                };
+                match tuple.get(pos)? {
+                    TupleValue::Text(b) | TupleValue::Binary(b) => {
+                        String::from_utf8(b.to_vec()).ok()
+                    }
+                    TupleValue::Null | TupleValue::Unchanged => None,
+                }
+            })
+            .collect()
     }
 
     /// A tuple of relation `oid` as a row of `table`; columns the tuple does not carry are NULL.
