@@ -118,6 +118,12 @@ impl Error {
     }
 }
 
+/// MySQL / MariaDB server errors that refuse a connection for good: no access to the database (1044), wrong
+/// credentials (1045), no such database (1049).
+pub fn mysql_refuses(code: u16) -> bool {
+    matches!(code, 1044 | 1045 | 1049)
+}
+
 /// Shorthand for results carrying [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -137,11 +143,6 @@ mod tests {
         );
         assert_eq!(e.to_string(), "connecting: outer failure: bad certificate");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn each_cause_is_said_once() {
@@ -159,10 +160,4 @@ mod tests {
             "cannot connect to the MySQL target: Input/output error: Connection refused"
         );
     }
-}
-
-/// MySQL / MariaDB server errors that refuse a connection for good: no access to the database (1044), wrong
-/// credentials (1045), no such database (1049).
-pub fn mysql_refuses(code: u16) -> bool {
-    matches!(code, 1044 | 1045 | 1049)
 }
