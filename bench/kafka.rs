@@ -131,6 +131,7 @@ impl Bench {
             identity: Vec::new(),
             version: 1,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Dialect::Postgres,
         });
         let now = Timestamp::now();

@@ -95,3 +95,153 @@ fn mariadb_add_column_default_rename_and_type_change_keep_every_value() {
     );
     assert!(ferry.terminate().success());
 }
+
+/// A pipeline from MariaDB's `shop` (`tables` as given) into PostgreSQL, SQLite and another MariaDB database.
+fn fan_out(
+    my: &MariaDbServer,
+    pg: &PgServer,
+    dir: &std::path::Path,
+    name: &str,
+    tables: &str,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        name,
+        &format!(
+            "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_wait = \"50ms\"\n\n[source]\ntype = \"mysql\"\n\
+             url = \"{}\"\n{tables}\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            my.url("shop"),
+            pg.url("replica"),
+            dir.join("r.db").display(),
+            my.url("copy")
+        ),
+    )
+}
+
+/// Waits until PostgreSQL, SQLite and the MariaDB copy all answer `expected` for `sql` on table `t` of `shop`.
+fn wait_targets(
+    my: &MariaDbServer,
+    pg: &PgServer,
+    dir: &std::path::Path,
+    ferry: &Ferry,
+    (sql, table): (&str, &str),
+    expected: &str,
+) {
+    let on = |name: &str| sql.replace("{t}", name);
+    let mine = || {
+        my.try_sql(&on(&format!("copy.{table}")))
+            .map(|s| s.replace('\t', "|"))
+            .unwrap_or_default()
+    };
+    let db = dir.join("r.db");
+    let ok = wait_until(WAIT, || {
+        pg.try_psql("replica", &on(&format!("shop.{table}")))
+            .ok()
+            .as_deref()
+            == Some(expected)
+            && sqlite_rows(&db, &on(&format!("shop_{table}"))).join("\n") == expected
+            && mine() == expected
+    });
+    assert!(
+        ok,
+        "expected\n{expected}\n--- postgres\n{}\n--- sqlite\n{}\n--- mariadb copy\n{}\n--- log\n{}",
+        pg.try_psql("replica", &on(&format!("shop.{table}")))
+            .unwrap_or_else(|e| e),
+        sqlite_rows(&db, &on(&format!("shop_{table}"))).join("\n"),
+        mine(),
+        ferry.log()
+    );
+}
+
+#[test]
+fn mariadb_table_swaps_and_drop_create_leave_exactly_the_source_rows() {
+    let my = MariaDbServer::start();
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    my.sql(
+        "CREATE DATABASE shop; CREATE DATABASE copy; USE shop;
+         CREATE TABLE shop.t (id int PRIMARY KEY, v varchar(10));
+         INSERT INTO shop.t SELECT seq, concat('v', seq) FROM seq_1_to_50;
+         CREATE TABLE shop.d (id int PRIMARY KEY, v varchar(10));
+         INSERT INTO shop.d VALUES (1, 'old'), (2, 'old');",
+    );
+    let dir = scratch();
+    let cfg = fan_out(&my, &pg, dir.path(), "sw", "");
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    my.sql("UPDATE shop.t SET v = 'seen' WHERE id = 2");
+    wait_targets(
+        &my,
+        &pg,
+        dir.path(),
+        &ferry,
+        ("SELECT count(*) FROM {t}", "t"),
+        "50",
+    );
+
+    // How gh-ost finishes: a shadow table with a new column, filled, then swapped in by one RENAME.
+    my.sql(
+        "CREATE TABLE shop._t_gho LIKE shop.t; ALTER TABLE shop._t_gho ADD COLUMN extra int NOT NULL DEFAULT 7;
+         INSERT INTO shop._t_gho (id, v) SELECT id, v FROM shop.t;
+         UPDATE shop.t SET v = 'late' WHERE id = 1; UPDATE shop._t_gho SET v = 'late' WHERE id = 1;
+         RENAME TABLE shop.t TO shop._t_del, shop._t_gho TO shop.t;
+         INSERT INTO shop.t VALUES (51, 'new', 8);",
+    );
+    wait_targets(
+        &my,
+        &pg,
+        dir.path(),
+        &ferry,
+        ("SELECT count(*), sum(extra), min(v), max(v) FROM {t}", "t"),
+        "51|358|late|v9",
+    );
+    wait_targets(
+        &my,
+        &pg,
+        dir.path(),
+        &ferry,
+        ("SELECT count(*) FROM {t}", "_t_del"),
+        "50",
+    );
+
+    // DROP then CREATE under the same name: no stale row survives.
+    my.sql(
+        "DROP TABLE shop.d; CREATE TABLE shop.d (id int PRIMARY KEY, v varchar(10));
+         INSERT INTO shop.d VALUES (2, 'new');",
+    );
+    wait_targets(
+        &my,
+        &pg,
+        dir.path(),
+        &ferry,
+        ("SELECT id, v FROM {t} ORDER BY id", "d"),
+        "2|new",
+    );
+}
+
+#[test]
+fn a_followed_table_swapped_for_one_ferry_does_not_follow_stops_the_pipeline() {
+    let my = MariaDbServer::start();
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    my.sql(
+        "CREATE DATABASE shop; CREATE DATABASE copy;
+         CREATE TABLE shop.t (id int PRIMARY KEY, v varchar(10)); INSERT INTO shop.t VALUES (1, 'a');",
+    );
+    let dir = scratch();
+    let cfg = fan_out(&my, &pg, dir.path(), "sx", "tables = [\"shop.t\"]");
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    my.sql(
+        "CREATE TABLE shop._t_gho LIKE shop.t; INSERT INTO shop._t_gho VALUES (1, 'a'), (2, 'b');
+         RENAME TABLE shop.t TO shop._t_del, shop._t_gho TO shop.t; INSERT INTO shop.t VALUES (3, 'c');",
+    );
+    let stopped = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(stopped.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("table shop.t is now the table shop._t_gho, which Ferry does not follow"),
+        "{log}"
+    );
+}

@@ -29,7 +29,9 @@ pub use binlog_position::{
 pub use error::{mysql_refuses, Error, ErrorClass, Result};
 pub use event::{is_recopy_shadow, recopy_shadow, Change, Event, RecopyStep, Row, RowOp};
 pub use position::{Lsn, Position};
-pub use schema::{enum_labels, Column, ColumnType, Dialect, SchemaRef, TableId, TableSchema};
+pub use schema::{
+    enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,
+};
 pub use sink::{Sink, Transform};
 pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};

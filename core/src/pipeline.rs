@@ -531,6 +531,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Default::default(),
         });
         let mut with_schema = vec![Event::Schema(table)];

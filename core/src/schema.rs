@@ -138,6 +138,9 @@ pub struct TableSchema {
     /// when the source has none. A new identity under a known name means the table was dropped and created
     /// again, or another table was renamed into its place.
     pub relation_id: Option<u32>,
+    /// What the source said about this table's identity since its last schema, for sources without a stable
+    /// relation id (MySQL / MariaDB): renamed from another table, or dropped and created again.
+    pub lineage: Lineage,
     /// The dialect of the columns' `source_type`: a sink of the same dialect can create columns exactly as the
     /// source has them; others map from [`ColumnType`].
     pub dialect: Dialect,
@@ -145,6 +148,18 @@ pub struct TableSchema {
 
 /// A shared schema.
 pub type SchemaRef = Arc<TableSchema>;
+
+/// Where a table comes from, as far as DDL said (see [`TableSchema::lineage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Lineage {
+    /// The same table as before (or nothing said).
+    #[default]
+    Same,
+    /// `RENAME TABLE from TO this` (or `ALTER TABLE from RENAME TO this`): the target table of `from` is renamed.
+    RenamedFrom(TableId),
+    /// `DROP TABLE` then `CREATE TABLE` under this name: the target table is dropped and created anew.
+    Recreated,
+}
 
 impl TableSchema {
     /// The position of a column by name.

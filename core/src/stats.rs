@@ -314,6 +314,18 @@ mod tests {
         assert_eq!(sink.checkpoint(), Some(position));
         let lag = sink.lag_seconds().unwrap();
         assert!((2.0..3.0).contains(&lag), "{lag}");
+        // Nothing more arrives: the lag grows instead of freezing.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let later = sink.lag_seconds().unwrap();
+        assert!(later >= lag + 0.25, "{lag} then {later}");
+        // A heartbeat of an idle source says the sink is caught up as of now.
+        sink.applied(
+            &[Event::Heartbeat {
+                position: Position::Pg(Lsn(43)),
+            }],
+            Some(&Position::Pg(Lsn(43))),
+        );
+        assert!(sink.lag_seconds().unwrap() < 0.5);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ferry_core::{Error, TableId, TableSchema};
+use ferry_core::{Error, Lineage, TableId, TableSchema};
 use serde::{Deserialize, Serialize};
 
 /// Creates the table of applied schemas (portable across PostgreSQL, SQLite and MySQL).
@@ -252,16 +252,24 @@ pub fn plan(
 ) -> Result<Vec<Step>, Error> {
     let mut steps = Vec::new();
     let same_name = applied.get(&schema.id);
-    let renamed_from = schema.relation_id.and_then(|rid| {
-        applied
-            .iter()
-            .find(|(t, a)| **t != schema.id && a.relation_id == Some(rid))
-            .map(|(t, _)| t.clone())
-    });
-    let replaced = matches!(
-        (same_name.and_then(|a| a.relation_id), schema.relation_id),
-        (Some(old), Some(new)) if old != new
-    );
+    // A renamed source table: by its stable relation id (PostgreSQL), or by what the DDL said (MySQL). A rename
+    // whose old table has no record here was applied already (or never reached this sink): nothing to move.
+    let renamed_from = match &schema.lineage {
+        Lineage::RenamedFrom(from) if *from != schema.id && applied.contains_key(from) => {
+            Some(from.clone())
+        }
+        _ => schema.relation_id.and_then(|rid| {
+            applied
+                .iter()
+                .find(|(t, a)| **t != schema.id && a.relation_id == Some(rid))
+                .map(|(t, _)| t.clone())
+        }),
+    };
+    let replaced = schema.lineage == Lineage::Recreated
+        || matches!(
+            (same_name.and_then(|a| a.relation_id), schema.relation_id),
+            (Some(old), Some(new)) if old != new
+        );
     let (previous, columns): (Option<&Applied>, Vec<String>) = match (renamed_from, existing) {
         (Some(from), existing) => {
             if existing.is_some() {
@@ -421,6 +429,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: Some(rid),
+            lineage: Default::default(),
             dialect: Default::default(),
         }
     }

@@ -201,6 +201,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: Some(42),
+            lineage: Default::default(),
             dialect: Default::default(),
         })
     }

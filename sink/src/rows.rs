@@ -163,6 +163,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Default::default(),
         }
     }

@@ -3,8 +3,23 @@
 use crate::common::*;
 use crate::support::*;
 
-/// Damages the PG replica and SQLite tables (by SQL run on both), so a finished re-copy must repair them.
+/// Damages the PG replica and SQLite tables (by SQL run on both), so a finished re-copy must repair them. Waits
+/// first until SQLite holds the table (the PostgreSQL target may be ahead of it).
 fn damage(pg: &PgServer, s: &Setup, pg_sql: &str, lite_sql: &str) {
+    let table = lite_sql
+        .split_whitespace()
+        .nth(2)
+        .expect("DELETE FROM <table> …");
+    let count = format!("SELECT count(*) FROM {table}");
+    let expected = pg.psql("shop", &count);
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || sqlite_rows(
+            &s.db, &count
+        ) == [
+            expected.clone()
+        ]),
+        "sqlite did not catch up before the damage"
+    );
     pg.psql("replica", pg_sql);
     rusqlite::Connection::open(&s.db)
         .unwrap()
@@ -140,9 +155,9 @@ fn quoted_schema_table_and_column_names() {
         "replica",
         r#"UPDATE "Sales Dept"."Order Items" SET "Value" = -1 WHERE "Item ID" % 2 = 0"#,
     );
-    // The quoted spelling first: what does it say?
+    // The quoted spelling works as in SQL; the plain one too.
     let (ok, out) = request(&s.cfg, r#""Sales Dept"."Order Items""#);
-    println!("quoted request: ok={ok} {out}");
+    assert!(ok, "{out}");
     let (ok, out) = request(&s.cfg, "Sales Dept.Order Items");
     assert!(ok, "{out}");
     wait_finished(&pg, &mut ferry, 2).unwrap();

@@ -72,6 +72,7 @@ impl TableFilter {
             identity,
             version: schema.version,
             relation_id: schema.relation_id,
+            lineage: schema.lineage.clone(),
             dialect: schema.dialect,
         });
         self.narrowed.insert(key, (narrowed.clone(), keep.clone()));
@@ -162,6 +163,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Default::default(),
         })
     }

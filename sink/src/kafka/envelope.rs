@@ -868,6 +868,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Dialect::Postgres,
         });
         let row = vec![
@@ -954,6 +955,7 @@ mod tests {
             identity: Vec::new(),
             version: 1,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Dialect::Postgres,
         });
         let note = "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀";

@@ -655,6 +655,7 @@ impl KafkaSink {
                                 identity: Vec::new(),
                                 version: 0,
                                 relation_id: None,
+                                lineage: Default::default(),
                                 dialect: if self.info.connector == "mysql" {
                                     Dialect::Mysql
                                 } else {

@@ -185,6 +185,7 @@ impl CatalogTable {
             identity: Vec::new(),
             version,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Dialect::Mysql,
         }
     }

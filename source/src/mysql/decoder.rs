@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    BinlogFilePos, BinlogPosition, Change, Error, Event as FerryEvent, GtidState, MariaGtid,
-    MysqlGtidSet, Position, SchemaRef, TableId, TableSchema, Timestamp, Value,
+    BinlogFilePos, BinlogPosition, Change, Error, Event as FerryEvent, GtidState, Lineage,
+    MariaGtid, MysqlGtidSet, Position, SchemaRef, TableId, TableSchema, Timestamp, Value,
 };
 use mysql_common::binlog::events::{
     Event, GtidEvent, PreviousGtidsEvent, RotateEvent, TableMapEvent,
@@ -135,6 +135,8 @@ pub struct Decoder {
     pub skipped_ddl: u64,
     /// What DDL said about each table's columns since its last schema version.
     column_hints: HashMap<TableId, Vec<ColumnHint>>,
+    /// What DDL said about each table's identity since its last schema version (renamed from, dropped).
+    table_hints: HashMap<TableId, Lineage>,
 }
 
 /// What an ALTER TABLE says that the next row layout alone cannot: a column's old name, a new column's default.
@@ -181,6 +183,7 @@ impl Decoder {
             full_metadata: false,
             skipped_ddl: 0,
             column_hints: HashMap::new(),
+            table_hints: HashMap::new(),
         }
     }
 
@@ -404,7 +407,13 @@ impl Decoder {
             }
             Statement::SchemaChange(tables) => {
                 if tables.iter().any(|t| self.selection.includes(t)) {
-                    self.schema_change(db, sql, &tables, end)?;
+                    let renamed = self.schema_change(db, sql, &tables, end)?;
+                    // Renames take effect on the targets here, in their place in the stream: a swap
+                    // (t → t_old, t_new → t) must not wait for each table's next row.
+                    if !renamed.is_empty() {
+                        self.ensure_begun(start, out);
+                        out.extend(renamed.into_iter().map(FerryEvent::Schema));
+                    }
                 }
                 self.end_txn(end, timestamp, out);
             }
@@ -434,6 +443,47 @@ impl Decoder {
         Ok(())
     }
 
+    /// A table renamed: the next schema under `to` says where it came from, so targets rename their table rather
+    /// than create an empty one. A followed name taken by a table Ferry does not follow (how gh-ost and
+    /// pt-online-schema-change finish, when only the original table is listed) stops the pipeline: the rows of
+    /// that table never reached the targets.
+    /// Returns the renamed table's schema when the old one's is known, to announce at once.
+    fn renamed(
+        &mut self,
+        from: TableId,
+        to: TableId,
+        end: u64,
+    ) -> Result<Option<SchemaRef>, Error> {
+        if self.selection.includes(&to) && !self.selection.includes(&from) {
+            return Err(self.fail(
+                end,
+                format!(
+                    "table {to} is now the table {from}, which Ferry does not follow, so its rows never reached the \
+                     targets. Follow {from} too (online schema-change tools build the new table under another \
+                     name), then copy the table anew (`ferry reset --config <file> --yes`)"
+                ),
+            ));
+        }
+        let origin = match self.table_hints.remove(&from) {
+            Some(Lineage::RenamedFrom(origin)) => origin,
+            _ => from.clone(),
+        };
+        self.schemas.remove(&to);
+        let Some(known) = self.schemas.remove(&from) else {
+            // Not seen since Ferry started: said with the table's next schema.
+            self.table_hints.insert(to, Lineage::RenamedFrom(origin));
+            return Ok(None);
+        };
+        self.schema_versions += 1;
+        let mut schema = (*known).clone();
+        schema.id = to.clone();
+        schema.version = self.schema_versions;
+        schema.lineage = Lineage::RenamedFrom(origin);
+        let schema = Arc::new(schema);
+        self.schemas.insert(to, schema.clone());
+        Ok(Some(schema))
+    }
+
     /// Keeps the schema history in step with a DDL statement on followed tables. With FULL row metadata every
     /// TABLE_MAP carries its table's columns, so the start-time definitions are simply retired. Without it the
     /// statement is interpreted into the definitions; one Ferry cannot interpret stops the pipeline (or, with
@@ -445,7 +495,29 @@ impl Decoder {
         sql: &str,
         tables: &[TableId],
         end: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<SchemaRef>, Error> {
+        let mut renamed = Vec::new();
+        match parse_ddl(sql, db) {
+            Ok(Ddl::Rename(pairs)) => {
+                for (from, to) in pairs {
+                    renamed.extend(self.renamed(from, to, end)?);
+                }
+            }
+            Ok(Ddl::Alter(table, specs)) => {
+                for spec in specs {
+                    if let AlterSpec::RenameTable(to) = spec {
+                        renamed.extend(self.renamed(table.clone(), to, end)?);
+                    }
+                }
+            }
+            Ok(Ddl::Drop(dropped)) => {
+                for t in dropped {
+                    self.schemas.remove(&t);
+                    self.table_hints.insert(t, Lineage::Recreated);
+                }
+            }
+            _ => {}
+        }
         if let Ok(Ddl::Alter(table, specs)) = parse_ddl(sql, db) {
             let mut hints = Vec::new();
             let mut unknown = None;
@@ -495,11 +567,11 @@ impl Decoder {
             for t in tables {
                 self.catalog.remove(t);
             }
-            return Ok(());
+            return Ok(renamed);
         }
         let why = match parse_ddl(sql, db) {
             Ok(ddl) => match apply_ddl(&mut self.catalog, &ddl, &self.database_charsets) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(renamed),
                 Err(why) => why,
             },
             Err(why) => why,
@@ -515,7 +587,7 @@ impl Decoder {
             UnknownDdl::Skip => {
                 self.skipped_ddl += 1;
                 warn!(statement = %quoted, reason = %why, position = %format!("{}:{end}", self.file), "skipped a DDL statement Ferry cannot interpret (on_unknown_ddl = \"skip\")");
-                Ok(())
+                Ok(renamed)
             }
         }
     }
@@ -564,6 +636,7 @@ impl Decoder {
                         }
                     }
                 }
+                schema.lineage = self.table_hints.remove(&id).unwrap_or_default();
                 layout.schema = Arc::new(schema);
                 self.schemas.insert(id.clone(), layout.schema.clone());
                 self.unannounced.insert(id);

@@ -507,6 +507,7 @@ pub fn layout_from_table_map(
             identity: Vec::new(),
             version,
             relation_id: None,
+            lineage: Default::default(),
             dialect: Dialect::Mysql,
         }),
     })

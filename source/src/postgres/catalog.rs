@@ -433,6 +433,7 @@ impl Catalog {
             identity,
             version,
             relation_id: Some(rel_oid),
+            lineage: Default::default(),
             dialect: ferry_core::Dialect::Postgres,
         }))
     }
