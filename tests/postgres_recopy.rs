@@ -301,3 +301,54 @@ fn a_recopy_ends_a_quarantine() {
     pg.psql("shop", "UPDATE a SET v = -1 WHERE id = 1");
     wait_same(&pg, sql, &ferry);
 }
+
+#[test]
+fn a_type_change_sqlite_cannot_apply_to_stored_values_quarantines_the_table_there_until_a_recopy() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE m (id int PRIMARY KEY, x numeric(10,3));
+         INSERT INTO m SELECT g, g + 0.234 FROM generate_series(1, 100) g;",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "ty",
+        &fan_out_config(&pg, "ty", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    let sum = "SELECT count(*), sum(x) FROM m";
+    wait_same(&pg, sum, &ferry);
+    // PostgreSQL rounds every stored value; a PostgreSQL target casts the same way, SQLite keeps 1.234.
+    pg.psql(
+        "shop",
+        "ALTER TABLE m ALTER x TYPE numeric(8,1); INSERT INTO m VALUES (101, 5.5);",
+    );
+    wait_same(&pg, sum, &ferry);
+    assert!(
+        wait_until(WAIT, || ferry
+            .log()
+            .contains("SQLite keeps the values it holds as they were")),
+        "{}",
+        ferry.log()
+    );
+    let (ok, out) = request(&cfg, "m");
+    assert!(ok, "{out}");
+    let expected = pg.psql("shop", "SELECT id || ':' || x FROM m ORDER BY id");
+    assert!(
+        wait_until(WAIT, || sqlite_rows(
+            &db,
+            "SELECT id || ':' || x FROM m ORDER BY id"
+        )
+        .join("\n")
+            == expected),
+        "{:?}\n{}",
+        sqlite_rows(&db, "SELECT id || ':' || x FROM m ORDER BY id")
+            .iter()
+            .take(3)
+            .collect::<Vec<_>>(),
+        ferry.log()
+    );
+}

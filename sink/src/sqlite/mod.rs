@@ -587,9 +587,35 @@ fn ensure_table(
         rows.collect::<Result<_, _>>().map_err(db_error(what()))?
     };
     evolve::check_required_target_columns(schema, &required)?;
+    // SQLite keeps stored values as they arrived: a type change that changes values at the source (a smaller
+    // scale rounds, text becomes a date) leaves them different here until the table is copied anew.
+    let previous = applied.get(&schema.id);
+    let unconverted = steps.iter().find_map(|step| {
+        let Step::AlterColumn { i, ty: true, .. } = step else {
+            return None;
+        };
+        let c = &schema.columns[*i];
+        let old = previous?.columns.iter().find(|p| match (p.source_id, c.source_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => p.name == c.name || c.previous_name.as_deref() == Some(p.name.as_str()),
+        })?;
+        (!evolve::values_survive(&old.source_type, &c.source_type)).then(|| {
+            format!(
+                "column {} changed type from {} to {}, and SQLite keeps the values it holds as they were; copy \
+                 the table anew (`ferry snapshot --table`, or `ferry reset` for a MySQL source)",
+                c.name, old.source_type, c.source_type
+            )
+        })
+    });
+    if let Some(why) = &unconverted {
+        error!(table = %schema.id, reason = %why, "table quarantined in the SQLite target");
+    }
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;
+    }
+    if unconverted.is_some() && record.quarantined.is_none() {
+        record.quarantined = unconverted;
     }
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record)?;
