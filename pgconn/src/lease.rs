@@ -19,12 +19,14 @@ pub async fn try_lease(client: &Client, name: &str) -> Result<Option<String>, Er
         )
         .await
         .map_err(err)?;
-    let taken: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .await
-        .map_err(err)?
-        .get(0);
-    if taken {
+    let try_lock = || async {
+        client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .map_err(err)
+    };
+    if try_lock().await? {
         return Ok(None);
     }
     // A session of this very process holds it: a connection of an earlier attempt that stopped answering (the
@@ -48,12 +50,7 @@ pub async fn try_lease(client: &Client, name: &str) -> Result<Option<String>, Er
             .execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
             .await
             .map_err(err)?;
-        let taken: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await
-            .map_err(err)?
-            .get(0);
-        if taken {
+        if try_lock().await? {
             return Ok(None);
         }
     }

@@ -337,28 +337,9 @@ impl MysqlSink {
                             let what = format!("replacing the rows of {live} with its re-copy");
                             self.exec(delete, &what).await?;
                             self.exec(copy, &what).await?;
-                            ddl::delete_record(
-                                &mut self.conn,
-                                (&self.pipeline, &self.name),
-                                &shadow,
-                            )
-                            .await?;
-                            self.applied.remove(&shadow);
-                            self.tables.remove(&shadow);
-                            self.finished_shadows.push(shadow);
+                            self.forget_shadow(shadow).await?;
                         }
-                        RecopyStep::Cancel => {
-                            let shadow = recopy_shadow(table);
-                            ddl::delete_record(
-                                &mut self.conn,
-                                (&self.pipeline, &self.name),
-                                &shadow,
-                            )
-                            .await?;
-                            self.applied.remove(&shadow);
-                            self.tables.remove(&shadow);
-                            self.finished_shadows.push(shadow);
-                        }
+                        RecopyStep::Cancel => self.forget_shadow(recopy_shadow(table)).await?,
                         RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
                     }
                     if let Some(record) =
@@ -616,6 +597,16 @@ impl MysqlSink {
             }
         }
         self.exec_row(sql, "writing rows", enum_errors).await?;
+        Ok(())
+    }
+
+    /// Forgets a re-copy's shadow table: its record now, the table once the transaction commits (a DROP would
+    /// commit it implicitly).
+    async fn forget_shadow(&mut self, shadow: TableId) -> Result<(), Error> {
+        ddl::delete_record(&mut self.conn, (&self.pipeline, &self.name), &shadow).await?;
+        self.applied.remove(&shadow);
+        self.tables.remove(&shadow);
+        self.finished_shadows.push(shadow);
         Ok(())
     }
 

@@ -415,16 +415,9 @@ pub async fn ensure_table(
     sink: &str,
 ) -> Result<(), Error> {
     let name = qualified_name(&schema.id);
-    let existing: Vec<String> = client
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&name],
-        )
+    let existing = target_columns(client, &name, "")
         .await
-        .map_err(ddl_error(&schema.id))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map_err(ddl_error(&schema.id))?;
     let lost = evolve::dropped_outside(applied, schema, !existing.is_empty());
     let steps = evolve::plan(
         applied,
@@ -444,17 +437,13 @@ pub async fn ensure_table(
             delete_record(client, (pipeline, sink), from).await?;
         }
     }
-    let required: Vec<String> = client
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 \
-             AND NOT attisdropped AND attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''",
-            &[&name],
-        )
-        .await
-        .map_err(ddl_error(&schema.id))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let required = target_columns(
+        client,
+        &name,
+        "AND attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''",
+    )
+    .await
+    .map_err(ddl_error(&schema.id))?;
     evolve::check_required_target_columns(schema, &required)?;
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
@@ -483,6 +472,24 @@ pub async fn save_record(
         .await
         .map_err(ddl_error(table))?;
     Ok(())
+}
+
+/// The columns of target table `name` (quoted), in order, that meet `filter` (SQL on `pg_attribute`).
+async fn target_columns(
+    client: &Client,
+    name: &str,
+    filter: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 \
+         AND NOT attisdropped {filter} ORDER BY attnum"
+    );
+    Ok(client
+        .query(&sql, &[&name])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Deletes the `ferry_schemas` record of `table`.
