@@ -160,7 +160,7 @@ async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Err
             AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
         }
         SinkKind::Discard { checkpoint_file } => {
-            AnySink::Discard(DiscardSink::new(&sink.name, checkpoint_file))
+            AnySink::Discard(DiscardSink::new(&sink.name, &config.name, checkpoint_file)?)
         }
         #[cfg(feature = "kafka")]
         SinkKind::Kafka(kafka) => AnySink::Kafka(Box::new(

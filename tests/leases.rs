@@ -279,3 +279,35 @@ fn mariadb_source_two_processes_started_at_once_converge() {
     let source = Source::Maria(MariaDbServer::start(), PgServer::start());
     simultaneous_start(&source, "ln");
 }
+
+#[test]
+fn a_mariadb_pipeline_without_sql_sinks_still_has_one_owner() {
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop; CREATE TABLE shop.t (id int PRIMARY KEY)");
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "ld",
+        &format!(
+            "[pipeline]\nname = \"ld\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\nserver_id = 5252\n\
+             [[sink]]\ntype = \"discard\"\npath = \"{}\"\n",
+            my.url("shop"),
+            dir.path().join("pos.txt").display()
+        ),
+    );
+    let first = Ferry::start(&cfg, &dir.path().join("first.log"));
+    first.wait_streaming();
+    let second = Ferry::start(&cfg, &dir.path().join("second.log"));
+    assert!(
+        wait_until(WAIT, || state(&second).starts_with("standby")),
+        "{}\n{}",
+        state(&second),
+        second.log()
+    );
+    first.kill9();
+    assert!(
+        wait_until(WAIT, || state(&second).starts_with("streaming")),
+        "{}",
+        second.log()
+    );
+}

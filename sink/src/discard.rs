@@ -11,14 +11,18 @@ use ferry_core::{Error, Event, Position, Sink};
 pub struct DiscardSink {
     name: String,
     file: PathBuf,
+    /// The locked lease file: held while this sink exists.
+    _lease: std::fs::File,
 }
 
 impl DiscardSink {
-    pub fn new(name: &str, file: &Path) -> DiscardSink {
-        DiscardSink {
+    /// Takes the pipeline's lease on the checkpoint file (see [`crate::file_lease`]).
+    pub fn new(name: &str, pipeline: &str, file: &Path) -> Result<DiscardSink, Error> {
+        Ok(DiscardSink {
             name: name.to_owned(),
             file: file.to_path_buf(),
-        }
+            _lease: crate::file_lease(file, pipeline, name)?,
+        })
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
@@ -107,7 +111,7 @@ mod tests {
     async fn remembers_the_last_commit_position() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("d.pos");
-        let mut sink = DiscardSink::new("d", &file);
+        let mut sink = DiscardSink::new("d", "p", &file).unwrap();
         assert_eq!(sink.checkpoint().await.unwrap(), None);
         let position = Position::Pg(Lsn(0x1_0000_0010));
         sink.apply(&[], Some(&position)).await.unwrap();

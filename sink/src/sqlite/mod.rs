@@ -144,55 +144,10 @@ pub struct SqliteSink {
     _lease: std::fs::File,
 }
 
-/// Takes the lease of `pipeline`'s sink `name` on the database at `path`: an exclusive lock (`flock`) on a file
-/// beside it, which the kernel releases when the process ends however it ends. The file names its holder.
-fn take_lease(path: &Path, pipeline: &str, name: &str) -> Result<std::fs::File, Error> {
-    use std::io::{Read, Seek, Write};
-    let key = ferry_core::fnv1a(format!("ferry lease sink {pipeline}/{name}").into_bytes());
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(format!(".ferry-{key:016x}.lock"));
-    let lock_path = std::path::PathBuf::from(lock_path);
-    let what = || format!("the lease file {}", lock_path.display());
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| Error::fatal_from(format!("cannot open {}", what()), e))?;
-    match file.try_lock() {
-        Ok(()) => {
-            let owner = format!(
-                "ferry {} (since {})",
-                ferry_core::process_owner(),
-                checkpoint::now_text()
-            );
-            file.set_len(0)
-                .and_then(|()| file.rewind())
-                .and_then(|()| file.write_all(owner.as_bytes()))
-                .map_err(|e| Error::fatal_from(format!("cannot write {}", what()), e))?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = if holder.trim().is_empty() {
-                "another process".to_owned()
-            } else {
-                holder.trim().to_owned()
-            };
-            Err(crate::lease_busy(pipeline, name, &holder))
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::fatal_from(format!("cannot lock {}", what()), e))
-        }
-    }
-}
-
 impl SqliteSink {
     /// Opens (creating if needed) the database file.
     pub fn open(name: &str, pipeline: &str, path: &Path) -> Result<Self, Error> {
-        let lease = take_lease(path, pipeline, name)?;
+        let lease = crate::file_lease(path, pipeline, name)?;
         let conn = open_db(path)?;
         let records: Vec<(String, String)> = {
             let mut stmt = conn
