@@ -311,3 +311,44 @@ fn a_mariadb_pipeline_without_sql_sinks_still_has_one_owner() {
         second.log()
     );
 }
+
+#[test]
+fn a_mariadb_source_is_read_by_one_process_whatever_its_sinks() {
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop; CREATE TABLE shop.t (id int PRIMARY KEY)");
+    let dir = scratch();
+    // Two processes of one pipeline whose sinks share nothing (each its own discard file, as two Kafka-only
+    // deployments would): the source's lease still makes the second a standby.
+    let config = |file: &str| {
+        write_config(
+            dir.path(),
+            file,
+            &format!(
+                "[pipeline]\nname = \"ls\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\nserver_id = 5353\n\
+                 [[sink]]\ntype = \"discard\"\npath = \"{}\"\n",
+                my.url("shop"),
+                dir.path().join(format!("{file}.txt")).display()
+            ),
+        )
+    };
+    let first = Ferry::start(&config("a"), &dir.path().join("a.log"));
+    first.wait_streaming();
+    let second = Ferry::start(&config("b"), &dir.path().join("b.log"));
+    assert!(
+        wait_until(WAIT, || state(&second).starts_with("standby")),
+        "{}\n{}",
+        state(&second),
+        second.log()
+    );
+    assert!(
+        state(&second).contains("pipeline ls is already run by another process"),
+        "{}",
+        state(&second)
+    );
+    first.kill9();
+    assert!(
+        wait_until(WAIT, || state(&second).starts_with("streaming")),
+        "{}",
+        second.log()
+    );
+}

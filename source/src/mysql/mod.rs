@@ -63,6 +63,39 @@ pub fn connect_error(what: &str, e: mysql_async::Error) -> Error {
     Error::connect_failed(what, refused, e)
 }
 
+/// Takes the source-side lease of `pipeline`: a `GET_LOCK` on a connection of its own, held while the returned
+/// connection lives (a process that dies releases it). Busy: the standby error, naming the holding connection.
+async fn take_lease(url: &str, pipeline: &str) -> Result<mysql_async::Conn, Error> {
+    let mut conn = connect(url).await?;
+    let lease = format!(
+        "ferry_{:016x}",
+        ferry_core::fnv1a(format!("ferry lease source {pipeline}").into_bytes())
+    );
+    let err = |e| Error::transient("taking the pipeline's lease on the source", e);
+    let taken: Option<Option<i64>> = conn
+        .exec_first("SELECT GET_LOCK(?, 0)", (&lease,))
+        .await
+        .map_err(err)?;
+    if taken.flatten() == Some(1) {
+        return Ok(conn);
+    }
+    let holder: Option<(i64, String)> = conn
+        .exec_first(
+            "SELECT p.ID, p.HOST FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK(?)",
+            (&lease,),
+        )
+        .await
+        .map_err(err)?;
+    let holder = holder.map_or_else(
+        || "another process".to_owned(),
+        |(id, host)| format!("the process on source connection {id} (from {host})"),
+    );
+    Err(Error::standby(format!(
+        "pipeline {pipeline} is already run by another process: {holder}; this one waits as a standby and takes \
+         over when that process stops"
+    )))
+}
+
 /// Quotes an identifier with backquotes.
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
@@ -137,6 +170,8 @@ pub async fn run(
     stats: Arc<PipelineStats>,
 ) -> Result<SourceExit, Error> {
     let cfg = &settings.config;
+    // Held until the source stops: whatever its sinks, one process at a time reads this pipeline's binlog.
+    let _lease = take_lease(&cfg.url, &settings.pipeline).await?;
     let mut conn = connect(&cfg.url).await?;
     let flavor = flavor(&mut conn).await?;
     require_row_binlog(&mut conn).await?;
