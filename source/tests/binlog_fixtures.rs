@@ -312,3 +312,21 @@ fn truncated_and_corrupt_files_are_errors_not_panics() {
         flipped[i] ^= 0x5a;
     }
 }
+
+/// An input cargo-fuzz found (`scripts/fuzz`, target binlog): an event after a checksummed format description that
+/// is shorter than its checksum made mysql_common subtract with overflow. Now an error naming the offset.
+#[test]
+fn an_event_shorter_than_its_checksum_is_an_error_not_a_panic() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fuzz/binlog-event-shorter-than-its-checksum.bin"
+    ))
+    .unwrap();
+    let file = [
+        &b"\xfebin"[..],
+        bytes.strip_prefix(b"\xfebin").unwrap_or(&bytes),
+    ]
+    .concat();
+    let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
+    assert!(err.to_string().contains("offset"), "{err}");
+}

@@ -1,10 +1,8 @@
 //! Reading binlog files from disk (tests, fixtures, offline inspection): the same events the network stream
 //! delivers, each bounds-checked before mysql_common sees it.
 
-use std::io::Cursor as IoCursor;
-
 use ferry_core::{BinlogFilePos, BinlogPosition, Error, Event as FerryEvent};
-use mysql_common::binlog::consts::BinlogVersion;
+use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion};
 use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 use mysql_common::binlog::EventStreamReader;
 
@@ -12,6 +10,8 @@ use super::decoder::{Decoder, Selection, UnknownDdl};
 
 const MAGIC: &[u8; 4] = b"\xfebin";
 const HEADER_LEN: usize = 19;
+const CHECKSUM_LEN: usize = 4;
+const FORMAT_DESCRIPTION_EVENT: u8 = 15;
 
 /// Splits a binlog file into raw events and parses each with mysql_common, expanding MySQL 8 transaction
 /// payloads into their inner events.
@@ -21,27 +21,29 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
         .ok_or("not a binlog file: the magic number \\xfebin is missing")?;
     let mut reader = EventStreamReader::new(BinlogVersion::Version4);
     let mut events = Vec::new();
-    let mut offset = 0usize;
-    while offset < body.len() {
-        let rest = &body[offset..];
-        if rest.len() < HEADER_LEN {
-            return Err(format!("event header cut short at offset {}", offset + 4));
-        }
-        let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
-        if size < HEADER_LEN || size > rest.len() {
+    // Whether the last format description announced checksums: every other event then ends with 4 of them.
+    let mut checksummed = false;
+    for (offset, raw) in split_events(body, 4)? {
+        let is_fde = raw[4] == FORMAT_DESCRIPTION_EVENT;
+        if checksummed && !is_fde && raw.len() < HEADER_LEN + CHECKSUM_LEN {
             return Err(format!(
-                "event at offset {} claims {size} bytes",
-                offset + 4
+                "event at offset {offset} is too short to hold its checksum"
             ));
         }
         let event = reader
-            .read(&rest[..size])
-            .map_err(|e| format!("event at offset {}: {e}", offset + 4))?
+            .read(raw)
+            .map_err(|e| format!("event at offset {offset}: {e}"))?
             .ok_or("unexpected end of the file")?;
+        if is_fde {
+            checksummed = !matches!(
+                event.footer().get_checksum_alg(),
+                Ok(None) | Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF))
+            );
+        }
         let payload = (event.header().event_type_raw() == 40)
             .then(|| event.read_event::<TransactionPayloadEvent<'_>>())
             .transpose()
-            .map_err(|e| format!("transaction payload at offset {}: {e}", offset + 4))?
+            .map_err(|e| format!("transaction payload at offset {offset}: {e}"))?
             .map(|p| {
                 p.decompressed().and_then(|mut d| {
                     let mut out = Vec::new();
@@ -51,17 +53,43 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
         events.push(event);
         if let Some(inner) = payload {
             let inner = inner.map_err(|e| format!("transaction payload: {e}"))?;
-            let mut cur = IoCursor::new(inner);
-            while let Some(e) = reader
-                .read_decompressed(&mut cur)
-                .map_err(|e| format!("inside a transaction payload: {e}"))?
-            {
-                events.push(e);
+            for (_, raw) in split_events(&inner, 0)? {
+                if let Some(e) = reader
+                    .read_decompressed(raw)
+                    .map_err(|e| format!("inside a transaction payload: {e}"))?
+                {
+                    events.push(e);
+                }
             }
         }
-        offset += size;
     }
     Ok(events)
+}
+
+/// Splits `body` into raw events by their headers' sizes, each checked to hold at least a header and to lie
+/// within `body`, before mysql_common (which trusts them) sees it. `base`: the offset of `body` in its file.
+fn split_events(body: &[u8], base: usize) -> Result<Vec<(usize, &[u8])>, String> {
+    let mut out = Vec::new();
+    let mut offset = 0usize;
+    while offset < body.len() {
+        let rest = &body[offset..];
+        if rest.len() < HEADER_LEN {
+            return Err(format!(
+                "event header cut short at offset {}",
+                base + offset
+            ));
+        }
+        let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
+        if size < HEADER_LEN || size > rest.len() {
+            return Err(format!(
+                "event at offset {} claims {size} bytes",
+                base + offset
+            ));
+        }
+        out.push((base + offset, &rest[..size]));
+        offset += size;
+    }
+    Ok(out)
 }
 
 /// Decodes a whole binlog file named `name` into Ferry events for the tables `selection` picks.
