@@ -330,3 +330,21 @@ fn an_event_shorter_than_its_checksum_is_an_error_not_a_panic() {
     let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
     assert!(err.to_string().contains("offset"), "{err}");
 }
+
+/// An input cargo-fuzz found: a DECIMAL whose last digit group holds more than its digits allow made mysql_common
+/// multiply with overflow. Ferry checks the groups first: an error naming the column type.
+#[test]
+fn a_decimal_digit_group_out_of_range_is_an_error_not_a_panic() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fuzz/binlog-decimal-digit-group-out-of-range.bin"
+    ))
+    .unwrap();
+    let file = [
+        &b"\xfebin"[..],
+        bytes.strip_prefix(b"\xfebin").unwrap_or(&bytes),
+    ]
+    .concat();
+    let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
+    assert!(err.to_string().contains("DECIMAL"), "{err}");
+}

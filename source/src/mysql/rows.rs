@@ -306,6 +306,11 @@ fn decode_value(cur: &mut Cursor<'_>, c: &ColumnLayout) -> Result<Value, RowErro
                 usize::from(scale),
             );
             let bytes = cur.take(size, "a DECIMAL")?;
+            if !decimal_groups_valid(bytes, usize::from(precision), usize::from(scale)) {
+                return Err(RowError(format!(
+                    "DECIMAL({precision},{scale}): a digit group out of range"
+                )));
+            }
             let d = BinDecimal::read_bin(bytes, usize::from(precision), usize::from(scale), false)
                 .map_err(|e| RowError(format!("DECIMAL: {e}")))?;
             Value::Decimal(Decimal::parse(&d.to_string()).map_err(|e| RowError(e.to_string()))?)
@@ -503,6 +508,36 @@ pub fn datetime_value(
             Value::ZeroDate(text)
         }
     }
+}
+
+/// Whether MySQL's binary DECIMAL (groups of up to 9 decimal digits, big-endian, the sign in the first bit and
+/// negative values inverted) holds only digit groups within their range: mysql_common's reader assumes it does.
+fn decimal_groups_valid(bytes: &[u8], precision: usize, scale: usize) -> bool {
+    const DIG_TO_BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+    let intg = precision.saturating_sub(scale);
+    let groups: Vec<usize> = std::iter::once(intg % 9)
+        .chain(std::iter::repeat_n(9, intg / 9))
+        .chain(std::iter::repeat_n(9, scale / 9))
+        .chain(std::iter::once(scale % 9))
+        .filter(|&d| d > 0)
+        .collect();
+    if bytes.is_empty() || groups.iter().map(|&d| DIG_TO_BYTES[d]).sum::<usize>() != bytes.len() {
+        return false;
+    }
+    let negative = bytes[0] & 0x80 == 0;
+    let mut at = 0;
+    groups.iter().all(|&digits| {
+        let len = DIG_TO_BYTES[digits];
+        let value = bytes[at..at + len]
+            .iter()
+            .enumerate()
+            .fold(0u64, |v, (i, &b)| {
+                let b = if at + i == 0 { b ^ 0x80 } else { b };
+                (v << 8) | u64::from(if negative { !b } else { b })
+            });
+        at += len;
+        value < 10u64.pow(digits as u32)
+    })
 }
 
 #[cfg(test)]
