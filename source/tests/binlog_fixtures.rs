@@ -348,3 +348,21 @@ fn a_decimal_digit_group_out_of_range_is_an_error_not_a_panic() {
     let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
     assert!(err.to_string().contains("DECIMAL"), "{err}");
 }
+
+/// An input cargo-fuzz found: a PREVIOUS_GTIDS event whose count of source ids made mysql_common reserve petabytes
+/// (an abort, not even a panic). Ferry checks every count against the bytes left first.
+#[test]
+fn a_previous_gtids_count_beyond_the_event_is_an_error_not_an_abort() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fuzz/binlog-previous-gtids-huge-count.bin"
+    ))
+    .unwrap();
+    let file = [
+        &b"\xfebin"[..],
+        bytes.strip_prefix(b"\xfebin").unwrap_or(&bytes),
+    ]
+    .concat();
+    let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
+    assert!(err.to_string().contains("PREVIOUS_GTIDS"), "{err}");
+}

@@ -254,6 +254,9 @@ impl Decoder {
                 self.payload_end = None;
             }
             code::PREVIOUS_GTIDS => {
+                if !previous_gtids_bounded(event.data()) {
+                    return Err(self.fail(end, "a PREVIOUS_GTIDS event claims more entries than it holds"));
+                }
                 let prev: PreviousGtidsEvent<'_> =
                     event.read_event().map_err(|e| self.fail(end, e))?;
                 if self.gtid.is_none() {
@@ -811,4 +814,41 @@ fn parse_query(data: &[u8], compressed: bool) -> Result<(String, String), String
 
 fn format_uuid(b: [u8; 16]) -> String {
     ferry_core::Uuid(b).to_string()
+}
+
+/// Whether every count in a PREVIOUS_GTIDS event body (source ids, then each one's intervals) fits in the bytes
+/// that follow it. mysql_common reserves memory for each count before reading: a malformed count would ask for
+/// petabytes. Layout as mysql_common reads it (untagged, or MySQL 8.4's tagged format).
+fn previous_gtids_bounded(data: &[u8]) -> bool {
+    use mysql_common::io::ParseBuf;
+    let take = |buf: &mut ParseBuf<'_>, n: usize| -> Option<()> {
+        buf.0 = buf.0.get(n..)?;
+        Some(())
+    };
+    let walk = || -> Option<()> {
+        let mut buf = ParseBuf(data);
+        let header = u64::from_le_bytes(buf.0.get(..8)?.try_into().ok()?);
+        take(&mut buf, 8)?;
+        let tagged = header >> 56 != 0;
+        let n_sids = if tagged {
+            (header >> 8) & ((1 << 48) - 1)
+        } else {
+            header & ((1 << 56) - 1)
+        };
+        if n_sids > buf.0.len() as u64 / 24 {
+            return None;
+        }
+        for _ in 0..n_sids {
+            take(&mut buf, 16)?;
+            if tagged {
+                let tag_len = mysql_common::misc::read_varlen_uint(&mut buf).ok()?;
+                take(&mut buf, usize::try_from(tag_len).ok()?)?;
+            }
+            let n = u64::from_le_bytes(buf.0.get(..8)?.try_into().ok()?);
+            take(&mut buf, 8)?;
+            take(&mut buf, usize::try_from(n).ok()?.checked_mul(16)?)?;
+        }
+        Some(())
+    };
+    walk().is_some()
 }
