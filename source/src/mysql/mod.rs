@@ -63,6 +63,10 @@ pub fn connect_error(what: &str, e: mysql_async::Error) -> Error {
     Error::connect_failed(what, refused, e)
 }
 
+/// The connection ids this process took source leases on, by lock name.
+static OWN_LEASES: std::sync::Mutex<std::collections::BTreeMap<String, u32>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// Takes the source-side lease of `pipeline`: a `GET_LOCK` on a connection of its own, held while the returned
 /// connection lives (a process that dies releases it). Busy: the standby error, naming the holding connection.
 async fn take_lease(url: &str, pipeline: &str) -> Result<mysql_async::Conn, Error> {
@@ -76,7 +80,34 @@ async fn take_lease(url: &str, pipeline: &str) -> Result<mysql_async::Conn, Erro
         .exec_first("SELECT GET_LOCK(?, 0)", (&lease,))
         .await
         .map_err(err)?;
-    if taken.flatten() == Some(1) {
+    let mut taken = taken.flatten() == Some(1);
+    // This very process holds it, on a connection of an earlier attempt that stopped answering (the server has
+    // not noticed yet): end that connection and take the lease.
+    let stale = OWN_LEASES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&lease)
+        .copied();
+    if let (false, Some(id)) = (taken, stale) {
+        let holder: Option<Option<u32>> = conn
+            .exec_first("SELECT IS_USED_LOCK(?)", (&lease,))
+            .await
+            .map_err(err)?;
+        if holder.flatten() == Some(id) {
+            tracing::warn!(lease, connection = id, "the lease was held by an earlier connection of this process that no longer answers: ending it");
+            conn.query_drop(format!("KILL {id}")).await.map_err(err)?;
+            let again: Option<Option<i64>> = conn
+                .exec_first("SELECT GET_LOCK(?, 5)", (&lease,))
+                .await
+                .map_err(err)?;
+            taken = again.flatten() == Some(1);
+        }
+    }
+    if taken {
+        OWN_LEASES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lease, conn.id());
         return Ok(conn);
     }
     let holder: Option<(i64, String)> = conn
