@@ -179,6 +179,7 @@ pub fn decode_rows(
     let mut cur = Cursor::new(data);
     let mut out = Vec::new();
     while !cur.is_empty() {
+        let left = cur.remaining();
         out.push(match kind {
             RowsKind::Write => RowOp::Insert {
                 after: decode_image(&mut cur, layout, after)?,
@@ -200,6 +201,13 @@ pub fn decode_rows(
                 }
             }
         });
+        // A row that takes no bytes (no column present) would repeat forever on malformed input.
+        if cur.remaining() == left {
+            return Err(ImageError {
+                column: None,
+                error: RowError("a row image with no bytes".into()),
+            });
+        }
     }
     Ok(out)
 }
