@@ -313,21 +313,23 @@ fn truncated_and_corrupt_files_are_errors_not_panics() {
     }
 }
 
-/// An input cargo-fuzz found (`scripts/fuzz`, target binlog): an event after a checksummed format description that
-/// is shorter than its checksum made mysql_common subtract with overflow. Now an error naming the offset.
-#[test]
-fn an_event_shorter_than_its_checksum_is_an_error_not_a_panic() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fuzz/binlog-event-shorter-than-its-checksum.bin"
-    ))
-    .unwrap();
+/// Decodes an input cargo-fuzz found (`tests/fixtures/fuzz/`, binlog file bytes) and returns the error it must give.
+fn decode_fuzz_input(name: &str) -> ferry_core::Error {
+    let path = format!("{}/tests/fixtures/fuzz/{name}", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(path).unwrap();
     let file = [
         &b"\xfebin"[..],
         bytes.strip_prefix(b"\xfebin").unwrap_or(&bytes),
     ]
     .concat();
-    let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
+    decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err()
+}
+
+/// An input cargo-fuzz found (`scripts/fuzz`, target binlog): an event after a checksummed format description that
+/// is shorter than its checksum made mysql_common subtract with overflow. Now an error naming the offset.
+#[test]
+fn an_event_shorter_than_its_checksum_is_an_error_not_a_panic() {
+    let err = decode_fuzz_input("binlog-event-shorter-than-its-checksum.bin");
     assert!(err.to_string().contains("offset"), "{err}");
 }
 
@@ -335,17 +337,7 @@ fn an_event_shorter_than_its_checksum_is_an_error_not_a_panic() {
 /// multiply with overflow. Ferry checks the groups first: an error naming the column type.
 #[test]
 fn a_decimal_digit_group_out_of_range_is_an_error_not_a_panic() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fuzz/binlog-decimal-digit-group-out-of-range.bin"
-    ))
-    .unwrap();
-    let file = [
-        &b"\xfebin"[..],
-        bytes.strip_prefix(b"\xfebin").unwrap_or(&bytes),
-    ]
-    .concat();
-    let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
+    let err = decode_fuzz_input("binlog-decimal-digit-group-out-of-range.bin");
     assert!(err.to_string().contains("DECIMAL"), "{err}");
 }
 
@@ -353,16 +345,6 @@ fn a_decimal_digit_group_out_of_range_is_an_error_not_a_panic() {
 /// (an abort, not even a panic). Ferry checks every count against the bytes left first.
 #[test]
 fn a_previous_gtids_count_beyond_the_event_is_an_error_not_an_abort() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fuzz/binlog-previous-gtids-huge-count.bin"
-    ))
-    .unwrap();
-    let file = [
-        &b"\xfebin"[..],
-        bytes.strip_prefix(b"\xfebin").unwrap_or(&bytes),
-    ]
-    .concat();
-    let err = decode_file("fuzz", &file, Selection::All, UnknownDdl::Skip).unwrap_err();
+    let err = decode_fuzz_input("binlog-previous-gtids-huge-count.bin");
     assert!(err.to_string().contains("PREVIOUS_GTIDS"), "{err}");
 }
