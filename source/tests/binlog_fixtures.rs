@@ -348,3 +348,11 @@ fn a_previous_gtids_count_beyond_the_event_is_an_error_not_an_abort() {
     let err = decode_fuzz_input("binlog-previous-gtids-huge-count.bin");
     assert!(err.to_string().contains("PREVIOUS_GTIDS"), "{err}");
 }
+
+/// An input cargo-fuzz found: a MySQL 8 TRANSACTION_PAYLOAD event naming compression type 179 made mysql_common
+/// unwrap an error. Ferry walks the payload header first: an error naming the compression type.
+#[test]
+fn an_unknown_transaction_payload_compression_is_an_error_not_a_panic() {
+    let err = decode_fuzz_input("binlog-transaction-payload-unknown-compression.bin");
+    assert!(err.to_string().contains("compression type"), "{err}");
+}

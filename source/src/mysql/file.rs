@@ -12,6 +12,7 @@ const MAGIC: &[u8; 4] = b"\xfebin";
 const HEADER_LEN: usize = 19;
 const CHECKSUM_LEN: usize = 4;
 const FORMAT_DESCRIPTION_EVENT: u8 = 15;
+const TRANSACTION_PAYLOAD_EVENT: u8 = 40;
 
 /// Splits a binlog file into raw events and parses each with mysql_common, expanding MySQL 8 transaction
 /// payloads into their inner events.
@@ -40,8 +41,11 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
                 Ok(None) | Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF))
             );
         }
-        let payload = (event.header().event_type_raw() == 40)
-            .then(|| event.read_event::<TransactionPayloadEvent<'_>>())
+        let payload = (event.header().event_type_raw() == TRANSACTION_PAYLOAD_EVENT)
+            .then(|| {
+                check_payload_header(event.data()).map_err(std::io::Error::other)?;
+                event.read_event::<TransactionPayloadEvent<'_>>()
+            })
             .transpose()
             .map_err(|e| format!("transaction payload at offset {offset}: {e}"))?
             .map(|p| {
@@ -64,6 +68,69 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
         }
     }
     Ok(events)
+}
+
+/// Walks the header of a MySQL 8 TRANSACTION_PAYLOAD event body (type-length-value fields, each a
+/// length-encoded integer, ended by field type 0; layout of `Transaction_payload_event` in MySQL's
+/// `libbinlogevents`) and checks what mysql_common trusts: every integer is complete, an unknown field's length
+/// lies within the body, the compression type is one MySQL writes (0 ZSTD, 255 none), and the payload fits.
+fn check_payload_header(data: &[u8]) -> Result<(), String> {
+    fn lenenc(buf: &mut &[u8]) -> Result<u64, String> {
+        let cut = || "a length-encoded integer is cut short".to_string();
+        let (&first, rest) = buf.split_first().ok_or_else(cut)?;
+        let width = match first {
+            0..=0xfa => 0,
+            0xfc => 2,
+            0xfd => 3,
+            0xfe => 8,
+            _ => {
+                return Err(format!(
+                    "0x{first:02x} does not start a length-encoded integer"
+                ))
+            }
+        };
+        let bytes = rest.get(..width).ok_or_else(cut)?;
+        *buf = &rest[width..];
+        Ok(if width == 0 {
+            u64::from(first)
+        } else {
+            bytes.iter().rev().fold(0, |n, &b| n << 8 | u64::from(b))
+        })
+    }
+    let mut buf = data;
+    let (mut size, mut compression) = (None, None);
+    while !buf.is_empty() {
+        match lenenc(&mut buf)? {
+            0 => {
+                let size = size.ok_or("the payload size field is missing")?;
+                compression.ok_or("the compression type field is missing")?;
+                if size > buf.len() as u64 {
+                    return Err(format!(
+                        "the payload claims {size} bytes, {} remain",
+                        buf.len()
+                    ));
+                }
+                return Ok(());
+            }
+            field @ 1..=3 => {
+                lenenc(&mut buf)?;
+                let value = lenenc(&mut buf)?;
+                match field {
+                    1 => size = Some(value),
+                    2 if value == 0 || value == 255 => compression = Some(value),
+                    2 => return Err(format!("unknown compression type {value}")),
+                    _ => {}
+                }
+            }
+            _ => {
+                let len = usize::try_from(lenenc(&mut buf)?).unwrap_or(usize::MAX);
+                buf = buf
+                    .get(len..)
+                    .ok_or("a header field is longer than the event")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Splits `body` into raw events by their headers' sizes, each checked to hold at least a header and to lie

@@ -712,4 +712,21 @@ mod tests {
         )
         .is_ok());
     }
+
+    /// cargo-fuzz ran out of memory on a rows event whose images hold no column: each row took no bytes, so the
+    /// loop pushed rows forever. A row image must consume bytes.
+    #[test]
+    fn a_row_image_that_takes_no_bytes_is_an_error_not_an_endless_loop() {
+        let layout = [col(Wire::Int { bytes: 4 }, false)];
+        let err = decode_rows(
+            &[0, 0, 0],
+            &layout,
+            RowsKind::Write,
+            &[false],
+            &[false],
+            false,
+        )
+        .unwrap_err();
+        assert!(err.error.0.contains("no bytes"), "{}", err.error.0);
+    }
 }
