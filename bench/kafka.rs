@@ -137,10 +137,11 @@ impl Bench {
         let now = Timestamp::now();
         let mut events = Vec::with_capacity(n as usize + n as usize / 500);
         for t in 0..n / 1000 {
-            events.push(Event::Begin {
-                commit_at: Position::Pg(Lsn(2 * t + 1)),
+            events.push(Event::Begin(std::sync::Arc::new(ferry_core::TxContext {
                 xid: Some(t as u32 + 1000),
-            });
+                commit_time: Some(ferry_core::Timestamp::now()),
+                ..ferry_core::TxContext::at(Position::Pg(Lsn(2 * t + 1)))
+            })));
             for id in t * 1000 + 1..=t * 1000 + 1000 {
                 let after = vec![
                     Value::Int(id as i64),

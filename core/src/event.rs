@@ -1,5 +1,7 @@
 //! What sources emit: transactions of row changes, schema changes and heartbeats.
 
+use std::sync::Arc;
+
 use crate::position::Position;
 use crate::schema::{SchemaRef, TableId};
 use crate::temporal::Timestamp;
@@ -120,13 +122,10 @@ impl Change {
 /// transaction's changes are contiguous (sources that interleave transactions reassemble them first).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A transaction starts. `commit_at` identifies its commit: a sink whose checkpoint
-    /// [`Position::includes`] it has applied the transaction already and skips it.
-    Begin {
-        commit_at: Position,
-        /// PostgreSQL's transaction id (Debezium's `txId`); `None` for binlog sources and snapshots.
-        xid: Option<u32>,
-    },
+    /// A transaction starts, with what is known of it before its rows ([`TxContext`]): its commit position,
+    /// commit time and origin. A sink whose checkpoint [`Position::includes`] `commit_at` has applied the
+    /// transaction already and skips it.
+    Begin(Arc<TxContext>),
     Change(Change),
     /// The transaction ends; `position` is what a sink stores as its checkpoint once the transaction is durable.
     Commit {
@@ -142,7 +141,57 @@ pub enum Event {
     },
 }
 
+/// What a transaction's rows share, known at its `Begin`: transform stages read it per row (`filter` on the origin,
+/// `compute` with the commit time), conflict resolution compares commit times and origins, and the Kafka sink
+/// writes it into each record's `source` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxContext {
+    /// Identifies the transaction's commit: PostgreSQL, the commit record's LSN (pgoutput Begin's `final_lsn`);
+    /// binlog sources, where the transaction's first event starts; snapshots, the snapshot's consistent point.
+    pub commit_at: Position,
+    /// When the source committed it. PostgreSQL: the Begin message's commit timestamp (µs). MySQL 8: the GTID
+    /// event's `immediate_commit_timestamp` (µs). MariaDB and MySQL 5.7: the GTID (or first) event header's
+    /// timestamp, whole seconds (the time the transaction started writing to the binlog). `None` for
+    /// snapshot reads, which belong to no source transaction.
+    pub commit_time: Option<Timestamp>,
+    /// PostgreSQL's transaction id (Debezium's `txId`); `None` for binlog sources and snapshots.
+    pub xid: Option<u32>,
+    pub origin: Origin,
+}
+
+impl TxContext {
+    /// A context with only a position (snapshots, tests).
+    pub fn at(commit_at: Position) -> TxContext {
+        TxContext {
+            commit_at,
+            commit_time: None,
+            xid: None,
+            origin: Origin::default(),
+        }
+    }
+}
+
+/// Where a transaction was first written, as the source records it. Every field is `None` when the source
+/// does not say (a local write on PostgreSQL, a GTID-less binlog).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// PostgreSQL: the replication origin the transaction was applied under (pgoutput's Origin message, sent when
+    /// a replication client such as a subscription or a Ferry sink set `pg_replication_origin_session_setup`).
+    pub name: Option<String>,
+    /// MySQL / MariaDB: the `server_id` of the server that first wrote the transaction (the binlog event header's,
+    /// which a replica keeps when it logs replicated changes).
+    pub server_id: Option<u32>,
+    /// MySQL / MariaDB: the transaction's GTID, as each server spells it: MariaDB `domain-server-sequence`
+    /// (`0-1-42`), MySQL `source_uuid[:tag]:gno`.
+    pub gtid: Option<String>,
+}
+
 impl Event {
+    /// A `Begin` with only a position (snapshots, tests).
+    pub fn begin_at(commit_at: Position) -> Event {
+        Event::Begin(Arc::new(TxContext::at(commit_at)))
+    }
+
     pub fn size_hint(&self) -> usize {
         match self {
             Event::Change(c) => c.size_hint(),

@@ -27,7 +27,9 @@ pub use binlog_position::{
     BinlogFilePos, BinlogPosition, GtidState, MariaGtid, MariaGtidList, MysqlGtidSet,
 };
 pub use error::{mysql_refuses, Error, ErrorClass, Result};
-pub use event::{is_recopy_shadow, recopy_shadow, Change, Event, RecopyStep, Row, RowOp};
+pub use event::{
+    is_recopy_shadow, recopy_shadow, Change, Event, Origin, RecopyStep, Row, RowOp, TxContext,
+};
 pub use position::{Lsn, Position};
 pub use schema::{
     enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,

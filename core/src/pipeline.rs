@@ -313,7 +313,7 @@ impl SkipCovered {
             return Ok(false);
         };
         let covered = match event {
-            Event::Begin { commit_at, .. } => cp.includes(commit_at),
+            Event::Begin(tx) => cp.includes(&tx.commit_at),
             Event::Heartbeat { position } => position.try_cmp(cp).map(|o| o.is_le()),
             _ => return Ok(false),
         };
@@ -348,7 +348,7 @@ impl SkipCovered {
                 continue;
             }
             if self.covered(e)? {
-                self.skipping = matches!(e, Event::Begin { .. });
+                self.skipping = matches!(e, Event::Begin(_));
                 continue;
             }
             out.push(e.clone());
@@ -370,10 +370,7 @@ mod tests {
 
     fn txn(commit_start: u64, end: u64) -> Vec<Event> {
         vec![
-            Event::Begin {
-                commit_at: pg(commit_start),
-                xid: None,
-            },
+            Event::begin_at(pg(commit_start)),
             Event::Change(crate::event::Change::Truncate {
                 tables: vec![],
                 snapshot: false,

@@ -294,10 +294,7 @@ mod tests {
         let commit_time = now_unix_micros() - 2_000_000;
         sink.applied(
             &[
-                Event::Begin {
-                    commit_at: position.clone(),
-                    xid: None,
-                },
+                Event::begin_at(position.clone()),
                 Event::Change(Change::Truncate {
                     tables: vec![],
                     snapshot: false,

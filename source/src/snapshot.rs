@@ -40,10 +40,7 @@ pub(crate) async fn send_marker(
 ) -> Result<(), Error> {
     let closed = |_| Error::fatal("the pipeline stopped");
     events
-        .send(Event::Begin {
-            commit_at: position.clone(),
-            xid: None,
-        })
+        .send(Event::begin_at(position.clone()))
         .await
         .map_err(closed)?;
     events
@@ -64,10 +61,7 @@ pub(crate) async fn begin(
 ) -> Result<(), Error> {
     let closed = |_| Error::fatal("the pipeline stopped during the snapshot");
     events
-        .send(Event::Begin {
-            commit_at: position.clone(),
-            xid: None,
-        })
+        .send(Event::begin_at(position.clone()))
         .await
         .map_err(closed)?;
     for s in schemas {

@@ -70,18 +70,25 @@ fn mariadb_gtids_enums_and_timestamps() {
         ]
     );
     // Begin carries the transaction's first byte, Commit the end of its last: the next transaction starts there.
-    let begins: Vec<&Event> = events
+    let begins: Vec<&ferry_core::TxContext> = events
         .iter()
-        .filter(|e| matches!(e, Event::Begin { .. }))
+        .filter_map(|e| match e {
+            Event::Begin(tx) => Some(&**tx),
+            _ => None,
+        })
         .collect();
     assert_eq!(
-        begins[1],
-        &Event::Begin {
-            commit_at: "mysql:rmc__mariadb-bin.000001:702"
-                .parse::<Position>()
-                .unwrap(),
-            xid: None,
-        }
+        begins[1].commit_at,
+        "mysql:rmc__mariadb-bin.000001:702"
+            .parse::<Position>()
+            .unwrap()
+    );
+    // Its context: the GTID and server of the GTID event, and that header's seconds as the commit time.
+    assert_eq!(begins[1].origin.gtid.as_deref(), Some("0-1-2"));
+    assert_eq!(begins[1].origin.server_id, Some(1));
+    assert_eq!(
+        begins[1].commit_time.and_then(|t| t.unix_micros()),
+        Some(1_650_493_195_000_000)
     );
 }
 
@@ -188,6 +195,19 @@ fn mysql8_zstd_transaction_payload() {
         commits(&events),
         ["mysql:rmc__transaction_compression.000001:431;gtid=357df524-4139-11ee-9979-b033ee13919e:1"]
     );
+    // MySQL 8's (anonymous) GTID event: no GTID of the transaction's own, its immediate commit timestamp in
+    // microseconds.
+    let tx = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Begin(tx) => Some(tx),
+            _ => None,
+        })
+        .next_back()
+        .unwrap();
+    assert_eq!(tx.origin.gtid, None);
+    let micros = tx.commit_time.and_then(|t| t.unix_micros()).unwrap();
+    assert_ne!(micros % 1_000_000, 0, "whole seconds: {micros}");
     let movies = decode("obc__mysql-bin.compressed");
     assert_eq!(rows(&movies).len(), 1);
     assert!(matches!(rows(&movies)[0], RowOp::Update { .. }));
@@ -207,6 +227,18 @@ fn mysql9_tagged_gtids() {
     assert_eq!(
         commits(&events),
         ["mysql:rmc__binlog_transaction_with_GTID_TAG.000001:541;gtid=55778904-0299-11f1-b1b8-4ef0c4956feb:1-13,55778904-0299-11f1-b1b8-4ef0c4956feb:mytag:1-3"]
+    );
+    // The transaction's own GTID, tag included, is in its context.
+    let gtids: Vec<Option<&str>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Begin(tx) => Some(tx.origin.gtid.as_deref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        gtids,
+        [Some("55778904-0299-11f1-b1b8-4ef0c4956feb:mytag:3")]
     );
 }
 

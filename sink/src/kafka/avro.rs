@@ -323,26 +323,23 @@ pub fn value_datum(
         Dialect::Postgres => {
             source.push(("schema".into(), opt_s(Some(table.id.schema.clone()))));
             source.push(("table".into(), opt_s(Some(table.id.name.clone()))));
-            source.push(("txId".into(), opt_l(change.xid.map(i64::from))));
+            source.push(("txId".into(), opt_l(change.xid().map(i64::from))));
             source.push((
                 "lsn".into(),
                 opt_l(
                     change
-                        .position
+                        .position()
                         .and_then(Position::as_lsn)
                         .map(|l| l.0 as i64),
                 ),
             ));
         }
         Dialect::Mysql => {
-            let (file, pos, gtid) = match change.position {
-                Some(Position::Binlog(b)) => (
-                    Some(b.pos.file.clone()),
-                    Some(b.pos.offset as i64),
-                    b.gtid.as_ref().map(ToString::to_string),
-                ),
-                _ => (None, None, None),
+            let (file, pos) = match change.position() {
+                Some(Position::Binlog(b)) => (Some(b.pos.file.clone()), Some(b.pos.offset as i64)),
+                _ => (None, None),
             };
+            let gtid = change.gtid().map(str::to_owned);
             source.push(("table".into(), opt_s(Some(table.id.name.clone()))));
             source.push(("file".into(), opt_s(file)));
             source.push(("pos".into(), opt_l(pos)));

@@ -9,7 +9,7 @@
 use ferry_config::DecimalHandling;
 use ferry_core::{
     ColumnType, Decimal, Dialect, Error, Interval, Position, Row, SchemaRef, TableSchema,
-    Timestamp, Value,
+    Timestamp, TxContext, Value,
 };
 use std::fmt::Write as _;
 
@@ -34,13 +34,28 @@ pub struct Change<'a> {
     pub after: Option<&'a Row>,
     /// The source transaction's commit time, in milliseconds.
     pub commit_ms: i64,
-    /// Where the transaction is in the source.
-    pub position: Option<&'a Position>,
-    /// PostgreSQL's transaction id.
-    pub xid: Option<u32>,
+    /// The source transaction (its position, id and GTID); `None` outside one.
+    pub tx: Option<&'a TxContext>,
     pub snapshot: bool,
     /// With transaction metadata on: `{id, total_order, data_collection_order}`.
     pub transaction: Option<Json>,
+}
+
+impl Change<'_> {
+    /// Where the transaction commits in the source ([`TxContext::commit_at`]).
+    pub fn position(&self) -> Option<&Position> {
+        self.tx.map(|t| &t.commit_at)
+    }
+
+    /// PostgreSQL's transaction id.
+    pub fn xid(&self) -> Option<u32> {
+        self.tx.and_then(|t| t.xid)
+    }
+
+    /// The transaction's own GTID (binlog sources), as Debezium's MySQL `source.gtid`.
+    pub fn gtid(&self) -> Option<&str> {
+        self.tx.and_then(|t| t.origin.gtid.as_deref())
+    }
 }
 
 /// What every JSON record of one table version shares, built once: its schema blocks (with `schemas`), the
@@ -615,25 +630,25 @@ fn push_source(out: &mut String, layout: &JsonTable, change: &Change<'_>) {
     match layout.table.dialect {
         Dialect::Postgres => {
             out.push_str(",\"txId\":");
-            match change.xid {
+            match change.xid() {
                 Some(xid) => push_int(out, xid),
                 None => out.push_str("null"),
             }
             out.push_str(",\"lsn\":");
-            match change.position.and_then(Position::as_lsn) {
+            match change.position().and_then(Position::as_lsn) {
                 Some(lsn) => push_int(out, lsn.0),
                 None => out.push_str("null"),
             }
         }
-        Dialect::Mysql => match change.position {
+        Dialect::Mysql => match change.position() {
             Some(Position::Binlog(b)) => {
                 out.push_str(",\"file\":");
                 push_json_str(out, &b.pos.file);
                 out.push_str(",\"pos\":");
                 push_int(out, b.pos.offset);
                 out.push_str(",\"gtid\":");
-                match &b.gtid {
-                    Some(g) => push_json_str(out, &g.to_string()),
+                match change.gtid() {
+                    Some(g) => push_json_str(out, g),
                     None => out.push_str("null"),
                 }
             }
@@ -886,8 +901,7 @@ mod tests {
             before: None,
             after: Some(&row),
             commit_ms: 1000,
-            position: None,
-            xid: None,
+            tx: None,
             snapshot: false,
             transaction: None,
         };
@@ -974,15 +988,17 @@ mod tests {
             name: "ferry".into(),
             db: "shop".into(),
         };
-        let position = Position::Pg(Lsn(42));
+        let tx = TxContext {
+            xid: Some(7),
+            ..TxContext::at(Position::Pg(Lsn(42)))
+        };
         let change = Change {
             table: &table,
             op: "c",
             before: None,
             after: Some(&row),
             commit_ms: 1000,
-            position: Some(&position),
-            xid: Some(7),
+            tx: Some(&tx),
             snapshot: false,
             transaction: None,
         };

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use ferry_core::{
     Change, Dialect, Error, Event, Position, RowOp, SchemaRef, Sink, TableId, TableSchema,
+    Timestamp, TxContext,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -154,10 +155,8 @@ pub struct KafkaSink {
     avro_schemas: HashMap<(String, u64), Arc<AvroSchemas>>,
     /// JSON: what the records of each topic and schema version share.
     json_tables: HashMap<(String, u64), Arc<envelope::JsonTable>>,
-    /// The position of the source transaction in progress, for records whose commit is in a later batch.
-    open_begin: Option<Position>,
-    /// Its transaction id.
-    open_xid: Option<u32>,
+    /// The source transaction in progress, for records whose `Begin` was in an earlier batch.
+    open_tx: Option<Arc<TxContext>>,
     /// The latest schema of each table seen, for truncates (which name tables only).
     known: HashMap<TableId, SchemaRef>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
@@ -244,8 +243,7 @@ impl KafkaSink {
             },
             avro_schemas: HashMap::new(),
             json_tables: HashMap::new(),
-            open_begin: None,
-            open_xid: None,
+            open_tx: None,
             known: HashMap::new(),
             transaction: None,
         };
@@ -377,11 +375,12 @@ impl KafkaSink {
     async fn transaction_marker(&mut self, event: &Event, ts_ms: i64) -> Result<(), Error> {
         let topic = format!("{}.transaction", self.cfg.topic_prefix);
         let record = match event {
-            Event::Begin { commit_at, xid } => {
-                // Debezium's PostgreSQL form, `txId:lsn`, when the source has an xid.
-                let id = match (xid, commit_at.as_lsn()) {
-                    (Some(xid), Some(lsn)) => format!("{xid}:{}", lsn.0),
-                    _ => commit_at.to_string(),
+            Event::Begin(tx) => {
+                // Debezium's PostgreSQL form, `txId:lsn`, when the source has an xid; the GTID for binlog sources.
+                let id = match (tx.xid, tx.commit_at.as_lsn(), &tx.origin.gtid) {
+                    (Some(xid), Some(lsn), _) => format!("{xid}:{}", lsn.0),
+                    (_, _, Some(gtid)) => gtid.clone(),
+                    _ => tx.commit_at.to_string(),
                 };
                 self.transaction = Some(TransactionCounts {
                     id: id.clone(),
@@ -539,52 +538,26 @@ impl KafkaSink {
                 .map_err(kafka_error("beginning a Kafka transaction"))?;
             self.in_transaction = true;
         }
-        // Each change's commit time and position: those of the next Commit in the batch (now, if its transaction
-        // continues in the next batch).
-        let mut commit_ms = vec![now_ms(); events.len()];
-        let mut positions: Vec<Option<&Position>> = vec![None; events.len()];
-        let (mut next_ms, mut next_pos) = (now_ms(), None);
-        for (i, e) in events.iter().enumerate().rev() {
-            if let Event::Commit {
-                position,
-                commit_time,
-            } = e
-            {
-                // Commit times are now-ish; none lies past an i64 of microseconds since 1970.
-                next_ms = commit_time.unix_micros().unwrap_or_default() / 1000;
-                next_pos = Some(position);
-            }
-            commit_ms[i] = next_ms;
-            positions[i] = next_pos;
-        }
-        // A transaction whose commit comes in a later batch: its Begin's position (the commit record's start LSN,
-        // or the binlog offset where the transaction starts).
-        // Each change's source transaction id, from its Begin.
-        let carried = self.open_begin.take();
-        let mut open = carried.as_ref();
-        let mut xid = self.open_xid;
-        let mut xids = vec![None; events.len()];
-        for (i, e) in events.iter().enumerate() {
-            match e {
-                Event::Begin {
-                    commit_at,
-                    xid: begin_xid,
-                } => (open, xid) = (Some(commit_at), *begin_xid),
-                Event::Commit { .. } => (open, xid) = (None, None),
-                _ => xids[i] = xid,
-            }
-            if positions[i].is_none() {
-                positions[i] = open;
-            }
-        }
-        (self.open_begin, self.open_xid) = (open.cloned(), xid);
         let now = now_ms();
         let encode_started = std::time::Instant::now();
         // Reused for every record: librdkafka copies what it is given.
         let mut buffers = Buffers::default();
-        for (i, e) in events.iter().enumerate() {
+        for e in events {
+            if let Event::Begin(tx) = e {
+                self.open_tx = Some(tx.clone());
+            }
+            // The source's commit time; now for snapshot reads, which belong to no source transaction.
+            let tx = self.open_tx.clone();
+            let commit_ms = tx
+                .as_ref()
+                .and_then(|t| t.commit_time)
+                .and_then(Timestamp::unix_micros)
+                .map_or(now, |us| us / 1000);
+            if matches!(e, Event::Commit { .. }) {
+                self.open_tx = None;
+            }
             if self.cfg.transaction_topic {
-                self.transaction_marker(e, commit_ms[i]).await?;
+                self.transaction_marker(e, commit_ms).await?;
             }
             let change = match e {
                 Event::Change(change) => change,
@@ -615,9 +588,8 @@ impl KafkaSink {
                         op: op_code,
                         before,
                         after,
-                        commit_ms: commit_ms[i],
-                        position: positions[i],
-                        xid: xids[i],
+                        commit_ms,
+                        tx: tx.as_deref(),
                         snapshot,
                         transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };
@@ -669,9 +641,8 @@ impl KafkaSink {
                             op: "t",
                             before: None,
                             after: None,
-                            commit_ms: commit_ms[i],
-                            position: positions[i],
-                            xid: xids[i],
+                            commit_ms,
+                            tx: tx.as_deref(),
                             snapshot: false,
                             transaction: self.transaction.as_mut().map(|c| c.count(t)),
                         };

@@ -474,7 +474,7 @@ impl PostgresSink {
                     .await?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
                 }
-                Event::Begin { .. } | Event::Commit { .. } | Event::Heartbeat { .. } => {}
+                Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
             }
         }
         self.flush(group).await

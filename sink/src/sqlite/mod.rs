@@ -244,7 +244,7 @@ impl SqliteSink {
                     )?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
                 }
-                Event::Begin { .. } | Event::Commit { .. } | Event::Heartbeat { .. } => {}
+                Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
             }
         }
         if let Some(position) = commit {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{
     BinlogFilePos, BinlogPosition, Change, Error, Event as FerryEvent, GtidState, Lineage,
-    MariaGtid, MysqlGtidSet, Position, SchemaRef, TableId, TableSchema, Timestamp, Value,
+    MariaGtid, MysqlGtidSet, Origin, Position, SchemaRef, TableId, TableSchema, Timestamp,
+    TxContext, Value,
 };
 use mysql_common::binlog::events::{
     Event, GtidEvent, PreviousGtidsEvent, RotateEvent, TableMapEvent,
@@ -103,12 +104,18 @@ struct Txn {
     begun: bool,
     /// A single statement with an implicit commit (MariaDB GTID flag, MySQL DDL).
     standalone: bool,
+    /// The `server_id` in the header of the event that opened the transaction.
+    server_id: u32,
+    /// MySQL 8's `immediate_commit_timestamp` (µs), or the opening event header's seconds.
+    commit_time: Timestamp,
 }
 
 /// The binlog decoder's state between events.
 pub struct Decoder {
     selection: Selection,
     on_unknown_ddl: UnknownDdl,
+    /// The current event header's timestamp (seconds) and server_id.
+    header: (u32, u32),
     /// Definitions read at start; dropped for a table once DDL changes it.
     catalog: BTreeMap<TableId, CatalogTable>,
     /// Each database's default character set, which CREATE TABLE without one gives its string columns.
@@ -176,6 +183,7 @@ impl Decoder {
             unannounced: HashSet::new(),
             schema_versions: 0,
             txn: None,
+            header: (0, 0),
             payload_end: None,
             last_heartbeat: Instant::now(),
             seen_format_description: false,
@@ -222,6 +230,7 @@ impl Decoder {
         };
         let start = end.saturating_sub(size);
         let data = event.data();
+        self.header = (header.timestamp(), header.server_id());
         match ty {
             code::FORMAT_DESCRIPTION => self.seen_format_description = true,
             code::ROTATE => {
@@ -247,10 +256,15 @@ impl Decoder {
                     None => sid,
                 };
                 self.begin_txn(start, Some(PendingGtid::Mysql(sid, g.gno())), false);
+                self.commit_micros(&g);
                 self.payload_end = None;
             }
             code::ANONYMOUS_GTID => {
                 self.begin_txn(start, None, false);
+                // Same layout as a GTID event, without a GTID.
+                if let Ok(g) = event.read_event::<GtidEvent>() {
+                    self.commit_micros(&g);
+                }
                 self.payload_end = None;
             }
             code::PREVIOUS_GTIDS => {
@@ -316,12 +330,23 @@ impl Decoder {
         Ok(())
     }
 
+    /// MySQL 8's microsecond commit time from a GTID event; before 8.0.1 it is 0 and the header's seconds stay.
+    fn commit_micros(&mut self, g: &GtidEvent) {
+        let micros = g.immediate_commit_timestamp();
+        if let (Some(txn), Ok(micros @ 1..)) = (self.txn.as_mut(), i64::try_from(micros)) {
+            txn.commit_time = Timestamp::from_unix_micros(micros);
+        }
+    }
+
     fn begin_txn(&mut self, start: u64, gtid: Option<PendingGtid>, standalone: bool) {
+        let (seconds, server_id) = self.header;
         self.txn = Some(Txn {
             start: BinlogFilePos::new(self.file.clone(), start),
             gtid,
             begun: false,
             standalone,
+            server_id,
+            commit_time: Timestamp::from_unix_micros(i64::from(seconds) * 1_000_000),
         });
     }
 
@@ -333,13 +358,23 @@ impl Decoder {
         let txn = self.txn.as_mut().expect("opened above");
         if !txn.begun {
             txn.begun = true;
-            out.push(FerryEvent::Begin {
+            let gtid = txn.gtid.as_ref().map(|g| match g {
+                PendingGtid::Maria(g) => g.to_string(),
+                PendingGtid::Mysql(sid, gno) => format!("{sid}:{gno}"),
+            });
+            out.push(FerryEvent::Begin(Arc::new(TxContext {
                 commit_at: Position::Binlog(BinlogPosition {
                     pos: txn.start.clone(),
                     gtid: None,
                 }),
+                commit_time: Some(txn.commit_time),
                 xid: None,
-            });
+                origin: Origin {
+                    name: None,
+                    server_id: Some(txn.server_id),
+                    gtid,
+                },
+            })));
         }
     }
 

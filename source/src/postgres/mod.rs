@@ -194,6 +194,7 @@ pub async fn run(
         recopies: recopy::Recopies::new(&cfg.url, generated_published),
         recopy_schemas: Default::default(),
         xid: None,
+        pending_begin: None,
     };
     if resuming {
         streamer.resume_recopies(settings.recopies.clone()).await?;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{
-    Change, Error, Event, Lsn, PipelineState, PipelineStats, Position, RecopyStep, RowOp,
-    SchemaRef, TableId, TableSchema, Timestamp, Value,
+    Change, Error, Event, Lsn, Origin, PipelineState, PipelineStats, Position, RecopyStep, RowOp,
+    SchemaRef, TableId, TableSchema, Timestamp, TxContext, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -102,6 +102,8 @@ pub(crate) struct Streamer {
     pub recopy_schemas: HashMap<u32, SchemaRef>,
     /// The xid of the transaction being streamed.
     pub xid: Option<u32>,
+    /// A `Begin` held until the next message, which may be the transaction's Origin.
+    pub pending_begin: Option<TxContext>,
 }
 
 fn now_unix_micros() -> i64 {
@@ -345,13 +347,28 @@ impl Streamer {
             .decoder
             .decode(data)
             .map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
+        // pgoutput sends a transaction's Origin (if any) right after its Begin.
+        if let Some(mut tx) = self.pending_begin.take() {
+            if let PgOutput::Origin { name, .. } = msg {
+                tx.origin.name = Some(name.to_owned());
+                out.push_back(Event::Begin(Arc::new(tx)));
+                return Ok(());
+            }
+            out.push_back(Event::Begin(Arc::new(tx)));
+        }
         match msg {
-            PgOutput::Begin { final_lsn, xid, .. } => {
+            PgOutput::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
                 self.in_transaction = true;
                 self.xid = Some(xid);
-                out.push_back(Event::Begin {
+                self.pending_begin = Some(TxContext {
                     commit_at: Position::Pg(final_lsn),
+                    commit_time: Some(Timestamp::from_pg_micros(commit_time_micros)),
                     xid: Some(xid),
+                    origin: Origin::default(),
                 });
             }
             PgOutput::Commit {
