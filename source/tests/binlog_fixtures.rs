@@ -388,3 +388,11 @@ fn an_unknown_transaction_payload_compression_is_an_error_not_a_panic() {
     let err = decode_fuzz_input("binlog-transaction-payload-unknown-compression.bin");
     assert!(err.to_string().contains("compression type"), "{err}");
 }
+
+/// An input cargo-fuzz found: a DECIMAL inside a binary JSON document whose scale exceeds its precision made
+/// mysql_common subtract with overflow. Ferry checks the document's decimals first.
+#[test]
+fn a_malformed_decimal_inside_json_is_an_error_not_a_panic() {
+    let err = decode_fuzz_input("binlog-json-decimal-scale-above-precision.bin");
+    assert!(err.to_string().contains("DECIMAL"), "{err}");
+}

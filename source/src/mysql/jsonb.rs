@@ -9,10 +9,45 @@ use mysql_common::io::ParseBuf;
 /// Decodes one binary JSON document; an empty document is JSON `null`, as MySQL reads it.
 pub fn to_json_text(doc: &[u8]) -> Result<String, String> {
     let value: jsonb::Value<'_> = ParseBuf(doc).parse(()).map_err(|e| e.to_string())?;
+    check_decimals(&value)?;
     let dom = value.parse().map_err(|e| e.to_string())?;
     let mut out = String::with_capacity(doc.len());
     write_dom(&mut out, &dom);
     Ok(out)
+}
+
+/// Checks every DECIMAL inside the document (precision, scale and digit groups) before mysql_common's `parse`,
+/// which trusts them (a scale above the precision made it subtract with overflow; cargo-fuzz found it).
+fn check_decimals(value: &jsonb::Value<'_>) -> Result<(), String> {
+    use jsonb::Value as V;
+    let e = |e: std::io::Error| e.to_string();
+    match value {
+        V::SmallArray(c) => c.iter().try_for_each(|v| check_decimals(&v.map_err(e)?)),
+        V::LargeArray(c) => c.iter().try_for_each(|v| check_decimals(&v.map_err(e)?)),
+        V::SmallObject(c) => c
+            .iter()
+            .try_for_each(|kv| check_decimals(&kv.map_err(e)?.1)),
+        V::LargeObject(c) => c
+            .iter()
+            .try_for_each(|kv| check_decimals(&kv.map_err(e)?.1)),
+        V::Opaque(o)
+            if o.value_type() == mysql_common::constants::ColumnType::MYSQL_TYPE_NEWDECIMAL =>
+        {
+            match o.data_raw() {
+                [precision, scale, bin @ ..]
+                    if super::rows::decimal_valid(
+                        bin,
+                        usize::from(*precision),
+                        usize::from(*scale),
+                    ) =>
+                {
+                    Ok(())
+                }
+                _ => Err("a DECIMAL inside a JSON document is malformed".into()),
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 fn write_string(out: &mut String, s: &str) {

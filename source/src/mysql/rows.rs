@@ -518,6 +518,15 @@ pub fn datetime_value(
     }
 }
 
+/// Whether `bytes` is a binary DECIMAL of a declarable `precision` and `scale` (MySQL allows up to 65 digits, 30
+/// after the point), with every digit group within its range.
+pub fn decimal_valid(bytes: &[u8], precision: usize, scale: usize) -> bool {
+    (1..=65).contains(&precision)
+        && scale <= 30
+        && scale <= precision
+        && decimal_groups_valid(bytes, precision, scale)
+}
+
 /// Whether MySQL's binary DECIMAL (groups of up to 9 decimal digits, big-endian, the sign in the first bit and
 /// negative values inverted) holds only digit groups within their range: mysql_common's reader assumes it does.
 fn decimal_groups_valid(bytes: &[u8], precision: usize, scale: usize) -> bool {
