@@ -331,6 +331,33 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
         per_pipeline(&|p| Some(p.restarts.load(Relaxed) as f64)),
     );
     family(
+        "ferry_transform_rows_filtered_total",
+        "counter",
+        "Source rows the transform stage left out (filters).",
+        per_pipeline(&|p| Some(p.rows_filtered.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_transform_rows_skipped_total",
+        "counter",
+        "Rows a transform failed on and left out (on_error = \"skip\"), per stage and table.",
+        pipelines
+            .iter()
+            .flat_map(|p| {
+                p.rows_skipped().into_iter().map(move |(stage, table, n)| {
+                    (
+                        format!(
+                            "pipeline=\"{}\",stage=\"{}\",table=\"{}\"",
+                            label(&p.name),
+                            label(&stage),
+                            label(&table)
+                        ),
+                        n as f64,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
         "ferry_source_events_total",
         "counter",
         "Events read from the source, before filters.",

@@ -21,7 +21,7 @@ use ferry_core::{
 use ferry_sink::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
 use ferry_source::mysql::{self, MysqlSourceSettings};
 use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
-use ferry_transform::TableFilter;
+use ferry_transform::Chain;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -263,15 +263,12 @@ async fn run_once(
         ));
     }
     drop(tracker);
-    let filter = TableFilter::new(&config.filter);
-    let transforms: Vec<Box<dyn Transform>> = if filter.is_noop() {
-        Vec::new()
-    } else {
-        vec![Box::new(filter)]
-    };
+    let chain = Chain::new(config, stats.clone())
+        .map_err(|e| Error::fatal(format!("{}: {e}", config.file.display())))?
+        .map(|c| Box::new(c) as Box<dyn Transform>);
     tasks.spawn(run_batcher(
         events_rx,
-        transforms,
+        chain,
         config.batch,
         outputs,
         stats.clone(),

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub use env::{expand, ExpandError};
 pub use model::{
-    DecimalHandling, FilterConfig, KafkaFormat, KafkaSink, MysqlSource, PipelineConfig,
-    PostgresSource, SchemaChangePolicy, SinkConfig, SinkKind, SnapshotMode, SourceConfig,
+    Case, ColumnRef, DecimalHandling, FilterConfig, KafkaFormat, KafkaSink, MaskKind, MysqlSource,
+    PipelineConfig, PostgresSource, RouteTo, RowErrorPolicy, SchemaChangePolicy, SinkConfig,
+    SinkKind, SnapshotMode, SourceConfig, TransformConfig, TransformKind,
 };
 pub use validate::parse_duration;
 
@@ -301,5 +302,109 @@ mod tests {
             + "[[sink]]\ntype = \"sqlite\"\npath = \"b.db\"\nname = \"sqlite\"\n";
         let errs = load(&fan_out).unwrap_err();
         assert!(errs.to_string().contains("used twice"), "{errs}");
+    }
+
+    #[test]
+    fn reads_the_transform_chain_as_documented() {
+        let text = format!(
+            "{GOOD}\n{}",
+            r#"
+            [[transform]]
+            type = "filter"
+            tables = ["public.orders"]
+            where = "op == 'd' || after.status != 'draft'"
+            [[transform]]
+            type = "mask"
+            columns = ["public.customers.email"]
+            with = "sha256"
+            salt = "${PW}"
+            [[transform]]
+            type = "compute"
+            tables = ["public.customers"]
+            column = "full_name"
+            column_type = "text"
+            expression = "after.first_name + ' ' + after.last_name"
+            [[transform]]
+            type = "route"
+            tables = ["public.orders"]
+            to = "archive.orders_v2"
+            "#
+        );
+        let p = load(&text).unwrap();
+        assert_eq!(p.transforms.len(), 4);
+        assert_eq!(p.transforms[2].key, "transform[2]");
+        assert_eq!(
+            p.transforms[1].kind,
+            TransformKind::Mask {
+                columns: vec![ColumnRef {
+                    table: Some("public.customers".into()),
+                    column: "email".into()
+                }],
+                with: MaskKind::Sha256 { salt: "pw".into() }
+            }
+        );
+        // The salt is a secret: never in a debug print.
+        assert!(!format!("{:?}", p.transforms[1]).contains("pw\""));
+    }
+
+    #[test]
+    fn every_transform_error_is_reported_at_once_with_its_key() {
+        let text = format!(
+            "{GOOD}\n{}",
+            r#"
+            [[transform]]
+            type = "filter"
+            where = "after.status != "
+            [[transform]]
+            type = "compute"
+            column = "x"
+            column_type = "varchar"
+            expression = "1 +"
+            [[transform]]
+            type = "mask"
+            columns = ["a.b.c.d"]
+            with = "sha256"
+            [[transform]]
+            type = "convert"
+            columns = ["c"]
+            zone = "Mars/Olympus"
+            [[transform]]
+            type = "uppercase"
+            [[transform]]
+            type = "route"
+            [[transform]]
+            type = "filter"
+            where = "true"
+            on_error = "retry"
+            "#
+        );
+        let errors = load(&text).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "transform[0].where",
+            "transform[1].column_type",
+            "transform[1].expression",
+            "transform[2].columns[0]",
+            "transform[2].salt",
+            "transform[3].zone",
+            "transform[3].to",
+            "transform[4].type",
+            "transform[5].to",
+            "transform[6].on_error",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {errors:#?}");
+        }
+        let cel = errors
+            .iter()
+            .find(|e| e.key == "transform[0].where")
+            .unwrap();
+        assert!(
+            cel.message.contains("not a valid CEL expression"),
+            "{}",
+            cel.message
+        );
+        assert!(errors
+            .iter()
+            .all(|e| e.file == Path::new("/etc/ferry/p.toml")));
     }
 }

@@ -13,6 +13,8 @@ pub struct PipelineConfig {
     pub name: String,
     pub source: SourceConfig,
     pub filter: FilterConfig,
+    /// The `[[transform]]` stages, in the order they apply (after `filter`).
+    pub transforms: Vec<TransformConfig>,
     pub sinks: Vec<SinkConfig>,
     pub batch: BatchLimits,
     /// How long the source may be idle before Ferry writes a heartbeat so the source's log position advances.
@@ -93,6 +95,121 @@ pub struct FilterConfig {
     pub exclude_tables: Vec<TableId>,
     /// Columns removed from every row and from the target schema.
     pub exclude_columns: Vec<(TableId, String)>,
+}
+
+/// One `[[transform]]` stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformConfig {
+    /// Its key path in the file (`transform[2]`), for messages.
+    pub key: String,
+    /// The tables it applies to (`schema.table`, `*` and `?` as globs); `None`: every table.
+    pub tables: Option<Vec<String>>,
+    /// What a row this stage fails on does to the pipeline.
+    pub on_error: RowErrorPolicy,
+    pub kind: TransformKind,
+}
+
+/// What a row that a stage cannot transform (a cast that fails, an expression error) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowErrorPolicy {
+    /// Stop the pipeline, naming the stage, the table and the row's key.
+    #[default]
+    Halt,
+    /// Leave the row out, log it and count it in `/metrics`.
+    Skip,
+}
+
+/// A column a stage names: `column` (in every table the stage applies to) or `schema.table.column`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRef {
+    /// `None`: any table in the stage's scope; otherwise a `schema.table` pattern.
+    pub table: Option<String>,
+    pub column: String,
+}
+
+/// The kinds of transform stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransformKind {
+    /// Keep the rows for which a CEL predicate holds.
+    Filter {
+        predicate: String,
+    },
+    /// Rename tables: `to` is `schema.table` with `{schema}` and `{table}` templates, or a CEL expression giving
+    /// `schema.table` (`to_expression`).
+    Route {
+        to: RouteTo,
+    },
+    RenameColumns {
+        renames: Vec<(String, String)>,
+    },
+    DropColumns {
+        columns: Vec<ColumnRef>,
+    },
+    KeepColumns {
+        columns: Vec<ColumnRef>,
+    },
+    Convert {
+        columns: Vec<ColumnRef>,
+        /// The type to cast to (as `column_type` spells types); `None`: the type stays.
+        to: Option<String>,
+        /// For `timestamp` → `timestamptz`: the IANA zone the source's wall times are in (default UTC).
+        zone: Option<String>,
+        trim: bool,
+        case: Option<Case>,
+    },
+    Mask {
+        columns: Vec<ColumnRef>,
+        with: MaskKind,
+    },
+    Compute {
+        column: String,
+        column_type: String,
+        expression: String,
+    },
+}
+
+/// Where `route` sends a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTo {
+    Template(String),
+    Expression(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    Lower,
+    Upper,
+}
+
+/// How `mask` hides a value. Every kind but `Null` turns the column into text.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MaskKind {
+    /// Hex SHA-256 of the salt and the value's text: the same value always masks the same (joins still work).
+    Sha256 {
+        salt: String,
+    },
+    /// A constant.
+    Redact {
+        value: String,
+    },
+    Null,
+    /// Keep the first `n` characters, `*` for the rest.
+    KeepFirst(usize),
+    /// Keep the last `n` characters (card numbers), `*` for the rest.
+    KeepLast(usize),
+}
+
+impl std::fmt::Debug for MaskKind {
+    /// The salt is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaskKind::Sha256 { .. } => f.write_str("Sha256 { salt: <redacted> }"),
+            MaskKind::Redact { value } => write!(f, "Redact {{ value: {value:?} }}"),
+            MaskKind::Null => f.write_str("Null"),
+            MaskKind::KeepFirst(n) => write!(f, "KeepFirst({n})"),
+            MaskKind::KeepLast(n) => write!(f, "KeepLast({n})"),
+        }
+    }
 }
 
 /// Where changes go.

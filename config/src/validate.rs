@@ -434,6 +434,7 @@ pub fn validate(
         ..filter
     };
 
+    let transforms = read_transforms(&mut r, &mut root);
     let sinks = read_sinks(&mut r, &mut root);
     r.finish(root);
 
@@ -444,6 +445,7 @@ pub fn validate(
                 name,
                 source,
                 filter,
+                transforms,
                 sinks,
                 batch,
                 heartbeat_interval,
@@ -770,6 +772,343 @@ fn read_filter(r: &mut Reader<'_>, mut f: Section<'_>) -> FilterConfig {
         exclude_tables,
         exclude_columns,
     }
+}
+
+/// The types `convert.to` and `compute.column_type` accept (PostgreSQL's spelling; MySQL sources get the
+/// equivalent MySQL type).
+pub const COLUMN_TYPES: &[&str] = &[
+    "text",
+    "bigint",
+    "integer",
+    "smallint",
+    "double precision",
+    "real",
+    "numeric",
+    "boolean",
+    "bytea",
+    "json",
+    "jsonb",
+    "uuid",
+    "date",
+    "timestamp",
+    "timestamptz",
+];
+
+const TRANSFORM_TYPES: &str = "\"filter\", \"route\", \"rename_columns\", \"drop_columns\", \"keep_columns\", \"convert\", \"mask\" or \"compute\"";
+
+/// `[[transform]]` stages, each checked for its kind's keys; CEL expressions are compiled here so a syntax error
+/// is reported with every other error.
+fn read_transforms(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<TransformConfig> {
+    let sections: Vec<Section<'_>> = match r.get(root, "transform") {
+        None => return Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match item {
+                Value::Table(t) => Some(Section::new(format!("transform[{i}]"), t)),
+                _ => {
+                    r.error(format!("transform[{i}]"), "expected a [[transform]] table");
+                    None
+                }
+            })
+            .collect(),
+        Some(other) => {
+            r.error(
+                "transform".into(),
+                format!("expected [[transform]] tables, found {}", describe(other)),
+            );
+            return Vec::new();
+        }
+    };
+    sections
+        .into_iter()
+        .filter_map(|mut t| {
+            let stage = read_transform(r, &mut t);
+            r.finish(t);
+            stage
+        })
+        .collect()
+}
+
+fn read_transform(r: &mut Reader<'_>, t: &mut Section<'_>) -> Option<TransformConfig> {
+    let ty = r.required_string(t, "type", TRANSFORM_TYPES);
+    let tables = r.string_list(
+        t,
+        "tables",
+        "tables as \"schema.table\" (globs: \"public.*\")",
+    );
+    if let Some(tables) = &tables {
+        for (i, p) in tables.iter().enumerate() {
+            if TableId::parse(p, "public").is_none() {
+                r.error(
+                    format!("{}[{i}]", t.key("tables")),
+                    format!("expected \"schema.table\" (globs: \"public.*\"), found {p:?}"),
+                );
+            }
+        }
+    }
+    let on_error = match choice(r, t, "on_error", &["halt", "skip"], "halt")?.as_str() {
+        "skip" => RowErrorPolicy::Skip,
+        _ => RowErrorPolicy::Halt,
+    };
+    let kind = match ty.as_deref()? {
+        "filter" => TransformKind::Filter {
+            predicate: read_expression(
+                r,
+                t,
+                "where",
+                "a CEL predicate such as \"after.status != 'draft'\"",
+            )?,
+        },
+        "route" => {
+            let to = r.string(
+                t,
+                "to",
+                "\"schema.table\" with {schema} and {table} templates",
+            );
+            let expr = match t.table.contains_key("to_expression") {
+                true => Some(read_expression(
+                    r,
+                    t,
+                    "to_expression",
+                    "a CEL expression giving \"schema.table\"",
+                )?),
+                false => None,
+            };
+            match (to, expr) {
+                (Some(to), None) => {
+                    let sample = to.replace("{schema}", "s").replace("{table}", "t");
+                    if TableId::parse(&sample, "public").is_none() || sample.contains(['{', '}']) {
+                        r.error(t.key("to"), format!("expected \"schema.table\" with {{schema}} and {{table}} templates, found {to:?}"));
+                        return None;
+                    }
+                    TransformKind::Route {
+                        to: RouteTo::Template(to),
+                    }
+                }
+                (None, Some(e)) => TransformKind::Route {
+                    to: RouteTo::Expression(e),
+                },
+                _ => {
+                    r.error(t.key("to"), "expected exactly one of to = \"schema.table\" or to_expression = \"<CEL>\"");
+                    return None;
+                }
+            }
+        }
+        "rename_columns" => {
+            let Some(map) = r.subtable(t, "columns") else {
+                r.error(t.key("columns"), "missing; expected a table of old = \"new\" names, e.g. columns = { email = \"email_address\" }");
+                return None;
+            };
+            let mut renames = Vec::new();
+            for (old, new) in map.table {
+                match new {
+                    Value::String(new) if !new.is_empty() => {
+                        renames.push((old.clone(), new.clone()))
+                    }
+                    other => r.error(
+                        map.key(old),
+                        format!(
+                            "expected the new name as a string, found {}",
+                            describe(other)
+                        ),
+                    ),
+                }
+            }
+            TransformKind::RenameColumns { renames }
+        }
+        "drop_columns" => TransformKind::DropColumns {
+            columns: read_columns(r, t)?,
+        },
+        "keep_columns" => TransformKind::KeepColumns {
+            columns: read_columns(r, t)?,
+        },
+        "convert" => {
+            let columns = read_columns(r, t)?;
+            let to = r.string(t, "to", "a column type");
+            if let Some(ty) = &to {
+                if !COLUMN_TYPES.contains(&ty.as_str()) {
+                    r.error(
+                        t.key("to"),
+                        format!("expected one of {}, found {ty:?}", COLUMN_TYPES.join(", ")),
+                    );
+                }
+            }
+            let zone = r.string(t, "zone", "an IANA time zone such as \"Europe/Paris\"");
+            if let Some(z) = &zone {
+                if z.parse::<chrono_tz::Tz>().is_err() {
+                    r.error(
+                        t.key("zone"),
+                        format!("expected an IANA time zone such as \"Europe/Paris\", found {z:?}"),
+                    );
+                }
+            }
+            let trim = flag(r, t, "trim", false)?;
+            let case = match choice(r, t, "case", &["lower", "upper", "keep"], "keep")?.as_str() {
+                "lower" => Some(Case::Lower),
+                "upper" => Some(Case::Upper),
+                _ => None,
+            };
+            if to.is_none() && !trim && case.is_none() {
+                r.error(t.key("to"), "missing; expected to = \"<type>\", trim = true or case = \"lower\" / \"upper\"");
+            }
+            TransformKind::Convert {
+                columns,
+                to,
+                zone,
+                trim,
+                case,
+            }
+        }
+        "mask" => {
+            let columns = read_columns(r, t)?;
+            let with = choice(
+                r,
+                t,
+                "with",
+                &["sha256", "redact", "null", "keep_first", "keep_last"],
+                "",
+            )?;
+            let keep =
+                |r: &mut Reader<'_>, t: &mut Section<'_>| r.int_within(t, "n", (0, 1_000_000));
+            let with = match with.as_str() {
+                "sha256" => TransformKind::Mask {
+                    columns,
+                    with: MaskKind::Sha256 {
+                        salt: r.required_string(
+                            t,
+                            "salt",
+                            "a secret salt, e.g. salt = \"${MASK_SALT}\"",
+                        )?,
+                    },
+                },
+                "redact" => TransformKind::Mask {
+                    columns,
+                    with: MaskKind::Redact {
+                        value: r
+                            .string(t, "value", "the text that replaces each value")
+                            .unwrap_or_else(|| "REDACTED".into()),
+                    },
+                },
+                "null" => TransformKind::Mask {
+                    columns,
+                    with: MaskKind::Null,
+                },
+                "keep_first" | "keep_last" => {
+                    let Some(n) = keep(r, t) else {
+                        r.error(
+                            t.key("n"),
+                            "missing; expected how many characters to keep, e.g. n = 4",
+                        );
+                        return None;
+                    };
+                    let with = if with == "keep_first" {
+                        MaskKind::KeepFirst(n)
+                    } else {
+                        MaskKind::KeepLast(n)
+                    };
+                    TransformKind::Mask { columns, with }
+                }
+                _ => {
+                    r.error(t.key("with"), "missing; expected \"sha256\", \"redact\", \"null\", \"keep_first\" or \"keep_last\"");
+                    return None;
+                }
+            };
+            with
+        }
+        "compute" => {
+            let column = r.required_string(t, "column", "the new column's name");
+            let column_type = r.required_string(t, "column_type", "a column type such as \"text\"");
+            if let Some(ty) = &column_type {
+                if !COLUMN_TYPES.contains(&ty.as_str()) {
+                    r.error(
+                        t.key("column_type"),
+                        format!("expected one of {}, found {ty:?}", COLUMN_TYPES.join(", ")),
+                    );
+                }
+            }
+            let expression = read_expression(
+                r,
+                t,
+                "expression",
+                "a CEL expression such as \"after.first + ' ' + after.last\"",
+            );
+            TransformKind::Compute {
+                column: column?,
+                column_type: column_type?,
+                expression: expression?,
+            }
+        }
+        other => {
+            r.error(
+                t.key("type"),
+                format!("expected {TRANSFORM_TYPES}, found {other:?}"),
+            );
+            return None;
+        }
+    };
+    Some(TransformConfig {
+        key: t.path.clone(),
+        tables,
+        on_error,
+        kind,
+    })
+}
+
+/// A required CEL expression, compiled to report syntax errors now.
+fn read_expression(
+    r: &mut Reader<'_>,
+    t: &mut Section<'_>,
+    key: &'static str,
+    expected: &str,
+) -> Option<String> {
+    let text = r.required_string(t, key, expected)?;
+    match cel::Program::compile(&text) {
+        Ok(_) => Some(text),
+        Err(e) => {
+            r.error(
+                t.key(key),
+                format!("not a valid CEL expression: {}", e.to_string().trim()),
+            );
+            None
+        }
+    }
+}
+
+/// The required `columns` list: `column` or `schema.table.column` (the table part may use globs).
+fn read_columns(r: &mut Reader<'_>, t: &mut Section<'_>) -> Option<Vec<ColumnRef>> {
+    if !t.table.contains_key("columns") {
+        t.known.insert("columns");
+        r.error(
+            t.key("columns"),
+            "missing; expected a list of columns as \"column\" or \"schema.table.column\"",
+        );
+        return None;
+    }
+    let names = r.string_list(
+        t,
+        "columns",
+        "columns as \"column\" or \"schema.table.column\"",
+    )?;
+    let mut out = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let parts: Vec<&str> = n.split('.').collect();
+        match parts.as_slice() {
+            [c] if !c.is_empty() => out.push(ColumnRef {
+                table: None,
+                column: (*c).to_owned(),
+            }),
+            [s, tb, c] if !s.is_empty() && !tb.is_empty() && !c.is_empty() => out.push(ColumnRef {
+                table: Some(format!("{s}.{tb}")),
+                column: (*c).to_owned(),
+            }),
+            _ => r.error(
+                format!("{}[{i}]", t.key("columns")),
+                format!("expected \"column\" or \"schema.table.column\", found {n:?}"),
+            ),
+        }
+    }
+    Some(out)
 }
 
 fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {

@@ -28,12 +28,12 @@ use crate::stats::PipelineStats;
 /// handing on the last batch; dropping the outputs then tells the sinks to finish.
 pub async fn run_batcher(
     input: mpsc::Receiver<Event>,
-    transforms: Vec<Box<dyn Transform>>,
+    transform: Option<Box<dyn Transform>>,
     limits: BatchLimits,
     outputs: Vec<mpsc::Sender<Arc<Batch>>>,
     stats: Arc<PipelineStats>,
 ) -> Result<()> {
-    match cut_batches(input, transforms, limits, outputs, stats).await {
+    match cut_batches(input, transform, limits, outputs, stats).await {
         // Only the symptom of a failed sink: stop quietly so that the sink's own error, which may be transient
         // (a target restart), decides what the runtime does.
         Err(e) if e.source.as_deref().is_some_and(|s| s.is::<SinkGone>()) => {
@@ -46,12 +46,13 @@ pub async fn run_batcher(
 
 async fn cut_batches(
     mut input: mpsc::Receiver<Event>,
-    mut transforms: Vec<Box<dyn Transform>>,
+    mut transform: Option<Box<dyn Transform>>,
     limits: BatchLimits,
     outputs: Vec<mpsc::Sender<Arc<Batch>>>,
     stats: Arc<PipelineStats>,
 ) -> Result<()> {
     let mut batch = Batch::default();
+    let mut transformed = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut ready_in_a_row = 0u32;
     loop {
@@ -86,13 +87,19 @@ async fn cut_batches(
         };
         let Some(event) = next else { break };
         stats.source_event(&event);
-        let Some(event) = transforms.iter_mut().try_fold(event, |e, t| t.apply(e)) else {
+        match transform.as_mut() {
+            None => transformed.push(event),
+            Some(t) => t.apply(event, &mut transformed)?,
+        }
+        if transformed.is_empty() {
             continue;
-        };
+        }
         if batch.is_empty() {
             deadline = Some(Instant::now() + limits.max_wait);
         }
-        batch.push(event);
+        for event in transformed.drain(..) {
+            batch.push(event);
+        }
         if batch.is_full(&limits) {
             send(&outputs, std::mem::take(&mut batch)).await?;
             deadline = None;
@@ -428,7 +435,7 @@ mod tests {
             ..BatchLimits::default()
         };
         let stats = Arc::new(PipelineStats::new("p", &[]));
-        let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx], stats));
+        let task = tokio::spawn(run_batcher(rx, None, limits, vec![out_tx], stats));
         tx.send(Event::Heartbeat { position: pg(3) }).await.unwrap();
         // The failed sink's own error is the cause the runtime acts on; the batcher adds none.
         task.await.unwrap().unwrap();
@@ -445,7 +452,7 @@ mod tests {
             ..BatchLimits::default()
         };
         let stats = Arc::new(PipelineStats::new("p", &[]));
-        let task = tokio::spawn(run_batcher(rx, vec![], limits, vec![out_tx], stats.clone()));
+        let task = tokio::spawn(run_batcher(rx, None, limits, vec![out_tx], stats.clone()));
         for e in txn(1, 2) {
             tx.send(e).await.unwrap();
         }

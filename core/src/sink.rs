@@ -37,10 +37,12 @@ pub trait Sink: Send + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// A pure, synchronous stage between source and sinks.
+/// The transform stage between source and sinks, as the runner sees it: the chain of `[[transform]]` stages
+/// (`ferry_transform::Chain`). Synchronous and pure.
 pub trait Transform: Send {
-    /// Returns the event to pass on, changed or not, or `None` to drop it. Only `Change` and `Schema` events may
-    /// be dropped: positions (`Begin`, `Commit`, `Heartbeat`) always pass so filtered transactions still advance
-    /// the checkpoint.
-    fn apply(&mut self, event: Event) -> Option<Event>;
+    /// Appends to `out` what `event` becomes: row changes and schemas may be changed, dropped or multiplied;
+    /// positions (`Begin`, `Commit`, `Heartbeat`) always pass, so a transaction whose rows are all dropped still
+    /// advances every sink's checkpoint. An `Err` stops the pipeline (a row a stage failed on under
+    /// `on_error = "halt"`).
+    fn apply(&mut self, event: Event, out: &mut Vec<Event>) -> Result<()>;
 }

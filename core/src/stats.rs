@@ -206,6 +206,10 @@ pub struct PipelineStats {
     quarantined: Mutex<Vec<(String, String)>>,
     /// Online re-copies of this run: table, rows copied, finished.
     recopies: Mutex<Vec<(String, u64, bool)>>,
+    /// Rows `filter` transforms left out.
+    pub rows_filtered: AtomicU64,
+    /// Rows left out after a transform failed on them (`on_error = "skip"`), per stage key and table.
+    rows_skipped: Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 impl PipelineStats {
@@ -220,7 +224,23 @@ impl PipelineStats {
             sinks: sinks.iter().map(|n| SinkStats::new(n)).collect(),
             quarantined: Mutex::new(Vec::new()),
             recopies: Mutex::new(Vec::new()),
+            rows_filtered: AtomicU64::new(0),
+            rows_skipped: Mutex::new(Default::default()),
         }
+    }
+
+    /// Counts a row the transform stage `stage` (`transform[2]`) failed on and left out.
+    pub fn row_skipped(&self, stage: &str, table: &str) {
+        let mut m = self.rows_skipped.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((stage.to_owned(), table.to_owned())).or_default() += 1;
+    }
+
+    /// Rows left out after a transform failed on them: (stage, table, count).
+    pub fn rows_skipped(&self) -> Vec<(String, String, u64)> {
+        let m = self.rows_skipped.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .map(|((s, t), n)| (s.clone(), t.clone(), *n))
+            .collect()
     }
 
     /// Records how far the online re-copy of `table` got.

@@ -1,0 +1,112 @@
+//! `filter`: keeps the rows for which a CEL predicate holds.
+
+use cel::Value as Cel;
+use ferry_core::{RowOp, SchemaRef};
+
+use crate::expr::Expression;
+use crate::stage::{RowContext, RowStage, StageError, Step};
+use crate::types::cel_type;
+
+pub struct Filter {
+    predicate: std::sync::Arc<Expression>,
+}
+
+impl Filter {
+    pub fn new(predicate: &str) -> Result<Filter, String> {
+        Ok(Filter {
+            predicate: std::sync::Arc::new(Expression::compile(predicate)?),
+        })
+    }
+}
+
+impl RowStage for Filter {
+    fn plan(&self, input: &SchemaRef) -> Result<Box<dyn Step>, String> {
+        check_expression(&self.predicate, input, true, |v| match v {
+            Cel::Bool(_) => Ok(()),
+            other => Err(format!("gives {}, not a bool", cel_type(other))),
+        })
+        .map_err(|e| format!("where: {e}"))?;
+        Ok(Box::new(Planned {
+            predicate: self.predicate.clone(),
+            output: input.clone(),
+        }))
+    }
+}
+
+/// Checks `expr` against `table`: every column it names exists, and on sample rows of each kind of change it
+/// runs without a type error and its result passes `result`.
+pub fn check_expression(
+    expr: &Expression,
+    table: &SchemaRef,
+    deletes: bool,
+    result: impl Fn(&Cel) -> Result<(), String>,
+) -> Result<(), String> {
+    let unknown = expr.unknown_columns(table);
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{} has no column {} (its columns: {})",
+            table.id,
+            unknown.join(", "),
+            table
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let tx = super::sample_tx();
+    for (kind, op) in super::sample_ops(table) {
+        if kind == "deletes" && !deletes {
+            continue;
+        }
+        let cx = RowContext {
+            tx: Some(&tx),
+            table,
+        };
+        match expr.eval_checked(&cx, &op) {
+            Ok(v) => result(&v)
+                .map_err(|e| format!("{:?} {e} (for {kind} of {})", expr.text, table.id))?,
+            Err(Some(e)) => {
+                return Err(format!(
+                    "{:?} fails for {kind} of {}: {e}",
+                    expr.text, table.id
+                ))
+            }
+            Err(None) => {}
+        }
+    }
+    Ok(())
+}
+
+struct Planned {
+    predicate: std::sync::Arc<Expression>,
+    output: SchemaRef,
+}
+
+impl Step for Planned {
+    fn output(&self) -> &SchemaRef {
+        &self.output
+    }
+
+    fn apply(
+        &self,
+        cx: &RowContext<'_>,
+        op: RowOp,
+        out: &mut Vec<RowOp>,
+    ) -> Result<(), StageError> {
+        match self.predicate.eval(cx, &op) {
+            Ok(Cel::Bool(true)) => out.push(op),
+            Ok(Cel::Bool(false)) => {}
+            Ok(other) => {
+                return Err(StageError::new(format!(
+                    "the predicate gave {}, not a bool",
+                    cel_type(&other)
+                ))
+                .with_row(op))
+            }
+            Err(e) => return Err(e.with_row(op)),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! `mask`: hides column values (a salted SHA-256, a constant, NULL, or all but the first / last characters).
+
+use std::sync::Arc;
+
+use ferry_config::{ColumnRef, MaskKind};
+use ferry_core::{ColumnType, RowOp, SchemaRef, TableSchema, Value};
+use sha2::{Digest, Sha256};
+
+use super::{columns_for, indexes};
+use crate::stage::{map_images, RowContext, RowStage, StageError, Step, Unchanged};
+use crate::types::{retype, text_of};
+
+pub struct Mask {
+    pub columns: Vec<ColumnRef>,
+    pub with: MaskKind,
+}
+
+impl RowStage for Mask {
+    fn plan(&self, input: &SchemaRef) -> Result<Box<dyn Step>, String> {
+        let targets = indexes(input, &columns_for(&self.columns, &input.id))
+            .map_err(|e| format!("columns: {e}"))?;
+        if targets.is_empty() {
+            return Ok(Box::new(Unchanged(input.clone())));
+        }
+        let mut schema = TableSchema::clone(input);
+        for &i in &targets {
+            let col = &input.columns[i];
+            schema.columns[i] = match self.with {
+                // NULL keeps the type; the column must take NULLs.
+                MaskKind::Null => {
+                    if super::key_columns(input).contains(&i) {
+                        return Err(format!(
+                            "columns: cannot mask key column {}.{} with NULL: targets find rows by it",
+                            input.id, col.name
+                        ));
+                    }
+                    ferry_core::Column {
+                        nullable: true,
+                        default: None,
+                        generated: None,
+                        ..col.clone()
+                    }
+                }
+                _ => retype(col, ColumnType::Text, input.dialect),
+            };
+        }
+        Ok(Box::new(Planned {
+            output: Arc::new(schema),
+            targets,
+            with: self.with.clone(),
+        }))
+    }
+}
+
+struct Planned {
+    output: SchemaRef,
+    targets: Vec<usize>,
+    with: MaskKind,
+}
+
+/// `text` with every character but the `n` first (`first`) or last replaced by `*`.
+fn keep(text: &str, n: usize, first: bool) -> String {
+    let len = text.chars().count();
+    text.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let kept = if first { i < n } else { i + n >= len };
+            if kept {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+impl Planned {
+    fn mask(&self, v: Value) -> Value {
+        if matches!(v, Value::Null | Value::Unchanged) {
+            return v;
+        }
+        let text = || text_of(&v).unwrap_or_default();
+        match &self.with {
+            MaskKind::Sha256 { salt } => {
+                let mut h = Sha256::new();
+                h.update(salt.as_bytes());
+                h.update(text().as_bytes());
+                Value::Text(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+            }
+            MaskKind::Redact { value } => Value::Text(value.clone()),
+            MaskKind::Null => Value::Null,
+            MaskKind::KeepFirst(n) => Value::Text(keep(&text(), *n, true)),
+            MaskKind::KeepLast(n) => Value::Text(keep(&text(), *n, false)),
+        }
+    }
+}
+
+impl Step for Planned {
+    fn output(&self) -> &SchemaRef {
+        &self.output
+    }
+
+    fn apply(&self, _: &RowContext<'_>, op: RowOp, out: &mut Vec<RowOp>) -> Result<(), StageError> {
+        out.push(map_images(op, |mut row| {
+            for &i in &self.targets {
+                if let Some(v) = row.get_mut(i) {
+                    *v = self.mask(std::mem::replace(v, Value::Null));
+                }
+            }
+            Ok(row)
+        })?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep;
+
+    #[test]
+    fn keep_first_and_last_count_characters_not_bytes() {
+        assert_eq!(keep("4111111111111111", 4, false), "************1111");
+        assert_eq!(keep("josé@example.com", 2, true), "jo**************");
+        assert_eq!(keep("ab", 4, false), "ab");
+    }
+}
