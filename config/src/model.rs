@@ -130,9 +130,14 @@ pub struct ColumnRef {
 /// The kinds of transform stage.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransformKind {
-    /// Keep the rows for which a CEL predicate holds.
+    /// Keep the changes (or rows) for which a CEL predicate holds.
     Filter {
         predicate: String,
+        /// `mode = "changes"` (false, the default, as Debezium's Filter SMT): each change is kept or dropped on
+        /// its own, so `op != 'd'` keeps deleted rows in the target. `mode = "rows"` (true): the predicate is
+        /// about the row (`after`), and the target holds exactly the source rows for which it holds: an update
+        /// whose new row fails it becomes a delete, and deletes always pass.
+        rows: bool,
     },
     /// Rename tables: `to` is `schema.table` with `{schema}` and `{table}` templates, or a CEL expression giving
     /// `schema.table` (`to_expression`).

@@ -852,14 +852,19 @@ fn read_transform(r: &mut Reader<'_>, t: &mut Section<'_>) -> Option<TransformCo
         _ => RowErrorPolicy::Halt,
     };
     let kind = match ty.as_deref()? {
-        "filter" => TransformKind::Filter {
-            predicate: read_expression(
+        "filter" => {
+            let predicate = read_expression(
                 r,
                 t,
                 "where",
                 "a CEL predicate such as \"after.status != 'draft'\"",
-            )?,
-        },
+            );
+            let rows = choice(r, t, "mode", &["changes", "rows"], "changes")? == "rows";
+            TransformKind::Filter {
+                predicate: predicate?,
+                rows,
+            }
+        }
         "route" => {
             let to = r.string(
                 t,

@@ -373,3 +373,47 @@ fn convert_casts_trims_and_shifts_zones() {
     assert_eq!(after[2], Value::Text("AB-C".into()));
     assert_eq!(after[3], Value::Text("12.50".into()));
 }
+
+#[test]
+fn a_row_filter_turns_an_update_leaving_the_selection_into_a_delete() {
+    let (mut c, _) = chain(
+        "[[transform]]\ntype = \"filter\"\nmode = \"rows\"\nwhere = \"after.status != 'draft'\"\n",
+    );
+    let t = customers();
+    let update = |status: &str| {
+        Event::Change(Change::Row {
+            table: t.clone(),
+            op: RowOp::Update {
+                before: None,
+                after: row(1, status),
+            },
+        })
+    };
+    let out = run(
+        &mut c,
+        vec![
+            begin(1),
+            insert(&t, row(1, "draft")),
+            update("paid"),
+            update("draft"),
+            Event::Change(Change::Row {
+                table: t.clone(),
+                op: RowOp::Delete {
+                    before: row(1, "draft"),
+                },
+            }),
+            commit(2),
+        ],
+    )
+    .unwrap();
+    let ops: Vec<&str> = rows(&out)
+        .iter()
+        .map(|(_, op)| match op {
+            RowOp::Insert { .. } => "c",
+            RowOp::Update { .. } => "u",
+            RowOp::Delete { .. } => "d",
+            RowOp::Read { .. } => "r",
+        })
+        .collect();
+    assert_eq!(ops, ["u", "d", "d"]);
+}

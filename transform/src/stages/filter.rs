@@ -9,19 +9,22 @@ use crate::types::cel_type;
 
 pub struct Filter {
     predicate: std::sync::Arc<Expression>,
+    /// `mode = "rows"`: the predicate selects rows; updates leaving the selection become deletes.
+    rows: bool,
 }
 
 impl Filter {
-    pub fn new(predicate: &str) -> Result<Filter, String> {
+    pub fn new(predicate: &str, rows: bool) -> Result<Filter, String> {
         Ok(Filter {
             predicate: std::sync::Arc::new(Expression::compile(predicate)?),
+            rows,
         })
     }
 }
 
 impl RowStage for Filter {
     fn plan(&self, input: &SchemaRef) -> Result<Box<dyn Step>, String> {
-        check_expression(&self.predicate, input, true, |v| match v {
+        check_expression(&self.predicate, input, !self.rows, |v| match v {
             Cel::Bool(_) => Ok(()),
             other => Err(format!("gives {}, not a bool", cel_type(other))),
         })
@@ -29,6 +32,7 @@ impl RowStage for Filter {
         Ok(Box::new(Planned {
             predicate: self.predicate.clone(),
             output: input.clone(),
+            rows: self.rows,
         }))
     }
 }
@@ -82,6 +86,7 @@ pub fn check_expression(
 struct Planned {
     predicate: std::sync::Arc<Expression>,
     output: SchemaRef,
+    rows: bool,
 }
 
 impl Step for Planned {
@@ -95,9 +100,20 @@ impl Step for Planned {
         op: RowOp,
         out: &mut Vec<RowOp>,
     ) -> Result<(), StageError> {
+        // Row mode: a delete removes a row the target may hold, whatever it was.
+        if self.rows && matches!(op, RowOp::Delete { .. }) {
+            out.push(op);
+            return Ok(());
+        }
         match self.predicate.eval(cx, &op) {
             Ok(Cel::Bool(true)) => out.push(op),
-            Ok(Cel::Bool(false)) => {}
+            Ok(Cel::Bool(false)) => match op {
+                // The row left the selection: the target must not keep it.
+                RowOp::Update { before, after } if self.rows => out.push(RowOp::Delete {
+                    before: before.unwrap_or(after),
+                }),
+                _ => {}
+            },
             Ok(other) => {
                 return Err(StageError::new(format!(
                     "the predicate gave {}, not a bool",

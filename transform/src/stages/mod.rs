@@ -18,7 +18,9 @@ pub use tables::{ExcludeColumns, Tables};
 /// Builds the stage a `[[transform]]` table describes.
 pub fn build(cfg: &TransformConfig) -> Result<Box<dyn RowStage>, String> {
     Ok(match &cfg.kind {
-        TransformKind::Filter { predicate } => Box::new(filter::Filter::new(predicate)?),
+        TransformKind::Filter { predicate, rows } => {
+            Box::new(filter::Filter::new(predicate, *rows)?)
+        }
         TransformKind::Route { to } => Box::new(route::Route::new(to)?),
         TransformKind::RenameColumns { renames } => Box::new(columns::Rename {
             renames: renames.clone(),
