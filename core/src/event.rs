@@ -149,7 +149,9 @@ pub struct TxContext {
     /// Identifies the transaction's commit: PostgreSQL, the commit record's LSN (pgoutput Begin's `final_lsn`);
     /// binlog sources, where the transaction's first event starts; snapshots, the snapshot's consistent point.
     pub commit_at: Position,
-    /// When the source committed it. PostgreSQL: the Begin message's commit timestamp (µs). MySQL 8: the GTID
+    /// When the source committed it. PostgreSQL: the Begin message's commit timestamp (µs); for a transaction
+    /// applied under a replication origin, logical decoding reports the origin's timestamp instead (the commit
+    /// time upstream, set with `pg_replication_origin_xact_setup`), `None` when it set none. MySQL 8: the GTID
     /// event's `immediate_commit_timestamp` (µs). MariaDB and MySQL 5.7: the GTID (or first) event header's
     /// timestamp, whole seconds (the time the transaction started writing to the binlog). `None` for
     /// snapshot reads, which belong to no source transaction.

@@ -220,9 +220,11 @@ fn int_in_range(i: i64, ty: &ColumnType) -> Result<Value, String> {
     }
 }
 
-/// The instant at which the wall clock of `zone` showed `wall` (an ambiguous time in a DST fall-back takes the
-/// earlier instant; a time skipped by a spring-forward is an error).
+/// The instant at which the wall clock of `zone` showed `wall`, by PostgreSQL's rules for `AT TIME ZONE`: a time
+/// the clocks repeat (fall-back) takes the offset in force after the transition, a time they skip
+/// (spring-forward) the offset in force before it.
 fn in_zone(wall: Timestamp, zone: Option<chrono_tz::Tz>) -> Result<Timestamp, String> {
+    use chrono::{LocalResult, Offset, TimeZone};
     let Some(zone) = zone else { return Ok(wall) };
     if !wall.is_finite() {
         return Ok(wall);
@@ -232,11 +234,19 @@ fn in_zone(wall: Timestamp, zone: Option<chrono_tz::Tz>) -> Result<Timestamp, St
         .and_then(chrono::DateTime::from_timestamp_micros)
         .ok_or_else(|| format!("{wall} is out of range"))?
         .naive_utc();
-    let local = naive
-        .and_local_timezone(zone)
-        .earliest()
-        .ok_or_else(|| format!("{wall} does not exist in {zone} (a daylight-saving gap)"))?;
-    Ok(Timestamp::from_unix_micros(local.timestamp_micros()))
+    let instant = match zone.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t.naive_utc(),
+        LocalResult::Ambiguous(_, later) => later.naive_utc(),
+        LocalResult::None => {
+            // The offset a day earlier: in force before the transition.
+            let before = naive - chrono::Duration::days(1);
+            let offset = zone.offset_from_utc_datetime(&before).fix();
+            naive - chrono::Duration::seconds(i64::from(offset.local_minus_utc()))
+        }
+    };
+    Ok(Timestamp::from_unix_micros(
+        instant.and_utc().timestamp_micros(),
+    ))
 }
 
 /// A CEL result as a value of `ty` (`compute`): the CEL type must fit the column type.

@@ -366,7 +366,9 @@ impl Streamer {
                 self.xid = Some(xid);
                 self.pending_begin = Some(TxContext {
                     commit_at: Position::Pg(final_lsn),
-                    commit_time: Some(Timestamp::from_pg_micros(commit_time_micros)),
+                    // 0: a transaction applied under a replication origin that set no origin timestamp.
+                    commit_time: (commit_time_micros != 0)
+                        .then(|| Timestamp::from_pg_micros(commit_time_micros)),
                     xid: Some(xid),
                     origin: Origin::default(),
                 });
