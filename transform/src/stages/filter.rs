@@ -72,10 +72,15 @@ pub fn check_expression(
             Ok(v) => result(&v)
                 .map_err(|e| format!("{:?} {e} (for {kind} of {})", expr.text, table.id))?,
             Err(Some(e)) => {
+                let hint = match kind {
+                    "deletes" => " (after is null for deletes: guard with op == 'd' || …, or use mode = \"rows\", where deletes always pass)",
+                    "inserts" => " (before is null for inserts and snapshot reads)",
+                    _ => "",
+                };
                 return Err(format!(
-                    "{:?} fails for {kind} of {}: {e}",
+                    "{:?} fails for {kind} of {}: {e}{hint}",
                     expr.text, table.id
-                ))
+                ));
             }
             Err(None) => {}
         }
