@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferry_config::{SinkKind, SourceConfig};
+use ferry_config::SourceConfig;
 use ferry_core::{Lsn, PipelineStats, Position};
 use ferry_source::postgres as pg;
 use serde::Serialize;
@@ -129,28 +129,7 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
         for sink in &p.sinks {
-            let reachable = match &sink.kind {
-                SinkKind::Postgres { url } => ferry_sink::postgres::connect(url).await.map(|_| ()),
-                SinkKind::Mysql { url } => ferry_sink::mysql::list_checkpoints(url, &p.name)
-                    .await
-                    .map(|_| ()),
-                SinkKind::Sqlite { path } => match path.parent() {
-                    Some(dir) if !path.exists() && !dir.as_os_str().is_empty() && !dir.is_dir() => {
-                        Err(ferry_core::Error::fatal(format!(
-                            "directory {} does not exist",
-                            dir.display()
-                        )))
-                    }
-                    _ => ferry_sink::sqlite::list_checkpoints(path, &p.name).map(|_| ()),
-                },
-                SinkKind::Discard { .. } => Ok(()),
-                #[cfg(feature = "kafka")]
-                SinkKind::Kafka(k) => ferry_sink::kafka::stored_checkpoint(k, &p.name, &sink.name)
-                    .await
-                    .map(|_| ()),
-                #[cfg(not(feature = "kafka"))]
-                SinkKind::Kafka(_) => Err(ferry_core::Error::fatal("built without the Kafka sink")),
-            };
+            let reachable = ferry_sink::registry::probe(&p.name, sink).await;
             match reachable {
                 Ok(()) => println!("  ok   sink {}: reachable", sink.name),
                 Err(e) => {
@@ -239,31 +218,8 @@ pub async fn status(
         let lag = |lsn: Lsn| current.map_or(0, |c| c.0.saturating_sub(lsn.0));
         let mut sinks = Vec::new();
         for sink in &p.sinks {
-            let rows = match &sink.kind {
-                SinkKind::Postgres { url } => {
-                    ferry_sink::postgres::list_checkpoints(url, &p.name).await?
-                }
-                SinkKind::Mysql { url } => {
-                    ferry_sink::mysql::list_checkpoints(url, &p.name).await?
-                }
-                SinkKind::Sqlite { path } => ferry_sink::sqlite::list_checkpoints(path, &p.name)?,
-                SinkKind::Discard { checkpoint_file } => {
-                    ferry_sink::discard::read_checkpoint(checkpoint_file)?
-                        .map(|(position, at)| (sink.name.clone(), position, at))
-                        .into_iter()
-                        .collect()
-                }
-                #[cfg(feature = "kafka")]
-                SinkKind::Kafka(k) => ferry_sink::kafka::stored_checkpoint(k, &p.name, &sink.name)
-                    .await?
-                    .map(|(position, at)| (sink.name.clone(), position, at))
-                    .into_iter()
-                    .collect(),
-                #[cfg(not(feature = "kafka"))]
-                SinkKind::Kafka(_) => Vec::new(),
-            };
-            let row = rows.into_iter().find(|(name, _, _)| *name == sink.name);
-            let position: Option<Position> = row.as_ref().and_then(|(_, pos, _)| pos.parse().ok());
+            let stored = ferry_sink::registry::stored_checkpoint(&p.name, sink).await?;
+            let position: Option<Position> = stored.as_ref().and_then(|c| c.position.parse().ok());
             let lag_bytes = position.as_ref().and_then(Position::as_lsn).map(lag);
             let live_lag = process
                 .and_then(|l| l.sinks.iter().find(|s| s.name == sink.name))
@@ -271,7 +227,7 @@ pub async fn status(
             sinks.push(SinkStatus {
                 name: sink.name.clone(),
                 checkpoint: position.as_ref().map(ToString::to_string),
-                updated_at: row.map(|(_, _, at)| at),
+                updated_at: stored.map(|c| c.updated_at),
                 lag_bytes,
                 lag_seconds: live_lag.or((lag_bytes == Some(0)).then_some(0.0)),
             });
@@ -473,26 +429,7 @@ pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
             );
         }
         for sink in &p.sinks {
-            match &sink.kind {
-                SinkKind::Postgres { url } => {
-                    ferry_sink::postgres::delete_checkpoints(url, &p.name).await?;
-                }
-                SinkKind::Mysql { url } => {
-                    ferry_sink::mysql::delete_checkpoints(url, &p.name).await?;
-                }
-                SinkKind::Sqlite { path } => {
-                    ferry_sink::sqlite::delete_checkpoints(path, &p.name)?;
-                }
-                SinkKind::Discard { checkpoint_file } => {
-                    ferry_sink::discard::delete_checkpoint(checkpoint_file)?;
-                }
-                #[cfg(feature = "kafka")]
-                SinkKind::Kafka(k) => {
-                    ferry_sink::kafka::delete_checkpoint(k, &p.name, &sink.name).await?;
-                }
-                #[cfg(not(feature = "kafka"))]
-                SinkKind::Kafka(_) => anyhow::bail!("this ferry was built without the Kafka sink"),
-            }
+            ferry_sink::registry::delete_checkpoints(&p.name, sink).await?;
             println!("pipeline {}: sink {} checkpoint removed", p.name, sink.name);
         }
     }

@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use ferry_config::{PipelineConfig, SinkKind, SourceConfig};
+use ferry_config::PipelineConfig;
 use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
 use ferry_core::{
-    Error, ErrorClass, Event, PipelineState, PipelineStats, Position, Sink, TableId, Transform,
+    Error, ErrorClass, PipelineState, PipelineStats, Position, Sink, Source, SourceExit, TableId,
+    Transform,
 };
-use ferry_sink::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
-use ferry_source::mysql::{self, MysqlSourceSettings};
-use ferry_source::postgres::{self as pg, PgSourceSettings, SourceExit};
 use ferry_transform::Chain;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -91,119 +89,6 @@ pub async fn run_pipeline(
     }
 }
 
-/// A sink of any kind, so sinks of different kinds share one pipeline.
-enum AnySink {
-    Postgres(PostgresSink),
-    Mysql(MysqlSink),
-    #[cfg(feature = "kafka")]
-    Kafka(Box<ferry_sink::kafka::KafkaSink>),
-    Sqlite(SqliteSink),
-    Discard(DiscardSink),
-}
-
-impl Sink for AnySink {
-    fn name(&self) -> &str {
-        match self {
-            AnySink::Postgres(s) => s.name(),
-            AnySink::Mysql(s) => s.name(),
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.name(),
-            AnySink::Sqlite(s) => s.name(),
-            AnySink::Discard(s) => s.name(),
-        }
-    }
-
-    async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
-        match self {
-            AnySink::Postgres(s) => s.checkpoint().await,
-            AnySink::Mysql(s) => s.checkpoint().await,
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.checkpoint().await,
-            AnySink::Sqlite(s) => s.checkpoint().await,
-            AnySink::Discard(s) => s.checkpoint().await,
-        }
-    }
-
-    async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
-        match self {
-            AnySink::Postgres(s) => s.recopies().await,
-            AnySink::Mysql(s) => s.recopies().await,
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.recopies().await,
-            AnySink::Sqlite(s) => s.recopies().await,
-            AnySink::Discard(s) => s.recopies().await,
-        }
-    }
-
-    async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
-        match self {
-            AnySink::Postgres(s) => s.apply(events, commit).await,
-            AnySink::Mysql(s) => s.apply(events, commit).await,
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.apply(events, commit).await,
-            AnySink::Sqlite(s) => s.apply(events, commit).await,
-            AnySink::Discard(s) => s.apply(events, commit).await,
-        }
-    }
-}
-
-async fn open_sink(config: &PipelineConfig, index: usize) -> Result<AnySink, Error> {
-    let sink = &config.sinks[index];
-    Ok(match &sink.kind {
-        SinkKind::Postgres { url } => {
-            AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?)
-        }
-        SinkKind::Mysql { url } => {
-            AnySink::Mysql(MysqlSink::connect(&sink.name, &config.name, url).await?)
-        }
-        SinkKind::Sqlite { path } => {
-            AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
-        }
-        SinkKind::Discard { checkpoint_file } => {
-            AnySink::Discard(DiscardSink::new(&sink.name, &config.name, checkpoint_file)?)
-        }
-        #[cfg(feature = "kafka")]
-        SinkKind::Kafka(kafka) => AnySink::Kafka(Box::new(
-            ferry_sink::kafka::KafkaSink::connect(
-                &sink.name,
-                &config.name,
-                kafka,
-                source_info(config, kafka),
-            )
-            .await?,
-        )),
-        #[cfg(not(feature = "kafka"))]
-        SinkKind::Kafka(_) => {
-            return Err(Error::fatal(
-                "this ferry was built without the Kafka sink (cargo feature \"kafka\")",
-            ))
-        }
-    })
-}
-
-/// What a Kafka sink's records say about their source (Debezium's `source` block).
-#[cfg(feature = "kafka")]
-fn source_info(
-    config: &PipelineConfig,
-    kafka: &ferry_config::KafkaSink,
-) -> ferry_sink::kafka::SourceInfo {
-    let (connector, url) = match &config.source {
-        SourceConfig::Postgres(p) => ("postgresql", p.url.as_str()),
-        SourceConfig::Mysql(m) => ("mysql", m.url.as_str()),
-    };
-    // The database is the URL's path: scheme://user@host:port/db?options.
-    let db = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(_, path)| path.split(['?', '/']).next().unwrap_or_default().to_owned())
-        .unwrap_or_default();
-    ferry_sink::kafka::SourceInfo {
-        connector,
-        name: kafka.topic_prefix.clone(),
-        db,
-    }
-}
-
 async fn run_once(
     config: &PipelineConfig,
     stats: &Arc<PipelineStats>,
@@ -213,7 +98,7 @@ async fn run_once(
     let mut checkpoints = Vec::with_capacity(config.sinks.len());
     let mut recopies = Vec::new();
     for i in 0..config.sinks.len() {
-        let mut sink = open_sink(config, i).await?;
+        let mut sink = ferry_sink::registry::open(config, i).await?;
         let checkpoint = sink.checkpoint().await?;
         if let Some(r) = sink.recopies().await? {
             recopies.push(r);
@@ -274,32 +159,8 @@ async fn run_once(
         stats.clone(),
     ));
 
-    let source = async {
-        match &config.source {
-            SourceConfig::Postgres(source) => {
-                let settings = PgSourceSettings {
-                    pipeline: config.name.clone(),
-                    config: source.clone(),
-                    heartbeat_interval: config.heartbeat_interval,
-                    snapshot_parallelism: config.snapshot_parallelism,
-                    source_timeout: config.source_timeout,
-                    recopies: agreed_recopies(&recopies),
-                };
-                pg::run(&settings, resume, events_tx, acked, shutdown, stats.clone()).await
-            }
-            SourceConfig::Mysql(source) => {
-                // The binlog needs no acknowledgements: the server keeps it regardless of replicas.
-                drop(acked);
-                let settings = MysqlSourceSettings {
-                    pipeline: config.name.clone(),
-                    source_timeout: config.source_timeout,
-                    config: source.clone(),
-                    snapshot_parallelism: config.snapshot_parallelism,
-                };
-                mysql::run(&settings, resume, events_tx, shutdown, stats.clone()).await
-            }
-        }
-    };
+    let source = ferry_source::registry::open(config, agreed_recopies(&recopies), stats.clone())
+        .run(resume, events_tx, acked, shutdown);
     tokio::pin!(source);
 
     let mut source_result = None;

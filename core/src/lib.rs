@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod position;
 pub mod schema;
 pub mod sink;
+pub mod source;
 pub mod stats;
 pub mod temporal;
 pub mod value;
@@ -35,6 +36,7 @@ pub use schema::{
     enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,
 };
 pub use sink::{Sink, Transform};
+pub use source::{Source, SourceExit};
 pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};
 pub use value::{Decimal, Uuid, Value};

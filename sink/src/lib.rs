@@ -10,12 +10,14 @@ pub mod kafka;
 pub mod mysql;
 pub mod postgres;
 pub mod recopy;
+pub mod registry;
 mod rows;
 pub mod sqlite;
 
 pub use discard::DiscardSink;
 pub use mysql::MysqlSink;
 pub use postgres::PostgresSink;
+pub use registry::AnySink;
 pub use sqlite::SqliteSink;
 
 use ferry_core::Error;

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod mysql;
 pub mod postgres;
+pub mod registry;
 mod snapshot;
 
 pub use check::CheckOutcome;

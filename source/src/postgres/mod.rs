@@ -52,14 +52,7 @@ pub async fn connect_client(url: &str) -> Result<Client, Error> {
     Ok(client)
 }
 
-/// How the source ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceExit {
-    /// Shutdown was requested; the final status update was sent.
-    Shutdown,
-    /// `snapshot = "only"` finished its copy.
-    SnapshotDone,
-}
+pub use ferry_core::SourceExit;
 
 /// Everything the source needs besides its channels.
 #[derive(Debug, Clone)]

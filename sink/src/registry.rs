@@ -1,0 +1,185 @@
+//! The one place that maps a configured sink kind (`[[sink]] type = "…"`) to its implementation: opening it for a
+//! pipeline, and reading, deleting or probing its stored checkpoint for `ferry status`, `reset` and `check`.
+//! Adding a sink means a module of its own and an arm in each function here.
+
+use ferry_config::{PipelineConfig, SinkConfig, SinkKind};
+use ferry_core::{Error, Event, Position, Sink, TableId};
+
+use crate::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
+
+/// A sink of any kind, so sinks of different kinds share one pipeline.
+pub enum AnySink {
+    Postgres(PostgresSink),
+    Mysql(MysqlSink),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<crate::kafka::KafkaSink>),
+    Sqlite(SqliteSink),
+    Discard(DiscardSink),
+}
+
+/// Calls `$body` with `$s` bound to the sink inside `$any`, whatever its kind.
+macro_rules! each {
+    ($any:expr, $s:ident => $body:expr) => {
+        match $any {
+            AnySink::Postgres($s) => $body,
+            AnySink::Mysql($s) => $body,
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka($s) => $body,
+            AnySink::Sqlite($s) => $body,
+            AnySink::Discard($s) => $body,
+        }
+    };
+}
+
+impl Sink for AnySink {
+    fn name(&self) -> &str {
+        each!(self, s => s.name())
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
+        each!(self, s => s.checkpoint().await)
+    }
+
+    async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
+        each!(self, s => s.recopies().await)
+    }
+
+    async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        each!(self, s => s.apply(events, commit).await)
+    }
+}
+
+#[cfg(not(feature = "kafka"))]
+fn no_kafka() -> Error {
+    Error::fatal("this ferry was built without the Kafka sink (cargo feature \"kafka\")")
+}
+
+/// Opens sink `index` of `config` (connects, takes its lease, creates its checkpoint table).
+pub async fn open(config: &PipelineConfig, index: usize) -> Result<AnySink, Error> {
+    let sink = &config.sinks[index];
+    Ok(match &sink.kind {
+        SinkKind::Postgres { url } => {
+            AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?)
+        }
+        SinkKind::Mysql { url } => {
+            AnySink::Mysql(MysqlSink::connect(&sink.name, &config.name, url).await?)
+        }
+        SinkKind::Sqlite { path } => {
+            AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
+        }
+        SinkKind::Discard { checkpoint_file } => {
+            AnySink::Discard(DiscardSink::new(&sink.name, &config.name, checkpoint_file)?)
+        }
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(kafka) => AnySink::Kafka(Box::new(
+            crate::kafka::KafkaSink::connect(
+                &sink.name,
+                &config.name,
+                kafka,
+                source_info(config, kafka),
+            )
+            .await?,
+        )),
+        #[cfg(not(feature = "kafka"))]
+        SinkKind::Kafka(_) => return Err(no_kafka()),
+    })
+}
+
+/// What a Kafka sink's records say about their source (Debezium's `source` block).
+#[cfg(feature = "kafka")]
+fn source_info(
+    config: &PipelineConfig,
+    kafka: &ferry_config::KafkaSink,
+) -> crate::kafka::SourceInfo {
+    let (connector, url) = match &config.source {
+        ferry_config::SourceConfig::Postgres(p) => ("postgresql", p.url.as_str()),
+        ferry_config::SourceConfig::Mysql(m) => ("mysql", m.url.as_str()),
+    };
+    // The database is the URL's path: scheme://user@host:port/db?options.
+    let db = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path.split(['?', '/']).next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    crate::kafka::SourceInfo {
+        connector,
+        name: kafka.topic_prefix.clone(),
+        db,
+    }
+}
+
+/// A checkpoint as a sink stores it: the position's text and when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub position: String,
+    pub updated_at: String,
+}
+
+/// The checkpoint `sink` of `pipeline` stored, without opening it as a pipeline would (no lease).
+pub async fn stored_checkpoint(
+    pipeline: &str,
+    sink: &SinkConfig,
+) -> Result<Option<StoredCheckpoint>, Error> {
+    let pick = |rows: Vec<(String, String, String)>| {
+        rows.into_iter()
+            .find(|(name, _, _)| *name == sink.name)
+            .map(|(_, position, updated_at)| StoredCheckpoint {
+                position,
+                updated_at,
+            })
+    };
+    let one = |row: Option<(String, String)>| {
+        row.map(|(position, updated_at)| StoredCheckpoint {
+            position,
+            updated_at,
+        })
+    };
+    Ok(match &sink.kind {
+        SinkKind::Postgres { url } => pick(crate::postgres::list_checkpoints(url, pipeline).await?),
+        SinkKind::Mysql { url } => pick(crate::mysql::list_checkpoints(url, pipeline).await?),
+        SinkKind::Sqlite { path } => pick(crate::sqlite::list_checkpoints(path, pipeline)?),
+        SinkKind::Discard { checkpoint_file } => {
+            one(crate::discard::read_checkpoint(checkpoint_file)?)
+        }
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(k) => one(crate::kafka::stored_checkpoint(k, pipeline, &sink.name).await?),
+        #[cfg(not(feature = "kafka"))]
+        SinkKind::Kafka(_) => return Err(no_kafka()),
+    })
+}
+
+/// Deletes every checkpoint of `pipeline` that `sink`'s target holds (`ferry reset`).
+pub async fn delete_checkpoints(pipeline: &str, sink: &SinkConfig) -> Result<(), Error> {
+    match &sink.kind {
+        SinkKind::Postgres { url } => {
+            crate::postgres::delete_checkpoints(url, pipeline).await?;
+        }
+        SinkKind::Mysql { url } => crate::mysql::delete_checkpoints(url, pipeline).await?,
+        SinkKind::Sqlite { path } => {
+            crate::sqlite::delete_checkpoints(path, pipeline)?;
+        }
+        SinkKind::Discard { checkpoint_file } => {
+            crate::discard::delete_checkpoint(checkpoint_file)?;
+        }
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(k) => crate::kafka::delete_checkpoint(k, pipeline, &sink.name).await?,
+        #[cfg(not(feature = "kafka"))]
+        SinkKind::Kafka(_) => return Err(no_kafka()),
+    }
+    Ok(())
+}
+
+/// Whether `sink`'s target can be reached and read (`ferry check`); the error says why not.
+pub async fn probe(pipeline: &str, sink: &SinkConfig) -> Result<(), Error> {
+    match &sink.kind {
+        SinkKind::Postgres { url } => crate::postgres::connect(url).await.map(drop),
+        SinkKind::Sqlite { path } => match path.parent() {
+            Some(dir) if !path.exists() && !dir.as_os_str().is_empty() && !dir.is_dir() => Err(
+                Error::fatal(format!("directory {} does not exist", dir.display())),
+            ),
+            _ => stored_checkpoint(pipeline, sink).await.map(drop),
+        },
+        SinkKind::Discard { .. } => Ok(()),
+        _ => stored_checkpoint(pipeline, sink).await.map(drop),
+    }
+}

@@ -1,0 +1,69 @@
+//! The one place that maps a configured source kind (`[source] type = "…"`) to its implementation. Adding a
+//! source means a module of its own and an arm here.
+
+use std::sync::Arc;
+
+use ferry_config::{PipelineConfig, SourceConfig};
+use ferry_core::{Error, Event, PipelineStats, Position, Source, SourceExit, TableId};
+use tokio::sync::{mpsc, watch};
+
+use crate::mysql::MysqlSourceSettings;
+use crate::postgres::PgSourceSettings;
+
+/// A source of any kind.
+pub enum AnySource {
+    Postgres(PgSourceSettings, Arc<PipelineStats>),
+    Mysql(MysqlSourceSettings, Arc<PipelineStats>),
+}
+
+/// The source `config` describes. `recopies`: online re-copies under way in the sinks, with the cursor they
+/// agree on (PostgreSQL sources resume them).
+pub fn open(
+    config: &PipelineConfig,
+    recopies: Vec<(TableId, Option<String>)>,
+    stats: Arc<PipelineStats>,
+) -> AnySource {
+    match &config.source {
+        SourceConfig::Postgres(source) => AnySource::Postgres(
+            PgSourceSettings {
+                pipeline: config.name.clone(),
+                config: source.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+                snapshot_parallelism: config.snapshot_parallelism,
+                source_timeout: config.source_timeout,
+                recopies,
+            },
+            stats,
+        ),
+        SourceConfig::Mysql(source) => AnySource::Mysql(
+            MysqlSourceSettings {
+                pipeline: config.name.clone(),
+                source_timeout: config.source_timeout,
+                config: source.clone(),
+                snapshot_parallelism: config.snapshot_parallelism,
+            },
+            stats,
+        ),
+    }
+}
+
+impl Source for AnySource {
+    async fn run(
+        self,
+        resume: Option<Position>,
+        events: mpsc::Sender<Event>,
+        acked: watch::Receiver<Option<Position>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<SourceExit, Error> {
+        match self {
+            AnySource::Postgres(settings, stats) => {
+                crate::postgres::run(&settings, resume, events, acked, shutdown, stats).await
+            }
+            // The binlog needs no acknowledgements: the server keeps it regardless of replicas.
+            AnySource::Mysql(settings, stats) => {
+                drop(acked);
+                crate::mysql::run(&settings, resume, events, shutdown, stats).await
+            }
+        }
+    }
+}
