@@ -407,4 +407,21 @@ mod tests {
             .iter()
             .all(|e| e.file == Path::new("/etc/ferry/p.toml")));
     }
+
+    /// Every file in examples/ is a valid config as written (with its `${VAR}`s set).
+    #[test]
+    fn the_examples_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                load_str(&path, &text, &|_| Some("x".to_owned()))
+                    .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "{n} examples");
+    }
 }

@@ -417,3 +417,16 @@ fn a_row_filter_turns_an_update_leaving_the_selection_into_a_delete() {
         .collect();
     assert_eq!(ops, ["u", "d", "d"]);
 }
+
+/// The functions docs/transforms.md names work on row values.
+#[test]
+fn documented_functions_work() {
+    let (mut c, _) = chain(
+        "[[transform]]\ntype = \"filter\"\nmode = \"rows\"\nwhere = \"after.email.matches('^ada[0-9]+@') && after.email.endsWith('.com') \
+         && size(after.first_name) == 3 && int('7') == 7 && has(after.status) && after.first_name.startsWith('A') \
+         && string(after.id) == '1' && [1, 2].exists(x, x == 2) && after.last_name.contains('love') == false\"\n",
+    );
+    let t = customers();
+    let out = run(&mut c, vec![begin(1), insert(&t, row(1, "x"))]).unwrap();
+    assert_eq!(rows(&out).len(), 1);
+}
