@@ -106,7 +106,7 @@ impl Bench {
             "shop",
             "CREATE PUBLICATION native_pub FOR TABLE bench_rows, bench_single, bench_big, bench_marker",
         );
-        for db in ["ferry_pg", "native"] {
+        for db in ["ferry_pg", "native", "ferry_chain"] {
             target.create_db(db);
         }
         target.psql("native", TABLES);
@@ -285,6 +285,110 @@ impl Bench {
     }
 }
 
+/// The 4-stage chain of the benchmark: filter + mask + compute + route.
+const CHAIN: &str = r#"
+[[transform]]
+type = "filter"
+tables = ["public.bench_rows"]
+where = "op == 'd' || after.qty >= 0"
+[[transform]]
+type = "mask"
+columns = ["public.bench_rows.note"]
+with = "sha256"
+salt = "bench"
+[[transform]]
+type = "compute"
+tables = ["public.bench_rows"]
+column = "qty2"
+column_type = "bigint"
+expression = "after.qty * 2"
+[[transform]]
+type = "route"
+tables = ["public.bench_rows"]
+to = "chain.bench_rows"
+"#;
+
+/// The chain alone, in this process, over `n` insert events of `bench_rows` in 1,000-row transactions: its CPU
+/// time per row without decoding or writing.
+fn chain_in_process(n: u64) -> Measure {
+    use ferry_core::{
+        Change, Column, ColumnType, Event, Lsn, PipelineStats, Position, RowOp, TableId,
+        TableSchema, Timestamp, Transform, Value,
+    };
+    use std::sync::Arc;
+    let text = format!(
+        "[pipeline]\nname = \"c\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\n\
+         [sink]\ntype = \"discard\"\npath = \"/dev/null\"\n{CHAIN}"
+    );
+    let config = ferry_config::load_str(std::path::Path::new("bench.toml"), &text, &|_| None)
+        .expect("the bench chain's config");
+    let stats = Arc::new(PipelineStats::new("c", &["s"]));
+    let mut chain = ferry_transform::Chain::new(&config, stats)
+        .expect("the bench chain")
+        .expect("stages");
+    let col = |name: &str, ty: ColumnType, st: &str| Column::new(name, ty, st, false);
+    let table = Arc::new(TableSchema {
+        id: TableId::new("public", "bench_rows"),
+        columns: vec![
+            col("id", ColumnType::Int8, "bigint"),
+            col("qty", ColumnType::Int4, "integer"),
+            col("note", ColumnType::Text, "text"),
+            col("at", ColumnType::TimestampTz, "timestamp with time zone"),
+        ],
+        primary_key: vec![0],
+        identity: Vec::new(),
+        version: 1,
+        relation_id: Some(1),
+        lineage: Default::default(),
+        dialect: Default::default(),
+    });
+    let mut out = Vec::with_capacity(1100);
+    let mut busy = Duration::ZERO;
+    let mut kept = 0u64;
+    for t in 0..n / 1000 {
+        let mut events = Vec::with_capacity(1002);
+        events.push(Event::begin_at(Position::Pg(Lsn(t * 2 + 1))));
+        for id in t * 1000 + 1..=t * 1000 + 1000 {
+            events.push(Event::Change(Change::Row {
+                table: table.clone(),
+                op: RowOp::Insert {
+                    after: vec![
+                        Value::Int(id as i64),
+                        Value::Int((id % 100) as i64),
+                        Value::Text(format!("{:032x}", id.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+                        Value::TimestampTz(Timestamp::now()),
+                    ],
+                },
+            }));
+        }
+        events.push(Event::Commit {
+            position: Position::Pg(Lsn(t * 2 + 2)),
+            commit_time: Timestamp::now(),
+        });
+        let started = Instant::now();
+        for e in events {
+            chain.apply(e, &mut out).expect("the chain");
+        }
+        busy += started.elapsed();
+        kept += out.len() as u64 - 2;
+        out.clear();
+    }
+    assert_eq!(kept, n, "the chain dropped rows");
+    eprintln!(
+        "bench:   the chain alone: {:.0} ns per row",
+        busy.as_secs_f64() / n as f64 * 1e9
+    );
+    Measure {
+        workload: "4-stage chain alone, in process".to_owned(),
+        anchor: "–",
+        rows: n,
+        ferry: busy,
+        anchor_time: None,
+        ferry_peak_rss_mb: f64::NAN,
+        ferry_cpu_cores: 1.0,
+    }
+}
+
 /// One full run: every workload once.
 fn run_once(n: u64) -> Vec<Measure> {
     let mut b = Bench::new();
@@ -311,9 +415,23 @@ fn run_once(n: u64) -> Vec<Measure> {
         "never",
         &format!("type = \"discard\"\npath = \"{}\"", decode_pos.display()),
     );
+    // The same inserts through a 4-stage chain.
+    let chain = b.pipeline(
+        "bench_chain",
+        "[\"public.bench_rows\", \"public.bench_marker\"]",
+        "initial",
+        &format!(
+            "type = \"postgres\"\nurl = \"{}\"\n{CHAIN}",
+            b.target.url("ferry_chain")
+        ),
+    );
     let ferry_pg = Probe::connect(&b.target.url("ferry_pg"));
     b.prime(&pg, || {
         ferry_pg.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
+    });
+    let ferry_chain = Probe::connect(&b.target.url("ferry_chain"));
+    b.prime(&chain, || {
+        ferry_chain.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
     });
     b.prime(&sqlite, || {
         !sqlite_rows(&sqlite_db, "SELECT 1 FROM ferry_checkpoints").is_empty()
@@ -400,7 +518,36 @@ fn run_once(n: u64) -> Vec<Measure> {
         n,
     );
     let native = inserts.anchor_time;
+    let (plain, plain_cores) = (inserts.ferry, inserts.ferry_cpu_cores);
     out.push(inserts);
+    let (took, rss, cores) = b.ferry_apply(&chain, &ferry_chain);
+    assert_eq!(
+        b.target.psql(
+            "ferry_chain",
+            "SELECT count(*), sum(qty2), count(DISTINCT length(note)) FROM chain.bench_rows"
+        ),
+        b.source
+            .psql("shop", "SELECT count(*), sum(qty) * 2, 1 FROM bench_rows"),
+        "the chain's target differs from what the chain makes of the source"
+    );
+    b.source.psql(
+        "shop",
+        "SELECT pg_drop_replication_slot('ferry_bench_chain')",
+    );
+    eprintln!(
+        "bench:   chain CPU per row (process CPU with the chain minus without): {:.0} ns",
+        (cores * took.as_secs_f64() - plain_cores * plain.as_secs_f64()) / n as f64 * 1e9
+    );
+    out.push(Measure {
+        workload: "PG→PG inserts, 4-stage chain".to_owned(),
+        anchor: "ferry without transforms",
+        rows: n,
+        ferry: took,
+        anchor_time: Some(plain),
+        ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
+    });
+    out.push(chain_in_process(n));
     let started = Instant::now();
     let ferry = Ferry::start(&sqlite.config, &sqlite.log);
     let took = time_until(started, "ferry sqlite", || {

@@ -10,6 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, LiteralValue};
+use cel::common::value::CowVal;
+use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program, Value as Cel};
 use ferry_core::{Decimal, Dialect, Row, RowOp, TableSchema, Value};
 
@@ -27,10 +29,7 @@ pub struct Expression {
     program: Program,
     /// The columns read through `before.x` / `after.x`; `None` when the expression uses a whole image.
     columns: Option<BTreeSet<String>>,
-    uses: [bool; 6],
 }
-
-const VARIABLES: [&str; 6] = ["op", "before", "after", "table", "source", "tx"];
 
 impl Expression {
     /// Compiles `text` (the config already checked its syntax; this repeats it for the message).
@@ -38,13 +37,10 @@ impl Expression {
         let program = Program::compile(text).map_err(|e| e.to_string().trim().to_owned())?;
         let mut columns = Some(BTreeSet::new());
         walk(program.expression(), &mut columns);
-        let refs = program.references();
-        let uses = VARIABLES.map(|v| refs.has_variable(v));
         Ok(Expression {
             text: text.to_owned(),
             program,
             columns,
-            uses,
         })
     }
 
@@ -93,67 +89,20 @@ impl Expression {
     }
 
     fn run(&self, cx: &RowContext<'_>, op: &RowOp) -> Result<Cel, ExecutionError> {
-        let mut ctx = Context::with_env(env());
-        let table = cx.table;
         let (before, after): (Option<&Row>, Option<&Row>) = match op {
             RowOp::Insert { after } | RowOp::Read { after } => (None, Some(after)),
             RowOp::Update { before, after } => (before.as_ref(), Some(after)),
             RowOp::Delete { before } => (Some(before), None),
         };
-        if self.uses[0] {
-            let code = match op {
-                RowOp::Insert { .. } => "c",
-                RowOp::Update { .. } => "u",
-                RowOp::Delete { .. } => "d",
-                RowOp::Read { .. } => "r",
-            };
-            ctx.add_variable_from_value("op", code);
-        }
-        if self.uses[1] {
-            ctx.add_variable_from_value("before", self.image(table, before, None));
-        }
-        if self.uses[2] {
-            ctx.add_variable_from_value("after", self.image(table, after, before));
-        }
-        if self.uses[3] {
-            ctx.add_variable_from_value("table", table.id.to_string());
-        }
-        if self.uses[4] {
-            let connector = match table.dialect {
-                Dialect::Postgres => "postgresql",
-                Dialect::Mysql => "mysql",
-            };
-            let source: HashMap<&str, Cel> = HashMap::from([
-                ("schema", Cel::from(table.id.schema.clone())),
-                ("table", Cel::from(table.id.name.clone())),
-                ("connector", Cel::from(connector)),
-            ]);
-            ctx.add_variable_from_value("source", source);
-        }
-        if self.uses[5] {
-            let opt = |s: Option<String>| s.map_or(Cel::Null, Cel::from);
-            let tx = cx.tx;
-            let map: HashMap<&str, Cel> = HashMap::from([
-                (
-                    "commit_time",
-                    tx.and_then(|t| t.commit_time).map_or(Cel::Null, timestamp),
-                ),
-                (
-                    "xid",
-                    tx.and_then(|t| t.xid)
-                        .map_or(Cel::Null, |x| Cel::Int(x.into())),
-                ),
-                ("origin", opt(tx.and_then(|t| t.origin.name.clone()))),
-                (
-                    "server_id",
-                    tx.and_then(|t| t.origin.server_id)
-                        .map_or(Cel::Null, |x| Cel::Int(x.into())),
-                ),
-                ("gtid", opt(tx.and_then(|t| t.origin.gtid.clone()))),
-                ("position", opt(tx.map(|t| t.commit_at.to_string()))),
-            ]);
-            ctx.add_variable_from_value("tx", map);
-        }
+        let vars = RowVariables {
+            expr: self,
+            cx,
+            op,
+            before,
+            after,
+        };
+        let mut ctx = Context::with_env(env());
+        ctx.set_variable_resolver(&vars);
         self.program.execute(&ctx)
     }
 
@@ -170,17 +119,109 @@ impl Expression {
             {
                 continue;
             }
-            let value = match row.get(i) {
-                Some(Value::Unchanged) => match old.and_then(|o| o.get(i)) {
-                    Some(v) if *v != Value::Unchanged => v,
-                    _ => continue,
-                },
-                Some(v) => v,
-                None => continue,
-            };
-            map.insert(col.name.clone(), to_cel(value));
+            if let Some(v) = sent(row, old, i) {
+                map.insert(col.name.clone(), to_cel(v));
+            }
         }
         Cel::from(map)
+    }
+}
+
+/// Column `i` of `row` as the change knows it: an unchanged value (TOAST, not sent) reads as the old image's
+/// value when the change carries it; `None` when it does not.
+fn sent<'r>(row: &'r Row, old: Option<&'r Row>, i: usize) -> Option<&'r Value> {
+    match row.get(i)? {
+        Value::Unchanged => old
+            .and_then(|o| o.get(i))
+            .filter(|v| **v != Value::Unchanged),
+        v => Some(v),
+    }
+}
+
+/// The variables of one evaluation, resolved when the expression reads them: `after.qty` is read straight from
+/// the row (CEL asks for the qualified name first), so a row's map is built only for an expression that uses a
+/// whole image (`has(after.x)`, `after["x"]`, `after` passed on).
+struct RowVariables<'a> {
+    expr: &'a Expression,
+    cx: &'a RowContext<'a>,
+    op: &'a RowOp,
+    before: Option<&'a Row>,
+    after: Option<&'a Row>,
+}
+
+impl RowVariables<'_> {
+    fn column(&self, image: Option<&Row>, old: Option<&Row>, name: &str) -> Option<Cel> {
+        let i = self.cx.table.columns.iter().position(|c| c.name == name)?;
+        sent(image?, old, i).map(to_cel)
+    }
+
+    fn variable(&self, name: &str) -> Option<Cel> {
+        let table = self.cx.table;
+        Some(match name {
+            "op" => Cel::from(match self.op {
+                RowOp::Insert { .. } => "c",
+                RowOp::Update { .. } => "u",
+                RowOp::Delete { .. } => "d",
+                RowOp::Read { .. } => "r",
+            }),
+            "after" => self.expr.image(table, self.after, self.before),
+            "before" => self.expr.image(table, self.before, None),
+            "table" => Cel::from(table.id.to_string()),
+            "source" => {
+                let connector = match table.dialect {
+                    Dialect::Postgres => "postgresql",
+                    Dialect::Mysql => "mysql",
+                };
+                let source: HashMap<&str, Cel> = HashMap::from([
+                    ("schema", Cel::from(table.id.schema.clone())),
+                    ("table", Cel::from(table.id.name.clone())),
+                    ("connector", Cel::from(connector)),
+                ]);
+                Cel::from(source)
+            }
+            "tx" => {
+                let opt = |s: Option<String>| s.map_or(Cel::Null, Cel::from);
+                let tx = self.cx.tx;
+                let map: HashMap<&str, Cel> = HashMap::from([
+                    (
+                        "commit_time",
+                        tx.and_then(|t| t.commit_time).map_or(Cel::Null, timestamp),
+                    ),
+                    (
+                        "xid",
+                        tx.and_then(|t| t.xid)
+                            .map_or(Cel::Null, |x| Cel::Int(x.into())),
+                    ),
+                    ("origin", opt(tx.and_then(|t| t.origin.name.clone()))),
+                    (
+                        "server_id",
+                        tx.and_then(|t| t.origin.server_id)
+                            .map_or(Cel::Null, |x| Cel::Int(x.into())),
+                    ),
+                    ("gtid", opt(tx.and_then(|t| t.origin.gtid.clone()))),
+                    ("position", opt(tx.map(|t| t.commit_at.to_string()))),
+                ]);
+                Cel::from(map)
+            }
+            _ => {
+                // `after.x` / `before.x`: the column's value, or nothing (CEL then reads the whole image and
+                // reports the missing key or the null image).
+                let (image, column) = name.split_once('.')?;
+                match image {
+                    "after" => self.column(self.after, self.before, column)?,
+                    "before" => self.column(self.before, None, column)?,
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+impl VariableResolver for RowVariables<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let value = self.variable(variable)?;
+        let boxed: Box<dyn cel::common::value::Val> = value.try_into().ok()?;
+        Some(CowVal::Owned(boxed))
     }
 }
 

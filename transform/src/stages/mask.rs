@@ -58,6 +58,17 @@ struct Planned {
     with: MaskKind,
 }
 
+/// Lower-case hex digits of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
 /// `text` with every character but the `n` first (`first`) or last replaced by `*`.
 fn keep(text: &str, n: usize, first: bool) -> String {
     let len = text.chars().count();
@@ -84,8 +95,11 @@ impl Planned {
             MaskKind::Sha256 { salt } => {
                 let mut h = Sha256::new();
                 h.update(salt.as_bytes());
-                h.update(text().as_bytes());
-                Value::Text(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+                match &v {
+                    Value::Text(s) => h.update(s.as_bytes()),
+                    other => h.update(text_of(other).unwrap_or_default().as_bytes()),
+                }
+                Value::Text(hex(&h.finalize()))
             }
             MaskKind::Redact { value } => Value::Text(value.clone()),
             MaskKind::Null => Value::Null,
