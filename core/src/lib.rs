@@ -14,6 +14,7 @@ pub mod batch;
 pub mod binlog_position;
 pub mod error;
 pub mod event;
+pub mod pg_text;
 pub mod pipeline;
 pub mod position;
 pub mod schema;

@@ -162,6 +162,20 @@ pub enum Lineage {
 }
 
 impl TableSchema {
+    /// A schema naming `id` and nothing else: no columns, no key, version 0 (for what needs only the name).
+    pub fn named(id: TableId, dialect: Dialect) -> TableSchema {
+        TableSchema {
+            id,
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            identity: Vec::new(),
+            version: 0,
+            relation_id: None,
+            lineage: Lineage::default(),
+            dialect,
+        }
+    }
+
     /// The position of a column by name.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)

@@ -151,7 +151,7 @@ struct RowVariables<'a> {
 
 impl RowVariables<'_> {
     fn column(&self, image: Option<&Row>, old: Option<&Row>, name: &str) -> Option<Cel> {
-        let i = self.cx.table.columns.iter().position(|c| c.name == name)?;
+        let i = self.cx.table.column_index(name)?;
         sent(image?, old, i).map(to_cel)
     }
 

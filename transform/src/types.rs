@@ -74,38 +74,13 @@ pub fn retype(col: &Column, ty: ColumnType, dialect: Dialect) -> Column {
     }
 }
 
-/// A value's text form, as PostgreSQL prints it; `None` for NULL and unchanged values.
+/// A value's text form, as PostgreSQL prints it (a MySQL zero date as MySQL does); `None` for NULL and unchanged
+/// values.
 pub fn text_of(v: &Value) -> Option<String> {
-    Some(match v {
-        Value::Null | Value::Unchanged => return None,
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Decimal(d) => d.to_string(),
-        Value::Text(s) | Value::Json(s) | Value::ZeroDate(s) => s.clone(),
-        Value::Bytes(b) => {
-            let mut s = String::with_capacity(2 + 2 * b.len());
-            s.push_str("\\x");
-            for byte in b {
-                s.push_str(&format!("{byte:02x}"));
-            }
-            s
-        }
-        Value::Uuid(u) => u.to_string(),
-        Value::Date(d) => d.to_string(),
-        Value::Time(t) => t.to_string(),
-        Value::TimeTz(t) => t.to_string(),
-        Value::Timestamp(t) => t.to_string(),
-        Value::TimestampTz(t) => t.display_utc().to_string(),
-        Value::Interval(i) => i.to_string(),
-        Value::Array(items) => serde_json::Value::Array(
-            items
-                .iter()
-                .map(|i| text_of(i).map_or(serde_json::Value::Null, serde_json::Value::String))
-                .collect(),
-        )
-        .to_string(),
-    })
+    match v {
+        Value::ZeroDate(s) => Some(s.clone()),
+        v => ferry_core::pg_text::pg_text(v),
+    }
 }
 
 /// Casts `v` to `ty`. `zone`: for a `timestamp` cast to `timestamptz`, the zone its wall time is in (UTC when

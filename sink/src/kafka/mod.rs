@@ -620,20 +620,14 @@ impl KafkaSink {
                                 continue;
                             }
                             // JSON needs only the table's name.
-                            None => Arc::new(TableSchema {
-                                id: t.clone(),
-                                columns: Vec::new(),
-                                primary_key: Vec::new(),
-                                identity: Vec::new(),
-                                version: 0,
-                                relation_id: None,
-                                lineage: Default::default(),
-                                dialect: if self.info.connector == "mysql" {
+                            None => Arc::new(TableSchema::named(
+                                t.clone(),
+                                if self.info.connector == "mysql" {
                                     Dialect::Mysql
                                 } else {
                                     Dialect::Postgres
                                 },
-                            }),
+                            )),
                         };
                         let prepared = self.prepare(&table).await?;
                         let change = envelope::Change {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use ferry_config::{Case, ColumnRef};
 use ferry_core::{ColumnType, RowOp, SchemaRef, TableSchema, Value};
 
-use super::{columns_for, indexes};
 use crate::stage::{RowContext, RowStage, StageError, Step, Unchanged};
 use crate::types::{cast, column_type, retype};
 
@@ -41,8 +40,7 @@ impl Convert {
 
 impl RowStage for Convert {
     fn plan(&self, input: &SchemaRef) -> Result<Box<dyn Step>, String> {
-        let targets = indexes(input, &columns_for(&self.columns, &input.id))
-            .map_err(|e| format!("columns: {e}"))?;
+        let targets = super::targets(&self.columns, input)?;
         if targets.is_empty() {
             return Ok(Box::new(Unchanged(input.clone())));
         }

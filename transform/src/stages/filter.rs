@@ -47,17 +47,8 @@ pub fn check_expression(
 ) -> Result<(), String> {
     let unknown = expr.unknown_columns(table);
     if !unknown.is_empty() {
-        return Err(format!(
-            "{} has no column {} (its columns: {})",
-            table.id,
-            unknown.join(", "),
-            table
-                .columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        return Err(super::no_such_columns(table, &unknown));
     }
     let tx = super::sample_tx();
     for (kind, op) in super::sample_ops(table) {

@@ -6,7 +6,6 @@ use ferry_config::{ColumnRef, MaskKind};
 use ferry_core::{ColumnType, RowOp, SchemaRef, TableSchema, Value};
 use sha2::{Digest, Sha256};
 
-use super::{columns_for, indexes};
 use crate::stage::{map_images, RowContext, RowStage, StageError, Step, Unchanged};
 use crate::types::{retype, text_of};
 
@@ -17,8 +16,7 @@ pub struct Mask {
 
 impl RowStage for Mask {
     fn plan(&self, input: &SchemaRef) -> Result<Box<dyn Step>, String> {
-        let targets = indexes(input, &columns_for(&self.columns, &input.id))
-            .map_err(|e| format!("columns: {e}"))?;
+        let targets = super::targets(&self.columns, input)?;
         if targets.is_empty() {
             return Ok(Box::new(Unchanged(input.clone())));
         }

@@ -91,7 +91,7 @@ pub fn indexes(table: &TableSchema, names: &[&str]) -> Result<Vec<usize>, String
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for n in names {
-        match table.columns.iter().position(|c| c.name == *n) {
+        match table.column_index(n) {
             Some(i) => out.push(i),
             None => missing.push(*n),
         }
@@ -99,18 +99,28 @@ pub fn indexes(table: &TableSchema, names: &[&str]) -> Result<Vec<usize>, String
     if missing.is_empty() {
         Ok(out)
     } else {
-        Err(format!(
-            "{} has no column {} (its columns: {})",
-            table.id,
-            missing.join(", "),
-            table
-                .columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+        Err(no_such_columns(table, &missing))
     }
+}
+
+/// The message for columns a stage names that `table` does not have.
+pub fn no_such_columns(table: &TableSchema, missing: &[&str]) -> String {
+    format!(
+        "{} has no column {} (its columns: {})",
+        table.id,
+        missing.join(", "),
+        table
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The columns of `refs` that apply to `input`, as indexes; a named column it lacks is a `columns:` error.
+pub fn targets(refs: &[ColumnRef], input: &TableSchema) -> Result<Vec<usize>, String> {
+    indexes(input, &columns_for(refs, &input.id)).map_err(|e| format!("columns: {e}"))
 }
 
 /// The columns a target finds rows by: the primary key, else the replica identity's columns.

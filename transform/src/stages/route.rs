@@ -28,16 +28,7 @@ impl Route {
                 .replace("{schema}", &table.schema)
                 .replace("{table}", &table.name),
             Route::Expression(e) => {
-                let schema = TableSchema {
-                    id: table.clone(),
-                    columns: Vec::new(),
-                    primary_key: Vec::new(),
-                    identity: Vec::new(),
-                    version: 0,
-                    relation_id: None,
-                    lineage: Default::default(),
-                    dialect: Default::default(),
-                };
+                let schema = TableSchema::named(table.clone(), Default::default());
                 let cx = RowContext {
                     tx: None,
                     table: &schema,
