@@ -339,7 +339,7 @@ pub fn value_datum(
                 Some(Position::Binlog(b)) => (Some(b.pos.file.clone()), Some(b.pos.offset as i64)),
                 _ => (None, None),
             };
-            let gtid = change.gtid().map(str::to_owned);
+            let gtid = change.gtid();
             source.push(("table".into(), opt_s(Some(table.id.name.clone()))));
             source.push(("file".into(), opt_s(file)));
             source.push(("pos".into(), opt_l(pos)));

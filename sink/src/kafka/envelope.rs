@@ -52,9 +52,14 @@ impl Change<'_> {
         self.tx.and_then(|t| t.xid)
     }
 
-    /// The transaction's own GTID (binlog sources), as Debezium's MySQL `source.gtid`.
-    pub fn gtid(&self) -> Option<&str> {
-        self.tx.and_then(|t| t.origin.gtid.as_deref())
+    /// The transaction's own GTID (binlog sources), as Debezium's MySQL `source.gtid`; for snapshot reads, which
+    /// belong to no transaction, the GTID state of the snapshot's position.
+    pub fn gtid(&self) -> Option<String> {
+        let tx = self.tx?;
+        tx.origin.gtid.clone().or_else(|| match &tx.commit_at {
+            Position::Binlog(b) => b.gtid.as_ref().map(ToString::to_string),
+            _ => None,
+        })
     }
 }
 
@@ -648,7 +653,7 @@ fn push_source(out: &mut String, layout: &JsonTable, change: &Change<'_>) {
                 push_int(out, b.pos.offset);
                 out.push_str(",\"gtid\":");
                 match change.gtid() {
-                    Some(g) => push_json_str(out, g),
+                    Some(g) => push_json_str(out, &g),
                     None => out.push_str("null"),
                 }
             }

@@ -166,6 +166,14 @@ fn wire_of(type_code: u8, meta: &[u8]) -> Result<(u8, Wire), String> {
         TIMESTAMP2 => (type_code, Wire::Timestamp2 { fsp: m(0) }),
         BIT => {
             need(2)?;
+            // BIT(M), M ≤ 64: whole bytes, then the bits of a last partial byte.
+            if m(1) > 8 || m(0) > 7 {
+                return Err(format!(
+                    "BIT metadata ({} bytes, {} bits) out of range",
+                    m(1),
+                    m(0)
+                ));
+            }
             let bytes = m(1) + u8::from(m(0) > 0);
             (type_code, Wire::Bit { bytes })
         }
