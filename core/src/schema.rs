@@ -176,6 +176,29 @@ impl TableSchema {
         }
     }
 
+    /// Whether an old row image (an update's or a delete's `before`) holds column `i`'s value. PostgreSQL sends
+    /// only the replica identity's columns (all of them under `REPLICA IDENTITY FULL`); the others arrive as NULL
+    /// without being NULL. MySQL / MariaDB row images hold every column they carry (one a minimal image leaves
+    /// out is [`Value::Unchanged`]).
+    pub fn old_value_known(&self, i: usize) -> bool {
+        match self.dialect {
+            Dialect::Mysql => true,
+            Dialect::Postgres => {
+                let identity = if self.identity.is_empty() {
+                    &self.primary_key
+                } else {
+                    &self.identity
+                };
+                identity.contains(&i)
+            }
+        }
+    }
+
+    /// Whether an old row image holds every column (PostgreSQL `REPLICA IDENTITY FULL`, MySQL row images).
+    pub fn old_image_complete(&self) -> bool {
+        (0..self.columns.len()).all(|i| self.old_value_known(i))
+    }
+
     /// The position of a column by name.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)

@@ -54,6 +54,12 @@ impl Expression {
             .collect()
     }
 
+    /// Whether the expression reads column `name` (of either image); an expression that uses a whole image
+    /// reads every column.
+    pub fn reads_column(&self, name: &str) -> bool {
+        self.columns.as_ref().is_none_or(|c| c.contains(name))
+    }
+
     /// Whether every column the expression reads is unchanged (not sent) in `row` and absent from `old`.
     pub fn reads_only_unchanged(&self, table: &TableSchema, row: &Row, old: Option<&Row>) -> bool {
         let Some(cols) = self.columns.as_ref().filter(|c| !c.is_empty()) else {
@@ -61,10 +67,7 @@ impl Expression {
         };
         table.columns.iter().enumerate().all(|(i, c)| {
             !cols.contains(&c.name)
-                || (row.get(i) == Some(&Value::Unchanged)
-                    && old
-                        .and_then(|o| o.get(i))
-                        .is_none_or(|v| *v == Value::Unchanged))
+                || (row.get(i) == Some(&Value::Unchanged) && sent(table, row, old, i).is_none())
         })
     }
 
@@ -108,7 +111,11 @@ impl Expression {
 
     /// A row image as a CEL map (only the columns the expression reads), or `null` without one. An unchanged
     /// value (TOAST) reads as the old image's value when the change carries it, and is absent otherwise.
-    fn image(&self, table: &TableSchema, row: Option<&Row>, old: Option<&Row>) -> Cel {
+    fn image(&self, table: &TableSchema, image: Image<'_>) -> Cel {
+        let (row, old, is_old) = match image {
+            Image::New(row, old) => (row, old, false),
+            Image::Old(row) => (row, None, true),
+        };
         let Some(row) = row else { return Cel::Null };
         let mut map: HashMap<String, Cel> = HashMap::new();
         for (i, col) in table.columns.iter().enumerate() {
@@ -119,7 +126,11 @@ impl Expression {
             {
                 continue;
             }
-            if let Some(v) = sent(row, old, i) {
+            // An old image's columns beyond what the source sends for it are unknown, not NULL.
+            if is_old && !table.old_value_known(i) {
+                continue;
+            }
+            if let Some(v) = sent(table, row, old, i) {
                 map.insert(col.name.clone(), to_cel(v));
             }
         }
@@ -127,11 +138,25 @@ impl Expression {
     }
 }
 
+/// Which image of a change an expression reads.
+enum Image<'r> {
+    /// `after`, and the old image that fills its unchanged values.
+    New(Option<&'r Row>, Option<&'r Row>),
+    /// `before`.
+    Old(Option<&'r Row>),
+}
+
 /// Column `i` of `row` as the change knows it: an unchanged value (TOAST, not sent) reads as the old image's
 /// value when the change carries it; `None` when it does not.
-fn sent<'r>(row: &'r Row, old: Option<&'r Row>, i: usize) -> Option<&'r Value> {
+fn sent<'r>(
+    table: &TableSchema,
+    row: &'r Row,
+    old: Option<&'r Row>,
+    i: usize,
+) -> Option<&'r Value> {
     match row.get(i)? {
         Value::Unchanged => old
+            .filter(|_| table.old_value_known(i))
             .and_then(|o| o.get(i))
             .filter(|v| **v != Value::Unchanged),
         v => Some(v),
@@ -150,9 +175,14 @@ struct RowVariables<'a> {
 }
 
 impl RowVariables<'_> {
-    fn column(&self, image: Option<&Row>, old: Option<&Row>, name: &str) -> Option<Cel> {
-        let i = self.cx.table.column_index(name)?;
-        sent(image?, old, i).map(to_cel)
+    fn column(&self, image: Image<'_>, name: &str) -> Option<Cel> {
+        let table = self.cx.table;
+        let i = table.column_index(name)?;
+        match image {
+            Image::New(row, old) => sent(table, row?, old, i).map(to_cel),
+            Image::Old(row) if table.old_value_known(i) => sent(table, row?, None, i).map(to_cel),
+            Image::Old(_) => None,
+        }
     }
 
     fn variable(&self, name: &str) -> Option<Cel> {
@@ -164,8 +194,8 @@ impl RowVariables<'_> {
                 RowOp::Delete { .. } => "d",
                 RowOp::Read { .. } => "r",
             }),
-            "after" => self.expr.image(table, self.after, self.before),
-            "before" => self.expr.image(table, self.before, None),
+            "after" => self.expr.image(table, Image::New(self.after, self.before)),
+            "before" => self.expr.image(table, Image::Old(self.before)),
             "table" => Cel::from(table.id.to_string()),
             "source" => {
                 let connector = match table.dialect {
@@ -208,8 +238,8 @@ impl RowVariables<'_> {
                 // reports the missing key or the null image).
                 let (image, column) = name.split_once('.')?;
                 match image {
-                    "after" => self.column(self.after, self.before, column)?,
-                    "before" => self.column(self.before, None, column)?,
+                    "after" => self.column(Image::New(self.after, self.before), column)?,
+                    "before" => self.column(Image::Old(self.before), column)?,
                     _ => return None,
                 }
             }

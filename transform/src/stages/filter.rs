@@ -1,7 +1,7 @@
 //! `filter`: keeps the rows for which a CEL predicate holds.
 
 use cel::Value as Cel;
-use ferry_core::{RowOp, SchemaRef};
+use ferry_core::{RowOp, SchemaRef, Value};
 
 use crate::expr::Expression;
 use crate::stage::{RowContext, RowStage, StageError, Step};
@@ -64,8 +64,10 @@ pub fn check_expression(
                 .map_err(|e| format!("{:?} {e} (for {kind} of {})", expr.text, table.id))?,
             Err(Some(e)) => {
                 let hint = match kind {
-                    "deletes" => " (after is null for deletes: guard with op == 'd' || …, or use mode = \"rows\", where deletes always pass)",
+                    "deletes" => " (after is null for deletes: guard with op == 'd' || …, or use mode = \"rows\", where deletes always pass; before holds only the replica identity's columns unless REPLICA IDENTITY FULL)",
                     "inserts" => " (before is null for inserts and snapshot reads)",
+                    "updates" => " (before is null for updates unless the table has REPLICA IDENTITY FULL: guard with before != null && …)",
+                    "key changes" => " (before holds only the replica identity's columns when the key changes, unless REPLICA IDENTITY FULL)",
                     _ => "",
                 };
                 return Err(format!(
@@ -77,6 +79,30 @@ pub fn check_expression(
         }
     }
     Ok(())
+}
+
+/// An update's unchanged values taken from its old image where that image holds them (REPLICA IDENTITY FULL):
+/// the same values, so the row is whole.
+fn fill_unchanged(table: &ferry_core::TableSchema, op: RowOp) -> RowOp {
+    match op {
+        RowOp::Update {
+            before: Some(before),
+            mut after,
+        } => {
+            for (i, v) in after.iter_mut().enumerate() {
+                if *v == Value::Unchanged && table.old_value_known(i) {
+                    if let Some(old) = before.get(i).filter(|o| **o != Value::Unchanged) {
+                        *v = old.clone();
+                    }
+                }
+            }
+            RowOp::Update {
+                before: Some(before),
+                after,
+            }
+        }
+        other => other,
+    }
 }
 
 struct Planned {
@@ -101,7 +127,41 @@ impl Step for Planned {
             out.push(op);
             return Ok(());
         }
+        let op = if self.rows {
+            fill_unchanged(cx.table, op)
+        } else {
+            op
+        };
+        // Row mode, an update with values the source did not send (unchanged TOAST values) and no old image to
+        // take them from: whether the row was in the selection before is unknown, so a row entering it would
+        // reach the target incomplete, and a predicate reading those values cannot be evaluated.
+        let unsent: Vec<&str> = match &op {
+            RowOp::Update { after, .. } if self.rows => after
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v == Value::Unchanged)
+                .map(|(i, _)| cx.table.columns[i].name.as_str())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let incomplete = |why: &str| {
+            StageError::new(format!(
+                "mode = \"rows\" {why}, and the source did not send {} (unchanged TOAST values): set REPLICA \
+                 IDENTITY FULL on the table so that updates carry them, or use mode = \"changes\"",
+                unsent.join(", ")
+            ))
+        };
+        if unsent.iter().any(|c| self.predicate.reads_column(c)) {
+            return Err(incomplete("cannot evaluate the predicate on this update").with_row(op));
+        }
         match self.predicate.eval(cx, &op) {
+            Ok(Cel::Bool(true)) if !unsent.is_empty() => {
+                return Err(incomplete(
+                    "cannot tell whether this updated row is entering the selection (the target would then need \
+                     all of it)",
+                )
+                .with_row(op))
+            }
             Ok(Cel::Bool(true)) => out.push(op),
             Ok(Cel::Bool(false)) => match op {
                 // The row left the selection: the target must not keep it.

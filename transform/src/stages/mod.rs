@@ -167,18 +167,48 @@ pub fn sample_tx() -> ferry_core::TxContext {
     }
 }
 
-/// Sample changes of every kind for `table`: (what the change is called in messages, the change).
+/// Sample changes of every kind for `table`, with the old images its source sends: (what the change is called in
+/// messages, the change).
 pub fn sample_ops(table: &TableSchema) -> Vec<(&'static str, RowOp)> {
     let row = sample_row(table);
-    vec![
-        ("inserts", RowOp::Insert { after: row.clone() }),
-        (
+    // An old image holds what the source sends for it; the other columns arrive as NULL.
+    let old: Row = row
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if table.old_value_known(i) {
+                v.clone()
+            } else {
+                Value::Null
+            }
+        })
+        .collect();
+    let mut ops = vec![("inserts", RowOp::Insert { after: row.clone() })];
+    if table.old_image_complete() {
+        ops.push((
             "updates",
             RowOp::Update {
-                before: Some(row.clone()),
+                before: Some(old.clone()),
+                after: row,
+            },
+        ));
+    } else {
+        // PostgreSQL without REPLICA IDENTITY FULL: no old image, or the old key when the key changes.
+        ops.push((
+            "updates",
+            RowOp::Update {
+                before: None,
                 after: row.clone(),
             },
-        ),
-        ("deletes", RowOp::Delete { before: row }),
-    ]
+        ));
+        ops.push((
+            "key changes",
+            RowOp::Update {
+                before: Some(old.clone()),
+                after: row,
+            },
+        ));
+    }
+    ops.push(("deletes", RowOp::Delete { before: old }));
+    ops
 }
