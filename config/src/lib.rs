@@ -424,4 +424,30 @@ mod tests {
         }
         assert!(n >= 5, "{n} examples");
     }
+
+    /// CEL's parser recurses per nesting level: deep expressions are refused before it runs, never a crash.
+    #[test]
+    fn deeply_nested_expressions_are_errors_not_stack_overflows() {
+        let filter =
+            |e: &str| format!("{GOOD}\n[[transform]]\ntype = \"filter\"\nwhere = \"{e}\"\n");
+        // Long chains of unary and binary operators parse without recursing per operator.
+        for expression in [
+            format!("{}true", "!".repeat(20000)),
+            format!("{}1 > 0", "-".repeat(20001)),
+            format!("true{}", " || true".repeat(10000)),
+        ] {
+            load(&filter(&expression)).unwrap();
+        }
+        for expression in [
+            format!("{}true{}", "(".repeat(60), ")".repeat(60)),
+            format!("{}1]", "[".repeat(5000)),
+            format!("true{}", " || true".repeat(20000)),
+        ] {
+            let errors = load(&filter(&expression)).map(|_| ()).unwrap_err().0;
+            assert!(
+                errors.iter().any(|e| e.key == "transform[0].where"),
+                "{errors:?}"
+            );
+        }
+    }
 }

@@ -1060,6 +1060,37 @@ fn read_transform(r: &mut Reader<'_>, t: &mut Section<'_>) -> Option<TransformCo
     })
 }
 
+const MAX_NESTING: usize = 32;
+const MAX_EXPRESSION_BYTES: usize = 100_000;
+
+/// How deep brackets nest in a CEL expression, outside its string literals.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut quote, mut escaped) = (0usize, 0usize, None, false);
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    max
+}
+
 /// A required CEL expression, compiled to report syntax errors now.
 fn read_expression(
     r: &mut Reader<'_>,
@@ -1068,6 +1099,19 @@ fn read_expression(
     expected: &str,
 ) -> Option<String> {
     let text = r.required_string(t, key, expected)?;
+    // CEL's parser recurses per nesting level: a deep expression would overflow the stack, not fail.
+    let depth = nesting_depth(&text);
+    if depth > MAX_NESTING || text.len() > MAX_EXPRESSION_BYTES {
+        r.error(
+            t.key(key),
+            format!(
+                "the expression is {} bytes and nests {depth} levels deep; at most {MAX_EXPRESSION_BYTES} bytes \
+                 and {MAX_NESTING} levels",
+                text.len()
+            ),
+        );
+        return None;
+    }
     match cel::Program::compile(&text) {
         Ok(_) => Some(text),
         Err(e) => {

@@ -51,7 +51,7 @@ pub struct Chain {
     plans: HashMap<(TableId, u64), Arc<Plan>>,
     /// The last schema planned and its plan: consecutive rows of one table skip the lookup.
     last: Option<(SchemaRef, Arc<Plan>)>,
-    /// Target table → the source table routed into it (one source per target).
+    /// Target table → the source table whose changes it receives (one source per target).
     routed: HashMap<TableId, TableId>,
     stats: Arc<PipelineStats>,
     ops: Vec<RowOp>,
@@ -153,7 +153,8 @@ impl Chain {
             }
             current = output;
         }
-        if current.id != schema.id {
+        // Every target table, renamed or not: a table routed onto another's name would merge the two.
+        {
             let source = self
                 .routed
                 .entry(current.id.clone())
@@ -187,8 +188,10 @@ impl Chain {
                 table: input,
             };
             self.next.clear();
+            let mut failed = false;
             for op in self.ops.drain(..) {
                 if let Err(e) = step.apply(&cx, op, &mut self.next) {
+                    failed = true;
                     let stage = &self.stages[*index];
                     let failure = RowFailure {
                         file: &self.file,
@@ -207,7 +210,9 @@ impl Chain {
             }
             std::mem::swap(&mut self.ops, &mut self.next);
             if self.ops.is_empty() {
-                self.stats.rows_filtered.fetch_add(1, Relaxed);
+                if !failed {
+                    self.stats.rows_filtered.fetch_add(1, Relaxed);
+                }
                 return Ok(());
             }
         }

@@ -527,3 +527,67 @@ fn expressions_reading_before_are_checked_against_the_replica_identity() {
     );
     run(&mut c, vec![Event::Schema(Arc::new(full))]).unwrap();
 }
+
+#[test]
+fn long_operator_chains_evaluate_without_overflowing_the_stack() {
+    for expression in [
+        format!("{}true", "!".repeat(20000)),
+        format!("true{}", " || false".repeat(10000)),
+    ] {
+        let (mut c, _) = chain(&format!(
+            "[[transform]]\ntype = \"filter\"\nmode = \"rows\"\nwhere = \"{expression}\"\n"
+        ));
+        let t = customers();
+        let out = run(
+            &mut c,
+            vec![Event::Schema(t.clone()), begin(1), insert(&t, row(1, "x"))],
+        )
+        .unwrap();
+        // An even number of negations of true, and true || …: the row passes.
+        assert_eq!(rows(&out).len(), 1);
+    }
+}
+
+/// A table routed onto the name of another replicated table would merge them: an error naming both.
+#[test]
+fn routing_onto_a_replicated_table_is_an_error() {
+    let (mut c, _) = chain(
+        "[[transform]]\ntype = \"route\"\ntables = [\"public.customers\"]\nto = \"public.other\"\n",
+    );
+    let mut other = TableSchema::clone(&customers());
+    other.id = TableId::new("public", "other");
+    let err = run(
+        &mut c,
+        vec![Event::Schema(Arc::new(other)), Event::Schema(customers())],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("public.other and public.customers are both routed to public.other"),
+        "{err}"
+    );
+}
+
+/// Keys stay one-to-one: only masks and casts that keep distinct keys distinct apply to key columns.
+#[test]
+fn lossy_masks_and_casts_of_key_columns_are_refused() {
+    let t = customers();
+    for transforms in [
+        "[[transform]]\ntype = \"mask\"\ncolumns = [\"id\"]\nwith = \"keep_first\"\nn = 1\n",
+        "[[transform]]\ntype = \"mask\"\ncolumns = [\"id\"]\nwith = \"redact\"\n",
+        "[[transform]]\ntype = \"convert\"\ncolumns = [\"id\"]\nto = \"double precision\"\n",
+    ] {
+        let (mut c, _) = chain(transforms);
+        let err = run(&mut c, vec![Event::Schema(t.clone())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("id is a key column"), "{transforms}: {err}");
+    }
+    for transforms in [
+        "[[transform]]\ntype = \"mask\"\ncolumns = [\"id\"]\nwith = \"sha256\"\nsalt = \"s\"\n",
+        "[[transform]]\ntype = \"convert\"\ncolumns = [\"id\"]\nto = \"text\"\n",
+    ] {
+        let (mut c, _) = chain(transforms);
+        run(&mut c, vec![Event::Schema(t.clone())]).unwrap();
+    }
+}

@@ -47,6 +47,21 @@ impl RowStage for Convert {
         let mut schema = TableSchema::clone(input);
         for &i in &targets {
             let col = &input.columns[i];
+            // A key must stay one-to-one: trimming, case folding or parsing text ("01" and "1") could merge two
+            // rows in the target. Its text form is one-to-one.
+            let lossless = !self.trim
+                && self.case.is_none()
+                && self
+                    .to
+                    .as_ref()
+                    .is_none_or(|t| *t == ColumnType::Text || *t == col.ty);
+            if super::key_columns(input).contains(&i) && !lossless {
+                return Err(format!(
+                    "columns: {}.{} is a key column, which targets find rows by: a key may only be converted to \
+                     text (trim, case and other casts could make two keys one)",
+                    input.id, col.name
+                ));
+            }
             if (self.trim || self.case.is_some())
                 && self.to.as_ref().unwrap_or(&col.ty) != &ColumnType::Text
             {

@@ -23,22 +23,24 @@ impl RowStage for Mask {
         let mut schema = TableSchema::clone(input);
         for &i in &targets {
             let col = &input.columns[i];
+            // Only a hash keeps distinct keys distinct: any other mask would merge rows in the target.
+            if super::key_columns(input).contains(&i)
+                && !matches!(self.with, MaskKind::Sha256 { .. })
+            {
+                return Err(format!(
+                    "columns: {}.{} is a key column, which targets find rows by: only with = \"sha256\" keeps \
+                     distinct keys distinct",
+                    input.id, col.name
+                ));
+            }
             schema.columns[i] = match self.with {
                 // NULL keeps the type; the column must take NULLs.
-                MaskKind::Null => {
-                    if super::key_columns(input).contains(&i) {
-                        return Err(format!(
-                            "columns: cannot mask key column {}.{} with NULL: targets find rows by it",
-                            input.id, col.name
-                        ));
-                    }
-                    ferry_core::Column {
-                        nullable: true,
-                        default: None,
-                        generated: None,
-                        ..col.clone()
-                    }
-                }
+                MaskKind::Null => ferry_core::Column {
+                    nullable: true,
+                    default: None,
+                    generated: None,
+                    ..col.clone()
+                },
                 _ => retype(col, ColumnType::Text, input.dialect),
             };
         }
