@@ -32,6 +32,10 @@ fn every_stage_kind_into_postgres() {
                                  email text, card text, ssn text);
          CREATE TABLE events (id int PRIMARY KEY, at timestamp, code text, payload text, secret text);
          CREATE TABLE metrics (id int PRIMARY KEY, a int, b int, c int);
+         CREATE TABLE measures (id int PRIMARY KEY, f float8, r real, iv interval, arr int[], tags text[]);
+         INSERT INTO measures VALUES (1, 1e20, 3.4e38, '1 day 2 hours', '{{1,2},{3,4}}', '{\"a b\",\"\",plain}'),
+           (2, 1.5e-7, 1234567, '1 mon -3 days', '{1,NULL}', '{null,\"x\\\"y\"}'),
+           (3, 'Infinity', 123456, '-1 year -1.5 seconds', '{}', NULL);
          INSERT INTO orders SELECT g, CASE WHEN g % 3 = 0 THEN 'draft' ELSE 'paid' END, g * 1.5, 'n' || g
            FROM generate_series(1, 30) g;
          INSERT INTO customers SELECT g, 'First' || g, 'Last' || g, 'c' || g || '@example.com',
@@ -110,6 +114,10 @@ columns = ["secret"]
 type = "keep_columns"
 tables = ["public.metrics"]
 columns = ["id", "a"]
+[[transform]]
+type = "convert"
+columns = ["public.measures.f", "public.measures.r", "public.measures.iv", "public.measures.arr", "public.measures.tags"]
+to = "text"
 "#
         ),
     );
@@ -174,6 +182,15 @@ columns = ["id", "a"]
     same(
         "SELECT id, a FROM metrics ORDER BY id",
         "SELECT * FROM public.metrics ORDER BY id",
+    );
+    // Values converted to text read as PostgreSQL prints them (floats, intervals, arrays).
+    pg.psql(
+        "shop",
+        "INSERT INTO measures VALUES (4, -0.0001, 1e-5, '-1 days +02:03:00', '{7}', '{\"{}\"}')",
+    );
+    same(
+        "SELECT id, f::text, r::text, iv::text, arr::text, tags::text FROM measures ORDER BY id",
+        "SELECT id, f, r, iv, arr, tags FROM public.measures ORDER BY id",
     );
     // The output schemas: a computed text column, a masked column as text, converted types, columns gone.
     let types = pg.psql(

@@ -696,6 +696,64 @@ fn parse_signed_seconds(s: &str) -> Option<i64> {
     Some(if neg { -micros } else { micros })
 }
 
+impl Interval {
+    /// Displays the value as PostgreSQL prints it under its default `IntervalStyle = postgres`
+    /// (`1 year 2 mons -3 days +04:05:06.5`), from `EncodeInterval` in PostgreSQL's `datetime.c`.
+    pub fn display_postgres(&self) -> impl fmt::Display + '_ {
+        struct Postgres<'a>(&'a Interval);
+        impl fmt::Display for Postgres<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let i = self.0;
+                match *i {
+                    Interval::INFINITY => return f.write_str("infinity"),
+                    Interval::NEG_INFINITY => return f.write_str("-infinity"),
+                    _ => {}
+                }
+                let (mut zero, mut before) = (true, false);
+                let mut part =
+                    |f: &mut fmt::Formatter<'_>, value: i64, unit: &str| -> fmt::Result {
+                        if value == 0 {
+                            return Ok(());
+                        }
+                        let space = if zero { "" } else { " " };
+                        let plus = if before && value > 0 { "+" } else { "" };
+                        let plural = if value != 1 { "s" } else { "" };
+                        before = value < 0;
+                        zero = false;
+                        write!(f, "{space}{plus}{value} {unit}{plural}")
+                    };
+                let months = i64::from(i.months);
+                part(f, months / 12, "year")?;
+                part(f, months % 12, "mon")?;
+                part(f, i64::from(i.days), "day")?;
+                if zero || i.micros != 0 {
+                    let t = i.micros;
+                    let minus = t < 0;
+                    let t = t.unsigned_abs();
+                    let (hours, rest) = (t / 3_600_000_000, t % 3_600_000_000);
+                    let (mins, rest) = (rest / 60_000_000, rest % 60_000_000);
+                    let (secs, frac) = (rest / 1_000_000, rest % 1_000_000);
+                    let space = if zero { "" } else { " " };
+                    let sign = if minus {
+                        "-"
+                    } else if before {
+                        "+"
+                    } else {
+                        ""
+                    };
+                    write!(f, "{space}{sign}{hours:02}:{mins:02}:{secs:02}")?;
+                    if frac != 0 {
+                        let digits = format!("{frac:06}");
+                        write!(f, ".{}", digits.trim_end_matches('0'))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+        Postgres(self)
+    }
+}
+
 impl fmt::Display for Interval {
     /// PostgreSQL's own `iso_8601` output: zero fields left out, `PT0S` for zero, the time part's sign on each
     /// of its fields, and PostgreSQL 17's `infinity` / `-infinity` (which earlier versions do not read: a

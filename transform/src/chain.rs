@@ -255,7 +255,8 @@ impl RowFailure<'_> {
             .map(|&i| {
                 let v = row.get(i).map_or("?".into(), |v| match v {
                     Value::Null => "NULL".into(),
-                    v => crate::types::text_of(v).unwrap_or_else(|| "?".into()),
+                    v => crate::types::text_of(v, Some(&self.table.columns[i].ty))
+                        .unwrap_or_else(|| "?".into()),
                 });
                 format!("{}={v}", self.table.columns[i].name)
             })

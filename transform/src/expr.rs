@@ -281,7 +281,7 @@ pub fn to_cel(v: &Value) -> Cel {
         Value::Bytes(b) => Cel::Bytes(Arc::new(b.clone())),
         Value::Timestamp(t) | Value::TimestampTz(t) => timestamp(*t),
         Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
-        other => Cel::from(crate::types::text_of(other).unwrap_or_default()),
+        other => Cel::from(crate::types::text_of(other, None).unwrap_or_default()),
     }
 }
 

@@ -74,24 +74,31 @@ pub fn retype(col: &Column, ty: ColumnType, dialect: Dialect) -> Column {
     }
 }
 
-/// A value's text form, as PostgreSQL prints it (a MySQL zero date as MySQL does); `None` for NULL and unchanged
+/// A value's text form, as PostgreSQL prints it for a column of type `ty` (`real` and `double precision` print
+/// differently; `None`: the value's own kind), a MySQL zero date as MySQL does; `None` for NULL and unchanged
 /// values.
-pub fn text_of(v: &Value) -> Option<String> {
-    match v {
-        Value::ZeroDate(s) => Some(s.clone()),
-        v => ferry_core::pg_text::pg_text(v),
+pub fn text_of(v: &Value, ty: Option<&ColumnType>) -> Option<String> {
+    match (v, ty) {
+        (Value::ZeroDate(s), _) => Some(s.clone()),
+        (v, Some(ty)) => ferry_core::pg_text::pg_output_text(v, ty),
+        (v, None) => ferry_core::pg_text::pg_output_text(v, &ColumnType::Other),
     }
 }
 
-/// Casts `v` to `ty`. `zone`: for a `timestamp` cast to `timestamptz`, the zone its wall time is in (UTC when
+/// Casts `v`, a value of a `from` column, to `ty`. `zone`: for a `timestamp` cast to `timestamptz`, the zone its wall time is in (UTC when
 /// `None`). NULL and unchanged values stay as they are. The error says why the value does not convert.
-pub fn cast(v: Value, ty: &ColumnType, zone: Option<chrono_tz::Tz>) -> Result<Value, String> {
+pub fn cast(
+    v: Value,
+    from: &ColumnType,
+    ty: &ColumnType,
+    zone: Option<chrono_tz::Tz>,
+) -> Result<Value, String> {
     use ColumnType as T;
     if matches!(v, Value::Null | Value::Unchanged) {
         return Ok(v);
     }
     let shown = |v: &Value| {
-        let mut t = text_of(v).unwrap_or_default();
+        let mut t = text_of(v, Some(from)).unwrap_or_default();
         if t.len() > 60 {
             t.truncate(t.floor_char_boundary(60));
             t.push('…');
@@ -100,10 +107,18 @@ pub fn cast(v: Value, ty: &ColumnType, zone: Option<chrono_tz::Tz>) -> Result<Va
     };
     let fail = |v: &Value, what: &str| Err(format!("{:?} is not {what}", shown(v)));
     Ok(match (ty, v) {
-        (T::Text, v) => Value::Text(text_of(&v).unwrap_or_default()),
+        (T::Text, v) => Value::Text(text_of(&v, Some(from)).unwrap_or_default()),
         (T::Int8 | T::Int4 | T::Int2, Value::Int(i)) => int_in_range(i, ty)?,
         (T::Int8 | T::Int4 | T::Int2, Value::Text(s)) => match s.trim().parse::<i64>() {
             Ok(i) => int_in_range(i, ty)?,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+                ) =>
+            {
+                return Err(format!("{} is out of range for {ty:?}", s.trim()))
+            }
             Err(_) => return fail(&Value::Text(s), "an integer"),
         },
         (T::Int8 | T::Int4 | T::Int2, Value::Decimal(Decimal::Finite(d))) => {
@@ -122,7 +137,11 @@ pub fn cast(v: Value, ty: &ColumnType, zone: Option<chrono_tz::Tz>) -> Result<Va
         (T::Float8 | T::Float4, Value::Float(f)) => Value::Float(f),
         (T::Float8 | T::Float4, Value::Int(i)) => Value::Float(i as f64),
         (T::Float8 | T::Float4, v @ (Value::Text(_) | Value::Decimal(_))) => {
-            match text_of(&v).unwrap_or_default().trim().parse::<f64>() {
+            match text_of(&v, Some(from))
+                .unwrap_or_default()
+                .trim()
+                .parse::<f64>()
+            {
                 Ok(f) => Value::Float(f),
                 Err(_) => return fail(&v, "a number"),
             }
@@ -146,7 +165,7 @@ pub fn cast(v: Value, ty: &ColumnType, zone: Option<chrono_tz::Tz>) -> Result<Va
         (T::Bytes, Value::Bytes(b)) => Value::Bytes(b),
         (T::Bytes, Value::Text(s)) => Value::Bytes(s.into_bytes()),
         (T::Json | T::Jsonb, v @ (Value::Json(_) | Value::Text(_))) => {
-            let text = text_of(&v).unwrap_or_default();
+            let text = text_of(&v, Some(from)).unwrap_or_default();
             if serde_json::from_str::<serde_json::Value>(&text).is_err() {
                 return fail(&v, "a JSON document");
             }
@@ -246,9 +265,11 @@ pub fn from_cel(v: &Cel, ty: &ColumnType) -> Result<Value, String> {
         }
         (T::Bool, Cel::Bool(b)) => Value::Bool(*b),
         (T::Bytes, Cel::Bytes(b)) => Value::Bytes(b.to_vec()),
-        (T::Json | T::Jsonb, Cel::String(s)) => cast(Value::Text(s.to_string()), ty, None)?,
+        (T::Json | T::Jsonb, Cel::String(s)) => {
+            cast(Value::Text(s.to_string()), &T::Text, ty, None)?
+        }
         (T::Uuid | T::Date | T::Timestamp | T::TimestampTz, Cel::String(s)) => {
-            cast(Value::Text(s.to_string()), ty, None)?
+            cast(Value::Text(s.to_string()), &T::Text, ty, None)?
         }
         (T::Timestamp | T::TimestampTz, Cel::Timestamp(t)) => {
             let t = Timestamp::from_unix_micros(t.timestamp_micros());

@@ -75,6 +75,7 @@ impl RowStage for Convert {
             }
         }
         Ok(Box::new(Planned {
+            input: input.clone(),
             output: Arc::new(schema),
             targets,
             stage: Convert {
@@ -89,15 +90,17 @@ impl RowStage for Convert {
 }
 
 struct Planned {
+    input: SchemaRef,
     output: SchemaRef,
     targets: Vec<usize>,
     stage: Convert,
 }
 
 impl Planned {
-    fn convert(&self, v: Value) -> Result<Value, String> {
+    /// Converts `v`, the value of input column `i`.
+    fn convert(&self, v: Value, i: usize) -> Result<Value, String> {
         let mut v = match &self.stage.to {
-            Some(ty) => cast(v, ty, self.stage.zone)?,
+            Some(ty) => cast(v, &self.input.columns[i].ty, ty, self.stage.zone)?,
             None => v,
         };
         if let Value::Text(s) = &mut v {
@@ -126,7 +129,7 @@ impl Step for Planned {
                 .iter()
                 .map(|&i| {
                     let v = row.get(i).cloned().unwrap_or(Value::Null);
-                    self.convert(v).map_err(|e| {
+                    self.convert(v, i).map_err(|e| {
                         StageError::new(format!("column {}: {e}", self.output.columns[i].name))
                     })
                 })

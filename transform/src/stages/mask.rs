@@ -45,6 +45,7 @@ impl RowStage for Mask {
             };
         }
         Ok(Box::new(Planned {
+            input: input.clone(),
             output: Arc::new(schema),
             targets,
             with: self.with.clone(),
@@ -53,6 +54,7 @@ impl RowStage for Mask {
 }
 
 struct Planned {
+    input: SchemaRef,
     output: SchemaRef,
     targets: Vec<usize>,
     with: MaskKind,
@@ -86,18 +88,20 @@ fn keep(text: &str, n: usize, first: bool) -> String {
 }
 
 impl Planned {
-    fn mask(&self, v: Value) -> Value {
+    /// Masks `v`, the value of input column `i`.
+    fn mask(&self, v: Value, i: usize) -> Value {
         if matches!(v, Value::Null | Value::Unchanged) {
             return v;
         }
-        let text = || text_of(&v).unwrap_or_default();
+        let ty = &self.input.columns[i].ty;
+        let text = || text_of(&v, Some(ty)).unwrap_or_default();
         match &self.with {
             MaskKind::Sha256 { salt } => {
                 let mut h = Sha256::new();
                 h.update(salt.as_bytes());
                 match &v {
                     Value::Text(s) => h.update(s.as_bytes()),
-                    other => h.update(text_of(other).unwrap_or_default().as_bytes()),
+                    other => h.update(text_of(other, Some(ty)).unwrap_or_default().as_bytes()),
                 }
                 Value::Text(hex(&h.finalize()))
             }
@@ -118,7 +122,7 @@ impl Step for Planned {
         out.push(map_images(op, |mut row| {
             for &i in &self.targets {
                 if let Some(v) = row.get_mut(i) {
-                    *v = self.mask(std::mem::replace(v, Value::Null));
+                    *v = self.mask(std::mem::replace(v, Value::Null), i);
                 }
             }
             Ok(row)
