@@ -332,6 +332,15 @@ mod tests {
         );
         let p = load(&text).unwrap();
         assert_eq!(p.transforms.len(), 4);
+        // `table = "…"` is one table.
+        let one = load(&format!(
+            "{GOOD}\n[[transform]]\ntype = \"filter\"\ntable = \"public.orders\"\nwhere = \"true\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            one.transforms[0].tables,
+            Some(vec!["public.orders".to_owned()])
+        );
         assert_eq!(p.transforms[2].key, "transform[2]");
         assert_eq!(
             p.transforms[1].kind,

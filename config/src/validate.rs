@@ -837,6 +837,18 @@ fn read_transform(r: &mut Reader<'_>, t: &mut Section<'_>) -> Option<TransformCo
         "tables",
         "tables as \"schema.table\" (globs: \"public.*\")",
     );
+    // `table = "schema.table"`: one table (the form docs of earlier releases show).
+    let tables = match (tables, r.string(t, "table", "a table as \"schema.table\"")) {
+        (None, Some(one)) => Some(vec![one]),
+        (Some(_), Some(_)) => {
+            r.error(
+                t.key("table"),
+                "expected either table = \"…\" or tables = [\"…\"], not both",
+            );
+            None
+        }
+        (tables, None) => tables,
+    };
     if let Some(tables) = &tables {
         for (i, p) in tables.iter().enumerate() {
             if TableId::parse(p, "public").is_none() {
