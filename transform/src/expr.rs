@@ -188,12 +188,6 @@ impl RowVariables<'_> {
     fn variable(&self, name: &str) -> Option<Cel> {
         let table = self.cx.table;
         Some(match name {
-            "op" => Cel::from(match self.op {
-                RowOp::Insert { .. } => "c",
-                RowOp::Update { .. } => "u",
-                RowOp::Delete { .. } => "d",
-                RowOp::Read { .. } => "r",
-            }),
             "after" => self.expr.image(table, Image::New(self.after, self.before)),
             "before" => self.expr.image(table, Image::Old(self.before)),
             "table" => Cel::from(table.id.to_string()),
@@ -247,8 +241,44 @@ impl RowVariables<'_> {
     }
 }
 
+impl RowVariables<'_> {
+    /// A column read as `after.x` / `before.x` that CEL can borrow without converting (ints, texts, …); `None`
+    /// for the other variables and values, which go through [`RowVariables::variable`].
+    fn borrowed(&self, name: &str) -> Option<CowVal<'_, '_>> {
+        use cel::common::types::{CelBool, CelDouble, CelInt, CelNull, CelString};
+        let (image, column) = name.split_once('.')?;
+        let table = self.cx.table;
+        let i = table.column_index(column)?;
+        let value = match image {
+            "after" => sent(table, self.after?, self.before, i)?,
+            "before" if table.old_value_known(i) => sent(table, self.before?, None, i)?,
+            _ => return None,
+        };
+        Some(match value {
+            Value::Int(v) => CowVal::owned(CelInt::from(*v)),
+            Value::Text(v) => CowVal::owned(CelString::from(v.as_str())),
+            Value::Bool(v) => CowVal::owned(CelBool::from(*v)),
+            Value::Float(v) => CowVal::owned(CelDouble::from(*v)),
+            Value::Null => CowVal::owned(CelNull),
+            _ => return None,
+        })
+    }
+}
+
 impl VariableResolver for RowVariables<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        if variable == "op" {
+            let code = match self.op {
+                RowOp::Insert { .. } => "c",
+                RowOp::Update { .. } => "u",
+                RowOp::Delete { .. } => "d",
+                RowOp::Read { .. } => "r",
+            };
+            return Some(CowVal::owned(cel::common::types::CelString::from(code)));
+        }
+        if let Some(v) = self.borrowed(variable) {
+            return Some(v);
+        }
         let value = self.variable(variable)?;
         let boxed: Box<dyn cel::common::value::Val> = value.try_into().ok()?;
         Some(CowVal::Owned(boxed))
