@@ -404,3 +404,11 @@ fn bit_metadata_out_of_range_is_an_error_not_a_panic() {
     let err = decode_fuzz_input("binlog-bit-metadata-out-of-range.bin");
     assert!(err.to_string().contains("BIT"), "{err}");
 }
+
+/// An input cargo-fuzz found: a TRANSACTION_PAYLOAD header field type beyond a byte made mysql_common unwrap an
+/// error. Ferry's walk of the header refuses it first.
+#[test]
+fn an_unknown_transaction_payload_field_type_is_an_error_not_a_panic() {
+    let err = decode_fuzz_input("binlog-transaction-payload-unknown-field-type.bin");
+    assert!(err.to_string().contains("header field type"), "{err}");
+}

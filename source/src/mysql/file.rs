@@ -122,6 +122,10 @@ fn check_payload_header(data: &[u8]) -> Result<(), String> {
                     _ => {}
                 }
             }
+            // mysql_common skips unknown fields whose type fits a byte, and panics on the others.
+            field if field > u64::from(u8::MAX) => {
+                return Err(format!("unknown header field type {field}"))
+            }
             _ => {
                 let len = usize::try_from(lenenc(&mut buf)?).unwrap_or(usize::MAX);
                 buf = buf
