@@ -412,3 +412,11 @@ fn an_unknown_transaction_payload_field_type_is_an_error_not_a_panic() {
     let err = decode_fuzz_input("binlog-transaction-payload-unknown-field-type.bin");
     assert!(err.to_string().contains("header field type"), "{err}");
 }
+
+/// An input cargo-fuzz found: a TABLE_MAP whose ENUM / SET label count exceeds its bytes made mysql_common reserve
+/// an impossible capacity (a panic). Every count is checked against the bytes that follow first.
+#[test]
+fn an_enum_or_set_label_count_beyond_the_event_is_an_error_not_a_panic() {
+    let err = decode_fuzz_input("binlog-table-map-label-count-overflow.bin");
+    assert!(err.to_string().contains("labels"), "{err}");
+}

@@ -7,6 +7,7 @@ use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 use mysql_common::binlog::EventStreamReader;
 
 use super::decoder::{Decoder, Selection, UnknownDdl};
+use super::rows::{lenenc, Cursor};
 
 const MAGIC: &[u8; 4] = b"\xfebin";
 const HEADER_LEN: usize = 19;
@@ -75,46 +76,25 @@ pub fn read_events(file: &[u8]) -> Result<Vec<Event>, String> {
 /// `libbinlogevents`) and checks what mysql_common trusts: every integer is complete, an unknown field's length
 /// lies within the body, the compression type is one MySQL writes (0 ZSTD, 255 none), and the payload fits.
 fn check_payload_header(data: &[u8]) -> Result<(), String> {
-    fn lenenc(buf: &mut &[u8]) -> Result<u64, String> {
-        let cut = || "a length-encoded integer is cut short".to_string();
-        let (&first, rest) = buf.split_first().ok_or_else(cut)?;
-        let width = match first {
-            0..=0xfa => 0,
-            0xfc => 2,
-            0xfd => 3,
-            0xfe => 8,
-            _ => {
-                return Err(format!(
-                    "0x{first:02x} does not start a length-encoded integer"
-                ))
-            }
-        };
-        let bytes = rest.get(..width).ok_or_else(cut)?;
-        *buf = &rest[width..];
-        Ok(if width == 0 {
-            u64::from(first)
-        } else {
-            bytes.iter().rev().fold(0, |n, &b| n << 8 | u64::from(b))
-        })
-    }
-    let mut buf = data;
+    let read = |cur: &mut Cursor<'_>| lenenc(cur).map_err(|e| e.0);
+    let mut cur = Cursor::new(data);
     let (mut size, mut compression) = (None, None);
-    while !buf.is_empty() {
-        match lenenc(&mut buf)? {
+    while !cur.is_empty() {
+        match read(&mut cur)? {
             0 => {
                 let size = size.ok_or("the payload size field is missing")?;
                 compression.ok_or("the compression type field is missing")?;
-                if size > buf.len() as u64 {
+                if size > cur.remaining() as u64 {
                     return Err(format!(
                         "the payload claims {size} bytes, {} remain",
-                        buf.len()
+                        cur.remaining()
                     ));
                 }
                 return Ok(());
             }
             field @ 1..=3 => {
-                lenenc(&mut buf)?;
-                let value = lenenc(&mut buf)?;
+                read(&mut cur)?;
+                let value = read(&mut cur)?;
                 match field {
                     1 => size = Some(value),
                     2 if value == 0 || value == 255 => compression = Some(value),
@@ -127,10 +107,9 @@ fn check_payload_header(data: &[u8]) -> Result<(), String> {
                 return Err(format!("unknown header field type {field}"))
             }
             _ => {
-                let len = usize::try_from(lenenc(&mut buf)?).unwrap_or(usize::MAX);
-                buf = buf
-                    .get(len..)
-                    .ok_or("a header field is longer than the event")?;
+                let len = usize::try_from(read(&mut cur)?).unwrap_or(usize::MAX);
+                cur.take(len, "a header field")
+                    .map_err(|_| "a header field is longer than the event")?;
             }
         }
     }

@@ -9,6 +9,7 @@ use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 
 use super::catalog::CatalogTable;
 use super::charset::Charset;
+use super::rows::{lenenc, Cursor};
 
 /// Wire type codes (`enum_field_types`).
 pub mod wire {
@@ -300,6 +301,9 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
                 }
             }
             OptionalMetadataField::EnumStrValue(values) => {
+                if !labels_bounded(&values) {
+                    return Err("enum labels: a count exceeds the bytes that follow".into());
+                }
                 for labels in values.iter_values() {
                     let labels = labels.map_err(|e| format!("enum labels: {e}"))?;
                     out.enum_labels.push(
@@ -312,6 +316,9 @@ fn read_optional_meta(tme: &TableMapEvent<'_>, reals: &[u8]) -> Result<OptionalM
                 }
             }
             OptionalMetadataField::SetStrValue(values) => {
+                if !labels_bounded(&values) {
+                    return Err("set labels: a count exceeds the bytes that follow".into());
+                }
                 for labels in values.iter_values() {
                     let labels = labels.map_err(|e| format!("set labels: {e}"))?;
                     out.set_labels.push(
@@ -599,6 +606,30 @@ fn spell_type(real: u8, c: &ColumnLayout) -> String {
         (_, Wire::Blob { .. }) => "longtext".into(),
         (_, Wire::Null) => "text".into(),
     }
+}
+
+/// Whether every count in a TABLE_MAP's ENUM or SET label list (per column: a length-encoded count, then that
+/// many length-encoded strings) fits in the bytes that follow. mysql_common reserves memory for each count before
+/// reading: a malformed count would ask for more than exists (cargo-fuzz found a capacity overflow).
+fn labels_bounded(field: &impl mysql_common::proto::MySerialize) -> bool {
+    let mut raw = Vec::new();
+    field.serialize(&mut raw);
+    let mut cur = Cursor::new(&raw);
+    let mut walk = || -> Result<(), super::rows::RowError> {
+        while !cur.is_empty() {
+            let count = lenenc(&mut cur)?;
+            // Each label takes at least its length byte.
+            if count > cur.remaining() as u64 {
+                return Err(super::rows::RowError("count".into()));
+            }
+            for _ in 0..count {
+                let len = lenenc(&mut cur)?;
+                cur.take(usize::try_from(len).unwrap_or(usize::MAX), "a label")?;
+            }
+        }
+        Ok(())
+    };
+    walk().is_ok()
 }
 
 #[cfg(test)]
