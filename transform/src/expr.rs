@@ -175,13 +175,15 @@ struct RowVariables<'a> {
 }
 
 impl RowVariables<'_> {
-    fn column(&self, image: Image<'_>, name: &str) -> Option<Cel> {
+    /// The value `after.x` / `before.x` names, when the change holds it.
+    fn column(&self, name: &str) -> Option<&Value> {
+        let (image, column) = name.split_once('.')?;
         let table = self.cx.table;
-        let i = table.column_index(name)?;
+        let i = table.column_index(column)?;
         match image {
-            Image::New(row, old) => sent(table, row?, old, i).map(to_cel),
-            Image::Old(row) if table.old_value_known(i) => sent(table, row?, None, i).map(to_cel),
-            Image::Old(_) => None,
+            "after" => sent(table, self.after?, self.before, i),
+            "before" if table.old_value_known(i) => sent(table, self.before?, None, i),
+            _ => None,
         }
     }
 
@@ -227,16 +229,9 @@ impl RowVariables<'_> {
                 ]);
                 Cel::from(map)
             }
-            _ => {
-                // `after.x` / `before.x`: the column's value, or nothing (CEL then reads the whole image and
-                // reports the missing key or the null image).
-                let (image, column) = name.split_once('.')?;
-                match image {
-                    "after" => self.column(Image::New(self.after, self.before), column)?,
-                    "before" => self.column(Image::Old(self.before), column)?,
-                    _ => return None,
-                }
-            }
+            // `after.x` / `before.x`: the column's value, or nothing (CEL then reads the whole image and reports
+            // the missing key or the null image).
+            _ => to_cel(self.column(name)?),
         })
     }
 }
@@ -246,15 +241,7 @@ impl RowVariables<'_> {
     /// for the other variables and values, which go through [`RowVariables::variable`].
     fn borrowed(&self, name: &str) -> Option<CowVal<'_, '_>> {
         use cel::common::types::{CelBool, CelDouble, CelInt, CelNull, CelString};
-        let (image, column) = name.split_once('.')?;
-        let table = self.cx.table;
-        let i = table.column_index(column)?;
-        let value = match image {
-            "after" => sent(table, self.after?, self.before, i)?,
-            "before" if table.old_value_known(i) => sent(table, self.before?, None, i)?,
-            _ => return None,
-        };
-        Some(match value {
+        Some(match self.column(name)? {
             Value::Int(v) => CowVal::owned(CelInt::from(*v)),
             Value::Text(v) => CowVal::owned(CelString::from(v.as_str())),
             Value::Bool(v) => CowVal::owned(CelBool::from(*v)),

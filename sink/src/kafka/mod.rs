@@ -542,20 +542,23 @@ impl KafkaSink {
         let encode_started = std::time::Instant::now();
         // Reused for every record: librdkafka copies what it is given.
         let mut buffers = Buffers::default();
+        // The source transaction in progress, carried across batches; a Commit ends it after its own event.
+        let mut open_tx = self.open_tx.take();
+        let mut ended = false;
         for e in events {
-            if let Event::Begin(tx) = e {
-                self.open_tx = Some(tx.clone());
+            if std::mem::take(&mut ended) {
+                open_tx = None;
             }
+            ended = matches!(e, Event::Commit { .. });
+            if let Event::Begin(begin) = e {
+                open_tx = Some(begin.clone());
+            }
+            let tx = open_tx.as_deref();
             // The source's commit time; now for snapshot reads, which belong to no source transaction.
-            let tx = self.open_tx.clone();
             let commit_ms = tx
-                .as_ref()
                 .and_then(|t| t.commit_time)
                 .and_then(Timestamp::unix_micros)
                 .map_or(now, |us| us / 1000);
-            if matches!(e, Event::Commit { .. }) {
-                self.open_tx = None;
-            }
             if self.cfg.transaction_topic {
                 self.transaction_marker(e, commit_ms).await?;
             }
@@ -589,7 +592,7 @@ impl KafkaSink {
                         before,
                         after,
                         commit_ms,
-                        tx: tx.as_deref(),
+                        tx,
                         snapshot,
                         transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };
@@ -636,7 +639,7 @@ impl KafkaSink {
                             before: None,
                             after: None,
                             commit_ms,
-                            tx: tx.as_deref(),
+                            tx,
                             snapshot: false,
                             transaction: self.transaction.as_mut().map(|c| c.count(t)),
                         };
@@ -646,6 +649,7 @@ impl KafkaSink {
                 }
             }
         }
+        self.open_tx = if ended { None } else { open_tx };
         let encoded = encode_started.elapsed();
         let Some(position) = commit else {
             return Ok(());
