@@ -337,6 +337,35 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
         per_pipeline(&|p| Some(p.rows_filtered.load(Relaxed) as f64)),
     );
     family(
+        "ferry_source_origin_skipped_total",
+        "counter",
+        "Source row changes left out because their transaction was applied under a skipped replication origin (loop prevention).",
+        per_pipeline(&|p| Some(p.origin_skipped.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_conflicts_total",
+        "counter",
+        "Conflicts a sink detected and resolved, per table, type and resolution (each is a row of ferry_conflicts in the target).",
+        pipelines
+            .iter()
+            .flat_map(|p| {
+                p.sinks.iter().flat_map(move |s| {
+                    s.conflicts().into_iter().map(move |(table, kind, resolution, n)| {
+                        (
+                            format!(
+                                "pipeline=\"{}\",sink=\"{}\",table=\"{}\",type=\"{kind}\",resolution=\"{resolution}\"",
+                                label(&p.name),
+                                label(&s.name),
+                                label(&table)
+                            ),
+                            n as f64,
+                        )
+                    })
+                })
+            })
+            .collect(),
+    );
+    family(
         "ferry_transform_rows_skipped_total",
         "counter",
         "Rows a transform failed on and left out (on_error = \"skip\"), per stage and table.",

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use env::{expand, ExpandError};
 pub use model::{
-    Case, ColumnRef, DecimalHandling, FilterConfig, KafkaFormat, KafkaSink, MaskKind, MysqlSource,
+    Case, ColumnRef, ConflictPolicy, ConflictRule, DecimalHandling, MergeRule, OriginFilter, Resolver, FilterConfig, KafkaFormat, KafkaSink, MaskKind, MysqlSource,
     PipelineConfig, PostgresSource, RouteTo, RowErrorPolicy, SchemaChangePolicy, SinkConfig,
     SinkKind, SnapshotMode, SourceConfig, TransformConfig, TransformKind,
 };

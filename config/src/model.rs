@@ -25,6 +25,35 @@ pub struct PipelineConfig {
     /// How long the source may send nothing (no change, no keepalive, no heartbeat) before Ferry takes its
     /// connection for dead and reconnects.
     pub source_timeout: Duration,
+    /// `[pipeline] node`: this side's node id in a multi-master setup (tie-breaks, the conflict log). When set,
+    /// PostgreSQL sinks apply under the replication origin `ferry_<pipeline>`, so a peer pipeline reading the
+    /// target can skip what this one wrote.
+    pub node: Option<String>,
+}
+
+/// Which source transactions a source passes on, by the replication origin (PostgreSQL) or the server id
+/// (MySQL / MariaDB binlog) they were written under: `[source] origins` and `skip_origins`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OriginFilter {
+    /// Every transaction (the default): a one-way pipeline, or a chain that forwards what it receives.
+    #[default]
+    Any,
+    /// Only transactions written by the source's own clients: none applied by a replication origin (Ferry's peer
+    /// pipeline, a native subscription). What breaks the loop of two pipelines A→B and B→A.
+    Local,
+    /// Every transaction except those of these origins (PostgreSQL origin names such as `ferry_b_to_a`).
+    Skip(Vec<String>),
+}
+
+impl OriginFilter {
+    /// Whether a transaction written under the origin `name` is left out.
+    pub fn skips(&self, name: &str) -> bool {
+        match self {
+            OriginFilter::Any => false,
+            OriginFilter::Local => true,
+            OriginFilter::Skip(names) => names.iter().any(|n| n == name),
+        }
+    }
 }
 
 /// Where changes come from.
@@ -47,6 +76,7 @@ pub struct MysqlSource {
     /// `on_unknown_ddl = "skip"`: a statement Ferry cannot apply (a statement-logged data change) is logged and
     /// counted instead of stopping the pipeline.
     pub skip_unknown_ddl: bool,
+    pub origins: OriginFilter,
 }
 
 /// A PostgreSQL logical-replication source.
@@ -61,6 +91,7 @@ pub struct PostgresSource {
     pub publication: String,
     /// What to do when the source changes a table in a way Ferry cannot reproduce on its targets.
     pub on_schema_change: SchemaChangePolicy,
+    pub origins: OriginFilter,
 }
 
 /// What to do with a schema change Ferry cannot reproduce on a target: a table rewritten without row events
@@ -223,6 +254,120 @@ pub struct SinkConfig {
     /// Unique within the pipeline; names the checkpoint row.
     pub name: String,
     pub kind: SinkKind,
+    /// How the sink resolves a change that conflicts with the target row (SQL sinks only).
+    pub conflicts: ConflictPolicy,
+}
+
+/// What wins when a source change meets a target row written by someone else: `[[sink]] conflict` and
+/// `[[sink.conflict_rules]]`. Resolver names follow pglogical's (`apply_remote`, `keep_local`, …).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConflictPolicy {
+    /// The resolver of every table no rule names; `None` (no `conflict` key): apply every change without
+    /// looking for conflicts, as a one-way pipeline does.
+    pub default: Option<Resolver>,
+    /// Per-table rules, the first whose glob matches wins.
+    pub rules: Vec<ConflictRule>,
+}
+
+/// `[[sink.conflict_rules]]`: a resolver and column merge rules for the tables matching `tables`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictRule {
+    /// Its key path in the file (`sink[0].conflict_rules[1]`), for messages.
+    pub key: String,
+    /// `schema.table` globs (`*`, `?`).
+    pub tables: Vec<String>,
+    /// `None`: the sink's default resolver.
+    pub resolver: Option<Resolver>,
+    /// Per-column merge rules, applied whatever the row resolver decides.
+    pub columns: Vec<(String, MergeRule)>,
+}
+
+/// How a row conflict is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolver {
+    /// The source change is applied (today's behaviour; no conflict detection cost).
+    #[default]
+    ApplyRemote,
+    /// The target row stays.
+    KeepLocal,
+    /// The later write wins: the row versions' hybrid logical clock (µs), ties broken by node id.
+    LastWriteWins,
+    /// The earlier write wins.
+    FirstWriteWins,
+    /// The conflicting source change is dropped (and logged).
+    Skip,
+    /// The pipeline stops, naming the table, the key and both rows.
+    Error,
+}
+
+impl Resolver {
+    /// Its name in the config file and the conflict log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolver::ApplyRemote => "apply_remote",
+            Resolver::KeepLocal => "keep_local",
+            Resolver::LastWriteWins => "last_write_wins",
+            Resolver::FirstWriteWins => "first_write_wins",
+            Resolver::Skip => "skip",
+            Resolver::Error => "error",
+        }
+    }
+
+    pub const ALL: [Resolver; 6] = [
+        Resolver::ApplyRemote,
+        Resolver::KeepLocal,
+        Resolver::LastWriteWins,
+        Resolver::FirstWriteWins,
+        Resolver::Skip,
+        Resolver::Error,
+    ];
+}
+
+/// A per-column merge rule: the column's new value is computed from the target's (`local`) and the change's
+/// (`remote`) whichever row wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeRule {
+    /// The larger value.
+    Max,
+    /// The smaller value.
+    Min,
+    /// The winner's value unless it is NULL, else the other's.
+    PreferNonNull,
+    /// A counter: `local + (new − old)`, so increments made on two primaries both count. Needs the old value
+    /// (REPLICA IDENTITY FULL, `binlog_row_image = FULL`).
+    SumDelta,
+}
+
+impl MergeRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeRule::Max => "max",
+            MergeRule::Min => "min",
+            MergeRule::PreferNonNull => "prefer_non_null",
+            MergeRule::SumDelta => "sum_delta",
+        }
+    }
+
+    pub const ALL: [MergeRule; 4] = [
+        MergeRule::Max,
+        MergeRule::Min,
+        MergeRule::PreferNonNull,
+        MergeRule::SumDelta,
+    ];
+}
+
+impl ConflictPolicy {
+    /// The resolver and merge rules of `table`, `None` when nothing is configured for it (nothing to detect).
+    pub fn for_table(&self, table: &TableId) -> Option<(Resolver, &[(String, MergeRule)])> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.tables.iter().any(|p| table.matches_glob(p)));
+        let resolver = rule.and_then(|r| r.resolver).or(self.default);
+        let columns = rule.map_or(&[][..], |r| &r.columns[..]);
+        (resolver.is_some() || !columns.is_empty())
+            .then(|| (resolver.unwrap_or_default(), columns))
+    }
 }
 
 /// The backend of a sink.

@@ -348,6 +348,7 @@ pub fn validate(
     let mut heartbeat_interval = Some(Duration::from_secs(10));
     let mut snapshot_parallelism = 2;
     let mut source_timeout = Duration::from_secs(30);
+    let mut node = None;
     match r.subtable(&mut root, "pipeline") {
         Some(mut p) => {
             name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
@@ -374,6 +375,21 @@ pub fn validate(
                 (Duration::from_secs(1), Duration::from_secs(3600)),
             ) {
                 source_timeout = d;
+            }
+            node = r.string(&mut p, "node", "a node id such as \"a\"");
+            if let Some(n) = &node {
+                if n.is_empty()
+                    || n.len() > 64
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    r.error(
+                        p.key("node"),
+                        format!("expected letters, digits, _ and - (at most 64), found {n:?}"),
+                    );
+                    node = None;
+                }
             }
             if let Some(n) = r.int_within(&mut p, "snapshot_parallelism", (1, 64)) {
                 snapshot_parallelism = n;
@@ -451,6 +467,7 @@ pub fn validate(
                 heartbeat_interval,
                 snapshot_parallelism,
                 source_timeout,
+                node,
             });
         }
     }
@@ -485,6 +502,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 Some(_) => Some(SchemaChangePolicy::Resnapshot),
                 None => None,
             };
+            let origins = read_origins(r, &mut s);
             // Not `?` here: the unknown keys below must be reported too.
             (|| {
                 Some(SourceConfig::Postgres(PostgresSource {
@@ -494,6 +512,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     slot,
                     publication,
                     on_schema_change: on_schema_change?,
+                    origins: origins?,
                 }))
             })()
         }
@@ -532,6 +551,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     None
                 }
             };
+            let origins = read_origins(r, &mut s);
             (|| {
                 Some(SourceConfig::Mysql(MysqlSource {
                     url: url?,
@@ -539,6 +559,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     snapshot: snapshot?,
                     server_id: server_id?,
                     skip_unknown_ddl: on_unknown_ddl?,
+                    origins: origins?,
                 }))
             })()
         }
@@ -553,6 +574,145 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
     };
     r.finish(s);
     result
+}
+
+/// `origins = "any" | "local"` and `skip_origins = [...]` of a `[source]`.
+fn read_origins(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<OriginFilter> {
+    let origins = choice(r, s, "origins", &["any", "local"], "any");
+    let skip = r.string_list(s, "skip_origins", "origin names such as \"ferry_b_to_a\"");
+    match (origins.as_deref(), skip) {
+        (Some("local"), Some(_)) => {
+            r.error(
+                s.key("skip_origins"),
+                "origins = \"local\" skips every origin already; drop skip_origins, or set origins = \"any\" \
+                 and list the origins to skip",
+            );
+            None
+        }
+        (Some("local"), None) => Some(OriginFilter::Local),
+        (Some(_), Some(list)) if list.is_empty() => Some(OriginFilter::Any),
+        (Some(_), Some(list)) => Some(OriginFilter::Skip(list)),
+        (Some(_), None) => Some(OriginFilter::Any),
+        (None, _) => None,
+    }
+}
+
+/// `conflict = "…"` and `[[sink.conflict_rules]]` of a `[[sink]]`.
+fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> ConflictPolicy {
+    let resolvers: Vec<&str> = Resolver::ALL.iter().map(|r| r.name()).collect();
+    let resolver_of = |name: &str| Resolver::ALL.into_iter().find(|r| r.name() == name);
+    let mut policy = ConflictPolicy::default();
+    if s.table.contains_key("conflict") {
+        policy.default = choice(r, s, "conflict", &resolvers, "apply_remote")
+            .and_then(|n| resolver_of(&n));
+    }
+    let rules: Vec<(String, &Table)> = match r.get(s, "conflict_rules") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let key = format!("{}[{i}]", s.key("conflict_rules"));
+                match item {
+                    Value::Table(t) => Some((key, t)),
+                    _ => {
+                        r.error(key, "expected a [[sink.conflict_rules]] table");
+                        None
+                    }
+                }
+            })
+            .collect(),
+        Some(other) => {
+            r.error(
+                s.key("conflict_rules"),
+                format!(
+                    "expected [[sink.conflict_rules]] tables, found {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    };
+    if !sql && (s.table.contains_key("conflict") || !rules.is_empty()) {
+        r.error(
+            s.key(if s.table.contains_key("conflict") {
+                "conflict"
+            } else {
+                "conflict_rules"
+            }),
+            "conflict resolution needs a SQL target (postgres, mysql or sqlite): a Kafka or discard sink holds no \
+             rows to conflict with",
+        );
+    }
+    for (key, table) in rules {
+        let mut c = Section::new(key.clone(), table);
+        let tables = r.string_list(&mut c, "tables", "tables as \"schema.table\" (globs: \"public.*\")");
+        match &tables {
+            None if !c.table.contains_key("tables") => {
+                r.error(c.key("tables"), "missing; expected tables = [\"schema.table\", …] (globs: \"public.*\")")
+            }
+            Some(list) => {
+                for (i, p) in list.iter().enumerate() {
+                    if TableId::parse(p, "public").is_none() || !TableId::is_valid_glob(p) {
+                        r.error(
+                            format!("{}[{i}]", c.key("tables")),
+                            format!("expected \"schema.table\" (globs: \"public.*\"), found {p:?}"),
+                        );
+                    }
+                }
+            }
+            None => {}
+        }
+        let resolver = if c.table.contains_key("conflict") {
+            choice(r, &mut c, "conflict", &resolvers, "apply_remote").and_then(|n| resolver_of(&n))
+        } else {
+            None
+        };
+        let mut columns = Vec::new();
+        let merges: Vec<&str> = MergeRule::ALL.iter().map(|m| m.name()).collect();
+        match r.get(&mut c, "columns") {
+            None => {}
+            Some(Value::Table(cols)) => {
+                for (col, rule) in cols {
+                    let ckey = format!("{}.{col}", c.key("columns"));
+                    match rule.as_str().and_then(|n| MergeRule::ALL.into_iter().find(|m| m.name() == n)) {
+                        Some(m) => columns.push((col.clone(), m)),
+                        None => r.error(
+                            ckey,
+                            format!(
+                                "expected one of {}, found {}",
+                                merges.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "),
+                                rule
+                            ),
+                        ),
+                    }
+                }
+            }
+            Some(other) => r.error(
+                c.key("columns"),
+                format!(
+                    "expected a table of column merge rules such as {{ n = \"sum_delta\" }}, found {}",
+                    other.type_str()
+                ),
+            ),
+        }
+        if resolver.is_none() && columns.is_empty() && !c.table.contains_key("conflict") {
+            r.error(
+                key.clone(),
+                "expected conflict = \"…\" or columns = { … } (a rule that changes nothing)",
+            );
+        }
+        r.finish(c);
+        if let Some(tables) = tables {
+            policy.rules.push(ConflictRule {
+                key,
+                tables,
+                resolver,
+                columns,
+            });
+        }
+    }
+    policy
 }
 
 /// One of `choices` for `key`, or `default` when absent.
@@ -1264,7 +1424,19 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                     format!("sink name {name:?} is used twice; give each sink a unique name"),
                 );
             }
-            sinks.push(SinkConfig { name, kind });
+            let conflicts = read_conflicts(
+                r,
+                &mut s,
+                matches!(
+                    kind,
+                    SinkKind::Postgres { .. } | SinkKind::Mysql { .. } | SinkKind::Sqlite { .. }
+                ),
+            );
+            sinks.push(SinkConfig {
+                name,
+                kind,
+                conflicts,
+            });
         }
         r.finish(s);
     }

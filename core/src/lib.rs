@@ -38,7 +38,7 @@ pub use schema::{
 };
 pub use sink::{Sink, Transform};
 pub use source::{Source, SourceExit};
-pub use stats::{PipelineState, PipelineStats, SinkStats, SnapshotProgress};
+pub use stats::{ConflictCount, PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};
 pub use value::{Decimal, Uuid, Value};
 

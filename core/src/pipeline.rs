@@ -252,6 +252,7 @@ pub async fn run_sink<S: Sink>(
             Some((i, position)) => {
                 apply_within(&mut sink, &events[..=i], Some(position)).await?;
                 sink_stats.applied(&events[..=i], Some(position));
+                sink_stats.conflicts_committed(sink.take_conflicts());
                 debug!(sink = sink.name(), position = %position, events = open_events + i + 1, "committed batch");
                 skip.checkpoint = Some(position.clone());
                 tracker.report(index, position.clone());

@@ -13,6 +13,18 @@ pub struct TableId {
 }
 
 impl TableId {
+    /// Whether `schema.table` matches `pattern`, a glob (`public.*`, `shop.order_?`) as `[[transform]] tables`
+    /// and `[[sink.conflict_rules]] tables` take them; an invalid pattern matches nothing (config validation
+    /// rejects it first).
+    pub fn matches_glob(&self, pattern: &str) -> bool {
+        glob::Pattern::new(pattern).is_ok_and(|p| p.matches(&self.to_string()))
+    }
+
+    /// Whether `pattern` is a glob [`TableId::matches_glob`] can use.
+    pub fn is_valid_glob(pattern: &str) -> bool {
+        glob::Pattern::new(pattern).is_ok()
+    }
+
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
         TableId {
             schema: schema.into(),

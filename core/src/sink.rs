@@ -35,6 +35,12 @@ pub trait Sink: Send + 'static {
         events: &[Event],
         commit: Option<&Position>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The conflicts made durable by the commits since the last call (each is also a row of the target's
+    /// `ferry_conflicts`). Sinks that resolve no conflicts have none.
+    fn take_conflicts(&mut self) -> Vec<crate::stats::ConflictCount> {
+        Vec::new()
+    }
 }
 
 /// The transform stage between source and sinks, as the runner sees it: the chain of `[[transform]]` stages

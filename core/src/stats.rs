@@ -127,11 +127,43 @@ pub struct SinkStats {
     /// Source time of the last durable point: a commit time, or when a heartbeat became durable (µs since the
     /// epoch; 0: none yet).
     last_commit_unix_micros: AtomicI64,
+    /// Conflicts the sink detected and made durable: (table, type, resolution) → count.
+    conflicts: Mutex<std::collections::BTreeMap<(String, &'static str, &'static str), u64>>,
+}
+
+/// One conflict a sink detected, as counted in `ferry_conflicts_total{table,type,resolution}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictCount {
+    pub table: String,
+    /// `insert_exists`, `update_origin_differs`, `update_missing`, `delete_origin_differs`, `delete_missing`.
+    pub kind: &'static str,
+    /// `apply_remote` (the change won) or `keep_local` (the target row stayed).
+    pub resolution: &'static str,
 }
 
 impl SinkStats {
+    /// Adds conflicts the sink made durable.
+    pub fn conflicts_committed(&self, conflicts: Vec<ConflictCount>) {
+        if conflicts.is_empty() {
+            return;
+        }
+        let mut m = self.conflicts.lock().unwrap_or_else(|p| p.into_inner());
+        for c in conflicts {
+            *m.entry((c.table, c.kind, c.resolution)).or_default() += 1;
+        }
+    }
+
+    /// Conflicts made durable so far: (table, type, resolution, count).
+    pub fn conflicts(&self) -> Vec<(String, &'static str, &'static str, u64)> {
+        let m = self.conflicts.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .map(|((t, k, r), n)| (t.clone(), *k, *r, *n))
+            .collect()
+    }
+
     fn new(name: &str) -> SinkStats {
         SinkStats {
+            conflicts: Mutex::new(Default::default()),
             name: name.to_owned(),
             batches: AtomicU64::new(0),
             rows: AtomicU64::new(0),
@@ -208,6 +240,9 @@ pub struct PipelineStats {
     recopies: Mutex<Vec<(String, u64, bool)>>,
     /// Rows `filter` transforms left out.
     pub rows_filtered: AtomicU64,
+    /// Row changes the source left out because their transaction was written under a skipped origin
+    /// (`[source] origins`, `skip_origins`).
+    pub origin_skipped: AtomicU64,
     /// Rows left out after a transform failed on them (`on_error = "skip"`), per stage key and table.
     rows_skipped: Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
@@ -225,8 +260,14 @@ impl PipelineStats {
             quarantined: Mutex::new(Vec::new()),
             recopies: Mutex::new(Vec::new()),
             rows_filtered: AtomicU64::new(0),
+            origin_skipped: AtomicU64::new(0),
             rows_skipped: Mutex::new(Default::default()),
         }
+    }
+
+    /// Counts row changes left out by their origin.
+    pub fn add_origin_skipped(&self, n: u64) {
+        self.origin_skipped.fetch_add(n, Relaxed);
     }
 
     /// Counts a row the transform stage `stage` (`transform[2]`) failed on and left out.

@@ -47,6 +47,10 @@ impl Sink for AnySink {
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         each!(self, s => s.apply(events, commit).await)
     }
+
+    fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
+        each!(self, s => s.take_conflicts())
+    }
 }
 
 #[cfg(not(feature = "kafka"))]

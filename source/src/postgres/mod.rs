@@ -188,6 +188,8 @@ pub async fn run(
         recopy_schemas: Default::default(),
         xid: None,
         pending_begin: None,
+        origins: cfg.origins.clone(),
+        skipping: false,
     };
     if resuming {
         streamer.resume_recopies(settings.recopies.clone()).await?;

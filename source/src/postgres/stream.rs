@@ -104,6 +104,11 @@ pub(crate) struct Streamer {
     pub xid: Option<u32>,
     /// A `Begin` held until the next message, which may be the transaction's Origin.
     pub pending_begin: Option<TxContext>,
+    /// Which transactions to leave out by their replication origin (`[source] origins`, `skip_origins`).
+    pub origins: ferry_config::OriginFilter,
+    /// The open transaction was written under an origin `origins` skips: its changes are left out, its Begin
+    /// and Commit still pass (the checkpoint moves past it).
+    pub skipping: bool,
 }
 
 fn now_unix_micros() -> i64 {
@@ -141,8 +146,17 @@ impl Streamer {
         publication: &str,
         start: Lsn,
     ) -> Result<StreamEnd, Error> {
+        // PostgreSQL 16+ leaves out transactions applied under any replication origin itself; before that the
+        // stream drops them by their Origin message (see `handle`).
+        let origin = if self.origins == ferry_config::OriginFilter::Local
+            && self.catalog.server_version().await? >= 160_000
+        {
+            ", origin 'none'"
+        } else {
+            ""
+        };
         let command = format!(
-            "START_REPLICATION SLOT \"{}\" LOGICAL {start} (proto_version '1', publication_names {}, messages 'true')",
+            "START_REPLICATION SLOT \"{}\" LOGICAL {start} (proto_version '1', publication_names {}, messages 'true'{origin})",
             slot.replace('"', "\"\""),
             quote_literal(&format!("\"{}\"", publication.replace('"', "\"\"")))
         );
@@ -350,6 +364,7 @@ impl Streamer {
         // pgoutput sends a transaction's Origin (if any) right after its Begin.
         if let Some(mut tx) = self.pending_begin.take() {
             if let PgOutput::Origin { name, .. } = msg {
+                self.skipping = self.origins.skips(name);
                 tx.origin.name = Some(name.to_owned());
                 out.push_back(Event::Begin(Arc::new(tx)));
                 return Ok(());
@@ -363,6 +378,7 @@ impl Streamer {
                 commit_time_micros,
             } => {
                 self.in_transaction = true;
+                self.skipping = false;
                 self.xid = Some(xid);
                 self.pending_begin = Some(TxContext {
                     commit_at: Position::Pg(final_lsn),
@@ -436,6 +452,14 @@ impl Streamer {
                     self.unannounced.insert(oid);
                     self.relations.insert(oid, schema);
                 }
+            }
+            PgOutput::Insert { .. }
+            | PgOutput::Update { .. }
+            | PgOutput::Delete { .. }
+            | PgOutput::Truncate { .. }
+                if self.skipping =>
+            {
+                self.stats.add_origin_skipped(1);
             }
             PgOutput::Insert { oid, new, .. } => {
                 let table = self.relation(oid, out)?;

@@ -75,7 +75,7 @@ pub fn from_filter(cfg: &FilterConfig) -> Vec<Box<dyn RowStage>> {
 
 /// Whether a `schema.table` glob matches `table`.
 pub fn matches(pattern: &str, table: &TableId) -> bool {
-    glob::Pattern::new(pattern).is_ok_and(|p| p.matches(&table.to_string()))
+    table.matches_glob(pattern)
 }
 
 /// The columns of `refs` that apply to `table`.
