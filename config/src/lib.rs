@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 pub use env::{expand, ExpandError};
 pub use model::{
-    Case, ColumnRef, ConflictPolicy, ConflictRule, DecimalHandling, MergeRule, OriginFilter, Resolver, FilterConfig, KafkaFormat, KafkaSink, MaskKind, MysqlSource,
-    PipelineConfig, PostgresSource, RouteTo, RowErrorPolicy, SchemaChangePolicy, SinkConfig,
-    SinkKind, SnapshotMode, SourceConfig, TransformConfig, TransformKind,
+    Case, ColumnRef, ConflictPolicy, ConflictRule, DecimalHandling, FilterConfig, KafkaFormat,
+    KafkaSink, MaskKind, MergeRule, MysqlSource, OriginFilter, PipelineConfig, PostgresSource,
+    Resolver, RouteTo, RowErrorPolicy, SchemaChangePolicy, SinkConfig, SinkKind, SnapshotMode,
+    SourceConfig, TransformConfig, TransformKind,
 };
 pub use validate::parse_duration;
 

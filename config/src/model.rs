@@ -365,8 +365,7 @@ impl ConflictPolicy {
             .find(|r| r.tables.iter().any(|p| table.matches_glob(p)));
         let resolver = rule.and_then(|r| r.resolver).or(self.default);
         let columns = rule.map_or(&[][..], |r| &r.columns[..]);
-        (resolver.is_some() || !columns.is_empty())
-            .then(|| (resolver.unwrap_or_default(), columns))
+        (resolver.is_some() || !columns.is_empty()).then(|| (resolver.unwrap_or_default(), columns))
     }
 }
 

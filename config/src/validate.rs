@@ -603,8 +603,8 @@ fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> Conflic
     let resolver_of = |name: &str| Resolver::ALL.into_iter().find(|r| r.name() == name);
     let mut policy = ConflictPolicy::default();
     if s.table.contains_key("conflict") {
-        policy.default = choice(r, s, "conflict", &resolvers, "apply_remote")
-            .and_then(|n| resolver_of(&n));
+        policy.default =
+            choice(r, s, "conflict", &resolvers, "apply_remote").and_then(|n| resolver_of(&n));
     }
     let rules: Vec<(String, &Table)> = match r.get(s, "conflict_rules") {
         None => Vec::new(),
@@ -646,11 +646,16 @@ fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> Conflic
     }
     for (key, table) in rules {
         let mut c = Section::new(key.clone(), table);
-        let tables = r.string_list(&mut c, "tables", "tables as \"schema.table\" (globs: \"public.*\")");
+        let tables = r.string_list(
+            &mut c,
+            "tables",
+            "tables as \"schema.table\" (globs: \"public.*\")",
+        );
         match &tables {
-            None if !c.table.contains_key("tables") => {
-                r.error(c.key("tables"), "missing; expected tables = [\"schema.table\", …] (globs: \"public.*\")")
-            }
+            None if !c.table.contains_key("tables") => r.error(
+                c.key("tables"),
+                "missing; expected tables = [\"schema.table\", …] (globs: \"public.*\")",
+            ),
             Some(list) => {
                 for (i, p) in list.iter().enumerate() {
                     if TableId::parse(p, "public").is_none() || !TableId::is_valid_glob(p) {

@@ -80,6 +80,30 @@ pub enum RecopyStep {
     Cancel,
 }
 
+/// The tables Ferry keeps in databases it writes to (checkpoints, applied schemas, leases, the conflict log,
+/// tombstones). Sources never capture them: in two databases replicating into each other they belong to the
+/// pipeline writing there, not to the data.
+pub const INTERNAL_TABLES: [&str; 5] = [
+    "ferry_checkpoints",
+    "ferry_schemas",
+    "ferry_leases",
+    "ferry_conflicts",
+    "ferry_tombstones",
+];
+
+/// The column holding a row's version under conflict detection: a hybrid logical clock, µs since 1970-01-01 UTC
+/// (docs/multi-master.md).
+pub const VERSION_TS: &str = "_ferry_ts";
+/// The column holding the node that wrote a row's version.
+pub const VERSION_NODE: &str = "_ferry_node";
+/// Where deleted rows' versions are kept under conflict detection.
+pub const TOMBSTONES_TABLE: &str = "ferry_tombstones";
+
+/// Whether `table` is one of Ferry's own tables ([`INTERNAL_TABLES`]).
+pub fn is_internal_table(table: &TableId) -> bool {
+    INTERNAL_TABLES.contains(&table.name.as_str())
+}
+
 /// Whether `table` is a re-copy's shadow table ([`recopy_shadow`]).
 pub fn is_recopy_shadow(table: &TableId) -> bool {
     table.name.starts_with("ferry_recopy_")

@@ -30,7 +30,8 @@ pub use binlog_position::{
 };
 pub use error::{mysql_refuses, Error, ErrorClass, Result};
 pub use event::{
-    is_recopy_shadow, recopy_shadow, Change, Event, Origin, RecopyStep, Row, RowOp, TxContext,
+    is_internal_table, is_recopy_shadow, recopy_shadow, Change, Event, Origin, RecopyStep, Row,
+    RowOp, TxContext, TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS,
 };
 pub use position::{Lsn, Position};
 pub use schema::{

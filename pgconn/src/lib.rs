@@ -15,6 +15,7 @@
 pub mod lease;
 mod stream;
 mod verify;
+pub mod versions;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! position they reach become durable together or not at all.
 
 pub mod checkpoint;
+pub mod conflict;
 pub mod discard;
 pub mod evolve;
 #[cfg(feature = "kafka")]

@@ -62,9 +62,18 @@ fn no_kafka() -> Error {
 pub async fn open(config: &PipelineConfig, index: usize) -> Result<AnySink, Error> {
     let sink = &config.sinks[index];
     Ok(match &sink.kind {
-        SinkKind::Postgres { url } => {
-            AnySink::Postgres(PostgresSink::connect(&sink.name, &config.name, url).await?)
-        }
+        SinkKind::Postgres { url } => AnySink::Postgres(
+            PostgresSink::connect(
+                &sink.name,
+                &config.name,
+                url,
+                crate::postgres::MultiMasterOptions {
+                    conflicts: sink.conflicts.clone(),
+                    node: config.node.clone(),
+                },
+            )
+            .await?,
+        ),
         SinkKind::Mysql { url } => {
             AnySink::Mysql(MysqlSink::connect(&sink.name, &config.name, url).await?)
         }

@@ -32,6 +32,7 @@ pub fn open(
                 snapshot_parallelism: config.snapshot_parallelism,
                 source_timeout: config.source_timeout,
                 recopies,
+                node: config.node.clone(),
             },
             stats,
         ),

@@ -10,20 +10,25 @@
 //! optimistically inside a savepoint: if a key already exists in the target (rows written there by someone
 //! else), the savepoint is rolled back and the same rows are upserted instead.
 
+mod conflict;
 mod ddl;
 mod text;
 
 use std::collections::{HashMap, HashSet};
 
+use std::sync::Arc;
+
+use ferry_config::ConflictPolicy;
 use ferry_core::{
     recopy_shadow, Change, Error, Event, Position, RecopyStep, Row, RowOp, SchemaRef, Sink,
-    TableId, TableSchema,
+    TableId, TableSchema, TxContext,
 };
 use ferry_pgconn::PgUrl;
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, error, info};
 
 use crate::checkpoint;
+use crate::conflict::{ConflictTally, Policies, TablePolicy};
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, sent_columns, RowAction};
@@ -92,11 +97,56 @@ pub struct PostgresSink {
     truncated: HashSet<TableId>,
     /// Tables being re-copied into shadow tables.
     shadows: Shadows,
+    multi: Box<MultiMaster>,
+}
+
+/// What a sink needs to know for conflict handling and loop prevention (`[pipeline] node`, `[[sink]] conflict`).
+#[derive(Debug, Clone, Default)]
+pub struct MultiMasterOptions {
+    pub conflicts: ConflictPolicy,
+    /// `[pipeline] node`: when set, the sink applies under the replication origin `ferry_<pipeline>`.
+    pub node: Option<String>,
+}
+
+/// The sink's conflict-handling state.
+#[derive(Default)]
+struct MultiMaster {
+    options: MultiMasterOptions,
+    /// The node id changes without version columns are stamped with: `node`, or the pipeline's name.
+    node: String,
+    /// Whether transactions are applied under a replication origin.
+    origin: bool,
+    policies: Policies,
+    /// Tables (and schema versions) given version columns and triggers.
+    prepared: HashSet<(TableId, u64)>,
+    tally: ConflictTally,
+    /// The open source transaction.
+    tx: Option<Arc<TxContext>>,
+    /// The last source commit of the open target transaction (PostgreSQL sources): LSN and µs.
+    last_commit: Option<(ferry_core::Lsn, Option<i64>)>,
+}
+
+/// A group of conflict-aware changes: consecutive rows of one table and kind, each key at most once.
+struct Managed<'a> {
+    table: SchemaRef,
+    policy: Arc<TablePolicy>,
+    /// `None`: deletes.
+    columns: Option<Vec<usize>>,
+    complete: bool,
+    changes: Vec<conflict::Change<'a>>,
+    deletes: Vec<conflict::Delete<'a>>,
+    /// Each key's place in `changes` / `deletes`.
+    keys: HashMap<Vec<Option<String>>, usize>,
 }
 
 impl PostgresSink {
     /// Connects and makes sure the checkpoint table exists.
-    pub async fn connect(name: &str, pipeline: &str, url: &str) -> Result<Self, Error> {
+    pub async fn connect(
+        name: &str,
+        pipeline: &str,
+        url: &str,
+        options: MultiMasterOptions,
+    ) -> Result<Self, Error> {
         let client = connect(url).await?;
         if let Some(holder) =
             ferry_pgconn::lease::try_lease(&client, &format!("sink {pipeline}/{name}")).await?
@@ -120,7 +170,9 @@ impl PostgresSink {
             .map_err(write_error("reading ferry_schemas"))?;
         let applied =
             evolve::parse_records(records.iter().map(|r| (r.get(0), r.get(1))).collect())?;
+        let multi = Box::new(MultiMaster::open(&client, pipeline, options).await?);
         Ok(PostgresSink {
+            multi,
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
             client,
@@ -337,9 +389,223 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Adds a change of a table under a conflict policy to the conflict-aware group, flushing the group first
+    /// when the change cannot join it (another table or kind, or a key already in it).
+    async fn managed_row<'a>(
+        &mut self,
+        managed: &mut Option<Managed<'a>>,
+        table: &SchemaRef,
+        policy: Arc<TablePolicy>,
+        op: &'a RowOp,
+    ) -> Result<(), Error> {
+        if self
+            .multi
+            .prepared
+            .insert((table.id.clone(), table.version))
+        {
+            conflict::ensure_table(&self.client, table).await?;
+        }
+        let tx = self.multi.tx.clone();
+        let position = tx
+            .as_ref()
+            .map(|t| t.commit_at.to_string())
+            .unwrap_or_default();
+        let node = self.multi.node.clone();
+        let (columns, complete, row) = match classify(table, op) {
+            RowAction::Upsert(r) => (
+                Some(managed_columns(table, 0..table.columns.len())),
+                true,
+                r,
+            ),
+            RowAction::UpdateSent(r) => (Some(managed_columns(table, sent_columns(r))), false, r),
+            RowAction::Delete(r) => (None, false, r),
+            RowAction::Move { old, new } => {
+                self.flush_managed(managed.take()).await?;
+                return self.move_row(table, old, new).await;
+            }
+            RowAction::InsertNoKey(_) | RowAction::ReplaceNoKey { .. } => {
+                return Err(Error::fatal(format!(
+                    "table {} has no primary key and cannot be under a conflict policy",
+                    table.id
+                )))
+            }
+        };
+        let key: Vec<Option<String>> = table
+            .primary_key
+            .iter()
+            .map(|&k| pg_text(&row[k]))
+            .collect();
+        // A later change of a key already in the group replaces it (the same source wrote both, in this order),
+        // unless merge rules need every change; a delete of such a key ends the group.
+        let replaces = columns.is_some() && policy.merges.is_empty();
+        let joins = managed.as_ref().is_some_and(|m| {
+            Arc::ptr_eq(&m.table, table)
+                && m.columns == columns
+                && (replaces || !m.keys.contains_key(&key))
+        });
+        if !joins {
+            self.flush_managed(managed.take()).await?;
+            *managed = Some(Managed {
+                table: table.clone(),
+                policy: policy.clone(),
+                columns: columns.clone(),
+                complete,
+                changes: Vec::new(),
+                deletes: Vec::new(),
+                keys: HashMap::new(),
+            });
+        }
+        let Some(m) = managed.as_mut() else {
+            return Ok(());
+        };
+        let replaced = m.keys.get(&key).copied();
+        m.keys.insert(
+            key,
+            replaced.unwrap_or(if columns.is_some() {
+                m.changes.len()
+            } else {
+                m.deletes.len()
+            }),
+        );
+        match op {
+            RowOp::Delete { before } => {
+                let seen = policy.seen_version(before);
+                // A delete supersedes the version it saw; without the old image's version, its commit time.
+                let ts = match seen {
+                    Some(ts) => ts.saturating_add(1),
+                    None => tx
+                        .as_ref()
+                        .and_then(|t| t.commit_time)
+                        .and_then(|t| t.unix_micros())
+                        .unwrap_or(0),
+                };
+                let version = crate::conflict::Version { ts, node };
+                m.deletes.push(conflict::Delete {
+                    row: before,
+                    version,
+                    seen,
+                    position,
+                });
+            }
+            RowOp::Insert { after } | RowOp::Read { after } | RowOp::Update { after, .. } => {
+                let kind = match op {
+                    RowOp::Insert { .. } => conflict::ChangeKind::Insert,
+                    RowOp::Read { .. } => conflict::ChangeKind::Read,
+                    _ => conflict::ChangeKind::Update,
+                };
+                let old = match op {
+                    RowOp::Update { before, .. } => before.as_ref(),
+                    _ => None,
+                };
+                let change = conflict::Change {
+                    kind,
+                    row: after,
+                    old,
+                    version: policy.version_of(after, tx.as_deref(), &node),
+                    position,
+                };
+                match replaced {
+                    Some(i) => {
+                        // The row the source inserted and then changed is still an insert for the target.
+                        let first = m.changes[i].kind;
+                        m.changes[i] = conflict::Change {
+                            kind: if first == conflict::ChangeKind::Update {
+                                change.kind
+                            } else {
+                                first
+                            },
+                            ..change
+                        };
+                    }
+                    None => m.changes.push(change),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a conflict-aware group and logs the conflicts it met.
+    async fn flush_managed(&mut self, managed: Option<Managed<'_>>) -> Result<(), Error> {
+        let Some(m) = managed else {
+            return Ok(());
+        };
+        let records = match &m.columns {
+            Some(columns) => {
+                conflict::apply_changes(
+                    &self.client,
+                    &m.table,
+                    &m.policy,
+                    columns,
+                    m.complete,
+                    &m.changes,
+                )
+                .await?
+            }
+            None => conflict::apply_deletes(&self.client, &m.table, &m.policy, &m.deletes).await?,
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        if m.policy.resolver == ferry_config::Resolver::Error {
+            if let Some(r) = records.into_iter().next() {
+                return Err(r.into_error());
+            }
+            return Ok(());
+        }
+        for r in &records {
+            self.multi.tally.detected(r);
+            debug!(sink = %self.name, table = %r.table, key = %r.key, kind = r.kind.name(), winner = r.winner, "conflict");
+        }
+        debug!(sink = %self.name, table = %m.table.id, conflicts = records.len(), resolver = m.policy.resolver.name(), "conflicts resolved");
+        conflict::log(
+            &self.client,
+            &conflict::Context {
+                pipeline: &self.pipeline,
+                sink: &self.name,
+            },
+            &records,
+        )
+        .await
+    }
+
     async fn apply_events(&mut self, events: &[Event]) -> Result<(), Error> {
         let mut group: Option<Group> = None;
+        let mut managed: Option<Managed> = None;
         for event in events {
+            match event {
+                Event::Begin(tx) => {
+                    self.multi.tx = Some(tx.clone());
+                    continue;
+                }
+                Event::Commit {
+                    position,
+                    commit_time,
+                } => {
+                    if let Some(lsn) = position.as_lsn() {
+                        self.multi.last_commit = Some((lsn, commit_time.unix_micros()));
+                    }
+                    continue;
+                }
+                Event::Heartbeat { .. } => continue,
+                Event::Change(Change::Row { table, op })
+                    if table.has_primary_key()
+                        && !evolve::is_quarantined(&self.applied, &table.id)
+                        && !(matches!(op, RowOp::Read { .. })
+                            && self.truncated.contains(&table.id)) =>
+                {
+                    if let Some(policy) = self
+                        .multi
+                        .policies
+                        .get(&self.multi.options.conflicts, table)?
+                    {
+                        self.flush(group.take()).await?;
+                        self.managed_row(&mut managed, table, policy, op).await?;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            self.flush_managed(managed.take()).await?;
             match event {
                 Event::Change(Change::Recopy { table, step }) => {
                     self.flush(group.take()).await?;
@@ -477,6 +743,7 @@ impl PostgresSink {
                 Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
             }
         }
+        self.flush_managed(managed).await?;
         self.flush(group).await
     }
 }
@@ -487,6 +754,97 @@ fn written(table: &TableSchema, columns: impl IntoIterator<Item = usize>) -> Vec
     columns
         .into_iter()
         .filter(|&c| !ddl::computed_by_target(table, c))
+        .collect()
+}
+
+impl MultiMaster {
+    /// Sets the session up: Ferry's writes are never stamped as local writes by the version triggers; with
+    /// conflict rules, the log and tombstone tables and the trigger functions exist; with a node, the session
+    /// applies under the replication origin `ferry_<pipeline>`, which a peer pipeline reading this database skips.
+    async fn open(
+        client: &Client,
+        pipeline: &str,
+        options: MultiMasterOptions,
+    ) -> Result<MultiMaster, Error> {
+        client
+            .batch_execute("SET ferry.applying = 'on'")
+            .await
+            .map_err(write_error("setting up the session"))?;
+        if options.conflicts.default.is_some() || !options.conflicts.rules.is_empty() {
+            client
+                .batch_execute(&format!(
+                    "{}; {}",
+                    conflict::conflicts_table_sql(),
+                    ferry_pgconn::versions::support_sql()
+                ))
+                .await
+                .map_err(write_error(
+                    "creating ferry_conflicts, ferry_tombstones and the version trigger functions",
+                ))?;
+        }
+        let origin = options.node.is_some();
+        if origin {
+            let name = origin_name(pipeline);
+            let setup = async {
+                client
+                    .execute(
+                        "SELECT pg_catalog.pg_replication_origin_create($1) WHERE NOT EXISTS \
+                         (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)",
+                        &[&name],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "SELECT pg_catalog.pg_replication_origin_session_setup($1)",
+                        &[&name],
+                    )
+                    .await
+            };
+            setup.await.map_err(|e| {
+                Error::fatal_from(
+                    format!(
+                        "cannot apply under the replication origin {name} ([pipeline] node is set, so the peer \
+                         pipeline can skip what this one writes): Ferry's target role needs superuser, or \
+                         GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), \
+                         pg_replication_origin_session_setup(text), \
+                         pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO <role>"
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(MultiMaster {
+            node: options.node.clone().unwrap_or_else(|| pipeline.to_owned()),
+            options,
+            origin,
+            ..MultiMaster::default()
+        })
+    }
+
+    /// The statement that stamps the target transaction with the last source commit (origin progress and the
+    /// commit timestamp PostgreSQL records), before COMMIT.
+    fn origin_commit_sql(&self) -> String {
+        match (self.origin, self.last_commit) {
+            (true, Some((lsn, micros))) => format!(
+                "SELECT pg_catalog.pg_replication_origin_xact_setup('{lsn}', timestamptz 'epoch' + interval '{} microseconds'); ",
+                micros.unwrap_or(0)
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The replication origin a pipeline's PostgreSQL sinks apply under (the name its slot also has).
+pub fn origin_name(pipeline: &str) -> String {
+    format!("ferry_{}", pipeline.to_lowercase())
+}
+
+/// The columns conflict-aware statements write from a change: [`written`] without the version columns, which
+/// they set from the change's version.
+fn managed_columns(table: &TableSchema, columns: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    written(table, columns)
+        .into_iter()
+        .filter(|&c| !crate::conflict::is_version_column(&table.columns[c].name))
         .collect()
 }
 
@@ -580,6 +938,10 @@ impl Sink for PostgresSink {
         Ok(Some(recopy::recorded(&self.applied)))
     }
 
+    fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
+        self.multi.tally.take()
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         if !self.in_transaction {
             self.client
@@ -605,11 +967,13 @@ impl Sink for PostgresSink {
                 .await
                 .map_err(write_error("writing the checkpoint"))?;
             self.client
-                .batch_execute("COMMIT")
+                .batch_execute(&format!("{}COMMIT", self.multi.origin_commit_sql()))
                 .await
                 .map_err(write_error("committing"))?;
             self.in_transaction = false;
             self.truncated.clear();
+            self.multi.tally.committed();
+            self.multi.last_commit = None;
             debug!(sink = %self.name, position, "committed");
         }
         Ok(())

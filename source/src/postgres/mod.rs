@@ -66,6 +66,44 @@ pub struct PgSourceSettings {
     /// Online re-copies under way in the sinks, with the cursor they agree on (`None`: they disagree, and the
     /// re-copy starts again).
     pub recopies: Vec<(TableId, Option<String>)>,
+    /// `[pipeline] node`: registered in the source database as `public.ferry_local_node()`, the name the version
+    /// triggers of conflict detection stamp local writes with (docs/multi-master.md).
+    pub node: Option<String>,
+}
+
+/// A multi-master source (`[pipeline] node`) names its database's node and gives its published tables the
+/// version columns and the triggers that stamp local writes (docs/multi-master.md), before it reads anything:
+/// every local write from then on carries a version its peer can compare.
+async fn prepare_versions(
+    client: &tokio_postgres::Client,
+    node: &str,
+    publication: &str,
+) -> Result<(), Error> {
+    let fix = "Ferry's source role must own the published tables and may create functions in schema public \
+               (or run it once as their owner)";
+    ferry_pgconn::versions::register_node(client, node)
+        .await
+        .map_err(|e| {
+            Error::fatal_from(
+                format!("cannot name this database's node {node:?} ([pipeline] node): {fix}"),
+                e,
+            )
+        })?;
+    for (table, _, _) in slot::published_tables(client, publication).await? {
+        let prepared = ferry_pgconn::versions::prepare_table(client, &slot::qualified(&table))
+            .await
+            .map_err(|e| {
+                Error::fatal_from(
+                    format!("cannot add the version columns and triggers to {table}: {fix}"),
+                    e,
+                )
+            })?;
+        if !prepared {
+            warn!(%table, "table has no primary key: its rows carry no version, and its changes are applied \
+                   without conflict detection");
+        }
+    }
+    Ok(())
 }
 
 /// Runs the source: snapshot if `resume` is `None`, then streams from the slot until `shutdown` turns true.
@@ -101,6 +139,9 @@ pub async fn run(
         version,
     )
     .await?;
+    if let Some(node) = &settings.node {
+        prepare_versions(catalog.client(), node, &cfg.publication).await?;
+    }
     if !rewrite::install(catalog.client()).await? {
         warn!("the ferry_table_rewrite event trigger is missing and this role cannot create it (it needs a \
                superuser): a rewrite that changes rows without row events (ALTER COLUMN … TYPE … USING, ADD COLUMN \
@@ -190,6 +231,7 @@ pub async fn run(
         pending_begin: None,
         origins: cfg.origins.clone(),
         skipping: false,
+        internal: Default::default(),
     };
     if resuming {
         streamer.resume_recopies(settings.recopies.clone()).await?;

@@ -186,6 +186,7 @@ pub async fn published_tables(
                 r.get(3),
             )
         })
+        .filter(|(id, _, _)| !ferry_core::is_internal_table(id))
         .collect())
 }
 

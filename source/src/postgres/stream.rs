@@ -109,6 +109,8 @@ pub(crate) struct Streamer {
     /// The open transaction was written under an origin `origins` skips: its changes are left out, its Begin
     /// and Commit still pass (the checkpoint moves past it).
     pub skipping: bool,
+    /// Relations that are Ferry's own tables ([`ferry_core::is_internal_table`]): never captured.
+    pub internal: HashSet<u32>,
 }
 
 fn now_unix_micros() -> i64 {
@@ -419,6 +421,11 @@ impl Streamer {
                     })
                     .collect();
                 let id = TableId::new(namespace, name);
+                if ferry_core::is_internal_table(&id) {
+                    self.internal.insert(oid);
+                    return Ok(());
+                }
+                self.internal.remove(&oid);
                 self.schema_versions += 1;
                 let schema = self
                     .catalog
@@ -461,6 +468,10 @@ impl Streamer {
             {
                 self.stats.add_origin_skipped(1);
             }
+            PgOutput::Insert { oid, .. }
+            | PgOutput::Update { oid, .. }
+            | PgOutput::Delete { oid, .. }
+                if self.internal.contains(&oid) => {}
             PgOutput::Insert { oid, new, .. } => {
                 let table = self.relation(oid, out)?;
                 let after = self.row(oid, &table, &new)?;
@@ -506,6 +517,13 @@ impl Streamer {
                 }));
             }
             PgOutput::Truncate { oids, .. } => {
+                let oids: Vec<u32> = oids
+                    .into_iter()
+                    .filter(|o| !self.internal.contains(o))
+                    .collect();
+                if oids.is_empty() {
+                    return Ok(());
+                }
                 for oid in &oids {
                     self.recopies.truncated(*oid);
                 }

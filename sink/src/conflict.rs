@@ -1,0 +1,338 @@
+//! Conflict detection and resolution, shared by the SQL sinks (docs/multi-master.md).
+//!
+//! A table under a conflict policy (`[[sink]] conflict`, `[[sink.conflict_rules]]`) carries a row version in two
+//! columns Ferry adds to the target table: [`VERSION_TS`], a hybrid logical clock in µs since the Unix epoch, and
+//! [`VERSION_NODE`], the node that wrote that version. Local writes on the target are stamped by a trigger
+//! (`greatest(now, previous version + 1 µs)`, so a write that follows another on the same row always has a larger
+//! version even when the writer's clock is behind); Ferry's own writes carry the source change's version. When the
+//! source table carries these columns too (two databases replicating into each other), a change's version is the
+//! one its source row holds, so both sides compare the same versions and pick the same winner.
+//!
+//! The resolver is compiled into the apply statement: a change that conflicts is decided by the target database
+//! while it writes, and only the rows of another writer are returned (to be logged in `ferry_conflicts`).
+
+use std::collections::HashMap;
+
+use ferry_config::{ConflictPolicy, MergeRule, Resolver};
+use ferry_core::{ColumnType, ConflictCount, Error, Row, TableSchema, TxContext, Value};
+
+pub use ferry_core::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS};
+
+/// The conflict log's table.
+pub const CONFLICTS_TABLE: &str = "ferry_conflicts";
+
+/// Whether `name` is one of the version columns.
+pub fn is_version_column(name: &str) -> bool {
+    name == VERSION_TS || name == VERSION_NODE
+}
+
+/// A table's conflict policy, resolved against one schema version of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TablePolicy {
+    pub resolver: Resolver,
+    /// Column index and merge rule.
+    pub merges: Vec<(usize, MergeRule)>,
+    /// The schema's own version columns, when the source table carries them.
+    pub ts_column: Option<usize>,
+    pub node_column: Option<usize>,
+}
+
+impl TablePolicy {
+    /// The policy of `table` under `policy`, `None` when nothing is configured for it. Errors name the rule's
+    /// key path, the table and what is wrong (an unknown column, a merge rule the column's type cannot take, a
+    /// table without a primary key).
+    pub fn plan(
+        policy: &ConflictPolicy,
+        table: &TableSchema,
+    ) -> Result<Option<TablePolicy>, Error> {
+        let Some((resolver, columns)) = policy.for_table(&table.id) else {
+            return Ok(None);
+        };
+        let rule = policy
+            .rules
+            .iter()
+            .find(|r| r.tables.iter().any(|p| table.id.matches_glob(p)));
+        let key = rule.map_or("conflict", |r| r.key.as_str());
+        if !table.has_primary_key() && rule.is_none() {
+            tracing::warn!(table = %table.id, "table has no primary key: its changes are applied without conflict detection");
+            return Ok(None);
+        }
+        if !table.has_primary_key() {
+            return Err(Error::fatal(format!(
+                "{key}: table {} has no primary key, so Ferry cannot tell which target row a change conflicts with; \
+                 give it a primary key, or leave it out of the conflict rules",
+                table.id
+            )));
+        }
+        let mut merges = Vec::new();
+        for (name, rule) in columns {
+            let Some(i) = table.column_index(name) else {
+                return Err(Error::fatal(format!(
+                    "{key}.columns.{name}: table {} has no column {name:?}",
+                    table.id
+                )));
+            };
+            if table.primary_key.contains(&i) {
+                return Err(Error::fatal(format!(
+                    "{key}.columns.{name}: {name} is part of the primary key of {}; a merge rule cannot change a key",
+                    table.id
+                )));
+            }
+            let numeric = matches!(
+                table.columns[i].ty,
+                ColumnType::Int2
+                    | ColumnType::Int4
+                    | ColumnType::Int8
+                    | ColumnType::Float4
+                    | ColumnType::Float8
+                    | ColumnType::Numeric
+            );
+            if *rule == MergeRule::SumDelta && !numeric {
+                return Err(Error::fatal(format!(
+                    "{key}.columns.{name}: sum_delta needs a number column, and {}.{name} is {}",
+                    table.id, table.columns[i].source_type
+                )));
+            }
+            merges.push((i, *rule));
+        }
+        Ok(Some(TablePolicy {
+            resolver,
+            merges,
+            ts_column: table.column_index(VERSION_TS),
+            node_column: table.column_index(VERSION_NODE),
+        }))
+    }
+
+    /// The merge rule of column `i`, if any.
+    pub fn merge_of(&self, i: usize) -> Option<MergeRule> {
+        self.merges.iter().find(|(c, _)| *c == i).map(|(_, m)| *m)
+    }
+
+    /// The version a change carries. When the source table has the version columns (its database is a peer
+    /// with stamping triggers), the source row's: a row never stamped (written before the triggers) is version
+    /// 0, as the peer stores it, so both sides compare the same versions. Otherwise the transaction's commit
+    /// time; snapshot rows, which belong to no transaction, are version 0. The node is the row's, else `node`
+    /// (the pipeline's).
+    pub fn version_of(&self, row: &Row, tx: Option<&TxContext>, node: &str) -> Version {
+        let ts = self.ts_column.map(|i| match &row[i] {
+            Value::Int(n) => *n,
+            _ => 0,
+        });
+        let row_node = self.node_column.and_then(|i| match &row[i] {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        });
+        match ts {
+            Some(ts) => Version {
+                ts,
+                node: row_node.unwrap_or_else(|| node.to_owned()),
+            },
+            None => Version {
+                ts: tx
+                    .and_then(|t| t.commit_time)
+                    .and_then(|t| t.unix_micros())
+                    .unwrap_or(0),
+                node: node.to_owned(),
+            },
+        }
+    }
+
+    /// The version a change's old image says the source row had (REPLICA IDENTITY FULL, `binlog_row_image =
+    /// FULL`), `None` when the old image does not carry it.
+    pub fn seen_version(&self, old: &Row) -> Option<i64> {
+        match self.ts_column.map(|i| &old[i]) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// A row version: hybrid logical clock (µs since the epoch) and writer node; versions order by `ts`, then `node`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub ts: i64,
+    pub node: String,
+}
+
+/// What kind of conflict a change met (the names PostgreSQL 18 and Spock use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// An insert found a row with its key, last written by another node.
+    InsertExists,
+    /// An update found its row last written by another node.
+    UpdateOriginDiffers,
+    /// An update found no row, and no record that one was deleted.
+    UpdateMissing,
+    /// An update found no row because it was deleted.
+    UpdateDeleted,
+    /// An insert found a record that another node deleted its key.
+    InsertDeleted,
+    /// A delete found its row last written by another node (or changed since the version the delete saw).
+    DeleteOriginDiffers,
+    /// A delete found no row.
+    DeleteMissing,
+}
+
+impl ConflictKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictKind::InsertExists => "insert_exists",
+            ConflictKind::UpdateOriginDiffers => "update_origin_differs",
+            ConflictKind::UpdateMissing => "update_missing",
+            ConflictKind::UpdateDeleted => "update_deleted",
+            ConflictKind::InsertDeleted => "insert_deleted",
+            ConflictKind::DeleteOriginDiffers => "delete_origin_differs",
+            ConflictKind::DeleteMissing => "delete_missing",
+        }
+    }
+}
+
+/// Whether the change (`remote`) wins over the target row's version (`local`) under `resolver`, as the apply
+/// statements decide it (they compile the same rule into SQL; this is its reference, for logs and tests).
+pub fn remote_wins(resolver: Resolver, local: &Version, remote: &Version) -> bool {
+    match resolver {
+        Resolver::ApplyRemote => true,
+        Resolver::KeepLocal | Resolver::Skip | Resolver::Error => false,
+        Resolver::LastWriteWins => remote > local,
+        Resolver::FirstWriteWins => remote < local,
+    }
+}
+
+/// One detected conflict, as written to `ferry_conflicts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictRecord {
+    pub table: String,
+    /// The key as `(a, b) = (1, 'x')`.
+    pub key: String,
+    pub kind: ConflictKind,
+    pub resolver: Resolver,
+    /// `remote` (the change was applied), `local` (the target row stayed) or `merged` (the target row stayed,
+    /// its merge-rule columns took the change into account).
+    pub winner: &'static str,
+    /// The target row before the change, as JSON (`None`: there was none).
+    pub local_row: Option<String>,
+    /// The change's new row (its old row for a delete), as JSON.
+    pub remote_row: String,
+    pub local_version: Option<Version>,
+    pub remote_version: Version,
+    /// The source position of the change's transaction.
+    pub position: String,
+}
+
+impl ConflictRecord {
+    /// Its count in `ferry_conflicts_total`.
+    pub fn count(&self) -> ConflictCount {
+        ConflictCount {
+            table: self.table.clone(),
+            kind: self.kind.name(),
+            resolution: if self.winner == "remote" {
+                "apply_remote"
+            } else {
+                "keep_local"
+            },
+        }
+    }
+
+    /// The error of the `error` resolver: the table, the key and both rows.
+    pub fn into_error(self) -> Error {
+        Error::fatal(format!(
+            "conflict on table {} (conflict = \"error\"): {} for {}; the target row is {}, the change is {}. Fix \
+             the row by hand on one side, or choose another resolver for the table",
+            self.table,
+            self.kind.name(),
+            self.key,
+            self.local_row.as_deref().unwrap_or("absent"),
+            self.remote_row
+        ))
+    }
+}
+
+/// `row` as a JSON object of column name to PostgreSQL text (the conflict log's row format), version columns
+/// left out.
+pub fn row_json(table: &TableSchema, row: &Row) -> String {
+    let mut map = serde_json::Map::new();
+    for (c, v) in table.columns.iter().zip(row) {
+        if is_version_column(&c.name) || *v == Value::Unchanged {
+            continue;
+        }
+        let text = ferry_core::pg_text::pg_output_text(v, &c.ty);
+        map.insert(
+            c.name.clone(),
+            text.map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+/// The conflicts a sink detected in its open transaction and made durable by its commits.
+#[derive(Debug, Default)]
+pub struct ConflictTally {
+    open: Vec<ConflictCount>,
+    committed: Vec<ConflictCount>,
+}
+
+impl ConflictTally {
+    pub fn detected(&mut self, record: &ConflictRecord) {
+        self.open.push(record.count());
+    }
+
+    pub fn committed(&mut self) {
+        self.committed.append(&mut self.open);
+    }
+
+    pub fn take(&mut self) -> Vec<ConflictCount> {
+        std::mem::take(&mut self.committed)
+    }
+}
+
+/// Per table and schema version, the planned policy (a cache: planning resolves names once).
+#[derive(Debug, Default)]
+pub struct Policies {
+    planned: HashMap<(ferry_core::TableId, u64), Option<std::sync::Arc<TablePolicy>>>,
+}
+
+impl Policies {
+    pub fn get(
+        &mut self,
+        policy: &ConflictPolicy,
+        table: &TableSchema,
+    ) -> Result<Option<std::sync::Arc<TablePolicy>>, Error> {
+        let key = (table.id.clone(), table.version);
+        if let Some(p) = self.planned.get(&key) {
+            return Ok(p.clone());
+        }
+        let planned = TablePolicy::plan(policy, table)?.map(std::sync::Arc::new);
+        self.planned.insert(key, planned.clone());
+        Ok(planned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ts: i64, node: &str) -> Version {
+        Version {
+            ts,
+            node: node.to_owned(),
+        }
+    }
+
+    #[test]
+    fn both_sides_pick_the_same_winner() {
+        // Node a's sink sees b's change against a's row, node b's sink the reverse: exactly one wins each time.
+        for (x, y) in [
+            (v(10, "a"), v(11, "b")),
+            (v(11, "a"), v(10, "b")),
+            (v(10, "a"), v(10, "b")),
+        ] {
+            for r in [Resolver::LastWriteWins, Resolver::FirstWriteWins] {
+                let at_a = remote_wins(r, &x, &y);
+                let at_b = remote_wins(r, &y, &x);
+                assert_ne!(at_a, at_b, "{r:?} {x:?} {y:?}");
+            }
+        }
+        assert!(remote_wins(Resolver::ApplyRemote, &v(9, "a"), &v(1, "b")));
+        assert!(!remote_wins(Resolver::KeepLocal, &v(1, "a"), &v(9, "b")));
+    }
+}

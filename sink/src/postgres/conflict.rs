@@ -1,0 +1,617 @@
+//! Conflict-aware writes into a PostgreSQL target (see [`crate::conflict`] and docs/multi-master.md).
+//!
+//! One statement per group of changes: it locks the target rows the changes meet (`FOR UPDATE`), decides per
+//! row with the table's resolver compiled into SQL, updates the winners (merge-rule columns whatever wins),
+//! inserts the changes whose row is missing when the resolver and the tombstones allow it, and returns only the
+//! rows another writer touched, which go to `ferry_conflicts` in the same transaction.
+
+use ferry_config::{MergeRule, Resolver};
+use ferry_core::{Error, Row, TableSchema};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use super::ddl::{pg_type, qualified_name, quote_ident};
+use super::text::pg_text;
+use crate::conflict::{
+    remote_wins, ConflictKind, ConflictRecord, TablePolicy, Version, CONFLICTS_TABLE,
+    TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS,
+};
+
+/// The conflict log table, created once per sink.
+pub fn conflicts_table_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {CONFLICTS_TABLE} (
+  id bigserial PRIMARY KEY, pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
+  key text NOT NULL, kind text NOT NULL, resolver text NOT NULL, winner text NOT NULL,
+  local_row text, remote_row text NOT NULL, local_node text, local_ts bigint, remote_node text NOT NULL,
+  remote_ts bigint NOT NULL, source_position text NOT NULL, detected_at timestamptz NOT NULL DEFAULT now())"
+    )
+}
+
+/// Gives a target table the version columns and the triggers that stamp local writes, when it lacks them.
+pub async fn ensure_table(client: &Client, table: &TableSchema) -> Result<(), Error> {
+    ferry_pgconn::versions::prepare_table(client, &qualified_name(&table.id))
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::fatal_from(format!("preparing {} for conflict detection", table.id), e))
+}
+
+/// What a change is, for the conflict it may meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A source insert.
+    Insert,
+    /// A snapshot row.
+    Read,
+    /// A source update (all columns, or only those sent).
+    Update,
+}
+
+/// One change of a conflict-aware group.
+pub struct Change<'a> {
+    pub kind: ChangeKind,
+    pub row: &'a Row,
+    /// The old row of an update, when the source sent one.
+    pub old: Option<&'a Row>,
+    pub version: Version,
+    pub position: String,
+}
+
+/// One delete of a conflict-aware group.
+pub struct Delete<'a> {
+    pub row: &'a Row,
+    pub version: Version,
+    /// The version the source row had when deleted, when its old image carries it.
+    pub seen: Option<i64>,
+    pub position: String,
+}
+
+/// Who the sink and pipeline are, for the log.
+pub struct Context<'a> {
+    pub pipeline: &'a str,
+    pub sink: &'a str,
+}
+
+/// `(u.vts, u.vnode) > (local)`-style condition under which the change wins over a row of another writer.
+fn resolver_sql(resolver: Resolver, local_ts: &str, local_node: &str) -> String {
+    match resolver {
+        Resolver::ApplyRemote => "true".to_owned(),
+        Resolver::KeepLocal | Resolver::Skip | Resolver::Error => "false".to_owned(),
+        Resolver::LastWriteWins => format!("(u.vts, u.vnode) > ({local_ts}, {local_node})"),
+        Resolver::FirstWriteWins => format!("(u.vts, u.vnode) < ({local_ts}, {local_node})"),
+    }
+}
+
+const LOCAL_NODE: &str = "coalesce(t._ferry_node, public.ferry_local_node(), '')";
+
+/// The `unnest` of the statement's parameters: text arrays for `columns` then for the old values of
+/// `old_columns`, and the per-row version, order and flags.
+fn unnest(columns: usize, olds: usize, extra: &[(&str, &str)]) -> String {
+    let mut params = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..columns {
+        params.push(format!("${}::text[]", params.len() + 1));
+        names.push(format!("c{i}"));
+    }
+    for i in 0..olds {
+        params.push(format!("${}::text[]", params.len() + 1));
+        names.push(format!("o{i}"));
+    }
+    for (name, ty) in extra {
+        params.push(format!("${}::{ty}[]", params.len() + 1));
+        names.push((*name).to_owned());
+    }
+    format!(
+        "SELECT * FROM unnest({}) AS u({})",
+        params.join(", "),
+        names.join(", ")
+    )
+}
+
+/// The upsert / update statement of a group of changes writing `columns` (the key included).
+pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> String {
+    let name = qualified_name(&table.id);
+    let col = |c: usize| quote_ident(&table.columns[c].name);
+    let value = |c: usize| {
+        let i = columns.iter().position(|&x| x == c).unwrap_or(0);
+        format!("u.c{i}::{}", pg_type(table, c))
+    };
+    let sums: Vec<usize> = columns
+        .iter()
+        .copied()
+        .filter(|&c| policy.merge_of(c) == Some(MergeRule::SumDelta))
+        .collect();
+    let key_match = table
+        .primary_key
+        .iter()
+        .map(|&k| format!("t.{} = {}", col(k), value(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let key_text = table
+        .primary_key
+        .iter()
+        .map(|&k| format!("{}::text", value(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let win = format!(
+        "(t.{VERSION_TS} IS NULL OR {LOCAL_NODE} = u.vnode OR {})",
+        resolver_sql(policy.resolver, &format!("t.{VERSION_TS}"), LOCAL_NODE)
+    );
+    let tomb_win = resolver_sql(policy.resolver, "tb.ts", "coalesce(tb.node, '')");
+    let mut sets = Vec::new();
+    for &c in columns {
+        if table.primary_key.contains(&c) {
+            continue;
+        }
+        let new = value(c);
+        let old = format!("t.{}", col(c));
+        let set = match policy.merge_of(c) {
+            None => format!("CASE WHEN x.win THEN {new} ELSE {old} END"),
+            Some(MergeRule::Max) => format!("greatest({old}, {new})"),
+            Some(MergeRule::Min) => format!("least({old}, {new})"),
+            Some(MergeRule::PreferNonNull) => {
+                format!(
+                    "CASE WHEN x.win THEN coalesce({new}, {old}) ELSE coalesce({old}, {new}) END"
+                )
+            }
+            Some(MergeRule::SumDelta) => {
+                let j = sums.iter().position(|&s| s == c).unwrap_or(0);
+                let ty = pg_type(table, c);
+                format!("coalesce({old}, 0) + (coalesce({new}, 0) - coalesce(u.o{j}::{ty}, 0))")
+            }
+        };
+        sets.push(format!("{} = {set}", col(c)));
+    }
+    sets.push(format!(
+        "{VERSION_TS} = CASE WHEN x.win THEN u.vts ELSE t.{VERSION_TS} END"
+    ));
+    sets.push(format!(
+        "{VERSION_NODE} = CASE WHEN x.win THEN u.vnode ELSE t.{VERSION_NODE} END"
+    ));
+    let merges = !policy.merges.is_empty();
+    let col_list: Vec<String> = columns.iter().map(|&c| col(c)).collect();
+    let values: Vec<String> = columns.iter().map(|&c| value(c)).collect();
+    format!(
+        "WITH u AS ({unnest}),
+x AS (SELECT t.ctid AS tid, u.ord, t.{VERSION_TS} AS lts, {LOCAL_NODE} AS lnode,
+        (to_jsonb(t) - '{VERSION_TS}' - '{VERSION_NODE}')::text AS local, {win} AS win
+      FROM {name} t JOIN u ON {key_match} FOR UPDATE OF t),
+upd AS (UPDATE {name} t SET {sets} FROM x JOIN u ON u.ord = x.ord
+        WHERE t.ctid = x.tid AND (x.win OR {merges}) RETURNING 1),
+tomb AS (SELECT u.ord, tb.{VERSION_TS} AS ts, tb.{VERSION_NODE} AS node FROM u
+         JOIN public.{TOMBSTONES_TABLE} tb ON tb.table_name = $1000 AND tb.key = ARRAY[{key_text}]
+         WHERE NOT EXISTS (SELECT 1 FROM x WHERE x.ord = u.ord)),
+cand AS (SELECT u.* FROM u
+        WHERE u.ins AND NOT EXISTS (SELECT 1 FROM x WHERE x.ord = u.ord)
+          AND NOT EXISTS (SELECT 1 FROM tomb tb WHERE tb.ord = u.ord AND coalesce(tb.node, '') <> u.vnode
+                          AND NOT ({tomb_win}))),
+ins AS (INSERT INTO {name} ({cols}, {VERSION_TS}, {VERSION_NODE})
+        SELECT {values}, u.vts, u.vnode FROM cand u
+        ON CONFLICT DO NOTHING RETURNING 1)
+SELECT 'x'::text, x.ord, x.lts, x.lnode, x.local, x.win FROM x JOIN u ON u.ord = x.ord
+  WHERE x.lts IS NOT NULL AND x.lnode <> u.vnode
+UNION ALL SELECT 'm', u.ord, tb.ts, tb.node, NULL, NULL FROM u LEFT JOIN tomb tb ON tb.ord = u.ord
+  WHERE NOT EXISTS (SELECT 1 FROM x WHERE x.ord = u.ord) AND (u.upd OR tb.ord IS NOT NULL)
+UNION ALL SELECT 'u', (SELECT count(*) FROM upd)::int, NULL, NULL, NULL, NULL
+UNION ALL SELECT 'i', (SELECT count(*) FROM ins)::int, NULL, NULL, NULL, NULL
+UNION ALL SELECT 'j', (SELECT count(*) FROM cand)::int, NULL, NULL, NULL, NULL
+UNION ALL SELECT 'e', (SELECT count(*) FROM x WHERE x.win OR {merges})::int, NULL, NULL, NULL, NULL",
+        unnest = unnest(
+            columns.len(),
+            sums.len(),
+            &[
+                ("vts", "int8"),
+                ("vnode", "text"),
+                ("ord", "int4"),
+                ("ins", "bool"),
+                ("upd", "bool")
+            ]
+        ),
+        sets = sets.join(", "),
+        cols = col_list.join(", "),
+        values = values.join(", "),
+    )
+    .replace("$1000", &format!("${}", columns.len() + sums.len() + 6))
+}
+
+/// The delete statement of a group of deletes (parameters: the key columns).
+pub fn delete_statement(table: &TableSchema, policy: &TablePolicy) -> String {
+    let name = qualified_name(&table.id);
+    let keys = &table.primary_key;
+    let col = |c: usize| quote_ident(&table.columns[c].name);
+    let value = |c: usize| {
+        let i = keys.iter().position(|&x| x == c).unwrap_or(0);
+        format!("u.c{i}::{}", pg_type(table, c))
+    };
+    let key_match = keys
+        .iter()
+        .map(|&k| format!("t.{} = {}", col(k), value(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let key_text = keys
+        .iter()
+        .map(|&k| format!("{}::text", value(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // No conflict: an unstamped row, the very version the delete saw, or (when it saw none) a row last written
+    // by the delete's own node.
+    let agreed = format!(
+        "(t.{VERSION_TS} IS NULL OR (u.seen IS NOT NULL AND t.{VERSION_TS} = u.seen) OR (u.seen IS NULL AND {LOCAL_NODE} = u.vnode))"
+    );
+    let win = format!(
+        "({agreed} OR {})",
+        resolver_sql(policy.resolver, &format!("t.{VERSION_TS}"), LOCAL_NODE)
+    );
+    format!(
+        "WITH u AS ({unnest}),
+x AS (SELECT t.ctid AS tid, u.ord, t.{VERSION_TS} AS lts, {LOCAL_NODE} AS lnode,
+        (to_jsonb(t) - '{VERSION_TS}' - '{VERSION_NODE}')::text AS local, {win} AS win, {agreed} AS agreed
+      FROM {name} t JOIN u ON {key_match} FOR UPDATE OF t),
+d AS (DELETE FROM {name} t USING x WHERE t.ctid = x.tid AND x.win RETURNING 1),
+tb AS (INSERT INTO public.{TOMBSTONES_TABLE} AS tb (table_name, key, {VERSION_TS}, {VERSION_NODE})
+       SELECT ${tname}, ARRAY[{key_text}], u.vts, u.vnode FROM u
+       WHERE NOT EXISTS (SELECT 1 FROM x WHERE x.ord = u.ord AND NOT x.win)
+       ON CONFLICT (table_name, key) DO UPDATE SET {VERSION_TS} = excluded.{VERSION_TS},
+         {VERSION_NODE} = excluded.{VERSION_NODE}, deleted_at = now()
+       WHERE (excluded.{VERSION_TS}, coalesce(excluded.{VERSION_NODE}, '')) > (tb.{VERSION_TS}, coalesce(tb.{VERSION_NODE}, ''))
+       RETURNING 1)
+SELECT 'x'::text, x.ord, x.lts, x.lnode, x.local, x.win FROM x WHERE NOT x.agreed
+UNION ALL SELECT 'm', u.ord, NULL, NULL, NULL, NULL FROM u WHERE NOT EXISTS (SELECT 1 FROM x WHERE x.ord = u.ord)
+UNION ALL SELECT 'u', (SELECT count(*) FROM d)::int, NULL, NULL, NULL, NULL
+UNION ALL SELECT 'e', (SELECT count(*) FROM x WHERE x.win)::int, NULL, NULL, NULL, NULL
+UNION ALL SELECT 't', (SELECT count(*) FROM tb)::int, NULL, NULL, NULL, NULL",
+        unnest = unnest(
+            keys.len(),
+            0,
+            &[
+                ("vts", "int8"),
+                ("vnode", "text"),
+                ("ord", "int4"),
+                ("seen", "int8")
+            ]
+        ),
+        tname = keys.len() + 5,
+    )
+}
+
+/// One returned row of a conflict-aware statement.
+struct Outcome {
+    what: String,
+    ord: i32,
+    local_ts: Option<i64>,
+    local_node: Option<String>,
+    local: Option<String>,
+    won: Option<bool>,
+}
+
+async fn run(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    table: &TableSchema,
+) -> Result<Vec<Outcome>, Error> {
+    let rows = client
+        .query(sql, params)
+        .await
+        .map_err(super::write_error(&format!("writing to {}", table.id)))?;
+    Ok(rows
+        .iter()
+        .map(|r| Outcome {
+            what: r.get(0),
+            ord: r.get(1),
+            local_ts: r.get(2),
+            local_node: r.get(3),
+            local: r.get(4),
+            won: r.get(5),
+        })
+        .collect())
+}
+
+/// A local write raced the statement (it committed between the statement's snapshot and its row locks): the
+/// transaction is retried, and the next try sees it.
+fn raced(table: &TableSchema) -> Error {
+    Error::transient(
+        format!(
+            "a write on the target changed rows of {} while Ferry resolved conflicts on them; retrying",
+            table.id
+        ),
+        std::io::Error::other("concurrent target write"),
+    )
+}
+
+fn count(outcomes: &[Outcome], what: &str) -> i32 {
+    outcomes
+        .iter()
+        .find(|o| o.what == what)
+        .map_or(0, |o| o.ord)
+}
+
+/// Applies a group of inserts / updates writing `columns`; returns the conflicts met.
+pub async fn apply_changes(
+    client: &Client,
+    table: &TableSchema,
+    policy: &TablePolicy,
+    columns: &[usize],
+    complete: bool,
+    changes: &[Change<'_>],
+) -> Result<Vec<ConflictRecord>, Error> {
+    let sums: Vec<usize> = columns
+        .iter()
+        .copied()
+        .filter(|&c| policy.merge_of(c) == Some(MergeRule::SumDelta))
+        .collect();
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    for &c in columns {
+        params.push(Box::new(
+            changes
+                .iter()
+                .map(|ch| pg_text(&ch.row[c]))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    for &c in &sums {
+        let mut olds = Vec::with_capacity(changes.len());
+        for ch in changes {
+            olds.push(match ch.kind {
+                ChangeKind::Read => pg_text(&ch.row[c]),
+                ChangeKind::Insert => None,
+                ChangeKind::Update => match ch.old.map(|o| &o[c]) {
+                    Some(v) if *v != ferry_core::Value::Unchanged => pg_text(v),
+                    _ => {
+                        return Err(Error::fatal(format!(
+                            "table {}, column {}: sum_delta needs the value the update replaced, and the source \
+                             did not send it; set REPLICA IDENTITY FULL on the source table (MySQL / MariaDB: \
+                             binlog_row_image = FULL)",
+                            table.id, table.columns[c].name
+                        )))
+                    }
+                },
+            });
+        }
+        params.push(Box::new(olds));
+    }
+    params.push(Box::new(
+        changes.iter().map(|c| c.version.ts).collect::<Vec<i64>>(),
+    ));
+    params.push(Box::new(
+        changes
+            .iter()
+            .map(|c| c.version.node.clone())
+            .collect::<Vec<String>>(),
+    ));
+    params.push(Box::new((0..changes.len() as i32).collect::<Vec<i32>>()));
+    let may_insert = |ch: &Change<'_>| {
+        complete
+            && (ch.kind != ChangeKind::Update
+                || matches!(
+                    policy.resolver,
+                    Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
+                ))
+    };
+    params.push(Box::new(
+        changes.iter().map(may_insert).collect::<Vec<bool>>(),
+    ));
+    params.push(Box::new(
+        changes
+            .iter()
+            .map(|c| c.kind == ChangeKind::Update)
+            .collect::<Vec<bool>>(),
+    ));
+    params.push(Box::new(table.id.to_string()));
+    let sql = change_statement(table, policy, columns);
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
+    let outcomes = run(client, &sql, &refs, table).await?;
+    if count(&outcomes, "u") != count(&outcomes, "e") {
+        return Err(raced(table));
+    }
+    if count(&outcomes, "i") != count(&outcomes, "j") {
+        return Err(raced(table));
+    }
+    let mut records = Vec::new();
+    for o in &outcomes {
+        let Some(ch) = changes.get(o.ord as usize) else {
+            continue;
+        };
+        match o.what.as_str() {
+            "x" => {
+                let local = Version {
+                    ts: o.local_ts.unwrap_or(0),
+                    node: o.local_node.clone().unwrap_or_default(),
+                };
+                let won = o.won.unwrap_or(false);
+                let kind = if ch.kind == ChangeKind::Update {
+                    ConflictKind::UpdateOriginDiffers
+                } else {
+                    ConflictKind::InsertExists
+                };
+                records.push(record(
+                    table,
+                    policy,
+                    ch,
+                    kind,
+                    won,
+                    Some(local),
+                    o.local.clone(),
+                ));
+            }
+            "m" => {
+                let tomb = o.local_ts.map(|ts| Version {
+                    ts,
+                    node: o.local_node.clone().unwrap_or_default(),
+                });
+                if tomb.as_ref().is_some_and(|t| t.node == ch.version.node)
+                    && ch.kind != ChangeKind::Update
+                {
+                    continue;
+                }
+                let won = may_insert(ch)
+                    && tomb.as_ref().is_none_or(|t| {
+                        t.node == ch.version.node || remote_wins(policy.resolver, t, &ch.version)
+                    });
+                let kind = match (&tomb, ch.kind) {
+                    (Some(_), ChangeKind::Update) => ConflictKind::UpdateDeleted,
+                    (Some(_), _) => ConflictKind::InsertDeleted,
+                    (None, _) => ConflictKind::UpdateMissing,
+                };
+                records.push(record(table, policy, ch, kind, won, tomb, None));
+            }
+            _ => {}
+        }
+    }
+    Ok(records)
+}
+
+fn record(
+    table: &TableSchema,
+    policy: &TablePolicy,
+    ch: &Change<'_>,
+    kind: ConflictKind,
+    won: bool,
+    local_version: Option<Version>,
+    local_row: Option<String>,
+) -> ConflictRecord {
+    ConflictRecord {
+        table: table.id.to_string(),
+        key: crate::rows::describe_key(table, ch.row),
+        kind,
+        resolver: policy.resolver,
+        winner: if won {
+            "remote"
+        } else if policy.merges.is_empty() {
+            "local"
+        } else {
+            "merged"
+        },
+        local_row,
+        remote_row: crate::conflict::row_json(table, ch.row),
+        local_version,
+        remote_version: ch.version.clone(),
+        position: ch.position.clone(),
+    }
+}
+
+/// Applies a group of deletes; returns the conflicts met.
+pub async fn apply_deletes(
+    client: &Client,
+    table: &TableSchema,
+    policy: &TablePolicy,
+    deletes: &[Delete<'_>],
+) -> Result<Vec<ConflictRecord>, Error> {
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    for &k in &table.primary_key {
+        params.push(Box::new(
+            deletes
+                .iter()
+                .map(|d| pg_text(&d.row[k]))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    params.push(Box::new(
+        deletes.iter().map(|d| d.version.ts).collect::<Vec<i64>>(),
+    ));
+    params.push(Box::new(
+        deletes
+            .iter()
+            .map(|d| d.version.node.clone())
+            .collect::<Vec<String>>(),
+    ));
+    params.push(Box::new((0..deletes.len() as i32).collect::<Vec<i32>>()));
+    params.push(Box::new(
+        deletes.iter().map(|d| d.seen).collect::<Vec<Option<i64>>>(),
+    ));
+    params.push(Box::new(table.id.to_string()));
+    let sql = delete_statement(table, policy);
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
+    let outcomes = run(client, &sql, &refs, table).await?;
+    if count(&outcomes, "u") != count(&outcomes, "e") {
+        return Err(raced(table));
+    }
+    let mut records = Vec::new();
+    for o in &outcomes {
+        let Some(d) = deletes.get(o.ord as usize) else {
+            continue;
+        };
+        let (kind, won, local_version) = match o.what.as_str() {
+            "x" => (
+                ConflictKind::DeleteOriginDiffers,
+                o.won.unwrap_or(false),
+                Some(Version {
+                    ts: o.local_ts.unwrap_or(0),
+                    node: o.local_node.clone().unwrap_or_default(),
+                }),
+            ),
+            "m" => (ConflictKind::DeleteMissing, false, None),
+            _ => continue,
+        };
+        records.push(ConflictRecord {
+            table: table.id.to_string(),
+            key: crate::rows::describe_key(table, d.row),
+            kind,
+            resolver: policy.resolver,
+            winner: if won { "remote" } else { "local" },
+            local_row: o.local.clone(),
+            remote_row: crate::conflict::row_json(table, d.row),
+            local_version,
+            remote_version: d.version.clone(),
+            position: d.position.clone(),
+        });
+    }
+    Ok(records)
+}
+
+/// Writes conflict records to `ferry_conflicts` in the open transaction.
+pub async fn log(
+    client: &Client,
+    cx: &Context<'_>,
+    records: &[ConflictRecord],
+) -> Result<(), Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let texts = |f: &dyn Fn(&ConflictRecord) -> Option<String>| -> Vec<Option<String>> {
+        records.iter().map(f).collect()
+    };
+    let ints = |f: &dyn Fn(&ConflictRecord) -> Option<i64>| -> Vec<Option<i64>> {
+        records.iter().map(f).collect()
+    };
+    let table = texts(&|r| Some(r.table.clone()));
+    let key = texts(&|r| Some(r.key.clone()));
+    let kind = texts(&|r| Some(r.kind.name().to_owned()));
+    let resolver = texts(&|r| Some(r.resolver.name().to_owned()));
+    let winner = texts(&|r| Some(r.winner.to_owned()));
+    let local_row = texts(&|r| r.local_row.clone());
+    let remote_row = texts(&|r| Some(r.remote_row.clone()));
+    let local_node = texts(&|r| r.local_version.as_ref().map(|v| v.node.clone()));
+    let local_ts = ints(&|r| r.local_version.as_ref().map(|v| v.ts));
+    let remote_node = texts(&|r| Some(r.remote_version.node.clone()));
+    let remote_ts = ints(&|r| Some(r.remote_version.ts));
+    let position = texts(&|r| Some(r.position.clone()));
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {CONFLICTS_TABLE} (pipeline, sink, table_name, key, kind, resolver, winner, local_row, \
+                 remote_row, local_node, local_ts, remote_node, remote_ts, source_position) \
+                 SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::text[], $9::text[], $10::text[], $11::int8[], $12::text[], $13::int8[], $14::text[])"
+            ),
+            &[
+                &cx.pipeline,
+                &cx.sink,
+                &table,
+                &key,
+                &kind,
+                &resolver,
+                &winner,
+                &local_row,
+                &remote_row,
+                &local_node,
+                &local_ts,
+                &remote_node,
+                &remote_ts,
+                &position,
+            ],
+        )
+        .await
+        .map_err(super::write_error("writing to ferry_conflicts"))?;
+    Ok(())
+}
