@@ -407,6 +407,57 @@ fn table_arg(text: &str) -> Option<ferry_core::TableId> {
     }
 }
 
+/// `ferry conflicts`: the conflicts each sink logged, as text or JSON.
+pub async fn conflicts(
+    files: &[PathBuf],
+    table: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    let table = table.map(|t| {
+        ferry_core::TableId::parse(t, "public").map_or_else(|| t.to_owned(), |id| id.to_string())
+    });
+    let mut all = Vec::new();
+    for p in &pipelines {
+        for sink in &p.sinks {
+            let found = ferry_sink::registry::list_conflicts(&p.name, sink, table.as_deref())
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading the conflicts of pipeline {} sink {}",
+                        p.name, sink.name
+                    )
+                })?;
+            all.extend(found);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("no conflicts logged");
+    }
+    for c in &all {
+        println!(
+            "{} {}/{} {} {} {}: {} ({}) — local {} @ {}, remote {} @ {}",
+            c.detected_at,
+            c.pipeline,
+            c.sink,
+            c.table,
+            c.key,
+            c.kind,
+            c.winner,
+            c.resolver,
+            c.local_node.as_deref().unwrap_or("-"),
+            c.local_ts.map_or("-".to_owned(), |t| t.to_string()),
+            c.remote_node,
+            c.remote_ts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn reset(files: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
     let pipelines = load_configs(files)?;
     if !yes {

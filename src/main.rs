@@ -64,6 +64,17 @@ enum Command {
         #[arg(long = "table", short, required = true, num_args = 1..)]
         tables: Vec<String>,
     },
+    /// List the conflicts the sinks detected and resolved (their targets' `ferry_conflicts`), oldest first.
+    Conflicts {
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+        /// Only this table's (`schema.table`; a bare name is in `public`).
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON (one array of conflicts) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop the replication slot, the publication and the stored checkpoints, so the next run starts with a
     /// new snapshot.
     Reset {
@@ -127,6 +138,11 @@ fn main() -> ExitCode {
                 http,
             } => commands::status(&configs, json, http).await,
             Command::Reset { configs, yes } => commands::reset(&configs, yes).await,
+            Command::Conflicts {
+                configs,
+                table,
+                json,
+            } => commands::conflicts(&configs, table.as_deref(), json).await,
             Command::Snapshot { configs, tables } => commands::snapshot(&configs, &tables).await,
         }
     });

@@ -257,3 +257,191 @@ fn sum_delta_counts_every_increment_from_both_primaries() {
     }
     assert_eq!(total, 10_000);
 }
+
+/// A one-way pipeline `shop` → `replica` whose target is written locally too: each table has its own resolver or
+/// merge rule, and each meets the same conflicts.
+const RESOLVER_TABLES: [(&str, &str); 8] = [
+    ("t_apply", "conflict = \"apply_remote\""),
+    ("t_keep", "conflict = \"keep_local\""),
+    ("t_lww", "conflict = \"last_write_wins\""),
+    ("t_fww", "conflict = \"first_write_wins\""),
+    ("t_skip", "conflict = \"skip\""),
+    (
+        "t_max",
+        "conflict = \"last_write_wins\"\ncolumns = { a = \"max\" }",
+    ),
+    (
+        "t_min",
+        "conflict = \"last_write_wins\"\ncolumns = { a = \"min\" }",
+    ),
+    (
+        "t_pnn",
+        "conflict = \"keep_local\"\ncolumns = { b = \"prefer_non_null\" }",
+    ),
+];
+
+#[test]
+fn each_resolver_and_merge_rule_gives_its_rows() {
+    let pg = server_with_dbs();
+    let mut rules = String::new();
+    for (t, rule) in RESOLVER_TABLES {
+        pg.psql(
+            "shop",
+            &format!(
+                "CREATE TABLE {t} (id int PRIMARY KEY, a int, b text);
+                 INSERT INTO {t} VALUES (1, 10, 'one'), (2, 20, 'two'), (3, 30, 'three');"
+            ),
+        );
+        rules.push_str(&format!(
+            "[[sink.conflict_rules]]\ntables = [\"public.{t}\"]\n{rule}\n"
+        ));
+    }
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "resolve",
+        &format!(
+            "[pipeline]\nname = \"resolve\"\nnode = \"shop\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n{rules}",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    wait_same(&pg, "SELECT id, a, b FROM t_pnn ORDER BY id", &ferry);
+    let each = |db: &str, sql: &str| {
+        for (t, _) in RESOLVER_TABLES {
+            pg.psql(db, &sql.replace("{t}", t));
+        }
+    };
+    // Row 1: the target writes first, the source later (the source's write is the later one).
+    each("replica", "UPDATE {t} SET a = 100, b = NULL WHERE id = 1");
+    each("shop", "UPDATE {t} SET a = 50, b = 'src' WHERE id = 1");
+    // Row 3: deleted on the target, then updated at the source (an update that crossed a delete). A delete's
+    // version is the one it removed plus one: it is the first write, the update the last.
+    each("replica", "DELETE FROM {t} WHERE id = 3");
+    each("shop", "UPDATE {t} SET a = 33 WHERE id = 3");
+    let flushed = |n: usize| {
+        wait_until(WAIT, || {
+            pg.try_psql("replica", "SELECT count(*) FROM ferry_conflicts")
+                .is_ok_and(|c| c.trim().parse::<usize>().unwrap_or(0) >= n)
+        })
+    };
+    assert!(flushed(16), "conflicts not logged:\n{}", ferry.log());
+    // Row 2: the source writes first while Ferry is stopped, the target later (the target's is the later one).
+    ferry.terminate();
+    each("shop", "UPDATE {t} SET a = 60, b = 'src2' WHERE id = 2");
+    std::thread::sleep(Duration::from_millis(5));
+    each(
+        "replica",
+        "UPDATE {t} SET a = 200, b = 'local2' WHERE id = 2",
+    );
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    assert!(flushed(24), "conflicts not logged:\n{}", ferry.log());
+    let rows = |t: &str| pg.psql("replica", &format!("SELECT id, a, b FROM {t} ORDER BY id"));
+    // (row 1, row 2, row 3) as each rule leaves them.
+    let remote1 = "1|50|src";
+    let local1 = "1|100|";
+    let remote2 = "2|60|src2";
+    let local2 = "2|200|local2";
+    let back3 = "3|33|three";
+    let expected = [
+        ("t_apply", vec![remote1, remote2, back3]),
+        ("t_keep", vec![local1, local2]),
+        ("t_lww", vec![remote1, local2, back3]),
+        ("t_fww", vec![local1, remote2]),
+        ("t_skip", vec![local1, local2]),
+        // max / min of a whatever wins; b follows last-write-wins.
+        ("t_max", vec!["1|100|src", "2|200|local2", back3]),
+        ("t_min", vec!["1|50|src", "2|60|local2", back3]),
+        // keep_local, but a NULL b takes the change's value.
+        ("t_pnn", vec!["1|100|src", local2]),
+    ];
+    for (t, want) in expected {
+        assert_eq!(rows(t), want.join("\n"), "table {t}\n{}", ferry.log());
+    }
+    // Each table logged its three conflicts, with the winner its rule chose.
+    let log = pg.psql(
+        "replica",
+        "SELECT table_name, key, kind, winner FROM ferry_conflicts ORDER BY table_name, key",
+    );
+    for (t, want) in [
+        ("t_apply", ["remote", "remote", "remote"]),
+        ("t_keep", ["local", "local", "local"]),
+        ("t_lww", ["remote", "local", "remote"]),
+        ("t_fww", ["local", "remote", "local"]),
+        ("t_skip", ["local", "local", "local"]),
+        ("t_max", ["remote", "merged", "remote"]),
+        ("t_min", ["remote", "merged", "remote"]),
+        ("t_pnn", ["merged", "merged", "local"]),
+    ] {
+        let kinds = [
+            "update_origin_differs",
+            "update_origin_differs",
+            "update_deleted",
+        ];
+        let got: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with(&format!("public.{t}|")))
+            .collect();
+        let want: Vec<String> = (0..3)
+            .map(|i| format!("public.{t}|(id) = ({})|{}|{}", i + 1, kinds[i], want[i]))
+            .collect();
+        assert_eq!(got, want, "conflict log of {t}");
+    }
+    // `ferry conflicts` lists them.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["conflicts", "--json", "--table", "t_lww", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed[0]["remote_node"], "shop");
+    assert!(metric(&ferry, "ferry_conflicts_total") >= 0.0);
+}
+
+#[test]
+fn the_error_resolver_stops_naming_table_key_and_both_rows() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE accounts (id int PRIMARY KEY, owner text); INSERT INTO accounts VALUES (7, 'ann');",
+    );
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "strict",
+        &format!(
+            "[pipeline]\nname = \"strict\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\nconflict = \"error\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
+    ferry.wait_streaming();
+    wait_same(&pg, "SELECT id, owner FROM accounts", &ferry);
+    pg.psql("replica", "UPDATE accounts SET owner = 'bob' WHERE id = 7");
+    pg.psql("shop", "UPDATE accounts SET owner = 'cy' WHERE id = 7");
+    assert!(
+        ferry.wait_exit(WAIT).is_some_and(|s| !s.success()),
+        "ferry kept running:\n{}",
+        ferry.log()
+    );
+    let log = ferry.log();
+    for part in [
+        "public.accounts",
+        "update_origin_differs",
+        "(id) = (7)",
+        "\"owner\":\"bob\"",
+        "\"owner\":\"cy\"",
+    ] {
+        assert!(log.contains(part), "the error does not say {part}:\n{log}");
+    }
+    assert_eq!(pg.psql("replica", "SELECT owner FROM accounts"), "bob");
+}

@@ -78,12 +78,13 @@ pub async fn prepare_table(client: &Client, table: &str) -> Result<bool, tokio_p
         .collect();
     client
         .batch_execute(&format!(
-            "{support};
+            "SET client_min_messages = warning; {support};
              ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_TS} bigint, ADD COLUMN IF NOT EXISTS {VERSION_NODE} text;
              DROP TRIGGER IF EXISTS ferry_stamp ON {table};
              CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION public.ferry_stamp();
              DROP TRIGGER IF EXISTS ferry_tombstone ON {table};
-             CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION public.ferry_tombstone({});",
+             CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION public.ferry_tombstone({});
+             RESET client_min_messages;",
             args.join(", "),
             support = support_sql(),
         ))
@@ -99,8 +100,8 @@ pub async fn prepare_table(client: &Client, table: &str) -> Result<bool, tokio_p
 pub async fn register_node(client: &Client, node: &str) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "{}; CREATE OR REPLACE FUNCTION public.ferry_local_node() RETURNS text LANGUAGE sql STABLE AS \
-             $ferry$SELECT '{}'::text$ferry$",
+            "SET client_min_messages = warning; {}; CREATE OR REPLACE FUNCTION public.ferry_local_node() \
+             RETURNS text LANGUAGE sql STABLE AS $ferry$SELECT '{}'::text$ferry$; RESET client_min_messages",
             support_sql(),
             node.replace('\'', "''")
         ))

@@ -285,6 +285,27 @@ impl ConflictTally {
     }
 }
 
+/// A row of `ferry_conflicts` as `ferry conflicts` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoggedConflict {
+    pub id: i64,
+    pub detected_at: String,
+    pub pipeline: String,
+    pub sink: String,
+    pub table: String,
+    pub key: String,
+    pub kind: String,
+    pub resolver: String,
+    pub winner: String,
+    pub local_row: Option<String>,
+    pub remote_row: String,
+    pub local_node: Option<String>,
+    pub local_ts: Option<i64>,
+    pub remote_node: String,
+    pub remote_ts: i64,
+    pub source_position: String,
+}
+
 /// Per table and schema version, the planned policy (a cache: planning resolves names once).
 #[derive(Debug, Default)]
 pub struct Policies {

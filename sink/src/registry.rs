@@ -161,6 +161,21 @@ pub async fn stored_checkpoint(
     })
 }
 
+/// The conflicts `sink` of `pipeline` logged in its target (`ferry conflicts`), only `table`'s when given.
+/// Sinks that resolve no conflicts have none.
+pub async fn list_conflicts(
+    pipeline: &str,
+    sink: &SinkConfig,
+    table: Option<&str>,
+) -> Result<Vec<crate::conflict::LoggedConflict>, Error> {
+    match &sink.kind {
+        SinkKind::Postgres { url } => {
+            crate::postgres::list_conflicts(url, pipeline, &sink.name, table).await
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Deletes every checkpoint of `pipeline` that `sink`'s target holds (`ferry reset`).
 pub async fn delete_checkpoints(pipeline: &str, sink: &SinkConfig) -> Result<(), Error> {
     match &sink.kind {

@@ -72,6 +72,24 @@ pub struct Context<'a> {
     pub sink: &'a str,
 }
 
+/// The target row `t` as a JSON object of column name to its text (what [`crate::conflict::row_json`] gives for
+/// a change), version columns left out.
+fn local_row_sql(table: &TableSchema) -> String {
+    let pairs: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| !crate::conflict::is_version_column(&c.name))
+        .map(|c| {
+            format!(
+                "'{}', t.{}::text",
+                c.name.replace('\'', "''"),
+                quote_ident(&c.name)
+            )
+        })
+        .collect();
+    format!("jsonb_build_object({})::text", pairs.join(", "))
+}
+
 /// `(u.vts, u.vnode) > (local)`-style condition under which the change wins over a row of another writer.
 fn resolver_sql(resolver: Resolver, local_ts: &str, local_node: &str) -> String {
     match resolver {
@@ -174,7 +192,7 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
     format!(
         "WITH u AS ({unnest}),
 x AS (SELECT t.ctid AS tid, u.ord, t.{VERSION_TS} AS lts, {LOCAL_NODE} AS lnode,
-        (to_jsonb(t) - '{VERSION_TS}' - '{VERSION_NODE}')::text AS local, {win} AS win
+        {local} AS local, {win} AS win
       FROM {name} t JOIN u ON {key_match} FOR UPDATE OF t),
 upd AS (UPDATE {name} t SET {sets} FROM x JOIN u ON u.ord = x.ord
         WHERE t.ctid = x.tid AND (x.win OR {merges}) RETURNING 1),
@@ -208,6 +226,7 @@ UNION ALL SELECT 'e', (SELECT count(*) FROM x WHERE x.win OR {merges})::int, NUL
             ]
         ),
         sets = sets.join(", "),
+        local = local_row_sql(table),
         cols = col_list.join(", "),
         values = values.join(", "),
     )
@@ -245,7 +264,7 @@ pub fn delete_statement(table: &TableSchema, policy: &TablePolicy) -> String {
     format!(
         "WITH u AS ({unnest}),
 x AS (SELECT t.ctid AS tid, u.ord, t.{VERSION_TS} AS lts, {LOCAL_NODE} AS lnode,
-        (to_jsonb(t) - '{VERSION_TS}' - '{VERSION_NODE}')::text AS local, {win} AS win, {agreed} AS agreed
+        {local} AS local, {win} AS win, {agreed} AS agreed
       FROM {name} t JOIN u ON {key_match} FOR UPDATE OF t),
 d AS (DELETE FROM {name} t USING x WHERE t.ctid = x.tid AND x.win RETURNING 1),
 tb AS (INSERT INTO public.{TOMBSTONES_TABLE} AS tb (table_name, key, {VERSION_TS}, {VERSION_NODE})
@@ -271,6 +290,7 @@ UNION ALL SELECT 't', (SELECT count(*) FROM tb)::int, NULL, NULL, NULL, NULL",
             ]
         ),
         tname = keys.len() + 5,
+        local = local_row_sql(table),
     )
 }
 
@@ -301,7 +321,10 @@ async fn run(
             ord: r.get(1),
             local_ts: r.get(2),
             local_node: r.get(3),
-            local: r.get(4),
+            // jsonb's text has spaces; the log keeps one compact form for both rows.
+            local: r.get::<_, Option<String>>(4).map(|j| {
+                serde_json::from_str::<serde_json::Value>(&j).map_or(j, |v| v.to_string())
+            }),
             won: r.get(5),
         })
         .collect())
@@ -424,12 +447,19 @@ pub async fn apply_changes(
                 } else {
                     ConflictKind::InsertExists
                 };
+                let winner = if won {
+                    "remote"
+                } else if policy.merges.is_empty() {
+                    "local"
+                } else {
+                    "merged"
+                };
                 records.push(record(
                     table,
                     policy,
                     ch,
                     kind,
-                    won,
+                    winner,
                     Some(local),
                     o.local.clone(),
                 ));
@@ -453,7 +483,8 @@ pub async fn apply_changes(
                     (Some(_), _) => ConflictKind::InsertDeleted,
                     (None, _) => ConflictKind::UpdateMissing,
                 };
-                records.push(record(table, policy, ch, kind, won, tomb, None));
+                let winner = if won { "remote" } else { "local" };
+                records.push(record(table, policy, ch, kind, winner, tomb, None));
             }
             _ => {}
         }
@@ -466,7 +497,7 @@ fn record(
     policy: &TablePolicy,
     ch: &Change<'_>,
     kind: ConflictKind,
-    won: bool,
+    winner: &'static str,
     local_version: Option<Version>,
     local_row: Option<String>,
 ) -> ConflictRecord {
@@ -475,13 +506,7 @@ fn record(
         key: crate::rows::describe_key(table, ch.row),
         kind,
         resolver: policy.resolver,
-        winner: if won {
-            "remote"
-        } else if policy.merges.is_empty() {
-            "local"
-        } else {
-            "merged"
-        },
+        winner,
         local_row,
         remote_row: crate::conflict::row_json(table, ch.row),
         local_version,
@@ -614,4 +639,58 @@ pub async fn log(
         .await
         .map_err(super::write_error("writing to ferry_conflicts"))?;
     Ok(())
+}
+
+/// The conflicts `pipeline`'s sink `sink` logged in the target at `url`, oldest first, only `table`'s when given
+/// (`ferry conflicts`). A target without a conflict log has none.
+pub async fn list(
+    url: &str,
+    pipeline: &str,
+    sink: &str,
+    table: Option<&str>,
+) -> Result<Vec<crate::conflict::LoggedConflict>, Error> {
+    let client = super::connect(url).await?;
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{CONFLICTS_TABLE}') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(super::write_error("looking for ferry_conflicts"))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, detected_at::text, pipeline, sink, table_name, key, kind, resolver, winner, local_row, \
+                 remote_row, local_node, local_ts, remote_node, remote_ts, source_position FROM {CONFLICTS_TABLE} \
+                 WHERE pipeline = $1 AND sink = $2 AND ($3::text IS NULL OR table_name = $3) ORDER BY id"
+            ),
+            &[&pipeline, &sink, &table],
+        )
+        .await
+        .map_err(super::write_error("reading ferry_conflicts"))?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::conflict::LoggedConflict {
+            id: r.get(0),
+            detected_at: r.get(1),
+            pipeline: r.get(2),
+            sink: r.get(3),
+            table: r.get(4),
+            key: r.get(5),
+            kind: r.get(6),
+            resolver: r.get(7),
+            winner: r.get(8),
+            local_row: r.get(9),
+            remote_row: r.get(10),
+            local_node: r.get(11),
+            local_ts: r.get(12),
+            remote_node: r.get(13),
+            remote_ts: r.get(14),
+            source_position: r.get(15),
+        })
+        .collect())
 }

@@ -34,6 +34,7 @@ use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, sent_columns, RowAction};
 use text::pg_text;
 
+pub use conflict::list as list_conflicts;
 pub use ddl::qualified_name;
 
 fn write_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -739,6 +740,20 @@ impl PostgresSink {
                     )
                     .await?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
+                    // Local writes are stamped from now on, before any change of the table arrives.
+                    if schema.has_primary_key()
+                        && self
+                            .multi
+                            .policies
+                            .get(&self.multi.options.conflicts, schema)?
+                            .is_some()
+                        && self
+                            .multi
+                            .prepared
+                            .insert((schema.id.clone(), schema.version))
+                    {
+                        conflict::ensure_table(&self.client, schema).await?;
+                    }
                 }
                 Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
             }
