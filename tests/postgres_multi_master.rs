@@ -445,3 +445,62 @@ fn the_error_resolver_stops_naming_table_key_and_both_rows() {
     }
     assert_eq!(pg.psql("replica", "SELECT owner FROM accounts"), "bob");
 }
+
+#[test]
+fn a_bidirectional_pair_keeps_exactly_once_under_sigkill() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(
+            db,
+            "CREATE TABLE events (node text, seq int, PRIMARY KEY (node, seq));
+             CREATE TABLE totals (id int PRIMARY KEY, n bigint NOT NULL);
+             ALTER TABLE totals REPLICA IDENTITY FULL;
+             CREATE TABLE kv (id int PRIMARY KEY, v int NOT NULL, writer text NOT NULL);
+             ALTER TABLE kv REPLICA IDENTITY FULL;",
+        );
+    }
+    pg.psql(
+        "a",
+        "INSERT INTO totals SELECT g, 0 FROM generate_series(0, 4) g",
+    );
+    let dir = scratch();
+    let sink = "conflict = \"last_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.totals\"]\n\
+                columns = { n = \"sum_delta\" }\n";
+    let (ab, ba, a_to_b, b_to_a) = start_pair(&pg, dir.path(), "", sink);
+    wait_converged(&pg, "SELECT count(*) FROM totals", &ab, &ba);
+    drop((ab, ba));
+    let port = pg.port;
+    // Each transaction appends an event, counts it in a total (sum_delta: a lost or repeated apply shows) and
+    // overwrites a shared key (last-write-wins).
+    let writers = Writers::start(2, move |w, seq| {
+        let (db, node) = if w == 0 { ("a", "a") } else { ("b", "b") };
+        psql_ok(
+            port,
+            db,
+            &format!(
+                "BEGIN; INSERT INTO events VALUES ('{node}', {seq});
+                 UPDATE totals SET n = n + 1 WHERE id = {};
+                 INSERT INTO kv VALUES ({}, {seq}, '{node}') ON CONFLICT (id) DO UPDATE SET v = excluded.v, writer = excluded.writer;
+                 COMMIT;",
+                seq % 5,
+                seq % 20
+            ),
+        )
+    });
+    let (log_ab, log_ba) = (dir.path().join("a_to_b.log"), dir.path().join("b_to_a.log"));
+    std::thread::scope(|s| {
+        s.spawn(|| kill_randomly(&a_to_b, &log_ab, 5));
+        kill_randomly(&b_to_a, &log_ba, 5);
+    });
+    let writes = writers.stop();
+    let total: i32 = writes.iter().sum();
+    let ab = Ferry::start(&a_to_b, &log_ab);
+    let ba = Ferry::start(&b_to_a, &log_ba);
+    let events = wait_converged(&pg, "SELECT count(*) FROM events", &ab, &ba);
+    assert_eq!(events.parse::<i32>().unwrap(), total, "events lost or duplicated");
+    wait_converged(&pg, "SELECT node, seq FROM events ORDER BY node, seq", &ab, &ba);
+    let sum = wait_converged(&pg, "SELECT sum(n) FROM totals", &ab, &ba);
+    assert_eq!(sum.parse::<i32>().unwrap(), total, "an increment was lost or applied twice");
+    wait_converged(&pg, "SELECT id, n, _ferry_ts, _ferry_node FROM totals ORDER BY id", &ab, &ba);
+    wait_converged(&pg, "SELECT id, v, writer, _ferry_ts, _ferry_node FROM kv ORDER BY id", &ab, &ba);
+}
