@@ -106,7 +106,13 @@ impl Bench {
             "shop",
             "CREATE PUBLICATION native_pub FOR TABLE bench_rows, bench_single, bench_big, bench_marker",
         );
-        for db in ["ferry_pg", "native", "ferry_chain"] {
+        for db in [
+            "ferry_pg",
+            "native",
+            "ferry_chain",
+            "ferry_lww",
+            "ferry_lww10",
+        ] {
             target.create_db(db);
         }
         target.psql("native", TABLES);
@@ -425,6 +431,31 @@ fn run_once(n: u64) -> Vec<Measure> {
             b.target.url("ferry_chain")
         ),
     );
+    // The same updates under last-write-wins conflict detection: without conflicts, and with a tenth of the rows
+    // written on the target first (so those updates lose and are logged).
+    let lww_pipeline = |b: &Bench, name: &str, db: &str| {
+        let text = format!(
+            "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             tables = [\"public.bench_rows\", \"public.bench_marker\"]\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             conflict = \"last_write_wins\"\n",
+            b.source.url("shop"),
+            b.target.url(db)
+        );
+        Pipeline {
+            config: write_config(b.dir.path(), name, &text),
+            log: b.dir.path().join(format!("{name}.log")),
+        }
+    };
+    let lww = lww_pipeline(&b, "bench_lww", "ferry_lww");
+    let lww10 = lww_pipeline(&b, "bench_lww10", "ferry_lww10");
+    let ferry_lww = Probe::connect(&b.target.url("ferry_lww"));
+    let ferry_lww10 = Probe::connect(&b.target.url("ferry_lww10"));
+    b.prime(&lww, || {
+        ferry_lww.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
+    });
+    b.prime(&lww10, || {
+        ferry_lww10.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
+    });
     let ferry_pg = Probe::connect(&b.target.url("ferry_pg"));
     b.prime(&pg, || {
         ferry_pg.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
@@ -548,6 +579,9 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry_cpu_cores: cores,
     });
     out.push(chain_in_process(n));
+    // The inserts into both last-write-wins targets (not measured).
+    b.ferry_apply(&lww, &ferry_lww);
+    b.ferry_apply(&lww10, &ferry_lww10);
     let started = Instant::now();
     let ferry = Ferry::start(&sqlite.config, &sqlite.log);
     let took = time_until(started, "ferry sqlite", || {
@@ -583,13 +617,53 @@ fn run_once(n: u64) -> Vec<Measure> {
             batches - 1
         ),
     );
-    out.push(b.apply_race(
+    let updates = b.apply_race(
         &pg,
         &ferry_pg,
         "bench_rows",
         "PG→PG updates, 1,000-row txns",
         n,
-    ));
+    );
+    let plain = updates.ferry;
+    out.push(updates);
+    let (took, rss, cores) = b.ferry_apply(&lww, &ferry_lww);
+    let sql = "SELECT count(*), sum(qty), sum(length(note)) FROM bench_rows";
+    assert_eq!(
+        b.target.psql("ferry_lww", sql),
+        b.source.psql("shop", sql),
+        "the last-write-wins target differs from the source"
+    );
+    out.push(Measure {
+        workload: "PG→PG updates, last_write_wins".to_owned(),
+        anchor: "ferry without conflict rules",
+        rows: n,
+        ferry: took,
+        anchor_time: Some(plain),
+        ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
+    });
+    // A tenth of the rows written on the target after the source's updates: those updates lose.
+    b.target.psql(
+        "ferry_lww10",
+        "UPDATE bench_rows SET note = 'local' WHERE id % 10 = 0",
+    );
+    let (took, _, _) = b.ferry_apply(&lww10, &ferry_lww10);
+    let conflicts: f64 = b
+        .target
+        .psql("ferry_lww10", "SELECT count(*) FROM ferry_conflicts")
+        .parse()
+        .expect("a count");
+    assert_eq!(
+        conflicts as u64,
+        n / 10,
+        "every tenth update should have met a local write"
+    );
+    eprintln!(
+        "bench:   last_write_wins with 10 % conflicting updates: {conflicts} conflicts in {:.2} s ({:.0} conflicts/s, {:.0} rows/s)",
+        took.as_secs_f64(),
+        conflicts / took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
 
     // 3. Single-row transactions.
     let singles = n / 10;

@@ -146,7 +146,8 @@ fn two_primaries_converge_with_last_write_wins_and_log_every_conflict() {
     let dir = scratch();
     let (ab, ba, _, _) = start_pair(&pg, dir.path(), "", "conflict = \"last_write_wins\"\n");
     wait_converged(&pg, "SELECT count(*) FROM kv", &ab, &ba);
-    // Overlapping keys from both sides at once, with deletes and re-inserts.
+    // Overlapping keys from both sides at once, with deletes and re-inserts, 400 transactions/s on each (both
+    // databases and both pipelines share this machine's cores).
     let script = |node: &str| {
         format!(
             "\\set k random(1, 200)\n\\set v random(1, 1000000)\n\\set d random(1, 20)\n\
@@ -158,8 +159,22 @@ fn two_primaries_converge_with_last_write_wins_and_log_every_conflict() {
     let (script_a, script_b) = (script("a"), script("b"));
     let pg_ref = &pg;
     let (writes_a, writes_b) = std::thread::scope(|s| {
-        let a = s.spawn(move || pgbench(pg_ref, "a", &script_a, &["-c", "2", "-T", "60"]));
-        let b = s.spawn(move || pgbench(pg_ref, "b", &script_b, &["-c", "2", "-T", "60"]));
+        let a = s.spawn(move || {
+            pgbench(
+                pg_ref,
+                "a",
+                &script_a,
+                &["-c", "2", "-T", "60", "-R", "400"],
+            )
+        });
+        let b = s.spawn(move || {
+            pgbench(
+                pg_ref,
+                "b",
+                &script_b,
+                &["-c", "2", "-T", "60", "-R", "400"],
+            )
+        });
         (a.join().unwrap(), b.join().unwrap())
     });
     println!("writes: a {writes_a}, b {writes_b}");
@@ -464,7 +479,8 @@ fn a_bidirectional_pair_keeps_exactly_once_under_sigkill() {
         "INSERT INTO totals SELECT g, 0 FROM generate_series(0, 4) g",
     );
     let dir = scratch();
-    let sink = "conflict = \"last_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.totals\"]\n\
+    let sink =
+        "conflict = \"last_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.totals\"]\n\
                 columns = { n = \"sum_delta\" }\n";
     let (ab, ba, a_to_b, b_to_a) = start_pair(&pg, dir.path(), "", sink);
     wait_converged(&pg, "SELECT count(*) FROM totals", &ab, &ba);
@@ -497,10 +513,33 @@ fn a_bidirectional_pair_keeps_exactly_once_under_sigkill() {
     let ab = Ferry::start(&a_to_b, &log_ab);
     let ba = Ferry::start(&b_to_a, &log_ba);
     let events = wait_converged(&pg, "SELECT count(*) FROM events", &ab, &ba);
-    assert_eq!(events.parse::<i32>().unwrap(), total, "events lost or duplicated");
-    wait_converged(&pg, "SELECT node, seq FROM events ORDER BY node, seq", &ab, &ba);
+    assert_eq!(
+        events.parse::<i32>().unwrap(),
+        total,
+        "events lost or duplicated"
+    );
+    wait_converged(
+        &pg,
+        "SELECT node, seq FROM events ORDER BY node, seq",
+        &ab,
+        &ba,
+    );
     let sum = wait_converged(&pg, "SELECT sum(n) FROM totals", &ab, &ba);
-    assert_eq!(sum.parse::<i32>().unwrap(), total, "an increment was lost or applied twice");
-    wait_converged(&pg, "SELECT id, n, _ferry_ts, _ferry_node FROM totals ORDER BY id", &ab, &ba);
-    wait_converged(&pg, "SELECT id, v, writer, _ferry_ts, _ferry_node FROM kv ORDER BY id", &ab, &ba);
+    assert_eq!(
+        sum.parse::<i32>().unwrap(),
+        total,
+        "an increment was lost or applied twice"
+    );
+    wait_converged(
+        &pg,
+        "SELECT id, n, _ferry_ts, _ferry_node FROM totals ORDER BY id",
+        &ab,
+        &ba,
+    );
+    wait_converged(
+        &pg,
+        "SELECT id, v, writer, _ferry_ts, _ferry_node FROM kv ORDER BY id",
+        &ab,
+        &ba,
+    );
 }

@@ -83,12 +83,14 @@ pub enum RecopyStep {
 /// The tables Ferry keeps in databases it writes to (checkpoints, applied schemas, leases, the conflict log,
 /// tombstones). Sources never capture them: in two databases replicating into each other they belong to the
 /// pipeline writing there, not to the data.
-pub const INTERNAL_TABLES: [&str; 5] = [
+pub const INTERNAL_TABLES: [&str; 7] = [
     "ferry_checkpoints",
     "ferry_schemas",
     "ferry_leases",
     "ferry_conflicts",
     "ferry_tombstones",
+    "ferry_node",
+    "ferry_origin",
 ];
 
 /// The column holding a row's version under conflict detection: a hybrid logical clock, µs since 1970-01-01 UTC

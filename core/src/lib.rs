@@ -23,6 +23,7 @@ pub mod source;
 pub mod stats;
 pub mod temporal;
 pub mod value;
+pub mod versions;
 
 pub use batch::{Batch, BatchLimits};
 pub use binlog_position::{

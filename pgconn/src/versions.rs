@@ -81,12 +81,14 @@ pub async fn prepare_table(client: &Client, table: &str) -> Result<bool, tokio_p
             "SET client_min_messages = warning; {support};
              ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_TS} bigint, ADD COLUMN IF NOT EXISTS {VERSION_NODE} text;
              DROP TRIGGER IF EXISTS ferry_stamp ON {table};
-             CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION public.ferry_stamp();
+             CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.ferry_stamp();
              DROP TRIGGER IF EXISTS ferry_tombstone ON {table};
-             CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION public.ferry_tombstone({});
+             CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.ferry_tombstone({});
              RESET client_min_messages;",
             args.join(", "),
             support = support_sql(),
+            // Evaluated without calling the function: Ferry's own writes cost no trigger call.
+            unless_ferry = "WHEN (current_setting('ferry.applying', true) IS DISTINCT FROM 'on')",
         ))
         .await?;
     info!(

@@ -82,7 +82,7 @@ pub async fn read_tables(
         .map_err(query_error)?;
     for (schema, table, name, column_type, data_type, nullable, charset, collation) in rows {
         let id = TableId::new(schema, table);
-        if only.is_some_and(|o| !o.contains(&id)) {
+        if only.is_some_and(|o| !o.contains(&id)) || ferry_core::is_internal_table(&id) {
             continue;
         }
         let lower = column_type.to_ascii_lowercase();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{
     BinlogFilePos, BinlogPosition, Change, Error, Event as FerryEvent, GtidState, Lineage,
-    MariaGtid, MysqlGtidSet, Origin, Position, SchemaRef, TableId, TableSchema, Timestamp,
+    MariaGtid, MysqlGtidSet, Origin, Position, RowOp, SchemaRef, TableId, TableSchema, Timestamp,
     TxContext, Value,
 };
 use mysql_common::binlog::events::{
@@ -63,7 +63,11 @@ pub enum Selection {
 }
 
 impl Selection {
+    /// Whether `table` is followed: selected, and not one of Ferry's own tables.
     pub fn includes(&self, table: &TableId) -> bool {
+        if ferry_core::is_internal_table(table) {
+            return false;
+        }
         match self {
             Selection::Databases(dbs) => dbs.contains(&table.schema),
             Selection::Tables(tables) => tables.contains(table),
@@ -108,6 +112,10 @@ struct Txn {
     server_id: u32,
     /// MySQL 8's `immediate_commit_timestamp` (µs), or the opening event header's seconds.
     commit_time: Timestamp,
+    /// The Ferry pipeline that applied this transaction (`ferry_<pipeline>`), from its origin marker row.
+    origin: Option<String>,
+    /// Its origin is one the source skips: its row changes are left out.
+    skipping: bool,
 }
 
 /// The binlog decoder's state between events.
@@ -144,6 +152,12 @@ pub struct Decoder {
     column_hints: HashMap<TableId, Vec<ColumnHint>>,
     /// What DDL said about each table's identity since its last schema version (renamed from, dropped).
     table_hints: HashMap<TableId, Lineage>,
+    /// Which transactions to leave out by the Ferry pipeline that applied them (`[source] origins`).
+    origins: ferry_config::OriginFilter,
+    /// TABLE_MAP ids of `ferry_origin` tables, whose rows mark transactions Ferry applied.
+    origin_maps: HashMap<u64, Arc<TableLayout>>,
+    /// Row changes left out by their origin.
+    pub origin_skipped: u64,
 }
 
 /// What an ALTER TABLE says that the next row layout alone cannot: a column's old name, a new column's default.
@@ -192,7 +206,16 @@ impl Decoder {
             skipped_ddl: 0,
             column_hints: HashMap::new(),
             table_hints: HashMap::new(),
+            origins: Default::default(),
+            origin_maps: HashMap::new(),
+            origin_skipped: 0,
         }
+    }
+
+    /// Which transactions to leave out by the Ferry pipeline that applied them.
+    pub fn with_origins(mut self, origins: ferry_config::OriginFilter) -> Self {
+        self.origins = origins;
+        self
     }
 
     /// Tells the decoder that the server writes FULL row metadata, so DDL needs no interpreting.
@@ -347,6 +370,8 @@ impl Decoder {
             standalone,
             server_id,
             commit_time: Timestamp::from_unix_micros(i64::from(seconds) * 1_000_000),
+            origin: None,
+            skipping: false,
         });
     }
 
@@ -370,7 +395,7 @@ impl Decoder {
                 commit_time: Some(txn.commit_time),
                 xid: None,
                 origin: Origin {
-                    name: None,
+                    name: txn.origin.clone(),
                     server_id: Some(txn.server_id),
                     gtid,
                 },
@@ -633,6 +658,15 @@ impl Decoder {
     fn table_map(&mut self, tme: &TableMapEvent<'_>, end: u64) -> Result<(), Error> {
         let id = TableId::new(tme.database_name(), tme.table_name());
         let table_id = tme.table_id();
+        if id.name == ferry_core::versions::ORIGIN_TABLE
+            && self.selection.includes_database(&id.schema)
+        {
+            let layout =
+                layout_from_table_map(tme, None, 0, true).map_err(|e| self.fail(end, e))?;
+            self.origin_maps.insert(table_id, Arc::new(layout));
+            self.skipped_ids.insert(table_id);
+            return Ok(());
+        }
         if !self.selection.includes(&id) {
             self.maps.remove(&table_id);
             self.skipped_ids.insert(table_id);
@@ -708,6 +742,13 @@ impl Decoder {
             _ => (RowsKind::Delete, true, true),
         };
         let body = RowsBody::parse(data, kind, v2).map_err(|e| self.fail(end, e))?;
+        if let Some(layout) = self.origin_maps.get(&body.table_id).cloned() {
+            return self.origin_marker(&layout, &body, kind, compressed, end);
+        }
+        if self.txn.as_ref().is_some_and(|t| t.skipping) && self.maps.contains_key(&body.table_id) {
+            self.origin_skipped += 1;
+            return Ok(());
+        }
         let Some(layout) = self.maps.get(&body.table_id).cloned() else {
             if self.skipped_ids.contains(&body.table_id) {
                 return Ok(());
@@ -764,6 +805,60 @@ impl Decoder {
                 op,
             })
         }));
+        Ok(())
+    }
+}
+
+impl Decoder {
+    /// A row of `ferry_origin`: the open transaction was applied by the Ferry pipeline it names
+    /// (`ferry_core::versions::ORIGIN_TABLE`); it is left out when `[source] origins` skips that origin.
+    fn origin_marker(
+        &mut self,
+        layout: &TableLayout,
+        body: &RowsBody<'_>,
+        kind: RowsKind,
+        compressed: bool,
+        end: u64,
+    ) -> Result<(), Error> {
+        let inflated;
+        let rows = if compressed {
+            inflated = mariadb::uncompress(body.rows).map_err(|e| {
+                self.fail(end, format!("compressed rows event of ferry_origin: {e}"))
+            })?;
+            &inflated[..]
+        } else {
+            body.rows
+        };
+        let ops = decode_rows(
+            rows,
+            &layout.columns,
+            kind,
+            &body.before,
+            &body.after,
+            false,
+        )
+        .map_err(|e| {
+            self.fail(
+                end,
+                format!(
+                    "rows of ferry_origin: {}",
+                    e.describe(&layout.schema.columns)
+                ),
+            )
+        })?;
+        let pipeline = ops.iter().find_map(|op| match op {
+            RowOp::Insert { after } | RowOp::Update { after, .. } => match after.first() {
+                Some(Value::Text(p)) => Some(p.clone()),
+                Some(Value::Bytes(p)) => Some(String::from_utf8_lossy(p).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        });
+        if let (Some(pipeline), Some(txn)) = (pipeline, self.txn.as_mut()) {
+            let name = format!("ferry_{}", pipeline.to_lowercase());
+            txn.skipping = self.origins.skips(&name);
+            txn.origin = Some(name);
+        }
         Ok(())
     }
 }

@@ -279,7 +279,8 @@ pub async fn run(
         UnknownDdl::Fail
     };
     let decoder = Decoder::new(selection, on_unknown_ddl, catalog, &start)
-        .with_database_charsets(database_charsets);
+        .with_database_charsets(database_charsets)
+        .with_origins(cfg.origins.clone());
     stream::run(
         &cfg.url,
         flavor,

@@ -132,7 +132,9 @@ pub async fn run(
                 )))
             }
         };
+        let skipped = decoder.origin_skipped;
         decoder.decode(&event, &mut out)?;
+        stats.add_origin_skipped(decoder.origin_skipped - skipped);
         let commits = out
             .iter()
             .filter(|e| matches!(e, Event::Commit { .. }))
