@@ -26,6 +26,104 @@ pub fn is_version_column(name: &str) -> bool {
     name == VERSION_TS || name == VERSION_NODE
 }
 
+/// What a SQL sink needs to know for conflict handling and loop prevention (`[pipeline] node`, `[[sink]]
+/// conflict`).
+#[derive(Debug, Clone, Default)]
+pub struct MultiMasterOptions {
+    pub conflicts: ferry_config::ConflictPolicy,
+    /// `[pipeline] node`: when set, the sink marks the transactions it applies (a PostgreSQL replication origin,
+    /// a MySQL `ferry_origin` row) so that a peer pipeline reading the target can skip them.
+    pub node: Option<String>,
+}
+
+impl MultiMasterOptions {
+    /// Whether any conflict rule is configured.
+    pub fn resolves(&self) -> bool {
+        self.conflicts.default.is_some() || !self.conflicts.rules.is_empty()
+    }
+}
+
+/// What the resolver makes of a change that found `local` (its version, `None` when never stamped; the row's
+/// node; `None` for no row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No conflict: the change applies.
+    Apply,
+    /// A conflict of this kind; the change wins or not.
+    Conflict {
+        kind: ConflictKind,
+        remote_wins: bool,
+    },
+}
+
+/// The reference decision for an insert or update (`update`) meeting `local` (the PostgreSQL statements compile
+/// the same rule; MySQL targets run it here). `may_insert`: the change carries every column.
+pub fn decide_change(
+    resolver: Resolver,
+    local: Option<(Option<i64>, &str)>,
+    remote: &Version,
+    update: bool,
+    complete: bool,
+) -> Decision {
+    match local {
+        Some((None, _)) => Decision::Apply,
+        Some((Some(_), node)) if node == remote.node => Decision::Apply,
+        Some((Some(ts), node)) => Decision::Conflict {
+            kind: if update {
+                ConflictKind::UpdateOriginDiffers
+            } else {
+                ConflictKind::InsertExists
+            },
+            remote_wins: remote_wins(
+                resolver,
+                &Version {
+                    ts,
+                    node: node.to_owned(),
+                },
+                remote,
+            ),
+        },
+        None if !update => Decision::Apply,
+        // No tombstone to compare with: a delete's version is the one it removed + 1, older than any update
+        // that crossed it, so the update comes back under the resolvers where the later write wins.
+        None => Decision::Conflict {
+            kind: ConflictKind::UpdateMissing,
+            remote_wins: complete
+                && matches!(resolver, Resolver::ApplyRemote | Resolver::LastWriteWins),
+        },
+    }
+}
+
+/// The reference decision for a delete of version `remote` that saw version `seen` of the row (`None`: its old
+/// image did not carry it), meeting `local`.
+pub fn decide_delete(
+    resolver: Resolver,
+    local: Option<(Option<i64>, &str)>,
+    remote: &Version,
+    seen: Option<i64>,
+) -> Decision {
+    match local {
+        None => Decision::Conflict {
+            kind: ConflictKind::DeleteMissing,
+            remote_wins: false,
+        },
+        Some((None, _)) => Decision::Apply,
+        Some((Some(ts), _)) if seen == Some(ts) => Decision::Apply,
+        Some((Some(_), node)) if seen.is_none() && node == remote.node => Decision::Apply,
+        Some((Some(ts), node)) => Decision::Conflict {
+            kind: ConflictKind::DeleteOriginDiffers,
+            remote_wins: remote_wins(
+                resolver,
+                &Version {
+                    ts,
+                    node: node.to_owned(),
+                },
+                remote,
+            ),
+        },
+    }
+}
+
 /// A table's conflict policy, resolved against one schema version of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TablePolicy {

@@ -67,16 +67,25 @@ pub async fn open(config: &PipelineConfig, index: usize) -> Result<AnySink, Erro
                 &sink.name,
                 &config.name,
                 url,
-                crate::postgres::MultiMasterOptions {
+                crate::conflict::MultiMasterOptions {
                     conflicts: sink.conflicts.clone(),
                     node: config.node.clone(),
                 },
             )
             .await?,
         ),
-        SinkKind::Mysql { url } => {
-            AnySink::Mysql(MysqlSink::connect(&sink.name, &config.name, url).await?)
-        }
+        SinkKind::Mysql { url } => AnySink::Mysql(
+            MysqlSink::connect(
+                &sink.name,
+                &config.name,
+                url,
+                crate::conflict::MultiMasterOptions {
+                    conflicts: sink.conflicts.clone(),
+                    node: config.node.clone(),
+                },
+            )
+            .await?,
+        ),
         SinkKind::Sqlite { path } => {
             AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
         }

@@ -42,6 +42,7 @@ pub fn open(
                 source_timeout: config.source_timeout,
                 config: source.clone(),
                 snapshot_parallelism: config.snapshot_parallelism,
+                node: config.node.clone(),
             },
             stats,
         ),

@@ -8,16 +8,17 @@
 //! replayed after a crash; for tables with a primary key the replay converges to the same rows (every write sets
 //! whole rows by key), for keyless tables it can duplicate rows written in that window.
 
+mod conflict;
 mod ddl;
 mod literal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 
 use ferry_core::{
     recopy_shadow, Change, ColumnType, Error, Event, Position, RecopyStep, Row, SchemaRef, Sink,
-    TableId, Value,
+    TableId, TableSchema, Value,
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -25,6 +26,10 @@ use mysql_async::{Conn, Opts};
 use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
+use crate::conflict::{
+    decide_change, decide_delete, ConflictRecord, ConflictTally, Decision, MultiMasterOptions,
+    Policies,
+};
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
@@ -123,12 +128,56 @@ pub struct MysqlSink {
     shadows: Shadows,
     /// Shadow tables of finished re-copies, dropped once the transaction commits (DROP commits implicitly).
     finished_shadows: Vec<TableId>,
+    multi: Box<MysqlMulti>,
+}
+
+/// The sink's conflict-handling and loop-prevention state.
+#[derive(Default)]
+struct MysqlMulti {
+    options: MultiMasterOptions,
+    /// The node changes without version columns are stamped with: `[pipeline] node`, or the pipeline's name.
+    node: String,
+    policies: Policies,
+    augmenter: conflict::Augmenter,
+    tally: ConflictTally,
+    /// Target tables given their stamping triggers.
+    prepared: HashSet<(TableId, u64)>,
+}
+
+/// One change of a conflict-aware group.
+struct ManagedRow<'a> {
+    op: &'a ferry_core::RowOp,
+    action: RowAction<'a>,
+    managed: conflict::Managed,
 }
 
 impl MysqlSink {
-    pub async fn connect(name: &str, pipeline: &str, url: &str) -> Result<Self, Error> {
+    pub async fn connect(
+        name: &str,
+        pipeline: &str,
+        url: &str,
+        multi: MultiMasterOptions,
+    ) -> Result<Self, Error> {
         let database = options(url)?.db_name().map(str::to_owned);
         let mut conn = connect(url).await?;
+        // Ferry's own writes are never stamped as local writes by the version triggers.
+        conn.query_drop("SET @ferry_applying = 1")
+            .await
+            .map_err(write_error("setting up the session"))?;
+        if multi.resolves() {
+            conn.query_drop(conflict::conflicts_table_sql())
+                .await
+                .map_err(write_error("creating ferry_conflicts"))?;
+        }
+        if multi.node.is_some() {
+            if let Some(db) = &database {
+                for sql in ferry_core::versions::mysql_support_sql(db) {
+                    conn.query_drop(sql)
+                        .await
+                        .map_err(write_error("creating ferry_node and ferry_origin"))?;
+                }
+            }
+        }
         conn.query_drop(CREATE_CHECKPOINT_TABLE)
             .await
             .map_err(write_error("creating ferry_checkpoints"))?;
@@ -159,6 +208,11 @@ impl MysqlSink {
             in_transaction: false,
             dirty: false,
             load_data: true,
+            multi: Box::new(MysqlMulti {
+                node: multi.node.clone().unwrap_or_else(|| pipeline.to_owned()),
+                options: multi,
+                ..MysqlMulti::default()
+            }),
         })
     }
 
@@ -229,7 +283,61 @@ impl MysqlSink {
             )
             .await?;
             self.tables.insert(schema.id.clone(), target);
+            let versioned = schema.column_index(ferry_core::VERSION_TS).is_some()
+                && self.multi.options.resolves()
+                && self
+                    .multi
+                    .policies
+                    .get(&self.multi.options.conflicts, &schema)?
+                    .is_some();
+            if versioned
+                && self
+                    .multi
+                    .prepared
+                    .insert((schema.id.clone(), schema.version))
+            {
+                self.prepare_versions(&schema).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Gives a target table under a conflict policy the triggers that stamp local writes (DDL, before the
+    /// transaction opens), and its database the `ferry_node` table they read.
+    async fn prepare_versions(&mut self, schema: &TableSchema) -> Result<(), Error> {
+        let db = self
+            .database
+            .clone()
+            .unwrap_or_else(|| schema.id.schema.clone());
+        let fix =
+            "creating triggers needs the TRIGGER privilege, and with binary logging on, SUPER or \
+                   log_bin_trust_function_creators = 1";
+        let count: Option<i64> = self
+            .conn
+            .exec_first(
+                ferry_core::versions::MYSQL_PREPARED_SQL,
+                (&db, &schema.id.name, &db, &schema.id.name),
+            )
+            .await
+            .map_err(write_error("reading the version triggers"))?;
+        if count == Some(4) {
+            return Ok(());
+        }
+        let mut statements = ferry_core::versions::mysql_support_sql(&db);
+        statements.extend(ferry_core::versions::mysql_prepare_sql(
+            &db,
+            &schema.id.name,
+            false,
+        ));
+        for sql in statements {
+            self.conn.query_drop(sql).await.map_err(|e| {
+                Error::fatal_from(
+                    format!("preparing {} for conflict detection: {fix}", schema.id),
+                    e,
+                )
+            })?;
+        }
+        tracing::info!(table = %schema.id, "target table prepared for conflict detection: version triggers");
         Ok(())
     }
 
@@ -315,10 +423,44 @@ impl MysqlSink {
                 .await
                 .map_err(write_error("starting a transaction"))?;
             self.in_transaction = true;
+            if self.multi.options.node.is_some() {
+                // First in the transaction: a MySQL source reading this database skips what follows.
+                self.exec(
+                    ferry_core::versions::mysql_origin_marker_sql(&self.pipeline),
+                    "marking the transaction as Ferry's",
+                )
+                .await?;
+            }
         }
         let mut upserts = Upserts::default();
+        let mut managed: Vec<ManagedRow> = Vec::new();
         for e in events {
             let Event::Change(change) = e else { continue };
+            if let Change::Row { table, op } = change {
+                if !evolve::is_quarantined(&self.applied, &table.id) {
+                    if let Some(m) = self.multi.augmenter.managed(table, op, &self.multi.node) {
+                        self.flush(&mut upserts).await?;
+                        let action = classify(table, op);
+                        let key = key_of(table, op);
+                        let joins = managed.last().is_some_and(|last| {
+                            Arc::ptr_eq(&last.managed.table, table)
+                                && std::mem::discriminant(&last.action)
+                                    == std::mem::discriminant(&action)
+                                && !managed.iter().any(|r| key_of(table, r.op) == key)
+                        });
+                        if !joins {
+                            self.flush_managed(std::mem::take(&mut managed)).await?;
+                        }
+                        managed.push(ManagedRow {
+                            op,
+                            action,
+                            managed: m,
+                        });
+                        continue;
+                    }
+                }
+            }
+            self.flush_managed(std::mem::take(&mut managed)).await?;
             match change {
                 Change::Recopy { table, step } => {
                     self.flush(&mut upserts).await?;
@@ -404,8 +546,302 @@ impl MysqlSink {
                 },
             }
         }
+        self.flush_managed(managed).await?;
         self.flush(&mut upserts).await?;
         Ok(())
+    }
+
+    /// Applies a group of changes of one table under a conflict policy: one locking probe of the rows they meet,
+    /// a decision per change, the winners written through the usual paths, the conflicts logged.
+    async fn flush_managed(&mut self, group: Vec<ManagedRow<'_>>) -> Result<(), Error> {
+        let Some(first) = group.first() else {
+            return Ok(());
+        };
+        let table = first.managed.table.clone();
+        let policy = first.managed.policy.clone();
+        let name = self.target_name(&table.id);
+        let db = self
+            .database
+            .clone()
+            .unwrap_or_else(|| table.id.schema.clone());
+        let target = &self.tables[&table.id];
+        let keys = &table.primary_key;
+        let mut derived = Vec::new();
+        for (ord, r) in group.iter().enumerate() {
+            let row = match r.op {
+                ferry_core::RowOp::Delete { before } => before,
+                ferry_core::RowOp::Insert { after }
+                | ferry_core::RowOp::Read { after }
+                | ferry_core::RowOp::Update { after, .. } => after,
+            };
+            let mut cols = vec![format!("{ord} AS ord")];
+            for (i, &k) in keys.iter().enumerate() {
+                let lit = literal(&row[k], target.kind(&table.columns[k].name), table.dialect)
+                    .map_err(|why| unwritable("MySQL", &table, row, k, &why))?;
+                cols.push(format!("{lit} AS k{i}"));
+            }
+            derived.push(format!("SELECT {}", cols.join(", ")));
+        }
+        let on: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| format!("t.{} = o.k{i}", quote_ident(&table.columns[k].name)))
+            .collect();
+        let local: Vec<String> = table
+            .columns
+            .iter()
+            .filter(|c| !crate::conflict::is_version_column(&c.name) && target.has(&c.name))
+            .map(|c| {
+                format!(
+                    "{}, CAST(t.{} AS CHAR)",
+                    literal::text(&c.name),
+                    quote_ident(&c.name)
+                )
+            })
+            .collect();
+        let probe = format!(
+            "SELECT o.ord, t.{ts}, COALESCE(t.{node}, (SELECT node FROM {db}.{node_table} WHERE id = 1), ''), \
+             JSON_OBJECT({local}) FROM ({derived}) o JOIN {name} t ON {on} FOR UPDATE",
+            ts = quote_ident(ferry_core::VERSION_TS),
+            node = quote_ident(ferry_core::VERSION_NODE),
+            db = quote_ident(&db),
+            node_table = ferry_core::versions::NODE_TABLE,
+            local = local.join(", "),
+            derived = derived.join(" UNION ALL "),
+            on = on.join(" AND "),
+        );
+        self.dirty = true;
+        let found: Vec<(i64, Option<i64>, String, String)> = self.conn.query(probe).await.map_err(
+            write_error(format!("reading the rows of {} the changes meet", table.id)),
+        )?;
+        let found: HashMap<usize, (Option<i64>, String, String)> = found
+            .into_iter()
+            .map(|(ord, ts, node, json)| {
+                let json = serde_json::from_str::<serde_json::Value>(&json)
+                    .map_or(json, |v| v.to_string());
+                (ord as usize, (ts, node, json))
+            })
+            .collect();
+        let mut records = Vec::new();
+        let mut upserts = Upserts::default();
+        for (ord, r) in group.iter().enumerate() {
+            let local = found.get(&ord);
+            let local_version = local.map(|(ts, node, _)| (*ts, node.as_str()));
+            let m = &r.managed;
+            let (row, decision, update) = match (r.op, &r.action) {
+                (ferry_core::RowOp::Delete { before }, _) => (
+                    before,
+                    decide_delete(policy.resolver, local_version, &m.version, m.seen),
+                    false,
+                ),
+                (op, action) => {
+                    let after = match op {
+                        ferry_core::RowOp::Insert { after }
+                        | ferry_core::RowOp::Read { after }
+                        | ferry_core::RowOp::Update { after, .. } => after,
+                        ferry_core::RowOp::Delete { before } => before,
+                    };
+                    let update = matches!(op, ferry_core::RowOp::Update { .. });
+                    let complete = matches!(action, RowAction::Upsert(_));
+                    (
+                        after,
+                        decide_change(policy.resolver, local_version, &m.version, update, complete),
+                        update,
+                    )
+                }
+            };
+            let wins = match decision {
+                Decision::Apply => true,
+                Decision::Conflict { remote_wins, .. } => remote_wins,
+            };
+            let merges = !policy.merges.is_empty() && local.is_some();
+            let is_delete = matches!(r.op, ferry_core::RowOp::Delete { .. });
+            if let Decision::Conflict { kind, .. } = decision {
+                let winner = if wins {
+                    "remote"
+                } else if merges && !is_delete {
+                    "merged"
+                } else {
+                    "local"
+                };
+                let record = ConflictRecord {
+                    table: table.id.to_string(),
+                    key: describe_key(&table, row),
+                    kind,
+                    resolver: policy.resolver,
+                    winner,
+                    local_row: local.map(|(_, _, json)| json.clone()),
+                    remote_row: crate::conflict::row_json(&table, row),
+                    local_version: local.and_then(|(ts, node, _)| {
+                        ts.map(|ts| crate::conflict::Version {
+                            ts,
+                            node: node.clone(),
+                        })
+                    }),
+                    remote_version: m.version.clone(),
+                    position: m.position.clone(),
+                };
+                if policy.resolver == ferry_config::Resolver::Error {
+                    return Err(record.into_error());
+                }
+                records.push(record);
+            }
+            if is_delete {
+                if wins && local.is_some() {
+                    self.flush(&mut upserts).await?;
+                    self.apply_single(&table, RowAction::Delete(row)).await?;
+                }
+                continue;
+            }
+            if merges {
+                self.flush(&mut upserts).await?;
+                let old = match r.op {
+                    ferry_core::RowOp::Update { before, .. } => before.as_ref(),
+                    _ => None,
+                };
+                let sql = self.merge_statement(&table, &policy, row, old, r.op, wins)?;
+                if let Some(sql) = sql {
+                    self.exec(sql, "merging a conflicting row").await?;
+                }
+                continue;
+            }
+            if !wins {
+                continue;
+            }
+            match &r.action {
+                RowAction::Upsert(full) => {
+                    let _ = update;
+                    upserts.push(&table, full);
+                }
+                action => {
+                    if local.is_some() {
+                        self.flush(&mut upserts).await?;
+                        let action = match action {
+                            RowAction::UpdateSent(r) => RowAction::UpdateSent(r),
+                            RowAction::Move { old, new } => RowAction::Move { old, new },
+                            _ => continue,
+                        };
+                        self.apply_single(&table, action).await?;
+                    }
+                }
+            }
+        }
+        self.flush(&mut upserts).await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        for r in &records {
+            self.multi.tally.detected(r);
+        }
+        let values: Vec<String> = records
+            .iter()
+            .map(|r| {
+                let opt =
+                    |v: &Option<String>| v.as_deref().map_or("NULL".to_owned(), literal::text);
+                format!(
+                    "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                    literal::text(&self.pipeline),
+                    literal::text(&self.name),
+                    literal::text(&r.table),
+                    literal::text(&r.key),
+                    literal::text(r.kind.name()),
+                    literal::text(r.resolver.name()),
+                    literal::text(r.winner),
+                    opt(&r.local_row),
+                    literal::text(&r.remote_row),
+                    opt(&r.local_version.as_ref().map(|v| v.node.clone())),
+                    r.local_version
+                        .as_ref()
+                        .map_or("NULL".to_owned(), |v| v.ts.to_string()),
+                    literal::text(&r.remote_version.node),
+                    r.remote_version.ts,
+                    literal::text(&r.position),
+                )
+            })
+            .collect();
+        self.exec(
+            format!(
+                "INSERT INTO {} (pipeline, sink, table_name, `key`, kind, resolver, winner, local_row, remote_row, \
+                 local_node, local_ts, remote_node, remote_ts, source_position) VALUES {}",
+                crate::conflict::CONFLICTS_TABLE,
+                values.join(", ")
+            ),
+            "writing to ferry_conflicts",
+        )
+        .await
+    }
+
+    /// The UPDATE that applies a change to a row under merge rules: merge-rule columns computed from the target's
+    /// value and the change's, the other columns and the version only when the change wins.
+    fn merge_statement(
+        &self,
+        table: &SchemaRef,
+        policy: &crate::conflict::TablePolicy,
+        row: &Row,
+        old: Option<&Row>,
+        op: &ferry_core::RowOp,
+        wins: bool,
+    ) -> Result<Option<String>, Error> {
+        use ferry_config::MergeRule;
+        let target = &self.tables[&table.id];
+        let mut sets = Vec::new();
+        for (i, c) in table.columns.iter().enumerate() {
+            if table.primary_key.contains(&i) || row[i] == Value::Unchanged || !target.has(&c.name)
+            {
+                continue;
+            }
+            let lit = |v: &Value| {
+                literal(v, target.kind(&c.name), table.dialect)
+                    .map_err(|why| unwritable("MySQL", table, row, i, &why))
+            };
+            let col = quote_ident(&c.name);
+            let new = lit(&row[i])?;
+            let version = crate::conflict::is_version_column(&c.name);
+            let set = match policy.merge_of(i) {
+                _ if version => wins.then(|| new.clone()),
+                None => wins.then(|| new.clone()),
+                Some(MergeRule::Max) => {
+                    Some(format!("COALESCE(GREATEST({col}, {new}), {col}, {new})"))
+                }
+                Some(MergeRule::Min) => {
+                    Some(format!("COALESCE(LEAST({col}, {new}), {col}, {new})"))
+                }
+                Some(MergeRule::PreferNonNull) if wins => Some(format!("COALESCE({new}, {col})")),
+                Some(MergeRule::PreferNonNull) => Some(format!("COALESCE({col}, {new})")),
+                Some(MergeRule::SumDelta) => {
+                    let before = match op {
+                        ferry_core::RowOp::Read { .. } => new.clone(),
+                        ferry_core::RowOp::Insert { .. } => "NULL".to_owned(),
+                        _ => match old.map(|o| &o[i]) {
+                            Some(v) if *v != Value::Unchanged => lit(v)?,
+                            _ => {
+                                return Err(Error::fatal(format!(
+                                    "table {}, column {}: sum_delta needs the value the update replaced, and the \
+                                     source did not send it; set REPLICA IDENTITY FULL on the source table (MySQL / \
+                                     MariaDB: binlog_row_image = FULL)",
+                                    table.id, c.name
+                                )))
+                            }
+                        },
+                    };
+                    Some(format!(
+                        "COALESCE({col}, 0) + (COALESCE({new}, 0) - COALESCE({before}, 0))"
+                    ))
+                }
+            };
+            if let Some(set) = set {
+                sets.push(format!("{col} = {set}"));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "UPDATE {} SET {} WHERE {}",
+            self.target_name(&table.id),
+            sets.join(", "),
+            self.key_condition(table, row)?
+        )))
     }
 
     async fn apply_events(
@@ -444,6 +880,7 @@ impl MysqlSink {
                 .map_err(write_error("committing"))?;
             self.in_transaction = false;
             self.dirty = false;
+            self.multi.tally.committed();
             for shadow in std::mem::take(&mut self.finished_shadows) {
                 let sql = format!("DROP TABLE IF EXISTS {}", self.target_name(&shadow));
                 self.exec(sql, "dropping a re-copy's shadow table").await?;
@@ -848,6 +1285,21 @@ impl MysqlSink {
     }
 }
 
+/// The key of the row a change touches (its new row, a delete's old row), as text.
+fn key_of(table: &TableSchema, op: &ferry_core::RowOp) -> Vec<Option<String>> {
+    let row = match op {
+        ferry_core::RowOp::Insert { after }
+        | ferry_core::RowOp::Read { after }
+        | ferry_core::RowOp::Update { after, .. } => after,
+        ferry_core::RowOp::Delete { before } => before,
+    };
+    table
+        .primary_key
+        .iter()
+        .map(|&k| ferry_core::pg_text::pg_text(&row[k]))
+        .collect()
+}
+
 /// Consecutive inserts / upserts of one table and schema version, written together by [`MysqlSink::flush`].
 #[derive(Default)]
 struct Upserts<'a> {
@@ -893,9 +1345,23 @@ impl Sink for MysqlSink {
         Ok(Some(recopy::recorded(&self.applied)))
     }
 
+    fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
+        self.multi.tally.take()
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         let events = self.shadows.expand(events);
-        let result = self.apply_events(&events, commit).await;
+        let versioned;
+        let events: &[Event] = if self.multi.options.resolves() {
+            let m = &mut *self.multi;
+            versioned =
+                m.augmenter
+                    .augment(&mut m.policies, &m.options.conflicts, &m.node, &events)?;
+            &versioned
+        } else {
+            &events
+        };
+        let result = self.apply_events(events, commit).await;
         if result.is_err() && self.in_transaction {
             // The connection may be gone; the next attempt starts from the checkpoint on a new sink.
             let _ = self.conn.query_drop("ROLLBACK").await;

@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 
-use ferry_config::ConflictPolicy;
 use ferry_core::{
     recopy_shadow, Change, Error, Event, Position, RecopyStep, Row, RowOp, SchemaRef, Sink,
     TableId, TableSchema, TxContext,
@@ -28,7 +27,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{debug, error, info};
 
 use crate::checkpoint;
-use crate::conflict::{ConflictTally, Policies, TablePolicy};
+use crate::conflict::{ConflictTally, MultiMasterOptions, Policies, TablePolicy};
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, sent_columns, RowAction};
@@ -99,14 +98,6 @@ pub struct PostgresSink {
     /// Tables being re-copied into shadow tables.
     shadows: Shadows,
     multi: Box<MultiMaster>,
-}
-
-/// What a sink needs to know for conflict handling and loop prevention (`[pipeline] node`, `[[sink]] conflict`).
-#[derive(Debug, Clone, Default)]
-pub struct MultiMasterOptions {
-    pub conflicts: ConflictPolicy,
-    /// `[pipeline] node`: when set, the sink applies under the replication origin `ferry_<pipeline>`.
-    pub node: Option<String>,
 }
 
 /// The sink's conflict-handling state.
@@ -785,7 +776,7 @@ impl MultiMaster {
             .batch_execute("SET ferry.applying = 'on'")
             .await
             .map_err(write_error("setting up the session"))?;
-        if options.conflicts.default.is_some() || !options.conflicts.rules.is_empty() {
+        if options.resolves() {
             client
                 .batch_execute(&format!(
                     "{}; {}",

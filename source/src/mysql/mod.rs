@@ -160,6 +160,9 @@ pub struct MysqlSourceSettings {
     pub snapshot_parallelism: usize,
     /// How long the server may send nothing (no event, no heartbeat) before its connection is taken for dead.
     pub source_timeout: std::time::Duration,
+    /// `[pipeline] node`: this database's node name, and its followed tables versioned for conflict detection
+    /// (docs/multi-master.md).
+    pub node: Option<String>,
 }
 
 impl MysqlSourceSettings {
@@ -219,6 +222,11 @@ pub async fn run(
     };
     let only: Option<Vec<_>> = cfg.tables.clone();
     let mut catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
+    if let Some(node) = &settings.node {
+        if prepare_versions(&mut conn, node, &databases, &catalog).await? {
+            catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
+        }
+    }
     let database_charsets = catalog::database_charsets(&mut conn, &databases).await?;
     if let Some(tables) = &cfg.tables {
         for t in tables {
@@ -294,6 +302,56 @@ pub async fn run(
     )
     .await?;
     Ok(SourceExit::Shutdown)
+}
+
+/// A multi-master source (`[pipeline] node`) names its databases' node and gives its followed tables the version
+/// columns and the triggers that stamp local writes, before it reads anything. Whether it changed a table.
+async fn prepare_versions(
+    conn: &mut mysql_async::Conn,
+    node: &str,
+    databases: &[String],
+    catalog: &std::collections::BTreeMap<ferry_core::TableId, catalog::CatalogTable>,
+) -> Result<bool, Error> {
+    let fix = "Ferry's source user needs ALTER, CREATE and TRIGGER on the followed tables, and with binary logging \
+               on, SUPER or log_bin_trust_function_creators = 1";
+    let run = |e: mysql_async::Error| {
+        Error::fatal_from(
+            format!("versioning the source tables for conflict detection: {fix}"),
+            e,
+        )
+    };
+    for db in databases {
+        for sql in ferry_core::versions::mysql_support_sql(db) {
+            conn.query_drop(sql).await.map_err(run)?;
+        }
+        conn.query_drop(ferry_core::versions::mysql_register_node_sql(db, node))
+            .await
+            .map_err(run)?;
+    }
+    let mut changed = false;
+    for (table, t) in catalog {
+        if t.primary_key.is_empty() {
+            warn!(%table, "table has no primary key: its rows carry no version, and its changes are applied \
+                   without conflict detection");
+            continue;
+        }
+        let count: Option<i64> = conn
+            .exec_first(
+                ferry_core::versions::MYSQL_PREPARED_SQL,
+                (&table.schema, &table.name, &table.schema, &table.name),
+            )
+            .await
+            .map_err(run)?;
+        if count == Some(4) {
+            continue;
+        }
+        for sql in ferry_core::versions::mysql_prepare_sql(&table.schema, &table.name, true) {
+            conn.query_drop(sql).await.map_err(run)?;
+        }
+        info!(%table, "table prepared for conflict detection: version columns and triggers");
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// Streaming needs row events with full images; anything else loses data, so it stops the pipeline up front.

@@ -1,0 +1,223 @@
+//! Conflict handling in a MySQL / MariaDB target (see [`crate::conflict`] and docs/multi-master.md).
+//!
+//! MySQL has neither writable CTEs nor `RETURNING` for updates, so a group of changes costs one locking probe: a
+//! `SELECT … FOR UPDATE` of the target rows the group's keys meet, in one statement, returning each row's version
+//! (and the row itself, for the log). [`crate::conflict::decide_change`] decides each change on it, the rule the
+//! PostgreSQL statements compile into SQL, and the sink writes the winners through its usual paths.
+//!
+//! Versions travel in the rows themselves: [`Augmenter::augment`] gives a table under a policy the two version columns in
+//! its schema (when its source has none) and fills them in each row, so creating, altering and writing the
+//! target table need nothing new.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_core::{
+    Change, Column, ColumnType, Event, Row, RowOp, SchemaRef, TableId, TableSchema, TxContext,
+    Value, VERSION_NODE, VERSION_TS,
+};
+
+use crate::conflict::{Policies, TablePolicy, Version, CONFLICTS_TABLE};
+
+/// The conflict log table in a MySQL target.
+pub fn conflicts_table_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {CONFLICTS_TABLE} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         pipeline VARCHAR(255) NOT NULL, sink VARCHAR(255) NOT NULL, table_name VARCHAR(255) NOT NULL, \
+         `key` TEXT NOT NULL, kind VARCHAR(32) NOT NULL, resolver VARCHAR(32) NOT NULL, winner VARCHAR(16) NOT NULL, \
+         local_row LONGTEXT NULL, remote_row LONGTEXT NOT NULL, local_node VARCHAR(64) NULL, local_ts BIGINT NULL, \
+         remote_node VARCHAR(64) NOT NULL, remote_ts BIGINT NOT NULL, source_position TEXT NOT NULL, \
+         detected_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) CHARACTER SET utf8mb4"
+    )
+}
+
+/// A table's schema with the version columns appended when it lacks them.
+fn versioned(schema: &TableSchema) -> TableSchema {
+    let mut s = schema.clone();
+    if s.column_index(VERSION_TS).is_none() {
+        s.columns
+            .push(Column::new(VERSION_TS, ColumnType::Int8, "bigint", true));
+    }
+    if s.column_index(VERSION_NODE).is_none() {
+        s.columns.push(Column::new(
+            VERSION_NODE,
+            ColumnType::Text,
+            "varchar(64)",
+            true,
+        ));
+    }
+    s
+}
+
+/// A table under a policy: its versioned schema and its policy.
+type Versioned = Option<(SchemaRef, Arc<TablePolicy>)>;
+
+/// The state [`Augmenter::augment`] keeps across batches.
+#[derive(Default)]
+pub struct Augmenter {
+    /// Per source schema (table, version): the versioned schema, `None` when the table is under no policy.
+    schemas: HashMap<(TableId, u64), Versioned>,
+    /// The open source transaction.
+    tx: Option<Arc<TxContext>>,
+}
+
+/// One change of a table under a policy, as the sink decides it.
+pub struct Managed {
+    pub table: SchemaRef,
+    pub policy: Arc<TablePolicy>,
+    pub version: Version,
+    /// The version a delete's old row had (REPLICA IDENTITY FULL, `binlog_row_image = FULL`).
+    pub seen: Option<i64>,
+    pub position: String,
+}
+
+impl Augmenter {
+    /// `events` with the tables under a policy versioned: their schemas carry the version columns, their new
+    /// rows the change's version (its source row's, else its commit time and `node`). Tables without a primary
+    /// key stay as they are.
+    pub fn augment(
+        &mut self,
+        policies: &mut Policies,
+        policy: &ferry_config::ConflictPolicy,
+        node: &str,
+        events: &[Event],
+    ) -> Result<Vec<Event>, ferry_core::Error> {
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                Event::Begin(tx) => {
+                    self.tx = Some(tx.clone());
+                    out.push(event.clone());
+                }
+                Event::Schema(schema) => match self.plan(policies, policy, schema)? {
+                    Some((versioned, _)) => out.push(Event::Schema(versioned)),
+                    None => out.push(event.clone()),
+                },
+                Event::Change(Change::Row { table, op }) => {
+                    let Some((versioned, table_policy)) = self.plan(policies, policy, table)?
+                    else {
+                        out.push(event.clone());
+                        continue;
+                    };
+                    let version =
+                        |row: &Row| table_policy.version_of(row, self.tx.as_deref(), node);
+                    let fill = |row: &Row, with: Option<&Version>| -> Row {
+                        let mut r = row.clone();
+                        r.resize(versioned.columns.len(), Value::Unchanged);
+                        if let Some(v) = with {
+                            let (ts, nd) = (
+                                versioned.column_index(VERSION_TS).unwrap_or(0),
+                                versioned.column_index(VERSION_NODE).unwrap_or(0),
+                            );
+                            if table_policy.ts_column.is_none() || r[ts] == Value::Null {
+                                r[ts] = Value::Int(v.ts);
+                            }
+                            if table_policy.node_column.is_none() || r[nd] == Value::Null {
+                                r[nd] = Value::Text(v.node.clone());
+                            }
+                        }
+                        r
+                    };
+                    let op = match op {
+                        RowOp::Insert { after } => RowOp::Insert {
+                            after: fill(after, Some(&version(after))),
+                        },
+                        RowOp::Read { after } => RowOp::Read {
+                            after: fill(after, Some(&version(after))),
+                        },
+                        RowOp::Update { before, after } => RowOp::Update {
+                            before: before.as_ref().map(|b| fill(b, None)),
+                            after: fill(after, Some(&version(after))),
+                        },
+                        RowOp::Delete { before } => RowOp::Delete {
+                            before: fill(before, None),
+                        },
+                    };
+                    out.push(Event::Change(Change::Row {
+                        table: versioned,
+                        op,
+                    }));
+                }
+                other => out.push(other.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    fn plan(
+        &mut self,
+        policies: &mut Policies,
+        policy: &ferry_config::ConflictPolicy,
+        schema: &SchemaRef,
+    ) -> Result<Versioned, ferry_core::Error> {
+        let key = (schema.id.clone(), schema.version);
+        if let Some(planned) = self.schemas.get(&key) {
+            return Ok(planned.clone());
+        }
+        let planned = match policies.get(policy, schema)? {
+            Some(p) if schema.has_primary_key() => Some((Arc::new(versioned(schema)), p)),
+            _ => None,
+        };
+        self.schemas.insert(key, planned.clone());
+        Ok(planned)
+    }
+
+    /// The policy and version of a change of `table` (a versioned schema), `None` when it is under no policy.
+    /// A delete's version is `node`'s.
+    pub fn managed(&self, table: &SchemaRef, op: &RowOp, node: &str) -> Option<Managed> {
+        let (versioned, policy) = self
+            .schemas
+            .get(&(table.id.clone(), table.version))?
+            .as_ref()?;
+        if !Arc::ptr_eq(versioned, table) {
+            return None;
+        }
+        let (ts, nd) = (
+            table.column_index(VERSION_TS)?,
+            table.column_index(VERSION_NODE)?,
+        );
+        let position = self
+            .tx
+            .as_ref()
+            .map(|t| t.commit_at.to_string())
+            .unwrap_or_default();
+        let version_in = |row: &Row| Version {
+            ts: match row[ts] {
+                Value::Int(n) => n,
+                _ => 0,
+            },
+            node: match &row[nd] {
+                Value::Text(s) => s.clone(),
+                _ => String::new(),
+            },
+        };
+        let (version, seen) = match op {
+            RowOp::Insert { after } | RowOp::Read { after } | RowOp::Update { after, .. } => {
+                (version_in(after), None)
+            }
+            RowOp::Delete { before } => {
+                let seen = policy.seen_version(before);
+                let commit = self
+                    .tx
+                    .as_ref()
+                    .and_then(|t| t.commit_time)
+                    .and_then(|t| t.unix_micros())
+                    .unwrap_or(0);
+                (
+                    Version {
+                        ts: seen.map_or(commit, |s| s.saturating_add(1)),
+                        node: node.to_owned(),
+                    },
+                    seen,
+                )
+            }
+        };
+        Some(Managed {
+            table: table.clone(),
+            policy: policy.clone(),
+            version,
+            seen,
+            position,
+        })
+    }
+}
