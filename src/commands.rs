@@ -102,7 +102,14 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         println!("pipeline {} ({})", p.name, p.file.display());
         let outcomes = match &p.source {
             SourceConfig::Postgres(source) => match pg::connect_client(&source.url).await {
-                Ok(client) => pg::check_prerequisites(&client, source).await,
+                Ok(client) => match pg::check_prerequisites(&client, source).await {
+                    Ok(mut outcomes) => {
+                        outcomes.push(pg::multimaster::loop_check(&client, p).await?);
+                        outcomes.extend(pg::multimaster::sum_delta_check(&client, p).await?);
+                        Ok(outcomes)
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             SourceConfig::Mysql(source) => ferry_source::mysql::check_prerequisites(source).await,
@@ -135,6 +142,16 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     all_ok = false;
                     println!("  FAIL sink {}: {e}", sink.name);
+                }
+            }
+            if p.node.is_some() {
+                match ferry_sink::registry::probe_origin_grants(sink).await {
+                    Ok(Some(detail)) => println!("  ok   sink {} origin: {detail}", sink.name),
+                    Ok(None) => {}
+                    Err(e) => {
+                        all_ok = false;
+                        println!("  FAIL sink {} origin: {e}", sink.name);
+                    }
                 }
             }
         }

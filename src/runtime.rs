@@ -94,6 +94,7 @@ async fn run_once(
     stats: &Arc<PipelineStats>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<SourceExit, Error> {
+    refuse_loops(config).await?;
     let mut sinks = Vec::with_capacity(config.sinks.len());
     let mut checkpoints = Vec::with_capacity(config.sinks.len());
     let mut recopies = Vec::new();
@@ -188,6 +189,24 @@ async fn run_once(
 
 /// The online re-copies to resume, from what each sink that keeps them recorded: a table's cursor when every such
 /// sink holds the same one, `None` (start it again) when they differ or some sink has none.
+/// Stops before anything moves when this pipeline and another would replicate each other's changes back and
+/// forth (docs/multi-master.md): the error names both and the setting that breaks the loop.
+async fn refuse_loops(config: &PipelineConfig) -> Result<(), Error> {
+    let ferry_config::SourceConfig::Postgres(source) = &config.source else {
+        return Ok(());
+    };
+    let client = ferry_source::postgres::connect_client(&source.url).await?;
+    let outcome = ferry_source::postgres::multimaster::loop_check(&client, config).await?;
+    if outcome.ok {
+        return Ok(());
+    }
+    Err(Error::fatal(format!(
+        "{}; {}",
+        outcome.detail,
+        outcome.fix.unwrap_or_default()
+    )))
+}
+
 fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<String>)> {
     let mut tables: Vec<&TableId> = per_sink.iter().flatten().map(|(t, _)| t).collect();
     tables.sort();

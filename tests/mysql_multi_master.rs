@@ -138,4 +138,12 @@ fn postgres_and_mariadb_converge_with_last_write_wins() {
     let in_my = check(my.sql(&sql.replace("ferry_conflicts", "shop.ferry_conflicts")));
     println!("conflicts: {in_pg} in PostgreSQL, {in_my} in MariaDB");
     assert!(in_pg + in_my > 0, "no conflict was met");
+    // `ferry conflicts` reads the MariaDB target's log too.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["conflicts", "--json", "--config"])
+        .arg(&p2m)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(in_my), "{listed}");
 }

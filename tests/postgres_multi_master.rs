@@ -543,3 +543,60 @@ fn a_bidirectional_pair_keeps_exactly_once_under_sigkill() {
         &ba,
     );
 }
+
+#[test]
+fn two_pipelines_that_would_loop_are_refused_and_check_names_the_fix() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(db, "CREATE TABLE c (id int PRIMARY KEY, n int NOT NULL);");
+    }
+    let dir = scratch();
+    let sink =
+        "[[sink.conflict_rules]]\ntables = [\"public.c\"]\ncolumns = { n = \"sum_delta\" }\n";
+    let a_to_b = write_config(
+        dir.path(),
+        "a_to_b",
+        &(side(&pg, "a_to_b", "a", "a", "b", "") + sink),
+    );
+    // The mirror without origins = "local": it would send A→B's changes back to A.
+    let looping = side(&pg, "b_to_a", "b", "b", "a", "snapshot = \"never\"")
+        .replace("origins = \"local\"\n", "");
+    let b_to_a = write_config(dir.path(), "b_to_a", &looping);
+    let ab = Ferry::start(&a_to_b, &dir.path().join("a_to_b.log"));
+    ab.wait_streaming();
+    pg.psql("a", "INSERT INTO c VALUES (1, 1)");
+    assert!(wait_until(WAIT, || pg.psql("b", "SELECT count(*) FROM c") == "1"));
+    let mut ba = Ferry::start(&b_to_a, &dir.path().join("b_to_a.log"));
+    assert!(
+        ba.wait_exit(WAIT).is_some_and(|s| !s.success()),
+        "the looping pipeline ran:\n{}",
+        ba.log()
+    );
+    let log = ba.log();
+    for part in [
+        "pipeline a_to_b",
+        "slot ferry_a_to_b",
+        "origins = \"local\"",
+    ] {
+        assert!(log.contains(part), "the error does not say {part}:\n{log}");
+    }
+    // `ferry check` says the same, and that sum_delta needs REPLICA IDENTITY FULL on A.
+    let out = Command::new(ferry_bin())
+        .args(["check", "--config"])
+        .arg(&b_to_a)
+        .arg(&a_to_b)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAIL loop"), "{text}");
+    assert!(
+        text.contains("FAIL sum_delta old values")
+            && text.contains("ALTER TABLE public.c REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("origin: may apply under a replication origin"),
+        "{text}"
+    );
+}

@@ -181,6 +181,9 @@ pub async fn list_conflicts(
         SinkKind::Postgres { url } => {
             crate::postgres::list_conflicts(url, pipeline, &sink.name, table).await
         }
+        SinkKind::Mysql { url } => {
+            crate::mysql::list_conflicts(url, pipeline, &sink.name, table).await
+        }
         _ => Ok(Vec::new()),
     }
 }
@@ -204,6 +207,15 @@ pub async fn delete_checkpoints(pipeline: &str, sink: &SinkConfig) -> Result<(),
         SinkKind::Kafka(_) => return Err(no_kafka()),
     }
     Ok(())
+}
+
+/// Whether `sink` may apply under a replication origin (`[pipeline] node` set, PostgreSQL targets), naming the
+/// grants it lacks (`ferry check`); `None` for targets that mark their transactions otherwise.
+pub async fn probe_origin_grants(sink: &SinkConfig) -> Result<Option<String>, Error> {
+    match &sink.kind {
+        SinkKind::Postgres { url } => crate::postgres::probe_origin_grants(url).await.map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Whether `sink`'s target can be reached and read (`ferry check`); the error says why not.

@@ -1437,6 +1437,60 @@ pub async fn list_checkpoints(
     .map_err(write_error("reading checkpoints"))
 }
 
+/// The conflicts `pipeline`'s sink `sink` logged in the MySQL target at `url`, oldest first, only `table`'s when
+/// given (`ferry conflicts`).
+pub async fn list_conflicts(
+    url: &str,
+    pipeline: &str,
+    sink: &str,
+    table: Option<&str>,
+) -> Result<Vec<crate::conflict::LoggedConflict>, Error> {
+    let mut conn = connect(url).await?;
+    let exists: Option<i64> = conn
+        .query_first(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name = 'ferry_conflicts'",
+        )
+        .await
+        .map_err(write_error("looking for ferry_conflicts"))?;
+    if exists.unwrap_or(0) == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<mysql_async::Row> = conn
+        .exec(
+            "SELECT id, CAST(detected_at AS CHAR), pipeline, sink, table_name, `key`, kind, resolver, winner, \
+             local_row, remote_row, local_node, local_ts, remote_node, remote_ts, source_position \
+             FROM ferry_conflicts WHERE pipeline = ? AND sink = ? AND (? IS NULL OR table_name = ?) ORDER BY id",
+            (pipeline, sink, table, table),
+        )
+        .await
+        .map_err(write_error("reading ferry_conflicts"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let text = |i: usize| r.get::<Option<String>, _>(i).flatten().unwrap_or_default();
+            crate::conflict::LoggedConflict {
+                id: r.get::<Option<i64>, _>(0).flatten().unwrap_or_default(),
+                detected_at: text(1),
+                pipeline: text(2),
+                sink: text(3),
+                table: text(4),
+                key: text(5),
+                kind: text(6),
+                resolver: text(7),
+                winner: text(8),
+                local_row: r.get::<Option<String>, _>(9).flatten(),
+                remote_row: text(10),
+                local_node: r.get::<Option<String>, _>(11).flatten(),
+                local_ts: r.get::<Option<i64>, _>(12).flatten(),
+                remote_node: text(13),
+                remote_ts: r.get::<Option<i64>, _>(14).flatten().unwrap_or_default(),
+                source_position: text(15),
+            }
+        })
+        .collect())
+}
+
 /// Deletes a pipeline's checkpoints from a MySQL target (`ferry reset`).
 pub async fn delete_checkpoints(url: &str, pipeline: &str) -> Result<(), Error> {
     let mut conn = connect(url).await?;

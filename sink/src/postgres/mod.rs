@@ -986,6 +986,30 @@ impl Sink for PostgresSink {
     }
 }
 
+/// Whether this role may apply under a replication origin on the target at `url` (`ferry check`).
+pub async fn probe_origin_grants(url: &str) -> Result<String, Error> {
+    let client = connect(url).await?;
+    let row = client
+        .query_one(
+            "SELECT rolsuper, has_function_privilege('pg_catalog.pg_replication_origin_create(text)', 'EXECUTE') \
+             AND has_function_privilege('pg_catalog.pg_replication_origin_session_setup(text)', 'EXECUTE') \
+             AND has_function_privilege('pg_catalog.pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)', 'EXECUTE') \
+             FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(write_error("reading the role's privileges"))?;
+    let (superuser, granted): (bool, bool) = (row.get(0), row.get(1));
+    if superuser || granted {
+        return Ok("may apply under a replication origin".to_owned());
+    }
+    Err(Error::fatal(
+        "this role cannot apply under a replication origin ([pipeline] node is set); run as a superuser: \
+         GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), \
+         pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO <role>",
+    ))
+}
+
 /// Reads and deletes checkpoints of a pipeline in a PostgreSQL target (`ferry status`, `ferry reset`).
 pub async fn list_checkpoints(
     url: &str,

@@ -12,6 +12,7 @@ mod catalog;
 mod check;
 mod conn;
 mod decode;
+pub mod multimaster;
 pub mod pgoutput;
 pub mod recopy;
 mod rewrite;
