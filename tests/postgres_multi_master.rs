@@ -600,3 +600,128 @@ fn two_pipelines_that_would_loop_are_refused_and_check_names_the_fix() {
         "{text}"
     );
 }
+
+#[test]
+fn version_vectors_tell_a_causal_chain_from_concurrent_writes() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(
+            db,
+            "CREATE TABLE vv_t (id int PRIMARY KEY, v text NOT NULL);
+             ALTER TABLE vv_t REPLICA IDENTITY FULL;",
+        );
+    }
+    pg.psql(
+        "a",
+        "INSERT INTO vv_t SELECT g, 'seed' FROM generate_series(1, 3) g",
+    );
+    let dir = scratch();
+    let sink =
+        "conflict = \"last_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.vv_t\"]\n\
+                version_vectors = true\n";
+    let (ab, ba, a_to_b, b_to_a) = start_pair(&pg, dir.path(), "", sink);
+    wait_converged(&pg, "SELECT count(*) FROM vv_t", &ab, &ba);
+    let on = |db: &str, sql: &str, then_db: &str, want: &str| {
+        pg.psql(db, sql);
+        let seen = wait_until(WAIT, || {
+            pg.psql(then_db, "SELECT v FROM vv_t WHERE id = 1") == want
+        });
+        assert!(
+            seen,
+            "{want} did not reach {then_db}:\n{}\n{}",
+            ab.log(),
+            ba.log()
+        );
+    };
+    // A causal chain: each write follows the other side's, so none is a conflict.
+    on("a", "UPDATE vv_t SET v = 'a1' WHERE id = 1", "b", "a1");
+    on("b", "UPDATE vv_t SET v = 'b1' WHERE id = 1", "a", "b1");
+    on("a", "UPDATE vv_t SET v = 'a2' WHERE id = 1", "b", "a2");
+    let rows = "SELECT id, v, _ferry_vv::text, _ferry_ts, _ferry_node FROM vv_t ORDER BY id";
+    wait_converged(&pg, rows, &ab, &ba);
+    for db in ["a", "b"] {
+        assert_eq!(
+            conflicts(&pg, db),
+            Vec::<String>::new(),
+            "conflicts in {db}"
+        );
+    }
+    assert_eq!(
+        pg.psql("a", "SELECT _ferry_vv::text FROM vv_t WHERE id = 1"),
+        "{\"a\": 2, \"b\": 1}"
+    );
+    // Concurrent writes to row 2 while neither pipeline runs: one conflict on each side, the later write wins.
+    ab.terminate();
+    ba.terminate();
+    pg.psql("a", "UPDATE vv_t SET v = 'a-conc' WHERE id = 2");
+    std::thread::sleep(Duration::from_millis(5));
+    pg.psql("b", "UPDATE vv_t SET v = 'b-conc' WHERE id = 2");
+    // An update and a delete of row 3 that cross.
+    pg.psql("a", "DELETE FROM vv_t WHERE id = 3");
+    pg.psql("b", "UPDATE vv_t SET v = 'b3' WHERE id = 3");
+    let ab = Ferry::start(&a_to_b, &dir.path().join("a_to_b.log"));
+    let ba = Ferry::start(&b_to_a, &dir.path().join("b_to_a.log"));
+    let converged = wait_converged(&pg, rows, &ab, &ba);
+    assert!(converged.contains("2|b-conc|"), "{converged}");
+    let row2 = |db: &str| -> Vec<String> {
+        conflicts(&pg, db)
+            .into_iter()
+            .filter(|l| l.contains("(id) = (2)"))
+            .collect()
+    };
+    for (db, winner) in [("a", "remote"), ("b", "local")] {
+        let log = row2(db);
+        assert_eq!(log.len(), 1, "conflicts on row 2 in {db}: {log:?}");
+        let f: Vec<&str> = log[0].split('|').collect();
+        assert_eq!(
+            (f[2], f[3]),
+            ("update_origin_differs", winner),
+            "{db}: {log:?}"
+        );
+    }
+}
+
+#[test]
+fn union_merges_json_arrays_from_both_sides() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE tagged (id int PRIMARY KEY, tags jsonb, note text);
+         INSERT INTO tagged VALUES (1, '[\"a\"]', 'x'), (2, NULL, 'y');",
+    );
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "tags",
+        &format!(
+            "[pipeline]\nname = \"tags\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink.conflict_rules]]\ntables = [\"public.tagged\"]\n\
+             conflict = \"keep_local\"\ncolumns = {{ tags = \"union\" }}\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
+    ferry.wait_streaming();
+    wait_same(&pg, "SELECT id, tags, note FROM tagged ORDER BY id", &ferry);
+    pg.psql(
+        "replica",
+        "UPDATE tagged SET tags = '[\"a\", \"local\"]', note = 'mine' WHERE id = 1;
+         UPDATE tagged SET tags = '\"solo\"' WHERE id = 2;",
+    );
+    pg.psql(
+        "shop",
+        "UPDATE tagged SET tags = '[\"remote\", \"a\", \"remote\"]', note = 'theirs' WHERE id = 1;
+         UPDATE tagged SET tags = '[1, {\"k\": 2}]' WHERE id = 2;",
+    );
+    let want = "1|[\"a\", \"local\", \"remote\"]|mine\n2|[\"solo\", 1, {\"k\": 2}]|y";
+    let ok = wait_until(WAIT, || {
+        pg.psql("replica", "SELECT id, tags, note FROM tagged ORDER BY id") == want
+    });
+    assert!(
+        ok,
+        "{}\n{}",
+        pg.psql("replica", "SELECT id, tags, note FROM tagged ORDER BY id"),
+        ferry.log()
+    );
+}

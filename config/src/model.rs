@@ -280,6 +280,9 @@ pub struct ConflictRule {
     pub resolver: Option<Resolver>,
     /// Per-column merge rules, applied whatever the row resolver decides.
     pub columns: Vec<(String, MergeRule)>,
+    /// `version_vectors = true`: rows carry a vector of per-node write counts, so a change that follows the
+    /// target row (its writer had seen it) is no conflict, and only concurrent ones go to the resolver.
+    pub version_vectors: bool,
 }
 
 /// How a row conflict is resolved.
@@ -336,6 +339,8 @@ pub enum MergeRule {
     /// A counter: `local + (new − old)`, so increments made on two primaries both count. Needs the old value
     /// (REPLICA IDENTITY FULL, `binlog_row_image = FULL`).
     SumDelta,
+    /// A JSON array: the elements of both, each once (in the target's order, then the change's new ones).
+    Union,
 }
 
 impl MergeRule {
@@ -345,18 +350,28 @@ impl MergeRule {
             MergeRule::Min => "min",
             MergeRule::PreferNonNull => "prefer_non_null",
             MergeRule::SumDelta => "sum_delta",
+            MergeRule::Union => "union",
         }
     }
 
-    pub const ALL: [MergeRule; 4] = [
+    pub const ALL: [MergeRule; 5] = [
         MergeRule::Max,
         MergeRule::Min,
         MergeRule::PreferNonNull,
         MergeRule::SumDelta,
+        MergeRule::Union,
     ];
 }
 
 impl ConflictPolicy {
+    /// Whether the rule that covers `table` keeps version vectors.
+    pub fn vectors_for(&self, table: &TableId) -> bool {
+        self.rules
+            .iter()
+            .find(|r| r.tables.iter().any(|p| table.matches_glob(p)))
+            .is_some_and(|r| r.version_vectors)
+    }
+
     /// The resolver and merge rules of `table`, `None` when nothing is configured for it (nothing to detect).
     pub fn for_table(&self, table: &TableId) -> Option<(Resolver, &[(String, MergeRule)])> {
         let rule = self

@@ -701,7 +701,12 @@ fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> Conflic
                 ),
             ),
         }
-        if resolver.is_none() && columns.is_empty() && !c.table.contains_key("conflict") {
+        let version_vectors = flag(r, &mut c, "version_vectors", false).unwrap_or(false);
+        if resolver.is_none()
+            && columns.is_empty()
+            && !version_vectors
+            && !c.table.contains_key("conflict")
+        {
             r.error(
                 key.clone(),
                 "expected conflict = \"…\" or columns = { … } (a rule that changes nothing)",
@@ -714,6 +719,7 @@ fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> Conflic
                 tables,
                 resolver,
                 columns,
+                version_vectors,
             });
         }
     }
@@ -1437,6 +1443,24 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                     SinkKind::Postgres { .. } | SinkKind::Mysql { .. } | SinkKind::Sqlite { .. }
                 ),
             );
+            if matches!(kind, SinkKind::Mysql { .. }) {
+                for rule in conflicts.rules.iter().filter(|r| r.version_vectors) {
+                    r.error(
+                        format!("{}.version_vectors", rule.key),
+                        "version vectors need a PostgreSQL target; a MySQL sink decides on row versions only",
+                    );
+                }
+                for rule in &conflicts.rules {
+                    for (column, merge) in &rule.columns {
+                        if *merge == MergeRule::Union {
+                            r.error(
+                                format!("{}.columns.{column}", rule.key),
+                                "union needs a PostgreSQL target; a MySQL sink cannot merge JSON arrays yet",
+                            );
+                        }
+                    }
+                }
+            }
             sinks.push(SinkConfig {
                 name,
                 kind,

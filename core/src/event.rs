@@ -98,6 +98,9 @@ pub const INTERNAL_TABLES: [&str; 7] = [
 pub const VERSION_TS: &str = "_ferry_ts";
 /// The column holding the node that wrote a row's version.
 pub const VERSION_NODE: &str = "_ferry_node";
+/// The column holding a row's version vector (opt-in per table): each node's count of the row's writes, as a JSON
+/// object `{"a": 3, "b": 1}`.
+pub const VERSION_VECTOR: &str = "_ferry_vv";
 /// Where deleted rows' versions are kept under conflict detection.
 pub const TOMBSTONES_TABLE: &str = "ferry_tombstones";
 

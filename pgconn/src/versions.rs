@@ -4,7 +4,7 @@
 //! target under a conflict policy) and the source (a multi-master source stamps its rows from the start, so its
 //! peer compares the versions it stores).
 
-use ferry_core::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS};
+use ferry_core::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS, VERSION_VECTOR};
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -28,6 +28,30 @@ BEGIN
   NEW.{VERSION_NODE} := public.ferry_local_node();
   RETURN NEW;
 END $ferry$;
+CREATE OR REPLACE FUNCTION public.ferry_stamp_vv() RETURNS trigger LANGUAGE plpgsql AS $ferry$
+DECLARE
+  n text := coalesce(public.ferry_local_node(), '');
+  base jsonb;
+BEGIN
+  IF current_setting('ferry.applying', true) = 'on' THEN RETURN NEW; END IF;
+  NEW.{VERSION_TS} := greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+    CASE WHEN TG_OP = 'UPDATE' THEN coalesce(OLD.{VERSION_TS}, 0) + 1 ELSE 0 END);
+  NEW.{VERSION_NODE} := public.ferry_local_node();
+  base := CASE WHEN TG_OP = 'UPDATE' THEN coalesce(OLD.{VERSION_VECTOR}, '{{}}'::jsonb) ELSE '{{}}'::jsonb END;
+  NEW.{VERSION_VECTOR} := base || jsonb_build_object(n, coalesce((base ->> n)::bigint, 0) + 1);
+  RETURN NEW;
+END $ferry$;
+-- How version vector a relates to b: 0 equal, 1 a follows b, -1 b follows a, 2 concurrent.
+CREATE OR REPLACE FUNCTION public.ferry_vv_cmp(a jsonb, b jsonb) RETURNS int LANGUAGE sql IMMUTABLE AS $ferry$
+  SELECT CASE WHEN bool_and(x = y) IS NOT FALSE THEN 0 WHEN bool_and(x >= y) THEN 1 WHEN bool_and(x <= y) THEN -1 ELSE 2 END
+  FROM (SELECT coalesce((a ->> k)::bigint, 0) AS x, coalesce((b ->> k)::bigint, 0) AS y
+        FROM (SELECT jsonb_object_keys(coalesce(a, '{{}}')) UNION SELECT jsonb_object_keys(coalesce(b, '{{}}'))) AS keys(k)) d
+$ferry$;
+-- Each node's larger counter: the history of both.
+CREATE OR REPLACE FUNCTION public.ferry_vv_max(a jsonb, b jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $ferry$
+  SELECT coalesce(jsonb_object_agg(k, greatest(coalesce((a ->> k)::bigint, 0), coalesce((b ->> k)::bigint, 0))), '{{}}')
+  FROM (SELECT jsonb_object_keys(coalesce(a, '{{}}')) UNION SELECT jsonb_object_keys(coalesce(b, '{{}}'))) AS keys(k)
+$ferry$;
 CREATE OR REPLACE FUNCTION public.ferry_tombstone() RETURNS trigger LANGUAGE plpgsql AS $ferry$
 DECLARE k text[];
 BEGIN
@@ -44,8 +68,13 @@ END $ferry$;"#
 }
 
 /// Gives `table` (a quoted, qualified name) the version columns and the stamping and tombstone triggers when it
-/// lacks them. `Ok(false)`: the table has no primary key, so its rows cannot be versioned (nothing done).
-pub async fn prepare_table(client: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
+/// lacks them; with `vectors`, the version vector column too, and the trigger that counts local writes in it.
+/// `Ok(false)`: the table has no primary key, so its rows cannot be versioned (nothing done).
+pub async fn prepare_table(
+    client: &Client,
+    table: &str,
+    vectors: bool,
+) -> Result<bool, tokio_postgres::Error> {
     let keys: Vec<String> = client
         .query(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
@@ -60,18 +89,33 @@ pub async fn prepare_table(client: &Client, table: &str) -> Result<bool, tokio_p
     if keys.is_empty() {
         return Ok(false);
     }
+    let stamp = if vectors {
+        "ferry_stamp_vv"
+    } else {
+        "ferry_stamp"
+    };
+    let mut wanted = vec![VERSION_TS, VERSION_NODE];
+    if vectors {
+        wanted.push(VERSION_VECTOR);
+    }
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = ANY($2) \
-             AND NOT attisdropped), (SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass \
-             AND tgname IN ('ferry_stamp', 'ferry_tombstone'))",
-            &[&table, &vec![VERSION_TS, VERSION_NODE]],
+             AND NOT attisdropped), (SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = $1::text::regclass AND ((t.tgname = 'ferry_stamp' AND p.proname = $3) \
+             OR t.tgname = 'ferry_tombstone'))",
+            &[&table, &wanted, &stamp],
         )
         .await?;
     let (columns, triggers): (i64, i64) = (row.get(0), row.get(1));
-    if columns == 2 && triggers == 2 {
+    if columns == wanted.len() as i64 && triggers == 2 {
         return Ok(true);
     }
+    let vector_column = if vectors {
+        format!(", ADD COLUMN IF NOT EXISTS {VERSION_VECTOR} jsonb")
+    } else {
+        String::new()
+    };
     let args: Vec<String> = keys
         .iter()
         .map(|k| format!("'{}'", k.replace('\'', "''")))
@@ -79,9 +123,9 @@ pub async fn prepare_table(client: &Client, table: &str) -> Result<bool, tokio_p
     client
         .batch_execute(&format!(
             "SET client_min_messages = warning; {support};
-             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_TS} bigint, ADD COLUMN IF NOT EXISTS {VERSION_NODE} text;
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_TS} bigint, ADD COLUMN IF NOT EXISTS {VERSION_NODE} text{vector_column};
              DROP TRIGGER IF EXISTS ferry_stamp ON {table};
-             CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.ferry_stamp();
+             CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.{stamp}();
              DROP TRIGGER IF EXISTS ferry_tombstone ON {table};
              CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.ferry_tombstone({});
              RESET client_min_messages;",

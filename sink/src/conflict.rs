@@ -23,7 +23,7 @@ pub const CONFLICTS_TABLE: &str = "ferry_conflicts";
 
 /// Whether `name` is one of the version columns.
 pub fn is_version_column(name: &str) -> bool {
-    name == VERSION_TS || name == VERSION_NODE
+    name == VERSION_TS || name == VERSION_NODE || name == ferry_core::VERSION_VECTOR
 }
 
 /// What a SQL sink needs to know for conflict handling and loop prevention (`[pipeline] node`, `[[sink]]
@@ -133,6 +133,10 @@ pub struct TablePolicy {
     /// The schema's own version columns, when the source table carries them.
     pub ts_column: Option<usize>,
     pub node_column: Option<usize>,
+    /// The rows keep version vectors (`version_vectors = true`).
+    pub vectors: bool,
+    /// The schema's version vector column, when the source table carries it.
+    pub vector_column: Option<usize>,
 }
 
 impl TablePolicy {
@@ -185,6 +189,13 @@ impl TablePolicy {
                     | ColumnType::Float8
                     | ColumnType::Numeric
             );
+            let json = matches!(table.columns[i].ty, ColumnType::Json | ColumnType::Jsonb);
+            if *rule == MergeRule::Union && !json {
+                return Err(Error::fatal(format!(
+                    "{key}.columns.{name}: union merges JSON arrays, and {}.{name} is {}",
+                    table.id, table.columns[i].source_type
+                )));
+            }
             if *rule == MergeRule::SumDelta && !numeric {
                 return Err(Error::fatal(format!(
                     "{key}.columns.{name}: sum_delta needs a number column, and {}.{name} is {}",
@@ -198,6 +209,8 @@ impl TablePolicy {
             merges,
             ts_column: table.column_index(VERSION_TS),
             node_column: table.column_index(VERSION_NODE),
+            vectors: policy.vectors_for(&table.id),
+            vector_column: table.column_index(ferry_core::VERSION_VECTOR),
         }))
     }
 
@@ -232,6 +245,15 @@ impl TablePolicy {
                     .unwrap_or(0),
                 node: node.to_owned(),
             },
+        }
+    }
+
+    /// The version vector a change's new row carries (JSON text), when the source table keeps one.
+    pub fn vector_of(&self, row: &Row) -> Option<String> {
+        match self.vector_column.map(|i| &row[i]) {
+            Some(Value::Json(j)) => Some(j.clone()),
+            Some(Value::Text(t)) => Some(t.clone()),
+            _ => None,
         }
     }
 

@@ -33,6 +33,13 @@ pub fn open(
                 source_timeout: config.source_timeout,
                 recopies,
                 node: config.node.clone(),
+                vector_tables: config
+                    .sinks
+                    .iter()
+                    .flat_map(|s| &s.conflicts.rules)
+                    .filter(|r| r.version_vectors)
+                    .flat_map(|r| r.tables.iter().cloned())
+                    .collect(),
             },
             stats,
         ),

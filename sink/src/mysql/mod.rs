@@ -828,6 +828,13 @@ impl MysqlSink {
                         "COALESCE({col}, 0) + (COALESCE({new}, 0) - COALESCE({before}, 0))"
                     ))
                 }
+                Some(MergeRule::Union) => {
+                    return Err(Error::fatal(format!(
+                        "table {}, column {}: the union merge rule needs a PostgreSQL target (MySQL has no set \
+                         union of JSON arrays Ferry computes in one statement yet)",
+                        table.id, c.name
+                    )))
+                }
             };
             if let Some(set) = set {
                 sets.push(format!("{col} = {set}"));

@@ -16,6 +16,7 @@ use crate::conflict::{
     remote_wins, ConflictKind, ConflictRecord, TablePolicy, Version, CONFLICTS_TABLE,
     TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS,
 };
+use ferry_core::VERSION_VECTOR;
 
 /// The conflict log table, created once per sink.
 pub fn conflicts_table_sql() -> String {
@@ -29,8 +30,12 @@ pub fn conflicts_table_sql() -> String {
 }
 
 /// Gives a target table the version columns and the triggers that stamp local writes, when it lacks them.
-pub async fn ensure_table(client: &Client, table: &TableSchema) -> Result<(), Error> {
-    ferry_pgconn::versions::prepare_table(client, &qualified_name(&table.id))
+pub async fn ensure_table(
+    client: &Client,
+    table: &TableSchema,
+    vectors: bool,
+) -> Result<(), Error> {
+    ferry_pgconn::versions::prepare_table(client, &qualified_name(&table.id), vectors)
         .await
         .map(|_| ())
         .map_err(|e| Error::fatal_from(format!("preparing {} for conflict detection", table.id), e))
@@ -55,6 +60,8 @@ pub struct Change<'a> {
     /// The old row of an update, when the source sent one.
     pub old: Option<&'a Row>,
     pub version: Version,
+    /// The change's version vector (JSON), when the table keeps them and the source row carries one.
+    pub vector: Option<String>,
     pub position: String,
 }
 
@@ -158,10 +165,33 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
         .map(|&k| format!("{}::text", value(k)))
         .collect::<Vec<_>>()
         .join(", ");
-    let win = format!(
+    let by_version = format!(
         "(t.{VERSION_TS} IS NULL OR {LOCAL_NODE} = u.vnode OR {})",
         resolver_sql(policy.resolver, &format!("t.{VERSION_TS}"), LOCAL_NODE)
     );
+    // With version vectors: a change whose writer had seen the row (its vector follows the row's) applies, a
+    // stale one does not, and only concurrent ones go to the resolver.
+    let cmp = |t: &str| format!("public.ferry_vv_cmp(u.vv::jsonb, {t}.{VERSION_VECTOR})");
+    let win = if policy.vectors {
+        format!(
+            "(CASE WHEN t.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN {by_version} ELSE {} IN (0, 1) OR ({} = 2 AND {}) END)",
+            cmp("t"),
+            cmp("t"),
+            resolver_sql(policy.resolver, &format!("t.{VERSION_TS}"), LOCAL_NODE)
+        )
+    } else {
+        by_version
+    };
+    let o_conflict = if policy.vectors {
+        format!(
+            "(CASE WHEN o.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN o.{VERSION_TS} IS NOT NULL AND {o_node} <> u.vnode \
+             ELSE {} = 2 END)",
+            cmp("o"),
+            o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')"
+        )
+    } else {
+        format!("o.{VERSION_TS} IS NOT NULL AND coalesce(o._ferry_node, public.ferry_local_node(), '') <> u.vnode")
+    };
     let tomb_win = resolver_sql(policy.resolver, "tb.ts", "coalesce(tb.node, '')");
     let mut sets = Vec::new();
     for &c in columns {
@@ -184,10 +214,34 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
                 let ty = pg_type(table, c);
                 format!("coalesce({old}, 0) + (coalesce({new}, 0) - coalesce(u.o{j}::{ty}, 0))")
             }
+            // Each element once: the target's in their order, then the change's that the target lacks. A value
+            // that is not an array counts as one element.
+            Some(MergeRule::Union) => {
+                let ty = pg_type(table, c);
+                let arr = |v: &str| {
+                    format!(
+                        "(CASE WHEN jsonb_typeof(({v})::jsonb) = 'array' THEN ({v})::jsonb \
+                         WHEN ({v}) IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(({v})::jsonb) END)"
+                    )
+                };
+                format!(
+                    "(SELECT coalesce(jsonb_agg(e ORDER BY n), '[]'::jsonb) FROM (SELECT e, min(n) AS n FROM \
+                     jsonb_array_elements({} || {}) WITH ORDINALITY AS a(e, n) GROUP BY e) d)::{ty}",
+                    arr(&old),
+                    arr(&new)
+                )
+            }
         };
         sets.push(format!("{} = {set}", col(c)));
     }
     // The version last: the conditions above read the row's version before this statement.
+    if policy.vectors {
+        sets.push(format!(
+            "{VERSION_VECTOR} = CASE WHEN t.{VERSION_VECTOR} IS NOT NULL AND u.vv IS NOT NULL AND {} = 2 \
+             THEN public.ferry_vv_max(t.{VERSION_VECTOR}, u.vv::jsonb) WHEN {win} THEN u.vv::jsonb ELSE t.{VERSION_VECTOR} END",
+            cmp("t")
+        ));
+    }
     sets.push(format!(
         "{VERSION_NODE} = CASE WHEN {win} THEN u.vnode ELSE t.{VERSION_NODE} END"
     ));
@@ -204,7 +258,7 @@ upd AS (UPDATE {name} t SET {sets} FROM u, {name} o
         RETURNING u.ord,
           CASE WHEN {won} THEN o.{VERSION_TS} ELSE t.{VERSION_TS} END AS lts,
           CASE WHEN {won} THEN {o_node} ELSE {t_node} END AS lnode,
-          CASE WHEN {won} THEN (CASE WHEN o.{VERSION_TS} IS NOT NULL AND {o_node} <> u.vnode THEN {local} END)
+          CASE WHEN {won} THEN (CASE WHEN {o_conflict} THEN {local} END)
                WHEN {merged} THEN {local} ELSE {t_local} END AS local,
           {won} AS won),
 tomb AS (SELECT u.ord, tb.{VERSION_TS} AS ts, tb.{VERSION_NODE} AS node FROM u
@@ -214,8 +268,8 @@ cand AS (SELECT u.*, ARRAY[{key_text}] AS key FROM u
         WHERE u.ins AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.ord = u.ord)
           AND NOT EXISTS (SELECT 1 FROM tomb tb WHERE tb.ord = u.ord AND coalesce(tb.node, '') <> u.vnode
                           AND NOT ({tomb_win}))),
-ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE})
-        SELECT {values}, u.vts, u.vnode FROM cand u
+ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE}{vv_col})
+        SELECT {values}, u.vts, u.vnode{vv_val} FROM cand u
         ON CONFLICT DO NOTHING RETURNING ARRAY[{inserted_key}] AS key)
 SELECT 'x'::text, ord, lts, lnode, local, won FROM upd WHERE local IS NOT NULL
 UNION ALL SELECT 'm', u.ord, tb.ts, tb.node, NULL, NULL FROM u LEFT JOIN tomb tb ON tb.ord = u.ord
@@ -236,7 +290,8 @@ UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
                 ("vnode", "text"),
                 ("ord", "int4"),
                 ("ins", "bool"),
-                ("upd", "bool")
+                ("upd", "bool"),
+                ("vv", "text")
             ]
         ),
         sets = sets.join(", "),
@@ -249,10 +304,13 @@ UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
         t_node = LOCAL_NODE,
         won = format!("(t.{VERSION_TS} IS NOT DISTINCT FROM u.vts AND t.{VERSION_NODE} IS NOT DISTINCT FROM u.vnode)"),
         merged = !policy.merges.is_empty(),
+        o_conflict = o_conflict,
+        vv_col = if policy.vectors { format!(", {VERSION_VECTOR}") } else { String::new() },
+        vv_val = if policy.vectors { ", u.vv::jsonb" } else { "" },
         cols = col_list.join(", "),
         values = values.join(", "),
     )
-    .replace("$1000", &format!("${}", columns.len() + sums.len() + 6))
+    .replace("$1000", &format!("${}", columns.len() + sums.len() + 7))
 }
 
 /// The delete statement of a group of deletes (parameters: the key columns).
@@ -476,6 +534,12 @@ async fn apply_changes_once(
             .iter()
             .map(|c| c.kind == ChangeKind::Update)
             .collect::<Vec<bool>>(),
+    ));
+    params.push(Box::new(
+        changes
+            .iter()
+            .map(|c| c.vector.clone())
+            .collect::<Vec<Option<String>>>(),
     ));
     params.push(Box::new(table.id.to_string()));
     let sql = change_statement(table, policy, columns);

@@ -395,7 +395,7 @@ impl PostgresSink {
             .prepared
             .insert((table.id.clone(), table.version))
         {
-            conflict::ensure_table(&self.client, table).await?;
+            conflict::ensure_table(&self.client, table, policy.vectors).await?;
         }
         let tx = self.multi.tx.clone();
         let position = tx
@@ -494,6 +494,7 @@ impl PostgresSink {
                     row: after,
                     old,
                     version: policy.version_of(after, tx.as_deref(), &node),
+                    vector: policy.vector_of(after),
                     position,
                 };
                 match replaced {
@@ -732,18 +733,18 @@ impl PostgresSink {
                     .await?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
                     // Local writes are stamped from now on, before any change of the table arrives.
-                    if schema.has_primary_key()
-                        && self
-                            .multi
-                            .policies
-                            .get(&self.multi.options.conflicts, schema)?
-                            .is_some()
-                        && self
+                    let policy = self
+                        .multi
+                        .policies
+                        .get(&self.multi.options.conflicts, schema)?;
+                    if let Some(policy) = policy.filter(|_| schema.has_primary_key()) {
+                        if self
                             .multi
                             .prepared
                             .insert((schema.id.clone(), schema.version))
-                    {
-                        conflict::ensure_table(&self.client, schema).await?;
+                        {
+                            conflict::ensure_table(&self.client, schema, policy.vectors).await?;
+                        }
                     }
                 }
                 Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}

@@ -70,6 +70,9 @@ pub struct PgSourceSettings {
     /// `[pipeline] node`: registered in the source database as `public.ferry_local_node()`, the name the version
     /// triggers of conflict detection stamp local writes with (docs/multi-master.md).
     pub node: Option<String>,
+    /// The tables (globs) the pipeline's sinks keep version vectors for (`version_vectors = true`): their source
+    /// tables count local writes per node too.
+    pub vector_tables: Vec<String>,
 }
 
 /// A multi-master source (`[pipeline] node`) names its database's node and gives its published tables the
@@ -79,6 +82,7 @@ async fn prepare_versions(
     client: &tokio_postgres::Client,
     node: &str,
     publication: &str,
+    vector_tables: &[String],
 ) -> Result<(), Error> {
     let fix = "Ferry's source role must own the published tables and may create functions in schema public \
                (or run it once as their owner)";
@@ -91,14 +95,16 @@ async fn prepare_versions(
             )
         })?;
     for (table, _, _) in slot::published_tables(client, publication).await? {
-        let prepared = ferry_pgconn::versions::prepare_table(client, &slot::qualified(&table))
-            .await
-            .map_err(|e| {
-                Error::fatal_from(
-                    format!("cannot add the version columns and triggers to {table}: {fix}"),
-                    e,
-                )
-            })?;
+        let vectors = vector_tables.iter().any(|p| table.matches_glob(p));
+        let prepared =
+            ferry_pgconn::versions::prepare_table(client, &slot::qualified(&table), vectors)
+                .await
+                .map_err(|e| {
+                    Error::fatal_from(
+                        format!("cannot add the version columns and triggers to {table}: {fix}"),
+                        e,
+                    )
+                })?;
         if !prepared {
             warn!(%table, "table has no primary key: its rows carry no version, and its changes are applied \
                    without conflict detection");
@@ -141,7 +147,13 @@ pub async fn run(
     )
     .await?;
     if let Some(node) = &settings.node {
-        prepare_versions(catalog.client(), node, &cfg.publication).await?;
+        prepare_versions(
+            catalog.client(),
+            node,
+            &cfg.publication,
+            &settings.vector_tables,
+        )
+        .await?;
     }
     if !rewrite::install(catalog.client()).await? {
         warn!("the ferry_table_rewrite event trigger is missing and this role cannot create it (it needs a \
