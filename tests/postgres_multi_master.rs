@@ -192,7 +192,15 @@ fn two_primaries_converge_with_last_write_wins_and_log_every_conflict() {
         applied_ab <= (writes_a + 200) as f64 && applied_ba <= writes_b as f64,
         "applied {applied_ab} / {applied_ba} rows for {writes_a} / {writes_b} writes"
     );
-    assert!(metric(&ab, "ferry_source_origin_skipped_total") > 0.0);
+    // Before PostgreSQL 16 the source itself leaves out the peer's transactions (16+ has the walsender do it).
+    if pg
+        .psql("a", "SHOW server_version_num")
+        .parse::<u32>()
+        .unwrap()
+        < 160_000
+    {
+        assert!(metric(&ab, "ferry_source_origin_skipped_total") > 0.0);
+    }
     // Conflicts were met on both sides, and each was decided by the later version (ties by node).
     for db in ["a", "b"] {
         let log = conflicts(&pg, db);

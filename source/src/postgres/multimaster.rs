@@ -24,6 +24,8 @@ pub async fn loop_check(client: &Client, config: &PipelineConfig) -> Result<Chec
         .map_err(|e| Error::transient("reading the source's replication origins", e))?
         .iter()
         .map(|r| r.get(0))
+        // This pipeline's own sinks apply under its origin (cluster-wide, as slots are).
+        .filter(|name: &String| *name != format!("ferry_{}", config.name.to_lowercase()))
         .filter(|name: &String| !source.origins.skips(name))
         .collect();
     for sink in &config.sinks {
@@ -38,7 +40,8 @@ pub async fn loop_check(client: &Client, config: &PipelineConfig) -> Result<Chec
         };
         let slots: Vec<String> = target
             .query(
-                "SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_name = ANY($1)",
+                "SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_name = ANY($1) \
+                 AND database = current_database()",
                 &[&origins],
             )
             .await
