@@ -435,6 +435,52 @@ mod tests {
         assert!(n >= 5, "{n} examples");
     }
 
+    /// Multi-master keys: node, origins, conflict resolvers, rules with merges and version vectors.
+    #[test]
+    fn conflict_rules_load_and_their_errors_name_the_key() {
+        let text = format!(
+            "[pipeline]\nname = \"p\"\nnode = \"a\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
+             skip_origins = [\"ferry_b\"]\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n\
+             conflict = \"first_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.c*\"]\n\
+             columns = {{ n = \"sum_delta\", tags = \"union\" }}\nversion_vectors = true\n"
+        );
+        let p = load(&text).unwrap();
+        assert_eq!(p.node.as_deref(), Some("a"));
+        let SourceConfig::Postgres(source) = &p.source else {
+            panic!()
+        };
+        assert_eq!(source.origins, OriginFilter::Skip(vec!["ferry_b".into()]));
+        let c = &p.sinks[0].conflicts;
+        assert_eq!(c.default, Some(Resolver::FirstWriteWins));
+        let t = ferry_core::TableId::new("public", "counters");
+        let (resolver, columns) = c.for_table(&t).unwrap();
+        assert_eq!(resolver, Resolver::FirstWriteWins);
+        assert_eq!(columns.len(), 2);
+        assert!(c.vectors_for(&t));
+        assert!(!c.vectors_for(&ferry_core::TableId::new("public", "orders")));
+
+        let bad = "[pipeline]\nname = \"p\"\nnode = \"a b\"\n[source]\ntype = \"postgres\"\n\
+                   url = \"postgres://h/d\"\norigins = \"local\"\nskip_origins = [\"x\"]\n\
+                   [[sink]]\ntype = \"mysql\"\nurl = \"mysql://h/d\"\nconflict = \"newest\"\n\
+                   [[sink.conflict_rules]]\ntables = [\"public.t\"]\ncolumns = { a = \"avg\", b = \"union\" }\n\
+                   version_vectors = true\n[[sink.conflict_rules]]\ntables = [\"public.u\"]\n\
+                   [[sink]]\ntype = \"discard\"\npath = \"x.pos\"\nconflict = \"keep_local\"\n";
+        let errors = load(bad).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "pipeline.node",
+            "source.skip_origins",
+            "sink[0].conflict",
+            "sink[0].conflict_rules[0].columns.a",
+            "sink[0].conflict_rules[0].columns.b",
+            "sink[0].conflict_rules[0].version_vectors",
+            "sink[0].conflict_rules[1]",
+            "sink[1].conflict",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {errors:#?}");
+        }
+    }
+
     /// CEL's parser recurses per nesting level: deep expressions are refused before it runs, never a crash.
     #[test]
     fn deeply_nested_expressions_are_errors_not_stack_overflows() {
