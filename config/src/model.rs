@@ -283,6 +283,9 @@ pub struct ConflictRule {
     /// `version_vectors = true`: rows carry a vector of per-node write counts, so a change that follows the
     /// target row (its writer had seen it) is no conflict, and only concurrent ones go to the resolver.
     pub version_vectors: bool,
+    /// `merge = "<CEL>"`: an application-level merge of a conflicting row, a map of column to value computed from
+    /// `local` and `remote` (maps of column to text) and their versions.
+    pub merge: Option<String>,
 }
 
 /// How a row conflict is resolved.
@@ -364,6 +367,14 @@ impl MergeRule {
 }
 
 impl ConflictPolicy {
+    /// The merge expression of the rule that covers `table`, if any.
+    pub fn merge_for(&self, table: &TableId) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|r| r.tables.iter().any(|p| table.matches_glob(p)))
+            .and_then(|r| r.merge.as_deref())
+    }
+
     /// Whether the rule that covers `table` keeps version vectors.
     pub fn vectors_for(&self, table: &TableId) -> bool {
         self.rules

@@ -702,10 +702,28 @@ fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> Conflic
             ),
         }
         let version_vectors = flag(r, &mut c, "version_vectors", false).unwrap_or(false);
+        let merge = if c.table.contains_key("merge") {
+            read_expression(
+                r,
+                &mut c,
+                "merge",
+                "a CEL expression over local and remote giving a map of column to value",
+            )
+        } else {
+            None
+        };
+        if merge.is_some() && resolver.is_some() {
+            r.error(
+                c.key("merge"),
+                "a merge expression decides conflicting rows itself: drop conflict = \"…\" from this rule",
+            );
+        }
         if resolver.is_none()
             && columns.is_empty()
             && !version_vectors
+            && merge.is_none()
             && !c.table.contains_key("conflict")
+            && !c.table.contains_key("merge")
         {
             r.error(
                 key.clone(),
@@ -720,6 +738,7 @@ fn read_conflicts(r: &mut Reader<'_>, s: &mut Section<'_>, sql: bool) -> Conflic
                 resolver,
                 columns,
                 version_vectors,
+                merge,
             });
         }
     }
@@ -1448,6 +1467,12 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                     r.error(
                         format!("{}.version_vectors", rule.key),
                         "version vectors need a PostgreSQL target; a MySQL sink decides on row versions only",
+                    );
+                }
+                for rule in conflicts.rules.iter().filter(|r| r.merge.is_some()) {
+                    r.error(
+                        format!("{}.merge", rule.key),
+                        "merge expressions need a PostgreSQL target for now",
                     );
                 }
                 for rule in &conflicts.rules {

@@ -8,6 +8,10 @@ use ferry_core::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS, VERSION_VECTOR};
 use tokio_postgres::Client;
 use tracing::info;
 
+/// The advisory lock that serialises creating the functions and triggers: a source and a peer's sink preparing
+/// the same database at once would otherwise fail with "tuple concurrently updated".
+const LOCK: i64 = 0x6665_7272_7976;
+
 /// The tombstone table and the trigger functions. Ferry's own sessions set `ferry.applying = on`, so the
 /// triggers leave the versions they write alone.
 pub fn support_sql() -> String {
@@ -52,7 +56,10 @@ CREATE OR REPLACE FUNCTION public.ferry_vv_max(a jsonb, b jsonb) RETURNS jsonb L
   SELECT coalesce(jsonb_object_agg(k, greatest(coalesce((a ->> k)::bigint, 0), coalesce((b ->> k)::bigint, 0))), '{{}}')
   FROM (SELECT jsonb_object_keys(coalesce(a, '{{}}')) UNION SELECT jsonb_object_keys(coalesce(b, '{{}}'))) AS keys(k)
 $ferry$;
-CREATE OR REPLACE FUNCTION public.ferry_tombstone() RETURNS trigger LANGUAGE plpgsql AS $ferry$
+CREATE OR REPLACE FUNCTION public.ferry_tombstone() RETURNS trigger LANGUAGE plpgsql
+  -- The key's text must not depend on the deleting session's settings: Ferry's sessions use these.
+  SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+  AS $ferry$
 DECLARE k text[];
 BEGIN
   IF current_setting('ferry.applying', true) = 'on' THEN RETURN OLD; END IF;
@@ -122,13 +129,13 @@ pub async fn prepare_table(
         .collect();
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; {support};
+            "SET client_min_messages = warning; SELECT pg_advisory_lock({LOCK}); {support};
              ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_TS} bigint, ADD COLUMN IF NOT EXISTS {VERSION_NODE} text{vector_column};
              DROP TRIGGER IF EXISTS ferry_stamp ON {table};
              CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.{stamp}();
              DROP TRIGGER IF EXISTS ferry_tombstone ON {table};
              CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.ferry_tombstone({});
-             RESET client_min_messages;",
+             SELECT pg_advisory_unlock({LOCK}); RESET client_min_messages;",
             args.join(", "),
             support = support_sql(),
             // Evaluated without calling the function: Ferry's own writes cost no trigger call.
@@ -142,12 +149,52 @@ pub async fn prepare_table(
     Ok(true)
 }
 
+/// Creates `extra` (the sink's conflict log table) and the tombstone table and trigger functions, under the
+/// advisory lock that serialises them with a peer preparing the same database.
+pub async fn ensure_support(client: &Client, extra: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "SET client_min_messages = warning; SELECT pg_advisory_lock({LOCK}); {extra}; {}; \
+             SELECT pg_advisory_unlock({LOCK}); RESET client_min_messages",
+            support_sql()
+        ))
+        .await
+}
+
+/// Makes `table` log whole old rows (`REPLICA IDENTITY FULL`), which a multi-master source needs: an update's
+/// and a delete's old row then carry the version they replaced (so both sides decide on the same versions) and
+/// every column (so no update arrives without its unchanged TOAST values). Whether it changed the table.
+pub async fn ensure_full_identity(
+    client: &Client,
+    table: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let full: bool = client
+        .query_one(
+            "SELECT relreplident = 'f' FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    if full {
+        return Ok(false);
+    }
+    client
+        .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+        .await?;
+    info!(
+        table,
+        "REPLICA IDENTITY FULL set: updates and deletes carry the version they replaced"
+    );
+    Ok(true)
+}
+
 /// Names this database's node (`public.ferry_local_node()`), which the stamping trigger writes into local rows.
 pub async fn register_node(client: &Client, node: &str) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; {}; CREATE OR REPLACE FUNCTION public.ferry_local_node() \
-             RETURNS text LANGUAGE sql STABLE AS $ferry$SELECT '{}'::text$ferry$; RESET client_min_messages",
+            "SET client_min_messages = warning; SELECT pg_advisory_lock({LOCK}); {}; CREATE OR REPLACE FUNCTION \
+             public.ferry_local_node() RETURNS text LANGUAGE sql STABLE AS $ferry$SELECT '{}'::text$ferry$; \
+             SELECT pg_advisory_unlock({LOCK}); RESET client_min_messages",
             support_sql(),
             node.replace('\'', "''")
         ))

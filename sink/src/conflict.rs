@@ -57,16 +57,20 @@ pub enum Decision {
 }
 
 /// The reference decision for an insert or update (`update`) meeting `local` (the PostgreSQL statements compile
-/// the same rule; MySQL targets run it here). `may_insert`: the change carries every column.
+/// the same rule; MySQL targets run it here). `seen`: the version an update's old row had; `complete`: the change
+/// carries every column.
 pub fn decide_change(
     resolver: Resolver,
     local: Option<(Option<i64>, &str)>,
     remote: &Version,
+    seen: Option<i64>,
     update: bool,
     complete: bool,
 ) -> Decision {
     match local {
         Some((None, _)) => Decision::Apply,
+        // The change's writer saw the row as it is: it follows it.
+        Some((Some(ts), _)) if seen == Some(ts) => Decision::Apply,
         Some((Some(_), node)) if node == remote.node => Decision::Apply,
         Some((Some(ts), node)) => Decision::Conflict {
             kind: if update {
@@ -124,6 +128,24 @@ pub fn decide_delete(
     }
 }
 
+/// A source TRUNCATE or an online re-copy of a table under a conflict policy: neither is a row change that can be
+/// weighed against the target's own writes, so applying it would silently erase them (or keep them on one side
+/// only). The pipeline stops instead, naming the table and the way forward.
+pub fn refuse_bulk_change(
+    policy: &ferry_config::ConflictPolicy,
+    tables: &[ferry_core::TableId],
+    what: &str,
+) -> Result<(), Error> {
+    match tables.iter().find(|t| policy.for_table(t).is_some()) {
+        None => Ok(()),
+        Some(t) => Err(Error::fatal(format!(
+            "{what} of table {t}, which is under a conflict rule: it would replace the rows of a table both \
+             sides write, erasing the target's own writes without a conflict. Delete rows with DELETE instead; to \
+             copy a table anew, stop both pipelines, copy it, and `ferry reset` both"
+        ))),
+    }
+}
+
 /// A table's conflict policy, resolved against one schema version of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TablePolicy {
@@ -135,6 +157,8 @@ pub struct TablePolicy {
     pub node_column: Option<usize>,
     /// The rows keep version vectors (`version_vectors = true`).
     pub vectors: bool,
+    /// The application-level merge of conflicting rows (`merge = "<CEL>"`).
+    pub merge: Option<MergeExpression>,
     /// The schema's version vector column, when the source table carries it.
     pub vector_column: Option<usize>,
 }
@@ -210,8 +234,39 @@ impl TablePolicy {
             ts_column: table.column_index(VERSION_TS),
             node_column: table.column_index(VERSION_NODE),
             vectors: policy.vectors_for(&table.id),
+            merge: policy
+                .merge_for(&table.id)
+                .map(|text| MergeExpression::compile(text, &format!("{key}.merge")))
+                .transpose()?,
             vector_column: table.column_index(ferry_core::VERSION_VECTOR),
         }))
+    }
+
+    /// The resolver's name in the conflict log.
+    pub fn resolver_name(&self) -> &'static str {
+        if self.merge.is_some() {
+            "merge"
+        } else {
+            self.resolver.name()
+        }
+    }
+
+    /// The resolver of a change meeting a row of another writer: a merge expression keeps the row to merge it.
+    pub fn row_resolver(&self) -> Resolver {
+        if self.merge.is_some() {
+            Resolver::KeepLocal
+        } else {
+            self.resolver
+        }
+    }
+
+    /// The resolver of a change meeting no row or a delete: under a merge expression, the later write.
+    pub fn missing_resolver(&self) -> Resolver {
+        if self.merge.is_some() {
+            Resolver::LastWriteWins
+        } else {
+            self.resolver
+        }
     }
 
     /// The merge rule of column `i`, if any.
@@ -264,6 +319,124 @@ impl TablePolicy {
             Some(Value::Int(n)) => Some(*n),
             _ => None,
         }
+    }
+}
+
+/// A compiled `merge = "<CEL>"` expression. Its variables: `local` and `remote`, maps of column to the value's
+/// text (as the conflict log shows them; NULL is `null`), `local_version` and `remote_version` (`{ts, node}`),
+/// and `table`. It gives a map of column to value (text, number, bool or null) for the columns it decides; the
+/// others take the later version's values, as under last-write-wins. Both sides of a pair run it with `local`
+/// and `remote` swapped, so it must not depend on which is which (take the larger, add both, join the sets) for
+/// them to converge.
+#[derive(Clone)]
+pub struct MergeExpression {
+    key: String,
+    text: String,
+    program: std::sync::Arc<cel::Program>,
+}
+
+impl std::fmt::Debug for MergeExpression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MergeExpression({})", self.text)
+    }
+}
+
+impl PartialEq for MergeExpression {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl MergeExpression {
+    fn compile(text: &str, key: &str) -> Result<MergeExpression, Error> {
+        let program = cel::Program::compile(text).map_err(|e| {
+            Error::fatal(format!(
+                "{key}: not a valid CEL expression: {}",
+                e.to_string().trim()
+            ))
+        })?;
+        Ok(MergeExpression {
+            key: key.to_owned(),
+            text: text.to_owned(),
+            program: std::sync::Arc::new(program),
+        })
+    }
+
+    /// The merged columns of `record`'s conflict (column, text or NULL), or an error naming the table, the key
+    /// and what the expression did.
+    pub fn merge(
+        &self,
+        table: &TableSchema,
+        record: &ConflictRecord,
+    ) -> Result<Vec<(usize, Option<String>)>, Error> {
+        use cel::objects::{Key, Value as Cel};
+        let fail = |why: String| {
+            Error::fatal(format!(
+                "{}: merging the conflict on table {} at {}: {why}",
+                self.key, record.table, record.key
+            ))
+        };
+        let map = |json: &str| -> std::collections::HashMap<String, Cel> {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => Cel::from(s),
+                        _ => Cel::Null,
+                    };
+                    (k, v)
+                })
+                .collect()
+        };
+        let version = |v: Option<&Version>| -> Cel {
+            match v {
+                Some(v) => Cel::from(std::collections::HashMap::from([
+                    ("ts".to_owned(), Cel::Int(v.ts)),
+                    ("node".to_owned(), Cel::from(v.node.clone())),
+                ])),
+                None => Cel::Null,
+            }
+        };
+        let mut cx = cel::Context::default();
+        cx.add_variable_from_value("local", map(record.local_row.as_deref().unwrap_or("{}")));
+        cx.add_variable_from_value("remote", map(&record.remote_row));
+        cx.add_variable_from_value("local_version", version(record.local_version.as_ref()));
+        cx.add_variable_from_value("remote_version", version(Some(&record.remote_version)));
+        cx.add_variable_from_value("table", Cel::from(record.table.clone()));
+        let out = self.program.execute(&cx).map_err(|e| fail(e.to_string()))?;
+        let Cel::Map(m) = out else {
+            return Err(fail(format!(
+                "it gave {:?}, not a map of column to value",
+                out.type_of()
+            )));
+        };
+        let mut merged = Vec::new();
+        for (k, v) in m.map.iter() {
+            let Key::String(name) = k else {
+                return Err(fail("its map has a key that is not a column name".into()));
+            };
+            let Some(i) = table.column_index(name) else {
+                return Err(fail(format!("table {} has no column {name:?}", table.id)));
+            };
+            if table.primary_key.contains(&i) || is_version_column(name) {
+                return Err(fail(format!(
+                    "{name} is a key or version column and cannot be merged"
+                )));
+            }
+            let text = match v {
+                Cel::Null => None,
+                Cel::String(s) => Some(s.to_string()),
+                Cel::Int(n) => Some(n.to_string()),
+                Cel::UInt(n) => Some(n.to_string()),
+                Cel::Float(f) => Some(f.to_string()),
+                Cel::Bool(b) => Some(b.to_string()),
+                other => return Err(fail(format!("column {name} got a {:?}", other.type_of()))),
+            };
+            merged.push((i, text));
+        }
+        merged.sort_by_key(|(i, _)| *i);
+        Ok(merged)
     }
 }
 
@@ -325,7 +498,8 @@ pub struct ConflictRecord {
     /// The key as `(a, b) = (1, 'x')`.
     pub key: String,
     pub kind: ConflictKind,
-    pub resolver: Resolver,
+    /// The resolver's name, or `merge` for a merge expression.
+    pub resolver: &'static str,
     /// `remote` (the change was applied), `local` (the target row stayed) or `merged` (the target row stayed,
     /// its merge-rule columns took the change into account).
     pub winner: &'static str,
@@ -356,8 +530,9 @@ impl ConflictRecord {
     /// The error of the `error` resolver: the table, the key and both rows.
     pub fn into_error(self) -> Error {
         Error::fatal(format!(
-            "conflict on table {} (conflict = \"error\"): {} for {}; the target row is {}, the change is {}. Fix \
-             the row by hand on one side, or choose another resolver for the table",
+            "conflict on table {} (conflict = \"error\"): {} for {}; the target row is {}, the change is {}. The \
+             pipeline stays stopped at this change: decide which row is right, then restart with another resolver \
+             for the table (conflict = \"apply_remote\" takes the change, \"keep_local\" the target row)",
             self.table,
             self.kind.name(),
             self.key,
@@ -417,13 +592,22 @@ pub struct LoggedConflict {
     pub kind: String,
     pub resolver: String,
     pub winner: String,
-    pub local_row: Option<String>,
-    pub remote_row: String,
+    /// The rows as JSON objects of column to text (`null`: no target row).
+    pub local_row: serde_json::Value,
+    pub remote_row: serde_json::Value,
     pub local_node: Option<String>,
     pub local_ts: Option<i64>,
     pub remote_node: String,
     pub remote_ts: i64,
     pub source_position: String,
+}
+
+/// A logged row's JSON text as a JSON value (the text itself if it is not JSON).
+pub fn logged_row(text: Option<String>) -> serde_json::Value {
+    match text {
+        None => serde_json::Value::Null,
+        Some(t) => serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)),
+    }
 }
 
 /// Per table and schema version, the planned policy (a cache: planning resolves names once).

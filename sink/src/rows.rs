@@ -83,14 +83,20 @@ pub fn describe_key(table: &TableSchema, row: &Row) -> String {
         .iter()
         .map(|&k| table.columns[k].name.as_str())
         .collect();
+    // As PostgreSQL prints them, numbers bare and everything else quoted.
     let values: Vec<String> = key
         .iter()
-        .map(|&k| match &row[k] {
-            Value::Text(s) => format!("'{}'", s.replace('\'', "''")),
-            Value::Int(i) => i.to_string(),
-            Value::Null => "NULL".to_owned(),
-            other => format!("{other:?}"),
-        })
+        .map(
+            |&k| match ferry_core::pg_text::pg_output_text(&row[k], &table.columns[k].ty) {
+                None => "NULL".to_owned(),
+                Some(t)
+                    if matches!(row[k], Value::Int(_) | Value::Float(_) | Value::Decimal(_)) =>
+                {
+                    t
+                }
+                Some(t) => format!("'{}'", t.replace('\'', "''")),
+            },
+        )
         .collect();
     format!("({}) = ({})", names.join(", "), values.join(", "))
 }

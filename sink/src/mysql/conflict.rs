@@ -66,7 +66,7 @@ pub struct Managed {
     pub table: SchemaRef,
     pub policy: Arc<TablePolicy>,
     pub version: Version,
-    /// The version a delete's old row had (REPLICA IDENTITY FULL, `binlog_row_image = FULL`).
+    /// The version an update's or delete's old row had (REPLICA IDENTITY FULL, `binlog_row_image = FULL`).
     pub seen: Option<i64>,
     pub position: String,
 }
@@ -192,9 +192,11 @@ impl Augmenter {
             },
         };
         let (version, seen) = match op {
-            RowOp::Insert { after } | RowOp::Read { after } | RowOp::Update { after, .. } => {
-                (version_in(after), None)
-            }
+            RowOp::Insert { after } | RowOp::Read { after } => (version_in(after), None),
+            RowOp::Update { before, after } => (
+                version_in(after),
+                before.as_ref().and_then(|b| policy.seen_version(b)),
+            ),
             RowOp::Delete { before } => {
                 let seen = policy.seen_version(before);
                 let commit = self

@@ -464,6 +464,13 @@ impl MysqlSink {
             match change {
                 Change::Recopy { table, step } => {
                     self.flush(&mut upserts).await?;
+                    if matches!(step, RecopyStep::Start { .. }) {
+                        crate::conflict::refuse_bulk_change(
+                            &self.multi.options.conflicts,
+                            std::slice::from_ref(table),
+                            "an online re-copy",
+                        )?;
+                    }
                     match step {
                         RecopyStep::Finish { schema } => {
                             let shadow = recopy_shadow(table);
@@ -507,6 +514,13 @@ impl MysqlSink {
                 }
                 Change::Truncate { tables, snapshot } => {
                     self.flush(&mut upserts).await?;
+                    if !*snapshot {
+                        crate::conflict::refuse_bulk_change(
+                            &self.multi.options.conflicts,
+                            tables,
+                            "a TRUNCATE",
+                        )?;
+                    }
                     for t in tables.iter().filter(|_| *snapshot) {
                         if let Some(record) = evolve::release(&mut self.applied, t) {
                             ddl::save_record(
@@ -645,7 +659,14 @@ impl MysqlSink {
                     let complete = matches!(action, RowAction::Upsert(_));
                     (
                         after,
-                        decide_change(policy.resolver, local_version, &m.version, update, complete),
+                        decide_change(
+                            policy.resolver,
+                            local_version,
+                            &m.version,
+                            m.seen,
+                            update,
+                            complete,
+                        ),
                         update,
                     )
                 }
@@ -668,7 +689,7 @@ impl MysqlSink {
                     table: table.id.to_string(),
                     key: describe_key(&table, row),
                     kind,
-                    resolver: policy.resolver,
+                    resolver: policy.resolver_name(),
                     winner,
                     local_row: local.map(|(_, _, json)| json.clone()),
                     remote_row: crate::conflict::row_json(&table, row),
@@ -745,7 +766,7 @@ impl MysqlSink {
                     literal::text(&r.table),
                     literal::text(&r.key),
                     literal::text(r.kind.name()),
-                    literal::text(r.resolver.name()),
+                    literal::text(r.resolver),
                     literal::text(r.winner),
                     opt(&r.local_row),
                     literal::text(&r.remote_row),
@@ -1486,8 +1507,8 @@ pub async fn list_conflicts(
                 kind: text(6),
                 resolver: text(7),
                 winner: text(8),
-                local_row: r.get::<Option<String>, _>(9).flatten(),
-                remote_row: text(10),
+                local_row: crate::conflict::logged_row(r.get::<Option<String>, _>(9).flatten()),
+                remote_row: crate::conflict::logged_row(Some(text(10))),
                 local_node: r.get::<Option<String>, _>(11).flatten(),
                 local_ts: r.get::<Option<i64>, _>(12).flatten(),
                 remote_node: text(13),

@@ -62,6 +62,8 @@ pub struct Change<'a> {
     pub version: Version,
     /// The change's version vector (JSON), when the table keeps them and the source row carries one.
     pub vector: Option<String>,
+    /// The version an update's old row had (its writer saw it), when the old row carries it.
+    pub seen: Option<i64>,
     pub position: String,
 }
 
@@ -165,9 +167,15 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
         .map(|&k| format!("{}::text", value(k)))
         .collect::<Vec<_>>()
         .join(", ");
+    // No conflict: an unstamped row, the very version the change's writer saw (its old row says so), or a row
+    // last written by the change's own node.
     let by_version = format!(
-        "(t.{VERSION_TS} IS NULL OR {LOCAL_NODE} = u.vnode OR {})",
-        resolver_sql(policy.resolver, &format!("t.{VERSION_TS}"), LOCAL_NODE)
+        "(t.{VERSION_TS} IS NULL OR t.{VERSION_TS} = u.seen OR {LOCAL_NODE} = u.vnode OR {})",
+        resolver_sql(
+            policy.row_resolver(),
+            &format!("t.{VERSION_TS}"),
+            LOCAL_NODE
+        )
     );
     // With version vectors: a change whose writer had seen the row (its vector follows the row's) applies, a
     // stale one does not, and only concurrent ones go to the resolver.
@@ -177,22 +185,25 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
             "(CASE WHEN t.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN {by_version} ELSE {} IN (0, 1) OR ({} = 2 AND {}) END)",
             cmp("t"),
             cmp("t"),
-            resolver_sql(policy.resolver, &format!("t.{VERSION_TS}"), LOCAL_NODE)
+            resolver_sql(policy.row_resolver(), &format!("t.{VERSION_TS}"), LOCAL_NODE)
         )
     } else {
         by_version
     };
     let o_conflict = if policy.vectors {
         format!(
-            "(CASE WHEN o.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN o.{VERSION_TS} IS NOT NULL AND {o_node} <> u.vnode \
-             ELSE {} = 2 END)",
+            "(CASE WHEN o.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN o.{VERSION_TS} IS NOT NULL \
+             AND o.{VERSION_TS} IS DISTINCT FROM u.seen AND {o_node} <> u.vnode ELSE {} = 2 END)",
             cmp("o"),
             o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')"
         )
     } else {
-        format!("o.{VERSION_TS} IS NOT NULL AND coalesce(o._ferry_node, public.ferry_local_node(), '') <> u.vnode")
+        format!(
+            "o.{VERSION_TS} IS NOT NULL AND o.{VERSION_TS} IS DISTINCT FROM u.seen \
+             AND coalesce(o._ferry_node, public.ferry_local_node(), '') <> u.vnode"
+        )
     };
-    let tomb_win = resolver_sql(policy.resolver, "tb.ts", "coalesce(tb.node, '')");
+    let tomb_win = resolver_sql(policy.missing_resolver(), "tb.ts", "coalesce(tb.node, '')");
     let mut sets = Vec::new();
     for &c in columns {
         if table.primary_key.contains(&c) {
@@ -270,12 +281,18 @@ cand AS (SELECT u.*, ARRAY[{key_text}] AS key FROM u
                           AND NOT ({tomb_win}))),
 ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE}{vv_col})
         SELECT {values}, u.vts, u.vnode{vv_val} FROM cand u
-        ON CONFLICT DO NOTHING RETURNING ARRAY[{inserted_key}] AS key)
+        ON CONFLICT ({pk}) DO NOTHING RETURNING ARRAY[{inserted_key}] AS key)
 SELECT 'x'::text, ord, lts, lnode, local, won FROM upd WHERE local IS NOT NULL
 UNION ALL SELECT 'm', u.ord, tb.ts, tb.node, NULL, NULL FROM u LEFT JOIN tomb tb ON tb.ord = u.ord
   WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.ord = u.ord) AND (u.upd OR tb.ord IS NOT NULL)
 UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
   WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.key = c.key)",
+        pk = table
+            .primary_key
+            .iter()
+            .map(|&k| col(k))
+            .collect::<Vec<_>>()
+            .join(", "),
         inserted_key = table
             .primary_key
             .iter()
@@ -291,7 +308,8 @@ UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
                 ("ord", "int4"),
                 ("ins", "bool"),
                 ("upd", "bool"),
-                ("vv", "text")
+                ("vv", "text"),
+                ("seen", "int8")
             ]
         ),
         sets = sets.join(", "),
@@ -310,7 +328,7 @@ UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
         cols = col_list.join(", "),
         values = values.join(", "),
     )
-    .replace("$1000", &format!("${}", columns.len() + sums.len() + 7))
+    .replace("$1000", &format!("${}", columns.len() + sums.len() + 8))
 }
 
 /// The delete statement of a group of deletes (parameters: the key columns).
@@ -346,7 +364,11 @@ pub fn delete_statement(table: &TableSchema, policy: &TablePolicy) -> String {
         format!(
             "({} OR {})",
             agreed(t),
-            resolver_sql(policy.resolver, &format!("{t}.{VERSION_TS}"), &node)
+            resolver_sql(
+                policy.missing_resolver(),
+                &format!("{t}.{VERSION_TS}"),
+                &node
+            )
         )
     };
     let o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')";
@@ -522,7 +544,7 @@ async fn apply_changes_once(
         complete
             && (ch.kind != ChangeKind::Update
                 || matches!(
-                    policy.resolver,
+                    policy.missing_resolver(),
                     Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
                 ))
     };
@@ -540,6 +562,9 @@ async fn apply_changes_once(
             .iter()
             .map(|c| c.vector.clone())
             .collect::<Vec<Option<String>>>(),
+    ));
+    params.push(Box::new(
+        changes.iter().map(|c| c.seen).collect::<Vec<Option<i64>>>(),
     ));
     params.push(Box::new(table.id.to_string()));
     let sql = change_statement(table, policy, columns);
@@ -576,7 +601,7 @@ async fn apply_changes_once(
                 } else {
                     "merged"
                 };
-                records.push(record(
+                let mut rec = record(
                     table,
                     policy,
                     ch,
@@ -584,8 +609,15 @@ async fn apply_changes_once(
                     winner,
                     Some(local),
                     o.local.clone(),
-                ));
+                );
+                if let (Some(merge), false) = (&policy.merge, won) {
+                    merge_row(client, table, merge, &rec, ch).await?;
+                    rec.winner = "merged";
+                }
+                records.push(rec);
             }
+            // A change a concurrent insert kept out goes again (below): it is decided, and logged, then.
+            "m" if raced.contains(&(o.ord as usize)) => {}
             "m" => {
                 let tomb = o.local_ts.map(|ts| Version {
                     ts,
@@ -598,7 +630,8 @@ async fn apply_changes_once(
                 }
                 let won = may_insert(ch)
                     && tomb.as_ref().is_none_or(|t| {
-                        t.node == ch.version.node || remote_wins(policy.resolver, t, &ch.version)
+                        t.node == ch.version.node
+                            || remote_wins(policy.missing_resolver(), t, &ch.version)
                     });
                 let kind = match (&tomb, ch.kind) {
                     (Some(_), ChangeKind::Update) => ConflictKind::UpdateDeleted,
@@ -614,6 +647,88 @@ async fn apply_changes_once(
     Ok((records, raced))
 }
 
+/// Writes the application-level merge of a conflicting row: the columns the expression decides, and the larger
+/// of both versions (each side of a pair computes the same).
+async fn merge_row(
+    client: &Client,
+    table: &TableSchema,
+    merge: &crate::conflict::MergeExpression,
+    rec: &ConflictRecord,
+    ch: &Change<'_>,
+) -> Result<(), Error> {
+    let mut merged = merge.merge(table, rec)?;
+    let remote_newer = rec
+        .local_version
+        .as_ref()
+        .is_none_or(|l| rec.remote_version > *l);
+    // The columns the expression leaves alone follow the later version, as under last-write-wins: both sides
+    // pick the same.
+    if remote_newer {
+        for (c, column) in table.columns.iter().enumerate() {
+            if table.primary_key.contains(&c)
+                || crate::conflict::is_version_column(&column.name)
+                || super::ddl::computed_by_target(table, c)
+                || ch.row[c] == ferry_core::Value::Unchanged
+                || merged.iter().any(|(m, _)| *m == c)
+            {
+                continue;
+            }
+            merged.push((c, pg_text(&ch.row[c])));
+        }
+    }
+    let version = rec
+        .local_version
+        .clone()
+        .map_or(rec.remote_version.clone(), |l| {
+            l.max(rec.remote_version.clone())
+        });
+    let mut sets: Vec<String> = merged
+        .iter()
+        .enumerate()
+        .map(|(n, (c, _))| {
+            format!(
+                "{} = ${}::text::{}",
+                quote_ident(&table.columns[*c].name),
+                n + 1,
+                pg_type(table, *c)
+            )
+        })
+        .collect();
+    let mut params: Vec<Option<String>> = merged.into_iter().map(|(_, v)| v).collect();
+    sets.push(format!("{VERSION_TS} = ${}::text::int8", params.len() + 1));
+    params.push(Some(version.ts.to_string()));
+    sets.push(format!("{VERSION_NODE} = ${}::text", params.len() + 1));
+    params.push(Some(version.node));
+    let keys: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|&k| {
+            params.push(pg_text(&ch.row[k]));
+            format!(
+                "{} = ${}::text::{}",
+                quote_ident(&table.columns[k].name),
+                params.len(),
+                pg_type(table, k)
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        qualified_name(&table.id),
+        sets.join(", "),
+        keys.join(" AND ")
+    );
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+    client
+        .execute(sql.as_str(), &refs)
+        .await
+        .map_err(super::write_error(&format!(
+            "merging a conflicting row of {}",
+            table.id
+        )))?;
+    Ok(())
+}
+
 fn record(
     table: &TableSchema,
     policy: &TablePolicy,
@@ -627,7 +742,7 @@ fn record(
         table: table.id.to_string(),
         key: crate::rows::describe_key(table, ch.row),
         kind,
-        resolver: policy.resolver,
+        resolver: policy.resolver_name(),
         winner,
         local_row,
         remote_row: crate::conflict::row_json(table, ch.row),
@@ -691,7 +806,7 @@ pub async fn apply_deletes(
             table: table.id.to_string(),
             key: crate::rows::describe_key(table, d.row),
             kind,
-            resolver: policy.resolver,
+            resolver: policy.resolver_name(),
             winner: if won { "remote" } else { "local" },
             local_row: o.local.clone(),
             remote_row: crate::conflict::row_json(table, d.row),
@@ -721,7 +836,7 @@ pub async fn log(
     let table = texts(&|r| Some(r.table.clone()));
     let key = texts(&|r| Some(r.key.clone()));
     let kind = texts(&|r| Some(r.kind.name().to_owned()));
-    let resolver = texts(&|r| Some(r.resolver.name().to_owned()));
+    let resolver = texts(&|r| Some(r.resolver.to_owned()));
     let winner = texts(&|r| Some(r.winner.to_owned()));
     let local_row = texts(&|r| r.local_row.clone());
     let remote_row = texts(&|r| Some(r.remote_row.clone()));
@@ -803,8 +918,8 @@ pub async fn list(
             kind: r.get(6),
             resolver: r.get(7),
             winner: r.get(8),
-            local_row: r.get(9),
-            remote_row: r.get(10),
+            local_row: crate::conflict::logged_row(r.get(9)),
+            remote_row: crate::conflict::logged_row(r.get(10)),
             local_node: r.get(11),
             local_ts: r.get(12),
             remote_node: r.get(13),

@@ -411,9 +411,62 @@ impl PostgresSink {
             ),
             RowAction::UpdateSent(r) => (Some(managed_columns(table, sent_columns(r))), false, r),
             RowAction::Delete(r) => (None, false, r),
+            // A key change is the delete of the old key and the insert of the new one, each weighed like any
+            // other: an edit of the old row made concurrently on the target survives beside the moved row.
             RowAction::Move { old, new } => {
                 self.flush_managed(managed.take()).await?;
-                return self.move_row(table, old, new).await;
+                if !is_complete(new) {
+                    return Err(Error::fatal(format!(
+                        "table {}: a key change arrived without every column (unchanged TOAST values), so it \
+                         cannot be weighed as a new row; set REPLICA IDENTITY FULL on the source table",
+                        table.id
+                    )));
+                }
+                let seen = policy.seen_version(old);
+                let ts = match seen {
+                    Some(ts) => ts.saturating_add(1),
+                    None => tx
+                        .as_ref()
+                        .and_then(|t| t.commit_time)
+                        .and_then(|t| t.unix_micros())
+                        .unwrap_or(0),
+                };
+                let delete = Managed {
+                    table: table.clone(),
+                    policy: policy.clone(),
+                    columns: None,
+                    complete: false,
+                    changes: Vec::new(),
+                    deletes: vec![conflict::Delete {
+                        row: old,
+                        version: crate::conflict::Version {
+                            ts,
+                            node: node.clone(),
+                        },
+                        seen,
+                        position: position.clone(),
+                    }],
+                    keys: HashMap::new(),
+                };
+                self.flush_managed(Some(delete)).await?;
+                let insert = Managed {
+                    table: table.clone(),
+                    policy: policy.clone(),
+                    columns: Some(managed_columns(table, 0..table.columns.len())),
+                    complete: true,
+                    changes: vec![conflict::Change {
+                        kind: conflict::ChangeKind::Insert,
+                        row: new,
+                        old: None,
+                        version: policy.version_of(new, tx.as_deref(), &node),
+                        vector: policy.vector_of(new),
+                        seen: None,
+                        position,
+                    }],
+                    deletes: Vec::new(),
+                    keys: HashMap::new(),
+                };
+                return self.flush_managed(Some(insert)).await;
             }
             RowAction::InsertNoKey(_) | RowAction::ReplaceNoKey { .. } => {
                 return Err(Error::fatal(format!(
@@ -495,18 +548,21 @@ impl PostgresSink {
                     old,
                     version: policy.version_of(after, tx.as_deref(), &node),
                     vector: policy.vector_of(after),
+                    seen: old.and_then(|o| policy.seen_version(o)),
                     position,
                 };
                 match replaced {
                     Some(i) => {
-                        // The row the source inserted and then changed is still an insert for the target.
-                        let first = m.changes[i].kind;
+                        // The row the source inserted and then changed is still an insert for the target, and
+                        // the folded changes saw what the first one saw.
+                        let (first, seen) = (m.changes[i].kind, m.changes[i].seen);
                         m.changes[i] = conflict::Change {
                             kind: if first == conflict::ChangeKind::Update {
                                 change.kind
                             } else {
                                 first
                             },
+                            seen,
                             ..change
                         };
                     }
@@ -602,6 +658,13 @@ impl PostgresSink {
             match event {
                 Event::Change(Change::Recopy { table, step }) => {
                     self.flush(group.take()).await?;
+                    if matches!(step, RecopyStep::Start { .. }) {
+                        crate::conflict::refuse_bulk_change(
+                            &self.multi.options.conflicts,
+                            std::slice::from_ref(table),
+                            "an online re-copy",
+                        )?;
+                    }
                     match step {
                         RecopyStep::Finish { schema } => self.finish_recopy(schema).await?,
                         RecopyStep::Cancel => self.forget_shadow(&recopy_shadow(table)).await?,
@@ -686,6 +749,13 @@ impl PostgresSink {
                 }
                 Event::Change(Change::Truncate { tables, snapshot }) => {
                     self.flush(group.take()).await?;
+                    if !*snapshot {
+                        crate::conflict::refuse_bulk_change(
+                            &self.multi.options.conflicts,
+                            tables,
+                            "a TRUNCATE",
+                        )?;
+                    }
                     for t in tables.iter().filter(|_| *snapshot) {
                         if let Some(record) = evolve::release(&mut self.applied, t) {
                             ddl::save_record(
@@ -778,12 +848,15 @@ impl MultiMaster {
             .await
             .map_err(write_error("setting up the session"))?;
         if options.resolves() {
+            // Tombstone keys are compared as text: the same settings as the tombstone trigger.
             client
-                .batch_execute(&format!(
-                    "{}; {}",
-                    conflict::conflicts_table_sql(),
-                    ferry_pgconn::versions::support_sql()
-                ))
+                .batch_execute(
+                    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
+                     SET extra_float_digits = 1",
+                )
+                .await
+                .map_err(write_error("setting up the session"))?;
+            ferry_pgconn::versions::ensure_support(client, &conflict::conflicts_table_sql())
                 .await
                 .map_err(write_error(
                     "creating ferry_conflicts, ferry_tombstones and the version trigger functions",

@@ -108,7 +108,16 @@ async fn prepare_versions(
         if !prepared {
             warn!(%table, "table has no primary key: its rows carry no version, and its changes are applied \
                    without conflict detection");
+            continue;
         }
+        ferry_pgconn::versions::ensure_full_identity(client, &slot::qualified(&table))
+            .await
+            .map_err(|e| {
+                Error::fatal_from(
+                    format!("cannot set REPLICA IDENTITY FULL on {table}: {fix}"),
+                    e,
+                )
+            })?;
     }
     Ok(())
 }
@@ -245,6 +254,7 @@ pub async fn run(
         origins: cfg.origins.clone(),
         skipping: false,
         internal: Default::default(),
+        skipped_position_at: std::time::Instant::now(),
     };
     if resuming {
         streamer.resume_recopies(settings.recopies.clone()).await?;

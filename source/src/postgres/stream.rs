@@ -56,6 +56,9 @@ fn pipeline_stopped() -> Error {
 /// Status ticks (seconds) between checks that every listed table is still in the publication.
 const FOLLOW_CHECK_TICKS: u64 = 5;
 
+/// How often the position of skipped transactions (another origin's) goes out as a heartbeat.
+const SKIPPED_POSITION_EVERY: Duration = Duration::from_secs(5);
+
 /// How many messages or events the loop handles back to back before it looks at shutdown and the status tick.
 const FAST_PATH_LIMIT: u32 = 256;
 
@@ -109,6 +112,8 @@ pub(crate) struct Streamer {
     /// The open transaction was written under an origin `origins` skips: its changes are left out, its Begin
     /// and Commit still pass (the checkpoint moves past it).
     pub skipping: bool,
+    /// When the last skipped transaction's position went out as a heartbeat.
+    pub skipped_position_at: std::time::Instant,
     /// Relations that are Ferry's own tables ([`ferry_core::is_internal_table`]): never captured.
     pub internal: HashSet<u32>,
 }
@@ -368,7 +373,11 @@ impl Streamer {
             if let PgOutput::Origin { name, .. } = msg {
                 self.skipping = self.origins.skips(name);
                 tx.origin.name = Some(name.to_owned());
-                out.push_back(Event::Begin(Arc::new(tx)));
+                // A skipped transaction is not a transaction for the sinks: committing a checkpoint for each
+                // one would write to the target, which the peer pipeline skips in turn, back and forth.
+                if !self.skipping {
+                    out.push_back(Event::Begin(Arc::new(tx)));
+                }
                 return Ok(());
             }
             out.push_back(Event::Begin(Arc::new(tx)));
@@ -390,6 +399,18 @@ impl Streamer {
                     xid: Some(xid),
                     origin: Origin::default(),
                 });
+            }
+            PgOutput::Commit { end_lsn, .. } if self.skipping => {
+                self.in_transaction = false;
+                self.skipping = false;
+                self.recopies.committed(self.xid.take());
+                // The position still moves on, now and then, as a heartbeat.
+                if self.skipped_position_at.elapsed() >= SKIPPED_POSITION_EVERY {
+                    self.skipped_position_at = std::time::Instant::now();
+                    out.push_back(Event::Heartbeat {
+                        position: Position::Pg(end_lsn),
+                    });
+                }
             }
             PgOutput::Commit {
                 end_lsn,
