@@ -777,3 +777,127 @@ fn a_merge_expression_combines_concurrent_writes_on_both_sides() {
         assert_eq!((f[3], f[8]), ("merged", "merge"), "{db}: {log:?}");
     }
 }
+
+/// The races an attack on the first version found, each a kind: a delete crossing an update on a table created
+/// with the default replica identity, edits in turn under first_write_wins, a timestamptz key deleted from a
+/// session in another time zone, and a key change crossing an edit. Both sides must end identical.
+#[test]
+fn crossing_deletes_edits_in_turn_zoned_keys_and_key_changes_converge() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(
+            db,
+            "CREATE TABLE d1 (id int PRIMARY KEY, v text);
+             CREATE TABLE fww (id int PRIMARY KEY, v text);
+             CREATE TABLE zoned (k timestamptz PRIMARY KEY, v text);
+             CREATE TABLE moved (id int PRIMARY KEY, v text);",
+        );
+    }
+    pg.psql(
+        "a",
+        "INSERT INTO d1 VALUES (1, 'seed'); INSERT INTO zoned VALUES ('2026-01-01 12:00+00', 'seed');
+         INSERT INTO moved VALUES (30, 'seed');",
+    );
+    let dir = scratch();
+    let sink = "conflict = \"last_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.fww\", \"public.zoned\"]\n\
+                conflict = \"first_write_wins\"\n";
+    let (ab, ba, a_to_b, b_to_a) = start_pair(&pg, dir.path(), "", sink);
+    let all = "SELECT 'd1', id::text, v, _ferry_ts, _ferry_node FROM d1 \
+               UNION ALL SELECT 'fww', id::text, v, _ferry_ts, _ferry_node FROM fww \
+               UNION ALL SELECT 'zoned', k::text, v, _ferry_ts, _ferry_node FROM zoned \
+               UNION ALL SELECT 'moved', id::text, v, _ferry_ts, _ferry_node FROM moved ORDER BY 1, 2";
+    wait_converged(&pg, all, &ab, &ba);
+    // Edits in turn under first_write_wins: each follows the other, so each applies (no conflict).
+    pg.psql("a", "INSERT INTO fww VALUES (1, 'a-first')");
+    assert!(wait_until(WAIT, || pg
+        .psql("b", "SELECT count(*) FROM fww")
+        == "1"));
+    pg.psql("b", "UPDATE fww SET v = 'b-later-edit' WHERE id = 1");
+    assert!(wait_until(WAIT, || pg.psql("a", "SELECT v FROM fww") == "b-later-edit"));
+    // Crossing changes while neither pipeline runs.
+    ab.terminate();
+    ba.terminate();
+    pg.psql("b", "UPDATE d1 SET v = 'q-update' WHERE id = 1");
+    pg.psql("a", "DELETE FROM d1 WHERE id = 1");
+    pg.psql("b", "UPDATE zoned SET v = 'b-edit'");
+    pg.psql(
+        "a",
+        "SET TimeZone = 'Asia/Kolkata'; DELETE FROM zoned WHERE k = '2026-01-01 12:00+00'",
+    );
+    pg.psql("b", "UPDATE moved SET v = 'b-edit' WHERE id = 30");
+    pg.psql("a", "UPDATE moved SET id = 31 WHERE id = 30");
+    let ab = Ferry::start(&a_to_b, &dir.path().join("a_to_b.log"));
+    let ba = Ferry::start(&b_to_a, &dir.path().join("b_to_a.log"));
+    let rows = wait_converged(&pg, all, &ab, &ba);
+    let values: Vec<String> = rows
+        .lines()
+        .map(|l| l.split('|').take(3).collect::<Vec<_>>().join("|"))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            // The update crossed the delete: the later write wins, on both sides.
+            "d1|1|q-update",
+            "fww|1|b-later-edit",
+            // The edit of the old key survives beside the moved row.
+            "moved|30|b-edit",
+            "moved|31|seed",
+            // first_write_wins: the delete came first, on both sides (its tombstone was found whatever the
+            // deleting session's time zone).
+        ],
+        "{rows}"
+    );
+    for db in ["a", "b"] {
+        assert!(
+            !conflicts(&pg, db).iter().any(|l| l.contains("public.fww")),
+            "edits in turn logged as conflicts in {db}"
+        );
+    }
+}
+
+#[test]
+fn unique_collisions_and_truncates_stop_the_pipeline_naming_them() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(
+            db,
+            "CREATE TABLE uq (id int PRIMARY KEY, email text UNIQUE);
+             CREATE TABLE tt (id int PRIMARY KEY, v text);",
+        );
+    }
+    pg.psql("a", "INSERT INTO tt VALUES (1, 'x')");
+    let dir = scratch();
+    let (mut ab, mut ba, _, _) =
+        start_pair(&pg, dir.path(), "", "conflict = \"last_write_wins\"\n");
+    assert!(wait_until(WAIT, || pg.psql("b", "SELECT count(*) FROM tt") == "1"));
+    // Two keys with one unique value, one per side: the target refuses the second, naming the index.
+    pg.psql("a", "INSERT INTO uq VALUES (1, 'x@y')");
+    pg.psql("b", "INSERT INTO uq VALUES (2, 'x@y')");
+    let stopped = |f: &mut Ferry| f.wait_exit(Duration::from_secs(20)).is_some();
+    let (ab_stopped, ba_stopped) = (stopped(&mut ab), stopped(&mut ba));
+    assert!(ab_stopped && ba_stopped, "{}\n{}", ab.log(), ba.log());
+    for log in [ab.log(), ba.log()] {
+        assert!(log.contains("uq_email_key"), "{log}");
+    }
+    // A TRUNCATE of a table both sides write stops the pipeline instead of erasing the other side's rows.
+    pg.psql("a", "DELETE FROM uq; TRUNCATE tt");
+    pg.psql("b", "DELETE FROM uq");
+    let dir2 = scratch();
+    let a_to_b = write_config(
+        dir2.path(),
+        "a_to_b",
+        &(side(&pg, "a_to_b", "a", "a", "b", "") + "conflict = \"last_write_wins\"\n"),
+    );
+    let mut ab = Ferry::start(&a_to_b, &dir.path().join("a_to_b.log"));
+    assert!(
+        ab.wait_exit(WAIT).is_some_and(|s| !s.success()),
+        "{}",
+        ab.log()
+    );
+    let log = ab.log();
+    assert!(
+        log.contains("a TRUNCATE of table public.tt, which is under a conflict rule"),
+        "{log}"
+    );
+    assert_eq!(pg.psql("b", "SELECT count(*) FROM tt"), "1");
+}

@@ -9,7 +9,8 @@ use tokio_postgres::Client;
 use tracing::info;
 
 /// The advisory lock that serialises creating the functions and triggers: a source and a peer's sink preparing
-/// the same database at once would otherwise fail with "tuple concurrently updated".
+/// the same database at once would otherwise fail with "tuple concurrently updated". Held to the end of the
+/// transaction (the sink prepares inside its open one, whose catalog changes stay locked until it commits).
 const LOCK: i64 = 0x6665_7272_7976;
 
 /// The tombstone table and the trigger functions. Ferry's own sessions set `ferry.applying = on`, so the
@@ -110,12 +111,12 @@ pub async fn prepare_table(
             "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = ANY($2) \
              AND NOT attisdropped), (SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
              WHERE t.tgrelid = $1::text::regclass AND ((t.tgname = 'ferry_stamp' AND p.proname = $3) \
-             OR t.tgname = 'ferry_tombstone'))",
+             OR t.tgname IN ('ferry_tombstone', 'ferry_tombstone_move')))",
             &[&table, &wanted, &stamp],
         )
         .await?;
     let (columns, triggers): (i64, i64) = (row.get(0), row.get(1));
-    if columns == wanted.len() as i64 && triggers == 2 {
+    if columns == wanted.len() as i64 && triggers == 3 {
         return Ok(true);
     }
     let vector_column = if vectors {
@@ -129,15 +130,23 @@ pub async fn prepare_table(
         .collect();
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; SELECT pg_advisory_lock({LOCK}); {support};
+            "SET client_min_messages = warning; SELECT pg_advisory_xact_lock({LOCK}); {support};
              ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_TS} bigint, ADD COLUMN IF NOT EXISTS {VERSION_NODE} text{vector_column};
              DROP TRIGGER IF EXISTS ferry_stamp ON {table};
              CREATE TRIGGER ferry_stamp BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.{stamp}();
              DROP TRIGGER IF EXISTS ferry_tombstone ON {table};
              CREATE TRIGGER ferry_tombstone AFTER DELETE ON {table} FOR EACH ROW {unless_ferry} EXECUTE FUNCTION public.ferry_tombstone({});
-             SELECT pg_advisory_unlock({LOCK}); RESET client_min_messages;",
+             DROP TRIGGER IF EXISTS ferry_tombstone_move ON {table};
+             CREATE TRIGGER ferry_tombstone_move AFTER UPDATE ON {table} FOR EACH ROW
+               WHEN (current_setting('ferry.applying', true) IS DISTINCT FROM 'on' AND ({old_key}) IS DISTINCT FROM ({new_key}))
+               EXECUTE FUNCTION public.ferry_tombstone({});
+             RESET client_min_messages;",
+            args.join(", "),
             args.join(", "),
             support = support_sql(),
+            // A key change leaves a tombstone of the old key, as a delete would.
+            old_key = keys.iter().map(|k| format!("OLD.\"{}\"", k.replace('"', "\"\""))).collect::<Vec<_>>().join(", "),
+            new_key = keys.iter().map(|k| format!("NEW.\"{}\"", k.replace('"', "\"\""))).collect::<Vec<_>>().join(", "),
             // Evaluated without calling the function: Ferry's own writes cost no trigger call.
             unless_ferry = "WHEN (current_setting('ferry.applying', true) IS DISTINCT FROM 'on')",
         ))
@@ -154,8 +163,8 @@ pub async fn prepare_table(
 pub async fn ensure_support(client: &Client, extra: &str) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; SELECT pg_advisory_lock({LOCK}); {extra}; {}; \
-             SELECT pg_advisory_unlock({LOCK}); RESET client_min_messages",
+            "SET client_min_messages = warning; SELECT pg_advisory_xact_lock({LOCK}); {extra}; {}; \
+             RESET client_min_messages",
             support_sql()
         ))
         .await
@@ -192,9 +201,9 @@ pub async fn ensure_full_identity(
 pub async fn register_node(client: &Client, node: &str) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; SELECT pg_advisory_lock({LOCK}); {}; CREATE OR REPLACE FUNCTION \
+            "SET client_min_messages = warning; SELECT pg_advisory_xact_lock({LOCK}); {}; CREATE OR REPLACE FUNCTION \
              public.ferry_local_node() RETURNS text LANGUAGE sql STABLE AS $ferry$SELECT '{}'::text$ferry$; \
-             SELECT pg_advisory_unlock({LOCK}); RESET client_min_messages",
+             RESET client_min_messages",
             support_sql(),
             node.replace('\'', "''")
         ))

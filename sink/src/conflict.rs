@@ -317,6 +317,8 @@ impl TablePolicy {
     pub fn seen_version(&self, old: &Row) -> Option<i64> {
         match self.ts_column.map(|i| &old[i]) {
             Some(Value::Int(n)) => Some(*n),
+            // A row never stamped: version 0, as the tombstone trigger counts it on the deleting side.
+            Some(Value::Null) => Some(0),
             _ => None,
         }
     }
