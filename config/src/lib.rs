@@ -438,13 +438,11 @@ mod tests {
     /// Multi-master keys: node, origins, conflict resolvers, rules with merges and version vectors.
     #[test]
     fn conflict_rules_load_and_their_errors_name_the_key() {
-        let text = format!(
-            "[pipeline]\nname = \"p\"\nnode = \"a\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
+        let text = "[pipeline]\nname = \"p\"\nnode = \"a\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
              skip_origins = [\"ferry_b\"]\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n\
              conflict = \"first_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.c*\"]\n\
-             columns = {{ n = \"sum_delta\", tags = \"union\" }}\nversion_vectors = true\n"
-        );
-        let p = load(&text).unwrap();
+             columns = { n = \"sum_delta\", tags = \"union\" }\nversion_vectors = true\n";
+        let p = load(text).unwrap();
         assert_eq!(p.node.as_deref(), Some("a"));
         let SourceConfig::Postgres(source) = &p.source else {
             panic!()
