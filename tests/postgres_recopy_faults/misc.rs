@@ -69,6 +69,16 @@ fn sigkill_right_after_request_then_near_end() {
     let ferry = Ferry::start(&s.cfg, &s.log);
     ferry.wait_streaming();
     wait_same(&pg, "SELECT count(*) FROM b", &ferry);
+    // Both sinks hold a checkpoint before the kill: a sink without one would make the restart take a new
+    // snapshot (and drop the slot with the requests in it), which is not what this test is about.
+    let checkpointed = wait_until(WAIT, || {
+        pg.try_psql("replica", "SELECT count(*) FROM ferry_checkpoints")
+            .ok()
+            .as_deref()
+            == Some("1")
+            && sqlite_rows(&s.db, "SELECT count(*) FROM ferry_checkpoints") == ["1"]
+    });
+    assert!(checkpointed, "{}", ferry.log());
     damage_ab(&pg);
     let (ok, out) = request(&s.cfg, "a");
     assert!(ok, "{out}");
