@@ -10,15 +10,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The sum of a counter's samples in a pipeline's /metrics.
-fn metric(ferry: &Ferry, name: &str) -> f64 {
-    let (_, body) = ferry.get("/metrics").expect("metrics answer");
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn postgres_and_mariadb_converge_with_last_write_wins() {
     let pg = PgServer::start();

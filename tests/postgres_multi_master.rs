@@ -85,15 +85,6 @@ fn pgbench(pg: &PgServer, db: &str, script: &str, args: &[&str]) -> u64 {
         .expect("pgbench's transaction count")
 }
 
-/// The sum of a counter's samples in a pipeline's /metrics.
-fn metric(ferry: &Ferry, name: &str) -> f64 {
-    let (_, body) = ferry.get("/metrics").expect("metrics answer");
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until `sql` answers the same on both databases and returns it.
 fn wait_converged(pg: &PgServer, sql: &str, ab: &Ferry, ba: &Ferry) -> String {
     let ok = wait_until(WAIT, || {

@@ -312,6 +312,32 @@ impl TablePolicy {
         }
     }
 
+    /// A delete's (or a key change's old key's) version, with the version its old row had: that version + 1 µs,
+    /// as the deleting side's tombstone counts it; without it in the old row, the commit time. The node is
+    /// `node`, the deleting side's.
+    pub fn delete_version(
+        &self,
+        old: &Row,
+        tx: Option<&TxContext>,
+        node: &str,
+    ) -> (Version, Option<i64>) {
+        let seen = self.seen_version(old);
+        let ts = match seen {
+            Some(ts) => ts.saturating_add(1),
+            None => tx
+                .and_then(|t| t.commit_time)
+                .and_then(|t| t.unix_micros())
+                .unwrap_or(0),
+        };
+        (
+            Version {
+                ts,
+                node: node.to_owned(),
+            },
+            seen,
+        )
+    }
+
     /// The version a change's old image says the source row had (REPLICA IDENTITY FULL, `binlog_row_image =
     /// FULL`), `None` when the old image does not carry it.
     pub fn seen_version(&self, old: &Row) -> Option<i64> {

@@ -58,33 +58,24 @@ fn no_kafka() -> Error {
     Error::fatal("this ferry was built without the Kafka sink (cargo feature \"kafka\")")
 }
 
+/// What sink `sink` of `config` needs for conflict handling and loop prevention.
+fn multi_master(config: &PipelineConfig, sink: &SinkConfig) -> crate::conflict::MultiMasterOptions {
+    crate::conflict::MultiMasterOptions {
+        conflicts: sink.conflicts.clone(),
+        node: config.node.clone(),
+    }
+}
+
 /// Opens sink `index` of `config` (connects, takes its lease, creates its checkpoint table).
 pub async fn open(config: &PipelineConfig, index: usize) -> Result<AnySink, Error> {
     let sink = &config.sinks[index];
     Ok(match &sink.kind {
         SinkKind::Postgres { url } => AnySink::Postgres(
-            PostgresSink::connect(
-                &sink.name,
-                &config.name,
-                url,
-                crate::conflict::MultiMasterOptions {
-                    conflicts: sink.conflicts.clone(),
-                    node: config.node.clone(),
-                },
-            )
-            .await?,
+            PostgresSink::connect(&sink.name, &config.name, url, multi_master(config, sink))
+                .await?,
         ),
         SinkKind::Mysql { url } => AnySink::Mysql(
-            MysqlSink::connect(
-                &sink.name,
-                &config.name,
-                url,
-                crate::conflict::MultiMasterOptions {
-                    conflicts: sink.conflicts.clone(),
-                    node: config.node.clone(),
-                },
-            )
-            .await?,
+            MysqlSink::connect(&sink.name, &config.name, url, multi_master(config, sink)).await?,
         ),
         SinkKind::Sqlite { path } => {
             AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)

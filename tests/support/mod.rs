@@ -358,6 +358,15 @@ impl Ferry {
     }
 }
 
+/// The sum of a metric's samples (all label sets) in a running ferry's /metrics.
+pub fn metric(ferry: &Ferry, name: &str) -> f64 {
+    let (_, body) = ferry.get("/metrics").expect("metrics answer");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 impl Drop for Ferry {
     fn drop(&mut self) {
         let _ = self.child.kill();

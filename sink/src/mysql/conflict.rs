@@ -197,22 +197,7 @@ impl Augmenter {
                 version_in(after),
                 before.as_ref().and_then(|b| policy.seen_version(b)),
             ),
-            RowOp::Delete { before } => {
-                let seen = policy.seen_version(before);
-                let commit = self
-                    .tx
-                    .as_ref()
-                    .and_then(|t| t.commit_time)
-                    .and_then(|t| t.unix_micros())
-                    .unwrap_or(0);
-                (
-                    Version {
-                        ts: seen.map_or(commit, |s| s.saturating_add(1)),
-                        node: node.to_owned(),
-                    },
-                    seen,
-                )
-            }
+            RowOp::Delete { before } => policy.delete_version(before, self.tx.as_deref(), node),
         };
         Some(Managed {
             table: table.clone(),

@@ -427,6 +427,19 @@ UNION ALL SELECT 'm', u.ord, NULL, NULL, NULL, NULL FROM u
     )
 }
 
+/// The statement parameters every group carries after its columns: each change's version (µs, node) and its
+/// place in the group.
+fn push_versions<'v>(
+    params: &mut Vec<Box<dyn ToSql + Sync + Send>>,
+    versions: impl Iterator<Item = &'v Version>,
+) {
+    let (ts, node): (Vec<i64>, Vec<String>) = versions.map(|v| (v.ts, v.node.clone())).unzip();
+    let ord: Vec<i32> = (0..ts.len() as i32).collect();
+    params.push(Box::new(ts));
+    params.push(Box::new(node));
+    params.push(Box::new(ord));
+}
+
 /// One returned row of a conflict-aware statement.
 struct Outcome {
     what: String,
@@ -547,16 +560,7 @@ async fn apply_changes_once(
         }
         params.push(Box::new(olds));
     }
-    params.push(Box::new(
-        changes.iter().map(|c| c.version.ts).collect::<Vec<i64>>(),
-    ));
-    params.push(Box::new(
-        changes
-            .iter()
-            .map(|c| c.version.node.clone())
-            .collect::<Vec<String>>(),
-    ));
-    params.push(Box::new((0..changes.len() as i32).collect::<Vec<i32>>()));
+    push_versions(&mut params, changes.iter().map(|c| &c.version));
     let may_insert = |ch: &Change<'_>| {
         complete
             && (ch.kind != ChangeKind::Update
@@ -785,16 +789,7 @@ pub async fn apply_deletes(
                 .collect::<Vec<_>>(),
         ));
     }
-    params.push(Box::new(
-        deletes.iter().map(|d| d.version.ts).collect::<Vec<i64>>(),
-    ));
-    params.push(Box::new(
-        deletes
-            .iter()
-            .map(|d| d.version.node.clone())
-            .collect::<Vec<String>>(),
-    ));
-    params.push(Box::new((0..deletes.len() as i32).collect::<Vec<i32>>()));
+    push_versions(&mut params, deletes.iter().map(|d| &d.version));
     params.push(Box::new(
         deletes.iter().map(|d| d.seen).collect::<Vec<Option<i64>>>(),
     ));

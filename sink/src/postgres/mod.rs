@@ -422,15 +422,7 @@ impl PostgresSink {
                         table.id
                     )));
                 }
-                let seen = policy.seen_version(old);
-                let ts = match seen {
-                    Some(ts) => ts.saturating_add(1),
-                    None => tx
-                        .as_ref()
-                        .and_then(|t| t.commit_time)
-                        .and_then(|t| t.unix_micros())
-                        .unwrap_or(0),
-                };
+                let (version, seen) = policy.delete_version(old, tx.as_deref(), &node);
                 let delete = Managed {
                     table: table.clone(),
                     policy: policy.clone(),
@@ -439,10 +431,7 @@ impl PostgresSink {
                     changes: Vec::new(),
                     deletes: vec![conflict::Delete {
                         row: old,
-                        version: crate::conflict::Version {
-                            ts,
-                            node: node.clone(),
-                        },
+                        version,
                         seen,
                         position: position.clone(),
                     }],
@@ -514,17 +503,7 @@ impl PostgresSink {
         );
         match op {
             RowOp::Delete { before } => {
-                let seen = policy.seen_version(before);
-                // A delete supersedes the version it saw; without the old image's version, its commit time.
-                let ts = match seen {
-                    Some(ts) => ts.saturating_add(1),
-                    None => tx
-                        .as_ref()
-                        .and_then(|t| t.commit_time)
-                        .and_then(|t| t.unix_micros())
-                        .unwrap_or(0),
-                };
-                let version = crate::conflict::Version { ts, node };
+                let (version, seen) = policy.delete_version(before, tx.as_deref(), &node);
                 m.deletes.push(conflict::Delete {
                     row: before,
                     version,
