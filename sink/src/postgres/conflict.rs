@@ -136,12 +136,151 @@ fn unnest(columns: usize, olds: usize, extra: &[(&str, &str)]) -> String {
     )
 }
 
-/// The upsert / update statement of a group of changes writing `columns` (the key included).
+/// The parts both statements of a group of changes share.
+struct ChangeSql {
+    name: String,
+    unnest: String,
+    /// `t.pk = u.c…` over the key columns, for the alias given.
+    key_match: Box<dyn Fn(&str) -> String>,
+    /// The `SET` list, each column decided by `win`.
+    sets: Vec<String>,
+    /// The condition under which a change wins over the row it meets (`t`).
+    win: String,
+}
+
+/// The first statement of a group of changes, for the common case: the rows each change follows (an unstamped
+/// row, the very version its writer saw, or a row its own node wrote last) take the change, in one plain
+/// `UPDATE … FROM unnest(…)` that returns the places of the changes it applied. `None` with version vectors
+/// (every change is compared with the row's vector in [`change_statement`]).
+pub fn fast_statement(
+    table: &TableSchema,
+    policy: &TablePolicy,
+    columns: &[usize],
+) -> Option<String> {
+    if policy.vectors {
+        return None;
+    }
+    let sql = change_sql(table, policy, columns);
+    Some(format!(
+        "WITH u AS ({}) UPDATE {} t SET {} FROM u WHERE {} AND (t.{VERSION_TS} IS NULL OR t.{VERSION_TS} = u.seen \
+         OR {LOCAL_NODE} = u.vnode) RETURNING u.ord",
+        sql.unnest,
+        sql.name,
+        sql.sets
+            .iter()
+            .map(|set| set.replace(&sql.win, "true"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (sql.key_match)("t")
+    ))
+}
+
+/// The statement for the changes [`fast_statement`] left: each meets a row of another writer, a missing row or
+/// a tombstone.
 ///
 /// One `UPDATE … FROM` the incoming rows and the target rows as the statement found them (`o`, for the log),
 /// deciding per row in `SET` on the row's current version; then an `INSERT` of the changes whose row is
 /// missing, when the resolver and the tombstones allow it. Only rows of another writer are returned.
 pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> String {
+    let ChangeSql {
+        name,
+        unnest,
+        key_match,
+        sets,
+        ..
+    } = change_sql(table, policy, columns);
+    let col = |c: usize| quote_ident(&table.columns[c].name);
+    let value = |c: usize| {
+        let i = columns.iter().position(|&x| x == c).unwrap_or(0);
+        format!("u.c{i}::{}", pg_type(table, c))
+    };
+    let key_text = table
+        .primary_key
+        .iter()
+        .map(|&k| format!("{}::text", value(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cmp = |t: &str| format!("public.ferry_vv_cmp(u.vv::jsonb, {t}.{VERSION_VECTOR})");
+    let o_conflict = if policy.vectors {
+        format!(
+            "(CASE WHEN o.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN o.{VERSION_TS} IS NOT NULL \
+             AND o.{VERSION_TS} IS DISTINCT FROM u.seen AND {o_node} <> u.vnode ELSE {} = 2 END)",
+            cmp("o"),
+            o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')"
+        )
+    } else {
+        format!(
+            "o.{VERSION_TS} IS NOT NULL AND o.{VERSION_TS} IS DISTINCT FROM u.seen \
+             AND coalesce(o._ferry_node, public.ferry_local_node(), '') <> u.vnode"
+        )
+    };
+    let tomb_win = resolver_sql(policy.missing_resolver(), "tb.ts", "coalesce(tb.node, '')");
+    let col_list: Vec<String> = columns.iter().map(|&c| col(c)).collect();
+    let values: Vec<String> = columns.iter().map(|&c| value(c)).collect();
+    let o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')";
+    let sums = columns
+        .iter()
+        .filter(|&&c| policy.merge_of(c) == Some(MergeRule::SumDelta))
+        .count();
+    format!(
+        "WITH u AS ({unnest}),
+upd AS (UPDATE {name} t SET {sets} FROM u, {name} o
+        WHERE {t_key} AND {o_key}
+        RETURNING u.ord,
+          CASE WHEN {won} THEN o.{VERSION_TS} ELSE t.{VERSION_TS} END AS lts,
+          CASE WHEN {won} THEN {o_node} ELSE {t_node} END AS lnode,
+          CASE WHEN {won} THEN (CASE WHEN {o_conflict} THEN {local} END)
+               WHEN {merged} THEN {local} ELSE {t_local} END AS local,
+          {won} AS won),
+found AS (SELECT ord FROM upd),
+tomb AS (SELECT u.ord, tb.{VERSION_TS} AS ts, tb.{VERSION_NODE} AS node FROM u
+         JOIN public.{TOMBSTONES_TABLE} tb ON tb.table_name = $1000 AND tb.key = ARRAY[{key_text}]
+         WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)),
+cand AS (SELECT u.*, ARRAY[{key_text}] AS key FROM u
+        WHERE u.ins AND NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)
+          AND NOT EXISTS (SELECT 1 FROM tomb tb WHERE tb.ord = u.ord AND coalesce(tb.node, '') <> u.vnode
+                          AND NOT ({tomb_win}))),
+ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE}{vv_col})
+        SELECT {values}, u.vts, u.vnode{vv_val} FROM cand u
+        ON CONFLICT ({pk}) DO NOTHING RETURNING ARRAY[{inserted_key}] AS key)
+SELECT 'x'::text, ord, lts, lnode, local, won FROM upd WHERE local IS NOT NULL
+UNION ALL SELECT 'm', u.ord, tb.ts, tb.node, NULL, NULL FROM u LEFT JOIN tomb tb ON tb.ord = u.ord
+  WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord) AND (u.upd OR tb.ord IS NOT NULL)
+UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
+  WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.key = c.key)",
+        pk = table
+            .primary_key
+            .iter()
+            .map(|&k| col(k))
+            .collect::<Vec<_>>()
+            .join(", "),
+        inserted_key = table
+            .primary_key
+            .iter()
+            .map(|&k| format!("n.{}::text", col(k)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sets = sets.join(", "),
+        t_key = key_match("t"),
+        o_key = key_match("o"),
+        local = local_row_sql(table, "o"),
+        // A change that lost kept the row as the statement found it when it got the lock (a local write may
+        // have come after the snapshot `o` shows): that is the version it lost to.
+        t_local = local_row_sql(table, "t"),
+        t_node = LOCAL_NODE,
+        won = format!("(t.{VERSION_TS} IS NOT DISTINCT FROM u.vts AND t.{VERSION_NODE} IS NOT DISTINCT FROM u.vnode)"),
+        merged = !policy.merges.is_empty(),
+        o_conflict = o_conflict,
+        vv_col = if policy.vectors { format!(", {VERSION_VECTOR}") } else { String::new() },
+        vv_val = if policy.vectors { ", u.vv::jsonb" } else { "" },
+        cols = col_list.join(", "),
+        values = values.join(", "),
+    )
+    .replace("$1000", &format!("${}", columns.len() + sums + 8))
+}
+
+/// The unnest, key match, `SET` list and winning condition of a group of changes writing `columns`.
+fn change_sql(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> ChangeSql {
     let name = qualified_name(&table.id);
     let col = |c: usize| quote_ident(&table.columns[c].name);
     let value = |c: usize| {
@@ -153,20 +292,6 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
         .copied()
         .filter(|&c| policy.merge_of(c) == Some(MergeRule::SumDelta))
         .collect();
-    let key_match = |alias: &str| {
-        table
-            .primary_key
-            .iter()
-            .map(|&k| format!("{alias}.{} = {}", col(k), value(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
-    let key_text = table
-        .primary_key
-        .iter()
-        .map(|&k| format!("{}::text", value(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
     // No conflict: an unstamped row, the very version the change's writer saw (its old row says so), or a row
     // last written by the change's own node.
     let by_version = format!(
@@ -190,20 +315,6 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
     } else {
         by_version
     };
-    let o_conflict = if policy.vectors {
-        format!(
-            "(CASE WHEN o.{VERSION_VECTOR} IS NULL OR u.vv IS NULL THEN o.{VERSION_TS} IS NOT NULL \
-             AND o.{VERSION_TS} IS DISTINCT FROM u.seen AND {o_node} <> u.vnode ELSE {} = 2 END)",
-            cmp("o"),
-            o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')"
-        )
-    } else {
-        format!(
-            "o.{VERSION_TS} IS NOT NULL AND o.{VERSION_TS} IS DISTINCT FROM u.seen \
-             AND coalesce(o._ferry_node, public.ferry_local_node(), '') <> u.vnode"
-        )
-    };
-    let tomb_win = resolver_sql(policy.missing_resolver(), "tb.ts", "coalesce(tb.node, '')");
     let mut sets = Vec::new();
     for &c in columns {
         if table.primary_key.contains(&c) {
@@ -259,49 +370,14 @@ pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[us
     sets.push(format!(
         "{VERSION_TS} = CASE WHEN {win} THEN u.vts ELSE t.{VERSION_TS} END"
     ));
-    let col_list: Vec<String> = columns.iter().map(|&c| col(c)).collect();
-    let values: Vec<String> = columns.iter().map(|&c| value(c)).collect();
-    let o_node = "coalesce(o._ferry_node, public.ferry_local_node(), '')";
-    format!(
-        "WITH u AS ({unnest}),
-fast AS ({fast}),
-upd AS (UPDATE {name} t SET {sets} FROM u, {name} o
-        WHERE {t_key} AND {o_key} AND NOT EXISTS (SELECT 1 FROM fast WHERE fast.ord = u.ord)
-        RETURNING u.ord,
-          CASE WHEN {won} THEN o.{VERSION_TS} ELSE t.{VERSION_TS} END AS lts,
-          CASE WHEN {won} THEN {o_node} ELSE {t_node} END AS lnode,
-          CASE WHEN {won} THEN (CASE WHEN {o_conflict} THEN {local} END)
-               WHEN {merged} THEN {local} ELSE {t_local} END AS local,
-          {won} AS won),
-found AS (SELECT ord FROM fast UNION ALL SELECT ord FROM upd),
-tomb AS (SELECT u.ord, tb.{VERSION_TS} AS ts, tb.{VERSION_NODE} AS node FROM u
-         JOIN public.{TOMBSTONES_TABLE} tb ON tb.table_name = $1000 AND tb.key = ARRAY[{key_text}]
-         WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)),
-cand AS (SELECT u.*, ARRAY[{key_text}] AS key FROM u
-        WHERE u.ins AND NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)
-          AND NOT EXISTS (SELECT 1 FROM tomb tb WHERE tb.ord = u.ord AND coalesce(tb.node, '') <> u.vnode
-                          AND NOT ({tomb_win}))),
-ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE}{vv_col})
-        SELECT {values}, u.vts, u.vnode{vv_val} FROM cand u
-        ON CONFLICT ({pk}) DO NOTHING RETURNING ARRAY[{inserted_key}] AS key)
-SELECT 'x'::text, ord, lts, lnode, local, won FROM upd WHERE local IS NOT NULL
-UNION ALL SELECT 'm', u.ord, tb.ts, tb.node, NULL, NULL FROM u LEFT JOIN tomb tb ON tb.ord = u.ord
-  WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord) AND (u.upd OR tb.ord IS NOT NULL)
-UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
-  WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.key = c.key)",
-        pk = table
-            .primary_key
-            .iter()
-            .map(|&k| col(k))
-            .collect::<Vec<_>>()
-            .join(", "),
-        inserted_key = table
-            .primary_key
-            .iter()
-            .map(|&k| format!("n.{}::text", col(k)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        unnest = unnest(
+    let key_columns: Vec<(String, String)> = table
+        .primary_key
+        .iter()
+        .map(|&k| (col(k), value(k)))
+        .collect();
+    ChangeSql {
+        name,
+        unnest: unnest(
             columns.len(),
             sums.len(),
             &[
@@ -311,41 +387,19 @@ UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
                 ("ins", "bool"),
                 ("upd", "bool"),
                 ("vv", "text"),
-                ("seen", "int8")
-            ]
+                ("seen", "int8"),
+            ],
         ),
-        // The common case first, without reading the rows again for the log: a row the change follows (its
-        // writer saw it, or wrote it last) takes the change.
-        fast = if policy.vectors {
-            "SELECT NULL::int4 AS ord WHERE false".to_owned()
-        } else {
-            format!(
-                "UPDATE {name} t SET {} FROM u WHERE {} AND (t.{VERSION_TS} IS NULL OR t.{VERSION_TS} = u.seen \
-                 OR {LOCAL_NODE} = u.vnode) RETURNING u.ord",
-                sets.iter()
-                    .map(|set| set.replace(&win, "true"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                key_match("t")
-            )
-        },
-        sets = sets.join(", "),
-        t_key = key_match("t"),
-        o_key = key_match("o"),
-        local = local_row_sql(table, "o"),
-        // A change that lost kept the row as the statement found it when it got the lock (a local write may
-        // have come after the snapshot `o` shows): that is the version it lost to.
-        t_local = local_row_sql(table, "t"),
-        t_node = LOCAL_NODE,
-        won = format!("(t.{VERSION_TS} IS NOT DISTINCT FROM u.vts AND t.{VERSION_NODE} IS NOT DISTINCT FROM u.vnode)"),
-        merged = !policy.merges.is_empty(),
-        o_conflict = o_conflict,
-        vv_col = if policy.vectors { format!(", {VERSION_VECTOR}") } else { String::new() },
-        vv_val = if policy.vectors { ", u.vv::jsonb" } else { "" },
-        cols = col_list.join(", "),
-        values = values.join(", "),
-    )
-    .replace("$1000", &format!("${}", columns.len() + sums.len() + 8))
+        key_match: Box::new(move |alias: &str| {
+            key_columns
+                .iter()
+                .map(|(c, v)| format!("{alias}.{c} = {v}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        }),
+        sets,
+        win,
+    }
 }
 
 /// The delete statement of a group of deletes (parameters: the key columns).
@@ -516,7 +570,18 @@ pub async fn apply_changes(
     }
 }
 
-/// One statement for `changes`: the conflicts met, and the changes a concurrent insert kept out (to go again).
+/// Whether a change may insert its row when the row is missing.
+fn may_insert(policy: &TablePolicy, complete: bool, ch: &Change<'_>) -> bool {
+    complete
+        && (ch.kind != ChangeKind::Update
+            || matches!(
+                policy.missing_resolver(),
+                Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
+            ))
+}
+
+/// `changes` applied: the common case first ([`fast_statement`]), then the changes it left
+/// ([`change_statement`]). Returns the conflicts met, and the changes a concurrent insert kept out (to go again).
 async fn apply_changes_once(
     client: &Client,
     table: &TableSchema,
@@ -525,6 +590,38 @@ async fn apply_changes_once(
     complete: bool,
     changes: &[Change<'_>],
 ) -> Result<(Vec<ConflictRecord>, Vec<usize>), Error> {
+    let Some(sql) = fast_statement(table, policy, columns) else {
+        return resolve_changes(client, table, policy, columns, complete, changes).await;
+    };
+    let params = change_params(table, policy, columns, complete, changes)?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
+    let applied: std::collections::HashSet<i32> = client
+        .query(&sql, &refs)
+        .await
+        .map_err(super::write_error(&format!("writing to {}", table.id)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if applied.len() == changes.len() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let left: Vec<usize> = (0..changes.len())
+        .filter(|&i| !applied.contains(&(i as i32)))
+        .collect();
+    let rest: Vec<Change<'_>> = left.iter().map(|&i| changes[i].clone()).collect();
+    let (records, raced) = resolve_changes(client, table, policy, columns, complete, &rest).await?;
+    Ok((records, raced.into_iter().map(|i| left[i]).collect()))
+}
+
+/// The parameters of both statements of a group of changes (the table's name, which only
+/// [`change_statement`] takes, left out).
+fn change_params(
+    table: &TableSchema,
+    policy: &TablePolicy,
+    columns: &[usize],
+    complete: bool,
+    changes: &[Change<'_>],
+) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Error> {
     let sums: Vec<usize> = columns
         .iter()
         .copied()
@@ -561,16 +658,11 @@ async fn apply_changes_once(
         params.push(Box::new(olds));
     }
     push_versions(&mut params, changes.iter().map(|c| &c.version));
-    let may_insert = |ch: &Change<'_>| {
-        complete
-            && (ch.kind != ChangeKind::Update
-                || matches!(
-                    policy.missing_resolver(),
-                    Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
-                ))
-    };
     params.push(Box::new(
-        changes.iter().map(may_insert).collect::<Vec<bool>>(),
+        changes
+            .iter()
+            .map(|ch| may_insert(policy, complete, ch))
+            .collect::<Vec<bool>>(),
     ));
     params.push(Box::new(
         changes
@@ -587,6 +679,19 @@ async fn apply_changes_once(
     params.push(Box::new(
         changes.iter().map(|c| c.seen).collect::<Vec<Option<i64>>>(),
     ));
+    Ok(params)
+}
+
+/// [`change_statement`] for `changes`: the conflicts met, and the changes a concurrent insert kept out.
+async fn resolve_changes(
+    client: &Client,
+    table: &TableSchema,
+    policy: &TablePolicy,
+    columns: &[usize],
+    complete: bool,
+    changes: &[Change<'_>],
+) -> Result<(Vec<ConflictRecord>, Vec<usize>), Error> {
+    let mut params = change_params(table, policy, columns, complete, changes)?;
     params.push(Box::new(table.id.to_string()));
     let sql = change_statement(table, policy, columns);
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
@@ -649,7 +754,7 @@ async fn apply_changes_once(
                 {
                     continue;
                 }
-                let won = may_insert(ch)
+                let won = may_insert(policy, complete, ch)
                     && tomb.as_ref().is_none_or(|t| {
                         t.node == ch.version.node
                             || remote_wins(policy.missing_resolver(), t, &ch.version)
