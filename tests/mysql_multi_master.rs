@@ -138,3 +138,182 @@ fn postgres_and_mariadb_converge_with_last_write_wins() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(in_my), "{listed}");
 }
+
+/// Every resolver and merge rule into a MariaDB target that is also written locally: the rows each leaves and the
+/// conflicts each logs (the same cases as the PostgreSQL target's test; MariaDB keeps no tombstones, so the update
+/// that crossed a local delete is an `update_missing`).
+#[test]
+fn each_resolver_and_merge_rule_gives_its_rows_in_mariadb() {
+    let tables: [(&str, &str); 10] = [
+        ("t_apply", "conflict = \"apply_remote\""),
+        ("t_keep", "conflict = \"keep_local\""),
+        ("t_lww", "conflict = \"last_write_wins\""),
+        ("t_fww", "conflict = \"first_write_wins\""),
+        ("t_skip", "conflict = \"skip\""),
+        ("t_max", "conflict = \"last_write_wins\"\ncolumns = { a = \"max\" }"),
+        ("t_min", "conflict = \"last_write_wins\"\ncolumns = { a = \"min\" }"),
+        ("t_pnn", "conflict = \"keep_local\"\ncolumns = { b = \"prefer_non_null\" }"),
+        (
+            "t_merge",
+            "merge = '''{\"a\": int(local.a) > int(remote.a) ? local.a : remote.a, \"b\": (local.b == null ? \"\" : local.b) + \"+\" + remote.b}'''",
+        ),
+        ("t_union", "conflict = \"keep_local\"\ncolumns = { tags = \"union\" }"),
+    ];
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    let mut rules = String::new();
+    for (t, rule) in tables {
+        pg.psql(
+            "shop",
+            &format!(
+                "CREATE TABLE {t} (id int PRIMARY KEY, a int, b text, tags jsonb);
+                 INSERT INTO {t} VALUES (1, 10, 'one', '[\"a\"]'), (2, 20, 'two', NULL), (3, 30, 'three', NULL);"
+            ),
+        );
+        rules.push_str(&format!(
+            "[[sink.conflict_rules]]\ntables = [\"public.{t}\"]\n{rule}\n"
+        ));
+    }
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop");
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "resolve",
+        &format!(
+            "[pipeline]\nname = \"resolve\"\nnode = \"pg\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n{rules}",
+            pg.url("shop"),
+            my.url("shop")
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    let copied = wait_until(WAIT, || {
+        my.try_sql("SELECT count(*) FROM shop.t_union")
+            .ok()
+            .as_deref()
+            == Some("3")
+    });
+    assert!(
+        copied,
+        "the snapshot did not reach MariaDB:\n{}",
+        ferry.log()
+    );
+    let each = |sql: &str, local: bool| {
+        for (t, _) in tables {
+            let sql = sql.replace("{t}", t);
+            if local {
+                my.sql(
+                    &sql.replace("UPDATE ", "UPDATE shop.")
+                        .replace("FROM ", "FROM shop."),
+                );
+            } else {
+                pg.psql("shop", &sql);
+            }
+        }
+    };
+    let logged = |n: usize| {
+        wait_until(WAIT, || {
+            my.try_sql("SELECT count(*) FROM shop.ferry_conflicts")
+                .is_ok_and(|c| c.trim().parse::<usize>().unwrap_or(0) >= n)
+        })
+    };
+    // Row 1: the target writes first, the source later.
+    each(
+        "UPDATE {t} SET a = 100, b = NULL, tags = '[\"a\", \"local\"]' WHERE id = 1",
+        true,
+    );
+    each(
+        "UPDATE {t} SET a = 50, b = 'src', tags = '[\"remote\", \"a\", \"remote\"]' WHERE id = 1",
+        false,
+    );
+    // Row 3: deleted on the target, then updated at the source.
+    each("DELETE FROM {t} WHERE id = 3", true);
+    each("UPDATE {t} SET a = 33 WHERE id = 3", false);
+    let conflict_log = || {
+        my.try_sql("SELECT table_name, `key`, kind, winner FROM shop.ferry_conflicts ORDER BY id")
+            .unwrap_or_default()
+    };
+    assert!(
+        logged(20),
+        "conflicts not logged:\n{}\n{}",
+        conflict_log(),
+        ferry.log()
+    );
+    // Row 2: the source writes first while Ferry is stopped, the target later.
+    ferry.terminate();
+    each("UPDATE {t} SET a = 60, b = 'src2' WHERE id = 2", false);
+    std::thread::sleep(Duration::from_millis(5));
+    each("UPDATE {t} SET a = 200, b = 'local2' WHERE id = 2", true);
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    assert!(
+        logged(30),
+        "conflicts not logged:\n{}\n{}",
+        conflict_log(),
+        ferry.log()
+    );
+    let rows = |t: &str| {
+        my.sql(&format!("SELECT id, a, b FROM shop.{t} ORDER BY id"))
+            .replace('\t', "|")
+            .replace("NULL", "")
+    };
+    let remote1 = "1|50|src";
+    let local1 = "1|100|";
+    let remote2 = "2|60|src2";
+    let local2 = "2|200|local2";
+    let back3 = "3|33|three";
+    let expected = [
+        ("t_apply", vec![remote1, remote2, back3]),
+        ("t_keep", vec![local1, local2]),
+        ("t_lww", vec![remote1, local2, back3]),
+        ("t_fww", vec![local1, remote2]),
+        ("t_skip", vec![local1, local2]),
+        ("t_max", vec!["1|100|src", "2|200|local2", back3]),
+        ("t_min", vec!["1|50|src", "2|60|local2", back3]),
+        ("t_pnn", vec!["1|100|src", local2]),
+        // a: the larger; b: both (local first); row 2's local write is the later one.
+        ("t_merge", vec!["1|100|+src", "2|200|local2+src2", back3]),
+        ("t_union", vec![local1, local2]),
+    ];
+    for (t, want) in expected {
+        assert_eq!(rows(t), want.join("\n"), "table {t}\n{}", ferry.log());
+    }
+    assert_eq!(
+        my.sql("SELECT tags FROM shop.t_union WHERE id = 1"),
+        "[\"a\",\"local\",\"remote\"]"
+    );
+    let log = my.sql(
+        "SELECT table_name, `key`, kind, winner FROM shop.ferry_conflicts ORDER BY table_name, `key`",
+    );
+    for (t, want) in [
+        ("t_apply", ["remote", "remote", "remote"]),
+        ("t_keep", ["local", "local", "local"]),
+        ("t_lww", ["remote", "local", "remote"]),
+        ("t_fww", ["local", "remote", "local"]),
+        ("t_skip", ["local", "local", "local"]),
+        ("t_max", ["remote", "merged", "remote"]),
+        ("t_min", ["remote", "merged", "remote"]),
+        ("t_pnn", ["merged", "merged", "local"]),
+        ("t_merge", ["merged", "merged", "remote"]),
+        ("t_union", ["merged", "merged", "local"]),
+    ] {
+        let kinds = [
+            "update_origin_differs",
+            "update_origin_differs",
+            "update_missing",
+        ];
+        let got: Vec<String> = log
+            .lines()
+            .filter(|l| l.starts_with(&format!("public.{t}\t")))
+            .map(|l| l.replace('\t', "|"))
+            .collect();
+        let want: Vec<String> = (0..3)
+            .map(|i| format!("public.{t}|(id) = ({})|{}|{}", i + 1, kinds[i], want[i]))
+            .collect();
+        assert_eq!(got, want, "conflict log of {t}");
+    }
+}

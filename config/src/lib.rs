@@ -470,13 +470,27 @@ mod tests {
             "source.skip_origins",
             "sink[0].conflict",
             "sink[0].conflict_rules[0].columns.a",
-            "sink[0].conflict_rules[0].columns.b",
             "sink[0].conflict_rules[0].version_vectors",
             "sink[0].conflict_rules[1]",
             "sink[1].conflict",
         ] {
             assert!(keys.contains(&key), "{key} missing from {errors:#?}");
         }
+        // MySQL sinks take union (computed in Ferry from the locked row).
+        assert!(!keys.contains(&"sink[0].conflict_rules[0].columns.b"));
+
+        // A rule with only a merge expression puts its tables under a policy, even without a default resolver.
+        let merge_only = "[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"mysql://h/d\"\n[[sink.conflict_rules]]\ntables = [\"public.m\"]\n\
+             merge = '{\"a\": local.a}'\n";
+        let p = load(merge_only).unwrap();
+        let c = &p.sinks[0].conflicts;
+        assert!(c
+            .for_table(&ferry_core::TableId::new("public", "m"))
+            .is_some());
+        assert!(c
+            .for_table(&ferry_core::TableId::new("public", "n"))
+            .is_none());
     }
 
     /// CEL's parser recurses per nesting level: deep expressions are refused before it runs, never a crash.

@@ -391,7 +391,10 @@ impl ConflictPolicy {
             .find(|r| r.tables.iter().any(|p| table.matches_glob(p)));
         let resolver = rule.and_then(|r| r.resolver).or(self.default);
         let columns = rule.map_or(&[][..], |r| &r.columns[..]);
-        (resolver.is_some() || !columns.is_empty()).then(|| (resolver.unwrap_or_default(), columns))
+        // A rule with only a merge expression or version vectors still puts its tables under a policy.
+        let declared = rule.is_some_and(|r| r.merge.is_some() || r.version_vectors);
+        (resolver.is_some() || !columns.is_empty() || declared)
+            .then(|| (resolver.unwrap_or_default(), columns))
     }
 }
 

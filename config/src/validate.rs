@@ -1469,22 +1469,6 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                         "version vectors need a PostgreSQL target; a MySQL sink decides on row versions only",
                     );
                 }
-                for rule in conflicts.rules.iter().filter(|r| r.merge.is_some()) {
-                    r.error(
-                        format!("{}.merge", rule.key),
-                        "merge expressions need a PostgreSQL target for now",
-                    );
-                }
-                for rule in &conflicts.rules {
-                    for (column, merge) in &rule.columns {
-                        if *merge == MergeRule::Union {
-                            r.error(
-                                format!("{}.columns.{column}", rule.key),
-                                "union needs a PostgreSQL target; a MySQL sink cannot merge JSON arrays yet",
-                            );
-                        }
-                    }
-                }
             }
             sinks.push(SinkConfig {
                 name,

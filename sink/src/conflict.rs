@@ -570,6 +570,30 @@ impl ConflictRecord {
     }
 }
 
+/// The `union` merge of two JSON documents (their text; `None` for SQL NULL): each element once, the local
+/// document's in their order, then the remote's that it lacks. A value that is not an array counts as one
+/// element, NULL as none; text that is not JSON counts as one string. The rule PostgreSQL targets compile into
+/// their statement (`jsonb_array_elements … GROUP BY`), run here for MySQL targets.
+pub fn union_json(local: Option<&str>, remote: Option<&str>) -> String {
+    let elements = |text: Option<&str>| -> Vec<serde_json::Value> {
+        match text.map(|t| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .unwrap_or_else(|_| serde_json::Value::String(t.to_owned()))
+        }) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items,
+            Some(other) => vec![other],
+        }
+    };
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for e in elements(local).into_iter().chain(elements(remote)) {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    serde_json::Value::Array(out).to_string()
+}
+
 /// `row` as a JSON object of column name to PostgreSQL text (the conflict log's row format), version columns
 /// left out.
 pub fn row_json(table: &TableSchema, row: &Row) -> String {
@@ -687,5 +711,41 @@ mod tests {
         }
         assert!(remote_wins(Resolver::ApplyRemote, &v(9, "a"), &v(1, "b")));
         assert!(!remote_wins(Resolver::KeepLocal, &v(1, "a"), &v(9, "b")));
+    }
+
+    #[test]
+    fn union_keeps_each_element_once_local_first() {
+        for (local, remote, want) in [
+            (Some("[1, 2]"), Some("[2, 3]"), "[1,2,3]"),
+            (
+                Some("[\"b\", \"a\", \"b\"]"),
+                Some("[\"c\", \"a\"]"),
+                "[\"b\",\"a\",\"c\"]",
+            ),
+            (None, Some("[1]"), "[1]"),
+            (Some("[1]"), None, "[1]"),
+            (Some("null"), Some("[{\"x\":1}]"), "[{\"x\":1}]"),
+            (Some("7"), Some("[7, 8]"), "[7,8]"),
+            (Some("{\"k\":1}"), Some("[{\"k\":1}]"), "[{\"k\":1}]"),
+            (Some("not json"), Some("[]"), "[\"not json\"]"),
+            (None, None, "[]"),
+        ] {
+            assert_eq!(union_json(local, remote), want, "{local:?} ∪ {remote:?}");
+        }
+        // Both sides of a pair end with the same set.
+        let (a, b) = (
+            union_json(Some("[1, 2]"), Some("[3]")),
+            union_json(Some("[3]"), Some("[1, 2]")),
+        );
+        let sorted = |t: &str| {
+            let mut v: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(t)
+                .unwrap()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(&a), sorted(&b));
     }
 }

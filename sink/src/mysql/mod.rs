@@ -645,7 +645,7 @@ impl MysqlSink {
             let (row, decision, update) = match (r.op, &r.action) {
                 (ferry_core::RowOp::Delete { before }, _) => (
                     before,
-                    decide_delete(policy.resolver, local_version, &m.version, m.seen),
+                    decide_delete(policy.missing_resolver(), local_version, &m.version, m.seen),
                     false,
                 ),
                 (op, action) => {
@@ -660,7 +660,11 @@ impl MysqlSink {
                     (
                         after,
                         decide_change(
-                            policy.resolver,
+                            if local.is_some() {
+                                policy.row_resolver()
+                            } else {
+                                policy.missing_resolver()
+                            },
                             local_version,
                             &m.version,
                             m.seen,
@@ -677,10 +681,16 @@ impl MysqlSink {
             };
             let merges = !policy.merges.is_empty() && local.is_some();
             let is_delete = matches!(r.op, ferry_core::RowOp::Delete { .. });
+            // A merge expression decides the rows a change met and lost to (its resolver keeps them to merge).
+            let expression = policy
+                .merge
+                .as_ref()
+                .filter(|_| !wins && !is_delete && local.is_some());
+            let mut merged = None;
             if let Decision::Conflict { kind, .. } = decision {
                 let winner = if wins {
                     "remote"
-                } else if merges && !is_delete {
+                } else if (merges || expression.is_some()) && !is_delete {
                     "merged"
                 } else {
                     "local"
@@ -705,6 +715,9 @@ impl MysqlSink {
                 if policy.resolver == ferry_config::Resolver::Error {
                     return Err(record.into_error());
                 }
+                if let Some(merge) = expression {
+                    merged = Some(self.expression_statement(&table, merge, &record, row)?);
+                }
                 records.push(record);
             }
             if is_delete {
@@ -714,14 +727,19 @@ impl MysqlSink {
                 }
                 continue;
             }
-            if merges {
+            if merges || merged.is_some() {
                 self.flush(&mut upserts).await?;
                 let old = match r.op {
                     ferry_core::RowOp::Update { before, .. } => before.as_ref(),
                     _ => None,
                 };
-                let sql = self.merge_statement(&table, &policy, row, old, r.op, wins)?;
-                if let Some(sql) = sql {
+                let local_row = local.map(|(_, _, json)| json.as_str());
+                let rules = if merges {
+                    self.merge_statement(&table, &policy, row, old, r.op, wins, local_row)?
+                } else {
+                    None
+                };
+                for sql in rules.into_iter().chain(merged) {
                     self.exec(sql, "merging a conflicting row").await?;
                 }
                 continue;
@@ -792,8 +810,73 @@ impl MysqlSink {
         .await
     }
 
+    /// The UPDATE that writes a merge expression's outcome for a conflict: the columns it decides, the others
+    /// from the later version (as under last-write-wins), and the later of both versions, so that both sides of
+    /// a pair compute the same row.
+    fn expression_statement(
+        &self,
+        table: &SchemaRef,
+        merge: &crate::conflict::MergeExpression,
+        record: &ConflictRecord,
+        row: &Row,
+    ) -> Result<String, Error> {
+        let target = &self.tables[&table.id];
+        let merged = merge.merge(table, record)?;
+        let remote_newer = record
+            .local_version
+            .as_ref()
+            .is_none_or(|l| record.remote_version > *l);
+        let mut sets = Vec::new();
+        for (i, c) in table.columns.iter().enumerate() {
+            if table.primary_key.contains(&i)
+                || crate::conflict::is_version_column(&c.name)
+                || !target.has(&c.name)
+            {
+                continue;
+            }
+            let value = match merged.iter().find(|(m, _)| *m == i) {
+                Some((_, None)) => "NULL".to_owned(),
+                Some((_, Some(text))) => match (&c.ty, text.as_str()) {
+                    (ColumnType::Bool, "true") => "TRUE".to_owned(),
+                    (ColumnType::Bool, "false") => "FALSE".to_owned(),
+                    _ => literal::text(text),
+                },
+                None if remote_newer && row[i] != Value::Unchanged => {
+                    literal(&row[i], target.kind(&c.name), table.dialect)
+                        .map_err(|why| unwritable("MySQL", table, row, i, &why))?
+                }
+                None => continue,
+            };
+            sets.push(format!("{} = {value}", quote_ident(&c.name)));
+        }
+        let version = record
+            .local_version
+            .clone()
+            .map_or(record.remote_version.clone(), |l| {
+                l.max(record.remote_version.clone())
+            });
+        sets.push(format!(
+            "{} = {}",
+            quote_ident(ferry_core::VERSION_TS),
+            version.ts
+        ));
+        sets.push(format!(
+            "{} = {}",
+            quote_ident(ferry_core::VERSION_NODE),
+            literal::text(&version.node)
+        ));
+        Ok(format!(
+            "UPDATE {} SET {} WHERE {}",
+            self.target_name(&table.id),
+            sets.join(", "),
+            self.key_condition(table, row)?
+        ))
+    }
+
     /// The UPDATE that applies a change to a row under merge rules: merge-rule columns computed from the target's
-    /// value and the change's, the other columns and the version only when the change wins.
+    /// value (`local`: the row as the probe read it, a JSON object of column to text) and the change's, the other
+    /// columns and the version only when the change wins.
+    #[allow(clippy::too_many_arguments)]
     fn merge_statement(
         &self,
         table: &SchemaRef,
@@ -802,6 +885,7 @@ impl MysqlSink {
         old: Option<&Row>,
         op: &ferry_core::RowOp,
         wins: bool,
+        local: Option<&str>,
     ) -> Result<Option<String>, Error> {
         use ferry_config::MergeRule;
         let target = &self.tables[&table.id];
@@ -849,11 +933,20 @@ impl MysqlSink {
                         "COALESCE({col}, 0) + (COALESCE({new}, 0) - COALESCE({before}, 0))"
                     ))
                 }
+                // The probe locked the row: the union is computed here from the value it read.
                 Some(MergeRule::Union) => {
-                    return Err(Error::fatal(format!(
-                        "table {}, column {}: the union merge rule needs a PostgreSQL target (MySQL has no set \
-                         union of JSON arrays Ferry computes in one statement yet)",
-                        table.id, c.name
+                    let local_value = local
+                        .and_then(|j| {
+                            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j)
+                                .ok()
+                        })
+                        .and_then(|m| match m.get(&c.name) {
+                            Some(serde_json::Value::String(t)) => Some(t.clone()),
+                            _ => None,
+                        });
+                    Some(literal::text(&crate::conflict::union_json(
+                        local_value.as_deref(),
+                        ferry_core::pg_text::pg_text(&row[i]).as_deref(),
                     )))
                 }
             };
