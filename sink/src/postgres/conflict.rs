@@ -7,8 +7,10 @@
 
 use ferry_config::{MergeRule, Resolver};
 use ferry_core::{Error, Row, TableSchema};
+use std::collections::HashMap;
+
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::ddl::{pg_type, qualified_name, quote_ident};
 use super::text::pg_text;
@@ -543,8 +545,13 @@ fn raced_error(table: &TableSchema) -> Error {
 }
 
 /// Applies a group of inserts / updates writing `columns`; returns the conflicts met.
+///
+/// `prepared` keeps the first statement of each table and column set prepared: its plan is then cached, and the
+/// generic plan PostgreSQL settles on looks the rows up by key (a custom plan for a batch of thousands of rows
+/// tends to hash the whole table instead, as the plain sink's prepared upserts never do).
 pub async fn apply_changes(
     client: &Client,
+    prepared: &mut HashMap<String, Statement>,
     table: &TableSchema,
     policy: &TablePolicy,
     columns: &[usize],
@@ -552,14 +559,14 @@ pub async fn apply_changes(
     changes: &[Change<'_>],
 ) -> Result<Vec<ConflictRecord>, Error> {
     let (mut records, mut raced) =
-        apply_changes_once(client, table, policy, columns, complete, changes).await?;
+        apply_changes_once(client, prepared, table, policy, columns, complete, changes).await?;
     for _ in 0..3 {
         if raced.is_empty() {
             return Ok(records);
         }
         let again: Vec<Change<'_>> = raced.iter().map(|&i| changes[i].clone()).collect();
         let (more, still) =
-            apply_changes_once(client, table, policy, columns, complete, &again).await?;
+            apply_changes_once(client, prepared, table, policy, columns, complete, &again).await?;
         records.extend(more);
         raced = still.into_iter().map(|i| raced[i]).collect();
     }
@@ -584,6 +591,7 @@ fn may_insert(policy: &TablePolicy, complete: bool, ch: &Change<'_>) -> bool {
 /// ([`change_statement`]). Returns the conflicts met, and the changes a concurrent insert kept out (to go again).
 async fn apply_changes_once(
     client: &Client,
+    prepared: &mut HashMap<String, Statement>,
     table: &TableSchema,
     policy: &TablePolicy,
     columns: &[usize],
@@ -593,10 +601,24 @@ async fn apply_changes_once(
     let Some(sql) = fast_statement(table, policy, columns) else {
         return resolve_changes(client, table, policy, columns, complete, changes).await;
     };
+    let statement = match prepared.get(&sql) {
+        Some(s) => s.clone(),
+        None => {
+            let s = client
+                .prepare(&sql)
+                .await
+                .map_err(super::write_error(&format!(
+                    "preparing a write to {}",
+                    table.id
+                )))?;
+            prepared.insert(sql, s.clone());
+            s
+        }
+    };
     let params = change_params(table, policy, columns, complete, changes)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     let applied: std::collections::HashSet<i32> = client
-        .query(&sql, &refs)
+        .query(&statement, &refs)
         .await
         .map_err(super::write_error(&format!("writing to {}", table.id)))?
         .iter()

@@ -111,6 +111,8 @@ struct MultiMaster {
     policies: Policies,
     /// Tables (and schema versions) given version columns and triggers.
     prepared: HashSet<(TableId, u64)>,
+    /// The prepared common-case statements of conflict-aware groups, by their text.
+    prepared_changes: HashMap<String, Statement>,
     tally: ConflictTally,
     /// The open source transaction.
     tx: Option<Arc<TxContext>>,
@@ -561,6 +563,7 @@ impl PostgresSink {
             Some(columns) => {
                 conflict::apply_changes(
                     &self.client,
+                    &mut self.multi.prepared_changes,
                     &m.table,
                     &m.policy,
                     columns,
