@@ -479,6 +479,18 @@ mod tests {
         // MySQL sinks take union (computed in Ferry from the locked row).
         assert!(!keys.contains(&"sink[0].conflict_rules[0].columns.b"));
 
+        // SQLite sinks refuse conflict rules rather than ignore them.
+        let sqlite =
+            "[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
+             [[sink]]\ntype = \"sqlite\"\npath = \"r.db\"\nconflict = \"last_write_wins\"\n";
+        let errors = load(sqlite).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == "sink[0].conflict" && e.message.contains("SQLite")),
+            "{errors:#?}"
+        );
+
         // A rule with only a merge expression puts its tables under a policy, even without a default resolver.
         let merge_only = "[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
              [[sink]]\ntype = \"mysql\"\nurl = \"mysql://h/d\"\n[[sink.conflict_rules]]\ntables = [\"public.m\"]\n\

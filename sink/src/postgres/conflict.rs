@@ -66,7 +66,7 @@ pub struct Change<'a> {
     pub vector: Option<String>,
     /// The version an update's old row had (its writer saw it), when the old row carries it.
     pub seen: Option<i64>,
-    pub position: String,
+    pub position: std::sync::Arc<str>,
 }
 
 /// One delete of a conflict-aware group.
@@ -75,7 +75,7 @@ pub struct Delete<'a> {
     pub version: Version,
     /// The version the source row had when deleted, when its old image carries it.
     pub seen: Option<i64>,
-    pub position: String,
+    pub position: std::sync::Arc<str>,
 }
 
 /// Who the sink and pipeline are, for the log.
@@ -896,7 +896,7 @@ fn record(
         remote_row: crate::conflict::row_json(table, ch.row),
         local_version,
         remote_version: ch.version.clone(),
-        position: ch.position.clone(),
+        position: ch.position.to_string(),
     }
 }
 
@@ -951,7 +951,7 @@ pub async fn apply_deletes(
             remote_row: crate::conflict::row_json(table, d.row),
             local_version,
             remote_version: d.version.clone(),
-            position: d.position.clone(),
+            position: d.position.to_string(),
         });
     }
     Ok(records)

@@ -116,6 +116,8 @@ struct MultiMaster {
     tally: ConflictTally,
     /// The open source transaction.
     tx: Option<Arc<TxContext>>,
+    /// Its commit position, as the conflict log writes it (formatted once per transaction).
+    position: Arc<str>,
     /// The last source commit of the open target transaction (PostgreSQL sources): LSN and µs.
     last_commit: Option<(ferry_core::Lsn, Option<i64>)>,
 }
@@ -400,10 +402,7 @@ impl PostgresSink {
             conflict::ensure_table(&self.client, table, policy.vectors).await?;
         }
         let tx = self.multi.tx.clone();
-        let position = tx
-            .as_ref()
-            .map(|t| t.commit_at.to_string())
-            .unwrap_or_default();
+        let position = self.multi.position.clone();
         let node = self.multi.node.clone();
         let (columns, complete, row) = match classify(table, op) {
             RowAction::Upsert(r) => (
@@ -606,6 +605,7 @@ impl PostgresSink {
             match event {
                 Event::Begin(tx) => {
                     self.multi.tx = Some(tx.clone());
+                    self.multi.position = tx.commit_at.to_string().into();
                     continue;
                 }
                 Event::Commit {
