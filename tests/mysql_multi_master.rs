@@ -449,3 +449,68 @@ fn postgres_and_mariadb_keep_exactly_once_under_sigkill() {
     converged("SELECT id, n, _ferry_ts, _ferry_node FROM totals ORDER BY id");
     converged("SELECT id, v, writer, _ferry_ts, _ferry_node FROM kv ORDER BY id");
 }
+
+/// A key change on one side crossing an edit of the old key on the other, in both directions: the key change is
+/// a delete of the old key and an insert of the new one, each weighed, so the later edit of the old key survives
+/// beside the moved row on both sides.
+#[test]
+fn key_changes_crossing_edits_converge_between_postgres_and_mariadb() {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE moved (id int PRIMARY KEY, v varchar(20));
+         ALTER TABLE moved REPLICA IDENTITY FULL;
+         INSERT INTO moved VALUES (30, 'seed'), (40, 'seed');",
+    );
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop");
+    let dir = scratch();
+    let (p2m, m2p) = pair_configs(&pg, &my, dir.path(), "");
+    let (log_p2m, log_m2p) = (dir.path().join("p2m.log"), dir.path().join("m2p.log"));
+    let rows = |sql: &str| {
+        (
+            pg.try_psql("shop", sql).unwrap_or_default(),
+            my.try_sql(&sql.replace(" FROM ", " FROM shop."))
+                .unwrap_or_default()
+                .replace('\t', "|"),
+        )
+    };
+    let all = "SELECT id, v, _ferry_ts, _ferry_node FROM moved ORDER BY id";
+    {
+        let a = Ferry::start(&p2m, &log_p2m);
+        a.wait_streaming();
+        assert!(wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM shop.moved")
+            .ok()
+            .as_deref()
+            == Some("2")));
+        let b = Ferry::start(&m2p, &log_m2p);
+        b.wait_streaming();
+        a.terminate();
+        b.terminate();
+    }
+    // The edits first, the key changes later, while neither pipeline runs.
+    my.sql("UPDATE shop.moved SET v = 'maria-edit' WHERE id = 30");
+    pg.psql("shop", "UPDATE moved SET v = 'pg-edit' WHERE id = 40");
+    std::thread::sleep(Duration::from_millis(5));
+    pg.psql("shop", "UPDATE moved SET id = 31 WHERE id = 30");
+    my.sql("UPDATE shop.moved SET id = 41 WHERE id = 40");
+    let a = Ferry::start(&p2m, &log_p2m);
+    let b = Ferry::start(&m2p, &log_m2p);
+    let converged = wait_until(WAIT, || {
+        let (p, m) = rows(all);
+        !p.is_empty() && p == m
+    });
+    let (p, m) = rows(all);
+    assert!(
+        converged,
+        "PostgreSQL and MariaDB differ\n--- pg\n{p}\n--- mariadb\n{m}\n--- p2m\n{}\n--- m2p\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(
+        rows("SELECT id, v FROM moved ORDER BY id").0,
+        "30|maria-edit\n31|seed\n40|pg-edit\n41|seed"
+    );
+}

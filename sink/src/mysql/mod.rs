@@ -433,6 +433,33 @@ impl MysqlSink {
             }
         }
         let mut upserts = Upserts::default();
+        // A key change under a conflict policy is the delete of the old key and the insert of the new one, each
+        // weighed like any other (as on PostgreSQL targets): these are their rows, in the order they come.
+        let moves: Vec<[ferry_core::RowOp; 2]> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Change(Change::Row { table, op })
+                    if !evolve::is_quarantined(&self.applied, &table.id)
+                        && self
+                            .multi
+                            .augmenter
+                            .managed(table, op, &self.multi.node)
+                            .is_some() =>
+                {
+                    match classify(table, op) {
+                        RowAction::Move { old, new } => Some([
+                            ferry_core::RowOp::Delete {
+                                before: old.clone(),
+                            },
+                            ferry_core::RowOp::Insert { after: new.clone() },
+                        ]),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        let mut moves = moves.iter();
         let mut managed: Vec<ManagedRow> = Vec::new();
         for e in events {
             let Event::Change(change) = e else { continue };
@@ -440,6 +467,34 @@ impl MysqlSink {
                 if !evolve::is_quarantined(&self.applied, &table.id) {
                     if let Some(m) = self.multi.augmenter.managed(table, op, &self.multi.node) {
                         self.flush(&mut upserts).await?;
+                        if let RowAction::Move { new, .. } = classify(table, op) {
+                            if !is_complete(new) {
+                                return Err(Error::fatal(format!(
+                                    "table {}: a key change arrived without every column (unchanged TOAST \
+                                     values), so it cannot be weighed as a new row; set REPLICA IDENTITY FULL \
+                                     on the source table",
+                                    table.id
+                                )));
+                            }
+                            let Some(parts) = moves.next() else {
+                                continue;
+                            };
+                            self.flush_managed(std::mem::take(&mut managed)).await?;
+                            for part in parts {
+                                let Some(m) =
+                                    self.multi.augmenter.managed(table, part, &self.multi.node)
+                                else {
+                                    continue;
+                                };
+                                let row = ManagedRow {
+                                    op: part,
+                                    action: classify(table, part),
+                                    managed: m,
+                                };
+                                self.flush_managed(vec![row]).await?;
+                            }
+                            continue;
+                        }
                         let action = classify(table, op);
                         let key = key_of(table, op);
                         let joins = managed.last().is_some_and(|last| {
