@@ -123,6 +123,10 @@ fn postgres_and_mariadb_converge_with_last_write_wins() {
         "applied {applied_p2m} / {applied_m2p} rows for {writes:?} writes"
     );
     assert!(metric(&b, "ferry_source_origin_skipped_total") > 0.0);
+    // Both kinds of MariaDB tombstone: its own deletes (the trigger's) and PostgreSQL's that Ferry applied.
+    let tombstone_nodes =
+        my.sql("SELECT DISTINCT _ferry_node FROM shop.ferry_tombstones ORDER BY 1");
+    assert_eq!(tombstone_nodes, "maria\npg", "tombstone nodes");
     assert!(metric(&a, "ferry_source_origin_skipped_total") > 0.0);
     // Both conflict logs agree with last-write-wins.
     let check = |log: String| {
@@ -152,8 +156,8 @@ fn postgres_and_mariadb_converge_with_last_write_wins() {
 }
 
 /// Every resolver and merge rule into a MariaDB target that is also written locally: the rows each leaves and the
-/// conflicts each logs (the same cases as the PostgreSQL target's test; MariaDB keeps no tombstones, so the update
-/// that crossed a local delete is an `update_missing`).
+/// conflicts each logs (the same cases, and the same outcomes, as the PostgreSQL target's test: the update that
+/// crossed a local delete meets the delete's tombstone).
 #[test]
 fn each_resolver_and_merge_rule_gives_its_rows_in_mariadb() {
     let tables: [(&str, &str); 10] = [
@@ -316,7 +320,7 @@ fn each_resolver_and_merge_rule_gives_its_rows_in_mariadb() {
         let kinds = [
             "update_origin_differs",
             "update_origin_differs",
-            "update_missing",
+            "update_deleted",
         ];
         let got: Vec<String> = log
             .lines()
@@ -368,6 +372,19 @@ fn postgres_and_mariadb_keep_exactly_once_under_sigkill() {
         assert!(copied, "the snapshot did not reach MariaDB:\n{}", a.log());
         let b = Ferry::start(&m2p, &log_m2p);
         b.wait_streaming();
+        // Both sinks hold a checkpoint before the first kill: a MySQL source without one starts from the
+        // binlog's current end (snapshot = "never"), which would skip what was written while it was down.
+        let checkpointed = wait_until(WAIT, || {
+            pg.try_psql(
+                "shop",
+                "SELECT count(*) FROM ferry_checkpoints WHERE pipeline = 'm2p'",
+            )
+            .is_ok_and(|n| n == "1")
+                && my
+                    .try_sql("SELECT count(*) FROM shop.ferry_checkpoints WHERE pipeline = 'p2m'")
+                    .is_ok_and(|n| n == "1")
+        });
+        assert!(checkpointed, "no checkpoint:\n{}\n{}", a.log(), b.log());
     }
     let (pg_port, my_port) = (pg.port, my.port);
     // Each transaction appends an event, counts it in a total and overwrites a shared key.
@@ -512,5 +529,12 @@ fn key_changes_crossing_edits_converge_between_postgres_and_mariadb() {
     assert_eq!(
         rows("SELECT id, v FROM moved ORDER BY id").0,
         "30|maria-edit\n31|seed\n40|pg-edit\n41|seed"
+    );
+    // MariaDB's tombstones: the old key of its own key change (left by the trigger). PostgreSQL's delete of key
+    // 30 lost to the later local edit, so it left none.
+    assert_eq!(
+        my.sql("SELECT `key`, _ferry_node FROM shop.ferry_tombstones ORDER BY `key`")
+            .replace('\t', "|"),
+        "[40]|maria"
     );
 }

@@ -8,7 +8,7 @@
 //! triggers leave their writes alone. Creating triggers needs the TRIGGER privilege, and with binary logging on,
 //! SUPER or `log_bin_trust_function_creators = 1`.
 
-use crate::{VERSION_NODE, VERSION_TS};
+use crate::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS};
 
 /// The table naming a database's node: one row, `id = 1`.
 pub const NODE_TABLE: &str = "ferry_node";
@@ -22,10 +22,20 @@ fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// `CREATE TABLE` of [`NODE_TABLE`] and [`ORIGIN_TABLE`] in `database`.
+/// `CREATE TABLE` of [`NODE_TABLE`], [`ORIGIN_TABLE`] and the tombstone table in `database`.
+///
+/// A tombstone is keyed by the table (`database.table`) and the SHA-256 of its key's `JSON_ARRAY` (see
+/// [`mysql_key_json`]): the server computes both from typed values, so a trigger's `OLD` row and Ferry's
+/// lookup give the same text for every key type.
 pub fn mysql_support_sql(database: &str) -> Vec<String> {
     let db = quote(database);
     vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{TOMBSTONES_TABLE} (table_name VARCHAR(255) NOT NULL, \
+             key_hash BINARY(32) NOT NULL, `key` LONGTEXT NOT NULL, {VERSION_TS} BIGINT NOT NULL, \
+             {VERSION_NODE} VARCHAR(64) NULL, deleted_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+             PRIMARY KEY (table_name, key_hash)) CHARACTER SET utf8mb4"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.{NODE_TABLE} (id TINYINT NOT NULL PRIMARY KEY, node VARCHAR(64) NOT NULL)"
         ),
@@ -53,14 +63,40 @@ pub fn mysql_origin_marker_sql(pipeline: &str) -> String {
     )
 }
 
-/// The query that counts a table's version columns and triggers (`?` = database, table): 4 when prepared.
+/// What [`MYSQL_PREPARED_SQL`] counts on a prepared table: two version columns and four triggers.
+pub const MYSQL_PREPARED: i64 = 6;
+
+/// The `table_name` of a table's tombstones: `database.table`.
+pub fn mysql_tombstone_name(database: &str, table: &str) -> String {
+    format!("{database}.{table}")
+}
+
+/// `JSON_ARRAY` of a key's columns, each read from `alias` (`OLD` in a trigger, a typed key table in Ferry's
+/// lookups): the key text of [`TOMBSTONES_TABLE`].
+pub fn mysql_key_json(alias: &str, keys: &[String]) -> String {
+    let columns: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{alias}.{}", quote(k)))
+        .collect();
+    format!("JSON_ARRAY({})", columns.join(", "))
+}
+
+/// The query that counts a table's version columns and triggers (`?` = database, table): [`MYSQL_PREPARED`]
+/// when prepared.
 pub const MYSQL_PREPARED_SQL: &str = "SELECT (SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? \
      AND TABLE_NAME = ? AND COLUMN_NAME IN ('_ferry_ts', '_ferry_node')) + (SELECT COUNT(*) FROM \
      information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ? AND TRIGGER_NAME LIKE 'ferry\\_%')";
 
-/// The statements that give `database`.`table` the version columns (when `add_columns`) and the stamping
-/// triggers. Trigger names carry a hash of the table's name (they are unique per database, at most 64 bytes).
-pub fn mysql_prepare_sql(database: &str, table: &str, add_columns: bool) -> Vec<String> {
+/// The statements that give `database`.`table` (primary key `keys`) the version columns (when `add_columns`),
+/// the stamping triggers, and the triggers that leave a tombstone of a local delete or key change (version: the
+/// removed one + 1, as on PostgreSQL). Trigger names carry a hash of the table's name (they are unique per
+/// database, at most 64 bytes).
+pub fn mysql_prepare_sql(
+    database: &str,
+    table: &str,
+    keys: &[String],
+    add_columns: bool,
+) -> Vec<String> {
     let (db, t) = (quote(database), quote(table));
     let h = crate::fnv1a(format!("{database}.{table}").into_bytes());
     let now = "CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)";
@@ -84,6 +120,34 @@ pub fn mysql_prepare_sql(database: &str, table: &str, add_columns: bool) -> Vec<
         out.push(format!(
             "CREATE TRIGGER {db}.{name} BEFORE {event} ON {db}.{t} FOR EACH ROW BEGIN \
              IF @ferry_applying IS NULL THEN SET NEW.{VERSION_TS} = {ts}, NEW.{VERSION_NODE} = {node}; END IF; END"
+        ));
+    }
+    let key = mysql_key_json("OLD", keys);
+    let tombstone = format!(
+        "INSERT INTO {db}.{TOMBSTONES_TABLE} (table_name, key_hash, `key`, {VERSION_TS}, {VERSION_NODE}) \
+         VALUES ('{}', UNHEX(SHA2({key}, 256)), {key}, IFNULL(OLD.{VERSION_TS}, 0) + 1, {node}) \
+         ON DUPLICATE KEY UPDATE {VERSION_TS} = VALUES({VERSION_TS}), {VERSION_NODE} = VALUES({VERSION_NODE}), \
+         deleted_at = CURRENT_TIMESTAMP(6)",
+        mysql_tombstone_name(database, table)
+            .replace('\\', "\\\\")
+            .replace('\'', "''")
+    );
+    let moved: Vec<String> = keys
+        .iter()
+        .map(|k| format!("OLD.{0} <=> NEW.{0}", quote(k)))
+        .collect();
+    for (event, name, when) in [
+        ("DELETE", format!("ferry_sd_{h:016x}"), String::new()),
+        (
+            "UPDATE",
+            format!("ferry_sk_{h:016x}"),
+            format!(" AND NOT ({})", moved.join(" AND ")),
+        ),
+    ] {
+        out.push(format!("DROP TRIGGER IF EXISTS {db}.{name}"));
+        out.push(format!(
+            "CREATE TRIGGER {db}.{name} AFTER {event} ON {db}.{t} FOR EACH ROW BEGIN \
+             IF @ferry_applying IS NULL{when} THEN {tombstone}; END IF; END"
         ));
     }
     out

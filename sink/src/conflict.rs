@@ -57,16 +57,26 @@ pub enum Decision {
 }
 
 /// The reference decision for an insert or update (`update`) meeting `local` (the PostgreSQL statements compile
-/// the same rule; MySQL targets run it here). `seen`: the version an update's old row had; `complete`: the change
-/// carries every column.
+/// the same rule; MySQL targets run it here). `tomb`: the tombstone of the key, when its row is missing;
+/// `seen`: the version an update's old row had; `complete`: the change carries every column. `resolver`: the
+/// table's [`TablePolicy::row_resolver`] when a row is there, its [`TablePolicy::missing_resolver`] when not.
 pub fn decide_change(
     resolver: Resolver,
     local: Option<(Option<i64>, &str)>,
+    tomb: Option<&Version>,
     remote: &Version,
     seen: Option<i64>,
     update: bool,
     complete: bool,
 ) -> Decision {
+    // Whether a change that meets no row may write one: all of it is there, and the resolver lets a change
+    // bring back what is missing.
+    let may_insert = complete
+        && (!update
+            || matches!(
+                resolver,
+                Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
+            ));
     match local {
         Some((None, _)) => Decision::Apply,
         // The change's writer saw the row as it is: it follows it.
@@ -87,13 +97,23 @@ pub fn decide_change(
                 remote,
             ),
         },
-        None if !update => Decision::Apply,
-        // No tombstone to compare with: a delete's version is the one it removed + 1, older than any update
-        // that crossed it, so the update comes back under the resolvers where the later write wins.
-        None => Decision::Conflict {
-            kind: ConflictKind::UpdateMissing,
-            remote_wins: complete
-                && matches!(resolver, Resolver::ApplyRemote | Resolver::LastWriteWins),
+        None => match tomb {
+            None if !update => Decision::Apply,
+            None => Decision::Conflict {
+                kind: ConflictKind::UpdateMissing,
+                remote_wins: may_insert,
+            },
+            // The change's own node deleted the key before: the insert follows it.
+            Some(t) if t.node == remote.node && !update => Decision::Apply,
+            Some(t) => Decision::Conflict {
+                kind: if update {
+                    ConflictKind::UpdateDeleted
+                } else {
+                    ConflictKind::InsertDeleted
+                },
+                remote_wins: may_insert
+                    && (t.node == remote.node || remote_wins(resolver, t, remote)),
+            },
         },
     }
 }
@@ -711,6 +731,60 @@ mod tests {
         }
         assert!(remote_wins(Resolver::ApplyRemote, &v(9, "a"), &v(1, "b")));
         assert!(!remote_wins(Resolver::KeepLocal, &v(1, "a"), &v(9, "b")));
+    }
+
+    #[test]
+    fn a_missing_row_is_decided_on_its_tombstone() {
+        let remote = v(20, "b");
+        let decide = |resolver, tomb: Option<&Version>, update| {
+            decide_change(resolver, None, tomb, &remote, None, update, true)
+        };
+        let conflict = |kind, remote_wins| Decision::Conflict { kind, remote_wins };
+        // No tombstone: an insert applies, an update that met no row comes back under the resolvers that let a
+        // change bring a row back.
+        assert_eq!(
+            decide(Resolver::LastWriteWins, None, false),
+            Decision::Apply
+        );
+        assert_eq!(
+            decide(Resolver::FirstWriteWins, None, true),
+            conflict(ConflictKind::UpdateMissing, true)
+        );
+        assert_eq!(
+            decide(Resolver::KeepLocal, None, true),
+            conflict(ConflictKind::UpdateMissing, false)
+        );
+        // A later delete keeps an update out under last-write-wins; an earlier one lets it back.
+        assert_eq!(
+            decide(Resolver::LastWriteWins, Some(&v(30, "a")), true),
+            conflict(ConflictKind::UpdateDeleted, false)
+        );
+        assert_eq!(
+            decide(Resolver::LastWriteWins, Some(&v(10, "a")), false),
+            conflict(ConflictKind::InsertDeleted, true)
+        );
+        assert_eq!(
+            decide(Resolver::FirstWriteWins, Some(&v(10, "a")), true),
+            conflict(ConflictKind::UpdateDeleted, false)
+        );
+        // The change's own node deleted the key before: its insert follows, without a conflict.
+        assert_eq!(
+            decide(Resolver::LastWriteWins, Some(&v(30, "b")), false),
+            Decision::Apply
+        );
+        // An incomplete change cannot bring a row back.
+        assert_eq!(
+            decide_change(
+                Resolver::ApplyRemote,
+                None,
+                None,
+                &remote,
+                None,
+                true,
+                false
+            ),
+            conflict(ConflictKind::UpdateMissing, false)
+        );
     }
 
     #[test]

@@ -142,6 +142,8 @@ struct MysqlMulti {
     tally: ConflictTally,
     /// Target tables given their stamping triggers.
     prepared: HashSet<(TableId, u64)>,
+    /// The temporary key tables of this session, by target table and schema version.
+    key_tables: HashMap<(TableId, u64), Arc<conflict::KeyTable>>,
 }
 
 /// One change of a conflict-aware group.
@@ -320,13 +322,14 @@ impl MysqlSink {
             )
             .await
             .map_err(write_error("reading the version triggers"))?;
-        if count == Some(4) {
+        if count == Some(ferry_core::versions::MYSQL_PREPARED) {
             return Ok(());
         }
         let mut statements = ferry_core::versions::mysql_support_sql(&db);
         statements.extend(ferry_core::versions::mysql_prepare_sql(
             &db,
             &schema.id.name,
+            &key_names(schema),
             false,
         ));
         for sql in statements {
@@ -691,10 +694,39 @@ impl MysqlSink {
                 (ord as usize, (ts, node, json))
             })
             .collect();
+        // Keys that met no row may meet a tombstone, and deletes leave one: the group's keys go to the key table.
+        let missing: Vec<usize> = (0..group.len())
+            .filter(|o| !found.contains_key(o))
+            .collect();
+        let deletes = group
+            .iter()
+            .any(|r| matches!(r.op, ferry_core::RowOp::Delete { .. }));
+        let keys = if missing.is_empty() && !deletes {
+            None
+        } else {
+            Some(self.load_keys(&table, &db, &name, &group).await?)
+        };
+        let mut tombs: HashMap<usize, crate::conflict::Version> = HashMap::new();
+        if let (Some(keys), false) = (&keys, missing.is_empty()) {
+            let rows: Vec<(i64, i64, String)> = self
+                .conn
+                .query(keys.lookup_sql(&missing))
+                .await
+                .map_err(write_error(format!(
+                    "reading the tombstones of {}",
+                    table.id
+                )))?;
+            tombs = rows
+                .into_iter()
+                .map(|(ord, ts, node)| (ord as usize, crate::conflict::Version { ts, node }))
+                .collect();
+        }
+        let mut tombstoned = Vec::new();
         let mut records = Vec::new();
         let mut upserts = Upserts::default();
         for (ord, r) in group.iter().enumerate() {
             let local = found.get(&ord);
+            let tomb = tombs.get(&ord);
             let local_version = local.map(|(ts, node, _)| (*ts, node.as_str()));
             let m = &r.managed;
             let (row, decision, update) = match (r.op, &r.action) {
@@ -721,6 +753,7 @@ impl MysqlSink {
                                 policy.missing_resolver()
                             },
                             local_version,
+                            tomb,
                             &m.version,
                             m.seen,
                             update,
@@ -758,12 +791,14 @@ impl MysqlSink {
                     winner,
                     local_row: local.map(|(_, _, json)| json.clone()),
                     remote_row: crate::conflict::row_json(&table, row),
-                    local_version: local.and_then(|(ts, node, _)| {
-                        ts.map(|ts| crate::conflict::Version {
-                            ts,
-                            node: node.clone(),
+                    local_version: local
+                        .and_then(|(ts, node, _)| {
+                            ts.map(|ts| crate::conflict::Version {
+                                ts,
+                                node: node.clone(),
+                            })
                         })
-                    }),
+                        .or_else(|| tomb.cloned()),
                     remote_version: m.version.clone(),
                     position: m.position.clone(),
                 };
@@ -779,6 +814,10 @@ impl MysqlSink {
                 if wins && local.is_some() {
                     self.flush(&mut upserts).await?;
                     self.apply_single(&table, RowAction::Delete(row)).await?;
+                }
+                // A delete applied, or that met no row, leaves its tombstone (one that lost leaves the row).
+                if wins || local.is_none() {
+                    tombstoned.push(ord);
                 }
                 continue;
             }
@@ -821,6 +860,11 @@ impl MysqlSink {
             }
         }
         self.flush(&mut upserts).await?;
+        if let (Some(keys), false) = (&keys, tombstoned.is_empty()) {
+            for sql in keys.write_sql(&tombstoned) {
+                self.exec(sql, "writing tombstones").await?;
+            }
+        }
         if records.is_empty() {
             return Ok(());
         }
@@ -863,6 +907,55 @@ impl MysqlSink {
             "writing to ferry_conflicts",
         )
         .await
+    }
+
+    /// Puts the keys and versions of `group` (changes of `table`, in database `db`, target `target` quoted) in
+    /// the table's temporary key table, creating it on first use in this session.
+    async fn load_keys(
+        &mut self,
+        table: &SchemaRef,
+        db: &str,
+        target: &str,
+        group: &[ManagedRow<'_>],
+    ) -> Result<Arc<conflict::KeyTable>, Error> {
+        let id = (table.id.clone(), table.version);
+        let keys = match self.multi.key_tables.get(&id) {
+            Some(k) => k.clone(),
+            None => {
+                let k = Arc::new(conflict::KeyTable::new(
+                    db,
+                    &table.id.name,
+                    key_names(table),
+                ));
+                for sql in k.create_sql(target) {
+                    self.exec(sql, "creating the temporary key table").await?;
+                }
+                self.multi.key_tables.insert(id, k.clone());
+                k
+            }
+        };
+        let columns = &self.tables[&table.id];
+        let mut rows = Vec::with_capacity(group.len());
+        for (ord, r) in group.iter().enumerate() {
+            let row = match r.op {
+                ferry_core::RowOp::Delete { before } => before,
+                ferry_core::RowOp::Insert { after }
+                | ferry_core::RowOp::Read { after }
+                | ferry_core::RowOp::Update { after, .. } => after,
+            };
+            let mut key = Vec::with_capacity(table.primary_key.len());
+            for &k in &table.primary_key {
+                key.push(
+                    literal(&row[k], columns.kind(&table.columns[k].name), table.dialect)
+                        .map_err(|why| unwritable("MySQL", table, row, k, &why))?,
+                );
+            }
+            rows.push((ord, key, &r.managed.version));
+        }
+        for sql in keys.load_sql(&rows) {
+            self.exec(sql, "loading the keys of a group").await?;
+        }
+        Ok(keys)
     }
 
     /// The UPDATE that writes a merge expression's outcome for a conflict: the columns it decides, the others
@@ -1462,6 +1555,15 @@ impl MysqlSink {
 }
 
 /// The key of the row a change touches (its new row, a delete's old row), as text.
+/// The names of a table's primary key columns.
+fn key_names(table: &TableSchema) -> Vec<String> {
+    table
+        .primary_key
+        .iter()
+        .map(|&k| table.columns[k].name.clone())
+        .collect()
+}
+
 fn key_of(table: &TableSchema, op: &ferry_core::RowOp) -> Vec<Option<String>> {
     let row = match op {
         ferry_core::RowOp::Insert { after }

@@ -342,10 +342,16 @@ async fn prepare_versions(
             )
             .await
             .map_err(run)?;
-        if count == Some(4) {
+        if count == Some(ferry_core::versions::MYSQL_PREPARED) {
             continue;
         }
-        for sql in ferry_core::versions::mysql_prepare_sql(&table.schema, &table.name, true) {
+        let keys: Vec<String> = t
+            .primary_key
+            .iter()
+            .map(|&k| t.columns[k].name.clone())
+            .collect();
+        for sql in ferry_core::versions::mysql_prepare_sql(&table.schema, &table.name, &keys, true)
+        {
             conn.query_drop(sql).await.map_err(run)?;
         }
         info!(%table, "table prepared for conflict detection: version columns and triggers");
