@@ -56,6 +56,17 @@ pub enum Decision {
     },
 }
 
+/// Whether a change that meets no row may write one: all of it is there (`complete`), and it is an insert, or an
+/// update under a resolver that lets a change bring back what is missing.
+pub fn may_insert(resolver: Resolver, complete: bool, update: bool) -> bool {
+    complete
+        && (!update
+            || matches!(
+                resolver,
+                Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
+            ))
+}
+
 /// The reference decision for an insert or update (`update`) meeting `local` (the PostgreSQL statements compile
 /// the same rule; MySQL targets run it here). `tomb`: the tombstone of the key, when its row is missing;
 /// `seen`: the version an update's old row had; `complete`: the change carries every column. `resolver`: the
@@ -69,14 +80,7 @@ pub fn decide_change(
     update: bool,
     complete: bool,
 ) -> Decision {
-    // Whether a change that meets no row may write one: all of it is there, and the resolver lets a change
-    // bring back what is missing.
-    let may_insert = complete
-        && (!update
-            || matches!(
-                resolver,
-                Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
-            ));
+    let may_insert = may_insert(resolver, complete, update);
     match local {
         Some((None, _)) => Decision::Apply,
         // The change's writer saw the row as it is: it follows it.

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Statement};
 use super::ddl::{pg_type, qualified_name, quote_ident};
 use super::text::pg_text;
 use crate::conflict::{
-    remote_wins, ConflictKind, ConflictRecord, TablePolicy, Version, CONFLICTS_TABLE,
+    decide_change, ConflictKind, ConflictRecord, Decision, TablePolicy, Version, CONFLICTS_TABLE,
     TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS,
 };
 use ferry_core::VERSION_VECTOR;
@@ -579,12 +579,11 @@ pub async fn apply_changes(
 
 /// Whether a change may insert its row when the row is missing.
 fn may_insert(policy: &TablePolicy, complete: bool, ch: &Change<'_>) -> bool {
-    complete
-        && (ch.kind != ChangeKind::Update
-            || matches!(
-                policy.missing_resolver(),
-                Resolver::ApplyRemote | Resolver::LastWriteWins | Resolver::FirstWriteWins
-            ))
+    crate::conflict::may_insert(
+        policy.missing_resolver(),
+        complete,
+        ch.kind == ChangeKind::Update,
+    )
 }
 
 /// `changes` applied: the common case first ([`fast_statement`]), then the changes it left
@@ -771,22 +770,19 @@ async fn resolve_changes(
                     ts,
                     node: o.local_node.clone().unwrap_or_default(),
                 });
-                if tomb.as_ref().is_some_and(|t| t.node == ch.version.node)
-                    && ch.kind != ChangeKind::Update
-                {
+                // The statement applied the same rule; this names the conflict and its winner.
+                let Decision::Conflict { kind, remote_wins } = decide_change(
+                    policy.missing_resolver(),
+                    None,
+                    tomb.as_ref(),
+                    &ch.version,
+                    ch.seen,
+                    ch.kind == ChangeKind::Update,
+                    complete,
+                ) else {
                     continue;
-                }
-                let won = may_insert(policy, complete, ch)
-                    && tomb.as_ref().is_none_or(|t| {
-                        t.node == ch.version.node
-                            || remote_wins(policy.missing_resolver(), t, &ch.version)
-                    });
-                let kind = match (&tomb, ch.kind) {
-                    (Some(_), ChangeKind::Update) => ConflictKind::UpdateDeleted,
-                    (Some(_), _) => ConflictKind::InsertDeleted,
-                    (None, _) => ConflictKind::UpdateMissing,
                 };
-                let winner = if won { "remote" } else { "local" };
+                let winner = if remote_wins { "remote" } else { "local" };
                 records.push(record(table, policy, ch, kind, winner, tomb, None));
             }
             _ => {}
