@@ -546,9 +546,9 @@ fn raced_error(table: &TableSchema) -> Error {
 
 /// Applies a group of inserts / updates writing `columns`; returns the conflicts met.
 ///
-/// `prepared` keeps the first statement of each table and column set prepared: its plan is then cached, and the
-/// generic plan PostgreSQL settles on looks the rows up by key (a custom plan for a batch of thousands of rows
-/// tends to hash the whole table instead, as the plain sink's prepared upserts never do).
+/// `prepared` keeps the first statement of each table and column set prepared, run with its generic plan: it
+/// looks the rows up by key, as the plain sink's upserts do (a custom plan for a batch of thousands of rows
+/// tends to hash the whole table instead).
 pub async fn apply_changes(
     client: &Client,
     prepared: &mut HashMap<String, Statement>,
@@ -616,13 +616,20 @@ async fn apply_changes_once(
     };
     let params = change_params(table, policy, columns, complete, changes)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
-    let applied: std::collections::HashSet<i32> = client
-        .query(&statement, &refs)
-        .await
-        .map_err(super::write_error(&format!("writing to {}", table.id)))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    // The generic plan from the first batch on (PostgreSQL would plan the first five for their exact row count,
+    // and hash the whole table); the setting is back to the session's for every other statement. The three are
+    // sent together, without waiting for each other. The statement's own error comes first: after it, the
+    // settings fail only because the transaction is aborted, and that would hide a deadlock (transient).
+    let (set, rows, reset) = tokio::join!(
+        client.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan"),
+        client.query(&statement, &refs),
+        client.batch_execute("SET LOCAL plan_cache_mode = DEFAULT"),
+    );
+    let what = format!("writing to {}", table.id);
+    let error = super::write_error(&what);
+    let rows = rows.map_err(&error)?;
+    set.and(reset).map_err(&error)?;
+    let applied: std::collections::HashSet<i32> = rows.iter().map(|r| r.get(0)).collect();
     if applied.len() == changes.len() {
         return Ok((Vec::new(), Vec::new()));
     }
