@@ -123,10 +123,21 @@ fn postgres_and_mariadb_converge_with_last_write_wins() {
         "applied {applied_p2m} / {applied_m2p} rows for {writes:?} writes"
     );
     assert!(metric(&b, "ferry_source_origin_skipped_total") > 0.0);
-    // Both kinds of MariaDB tombstone: its own deletes (the trigger's) and PostgreSQL's that Ferry applied.
-    let tombstone_nodes =
-        my.sql("SELECT DISTINCT _ferry_node FROM shop.ferry_tombstones ORDER BY 1");
-    assert_eq!(tombstone_nodes, "maria\npg", "tombstone nodes");
+    // A PostgreSQL delete Ferry applies leaves its tombstone in MariaDB, with PostgreSQL's node.
+    let key = pg.psql("shop", "SELECT min(id) FROM kv");
+    pg.psql("shop", &format!("DELETE FROM kv WHERE id = {key}"));
+    let tombstone = || {
+        my.try_sql(&format!(
+            "SELECT _ferry_node FROM shop.ferry_tombstones WHERE `key` = '[{key}]'"
+        ))
+        .unwrap_or_default()
+    };
+    assert!(
+        wait_until(WAIT, || tombstone() == "pg"),
+        "tombstone of {key}: {:?}\n{}",
+        tombstone(),
+        a.log()
+    );
     assert!(metric(&a, "ferry_source_origin_skipped_total") > 0.0);
     // Both conflict logs agree with last-write-wins.
     let check = |log: String| {
@@ -537,4 +548,107 @@ fn key_changes_crossing_edits_converge_between_postgres_and_mariadb() {
             .replace('\t', "|"),
         "[40]|maria"
     );
+}
+
+/// Version vectors between PostgreSQL and MariaDB: a causal chain of writes on both sides is no conflict, and
+/// concurrent writes to a row are exactly one conflict on each side, resolved by last-write-wins, after which
+/// both rows hold the same joined vector.
+#[test]
+fn version_vectors_tell_a_causal_chain_from_concurrent_writes_in_mariadb() {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE vv_t (id int PRIMARY KEY, v varchar(20) NOT NULL);
+         ALTER TABLE vv_t REPLICA IDENTITY FULL;
+         INSERT INTO vv_t SELECT g, 'seed' FROM generate_series(1, 2) g;",
+    );
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop");
+    let dir = scratch();
+    let (p2m, m2p) = pair_configs(
+        &pg,
+        &my,
+        dir.path(),
+        "[[sink.conflict_rules]]\ntables = [\"public.vv_t\"]\nversion_vectors = true\n",
+    );
+    let (log_p2m, log_m2p) = (dir.path().join("p2m.log"), dir.path().join("m2p.log"));
+    let a = Ferry::start(&p2m, &log_p2m);
+    a.wait_streaming();
+    assert!(wait_until(WAIT, || my
+        .try_sql("SELECT count(*) FROM shop.vv_t")
+        .ok()
+        .as_deref()
+        == Some("2")));
+    let b = Ferry::start(&m2p, &log_m2p);
+    b.wait_streaming();
+    let value = |on_pg: bool, id: i32| {
+        if on_pg {
+            pg.try_psql("shop", &format!("SELECT v FROM vv_t WHERE id = {id}"))
+        } else {
+            my.try_sql(&format!("SELECT v FROM shop.vv_t WHERE id = {id}"))
+        }
+        .unwrap_or_default()
+    };
+    let write = |on_pg: bool, sql: &str, want: &str| {
+        if on_pg {
+            pg.psql("shop", sql);
+        } else {
+            my.sql(&sql.replace("UPDATE ", "UPDATE shop."));
+        }
+        let seen = wait_until(WAIT, || value(!on_pg, 1) == want);
+        assert!(seen, "{want} did not cross:\n{}\n{}", a.log(), b.log());
+    };
+    // A causal chain: each write follows the other side's, so none is a conflict.
+    write(true, "UPDATE vv_t SET v = 'p1' WHERE id = 1", "p1");
+    write(false, "UPDATE vv_t SET v = 'm1' WHERE id = 1", "m1");
+    write(true, "UPDATE vv_t SET v = 'p2' WHERE id = 1", "p2");
+    let vector = |on_pg: bool, id: i32| -> serde_json::Value {
+        let text = if on_pg {
+            pg.psql("shop", &format!("SELECT _ferry_vv FROM vv_t WHERE id = {id}"))
+        } else {
+            my.sql(&format!("SELECT _ferry_vv FROM shop.vv_t WHERE id = {id}"))
+        };
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    };
+    assert!(wait_until(WAIT, || vector(false, 1) == vector(true, 1)));
+    assert_eq!(vector(true, 1), serde_json::json!({"pg": 2, "maria": 1}));
+    let logged = |on_pg: bool| -> Vec<String> {
+        let sql = "SELECT `key`, kind, winner FROM ferry_conflicts ORDER BY id";
+        if on_pg {
+            pg.psql("shop", &sql.replace('`', "\""))
+        } else {
+            my.sql(&sql.replace("ferry_conflicts", "shop.ferry_conflicts"))
+                .replace('\t', "|")
+        }
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    };
+    assert_eq!(logged(true), Vec::<String>::new());
+    assert_eq!(logged(false), Vec::<String>::new());
+    // Concurrent writes to row 2 while neither pipeline runs: one conflict on each side, the later write wins.
+    a.terminate();
+    b.terminate();
+    pg.psql("shop", "UPDATE vv_t SET v = 'p-conc' WHERE id = 2");
+    std::thread::sleep(Duration::from_millis(5));
+    my.sql("UPDATE shop.vv_t SET v = 'm-conc' WHERE id = 2");
+    let a = Ferry::start(&p2m, &log_p2m);
+    let b = Ferry::start(&m2p, &log_m2p);
+    let converged = wait_until(WAIT, || {
+        value(true, 2) == "m-conc" && value(false, 2) == "m-conc" && vector(true, 2) == vector(false, 2)
+    });
+    assert!(
+        converged,
+        "row 2: {} / {}, {} / {}\n{}\n{}",
+        value(true, 2),
+        value(false, 2),
+        vector(true, 2),
+        vector(false, 2),
+        a.log(),
+        b.log()
+    );
+    assert_eq!(vector(true, 2), serde_json::json!({"pg": 1, "maria": 1}));
+    assert_eq!(logged(true), ["(id) = (2)|update_origin_differs|remote"]);
+    assert_eq!(logged(false), ["(id) = (2)|update_origin_differs|local"]);
 }

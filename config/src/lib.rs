@@ -470,14 +470,14 @@ mod tests {
             "source.skip_origins",
             "sink[0].conflict",
             "sink[0].conflict_rules[0].columns.a",
-            "sink[0].conflict_rules[0].version_vectors",
             "sink[0].conflict_rules[1]",
             "sink[1].conflict",
         ] {
             assert!(keys.contains(&key), "{key} missing from {errors:#?}");
         }
-        // MySQL sinks take union (computed in Ferry from the locked row).
+        // MySQL sinks take union (computed in Ferry from the locked row) and version vectors.
         assert!(!keys.contains(&"sink[0].conflict_rules[0].columns.b"));
+        assert!(!keys.contains(&"sink[0].conflict_rules[0].version_vectors"));
 
         // SQLite sinks refuse conflict rules rather than ignore them.
         let sqlite =

@@ -1471,14 +1471,6 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                 ),
             };
             let conflicts = read_conflicts(r, &mut s, refused);
-            if matches!(kind, SinkKind::Mysql { .. }) {
-                for rule in conflicts.rules.iter().filter(|r| r.version_vectors) {
-                    r.error(
-                        format!("{}.version_vectors", rule.key),
-                        "version vectors need a PostgreSQL target; a MySQL sink decides on row versions only",
-                    );
-                }
-            }
             sinks.push(SinkConfig {
                 name,
                 kind,

@@ -8,7 +8,7 @@
 //! triggers leave their writes alone. Creating triggers needs the TRIGGER privilege, and with binary logging on,
 //! SUPER or `log_bin_trust_function_creators = 1`.
 
-use crate::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS};
+use crate::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS, VERSION_VECTOR};
 
 /// The table naming a database's node: one row, `id = 1`.
 pub const NODE_TABLE: &str = "ferry_node";
@@ -63,8 +63,18 @@ pub fn mysql_origin_marker_sql(pipeline: &str) -> String {
     )
 }
 
-/// What [`MYSQL_PREPARED_SQL`] counts on a prepared table: two version columns and four triggers.
-pub const MYSQL_PREPARED: i64 = 6;
+/// Whether [`MYSQL_PREPARED_SQL`]'s count says a table is prepared: two version columns and four triggers; with
+/// version vectors, the vector column too, and its two stamping triggers are the vector-counting ones
+/// (`ferry_v…`, counted twice). Without vectors wanted, a table counting vectors is prepared too: the peer's
+/// sink keeps them (a MySQL source sees its tables before routing, so it cannot tell), and a vector column left
+/// from an earlier rule does not matter.
+pub fn mysql_is_prepared(count: i64, vectors: bool) -> bool {
+    if vectors {
+        count == 9
+    } else {
+        matches!(count, 6 | 7 | 9)
+    }
+}
 
 /// The `table_name` of a table's tombstones: `database.table`.
 pub fn mysql_tombstone_name(database: &str, table: &str) -> String {
@@ -81,11 +91,13 @@ pub fn mysql_key_json(alias: &str, keys: &[String]) -> String {
     format!("JSON_ARRAY({})", columns.join(", "))
 }
 
-/// The query that counts a table's version columns and triggers (`?` = database, table): [`MYSQL_PREPARED`]
-/// when prepared.
+/// The query that counts a table's version columns and triggers, the vector-counting ones twice (`?` = database,
+/// table, database, table, database, table); see [`mysql_is_prepared`].
 pub const MYSQL_PREPARED_SQL: &str = "SELECT (SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? \
-     AND TABLE_NAME = ? AND COLUMN_NAME IN ('_ferry_ts', '_ferry_node')) + (SELECT COUNT(*) FROM \
-     information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ? AND TRIGGER_NAME LIKE 'ferry\\_%')";
+     AND TABLE_NAME = ? AND COLUMN_NAME IN ('_ferry_ts', '_ferry_node', '_ferry_vv')) + (SELECT COUNT(*) FROM \
+     information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ? AND TRIGGER_NAME LIKE 'ferry\\_%') \
+     + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ? \
+     AND TRIGGER_NAME LIKE 'ferry\\_v%')";
 
 /// The statements that give `database`.`table` (primary key `keys`) the version columns (when `add_columns`),
 /// the stamping triggers, and the triggers that leave a tombstone of a local delete or key change (version: the
@@ -95,6 +107,7 @@ pub fn mysql_prepare_sql(
     database: &str,
     table: &str,
     keys: &[String],
+    vectors: bool,
     add_columns: bool,
 ) -> Vec<String> {
     let (db, t) = (quote(database), quote(table));
@@ -103,23 +116,46 @@ pub fn mysql_prepare_sql(
     let node = format!("(SELECT node FROM {db}.{NODE_TABLE} WHERE id = 1)");
     let mut out = Vec::new();
     if add_columns {
+        let vector = if vectors {
+            format!(", ADD COLUMN IF NOT EXISTS {VERSION_VECTOR} JSON NULL")
+        } else {
+            String::new()
+        };
         out.push(format!(
             "ALTER TABLE {db}.{t} ADD COLUMN IF NOT EXISTS {VERSION_TS} BIGINT NULL, \
-             ADD COLUMN IF NOT EXISTS {VERSION_NODE} VARCHAR(64) NULL"
+             ADD COLUMN IF NOT EXISTS {VERSION_NODE} VARCHAR(64) NULL{vector}"
         ));
     }
-    for (event, name, ts) in [
-        ("INSERT", format!("ferry_si_{h:016x}"), now.to_owned()),
+    // A local write counts one more for this database's node in the row's vector: `{"a": 3, "b": 1}`.
+    let path = format!("CONCAT('$.\"', REPLACE(COALESCE({node}, ''), '\"', '\\\\\"'), '\"')");
+    let counted = |base: &str| {
+        format!(
+            ", NEW.{VERSION_VECTOR} = JSON_SET(COALESCE({base}, JSON_OBJECT()), {path}, \
+             COALESCE(JSON_EXTRACT({base}, {path}), 0) + 1)"
+        )
+    };
+    for (event, short, ts, base) in [
+        ("INSERT", "i", now.to_owned(), "NULL"),
         (
             "UPDATE",
-            format!("ferry_su_{h:016x}"),
+            "u",
             format!("GREATEST({now}, IFNULL(OLD.{VERSION_TS}, 0) + 1)"),
+            &*format!("OLD.{VERSION_VECTOR}"),
         ),
     ] {
+        // One name per kind of stamping, so that turning vectors on or off replaces the trigger.
+        let (name, other) = if vectors {
+            (format!("ferry_v{short}_{h:016x}"), format!("ferry_s{short}_{h:016x}"))
+        } else {
+            (format!("ferry_s{short}_{h:016x}"), format!("ferry_v{short}_{h:016x}"))
+        };
+        let vector = if vectors { counted(base) } else { String::new() };
+        out.push(format!("DROP TRIGGER IF EXISTS {db}.{other}"));
         out.push(format!("DROP TRIGGER IF EXISTS {db}.{name}"));
         out.push(format!(
             "CREATE TRIGGER {db}.{name} BEFORE {event} ON {db}.{t} FOR EACH ROW BEGIN \
-             IF @ferry_applying IS NULL THEN SET NEW.{VERSION_TS} = {ts}, NEW.{VERSION_NODE} = {node}; END IF; END"
+             IF @ferry_applying IS NULL THEN SET NEW.{VERSION_TS} = {ts}, NEW.{VERSION_NODE} = {node}{vector}; \
+             END IF; END"
         ));
     }
     let key = mysql_key_json("OLD", keys);

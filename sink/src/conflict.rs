@@ -594,6 +594,47 @@ impl ConflictRecord {
     }
 }
 
+/// A version vector's counters (`{"a": 3, "b": 1}`); `None` when the text is not such an object.
+fn vector(text: &str) -> Option<std::collections::BTreeMap<String, i64>> {
+    let map = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok()?;
+    map.into_iter()
+        .map(|(k, v)| v.as_i64().map(|n| (k, n)))
+        .collect()
+}
+
+/// How version vector `a` relates to `b`: 0 equal, 1 `a` follows `b` (its writer had seen `b`), -1 `b` follows
+/// `a`, 2 concurrent (neither saw the other). `None` when either is not a vector. PostgreSQL targets compute the
+/// same in SQL (`ferry_vv_cmp`).
+pub fn vector_cmp(a: &str, b: &str) -> Option<i32> {
+    let (a, b) = (vector(a)?, vector(b)?);
+    let (mut ahead, mut behind) = (false, false);
+    for k in a.keys().chain(b.keys()) {
+        let (x, y) = (
+            a.get(k).copied().unwrap_or(0),
+            b.get(k).copied().unwrap_or(0),
+        );
+        ahead |= x > y;
+        behind |= x < y;
+    }
+    Some(match (ahead, behind) {
+        (false, false) => 0,
+        (true, false) => 1,
+        (false, true) => -1,
+        (true, true) => 2,
+    })
+}
+
+/// Each node's larger counter of two vectors: the history of both (`ferry_vv_max` on PostgreSQL). `None` when
+/// either is not a vector.
+pub fn vector_max(a: &str, b: &str) -> Option<String> {
+    let (mut a, b) = (vector(a)?, vector(b)?);
+    for (k, y) in b {
+        let x = a.entry(k).or_insert(y);
+        *x = (*x).max(y);
+    }
+    Some(serde_json::to_string(&a).unwrap_or_default())
+}
+
 /// The `union` merge of two JSON documents (their text; `None` for SQL NULL): each element once, the local
 /// document's in their order, then the remote's that it lacks. A value that is not an array counts as one
 /// element, NULL as none; text that is not JSON counts as one string. The rule PostgreSQL targets compile into
@@ -788,6 +829,21 @@ mod tests {
                 false
             ),
             conflict(ConflictKind::UpdateMissing, false)
+        );
+    }
+
+    #[test]
+    fn vectors_tell_causal_from_concurrent() {
+        let cmp = |a, b| vector_cmp(a, b).unwrap();
+        assert_eq!(cmp(r#"{"a":1}"#, r#"{"a":1}"#), 0);
+        assert_eq!(cmp(r#"{"a":2,"b":1}"#, r#"{"a":1}"#), 1);
+        assert_eq!(cmp(r#"{"a":1}"#, r#"{"a":1,"b":1}"#), -1);
+        assert_eq!(cmp(r#"{"a":2}"#, r#"{"a":1,"b":1}"#), 2);
+        assert_eq!(cmp("{}", r#"{"a":0}"#), 0);
+        assert_eq!(vector_cmp("[1]", "{}"), None);
+        assert_eq!(
+            vector_max(r#"{"a":2,"c":1}"#, r#"{"a":1,"b":4}"#).as_deref(),
+            Some(r#"{"a":2,"b":4,"c":1}"#)
         );
     }
 

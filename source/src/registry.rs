@@ -33,13 +33,7 @@ pub fn open(
                 source_timeout: config.source_timeout,
                 recopies,
                 node: config.node.clone(),
-                vector_tables: config
-                    .sinks
-                    .iter()
-                    .flat_map(|s| &s.conflicts.rules)
-                    .filter(|r| r.version_vectors)
-                    .flat_map(|r| r.tables.iter().cloned())
-                    .collect(),
+                vector_tables: vector_tables(config),
             },
             stats,
         ),
@@ -50,10 +44,22 @@ pub fn open(
                 config: source.clone(),
                 snapshot_parallelism: config.snapshot_parallelism,
                 node: config.node.clone(),
+                vector_tables: vector_tables(config),
             },
             stats,
         ),
     }
+}
+
+/// The tables (globs) the pipeline's sinks keep version vectors for.
+fn vector_tables(config: &PipelineConfig) -> Vec<String> {
+    config
+        .sinks
+        .iter()
+        .flat_map(|s| &s.conflicts.rules)
+        .filter(|r| r.version_vectors)
+        .flat_map(|r| r.tables.iter().cloned())
+        .collect()
 }
 
 impl Source for AnySource {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ferry_core::{
     Change, Column, ColumnType, Event, Row, RowOp, SchemaRef, TableId, TableSchema, TxContext,
-    Value, VERSION_NODE, VERSION_TS,
+    Value, VERSION_NODE, VERSION_TS, VERSION_VECTOR,
 };
 
 use crate::conflict::{Policies, TablePolicy, Version, CONFLICTS_TABLE};
@@ -31,9 +31,14 @@ pub fn conflicts_table_sql() -> String {
     )
 }
 
-/// A table's schema with the version columns appended when it lacks them.
-fn versioned(schema: &TableSchema) -> TableSchema {
+/// A table's schema with the version columns (and with `vectors`, the version vector column) appended when it
+/// lacks them.
+fn versioned(schema: &TableSchema, vectors: bool) -> TableSchema {
     let mut s = schema.clone();
+    if vectors && s.column_index(VERSION_VECTOR).is_none() {
+        s.columns
+            .push(Column::new(VERSION_VECTOR, ColumnType::Json, "json", true));
+    }
     if s.column_index(VERSION_TS).is_none() {
         s.columns
             .push(Column::new(VERSION_TS, ColumnType::Int8, "bigint", true));
@@ -68,6 +73,8 @@ pub struct Managed {
     pub version: Version,
     /// The version an update's or delete's old row had (REPLICA IDENTITY FULL, `binlog_row_image = FULL`).
     pub seen: Option<i64>,
+    /// The change's version vector (JSON), when the table keeps them and the source row carries one.
+    pub vector: Option<String>,
     pub position: String,
 }
 
@@ -101,9 +108,14 @@ impl Augmenter {
                     };
                     let version =
                         |row: &Row| table_policy.version_of(row, self.tx.as_deref(), node);
+                    let vv = versioned.column_index(VERSION_VECTOR);
                     let fill = |row: &Row, with: Option<&Version>| -> Row {
                         let mut r = row.clone();
                         r.resize(versioned.columns.len(), Value::Unchanged);
+                        // A source row without a vector writes none (the rule falls back to versions).
+                        if let Some(i) = vv.filter(|_| with.is_some() && r[i] == Value::Unchanged) {
+                            r[i] = Value::Null;
+                        }
                         if let Some(v) = with {
                             let (ts, nd) = (
                                 versioned.column_index(VERSION_TS).unwrap_or(0),
@@ -155,7 +167,9 @@ impl Augmenter {
             return Ok(planned.clone());
         }
         let planned = match policies.get(policy, schema)? {
-            Some(p) if schema.has_primary_key() => Some((Arc::new(versioned(schema)), p)),
+            Some(p) if schema.has_primary_key() => {
+                Some((Arc::new(versioned(schema, p.vectors)), p))
+            }
             _ => None,
         };
         self.schemas.insert(key, planned.clone());
@@ -191,6 +205,12 @@ impl Augmenter {
                 _ => String::new(),
             },
         };
+        let vector = match op {
+            RowOp::Insert { after } | RowOp::Read { after } | RowOp::Update { after, .. } => {
+                policy.vector_of(after)
+            }
+            RowOp::Delete { .. } => None,
+        };
         let (version, seen) = match op {
             RowOp::Insert { after } | RowOp::Read { after } => (version_in(after), None),
             RowOp::Update { before, after } => (
@@ -204,6 +224,7 @@ impl Augmenter {
             policy: policy.clone(),
             version,
             seen,
+            vector,
             position,
         })
     }

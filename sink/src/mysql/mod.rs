@@ -27,8 +27,8 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
 use crate::conflict::{
-    decide_change, decide_delete, ConflictRecord, ConflictTally, Decision, MultiMasterOptions,
-    Policies,
+    decide_change, decide_delete, ConflictKind, ConflictRecord, ConflictTally, Decision,
+    MultiMasterOptions, Policies,
 };
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
@@ -285,20 +285,21 @@ impl MysqlSink {
             )
             .await?;
             self.tables.insert(schema.id.clone(), target);
-            let versioned = schema.column_index(ferry_core::VERSION_TS).is_some()
+            let policy = if schema.column_index(ferry_core::VERSION_TS).is_some()
                 && self.multi.options.resolves()
-                && self
-                    .multi
+            {
+                self.multi
                     .policies
                     .get(&self.multi.options.conflicts, &schema)?
-                    .is_some();
-            if versioned
-                && self
-                    .multi
+            } else {
+                None
+            };
+            if let Some(policy) = policy.filter(|_| {
+                self.multi
                     .prepared
                     .insert((schema.id.clone(), schema.version))
-            {
-                self.prepare_versions(&schema).await?;
+            }) {
+                self.prepare_versions(&schema, policy.vectors).await?;
             }
         }
         Ok(())
@@ -306,7 +307,7 @@ impl MysqlSink {
 
     /// Gives a target table under a conflict policy the triggers that stamp local writes (DDL, before the
     /// transaction opens), and its database the `ferry_node` table they read.
-    async fn prepare_versions(&mut self, schema: &TableSchema) -> Result<(), Error> {
+    async fn prepare_versions(&mut self, schema: &TableSchema, vectors: bool) -> Result<(), Error> {
         let db = self
             .database
             .clone()
@@ -318,11 +319,18 @@ impl MysqlSink {
             .conn
             .exec_first(
                 ferry_core::versions::MYSQL_PREPARED_SQL,
-                (&db, &schema.id.name, &db, &schema.id.name),
+                (
+                    &db,
+                    &schema.id.name,
+                    &db,
+                    &schema.id.name,
+                    &db,
+                    &schema.id.name,
+                ),
             )
             .await
             .map_err(write_error("reading the version triggers"))?;
-        if count == Some(ferry_core::versions::MYSQL_PREPARED) {
+        if count.is_some_and(|c| ferry_core::versions::mysql_is_prepared(c, vectors)) {
             return Ok(());
         }
         let mut statements = ferry_core::versions::mysql_support_sql(&db);
@@ -330,6 +338,7 @@ impl MysqlSink {
             &db,
             &schema.id.name,
             &key_names(schema),
+            vectors,
             false,
         ));
         for sql in statements {
@@ -671,9 +680,15 @@ impl MysqlSink {
                 )
             })
             .collect();
+        let vectors = policy.vectors && table.column_index(ferry_core::VERSION_VECTOR).is_some();
         let probe = format!(
             "SELECT o.ord, t.{ts}, COALESCE(t.{node}, (SELECT node FROM {db}.{node_table} WHERE id = 1), ''), \
-             JSON_OBJECT({local}) FROM ({derived}) o JOIN {name} t ON {on} FOR UPDATE",
+             JSON_OBJECT({local}), {vector} FROM ({derived}) o JOIN {name} t ON {on} FOR UPDATE",
+            vector = if vectors {
+                format!("CAST(t.{} AS CHAR)", quote_ident(ferry_core::VERSION_VECTOR))
+            } else {
+                "NULL".to_owned()
+            },
             ts = quote_ident(ferry_core::VERSION_TS),
             node = quote_ident(ferry_core::VERSION_NODE),
             db = quote_ident(&db),
@@ -683,17 +698,25 @@ impl MysqlSink {
             on = on.join(" AND "),
         );
         self.dirty = true;
-        let found: Vec<(i64, Option<i64>, String, String)> = self.conn.query(probe).await.map_err(
-            write_error(format!("reading the rows of {} the changes meet", table.id)),
-        )?;
+        type Probed = (i64, Option<i64>, String, String, Option<String>);
+        let found: Vec<Probed> = self.conn.query(probe).await.map_err(write_error(format!(
+            "reading the rows of {} the changes meet",
+            table.id
+        )))?;
+        let mut local_vectors: HashMap<usize, String> = HashMap::new();
         let found: HashMap<usize, (Option<i64>, String, String)> = found
             .into_iter()
-            .map(|(ord, ts, node, json)| {
+            .map(|(ord, ts, node, json, vector)| {
                 let json = serde_json::from_str::<serde_json::Value>(&json)
                     .map_or(json, |v| v.to_string());
+                if let Some(v) = vector {
+                    local_vectors.insert(ord as usize, v);
+                }
                 (ord as usize, (ts, node, json))
             })
             .collect();
+        // Rows whose vector must become the larger of both (a concurrent change, won or lost).
+        let mut joined_vectors: Vec<(usize, String)> = Vec::new();
         // Keys that met no row may meet a tombstone, and deletes leave one: the group's keys go to the key table.
         let missing: Vec<usize> = (0..group.len())
             .filter(|o| !found.contains_key(o))
@@ -744,6 +767,43 @@ impl MysqlSink {
                     };
                     let update = matches!(op, ferry_core::RowOp::Update { .. });
                     let complete = matches!(action, RowAction::Upsert(_));
+                    // With version vectors: a change whose writer had seen the row applies, a stale one is
+                    // already in it, and only concurrent ones go to the resolver (as on PostgreSQL).
+                    let compared = m.vector.as_deref().zip(local_vectors.get(&ord)).and_then(
+                        |(remote, local)| {
+                            Some((crate::conflict::vector_cmp(remote, local)?, remote, local))
+                        },
+                    );
+                    if let Some((order, remote, local_vector)) = compared {
+                        let decision = match order {
+                            0 | 1 => Decision::Apply,
+                            -1 => continue,
+                            _ => {
+                                if let Some(joined) =
+                                    crate::conflict::vector_max(remote, local_vector)
+                                {
+                                    joined_vectors.push((ord, joined));
+                                }
+                                let (ts, node) = local_version.unwrap_or((None, ""));
+                                Decision::Conflict {
+                                    kind: if update {
+                                        ConflictKind::UpdateOriginDiffers
+                                    } else {
+                                        ConflictKind::InsertExists
+                                    },
+                                    remote_wins: crate::conflict::remote_wins(
+                                        policy.row_resolver(),
+                                        &crate::conflict::Version {
+                                            ts: ts.unwrap_or(0),
+                                            node: node.to_owned(),
+                                        },
+                                        &m.version,
+                                    ),
+                                }
+                            }
+                        };
+                        (after, decision, update)
+                    } else {
                     (
                         after,
                         decide_change(
@@ -761,6 +821,7 @@ impl MysqlSink {
                         ),
                         update,
                     )
+                    }
                 }
             };
             let wins = match decision {
@@ -860,6 +921,22 @@ impl MysqlSink {
             }
         }
         self.flush(&mut upserts).await?;
+        for (ord, joined) in joined_vectors {
+            let r = &group[ord];
+            let row = match r.op {
+                ferry_core::RowOp::Insert { after }
+                | ferry_core::RowOp::Read { after }
+                | ferry_core::RowOp::Update { after, .. } => after,
+                ferry_core::RowOp::Delete { before } => before,
+            };
+            let sql = format!(
+                "UPDATE {name} SET {} = {} WHERE {}",
+                quote_ident(ferry_core::VERSION_VECTOR),
+                literal::text(&joined),
+                self.key_condition(&table, row)?
+            );
+            self.exec(sql, "joining version vectors").await?;
+        }
         if let (Some(keys), false) = (&keys, tombstoned.is_empty()) {
             for sql in keys.write_sql(&tombstoned) {
                 self.exec(sql, "writing tombstones").await?;
