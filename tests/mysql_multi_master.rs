@@ -605,7 +605,10 @@ fn version_vectors_tell_a_causal_chain_from_concurrent_writes_in_mariadb() {
     write(true, "UPDATE vv_t SET v = 'p2' WHERE id = 1", "p2");
     let vector = |on_pg: bool, id: i32| -> serde_json::Value {
         let text = if on_pg {
-            pg.psql("shop", &format!("SELECT _ferry_vv FROM vv_t WHERE id = {id}"))
+            pg.psql(
+                "shop",
+                &format!("SELECT _ferry_vv FROM vv_t WHERE id = {id}"),
+            )
         } else {
             my.sql(&format!("SELECT _ferry_vv FROM shop.vv_t WHERE id = {id}"))
         };
@@ -636,7 +639,9 @@ fn version_vectors_tell_a_causal_chain_from_concurrent_writes_in_mariadb() {
     let a = Ferry::start(&p2m, &log_p2m);
     let b = Ferry::start(&m2p, &log_m2p);
     let converged = wait_until(WAIT, || {
-        value(true, 2) == "m-conc" && value(false, 2) == "m-conc" && vector(true, 2) == vector(false, 2)
+        value(true, 2) == "m-conc"
+            && value(false, 2) == "m-conc"
+            && vector(true, 2) == vector(false, 2)
     });
     assert!(
         converged,

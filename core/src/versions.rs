@@ -145,11 +145,21 @@ pub fn mysql_prepare_sql(
     ] {
         // One name per kind of stamping, so that turning vectors on or off replaces the trigger.
         let (name, other) = if vectors {
-            (format!("ferry_v{short}_{h:016x}"), format!("ferry_s{short}_{h:016x}"))
+            (
+                format!("ferry_v{short}_{h:016x}"),
+                format!("ferry_s{short}_{h:016x}"),
+            )
         } else {
-            (format!("ferry_s{short}_{h:016x}"), format!("ferry_v{short}_{h:016x}"))
+            (
+                format!("ferry_s{short}_{h:016x}"),
+                format!("ferry_v{short}_{h:016x}"),
+            )
         };
-        let vector = if vectors { counted(base) } else { String::new() };
+        let vector = if vectors {
+            counted(base)
+        } else {
+            String::new()
+        };
         out.push(format!("DROP TRIGGER IF EXISTS {db}.{other}"));
         out.push(format!("DROP TRIGGER IF EXISTS {db}.{name}"));
         out.push(format!(

@@ -113,8 +113,10 @@ impl Augmenter {
                         let mut r = row.clone();
                         r.resize(versioned.columns.len(), Value::Unchanged);
                         // A source row without a vector writes none (the rule falls back to versions).
-                        if let Some(i) = vv.filter(|_| with.is_some() && r[i] == Value::Unchanged) {
-                            r[i] = Value::Null;
+                        if let Some(i) = vv {
+                            if with.is_some() && r[i] == Value::Unchanged {
+                                r[i] = Value::Null;
+                            }
                         }
                         if let Some(v) = with {
                             let (ts, nd) = (

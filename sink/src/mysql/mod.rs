@@ -804,23 +804,23 @@ impl MysqlSink {
                         };
                         (after, decision, update)
                     } else {
-                    (
-                        after,
-                        decide_change(
-                            if local.is_some() {
-                                policy.row_resolver()
-                            } else {
-                                policy.missing_resolver()
-                            },
-                            local_version,
-                            tomb,
-                            &m.version,
-                            m.seen,
+                        (
+                            after,
+                            decide_change(
+                                if local.is_some() {
+                                    policy.row_resolver()
+                                } else {
+                                    policy.missing_resolver()
+                                },
+                                local_version,
+                                tomb,
+                                &m.version,
+                                m.seen,
+                                update,
+                                complete,
+                            ),
                             update,
-                            complete,
-                        ),
-                        update,
-                    )
+                        )
                     }
                 }
             };

@@ -163,6 +163,9 @@ pub struct MysqlSourceSettings {
     /// `[pipeline] node`: this database's node name, and its followed tables versioned for conflict detection
     /// (docs/multi-master.md).
     pub node: Option<String>,
+    /// The tables (globs) the pipeline's sinks keep version vectors for: their source tables count local writes
+    /// per node too.
+    pub vector_tables: Vec<String>,
 }
 
 impl MysqlSourceSettings {
@@ -223,7 +226,15 @@ pub async fn run(
     let only: Option<Vec<_>> = cfg.tables.clone();
     let mut catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
     if let Some(node) = &settings.node {
-        if prepare_versions(&mut conn, node, &databases, &catalog).await? {
+        if prepare_versions(
+            &mut conn,
+            node,
+            &databases,
+            &catalog,
+            &settings.vector_tables,
+        )
+        .await?
+        {
             catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
         }
     }
@@ -311,6 +322,7 @@ async fn prepare_versions(
     node: &str,
     databases: &[String],
     catalog: &std::collections::BTreeMap<ferry_core::TableId, catalog::CatalogTable>,
+    vector_tables: &[String],
 ) -> Result<bool, Error> {
     let fix = "Ferry's source user needs ALTER, CREATE and TRIGGER on the followed tables, and with binary logging \
                on, SUPER or log_bin_trust_function_creators = 1";
@@ -335,14 +347,22 @@ async fn prepare_versions(
                    without conflict detection");
             continue;
         }
+        let vectors = vector_tables.iter().any(|p| table.matches_glob(p));
         let count: Option<i64> = conn
             .exec_first(
                 ferry_core::versions::MYSQL_PREPARED_SQL,
-                (&table.schema, &table.name, &table.schema, &table.name),
+                (
+                    &table.schema,
+                    &table.name,
+                    &table.schema,
+                    &table.name,
+                    &table.schema,
+                    &table.name,
+                ),
             )
             .await
             .map_err(run)?;
-        if count == Some(ferry_core::versions::MYSQL_PREPARED) {
+        if count.is_some_and(|c| ferry_core::versions::mysql_is_prepared(c, vectors)) {
             continue;
         }
         let keys: Vec<String> = t
@@ -350,8 +370,13 @@ async fn prepare_versions(
             .iter()
             .map(|&k| t.columns[k].name.clone())
             .collect();
-        for sql in ferry_core::versions::mysql_prepare_sql(&table.schema, &table.name, &keys, true)
-        {
+        for sql in ferry_core::versions::mysql_prepare_sql(
+            &table.schema,
+            &table.name,
+            &keys,
+            vectors,
+            true,
+        ) {
             conn.query_drop(sql).await.map_err(run)?;
         }
         info!(%table, "table prepared for conflict detection: version columns and triggers");
