@@ -657,3 +657,93 @@ fn version_vectors_tell_a_causal_chain_from_concurrent_writes_in_mariadb() {
     assert_eq!(logged(true), ["(id) = (2)|update_origin_differs|remote"]);
     assert_eq!(logged(false), ["(id) = (2)|update_origin_differs|local"]);
 }
+
+/// MariaDB's types meeting the PostgreSQL table they replicate into under a policy: a JSON (longtext) column
+/// into `jsonb`, with `union`, and a `DATETIME(6)` key into `timestamptz`, whose tombstone must be found (a
+/// stale MariaDB update must not bring back a row PostgreSQL deleted later).
+#[test]
+fn mariadb_json_columns_and_timestamp_keys_meet_their_postgres_types() {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t_js (id int PRIMARY KEY, j jsonb, tags jsonb);
+         ALTER TABLE t_js REPLICA IDENTITY FULL;
+         INSERT INTO t_js VALUES (1, '{\"a\": 1}', '[\"p\"]');
+         CREATE TABLE t_tz (k timestamptz PRIMARY KEY, v text);
+         ALTER TABLE t_tz REPLICA IDENTITY FULL;
+         INSERT INTO t_tz VALUES ('2024-06-01 05:00:00+00', 'seed');",
+    );
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop");
+    let dir = scratch();
+    let (p2m, m2p) = pair_configs(
+        &pg,
+        &my,
+        dir.path(),
+        "[[sink.conflict_rules]]\ntables = [\"public.t_js\"]\nconflict = \"last_write_wins\"\n\
+         columns = { tags = \"union\" }\n",
+    );
+    let (log_p2m, log_m2p) = (dir.path().join("p2m.log"), dir.path().join("m2p.log"));
+    let a = Ferry::start(&p2m, &log_p2m);
+    a.wait_streaming();
+    assert!(wait_until(WAIT, || my
+        .try_sql("SELECT count(*) FROM shop.t_tz")
+        .ok()
+        .as_deref()
+        == Some("1")));
+    let mut b = Ferry::start(&m2p, &log_m2p);
+    b.wait_streaming();
+    // A JSON document written on MariaDB lands in PostgreSQL's jsonb, the union rule included.
+    my.sql("UPDATE shop.t_js SET j = '{\"b\": 2}', tags = '[\"m\"]' WHERE id = 1");
+    let js = || {
+        pg.try_psql("shop", "SELECT j, tags FROM t_js")
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(WAIT, || js() == "{\"b\": 2}|[\"m\"]"
+            || js() == "{\"b\": 2}|[\"p\", \"m\"]"),
+        "t_js in PostgreSQL: {}\n{}",
+        js(),
+        b.log()
+    );
+    assert!(
+        b.wait_exit(Duration::from_millis(10)).is_none(),
+        "{}",
+        b.log()
+    );
+    // A stale MariaDB update of a timestamp key PostgreSQL updated and deleted later.
+    b.terminate();
+    my.sql("UPDATE shop.t_tz SET v = 'm-early' WHERE k = '2024-06-01 05:00:00'");
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql(
+        "shop",
+        "UPDATE t_tz SET v = 'p-late' WHERE k = '2024-06-01 05:00:00+00';
+         DELETE FROM t_tz WHERE k = '2024-06-01 05:00:00+00';",
+    );
+    assert!(wait_until(WAIT, || my
+        .try_sql("SELECT count(*) FROM shop.t_tz")
+        .ok()
+        .as_deref()
+        == Some("0")));
+    let b = Ferry::start(&m2p, &log_m2p);
+    b.wait_streaming();
+    let logged = || {
+        pg.try_psql(
+            "shop",
+            "SELECT key, kind, winner FROM ferry_conflicts WHERE table_name = 'public.t_tz'",
+        )
+        .unwrap_or_default()
+    };
+    assert!(
+        wait_until(WAIT, || !logged().is_empty()),
+        "no conflict logged for the stale update:\n{}",
+        b.log()
+    );
+    assert_eq!(
+        logged(),
+        "(k) = ('2024-06-01 05:00:00')|update_deleted|local"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM t_tz"), "0");
+    assert_eq!(my.sql("SELECT count(*) FROM shop.t_tz"), "0");
+}

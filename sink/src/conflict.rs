@@ -237,7 +237,11 @@ impl TablePolicy {
                     | ColumnType::Float8
                     | ColumnType::Numeric
             );
-            let json = matches!(table.columns[i].ty, ColumnType::Json | ColumnType::Jsonb);
+            // MariaDB's JSON is a text column: its documents are text to the change, JSON to the target.
+            let json = matches!(
+                table.columns[i].ty,
+                ColumnType::Json | ColumnType::Jsonb | ColumnType::Text
+            );
             if *rule == MergeRule::Union && !json {
                 return Err(Error::fatal(format!(
                     "{key}.columns.{name}: union merges JSON arrays, and {}.{name} is {}",

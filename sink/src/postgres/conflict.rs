@@ -112,6 +112,41 @@ fn resolver_sql(resolver: Resolver, local_ts: &str, local_node: &str) -> String 
     }
 }
 
+/// The SQL type a value of column `c` is cast to: the target column's own type when the sink read it (`types`,
+/// by the schema's column index; a target table can differ from what the source's types map to, such as a
+/// MariaDB JSON column replicated into an existing `jsonb` one, or a `DATETIME` into `timestamptz`), else the
+/// type the source's column maps to.
+fn target_type(table: &TableSchema, types: &[String], c: usize) -> String {
+    types
+        .get(c)
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .unwrap_or_else(|| pg_type(table, c))
+}
+
+/// The target's column types of `table` (by the schema's column index; empty where the target has no such
+/// column), read once per table and schema version.
+pub async fn target_types(client: &Client, table: &TableSchema) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&qualified_name(&table.id)],
+        )
+        .await
+        .map_err(super::write_error(&format!(
+            "reading the column types of {}",
+            table.id
+        )))?;
+    let found: std::collections::HashMap<String, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(table
+        .columns
+        .iter()
+        .map(|c| found.get(&c.name).cloned().unwrap_or_default())
+        .collect())
+}
+
 const LOCAL_NODE: &str = "coalesce(t._ferry_node, public.ferry_local_node(), '')";
 
 /// The `unnest` of the statement's parameters: text arrays for `columns` then for the old values of
@@ -156,13 +191,14 @@ struct ChangeSql {
 /// (every change is compared with the row's vector in [`change_statement`]).
 pub fn fast_statement(
     table: &TableSchema,
+    types: &[String],
     policy: &TablePolicy,
     columns: &[usize],
 ) -> Option<String> {
     if policy.vectors {
         return None;
     }
-    let sql = change_sql(table, policy, columns);
+    let sql = change_sql(table, types, policy, columns);
     Some(format!(
         "WITH u AS ({}) UPDATE {} t SET {} FROM u WHERE {} AND (t.{VERSION_TS} IS NULL OR t.{VERSION_TS} = u.seen \
          OR {LOCAL_NODE} = u.vnode) RETURNING u.ord",
@@ -183,18 +219,23 @@ pub fn fast_statement(
 /// One `UPDATE … FROM` the incoming rows and the target rows as the statement found them (`o`, for the log),
 /// deciding per row in `SET` on the row's current version; then an `INSERT` of the changes whose row is
 /// missing, when the resolver and the tombstones allow it. Only rows of another writer are returned.
-pub fn change_statement(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> String {
+pub fn change_statement(
+    table: &TableSchema,
+    types: &[String],
+    policy: &TablePolicy,
+    columns: &[usize],
+) -> String {
     let ChangeSql {
         name,
         unnest,
         key_match,
         sets,
         ..
-    } = change_sql(table, policy, columns);
+    } = change_sql(table, types, policy, columns);
     let col = |c: usize| quote_ident(&table.columns[c].name);
     let value = |c: usize| {
         let i = columns.iter().position(|&x| x == c).unwrap_or(0);
-        format!("u.c{i}::{}", pg_type(table, c))
+        format!("u.c{i}::{}", target_type(table, types, c))
     };
     let key_text = table
         .primary_key
@@ -282,12 +323,17 @@ UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
 }
 
 /// The unnest, key match, `SET` list and winning condition of a group of changes writing `columns`.
-fn change_sql(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> ChangeSql {
+fn change_sql(
+    table: &TableSchema,
+    types: &[String],
+    policy: &TablePolicy,
+    columns: &[usize],
+) -> ChangeSql {
     let name = qualified_name(&table.id);
     let col = |c: usize| quote_ident(&table.columns[c].name);
     let value = |c: usize| {
         let i = columns.iter().position(|&x| x == c).unwrap_or(0);
-        format!("u.c{i}::{}", pg_type(table, c))
+        format!("u.c{i}::{}", target_type(table, types, c))
     };
     let sums: Vec<usize> = columns
         .iter()
@@ -335,13 +381,13 @@ fn change_sql(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> C
             }
             Some(MergeRule::SumDelta) => {
                 let j = sums.iter().position(|&s| s == c).unwrap_or(0);
-                let ty = pg_type(table, c);
+                let ty = target_type(table, types, c);
                 format!("coalesce({old}, 0) + (coalesce({new}, 0) - coalesce(u.o{j}::{ty}, 0))")
             }
             // Each element once: the target's in their order, then the change's that the target lacks. A value
             // that is not an array counts as one element.
             Some(MergeRule::Union) => {
-                let ty = pg_type(table, c);
+                let ty = target_type(table, types, c);
                 let arr = |v: &str| {
                     format!(
                         "(CASE WHEN jsonb_typeof(({v})::jsonb) = 'array' THEN ({v})::jsonb \
@@ -405,13 +451,13 @@ fn change_sql(table: &TableSchema, policy: &TablePolicy, columns: &[usize]) -> C
 }
 
 /// The delete statement of a group of deletes (parameters: the key columns).
-pub fn delete_statement(table: &TableSchema, policy: &TablePolicy) -> String {
+pub fn delete_statement(table: &TableSchema, types: &[String], policy: &TablePolicy) -> String {
     let name = qualified_name(&table.id);
     let keys = &table.primary_key;
     let col = |c: usize| quote_ident(&table.columns[c].name);
     let value = |c: usize| {
         let i = keys.iter().position(|&x| x == c).unwrap_or(0);
-        format!("u.c{i}::{}", pg_type(table, c))
+        format!("u.c{i}::{}", target_type(table, types, c))
     };
     let key_match = |alias: &str| {
         keys.iter()
@@ -549,24 +595,30 @@ fn raced_error(table: &TableSchema) -> Error {
 /// `prepared` keeps the first statement of each table and column set prepared, run with its generic plan: it
 /// looks the rows up by key, as the plain sink's upserts do (a custom plan for a batch of thousands of rows
 /// tends to hash the whole table instead).
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_changes(
     client: &Client,
     prepared: &mut HashMap<String, Statement>,
     table: &TableSchema,
+    types: &[String],
     policy: &TablePolicy,
     columns: &[usize],
     complete: bool,
     changes: &[Change<'_>],
 ) -> Result<Vec<ConflictRecord>, Error> {
-    let (mut records, mut raced) =
-        apply_changes_once(client, prepared, table, policy, columns, complete, changes).await?;
+    let (mut records, mut raced) = apply_changes_once(
+        client, prepared, table, types, policy, columns, complete, changes,
+    )
+    .await?;
     for _ in 0..3 {
         if raced.is_empty() {
             return Ok(records);
         }
         let again: Vec<Change<'_>> = raced.iter().map(|&i| changes[i].clone()).collect();
-        let (more, still) =
-            apply_changes_once(client, prepared, table, policy, columns, complete, &again).await?;
+        let (more, still) = apply_changes_once(
+            client, prepared, table, types, policy, columns, complete, &again,
+        )
+        .await?;
         records.extend(more);
         raced = still.into_iter().map(|i| raced[i]).collect();
     }
@@ -588,17 +640,19 @@ fn may_insert(policy: &TablePolicy, complete: bool, ch: &Change<'_>) -> bool {
 
 /// `changes` applied: the common case first ([`fast_statement`]), then the changes it left
 /// ([`change_statement`]). Returns the conflicts met, and the changes a concurrent insert kept out (to go again).
+#[allow(clippy::too_many_arguments)]
 async fn apply_changes_once(
     client: &Client,
     prepared: &mut HashMap<String, Statement>,
     table: &TableSchema,
+    types: &[String],
     policy: &TablePolicy,
     columns: &[usize],
     complete: bool,
     changes: &[Change<'_>],
 ) -> Result<(Vec<ConflictRecord>, Vec<usize>), Error> {
-    let Some(sql) = fast_statement(table, policy, columns) else {
-        return resolve_changes(client, table, policy, columns, complete, changes).await;
+    let Some(sql) = fast_statement(table, types, policy, columns) else {
+        return resolve_changes(client, table, types, policy, columns, complete, changes).await;
     };
     let statement = match prepared.get(&sql) {
         Some(s) => s.clone(),
@@ -637,7 +691,8 @@ async fn apply_changes_once(
         .filter(|&i| !applied.contains(&(i as i32)))
         .collect();
     let rest: Vec<Change<'_>> = left.iter().map(|&i| changes[i].clone()).collect();
-    let (records, raced) = resolve_changes(client, table, policy, columns, complete, &rest).await?;
+    let (records, raced) =
+        resolve_changes(client, table, types, policy, columns, complete, &rest).await?;
     Ok((records, raced.into_iter().map(|i| left[i]).collect()))
 }
 
@@ -714,6 +769,7 @@ fn change_params(
 async fn resolve_changes(
     client: &Client,
     table: &TableSchema,
+    types: &[String],
     policy: &TablePolicy,
     columns: &[usize],
     complete: bool,
@@ -721,7 +777,7 @@ async fn resolve_changes(
 ) -> Result<(Vec<ConflictRecord>, Vec<usize>), Error> {
     let mut params = change_params(table, policy, columns, complete, changes)?;
     params.push(Box::new(table.id.to_string()));
-    let sql = change_statement(table, policy, columns);
+    let sql = change_statement(table, types, policy, columns);
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     let outcomes = run(client, &sql, &refs, table).await?;
     // Keys a local write inserted after the statement's snapshot: those changes were not applied; they go again,
@@ -765,7 +821,7 @@ async fn resolve_changes(
                     o.local.clone(),
                 );
                 if let (Some(merge), false) = (&policy.merge, won) {
-                    merge_row(client, table, merge, &rec, ch).await?;
+                    merge_row(client, table, types, merge, &rec, ch).await?;
                     rec.winner = "merged";
                 }
                 records.push(rec);
@@ -803,6 +859,7 @@ async fn resolve_changes(
 async fn merge_row(
     client: &Client,
     table: &TableSchema,
+    types: &[String],
     merge: &crate::conflict::MergeExpression,
     rec: &ConflictRecord,
     ch: &Change<'_>,
@@ -841,7 +898,7 @@ async fn merge_row(
                 "{} = ${}::text::{}",
                 quote_ident(&table.columns[*c].name),
                 n + 1,
-                pg_type(table, *c)
+                target_type(table, types, *c)
             )
         })
         .collect();
@@ -859,7 +916,7 @@ async fn merge_row(
                 "{} = ${}::text::{}",
                 quote_ident(&table.columns[k].name),
                 params.len(),
-                pg_type(table, k)
+                target_type(table, types, k)
             )
         })
         .collect();
@@ -907,6 +964,7 @@ fn record(
 pub async fn apply_deletes(
     client: &Client,
     table: &TableSchema,
+    types: &[String],
     policy: &TablePolicy,
     deletes: &[Delete<'_>],
 ) -> Result<Vec<ConflictRecord>, Error> {
@@ -924,7 +982,7 @@ pub async fn apply_deletes(
         deletes.iter().map(|d| d.seen).collect::<Vec<Option<i64>>>(),
     ));
     params.push(Box::new(table.id.to_string()));
-    let sql = delete_statement(table, policy);
+    let sql = delete_statement(table, types, policy);
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     let outcomes = run(client, &sql, &refs, table).await?;
     let mut records = Vec::new();

@@ -113,6 +113,8 @@ struct MultiMaster {
     prepared: HashSet<(TableId, u64)>,
     /// The prepared common-case statements of conflict-aware groups, by their text.
     prepared_changes: HashMap<String, Statement>,
+    /// The target's column types of each prepared table (see `conflict::target_types`).
+    types: HashMap<(TableId, u64), Arc<Vec<String>>>,
     tally: ConflictTally,
     /// The open source transaction.
     tx: Option<Arc<TxContext>>,
@@ -385,6 +387,23 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Gives a table under a conflict policy its version columns and triggers, and reads its column types, once
+    /// per schema version.
+    async fn prepare_managed(&mut self, table: &TableSchema, vectors: bool) -> Result<(), Error> {
+        if self
+            .multi
+            .prepared
+            .insert((table.id.clone(), table.version))
+        {
+            conflict::ensure_table(&self.client, table, vectors).await?;
+            let types = conflict::target_types(&self.client, table).await?;
+            self.multi
+                .types
+                .insert((table.id.clone(), table.version), Arc::new(types));
+        }
+        Ok(())
+    }
+
     /// Adds a change of a table under a conflict policy to the conflict-aware group, flushing the group first
     /// when the change cannot join it (another table or kind, or a key already in it).
     async fn managed_row<'a>(
@@ -394,13 +413,7 @@ impl PostgresSink {
         policy: Arc<TablePolicy>,
         op: &'a RowOp,
     ) -> Result<(), Error> {
-        if self
-            .multi
-            .prepared
-            .insert((table.id.clone(), table.version))
-        {
-            conflict::ensure_table(&self.client, table, policy.vectors).await?;
-        }
+        self.prepare_managed(table, policy.vectors).await?;
         let tx = self.multi.tx.clone();
         let position = self.multi.position.clone();
         let node = self.multi.node.clone();
@@ -558,12 +571,19 @@ impl PostgresSink {
         let Some(m) = managed else {
             return Ok(());
         };
+        let types = self
+            .multi
+            .types
+            .get(&(m.table.id.clone(), m.table.version))
+            .cloned()
+            .unwrap_or_default();
         let records = match &m.columns {
             Some(columns) => {
                 conflict::apply_changes(
                     &self.client,
                     &mut self.multi.prepared_changes,
                     &m.table,
+                    &types,
                     &m.policy,
                     columns,
                     m.complete,
@@ -571,7 +591,10 @@ impl PostgresSink {
                 )
                 .await?
             }
-            None => conflict::apply_deletes(&self.client, &m.table, &m.policy, &m.deletes).await?,
+            None => {
+                conflict::apply_deletes(&self.client, &m.table, &types, &m.policy, &m.deletes)
+                    .await?
+            }
         };
         if records.is_empty() {
             return Ok(());
@@ -790,13 +813,7 @@ impl PostgresSink {
                         .policies
                         .get(&self.multi.options.conflicts, schema)?;
                     if let Some(policy) = policy.filter(|_| schema.has_primary_key()) {
-                        if self
-                            .multi
-                            .prepared
-                            .insert((schema.id.clone(), schema.version))
-                        {
-                            conflict::ensure_table(&self.client, schema, policy.vectors).await?;
-                        }
+                        self.prepare_managed(schema, policy.vectors).await?;
                     }
                 }
                 Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
