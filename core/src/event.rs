@@ -32,6 +32,17 @@ pub enum RowOp {
     },
 }
 
+impl RowOp {
+    /// The row the change leaves (insert, snapshot read, update: the new row) or removes (delete: the old row,
+    /// at least its key).
+    pub fn row(&self) -> &Row {
+        match self {
+            RowOp::Insert { after } | RowOp::Read { after } | RowOp::Update { after, .. } => after,
+            RowOp::Delete { before } => before,
+        }
+    }
+}
+
 /// One change inside a source transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {

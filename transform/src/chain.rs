@@ -240,11 +240,7 @@ impl RowFailure<'_> {
         let Some(op) = &self.error.row else {
             return "?".into();
         };
-        let row = match op {
-            RowOp::Insert { after } | RowOp::Read { after } => after,
-            RowOp::Update { after, .. } => after,
-            RowOp::Delete { before } => before,
-        };
+        let row = op.row();
         let key = stages::key_columns(self.table);
         let cols: Vec<usize> = if key.is_empty() {
             (0..self.table.columns.len()).collect()

@@ -649,12 +649,7 @@ impl MysqlSink {
         let keys = &table.primary_key;
         let mut derived = Vec::new();
         for (ord, r) in group.iter().enumerate() {
-            let row = match r.op {
-                ferry_core::RowOp::Delete { before } => before,
-                ferry_core::RowOp::Insert { after }
-                | ferry_core::RowOp::Read { after }
-                | ferry_core::RowOp::Update { after, .. } => after,
-            };
+            let row = r.op.row();
             let mut cols = vec![format!("{ord} AS ord")];
             for (i, &k) in keys.iter().enumerate() {
                 let lit = literal(&row[k], target.kind(&table.columns[k].name), table.dialect)
@@ -759,12 +754,7 @@ impl MysqlSink {
                     false,
                 ),
                 (op, action) => {
-                    let after = match op {
-                        ferry_core::RowOp::Insert { after }
-                        | ferry_core::RowOp::Read { after }
-                        | ferry_core::RowOp::Update { after, .. } => after,
-                        ferry_core::RowOp::Delete { before } => before,
-                    };
+                    let after = op.row();
                     let update = matches!(op, ferry_core::RowOp::Update { .. });
                     let complete = matches!(action, RowAction::Upsert(_));
                     // With version vectors: a change whose writer had seen the row applies, a stale one is
@@ -923,12 +913,7 @@ impl MysqlSink {
         self.flush(&mut upserts).await?;
         for (ord, joined) in joined_vectors {
             let r = &group[ord];
-            let row = match r.op {
-                ferry_core::RowOp::Insert { after }
-                | ferry_core::RowOp::Read { after }
-                | ferry_core::RowOp::Update { after, .. } => after,
-                ferry_core::RowOp::Delete { before } => before,
-            };
+            let row = r.op.row();
             let sql = format!(
                 "UPDATE {name} SET {} = {} WHERE {}",
                 quote_ident(ferry_core::VERSION_VECTOR),
@@ -1014,12 +999,7 @@ impl MysqlSink {
         let columns = &self.tables[&table.id];
         let mut rows = Vec::with_capacity(group.len());
         for (ord, r) in group.iter().enumerate() {
-            let row = match r.op {
-                ferry_core::RowOp::Delete { before } => before,
-                ferry_core::RowOp::Insert { after }
-                | ferry_core::RowOp::Read { after }
-                | ferry_core::RowOp::Update { after, .. } => after,
-            };
+            let row = r.op.row();
             let mut key = Vec::with_capacity(table.primary_key.len());
             for &k in &table.primary_key {
                 key.push(
@@ -1642,12 +1622,7 @@ fn key_names(table: &TableSchema) -> Vec<String> {
 }
 
 fn key_of(table: &TableSchema, op: &ferry_core::RowOp) -> Vec<Option<String>> {
-    let row = match op {
-        ferry_core::RowOp::Insert { after }
-        | ferry_core::RowOp::Read { after }
-        | ferry_core::RowOp::Update { after, .. } => after,
-        ferry_core::RowOp::Delete { before } => before,
-    };
+    let row = op.row();
     table
         .primary_key
         .iter()

@@ -590,42 +590,42 @@ fn raced_error(table: &TableSchema) -> Error {
     )
 }
 
-/// Applies a group of inserts / updates writing `columns`; returns the conflicts met.
+/// What a group of inserts / updates writes: the table, the target's column types (see [`target_types`]), the
+/// table's policy, the columns written (the key included), and whether each change carries every column.
+#[derive(Clone, Copy)]
+pub struct Writes<'a> {
+    pub table: &'a TableSchema,
+    pub types: &'a [String],
+    pub policy: &'a TablePolicy,
+    pub columns: &'a [usize],
+    pub complete: bool,
+}
+
+/// Applies a group of inserts / updates (`writes`); returns the conflicts met.
 ///
 /// `prepared` keeps the first statement of each table and column set prepared, run with its generic plan: it
 /// looks the rows up by key, as the plain sink's upserts do (a custom plan for a batch of thousands of rows
 /// tends to hash the whole table instead).
-#[allow(clippy::too_many_arguments)]
 pub async fn apply_changes(
     client: &Client,
     prepared: &mut HashMap<String, Statement>,
-    table: &TableSchema,
-    types: &[String],
-    policy: &TablePolicy,
-    columns: &[usize],
-    complete: bool,
+    writes: Writes<'_>,
     changes: &[Change<'_>],
 ) -> Result<Vec<ConflictRecord>, Error> {
-    let (mut records, mut raced) = apply_changes_once(
-        client, prepared, table, types, policy, columns, complete, changes,
-    )
-    .await?;
+    let (mut records, mut raced) = apply_changes_once(client, prepared, writes, changes).await?;
     for _ in 0..3 {
         if raced.is_empty() {
             return Ok(records);
         }
         let again: Vec<Change<'_>> = raced.iter().map(|&i| changes[i].clone()).collect();
-        let (more, still) = apply_changes_once(
-            client, prepared, table, types, policy, columns, complete, &again,
-        )
-        .await?;
+        let (more, still) = apply_changes_once(client, prepared, writes, &again).await?;
         records.extend(more);
         raced = still.into_iter().map(|i| raced[i]).collect();
     }
     if raced.is_empty() {
         Ok(records)
     } else {
-        Err(raced_error(table))
+        Err(raced_error(writes.table))
     }
 }
 
@@ -640,19 +640,21 @@ fn may_insert(policy: &TablePolicy, complete: bool, ch: &Change<'_>) -> bool {
 
 /// `changes` applied: the common case first ([`fast_statement`]), then the changes it left
 /// ([`change_statement`]). Returns the conflicts met, and the changes a concurrent insert kept out (to go again).
-#[allow(clippy::too_many_arguments)]
 async fn apply_changes_once(
     client: &Client,
     prepared: &mut HashMap<String, Statement>,
-    table: &TableSchema,
-    types: &[String],
-    policy: &TablePolicy,
-    columns: &[usize],
-    complete: bool,
+    writes: Writes<'_>,
     changes: &[Change<'_>],
 ) -> Result<(Vec<ConflictRecord>, Vec<usize>), Error> {
+    let Writes {
+        table,
+        types,
+        policy,
+        columns,
+        ..
+    } = writes;
     let Some(sql) = fast_statement(table, types, policy, columns) else {
-        return resolve_changes(client, table, types, policy, columns, complete, changes).await;
+        return resolve_changes(client, writes, changes).await;
     };
     let statement = match prepared.get(&sql) {
         Some(s) => s.clone(),
@@ -668,7 +670,7 @@ async fn apply_changes_once(
             s
         }
     };
-    let params = change_params(table, policy, columns, complete, changes)?;
+    let params = change_params(writes, changes)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     // The generic plan from the first batch on (PostgreSQL would plan the first five for their exact row count,
     // and hash the whole table); the setting is back to the session's for every other statement. The three are
@@ -691,20 +693,23 @@ async fn apply_changes_once(
         .filter(|&i| !applied.contains(&(i as i32)))
         .collect();
     let rest: Vec<Change<'_>> = left.iter().map(|&i| changes[i].clone()).collect();
-    let (records, raced) =
-        resolve_changes(client, table, types, policy, columns, complete, &rest).await?;
+    let (records, raced) = resolve_changes(client, writes, &rest).await?;
     Ok((records, raced.into_iter().map(|i| left[i]).collect()))
 }
 
 /// The parameters of both statements of a group of changes (the table's name, which only
 /// [`change_statement`] takes, left out).
 fn change_params(
-    table: &TableSchema,
-    policy: &TablePolicy,
-    columns: &[usize],
-    complete: bool,
+    writes: Writes<'_>,
     changes: &[Change<'_>],
 ) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Error> {
+    let Writes {
+        table,
+        policy,
+        columns,
+        complete,
+        ..
+    } = writes;
     let sums: Vec<usize> = columns
         .iter()
         .copied()
@@ -768,14 +773,17 @@ fn change_params(
 /// [`change_statement`] for `changes`: the conflicts met, and the changes a concurrent insert kept out.
 async fn resolve_changes(
     client: &Client,
-    table: &TableSchema,
-    types: &[String],
-    policy: &TablePolicy,
-    columns: &[usize],
-    complete: bool,
+    writes: Writes<'_>,
     changes: &[Change<'_>],
 ) -> Result<(Vec<ConflictRecord>, Vec<usize>), Error> {
-    let mut params = change_params(table, policy, columns, complete, changes)?;
+    let Writes {
+        table,
+        types,
+        policy,
+        columns,
+        complete,
+    } = writes;
+    let mut params = change_params(writes, changes)?;
     params.push(Box::new(table.id.to_string()));
     let sql = change_statement(table, types, policy, columns);
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();

@@ -582,11 +582,13 @@ impl PostgresSink {
                 conflict::apply_changes(
                     &self.client,
                     &mut self.multi.prepared_changes,
-                    &m.table,
-                    &types,
-                    &m.policy,
-                    columns,
-                    m.complete,
+                    conflict::Writes {
+                        table: &m.table,
+                        types: &types,
+                        policy: &m.policy,
+                        columns,
+                        complete: m.complete,
+                    },
                     &m.changes,
                 )
                 .await?
