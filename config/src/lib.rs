@@ -479,17 +479,12 @@ mod tests {
         assert!(!keys.contains(&"sink[0].conflict_rules[0].columns.b"));
         assert!(!keys.contains(&"sink[0].conflict_rules[0].version_vectors"));
 
-        // SQLite sinks refuse conflict rules rather than ignore them.
+        // SQLite sinks take conflict rules like the other SQL sinks.
         let sqlite =
             "[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\
              [[sink]]\ntype = \"sqlite\"\npath = \"r.db\"\nconflict = \"last_write_wins\"\n";
-        let errors = load(sqlite).unwrap_err().0;
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.key == "sink[0].conflict" && e.message.contains("SQLite")),
-            "{errors:#?}"
-        );
+        let config = load(sqlite).unwrap();
+        assert!(config.sinks[0].conflicts.default.is_some());
 
         // A rule with only a merge expression puts its tables under a policy, even without a default resolver.
         let merge_only = "[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n\

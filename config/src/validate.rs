@@ -1459,14 +1459,9 @@ fn read_sinks(r: &mut Reader<'_>, root: &mut Section<'_>) -> Vec<SinkConfig> {
                 );
             }
             let refused = match kind {
-                SinkKind::Postgres { .. } | SinkKind::Mysql { .. } => None,
-                // Said plainly rather than accepted and ignored.
-                SinkKind::Sqlite { .. } => Some(
-                    "conflict resolution into SQLite is not built yet; use a postgres or mysql sink, or leave \
-                     the conflict keys out (the SQLite file then takes every change as the source sent it)",
-                ),
+                SinkKind::Postgres { .. } | SinkKind::Mysql { .. } | SinkKind::Sqlite { .. } => None,
                 _ => Some(
-                    "conflict resolution needs a SQL target (postgres or mysql): a Kafka or discard sink holds no \
+                    "conflict resolution needs a SQL target (postgres, mysql or sqlite): a Kafka or discard sink holds no \
                      rows to conflict with",
                 ),
             };

@@ -77,9 +77,12 @@ pub async fn open(config: &PipelineConfig, index: usize) -> Result<AnySink, Erro
         SinkKind::Mysql { url } => AnySink::Mysql(
             MysqlSink::connect(&sink.name, &config.name, url, multi_master(config, sink)).await?,
         ),
-        SinkKind::Sqlite { path } => {
-            AnySink::Sqlite(SqliteSink::open(&sink.name, &config.name, path)?)
-        }
+        SinkKind::Sqlite { path } => AnySink::Sqlite(SqliteSink::open(
+            &sink.name,
+            &config.name,
+            path,
+            multi_master(config, sink),
+        )?),
         SinkKind::Discard { checkpoint_file } => {
             AnySink::Discard(DiscardSink::new(&sink.name, &config.name, checkpoint_file)?)
         }
@@ -174,6 +177,9 @@ pub async fn list_conflicts(
         }
         SinkKind::Mysql { url } => {
             crate::mysql::list_conflicts(url, pipeline, &sink.name, table).await
+        }
+        SinkKind::Sqlite { path } => {
+            crate::sqlite::list_conflicts(path, pipeline, &sink.name, table)
         }
         _ => Ok(Vec::new()),
     }

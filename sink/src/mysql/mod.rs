@@ -26,10 +26,8 @@ use mysql_async::{Conn, Opts};
 use tracing::{debug, warn};
 
 use crate::checkpoint::now_text;
-use crate::conflict::{
-    decide_change, decide_delete, ConflictKind, ConflictRecord, ConflictTally, Decision,
-    MultiMasterOptions, Policies,
-};
+use crate::conflict::augment::{decide_managed, key_change_parts, Augmenter, Managed};
+use crate::conflict::{ConflictRecord, ConflictTally, Decision, MultiMasterOptions, Policies};
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
@@ -138,7 +136,7 @@ struct MysqlMulti {
     /// The node changes without version columns are stamped with: `[pipeline] node`, or the pipeline's name.
     node: String,
     policies: Policies,
-    augmenter: conflict::Augmenter,
+    augmenter: Augmenter,
     tally: ConflictTally,
     /// Target tables given their stamping triggers.
     prepared: HashSet<(TableId, u64)>,
@@ -150,7 +148,7 @@ struct MysqlMulti {
 struct ManagedRow<'a> {
     op: &'a ferry_core::RowOp,
     action: RowAction<'a>,
-    managed: conflict::Managed,
+    managed: Managed,
 }
 
 impl MysqlSink {
@@ -447,30 +445,20 @@ impl MysqlSink {
         let mut upserts = Upserts::default();
         // A key change under a conflict policy is the delete of the old key and the insert of the new one, each
         // weighed like any other (as on PostgreSQL targets): these are their rows, in the order they come.
-        let moves: Vec<[ferry_core::RowOp; 2]> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Change(Change::Row { table, op })
-                    if !evolve::is_quarantined(&self.applied, &table.id)
-                        && self
-                            .multi
-                            .augmenter
-                            .managed(table, op, &self.multi.node)
-                            .is_some() =>
+        let mut moves: Vec<[ferry_core::RowOp; 2]> = Vec::new();
+        for e in events {
+            if let Event::Change(Change::Row { table, op }) = e {
+                if !evolve::is_quarantined(&self.applied, &table.id)
+                    && self
+                        .multi
+                        .augmenter
+                        .managed(table, op, &self.multi.node)
+                        .is_some()
                 {
-                    match classify(table, op) {
-                        RowAction::Move { old, new } => Some([
-                            ferry_core::RowOp::Delete {
-                                before: old.clone(),
-                            },
-                            ferry_core::RowOp::Insert { after: new.clone() },
-                        ]),
-                        _ => None,
-                    }
+                    moves.extend(key_change_parts(table, op)?);
                 }
-                _ => None,
-            })
-            .collect();
+            }
+        }
         let mut moves = moves.iter();
         let mut managed: Vec<ManagedRow> = Vec::new();
         for e in events {
@@ -479,15 +467,7 @@ impl MysqlSink {
                 if !evolve::is_quarantined(&self.applied, &table.id) {
                     if let Some(m) = self.multi.augmenter.managed(table, op, &self.multi.node) {
                         self.flush(&mut upserts).await?;
-                        if let RowAction::Move { new, .. } = classify(table, op) {
-                            if !is_complete(new) {
-                                return Err(Error::fatal(format!(
-                                    "table {}: a key change arrived without every column (unchanged TOAST \
-                                     values), so it cannot be weighed as a new row; set REPLICA IDENTITY FULL \
-                                     on the source table",
-                                    table.id
-                                )));
-                            }
+                        if let RowAction::Move { .. } = classify(table, op) {
                             let Some(parts) = moves.next() else {
                                 continue;
                             };
@@ -747,73 +727,19 @@ impl MysqlSink {
             let tomb = tombs.get(&ord);
             let local_version = local.map(|(ts, node, _)| (*ts, node.as_str()));
             let m = &r.managed;
-            let (row, decision, update) = match (r.op, &r.action) {
-                (ferry_core::RowOp::Delete { before }, _) => (
-                    before,
-                    decide_delete(policy.missing_resolver(), local_version, &m.version, m.seen),
-                    false,
-                ),
-                (op, action) => {
-                    let after = op.row();
-                    let update = matches!(op, ferry_core::RowOp::Update { .. });
-                    let complete = matches!(action, RowAction::Upsert(_));
-                    // With version vectors: a change whose writer had seen the row applies, a stale one is
-                    // already in it, and only concurrent ones go to the resolver (as on PostgreSQL).
-                    let compared = m.vector.as_deref().zip(local_vectors.get(&ord)).and_then(
-                        |(remote, local)| {
-                            Some((crate::conflict::vector_cmp(remote, local)?, remote, local))
-                        },
-                    );
-                    if let Some((order, remote, local_vector)) = compared {
-                        let decision = match order {
-                            0 | 1 => Decision::Apply,
-                            -1 => continue,
-                            _ => {
-                                if let Some(joined) =
-                                    crate::conflict::vector_max(remote, local_vector)
-                                {
-                                    joined_vectors.push((ord, joined));
-                                }
-                                let (ts, node) = local_version.unwrap_or((None, ""));
-                                Decision::Conflict {
-                                    kind: if update {
-                                        ConflictKind::UpdateOriginDiffers
-                                    } else {
-                                        ConflictKind::InsertExists
-                                    },
-                                    remote_wins: crate::conflict::remote_wins(
-                                        policy.row_resolver(),
-                                        &crate::conflict::Version {
-                                            ts: ts.unwrap_or(0),
-                                            node: node.to_owned(),
-                                        },
-                                        &m.version,
-                                    ),
-                                }
-                            }
-                        };
-                        (after, decision, update)
-                    } else {
-                        (
-                            after,
-                            decide_change(
-                                if local.is_some() {
-                                    policy.row_resolver()
-                                } else {
-                                    policy.missing_resolver()
-                                },
-                                local_version,
-                                tomb,
-                                &m.version,
-                                m.seen,
-                                update,
-                                complete,
-                            ),
-                            update,
-                        )
-                    }
-                }
+            let complete = matches!(r.action, RowAction::Upsert(_));
+            let Some((decision, joined)) = decide_managed(
+                m,
+                r.op,
+                complete,
+                local_version,
+                local_vectors.get(&ord).map(String::as_str),
+                tomb,
+            ) else {
+                continue;
             };
+            joined_vectors.extend(joined.map(|j| (ord, j)));
+            let row = r.op.row();
             let wins = match decision {
                 Decision::Apply => true,
                 Decision::Conflict { remote_wins, .. } => remote_wins,
@@ -894,7 +820,6 @@ impl MysqlSink {
             }
             match &r.action {
                 RowAction::Upsert(full) => {
-                    let _ = update;
                     upserts.push(&table, full);
                 }
                 action => {
@@ -1124,14 +1049,7 @@ impl MysqlSink {
                         ferry_core::RowOp::Insert { .. } => "NULL".to_owned(),
                         _ => match old.map(|o| &o[i]) {
                             Some(v) if *v != Value::Unchanged => lit(v)?,
-                            _ => {
-                                return Err(Error::fatal(format!(
-                                    "table {}, column {}: sum_delta needs the value the update replaced, and the \
-                                     source did not send it; set REPLICA IDENTITY FULL on the source table (MySQL / \
-                                     MariaDB: binlog_row_image = FULL)",
-                                    table.id, c.name
-                                )))
-                            }
+                            _ => return Err(crate::conflict::sum_delta_needs_old(table, &c.name)),
                         },
                     };
                     Some(format!(

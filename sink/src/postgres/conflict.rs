@@ -733,12 +733,10 @@ fn change_params(
                 ChangeKind::Update => match ch.old.map(|o| &o[c]) {
                     Some(v) if *v != ferry_core::Value::Unchanged => pg_text(v),
                     _ => {
-                        return Err(Error::fatal(format!(
-                            "table {}, column {}: sum_delta needs the value the update replaced, and the source \
-                             did not send it; set REPLICA IDENTITY FULL on the source table (MySQL / MariaDB: \
-                             binlog_row_image = FULL)",
-                            table.id, table.columns[c].name
-                        )))
+                        return Err(crate::conflict::sum_delta_needs_old(
+                            table,
+                            &table.columns[c].name,
+                        ))
                     }
                 },
             });

@@ -18,7 +18,10 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{params_from_iter, Connection};
 use tracing::{debug, error, info};
 
+mod conflict;
+
 use crate::checkpoint;
+use crate::conflict::MultiMasterOptions;
 use crate::evolve::{self, Applied, Step};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, missing_row, sent_columns, RowAction};
@@ -142,13 +145,23 @@ pub struct SqliteSink {
     shadows: Shadows,
     /// The locked lease file: held while this sink exists.
     _lease: std::fs::File,
+    multi: Box<conflict::SqliteMulti>,
 }
 
 impl SqliteSink {
     /// Opens (creating if needed) the database file.
-    pub fn open(name: &str, pipeline: &str, path: &Path) -> Result<Self, Error> {
+    pub fn open(
+        name: &str,
+        pipeline: &str,
+        path: &Path,
+        multi: MultiMasterOptions,
+    ) -> Result<Self, Error> {
         let lease = crate::file_lease(path, pipeline, name)?;
         let conn = open_db(path)?;
+        if multi.resolves() {
+            conn.execute_batch(&conflict::support_sql())
+                .map_err(db_error("creating ferry_conflicts and ferry_tombstones"))?;
+        }
         let records: Vec<(String, String)> = {
             let mut stmt = conn
                 .prepare("SELECT source_table, applied FROM ferry_schemas WHERE pipeline = ?1 AND sink = ?2")
@@ -170,6 +183,11 @@ impl SqliteSink {
             _lease: lease,
             shadows: Shadows::from_records(&applied),
             applied,
+            multi: Box::new(conflict::SqliteMulti {
+                node: multi.node.clone().unwrap_or_else(|| pipeline.to_owned()),
+                options: multi,
+                ..Default::default()
+            }),
         })
     }
 
@@ -179,11 +197,26 @@ impl SqliteSink {
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(db_error("starting a transaction"))?;
             self.in_transaction = true;
+            if self.multi.options.resolves() {
+                // Keeps the stamping triggers off for Ferry's own writes (see conflict.rs).
+                self.conn
+                    .execute(
+                        &format!("INSERT INTO {} VALUES (?1)", conflict::APPLYING_TABLE),
+                        [&self.pipeline],
+                    )
+                    .map_err(db_error("starting a transaction"))?;
+            }
         }
-        let events = self.shadows.expand(events);
         for event in events.iter() {
             match event {
                 Event::Change(Change::Recopy { table, step }) => {
+                    if matches!(step, RecopyStep::Start { .. }) {
+                        crate::conflict::refuse_bulk_change(
+                            &self.multi.options.conflicts,
+                            std::slice::from_ref(table),
+                            "an online re-copy",
+                        )?;
+                    }
                     match step {
                         RecopyStep::Finish { schema } => {
                             let columns: Vec<String> =
@@ -217,9 +250,19 @@ impl SqliteSink {
                     error!(sink = %self.name, %table, reason, "table quarantined: its changes are no longer applied");
                 }
                 Event::Change(Change::Row { table, op }) => {
-                    self.apply_row(table, classify(table, op))?
+                    match self.multi.augmenter.managed(table, op, &self.multi.node) {
+                        Some(m) => self.apply_managed(table, op, m)?,
+                        None => self.apply_row(table, classify(table, op))?,
+                    }
                 }
                 Event::Change(Change::Truncate { tables, snapshot }) => {
+                    if !*snapshot {
+                        crate::conflict::refuse_bulk_change(
+                            &self.multi.options.conflicts,
+                            tables,
+                            "a TRUNCATE",
+                        )?;
+                    }
                     for t in tables.iter().filter(|_| *snapshot) {
                         if let Some(record) = evolve::release(&mut self.applied, t) {
                             save_record(&self.conn, (&self.pipeline, &self.name), t, &record)?;
@@ -243,6 +286,7 @@ impl SqliteSink {
                         &self.name,
                     )?;
                     self.known_tables.insert(schema.id.clone(), schema.clone());
+                    self.prepare_versions(schema)?;
                 }
                 Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
             }
@@ -259,11 +303,46 @@ impl SqliteSink {
                     ),
                 )
                 .map_err(db_error("writing the checkpoint"))?;
+            if self.multi.options.resolves() {
+                self.conn
+                    .execute_batch(&format!("DELETE FROM {}", conflict::APPLYING_TABLE))
+                    .map_err(db_error("committing"))?;
+            }
             self.conn
                 .execute_batch("COMMIT")
                 .map_err(db_error("committing"))?;
             self.in_transaction = false;
+            self.multi.tally.committed();
             debug!(sink = %self.name, %position, "committed");
+        }
+        Ok(())
+    }
+
+    /// Gives a target table under a conflict policy its stamping and tombstone triggers, once per schema version
+    /// (in the open transaction: SQLite's DDL is transactional).
+    fn prepare_versions(&mut self, schema: &SchemaRef) -> Result<(), Error> {
+        if schema.column_index(ferry_core::VERSION_TS).is_none() || !self.multi.options.resolves() {
+            return Ok(());
+        }
+        let Some(policy) = self
+            .multi
+            .policies
+            .get(&self.multi.options.conflicts, schema)?
+        else {
+            return Ok(());
+        };
+        if !self
+            .multi
+            .prepared
+            .insert((schema.id.clone(), schema.version))
+        {
+            return Ok(());
+        }
+        for sql in conflict::prepare_sql(schema, policy.vectors) {
+            self.conn.execute_batch(&sql).map_err(db_error(format!(
+                "preparing {} for conflict detection",
+                schema.id
+            )))?;
         }
         Ok(())
     }
@@ -641,7 +720,22 @@ impl Sink for SqliteSink {
         Ok(Some(recopy::recorded(&self.applied)))
     }
 
+    fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
+        self.multi.tally.take()
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        let events = self.shadows.expand(events);
+        let versioned;
+        let events: &[Event] = if self.multi.options.resolves() {
+            let m = &mut *self.multi;
+            versioned =
+                m.augmenter
+                    .augment(&mut m.policies, &m.options.conflicts, &m.node, &events)?;
+            &versioned
+        } else {
+            &events
+        };
         tokio::task::block_in_place(|| self.apply_sync(events, commit))
     }
 }
@@ -675,6 +769,57 @@ pub fn list_checkpoints(
         .map_err(db_error("reading checkpoints"))?;
     rows.collect::<Result<_, _>>()
         .map_err(db_error("reading checkpoints"))
+}
+
+/// The conflicts sink `sink` of `pipeline` logged in a SQLite file (`ferry conflicts`), only `table`'s when given.
+pub fn list_conflicts(
+    path: &Path,
+    pipeline: &str,
+    sink: &str,
+    table: Option<&str>,
+) -> Result<Vec<crate::conflict::LoggedConflict>, Error> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_error(format!("opening {}", path.display())))?;
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'ferry_conflicts'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_error("looking for ferry_conflicts"))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(conflict::LIST_CONFLICTS_SQL)
+        .map_err(db_error("reading ferry_conflicts"))?;
+    let rows = stmt
+        .query_map((pipeline, sink, table), |r| {
+            Ok(crate::conflict::LoggedConflict {
+                id: r.get(0)?,
+                detected_at: r.get(1)?,
+                pipeline: r.get(2)?,
+                sink: r.get(3)?,
+                table: r.get(4)?,
+                key: r.get(5)?,
+                kind: r.get(6)?,
+                resolver: r.get(7)?,
+                winner: r.get(8)?,
+                local_row: crate::conflict::logged_row(r.get(9)?),
+                remote_row: crate::conflict::logged_row(r.get(10)?),
+                local_node: r.get(11)?,
+                local_ts: r.get(12)?,
+                remote_node: r.get(13)?,
+                remote_ts: r.get(14)?,
+                source_position: r.get(15)?,
+            })
+        })
+        .map_err(db_error("reading ferry_conflicts"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(db_error("reading ferry_conflicts"))
 }
 
 /// Deletes a pipeline's checkpoints from a SQLite file (`ferry reset`).

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+pub mod augment;
+
 use ferry_config::{ConflictPolicy, MergeRule, Resolver};
 use ferry_core::{ColumnType, ConflictCount, Error, Row, TableSchema, TxContext, Value};
 
@@ -54,6 +56,15 @@ pub enum Decision {
         kind: ConflictKind,
         remote_wins: bool,
     },
+}
+
+/// The error of a `sum_delta` column whose update arrived without the value it replaced.
+pub fn sum_delta_needs_old(table: &TableSchema, column: &str) -> Error {
+    Error::fatal(format!(
+        "table {}, column {column}: sum_delta needs the value the update replaced, and the source did not send it; \
+         set REPLICA IDENTITY FULL on the source table (MySQL / MariaDB: binlog_row_image = FULL)",
+        table.id
+    ))
 }
 
 /// Whether a change that meets no row may write one: all of it is there (`complete`), and it is an insert, or an

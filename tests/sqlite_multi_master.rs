@@ -1,0 +1,342 @@
+//! End-to-end: conflict resolution into a SQLite target that is also written locally (another connection to the
+//! file: an edge application, a cache that takes local edits). The same cases, and the same outcomes, as the
+//! PostgreSQL and MariaDB targets' tests; and exactly once under SIGKILL with a policy on.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `sql` on the SQLite file as a local writer would (its own connection, outside Ferry).
+fn local(db: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(db).expect("open sqlite");
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute_batch(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn count(db: &Path, sql: &str) -> usize {
+    sqlite_rows(db, sql)
+        .first()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every resolver and merge rule into a SQLite file written locally: the rows each leaves and the conflicts each
+/// logs.
+#[test]
+fn each_resolver_and_merge_rule_gives_its_rows_in_sqlite() {
+    let tables: [(&str, &str); 10] = [
+        ("t_apply", "conflict = \"apply_remote\""),
+        ("t_keep", "conflict = \"keep_local\""),
+        ("t_lww", "conflict = \"last_write_wins\""),
+        ("t_fww", "conflict = \"first_write_wins\""),
+        ("t_skip", "conflict = \"skip\""),
+        ("t_max", "conflict = \"last_write_wins\"\ncolumns = { a = \"max\" }"),
+        ("t_min", "conflict = \"last_write_wins\"\ncolumns = { a = \"min\" }"),
+        ("t_pnn", "conflict = \"keep_local\"\ncolumns = { b = \"prefer_non_null\" }"),
+        (
+            "t_merge",
+            "merge = '''{\"a\": int(local.a) > int(remote.a) ? local.a : remote.a, \"b\": (local.b == null ? \"\" : local.b) + \"+\" + remote.b}'''",
+        ),
+        ("t_union", "conflict = \"keep_local\"\ncolumns = { tags = \"union\" }"),
+    ];
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    let mut rules = String::new();
+    for (t, rule) in tables {
+        pg.psql(
+            "shop",
+            &format!(
+                "CREATE TABLE {t} (id int PRIMARY KEY, a int, b text, tags jsonb);
+                 INSERT INTO {t} VALUES (1, 10, 'one', '[\"a\"]'), (2, 20, 'two', NULL), (3, 30, 'three', NULL);"
+            ),
+        );
+        rules.push_str(&format!(
+            "[[sink.conflict_rules]]\ntables = [\"public.{t}\"]\n{rule}\n"
+        ));
+    }
+    let dir = scratch();
+    let db = dir.path().join("edge.db");
+    let config = write_config(
+        dir.path(),
+        "resolve",
+        &format!(
+            "[pipeline]\nname = \"resolve\"\nnode = \"pg\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n{rules}",
+            pg.url("shop"),
+            db.display()
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    let copied = wait_until(WAIT, || count(&db, "SELECT count(*) FROM t_union") == 3);
+    assert!(
+        copied,
+        "the snapshot did not reach SQLite:\n{}",
+        ferry.log()
+    );
+    let each = |sql: &str, on_target: bool| {
+        for (t, _) in tables {
+            let sql = sql.replace("{t}", t);
+            if on_target {
+                local(&db, &sql);
+            } else {
+                pg.psql("shop", &sql);
+            }
+        }
+    };
+    let logged = |n: usize| {
+        wait_until(WAIT, || {
+            count(&db, "SELECT count(*) FROM ferry_conflicts") >= n
+        })
+    };
+    let conflict_log = || {
+        sqlite_rows(
+            &db,
+            "SELECT table_name, key, kind, winner FROM ferry_conflicts ORDER BY id",
+        )
+        .join("\n")
+    };
+    // Row 1: the target writes first, the source later.
+    each(
+        "UPDATE {t} SET a = 100, b = NULL, tags = '[\"a\", \"local\"]' WHERE id = 1",
+        true,
+    );
+    // The local write was stamped by the trigger: this database's node ('' until one is named), a version now.
+    let stamped = sqlite_rows(
+        &db,
+        "SELECT _ferry_node, _ferry_ts > 1000000000000000 FROM t_lww WHERE id = 1",
+    );
+    assert_eq!(stamped, vec!["|1"], "local write not stamped");
+    each(
+        "UPDATE {t} SET a = 50, b = 'src', tags = '[\"remote\", \"a\", \"remote\"]' WHERE id = 1",
+        false,
+    );
+    // Row 3: deleted on the target (a tombstone), then updated at the source.
+    each("DELETE FROM {t} WHERE id = 3", true);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM ferry_tombstones WHERE table_name = 't_lww' AND key = '3'"
+        ),
+        1,
+        "local delete left no tombstone"
+    );
+    each("UPDATE {t} SET a = 33 WHERE id = 3", false);
+    assert!(
+        logged(20),
+        "conflicts not logged:\n{}\n{}",
+        conflict_log(),
+        ferry.log()
+    );
+    // Row 2: the source writes first while Ferry is stopped, the target later.
+    ferry.terminate();
+    each("UPDATE {t} SET a = 60, b = 'src2' WHERE id = 2", false);
+    std::thread::sleep(Duration::from_millis(5));
+    each("UPDATE {t} SET a = 200, b = 'local2' WHERE id = 2", true);
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    assert!(
+        logged(30),
+        "conflicts not logged:\n{}\n{}",
+        conflict_log(),
+        ferry.log()
+    );
+    let rows =
+        |t: &str| sqlite_rows(&db, &format!("SELECT id, a, b FROM {t} ORDER BY id")).join("\n");
+    let remote1 = "1|50|src";
+    let local1 = "1|100|";
+    let remote2 = "2|60|src2";
+    let local2 = "2|200|local2";
+    let back3 = "3|33|three";
+    let expected = [
+        ("t_apply", vec![remote1, remote2, back3]),
+        ("t_keep", vec![local1, local2]),
+        ("t_lww", vec![remote1, local2, back3]),
+        ("t_fww", vec![local1, remote2]),
+        ("t_skip", vec![local1, local2]),
+        ("t_max", vec!["1|100|src", "2|200|local2", back3]),
+        ("t_min", vec!["1|50|src", "2|60|local2", back3]),
+        ("t_pnn", vec!["1|100|src", local2]),
+        // a: the larger; b: both (local first); row 2's local write is the later one.
+        ("t_merge", vec!["1|100|+src", "2|200|local2+src2", back3]),
+        ("t_union", vec![local1, local2]),
+    ];
+    for (t, want) in expected {
+        assert_eq!(
+            rows(t),
+            want.join("\n"),
+            "table {t}\n{}\n{}",
+            conflict_log(),
+            ferry.log()
+        );
+    }
+    assert_eq!(
+        sqlite_rows(&db, "SELECT tags FROM t_union WHERE id = 1"),
+        vec!["[\"a\",\"local\",\"remote\"]"]
+    );
+    // Ferry's own writes are not stamped as local ones: the rows it wrote carry the source's node.
+    assert_eq!(
+        sqlite_rows(&db, "SELECT _ferry_node FROM t_apply ORDER BY id"),
+        vec!["pg", "pg", "pg"]
+    );
+    let logged_rows = sqlite_rows(
+        &db,
+        "SELECT table_name, key, kind, winner FROM ferry_conflicts ORDER BY table_name, key",
+    );
+    for (t, want) in [
+        ("t_apply", ["remote", "remote", "remote"]),
+        ("t_keep", ["local", "local", "local"]),
+        ("t_lww", ["remote", "local", "remote"]),
+        ("t_fww", ["local", "remote", "local"]),
+        ("t_skip", ["local", "local", "local"]),
+        ("t_max", ["remote", "merged", "remote"]),
+        ("t_min", ["remote", "merged", "remote"]),
+        ("t_pnn", ["merged", "merged", "local"]),
+        ("t_merge", ["merged", "merged", "remote"]),
+        ("t_union", ["merged", "merged", "local"]),
+    ] {
+        let kinds = [
+            "update_origin_differs",
+            "update_origin_differs",
+            "update_deleted",
+        ];
+        let got: Vec<&String> = logged_rows
+            .iter()
+            .filter(|l| l.starts_with(&format!("public.{t}|")))
+            .collect();
+        let want: Vec<String> = (0..3)
+            .map(|i| format!("public.{t}|(id) = ({})|{}|{}", i + 1, kinds[i], want[i]))
+            .collect();
+        assert_eq!(got, want.iter().collect::<Vec<_>>(), "conflict log of {t}");
+    }
+    // `ferry conflicts` reads the SQLite log.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["conflicts", "--json", "--table", "public.t_lww", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed[0]["local_row"]["a"], "100", "{listed}");
+}
+
+/// Exactly once with a policy on: last-write-wins into SQLite under write load at the source (inserts, updates,
+/// deletes, a key change) and local writes on rows the source never touches, while Ferry is SIGKILLed five
+/// times. Afterwards the source's rows are in the file exactly once and the local rows are as written.
+#[test]
+fn last_write_wins_into_sqlite_is_exactly_once_under_sigkill() {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE kv (id int PRIMARY KEY, v int NOT NULL, note text);
+         INSERT INTO kv SELECT g, 0, 'seed' FROM generate_series(1, 500) g;
+         CREATE TABLE ledger (writer int, seq int, amount int, PRIMARY KEY (writer, seq));",
+    );
+    let dir = scratch();
+    let db = dir.path().join("edge.db");
+    let config = write_config(
+        dir.path(),
+        "kill",
+        &format!(
+            "[pipeline]\nname = \"kill\"\nnode = \"pg\"\n[pipeline.batch]\nmax_events = 300\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"sqlite\"\npath = \"{}\"\nconflict = \"last_write_wins\"\n",
+            pg.url("shop"),
+            db.display()
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    assert!(
+        wait_until(WAIT, || count(&db, "SELECT count(*) FROM kv") == 500),
+        "{}",
+        ferry.log()
+    );
+    ferry.kill9();
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN;
+                 INSERT INTO ledger VALUES ({w}, {seq}, {seq});
+                 UPDATE kv SET v = v + {seq}, note = 'w{w} s{seq}' WHERE id = ({seq} * 7919 + {w}) % 400 + 1;
+                 DELETE FROM kv WHERE id = 1000 + {w} * 100000 + {seq} - 1;
+                 INSERT INTO kv VALUES (1000 + {w} * 100000 + {seq}, {seq}, 'new');
+                 UPDATE kv SET id = 2000000 + {w} * 100000 + {seq} WHERE id = 1000 + {w} * 100000 + {seq};
+                 COMMIT;"
+            ),
+        )
+    });
+    // Local writes on rows 401..500, which the source leaves alone.
+    let local_db = db.clone();
+    let local_writer = std::thread::spawn(move || {
+        for i in 0..200 {
+            local(
+                &local_db,
+                &format!(
+                    "UPDATE kv SET v = v + 1, note = 'local' WHERE id = {}",
+                    401 + i % 100
+                ),
+            );
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    });
+    kill_randomly(&config, &log, 5);
+    writers.stop();
+    local_writer.join().unwrap();
+    let ferry = Ferry::start(&config, &log);
+    let source_kv = pg
+        .psql(
+            "shop",
+            "SELECT id, v, note FROM kv WHERE id <= 400 OR id > 500 ORDER BY id",
+        )
+        .replace('\t', "|");
+    let source_ledger = pg
+        .psql(
+            "shop",
+            "SELECT writer, seq, amount FROM ledger ORDER BY writer, seq",
+        )
+        .replace('\t', "|");
+    let same = wait_until(Duration::from_secs(90), || {
+        sqlite_rows(
+            &db,
+            "SELECT id, v, note FROM kv WHERE id <= 400 OR id > 500 ORDER BY id",
+        )
+        .join("\n")
+            == source_kv
+            && sqlite_rows(
+                &db,
+                "SELECT writer, seq, amount FROM ledger ORDER BY writer, seq",
+            )
+            .join("\n")
+                == source_ledger
+    });
+    assert!(
+        same,
+        "SQLite differs from the source after 5 kills (kv rows source {}, target {}):\n{}",
+        source_kv.lines().count(),
+        count(&db, "SELECT count(*) FROM kv WHERE id <= 400 OR id > 500"),
+        ferry.log()
+    );
+    // Each local write counted once, none lost to Ferry's writes.
+    assert_eq!(
+        sqlite_rows(
+            &db,
+            "SELECT sum(v), min(note), max(note) FROM kv WHERE id BETWEEN 401 AND 500"
+        ),
+        vec!["200|local|local"]
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM ferry_applying"), 0);
+}
