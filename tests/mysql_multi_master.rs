@@ -471,8 +471,11 @@ fn postgres_and_mariadb_keep_exactly_once_under_sigkill() {
     });
     assert!(
         sums_ok,
-        "an increment was lost or applied twice: {:?} for {total} writes",
-        both("SELECT sum(n) FROM totals")
+        "an increment was lost or applied twice: {:?} for {total} writes\n--- totals\n{:?}\n--- p2m\n{}\n--- m2p\n{}",
+        both("SELECT sum(n) FROM totals"),
+        both("SELECT id, n, _ferry_ts, _ferry_node FROM totals ORDER BY id"),
+        a.log(),
+        b.log()
     );
     converged("SELECT id, n, _ferry_ts, _ferry_node FROM totals ORDER BY id");
     converged("SELECT id, v, writer, _ferry_ts, _ferry_node FROM kv ORDER BY id");

@@ -736,6 +736,57 @@ fn union_merges_json_arrays_from_both_sides() {
     );
 }
 
+/// A union rule on a bidirectional pair: each side sees the other's write as the remote one, and both must end
+/// with the same array, in the same order (the earlier write's elements first).
+#[test]
+fn union_gives_both_sides_of_a_pair_the_same_array() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(
+            db,
+            "CREATE TABLE tagged (id int PRIMARY KEY, tags jsonb, note text);
+             ALTER TABLE tagged REPLICA IDENTITY FULL;",
+        );
+    }
+    pg.psql(
+        "a",
+        "INSERT INTO tagged VALUES (1, '[\"a\"]', 'x'), (2, NULL, 'y')",
+    );
+    let dir = scratch();
+    let sink =
+        "conflict = \"last_write_wins\"\n[[sink.conflict_rules]]\ntables = [\"public.tagged\"]\n\
+                columns = { tags = \"union\" }\n";
+    let (ab, ba, a_to_b, b_to_a) = start_pair(&pg, dir.path(), "", sink);
+    let rows = "SELECT id, tags, note, _ferry_ts, _ferry_node FROM tagged ORDER BY id";
+    wait_converged(&pg, rows, &ab, &ba);
+    ab.terminate();
+    ba.terminate();
+    pg.psql(
+        "a",
+        "UPDATE tagged SET tags = '[\"a\", \"from-a\", 1]', note = 'a' WHERE id = 1;
+         UPDATE tagged SET tags = '[{\"k\": 1}]' WHERE id = 2;",
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    pg.psql(
+        "b",
+        "UPDATE tagged SET tags = '[1, \"from-b\", \"a\"]', note = 'b' WHERE id = 1;
+         UPDATE tagged SET tags = '\"solo\"' WHERE id = 2;",
+    );
+    let ab = Ferry::start(&a_to_b, &dir.path().join("a_to_b.log"));
+    let ba = Ferry::start(&b_to_a, &dir.path().join("b_to_a.log"));
+    let converged = wait_converged(&pg, rows, &ab, &ba);
+    // A wrote first: its elements lead on both sides; the note is the later write's.
+    let lines: Vec<&str> = converged.lines().collect();
+    assert!(
+        lines[0].starts_with("1|[\"a\", \"from-a\", 1, \"from-b\"]|b|"),
+        "{converged}"
+    );
+    assert!(
+        lines[1].starts_with("2|[{\"k\": 1}, \"solo\"]|y|"),
+        "{converged}"
+    );
+}
+
 #[test]
 fn a_merge_expression_combines_concurrent_writes_on_both_sides() {
     let pg = two_databases();

@@ -290,3 +290,145 @@ fn a_target_only_not_null_column_without_default_is_reported_at_start() {
     );
     assert!(!log.contains("column(s) noted"), "{log}");
 }
+
+/// A MariaDB target table made by hand with a case-insensitive key (MariaDB's default collation) would fold two
+/// PostgreSQL rows whose keys differ only in case into one target row: Ferry refuses it at the start, naming the
+/// table, the column, the collation and the fix, and writes nothing into it.
+#[test]
+fn a_case_insensitive_target_key_is_refused_before_rows_merge() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE tags (name text PRIMARY KEY, n int);
+         INSERT INTO tags VALUES ('Rust', 1), ('rust', 2), ('RÜST', 3);",
+    );
+    my.sql(
+        "CREATE TABLE replica.tags (name varchar(100) COLLATE utf8mb4_general_ci PRIMARY KEY, n int) \
+         CHARACTER SET utf8mb4",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "ci",
+        &format!(
+            "[pipeline]\nname = \"ci\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            my.url("replica")
+        ),
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    let stopped = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(stopped.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("key column name has collation utf8mb4_general_ci")
+            && log.contains("COLLATE utf8mb4_bin"),
+        "{log}"
+    );
+    assert_eq!(my.sql("SELECT count(*) FROM replica.tags").trim(), "0");
+    // With a binary key the three rows stay three.
+    my.sql("ALTER TABLE replica.tags MODIFY name varchar(100) COLLATE utf8mb4_nopad_bin NOT NULL");
+    let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM replica.tags")
+            .is_ok_and(|c| c.trim() == "3")),
+        "{}",
+        ferry.log()
+    );
+}
+
+/// The first source transaction after a restart meets each of its tables anew (PostgreSQL sends their relations
+/// again). A MariaDB sink used to commit what it had written before preparing each next table, so a transaction
+/// that then failed was partly durable without its checkpoint, and applying it again duplicated its rows. Here the
+/// transaction's last row fails on a target-side CHECK; once the CHECK is gone the transaction lands once.
+#[test]
+fn a_transaction_that_fails_midway_in_mariadb_is_applied_once_when_resumed() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE notes (msg text);
+         CREATE TABLE b (id int PRIMARY KEY, v int);
+         CREATE TABLE c (id int PRIMARY KEY, v text);",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "mid",
+        &format!(
+            "[pipeline]\nname = \"mid\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n[source]\ntype = \"postgres\"\n\
+             url = \"{}\"\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            my.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    pg.psql("shop", "INSERT INTO notes VALUES ('first')");
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM replica.notes")
+            .is_ok_and(|c| c.trim() == "1")),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+    my.sql("ALTER TABLE replica.c ADD CONSTRAINT no_bad CHECK (v <> 'bad')");
+    pg.psql(
+        "shop",
+        "BEGIN; INSERT INTO notes VALUES ('once'); INSERT INTO b VALUES (1, 1); INSERT INTO c VALUES (1, 'bad'); COMMIT;",
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    let stopped = ferry.wait_exit(WAIT);
+    assert!(stopped.is_some_and(|s| !s.success()), "{}", ferry.log());
+    assert!(ferry.log().contains("no_bad"), "{}", ferry.log());
+    // Nothing of the failed transaction is in the target.
+    assert_eq!(
+        my.sql("SELECT (SELECT count(*) FROM replica.notes), (SELECT count(*) FROM replica.b)")
+            .trim(),
+        "1\t0"
+    );
+    my.sql("ALTER TABLE replica.c DROP CONSTRAINT no_bad");
+    let ferry = Ferry::start(&cfg, &dir.path().join("f3.log"));
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM replica.c")
+            .is_ok_and(|c| c.trim() == "1")),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(
+        my.sql("SELECT msg FROM replica.notes ORDER BY msg").trim(),
+        "first\nonce"
+    );
+    // A table created in the middle of a transaction that wrote rows before it: MySQL's CREATE TABLE commits
+    // implicitly, so the sink creates it on a second connection and the transaction stays whole.
+    pg.psql(
+        "shop",
+        "BEGIN; INSERT INTO notes VALUES ('twice?'); CREATE TABLE d (id int PRIMARY KEY, v text); \
+         INSERT INTO d VALUES (1, 'new'); INSERT INTO notes VALUES ('after'); COMMIT;",
+    );
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM replica.notes")
+            .is_ok_and(|c| c.trim() == "4")),
+        "{}",
+        ferry.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        my.sql("SELECT msg FROM replica.notes ORDER BY msg").trim(),
+        "after\nfirst\nonce\ntwice?"
+    );
+    assert_eq!(my.sql("SELECT id, v FROM replica.d").trim(), "1\tnew");
+    assert!(
+        ferry.log().contains("step=CreateTable") && !ferry.log().contains("without the checkpoint"),
+        "{}",
+        ferry.log()
+    );
+}

@@ -111,10 +111,13 @@ impl Augmenter {
                                 versioned.column_index(VERSION_TS).unwrap_or(0),
                                 versioned.column_index(VERSION_NODE).unwrap_or(0),
                             );
-                            if table_policy.ts_column.is_none() || r[ts] == Value::Null {
+                            // A source row's own version columns are copied as they are: one never stamped
+                            // (written before the triggers) stays unstamped here too, so both sides hold the
+                            // same row; its version is 0 all the same ([`TablePolicy::version_of`]).
+                            if table_policy.ts_column.is_none() {
                                 r[ts] = Value::Int(v.ts);
                             }
-                            if table_policy.node_column.is_none() || r[nd] == Value::Null {
+                            if table_policy.node_column.is_none() {
                                 r[nd] = Value::Text(v.node.clone());
                             }
                         }
@@ -192,7 +195,7 @@ impl Augmenter {
             },
             node: match &row[nd] {
                 Value::Text(s) => s.clone(),
-                _ => String::new(),
+                _ => node.to_owned(),
             },
         };
         let vector = match op {

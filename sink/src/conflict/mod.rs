@@ -674,6 +674,33 @@ pub fn union_json(local: Option<&str>, remote: Option<&str>) -> String {
     serde_json::Value::Array(out).to_string()
 }
 
+/// The `union` merge of column `column` of a target row (`local`: the row as the conflict log shows it, a JSON
+/// object of column to text, and its version) and a change's value (`remote`, its version): the earlier write's
+/// elements first, so that both sides of a pair, each of which sees the other's write as the remote one, compute
+/// the same array in the same order. PostgreSQL targets compile the same rule into their statement.
+pub fn union_by_version(
+    local: Option<(&str, &Version)>,
+    column: &str,
+    remote: &Value,
+    remote_version: &Version,
+) -> String {
+    let local_value = local.and_then(|(json, _)| {
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+            .ok()?
+            .remove(column)
+        {
+            Some(serde_json::Value::String(t)) => Some(t),
+            _ => None,
+        }
+    });
+    let remote = ferry_core::pg_text::pg_text(remote);
+    let (local_value, remote) = (local_value.as_deref(), remote.as_deref());
+    match local {
+        Some((_, v)) if v > remote_version => union_json(remote, local_value),
+        _ => union_json(local_value, remote),
+    }
+}
+
 /// `row` as a JSON object of column name to PostgreSQL text (the conflict log's row format), version columns
 /// left out.
 pub fn row_json(table: &TableSchema, row: &Row) -> String {
@@ -881,6 +908,23 @@ mod tests {
         ] {
             assert_eq!(union_json(local, remote), want, "{local:?} ∪ {remote:?}");
         }
+        // Both sides of a pair, each seeing the other's write as the remote one, end with the same array.
+        let (va, vb) = (v(10, "a"), v(11, "b"));
+        let text = |t: &str| Value::Text(t.to_owned());
+        let at_a = union_by_version(
+            Some((r#"{"tags": "[1, 2]"}"#, &va)),
+            "tags",
+            &text("[3, 1]"),
+            &vb,
+        );
+        let at_b = union_by_version(
+            Some((r#"{"tags": "[3, 1]"}"#, &vb)),
+            "tags",
+            &text("[1, 2]"),
+            &va,
+        );
+        assert_eq!(at_a, "[1,2,3]");
+        assert_eq!(at_b, at_a);
         // Both sides of a pair end with the same set.
         let (a, b) = (
             union_json(Some("[1, 2]"), Some("[3]")),

@@ -188,13 +188,55 @@ fn has_empty_label(column_type: &str) -> bool {
 }
 
 /// (name, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE) of a target table's columns.
-async fn columns(
-    conn: &mut Conn,
+/// A target column as `information_schema.COLUMNS` describes it: name, data type, character set, column type,
+/// collation.
+type DescribedColumn = (String, String, Option<String>, String, Option<String>);
+
+/// Refuses a text key column whose collation makes keys equal that PostgreSQL keeps apart (`_ci`, `_ai`): two
+/// source rows would become one target row. A PAD SPACE binary collation (keys that differ only in trailing
+/// spaces collide) is warned about. MySQL / MariaDB sources are not checked: their key columns have collations of
+/// their own, which Ferry does not read.
+fn check_key_collations(
+    schema: &TableSchema,
     name: &str,
-) -> Result<Vec<(String, String, Option<String>, String)>, Error> {
+    described: &[DescribedColumn],
+) -> Result<(), Error> {
+    if schema.dialect != Dialect::Postgres {
+        return Ok(());
+    }
+    for &k in &schema.primary_key {
+        let column = &schema.columns[k].name;
+        let Some(collation) = described
+            .iter()
+            .find(|d| &d.0 == column)
+            .and_then(|d| d.4.as_deref())
+        else {
+            continue;
+        };
+        let lower = collation.to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('_').collect();
+        if parts.iter().any(|p| matches!(*p, "ci" | "ai")) {
+            return Err(Error::fatal(format!(
+                "target table {name}: key column {column} has collation {collation}, which treats keys that differ \
+                 in case or accents as the same key; PostgreSQL does not, so two source rows would become one \
+                 target row. Give the column a binary collation (ALTER TABLE {name} MODIFY {} … COLLATE \
+                 utf8mb4_bin), or drop the target table and let Ferry create it",
+                super::quote_ident(column)
+            )));
+        }
+        let no_pad = parts.contains(&"nopad") || parts.contains(&"0900") || lower == "binary";
+        if !no_pad {
+            tracing::warn!(table = %name, column = %column, collation = %collation, "the target's key column has a PAD SPACE collation: source keys that differ only in trailing spaces would become one target row");
+        }
+    }
+    Ok(())
+}
+
+async fn columns(conn: &mut Conn, name: &str) -> Result<Vec<DescribedColumn>, Error> {
     let (db, table) = split_name(name);
     conn.exec(
-        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_TYPE, COLLATION_NAME FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         (db, table),
     )
     .await
@@ -275,6 +317,25 @@ fn step_sql(
     })
 }
 
+/// The steps [`ensure_table`] would take for `schema` (reads only).
+pub async fn planned_steps(
+    conn: &mut Conn,
+    name: &str,
+    schema: &TableSchema,
+    applied: &HashMap<TableId, Applied>,
+) -> Result<Vec<Step>, Error> {
+    let existing: Vec<String> = columns(conn, name)
+        .await?
+        .into_iter()
+        .map(|(n, ..)| n)
+        .collect();
+    evolve::plan(
+        applied,
+        schema,
+        (!existing.is_empty()).then_some(&existing[..]),
+    )
+}
+
 /// Brings target table `name` in step with `schema` (see [`crate::evolve`]) and records it in `ferry_schemas`.
 /// MySQL commits each DDL statement on its own, so this runs outside the batch's transaction, and the record
 /// follows the DDL (a step found already done is skipped).
@@ -321,14 +382,15 @@ pub async fn ensure_table(
         applied.insert(schema.id.clone(), record);
     }
     let described = columns(conn, name).await?;
-    let utf8 = described.iter().all(|(_, _, charset, _)| {
+    check_key_collations(schema, name, &described)?;
+    let utf8 = described.iter().all(|(_, _, charset, ..)| {
         charset
             .as_deref()
             .is_none_or(|c| matches!(c, "utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary"))
     });
     let columns = described
         .into_iter()
-        .map(|(n, ty, _, column_type)| {
+        .map(|(n, ty, _, column_type, _)| {
             let kind = if ty.eq_ignore_ascii_case("time") {
                 TargetKind::Time
             } else if ty.eq_ignore_ascii_case("enum") && !has_empty_label(&column_type) {

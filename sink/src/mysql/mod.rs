@@ -23,7 +23,7 @@ use ferry_core::{
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::checkpoint::now_text;
 use crate::conflict::augment::{decide_managed, key_change_parts, Augmenter, Managed};
@@ -108,6 +108,8 @@ async fn connect(url: &str) -> Result<Conn, Error> {
 pub struct MysqlSink {
     name: String,
     pipeline: String,
+    /// The target's URL (a second connection creates tables while a transaction is open).
+    url: String,
     conn: Conn,
     /// The database tables go into; `None`: the source schema's name.
     database: Option<String>,
@@ -142,6 +144,22 @@ struct MysqlMulti {
     prepared: HashSet<(TableId, u64)>,
     /// The temporary key tables of this session, by target table and schema version.
     key_tables: HashMap<(TableId, u64), Arc<conflict::KeyTable>>,
+}
+
+/// DDL a table needs before its rows can be written.
+#[derive(Debug)]
+enum PendingDdl {
+    /// A database, table or triggers to create, on a table the open transaction has not touched: it can run on
+    /// another connection without committing that transaction.
+    Create,
+    /// A change to an existing table.
+    Change(evolve::Step),
+}
+
+impl PendingDdl {
+    fn is_create(&self) -> bool {
+        matches!(self, PendingDdl::Create)
+    }
 }
 
 /// One change of a conflict-aware group.
@@ -198,6 +216,7 @@ impl MysqlSink {
         Ok(MysqlSink {
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
+            url: url.to_owned(),
             conn,
             database,
             tables: HashMap::new(),
@@ -246,26 +265,125 @@ impl MysqlSink {
             return Ok(());
         }
         if self.in_transaction {
-            if self.dirty {
-                debug!(sink = %self.name, "committing the open transaction before DDL (MySQL commits implicitly)");
+            // MySQL commits DDL implicitly, so DDL here would make the rows written so far durable without the
+            // checkpoint, and a crash before the commit would apply them again. Tables met for the first time in
+            // the middle of a source transaction (the first one after a restart, a new table) usually need none.
+            let mut ddl = Vec::new();
+            for schema in &wanted {
+                ddl.extend(self.pending_ddl(schema).await?);
             }
-            self.conn
-                .query_drop("COMMIT")
-                .await
-                .map_err(write_error("committing before DDL"))?;
-            self.in_transaction = false;
-            self.dirty = false;
+            if ddl.is_empty() {
+                // They join the open transaction.
+            } else if !self.dirty {
+                self.conn
+                    .query_drop("COMMIT")
+                    .await
+                    .map_err(write_error("committing before DDL"))?;
+                self.in_transaction = false;
+            } else if ddl.iter().all(PendingDdl::is_create) {
+                // Creating databases, tables and triggers this transaction has not touched: on a second
+                // connection, so that the open transaction stays open.
+                let mut side = connect(&self.url).await?;
+                // Were the transaction holding a lock the DDL waits for, fail rather than wait for ever.
+                side.query_drop("SET SESSION lock_wait_timeout = 30")
+                    .await
+                    .map_err(write_error("setting up a connection for DDL"))?;
+                let main = std::mem::replace(&mut self.conn, side);
+                let prepared = self.run_preparation(wanted).await;
+                let side = std::mem::replace(&mut self.conn, main);
+                let _ = side.disconnect().await;
+                return prepared;
+            } else {
+                let changes: Vec<String> = ddl
+                    .iter()
+                    .filter_map(|d| match d {
+                        PendingDdl::Change(step) => Some(format!("{step:?}")),
+                        PendingDdl::Create => None,
+                    })
+                    .collect();
+                warn!(sink = %self.name, ?changes, "a schema change in the middle of a source transaction: MySQL commits DDL implicitly, so the rows before it are committed without the checkpoint (a crash before the transaction's end would apply them again)");
+                self.conn
+                    .query_drop("COMMIT")
+                    .await
+                    .map_err(write_error("committing before DDL"))?;
+                self.in_transaction = false;
+                self.dirty = false;
+            }
         }
+        self.run_preparation(wanted).await
+    }
+
+    /// The DDL `schema` would need on the target (read only): its table's evolution steps, a database or the
+    /// version triggers to create.
+    async fn pending_ddl(&mut self, schema: &SchemaRef) -> Result<Vec<PendingDdl>, Error> {
+        let mut out = Vec::new();
+        if self.database.is_none() {
+            let db: Option<String> = self
+                .conn
+                .exec_first(
+                    "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                    (&schema.id.schema,),
+                )
+                .await
+                .map_err(write_error("reading the target's databases"))?;
+            if db.is_none() {
+                out.push(PendingDdl::Create);
+            }
+        }
+        let name = self.target_name(&schema.id);
+        for step in ddl::planned_steps(&mut self.conn, &name, schema, &self.applied).await? {
+            out.push(match step {
+                evolve::Step::CreateTable => PendingDdl::Create,
+                other => PendingDdl::Change(other),
+            });
+        }
+        if let Some(vectors) = self.unprepared_policy(schema)? {
+            if !self.versions_prepared(schema, vectors).await? {
+                out.push(PendingDdl::Create);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `schema` is under a conflict policy whose triggers this sink has not checked yet: its vectors
+    /// setting.
+    fn unprepared_policy(&mut self, schema: &SchemaRef) -> Result<Option<bool>, Error> {
+        if schema.column_index(ferry_core::VERSION_TS).is_none() || !self.multi.options.resolves() {
+            return Ok(None);
+        }
+        let key = (schema.id.clone(), schema.version);
+        if self.multi.prepared.contains(&key) {
+            return Ok(None);
+        }
+        Ok(self
+            .multi
+            .policies
+            .get(&self.multi.options.conflicts, schema)?
+            .map(|p| p.vectors))
+    }
+
+    /// Creates or alters the tables of `wanted` (see [`Self::prepare_tables`]).
+    async fn run_preparation(&mut self, wanted: Vec<SchemaRef>) -> Result<(), Error> {
         for schema in wanted {
             let name = self.target_name(&schema.id);
             if let Some(db) = self.database.is_none().then(|| schema.id.schema.clone()) {
-                self.conn
-                    .query_drop(format!(
-                        "CREATE DATABASE IF NOT EXISTS {}",
-                        quote_ident(&db)
-                    ))
+                let exists: Option<String> = self
+                    .conn
+                    .exec_first(
+                        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                        (&db,),
+                    )
                     .await
-                    .map_err(write_error(format!("creating database {db}")))?;
+                    .map_err(write_error("reading the target's databases"))?;
+                if exists.is_none() {
+                    self.conn
+                        .query_drop(format!(
+                            "CREATE DATABASE IF NOT EXISTS {}",
+                            quote_ident(&db)
+                        ))
+                        .await
+                        .map_err(write_error(format!("creating database {db}")))?;
+                }
             }
             let database = self.database.clone();
             let target_name = move |id: &TableId| match &database {
@@ -283,36 +401,26 @@ impl MysqlSink {
             )
             .await?;
             self.tables.insert(schema.id.clone(), target);
-            let policy = if schema.column_index(ferry_core::VERSION_TS).is_some()
-                && self.multi.options.resolves()
-            {
-                self.multi
-                    .policies
-                    .get(&self.multi.options.conflicts, &schema)?
-            } else {
-                None
-            };
-            if let Some(policy) = policy.filter(|_| {
+            if let Some(vectors) = self.unprepared_policy(&schema)? {
                 self.multi
                     .prepared
-                    .insert((schema.id.clone(), schema.version))
-            }) {
-                self.prepare_versions(&schema, policy.vectors).await?;
+                    .insert((schema.id.clone(), schema.version));
+                self.prepare_versions(&schema, vectors).await?;
             }
         }
         Ok(())
     }
 
-    /// Gives a target table under a conflict policy the triggers that stamp local writes (DDL, before the
-    /// transaction opens), and its database the `ferry_node` table they read.
-    async fn prepare_versions(&mut self, schema: &TableSchema, vectors: bool) -> Result<(), Error> {
+    /// Whether a target table has the version columns and the triggers of a policy with or without `vectors`.
+    async fn versions_prepared(
+        &mut self,
+        schema: &TableSchema,
+        vectors: bool,
+    ) -> Result<bool, Error> {
         let db = self
             .database
             .clone()
             .unwrap_or_else(|| schema.id.schema.clone());
-        let fix =
-            "creating triggers needs the TRIGGER privilege, and with binary logging on, SUPER or \
-                   log_bin_trust_function_creators = 1";
         let count: Option<i64> = self
             .conn
             .exec_first(
@@ -328,9 +436,22 @@ impl MysqlSink {
             )
             .await
             .map_err(write_error("reading the version triggers"))?;
-        if count.is_some_and(|c| ferry_core::versions::mysql_is_prepared(c, vectors)) {
+        Ok(count.is_some_and(|c| ferry_core::versions::mysql_is_prepared(c, vectors)))
+    }
+
+    /// Gives a target table under a conflict policy the triggers that stamp local writes (DDL, before the
+    /// transaction opens), and its database the `ferry_node` table they read.
+    async fn prepare_versions(&mut self, schema: &TableSchema, vectors: bool) -> Result<(), Error> {
+        if self.versions_prepared(schema, vectors).await? {
             return Ok(());
         }
+        let db = self
+            .database
+            .clone()
+            .unwrap_or_else(|| schema.id.schema.clone());
+        let fix =
+            "creating triggers needs the TRIGGER privilege, and with binary logging on, SUPER or \
+                   log_bin_trust_function_creators = 1";
         let mut statements = ferry_core::versions::mysql_support_sql(&db);
         statements.extend(ferry_core::versions::mysql_prepare_sql(
             &db,
@@ -800,13 +921,17 @@ impl MysqlSink {
             }
             if merges || merged.is_some() {
                 self.flush(&mut upserts).await?;
-                let old = match r.op {
-                    ferry_core::RowOp::Update { before, .. } => before.as_ref(),
-                    _ => None,
-                };
-                let local_row = local.map(|(_, _, json)| json.as_str());
+                let local_row = local.map(|(ts, node, json)| {
+                    (
+                        json.as_str(),
+                        crate::conflict::Version {
+                            ts: ts.unwrap_or(0),
+                            node: node.clone(),
+                        },
+                    )
+                });
                 let rules = if merges {
-                    self.merge_statement(&table, &policy, row, old, r.op, wins, local_row)?
+                    self.merge_statement(&table, &policy, r.op, wins, local_row, &m.version)?
                 } else {
                     None
                 };
@@ -1004,20 +1129,23 @@ impl MysqlSink {
     }
 
     /// The UPDATE that applies a change to a row under merge rules: merge-rule columns computed from the target's
-    /// value (`local`: the row as the probe read it, a JSON object of column to text) and the change's, the other
-    /// columns and the version only when the change wins.
-    #[allow(clippy::too_many_arguments)]
+    /// value (`local`: the row as the probe read it, a JSON object of column to text, and its version) and the
+    /// change's (`op`, of version `remote`), the other columns and the version only when the change wins.
     fn merge_statement(
         &self,
         table: &SchemaRef,
         policy: &crate::conflict::TablePolicy,
-        row: &Row,
-        old: Option<&Row>,
         op: &ferry_core::RowOp,
         wins: bool,
-        local: Option<&str>,
+        local: Option<(&str, crate::conflict::Version)>,
+        remote: &crate::conflict::Version,
     ) -> Result<Option<String>, Error> {
         use ferry_config::MergeRule;
+        let row = op.row();
+        let old = match op {
+            ferry_core::RowOp::Update { before, .. } => before.as_ref(),
+            _ => None,
+        };
         let target = &self.tables[&table.id];
         let mut sets = Vec::new();
         for (i, c) in table.columns.iter().enumerate() {
@@ -1057,21 +1185,12 @@ impl MysqlSink {
                     ))
                 }
                 // The probe locked the row: the union is computed here from the value it read.
-                Some(MergeRule::Union) => {
-                    let local_value = local
-                        .and_then(|j| {
-                            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j)
-                                .ok()
-                        })
-                        .and_then(|m| match m.get(&c.name) {
-                            Some(serde_json::Value::String(t)) => Some(t.clone()),
-                            _ => None,
-                        });
-                    Some(literal::text(&crate::conflict::union_json(
-                        local_value.as_deref(),
-                        ferry_core::pg_text::pg_text(&row[i]).as_deref(),
-                    )))
-                }
+                Some(MergeRule::Union) => Some(literal::text(&crate::conflict::union_by_version(
+                    local.as_ref().map(|(json, v)| (*json, v)),
+                    &c.name,
+                    &row[i],
+                    remote,
+                ))),
             };
             if let Some(set) = set {
                 sets.push(format!("{col} = {set}"));

@@ -384,8 +384,9 @@ fn change_sql(
                 let ty = target_type(table, types, c);
                 format!("coalesce({old}, 0) + (coalesce({new}, 0) - coalesce(u.o{j}::{ty}, 0))")
             }
-            // Each element once: the target's in their order, then the change's that the target lacks. A value
-            // that is not an array counts as one element.
+            // Each element once: the earlier write's in their order, then the later's that it lacks (so both
+            // sides of a pair compute the same array; conflict::union_by_version). A value that is not an array
+            // counts as one element.
             Some(MergeRule::Union) => {
                 let ty = target_type(table, types, c);
                 let arr = |v: &str| {
@@ -394,11 +395,18 @@ fn change_sql(
                          WHEN ({v}) IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(({v})::jsonb) END)"
                     )
                 };
+                let union = |first: &str, second: &str| {
+                    format!(
+                        "(SELECT coalesce(jsonb_agg(e ORDER BY n), '[]'::jsonb) FROM (SELECT e, min(n) AS n FROM \
+                         jsonb_array_elements({} || {}) WITH ORDINALITY AS a(e, n) GROUP BY e) d)",
+                        arr(first),
+                        arr(second)
+                    )
+                };
                 format!(
-                    "(SELECT coalesce(jsonb_agg(e ORDER BY n), '[]'::jsonb) FROM (SELECT e, min(n) AS n FROM \
-                     jsonb_array_elements({} || {}) WITH ORDINALITY AS a(e, n) GROUP BY e) d)::{ty}",
-                    arr(&old),
-                    arr(&new)
+                    "(CASE WHEN (coalesce(t.{VERSION_TS}, 0), {LOCAL_NODE}) > (u.vts, u.vnode) THEN {} ELSE {} END)::{ty}",
+                    union(&new, &old),
+                    union(&old, &new)
                 )
             }
         };

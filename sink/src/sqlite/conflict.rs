@@ -395,13 +395,17 @@ impl super::SqliteSink {
             return Ok(());
         }
         if merges || merged.is_some() {
-            let old = match op {
-                RowOp::Update { before, .. } => before.as_ref(),
-                _ => None,
-            };
-            let local_row = local.as_ref().map(|l| l.2.as_str());
+            let local_row = local.as_ref().map(|(ts, node, json, _)| {
+                (
+                    json.as_str(),
+                    Version {
+                        ts: ts.unwrap_or(0),
+                        node: node.clone(),
+                    },
+                )
+            });
             let rules = if merges {
-                merge_update(table, &policy, row, old, op, wins, local_row)?
+                merge_update(table, &policy, op, wins, local_row, &m.version)?
             } else {
                 None
             };
@@ -517,18 +521,23 @@ fn keyed_update(
 }
 
 /// The UPDATE that applies a change to a row under merge rules: merge-rule columns computed from the target's
-/// value (`local`: the row as the probe read it) and the change's, the other columns and the version only when
-/// the change wins. The same rules as on MySQL and PostgreSQL targets.
+/// value (`local`: the row as the probe read it, and its version) and the change's (`op`, of version `remote`),
+/// the other columns and the version only when the change wins. The same rules as on MySQL and PostgreSQL
+/// targets.
 fn merge_update(
     table: &TableSchema,
     policy: &crate::conflict::TablePolicy,
-    row: &Row,
-    old: Option<&Row>,
     op: &RowOp,
     wins: bool,
-    local: Option<&str>,
+    local: Option<(&str, Version)>,
+    remote: &Version,
 ) -> Result<Option<(String, Vec<SqlValue>)>, Error> {
     use ferry_config::MergeRule;
+    let row = op.row();
+    let old = match op {
+        RowOp::Update { before, .. } => before.as_ref(),
+        _ => None,
+    };
     let mut params = Params::default();
     let mut sets = Vec::new();
     for (i, c) in table.columns.iter().enumerate() {
@@ -576,17 +585,11 @@ fn merge_update(
             }
             // The row was read in this transaction, and SQLite has one writer: the union is computed here.
             Some(MergeRule::Union) => {
-                let local_value = local
-                    .and_then(|j| {
-                        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).ok()
-                    })
-                    .and_then(|m| match m.get(&c.name) {
-                        Some(serde_json::Value::String(t)) => Some(t.clone()),
-                        _ => None,
-                    });
-                params.bind(SqlValue::Text(crate::conflict::union_json(
-                    local_value.as_deref(),
-                    ferry_core::pg_text::pg_text(&row[i]).as_deref(),
+                params.bind(SqlValue::Text(crate::conflict::union_by_version(
+                    local.as_ref().map(|(json, v)| (*json, v)),
+                    &c.name,
+                    &row[i],
+                    remote,
                 )))
             }
         };
