@@ -298,11 +298,7 @@ pub fn key_change_parts(
         return Ok(None);
     };
     if !is_complete(new) {
-        return Err(ferry_core::Error::fatal(format!(
-            "table {}: a key change arrived without every column (unchanged TOAST values), so it cannot be \
-             weighed as a new row; set REPLICA IDENTITY FULL on the source table",
-            table.id
-        )));
+        return Err(incomplete_key_change(table));
     }
     Ok(Some([
         RowOp::Delete {
@@ -310,4 +306,13 @@ pub fn key_change_parts(
         },
         RowOp::Insert { after: new.clone() },
     ]))
+}
+
+/// The error of a key change under a policy that arrived without every column.
+pub fn incomplete_key_change(table: &TableSchema) -> ferry_core::Error {
+    ferry_core::Error::fatal(format!(
+        "table {}: a key change arrived without every column (unchanged TOAST values), so it cannot be weighed as \
+         a new row; set REPLICA IDENTITY FULL on the source table",
+        table.id
+    ))
 }

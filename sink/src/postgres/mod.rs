@@ -430,11 +430,7 @@ impl PostgresSink {
             RowAction::Move { old, new } => {
                 self.flush_managed(managed.take()).await?;
                 if !is_complete(new) {
-                    return Err(Error::fatal(format!(
-                        "table {}: a key change arrived without every column (unchanged TOAST values), so it \
-                         cannot be weighed as a new row; set REPLICA IDENTITY FULL on the source table",
-                        table.id
-                    )));
+                    return Err(crate::conflict::augment::incomplete_key_change(table));
                 }
                 let (version, seen) = policy.delete_version(old, tx.as_deref(), &node);
                 let delete = Managed {
