@@ -463,3 +463,63 @@ fn renames_ferry_cannot_tell_from_drops_stop_it_instead_of_losing_values() {
     // Nothing was dropped: the values are still in the target.
     assert_eq!(pg.psql("replica", "SELECT id, a, b FROM t"), "1|a1|b1");
 }
+
+/// A table created while Ferry was stopped, on a multi-master source (`[pipeline] node`): at start Ferry adds its
+/// version columns, so the catalog has more columns than the stream's first description of the table. Those
+/// were added after the table's own columns, so the column numbers still describe them, and a later rename is a
+/// rename, not a drop that loses values (found by an attack: RENAME COLUMN became DROP + ADD in SQLite).
+#[test]
+fn a_rename_after_ferry_added_its_version_columns_keeps_every_value() {
+    let pg = server_with_dbs();
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let cfg = write_config(
+        dir.path(),
+        "mm",
+        &format!(
+            "[pipeline]\nname = \"mm\"\nnode = \"pg\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            db.display(),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    assert!(ferry.terminate().success());
+    pg.psql(
+        "shop",
+        "CREATE TABLE a1 (id int PRIMARY KEY, a text); INSERT INTO a1 VALUES (1, 'x1'), (2, 'x2'), (3, 'x3');",
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    ferry.wait_streaming();
+    assert!(
+        wait_until(WAIT, || sqlite_rows(&db, "SELECT count(*) FROM a1")
+            == ["3"]),
+        "{}",
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "ALTER TABLE a1 RENAME COLUMN a TO b; UPDATE a1 SET b = 'S' WHERE id = 1;",
+    );
+    let want = vec!["1|S", "2|x2", "3|x3"];
+    assert!(
+        wait_until(WAIT, || sqlite_rows(
+            &db,
+            "SELECT id, b FROM a1 ORDER BY id"
+        ) == want),
+        "{:?}\n{}",
+        sqlite_rows(&db, "SELECT id, b FROM a1 ORDER BY id"),
+        ferry.log()
+    );
+    assert!(
+        wait_until(WAIT, || pg
+            .try_psql("replica", "SELECT id, b FROM a1 ORDER BY id")
+            .is_ok_and(|r| r == want.join("\n"))),
+        "{}",
+        ferry.log()
+    );
+    assert!(!ferry.log().contains("DropColumn"), "{}", ferry.log());
+}

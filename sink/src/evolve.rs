@@ -382,15 +382,20 @@ pub fn plan(
     let added: Vec<usize> = (0..schema.columns.len())
         .filter(|&i| matched[i].is_none())
         .collect();
-    // A PostgreSQL table described without column numbers (it changed again after this point of the stream):
-    // a column gone and another come could be a rename, which dropping would lose.
-    let numbered = previous_columns.iter().any(|pc| pc.source_id.is_some());
-    let unnumbered = schema.columns.iter().any(|c| c.source_id.is_none());
-    let dropped_and_added = !dropped.is_empty()
-        && added
+    // A PostgreSQL table described without column numbers, now or when it was last applied (it changed again
+    // after that point of the stream): a column gone and another come could be a rename, which dropping would
+    // lose. (MySQL sources never number columns; their DDL names renames.)
+    let added_new: Vec<usize> = added
+        .iter()
+        .copied()
+        .filter(|&i| !columns.contains(&schema.columns[i].name))
+        .collect();
+    let unnumbered = dropped.iter().any(|pc| pc.source_id.is_none())
+        || added_new
             .iter()
-            .any(|&i| !columns.contains(&schema.columns[i].name));
-    if numbered && unnumbered && dropped_and_added {
+            .any(|&i| schema.columns[i].source_id.is_none());
+    let dropped_and_added = !dropped.is_empty() && !added_new.is_empty();
+    if schema.dialect == ferry_core::Dialect::Postgres && unnumbered && dropped_and_added {
         return Err(Error::fatal(format!(
             "table {}: columns {} disappeared and {} appeared, and Ferry cannot tell whether they were renamed \
              (the table changed again after this point of the stream, so the source's column numbers no longer \

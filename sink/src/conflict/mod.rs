@@ -773,6 +773,13 @@ pub fn logged_row(text: Option<String>) -> serde_json::Value {
 #[derive(Debug, Default)]
 pub struct Policies {
     planned: HashMap<(ferry_core::TableId, u64), Option<std::sync::Arc<TablePolicy>>>,
+    /// The last table asked for and its policy: consecutive changes are mostly of one table, and this answers
+    /// them without building a key (two strings) per row.
+    last: Option<(
+        ferry_core::TableId,
+        u64,
+        Option<std::sync::Arc<TablePolicy>>,
+    )>,
 }
 
 impl Policies {
@@ -781,12 +788,21 @@ impl Policies {
         policy: &ConflictPolicy,
         table: &TableSchema,
     ) -> Result<Option<std::sync::Arc<TablePolicy>>, Error> {
-        let key = (table.id.clone(), table.version);
-        if let Some(p) = self.planned.get(&key) {
-            return Ok(p.clone());
+        if let Some((id, version, planned)) = &self.last {
+            if *version == table.version && *id == table.id {
+                return Ok(planned.clone());
+            }
         }
-        let planned = TablePolicy::plan(policy, table)?.map(std::sync::Arc::new);
-        self.planned.insert(key, planned.clone());
+        let key = (table.id.clone(), table.version);
+        let planned = match self.planned.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let planned = TablePolicy::plan(policy, table)?.map(std::sync::Arc::new);
+                self.planned.insert(key, planned.clone());
+                planned
+            }
+        };
+        self.last = Some((table.id.clone(), table.version, planned.clone()));
         Ok(planned)
     }
 }

@@ -111,6 +111,10 @@ struct MultiMaster {
     policies: Policies,
     /// Tables (and schema versions) given version columns and triggers.
     prepared: HashSet<(TableId, u64)>,
+    /// The schema `prepared` last answered for.
+    last_prepared: Option<SchemaRef>,
+    /// The columns a complete row of the last table under a policy writes.
+    all_columns: Option<(SchemaRef, Arc<[usize]>)>,
     /// The prepared common-case statements of conflict-aware groups, by their text.
     prepared_changes: HashMap<String, Statement>,
     /// The target's column types of each prepared table (see `conflict::target_types`).
@@ -129,7 +133,7 @@ struct Managed<'a> {
     table: SchemaRef,
     policy: Arc<TablePolicy>,
     /// `None`: deletes.
-    columns: Option<Vec<usize>>,
+    columns: Option<Arc<[usize]>>,
     complete: bool,
     changes: Vec<conflict::Change<'a>>,
     deletes: Vec<conflict::Delete<'a>>,
@@ -389,7 +393,16 @@ impl PostgresSink {
 
     /// Gives a table under a conflict policy its version columns and triggers, and reads its column types, once
     /// per schema version.
-    async fn prepare_managed(&mut self, table: &TableSchema, vectors: bool) -> Result<(), Error> {
+    async fn prepare_managed(&mut self, table: &SchemaRef, vectors: bool) -> Result<(), Error> {
+        // Consecutive changes of one table: no key to build per row.
+        if self
+            .multi
+            .last_prepared
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, table))
+        {
+            return Ok(());
+        }
         if self
             .multi
             .prepared
@@ -401,7 +414,20 @@ impl PostgresSink {
                 .types
                 .insert((table.id.clone(), table.version), Arc::new(types));
         }
+        self.multi.last_prepared = Some(table.clone());
         Ok(())
+    }
+
+    /// The columns a complete row of `table` writes under a policy (the version columns are the statement's own).
+    fn all_managed_columns(&mut self, table: &SchemaRef) -> Arc<[usize]> {
+        match &self.multi.all_columns {
+            Some((t, columns)) if Arc::ptr_eq(t, table) => columns.clone(),
+            _ => {
+                let columns: Arc<[usize]> = managed_columns(table, 0..table.columns.len()).into();
+                self.multi.all_columns = Some((table.clone(), columns.clone()));
+                columns
+            }
+        }
     }
 
     /// Adds a change of a table under a conflict policy to the conflict-aware group, flushing the group first
@@ -418,12 +444,12 @@ impl PostgresSink {
         let position = self.multi.position.clone();
         let node = self.multi.node.clone();
         let (columns, complete, row) = match classify(table, op) {
-            RowAction::Upsert(r) => (
-                Some(managed_columns(table, 0..table.columns.len())),
-                true,
+            RowAction::Upsert(r) => (Some(self.all_managed_columns(table)), true, r),
+            RowAction::UpdateSent(r) => (
+                Some(managed_columns(table, sent_columns(r)).into()),
+                false,
                 r,
             ),
-            RowAction::UpdateSent(r) => (Some(managed_columns(table, sent_columns(r))), false, r),
             RowAction::Delete(r) => (None, false, r),
             // A key change is the delete of the old key and the insert of the new one, each weighed like any
             // other: an edit of the old row made concurrently on the target survives beside the moved row.
@@ -451,7 +477,7 @@ impl PostgresSink {
                 let insert = Managed {
                     table: table.clone(),
                     policy: policy.clone(),
-                    columns: Some(managed_columns(table, 0..table.columns.len())),
+                    columns: Some(self.all_managed_columns(table)),
                     complete: true,
                     changes: vec![conflict::Change {
                         kind: conflict::ChangeKind::Insert,

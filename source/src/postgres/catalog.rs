@@ -310,14 +310,21 @@ impl Catalog {
             attrs.iter().map(|a| (a.name.as_str(), a)).collect();
         let publishes_generated = self.publishes_generated_columns().await?;
         // Column numbers are the catalog's now: they describe these columns only if the table has not changed
-        // since this point of the stream (same names and types). Otherwise none are given, and sinks match by
-        // name, stopping where a rename cannot be told from a drop (see the sinks' evolve.rs).
-        let current = attrs
+        // since this point of the stream other than by columns added after them (same names and types, in
+        // order; Ferry's own version columns are added so). Otherwise none are given, and sinks match by name,
+        // stopping where a rename cannot be told from a drop (see the sinks' evolve.rs).
+        let current: Vec<&CatalogAttr> = attrs
             .iter()
-            .filter(|a| a.generated.is_none() || columns.iter().any(|c| c.name == a.name));
-        let numbered = current.clone().count() == columns.len()
-            && current.zip(columns).all(|(a, c)| {
+            .filter(|a| a.generated.is_none() || columns.iter().any(|c| c.name == a.name))
+            .collect();
+        let numbered = columns.len() <= current.len()
+            && current.iter().zip(columns).all(|(a, c)| {
                 a.name == c.name && a.type_oid == c.type_oid && a.type_modifier == c.type_modifier
+            })
+            && current[columns.len()..].iter().all(|extra| {
+                current[..columns.len()]
+                    .iter()
+                    .all(|a| a.attnum < extra.attnum)
             });
         // Generated columns the stream leaves out, placed before the first column that follows them in the catalog.
         let mut columns: Vec<RawColumn> = columns.to_vec();
