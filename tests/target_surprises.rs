@@ -325,10 +325,22 @@ fn a_case_insensitive_target_key_is_refused_before_rows_merge() {
     assert!(stopped.is_some_and(|s| !s.success()), "{log}");
     assert!(
         log.contains("key column name has collation utf8mb4_general_ci")
-            && log.contains("COLLATE utf8mb4_bin"),
+            && log.contains("COLLATE utf8mb4_nopad_bin"),
         "{log}"
     );
     assert_eq!(my.sql("SELECT count(*) FROM replica.tags").trim(), "0");
+    // Case- and accent-sensitive is not enough: Unicode collations make NFC and NFD forms one key.
+    my.sql(
+        "ALTER TABLE replica.tags MODIFY name varchar(100) COLLATE utf8mb4_uca1400_as_cs NOT NULL",
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f1.log"));
+    let stopped = ferry.wait_exit(WAIT);
+    assert!(stopped.is_some_and(|s| !s.success()), "{}", ferry.log());
+    assert!(
+        ferry.log().contains("utf8mb4_uca1400_as_cs"),
+        "{}",
+        ferry.log()
+    );
     // With a binary key the three rows stay three.
     my.sql("ALTER TABLE replica.tags MODIFY name varchar(100) COLLATE utf8mb4_nopad_bin NOT NULL");
     let ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
@@ -430,5 +442,39 @@ fn a_transaction_that_fails_midway_in_mariadb_is_applied_once_when_resumed() {
         ferry.log().contains("step=CreateTable") && !ferry.log().contains("without the checkpoint"),
         "{}",
         ferry.log()
+    );
+    // An ALTER of a table the transaction has not written yet, in its middle, then a failure: nothing of it
+    // may be durable, and once resumed it lands once, the column added.
+    my.sql("ALTER TABLE replica.c ADD CONSTRAINT no_worse CHECK (v <> 'worse')");
+    pg.psql(
+        "shop",
+        "BEGIN; INSERT INTO notes VALUES ('altered'); ALTER TABLE b ADD COLUMN w int DEFAULT 7; \
+         INSERT INTO b VALUES (2, 2, 8); INSERT INTO c VALUES (2, 'worse'); COMMIT;",
+    );
+    let mut ferry = ferry;
+    let stopped = ferry.wait_exit(WAIT);
+    assert!(stopped.is_some_and(|s| !s.success()), "{}", ferry.log());
+    assert_eq!(
+        my.sql("SELECT count(*) FROM replica.notes WHERE msg = 'altered'")
+            .trim(),
+        "0"
+    );
+    my.sql("ALTER TABLE replica.c DROP CONSTRAINT no_worse");
+    let ferry = Ferry::start(&cfg, &dir.path().join("f4.log"));
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql("SELECT count(*) FROM replica.c")
+            .is_ok_and(|c| c.trim() == "2")),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(
+        my.sql("SELECT count(*) FROM replica.notes WHERE msg = 'altered'")
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        my.sql("SELECT id, v, w FROM replica.b ORDER BY id").trim(),
+        "1\t1\t7\n2\t2\t8"
     );
 }

@@ -61,11 +61,17 @@ CREATE OR REPLACE FUNCTION public.ferry_tombstone() RETURNS trigger LANGUAGE plp
   -- The key's text must not depend on the deleting session's settings: Ferry's sessions use these.
   SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
   AS $ferry$
-DECLARE k text[];
+DECLARE k text[]; cols text;
 BEGIN
   IF current_setting('ferry.applying', true) = 'on' THEN RETURN OLD; END IF;
-  EXECUTE format('SELECT ARRAY[%s]::text[]',
-    (SELECT string_agg(format('($1).%I::text', a), ', ') FROM unnest(TG_ARGV) a)) USING OLD INTO k;
+  -- The primary key's columns as they are named now, not as they were when the trigger was made: a renamed key
+  -- column must not make the application's deletes fail.
+  SELECT string_agg(format('($1).%I::text', a.attname), ', ' ORDER BY k.ord) INTO cols
+    FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = TG_RELID AND i.indisprimary;
+  IF cols IS NULL THEN RETURN OLD; END IF;
+  EXECUTE format('SELECT ARRAY[%s]::text[]', cols) USING OLD INTO k;
   INSERT INTO public.{TOMBSTONES_TABLE} (table_name, key, {VERSION_TS}, {VERSION_NODE})
     VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k, coalesce(OLD.{VERSION_TS}, 0) + 1, public.ferry_local_node())
     ON CONFLICT (table_name, key) DO UPDATE SET {VERSION_TS} = excluded.{VERSION_TS},

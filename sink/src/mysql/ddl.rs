@@ -192,8 +192,9 @@ fn has_empty_label(column_type: &str) -> bool {
 /// collation.
 type DescribedColumn = (String, String, Option<String>, String, Option<String>);
 
-/// Refuses a text key column whose collation makes keys equal that PostgreSQL keeps apart (`_ci`, `_ai`): two
-/// source rows would become one target row. A PAD SPACE binary collation (keys that differ only in trailing
+/// Refuses a text key column whose collation is not binary: it makes keys equal that PostgreSQL keeps apart
+/// (`_ci`, `_ai`, and even `_as_cs` Unicode collations, for which NFC and NFD forms are equal), and two source
+/// rows would become one target row. A PAD SPACE binary collation (keys that differ only in trailing
 /// spaces collide) is warned about. MySQL / MariaDB sources are not checked: their key columns have collations of
 /// their own, which Ferry does not read.
 fn check_key_collations(
@@ -214,17 +215,19 @@ fn check_key_collations(
             continue;
         };
         let lower = collation.to_ascii_lowercase();
-        let parts: Vec<&str> = lower.split('_').collect();
-        if parts.iter().any(|p| matches!(*p, "ci" | "ai")) {
+        // Only a binary collation compares keys byte by byte, as PostgreSQL's text equality does; `_cs` and
+        // accent-sensitive ones still make canonically equal Unicode (NFC and NFD é) one key.
+        if !(lower.ends_with("_bin") || lower == "binary") {
             return Err(Error::fatal(format!(
-                "target table {name}: key column {column} has collation {collation}, which treats keys that differ \
-                 in case or accents as the same key; PostgreSQL does not, so two source rows would become one \
-                 target row. Give the column a binary collation (ALTER TABLE {name} MODIFY {} … COLLATE \
-                 utf8mb4_bin), or drop the target table and let Ferry create it",
+                "target table {name}: key column {column} has collation {collation}, which compares keys by \
+                 language rules (case, accents or Unicode equivalence), so keys PostgreSQL keeps apart would \
+                 become one target row. Give the column a binary collation (ALTER TABLE {name} MODIFY {} … COLLATE \
+                 utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on MySQL 8), or drop the target table and let \
+                 Ferry create it",
                 super::quote_ident(column)
             )));
         }
-        let no_pad = parts.contains(&"nopad") || parts.contains(&"0900") || lower == "binary";
+        let no_pad = lower.contains("nopad") || lower.contains("0900") || lower == "binary";
         if !no_pad {
             tracing::warn!(table = %name, column = %column, collation = %collation, "the target's key column has a PAD SPACE collation: source keys that differ only in trailing spaces would become one target row");
         }

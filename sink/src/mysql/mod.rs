@@ -122,6 +122,8 @@ pub struct MysqlSink {
     in_transaction: bool,
     /// Writes made in the open transaction.
     dirty: bool,
+    /// The tables the open transaction has written (DDL on them must wait for it).
+    touched: HashSet<TableId>,
     /// The target accepts LOAD DATA LOCAL INFILE (until it refuses once).
     load_data: bool,
     /// Tables being re-copied into shadow tables.
@@ -152,14 +154,8 @@ enum PendingDdl {
     /// A database, table or triggers to create, on a table the open transaction has not touched: it can run on
     /// another connection without committing that transaction.
     Create,
-    /// A change to an existing table.
-    Change(evolve::Step),
-}
-
-impl PendingDdl {
-    fn is_create(&self) -> bool {
-        matches!(self, PendingDdl::Create)
-    }
+    /// A change to an existing table (and the table a rename takes it from).
+    Change(TableId, Option<TableId>),
 }
 
 /// One change of a conflict-aware group.
@@ -226,6 +222,7 @@ impl MysqlSink {
             key_collation,
             in_transaction: false,
             dirty: false,
+            touched: HashSet::new(),
             load_data: true,
             multi: Box::new(MysqlMulti {
                 node: multi.node.clone().unwrap_or_else(|| pipeline.to_owned()),
@@ -272,6 +269,14 @@ impl MysqlSink {
             for schema in &wanted {
                 ddl.extend(self.pending_ddl(schema).await?);
             }
+            // DDL on a table the open transaction has written would wait for that transaction's own locks.
+            let untouched = ddl.iter().all(|d| match d {
+                PendingDdl::Create => true,
+                PendingDdl::Change(table, from) => {
+                    !self.touched.contains(table)
+                        && from.as_ref().is_none_or(|f| !self.touched.contains(f))
+                }
+            });
             if ddl.is_empty() {
                 // They join the open transaction.
             } else if !self.dirty {
@@ -280,9 +285,10 @@ impl MysqlSink {
                     .await
                     .map_err(write_error("committing before DDL"))?;
                 self.in_transaction = false;
-            } else if ddl.iter().all(PendingDdl::is_create) {
-                // Creating databases, tables and triggers this transaction has not touched: on a second
-                // connection, so that the open transaction stays open.
+                self.touched.clear();
+            } else if untouched {
+                // DDL on tables this transaction has not touched (creating them, or changing them before their
+                // first row in it): on a second connection, so that the open transaction stays open.
                 let mut side = connect(&self.url).await?;
                 // Were the transaction holding a lock the DDL waits for, fail rather than wait for ever.
                 side.query_drop("SET SESSION lock_wait_timeout = 30")
@@ -297,7 +303,7 @@ impl MysqlSink {
                 let changes: Vec<String> = ddl
                     .iter()
                     .filter_map(|d| match d {
-                        PendingDdl::Change(step) => Some(format!("{step:?}")),
+                        PendingDdl::Change(table, _) => Some(table.to_string()),
                         PendingDdl::Create => None,
                     })
                     .collect();
@@ -307,6 +313,7 @@ impl MysqlSink {
                     .await
                     .map_err(write_error("committing before DDL"))?;
                 self.in_transaction = false;
+                self.touched.clear();
                 self.dirty = false;
             }
         }
@@ -334,7 +341,10 @@ impl MysqlSink {
         for step in ddl::planned_steps(&mut self.conn, &name, schema, &self.applied).await? {
             out.push(match step {
                 evolve::Step::CreateTable => PendingDdl::Create,
-                other => PendingDdl::Change(other),
+                evolve::Step::RenameTable { from } => {
+                    PendingDdl::Change(schema.id.clone(), Some(from))
+                }
+                _ => PendingDdl::Change(schema.id.clone(), None),
             });
         }
         if let Some(vectors) = self.unprepared_policy(schema)? {
@@ -548,6 +558,23 @@ impl MysqlSink {
     /// Applies events that need no DDL between them: the tables they use are created or altered first.
     async fn apply_segment(&mut self, events: &[Event]) -> Result<(), Error> {
         self.prepare_tables(events).await?;
+        for e in events {
+            match e {
+                Event::Change(Change::Row { table, .. }) => {
+                    if !self.touched.contains(&table.id) {
+                        self.touched.insert(table.id.clone());
+                    }
+                }
+                Event::Change(Change::Truncate { tables, .. }) => {
+                    self.touched.extend(tables.iter().cloned())
+                }
+                Event::Change(Change::Recopy { table, .. }) => {
+                    self.touched.insert(table.clone());
+                    self.touched.insert(recopy_shadow(table));
+                }
+                _ => {}
+            }
+        }
         if !self.in_transaction {
             self.conn
                 .query_drop("START TRANSACTION")
@@ -1242,6 +1269,7 @@ impl MysqlSink {
                 .await
                 .map_err(write_error("committing"))?;
             self.in_transaction = false;
+            self.touched.clear();
             self.dirty = false;
             self.multi.tally.committed();
             for shadow in std::mem::take(&mut self.finished_shadows) {
@@ -1733,6 +1761,7 @@ impl Sink for MysqlSink {
             // The connection may be gone; the next attempt starts from the checkpoint on a new sink.
             let _ = self.conn.query_drop("ROLLBACK").await;
             self.in_transaction = false;
+            self.touched.clear();
         }
         result
     }
