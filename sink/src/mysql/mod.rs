@@ -560,10 +560,8 @@ impl MysqlSink {
         self.prepare_tables(events).await?;
         for e in events {
             match e {
-                Event::Change(Change::Row { table, .. }) => {
-                    if !self.touched.contains(&table.id) {
-                        self.touched.insert(table.id.clone());
-                    }
+                Event::Change(Change::Row { table, .. }) if !self.touched.contains(&table.id) => {
+                    self.touched.insert(table.id.clone());
                 }
                 Event::Change(Change::Truncate { tables, .. }) => {
                     self.touched.extend(tables.iter().cloned())
