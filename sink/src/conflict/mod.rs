@@ -214,7 +214,14 @@ impl TablePolicy {
             .iter()
             .find(|r| r.tables.iter().any(|p| table.id.matches_glob(p)));
         let key = rule.map_or("conflict", |r| r.key.as_str());
-        if !table.has_primary_key() && rule.is_none() {
+        // A rule that names the table itself (no wildcard) is about it; one that only matches it by a pattern
+        // covers it as the sink-wide default does.
+        let named = rule.is_some_and(|r| {
+            r.tables
+                .iter()
+                .any(|p| !p.contains(['*', '?', '[']) && table.id.matches_glob(p))
+        });
+        if !table.has_primary_key() && !named {
             tracing::warn!(table = %table.id, "table has no primary key: its changes are applied without conflict detection");
             return Ok(None);
         }
