@@ -30,36 +30,9 @@ fn count(db: &Path, sql: &str) -> usize {
 /// logs.
 #[test]
 fn each_resolver_and_merge_rule_gives_its_rows_in_sqlite() {
-    let tables: [(&str, &str); 10] = [
-        ("t_apply", "conflict = \"apply_remote\""),
-        ("t_keep", "conflict = \"keep_local\""),
-        ("t_lww", "conflict = \"last_write_wins\""),
-        ("t_fww", "conflict = \"first_write_wins\""),
-        ("t_skip", "conflict = \"skip\""),
-        ("t_max", "conflict = \"last_write_wins\"\ncolumns = { a = \"max\" }"),
-        ("t_min", "conflict = \"last_write_wins\"\ncolumns = { a = \"min\" }"),
-        ("t_pnn", "conflict = \"keep_local\"\ncolumns = { b = \"prefer_non_null\" }"),
-        (
-            "t_merge",
-            "merge = '''{\"a\": int(local.a) > int(remote.a) ? local.a : remote.a, \"b\": (local.b == null ? \"\" : local.b) + \"+\" + remote.b}'''",
-        ),
-        ("t_union", "conflict = \"keep_local\"\ncolumns = { tags = \"union\" }"),
-    ];
     let pg = PgServer::start();
     pg.create_db("shop");
-    let mut rules = String::new();
-    for (t, rule) in tables {
-        pg.psql(
-            "shop",
-            &format!(
-                "CREATE TABLE {t} (id int PRIMARY KEY, a int, b text, tags jsonb);
-                 INSERT INTO {t} VALUES (1, 10, 'one', '[\"a\"]'), (2, 20, 'two', NULL), (3, 30, 'three', NULL);"
-            ),
-        );
-        rules.push_str(&format!(
-            "[[sink.conflict_rules]]\ntables = [\"public.{t}\"]\n{rule}\n"
-        ));
-    }
+    let rules = resolver_tables(&pg, "shop");
     let dir = scratch();
     let db = dir.path().join("edge.db");
     let config = write_config(
@@ -83,7 +56,7 @@ fn each_resolver_and_merge_rule_gives_its_rows_in_sqlite() {
         ferry.log()
     );
     let each = |sql: &str, on_target: bool| {
-        for (t, _) in tables {
+        for (t, _) in RESOLVER_CASES {
             let sql = sql.replace("{t}", t);
             if on_target {
                 local(&db, &sql);
@@ -151,24 +124,7 @@ fn each_resolver_and_merge_rule_gives_its_rows_in_sqlite() {
     );
     let rows =
         |t: &str| sqlite_rows(&db, &format!("SELECT id, a, b FROM {t} ORDER BY id")).join("\n");
-    let remote1 = "1|50|src";
-    let local1 = "1|100|";
-    let remote2 = "2|60|src2";
-    let local2 = "2|200|local2";
-    let back3 = "3|33|three";
-    let expected = [
-        ("t_apply", vec![remote1, remote2, back3]),
-        ("t_keep", vec![local1, local2]),
-        ("t_lww", vec![remote1, local2, back3]),
-        ("t_fww", vec![local1, remote2]),
-        ("t_skip", vec![local1, local2]),
-        ("t_max", vec!["1|100|src", "2|200|local2", back3]),
-        ("t_min", vec!["1|50|src", "2|60|local2", back3]),
-        ("t_pnn", vec!["1|100|src", local2]),
-        // a: the larger; b: both (local first); row 2's local write is the later one.
-        ("t_merge", vec!["1|100|+src", "2|200|local2+src2", back3]),
-        ("t_union", vec![local1, local2]),
-    ];
+    let expected = resolver_rows();
     for (t, want) in expected {
         assert_eq!(
             rows(t),
@@ -191,31 +147,16 @@ fn each_resolver_and_merge_rule_gives_its_rows_in_sqlite() {
         &db,
         "SELECT table_name, key, kind, winner FROM ferry_conflicts ORDER BY table_name, key",
     );
-    for (t, want) in [
-        ("t_apply", ["remote", "remote", "remote"]),
-        ("t_keep", ["local", "local", "local"]),
-        ("t_lww", ["remote", "local", "remote"]),
-        ("t_fww", ["local", "remote", "local"]),
-        ("t_skip", ["local", "local", "local"]),
-        ("t_max", ["remote", "merged", "remote"]),
-        ("t_min", ["remote", "merged", "remote"]),
-        ("t_pnn", ["merged", "merged", "local"]),
-        ("t_merge", ["merged", "merged", "remote"]),
-        ("t_union", ["merged", "merged", "local"]),
-    ] {
-        let kinds = [
-            "update_origin_differs",
-            "update_origin_differs",
-            "update_deleted",
-        ];
+    for (t, _) in RESOLVER_CASES {
         let got: Vec<&String> = logged_rows
             .iter()
             .filter(|l| l.starts_with(&format!("public.{t}|")))
             .collect();
-        let want: Vec<String> = (0..3)
-            .map(|i| format!("public.{t}|(id) = ({})|{}|{}", i + 1, kinds[i], want[i]))
-            .collect();
-        assert_eq!(got, want.iter().collect::<Vec<_>>(), "conflict log of {t}");
+        assert_eq!(
+            got,
+            resolver_log(t).iter().collect::<Vec<_>>(),
+            "conflict log of {t}"
+        );
     }
     // `ferry conflicts` reads the SQLite log.
     let out = std::process::Command::new(ferry_bin())

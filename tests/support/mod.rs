@@ -1248,3 +1248,84 @@ impl Drop for FreezingProxy {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// The cases of the "each resolver and merge rule" tests into MariaDB and SQLite targets written locally: one
+/// table per resolver or rule, and the conflict rule that puts it under it.
+pub const RESOLVER_CASES: [(&str, &str); 10] = [
+    ("t_apply", "conflict = \"apply_remote\""),
+    ("t_keep", "conflict = \"keep_local\""),
+    ("t_lww", "conflict = \"last_write_wins\""),
+    ("t_fww", "conflict = \"first_write_wins\""),
+    ("t_skip", "conflict = \"skip\""),
+    ("t_max", "conflict = \"last_write_wins\"\ncolumns = { a = \"max\" }"),
+    ("t_min", "conflict = \"last_write_wins\"\ncolumns = { a = \"min\" }"),
+    ("t_pnn", "conflict = \"keep_local\"\ncolumns = { b = \"prefer_non_null\" }"),
+    (
+        "t_merge",
+        "merge = '''{\"a\": int(local.a) > int(remote.a) ? local.a : remote.a, \"b\": (local.b == null ? \"\" : local.b) + \"+\" + remote.b}'''",
+    ),
+    ("t_union", "conflict = \"keep_local\"\ncolumns = { tags = \"union\" }"),
+];
+
+/// Creates the [`RESOLVER_CASES`] tables with three rows each in `db`; their `[[sink.conflict_rules]]`.
+pub fn resolver_tables(pg: &PgServer, db: &str) -> String {
+    let mut rules = String::new();
+    for (t, rule) in RESOLVER_CASES {
+        pg.psql(
+            db,
+            &format!(
+                "CREATE TABLE {t} (id int PRIMARY KEY, a int, b text, tags jsonb);
+                 INSERT INTO {t} VALUES (1, 10, 'one', '[\"a\"]'), (2, 20, 'two', NULL), (3, 30, 'three', NULL);"
+            ),
+        );
+        rules.push_str(&format!(
+            "[[sink.conflict_rules]]\ntables = [\"public.{t}\"]\n{rule}\n"
+        ));
+    }
+    rules
+}
+
+/// What each [`RESOLVER_CASES`] table holds (`id|a|b`) once row 1 was written on the target and then at the source,
+/// row 2 at the source and then on the target, and row 3 deleted on the target and then updated at the source.
+pub fn resolver_rows() -> [(&'static str, Vec<&'static str>); 10] {
+    let remote1 = "1|50|src";
+    let local1 = "1|100|";
+    let remote2 = "2|60|src2";
+    let local2 = "2|200|local2";
+    let back3 = "3|33|three";
+    [
+        ("t_apply", vec![remote1, remote2, back3]),
+        ("t_keep", vec![local1, local2]),
+        ("t_lww", vec![remote1, local2, back3]),
+        ("t_fww", vec![local1, remote2]),
+        ("t_skip", vec![local1, local2]),
+        ("t_max", vec!["1|100|src", "2|200|local2", back3]),
+        ("t_min", vec!["1|50|src", "2|60|local2", back3]),
+        ("t_pnn", vec!["1|100|src", local2]),
+        // a: the larger; b: both (local first); row 2's local write is the later one.
+        ("t_merge", vec!["1|100|+src", "2|200|local2+src2", back3]),
+        ("t_union", vec![local1, local2]),
+    ]
+}
+
+/// The conflict log those three rows leave per table (`table|key|kind|winner`, by key).
+pub fn resolver_log(t: &str) -> Vec<String> {
+    let winners = match t {
+        "t_apply" => ["remote", "remote", "remote"],
+        "t_keep" | "t_skip" => ["local", "local", "local"],
+        "t_lww" => ["remote", "local", "remote"],
+        "t_fww" => ["local", "remote", "local"],
+        "t_max" | "t_min" => ["remote", "merged", "remote"],
+        "t_pnn" | "t_union" => ["merged", "merged", "local"],
+        "t_merge" => ["merged", "merged", "remote"],
+        other => panic!("no resolver case {other}"),
+    };
+    let kinds = [
+        "update_origin_differs",
+        "update_origin_differs",
+        "update_deleted",
+    ];
+    (0..3)
+        .map(|i| format!("public.{t}|(id) = ({})|{}|{}", i + 1, kinds[i], winners[i]))
+        .collect()
+}

@@ -15,8 +15,8 @@ use ferry_core::{
 use crate::rows::{classify, is_complete, RowAction};
 
 use super::{
-    decide_change, decide_delete, remote_wins, vector_cmp, vector_max, ConflictKind, Decision,
-    Policies, TablePolicy, Version,
+    decide_change, decide_delete, remote_wins, row_json, vector_cmp, vector_max, ConflictKind,
+    ConflictRecord, Decision, Policies, TablePolicy, Version,
 };
 
 /// A table's schema with the version columns (and with `vectors`, the version vector column) appended when it
@@ -315,4 +315,48 @@ pub fn incomplete_key_change(table: &TableSchema) -> ferry_core::Error {
          a new row; set REPLICA IDENTITY FULL on the source table",
         table.id
     ))
+}
+
+/// The conflict log's record of change `row` ([`Managed`] `m`) decided as `kind`: `winner` is `remote`, `local`
+/// or `merged`. `local` is the target row it met (version, node, the row as logged), `tomb` the key's tombstone
+/// when it met none.
+pub fn conflict_record(
+    table: &TableSchema,
+    row: &Row,
+    m: &Managed,
+    (kind, winner): (ConflictKind, &'static str),
+    local: Option<(Option<i64>, &str, &str)>,
+    tomb: Option<&Version>,
+) -> ConflictRecord {
+    ConflictRecord {
+        table: table.id.to_string(),
+        key: crate::rows::describe_key(table, row),
+        kind,
+        resolver: m.policy.resolver_name(),
+        winner,
+        local_row: local.map(|(_, _, json)| json.to_owned()),
+        remote_row: row_json(table, row),
+        local_version: local
+            .and_then(|(ts, node, _)| {
+                ts.map(|ts| Version {
+                    ts,
+                    node: node.to_owned(),
+                })
+            })
+            .or_else(|| tomb.cloned()),
+        remote_version: m.version.clone(),
+        position: m.position.clone(),
+    }
+}
+
+/// Who a conflict's row came from: the change (`wins`), a merge of both (a merge rule or expression kept the
+/// row and took the change into account; never for a delete), or the target.
+pub fn winner(wins: bool, merges: bool, delete: bool) -> &'static str {
+    if wins {
+        "remote"
+    } else if merges && !delete {
+        "merged"
+    } else {
+        "local"
+    }
 }

@@ -26,7 +26,9 @@ use mysql_async::{Conn, Opts};
 use tracing::warn;
 
 use crate::checkpoint::now_text;
-use crate::conflict::augment::{decide_managed, key_change_parts, Augmenter, Managed};
+use crate::conflict::augment::{
+    conflict_record, decide_managed, key_change_parts, winner, Augmenter, Managed,
+};
 use crate::conflict::{ConflictRecord, ConflictTally, Decision, MultiMasterOptions, Policies};
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
@@ -324,18 +326,8 @@ impl MysqlSink {
     /// version triggers to create.
     async fn pending_ddl(&mut self, schema: &SchemaRef) -> Result<Vec<PendingDdl>, Error> {
         let mut out = Vec::new();
-        if self.database.is_none() {
-            let db: Option<String> = self
-                .conn
-                .exec_first(
-                    "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
-                    (&schema.id.schema,),
-                )
-                .await
-                .map_err(write_error("reading the target's databases"))?;
-            if db.is_none() {
-                out.push(PendingDdl::Create);
-            }
+        if self.database.is_none() && !self.database_exists(&schema.id.schema).await? {
+            out.push(PendingDdl::Create);
         }
         let name = self.target_name(&schema.id);
         for step in ddl::planned_steps(&mut self.conn, &name, schema, &self.applied).await? {
@@ -353,6 +345,19 @@ impl MysqlSink {
             }
         }
         Ok(out)
+    }
+
+    /// Whether database `db` exists (creating one is DDL, which MySQL commits implicitly).
+    async fn database_exists(&mut self, db: &str) -> Result<bool, Error> {
+        let found: Option<String> = self
+            .conn
+            .exec_first(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (db,),
+            )
+            .await
+            .map_err(write_error("reading the target's databases"))?;
+        Ok(found.is_some())
     }
 
     /// Whether `schema` is under a conflict policy whose triggers this sink has not checked yet: its vectors
@@ -377,15 +382,7 @@ impl MysqlSink {
         for schema in wanted {
             let name = self.target_name(&schema.id);
             if let Some(db) = self.database.is_none().then(|| schema.id.schema.clone()) {
-                let exists: Option<String> = self
-                    .conn
-                    .exec_first(
-                        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
-                        (&db,),
-                    )
-                    .await
-                    .map_err(write_error("reading the target's databases"))?;
-                if exists.is_none() {
+                if !self.database_exists(&db).await? {
                     self.conn
                         .query_drop(format!(
                             "CREATE DATABASE IF NOT EXISTS {}",
@@ -899,32 +896,17 @@ impl MysqlSink {
                 .filter(|_| !wins && !is_delete && local.is_some());
             let mut merged = None;
             if let Decision::Conflict { kind, .. } = decision {
-                let winner = if wins {
-                    "remote"
-                } else if (merges || expression.is_some()) && !is_delete {
-                    "merged"
-                } else {
-                    "local"
-                };
-                let record = ConflictRecord {
-                    table: table.id.to_string(),
-                    key: describe_key(&table, row),
-                    kind,
-                    resolver: policy.resolver_name(),
-                    winner,
-                    local_row: local.map(|(_, _, json)| json.clone()),
-                    remote_row: crate::conflict::row_json(&table, row),
-                    local_version: local
-                        .and_then(|(ts, node, _)| {
-                            ts.map(|ts| crate::conflict::Version {
-                                ts,
-                                node: node.clone(),
-                            })
-                        })
-                        .or_else(|| tomb.cloned()),
-                    remote_version: m.version.clone(),
-                    position: m.position.clone(),
-                };
+                let record = conflict_record(
+                    &table,
+                    row,
+                    m,
+                    (
+                        kind,
+                        winner(wins, merges || expression.is_some(), is_delete),
+                    ),
+                    local.map(|(ts, node, json)| (*ts, node.as_str(), json.as_str())),
+                    tomb,
+                );
                 if policy.resolver == ferry_config::Resolver::Error {
                     return Err(record.into_error());
                 }

@@ -21,12 +21,14 @@ use ferry_core::{
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, OptionalExtension};
 
-use crate::conflict::augment::{decide_managed, key_change_parts, Augmenter, Managed};
+use crate::conflict::augment::{
+    conflict_record, decide_managed, key_change_parts, winner, Augmenter, Managed,
+};
 use crate::conflict::{
     ConflictRecord, ConflictTally, Decision, MultiMasterOptions, Policies, Version,
     CONFLICTS_TABLE, TOMBSTONES_TABLE,
 };
-use crate::rows::{classify, describe_key, RowAction};
+use crate::rows::{classify, RowAction};
 
 use super::{quote, table_name};
 
@@ -339,32 +341,19 @@ impl super::SqliteSink {
             .filter(|_| !wins && !is_delete && local.is_some());
         let mut merged = None;
         if let Decision::Conflict { kind, .. } = decision {
-            let record = ConflictRecord {
-                table: table.id.to_string(),
-                key: describe_key(table, row),
-                kind,
-                resolver: policy.resolver_name(),
-                winner: if wins {
-                    "remote"
-                } else if (merges || expression.is_some()) && !is_delete {
-                    "merged"
-                } else {
-                    "local"
-                },
-                local_row: local.as_ref().map(|l| l.2.clone()),
-                remote_row: crate::conflict::row_json(table, row),
-                local_version: local
+            let record = conflict_record(
+                table,
+                row,
+                &m,
+                (
+                    kind,
+                    winner(wins, merges || expression.is_some(), is_delete),
+                ),
+                local
                     .as_ref()
-                    .and_then(|(ts, node, _, _)| {
-                        ts.map(|ts| Version {
-                            ts,
-                            node: node.clone(),
-                        })
-                    })
-                    .or_else(|| tomb.clone()),
-                remote_version: m.version.clone(),
-                position: m.position.clone(),
-            };
+                    .map(|(ts, node, json, _)| (*ts, node.as_str(), json.as_str())),
+                tomb.as_ref(),
+            );
             if policy.resolver == ferry_config::Resolver::Error {
                 return Err(record.into_error());
             }

@@ -740,27 +740,32 @@ impl Sink for SqliteSink {
     }
 }
 
+/// The file at `path`, opened read-only, when it exists and holds table `table`.
+fn open_read_only(path: &Path, table: &str) -> Result<Option<Connection>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_error(format!("opening {}", path.display())))?;
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .map_err(db_error(format!("looking for {table}")))?;
+    Ok(exists.then_some(conn))
+}
+
 /// A pipeline's checkpoints in a SQLite file (`ferry status`).
 pub fn list_checkpoints(
     path: &Path,
     pipeline: &str,
 ) -> Result<Vec<(String, String, String)>, Error> {
     // Read-only: neither the file nor the checkpoint table is created by `ferry status`.
-    if !path.exists() {
+    let Some(conn) = open_read_only(path, "ferry_checkpoints")? else {
         return Ok(Vec::new());
-    }
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(db_error(format!("opening {}", path.display())))?;
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'ferry_checkpoints'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db_error("looking for ferry_checkpoints"))?;
-    if !exists {
-        return Ok(Vec::new());
-    }
+    };
     let mut stmt = conn
         .prepare(checkpoint::LIST_CHECKPOINTS)
         .map_err(db_error("reading checkpoints"))?;
@@ -778,21 +783,9 @@ pub fn list_conflicts(
     sink: &str,
     table: Option<&str>,
 ) -> Result<Vec<crate::conflict::LoggedConflict>, Error> {
-    if !path.exists() {
+    let Some(conn) = open_read_only(path, "ferry_conflicts")? else {
         return Ok(Vec::new());
-    }
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(db_error(format!("opening {}", path.display())))?;
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'ferry_conflicts'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db_error("looking for ferry_conflicts"))?;
-    if !exists {
-        return Ok(Vec::new());
-    }
+    };
     let mut stmt = conn
         .prepare(conflict::LIST_CONFLICTS_SQL)
         .map_err(db_error("reading ferry_conflicts"))?;
