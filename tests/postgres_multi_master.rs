@@ -274,42 +274,11 @@ fn sum_delta_counts_every_increment_from_both_primaries() {
 
 /// A one-way pipeline `shop` → `replica` whose target is written locally too: each table has its own resolver or
 /// merge rule, and each meets the same conflicts.
-const RESOLVER_TABLES: [(&str, &str); 8] = [
-    ("t_apply", "conflict = \"apply_remote\""),
-    ("t_keep", "conflict = \"keep_local\""),
-    ("t_lww", "conflict = \"last_write_wins\""),
-    ("t_fww", "conflict = \"first_write_wins\""),
-    ("t_skip", "conflict = \"skip\""),
-    (
-        "t_max",
-        "conflict = \"last_write_wins\"\ncolumns = { a = \"max\" }",
-    ),
-    (
-        "t_min",
-        "conflict = \"last_write_wins\"\ncolumns = { a = \"min\" }",
-    ),
-    (
-        "t_pnn",
-        "conflict = \"keep_local\"\ncolumns = { b = \"prefer_non_null\" }",
-    ),
-];
 
 #[test]
 fn each_resolver_and_merge_rule_gives_its_rows() {
     let pg = server_with_dbs();
-    let mut rules = String::new();
-    for (t, rule) in RESOLVER_TABLES {
-        pg.psql(
-            "shop",
-            &format!(
-                "CREATE TABLE {t} (id int PRIMARY KEY, a int, b text);
-                 INSERT INTO {t} VALUES (1, 10, 'one'), (2, 20, 'two'), (3, 30, 'three');"
-            ),
-        );
-        rules.push_str(&format!(
-            "[[sink.conflict_rules]]\ntables = [\"public.{t}\"]\n{rule}\n"
-        ));
-    }
+    let rules = resolver_tables(&pg, "shop");
     let dir = scratch();
     let config = write_config(
         dir.path(),
@@ -327,13 +296,19 @@ fn each_resolver_and_merge_rule_gives_its_rows() {
     ferry.wait_streaming();
     wait_same(&pg, "SELECT id, a, b FROM t_pnn ORDER BY id", &ferry);
     let each = |db: &str, sql: &str| {
-        for (t, _) in RESOLVER_TABLES {
+        for (t, _) in RESOLVER_CASES {
             pg.psql(db, &sql.replace("{t}", t));
         }
     };
     // Row 1: the target writes first, the source later (the source's write is the later one).
-    each("replica", "UPDATE {t} SET a = 100, b = NULL WHERE id = 1");
-    each("shop", "UPDATE {t} SET a = 50, b = 'src' WHERE id = 1");
+    each(
+        "replica",
+        "UPDATE {t} SET a = 100, b = NULL, tags = '[\"a\", \"local\"]' WHERE id = 1",
+    );
+    each(
+        "shop",
+        "UPDATE {t} SET a = 50, b = 'src', tags = '[\"remote\", \"a\", \"remote\"]' WHERE id = 1",
+    );
     // Row 3: deleted on the target, then updated at the source (an update that crossed a delete). A delete's
     // version is the one it removed plus one: it is the first write, the update the last.
     each("replica", "DELETE FROM {t} WHERE id = 3");
@@ -344,7 +319,7 @@ fn each_resolver_and_merge_rule_gives_its_rows() {
                 .is_ok_and(|c| c.trim().parse::<usize>().unwrap_or(0) >= n)
         })
     };
-    assert!(flushed(16), "conflicts not logged:\n{}", ferry.log());
+    assert!(flushed(20), "conflicts not logged:\n{}", ferry.log());
     // Row 2: the source writes first while Ferry is stopped, the target later (the target's is the later one).
     ferry.terminate();
     each("shop", "UPDATE {t} SET a = 60, b = 'src2' WHERE id = 2");
@@ -355,26 +330,10 @@ fn each_resolver_and_merge_rule_gives_its_rows() {
     );
     let ferry = Ferry::start(&config, &log);
     ferry.wait_streaming();
-    assert!(flushed(24), "conflicts not logged:\n{}", ferry.log());
+    assert!(flushed(30), "conflicts not logged:\n{}", ferry.log());
     let rows = |t: &str| pg.psql("replica", &format!("SELECT id, a, b FROM {t} ORDER BY id"));
-    // (row 1, row 2, row 3) as each rule leaves them.
-    let remote1 = "1|50|src";
-    let local1 = "1|100|";
-    let remote2 = "2|60|src2";
-    let local2 = "2|200|local2";
-    let back3 = "3|33|three";
-    let expected = [
-        ("t_apply", vec![remote1, remote2, back3]),
-        ("t_keep", vec![local1, local2]),
-        ("t_lww", vec![remote1, local2, back3]),
-        ("t_fww", vec![local1, remote2]),
-        ("t_skip", vec![local1, local2]),
-        // max / min of a whatever wins; b follows last-write-wins.
-        ("t_max", vec!["1|100|src", "2|200|local2", back3]),
-        ("t_min", vec!["1|50|src", "2|60|local2", back3]),
-        // keep_local, but a NULL b takes the change's value.
-        ("t_pnn", vec!["1|100|src", local2]),
-    ];
+    // (row 1, row 2, row 3) as each rule leaves them: the same as in MariaDB and SQLite targets.
+    let expected = resolver_rows();
     for (t, want) in expected {
         assert_eq!(rows(t), want.join("\n"), "table {t}\n{}", ferry.log());
     }
@@ -383,30 +342,17 @@ fn each_resolver_and_merge_rule_gives_its_rows() {
         "replica",
         "SELECT table_name, key, kind, winner FROM ferry_conflicts ORDER BY table_name, key",
     );
-    for (t, want) in [
-        ("t_apply", ["remote", "remote", "remote"]),
-        ("t_keep", ["local", "local", "local"]),
-        ("t_lww", ["remote", "local", "remote"]),
-        ("t_fww", ["local", "remote", "local"]),
-        ("t_skip", ["local", "local", "local"]),
-        ("t_max", ["remote", "merged", "remote"]),
-        ("t_min", ["remote", "merged", "remote"]),
-        ("t_pnn", ["merged", "merged", "local"]),
-    ] {
-        let kinds = [
-            "update_origin_differs",
-            "update_origin_differs",
-            "update_deleted",
-        ];
+    for (t, _) in RESOLVER_CASES {
         let got: Vec<&str> = log
             .lines()
             .filter(|l| l.starts_with(&format!("public.{t}|")))
             .collect();
-        let want: Vec<String> = (0..3)
-            .map(|i| format!("public.{t}|(id) = ({})|{}|{}", i + 1, kinds[i], want[i]))
-            .collect();
-        assert_eq!(got, want, "conflict log of {t}");
+        assert_eq!(got, resolver_log(t), "conflict log of {t}");
     }
+    assert_eq!(
+        pg.psql("replica", "SELECT tags FROM t_union WHERE id = 1"),
+        "[\"a\", \"local\", \"remote\"]"
+    );
     // `ferry conflicts` lists them.
     let out = std::process::Command::new(ferry_bin())
         .args(["conflicts", "--json", "--table", "t_lww", "--config"])
