@@ -227,8 +227,11 @@ impl TablePolicy {
         }
         if !table.has_primary_key() {
             return Err(Error::fatal(format!(
-                "{key}: table {} has no primary key, so Ferry cannot tell which target row a change conflicts with; \
-                 give it a primary key, or leave it out of the conflict rules",
+                "{key}: table {} has no primary key where the stream describes it, so Ferry cannot tell which target \
+                 row a change conflicts with. Give it a primary key, or leave it out of the conflict rules; if it has \
+                 one, its key columns were renamed or replaced after this point of the stream (PostgreSQL describes \
+                 older changes with the catalog as it is now): copy the table anew (`ferry reset --config <file> \
+                 --yes`)",
                 table.id
             )));
         }
