@@ -365,3 +365,64 @@ fn typed_keys_find_the_tombstones_of_local_deletes() {
         vec!["update_deleted|local"]
     );
 }
+
+/// A table renamed at the source is renamed in the SQLite file, and SQLite takes its triggers along under their
+/// old names: the sink replaces them, so a local write still counts once in the row's version vector.
+#[test]
+fn a_renamed_table_keeps_one_set_of_triggers() {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r VALUES (1, 'a');",
+    );
+    let dir = scratch();
+    let db = dir.path().join("edge.db");
+    let config = write_config(
+        dir.path(),
+        "ren",
+        &format!(
+            "[pipeline]\nname = \"ren\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\ntype = \"sqlite\"\npath = \"{}\"\nconflict = \"last_write_wins\"\n\
+             [[sink.conflict_rules]]\ntables = [\"public.*\"]\nversion_vectors = true\n",
+            pg.url("shop"),
+            db.display()
+        ),
+    );
+    let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
+    ferry.wait_streaming();
+    assert!(
+        wait_until(WAIT, || count(&db, "SELECT count(*) FROM r") == 1),
+        "{}",
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "ALTER TABLE r RENAME TO r2; INSERT INTO r2 VALUES (2, 'b');",
+    );
+    assert!(
+        wait_until(WAIT, || count(&db, "SELECT count(*) FROM r2") == 2),
+        "{}",
+        ferry.log()
+    );
+    local(
+        &db,
+        "INSERT INTO ferry_node VALUES (1, 'edge'); INSERT INTO r2 (id, v) VALUES (3, 'local'); \
+         UPDATE r2 SET v = 'local' WHERE id = 1;",
+    );
+    assert_eq!(
+        sqlite_rows(
+            &db,
+            "SELECT id, _ferry_vv FROM r2 WHERE id IN (1, 3) ORDER BY id"
+        ),
+        vec!["1|{\"edge\":1}", "3|{\"edge\":1}"]
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'r2'"
+        ),
+        4
+    );
+}

@@ -85,8 +85,8 @@ pub fn key_text(values: &[String]) -> String {
 }
 
 /// The statements that give `table` (its target name; primary key `keys`) its stamping triggers and the
-/// triggers that leave a tombstone of a local delete or key change. They replace any earlier ones, so turning
-/// version vectors on or off takes effect.
+/// triggers that leave a tombstone of a local delete or key change. The caller drops the table's earlier
+/// `ferry_` triggers first, so turning version vectors on or off, or a renamed table, takes effect.
 pub fn prepare_sql(table: &TableSchema, vectors: bool) -> Vec<String> {
     let name = table_name(&table.id);
     let t = quote(&name);
@@ -123,10 +123,7 @@ pub fn prepare_sql(table: &TableSchema, vectors: bool) -> Vec<String> {
         ),
     );
     let moved: Vec<String> = keys.iter().map(|k| format!("OLD.{k} IS NEW.{k}")).collect();
-    let mut out: Vec<String> = ["si", "su", "sd", "sk"]
-        .iter()
-        .map(|k| format!("DROP TRIGGER IF EXISTS {}", trigger(k)))
-        .collect();
+    let mut out = Vec::new();
     out.push(format!(
         "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN {not_ferry} BEGIN UPDATE {t} SET {VERSION_TS} = {NOW_MICROS}, \
          {VERSION_NODE} = {LOCAL_NODE}{} WHERE {}; END",

@@ -338,11 +338,26 @@ impl SqliteSink {
         {
             return Ok(());
         }
-        for sql in conflict::prepare_sql(schema, policy.vectors) {
-            self.conn.execute_batch(&sql).map_err(db_error(format!(
-                "preparing {} for conflict detection",
-                schema.id
-            )))?;
+        let what = || format!("preparing {} for conflict detection", schema.id);
+        // Triggers a renamed table took along (SQLite keeps them, under their old names) would stamp twice.
+        let stale: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 \
+                     AND name LIKE 'ferry!_%' ESCAPE '!'",
+                )
+                .map_err(db_error(what()))?;
+            let rows = stmt
+                .query_map([table_name(&schema.id)], |r| r.get(0))
+                .map_err(db_error(what()))?;
+            rows.collect::<Result<_, _>>().map_err(db_error(what()))?
+        };
+        let drops = stale
+            .iter()
+            .map(|t| format!("DROP TRIGGER IF EXISTS {}", quote(t)));
+        for sql in drops.chain(conflict::prepare_sql(schema, policy.vectors)) {
+            self.conn.execute_batch(&sql).map_err(db_error(what()))?;
         }
         Ok(())
     }
