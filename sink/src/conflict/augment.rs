@@ -50,8 +50,13 @@ type Versioned = Option<(SchemaRef, Arc<TablePolicy>)>;
 pub struct Augmenter {
     /// Per source schema (table, version): the versioned schema, `None` when the table is under no policy.
     schemas: HashMap<(TableId, u64), Versioned>,
+    /// The source schema planned last and its plan: consecutive changes are mostly of one table, and this
+    /// answers them without building a key (two strings) per row.
+    last: Option<(SchemaRef, Versioned)>,
     /// The open source transaction.
     tx: Option<Arc<TxContext>>,
+    /// Its commit position, as the conflict log writes it (formatted once per transaction).
+    position: Arc<str>,
 }
 
 /// One change of a table under a policy, as the sink decides it.
@@ -63,7 +68,7 @@ pub struct Managed {
     pub seen: Option<i64>,
     /// The change's version vector (JSON), when the table keeps them and the source row carries one.
     pub vector: Option<String>,
-    pub position: String,
+    pub position: Arc<str>,
 }
 
 impl Augmenter {
@@ -82,6 +87,7 @@ impl Augmenter {
             match event {
                 Event::Begin(tx) => {
                     self.tx = Some(tx.clone());
+                    self.position = tx.commit_at.to_string().into();
                     out.push(event.clone());
                 }
                 Event::Schema(schema) => match self.plan(policies, policy, schema)? {
@@ -155,27 +161,44 @@ impl Augmenter {
         policy: &ferry_config::ConflictPolicy,
         schema: &SchemaRef,
     ) -> Result<Versioned, ferry_core::Error> {
-        let key = (schema.id.clone(), schema.version);
-        if let Some(planned) = self.schemas.get(&key) {
-            return Ok(planned.clone());
-        }
-        let planned = match policies.get(policy, schema)? {
-            Some(p) if schema.has_primary_key() => {
-                Some((Arc::new(versioned(schema, p.vectors)), p))
+        if let Some((last, planned)) = &self.last {
+            if Arc::ptr_eq(last, schema) {
+                return Ok(planned.clone());
             }
-            _ => None,
+        }
+        let key = (schema.id.clone(), schema.version);
+        let planned = match self.schemas.get(&key) {
+            Some(planned) => planned.clone(),
+            None => {
+                let planned = match policies.get(policy, schema)? {
+                    Some(p) if schema.has_primary_key() => {
+                        Some((Arc::new(versioned(schema, p.vectors)), p))
+                    }
+                    _ => None,
+                };
+                self.schemas.insert(key, planned.clone());
+                planned
+            }
         };
-        self.schemas.insert(key, planned.clone());
+        self.last = Some((schema.clone(), planned.clone()));
         Ok(planned)
     }
 
     /// The policy and version of a change of `table` (a versioned schema), `None` when it is under no policy.
     /// A delete's version is `node`'s.
     pub fn managed(&self, table: &SchemaRef, op: &RowOp, node: &str) -> Option<Managed> {
-        let (versioned, policy) = self
-            .schemas
-            .get(&(table.id.clone(), table.version))?
-            .as_ref()?;
+        let last = self
+            .last
+            .as_ref()
+            .and_then(|(_, planned)| planned.as_ref())
+            .filter(|(versioned, _)| Arc::ptr_eq(versioned, table));
+        let (versioned, policy) = match last {
+            Some(planned) => planned,
+            None => self
+                .schemas
+                .get(&(table.id.clone(), table.version))?
+                .as_ref()?,
+        };
         if !Arc::ptr_eq(versioned, table) {
             return None;
         }
@@ -183,11 +206,7 @@ impl Augmenter {
             table.column_index(VERSION_TS)?,
             table.column_index(VERSION_NODE)?,
         );
-        let position = self
-            .tx
-            .as_ref()
-            .map(|t| t.commit_at.to_string())
-            .unwrap_or_default();
+        let position = self.position.clone();
         let version_in = |row: &Row| Version {
             ts: match row[ts] {
                 Value::Int(n) => n,
@@ -345,7 +364,7 @@ pub fn conflict_record(
             })
             .or_else(|| tomb.cloned()),
         remote_version: m.version.clone(),
-        position: m.position.clone(),
+        position: m.position.to_string(),
     }
 }
 

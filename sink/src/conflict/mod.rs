@@ -58,6 +58,16 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// Whether the change is written: it applies without conflict, or wins the conflict.
+    pub fn remote_wins(self) -> bool {
+        match self {
+            Decision::Apply => true,
+            Decision::Conflict { remote_wins, .. } => remote_wins,
+        }
+    }
+}
+
 /// The error of a `sum_delta` column whose update arrived without the value it replaced.
 pub fn sum_delta_needs_old(table: &TableSchema, column: &str) -> Error {
     Error::fatal(format!(

@@ -282,12 +282,8 @@ impl MysqlSink {
             if ddl.is_empty() {
                 // They join the open transaction.
             } else if !self.dirty {
-                self.conn
-                    .query_drop("COMMIT")
-                    .await
-                    .map_err(write_error("committing before DDL"))?;
-                self.in_transaction = false;
-                self.touched.clear();
+                self.end_transaction("COMMIT", "committing before DDL")
+                    .await?;
             } else if untouched {
                 // DDL on tables this transaction has not touched (creating them, or changing them before their
                 // first row in it): on a second connection, so that the open transaction stays open.
@@ -310,13 +306,8 @@ impl MysqlSink {
                     })
                     .collect();
                 warn!(sink = %self.name, ?changes, "a schema change in the middle of a source transaction: MySQL commits DDL implicitly, so the rows before it are committed without the checkpoint (a crash before the transaction's end would apply them again)");
-                self.conn
-                    .query_drop("COMMIT")
-                    .await
-                    .map_err(write_error("committing before DDL"))?;
-                self.in_transaction = false;
-                self.touched.clear();
-                self.dirty = false;
+                self.end_transaction("COMMIT", "committing before DDL")
+                    .await?;
             }
         }
         self.run_preparation(wanted).await
@@ -345,6 +336,15 @@ impl MysqlSink {
             }
         }
         Ok(out)
+    }
+
+    /// Ends the open transaction with `sql` (`COMMIT` or `ROLLBACK`), and forgets what this sink kept about it.
+    async fn end_transaction(&mut self, sql: &str, what: &str) -> Result<(), Error> {
+        let ended = self.conn.query_drop(sql).await.map_err(write_error(what));
+        self.in_transaction = false;
+        self.dirty = false;
+        self.touched.clear();
+        ended
     }
 
     /// Whether database `db` exists (creating one is DDL, which MySQL commits implicitly).
@@ -883,10 +883,7 @@ impl MysqlSink {
             };
             joined_vectors.extend(joined.map(|j| (ord, j)));
             let row = r.op.row();
-            let wins = match decision {
-                Decision::Apply => true,
-                Decision::Conflict { remote_wins, .. } => remote_wins,
-            };
+            let wins = decision.remote_wins();
             let merges = !policy.merges.is_empty() && local.is_some();
             let is_delete = matches!(r.op, ferry_core::RowOp::Delete { .. });
             // A merge expression decides the rows a change met and lost to (its resolver keeps them to merge).
@@ -1244,13 +1241,7 @@ impl MysqlSink {
                 literal::text(&now_text())
             );
             self.exec(sql, "writing the checkpoint").await?;
-            self.conn
-                .query_drop("COMMIT")
-                .await
-                .map_err(write_error("committing"))?;
-            self.in_transaction = false;
-            self.touched.clear();
-            self.dirty = false;
+            self.end_transaction("COMMIT", "committing").await?;
             self.multi.tally.committed();
             for shadow in std::mem::take(&mut self.finished_shadows) {
                 let sql = format!("DROP TABLE IF EXISTS {}", self.target_name(&shadow));
@@ -1739,9 +1730,7 @@ impl Sink for MysqlSink {
         let result = self.apply_events(events, commit).await;
         if result.is_err() && self.in_transaction {
             // The connection may be gone; the next attempt starts from the checkpoint on a new sink.
-            let _ = self.conn.query_drop("ROLLBACK").await;
-            self.in_transaction = false;
-            self.touched.clear();
+            let _ = self.end_transaction("ROLLBACK", "rolling back").await;
         }
         result
     }

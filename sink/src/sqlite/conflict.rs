@@ -326,10 +326,7 @@ impl super::SqliteSink {
         ) else {
             return Ok(());
         };
-        let wins = match decision {
-            Decision::Apply => true,
-            Decision::Conflict { remote_wins, .. } => remote_wins,
-        };
+        let wins = decision.remote_wins();
         let merges = !policy.merges.is_empty() && local.is_some();
         // A merge expression decides the rows a change met and lost to (its resolver keeps them to merge).
         let expression = policy
