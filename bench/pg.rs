@@ -99,7 +99,9 @@ struct Pipeline {
 impl Bench {
     fn new() -> Bench {
         let source = PgServer::start_with(SERVER_SETTINGS);
-        let target = PgServer::start_with(SERVER_SETTINGS);
+        // Autovacuum off on the target: each contender starts from a vacuumed, checkpointed target
+        // ([`Bench::settle`]) instead of paying for a cleanup of what the previous contender left.
+        let target = PgServer::start_with(&[SERVER_SETTINGS, &["autovacuum=off"]].concat());
         source.create_db("shop");
         source.psql("shop", TABLES);
         source.psql(
@@ -223,6 +225,7 @@ impl Bench {
 
     /// Native logical replication drains the backlog: enable, wait for the marker, disable again.
     fn native_apply(&self) -> Duration {
+        self.settle();
         let probe = Probe::connect(&self.target.url("native"));
         self.target
             .psql("native", "ALTER SUBSCRIPTION native ENABLE");
@@ -245,8 +248,22 @@ impl Bench {
         took
     }
 
+    /// Vacuums (and analyzes) every database of the target, then checkpoints it: the same starting state for
+    /// every contender, whatever the one before it left behind (dead rows, dirty buffers).
+    fn settle(&self) {
+        let dbs = self.target.psql(
+            "postgres",
+            "SELECT string_agg(datname, ' ') FROM pg_database WHERE datallowconn AND datname NOT LIKE 'template%'",
+        );
+        for db in dbs.split_whitespace() {
+            self.target.psql(db, "VACUUM (ANALYZE)");
+        }
+        self.target.psql("postgres", "CHECKPOINT");
+    }
+
     /// Ferry drains the backlog into the PostgreSQL target; returns the time and its peak RSS.
     fn ferry_apply(&self, pipeline: &Pipeline, probe: &Probe) -> (Duration, f64, f64) {
+        self.settle();
         let started = Instant::now();
         let ferry = Ferry::start(&pipeline.config, &pipeline.log);
         let took = time_until(started, "ferry apply", || self.marker_reached(probe));
