@@ -381,7 +381,7 @@ pub async fn snapshot(files: &[PathBuf], tables: &[String]) -> anyhow::Result<Ex
 
 /// A table named on the command line: `schema.table` or `table` (in `public`), each part as is or double-quoted
 /// as in SQL (`"Sales Dept"."Order Items"`, `public."dot.ted"`; `""` is a quote inside). Names match exactly.
-fn table_arg(text: &str) -> Option<ferry_core::TableId> {
+pub(crate) fn table_arg(text: &str) -> Option<ferry_core::TableId> {
     let mut parts = Vec::new();
     let mut chars = text.chars().peekable();
     loop {

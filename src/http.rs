@@ -111,7 +111,8 @@ async fn readyz(State(pipelines): State<Registry>) -> Response {
             PipelineState::Snapshotting | PipelineState::Streaming => None,
             PipelineState::Retrying { error: why }
             | PipelineState::Failed { error: why }
-            | PipelineState::Standby { owner: why } => {
+            | PipelineState::Standby { owner: why }
+            | PipelineState::Paused { reason: why } => {
                 Some(format!("{}: {} ({why})", p.name, state_name(&p.state())))
             }
             other => Some(format!("{}: {}", p.name, state_name(&other))),
@@ -135,6 +136,7 @@ fn state_name(state: &PipelineState) -> &'static str {
         PipelineState::Streaming => "streaming",
         PipelineState::Retrying { .. } => "retrying",
         PipelineState::Standby { .. } => "standby",
+        PipelineState::Paused { .. } => "paused",
         PipelineState::Failed { .. } => "failed",
         PipelineState::Stopped => "stopped",
     }
@@ -182,7 +184,8 @@ fn live_status(p: &PipelineStats) -> LiveStatus {
     let error = match &state {
         PipelineState::Retrying { error }
         | PipelineState::Failed { error }
-        | PipelineState::Standby { owner: error } => Some(error.clone()),
+        | PipelineState::Standby { owner: error }
+        | PipelineState::Paused { reason: error } => Some(error.clone()),
         _ => None,
     };
     LiveStatus {
@@ -364,6 +367,42 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
                 })
             })
             .collect(),
+    );
+    family(
+        "ferry_sink_rows_set_aside_total",
+        "counter",
+        "Row changes a target refused that the pipeline's on_error policy set aside, per table, outcome (dead_letter: kept in ferry_dead_letters; skip: left out) and the target's error code (follows: after an earlier dead letter of its key).",
+        pipelines
+            .iter()
+            .flat_map(|p| {
+                p.sinks.iter().flat_map(move |s| {
+                    s.set_aside().into_iter().map(move |(table, outcome, code, n)| {
+                        (
+                            format!(
+                                "pipeline=\"{}\",sink=\"{}\",table=\"{}\",outcome=\"{outcome}\",code=\"{}\"",
+                                label(&p.name),
+                                label(&s.name),
+                                label(&table),
+                                label(&code)
+                            ),
+                            n as f64,
+                        )
+                    })
+                })
+            })
+            .collect(),
+    );
+    family(
+        "ferry_sink_row_retries_total",
+        "counter",
+        "Tries of a refused row change after its first (on_error, [pipeline.retry] attempts).",
+        per_sink(&|s| Some(s.row_retries.load(Relaxed) as f64)),
+    );
+    family(
+        "ferry_pipeline_backoff_seconds",
+        "gauge",
+        "The back-off the pipeline waits out before restarting after a transient failure (0: none).",
+        per_pipeline(&|p| Some(p.backoff_ms.load(Relaxed) as f64 / 1000.0)),
     );
     family(
         "ferry_transform_rows_skipped_total",

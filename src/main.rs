@@ -3,6 +3,7 @@
 //! A thin edge: parse the command line, set up logging, hand over to [`commands`].
 
 mod commands;
+mod dead_letters;
 mod http;
 mod runtime;
 
@@ -75,6 +76,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Row changes the targets refused (`on_error = "dead_letter"`): list them, replay them once the cause is
+    /// fixed, or discard them. Replay and discard need the pipeline stopped; list does not.
+    DeadLetters {
+        #[arg(value_enum)]
+        action: dead_letters::Action,
+        #[arg(long = "config", short, required = true, num_args = 1..)]
+        configs: Vec<PathBuf>,
+        /// Only this table's (`schema.table`; a bare name is in `public`).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only the letter with this number (`#N` in the list).
+        #[arg(long)]
+        id: Option<i64>,
+        /// Print JSON (one array of letters) instead of text (list).
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop the replication slot, the publication and the stored checkpoints, so the next run starts with a
     /// new snapshot.
     Reset {
@@ -144,6 +162,24 @@ fn main() -> ExitCode {
                 json,
             } => commands::conflicts(&configs, table.as_deref(), json).await,
             Command::Snapshot { configs, tables } => commands::snapshot(&configs, &tables).await,
+            Command::DeadLetters {
+                action,
+                configs,
+                table,
+                id,
+                json,
+            } => match table.as_deref().map(|t| (t, commands::table_arg(t))) {
+                Some((t, None)) => Err(anyhow::anyhow!(
+                    "--table {t:?}: expected schema.table or table (parts may be double-quoted)"
+                )),
+                parsed => {
+                    let selection = dead_letters::Selection {
+                        table: parsed.and_then(|(_, id)| id),
+                        id,
+                    };
+                    dead_letters::run(action, &configs, selection, json).await
+                }
+            },
         }
     });
     match result {

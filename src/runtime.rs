@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use ferry_config::PipelineConfig;
-use ferry_core::pipeline::{run_batcher, run_sink, AckTracker};
+use ferry_core::pipeline::{run_batcher, run_sink, AckTracker, SinkSettings};
 use ferry_core::{
     Error, ErrorClass, PipelineState, PipelineStats, Position, Sink, Source, SourceExit, TableId,
     Transform,
@@ -27,6 +27,9 @@ use tracing::{error, info, warn};
 /// How often a standby tries to take the lease of the pipeline another process runs.
 const STANDBY_POLL: Duration = Duration::from_secs(2);
 
+/// How often a paused pipeline (`max_dead_letters` reached) looks again.
+const PAUSED_POLL: Duration = Duration::from_secs(5);
+
 /// Events buffered between the source and the batcher.
 const EVENT_CHANNEL: usize = 4096;
 
@@ -36,7 +39,9 @@ pub async fn run_pipeline(
     stats: Arc<PipelineStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(500);
+    let retry = config.row_errors.retry;
+    // Restarts in a row without a minute of work between them.
+    let mut failures = 0;
     loop {
         let started = tokio::time::Instant::now();
         if !matches!(stats.state(), PipelineState::Standby { .. }) {
@@ -59,20 +64,37 @@ pub async fn run_pipeline(
                     _ = shutdown.changed() => return Ok(()),
                 }
             }
+            Err(e) if e.class == ErrorClass::Paused && !*shutdown.borrow() => {
+                let reason = e.to_string();
+                if !matches!(stats.state(), PipelineState::Paused { reason: r } if r == reason) {
+                    warn!(pipeline = %config.name, "{reason}");
+                }
+                stats.set_state(PipelineState::Paused { reason });
+                tokio::select! {
+                    _ = tokio::time::sleep(PAUSED_POLL) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
             Err(e) if e.is_transient() && !*shutdown.borrow() => {
                 stats.set_state(PipelineState::Retrying {
                     error: e.to_string(),
                 });
                 stats.restarts.fetch_add(1, Ordering::Relaxed);
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(500);
-                }
+                failures = if started.elapsed() > Duration::from_secs(60) {
+                    1
+                } else {
+                    failures + 1
+                };
+                let backoff = retry.delay(failures);
+                stats
+                    .backoff_ms
+                    .store(backoff.as_millis() as u64, Ordering::Relaxed);
                 warn!(pipeline = %config.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure; restarting from the checkpoints");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                stats.backoff_ms.store(0, Ordering::Relaxed);
             }
             Err(e) => {
                 stats.set_state(PipelineState::Failed {
@@ -145,7 +167,10 @@ async fn run_once(
             rx,
             tracker.clone(),
             stats.clone(),
-            config.batch,
+            SinkSettings {
+                limits: config.batch,
+                row_errors: Arc::new(config.row_errors.clone()),
+            },
         ));
     }
     drop(tracker);

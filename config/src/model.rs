@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_core::{BatchLimits, TableId};
+use ferry_core::{BatchLimits, RowErrors, TableId};
 
 /// One pipeline: a source, its filters, and one or more sinks.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,9 @@ pub struct PipelineConfig {
     /// PostgreSQL sinks apply under the replication origin `ferry_<pipeline>`, so a peer pipeline reading the
     /// target can skip what this one wrote.
     pub node: Option<String>,
+    /// `[pipeline] on_error`, `max_dead_letters`, `[pipeline.retry]` and `[[pipeline.on_error_rules]]`: what
+    /// sinks do with a row change their target refuses, and how failures are retried.
+    pub row_errors: RowErrors,
 }
 
 /// Which source transactions a source passes on, by the replication origin (PostgreSQL) or the server id

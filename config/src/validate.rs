@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_core::{BatchLimits, TableId};
+use ferry_core::dead_letter::OnErrorRule;
+use ferry_core::{BatchLimits, OnError, RowErrors, TableId};
 use toml::{Table, Value};
 
 use crate::env::expand;
@@ -349,6 +350,7 @@ pub fn validate(
     let mut snapshot_parallelism = 2;
     let mut source_timeout = Duration::from_secs(30);
     let mut node = None;
+    let mut row_errors = RowErrors::default();
     match r.subtable(&mut root, "pipeline") {
         Some(mut p) => {
             name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
@@ -394,6 +396,7 @@ pub fn validate(
             if let Some(n) = r.int_within(&mut p, "snapshot_parallelism", (1, 64)) {
                 snapshot_parallelism = n;
             }
+            row_errors = read_row_errors(&mut r, &mut p);
             if let Some(mut b) = r.subtable(&mut p, "batch") {
                 if let Some(n) = r.int_within(&mut b, "max_events", (1, 10_000_000)) {
                     batch.max_events = n;
@@ -468,6 +471,7 @@ pub fn validate(
                 snapshot_parallelism,
                 source_timeout,
                 node,
+                row_errors,
             });
         }
     }
@@ -611,33 +615,7 @@ fn read_conflicts(
         policy.default =
             choice(r, s, "conflict", &resolvers, "apply_remote").and_then(|n| resolver_of(&n));
     }
-    let rules: Vec<(String, &Table)> = match r.get(s, "conflict_rules") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, item)| {
-                let key = format!("{}[{i}]", s.key("conflict_rules"));
-                match item {
-                    Value::Table(t) => Some((key, t)),
-                    _ => {
-                        r.error(key, "expected a [[sink.conflict_rules]] table");
-                        None
-                    }
-                }
-            })
-            .collect(),
-        Some(other) => {
-            r.error(
-                s.key("conflict_rules"),
-                format!(
-                    "expected [[sink.conflict_rules]] tables, found {}",
-                    other.type_str()
-                ),
-            );
-            Vec::new()
-        }
-    };
+    let rules = array_of_tables(r, s, "conflict_rules", "sink.conflict_rules");
     if let Some(why) = refused.filter(|_| s.table.contains_key("conflict") || !rules.is_empty()) {
         r.error(
             s.key(if s.table.contains_key("conflict") {
@@ -650,28 +628,7 @@ fn read_conflicts(
     }
     for (key, table) in rules {
         let mut c = Section::new(key.clone(), table);
-        let tables = r.string_list(
-            &mut c,
-            "tables",
-            "tables as \"schema.table\" (globs: \"public.*\")",
-        );
-        match &tables {
-            None if !c.table.contains_key("tables") => r.error(
-                c.key("tables"),
-                "missing; expected tables = [\"schema.table\", …] (globs: \"public.*\")",
-            ),
-            Some(list) => {
-                for (i, p) in list.iter().enumerate() {
-                    if TableId::parse(p, "public").is_none() || !TableId::is_valid_glob(p) {
-                        r.error(
-                            format!("{}[{i}]", c.key("tables")),
-                            format!("expected \"schema.table\" (globs: \"public.*\"), found {p:?}"),
-                        );
-                    }
-                }
-            }
-            None => {}
-        }
+        let tables = table_globs(r, &mut c);
         let resolver = if c.table.contains_key("conflict") {
             choice(r, &mut c, "conflict", &resolvers, "apply_remote").and_then(|n| resolver_of(&n))
         } else {
@@ -749,6 +706,131 @@ fn read_conflicts(
     policy
 }
 
+/// `[[<what>]]` under `key`: each table with its key path (`sink[0].conflict_rules[1]`).
+fn array_of_tables<'t>(
+    r: &mut Reader<'_>,
+    s: &mut Section<'t>,
+    key: &'static str,
+    what: &str,
+) -> Vec<(String, &'t Table)> {
+    match r.get(s, key) {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let path = format!("{}[{i}]", s.key(key));
+                match item {
+                    Value::Table(t) => Some((path, t)),
+                    _ => {
+                        r.error(path, format!("expected a [[{what}]] table"));
+                        None
+                    }
+                }
+            })
+            .collect(),
+        Some(other) => {
+            r.error(
+                s.key(key),
+                format!("expected [[{what}]] tables, found {}", other.type_str()),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// A rule's required `tables = ["schema.table", …]`, globs allowed.
+fn table_globs(r: &mut Reader<'_>, c: &mut Section<'_>) -> Option<Vec<String>> {
+    let tables = r.string_list(
+        c,
+        "tables",
+        "tables as \"schema.table\" (globs: \"public.*\")",
+    );
+    match &tables {
+        None if !c.table.contains_key("tables") => r.error(
+            c.key("tables"),
+            "missing; expected tables = [\"schema.table\", …] (globs: \"public.*\")",
+        ),
+        Some(list) => {
+            for (i, p) in list.iter().enumerate() {
+                if TableId::parse(p, "public").is_none() || !TableId::is_valid_glob(p) {
+                    r.error(
+                        format!("{}[{i}]", c.key("tables")),
+                        format!("expected \"schema.table\" (globs: \"public.*\"), found {p:?}"),
+                    );
+                }
+            }
+        }
+        None => {}
+    }
+    tables
+}
+
+/// `on_error`, `max_dead_letters`, `[pipeline.retry]` and `[[pipeline.on_error_rules]]` of `[pipeline]`.
+fn read_row_errors(r: &mut Reader<'_>, p: &mut Section<'_>) -> RowErrors {
+    let mut out = RowErrors::default();
+    let names: Vec<&str> = OnError::ALL.iter().map(|o| o.name()).collect();
+    let policy_of = |name: &str| OnError::ALL.into_iter().find(|o| o.name() == name);
+    if let Some(o) = choice(r, p, "on_error", &names, "halt").and_then(|n| policy_of(&n)) {
+        out.on_error = o;
+    }
+    if let Some(n) = r.int_within(p, "max_dead_letters", (1, 100_000_000)) {
+        out.max_dead_letters = n as u64;
+    }
+    if let Some(mut t) = r.subtable(p, "retry") {
+        let bounds = (Duration::from_millis(1), Duration::from_secs(3600));
+        if let Some(Some(d)) = r.duration_within(&mut t, "initial", false, bounds) {
+            out.retry.initial = d;
+        }
+        if let Some(Some(d)) = r.duration_within(&mut t, "max", false, bounds) {
+            out.retry.max = d;
+        }
+        if out.retry.max < out.retry.initial {
+            r.error(
+                t.key("max"),
+                format!(
+                    "expected at least initial ({:?}), found {:?}",
+                    out.retry.initial, out.retry.max
+                ),
+            );
+        }
+        if let Some(n) = r.int_within(&mut t, "attempts", (1, 100)) {
+            out.retry.attempts = n as u32;
+        }
+        r.finish(t);
+    }
+    for (key, table) in array_of_tables(r, p, "on_error_rules", "pipeline.on_error_rules") {
+        let mut c = Section::new(key.clone(), table);
+        let tables = table_globs(r, &mut c);
+        let on_error = if c.table.contains_key("on_error") {
+            choice(r, &mut c, "on_error", &names, "halt").and_then(|n| policy_of(&n))
+        } else {
+            r.error(
+                c.key("on_error"),
+                format!("missing; expected one of {}", quoted(&names)),
+            );
+            None
+        };
+        r.finish(c);
+        if let (Some(tables), Some(on_error)) = (tables, on_error) {
+            out.rules.push(OnErrorRule {
+                key,
+                tables,
+                on_error,
+            });
+        }
+    }
+    out
+}
+
+fn quoted(choices: &[&str]) -> String {
+    choices
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 /// One of `choices` for `key`, or `default` when absent.
 fn choice(
     r: &mut Reader<'_>,
@@ -757,11 +839,7 @@ fn choice(
     choices: &[&str],
     default: &str,
 ) -> Option<String> {
-    let expected = choices
-        .iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(" or ");
+    let expected = quoted(choices);
     match r.string(s, key, &expected) {
         None if !s.table.contains_key(key) => Some(default.to_owned()),
         None => None,

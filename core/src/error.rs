@@ -11,6 +11,11 @@ pub enum ErrorClass {
     Fatal,
     /// Another process runs this pipeline (it holds the lease): wait as a standby and take over when it stops.
     Standby,
+    /// The target refused one row for the row's own sake (a constraint, a value out of range or too long): the
+    /// pipeline's `on_error` policy decides ([`crate::dead_letter::OnError`]), once the row is found.
+    Row,
+    /// The pipeline cannot go on until an operator acts (`max_dead_letters` reached): it waits and looks again.
+    Paused,
 }
 
 /// A component failure with the operator-facing context and the underlying cause.
@@ -19,6 +24,8 @@ pub struct Error {
     pub class: ErrorClass,
     /// What failed and, for fatal errors, what to do about it.
     pub message: String,
+    /// The server's own code for the failure (SQLSTATE `23514`, a MySQL error number), where there is one.
+    pub code: Option<String>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -60,6 +67,7 @@ impl Error {
         Error {
             class: ErrorClass::Transient,
             message: message.into(),
+            code: None,
             source: Some(source.into()),
         }
     }
@@ -68,6 +76,7 @@ impl Error {
         Error {
             class: ErrorClass::Fatal,
             message: message.into(),
+            code: None,
             source: None,
         }
     }
@@ -79,6 +88,7 @@ impl Error {
         Error {
             class: ErrorClass::Fatal,
             message: message.into(),
+            code: None,
             source: Some(source.into()),
         }
     }
@@ -88,6 +98,31 @@ impl Error {
         Error {
             class: ErrorClass::Standby,
             message: message.into(),
+            code: None,
+            source: None,
+        }
+    }
+
+    /// A row the target refused (see [`ErrorClass::Row`]), with the target's `code` for it.
+    pub fn row(
+        message: impl Into<String>,
+        code: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error {
+            class: ErrorClass::Row,
+            message: message.into(),
+            code: Some(code.into()),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The pipeline waits for an operator; `message` says what to do.
+    pub fn paused(message: impl Into<String>) -> Self {
+        Error {
+            class: ErrorClass::Paused,
+            message: message.into(),
+            code: None,
             source: None,
         }
     }

@@ -11,7 +11,7 @@ use crate::value::Value;
 pub type Row = Vec<Value>;
 
 /// What happened to one row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RowOp {
     Insert {
         after: Row,
@@ -92,9 +92,9 @@ pub enum RecopyStep {
 }
 
 /// The tables Ferry keeps in databases it writes to (checkpoints, applied schemas, leases, the conflict log,
-/// tombstones). Sources never capture them: in two databases replicating into each other they belong to the
+/// tombstones, dead letters). Sources never capture them: in two databases replicating into each other they belong to the
 /// pipeline writing there, not to the data.
-pub const INTERNAL_TABLES: [&str; 7] = [
+pub const INTERNAL_TABLES: [&str; 8] = [
     "ferry_checkpoints",
     "ferry_schemas",
     "ferry_leases",
@@ -102,6 +102,7 @@ pub const INTERNAL_TABLES: [&str; 7] = [
     "ferry_tombstones",
     "ferry_node",
     "ferry_origin",
+    "ferry_dead_letters",
 ];
 
 /// The column holding a row's version under conflict detection: a hybrid logical clock, µs since 1970-01-01 UTC

@@ -12,8 +12,10 @@
 
 pub mod batch;
 pub mod binlog_position;
+pub mod dead_letter;
 pub mod error;
 pub mod event;
+pub mod isolate;
 pub mod pg_text;
 pub mod pipeline;
 pub mod position;
@@ -29,6 +31,7 @@ pub use batch::{Batch, BatchLimits};
 pub use binlog_position::{
     BinlogFilePos, BinlogPosition, GtidState, MariaGtid, MariaGtidList, MysqlGtidSet,
 };
+pub use dead_letter::{DeadLetter, OnError, Retry, RowErrors};
 pub use error::{mysql_refuses, Error, ErrorClass, Result};
 pub use event::{
     is_internal_table, is_recopy_shadow, recopy_shadow, Change, Event, Origin, RecopyStep, Row,
@@ -38,7 +41,7 @@ pub use position::{Lsn, Position};
 pub use schema::{
     enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,
 };
-pub use sink::{Sink, Transform};
+pub use sink::{Savepoint, Sink, Transform};
 pub use source::{Source, SourceExit};
 pub use stats::{ConflictCount, PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};

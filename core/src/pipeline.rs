@@ -18,8 +18,10 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::batch::{Batch, BatchLimits};
+use crate::dead_letter::RowErrors;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::isolate::Isolation;
 use crate::position::Position;
 use crate::sink::{Sink, Transform};
 use crate::stats::PipelineStats;
@@ -192,6 +194,13 @@ fn minimum(positions: &[Option<Position>]) -> Option<Position> {
     min.cloned()
 }
 
+/// How a sink's runner works: batch limits, and what it does with rows the target refuses.
+#[derive(Debug, Clone, Default)]
+pub struct SinkSettings {
+    pub limits: BatchLimits,
+    pub row_errors: Arc<RowErrors>,
+}
+
 /// Feeds batches to one sink. Skips transactions the sink's checkpoint already includes, splits each batch at its
 /// last durable point so the sink commits as much as it can, and reports each commit to the tracker. While the
 /// next batch is already waiting, the sink keeps its transaction open and commits with that batch instead (group
@@ -204,10 +213,12 @@ pub async fn run_sink<S: Sink>(
     mut batches: mpsc::Receiver<Arc<Batch>>,
     tracker: AckTracker,
     stats: Arc<PipelineStats>,
-    limits: BatchLimits,
+    settings: SinkSettings,
 ) -> Result<()> {
+    let SinkSettings { limits, row_errors } = settings;
     let sink_stats = &stats.sinks[index];
     sink_stats.set_checkpoint(checkpoint.clone());
+    let mut isolation = Isolation::new(row_errors, sink.dead_letters().await?);
     let mut skip = SkipCovered {
         checkpoint,
         skipping: false,
@@ -241,7 +252,7 @@ pub async fn run_sink<S: Sink>(
                 let joins = !next.events.iter().any(|e| matches!(e, Event::Schema(_)));
                 waiting = Some(next);
                 if joins {
-                    apply_within(&mut sink, events, None).await?;
+                    isolation.apply(&mut sink, sink_stats, events, None).await?;
                     sink_stats.applied(events, None);
                     open_events += events.len();
                     continue;
@@ -250,7 +261,9 @@ pub async fn run_sink<S: Sink>(
         }
         match split {
             Some((i, position)) => {
-                apply_within(&mut sink, &events[..=i], Some(position)).await?;
+                isolation
+                    .apply(&mut sink, sink_stats, &events[..=i], Some(position))
+                    .await?;
                 sink_stats.applied(&events[..=i], Some(position));
                 sink_stats.conflicts_committed(sink.take_conflicts());
                 debug!(sink = sink.name(), position = %position, events = open_events + i + 1, "committed batch");
@@ -258,13 +271,15 @@ pub async fn run_sink<S: Sink>(
                 tracker.report(index, position.clone());
                 (open_events, last_commit) = (0, Instant::now());
                 if i + 1 < events.len() {
-                    apply_within(&mut sink, &events[i + 1..], None).await?;
+                    isolation
+                        .apply(&mut sink, sink_stats, &events[i + 1..], None)
+                        .await?;
                     sink_stats.applied(&events[i + 1..], None);
                     open_events = events.len() - (i + 1);
                 }
             }
             None if !events.is_empty() => {
-                apply_within(&mut sink, events, None).await?;
+                isolation.apply(&mut sink, sink_stats, events, None).await?;
                 sink_stats.applied(events, None);
                 open_events += events.len();
             }
@@ -279,7 +294,7 @@ pub async fn run_sink<S: Sink>(
 /// never answers): the pipeline then restarts from the checkpoints.
 pub const SINK_TIMEOUT: Duration = Duration::from_secs(300);
 
-async fn apply_within<S: Sink>(
+pub(crate) async fn apply_within<S: Sink>(
     sink: &mut S,
     events: &[Event],
     commit: Option<&Position>,
@@ -503,9 +518,20 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (tracker, acked) = AckTracker::new(vec![None]);
         let stats = Arc::new(PipelineStats::new("p", &["recorder"]));
-        run_sink(Recorder(calls.clone()), 0, None, rx, tracker, stats, limits)
-            .await
-            .unwrap();
+        run_sink(
+            Recorder(calls.clone()),
+            0,
+            None,
+            rx,
+            tracker,
+            stats,
+            SinkSettings {
+                limits,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let calls = calls.lock().unwrap().clone();
         let acked = acked.borrow().clone();
         (calls, acked)

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::value::Value;
 
 /// A source table: schema (or database, for MySQL) and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TableId {
     pub schema: String,
     pub name: String,
@@ -47,7 +49,7 @@ impl fmt::Display for TableId {
 }
 
 /// The logical type of a column: how its values are decoded and how a sink stores them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ColumnType {
     Bool,
     Int2,
@@ -74,7 +76,7 @@ pub enum ColumnType {
 }
 
 /// One column of a table schema.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Column {
     pub name: String,
     pub ty: ColumnType,
@@ -124,7 +126,9 @@ impl Column {
 }
 
 /// Which SQL dialect a schema's `source_type` spellings are in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Dialect {
     #[default]
     Postgres,
@@ -134,7 +138,7 @@ pub enum Dialect {
 
 /// A table's columns at one moment of the stream. Schemas are shared (`Arc`) by every change that uses them and
 /// replaced, never mutated, when the source reports a change; `version` grows with each replacement.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TableSchema {
     pub id: TableId,
     pub columns: Vec<Column>,
@@ -162,7 +166,7 @@ pub struct TableSchema {
 pub type SchemaRef = Arc<TableSchema>;
 
 /// Where a table comes from, as far as DDL said (see [`TableSchema::lineage`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Lineage {
     /// The same table as before (or nothing said).
     #[default]

@@ -2,7 +2,8 @@
 
 use std::future::Future;
 
-use crate::error::Result;
+use crate::dead_letter::{DeadLetter, StoredDeadLetter};
+use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::position::Position;
 use crate::schema::TableId;
@@ -41,6 +42,51 @@ pub trait Sink: Send + 'static {
     fn take_conflicts(&mut self) -> Vec<crate::stats::ConflictCount> {
         Vec::new()
     }
+
+    /// Row isolation, for `on_error`: sets, goes back to, or releases a point in the open target transaction
+    /// (SQL `SAVEPOINT`), opening a transaction if none is. Going back undoes what [`Sink::apply`] did since the
+    /// point, in the target and in the sink's own state, leaving the transaction usable. The runner sets points
+    /// only around runs of row changes. Sinks that cannot answer with an error that says so.
+    fn savepoint(&mut self, step: Savepoint) -> impl Future<Output = Result<()>> + Send {
+        let _ = step;
+        let error = cannot_isolate(self.name());
+        async { Err(error) }
+    }
+
+    /// Writes `letter` into the target's dead letters, in the open transaction (see [`Sink::savepoint`]).
+    fn dead_letter(&mut self, letter: &DeadLetter) -> impl Future<Output = Result<()>> + Send {
+        let _ = letter;
+        let error = cannot_isolate(self.name());
+        async { Err(error) }
+    }
+
+    /// The dead letters this sink holds, oldest first (none for sinks that hold none). The runner reads them once,
+    /// after [`Sink::checkpoint`]: later changes of their keys follow them into the queue.
+    fn dead_letters(&mut self) -> impl Future<Output = Result<Vec<StoredDeadLetter>>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Deletes dead letter `id` in the open transaction (replayed or discarded).
+    fn forget_dead_letter(&mut self, id: i64) -> impl Future<Output = Result<()>> + Send {
+        let _ = id;
+        let error = cannot_isolate(self.name());
+        async { Err(error) }
+    }
+}
+
+/// A step of [`Sink::savepoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Savepoint {
+    Set,
+    Rollback,
+    Release,
+}
+
+fn cannot_isolate(sink: &str) -> Error {
+    Error::fatal(format!(
+        "sink {sink} cannot set a failing row aside: on_error = \"skip\" or \"dead_letter\" needs a PostgreSQL, \
+         MySQL / MariaDB or SQLite target; use on_error = \"halt\" for this sink's tables"
+    ))
 }
 
 /// The transform stage between source and sinks, as the runner sees it: the chain of `[[transform]]` stages

@@ -33,6 +33,10 @@ pub enum PipelineState {
     Standby {
         owner: String,
     },
+    /// The pipeline waits for an operator (`max_dead_letters` reached); `reason` says what to do.
+    Paused {
+        reason: String,
+    },
     /// A fatal failure: the pipeline stopped and needs a person.
     Failed {
         error: String,
@@ -129,6 +133,13 @@ pub struct SinkStats {
     last_commit_unix_micros: AtomicI64,
     /// Conflicts the sink detected and made durable: (table, type, resolution) → count.
     conflicts: Mutex<std::collections::BTreeMap<(String, &'static str, &'static str), u64>>,
+    /// Row changes set aside and made durable: (table, `dead_letter` or `skip`, the target's code) → count.
+    set_aside: Mutex<std::collections::BTreeMap<(String, &'static str, String), u64>>,
+    /// Tries of a refused row after its first.
+    pub row_retries: AtomicU64,
+    /// Row isolation under way: the sink sets each failing row aside until its checkpoint includes the source
+    /// transaction at this position (the last one begun when a row failed). Kept across restarts.
+    isolate_through: Mutex<Option<Position>>,
 }
 
 /// One conflict a sink detected, as counted in `ferry_conflicts_total{table,type,resolution}`.
@@ -170,7 +181,43 @@ impl SinkStats {
             transactions: AtomicU64::new(0),
             checkpoint: Mutex::new(None),
             last_commit_unix_micros: AtomicI64::new(0),
+            set_aside: Mutex::new(Default::default()),
+            row_retries: AtomicU64::new(0),
+            isolate_through: Mutex::new(None),
         }
+    }
+
+    /// Adds row changes set aside (dead-lettered or skipped) that the sink made durable: (table, outcome, code).
+    pub fn set_aside_committed(&self, rows: Vec<(String, &'static str, String)>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut m = self.set_aside.lock().unwrap_or_else(|p| p.into_inner());
+        for key in rows {
+            *m.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Row changes set aside so far: (table, outcome, code, count).
+    pub fn set_aside(&self) -> Vec<(String, &'static str, String, u64)> {
+        let m = self.set_aside.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .map(|((t, o, c), n)| (t.clone(), *o, c.clone(), *n))
+            .collect()
+    }
+
+    pub fn isolate_through(&self) -> Option<Position> {
+        self.isolate_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_isolate_through(&self, position: Option<Position>) {
+        *self
+            .isolate_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = position;
     }
 
     /// Records events the sink made durable up to `position`.
@@ -229,6 +276,8 @@ pub struct PipelineStats {
     pub name: String,
     state: Mutex<PipelineState>,
     pub restarts: AtomicU64,
+    /// The back-off the pipeline is waiting out before its next restart, ms (0: none).
+    pub backoff_ms: AtomicU64,
     /// Events read from the source (before filters).
     pub source_events: AtomicU64,
     pub source_transactions: AtomicU64,
@@ -253,6 +302,7 @@ impl PipelineStats {
             name: name.to_owned(),
             state: Mutex::new(PipelineState::Starting),
             restarts: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(0),
             source_events: AtomicU64::new(0),
             source_transactions: AtomicU64::new(0),
             snapshot: SnapshotProgress::default(),

@@ -47,15 +47,19 @@ fn err(kind: &'static str, input: &str) -> TemporalParseError {
 
 /// A calendar date: days since 1970-01-01. `i32::MIN` / `i32::MAX` are `-infinity` / `infinity`; PostgreSQL's
 /// dates (4714-11-24 BC to 5874897-12-31) lie well inside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Date(pub i32);
 
 /// A time of day in microseconds since midnight (`24:00:00` is allowed, as in PostgreSQL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Time(pub i64);
 
 /// A time of day with a UTC offset in seconds east of Greenwich (historic zones have seconds: `+05:30:15`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TimeTz {
     pub micros: i64,
     pub offset_seconds: i32,
@@ -66,11 +70,13 @@ pub struct TimeTz {
 /// `-infinity` / `infinity`. Without a zone it is a wall-clock reading; as a `timestamptz` value it is UTC.
 /// The field is private so that no caller mistakes it for microseconds since 1970: see
 /// [`Timestamp::from_unix_micros`] and [`Timestamp::unix_micros`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Timestamp(i64);
 
 /// An interval in PostgreSQL's three fields, which do not convert into each other exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Interval {
     pub months: i32,
     pub days: i32,

@@ -5,7 +5,10 @@ use std::fmt;
 use crate::temporal::{Date, Interval, Time, TimeTz, Timestamp};
 
 /// One column value of one row.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialized (a dead letter's row) as `{"Int": 5}`, `"Null"`…; a float as its shortest exact text, so NaN and
+/// the infinities survive JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     Null,
     /// A column the source did not send (an unchanged TOAST value, a minimal row image). Sinks never write it:
@@ -14,7 +17,7 @@ pub enum Value {
     Bool(bool),
     /// Every signed integer type, and PostgreSQL `oid`.
     Int(i64),
-    Float(f64),
+    Float(#[serde(with = "float_text")] f64),
     /// An exact decimal (PostgreSQL `numeric`), kept as its text form.
     Decimal(Decimal),
     Text(String),
@@ -52,7 +55,7 @@ impl Value {
 }
 
 /// An exact decimal number, with PostgreSQL's special values.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Decimal {
     /// Digits as text, e.g. `-12.3400` (trailing zeros kept: they carry the scale).
     Finite(String),
@@ -97,7 +100,7 @@ impl fmt::Display for Decimal {
 }
 
 /// A 128-bit UUID, displayed in the canonical hyphenated lower-case form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Uuid(pub [u8; 16]);
 
 /// A string that is not a UUID.
@@ -133,6 +136,18 @@ impl fmt::Display for Uuid {
     }
 }
 
+/// A float as its shortest exact text (`1.5`, `NaN`, `inf`), which parses back to the same bits (JSON has no NaN).
+mod float_text {
+    pub fn serialize<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +167,24 @@ mod tests {
         assert_eq!(Uuid::parse(s).unwrap().to_string(), s);
         assert!(Uuid::parse("a0eebc99").is_err());
         assert!(Uuid::parse("g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").is_err());
+    }
+
+    #[test]
+    fn values_survive_json() {
+        let values = vec![
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(0.1 + 0.2),
+            Value::Float(-0.0),
+            Value::Decimal(Decimal::Finite("-12.3400".into())),
+            Value::Array(vec![Value::Null, Value::Text("a\u{0}b".into())]),
+            Value::Bytes(vec![0, 255]),
+            Value::Unchanged,
+        ];
+        let text = serde_json::to_string(&values).unwrap();
+        let back: Vec<Value> = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back[0], Value::Float(f) if f.is_nan()));
+        assert_eq!(back[1..], values[1..]);
+        assert!(matches!(back[3], Value::Float(f) if f.is_sign_negative()));
     }
 }

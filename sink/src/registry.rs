@@ -3,7 +3,8 @@
 //! Adding a sink means a module of its own and an arm in each function here.
 
 use ferry_config::{PipelineConfig, SinkConfig, SinkKind};
-use ferry_core::{Error, Event, Position, Sink, TableId};
+use ferry_core::dead_letter::StoredDeadLetter;
+use ferry_core::{DeadLetter, Error, Event, Position, Savepoint, Sink, TableId};
 
 use crate::{DiscardSink, MysqlSink, PostgresSink, SqliteSink};
 
@@ -50,6 +51,22 @@ impl Sink for AnySink {
 
     fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
         each!(self, s => s.take_conflicts())
+    }
+
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
+        each!(self, s => s.savepoint(step).await)
+    }
+
+    async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
+        each!(self, s => s.dead_letter(letter).await)
+    }
+
+    async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {
+        each!(self, s => s.dead_letters().await)
+    }
+
+    async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
+        each!(self, s => s.forget_dead_letter(id).await)
     }
 }
 
@@ -180,6 +197,23 @@ pub async fn list_conflicts(
         }
         SinkKind::Sqlite { path } => {
             crate::sqlite::list_conflicts(path, pipeline, &sink.name, table)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The dead letters `sink` of `pipeline` holds in its target (`ferry dead-letters list`), oldest first; `table`
+/// and `id` narrow them. Read-only, so it works while the pipeline runs. Sinks that keep none have none.
+pub async fn list_dead_letters(
+    pipeline: &str,
+    sink: &SinkConfig,
+    table: Option<&TableId>,
+    id: Option<i64>,
+) -> Result<Vec<StoredDeadLetter>, Error> {
+    match &sink.kind {
+        SinkKind::Postgres { url } => {
+            let client = crate::postgres::connect(url).await?;
+            crate::postgres::dead_letters::read(&client, (pipeline, &sink.name), table, id).await
         }
         _ => Ok(Vec::new()),
     }

@@ -724,18 +724,7 @@ pub fn union_by_version(
 /// `row` as a JSON object of column name to PostgreSQL text (the conflict log's row format), version columns
 /// left out.
 pub fn row_json(table: &TableSchema, row: &Row) -> String {
-    let mut map = serde_json::Map::new();
-    for (c, v) in table.columns.iter().zip(row) {
-        if is_version_column(&c.name) || *v == Value::Unchanged {
-            continue;
-        }
-        let text = ferry_core::pg_text::pg_output_text(v, &c.ty);
-        map.insert(
-            c.name.clone(),
-            text.map_or(serde_json::Value::Null, serde_json::Value::String),
-        );
-    }
-    serde_json::Value::Object(map).to_string()
+    ferry_core::dead_letter::row_json(table, row, |c| !is_version_column(&c.name))
 }
 
 /// The conflicts a sink detected in its open transaction and made durable by its commits.
@@ -752,6 +741,16 @@ impl ConflictTally {
 
     pub fn committed(&mut self) {
         self.committed.append(&mut self.open);
+    }
+
+    /// Where the open transaction's conflicts stand, to go back to ([`ConflictTally::rollback`]).
+    pub fn mark(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Forgets the conflicts detected since `mark` (their writes were undone: a savepoint rolled back).
+    pub fn rollback(&mut self, mark: usize) {
+        self.open.truncate(mark);
     }
 
     pub fn take(&mut self) -> Vec<ConflictCount> {

@@ -12,15 +12,17 @@
 
 mod conflict;
 mod ddl;
+pub mod dead_letters;
 mod text;
 
 use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 
+use ferry_core::dead_letter::StoredDeadLetter;
 use ferry_core::{
-    recopy_shadow, Change, Error, Event, Position, RecopyStep, Row, RowOp, SchemaRef, Sink,
-    TableId, TableSchema, TxContext,
+    recopy_shadow, Change, DeadLetter, Error, Event, Position, RecopyStep, Row, RowOp, Savepoint,
+    SchemaRef, Sink, TableId, TableSchema, TxContext,
 };
 use ferry_pgconn::PgUrl;
 use tokio_postgres::{Client, Statement};
@@ -38,21 +40,35 @@ pub use ddl::qualified_name;
 
 fn write_error(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| {
-        // Connection-level failures are worth a retry; a rejected statement is not.
-        let transient = e.is_closed()
-            || e.code().is_none_or(|c| {
-                c.code().starts_with("08")
-                    || c.code().starts_with("57")
-                    || c.code() == "40001"
-                    || c.code() == "40P01"
-                    // A target table dropped outside Ferry: the restart finds it missing, creates it again and
-                    // quarantines it (evolve::dropped_outside).
-                    || c.code() == "42P01"
-            });
-        if transient {
-            Error::transient(what.to_owned(), e)
-        } else {
-            Error::fatal_from(what.to_owned(), e)
+        let Some(code) = e
+            .code()
+            .map(|c| c.code().to_owned())
+            .filter(|_| !e.is_closed())
+        else {
+            // No server answer: the connection is gone.
+            return Error::transient(what.to_owned(), e);
+        };
+        match code.as_str() {
+            // Connection-level failures, lock and serialization conflicts, a restarting server: worth a retry.
+            c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
+                Error::transient(what.to_owned(), e)
+            }
+            "40001" | "40P01" | "55P03" => Error::transient(what.to_owned(), e),
+            // A target table dropped outside Ferry: the restart finds it missing, creates it again and quarantines
+            // it (evolve::dropped_outside).
+            "42P01" => Error::transient(what.to_owned(), e),
+            // The row's own fault: a constraint (23…), a value the column cannot hold (22…), a row too big (54000).
+            c if c.starts_with("23") || c.starts_with("22") || c == "54000" => {
+                Error::row(what.to_owned(), code, e)
+            }
+            "42501" => Error::fatal_from(
+                format!(
+                    "{what}: the target role lacks a privilege; GRANT it what the error names (Ferry needs to \
+                     create and write its tables, and its own ferry_* tables)"
+                ),
+                e,
+            ),
+            _ => Error::fatal_from(what.to_owned(), e),
         }
     }
 }
@@ -98,6 +114,8 @@ pub struct PostgresSink {
     /// Tables being re-copied into shadow tables.
     shadows: Shadows,
     multi: Box<MultiMaster>,
+    /// The conflicts of the open transaction when the row isolation's savepoint was set.
+    savepoint_tally: usize,
 }
 
 /// The sink's conflict-handling state.
@@ -175,6 +193,7 @@ impl PostgresSink {
         let multi = Box::new(MultiMaster::open(&client, pipeline, options).await?);
         Ok(PostgresSink {
             multi,
+            savepoint_tally: 0,
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
             client,
@@ -194,13 +213,14 @@ impl PostgresSink {
         match group.kind {
             GroupKind::Copy => return Ok(self.copy_in(&group).await?),
             GroupKind::CopyOrUpsert => {
-                self.savepoint("SAVEPOINT ferry_copy").await?;
+                self.savepoint_sql("SAVEPOINT ferry_copy").await?;
                 match self.copy_in(&group).await {
-                    Ok(()) => return self.savepoint("RELEASE SAVEPOINT ferry_copy").await,
+                    Ok(()) => return self.savepoint_sql("RELEASE SAVEPOINT ferry_copy").await,
                     Err(e) if e.is_unique_violation() => {
                         info!(table = %group.table.id, rows = group.rows.len(), "an inserted key already exists in the target; upserting these rows instead");
-                        self.savepoint("ROLLBACK TO SAVEPOINT ferry_copy").await?;
-                        self.savepoint("RELEASE SAVEPOINT ferry_copy").await?;
+                        self.savepoint_sql("ROLLBACK TO SAVEPOINT ferry_copy")
+                            .await?;
+                        self.savepoint_sql("RELEASE SAVEPOINT ferry_copy").await?;
                         group.kind = GroupKind::Upsert;
                     }
                     Err(e) => return Err(e.into_error()),
@@ -244,7 +264,7 @@ impl PostgresSink {
         Ok(())
     }
 
-    async fn savepoint(&self, sql: &str) -> Result<(), Error> {
+    async fn savepoint_sql(&self, sql: &str) -> Result<(), Error> {
         self.client
             .batch_execute(sql)
             .await
@@ -1043,6 +1063,43 @@ impl Sink for PostgresSink {
 
     fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
         self.multi.tally.take()
+    }
+
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(write_error("starting a transaction"))?;
+            self.in_transaction = true;
+        }
+        let sql = match step {
+            Savepoint::Set => {
+                self.savepoint_tally = self.multi.tally.mark();
+                "SAVEPOINT ferry_row"
+            }
+            Savepoint::Rollback => {
+                self.multi.tally.rollback(self.savepoint_tally);
+                "ROLLBACK TO SAVEPOINT ferry_row"
+            }
+            Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
+        };
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(write_error("setting a row aside (savepoint)"))
+    }
+
+    async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
+        dead_letters::write(&self.client, (&self.pipeline, &self.name), letter).await
+    }
+
+    async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {
+        dead_letters::read(&self.client, (&self.pipeline, &self.name), None, None).await
+    }
+
+    async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
+        dead_letters::forget(&self.client, (&self.pipeline, &self.name), id).await
     }
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {

@@ -1,0 +1,245 @@
+//! `ferry dead-letters list|replay|discard`: the row changes targets refused under `on_error = "dead_letter"`.
+//!
+//! `list` only reads, so it works while the pipeline runs. `replay` and `discard` write the target under the
+//! sink's lease, so they run while the pipeline is stopped: replay applies each chosen letter through the sink's
+//! normal apply path (its conflict rules included) under a savepoint, and deletes it in the same transaction;
+//! a letter whose replay fails stays, and so do the later letters of its key, so a key's changes never land out
+//! of order. The sink's checkpoint is stored again unchanged with them.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use ferry_config::PipelineConfig;
+use ferry_core::dead_letter::StoredDeadLetter;
+use ferry_core::{
+    Change, ErrorClass, Event, Position, Savepoint, SchemaRef, Sink, TableId, TableSchema,
+    Timestamp, TxContext,
+};
+
+use crate::runtime::load_configs;
+
+/// What `ferry dead-letters` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Action {
+    /// Show the dead letters, oldest first.
+    List,
+    /// Apply them again (after fixing what refused them) and remove those that apply.
+    Replay,
+    /// Remove them without applying them.
+    Discard,
+}
+
+/// Which letters a command acts on.
+pub struct Selection {
+    pub table: Option<TableId>,
+    pub id: Option<i64>,
+}
+
+impl Selection {
+    fn takes(&self, letter: &StoredDeadLetter) -> bool {
+        self.table
+            .as_ref()
+            .is_none_or(|t| *t == letter.letter.table)
+            && self.id.is_none_or(|i| i == letter.id)
+    }
+}
+
+pub async fn run(
+    action: Action,
+    files: &[PathBuf],
+    selection: Selection,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let pipelines = load_configs(files)?;
+    match action {
+        Action::List => list(&pipelines, &selection, json).await,
+        Action::Replay | Action::Discard => {
+            let mut ok = true;
+            for p in &pipelines {
+                for index in 0..p.sinks.len() {
+                    ok &= rework(p, index, &selection, action).await?;
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn list(
+    pipelines: &[PipelineConfig],
+    selection: &Selection,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut all = Vec::new();
+    for p in pipelines {
+        for sink in &p.sinks {
+            let found = ferry_sink::registry::list_dead_letters(
+                &p.name,
+                sink,
+                selection.table.as_ref(),
+                selection.id,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the dead letters of pipeline {} sink {}",
+                    p.name, sink.name
+                )
+            })?;
+            all.extend(found);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("no dead letters");
+    }
+    for d in &all {
+        let l = &d.letter;
+        println!(
+            "#{} {} {}/{} {} {} {} at {} ({} tries): {} [{}]\n    row {}",
+            d.id,
+            d.created_at,
+            d.pipeline,
+            d.sink,
+            l.table,
+            l.op,
+            l.key,
+            l.position,
+            l.attempts,
+            l.error,
+            l.code,
+            l.row
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replays or discards the chosen letters of one sink. `false` when some could not be replayed.
+async fn rework(
+    config: &PipelineConfig,
+    index: usize,
+    selection: &Selection,
+    action: Action,
+) -> anyhow::Result<bool> {
+    let sink_name = &config.sinks[index].name;
+    let what = format!("pipeline {} sink {sink_name}", config.name);
+    let mut sink = match ferry_sink::registry::open(config, index).await {
+        Ok(s) => s,
+        Err(e) if e.class == ErrorClass::Standby => bail!(
+            "{e}. Stop it first: `dead-letters {}` writes the target under the pipeline's lease",
+            if action == Action::Replay {
+                "replay"
+            } else {
+                "discard"
+            }
+        ),
+        Err(e) => return Err(e).with_context(|| format!("opening {what}")),
+    };
+    let letters = sink.dead_letters().await?;
+    if !letters.iter().any(|l| selection.takes(l)) {
+        return Ok(true);
+    }
+    let Some(checkpoint) = sink.checkpoint().await? else {
+        bail!("{what} has dead letters but no checkpoint; run the pipeline once first");
+    };
+    // Keys whose earlier letter stays: their later letters wait behind it.
+    let mut blocked: HashSet<(TableId, String)> = HashSet::new();
+    let mut schemas: Vec<SchemaRef> = Vec::new();
+    let (mut done, mut failed) = (0, 0);
+    for stored in &letters {
+        let letter = &stored.letter;
+        let key = (letter.table.clone(), letter.key.clone());
+        if blocked.contains(&key) {
+            if selection.takes(stored) {
+                println!(
+                    "{what}: #{} stays: an earlier letter of {} key {} stays before it",
+                    stored.id, letter.table, letter.key
+                );
+            }
+            continue;
+        }
+        if !selection.takes(stored) {
+            blocked.insert(key);
+            continue;
+        }
+        if action == Action::Discard {
+            sink.forget_dead_letter(stored.id).await?;
+            println!(
+                "{what}: #{} discarded ({} {} key {})",
+                stored.id, letter.table, letter.op, letter.key
+            );
+            done += 1;
+            continue;
+        }
+        let (schema, op) = letter.change()?;
+        let table = shared_schema(&mut schemas, schema);
+        let commit_at: Position = letter.position.parse().unwrap_or(checkpoint.clone());
+        let tx = TxContext {
+            commit_time: letter.commit_time.map(Timestamp::from_unix_micros),
+            ..TxContext::at(commit_at)
+        };
+        let events = [
+            Event::Begin(Arc::new(tx)),
+            Event::Change(Change::Row { table, op }),
+        ];
+        sink.savepoint(Savepoint::Set).await?;
+        let applied = match sink.apply(&events, None).await {
+            Ok(()) => sink.forget_dead_letter(stored.id).await,
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => {
+                sink.savepoint(Savepoint::Release).await?;
+                println!(
+                    "{what}: #{} replayed ({} {} key {})",
+                    stored.id, letter.table, letter.op, letter.key
+                );
+                done += 1;
+            }
+            Err(e) => {
+                sink.savepoint(Savepoint::Rollback).await?;
+                println!("{what}: #{} stays: its replay failed: {e}", stored.id);
+                blocked.insert(key);
+                failed += 1;
+            }
+        }
+    }
+    // The checkpoint, unchanged, commits them.
+    sink.apply(&[], Some(&checkpoint)).await?;
+    let verb = if action == Action::Replay {
+        "replayed"
+    } else {
+        "discarded"
+    };
+    println!("{what}: {done} {verb}, {failed} failed");
+    Ok(failed == 0)
+}
+
+/// One shared schema per distinct table schema among the letters, numbered apart: a sink caches statements by
+/// table and schema version, and letters written by different runs may carry the same version number for
+/// different columns.
+fn shared_schema(schemas: &mut Vec<SchemaRef>, mut schema: TableSchema) -> SchemaRef {
+    let same = |a: &TableSchema, b: &TableSchema| {
+        a.id == b.id
+            && a.columns == b.columns
+            && a.primary_key == b.primary_key
+            && a.identity == b.identity
+    };
+    if let Some(s) = schemas.iter().find(|s| same(s, &schema)) {
+        return s.clone();
+    }
+    schema.version = u64::MAX - schemas.len() as u64;
+    let shared = Arc::new(schema);
+    schemas.push(shared.clone());
+    shared
+}

@@ -1,0 +1,207 @@
+//! Rows a PostgreSQL target refuses (issue 14): found inside set-based batches, set aside by `on_error` (a dead
+//! letter in `ferry_dead_letters`, written with the batch and the checkpoint; skipped; or a halt naming the row),
+//! later changes of a dead key following it into the queue, and `ferry dead-letters replay` applying them once the
+//! cause is fixed, with nothing lost or duplicated under SIGKILLs.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every row of `items` in a comparable form.
+const ITEMS: &str = "SELECT count(*), coalesce(sum(qty), 0), md5(coalesce(string_agg(id || ':' || qty || ':' || note, ',' ORDER BY id), '')) FROM items";
+
+fn ferry_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(ferry_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn refused_rows_become_dead_letters_and_replay_applies_them_exactly_once_under_sigkills() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text NOT NULL);
+         CREATE TABLE audit (id int PRIMARY KEY, what text NOT NULL);",
+    );
+    // The replica refuses negative quantities and long audit texts; the source allows both.
+    pg.psql(
+        "replica",
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL CHECK (qty >= 0), note text NOT NULL);
+         CREATE TABLE audit (id int PRIMARY KEY, what varchar(8) NOT NULL);",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "dl",
+        &format!(
+            "[pipeline]\nname = \"dl\"\non_error = \"dead_letter\"\n\
+             [pipeline.retry]\ninitial = \"10ms\"\nmax = \"40ms\"\nattempts = 2\n\
+             [[pipeline.on_error_rules]]\ntables = [\"public.audit\"]\non_error = \"skip\"\n\
+             [pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let log = dir.path().join("f.log");
+    let ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    // 10,000 rows in 100-row transactions; rows 777, 5000 and 9999 carry a negative quantity. Then later changes:
+    // 5000 is updated (it follows its dead letter), 778 and 4999 (neighbours, fine) too, and 9999 is deleted.
+    // The audit table gets one text too long for the replica (skipped) and one that fits.
+    pg.psql(
+        "shop",
+        "DO $$ BEGIN FOR b IN 0..99 LOOP
+           INSERT INTO items SELECT g, CASE WHEN g IN (777, 5000, 9999) THEN -1 ELSE g % 50 END, 'n' || g
+             FROM generate_series(b * 100 + 1, b * 100 + 100) g;
+           COMMIT;
+         END LOOP; END $$",
+    );
+    pg.psql(
+        "shop",
+        "UPDATE items SET note = 'later' WHERE id IN (778, 4999, 5000);
+         DELETE FROM items WHERE id = 9999;
+         INSERT INTO audit VALUES (1, 'much too long for eight'), (2, 'short');",
+    );
+    // SIGKILLs while it works through them.
+    let ferry_pid_log = log.clone();
+    ferry.kill9();
+    kill_randomly(&cfg, &ferry_pid_log, 4);
+    let ferry = Ferry::start(&cfg, &log);
+    let letters = || {
+        pg.try_psql(
+            "replica",
+            "SELECT string_agg(row_key || ' ' || op || ' ' || code, ', ' ORDER BY id) FROM ferry_dead_letters",
+        )
+        .unwrap_or_default()
+    };
+    let expected_letters =
+        "[\"777\"] insert 23514, [\"5000\"] insert 23514, [\"9999\"] insert 23514, \
+                            [\"5000\"] update follows, [\"9999\"] delete follows";
+    assert!(
+        wait_until(WAIT, || letters() == expected_letters
+            && pg
+                .try_psql("replica", "SELECT count(*) FROM audit")
+                .unwrap_or_default()
+                == "1"),
+        "letters {:?}\n{}",
+        letters(),
+        ferry.log()
+    );
+    // Everything else landed, once: 9,997 rows, the neighbours' updates included; the skipped audit row is absent.
+    assert_eq!(
+        pg.psql(
+            "replica",
+            "SELECT count(*), sum(CASE WHEN note = 'later' THEN 1 ELSE 0 END) FROM items"
+        ),
+        "9997|2"
+    );
+    assert_eq!(pg.psql("replica", "SELECT id, what FROM audit"), "2|short");
+    // `list` works while the pipeline runs; replay does not.
+    let (ok, listed) = ferry_cli(&["dead-letters", "list", "--json"], &cfg);
+    assert!(ok, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");
+    assert_eq!(listed[0]["table"]["name"], "items");
+    assert!(
+        listed[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("items_qty_check"),
+        "{listed}"
+    );
+    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    assert!(!ok && out.contains("Stop it first"), "{out}");
+    assert!(ferry.terminate().success());
+
+    // Replaying before the fix: the first letter of each key fails again, the letters following it stay.
+    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    assert!(!ok, "{out}");
+    assert!(out.contains("0 replayed, 3 failed"), "{out}");
+    assert_eq!(letters(), expected_letters);
+
+    // Fixed: every letter applies, in order per key, once.
+    pg.psql(
+        "replica",
+        "ALTER TABLE items DROP CONSTRAINT items_qty_check",
+    );
+    let (ok, out) = ferry_cli(&["dead-letters", "replay", "--table", "items"], &cfg);
+    assert!(ok, "{out}");
+    assert!(out.contains("5 replayed, 0 failed"), "{out}");
+    assert_eq!(letters(), "");
+    assert_eq!(pg.psql("replica", ITEMS), pg.psql("shop", ITEMS));
+
+    // The pipeline goes on from its checkpoint, nothing applied twice.
+    let ferry = Ferry::start(&cfg, &log);
+    pg.psql(
+        "shop",
+        "UPDATE items SET qty = qty + 1 WHERE id % 1000 = 0; INSERT INTO audit VALUES (3, 'again too long')",
+    );
+    assert!(
+        wait_until(WAIT, || pg.psql("replica", ITEMS) == pg.psql("shop", ITEMS)
+            && metric(&ferry, "ferry_sink_rows_set_aside_total") == 1.0),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(pg.psql("replica", "SELECT id FROM audit"), "2");
+    assert!(ferry.terminate().success());
+}
+
+#[test]
+fn a_refused_row_under_halt_stops_the_pipeline_naming_table_key_and_constraint() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);",
+    );
+    pg.psql(
+        "replica",
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CONSTRAINT v_small CHECK (v < 1000));",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "halt",
+        &format!(
+            "[pipeline]\nname = \"halt\"\n[pipeline.retry]\ninitial = \"10ms\"\nmax = \"20ms\"\n\
+             [pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "INSERT INTO t SELECT g, CASE WHEN g = 321 THEN 5000 ELSE g END FROM generate_series(1, 500) g",
+    );
+    let status = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("public.t key [\"321\"]")
+            && log.contains("v_small")
+            && log.contains("on_error = \"halt\""),
+        "{log}"
+    );
+    // Nothing of the refused transaction landed: it is one source transaction.
+    assert_eq!(pg.psql("replica", "SELECT count(*) FROM t"), "0");
+}
