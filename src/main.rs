@@ -182,11 +182,16 @@ fn main() -> ExitCode {
             },
         }
     });
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ferry: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Exit without dropping the runtime: a sink task still inside `block_in_place` (SQLite) or a back-off when
+    // another pipeline failed would otherwise be polled during the runtime's shutdown and panic on its timer.
+    // Everything durable is already committed; stdout is flushed first.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
 }

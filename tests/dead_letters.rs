@@ -205,3 +205,147 @@ fn a_refused_row_under_halt_stops_the_pipeline_naming_table_key_and_constraint()
     // Nothing of the refused transaction landed: it is one source transaction.
     assert_eq!(pg.psql("replica", "SELECT count(*) FROM t"), "0");
 }
+
+#[test]
+fn mariadb_and_sqlite_targets_set_refused_rows_aside_and_replay_them() {
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql(
+        "CREATE DATABASE replica; CREATE TABLE replica.items (id int PRIMARY KEY, qty int NOT NULL, \
+         note text NOT NULL, CONSTRAINT qty_ok CHECK (qty >= 0))",
+    );
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text NOT NULL)",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL CHECK (qty >= 0), note TEXT NOT NULL)",
+        )
+        .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "dl2",
+        &format!(
+            "[pipeline]\nname = \"dl2\"\non_error = \"dead_letter\"\n\
+             [pipeline.retry]\ninitial = \"10ms\"\nmax = \"20ms\"\nattempts = 2\n\
+             [pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[sink]]\nname = \"maria\"\ntype = \"mysql\"\nurl = \"{}\"\n\
+             [[sink]]\nname = \"lite\"\ntype = \"sqlite\"\npath = \"{}\"\n",
+            pg.url("shop"),
+            my.url("replica"),
+            db.display()
+        ),
+    );
+    let log = dir.path().join("f.log");
+    let ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "DO $$ BEGIN FOR b IN 0..19 LOOP
+           INSERT INTO items SELECT g, CASE WHEN g IN (17, 1000, 1999) THEN -5 ELSE g % 7 END, 'n' || g
+             FROM generate_series(b * 100 + 1, b * 100 + 100) g;
+           COMMIT;
+         END LOOP; END $$",
+    );
+    pg.psql(
+        "shop",
+        "UPDATE items SET note = 'later' WHERE id IN (999, 1000, 1001)",
+    );
+    let maria_letters = || {
+        my.try_sql(
+            "SELECT GROUP_CONCAT(CONCAT(row_key, ' ', op, ' ', code) ORDER BY id SEPARATOR ', ') \
+             FROM replica.ferry_dead_letters",
+        )
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+    };
+    let lite_letters = || {
+        sqlite_rows(
+            &db,
+            "SELECT group_concat(row_key || ' ' || op || ' ' || code, ', ') FROM \
+             (SELECT * FROM ferry_dead_letters ORDER BY id)",
+        )
+        .join("")
+    };
+    let keys = "[\"17\"] insert, [\"1000\"] insert, [\"1999\"] insert, [\"1000\"] update";
+    assert!(
+        wait_until(WAIT, || {
+            let (m, l) = (maria_letters(), lite_letters());
+            m.starts_with("[\"17\"] insert 4025")
+                && m.ends_with("[\"1000\"] update follows")
+                && l.ends_with("[\"1000\"] update follows")
+                && m.split(", ").count() == 4
+                && l.split(", ").count() == 4
+        }),
+        "maria {:?} lite {:?}\n{}",
+        maria_letters(),
+        lite_letters(),
+        ferry.log()
+    );
+    let strip = |s: String| {
+        s.split(", ")
+            .map(|l| l.rsplit_once(' ').map_or(l, |(k, _)| k).to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(strip(maria_letters()), keys);
+    assert_eq!(strip(lite_letters()), keys);
+    let want = "1997|2";
+    let sql = "SELECT count(*), sum(CASE WHEN note = 'later' THEN 1 ELSE 0 END) FROM items";
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql(&format!("USE replica; {sql}"))
+            .unwrap_or_default()
+            .trim()
+            .replace('\t', "|")
+            == want
+            && sqlite_rows(&db, sql).join("") == want),
+        "{}",
+        ferry.log()
+    );
+    let (ok, listed) = ferry_cli(&["dead-letters", "list", "--json"], &cfg);
+    assert!(ok, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(8), "{listed}");
+    assert!(ferry.terminate().success());
+
+    // Fixed on both targets, then replayed: each target equals the source.
+    my.sql("ALTER TABLE replica.items DROP CONSTRAINT qty_ok");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE items_fixed (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, note TEXT NOT NULL);
+             INSERT INTO items_fixed SELECT * FROM items; DROP TABLE items;
+             ALTER TABLE items_fixed RENAME TO items;",
+        )
+        .unwrap();
+    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    assert!(ok, "{out}");
+    assert!(out.matches("4 replayed, 0 failed").count() == 2, "{out}");
+    let rows =
+        "SELECT id, qty, note FROM items WHERE id IN (17, 999, 1000, 1001, 1999) ORDER BY id";
+    let source = pg.psql("shop", rows);
+    assert_eq!(
+        my.sql(&format!("USE replica; {rows}"))
+            .trim()
+            .replace('\t', "|"),
+        source
+    );
+    assert_eq!(sqlite_rows(&db, rows).join("\n"), source);
+    let all = "SELECT count(*), sum(qty) FROM items";
+    assert_eq!(
+        my.sql(&format!("USE replica; {all}"))
+            .trim()
+            .replace('\t', "|"),
+        pg.psql("shop", all)
+    );
+    assert_eq!(sqlite_rows(&db, all).join(""), pg.psql("shop", all));
+    assert_eq!(maria_letters(), "NULL");
+    assert_eq!(lite_letters(), "");
+}

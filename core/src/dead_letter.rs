@@ -136,7 +136,7 @@ pub struct DeadLetter {
     pub change: String,
     /// Why: the target's error, or that an earlier change of the same key is a dead letter.
     pub error: String,
-    /// The target's error code (SQLSTATE `23514`, MySQL `4025`, SQLite `CONSTRAINT_CHECK`), or `follows`.
+    /// The target's error code (SQLSTATE `23514`, MariaDB `4025`, SQLite `SQLITE_CONSTRAINT_CHECK`), or `follows`.
     pub code: String,
     /// The source position of the change's transaction (its commit LSN, binlog position or GTID).
     pub position: String,

@@ -269,14 +269,15 @@ impl Isolation {
                 class: ErrorClass::Fatal,
                 message: format!(
                     "sink {}: the target refused a change of {} key {key} (source transaction at {position}) {} \
-                     time(s); the pipeline stops (on_error = \"halt\"). Fix the target or the row, or set \
-                     [pipeline] on_error = \"dead_letter\" or \"skip\" (or an [[pipeline.on_error_rules]] entry \
-                     for the table)",
+                     time(s): {error}. The pipeline stops (on_error = \"halt\"): fix the target or the row, or \
+                     set [pipeline] on_error = \"dead_letter\" or \"skip\" (or an [[pipeline.on_error_rules]] \
+                     entry for the table)",
                     sink.name(),
                     table.id,
                     attempts
                 ),
-                ..error
+                code: error.code.clone(),
+                source: None,
             }),
             OnError::Skip => {
                 warn!(sink = sink.name(), table = %table.id, key, position, code, error = %error, "the target refused a change: it is left out (on_error = \"skip\")");

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod conflict;
+mod dead_letters;
 pub mod discard;
 pub mod evolve;
 #[cfg(feature = "kafka")]

@@ -215,6 +215,12 @@ pub async fn list_dead_letters(
             let client = crate::postgres::connect(url).await?;
             crate::postgres::dead_letters::read(&client, (pipeline, &sink.name), table, id).await
         }
+        SinkKind::Mysql { url } => {
+            crate::mysql::list_dead_letters(url, (pipeline, &sink.name), table, id).await
+        }
+        SinkKind::Sqlite { path } => {
+            crate::sqlite::list_dead_letters(path, (pipeline, &sink.name), table, id)
+        }
         _ => Ok(Vec::new()),
     }
 }

@@ -16,9 +16,10 @@ use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 
+use ferry_core::dead_letter::StoredDeadLetter;
 use ferry_core::{
-    recopy_shadow, Change, ColumnType, Error, Event, Position, RecopyStep, Row, SchemaRef, Sink,
-    TableId, TableSchema, Value,
+    recopy_shadow, Change, ColumnType, DeadLetter, Error, ErrorClass, Event, Position, RecopyStep,
+    Row, Savepoint, SchemaRef, Sink, TableId, TableSchema, Value,
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -30,6 +31,7 @@ use crate::conflict::augment::{
     conflict_record, decide_managed, key_change_parts, winner, Augmenter, Managed,
 };
 use crate::conflict::{ConflictRecord, ConflictTally, Decision, MultiMasterOptions, Policies};
+use crate::dead_letters::{self as layout, Dialect};
 use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
@@ -75,8 +77,40 @@ fn write_error(what: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Er
         // A target table dropped outside Ferry: the restart finds it missing, creates it again and quarantines
         // it (evolve::dropped_outside).
         mysql_async::Error::Server(s) if s.code == 1146 => Error::transient(what, e),
+        // The row's own fault: NULL in a NOT NULL column (1048), a key the target already holds under an index of
+        // its own (1062), a foreign key (1216, 1451, 1452), a value out of range, cut short or not convertible
+        // (1264, 1265, 1292, 1366, 1406, 1690), a CHECK constraint (MySQL 3819, MariaDB 4025).
+        mysql_async::Error::Server(s)
+            if matches!(
+                s.code,
+                1048 | 1062
+                    | 1216
+                    | 1451
+                    | 1452
+                    | 1264
+                    | 1265
+                    | 1292
+                    | 1366
+                    | 1406
+                    | 1690
+                    | 3819
+                    | 4025
+            ) =>
+        {
+            let code = s.code.to_string();
+            Error::row(what, code, e)
+        }
         _ => Error::fatal_from(what, e),
     }
+}
+
+/// A value the target changed on the way in (a LOAD DATA or relaxed-mode warning): the row's own fault.
+fn refused_value(message: String, code: u32) -> Error {
+    Error::row(
+        message.clone(),
+        code.to_string(),
+        std::io::Error::other(message),
+    )
 }
 
 /// Parses a `mysql://` / `mariadb://` URL.
@@ -133,6 +167,10 @@ pub struct MysqlSink {
     /// Shadow tables of finished re-copies, dropped once the transaction commits (DROP commits implicitly).
     finished_shadows: Vec<TableId>,
     multi: Box<MysqlMulti>,
+    /// `ferry_dead_letters` exists (created on first use).
+    dead_letters_ready: bool,
+    /// The conflicts of the open transaction when the row isolation's savepoint was set.
+    savepoint_tally: usize,
 }
 
 /// The sink's conflict-handling and loop-prevention state.
@@ -231,6 +269,8 @@ impl MysqlSink {
                 options: multi,
                 ..MysqlMulti::default()
             }),
+            dead_letters_ready: false,
+            savepoint_tally: 0,
         })
     }
 
@@ -339,6 +379,27 @@ impl MysqlSink {
     }
 
     /// Ends the open transaction with `sql` (`COMMIT` or `ROLLBACK`), and forgets what this sink kept about it.
+    /// Opens the target transaction if none is open.
+    async fn begin(&mut self) -> Result<(), Error> {
+        if self.in_transaction {
+            return Ok(());
+        }
+        self.conn
+            .query_drop("START TRANSACTION")
+            .await
+            .map_err(write_error("starting a transaction"))?;
+        self.in_transaction = true;
+        if self.multi.options.node.is_some() {
+            // First in the transaction: a MySQL source reading this database skips what follows.
+            self.exec(
+                ferry_core::versions::mysql_origin_marker_sql(&self.pipeline),
+                "marking the transaction as Ferry's",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn end_transaction(&mut self, sql: &str, what: &str) -> Result<(), Error> {
         let ended = self.conn.query_drop(sql).await.map_err(write_error(what));
         self.in_transaction = false;
@@ -529,10 +590,10 @@ impl MysqlSink {
             .iter()
             .find(|(level, code, message)| level != "Note" && !expected(*code, message))
         {
-            return Err(Error::fatal(format!(
+            return Err(refused_value(format!(
                 "{what}: the row holds the ENUM error value '' in {}, which Ferry writes without strict mode, and the target warned of another conversion ({code}: {message}); strict mode would have refused it",
                 enum_errors.join(", ")
-            )));
+            ), *code));
         }
         Ok(found)
     }
@@ -570,21 +631,7 @@ impl MysqlSink {
                 _ => {}
             }
         }
-        if !self.in_transaction {
-            self.conn
-                .query_drop("START TRANSACTION")
-                .await
-                .map_err(write_error("starting a transaction"))?;
-            self.in_transaction = true;
-            if self.multi.options.node.is_some() {
-                // First in the transaction: a MySQL source reading this database skips what follows.
-                self.exec(
-                    ferry_core::versions::mysql_origin_marker_sql(&self.pipeline),
-                    "marking the transaction as Ferry's",
-                )
-                .await?;
-            }
-        }
+        self.begin().await?;
         let mut upserts = Upserts::default();
         // A key change under a conflict policy is the delete of the old key and the insert of the new one, each
         // weighed like any other (as on PostgreSQL targets): these are their rows, in the order they come.
@@ -1343,9 +1390,12 @@ impl MysqlSink {
                         .map_err(write_error("reading the warnings of LOAD DATA"))?;
                     match warnings.iter().find(|(level, ..)| level != "Note") {
                         Some((_, code, message)) => {
-                            return Err(Error::fatal(format!(
-                                "loading rows into {name}: the target did not take a value as sent ({code}: {message})"
-                            )))
+                            return Err(refused_value(
+                                format!(
+                                    "loading rows into {name}: the target did not take a value as sent ({code}: {message})"
+                                ),
+                                *code,
+                            ))
                         }
                         None => return Ok(()),
                     }
@@ -1427,14 +1477,17 @@ impl MysqlSink {
             let indexes = target.extra_unique.join(", ");
             let collision = |e: Error| {
                 if e.to_string().contains("Duplicate entry") {
-                    Error::fatal(format!(
-                        "table {}, row {}: the target's own unique index ({}) refuses it: {e}. Ferry writes only \
-                         the row with the change's key, so it stopped rather than overwrite or delete another row; \
-                         drop or widen that index on the target",
-                        table.id,
-                        describe_key(table, row),
-                        indexes
-                    ))
+                    refused_value(
+                        format!(
+                            "table {}, row {}: the target's own unique index ({}) refuses it: {e}. Ferry writes \
+                             only the row with the change's key, so it stopped rather than overwrite or delete \
+                             another row; drop or widen that index on the target",
+                            table.id,
+                            describe_key(table, row),
+                            indexes
+                        ),
+                        1062,
+                    )
                 } else {
                     e
                 }
@@ -1715,6 +1768,62 @@ impl Sink for MysqlSink {
         self.multi.tally.take()
     }
 
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
+        self.begin().await?;
+        let sql = match step {
+            Savepoint::Set => {
+                self.savepoint_tally = self.multi.tally.mark();
+                "SAVEPOINT ferry_row"
+            }
+            Savepoint::Rollback => {
+                self.multi.tally.rollback(self.savepoint_tally);
+                "ROLLBACK TO SAVEPOINT ferry_row"
+            }
+            Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
+        };
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(write_error("setting a row aside (savepoint)"))
+    }
+
+    async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
+        if !self.dead_letters_ready {
+            // CREATE commits implicitly: on a second connection, so the open transaction stays open.
+            let mut side = connect(&self.url).await?;
+            let created = side
+                .query_drop(Dialect::Mysql.create_table())
+                .await
+                .map_err(write_error("creating ferry_dead_letters"));
+            let _ = side.disconnect().await;
+            created?;
+            self.dead_letters_ready = true;
+        }
+        self.begin().await?;
+        let (text, commit_time, attempts) = layout::values((&self.pipeline, &self.name), letter);
+        let mut params: Vec<mysql_async::Value> = text.iter().map(|t| (*t).into()).collect();
+        params.push(commit_time.into());
+        params.push(attempts.into());
+        self.dirty = true;
+        self.conn
+            .exec_drop(Dialect::Mysql.insert(), params)
+            .await
+            .map_err(write_error("writing a dead letter"))
+    }
+
+    async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {
+        read_dead_letters(&mut self.conn, (&self.pipeline, &self.name), None, None).await
+    }
+
+    async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
+        self.begin().await?;
+        self.dirty = true;
+        self.conn
+            .exec_drop(Dialect::Mysql.delete(), (&self.pipeline, &self.name, id))
+            .await
+            .map_err(write_error("deleting a dead letter"))
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         let events = self.shadows.expand(events);
         let versioned;
@@ -1728,7 +1837,8 @@ impl Sink for MysqlSink {
             &events
         };
         let result = self.apply_events(events, commit).await;
-        if result.is_err() && self.in_transaction {
+        // A refused row keeps the transaction: the runner goes back to its savepoint (ferry_core::isolate).
+        if result.as_ref().is_err_and(|e| e.class != ErrorClass::Row) && self.in_transaction {
             // The connection may be gone; the next attempt starts from the checkpoint on a new sink.
             let _ = self.end_transaction("ROLLBACK", "rolling back").await;
         }
@@ -1804,6 +1914,64 @@ pub async fn list_checkpoints(
 
 /// The conflicts `pipeline`'s sink `sink` logged in the MySQL target at `url`, oldest first, only `table`'s when
 /// given (`ferry conflicts`).
+/// The dead letters of a pipeline's sink on `conn`'s database (none without the table), oldest first.
+async fn read_dead_letters(
+    conn: &mut Conn,
+    (pipeline, sink): (&str, &str),
+    table: Option<&TableId>,
+    id: Option<i64>,
+) -> Result<Vec<StoredDeadLetter>, Error> {
+    let exists: Option<i64> = conn
+        .query_first(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name = 'ferry_dead_letters'",
+        )
+        .await
+        .map_err(write_error("looking for ferry_dead_letters"))?;
+    if exists.unwrap_or(0) == 0 {
+        return Ok(Vec::new());
+    }
+    let f = layout::Filter::new(table, id);
+    let params: Vec<mysql_async::Value> = vec![
+        pipeline.into(),
+        sink.into(),
+        f.schema.clone().into(),
+        f.schema.into(),
+        f.name.clone().into(),
+        f.name.into(),
+        f.id.into(),
+        f.id.into(),
+    ];
+    let rows: Vec<mysql_async::Row> = conn
+        .exec(Dialect::Mysql.select(), params)
+        .await
+        .map_err(write_error("reading ferry_dead_letters"))?;
+    rows.into_iter()
+        .map(|mut r| {
+            let mut text: [String; 12] = Default::default();
+            for (i, t) in text.iter_mut().enumerate() {
+                *t = r.take(i + 1).unwrap_or_default();
+            }
+            let id: Option<i64> = r.take(0);
+            let commit_time: Option<Option<i64>> = r.take(13);
+            let attempts: Option<i64> = r.take(14);
+            id.map(|id| layout::stored(id, text, commit_time.flatten(), attempts.unwrap_or(0)))
+                .ok_or_else(|| Error::fatal("ferry_dead_letters: a row without an id"))
+        })
+        .collect()
+}
+
+/// The dead letters of a pipeline's sink in the MySQL target at `url` (`ferry dead-letters list`), read-only.
+pub async fn list_dead_letters(
+    url: &str,
+    names: (&str, &str),
+    table: Option<&TableId>,
+    id: Option<i64>,
+) -> Result<Vec<StoredDeadLetter>, Error> {
+    let mut conn = connect(url).await?;
+    read_dead_letters(&mut conn, names, table, id).await
+}
+
 pub async fn list_conflicts(
     url: &str,
     pipeline: &str,

@@ -1,54 +1,25 @@
-//! `ferry_dead_letters` in a PostgreSQL target: row changes the target refused, set aside by `on_error =
-//! "dead_letter"` (see `ferry_core::isolate`), written in the transaction of their batch and checkpoint.
+//! `ferry_dead_letters` in a PostgreSQL target (the layout: `crate::dead_letters`).
 
 use ferry_core::dead_letter::{DeadLetter, StoredDeadLetter, DEAD_LETTERS_TABLE};
 use ferry_core::{Error, TableId};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
 
 use super::write_error;
-
-const CREATE: &str = "CREATE TABLE IF NOT EXISTS ferry_dead_letters (\
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, pipeline text NOT NULL, sink text NOT NULL, \
-    table_schema text NOT NULL, table_name text NOT NULL, row_key text NOT NULL, op text NOT NULL, \
-    row_data text NOT NULL, change text NOT NULL, error text NOT NULL, code text NOT NULL, \
-    position text NOT NULL, commit_time bigint, attempts integer NOT NULL, \
-    created_at timestamptz NOT NULL DEFAULT now())";
-
-const COLUMNS: &str = "id, pipeline, sink, to_char(created_at AT TIME ZONE 'UTC', \
-    'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), table_schema, table_name, row_key, op, row_data, change, error, code, \
-    position, commit_time, attempts";
+use crate::dead_letters::{self as layout, Dialect};
 
 /// Writes `letter` in the open transaction, creating the table on first use.
-pub async fn write(
-    client: &Client,
-    (pipeline, sink): (&str, &str),
-    letter: &DeadLetter,
-) -> Result<(), Error> {
+pub async fn write(client: &Client, names: (&str, &str), letter: &DeadLetter) -> Result<(), Error> {
     client
-        .batch_execute(CREATE)
+        .batch_execute(&Dialect::Postgres.create_table())
         .await
         .map_err(write_error("creating ferry_dead_letters"))?;
+    let (text, commit_time, attempts) = layout::values(names, letter);
+    let mut params: Vec<&(dyn ToSql + Sync)> = text.iter().map(|t| t as _).collect();
+    params.push(&commit_time);
+    params.push(&attempts);
     client
-        .execute(
-            "INSERT INTO ferry_dead_letters (pipeline, sink, table_schema, table_name, row_key, op, row_data, \
-             change, error, code, position, commit_time, attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &pipeline,
-                &sink,
-                &letter.table.schema,
-                &letter.table.name,
-                &letter.key,
-                &letter.op,
-                &letter.row,
-                &letter.change,
-                &letter.error,
-                &letter.code,
-                &letter.position,
-                &letter.commit_time,
-                &(letter.attempts as i32),
-            ],
-        )
+        .execute(&Dialect::Postgres.insert(), &params)
         .await
         .map_err(write_error("writing a dead letter"))?;
     Ok(())
@@ -73,49 +44,27 @@ pub async fn read(
     if !exists {
         return Ok(Vec::new());
     }
-    let (schema, name) = table.map_or((None, None), |t| (Some(&t.schema), Some(&t.name)));
+    let f = layout::Filter::new(table, id);
     let rows = client
         .query(
-            &format!(
-                "SELECT {COLUMNS} FROM ferry_dead_letters WHERE pipeline = $1 AND sink = $2 \
-                 AND ($3::text IS NULL OR table_schema = $3) AND ($4::text IS NULL OR table_name = $4) \
-                 AND ($5::bigint IS NULL OR id = $5) ORDER BY id"
-            ),
-            &[&pipeline, &sink, &schema, &name, &id],
+            &Dialect::Postgres.select(),
+            &[&pipeline, &sink, &f.schema, &f.name, &f.id],
         )
         .await
         .map_err(write_error("reading ferry_dead_letters"))?;
-    Ok(rows.iter().map(stored).collect())
-}
-
-fn stored(r: &Row) -> StoredDeadLetter {
-    StoredDeadLetter {
-        id: r.get(0),
-        pipeline: r.get(1),
-        sink: r.get(2),
-        created_at: r.get(3),
-        letter: DeadLetter {
-            table: TableId::new(r.get::<_, String>(4), r.get::<_, String>(5)),
-            key: r.get(6),
-            op: r.get(7),
-            row: r.get(8),
-            change: r.get(9),
-            error: r.get(10),
-            code: r.get(11),
-            position: r.get(12),
-            commit_time: r.get(13),
-            attempts: r.get::<_, i32>(14) as u32,
-        },
-    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let text: [String; 12] = std::array::from_fn(|i| r.get(i + 1));
+            layout::stored(r.get(0), text, r.get(13), r.get(14))
+        })
+        .collect())
 }
 
 /// Deletes dead letter `id` in the open transaction.
 pub async fn forget(client: &Client, (pipeline, sink): (&str, &str), id: i64) -> Result<(), Error> {
     client
-        .execute(
-            "DELETE FROM ferry_dead_letters WHERE pipeline = $1 AND sink = $2 AND id = $3",
-            &[&pipeline, &sink, &id],
-        )
+        .execute(&Dialect::Postgres.delete(), &[&pipeline, &sink, &id])
         .await
         .map_err(write_error("deleting a dead letter"))?;
     Ok(())

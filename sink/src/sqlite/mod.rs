@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use ferry_core::dead_letter::StoredDeadLetter;
 use ferry_core::{
-    recopy_shadow, Change, ColumnType, Error, Event, Position, RecopyStep, Row, SchemaRef, Sink,
-    TableId, TableSchema, Value,
+    recopy_shadow, Change, ColumnType, DeadLetter, Error, Event, Position, RecopyStep, Row,
+    Savepoint, SchemaRef, Sink, TableId, TableSchema, Value,
 };
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{params_from_iter, Connection};
@@ -22,6 +23,7 @@ mod conflict;
 
 use crate::checkpoint;
 use crate::conflict::MultiMasterOptions;
+use crate::dead_letters::{self as layout, Dialect};
 use crate::evolve::{self, Applied, Step};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, is_complete, missing_row, sent_columns, RowAction};
@@ -31,6 +33,31 @@ fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
     move |e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
             Error::transient(what, e)
+        }
+        // The row's own fault: a constraint (CHECK, NOT NULL, UNIQUE, FOREIGN KEY), a value a STRICT column
+        // refuses, a row too big.
+        Some(
+            rusqlite::ErrorCode::ConstraintViolation
+            | rusqlite::ErrorCode::TypeMismatch
+            | rusqlite::ErrorCode::TooBig,
+        ) => {
+            let extended = match &e {
+                rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+                _ => 0,
+            };
+            // SQLite's names of its extended result codes (sqlite.org/rescode.html).
+            let code = match extended {
+                275 => "SQLITE_CONSTRAINT_CHECK".to_owned(),
+                787 => "SQLITE_CONSTRAINT_FOREIGNKEY".to_owned(),
+                1299 => "SQLITE_CONSTRAINT_NOTNULL".to_owned(),
+                1555 => "SQLITE_CONSTRAINT_PRIMARYKEY".to_owned(),
+                2067 => "SQLITE_CONSTRAINT_UNIQUE".to_owned(),
+                3091 => "SQLITE_CONSTRAINT_DATATYPE".to_owned(),
+                18 => "SQLITE_TOOBIG".to_owned(),
+                20 => "SQLITE_MISMATCH".to_owned(),
+                n => format!("SQLITE_{n}"),
+            };
+            Error::row(what, code, e)
         }
         // A target table dropped outside Ferry: the restart finds it missing, creates it again and quarantines
         // it (evolve::dropped_outside).
@@ -146,6 +173,8 @@ pub struct SqliteSink {
     /// The locked lease file: held while this sink exists.
     _lease: std::fs::File,
     multi: Box<conflict::SqliteMulti>,
+    /// The conflicts of the open transaction when the row isolation's savepoint was set.
+    savepoint_tally: usize,
 }
 
 impl SqliteSink {
@@ -188,25 +217,33 @@ impl SqliteSink {
                 options: multi,
                 ..Default::default()
             }),
+            savepoint_tally: 0,
         })
     }
 
-    fn apply_sync(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
-        if !self.in_transaction {
-            self.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(db_error("starting a transaction"))?;
-            self.in_transaction = true;
-            if self.multi.options.resolves() {
-                // Keeps the stamping triggers off for Ferry's own writes (see conflict.rs).
-                self.conn
-                    .execute(
-                        &format!("INSERT INTO {} VALUES (?1)", conflict::APPLYING_TABLE),
-                        [&self.pipeline],
-                    )
-                    .map_err(db_error("starting a transaction"))?;
-            }
+    /// Opens the target transaction if none is open.
+    fn begin(&mut self) -> Result<(), Error> {
+        if self.in_transaction {
+            return Ok(());
         }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db_error("starting a transaction"))?;
+        self.in_transaction = true;
+        if self.multi.options.resolves() {
+            // Keeps the stamping triggers off for Ferry's own writes (see conflict.rs).
+            self.conn
+                .execute(
+                    &format!("INSERT INTO {} VALUES (?1)", conflict::APPLYING_TABLE),
+                    [&self.pipeline],
+                )
+                .map_err(db_error("starting a transaction"))?;
+        }
+        Ok(())
+    }
+
+    fn apply_sync(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
+        self.begin()?;
         for event in events.iter() {
             match event {
                 Event::Change(Change::Recopy { table, step }) => {
@@ -739,6 +776,54 @@ impl Sink for SqliteSink {
         self.multi.tally.take()
     }
 
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
+        self.begin()?;
+        let sql = match step {
+            Savepoint::Set => {
+                self.savepoint_tally = self.multi.tally.mark();
+                "SAVEPOINT ferry_row"
+            }
+            Savepoint::Rollback => {
+                self.multi.tally.rollback(self.savepoint_tally);
+                "ROLLBACK TO SAVEPOINT ferry_row"
+            }
+            Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
+        };
+        self.conn
+            .execute_batch(sql)
+            .map_err(db_error("setting a row aside (savepoint)"))
+    }
+
+    async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
+        self.begin()?;
+        self.conn
+            .execute_batch(&Dialect::Sqlite.create_table())
+            .map_err(db_error("creating ferry_dead_letters"))?;
+        let (text, commit_time, attempts) = layout::values((&self.pipeline, &self.name), letter);
+        let mut params: Vec<SqlValue> = text
+            .iter()
+            .map(|t| SqlValue::Text((*t).to_owned()))
+            .collect();
+        params.push(commit_time.map_or(SqlValue::Null, SqlValue::Integer));
+        params.push(SqlValue::Integer(attempts));
+        self.conn
+            .execute(&Dialect::Sqlite.insert(), params_from_iter(params))
+            .map_err(db_error("writing a dead letter"))?;
+        Ok(())
+    }
+
+    async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {
+        read_dead_letters(&self.conn, (&self.pipeline, &self.name), None, None)
+    }
+
+    async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
+        self.begin()?;
+        self.conn
+            .execute(&Dialect::Sqlite.delete(), (&self.pipeline, &self.name, id))
+            .map_err(db_error("deleting a dead letter"))?;
+        Ok(())
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         let events = self.shadows.expand(events);
         let versioned;
@@ -752,6 +837,53 @@ impl Sink for SqliteSink {
             &events
         };
         tokio::task::block_in_place(|| self.apply_sync(events, commit))
+    }
+}
+
+/// The dead letters of a pipeline's sink in `conn` (none without the table), oldest first.
+fn read_dead_letters(
+    conn: &Connection,
+    (pipeline, sink): (&str, &str),
+    table: Option<&TableId>,
+    id: Option<i64>,
+) -> Result<Vec<StoredDeadLetter>, Error> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'ferry_dead_letters'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_error("looking for ferry_dead_letters"))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let f = layout::Filter::new(table, id);
+    let mut stmt = conn
+        .prepare(&Dialect::Sqlite.select())
+        .map_err(db_error("reading ferry_dead_letters"))?;
+    let rows = stmt
+        .query_map((pipeline, sink, &f.schema, &f.name, f.id), |r| {
+            let mut text: [String; 12] = Default::default();
+            for (i, t) in text.iter_mut().enumerate() {
+                *t = r.get(i + 1)?;
+            }
+            Ok(layout::stored(r.get(0)?, text, r.get(13)?, r.get(14)?))
+        })
+        .map_err(db_error("reading ferry_dead_letters"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(db_error("reading ferry_dead_letters"))
+}
+
+/// The dead letters of a pipeline's sink in the SQLite file at `path` (`ferry dead-letters list`), read-only.
+pub fn list_dead_letters(
+    path: &Path,
+    names: (&str, &str),
+    table: Option<&TableId>,
+    id: Option<i64>,
+) -> Result<Vec<StoredDeadLetter>, Error> {
+    match open_read_only(path, "ferry_dead_letters")? {
+        Some(conn) => read_dead_letters(&conn, names, table, id),
+        None => Ok(Vec::new()),
     }
 }
 
