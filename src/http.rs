@@ -105,6 +105,13 @@ pub async fn serve(
 }
 
 async fn readyz(State(pipelines): State<Registry>) -> Response {
+    let alerting = pipelines.iter().filter_map(|p| {
+        let alerts = p.alerts();
+        (p.alerts_gate_readiness.load(Relaxed) && !alerts.is_empty()).then(|| {
+            let what: Vec<String> = alerts.iter().map(|(n, m)| format!("{n} ({m})")).collect();
+            format!("{}: alert {}", p.name, what.join(", "))
+        })
+    });
     let not_ready: Vec<String> = pipelines
         .iter()
         .filter_map(|p| match p.state() {
@@ -117,6 +124,7 @@ async fn readyz(State(pipelines): State<Registry>) -> Response {
             }
             other => Some(format!("{}: {}", p.name, state_name(&other))),
         })
+        .chain(alerting)
         .collect();
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
@@ -159,6 +167,12 @@ pub struct LiveStatus {
     /// Online re-copies of this run (`ferry snapshot --table`, `on_schema_change = "resnapshot"`).
     #[serde(default)]
     pub recopies: Vec<RecopyReport>,
+    /// Alerts firing (`[pipeline.alerts]`): `name: what crossed which threshold`.
+    #[serde(default)]
+    pub alerts: Vec<String>,
+    /// WAL the slot holds back on the source, bytes (PostgreSQL sources, once measured).
+    #[serde(default)]
+    pub retained_wal_bytes: Option<u64>,
 }
 
 /// How far an online re-copy got.
@@ -177,6 +191,9 @@ pub struct LiveSink {
     pub transactions: u64,
     pub batches: u64,
     pub lag_seconds: Option<f64>,
+    /// Source WAL between the server's position and the checkpoint (PostgreSQL sources, once measured).
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
 }
 
 fn live_status(p: &PipelineStats) -> LiveStatus {
@@ -220,8 +237,15 @@ fn live_status(p: &PipelineStats) -> LiveStatus {
                 transactions: s.transactions.load(Relaxed),
                 batches: s.batches.load(Relaxed),
                 lag_seconds: s.lag_seconds(),
+                lag_bytes: p.lag_bytes(s),
             })
             .collect(),
+        alerts: p
+            .alerts()
+            .into_iter()
+            .map(|(n, m)| format!("{n}: {m}"))
+            .collect(),
+        retained_wal_bytes: p.retained_wal(),
     }
 }
 
@@ -479,7 +503,88 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
         "Seconds from the source commit of the last durable transaction to its commit in the sink.",
         per_sink(&|s| s.lag_seconds()),
     );
+    family(
+        "ferry_sink_lag_bytes",
+        "gauge",
+        "Source WAL between the server's current position and the sink's checkpoint, bytes (PostgreSQL sources).",
+        pipelines
+            .iter()
+            .flat_map(|p| {
+                p.sinks.iter().filter_map(move |s| {
+                    p.lag_bytes(s).map(|b| {
+                        (
+                            format!("pipeline=\"{}\",sink=\"{}\"", label(&p.name), label(&s.name)),
+                            b as f64,
+                        )
+                    })
+                })
+            })
+            .collect(),
+    );
+    family(
+        "ferry_source_retained_wal_bytes",
+        "gauge",
+        "WAL the pipeline's replication slot holds back on the source, bytes (PostgreSQL sources).",
+        per_pipeline(&|p| p.retained_wal().map(|b| b as f64)),
+    );
+    family(
+        "ferry_alert_firing",
+        "gauge",
+        "1 for each [pipeline.alerts] threshold crossed (lag_seconds, lag_bytes, retained_wal).",
+        pipelines
+            .iter()
+            .flat_map(|p| {
+                p.alerts().into_iter().map(move |(name, _)| {
+                    (
+                        format!("pipeline=\"{}\",alert=\"{name}\"", label(&p.name)),
+                        1.0,
+                    )
+                })
+            })
+            .collect(),
+    );
+    histogram(
+        &mut out,
+        "ferry_sink_commit_lag_seconds",
+        "Seconds from each source transaction's commit to its commit in the sink (end-to-end lag).",
+        pipelines,
+        |s| &s.lag,
+    );
+    histogram(
+        &mut out,
+        "ferry_sink_apply_seconds",
+        "Seconds each apply that commits takes in the sink (a batch, or a group of batches).",
+        pipelines,
+        |s| &s.apply_seconds,
+    );
     out
+}
+
+/// A histogram family per sink (`_bucket{le}`, `_sum`, `_count`).
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    pipelines: &[Arc<PipelineStats>],
+    of: impl Fn(&ferry_core::SinkStats) -> &ferry_core::stats::Histogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for p in pipelines {
+        for s in &p.sinks {
+            let labels = format!(
+                "pipeline=\"{}\",sink=\"{}\"",
+                label(&p.name),
+                label(&s.name)
+            );
+            let (buckets, sum, count) = of(s).read();
+            for (le, n) in buckets {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        }
+    }
 }
 
 #[cfg(test)]

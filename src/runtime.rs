@@ -27,6 +27,15 @@ use tracing::{error, info, warn};
 /// How often a standby tries to take the lease of the pipeline another process runs.
 const STANDBY_POLL: Duration = Duration::from_secs(2);
 
+/// Stops a background task when the pipeline's run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How often a paused pipeline (`max_dead_letters` reached) looks again.
 const PAUSED_POLL: Duration = Duration::from_secs(5);
 
@@ -39,6 +48,20 @@ pub async fn run_pipeline(
     stats: Arc<PipelineStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    stats
+        .alerts_gate_readiness
+        .store(config.alerts.readyz, Ordering::Relaxed);
+    // Alerts are judged while the pipeline retries too: that is when lag grows.
+    let _monitor = config.alerts.any().then(|| {
+        let (alerts, stats) = (config.alerts, stats.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                alerts.evaluate(&stats);
+            }
+        }))
+    });
     let retry = config.row_errors.retry;
     // Restarts in a row without a minute of work between them.
     let mut failures = 0;

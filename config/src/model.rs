@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_core::{BatchLimits, RowErrors, TableId};
+use ferry_core::{Alerts, BatchLimits, RowErrors, TableId};
 
 /// One pipeline: a source, its filters, and one or more sinks.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,8 @@ pub struct PipelineConfig {
     /// `[pipeline] on_error`, `max_dead_letters`, `[pipeline.retry]` and `[[pipeline.on_error_rules]]`: what
     /// sinks do with a row change their target refuses, and how failures are retried.
     pub row_errors: RowErrors,
+    /// `[pipeline.alerts]`: lag and retained-WAL thresholds.
+    pub alerts: Alerts,
 }
 
 /// Which source transactions a source passes on, by the replication origin (PostgreSQL) or the server id

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_core::dead_letter::OnErrorRule;
-use ferry_core::{BatchLimits, OnError, RowErrors, TableId};
+use ferry_core::{Alerts, BatchLimits, OnError, RowErrors, TableId};
 use toml::{Table, Value};
 
 use crate::env::expand;
@@ -331,6 +331,23 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
+/// Parses a size: a whole number and a unit, `B`, `kB`, `MB`, `GB` or `TB` (powers of 1024, as PostgreSQL's
+/// settings take them): `"1GB"` is 1,073,741,824 bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit.trim() {
+        "B" => 0,
+        "kB" | "KB" => 10,
+        "MB" => 20,
+        "GB" => 30,
+        "TB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
 /// Validates one parsed file. `env` looks variables up; `base_dir` resolves relative SQLite paths.
 pub fn validate(
     file: &Path,
@@ -351,6 +368,7 @@ pub fn validate(
     let mut source_timeout = Duration::from_secs(30);
     let mut node = None;
     let mut row_errors = RowErrors::default();
+    let mut alerts = Alerts::default();
     match r.subtable(&mut root, "pipeline") {
         Some(mut p) => {
             name = r.required_string(&mut p, "name", "a pipeline name (letters, digits and _)");
@@ -397,6 +415,10 @@ pub fn validate(
                 snapshot_parallelism = n;
             }
             row_errors = read_row_errors(&mut r, &mut p);
+            if let Some(mut a) = r.subtable(&mut p, "alerts") {
+                alerts = read_alerts(&mut r, &mut a);
+                r.finish(a);
+            }
             if let Some(mut b) = r.subtable(&mut p, "batch") {
                 if let Some(n) = r.int_within(&mut b, "max_events", (1, 10_000_000)) {
                     batch.max_events = n;
@@ -472,6 +494,7 @@ pub fn validate(
                 source_timeout,
                 node,
                 row_errors,
+                alerts,
             });
         }
     }
@@ -764,6 +787,33 @@ fn table_globs(r: &mut Reader<'_>, c: &mut Section<'_>) -> Option<Vec<String>> {
         None => {}
     }
     tables
+}
+
+/// `[pipeline.alerts]`.
+fn read_alerts(r: &mut Reader<'_>, a: &mut Section<'_>) -> Alerts {
+    let mut out = Alerts::default();
+    if let Some(n) = r.int_within(a, "lag_seconds", (1, 86_400)) {
+        out.lag_seconds = Some(n as f64);
+    }
+    for key in ["lag_bytes", "retained_wal"] {
+        let expected = "a size such as \"512MB\" or \"10GB\"";
+        if let Some(text) = r.string(a, key, expected) {
+            match parse_size(&text) {
+                Some(n) if n > 0 => {
+                    if key == "lag_bytes" {
+                        out.lag_bytes = Some(n);
+                    } else {
+                        out.retained_wal = Some(n);
+                    }
+                }
+                _ => r.error(a.key(key), format!("expected {expected}, found {text:?}")),
+            }
+        }
+    }
+    if let Some(b) = flag(r, a, "readyz", false) {
+        out.readyz = b;
+    }
+    out
 }
 
 /// `on_error`, `max_dead_letters`, `[pipeline.retry]` and `[[pipeline.on_error_rules]]` of `[pipeline]`.

@@ -10,6 +10,7 @@
 //! [`Event`]s in commit order; [`pipeline::run_sink`] gives each sink only what its checkpoint does not include and
 //! acknowledges a position upstream only once every sink has made it durable.
 
+pub mod alerts;
 pub mod batch;
 pub mod binlog_position;
 pub mod dead_letter;
@@ -27,6 +28,7 @@ pub mod temporal;
 pub mod value;
 pub mod versions;
 
+pub use alerts::Alerts;
 pub use batch::{Batch, BatchLimits};
 pub use binlog_position::{
     BinlogFilePos, BinlogPosition, GtidState, MariaGtid, MariaGtidList, MysqlGtidSet,

@@ -261,9 +261,13 @@ pub async fn run_sink<S: Sink>(
         }
         match split {
             Some((i, position)) => {
+                let started = Instant::now();
                 isolation
                     .apply(&mut sink, sink_stats, &events[..=i], Some(position))
                     .await?;
+                sink_stats
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 sink_stats.applied(&events[..=i], Some(position));
                 sink_stats.conflicts_committed(sink.take_conflicts());
                 debug!(sink = sink.name(), position = %position, events = open_events + i + 1, "committed batch");

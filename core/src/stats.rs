@@ -19,6 +19,59 @@ pub fn now_unix_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// A Prometheus histogram of durations in seconds: counts per upper bound (cumulated when read), their sum and
+/// count. Lock-free; a reader may see an observation in the count before its bucket.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS.len()],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// The upper bounds of [`Histogram`]'s buckets, in seconds (`+Inf` is the count).
+pub const HISTOGRAM_BOUNDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if let Some(i) = HISTOGRAM_BOUNDS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Cumulative counts per bound, the sum in seconds, the count.
+    pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut total = 0;
+        let buckets = HISTOGRAM_BOUNDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| {
+                total += n.load(Relaxed);
+                (*b, total)
+            })
+            .collect();
+        (
+            buckets,
+            self.sum_micros.load(Relaxed) as f64 / 1e6,
+            self.count.load(Relaxed),
+        )
+    }
+}
+
 /// What a pipeline is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipelineState {
@@ -137,6 +190,10 @@ pub struct SinkStats {
     set_aside: Mutex<std::collections::BTreeMap<(String, &'static str, String), u64>>,
     /// Tries of a refused row after its first.
     pub row_retries: AtomicU64,
+    /// Source commit to target commit, per transaction made durable, seconds.
+    pub lag: Histogram,
+    /// How long each apply that commits takes, seconds.
+    pub apply_seconds: Histogram,
     /// Row isolation under way: the sink sets each failing row aside until its checkpoint includes the source
     /// transaction at this position (the last one begun when a row failed). Kept across restarts.
     isolate_through: Mutex<Option<Position>>,
@@ -182,6 +239,8 @@ impl SinkStats {
             checkpoint: Mutex::new(None),
             last_commit_unix_micros: AtomicI64::new(0),
             set_aside: Mutex::new(Default::default()),
+            lag: Histogram::default(),
+            apply_seconds: Histogram::default(),
             row_retries: AtomicU64::new(0),
             isolate_through: Mutex::new(None),
         }
@@ -225,12 +284,16 @@ impl SinkStats {
         let mut rows = 0;
         let mut transactions = 0;
         let mut last_commit = None;
+        let now = now_unix_micros();
         for e in events {
             match e {
                 Event::Change(Change::Row { .. }) => rows += 1,
                 Event::Commit { commit_time, .. } => {
                     transactions += 1;
                     last_commit = commit_time.unix_micros();
+                    if let Some(at) = last_commit.filter(|t| *t > 0 && position.is_some()) {
+                        self.lag.observe((now - at) as f64 / 1e6);
+                    }
                 }
                 // The source had nothing more to send: the sink is caught up as of now.
                 Event::Heartbeat { .. } => last_commit = Some(now_unix_micros()),
@@ -278,6 +341,14 @@ pub struct PipelineStats {
     pub restarts: AtomicU64,
     /// The back-off the pipeline is waiting out before its next restart, ms (0: none).
     pub backoff_ms: AtomicU64,
+    /// PostgreSQL sources: the server's current WAL position (0: not measured yet).
+    pub source_wal_lsn: AtomicU64,
+    /// PostgreSQL sources: WAL the pipeline's slot holds back, bytes (-1: not measured yet).
+    pub retained_wal_bytes: AtomicI64,
+    /// Alerts firing (`[pipeline.alerts]`): name → what crossed which threshold.
+    alerts: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// `[pipeline.alerts] readyz`: a firing alert makes `/readyz` answer 503.
+    pub alerts_gate_readiness: std::sync::atomic::AtomicBool,
     /// Events read from the source (before filters).
     pub source_events: AtomicU64,
     pub source_transactions: AtomicU64,
@@ -297,12 +368,45 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
+    /// Sets alert `name` firing with `message`, or cleared (`None`). Returns whether it changed: `Some(true)` it
+    /// started, `Some(false)` it cleared.
+    pub fn set_alert(&self, name: &'static str, message: Option<String>) -> Option<bool> {
+        let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        match message {
+            Some(m) => alerts.insert(name, m).is_none().then_some(true),
+            None => alerts.remove(name).map(|_| false),
+        }
+    }
+
+    /// The alerts firing: name and message.
+    pub fn alerts(&self) -> Vec<(&'static str, String)> {
+        let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        alerts.iter().map(|(n, m)| (*n, m.clone())).collect()
+    }
+
+    /// Bytes of source WAL between the server's current position and `sink`'s checkpoint (PostgreSQL sources,
+    /// once measured).
+    pub fn lag_bytes(&self, sink: &SinkStats) -> Option<u64> {
+        let head = self.source_wal_lsn.load(Relaxed);
+        let at = sink.checkpoint()?.as_lsn()?.0;
+        (head > 0).then(|| head.saturating_sub(at))
+    }
+
+    /// WAL the slot holds back, bytes, once measured.
+    pub fn retained_wal(&self) -> Option<u64> {
+        u64::try_from(self.retained_wal_bytes.load(Relaxed)).ok()
+    }
+
     pub fn new(name: &str, sinks: &[&str]) -> PipelineStats {
         PipelineStats {
             name: name.to_owned(),
             state: Mutex::new(PipelineState::Starting),
             restarts: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(0),
+            source_wal_lsn: AtomicU64::new(0),
+            retained_wal_bytes: AtomicI64::new(-1),
+            alerts: Mutex::new(Default::default()),
+            alerts_gate_readiness: std::sync::atomic::AtomicBool::new(false),
             source_events: AtomicU64::new(0),
             source_transactions: AtomicU64::new(0),
             snapshot: SnapshotProgress::default(),

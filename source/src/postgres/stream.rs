@@ -12,6 +12,7 @@
 //! the keepalive protocol).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +56,9 @@ fn pipeline_stopped() -> Error {
 
 /// Status ticks (seconds) between checks that every listed table is still in the publication.
 const FOLLOW_CHECK_TICKS: u64 = 5;
+
+/// Idle status ticks between two measures of the server's WAL position and the slot's retained WAL.
+const WAL_CHECK_TICKS: u64 = 5;
 
 /// How often the position of skipped transactions (another origin's) goes out as a heartbeat.
 const SKIPPED_POSITION_EVERY: Duration = Duration::from_secs(5);
@@ -261,6 +265,10 @@ impl Streamer {
                     // Past a third of the timeout, ask the server to answer (a keepalive) so silence means death.
                     self.send_status(silent >= self.source_timeout / 3).await?;
                     ticks += 1;
+                    if ticks.is_multiple_of(WAL_CHECK_TICKS) {
+                        let _ =
+                            tokio::time::timeout(self.source_timeout, self.measure_wal(slot)).await;
+                    }
                     if ticks.is_multiple_of(FOLLOW_CHECK_TICKS) {
                         tokio::time::timeout(self.source_timeout, self.keep_followed_tables())
                             .await
@@ -348,6 +356,39 @@ impl Streamer {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Reads the server's WAL position and what the slot retains, for lag in bytes and the retained-WAL alert. A
+    /// failure only leaves the last figures (it is logged at debug level).
+    async fn measure_wal(&mut self, slot: &str) {
+        let row = self
+            .catalog
+            .client()
+            .query_opt(
+                "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+                 ELSE pg_catalog.pg_current_wal_lsn() END)::text, restart_lsn::text \
+                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match row {
+            Ok(Some(r)) => {
+                let lsn = |i: usize| {
+                    r.get::<_, Option<String>>(i)
+                        .and_then(|t| t.parse::<Lsn>().ok())
+                };
+                if let Some(head) = lsn(0) {
+                    self.stats.source_wal_lsn.store(head.0, Ordering::Relaxed);
+                    if let Some(restart) = lsn(1) {
+                        self.stats
+                            .retained_wal_bytes
+                            .store(head.0.saturating_sub(restart.0) as i64, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "could not measure the source's WAL"),
         }
     }
 
