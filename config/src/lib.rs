@@ -435,6 +435,49 @@ mod tests {
         assert!(n >= 5, "{n} examples");
     }
 
+    /// The issue's keys as written: on_error, retry, per-table rules, alerts; and each mistake named by its key.
+    #[test]
+    fn row_error_and_alert_keys_load_and_their_errors_name_the_key() {
+        let text = "[pipeline]\nname = \"p\"\non_error = \"dead_letter\"\nmax_dead_letters = 50\n\
+             [pipeline.retry]\ninitial = \"100ms\"\nmax = \"30s\"\nattempts = 5\n\
+             [[pipeline.on_error_rules]]\ntables = [\"public.audit\"]\non_error = \"skip\"\n\
+             [pipeline.alerts]\nlag_seconds = 30\nlag_bytes = \"1GB\"\nretained_wal = \"10GB\"\nreadyz = true\n\
+             [source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n";
+        let p = load(text).unwrap();
+        let e = &p.row_errors;
+        assert_eq!(e.on_error, ferry_core::OnError::DeadLetter);
+        assert_eq!(e.max_dead_letters, 50);
+        assert_eq!(e.retry.initial, std::time::Duration::from_millis(100));
+        assert_eq!(e.retry.max, std::time::Duration::from_secs(30));
+        assert_eq!(e.retry.attempts, 5);
+        assert_eq!(
+            e.for_table(&ferry_core::TableId::new("public", "audit")),
+            ferry_core::OnError::Skip
+        );
+        assert_eq!(p.alerts.lag_seconds, Some(30.0));
+        assert_eq!(p.alerts.lag_bytes, Some(1 << 30));
+        assert_eq!(p.alerts.retained_wal, Some(10 << 30));
+        assert!(p.alerts.readyz);
+
+        let bad = "[pipeline]\nname = \"p\"\non_error = \"ignore\"\nheartbeat_interval = \"10s\"\n\
+                   [pipeline.retry]\ninitial = \"1m\"\nmax = \"1s\"\nattempts = 0\n\
+                   [[pipeline.on_error_rules]]\ntables = [\"audit\"]\n\
+                   [pipeline.alerts]\nlag_seconds = 5\nlag_bytes = \"lots\"\n\
+                   [source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n";
+        let errors = load(bad).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "pipeline.on_error",
+            "pipeline.retry.max",
+            "pipeline.retry.attempts",
+            "pipeline.on_error_rules[0].on_error",
+            "pipeline.alerts.lag_seconds",
+            "pipeline.alerts.lag_bytes",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {errors:#?}");
+        }
+    }
+
     /// Multi-master keys: node, origins, conflict resolvers, rules with merges and version vectors.
     #[test]
     fn conflict_rules_load_and_their_errors_name_the_key() {

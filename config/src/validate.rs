@@ -417,6 +417,18 @@ pub fn validate(
             row_errors = read_row_errors(&mut r, &mut p);
             if let Some(mut a) = r.subtable(&mut p, "alerts") {
                 alerts = read_alerts(&mut r, &mut a);
+                if let (Some(lag), Some(beat)) = (alerts.lag_seconds, heartbeat_interval) {
+                    if lag <= beat.as_secs_f64() {
+                        r.error(
+                            a.key("lag_seconds"),
+                            format!(
+                                "expected more than heartbeat_interval ({beat:?}): an idle source reports its lag \
+                                 once per heartbeat, so the alert would fire whenever it is idle; raise lag_seconds \
+                                 or lower [pipeline] heartbeat_interval"
+                            ),
+                        );
+                    }
+                }
                 r.finish(a);
             }
             if let Some(mut b) = r.subtable(&mut p, "batch") {
