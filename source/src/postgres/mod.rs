@@ -39,9 +39,10 @@ use catalog::Catalog;
 use conn::ReplicationConn;
 
 /// The session settings that fix each type's text form (the replication connection sets the same in its startup
-/// options).
+/// options); and `synchronous_commit = local`: with `synchronous_standby_names` naming this pipeline, Ferry's own
+/// writes on the source (the publication, heartbeats, the rewrite trigger) must not wait for Ferry itself.
 const SESSION_SQL: &str =
-    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on;";
+    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on; SET synchronous_commit = local;";
 
 /// Opens an ordinary connection (catalog queries, snapshot copies, heartbeats).
 pub async fn connect_client(url: &str) -> Result<Client, Error> {

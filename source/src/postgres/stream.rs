@@ -69,6 +69,8 @@ const FAST_PATH_LIMIT: u32 = 256;
 enum Step {
     Shutdown,
     Tick,
+    /// The sinks made a new position durable (`false`: they are gone).
+    Acked(bool),
     Continue,
     Data(Option<bytes::Bytes>),
 }
@@ -215,6 +217,10 @@ impl Streamer {
                         pending.push_front(event);
                         Step::Tick
                     }
+                    changed = self.acked.changed() => {
+                        pending.push_front(event);
+                        Step::Acked(changed.is_ok())
+                    }
                     permit = self.events.reserve() => match permit {
                         Ok(permit) => {
                             permit.send(event);
@@ -230,6 +236,8 @@ impl Streamer {
                         last_message = Instant::now();
                         self.send_status(false).await?
                     }
+                    Step::Acked(true) => self.send_status(false).await?,
+                    Step::Acked(false) => return Err(pipeline_stopped()),
                     _ => {}
                 }
                 continue;
@@ -238,10 +246,15 @@ impl Streamer {
                 biased;
                 _ = self.shutdown.changed() => Step::Shutdown,
                 _ = tick.tick() => Step::Tick,
+                changed = self.acked.changed() => Step::Acked(changed.is_ok()),
                 data = self.conn.next_copy_data() => Step::Data(data?),
             };
             match step {
                 Step::Shutdown => return self.finish().await,
+                // Reported at once, so a synchronous standby setting naming this pipeline (its walsender's
+                // application_name, `ferry_<pipeline>`) lets a source COMMIT return as soon as every sink holds it.
+                Step::Acked(true) => self.send_status(false).await?,
+                Step::Acked(false) => return Err(pipeline_stopped()),
                 Step::Tick => {
                     if self.messages != messages_at_tick {
                         messages_at_tick = self.messages;
