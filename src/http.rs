@@ -89,6 +89,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/wait", get(wait))
         .merge(guarded)
         .with_state(Arc::new(pipelines));
     Ok(tokio::spawn(async move {
@@ -134,6 +135,76 @@ async fn readyz(State(pipelines): State<Registry>) -> Response {
             format!("not ready\n{}\n", not_ready.join("\n")),
         )
             .into_response()
+    }
+}
+
+/// `GET /wait?pipeline=P&position=X&timeout=5s`: read your writes. Answers 200 once every sink of pipeline `P`
+/// has durably applied position `X` (an LSN, a MariaDB GTID position or a MySQL GTID set, see
+/// [`ferry_core::WaitPoint`]), 408 when `timeout` (default 5 s, at most 60 s) passes first, 400 for a request it
+/// cannot answer, 404 for an unknown pipeline.
+async fn wait(
+    State(pipelines): State<Registry>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let bad = |why: String| (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+    let Some(name) = query.get("pipeline") else {
+        return bad("missing pipeline=<name>".into());
+    };
+    let Some(p) = pipelines.iter().find(|p| &p.name == name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no pipeline {name:?} here\n"),
+        )
+            .into_response();
+    };
+    let point: ferry_core::WaitPoint = match query.get("position").map(|t| t.parse()) {
+        Some(Ok(point)) => point,
+        Some(Err(e)) => return bad(format!("position: {e}")),
+        None => return bad("missing position=<LSN or GTIDs>".into()),
+    };
+    let timeout = match query
+        .get("timeout")
+        .map(|t| ferry_config::parse_duration(t))
+    {
+        None => std::time::Duration::from_secs(5),
+        Some(Some(d)) if d <= std::time::Duration::from_secs(60) => d,
+        Some(_) => {
+            return bad("timeout: expected a duration up to 60s, such as 500ms or 5s".into())
+        }
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut woken: Option<tokio::time::Instant> = None;
+    loop {
+        let mut reached = true;
+        for s in &p.sinks {
+            match s.checkpoint().map(|c| point.reached_by(&c)) {
+                Some(Some(true)) => {}
+                Some(None) => {
+                    return bad(format!(
+                        "position {} does not belong to the source of pipeline {name}",
+                        query["position"]
+                    ))
+                }
+                _ => reached = false,
+            }
+        }
+        if reached {
+            return (StatusCode::OK, "applied\n").into_response();
+        }
+        if woken.is_none_or(|at| at.elapsed() >= std::time::Duration::from_millis(250)) {
+            // Past the last transaction the pipeline carried, the position moves only with the next heartbeat:
+            // ask for one now (and again while waiting).
+            p.source_wake.notify_one();
+            woken = Some(tokio::time::Instant::now());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("not applied by every sink of {name} within {timeout:?}\n"),
+            )
+                .into_response();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 

@@ -39,7 +39,7 @@ pub use event::{
     is_internal_table, is_recopy_shadow, recopy_shadow, Change, Event, Origin, RecopyStep, Row,
     RowOp, TxContext, TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS, VERSION_VECTOR,
 };
-pub use position::{Lsn, Position};
+pub use position::{Lsn, Position, WaitPoint};
 pub use schema::{
     enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,
 };

@@ -130,6 +130,79 @@ impl FromStr for Position {
     }
 }
 
+/// A point a client waits for a sink to reach (read your writes, `GET /wait`): a PostgreSQL LSN (`0/1D6C138`,
+/// from `pg_current_wal_insert_lsn()` after the commit), a MariaDB GTID position (`0-1-42,1-1-7`, from
+/// `@@gtid_binlog_pos`), or a MySQL GTID set (`3E11FA47-…:1-5`, from `@@gtid_executed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitPoint {
+    Lsn(Lsn),
+    MariaDb(Vec<crate::binlog_position::MariaGtid>),
+    MySql(crate::binlog_position::MysqlGtidSet),
+}
+
+impl FromStr for WaitPoint {
+    type Err = ParsePositionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.contains('/') {
+            return Ok(WaitPoint::Lsn(s.parse()?));
+        }
+        let maria: Option<Vec<_>> = s
+            .split(',')
+            .map(|g| {
+                let mut parts = g.trim().split('-').map(|p| p.parse::<u64>().ok());
+                match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
+                    (d, srv, n, None) => Some(crate::binlog_position::MariaGtid {
+                        domain: u32::try_from(d).ok()?,
+                        server: u32::try_from(srv).ok()?,
+                        sequence: n,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect();
+        if let Some(gtids) = maria.filter(|g| !g.is_empty()) {
+            return Ok(WaitPoint::MariaDb(gtids));
+        }
+        match s.parse::<crate::binlog_position::MysqlGtidSet>() {
+            Ok(set) if !set.0.is_empty() => Ok(WaitPoint::MySql(set)),
+            _ => Err(ParsePositionError::new(
+                s,
+                "an LSN such as 0/1D6C138, a MariaDB GTID position such as 0-1-42, or a MySQL GTID set",
+            )),
+        }
+    }
+}
+
+impl WaitPoint {
+    /// Whether `checkpoint` includes everything up to this point; `None` when they come from different kinds of
+    /// source (or the checkpoint carries no GTIDs).
+    pub fn reached_by(&self, checkpoint: &Position) -> Option<bool> {
+        use crate::binlog_position::GtidState;
+        match (self, checkpoint) {
+            (WaitPoint::Lsn(want), Position::Pg(at)) => Some(at >= want),
+            (WaitPoint::MariaDb(want), Position::Binlog(b)) => match &b.gtid {
+                Some(GtidState::MariaDb(at)) => Some(want.iter().all(|g| {
+                    at.0.get(&g.domain)
+                        .is_some_and(|a| a.sequence >= g.sequence)
+                })),
+                _ => None,
+            },
+            (WaitPoint::MySql(want), Position::Binlog(b)) => match &b.gtid {
+                Some(GtidState::MySql(at)) => Some(want.0.iter().all(|(sid, intervals)| {
+                    let held = at.0.get(sid).map_or(&[][..], Vec::as_slice);
+                    intervals
+                        .iter()
+                        .all(|(lo, hi)| held.iter().any(|(a, b)| a <= lo && hi <= b))
+                })),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 impl Position {
     /// Whether a transaction that commits at `commit_at` (from [`crate::Event::Begin`]) is already covered by
     /// this checkpoint. PostgreSQL: the checkpoint is a commit's end LSN and `commit_at` the commit record's start,
@@ -181,5 +254,22 @@ mod tests {
             let p = Position::Pg(Lsn(v));
             prop_assert_eq!(p.to_string().parse::<Position>().unwrap(), p);
         }
+    }
+
+    #[test]
+    fn wait_points_parse_and_compare_with_checkpoints() {
+        let lsn: WaitPoint = "0/1D6C138".parse().unwrap();
+        assert_eq!(lsn.reached_by(&"pg:0/1D6C138".parse().unwrap()), Some(true));
+        assert_eq!(
+            lsn.reached_by(&"pg:0/1D6C137".parse().unwrap()),
+            Some(false)
+        );
+        let maria: WaitPoint = "0-1-42,1-1-7".parse().unwrap();
+        assert!(matches!(maria, WaitPoint::MariaDb(ref g) if g.len() == 2));
+        assert_eq!(maria.reached_by(&"pg:0/1".parse().unwrap()), None);
+        assert!("nonsense".parse::<WaitPoint>().is_err());
+        assert!("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"
+            .parse::<WaitPoint>()
+            .is_ok());
     }
 }

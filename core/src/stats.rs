@@ -347,6 +347,9 @@ pub struct PipelineStats {
     pub retained_wal_bytes: AtomicI64,
     /// Alerts firing (`[pipeline.alerts]`): name → what crossed which threshold.
     alerts: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// Asks the source to make its position move now (a PostgreSQL heartbeat message): a read-your-writes wait
+    /// (`GET /wait`) for a position past the last transaction the pipeline carried.
+    pub source_wake: tokio::sync::Notify,
     /// `[pipeline.alerts] readyz`: a firing alert makes `/readyz` answer 503.
     pub alerts_gate_readiness: std::sync::atomic::AtomicBool,
     /// Events read from the source (before filters).
@@ -407,6 +410,7 @@ impl PipelineStats {
             retained_wal_bytes: AtomicI64::new(-1),
             alerts: Mutex::new(Default::default()),
             alerts_gate_readiness: std::sync::atomic::AtomicBool::new(false),
+            source_wake: tokio::sync::Notify::new(),
             source_events: AtomicU64::new(0),
             source_transactions: AtomicU64::new(0),
             snapshot: SnapshotProgress::default(),

@@ -71,6 +71,8 @@ enum Step {
     Tick,
     /// The sinks made a new position durable (`false`: they are gone).
     Acked(bool),
+    /// A read-your-writes wait asks for the position to move (see `PipelineStats::source_wake`).
+    Wake,
     Continue,
     Data(Option<bytes::Bytes>),
 }
@@ -247,6 +249,7 @@ impl Streamer {
                 _ = self.shutdown.changed() => Step::Shutdown,
                 _ = tick.tick() => Step::Tick,
                 changed = self.acked.changed() => Step::Acked(changed.is_ok()),
+                _ = self.stats.source_wake.notified() => Step::Wake,
                 data = self.conn.next_copy_data() => Step::Data(data?),
             };
             match step {
@@ -255,6 +258,14 @@ impl Streamer {
                 // application_name, `ferry_<pipeline>`) lets a source COMMIT return as soon as every sink holds it.
                 Step::Acked(true) => self.send_status(false).await?,
                 Step::Acked(false) => return Err(pipeline_stopped()),
+                // A heartbeat message written now lies past the waiter's position; once the sinks hold it, they
+                // hold everything before it. Inside a transaction its commit moves the position anyway.
+                Step::Wake if !self.in_transaction => {
+                    tokio::time::timeout(self.source_timeout, self.emit_heartbeat())
+                        .await
+                        .map_err(|_| catalog_silent(self.source_timeout))??;
+                }
+                Step::Wake => {}
                 Step::Tick => {
                     if self.messages != messages_at_tick {
                         messages_at_tick = self.messages;

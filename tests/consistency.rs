@@ -1,0 +1,189 @@
+//! Consistency for applications (issue 14): synchronous replication into Ferry (with `synchronous_standby_names`
+//! naming the pipeline's walsender, `ferry_<pipeline>`, a source COMMIT returns only once every sink holds the
+//! transaction) and read-your-writes (`GET /wait` for the position of a write, then read the replica).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_returns() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE s (id int PRIMARY KEY, at timestamptz DEFAULT now())",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "sync",
+        &format!(
+            "[pipeline]\nname = \"sync\"\n[pipeline.batch]\nmax_wait = \"0ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'ferry_sync'",
+    );
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'ferry_sync' AND sync_state = 'sync'"
+        ) == "1"
+        }),
+        "{}",
+        ferry.log()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (misses, mut latencies) = runtime.block_on(async {
+        let connect = |url: String| async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            client
+        };
+        let source = connect(pg.url("shop")).await;
+        // The harness's servers default to synchronous_commit = off, which waits for no standby.
+        source
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .unwrap();
+        let target = connect(pg.url("replica")).await;
+        let insert = source
+            .prepare("INSERT INTO s (id) VALUES ($1)")
+            .await
+            .unwrap();
+        let probe = target
+            .prepare("SELECT count(*) FROM s WHERE id = $1")
+            .await
+            .unwrap();
+        let (mut misses, mut latencies) = (0, Vec::new());
+        for id in 1..=1000i32 {
+            let started = Instant::now();
+            source.execute(&insert, &[&id]).await.unwrap();
+            latencies.push(started.elapsed());
+            let found: i64 = target.query_one(&probe, &[&id]).await.unwrap().get(0);
+            if found != 1 {
+                misses += 1;
+            }
+        }
+        (misses, latencies)
+    });
+    latencies.sort();
+    println!(
+        "synchronous commit through Ferry: p50 {:?}, p99 {:?} over {} commits",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies.len()
+    );
+    assert_eq!(
+        misses, 0,
+        "rows missing from the target when COMMIT returned"
+    );
+    pg.psql("postgres", "ALTER SYSTEM RESET synchronous_standby_names");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    assert!(ferry.terminate().success());
+}
+
+#[test]
+fn waiting_for_the_position_of_a_write_never_reads_a_stale_replica() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL); INSERT INTO kv VALUES (1, 0)",
+    );
+    let dir = scratch();
+    // The default heartbeat (10 s): a wait must not depend on it.
+    let cfg = write_config(
+        dir.path(),
+        "ryw",
+        &format!(
+            "[pipeline]\nname = \"ryw\"\n[pipeline.batch]\nmax_wait = \"5ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    assert!(wait_until(Duration::from_secs(30), || pg
+        .try_psql("replica", "SELECT v FROM kv")
+        .unwrap_or_default()
+        == "0"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stale, mut waits) = runtime.block_on(async {
+        let connect = |url: String| async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            client
+        };
+        let source = connect(pg.url("shop")).await;
+        // As in production: the harness's servers commit asynchronously, and a walsender sends only WAL that is
+        // flushed (up to wal_writer_delay, 200 ms, later).
+        source.batch_execute("SET synchronous_commit = on").await.unwrap();
+        let target = connect(pg.url("replica")).await;
+        let (mut stale, mut waits) = (0, Vec::new());
+        for i in 1..=1000i32 {
+            source
+                .execute("UPDATE kv SET v = $1 WHERE k = 1", &[&i])
+                .await
+                .unwrap();
+            let lsn: String = source
+                .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let started = Instant::now();
+            let (status, body) = ferry
+                .get(&format!("/wait?pipeline=ryw&position={lsn}&timeout=5s"))
+                .expect("an answer");
+            waits.push(started.elapsed());
+            assert_eq!(status, 200, "{body}\n{}", ferry.log());
+            let v: i32 = target
+                .query_one("SELECT v FROM kv WHERE k = 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if v != i {
+                stale += 1;
+            }
+        }
+        (stale, waits)
+    });
+    waits.sort();
+    println!(
+        "read-your-writes wait: p50 {:?}, p99 {:?} over {} writes",
+        waits[waits.len() / 2],
+        waits[waits.len() * 99 / 100],
+        waits.len()
+    );
+    assert_eq!(stale, 0, "reads after a successful wait saw an older value");
+    // A position not reached in time, one that is not a position, a pipeline that is not here.
+    let (status, _) = ferry
+        .get("/wait?pipeline=ryw&position=FF/0&timeout=200ms")
+        .unwrap();
+    assert_eq!(status, 408);
+    let (status, body) = ferry.get("/wait?pipeline=ryw&position=soon").unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = ferry.get("/wait?pipeline=other&position=0/1").unwrap();
+    assert_eq!(status, 404);
+    assert!(ferry.terminate().success());
+}
