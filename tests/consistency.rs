@@ -138,7 +138,10 @@ fn waiting_for_the_position_of_a_write_never_reads_a_stale_replica() {
         let source = connect(pg.url("shop")).await;
         // As in production: the harness's servers commit asynchronously, and a walsender sends only WAL that is
         // flushed (up to wal_writer_delay, 200 ms, later).
-        source.batch_execute("SET synchronous_commit = on").await.unwrap();
+        source
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .unwrap();
         let target = connect(pg.url("replica")).await;
         let (mut stale, mut waits) = (0, Vec::new());
         for i in 1..=1000i32 {
