@@ -23,7 +23,7 @@ use ferry_core::{
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts};
+use mysql_async::Conn;
 use tracing::warn;
 
 use crate::checkpoint::now_text;
@@ -36,6 +36,7 @@ use crate::evolve::{self, Applied};
 use crate::recopy::{self, Shadows};
 use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
 use ddl::{ensure_table, TargetKind, TargetTable};
+use ferry_myconn::MyUrl;
 use literal::{literal, load_field, quote_ident};
 
 /// Row groups are flushed once their values reach this size (well under max_allowed_packet's 16 MiB default).
@@ -113,25 +114,11 @@ fn refused_value(message: String, code: u32) -> Error {
     )
 }
 
-/// Parses a `mysql://` / `mariadb://` URL.
-pub fn options(url: &str) -> Result<Opts, Error> {
-    let url = match url.strip_prefix("mariadb://") {
-        Some(rest) => format!("mysql://{rest}"),
-        None => url.to_owned(),
-    };
-    Opts::from_url(&url).map_err(|e| Error::fatal_from("MySQL sink url", e))
-}
-
 async fn connect(url: &str) -> Result<Conn, Error> {
     // Found rather than changed rows: a moved row whose values did not change still counts as found.
-    let opts = mysql_async::OptsBuilder::from_opts(options(url)?)
-        .client_found_rows(true)
-        .tcp_keepalive(Some(ferry_pgconn::KEEPALIVE.time));
-    let mut conn = Conn::new(opts).await.map_err(|e| {
-        let refused =
-            matches!(&e, mysql_async::Error::Server(s) if ferry_core::mysql_refuses(s.code));
-        Error::connect_failed("the MySQL target", refused, e)
-    })?;
+    let mut conn = MyUrl::parse(url, "the MySQL sink url")?
+        .connect("the MySQL target", |b| b.client_found_rows(true))
+        .await?;
     for sql in SESSION_SQL {
         conn.query_drop(sql)
             .await
@@ -212,7 +199,9 @@ impl MysqlSink {
         url: &str,
         multi: MultiMasterOptions,
     ) -> Result<Self, Error> {
-        let database = options(url)?.db_name().map(str::to_owned);
+        let database = MyUrl::parse(url, "the MySQL sink url")?
+            .database()
+            .map(str::to_owned);
         let mut conn = connect(url).await?;
         // Ferry's own writes are never stamped as local writes by the version triggers.
         conn.query_drop("SET @ferry_applying = 1")

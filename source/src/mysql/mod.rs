@@ -31,36 +31,16 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 pub use check::check_prerequisites;
+use ferry_myconn::MyUrl;
 
 use crate::postgres::SourceExit;
 use decoder::{Decoder, Selection, UnknownDdl};
 
-/// Parses a `mysql://` (or `mariadb://`) URL into connection options.
-pub fn connection_options(url: &str) -> Result<mysql_async::Opts, Error> {
-    let url = match url.strip_prefix("mariadb://") {
-        Some(rest) => format!("mysql://{rest}"),
-        None => url.to_owned(),
-    };
-    let opts =
-        mysql_async::Opts::from_url(&url).map_err(|e| Error::fatal_from("MySQL source url", e))?;
-    // A peer that vanished without closing is noticed by the kernel in about 30 s (see ferry_pgconn::KEEPALIVE).
-    Ok(mysql_async::OptsBuilder::from_opts(opts)
-        .tcp_keepalive(Some(ferry_pgconn::KEEPALIVE.time))
-        .into())
-}
-
-/// Opens an ordinary connection.
+/// Opens an ordinary connection (TLS as the URL's `ssl-mode` says, see `ferry_myconn`).
 pub async fn connect(url: &str) -> Result<mysql_async::Conn, Error> {
-    mysql_async::Conn::new(connection_options(url)?)
+    MyUrl::parse(url, "the MySQL source url")?
+        .connect("the MySQL source", |b| b)
         .await
-        .map_err(|e| connect_error("the MySQL source", e))
-}
-
-/// A failed MySQL connection: wrong credentials (1045), no access to the database (1044) or a missing database
-/// (1049) are fatal, said as such; anything else is transient.
-pub fn connect_error(what: &str, e: mysql_async::Error) -> Error {
-    let refused = matches!(&e, mysql_async::Error::Server(s) if ferry_core::mysql_refuses(s.code));
-    Error::connect_failed(what, refused, e)
 }
 
 /// The connection ids this process took source leases on, by lock name.
@@ -186,8 +166,8 @@ impl MysqlSourceSettings {
                 tables.iter().cloned().collect::<HashSet<_>>(),
             )),
             None => {
-                let db = connection_options(&self.config.url)?
-                    .db_name()
+                let db = MyUrl::parse(&self.config.url, "the MySQL source url")?
+                    .database()
                     .map(str::to_owned)
                     .ok_or_else(|| {
                         Error::fatal("the MySQL source follows every table of the URL's database, but the URL names none: add /dbname to url or list tables")
