@@ -171,6 +171,8 @@ struct SinkStatus {
     lag_bytes: Option<u64>,
     /// From the running process; 0 when the sink holds everything; unknown otherwise.
     lag_seconds: Option<f64>,
+    /// Row changes its target refused and keeps in ferry_dead_letters.
+    dead_letters: usize,
 }
 
 #[derive(Serialize)]
@@ -241,12 +243,16 @@ pub async fn status(
             let live_lag = process
                 .and_then(|l| l.sinks.iter().find(|s| s.name == sink.name))
                 .and_then(|s| s.lag_seconds);
+            let dead_letters = ferry_sink::registry::list_dead_letters(&p.name, sink, None, None)
+                .await?
+                .len();
             sinks.push(SinkStatus {
                 name: sink.name.clone(),
                 checkpoint: position.as_ref().map(ToString::to_string),
                 updated_at: stored.map(|c| c.updated_at),
                 lag_bytes,
                 lag_seconds: live_lag.or((lag_bytes == Some(0)).then_some(0.0)),
+                dead_letters,
             });
         }
         let status = PipelineStatus {
@@ -315,17 +321,26 @@ pub async fn status(
                     println!("  slot {slot}: missing (the next run takes a new snapshot)")
                 }
             }
+            if let Some(live) = &status.process {
+                for alert in &live.alerts {
+                    println!("  alert {alert}");
+                }
+            }
             for s in &status.sinks {
                 match (&s.checkpoint, s.lag_bytes) {
                     (Some(cp), lag) => println!(
-                        "  sink {}: checkpoint {cp} at {}{}{}",
+                        "  sink {}: checkpoint {cp} at {}{}{}{}",
                         s.name,
                         s.updated_at.as_deref().unwrap_or("?"),
                         lag.map(|l| format!(", {l} bytes behind"))
                             .unwrap_or_default(),
                         s.lag_seconds
                             .map(|l| format!(", lag {l:.1} s"))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        match s.dead_letters {
+                            0 => String::new(),
+                            n => format!(", {n} dead letters (ferry dead-letters list)"),
+                        }
                     ),
                     (None, _) => println!("  sink {}: no checkpoint (snapshot pending)", s.name),
                 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use ferry_config::PipelineConfig;
 use ferry_core::dead_letter::StoredDeadLetter;
 use ferry_core::{
-    Change, ErrorClass, Event, Position, Savepoint, SchemaRef, Sink, TableId, TableSchema,
+    Change, ErrorClass, Event, Position, RowOp, Savepoint, SchemaRef, Sink, TableId, TableSchema,
     Timestamp, TxContext,
 };
 
@@ -136,7 +136,8 @@ async fn rework(
     let mut sink = match ferry_sink::registry::open(config, index).await {
         Ok(s) => s,
         Err(e) if e.class == ErrorClass::Standby => bail!(
-            "{e}. Stop it first: `dead-letters {}` writes the target under the pipeline's lease",
+            "{what} is running (another process holds its lease). Stop it first: `dead-letters {}` writes the \
+             target under the pipeline's lease",
             if action == Action::Replay {
                 "replay"
             } else {
@@ -147,6 +148,7 @@ async fn rework(
     };
     let letters = sink.dead_letters().await?;
     if !letters.iter().any(|l| selection.takes(l)) {
+        println!("{what}: no dead letters match");
         return Ok(true);
     }
     let Some(checkpoint) = sink.checkpoint().await? else {
@@ -155,21 +157,27 @@ async fn rework(
     // Keys whose earlier letter stays: their later letters wait behind it.
     let mut blocked: HashSet<(TableId, String)> = HashSet::new();
     let mut schemas: Vec<SchemaRef> = Vec::new();
-    let (mut done, mut failed) = (0, 0);
+    let (mut done, mut failed, mut waiting) = (0, 0, 0);
     for stored in &letters {
         let letter = &stored.letter;
-        let key = (letter.table.clone(), letter.key.clone());
-        if blocked.contains(&key) {
+        // A key change holds back both its keys.
+        let keys: Vec<(TableId, String)> = letter
+            .keys()
+            .map(|k| (letter.table.clone(), k.clone()))
+            .collect();
+        if keys.iter().any(|k| blocked.contains(k)) {
             if selection.takes(stored) {
                 println!(
                     "{what}: #{} stays: an earlier letter of {} key {} stays before it",
                     stored.id, letter.table, letter.key
                 );
+                waiting += 1;
             }
+            blocked.extend(keys);
             continue;
         }
         if !selection.takes(stored) {
-            blocked.insert(key);
+            blocked.extend(keys);
             continue;
         }
         if action == Action::Discard {
@@ -182,6 +190,12 @@ async fn rework(
             continue;
         }
         let (schema, op) = letter.change()?;
+        // An insert goes in as an upsert (a snapshot row): the key may exist by now, and a statement that names
+        // a column the target no longer has fails like any other, leaving the session usable (a COPY does not).
+        let op = match op {
+            RowOp::Insert { after } => RowOp::Read { after },
+            op => op,
+        };
         let table = shared_schema(&mut schemas, schema);
         let commit_at: Position = letter.position.parse().unwrap_or(checkpoint.clone());
         let tx = TxContext {
@@ -209,7 +223,7 @@ async fn rework(
             Err(e) => {
                 sink.savepoint(Savepoint::Rollback).await?;
                 println!("{what}: #{} stays: its replay failed: {e}", stored.id);
-                blocked.insert(key);
+                blocked.extend(keys);
                 failed += 1;
             }
         }
@@ -221,8 +235,8 @@ async fn rework(
     } else {
         "discarded"
     };
-    println!("{what}: {done} {verb}, {failed} failed");
-    Ok(failed == 0)
+    println!("{what}: {done} {verb}, {failed} failed, {waiting} behind an earlier letter");
+    Ok(failed == 0 && waiting == 0)
 }
 
 /// One shared schema per distinct table schema among the letters, numbered apart: a sink caches statements by

@@ -265,6 +265,9 @@ pub struct LiveSink {
     /// Source WAL between the server's position and the checkpoint (PostgreSQL sources, once measured).
     #[serde(default)]
     pub lag_bytes: Option<u64>,
+    /// Dead letters its target holds.
+    #[serde(default)]
+    pub dead_letters: u64,
 }
 
 fn live_status(p: &PipelineStats) -> LiveStatus {
@@ -309,6 +312,7 @@ fn live_status(p: &PipelineStats) -> LiveStatus {
                 batches: s.batches.load(Relaxed),
                 lag_seconds: s.lag_seconds(),
                 lag_bytes: p.lag_bytes(s),
+                dead_letters: s.dead_letters.load(Relaxed),
             })
             .collect(),
         alerts: p
@@ -488,6 +492,12 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
             .collect(),
     );
     family(
+        "ferry_sink_dead_letters",
+        "gauge",
+        "Dead letters the sink's target holds in ferry_dead_letters (ferry dead-letters list).",
+        per_sink(&|s| Some(s.dead_letters.load(Relaxed) as f64)),
+    );
+    family(
         "ferry_sink_row_retries_total",
         "counter",
         "Tries of a refused row change after its first (on_error, [pipeline.retry] attempts).",
@@ -571,7 +581,7 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
     family(
         "ferry_sink_lag_seconds",
         "gauge",
-        "Seconds from the source commit of the last durable transaction to its commit in the sink.",
+        "Seconds from the source commit of the last durable transaction (or the last durable heartbeat of an idle source) to now.",
         per_sink(&|s| s.lag_seconds()),
     );
     family(
@@ -601,14 +611,14 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
     family(
         "ferry_alert_firing",
         "gauge",
-        "1 for each [pipeline.alerts] threshold crossed (lag_seconds, lag_bytes, retained_wal).",
+        "Per [pipeline.alerts] threshold (lag_seconds, lag_bytes, retained_wal): 1 while crossed, 0 while clear.",
         pipelines
             .iter()
             .flat_map(|p| {
-                p.alerts().into_iter().map(move |(name, _)| {
+                p.alert_states().into_iter().map(move |(name, firing)| {
                     (
                         format!("pipeline=\"{}\",alert=\"{name}\"", label(&p.name)),
-                        1.0,
+                        f64::from(u8::from(firing)),
                     )
                 })
             })

@@ -349,3 +349,106 @@ fn mariadb_and_sqlite_targets_set_refused_rows_aside_and_replay_them() {
     assert_eq!(maria_letters(), "NULL");
     assert_eq!(lite_letters(), "");
 }
+
+/// What an attack found: a key change's letter holds back its new key across restarts, a TRUNCATE supersedes its
+/// table's letters, and a keyless table's update of a row that was set aside follows the policy instead of
+/// stopping the pipeline. After the fix and a replay, every table equals the source.
+#[test]
+fn key_changes_truncates_and_keyless_rows_keep_the_replica_exact() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE kc (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE tr (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE logs (msg text, n int); ALTER TABLE logs REPLICA IDENTITY FULL;",
+    );
+    pg.psql(
+        "replica",
+        "CREATE TABLE kc (id int PRIMARY KEY, v int NOT NULL CONSTRAINT kc_ok CHECK (v >= 0));
+         CREATE TABLE tr (id int PRIMARY KEY, v int NOT NULL CONSTRAINT tr_ok CHECK (v >= 0));
+         CREATE TABLE logs (msg text CONSTRAINT logs_ok CHECK (msg <> 'bad'), n int);",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "kc",
+        &format!(
+            "[pipeline]\nname = \"kc\"\non_error = \"dead_letter\"\n\
+             [pipeline.retry]\ninitial = \"10ms\"\nmax = \"20ms\"\nattempts = 1\n\
+             [pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let log = dir.path().join("f.log");
+    let letters = || {
+        pg.try_psql(
+            "replica",
+            "SELECT string_agg(table_name || ' ' || row_key || ' ' || op || coalesce(' -> ' || new_row_key, ''), ', ' ORDER BY id) FROM ferry_dead_letters",
+        )
+        .unwrap_or_default()
+    };
+    let ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "INSERT INTO kc VALUES (1, -1), (2, 1); UPDATE kc SET id = 101 WHERE id = 1;
+         INSERT INTO tr VALUES (1, -1), (2, 2); UPDATE tr SET v = -3 WHERE id = 2;
+         INSERT INTO logs VALUES ('bad', 2), ('good', 1);",
+    );
+    assert!(
+        wait_until(WAIT, || letters().matches(", ").count() == 4),
+        "{}\n{}",
+        letters(),
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+    // After a restart, later changes of the moved key still follow its letters; a TRUNCATE drops tr's letters;
+    // the keyless update of the refused row is a letter too, and the pipeline goes on.
+    let ferry = Ferry::start(&cfg, &log);
+    pg.psql(
+        "shop",
+        "UPDATE kc SET v = 5 WHERE id = 101; UPDATE kc SET v = 7 WHERE id = 101;
+         TRUNCATE tr; INSERT INTO tr VALUES (3, 3);
+         UPDATE logs SET n = 22 WHERE msg = 'bad'; INSERT INTO logs VALUES ('later', 3);",
+    );
+    let want =
+        "kc [\"1\"] insert, kc [\"1\"] update -> [\"101\"], logs [] insert, kc [\"101\"] update, \
+                kc [\"101\"] update, logs [] update";
+    assert!(
+        wait_until(WAIT, || letters() == want
+            && pg
+                .try_psql("replica", "SELECT count(*) FROM logs")
+                .unwrap_or_default()
+                == "2"),
+        "{}\n{}",
+        letters(),
+        ferry.log()
+    );
+    assert_eq!(
+        pg.psql("replica", "SELECT id, v FROM kc ORDER BY id"),
+        "2|1"
+    );
+    assert_eq!(
+        pg.psql("replica", "SELECT id, v FROM tr ORDER BY id"),
+        "3|3"
+    );
+    assert!(ferry.terminate().success());
+
+    pg.psql(
+        "replica",
+        "ALTER TABLE kc DROP CONSTRAINT kc_ok; ALTER TABLE tr DROP CONSTRAINT tr_ok; ALTER TABLE logs DROP CONSTRAINT logs_ok",
+    );
+    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    assert!(ok, "{out}");
+    assert_eq!(letters(), "");
+    for table in ["kc", "tr", "logs"] {
+        let sql = format!("SELECT string_agg(t::text, ',' ORDER BY t::text) FROM {table} t");
+        assert_eq!(
+            pg.psql("replica", &sql),
+            pg.psql("shop", &sql),
+            "{table}\n{out}"
+        );
+    }
+}

@@ -798,7 +798,18 @@ fn table_globs(r: &mut Reader<'_>, c: &mut Section<'_>) -> Option<Vec<String>> {
         }
         None => {}
     }
-    tables
+    // A bare name is in `public`, as everywhere else a table is named.
+    tables.map(|list| {
+        list.into_iter()
+            .map(|p| {
+                if p.contains('.') {
+                    p
+                } else {
+                    format!("public.{p}")
+                }
+            })
+            .collect()
+    })
 }
 
 /// `[pipeline.alerts]`.

@@ -128,6 +128,9 @@ pub struct DeadLetter {
     pub table: TableId,
     /// The row's key as a JSON array of PostgreSQL text values (`["42"]`); the old key of a key change.
     pub key: String,
+    /// A key change's new key: later changes of either key follow the letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_key: Option<String>,
     /// `insert`, `update`, `delete` or `read` (a snapshot row).
     pub op: String,
     /// The row the change leaves (a delete: the old row), as a JSON object of column to PostgreSQL text.
@@ -172,6 +175,7 @@ impl DeadLetter {
         DeadLetter {
             table: table.id.clone(),
             key: row_keys(table, op).0,
+            moved_key: row_keys(table, op).1,
             op: match op {
                 RowOp::Insert { .. } => "insert",
                 RowOp::Update { .. } => "update",
@@ -187,6 +191,11 @@ impl DeadLetter {
             commit_time: tx.and_then(|t| t.commit_time).and_then(|t| t.unix_micros()),
             attempts,
         }
+    }
+
+    /// Every key the letter holds back: its key, and a key change's new key.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.key).chain(self.moved_key.as_ref())
     }
 
     /// The change as it was refused: its table's schema then and the row operation.

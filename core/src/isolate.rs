@@ -44,9 +44,8 @@ impl Isolation {
         let dead_count = letters.len() as u64;
         let mut dead: HashMap<TableId, HashSet<String>> = HashMap::new();
         for stored in letters {
-            dead.entry(stored.letter.table)
-                .or_default()
-                .insert(stored.letter.key);
+            let keys = dead.entry(stored.letter.table.clone()).or_default();
+            keys.extend(stored.letter.keys().cloned());
         }
         Isolation {
             rules,
@@ -97,6 +96,9 @@ impl Isolation {
         result?;
         if let Some(position) = commit {
             stats.set_aside_committed(std::mem::take(&mut self.pending));
+            stats
+                .dead_letters
+                .store(self.dead_count, std::sync::atomic::Ordering::Relaxed);
             if let Some(through) = stats.isolate_through() {
                 if position.includes(&through).unwrap_or(true) {
                     stats.set_isolate_through(None);
@@ -105,6 +107,11 @@ impl Isolation {
             }
         }
         Ok(())
+    }
+
+    /// Dead letters the sink holds.
+    pub fn dead_count(&self) -> u64 {
+        self.dead_count
     }
 
     fn note_begins(&mut self, events: &[Event]) {
@@ -120,6 +127,9 @@ impl Isolation {
         !self.dead.is_empty()
             && events.iter().any(|e| match e {
                 Event::Change(Change::Row { table, op }) => self.follows(table, op),
+                Event::Change(Change::Truncate { tables, .. }) => {
+                    tables.iter().any(|t| self.dead.contains_key(t))
+                }
                 _ => false,
             })
     }
@@ -158,6 +168,16 @@ impl Isolation {
             }
             if let Event::Begin(tx) = event {
                 self.tx = Some(tx.clone());
+            }
+            if let Event::Change(Change::Truncate { tables, .. }) = event {
+                // Emptied tables: their letters would bring back rows the source removed.
+                for table in tables {
+                    if self.dead.remove(table).is_some() {
+                        let n = sink.forget_dead_letters_of(table).await?;
+                        self.dead_count = self.dead_count.saturating_sub(n);
+                        info!(sink = sink.name(), %table, letters = n, "a TRUNCATE supersedes the table's dead letters: they are deleted with it");
+                    }
+                }
             }
             let durable = (i + 1 == events.len()).then_some(commit).flatten();
             apply_within(sink, std::slice::from_ref(event), durable)
@@ -333,6 +353,12 @@ fn refused_outside_rows(e: Error) -> Error {
     if e.class == ErrorClass::Row {
         Error {
             class: ErrorClass::Fatal,
+            message: format!(
+                "{}: the target refused the transaction at its commit or outside its rows (a constraint it checks \
+                 at commit: DEFERRABLE INITIALLY DEFERRED), so no single change can be set aside; make the target's \
+                 constraint immediate (or drop it), then start the pipeline again",
+                e.message
+            ),
             ..e
         }
     } else {

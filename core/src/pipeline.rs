@@ -219,6 +219,9 @@ pub async fn run_sink<S: Sink>(
     let sink_stats = &stats.sinks[index];
     sink_stats.set_checkpoint(checkpoint.clone());
     let mut isolation = Isolation::new(row_errors, sink.dead_letters().await?);
+    sink_stats
+        .dead_letters
+        .store(isolation.dead_count(), std::sync::atomic::Ordering::Relaxed);
     let mut skip = SkipCovered {
         checkpoint,
         skipping: false,

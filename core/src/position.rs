@@ -145,6 +145,8 @@ impl FromStr for WaitPoint {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        // Ferry's own spelling of a PostgreSQL position (`pg:0/1D6C138`, as `ferry status` prints it) too.
+        let s = s.strip_prefix("pg:").unwrap_or(s);
         if s.contains('/') {
             return Ok(WaitPoint::Lsn(s.parse()?));
         }

@@ -66,6 +66,16 @@ pub trait Sink: Send + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// Deletes every dead letter of `table` in the open transaction, returning how many: a TRUNCATE of the table
+    /// supersedes them (replayed after it, their rows would come back).
+    fn forget_dead_letters_of(
+        &mut self,
+        table: &TableId,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        let _ = table;
+        async { Ok(0) }
+    }
+
     /// Deletes dead letter `id` in the open transaction (replayed or discarded).
     fn forget_dead_letter(&mut self, id: i64) -> impl Future<Output = Result<()>> + Send {
         let _ = id;

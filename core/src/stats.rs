@@ -190,6 +190,8 @@ pub struct SinkStats {
     set_aside: Mutex<std::collections::BTreeMap<(String, &'static str, String), u64>>,
     /// Tries of a refused row after its first.
     pub row_retries: AtomicU64,
+    /// Dead letters the sink's target holds (as of its last commit).
+    pub dead_letters: AtomicU64,
     /// Source commit to target commit, per transaction made durable, seconds.
     pub lag: Histogram,
     /// How long each apply that commits takes, seconds.
@@ -242,6 +244,7 @@ impl SinkStats {
             lag: Histogram::default(),
             apply_seconds: Histogram::default(),
             row_retries: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
             isolate_through: Mutex::new(None),
         }
     }
@@ -345,8 +348,8 @@ pub struct PipelineStats {
     pub source_wal_lsn: AtomicU64,
     /// PostgreSQL sources: WAL the pipeline's slot holds back, bytes (-1: not measured yet).
     pub retained_wal_bytes: AtomicI64,
-    /// Alerts firing (`[pipeline.alerts]`): name → what crossed which threshold.
-    alerts: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// Alerts judged (`[pipeline.alerts]`): name → what crossed which threshold, `None` while clear.
+    alerts: Mutex<std::collections::BTreeMap<&'static str, Option<String>>>,
     /// Asks the source to make its position move now (a PostgreSQL heartbeat message): a read-your-writes wait
     /// (`GET /wait`) for a position past the last transaction the pipeline carried.
     pub source_wake: tokio::sync::Notify,
@@ -375,16 +378,23 @@ impl PipelineStats {
     /// started, `Some(false)` it cleared.
     pub fn set_alert(&self, name: &'static str, message: Option<String>) -> Option<bool> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
-        match message {
-            Some(m) => alerts.insert(name, m).is_none().then_some(true),
-            None => alerts.remove(name).map(|_| false),
-        }
+        let was = alerts.insert(name, message.clone()).flatten().is_some();
+        (was != message.is_some()).then_some(!was)
     }
 
     /// The alerts firing: name and message.
     pub fn alerts(&self) -> Vec<(&'static str, String)> {
         let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
-        alerts.iter().map(|(n, m)| (*n, m.clone())).collect()
+        alerts
+            .iter()
+            .filter_map(|(n, m)| m.clone().map(|m| (*n, m)))
+            .collect()
+    }
+
+    /// Every alert judged so far and whether it fires.
+    pub fn alert_states(&self) -> Vec<(&'static str, bool)> {
+        let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        alerts.iter().map(|(n, m)| (*n, m.is_some())).collect()
     }
 
     /// Bytes of source WAL between the server's current position and `sink`'s checkpoint (PostgreSQL sources,

@@ -16,7 +16,7 @@ pub enum Dialect {
 /// The columns a letter is written with, in [`values`] order.
 const WRITTEN: &str =
     "pipeline, sink, table_schema, table_name, row_key, op, row_data, change_data, error, code, \
-     position, commit_time, attempts";
+     position, commit_time, attempts, new_row_key";
 
 impl Dialect {
     pub fn create_table(self) -> String {
@@ -42,7 +42,7 @@ impl Dialect {
         };
         format!(
             "CREATE TABLE IF NOT EXISTS ferry_dead_letters ({id}, pipeline {short} NOT NULL, sink {short} NOT NULL, \
-             table_schema {short} NOT NULL, table_name {short} NOT NULL, row_key {text} NOT NULL, op {short} NOT NULL, \
+             table_schema {short} NOT NULL, table_name {short} NOT NULL, row_key {text} NOT NULL, new_row_key {text}, op {short} NOT NULL, \
              row_data {text} NOT NULL, change_data {text} NOT NULL, error {text} NOT NULL, code {short} NOT NULL, \
              position {short} NOT NULL, commit_time BIGINT, attempts BIGINT NOT NULL, {created})"
         )
@@ -57,7 +57,7 @@ impl Dialect {
     }
 
     pub fn insert(self) -> String {
-        let marks: Vec<String> = (1..=13).map(|n| self.placeholder(n)).collect();
+        let marks: Vec<String> = (1..=14).map(|n| self.placeholder(n)).collect();
         format!(
             "INSERT INTO ferry_dead_letters ({WRITTEN}) VALUES ({})",
             marks.join(", ")
@@ -86,7 +86,7 @@ impl Dialect {
         };
         format!(
             "SELECT id, pipeline, sink, {created}, table_schema, table_name, row_key, op, row_data, change_data, error, \
-             code, position, commit_time, attempts FROM ferry_dead_letters WHERE pipeline = {} AND sink = {} \
+             code, position, commit_time, attempts, new_row_key FROM ferry_dead_letters WHERE pipeline = {} AND sink = {} \
              AND ({} IS NULL OR table_schema = {}) AND ({} IS NULL OR table_name = {}) \
              AND ({} IS NULL OR id = {}) ORDER BY id",
             p(1),
@@ -97,6 +97,19 @@ impl Dialect {
             p(t2),
             cast(i1, "bigint"),
             p(i2)
+        )
+    }
+
+    /// Deletes a table's letters: pipeline, sink, table schema, table name.
+    pub fn delete_table(self) -> String {
+        let p = |n| self.placeholder(n);
+        format!(
+            "DELETE FROM ferry_dead_letters WHERE pipeline = {} AND sink = {} AND table_schema = {} \
+             AND table_name = {}",
+            p(1),
+            p(2),
+            p(3),
+            p(4)
         )
     }
 
@@ -127,11 +140,11 @@ impl Filter {
     }
 }
 
-/// The written columns' values of `letter`: text, then commit time and attempts.
+/// The written columns' values of `letter`: text, then commit time, attempts and the new key of a key change.
 pub fn values<'a>(
     (pipeline, sink): (&'a str, &'a str),
     letter: &'a DeadLetter,
-) -> ([&'a str; 11], Option<i64>, i64) {
+) -> ([&'a str; 11], Option<i64>, i64, Option<&'a str>) {
     (
         [
             pipeline,
@@ -148,16 +161,18 @@ pub fn values<'a>(
         ],
         letter.commit_time,
         i64::from(letter.attempts),
+        letter.moved_key.as_deref(),
     )
 }
 
-/// A letter from a selected row: id, eleven text columns in select order (pipeline … position), commit time,
-/// attempts.
+/// A letter from a selected row: id, twelve text columns in select order (pipeline … position), commit time,
+/// attempts, the new key of a key change.
 pub fn stored(
     id: i64,
     text: [String; 12],
     commit_time: Option<i64>,
     attempts: i64,
+    moved_key: Option<String>,
 ) -> StoredDeadLetter {
     let [pipeline, sink, created_at, schema, name, key, op, row, change, error, code, position] =
         text;
@@ -169,6 +184,7 @@ pub fn stored(
         letter: DeadLetter {
             table: TableId::new(schema, name),
             key,
+            moved_key,
             op,
             row,
             change,

@@ -68,6 +68,10 @@ impl Sink for AnySink {
     async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
         each!(self, s => s.forget_dead_letter(id).await)
     }
+
+    async fn forget_dead_letters_of(&mut self, table: &TableId) -> Result<u64, Error> {
+        each!(self, s => s.forget_dead_letters_of(table).await)
+    }
 }
 
 #[cfg(not(feature = "kafka"))]

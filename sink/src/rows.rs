@@ -138,12 +138,21 @@ pub fn unwritable(target: &str, table: &TableSchema, row: &Row, column: usize, w
 }
 
 /// The error for a keyless table's update or delete that found no target row equal to the old row.
+///
+/// A per-row error: under `on_error = "dead_letter"` or `"skip"` the change is set aside like a refused row (its
+/// row may itself be a dead letter); under `"halt"` the pipeline stops with this message.
 pub fn missing_old_row(table: &TableSchema) -> Error {
-    Error::fatal(format!(
+    let message = format!(
         "table {} (no primary key): no target row equals the old row of an update or delete: the target has \
-         diverged from the source; re-copy the table (`ferry reset --config <file> --yes` takes a new snapshot)",
+         diverged from the source (or the row was set aside); re-copy the table (`ferry snapshot --table`, or \
+         `ferry reset --config <file> --yes` for a new snapshot)",
         table.id
-    ))
+    );
+    Error::row(
+        message.clone(),
+        "no_matching_row",
+        std::io::Error::other(message),
+    )
 }
 
 /// Indexes of the columns a row carries values for (not `Unchanged`).

@@ -1789,10 +1789,12 @@ impl Sink for MysqlSink {
             self.dead_letters_ready = true;
         }
         self.begin().await?;
-        let (text, commit_time, attempts) = layout::values((&self.pipeline, &self.name), letter);
+        let (text, commit_time, attempts, moved) =
+            layout::values((&self.pipeline, &self.name), letter);
         let mut params: Vec<mysql_async::Value> = text.iter().map(|t| (*t).into()).collect();
         params.push(commit_time.into());
         params.push(attempts.into());
+        params.push(moved.into());
         self.dirty = true;
         self.conn
             .exec_drop(Dialect::Mysql.insert(), params)
@@ -1802,6 +1804,19 @@ impl Sink for MysqlSink {
 
     async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {
         read_dead_letters(&mut self.conn, (&self.pipeline, &self.name), None, None).await
+    }
+
+    async fn forget_dead_letters_of(&mut self, table: &TableId) -> Result<u64, Error> {
+        self.begin().await?;
+        self.dirty = true;
+        self.conn
+            .exec_drop(
+                Dialect::Mysql.delete_table(),
+                (&self.pipeline, &self.name, &table.schema, &table.name),
+            )
+            .await
+            .map_err(write_error("deleting dead letters a TRUNCATE supersedes"))?;
+        Ok(self.conn.affected_rows())
     }
 
     async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
@@ -1944,8 +1959,17 @@ async fn read_dead_letters(
             let id: Option<i64> = r.take(0);
             let commit_time: Option<Option<i64>> = r.take(13);
             let attempts: Option<i64> = r.take(14);
-            id.map(|id| layout::stored(id, text, commit_time.flatten(), attempts.unwrap_or(0)))
-                .ok_or_else(|| Error::fatal("ferry_dead_letters: a row without an id"))
+            let moved: Option<Option<String>> = r.take(15);
+            id.map(|id| {
+                layout::stored(
+                    id,
+                    text,
+                    commit_time.flatten(),
+                    attempts.unwrap_or(0),
+                    moved.flatten(),
+                )
+            })
+            .ok_or_else(|| Error::fatal("ferry_dead_letters: a row without an id"))
         })
         .collect()
 }

@@ -14,10 +14,11 @@ pub async fn write(client: &Client, names: (&str, &str), letter: &DeadLetter) ->
         .batch_execute(&Dialect::Postgres.create_table())
         .await
         .map_err(write_error("creating ferry_dead_letters"))?;
-    let (text, commit_time, attempts) = layout::values(names, letter);
+    let (text, commit_time, attempts, moved) = layout::values(names, letter);
     let mut params: Vec<&(dyn ToSql + Sync)> = text.iter().map(|t| t as _).collect();
     params.push(&commit_time);
     params.push(&attempts);
+    params.push(&moved);
     client
         .execute(&Dialect::Postgres.insert(), &params)
         .await
@@ -56,7 +57,7 @@ pub async fn read(
         .iter()
         .map(|r| {
             let text: [String; 12] = std::array::from_fn(|i| r.get(i + 1));
-            layout::stored(r.get(0), text, r.get(13), r.get(14))
+            layout::stored(r.get(0), text, r.get(13), r.get(14), r.get(15))
         })
         .collect())
 }

@@ -1102,6 +1102,16 @@ impl Sink for PostgresSink {
         dead_letters::forget(&self.client, (&self.pipeline, &self.name), id).await
     }
 
+    async fn forget_dead_letters_of(&mut self, table: &TableId) -> Result<u64, Error> {
+        self.client
+            .execute(
+                &crate::dead_letters::Dialect::Postgres.delete_table(),
+                &[&self.pipeline, &self.name, &table.schema, &table.name],
+            )
+            .await
+            .map_err(write_error("deleting dead letters a TRUNCATE supersedes"))
+    }
+
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         if !self.in_transaction {
             self.client

@@ -799,13 +799,15 @@ impl Sink for SqliteSink {
         self.conn
             .execute_batch(&Dialect::Sqlite.create_table())
             .map_err(db_error("creating ferry_dead_letters"))?;
-        let (text, commit_time, attempts) = layout::values((&self.pipeline, &self.name), letter);
+        let (text, commit_time, attempts, moved) =
+            layout::values((&self.pipeline, &self.name), letter);
         let mut params: Vec<SqlValue> = text
             .iter()
             .map(|t| SqlValue::Text((*t).to_owned()))
             .collect();
         params.push(commit_time.map_or(SqlValue::Null, SqlValue::Integer));
         params.push(SqlValue::Integer(attempts));
+        params.push(moved.map_or(SqlValue::Null, |m| SqlValue::Text(m.to_owned())));
         self.conn
             .execute(&Dialect::Sqlite.insert(), params_from_iter(params))
             .map_err(db_error("writing a dead letter"))?;
@@ -814,6 +816,17 @@ impl Sink for SqliteSink {
 
     async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {
         read_dead_letters(&self.conn, (&self.pipeline, &self.name), None, None)
+    }
+
+    async fn forget_dead_letters_of(&mut self, table: &TableId) -> Result<u64, Error> {
+        self.begin()?;
+        self.conn
+            .execute(
+                &Dialect::Sqlite.delete_table(),
+                (&self.pipeline, &self.name, &table.schema, &table.name),
+            )
+            .map(|n| n as u64)
+            .map_err(db_error("deleting dead letters a TRUNCATE supersedes"))
     }
 
     async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
@@ -867,7 +880,13 @@ fn read_dead_letters(
             for (i, t) in text.iter_mut().enumerate() {
                 *t = r.get(i + 1)?;
             }
-            Ok(layout::stored(r.get(0)?, text, r.get(13)?, r.get(14)?))
+            Ok(layout::stored(
+                r.get(0)?,
+                text,
+                r.get(13)?,
+                r.get(14)?,
+                r.get(15)?,
+            ))
         })
         .map_err(db_error("reading ferry_dead_letters"))?;
     rows.collect::<Result<_, _>>()

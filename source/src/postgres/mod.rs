@@ -39,16 +39,20 @@ use catalog::Catalog;
 use conn::ReplicationConn;
 
 /// The session settings that fix each type's text form (the replication connection sets the same in its startup
-/// options); and `synchronous_commit = local`: with `synchronous_standby_names` naming this pipeline, Ferry's own
-/// writes on the source (the publication, heartbeats, the rewrite trigger) must not wait for Ferry itself.
+/// options).
 const SESSION_SQL: &str =
-    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on; SET synchronous_commit = local;";
+    "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on;";
+
+/// With `synchronous_standby_names` naming this pipeline, Ferry's own writes on the source (the publication,
+/// heartbeats, watermarks, the rewrite trigger) must not wait for Ferry itself. Only where the server would wait:
+/// a session that commits asynchronously already does not.
+const OWN_COMMITS_SQL: &str = "SELECT set_config('synchronous_commit', 'local', false)      WHERE current_setting('synchronous_commit') NOT IN ('off', 'local')";
 
 /// Opens an ordinary connection (catalog queries, snapshot copies, heartbeats).
 pub async fn connect_client(url: &str) -> Result<Client, Error> {
     let client = PgUrl::parse(url)?.connect("the source database").await?;
     client
-        .batch_execute(SESSION_SQL)
+        .batch_execute(&format!("{SESSION_SQL} {OWN_COMMITS_SQL}"))
         .await
         .map_err(|e| Error::transient("setting up the source session", e))?;
     Ok(client)
