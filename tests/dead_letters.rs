@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -14,23 +13,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Every row of `items` in a comparable form.
 const ITEMS: &str = "SELECT count(*), coalesce(sum(qty), 0), md5(coalesce(string_agg(id || ':' || qty || ':' || note, ',' ORDER BY id), '')) FROM items";
-
-fn ferry_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(ferry_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run ferry");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 #[test]
 fn refused_rows_become_dead_letters_and_replay_applies_them_exactly_once_under_sigkills() {
@@ -115,7 +97,7 @@ fn refused_rows_become_dead_letters_and_replay_applies_them_exactly_once_under_s
     );
     assert_eq!(pg.psql("replica", "SELECT id, what FROM audit"), "2|short");
     // `list` works while the pipeline runs; replay does not.
-    let (ok, listed) = ferry_cli(&["dead-letters", "list", "--json"], &cfg);
+    let (ok, listed) = ferry_command(&["dead-letters", "list", "--json"], &cfg);
     assert!(ok, "{listed}");
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
     assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");
@@ -127,12 +109,12 @@ fn refused_rows_become_dead_letters_and_replay_applies_them_exactly_once_under_s
             .contains("items_qty_check"),
         "{listed}"
     );
-    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &cfg);
     assert!(!ok && out.contains("Stop it first"), "{out}");
     assert!(ferry.terminate().success());
 
     // Replaying before the fix: the first letter of each key fails again, the letters following it stay.
-    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &cfg);
     assert!(!ok, "{out}");
     assert!(out.contains("0 replayed, 3 failed"), "{out}");
     assert_eq!(letters(), expected_letters);
@@ -142,7 +124,7 @@ fn refused_rows_become_dead_letters_and_replay_applies_them_exactly_once_under_s
         "replica",
         "ALTER TABLE items DROP CONSTRAINT items_qty_check",
     );
-    let (ok, out) = ferry_cli(&["dead-letters", "replay", "--table", "items"], &cfg);
+    let (ok, out) = ferry_command(&["dead-letters", "replay", "--table", "items"], &cfg);
     assert!(ok, "{out}");
     assert!(out.contains("5 replayed, 0 failed"), "{out}");
     assert_eq!(letters(), "");
@@ -309,7 +291,7 @@ fn mariadb_and_sqlite_targets_set_refused_rows_aside_and_replay_them() {
         "{}",
         ferry.log()
     );
-    let (ok, listed) = ferry_cli(&["dead-letters", "list", "--json"], &cfg);
+    let (ok, listed) = ferry_command(&["dead-letters", "list", "--json"], &cfg);
     assert!(ok, "{listed}");
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
     assert_eq!(listed.as_array().map(Vec::len), Some(8), "{listed}");
@@ -325,7 +307,7 @@ fn mariadb_and_sqlite_targets_set_refused_rows_aside_and_replay_them() {
              ALTER TABLE items_fixed RENAME TO items;",
         )
         .unwrap();
-    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &cfg);
     assert!(ok, "{out}");
     assert!(out.matches("4 replayed, 0 failed").count() == 2, "{out}");
     let rows =
@@ -440,7 +422,7 @@ fn key_changes_truncates_and_keyless_rows_keep_the_replica_exact() {
         "replica",
         "ALTER TABLE kc DROP CONSTRAINT kc_ok; ALTER TABLE tr DROP CONSTRAINT tr_ok; ALTER TABLE logs DROP CONSTRAINT logs_ok",
     );
-    let (ok, out) = ferry_cli(&["dead-letters", "replay"], &cfg);
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &cfg);
     assert!(ok, "{out}");
     assert_eq!(letters(), "");
     for table in ["kc", "tr", "logs"] {

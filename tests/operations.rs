@@ -8,32 +8,15 @@ use std::time::Duration;
 
 use support::*;
 
-fn ferry(args: &[&str], config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(ferry_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run ferry");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn status_and_check_write_nothing_to_the_targets() {
     let pg = server_with_dbs();
     let dir = scratch();
     let db = dir.path().join("never.db");
     let cfg = write_config(dir.path(), "ro", &fan_out_config(&pg, "ro", "", &db));
-    let (_, out) = ferry(&["status", "--http", "off"], &cfg);
+    let (_, out) = ferry_command(&["status", "--http", "off"], &cfg);
     println!("{out}");
-    let _ = ferry(&["check"], &cfg);
+    let _ = ferry_command(&["check"], &cfg);
     assert_eq!(
         pg.psql(
             "replica",
@@ -90,7 +73,7 @@ fn refused_credentials_are_said_and_stop_the_pipeline() {
             "{name}: {log}"
         );
         assert!(!log.contains("transient failure"), "{name}: retried: {log}");
-        let (ok, out) = self::ferry(&["check"], &cfg);
+        let (ok, out) = ferry_command(&["check"], &cfg);
         assert!(!ok, "{name}: ferry check passed: {out}");
         assert!(out.contains("refused the connection"), "{name}: {out}");
     }

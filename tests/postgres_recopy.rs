@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -13,19 +12,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `ferry snapshot --table <table>`; its exit status and output.
 fn request(config: &std::path::Path, table: &str) -> (bool, String) {
-    let out = Command::new(ferry_bin())
-        .args(["snapshot", "--table", table, "--config"])
-        .arg(config)
-        .output()
-        .expect("run ferry snapshot");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    ferry_command(&["snapshot", "--table", table], config)
 }
 
 #[test]

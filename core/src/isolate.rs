@@ -322,9 +322,9 @@ impl Isolation {
     ) -> Result<()> {
         if self.dead_count >= self.rules.max_dead_letters {
             return Err(Error::paused(format!(
-                "sink {}: the target holds {} dead letters (max_dead_letters = {}); the pipeline is paused until \
-                 some are replayed or discarded: `ferry dead-letters list --config <file>`, then `replay` or \
-                 `discard`",
+                "sink {}: another dead letter would pass max_dead_letters ({} held, those of the batch under way \
+                 included, of {} allowed); the pipeline is paused until some are replayed or discarded: `ferry \
+                 dead-letters list --config <file>`, then `replay` or `discard` (they run while it is paused)",
                 sink.name(),
                 self.dead_count,
                 self.rules.max_dead_letters

@@ -1,9 +1,28 @@
-//! `ferry_dead_letters`, as every SQL sink keeps it: row changes the target refused, set aside by `on_error =
-//! "dead_letter"` (see `ferry_core::isolate`) in the transaction of their batch and checkpoint. One layout for
-//! PostgreSQL, MySQL / MariaDB and SQLite; only the id column, the clock and the placeholders differ.
+//! Row isolation in the SQL sinks (their savepoints), and `ferry_dead_letters` as every SQL sink keeps it: row
+//! changes the target refused, set aside by `on_error = "dead_letter"` (see `ferry_core::isolate`) in the
+//! transaction of their batch and checkpoint. One layout for PostgreSQL, MySQL / MariaDB and SQLite; only the id
+//! column, the clock and the placeholders differ.
 
 use ferry_core::dead_letter::{DeadLetter, StoredDeadLetter};
-use ferry_core::TableId;
+use ferry_core::{Savepoint, TableId};
+
+use crate::conflict::ConflictTally;
+
+/// The SQL of a row-isolation savepoint step (the same in the three dialects), keeping the conflicts counted in
+/// the open transaction in step: going back forgets those detected since the point (`mark`).
+pub fn savepoint_sql(step: Savepoint, tally: &mut ConflictTally, mark: &mut usize) -> &'static str {
+    match step {
+        Savepoint::Set => {
+            *mark = tally.mark();
+            "SAVEPOINT ferry_row"
+        }
+        Savepoint::Rollback => {
+            tally.rollback(*mark);
+            "ROLLBACK TO SAVEPOINT ferry_row"
+        }
+        Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
+    }
+}
 
 /// A target's SQL dialect, as far as the dead-letter table differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

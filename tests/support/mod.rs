@@ -265,6 +265,24 @@ pub fn ferry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
 }
 
+/// Runs `ferry <args> --config <config>` to its end: whether it succeeded, and its stdout then stderr.
+pub fn ferry_command(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(ferry_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 impl Ferry {
     pub fn start(config: &Path, log_path: &Path) -> Ferry {
         let log = std::fs::OpenOptions::new()

@@ -1759,17 +1759,11 @@ impl Sink for MysqlSink {
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
         self.begin().await?;
-        let sql = match step {
-            Savepoint::Set => {
-                self.savepoint_tally = self.multi.tally.mark();
-                "SAVEPOINT ferry_row"
-            }
-            Savepoint::Rollback => {
-                self.multi.tally.rollback(self.savepoint_tally);
-                "ROLLBACK TO SAVEPOINT ferry_row"
-            }
-            Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
-        };
+        let sql = crate::dead_letters::savepoint_sql(
+            step,
+            &mut self.multi.tally,
+            &mut self.savepoint_tally,
+        );
         self.conn
             .query_drop(sql)
             .await

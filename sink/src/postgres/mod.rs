@@ -1073,17 +1073,11 @@ impl Sink for PostgresSink {
                 .map_err(write_error("starting a transaction"))?;
             self.in_transaction = true;
         }
-        let sql = match step {
-            Savepoint::Set => {
-                self.savepoint_tally = self.multi.tally.mark();
-                "SAVEPOINT ferry_row"
-            }
-            Savepoint::Rollback => {
-                self.multi.tally.rollback(self.savepoint_tally);
-                "ROLLBACK TO SAVEPOINT ferry_row"
-            }
-            Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
-        };
+        let sql = crate::dead_letters::savepoint_sql(
+            step,
+            &mut self.multi.tally,
+            &mut self.savepoint_tally,
+        );
         self.client
             .batch_execute(sql)
             .await

@@ -778,17 +778,11 @@ impl Sink for SqliteSink {
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
         self.begin()?;
-        let sql = match step {
-            Savepoint::Set => {
-                self.savepoint_tally = self.multi.tally.mark();
-                "SAVEPOINT ferry_row"
-            }
-            Savepoint::Rollback => {
-                self.multi.tally.rollback(self.savepoint_tally);
-                "ROLLBACK TO SAVEPOINT ferry_row"
-            }
-            Savepoint::Release => "RELEASE SAVEPOINT ferry_row",
-        };
+        let sql = crate::dead_letters::savepoint_sql(
+            step,
+            &mut self.multi.tally,
+            &mut self.savepoint_tally,
+        );
         self.conn
             .execute_batch(sql)
             .map_err(db_error("setting a row aside (savepoint)"))
