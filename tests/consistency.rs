@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+/// A client of `url` whose connection runs on the current runtime.
+async fn connect(url: String) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
 #[test]
 fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_returns() {
     let pg = server_with_dbs();
@@ -48,13 +57,6 @@ fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_r
         .build()
         .unwrap();
     let (misses, mut latencies) = runtime.block_on(async {
-        let connect = |url: String| async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            client
-        };
         let source = connect(pg.url("shop")).await;
         // The harness's servers default to synchronous_commit = off, which waits for no standby.
         source
@@ -128,13 +130,6 @@ fn waiting_for_the_position_of_a_write_never_reads_a_stale_replica() {
         .build()
         .unwrap();
     let (stale, mut waits) = runtime.block_on(async {
-        let connect = |url: String| async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            client
-        };
         let source = connect(pg.url("shop")).await;
         // As in production: the harness's servers commit asynchronously, and a walsender sends only WAL that is
         // flushed (up to wal_writer_delay, 200 ms, later).

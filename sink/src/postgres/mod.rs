@@ -206,6 +206,18 @@ impl PostgresSink {
         })
     }
 
+    /// Opens the target transaction if none is open.
+    async fn begin(&mut self) -> Result<(), Error> {
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(write_error("starting a transaction"))?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self, group: Option<Group<'_>>) -> Result<(), Error> {
         let Some(mut group) = group else {
             return Ok(());
@@ -1066,13 +1078,7 @@ impl Sink for PostgresSink {
     }
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
-        if !self.in_transaction {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(write_error("starting a transaction"))?;
-            self.in_transaction = true;
-        }
+        self.begin().await?;
         let sql = crate::dead_letters::savepoint_sql(
             step,
             &mut self.multi.tally,
@@ -1107,13 +1113,7 @@ impl Sink for PostgresSink {
     }
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
-        if !self.in_transaction {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(write_error("starting a transaction"))?;
-            self.in_transaction = true;
-        }
+        self.begin().await?;
         let events = self.shadows.expand(events);
         self.apply_events(&events).await?;
         if let Some(position) = commit {
