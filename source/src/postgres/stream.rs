@@ -347,8 +347,24 @@ impl Streamer {
                 }
             }
         }
-        self.send_status(false).await?;
+        // Ask for a reply: the server answers only after it has processed this update, so closing the
+        // connection then cannot drop it (the slot's confirmed position is what the checkpoints hold).
+        self.send_status(true).await?;
         info!(lsn = %self.acked_lsn(), "sent final status update");
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(data)) = self.conn.next_copy_data().await {
+                if matches!(
+                    ReplicationMessage::parse(&data),
+                    Ok(ReplicationMessage::Keepalive { .. })
+                ) {
+                    return;
+                }
+            }
+        })
+        .await;
+        if answered.is_err() {
+            warn!("the server did not answer the final status update within 5 s");
+        }
         self.conn.terminate().await;
         Ok(StreamEnd::Shutdown)
     }
