@@ -865,12 +865,16 @@ fn unique_collisions_and_truncates_stop_the_pipeline_naming_them() {
     }
     pg.psql("a", "INSERT INTO tt VALUES (1, 'x')");
     let dir = scratch();
-    let (mut ab, mut ba, _, _) =
+    let (ab, ba, ab_config, ba_config) =
         start_pair(&pg, dir.path(), "", "conflict = \"last_write_wins\"\n");
     assert!(wait_until(WAIT, || pg.psql("b", "SELECT count(*) FROM tt") == "1"));
-    // Two keys with one unique value, one per side: the target refuses the second, naming the index.
+    // Two keys with one unique value, one per side, written while both pipelines are stopped (else one side's
+    // row may reach the other before the test writes there): each target refuses the other's, naming the index.
+    assert!(ab.terminate().success() && ba.terminate().success());
     pg.psql("a", "INSERT INTO uq VALUES (1, 'x@y')");
     pg.psql("b", "INSERT INTO uq VALUES (2, 'x@y')");
+    let mut ab = Ferry::start(&ab_config, &dir.path().join("ab2.log"));
+    let mut ba = Ferry::start(&ba_config, &dir.path().join("ba2.log"));
     let stopped = |f: &mut Ferry| f.wait_exit(Duration::from_secs(20)).is_some();
     let (ab_stopped, ba_stopped) = (stopped(&mut ab), stopped(&mut ba));
     assert!(ab_stopped && ba_stopped, "{}\n{}", ab.log(), ba.log());
