@@ -172,10 +172,11 @@ impl DeadLetter {
             op: op.clone(),
         })
         .unwrap_or_default();
+        let (key, moved_key) = row_keys(table, op);
         DeadLetter {
             table: table.id.clone(),
-            key: row_keys(table, op).0,
-            moved_key: row_keys(table, op).1,
+            key,
+            moved_key,
             op: match op {
                 RowOp::Insert { .. } => "insert",
                 RowOp::Update { .. } => "update",

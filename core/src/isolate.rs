@@ -335,10 +335,9 @@ impl Isolation {
         sink.dead_letter(&letter).await?;
         warn!(sink = sink.name(), table = %table.id, key = letter.key, position = letter.position, code, error = letter.error, "a change is set aside as a dead letter");
         if !table.match_key().is_empty() {
-            let (key, moved) = row_keys(table, op);
+            // The keys the letter holds back, as it stores them.
             let keys = self.dead.entry(table.id.clone()).or_default();
-            keys.insert(key);
-            keys.extend(moved);
+            keys.extend(letter.keys().cloned());
         }
         self.dead_count += 1;
         self.pending

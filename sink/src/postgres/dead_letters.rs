@@ -8,12 +8,19 @@ use tokio_postgres::Client;
 use super::write_error;
 use crate::dead_letters::{self as layout, Dialect};
 
-/// Writes `letter` in the open transaction, creating the table on first use.
-pub async fn write(client: &Client, names: (&str, &str), letter: &DeadLetter) -> Result<(), Error> {
-    client
-        .batch_execute(&Dialect::Postgres.create_table())
-        .await
-        .map_err(write_error("creating ferry_dead_letters"))?;
+/// Writes `letter` in the open transaction; `create`: create the table first (once per sink).
+pub async fn write(
+    client: &Client,
+    names: (&str, &str),
+    letter: &DeadLetter,
+    create: bool,
+) -> Result<(), Error> {
+    if create {
+        client
+            .batch_execute(&Dialect::Postgres.create_table())
+            .await
+            .map_err(write_error("creating ferry_dead_letters"))?;
+    }
     let (text, commit_time, attempts, moved) = layout::values(names, letter);
     let mut params: Vec<&(dyn ToSql + Sync)> = text.iter().map(|t| t as _).collect();
     params.push(&commit_time);

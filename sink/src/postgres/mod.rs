@@ -116,6 +116,9 @@ pub struct PostgresSink {
     multi: Box<MultiMaster>,
     /// The conflicts of the open transaction when the row isolation's savepoint was set.
     savepoint_tally: usize,
+    /// `ferry_dead_letters` was created by this sink (letters are written outside row savepoints, so a savepoint
+    /// never undoes it; a failed transaction ends the sink).
+    dead_letters_ready: bool,
 }
 
 /// The sink's conflict-handling state.
@@ -194,6 +197,7 @@ impl PostgresSink {
         Ok(PostgresSink {
             multi,
             savepoint_tally: 0,
+            dead_letters_ready: false,
             name: name.to_owned(),
             pipeline: pipeline.to_owned(),
             client,
@@ -1091,7 +1095,10 @@ impl Sink for PostgresSink {
     }
 
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
-        dead_letters::write(&self.client, (&self.pipeline, &self.name), letter).await
+        let create = !self.dead_letters_ready;
+        dead_letters::write(&self.client, (&self.pipeline, &self.name), letter, create).await?;
+        self.dead_letters_ready = true;
+        Ok(())
     }
 
     async fn dead_letters(&mut self) -> Result<Vec<StoredDeadLetter>, Error> {

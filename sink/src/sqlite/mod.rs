@@ -175,6 +175,8 @@ pub struct SqliteSink {
     multi: Box<conflict::SqliteMulti>,
     /// The conflicts of the open transaction when the row isolation's savepoint was set.
     savepoint_tally: usize,
+    /// `ferry_dead_letters` was created by this sink (see the PostgreSQL sink's same flag).
+    dead_letters_ready: bool,
 }
 
 impl SqliteSink {
@@ -218,6 +220,7 @@ impl SqliteSink {
                 ..Default::default()
             }),
             savepoint_tally: 0,
+            dead_letters_ready: false,
         })
     }
 
@@ -790,9 +793,12 @@ impl Sink for SqliteSink {
 
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
         self.begin()?;
-        self.conn
-            .execute_batch(&Dialect::Sqlite.create_table())
-            .map_err(db_error("creating ferry_dead_letters"))?;
+        if !self.dead_letters_ready {
+            self.conn
+                .execute_batch(&Dialect::Sqlite.create_table())
+                .map_err(db_error("creating ferry_dead_letters"))?;
+            self.dead_letters_ready = true;
+        }
         let (text, commit_time, attempts, moved) =
             layout::values((&self.pipeline, &self.name), letter);
         let mut params: Vec<SqlValue> = text
