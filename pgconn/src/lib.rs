@@ -169,6 +169,14 @@ impl PgUrl {
                 .keepalives_interval(KEEPALIVE.interval)
                 .keepalives_retries(KEEPALIVE.retries);
         }
+        // Of several hosts (a primary and its standbys), Ferry wants the one that takes writes, in every role: the
+        // source writes its publication and heartbeats, a sink its rows. libpq's default (`any`) would settle on a
+        // standby after a failover.
+        if config.get_hosts().len() > 1
+            && !rest.iter().any(|p| p.starts_with("target_session_attrs="))
+        {
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
         // Data the peer never acknowledges (it vanished mid-write) fails the connection after a minute.
         config.tcp_user_timeout(KEEPALIVE.user_timeout);
         Ok(PgUrl {
@@ -343,6 +351,27 @@ mod tests {
         );
         let err = PgUrl::parse("postgres://h/db?sslmode=always").unwrap_err();
         assert!(err.to_string().contains("verify-full"), "{err}");
+    }
+
+    #[test]
+    fn several_hosts_mean_the_one_that_takes_writes() {
+        use tokio_postgres::config::TargetSessionAttrs;
+        let url = PgUrl::parse("postgres://u@h1:5433,h2:5434/db").unwrap();
+        assert_eq!(url.config.get_ports(), &[5433, 5434]);
+        assert_eq!(
+            url.config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        let any = PgUrl::parse("postgres://u@h1,h2/db?target_session_attrs=any").unwrap();
+        assert_eq!(
+            any.config.get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+        let one = PgUrl::parse("postgres://u@h1/db").unwrap();
+        assert_eq!(
+            one.config.get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
     }
 
     #[test]

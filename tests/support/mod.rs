@@ -229,6 +229,83 @@ impl PgServer {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
 
+    /// A physical standby of `primary`, copied with pg_basebackup (which creates the physical slot `slot` on the
+    /// primary and writes `primary_conninfo` and `primary_slot_name`), started with the primary's settings plus
+    /// `settings`.
+    pub fn standby_of(primary: &PgServer, slot: &str, settings: &[&str]) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-standby-")
+            .tempdir()
+            .expect("temp dir");
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown data dir");
+        }
+        let out = as_server_user(&pg_bin("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "-C",
+                "-S",
+                slot,
+                "-D",
+            ])
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut server = PgServer {
+            port: free_port(),
+            dir,
+            child: None,
+            settings: primary
+                .settings
+                .iter()
+                .cloned()
+                .chain(settings.iter().map(|s| s.to_string()))
+                .collect(),
+        };
+        server.launch();
+        server
+    }
+
+    /// Promotes a standby and waits until it takes writes.
+    pub fn promote(&self) {
+        self.psql("postgres", "SELECT pg_promote(true, 60)");
+    }
+
+    /// Immediate shutdown (SIGQUIT): the server's processes end at once, as when its machine dies; nothing is
+    /// flushed or handed to standbys.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.launch();
+        }
+    }
+
     /// Stops the server with a fast shutdown.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

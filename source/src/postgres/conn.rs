@@ -36,6 +36,16 @@ enum Frame {
     Other(backend::Message),
 }
 
+/// The port of the `i`th host: one port for all hosts, one per host, or PostgreSQL's default.
+fn port_of(config: &tokio_postgres::Config, i: usize) -> u16 {
+    let ports = config.get_ports();
+    match ports.len() {
+        0 => 5432,
+        1 => ports[0],
+        _ => ports.get(i).copied().unwrap_or(5432),
+    }
+}
+
 /// A server error, with the fields operators need.
 #[derive(Debug, thiserror::Error)]
 #[error("{severity} {code}: {message}")]
@@ -60,27 +70,76 @@ fn io_error(e: io::Error) -> Error {
 }
 
 impl ReplicationConn {
-    /// Connects with `replication=database` to the database of `url`, over TLS as its `sslmode` says.
+    /// Connects with `replication=database` to the database of `url`, over TLS as its `sslmode` says. A URL with
+    /// several hosts (`postgres://h1,h2/db`) tries them in order, as libpq does; with
+    /// `target_session_attrs=read-write` (the default for several hosts, see [`PgUrl::parse`]) a host in recovery
+    /// (a standby) is passed over, so after a failover Ferry finds the promoted server.
     pub async fn connect(url: &PgUrl, application_name: &str) -> Result<Self, Error> {
         let config = &url.config;
-        let host = match config.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            Some(Host::Unix(_)) => {
-                return Err(Error::fatal(
-                    "Unix-socket hosts are not supported; give a TCP host in the URL",
-                ))
+        let hosts = config.get_hosts();
+        if hosts.is_empty() {
+            return Self::connect_host(url, "localhost", port_of(config, 0), application_name)
+                .await;
+        }
+        let read_write = config.get_target_session_attrs()
+            == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        let mut failures = Vec::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let host = match host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(_) => {
+                    return Err(Error::fatal(
+                        "Unix-socket hosts are not supported; give a TCP host in the URL",
+                    ))
+                }
+            };
+            let port = port_of(config, i);
+            let mut conn = match Self::connect_host(url, &host, port, application_name).await {
+                Ok(conn) => conn,
+                // Wrong credentials or a certificate that does not verify fail on every host alike.
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    failures.push(format!("{host}:{port}: {e}"));
+                    continue;
+                }
+            };
+            if !read_write {
+                return Ok(conn);
             }
-            None => "localhost".to_owned(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let stream = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| {
-                Error::transient(format!("cannot connect to PostgreSQL at {host}:{port}"), e)
-            })?;
+            let read_only = conn.simple_query("SHOW transaction_read_only").await?;
+            if read_only
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.as_deref())
+                == Some("off")
+            {
+                return Ok(conn);
+            }
+            conn.terminate().await;
+            failures.push(format!("{host}:{port}: read-only (a standby in recovery)"));
+        }
+        Err(Error::transient(
+            "connecting to the source's primary",
+            io::Error::other(format!(
+                "no host of the URL accepts writes ({}); a standby being promoted becomes one",
+                failures.join("; ")
+            )),
+        ))
+    }
+
+    async fn connect_host(
+        url: &PgUrl,
+        host: &str,
+        port: u16,
+        application_name: &str,
+    ) -> Result<Self, Error> {
+        let config = &url.config;
+        let stream = TcpStream::connect((host, port)).await.map_err(|e| {
+            Error::transient(format!("cannot connect to PostgreSQL at {host}:{port}"), e)
+        })?;
         stream.set_nodelay(true).map_err(io_error)?;
         ferry_pgconn::set_keepalive(&stream).map_err(io_error)?;
-        let stream = url.negotiate(stream, &host).await?;
+        let stream = url.negotiate(stream, host).await?;
         let mut conn = ReplicationConn {
             stream,
             read_buf: BytesMut::with_capacity(1 << 16),

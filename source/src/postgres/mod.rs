@@ -12,6 +12,7 @@ mod catalog;
 mod check;
 mod conn;
 mod decode;
+mod failover;
 pub mod multimaster;
 pub mod pgoutput;
 pub mod recopy;
@@ -186,7 +187,7 @@ pub async fn run(
             }
             let mut creator = ReplicationConn::connect(&url_config, &application_name).await?;
             let export = cfg.snapshot != SnapshotMode::Never;
-            let created = slot::create_slot(&mut creator, &cfg.slot, export).await?;
+            let created = slot::create_slot(&mut creator, &cfg.slot, export, version).await?;
             info!(slot = %cfg.slot, consistent_point = %created.consistent_point, "created replication slot");
             if let (true, Some(name)) = (export, created.snapshot_name.as_deref()) {
                 let tables = slot::published_tables(catalog.client(), &cfg.publication)
@@ -229,7 +230,16 @@ pub async fn run(
             created.consistent_point
         }
     };
-    let conn = ReplicationConn::connect(&url_config, &application_name).await?;
+    let mut conn = ReplicationConn::connect(&url_config, &application_name).await?;
+    failover::prepare(
+        &mut conn,
+        catalog.client(),
+        &cfg.slot,
+        &cfg.publication,
+        version,
+        resuming.then_some(start),
+    )
+    .await?;
     let generated_published = catalog.publishes_generated_columns().await?;
     let mut streamer = stream::Streamer {
         conn,

@@ -198,22 +198,32 @@ pub struct CreatedSlot {
 
 /// Creates the logical slot on `conn`. With `export_snapshot`, the returned snapshot stays usable until `conn`
 /// runs another command or closes.
+/// From PostgreSQL 17 the slot is a failover slot: a standby with `sync_replication_slots = on` keeps a copy of it,
+/// so the pipeline continues from the standby once it is promoted (docs/operations.md, failover).
 pub async fn create_slot(
     conn: &mut ReplicationConn,
     slot: &str,
     export_snapshot: bool,
+    server_version: u32,
 ) -> Result<CreatedSlot, Error> {
-    let mode = if export_snapshot {
-        "EXPORT_SNAPSHOT"
+    let command = if server_version >= 170_000 {
+        let snapshot = if export_snapshot { "export" } else { "nothing" };
+        format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}', FAILOVER true)",
+            quote_ident(slot)
+        )
     } else {
-        "NOEXPORT_SNAPSHOT"
-    };
-    let rows = conn
-        .simple_query(&format!(
+        let mode = if export_snapshot {
+            "EXPORT_SNAPSHOT"
+        } else {
+            "NOEXPORT_SNAPSHOT"
+        };
+        format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}",
             quote_ident(slot)
-        ))
-        .await?;
+        )
+    };
+    let rows = conn.simple_query(&command).await?;
     let row = rows
         .first()
         .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
@@ -302,7 +312,7 @@ pub async fn check_resumable(
     let reset =
         "run `ferry reset --config <file> --yes` to drop the checkpoints and take a new snapshot";
     let info = slot_info(client, slot).await?.ok_or_else(|| {
-        Error::fatal(format!("replication slot {slot} does not exist, but the sinks hold checkpoint {checkpoint}: changes since then are lost to Ferry; {reset}"))
+        Error::fatal(format!("replication slot {slot} does not exist, but the sinks hold checkpoint {checkpoint}: changes since then are lost to Ferry (after a failover: a promoted standby has Ferry's slot only on PostgreSQL 17+ with sync_replication_slots = on, docs/operations.md); {reset}"))
     })?;
     if info.wal_status.as_deref() == Some("lost") {
         return Err(Error::fatal(format!(
