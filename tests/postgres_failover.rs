@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -53,55 +51,18 @@ fn cluster(wait_for_standby: bool) -> (PgServer, PgServer, u32) {
     (primary, standby, version)
 }
 
-/// Writers inserting and updating rows on whichever server `port` names; failures (the primary gone, the standby
-/// not promoted yet) are expected and retried.
-struct Load {
-    port: Arc<AtomicU16>,
-    stop: Arc<AtomicBool>,
-    committed: Arc<AtomicU32>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let port = Arc::new(AtomicU16::new(port));
-        let stop = Arc::new(AtomicBool::new(false));
-        let committed = Arc::new(AtomicU32::new(0));
-        let threads = (0..2)
-            .map(|w| {
-                let (port, stop, committed) = (port.clone(), stop.clone(), committed.clone());
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let sql = format!(
-                            "BEGIN; INSERT INTO items (writer, n, note) VALUES ({w}, {n}, md5('{w}-{n}')); \
-                             UPDATE items SET n = n + 1, note = 'updated' WHERE id = (SELECT max(id) - 3 FROM items); COMMIT;"
-                        );
-                        if psql_ok(port.load(Ordering::Relaxed), "shop", &sql) {
-                            committed.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
+/// Two writers inserting and updating rows on the server on `port`.
+fn load(port: u16) -> RetryingWriters {
+    RetryingWriters::start(2, port, |port, w, n| {
+        psql_ok(
             port,
-            stop,
-            committed,
-            threads,
-        }
-    }
-
-    fn stop(self) -> u32 {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        self.committed.load(Ordering::Relaxed)
-    }
+            "shop",
+            &format!(
+                "BEGIN; INSERT INTO items (writer, n, note) VALUES ({w}, {n}, md5('{w}-{n}')); \
+                 UPDATE items SET n = n + 1, note = 'updated' WHERE id = (SELECT max(id) - 3 FROM items); COMMIT;"
+            ),
+        )
+    })
 }
 
 fn config(
@@ -184,7 +145,7 @@ fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
     let config = config(dir.path(), &primary, &standby, &target);
     let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
-    let load = Load::start(primary.port);
+    let load = load(primary.port);
     assert!(
         wait_until(WAIT, || count(&target, "replica") >= 200),
         "rows did not reach the target:\n{}",
@@ -197,13 +158,8 @@ fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
     std::thread::sleep(Duration::from_millis(500));
     primary.crash();
     standby.promote();
-    load.port.store(standby.port, Ordering::Relaxed);
-    let before = load.committed.load(Ordering::Relaxed);
-    assert!(
-        wait_until(WAIT, || load.committed.load(Ordering::Relaxed)
-            >= before + 200),
-        "writes on the promoted standby did not go through"
-    );
+    load.switch(standby.port);
+    load.wait_for(200);
     let committed = load.stop();
     println!("transactions committed: {committed}");
 

@@ -46,6 +46,45 @@ pub struct MyUrl {
     opts: Opts,
     pub ssl_mode: SslMode,
     pub ssl_ca: Option<PathBuf>,
+    /// With several hosts (`mysql://u@h1:3306,h2:3307/db`, a primary and its replicas): each host and port, tried
+    /// in order for the one that takes writes. Empty for one host.
+    pub hosts: Vec<(String, u16)>,
+}
+
+/// Splits the hosts out of `url` (`scheme://[user[:password]@]h1[:p1],h2[:p2]/…`): the URL with the first host
+/// only, for mysql_async, and every host with its port (3306 when none) when there are several.
+fn split_hosts(url: &str) -> (String, Vec<(String, u16)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), Vec::new());
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return (url.to_owned(), Vec::new());
+    }
+    let list: Vec<(String, u16)> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            // `[::1]:3307`, `host:3307` or `host`.
+            let (host, port) = match h.rfind(':') {
+                Some(i) if !h[i..].contains(']') => (&h[..i], h[i + 1..].parse().unwrap_or(0)),
+                _ => (h, 3306),
+            };
+            (
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port,
+            )
+        })
+        .collect();
+    let first = hosts.split(',').next().unwrap_or_default();
+    (format!("{scheme}://{userinfo}{first}{tail}"), list)
 }
 
 impl MyUrl {
@@ -55,6 +94,13 @@ impl MyUrl {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_owned(),
         };
+        let (url, hosts) = split_hosts(&url);
+        if hosts.iter().any(|(h, p)| h.is_empty() || *p == 0) {
+            return Err(Error::fatal(format!(
+                "{what}: a host list is written host:port,host:port (port 1–65535), as in \
+                 mysql://user@10.0.0.1:3306,10.0.0.2:3306/db"
+            )));
+        }
         let (base, query) = url.split_once('?').unwrap_or((&url, ""));
         let mut kept = Vec::new();
         let (mut ssl_mode, mut ssl_ca) = (SslMode::default(), None);
@@ -101,6 +147,7 @@ impl MyUrl {
             opts,
             ssl_mode,
             ssl_ca,
+            hosts,
         })
     }
 
@@ -138,10 +185,50 @@ impl MyUrl {
     /// Connects; `what` names the server in errors ("the MySQL target"), `tweak` adds options. Under `PREFERRED`
     /// a server without TLS is connected to in the clear, as MySQL clients do. Refused credentials or database,
     /// and TLS failures, are fatal with the fix named; anything else is transient.
+    ///
+    /// A URL with several hosts connects to the first that takes writes (`@@global.read_only = 0`; replicas run
+    /// with `read_only = ON`), so that after a failover Ferry finds the promoted server, as `target_session_attrs =
+    /// read-write` does for PostgreSQL.
     pub async fn connect(
         &self,
         what: &str,
         tweak: impl Fn(OptsBuilder) -> OptsBuilder,
+    ) -> Result<Conn, Error> {
+        if self.hosts.is_empty() {
+            return self.connect_one(what, &tweak).await;
+        }
+        let mut failures = Vec::new();
+        for (host, port) in &self.hosts {
+            let at = |b: OptsBuilder| tweak(b).ip_or_hostname(host.clone()).tcp_port(*port);
+            let mut conn = match self.connect_one(what, &at).await {
+                Ok(conn) => conn,
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    failures.push(format!("{host}:{port}: {e}"));
+                    continue;
+                }
+            };
+            use mysql_async::prelude::Queryable;
+            match conn.query_first::<u8, _>("SELECT @@global.read_only").await {
+                Ok(Some(0)) => return Ok(conn),
+                Ok(_) => failures.push(format!("{host}:{port}: read_only (a replica)")),
+                Err(e) => failures.push(format!("{host}:{port}: {e}")),
+            }
+            let _ = conn.disconnect().await;
+        }
+        Err(Error::transient(
+            format!("connecting to {what}"),
+            std::io::Error::other(format!(
+                "no host of the URL takes writes ({}); a replica being promoted becomes one once read_only is off",
+                failures.join("; ")
+            )),
+        ))
+    }
+
+    async fn connect_one(
+        &self,
+        what: &str,
+        tweak: &impl Fn(OptsBuilder) -> OptsBuilder,
     ) -> Result<Conn, Error> {
         let first = Conn::new(tweak(self.builder(true))).await;
         let result = match first {
@@ -223,6 +310,31 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_hosts_are_listed_with_their_ports() {
+        let u = MyUrl::parse(
+            "mysql://u:p@w@10.0.0.1:3307,db2,[::1]:3309/shop?ssl-mode=disabled",
+            "the url",
+        )
+        .unwrap();
+        assert_eq!(
+            u.hosts,
+            vec![
+                ("10.0.0.1".to_owned(), 3307),
+                ("db2".to_owned(), 3306),
+                ("::1".to_owned(), 3309)
+            ]
+        );
+        assert_eq!(u.database(), Some("shop"));
+        assert!(MyUrl::parse("mysql://u@h:3306/shop", "u")
+            .unwrap()
+            .hosts
+            .is_empty());
+        let e = MyUrl::parse("mysql://u:secret@h1:x,h2/shop", "the url").unwrap_err();
+        assert!(e.to_string().contains("host:port,host:port"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
 
     #[test]
     fn ssl_options_are_read_and_the_rest_passes_on() {

@@ -813,6 +813,40 @@ impl MariaDbServer {
         self.spawn();
     }
 
+    /// SIGKILL: the server ends at once, as when its machine dies.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Makes this server a GTID replica of `primary` (read-only, replicating from the start of its binlog).
+    pub fn replicate_from(&self, primary: &MariaDbServer) {
+        self.sql(&format!(
+            "SET GLOBAL read_only = ON; CHANGE MASTER TO master_host = '127.0.0.1', master_port = {}, \
+             master_user = 'root', master_use_gtid = slave_pos; START SLAVE",
+            primary.port
+        ));
+    }
+
+    /// Promotes a replica: it stops replicating and takes writes.
+    pub fn promote(&self) {
+        self.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF");
+    }
+
+    /// Waits until this replica has applied everything `primary` has written so far.
+    pub fn wait_caught_up(&self, primary: &MariaDbServer) {
+        let pos = primary.sql("SELECT @@gtid_binlog_pos");
+        assert!(
+            wait_until(Duration::from_secs(60), || self
+                .try_sql("SELECT @@gtid_slave_pos")
+                .is_ok_and(|p| p == pos)),
+            "the replica did not catch up to {pos}: {}",
+            self.log()
+        );
+    }
+
     fn stop(&mut self) {
         terminate(&mut self.child);
     }
@@ -1193,6 +1227,102 @@ impl Writers {
         println!("writer transactions: {writes:?}");
         assert!(writes.iter().all(|&n| n > 10), "the write load did not run");
         writes
+    }
+}
+
+/// Writers that keep going through a failover: `write(port, writer, seq)` runs one transaction against the server
+/// on `port` and says whether it committed; failures (the primary gone, a replica not promoted yet) are expected
+/// and retried after a pause. [`RetryingWriters::switch`] points them at another server.
+pub struct RetryingWriters {
+    port: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    committed: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RetryingWriters {
+    pub fn start(
+        count: usize,
+        port: u16,
+        write: impl Fn(u16, usize, i32) -> bool + Send + Sync + 'static,
+    ) -> RetryingWriters {
+        use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+        use std::sync::Arc;
+        let port = Arc::new(AtomicU16::new(port));
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU32::new(0));
+        let write = Arc::new(write);
+        let handles = (0..count)
+            .map(|w| {
+                let (port, paused, stop, committed, write) = (
+                    port.clone(),
+                    paused.clone(),
+                    stop.clone(),
+                    committed.clone(),
+                    write.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut seq = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if paused.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        seq += 1;
+                        if write(port.load(Ordering::Relaxed), w, seq) {
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                })
+            })
+            .collect();
+        RetryingWriters {
+            port,
+            paused,
+            stop,
+            committed,
+            handles,
+        }
+    }
+
+    /// Transactions committed so far.
+    pub fn committed(&self) -> u32 {
+        self.committed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends the next transactions to the server on `port`.
+    pub fn switch(&self, port: u16) {
+        self.port.store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Holds the writers between transactions (waits for the ones under way), or lets them go on.
+    pub fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Waits until `more` further transactions have committed.
+    pub fn wait_for(&self, more: u32) {
+        let target = self.committed() + more;
+        assert!(
+            wait_until(Duration::from_secs(90), || self.committed() >= target),
+            "the writers did not get {more} more transactions through"
+        );
+    }
+
+    /// Stops the writers; the number of transactions they committed.
+    pub fn stop(self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let committed = self.committed();
+        for h in self.handles {
+            h.join().unwrap();
+        }
+        committed.max(self.committed.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

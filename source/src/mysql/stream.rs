@@ -21,7 +21,7 @@ const ER_MASTER_FATAL_ERROR_READING_BINLOG: u16 = 1236;
 const ER_GTID_POSITION_NOT_FOUND_IN_BINLOG: u16 = 1945;
 const ER_GTID_POSITION_NOT_FOUND_IN_BINLOG2: u16 = 1955;
 
-const RESNAPSHOT: &str = "the changes since the checkpoint are gone from the server's binlog: run `ferry reset --config <file> --yes` to take a new snapshot, and raise binlog retention (binlog_expire_logs_seconds / expire_logs_days) so it covers Ferry's downtime";
+const RESNAPSHOT: &str = "the changes since the checkpoint are gone from the server's binlog, or, after a failover, the promoted server never had transactions the targets already hold (an asynchronous replica behind the old primary): run `ferry reset --config <file> --yes` to take a new snapshot; raise binlog retention (binlog_expire_logs_seconds / expire_logs_days) so it covers Ferry's downtime, and see docs/operations.md (failover)";
 
 fn stream_error(start: &BinlogPosition, e: mysql_async::Error) -> Error {
     match &e {
