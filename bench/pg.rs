@@ -15,6 +15,9 @@ mod support;
 #[path = "common.rs"]
 mod common;
 
+#[path = "pg_latency.rs"]
+mod latency;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +65,26 @@ impl Probe {
             client
         });
         Probe { runtime, client }
+    }
+
+    /// Every row as text (`NULL` as ''), none on an error.
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        self.runtime.block_on(async {
+            match self.client.simple_query(sql).await {
+                Ok(messages) => messages
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                            (0..r.len())
+                                .map(|i| r.get(i).unwrap_or("").to_owned())
+                                .collect(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        })
     }
 
     /// The first column of the first row as text ('' for NULL or an error such as a missing table).
@@ -794,6 +817,18 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
     let n = rows().max(1000) / 1000 * 1000;
+    // FERRY_BENCH_PART=throughput or latency runs one part alone.
+    let part = std::env::var("FERRY_BENCH_PART").unwrap_or_default();
+    if part != "latency" {
+        throughput(runs, n, json);
+    }
+    if part != "throughput" {
+        latencies(runs, json);
+    }
+}
+
+/// The throughput rows: each run on fresh servers, medians reported.
+fn throughput(runs: u64, n: u64, json: bool) {
     let mut all: Vec<Vec<Measure>> = Vec::new();
     for run in 1..=runs {
         eprintln!("bench: run {run} of {runs} ({n} rows per workload)");
@@ -812,4 +847,29 @@ fn main() {
         all.push(measures);
     }
     report(&all, json);
+}
+
+/// The latency rows (lag under a steady load, synchronous commit), on their own servers.
+fn latencies(runs: u64, json: bool) {
+    let mut latencies = Vec::new();
+    for run in 1..=runs {
+        eprintln!("bench: latency run {run} of {runs}");
+        let dir = scratch();
+        let measures = vec![latency::lag(dir.path()), latency::sync_commit(dir.path())];
+        for m in &measures {
+            eprintln!(
+                "bench:   {:<36} ferry p50 {:.2} p99 {:.2} max {:.2}  {} p50 {:.2} p99 {:.2} max {:.2}",
+                m.workload,
+                m.ferry.p50,
+                m.ferry.p99,
+                m.ferry.max,
+                m.anchor,
+                m.anchor_figures.p50,
+                m.anchor_figures.p99,
+                m.anchor_figures.max
+            );
+        }
+        latencies.push(measures);
+    }
+    latency::report(&latencies, json);
 }

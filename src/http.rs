@@ -587,7 +587,7 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
     family(
         "ferry_sink_lag_bytes",
         "gauge",
-        "Source WAL between the server's current position and the sink's checkpoint, bytes (PostgreSQL sources).",
+        "Source log between the server's current position and the sink's checkpoint, bytes: WAL (PostgreSQL) or binlog (MySQL / MariaDB).",
         pipelines
             .iter()
             .flat_map(|p| {

@@ -27,15 +27,6 @@ use tracing::{error, info, warn};
 /// How often a standby tries to take the lease of the pipeline another process runs.
 const STANDBY_POLL: Duration = Duration::from_secs(2);
 
-/// Stops a background task when the pipeline's run ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// How often a paused pipeline (`max_dead_letters` reached) looks again.
 const PAUSED_POLL: Duration = Duration::from_secs(5);
 
@@ -54,7 +45,7 @@ pub async fn run_pipeline(
     // Alerts are judged while the pipeline retries too: that is when lag grows.
     let _monitor = config.alerts.any().then(|| {
         let (alerts, stats) = (config.alerts, stats.clone());
-        AbortOnDrop(tokio::spawn(async move {
+        ferry_core::AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;

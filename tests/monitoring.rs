@@ -159,3 +159,44 @@ fn lag_alerts_fire_and_clear_and_the_shipped_rules_and_dashboard_use_real_metric
     );
     assert!(ferry.terminate().success());
 }
+
+#[test]
+fn a_mariadb_source_measures_each_sinks_binlog_distance() {
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop; CREATE TABLE shop.t (id int PRIMARY KEY, v text)");
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "binlog",
+        &format!(
+            "[pipeline]\nname = \"binlog\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"mysql\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            my.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    my.sql("USE shop; INSERT INTO t SELECT seq, repeat('v', 100) FROM seq_1_to_1000");
+    let body = || ferry.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let distance = || {
+        body()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ferry_sink_lag_bytes{pipeline=\"binlog\",sink=\"postgres\"} ")
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    // Caught up with an idle server, the checkpoint is the end of its current binlog file.
+    assert!(
+        wait_until(WAIT, || pg
+            .try_psql("replica", "SELECT count(*) FROM shop.t")
+            .is_ok_and(|c| c == "1000")
+            && distance() == Some(0.0)),
+        "distance {:?}\n{}",
+        distance(),
+        ferry.log()
+    );
+}

@@ -143,6 +143,8 @@ fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
     let target = target();
     let dir = scratch();
     let config = config(dir.path(), &primary, &standby, &target);
+    let (ok, out) = ferry_command(&["check"], &config);
+    assert!(ok && out.contains("failover"), "{out}");
     let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
     let load = load(primary.port);
@@ -222,6 +224,18 @@ fn a_standby_behind_what_the_targets_hold_is_refused_loudly() {
     let target = target();
     let dir = scratch();
     let config = config(dir.path(), &primary, &standby, &target);
+    // `ferry check` names the missing setting up front.
+    let (ok, out) = ferry_command(&["check"], &config);
+    if version >= 170_000 {
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("synchronized_standby_slots is empty")
+                && out.contains(&format!("synchronized_standby_slots = '{STANDBY_SLOT}'")),
+            "{out}"
+        );
+    } else {
+        assert!(ok, "{out}");
+    }
     let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
     primary.psql(

@@ -9,7 +9,9 @@ use crate::event::Event;
 pub struct BatchLimits {
     pub max_events: usize,
     pub max_bytes: usize,
-    /// How long the first event of a batch may wait for more: the latency bound on a quiet stream.
+    /// How long the first event of a batch may wait for the rest of its source transaction while the source is
+    /// still sending it. A batch that ends a transaction goes as soon as nothing more is queued: while the sinks
+    /// are busy, what arrives meanwhile makes the next batch (group commit), so a quiet stream is not delayed.
     pub max_wait: Duration,
     /// A sink that is behind joins the batches already waiting for it into one target transaction, up to this
     /// many events and one second: fewer, larger commits while catching up, no added latency when keeping up.
@@ -18,8 +20,7 @@ pub struct BatchLimits {
 }
 
 impl Default for BatchLimits {
-    /// Large enough that a busy stream writes few, big target transactions; short enough in time that a quiet
-    /// stream lands within a tenth of a second.
+    /// Large enough that a busy stream writes few, big target transactions.
     fn default() -> Self {
         BatchLimits {
             max_events: 10_000,
@@ -50,5 +51,13 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+
+    /// Whether the batch ends at a transaction boundary (a commit, or a heartbeat between transactions).
+    pub fn ends_transaction(&self) -> bool {
+        matches!(
+            self.events.last(),
+            Some(Event::Commit { .. } | Event::Heartbeat { .. })
+        )
     }
 }

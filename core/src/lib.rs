@@ -24,6 +24,7 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod task;
 pub mod temporal;
 pub mod value;
 pub mod versions;
@@ -46,6 +47,7 @@ pub use schema::{
 pub use sink::{Savepoint, Sink, Transform};
 pub use source::{Source, SourceExit};
 pub use stats::{ConflictCount, PipelineState, PipelineStats, SinkStats, SnapshotProgress};
+pub use task::AbortOnDrop;
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};
 pub use value::{Decimal, Uuid, Value};
 

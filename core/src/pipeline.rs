@@ -76,6 +76,13 @@ async fn cut_batches(
         };
         let next = match (ready, deadline) {
             (Some(next), _) => next,
+            // Nothing more queued and the batch ends a transaction: waiting would only add latency. While the
+            // sinks apply it, what arrives makes the next batch.
+            (None, Some(_)) if batch.ends_transaction() => {
+                send(&outputs, std::mem::take(&mut batch)).await?;
+                deadline = None;
+                continue;
+            }
             (None, Some(at)) => tokio::select! {
                 biased;
                 event = input.recv() => event,
@@ -465,7 +472,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn batcher_cuts_on_size_and_on_time() {
+    async fn batcher_cuts_on_size_on_time_and_at_a_transaction_end() {
         let (tx, rx) = mpsc::channel(16);
         let (out_tx, mut out_rx) = mpsc::channel(16);
         let limits = BatchLimits {
@@ -480,15 +487,26 @@ mod tests {
             tx.send(e).await.unwrap();
         }
         assert_eq!(out_rx.recv().await.unwrap().events.len(), 3);
-        tx.send(Event::Heartbeat { position: pg(3) }).await.unwrap();
+        // A transaction's first events wait up to max_wait for the rest of it.
+        let mut open = txn(3, 4);
+        let commit = open.pop().unwrap();
+        for e in open {
+            tx.send(e).await.unwrap();
+        }
         let started = Instant::now();
-        assert_eq!(out_rx.recv().await.unwrap().events.len(), 1);
+        assert_eq!(out_rx.recv().await.unwrap().events.len(), 2);
         assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+        // A batch that ends a transaction goes as soon as nothing more is queued.
+        tx.send(commit).await.unwrap();
+        tx.send(Event::Heartbeat { position: pg(5) }).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(out_rx.recv().await.unwrap().events.len(), 2);
+        assert!(started.elapsed() < std::time::Duration::from_millis(10));
         drop(tx);
         task.await.unwrap().unwrap();
         assert!(out_rx.recv().await.is_none());
-        assert_eq!(stats.source_events.load(Ordering::Relaxed), 4);
-        assert_eq!(stats.source_transactions.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.source_events.load(Ordering::Relaxed), 7);
+        assert_eq!(stats.source_transactions.load(Ordering::Relaxed), 2);
     }
 
     /// Per `apply` call: the number of events and the commit position.

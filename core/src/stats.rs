@@ -348,6 +348,9 @@ pub struct PipelineStats {
     pub source_wal_lsn: AtomicU64,
     /// PostgreSQL sources: WAL the pipeline's slot holds back, bytes (-1: not measured yet).
     pub retained_wal_bytes: AtomicI64,
+    /// MySQL / MariaDB sources: the server's binary logs, oldest first, with their sizes in bytes (`SHOW BINARY
+    /// LOGS`; empty: not measured yet).
+    pub source_binlogs: Mutex<Vec<(String, u64)>>,
     /// Alerts judged (`[pipeline.alerts]`): name → what crossed which threshold, `None` while clear.
     alerts: Mutex<std::collections::BTreeMap<&'static str, Option<String>>>,
     /// Asks the source to make its position move now (a PostgreSQL heartbeat message): a read-your-writes wait
@@ -397,12 +400,27 @@ impl PipelineStats {
         alerts.iter().map(|(n, m)| (*n, m.is_some())).collect()
     }
 
-    /// Bytes of source WAL between the server's current position and `sink`'s checkpoint (PostgreSQL sources,
-    /// once measured).
+    /// Bytes of the source's log between the server's current position and `sink`'s checkpoint, once measured:
+    /// WAL for PostgreSQL; for MySQL / MariaDB the rest of the checkpoint's binlog file and every later file
+    /// (`None` while the file is not among the server's binary logs).
     pub fn lag_bytes(&self, sink: &SinkStats) -> Option<u64> {
-        let head = self.source_wal_lsn.load(Relaxed);
-        let at = sink.checkpoint()?.as_lsn()?.0;
-        (head > 0).then(|| head.saturating_sub(at))
+        match sink.checkpoint()? {
+            Position::Pg(at) => {
+                let head = self.source_wal_lsn.load(Relaxed);
+                (head > 0).then(|| head.saturating_sub(at.0))
+            }
+            Position::Binlog(at) => {
+                let logs = self
+                    .source_binlogs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let i = logs.iter().position(|(name, _)| *name == at.pos.file)?;
+                Some(
+                    logs[i].1.saturating_sub(at.pos.offset)
+                        + logs[i + 1..].iter().map(|(_, size)| size).sum::<u64>(),
+                )
+            }
+        }
     }
 
     /// WAL the slot holds back, bytes, once measured.
@@ -418,6 +436,7 @@ impl PipelineStats {
             backoff_ms: AtomicU64::new(0),
             source_wal_lsn: AtomicU64::new(0),
             retained_wal_bytes: AtomicI64::new(-1),
+            source_binlogs: Mutex::new(Vec::new()),
             alerts: Mutex::new(Default::default()),
             alerts_gate_readiness: std::sync::atomic::AtomicBool::new(false),
             source_wake: tokio::sync::Notify::new(),
@@ -514,6 +533,37 @@ impl PipelineStats {
 mod tests {
     use super::*;
     use crate::{Lsn, Timestamp};
+
+    #[test]
+    fn binlog_distance_is_the_rest_of_the_checkpoint_file_and_every_later_file() {
+        let stats = PipelineStats::new("p", &["a"]);
+        let sink = &stats.sinks[0];
+        let at = |file: &str, offset: u64| {
+            Position::Binlog(crate::BinlogPosition {
+                pos: crate::BinlogFilePos {
+                    file: file.to_owned(),
+                    offset,
+                },
+                gtid: None,
+            })
+        };
+        sink.set_checkpoint(Some(at("binlog.000002", 400)));
+        assert_eq!(stats.lag_bytes(sink), None, "not measured yet");
+        *stats.source_binlogs.lock().unwrap() = vec![
+            ("binlog.000001".to_owned(), 5_000),
+            ("binlog.000002".to_owned(), 1_000),
+            ("binlog.000003".to_owned(), 256),
+        ];
+        assert_eq!(stats.lag_bytes(sink), Some(600 + 256));
+        sink.set_checkpoint(Some(at("binlog.000003", 256)));
+        assert_eq!(stats.lag_bytes(sink), Some(0));
+        sink.set_checkpoint(Some(at("binlog.000009", 4)));
+        assert_eq!(
+            stats.lag_bytes(sink),
+            None,
+            "a file the server does not list"
+        );
+    }
 
     #[test]
     fn sink_stats_count_rows_transactions_and_lag() {

@@ -277,6 +277,10 @@ pub async fn run(
     } else {
         UnknownDdl::Fail
     };
+    let _measuring = ferry_core::AbortOnDrop(tokio::spawn(measure_binlogs(
+        cfg.url.clone(),
+        stats.clone(),
+    )));
     let decoder = Decoder::new(selection, on_unknown_ddl, catalog, &start)
         .with_database_charsets(database_charsets)
         .with_origins(cfg.origins.clone());
@@ -415,6 +419,45 @@ async fn require_binlog_still_has(
         checkpoint.pos.file,
         names.first().map_or("none", String::as_str)
     )))
+}
+
+/// How often the source lists the server's binary logs for the binlog distance.
+const MEASURE_BINLOGS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Lists the server's binary logs with their sizes every [`MEASURE_BINLOGS`], for each sink's distance from the
+/// server's position in bytes (`ferry_sink_lag_bytes`, the `lag_bytes` alert), until the task is dropped. A failed
+/// listing (the user lacks BINLOG MONITOR / REPLICATION CLIENT) leaves the distance unmeasured, said once.
+async fn measure_binlogs(url: String, stats: Arc<PipelineStats>) {
+    let mut conn = None;
+    let mut warned = false;
+    loop {
+        if conn.is_none() {
+            conn = connect(&url).await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match c.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
+                Ok(rows) => {
+                    let logs = rows
+                        .iter()
+                        .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+                        .collect();
+                    *stats
+                        .source_binlogs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = logs;
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(error = %e, "cannot list the binary logs (SHOW BINARY LOGS needs BINLOG MONITOR or \
+                               REPLICATION CLIENT): the sinks' distance from the server in bytes stays unmeasured");
+                        warned = true;
+                    }
+                    conn = None;
+                }
+            }
+        }
+        tokio::time::sleep(MEASURE_BINLOGS).await;
+    }
 }
 
 /// The server's current binlog position (for `ferry status`).

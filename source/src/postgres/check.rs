@@ -65,6 +65,31 @@ pub async fn check_prerequisites(
         )
     });
 
+    out.push(if number < 170_000 {
+        pass(
+            "failover",
+            "before PostgreSQL 17 a promoted standby has no logical slot: after a failover Ferry stops, and the \
+             tables are copied anew (`ferry reset`)",
+        )
+    } else if let Some(standbys) = super::failover::standbys_not_waited_for(client).await? {
+        fail(
+            "failover",
+            format!(
+                "standbys follow this server (slots {standbys}) but synchronized_standby_slots is empty: Ferry may \
+                 receive changes a standby lacks, and would have to stop after that standby's promotion"
+            ),
+            format!(
+                "ALTER SYSTEM SET synchronized_standby_slots = '{standbys}'; SELECT pg_reload_conf(); -- and on \
+                 each standby: sync_replication_slots = on, hot_standby_feedback = on (docs/operations.md)"
+            ),
+        )
+    } else {
+        pass(
+            "failover",
+            "Ferry's slot is a failover slot; standbys with sync_replication_slots = on keep a copy of it",
+        )
+    });
+
     let (trigger, superuser) = super::rewrite::state(client).await?;
     out.push(match (trigger, superuser) {
         (true, _) => pass("table rewrites", "the ferry_table_rewrite event trigger reports them"),

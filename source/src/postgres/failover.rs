@@ -108,6 +108,18 @@ async fn failover_slot(
         .await?;
         info!(slot, "made the replication slot a failover slot");
     }
+    if let Some(physical) = standbys_not_waited_for(client).await? {
+        warn!(slot, standby_slots = %physical,
+              "standbys replicate from this primary, but synchronized_standby_slots is empty: Ferry may receive changes a \
+               standby does not have yet, and after that standby's promotion Ferry would have to stop (the targets \
+               would hold changes the new primary lacks); set synchronized_standby_slots to the standbys' slots");
+    }
+    Ok(())
+}
+
+/// PostgreSQL 17+: the physical slots of standbys (comma-separated) when the primary does not wait for any of them
+/// before sending logical changes (`synchronized_standby_slots` empty); `None` when it does or none exist.
+pub(crate) async fn standbys_not_waited_for(client: &Client) -> Result<Option<String>, Error> {
     let row = client
         .query_one(
             "SELECT current_setting('synchronized_standby_slots'), \
@@ -117,13 +129,7 @@ async fn failover_slot(
         .await
         .map_err(|e| Error::transient("reading synchronized_standby_slots", e))?;
     let (waited_for, physical): (String, Option<String>) = (row.get(0), row.get(1));
-    if let (true, Some(physical)) = (waited_for.trim().is_empty(), physical) {
-        warn!(slot, standby_slots = %physical,
-              "standbys replicate from this primary, but synchronized_standby_slots is empty: Ferry may receive changes a \
-               standby does not have yet, and after that standby's promotion Ferry would have to stop (the targets \
-               would hold changes the new primary lacks); set synchronized_standby_slots to the standbys' slots");
-    }
-    Ok(())
+    Ok(physical.filter(|_| waited_for.trim().is_empty()))
 }
 
 /// The server's timeline (IDENTIFY_SYSTEM).
