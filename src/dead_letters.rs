@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ferry_config::PipelineConfig;
-use ferry_core::dead_letter::StoredDeadLetter;
+use ferry_core::dead_letter::{before_transforms, StoredDeadLetter};
 use ferry_core::{
-    Change, ErrorClass, Event, Position, RowOp, Savepoint, SchemaRef, Sink, TableId, TableSchema,
-    Timestamp, TxContext,
+    Change, Error, ErrorClass, Event, PipelineStats, Position, RowOp, Savepoint, SchemaRef, Sink,
+    TableId, TableSchema, Timestamp, Transform, TxContext,
 };
+use ferry_transform::Chain;
 
 use crate::runtime::load_configs;
 
@@ -154,6 +155,8 @@ async fn rework(
     let Some(checkpoint) = sink.checkpoint().await? else {
         bail!("{what} has dead letters but no checkpoint; run the pipeline once first");
     };
+    let mut chain = Chain::new(config, Arc::new(PipelineStats::new(&config.name, &[])))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))?;
     // Keys whose earlier letter stays: their later letters wait behind it.
     let mut blocked: HashSet<(TableId, String)> = HashSet::new();
     let mut schemas: Vec<SchemaRef> = Vec::new();
@@ -190,25 +193,26 @@ async fn rework(
             continue;
         }
         let (schema, op) = letter.change()?;
-        // An insert goes in as an upsert (a snapshot row): the key may exist by now, and a statement that names
-        // a column the target no longer has fails like any other, leaving the session usable (a COPY does not).
-        let op = match op {
-            RowOp::Insert { after } => RowOp::Read { after },
-            op => op,
-        };
         let table = shared_schema(&mut schemas, schema);
         let commit_at: Position = letter.position.parse().unwrap_or(checkpoint.clone());
         let tx = TxContext {
             commit_time: letter.commit_time.map(Timestamp::from_unix_micros),
             ..TxContext::at(commit_at)
         };
-        let events = [
+        let events = vec![
             Event::Begin(Arc::new(tx)),
             Event::Change(Change::Row { table, op }),
         ];
+        let events = match chain.as_mut() {
+            Some(chain) if before_transforms(&letter.code) => through(chain, events),
+            _ => Ok(events),
+        };
         sink.savepoint(Savepoint::Set).await?;
-        let applied = match sink.apply(&events, None).await {
-            Ok(()) => sink.forget_dead_letter(stored.id).await,
+        let applied = match events {
+            Ok(events) => match sink.apply(&as_upserts(events), None).await {
+                Ok(()) => sink.forget_dead_letter(stored.id).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match applied {
@@ -237,6 +241,42 @@ async fn rework(
     };
     println!("{what}: {done} {verb}, {failed} failed, {waiting} behind an earlier letter");
     Ok(failed == 0 && waiting == 0)
+}
+
+/// `events` as the pipeline's transforms make them; a row a stage still fails on is an error.
+fn through(chain: &mut Chain, events: Vec<Event>) -> Result<Vec<Event>, Error> {
+    let mut out = Vec::new();
+    for event in events {
+        chain.apply(event, &mut out)?;
+    }
+    if let Some(refused) = out.iter().find_map(|e| match e {
+        Event::Change(Change::Refused(r)) => Some(r),
+        _ => None,
+    }) {
+        return Err(Error::fatal(format!(
+            "the transforms still fail on it: {}",
+            refused.error
+        )));
+    }
+    Ok(out)
+}
+
+/// Inserts as upserts (snapshot rows): the key may exist by now, and a statement that names a column the target
+/// no longer has fails like any other, leaving the session usable (a COPY does not).
+fn as_upserts(events: Vec<Event>) -> Vec<Event> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            Event::Change(Change::Row {
+                table,
+                op: RowOp::Insert { after },
+            }) => Event::Change(Change::Row {
+                table,
+                op: RowOp::Read { after },
+            }),
+            e => e,
+        })
+        .collect()
 }
 
 /// One shared schema per distinct table schema among the letters, numbered apart: a sink caches statements by

@@ -134,12 +134,14 @@ async fn run_once(
     let mut sinks = Vec::with_capacity(config.sinks.len());
     let mut checkpoints = Vec::with_capacity(config.sinks.len());
     let mut recopies = Vec::new();
+    let mut letters = Vec::with_capacity(config.sinks.len());
     for i in 0..config.sinks.len() {
         let mut sink = ferry_sink::registry::open(config, i).await?;
         let checkpoint = sink.checkpoint().await?;
         if let Some(r) = sink.recopies().await? {
             recopies.push(r);
         }
+        letters.push(sink.dead_letters().await?);
         info!(pipeline = %config.name, sink = sink.name(), checkpoint = %checkpoint.as_ref().map_or("none".to_owned(), |p| p.to_string()), "sink ready");
         checkpoints.push(checkpoint);
         sinks.push(sink);
@@ -169,7 +171,21 @@ async fn run_once(
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
     let mut tasks = JoinSet::new();
     let mut outputs = Vec::new();
-    for (i, (sink, checkpoint)) in sinks.into_iter().zip(checkpoints).enumerate() {
+    // Keys with a transform's dead letter in any sink: the transforms make their later changes follow it.
+    let mut chain = Chain::new(config, stats.clone())
+        .map_err(|e| Error::fatal(format!("{}: {e}", config.file.display())))?;
+    if let Some(chain) = chain.as_mut() {
+        for stored in letters.iter().flatten() {
+            let letter = &stored.letter;
+            if ferry_core::dead_letter::before_transforms(&letter.code) {
+                chain.follow(letter.table.clone(), letter.keys().cloned());
+            }
+        }
+    }
+    let chain = chain.map(|c| Box::new(c) as Box<dyn Transform>);
+    for (i, ((sink, checkpoint), dead_letters)) in
+        sinks.into_iter().zip(checkpoints).zip(letters).enumerate()
+    {
         let (tx, rx) = mpsc::channel(1);
         outputs.push(tx);
         // After a new snapshot every sink starts from scratch: its old checkpoint must not skip the snapshot.
@@ -184,13 +200,11 @@ async fn run_once(
             SinkSettings {
                 limits: config.batch,
                 row_errors: Arc::new(config.row_errors.clone()),
+                dead_letters,
             },
         ));
     }
     drop(tracker);
-    let chain = Chain::new(config, stats.clone())
-        .map_err(|e| Error::fatal(format!("{}: {e}", config.file.display())))?
-        .map(|c| Box::new(c) as Box<dyn Transform>);
     tasks.spawn(run_batcher(
         events_rx,
         chain,

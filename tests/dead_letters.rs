@@ -434,3 +434,114 @@ fn key_changes_truncates_and_keyless_rows_keep_the_replica_exact() {
         );
     }
 }
+
+/// A transform that fails on some rows under `on_error = "dead_letter"`: each such row goes, as the source read
+/// it, into every sink's dead letters with the batch; a later change of its key follows it there; once the stage
+/// is fixed, replay runs the letters through the transforms and applies them, in order.
+#[test]
+fn rows_a_transform_fails_on_become_dead_letters_and_replay_runs_them_through_the_fixed_transform()
+{
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL, qty int NOT NULL)",
+    );
+    let dir = scratch();
+    let sqlite = dir.path().join("replica.db");
+    let config = |expression: &str| {
+        write_config(
+            dir.path(),
+            "tdl",
+            &format!(
+                "[pipeline]\nname = \"tdl\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+                 [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+                 [[transform]]\ntype = \"compute\"\ncolumn = \"unit\"\ncolumn_type = \"bigint\"\n\
+                 expression = \"{expression}\"\non_error = \"dead_letter\"\n\
+                 [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"sqlite\"\npath = \"{}\"\n",
+                pg.url("shop"),
+                pg.url("replica"),
+                sqlite.display()
+            ),
+        )
+    };
+    // Integer division by zero is an error in CEL: rows with qty = 0 fail.
+    let cfg = config("after.total / after.qty");
+    let log = dir.path().join("f.log");
+    let ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "INSERT INTO orders SELECT g, g * 10, CASE WHEN g IN (7, 42) THEN 0 ELSE 2 END FROM generate_series(1, 100) g;
+         UPDATE orders SET total = total + 1 WHERE id IN (7, 8);",
+    );
+    let rows = "SELECT id, total, qty, unit FROM orders ORDER BY id";
+    let want_without = pg.psql(
+        "shop",
+        "SELECT id, total, qty, total / qty FROM orders WHERE id NOT IN (7, 42) ORDER BY id",
+    );
+    let sqlite_text = |sql: &str| sqlite_rows(&sqlite, sql).join("\n");
+    assert!(
+        wait_until(WAIT, || pg.try_psql("replica", rows).ok().as_deref()
+            == Some(&want_without)
+            && sqlite_text(rows) == want_without),
+        "{}",
+        ferry.log()
+    );
+    // Three letters in each sink: 7's insert and 42's (failed), and 7's update (follows).
+    let letters =
+        "SELECT table_schema || '.' || table_name, row_key, op, code FROM ferry_dead_letters ORDER BY id";
+    let want_letters = "public.orders|[\"7\"]|insert|transform\n\
+                        public.orders|[\"42\"]|insert|transform\n\
+                        public.orders|[\"7\"]|update|transform_follows";
+    assert!(
+        wait_until(WAIT, || pg.try_psql("replica", letters).ok().as_deref()
+            == Some(want_letters)),
+        "{}\n{}",
+        pg.try_psql("replica", letters).unwrap_or_else(|e| e),
+        ferry.log()
+    );
+    assert_eq!(sqlite_text(letters), want_letters);
+    let (ok, out) = ferry_command(&["dead-letters", "list"], &cfg);
+    assert!(
+        ok && out.contains("transform[0]") && out.contains("follows"),
+        "{out}"
+    );
+    // Replay with the stage unchanged: the letters stay.
+    assert_eq!(ferry.terminate().code(), Some(0));
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &cfg);
+    assert!(!ok && out.contains("the transforms still fail"), "{out}");
+    assert_eq!(
+        pg.psql("replica", "SELECT count(*) FROM ferry_dead_letters"),
+        "3"
+    );
+
+    // Fixed: replay runs the letters through the new expression, in order (7's update after its insert).
+    let cfg = config("after.qty == 0 ? 0 : after.total / after.qty");
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &cfg);
+    assert!(ok, "{out}");
+    let want = pg.psql(
+        "shop",
+        "SELECT id, total, qty, CASE WHEN qty = 0 THEN 0 ELSE total / qty END FROM orders ORDER BY id",
+    );
+    assert_eq!(pg.psql("replica", rows), want);
+    assert_eq!(sqlite_text(rows), want);
+    assert_eq!(
+        pg.psql("replica", "SELECT count(*) FROM ferry_dead_letters"),
+        "0"
+    );
+    // The pipeline goes on from its checkpoint with the fixed stage; 7 is no longer held back.
+    let ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    pg.psql("shop", "UPDATE orders SET qty = 0 WHERE id IN (7, 9)");
+    let want = pg.psql(
+        "shop",
+        "SELECT id, total, qty, CASE WHEN qty = 0 THEN 0 ELSE total / qty END FROM orders ORDER BY id",
+    );
+    assert!(
+        wait_until(WAIT, || pg.try_psql("replica", rows).ok().as_deref()
+            == Some(&want)
+            && sqlite_text(rows) == want),
+        "{}",
+        ferry.log()
+    );
+}

@@ -478,6 +478,25 @@ mod tests {
         }
     }
 
+    /// A stage may set failing rows aside only when every sink keeps dead letters.
+    #[test]
+    fn a_transform_dead_letter_needs_sinks_that_keep_them() {
+        let stage = "[[transform]]\ntype = \"convert\"\ncolumns = [\"n\"]\nto = \"bigint\"\non_error = \"dead_letter\"\n";
+        let head =
+            "[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n";
+        let sql = format!("{head}{stage}[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n");
+        let p = load(&sql).unwrap();
+        assert_eq!(p.transforms[0].on_error, RowErrorPolicy::DeadLetter);
+        let kafka = format!(
+            "{head}{stage}[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n\
+             [[sink]]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ntopic_prefix = \"x\"\n"
+        );
+        let errors = load(&kafka).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].key, "transform[0].on_error");
+        assert!(errors[0].message.contains("kafka"), "{}", errors[0].message);
+    }
+
     /// Multi-master keys: node, origins, conflict resolvers, rules with merges and version vectors.
     #[test]
     fn conflict_rules_load_and_their_errors_name_the_key() {

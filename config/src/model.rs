@@ -153,6 +153,9 @@ pub enum RowErrorPolicy {
     Halt,
     /// Leave the row out, log it and count it in `/metrics`.
     Skip,
+    /// Set the row, as the source read it, aside in each sink's dead letters (with the batch's transaction);
+    /// later changes of its key follow it there. `ferry dead-letters replay` runs it through the transforms again.
+    DeadLetter,
 }
 
 /// A column a stage names: `column` (in every table the stage applies to) or `schema.table.column`.

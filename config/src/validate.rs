@@ -490,6 +490,27 @@ pub fn validate(
     let transforms = read_transforms(&mut r, &mut root);
     let sinks = read_sinks(&mut r, &mut root);
     r.finish(root);
+    // A row a transform sets aside goes to every sink's dead letters: each sink must keep them.
+    let no_letters: Vec<&str> = sinks
+        .iter()
+        .filter(|s| matches!(s.kind, SinkKind::Kafka(_) | SinkKind::Discard { .. }))
+        .map(|s| s.name.as_str())
+        .collect();
+    if !no_letters.is_empty() {
+        for t in transforms
+            .iter()
+            .filter(|t| t.on_error == RowErrorPolicy::DeadLetter)
+        {
+            r.error(
+                format!("{}.on_error", t.key),
+                format!(
+                    "\"dead_letter\" needs every sink to keep dead letters (PostgreSQL, MySQL and SQLite sinks do), \
+                     but {} does not; expected \"halt\" or \"skip\"",
+                    no_letters.join(", ")
+                ),
+            );
+        }
+    }
 
     if r.errors.is_empty() {
         if let (Some(name), Some(source)) = (name, source) {
@@ -1204,10 +1225,12 @@ fn read_transform(r: &mut Reader<'_>, t: &mut Section<'_>) -> Option<TransformCo
             }
         }
     }
-    let on_error = match choice(r, t, "on_error", &["halt", "skip"], "halt")?.as_str() {
-        "skip" => RowErrorPolicy::Skip,
-        _ => RowErrorPolicy::Halt,
-    };
+    let on_error =
+        match choice(r, t, "on_error", &["halt", "skip", "dead_letter"], "halt")?.as_str() {
+            "skip" => RowErrorPolicy::Skip,
+            "dead_letter" => RowErrorPolicy::DeadLetter,
+            _ => RowErrorPolicy::Halt,
+        };
     let kind = match ty.as_deref()? {
         "filter" => {
             let predicate = read_expression(

@@ -152,6 +152,28 @@ pub struct DeadLetter {
 /// The code of a dead letter that follows an earlier one of the same key, without having been tried.
 pub const FOLLOWS: &str = "follows";
 
+/// The code of a row a transform stage failed on (`on_error = "dead_letter"` on the stage).
+pub const TRANSFORM: &str = "transform";
+
+/// The code of a row that follows a transform's dead letter of the same key.
+pub const TRANSFORM_FOLLOWS: &str = "transform_follows";
+
+/// The error of a sink handed a [`crate::Change::Refused`] row to apply: the runner's isolation writes those to
+/// the sink's dead letters, so one reaching `apply` is a bug or a sink that keeps none (a config check refuses
+/// that combination).
+pub fn refused_row_reached(sink: &str) -> Error {
+    Error::fatal(format!(
+        "sink {sink} was handed a row a transform set aside (on_error = \"dead_letter\") to apply; it keeps no \
+         dead letters"
+    ))
+}
+
+/// Whether a letter with `code` holds the row as the source read it, to be run through the transforms on replay
+/// (the others hold it as the sink received it).
+pub fn before_transforms(code: &str) -> bool {
+    code == TRANSFORM || code == TRANSFORM_FOLLOWS
+}
+
 /// What [`DeadLetter::change`] holds.
 #[derive(Serialize, Deserialize)]
 struct StoredChange {

@@ -70,6 +70,21 @@ pub enum Change {
         table: TableId,
         step: RecopyStep,
     },
+    /// A row a transform stage failed on under `on_error = "dead_letter"`, or a later change of a key that has
+    /// such a letter (it follows it, in order). Never applied: the sink's runner writes it to the sink's dead
+    /// letters in the batch's transaction, and `ferry dead-letters replay` runs it through the transforms again.
+    Refused(Box<RefusedRow>),
+}
+
+/// See [`Change::Refused`]. `table` and `op` are the row as the source read it (before any stage).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedRow {
+    pub table: SchemaRef,
+    pub op: RowOp,
+    /// Why, naming the stage (`[[transform]] #2 (mask)`) and its error.
+    pub error: String,
+    /// Whether it follows an earlier letter of its key rather than having failed itself.
+    pub follows: bool,
 }
 
 /// How an online re-copy of a table unfolds in the stream (the DBLog watermark method: chunks of rows read between
@@ -155,6 +170,7 @@ impl Change {
             Change::Truncate { tables, .. } => 64 * tables.len(),
             Change::Quarantine { reason, .. } => 64 + reason.len(),
             Change::Recopy { .. } => 64,
+            Change::Refused(r) => 64 + r.op.row().iter().map(Value::size_hint).sum::<usize>(),
         }
     }
 }

@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::dead_letter::{row_keys, DeadLetter, OnError, RowErrors, StoredDeadLetter, FOLLOWS};
+use crate::dead_letter::{
+    row_keys, DeadLetter, OnError, RowErrors, StoredDeadLetter, FOLLOWS, TRANSFORM,
+    TRANSFORM_FOLLOWS,
+};
 use crate::error::{Error, ErrorClass, Result};
 use crate::event::{Change, Event, RowOp, TxContext};
 use crate::pipeline::apply_within;
@@ -67,7 +70,10 @@ impl Isolation {
         commit: Option<&Position>,
     ) -> Result<()> {
         let isolating = stats.isolate_through().is_some();
-        let result = if isolating || self.meets_dead_key(events) {
+        let refused = events
+            .iter()
+            .any(|e| matches!(e, Event::Change(Change::Refused(_))));
+        let result = if isolating || refused || self.meets_dead_key(events) {
             self.isolated(sink, stats, events, commit).await
         } else {
             self.note_begins(events);
@@ -166,6 +172,23 @@ impl Isolation {
             if let Some(start) = run_start.take() {
                 self.rows(sink, stats, &events[start..i]).await?;
             }
+            let durable = (i + 1 == events.len()).then_some(commit).flatten();
+            if let Event::Change(Change::Refused(row)) = event {
+                let code = if row.follows {
+                    TRANSFORM_FOLLOWS
+                } else {
+                    TRANSFORM
+                };
+                let error = Error::fatal(row.error.clone());
+                self.dead_letter(sink, &row.table, &row.op, &error, code, 1)
+                    .await?;
+                if let Some(position) = durable {
+                    apply_within(sink, &[], Some(position))
+                        .await
+                        .map_err(refused_outside_rows)?;
+                }
+                continue;
+            }
             if let Event::Begin(tx) = event {
                 self.tx = Some(tx.clone());
             }
@@ -179,7 +202,6 @@ impl Isolation {
                     }
                 }
             }
-            let durable = (i + 1 == events.len()).then_some(commit).flatten();
             apply_within(sink, std::slice::from_ref(event), durable)
                 .await
                 .map_err(refused_outside_rows)?;

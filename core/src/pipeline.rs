@@ -206,6 +206,8 @@ fn minimum(positions: &[Option<Position>]) -> Option<Position> {
 pub struct SinkSettings {
     pub limits: BatchLimits,
     pub row_errors: Arc<RowErrors>,
+    /// The dead letters the sink held at start ([`Sink::dead_letters`]): later changes of their keys follow them.
+    pub dead_letters: Vec<crate::dead_letter::StoredDeadLetter>,
 }
 
 /// Feeds batches to one sink. Skips transactions the sink's checkpoint already includes, splits each batch at its
@@ -222,10 +224,14 @@ pub async fn run_sink<S: Sink>(
     stats: Arc<PipelineStats>,
     settings: SinkSettings,
 ) -> Result<()> {
-    let SinkSettings { limits, row_errors } = settings;
+    let SinkSettings {
+        limits,
+        row_errors,
+        dead_letters,
+    } = settings;
     let sink_stats = &stats.sinks[index];
     sink_stats.set_checkpoint(checkpoint.clone());
-    let mut isolation = Isolation::new(row_errors, sink.dead_letters().await?);
+    let mut isolation = Isolation::new(row_errors, dead_letters);
     sink_stats
         .dead_letters
         .store(isolation.dead_count(), std::sync::atomic::Ordering::Relaxed);

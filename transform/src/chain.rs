@@ -1,14 +1,15 @@
 //! The chain of stages the runner owns: scoping, planning per schema version, positions, errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use ferry_config::{PipelineConfig, RowErrorPolicy};
+use ferry_core::dead_letter::row_keys;
 use ferry_core::{
-    Change, Error, Event, PipelineStats, RecopyStep, Result, RowOp, SchemaRef, TableId, Transform,
-    TxContext, Value,
+    Change, Error, Event, PipelineStats, RecopyStep, RefusedRow, Result, RowOp, SchemaRef, TableId,
+    Transform, TxContext, Value,
 };
 use tracing::warn;
 
@@ -56,6 +57,11 @@ pub struct Chain {
     stats: Arc<PipelineStats>,
     ops: Vec<RowOp>,
     next: Vec<RowOp>,
+    /// Whether some stage sets rows aside (`on_error = "dead_letter"`): each row is then kept as read until the
+    /// chain is done with it.
+    dead_letters: bool,
+    /// Source keys with a transform's dead letter: their later changes follow it (see [`Chain::follow`]).
+    dead_keys: HashMap<TableId, HashSet<String>>,
 }
 
 impl Chain {
@@ -85,7 +91,12 @@ impl Chain {
         if stages.is_empty() {
             return Ok(None);
         }
+        let dead_letters = stages
+            .iter()
+            .any(|s| s.on_error == RowErrorPolicy::DeadLetter);
         Ok(Some(Chain {
+            dead_letters,
+            dead_keys: HashMap::new(),
             file: config.file.clone(),
             stages,
             tx: None,
@@ -96,6 +107,24 @@ impl Chain {
             ops: Vec::new(),
             next: Vec::new(),
         }))
+    }
+
+    /// Keys of `table` (as the source reads it) that hold a transform's dead letter in a sink, from an earlier
+    /// run: their later changes follow the letter instead of overtaking it.
+    pub fn follow(&mut self, table: TableId, keys: impl IntoIterator<Item = String>) {
+        self.dead_keys.entry(table).or_default().extend(keys);
+    }
+
+    /// Whether `op` touches a key with a transform's dead letter (either key of a key change).
+    fn follows(&self, table: &SchemaRef, op: &RowOp) -> bool {
+        let Some(keys) = self.dead_keys.get(&table.id) else {
+            return false;
+        };
+        if stages::key_columns(table).is_empty() {
+            return false;
+        }
+        let (key, moved) = row_keys(table, op);
+        keys.contains(&key) || moved.is_some_and(|k| keys.contains(&k))
     }
 
     /// The table `table`'s changes continue as; `None` when a stage drops it.
@@ -180,6 +209,17 @@ impl Chain {
         let Plan::Steps { steps, output } = &*plan else {
             return Ok(());
         };
+        if !self.dead_keys.is_empty() && self.follows(table, &op) {
+            out.push(Event::Change(Change::Refused(Box::new(RefusedRow {
+                table: table.clone(),
+                op,
+                error: "an earlier change of this key is a transform's dead letter: this one follows it, in order"
+                    .into(),
+                follows: true,
+            }))));
+            return Ok(());
+        }
+        let original = self.dead_letters.then(|| op.clone());
         self.ops.clear();
         self.ops.push(op);
         for (index, input, step) in steps {
@@ -189,6 +229,7 @@ impl Chain {
             };
             self.next.clear();
             let mut failed = false;
+            let mut refused = None;
             for op in self.ops.drain(..) {
                 if let Err(e) = step.apply(&cx, op, &mut self.next) {
                     failed = true;
@@ -205,8 +246,37 @@ impl Chain {
                             warn!(stage = %stage.key, table = %input.id, key = %failure.key(), error = %e.message, "a transform failed on a row; the row is left out (on_error = \"skip\")");
                             self.stats.row_skipped(&stage.key, &input.id.to_string());
                         }
+                        RowErrorPolicy::DeadLetter => {
+                            refused = Some(format!(
+                                "{}: failed on the row ({}): {}",
+                                stage.key,
+                                failure.key(),
+                                e.message
+                            ));
+                            break;
+                        }
                     }
                 }
+            }
+            if let Some(error) = refused {
+                // The whole row, as read, is set aside: none of what the stages made of it goes on.
+                self.next.clear();
+                let Some(op) = original else {
+                    return Err(Error::fatal(error));
+                };
+                if !stages::key_columns(table).is_empty() {
+                    let (key, moved) = row_keys(table, &op);
+                    let keys = self.dead_keys.entry(table.id.clone()).or_default();
+                    keys.insert(key);
+                    keys.extend(moved);
+                }
+                out.push(Event::Change(Change::Refused(Box::new(RefusedRow {
+                    table: table.clone(),
+                    op,
+                    error,
+                    follows: false,
+                }))));
+                return Ok(());
             }
             std::mem::swap(&mut self.ops, &mut self.next);
             if self.ops.is_empty() {
@@ -290,6 +360,10 @@ impl Transform for Chain {
             }
             Event::Change(Change::Row { table, op }) => self.row(&table, op, out)?,
             Event::Change(Change::Truncate { tables, snapshot }) => {
+                // The sinks delete an emptied table's letters with it: nothing to follow any more.
+                for t in &tables {
+                    self.dead_keys.remove(t);
+                }
                 let mut mapped: Vec<TableId> = Vec::new();
                 for t in tables.iter().filter_map(|t| self.map_table(t)) {
                     if !mapped.contains(&t) {
@@ -333,7 +407,9 @@ impl Transform for Chain {
                     step,
                 }));
             }
-            other @ (Event::Commit { .. } | Event::Heartbeat { .. }) => out.push(other),
+            other @ (Event::Commit { .. }
+            | Event::Heartbeat { .. }
+            | Event::Change(Change::Refused(_))) => out.push(other),
         }
         Ok(())
     }

@@ -245,6 +245,90 @@ fn a_value_that_does_not_convert_halts_naming_stage_table_and_key_or_is_skipped(
 }
 
 #[test]
+fn a_row_that_fails_under_dead_letter_is_set_aside_as_read_and_its_key_follows_it() {
+    let t = customers();
+    let (mut c, _) = chain(
+        "[[transform]]\ntype = \"convert\"\ncolumns = [\"status\"]\nto = \"bigint\"\non_error = \"dead_letter\"\n",
+    );
+    let update = |before: Vec<Value>, after: Vec<Value>| {
+        Event::Change(Change::Row {
+            table: t.clone(),
+            op: RowOp::Update {
+                before: Some(before),
+                after,
+            },
+        })
+    };
+    let out = run(
+        &mut c,
+        vec![
+            begin(1),
+            insert(&t, row(7, "12")),
+            insert(&t, row(8, "paid")),
+            update(row(8, "paid"), row(8, "13")),
+            insert(&t, row(9, "14")),
+            commit(2),
+        ],
+    )
+    .unwrap();
+    let refused: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Change(Change::Refused(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{out:?}");
+    // The row as the source read it (status still text), with the stage, the key and the cause.
+    assert!(!refused[0].follows);
+    assert_eq!(
+        refused[0].op,
+        RowOp::Insert {
+            after: row(8, "paid")
+        }
+    );
+    assert!(
+        refused[0].error.contains("transform[0]"),
+        "{}",
+        refused[0].error
+    );
+    assert!(refused[0].error.contains("id=8"), "{}", refused[0].error);
+    // The later change of key 8 converts fine, but follows the letter rather than overtake it.
+    assert!(refused[1].follows);
+    assert!(matches!(refused[1].op, RowOp::Update { .. }));
+    let applied: Vec<i64> = rows(&out)
+        .iter()
+        .map(|(_, op)| match &op.row()[0] {
+            Value::Int(id) => *id,
+            v => panic!("{v:?}"),
+        })
+        .collect();
+    assert_eq!(applied, vec![7, 9]);
+    // Rows keep their place among the positions.
+    assert!(matches!(out.last(), Some(Event::Commit { .. })));
+
+    // Letters from an earlier run (read from the sinks at start) are followed too; a TRUNCATE ends that.
+    let (mut c, _) = chain(
+        "[[transform]]\ntype = \"convert\"\ncolumns = [\"status\"]\nto = \"bigint\"\non_error = \"dead_letter\"\n",
+    );
+    c.follow(t.id.clone(), ["[\"5\"]".to_owned()]);
+    let out = run(&mut c, vec![begin(3), insert(&t, row(5, "1"))]).unwrap();
+    assert!(matches!(&out[1], Event::Change(Change::Refused(r)) if r.follows));
+    let out = run(
+        &mut c,
+        vec![
+            Event::Change(Change::Truncate {
+                tables: vec![t.id.clone()],
+                snapshot: false,
+            }),
+            insert(&t, row(5, "1")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(rows(&out).len(), 1);
+}
+
+#[test]
 fn plan_errors_name_the_key_path() {
     let t = customers();
     for (transforms, expected) in [

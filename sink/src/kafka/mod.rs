@@ -605,6 +605,9 @@ impl KafkaSink {
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
                 Change::Truncate { snapshot: true, .. } => {}
                 // A topic holds events, not a copy: the table's later changes are still true events.
+                Change::Refused(_) => {
+                    return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
+                }
                 Change::Quarantine { table, reason } => {
                     warn!(%table, reason, "the table changed in a way no event describes; its topic goes on with its later changes");
                 }

@@ -730,6 +730,9 @@ impl MysqlSink {
                     }
                 }
                 Change::Row { table, .. } if evolve::is_quarantined(&self.applied, &table.id) => {}
+                Change::Refused(_) => {
+                    return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
+                }
                 Change::Quarantine { table, reason } => {
                     self.flush(&mut upserts).await?;
                     let record = Applied::quarantined(self.applied.get(table), reason);

@@ -749,6 +749,9 @@ impl PostgresSink {
                 }
                 Event::Change(Change::Row { table, .. })
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
+                Event::Change(Change::Refused(_)) => {
+                    return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
+                }
                 Event::Change(Change::Quarantine { table, reason }) => {
                     self.flush(group.take()).await?;
                     let record = Applied::quarantined(self.applied.get(table), reason);

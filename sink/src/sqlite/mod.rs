@@ -283,6 +283,9 @@ impl SqliteSink {
                 }
                 Event::Change(Change::Row { table, .. })
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
+                Event::Change(Change::Refused(_)) => {
+                    return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
+                }
                 Event::Change(Change::Quarantine { table, reason }) => {
                     let record = Applied::quarantined(self.applied.get(table), reason);
                     save_record(&self.conn, (&self.pipeline, &self.name), table, &record)?;
