@@ -192,7 +192,15 @@ async fn rework(
             done += 1;
             continue;
         }
-        let (schema, op) = letter.change()?;
+        let (schema, op) = match letter.change() {
+            Ok(change) => change,
+            Err(e) => {
+                println!("{what}: #{} stays: {e}", stored.id);
+                blocked.extend(keys);
+                failed += 1;
+                continue;
+            }
+        };
         let table = shared_schema(&mut schemas, schema);
         let commit_at: Position = letter.position.parse().unwrap_or(checkpoint.clone());
         let tx = TxContext {

@@ -644,3 +644,156 @@ fn an_unchanged_toast_value_carries_debeziums_placeholder_never_null() {
     assert!(after[2]["body"].is_null());
     assert!(ferry.terminate().success());
 }
+
+/// `on_error = "dead_letter"` into Kafka: rows whose record is too large for the producer go, within the batch's
+/// Kafka transaction, to the dead-letter topic (their key's later changes follow them); the rest is published.
+/// Replay with a larger max_message_bytes publishes them, in order, and leaves tombstones in the topic.
+#[test]
+fn refused_records_go_to_the_dead_letter_topic_and_replay_publishes_them() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    pg.psql("shop", "CREATE TABLE docs (id int PRIMARY KEY, body text)");
+    let dir = scratch();
+    let config = |max: usize| {
+        write_config(
+            dir.path(),
+            "dlq",
+            &kafka_config(
+                &pg,
+                &broker,
+                "dlq",
+                &format!("schemas = false\nmax_message_bytes = {max}\n"),
+            )
+            .replace(
+                "[pipeline.batch]",
+                "on_error = \"dead_letter\"\n[pipeline.retry]\ninitial = \"10ms\"\nattempts = 1\n[pipeline.batch]",
+            ),
+        )
+    };
+    // A first run with the default limit creates the topic with room for big records.
+    let roomy = config(1 << 20);
+    let ferry = Ferry::start(&roomy, &dir.path().join("f0.log"));
+    ferry.wait_streaming();
+    pg.psql("shop", "INSERT INTO docs VALUES (1, 'first')");
+    let topic = "shop.public.docs";
+    let docs = || values(&broker.consume(&[topic]), topic);
+    assert!(wait_until(WAIT, || docs().len() == 1), "{}", ferry.log());
+    assert!(ferry.terminate().success());
+
+    // Now records over 4 kB are refused by the producer: rows 7 and 30 are too large, and 7's later update
+    // follows its letter.
+    let tight = config(4096);
+    let ferry = Ferry::start(&tight, &dir.path().join("f1.log"));
+    ferry.wait_streaming();
+    pg.psql(
+        "shop",
+        "INSERT INTO docs SELECT g, CASE WHEN g IN (7, 30) THEN repeat('x', 10000) ELSE 'doc ' || g END \
+           FROM generate_series(2, 50) g;
+         UPDATE docs SET body = 'short now' WHERE id = 7;
+         UPDATE docs SET body = 'edited' WHERE id = 8;",
+    );
+    let dlq = || broker.consume(&["ferry_dead_letters"]);
+    let live = |records: &[Json]| {
+        let mut by_key: BTreeMap<String, Option<Json>> = BTreeMap::new();
+        for r in records {
+            by_key.insert(
+                r["key"].as_str().unwrap().to_owned(),
+                r["value"]
+                    .as_str()
+                    .map(|v| serde_json::from_str(v).unwrap()),
+            );
+        }
+        by_key.into_values().flatten().collect::<Vec<Json>>()
+    };
+    assert!(
+        wait_until(WAIT, || docs().len() == 1 + 47 + 1
+            && live(&dlq()).len() == 3),
+        "{} records, letters {:?}\n{}",
+        docs().len(),
+        dlq(),
+        ferry.log()
+    );
+    let letters = live(&dlq());
+    let summary: Vec<(String, String, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().to_owned(),
+                l["op"].as_str().unwrap().to_owned(),
+                l["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // One source transaction (psql sends the three statements as one): isolation finds 7, then sends 7's update
+    // after it before it narrows down to 30. Per key, the order is the source's.
+    assert_eq!(
+        summary,
+        vec![
+            ("[\"7\"]".into(), "insert".into(), "record_too_large".into()),
+            ("[\"7\"]".into(), "update".into(), "follows".into()),
+            (
+                "[\"30\"]".into(),
+                "insert".into(),
+                "record_too_large".into()
+            ),
+        ]
+    );
+    // Nothing of 7 or 30 was published; 8's update was.
+    let published: Vec<Json> = docs().into_iter().flatten().collect();
+    assert!(!published
+        .iter()
+        .any(|v| [7, 30].contains(&v["after"]["id"].as_i64().unwrap_or(0))));
+    assert!(published.iter().any(|v| v["after"]["body"] == "edited"));
+    let (ok, out) = ferry_command(&["dead-letters", "list"], &tight);
+    assert!(ok && out.matches("record_too_large").count() == 2, "{out}");
+    assert!(ferry.terminate().success());
+
+    // A letter too large for the topic is kept without its row: replay cannot publish it, and 7's update waits
+    // behind it; discarded, the update replays.
+    let first: Vec<i64> = letters
+        .iter()
+        .filter(|l| l["code"] == "record_too_large")
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        letters[0]["row"]
+            .as_str()
+            .unwrap()
+            .contains("ferry snapshot --table"),
+        "{}",
+        letters[0]
+    );
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &roomy);
+    assert!(!ok && out.contains("holds no row"), "{out}");
+    assert_eq!(live(&dlq()).len(), 3);
+    for id in first {
+        let (ok, out) = ferry_command(
+            &["dead-letters", "discard", "--id", &id.to_string()],
+            &roomy,
+        );
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = ferry_command(&["dead-letters", "replay"], &roomy);
+    assert!(ok, "{out}");
+    assert!(live(&dlq()).is_empty(), "{:?}", dlq());
+    let seven: Vec<Json> = docs()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["after"]["id"] == 7)
+        .map(|v| v["after"]["body"].clone())
+        .collect();
+    assert_eq!(seven, vec![Json::from("short now")]);
+    // The pipeline goes on; 7 no longer waits behind anything.
+    let ferry = Ferry::start(&roomy, &dir.path().join("f2.log"));
+    ferry.wait_streaming();
+    pg.psql("shop", "UPDATE docs SET body = 'later' WHERE id = 7");
+    assert!(
+        wait_until(WAIT, || docs()
+            .into_iter()
+            .flatten()
+            .any(|v| v["after"]["body"] == "later")),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+}

@@ -489,12 +489,22 @@ mod tests {
         assert_eq!(p.transforms[0].on_error, RowErrorPolicy::DeadLetter);
         let kafka = format!(
             "{head}{stage}[[sink]]\ntype = \"postgres\"\nurl = \"postgres://h/e\"\n\
-             [[sink]]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ntopic_prefix = \"x\"\n"
+             [[sink]]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ndead_letter_topic = \"refused\"\n"
         );
-        let errors = load(&kafka).unwrap_err().0;
+        let p = load(&kafka).unwrap();
+        let SinkKind::Kafka(k) = &p.sinks[1].kind else {
+            panic!()
+        };
+        assert_eq!(k.dead_letter_topic, "refused");
+        let discard = format!("{head}{stage}[[sink]]\ntype = \"discard\"\npath = \"/tmp/x.pos\"\n");
+        let errors = load(&discard).unwrap_err().0;
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert_eq!(errors[0].key, "transform[0].on_error");
-        assert!(errors[0].message.contains("kafka"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("discard"),
+            "{}",
+            errors[0].message
+        );
     }
 
     /// Multi-master keys: node, origins, conflict resolvers, rules with merges and version vectors.

@@ -452,6 +452,9 @@ pub struct KafkaSink {
     pub cleanup_policy: String,
     /// The largest record: the producer's `message.max.bytes` and created topics' `max.message.bytes`.
     pub max_message_bytes: usize,
+    /// Where rows set aside under `on_error = "dead_letter"` go (compacted, one partition; key
+    /// `{pipeline}/{sink}/{id}`, a tombstone once replayed or discarded).
+    pub dead_letter_topic: String,
     /// Extra librdkafka properties (`[sink.kafka]`: TLS, SASL, …).
     pub properties: Vec<(String, String)>,
 }
@@ -473,6 +476,7 @@ impl KafkaSink {
             replication_factor: 1,
             cleanup_policy: "delete".into(),
             max_message_bytes: 16 << 20,
+            dead_letter_topic: "ferry_dead_letters".into(),
             properties: Vec::new(),
         }
     }

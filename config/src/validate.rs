@@ -493,7 +493,7 @@ pub fn validate(
     // A row a transform sets aside goes to every sink's dead letters: each sink must keep them.
     let no_letters: Vec<&str> = sinks
         .iter()
-        .filter(|s| matches!(s.kind, SinkKind::Kafka(_) | SinkKind::Discard { .. }))
+        .filter(|s| matches!(s.kind, SinkKind::Discard { .. }))
         .map(|s| s.name.as_str())
         .collect();
     if !no_letters.is_empty() {
@@ -504,8 +504,8 @@ pub fn validate(
             r.error(
                 format!("{}.on_error", t.key),
                 format!(
-                    "\"dead_letter\" needs every sink to keep dead letters (PostgreSQL, MySQL and SQLite sinks do), \
-                     but {} does not; expected \"halt\" or \"skip\"",
+                    "\"dead_letter\" needs every sink to keep dead letters (SQL sinks in ferry_dead_letters, Kafka \
+                     sinks in their dead-letter topic), but the discard sink {} does not; expected \"halt\" or \"skip\"",
                     no_letters.join(", ")
                 ),
             );
@@ -972,6 +972,9 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
             "a topic template such as \"{prefix}.{schema}.{table}\"",
         )
         .unwrap_or(defaults.topic);
+    let dead_letter_topic = r
+        .string(s, "dead_letter_topic", "a topic name")
+        .unwrap_or(defaults.dead_letter_topic);
     let registry = r.string(
         s,
         "schema_registry",
@@ -1088,6 +1091,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         replication_factor: replication_factor?,
         cleanup_policy: cleanup_policy?,
         max_message_bytes: max_message_bytes?,
+        dead_letter_topic,
         properties,
     }))
 }

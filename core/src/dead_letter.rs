@@ -223,6 +223,13 @@ impl DeadLetter {
 
     /// The change as it was refused: its table's schema then and the row operation.
     pub fn change(&self) -> Result<(TableSchema, RowOp)> {
+        if self.change.is_empty() {
+            return Err(Error::fatal(format!(
+                "the dead letter of {} key {} holds no row (it was larger than its dead-letter topic accepts): \
+                 discard it and bring the row back by re-copying the table (ferry snapshot --table {})",
+                self.table, self.key, self.table
+            )));
+        }
         serde_json::from_str::<StoredChange>(&self.change)
             .map(|c| (c.schema, c.op))
             .map_err(|e| {

@@ -225,6 +225,21 @@ pub async fn list_dead_letters(
         SinkKind::Sqlite { path } => {
             crate::sqlite::list_dead_letters(path, (pipeline, &sink.name), table, id)
         }
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(k) => {
+            let (k, pipeline, name) = (k.clone(), pipeline.to_owned(), sink.name.clone());
+            let (letters, _) = tokio::task::spawn_blocking(move || {
+                crate::kafka::dead_letters::read(&k, &pipeline, &name)
+            })
+            .await
+            .map_err(|e| Error::fatal(format!("dead-letter reader failed: {e}")))??;
+            Ok(letters
+                .into_iter()
+                .filter(|l| {
+                    table.is_none_or(|t| *t == l.letter.table) && id.is_none_or(|i| i == l.id)
+                })
+                .collect())
+        }
         _ => Ok(Vec::new()),
     }
 }

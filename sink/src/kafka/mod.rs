@@ -9,6 +9,7 @@
 
 mod avro;
 mod checkpoints;
+pub(crate) mod dead_letters;
 mod envelope;
 mod registry;
 
@@ -101,6 +102,18 @@ fn kafka_error(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
     }
 }
 
+/// A record larger than the producer accepts: a row error (code `record_too_large`).
+fn too_large(topic: &str, max: usize) -> Error {
+    Error::row(
+        format!(
+            "a record for {topic} is larger than max_message_bytes ({max}); raise max_message_bytes in the sink \
+             (and the topic's max.message.bytes and the broker's message.max.bytes) to publish it"
+        ),
+        "record_too_large",
+        std::io::Error::other("record too large"),
+    )
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -161,10 +174,25 @@ pub struct KafkaSink {
     known: HashMap<TableId, SchemaRef>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
     transaction: Option<TransactionCounts>,
+    /// Under a savepoint (row isolation, `on_error`): the records produced since, held back until it is released
+    /// (sent) or rolled back (dropped), with the source-transaction state to go back to.
+    held: std::sync::Mutex<Option<Vec<HeldRecord>>>,
+    saved: Option<(Option<Arc<TxContext>>, Option<TransactionCounts>)>,
+    /// The live dead letters of this sink (id → table), and the next letter's id.
+    letters: std::collections::BTreeMap<i64, TableId>,
+    next_letter: i64,
+}
+
+/// A record produced under a savepoint, not sent yet.
+struct HeldRecord {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
 }
 
 /// Debezium's transaction metadata for one source transaction: its id (the position where it starts) and how
 /// many events it had, per table.
+#[derive(Clone)]
 struct TransactionCounts {
     id: String,
     total: u64,
@@ -246,6 +274,10 @@ impl KafkaSink {
             open_tx: None,
             known: HashMap::new(),
             transaction: None,
+            held: std::sync::Mutex::new(None),
+            saved: None,
+            letters: Default::default(),
+            next_letter: 1,
         };
         sink.ensure_topic(CHECKPOINT_TOPIC, 1, "compact").await?;
         if cfg.exactly_once {
@@ -474,6 +506,24 @@ impl KafkaSink {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<(), Error> {
+        if let Some(held) = self.held.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            held.push(HeldRecord {
+                topic: topic.to_owned(),
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.map(<[u8]>::to_vec),
+            });
+            return Ok(());
+        }
+        self.send(topic, key, payload).await
+    }
+
+    /// Sends one record now, waiting while librdkafka's queue is full.
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), Error> {
         let mut record = BaseRecord::to(topic);
         if let Some(k) = key {
             record = record.key(k);
@@ -491,6 +541,10 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                // One record too large for the producer is that row's fault: the row policy decides.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    return Err(too_large(topic, self.cfg.max_message_bytes))
                 }
                 Err((e, _)) => return Err(kafka_error(format!("producing to {topic}"))(e)),
             }
@@ -596,7 +650,14 @@ impl KafkaSink {
                         snapshot,
                         transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
                     };
-                    let (key, value) = self.encode(prepared, &change, now, &mut buffers)?;
+                    // A row that cannot be encoded or is too large is refused alone (`on_error`).
+                    let (key, value) = self
+                        .encode(prepared, &change, now, &mut buffers)
+                        .map_err(|e| Error::row(e.message.clone(), "encode", e))?;
+                    let size = key.map_or(0, <[u8]>::len) + value.len();
+                    if size > self.cfg.max_message_bytes {
+                        return Err(too_large(&prepared.topic, self.cfg.max_message_bytes));
+                    }
                     self.produce(&prepared.topic, key, Some(value)).await?;
                     if op_code == "d" && self.cfg.tombstones && key.is_some() {
                         self.produce(&prepared.topic, key, None).await?;
@@ -708,12 +769,133 @@ impl Sink for KafkaSink {
 
     async fn apply(&mut self, events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         let result = self.apply_events(events, commit).await;
-        if result.is_err() && self.in_transaction {
+        // A row refused under a savepoint is undone by rolling back to it; anything else ends the transaction.
+        let isolated = self.saved.is_some()
+            && result
+                .as_ref()
+                .is_err_and(|e| e.class == ferry_core::ErrorClass::Row);
+        if result.is_err() && self.in_transaction && !isolated {
             let producer = &self.producer;
             let _ = tokio::task::block_in_place(|| producer.abort_transaction(TIMEOUT));
             self.in_transaction = false;
         }
         result
+    }
+
+    /// Records produced under a savepoint are held in memory (a Kafka transaction cannot take back one record):
+    /// released, they are sent into the transaction; rolled back, dropped with the source-transaction state.
+    async fn savepoint(&mut self, step: ferry_core::Savepoint) -> Result<(), Error> {
+        use ferry_core::Savepoint;
+        if self.cfg.exactly_once && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka_error("beginning a Kafka transaction"))?;
+            self.in_transaction = true;
+        }
+        let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
+        match step {
+            Savepoint::Set => {
+                *held = Some(Vec::new());
+                self.saved = Some((self.open_tx.clone(), self.transaction.clone()));
+            }
+            Savepoint::Rollback => {
+                *held = None;
+                if let Some((open_tx, transaction)) = self.saved.take() {
+                    self.open_tx = open_tx;
+                    self.transaction = transaction;
+                }
+            }
+            Savepoint::Release => {
+                let records = held.take().unwrap_or_default();
+                self.saved = None;
+                for r in records {
+                    self.send(&r.topic, r.key.as_deref(), r.payload.as_deref())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A letter is a record of the dead-letter topic, in the open transaction.
+    async fn dead_letter(&mut self, letter: &ferry_core::DeadLetter) -> Result<(), Error> {
+        let topic = self.cfg.dead_letter_topic.clone();
+        self.ensure_topic(&topic, 1, "compact").await?;
+        let id = self.next_letter;
+        let stored = ferry_core::dead_letter::StoredDeadLetter {
+            id,
+            pipeline: self.pipeline.clone(),
+            sink: self.name.clone(),
+            created_at: Timestamp::from_unix_micros(now_ms().saturating_mul(1000))
+                .display_utc()
+                .to_string(),
+            letter: letter.clone(),
+        };
+        let encode = |stored: &ferry_core::dead_letter::StoredDeadLetter| {
+            serde_json::to_vec(stored).map_err(|e| Error::fatal_from("encoding a dead letter", e))
+        };
+        let mut value = encode(&stored)?;
+        // A row too large for a record is too large for its letter too: the letter then names it without it.
+        if value.len() + 512 > self.cfg.max_message_bytes {
+            let mut without = stored;
+            without.letter.row = serde_json::json!({
+                "…": "the row is larger than the dead-letter topic accepts; re-copy the table to bring it (ferry snapshot --table)"
+            })
+            .to_string();
+            without.letter.change = String::new();
+            warn!(sink = %self.name, table = %letter.table, key = letter.key, "a dead letter is too large for its topic: it is kept without the row");
+            value = encode(&without)?;
+        }
+        let key = dead_letters::key(&self.pipeline, &self.name, id);
+        self.produce(&topic, Some(key.as_bytes()), Some(&value))
+            .await?;
+        self.next_letter += 1;
+        self.letters.insert(id, letter.table.clone());
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &mut self,
+    ) -> Result<Vec<ferry_core::dead_letter::StoredDeadLetter>, Error> {
+        let (cfg, pipeline, name) = (self.cfg.clone(), self.pipeline.clone(), self.name.clone());
+        let (letters, highest) =
+            tokio::task::spawn_blocking(move || dead_letters::read(&cfg, &pipeline, &name))
+                .await
+                .map_err(|e| Error::fatal(format!("dead-letter reader failed: {e}")))??;
+        self.letters = letters
+            .iter()
+            .map(|l| (l.id, l.letter.table.clone()))
+            .collect();
+        self.next_letter = highest + 1;
+        Ok(letters)
+    }
+
+    async fn forget_dead_letters_of(&mut self, table: &TableId) -> Result<u64, Error> {
+        let ids: Vec<i64> = self
+            .letters
+            .iter()
+            .filter(|(_, t)| *t == table)
+            .map(|(id, _)| *id)
+            .collect();
+        for &id in &ids {
+            self.forget_dead_letter(id).await?;
+        }
+        Ok(ids.len() as u64)
+    }
+
+    /// A tombstone for the letter's key, in the open transaction.
+    async fn forget_dead_letter(&mut self, id: i64) -> Result<(), Error> {
+        if self.cfg.exactly_once && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka_error("beginning a Kafka transaction"))?;
+            self.in_transaction = true;
+        }
+        let key = dead_letters::key(&self.pipeline, &self.name, id);
+        let topic = self.cfg.dead_letter_topic.clone();
+        self.produce(&topic, Some(key.as_bytes()), None).await?;
+        self.letters.remove(&id);
+        Ok(())
     }
 }
 
