@@ -53,6 +53,23 @@ pub struct LatencyMeasure {
 const LAG_TABLE: &str =
     "CREATE TABLE lag_rows (id bigserial PRIMARY KEY, at timestamptz NOT NULL, note text NOT NULL)";
 
+/// Starts pipeline `name` from `lag_rows` of the source's `shop` into the PostgreSQL database at `target`, and
+/// waits until it streams.
+fn start_pipeline(dir: &std::path::Path, name: &str, source: &PgServer, target: &str) -> Ferry {
+    let config = write_config(
+        dir,
+        name,
+        &format!(
+            "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             tables = [\"public.lag_rows\"]\n\n[sink]\ntype = \"postgres\"\nurl = \"{target}\"\n",
+            source.url("shop"),
+        ),
+    );
+    let ferry = Ferry::start(&config, &dir.join(format!("{name}.log")));
+    ferry.wait_streaming();
+    ferry
+}
+
 /// Polls `lag_rows` in the target database at `url` until `until`, recording for every row the time it was first
 /// seen minus its stamp (ms); rows stamped before `warm_up_end` are left out.
 fn poll_lag(url: String, until: Instant, warm_up_end: f64) -> Vec<f64> {
@@ -109,18 +126,7 @@ pub fn lag(dir: &std::path::Path) -> LatencyMeasure {
             source.port
         ),
     );
-    let config = write_config(
-        dir,
-        "lag",
-        &format!(
-            "[pipeline]\nname = \"lag\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.lag_rows\"]\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            source.url("shop"),
-            target.url("lag_ferry")
-        ),
-    );
-    let ferry = Ferry::start(&config, &dir.join("lag.log"));
-    ferry.wait_streaming();
+    let ferry = start_pipeline(dir, "lag", &source, &target.url("lag_ferry"));
     let native_ready = wait_until(Duration::from_secs(60), || {
         target.psql(
             "lag_native",
@@ -225,18 +231,7 @@ pub fn sync_commit(dir: &std::path::Path) -> LatencyMeasure {
         "the physical standby did not connect: {}",
         standby.log()
     );
-    let config = write_config(
-        dir,
-        "sync",
-        &format!(
-            "[pipeline]\nname = \"sync\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.lag_rows\"]\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            source.url("shop"),
-            target.url("sync_ferry")
-        ),
-    );
-    let ferry = Ferry::start(&config, &dir.join("sync.log"));
-    ferry.wait_streaming();
+    let ferry = start_pipeline(dir, "sync", &source, &target.url("sync_ferry"));
     let url = source.url("shop");
     set_standby_names(&source, "");
     let baseline = percentiles(commit_latencies(&url, COMMITS));

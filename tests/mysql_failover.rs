@@ -39,32 +39,6 @@ fn load(port: u16) -> RetryingWriters {
     })
 }
 
-fn config(
-    dir: &std::path::Path,
-    primary: &MariaDbServer,
-    replica: &MariaDbServer,
-    target: &PgServer,
-) -> std::path::PathBuf {
-    write_config(
-        dir,
-        "failover",
-        &format!(
-            "[pipeline]\nname = \"failover\"\n\n[source]\ntype = \"mysql\"\n\
-             url = \"mysql://root@127.0.0.1:{},127.0.0.1:{}/shop\"\n\n\
-             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            primary.port,
-            replica.port,
-            target.url("replica")
-        ),
-    )
-}
-
-fn target() -> PgServer {
-    let target = PgServer::start();
-    target.create_db("replica");
-    target
-}
-
 fn count(target: &PgServer) -> u64 {
     target
         .try_psql("replica", "SELECT count(*) FROM shop.items")
@@ -76,9 +50,17 @@ fn count(target: &PgServer) -> u64 {
 #[test]
 fn a_promoted_replica_takes_over_under_load_and_the_target_ends_identical() {
     let (mut primary, replica) = pair();
-    let target = target();
+    let target = replica_server();
     let dir = scratch();
-    let config = config(dir.path(), &primary, &replica, &target);
+    let config = failover_config(
+        dir.path(),
+        "mysql",
+        &format!(
+            "mysql://root@127.0.0.1:{},127.0.0.1:{}/shop",
+            primary.port, replica.port
+        ),
+        &target,
+    );
     let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
     let load = load(primary.port);
@@ -116,9 +98,17 @@ fn a_promoted_replica_takes_over_under_load_and_the_target_ends_identical() {
 #[test]
 fn a_replica_behind_what_the_targets_hold_is_refused_loudly() {
     let (mut primary, replica) = pair();
-    let target = target();
+    let target = replica_server();
     let dir = scratch();
-    let config = config(dir.path(), &primary, &replica, &target);
+    let config = failover_config(
+        dir.path(),
+        "mysql",
+        &format!(
+            "mysql://root@127.0.0.1:{},127.0.0.1:{}/shop",
+            primary.port, replica.port
+        ),
+        &target,
+    );
     let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
     primary.sql("USE shop; INSERT INTO items (writer, n) SELECT 0, seq FROM seq_1_to_100");

@@ -65,32 +65,6 @@ fn load(port: u16) -> RetryingWriters {
     })
 }
 
-fn config(
-    dir: &std::path::Path,
-    primary: &PgServer,
-    standby: &PgServer,
-    target: &PgServer,
-) -> std::path::PathBuf {
-    write_config(
-        dir,
-        "failover",
-        &format!(
-            "[pipeline]\nname = \"failover\"\n\n[source]\ntype = \"postgres\"\n\
-             url = \"postgres://postgres@127.0.0.1:{},127.0.0.1:{}/shop\"\n\n\
-             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            primary.port,
-            standby.port,
-            target.url("replica")
-        ),
-    )
-}
-
-fn target() -> PgServer {
-    let target = PgServer::start();
-    target.create_db("replica");
-    target
-}
-
 fn count(pg: &PgServer, db: &str) -> u64 {
     pg.try_psql(db, "SELECT count(*) FROM items")
         .ok()
@@ -140,9 +114,17 @@ fn wait_standby_caught_up(primary: &PgServer, standby: &PgServer) {
 #[test]
 fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
     let (mut primary, standby, version) = cluster(true);
-    let target = target();
+    let target = replica_server();
     let dir = scratch();
-    let config = config(dir.path(), &primary, &standby, &target);
+    let config = failover_config(
+        dir.path(),
+        "postgres",
+        &format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/shop",
+            primary.port, standby.port
+        ),
+        &target,
+    );
     let (ok, out) = ferry_command(&["check"], &config);
     assert!(ok && out.contains("failover"), "{out}");
     let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
@@ -221,9 +203,17 @@ fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
 fn a_standby_behind_what_the_targets_hold_is_refused_loudly() {
     // The primary does not wait for its standby, so Ferry may be sent changes the standby never receives.
     let (mut primary, mut standby, version) = cluster(false);
-    let target = target();
+    let target = replica_server();
     let dir = scratch();
-    let config = config(dir.path(), &primary, &standby, &target);
+    let config = failover_config(
+        dir.path(),
+        "postgres",
+        &format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/shop",
+            primary.port, standby.port
+        ),
+        &target,
+    );
     // `ferry check` names the missing setting up front.
     let (ok, out) = ferry_command(&["check"], &config);
     if version >= 170_000 {

@@ -551,6 +551,27 @@ pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A server with an empty `replica` database, for a pipeline's PostgreSQL target.
+pub fn replica_server() -> PgServer {
+    let target = PgServer::start();
+    target.create_db("replica");
+    target
+}
+
+/// Pipeline `failover` from a `source_type` source at `url` (several hosts) into the `replica` database of
+/// `target`.
+pub fn failover_config(dir: &Path, source_type: &str, url: &str, target: &PgServer) -> PathBuf {
+    write_config(
+        dir,
+        "failover",
+        &format!(
+            "[pipeline]\nname = \"failover\"\n\n[source]\ntype = \"{source_type}\"\nurl = \"{url}\"\n\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            target.url("replica")
+        ),
+    )
+}
+
 /// A server with a `shop` source database and a `replica` target database.
 pub fn server_with_dbs() -> PgServer {
     let pg = PgServer::start();
