@@ -33,7 +33,7 @@ fn load(port: u16) -> RetryingWriters {
             &format!(
                 "START TRANSACTION; INSERT INTO items (writer, n, note) VALUES ({w}, {n}, md5('{w}-{n}')); \
                  UPDATE items SET n = n + 1, note = 'updated' \
-                 WHERE id = LAST_INSERT_ID() - 2; COMMIT;"
+                 WHERE id = CAST(LAST_INSERT_ID() AS SIGNED) - 2; COMMIT;"
             ),
         )
     })
