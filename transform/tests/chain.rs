@@ -12,7 +12,7 @@ use ferry_transform::Chain;
 fn chain(transforms: &str) -> (Chain, Arc<PipelineStats>) {
     let text = format!(
         "[pipeline]\nname = \"t\"\n[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\n\
-         [sink]\ntype = \"discard\"\npath = \"/tmp/x\"\n{transforms}"
+         [sink]\ntype = \"sqlite\"\npath = \"/tmp/x.db\"\n{transforms}"
     );
     let env = |v: &str| (v == "SALT").then(|| "pepper".to_owned());
     let config = ferry_config::load_str(Path::new("ferry.toml"), &text, &env).unwrap();
