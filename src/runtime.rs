@@ -177,8 +177,12 @@ async fn run_once(
     if let Some(chain) = chain.as_mut() {
         for stored in letters.iter().flatten() {
             let letter = &stored.letter;
+            // Filed under the table the sinks see; the chain follows the source table's key.
             if ferry_core::dead_letter::before_transforms(&letter.code) {
-                chain.follow(letter.table.clone(), letter.keys().cloned());
+                let source = letter
+                    .change()
+                    .map_or_else(|_| letter.table.clone(), |(s, _)| s.id);
+                chain.follow(source, letter.keys().cloned());
             }
         }
     }

@@ -85,6 +85,9 @@ pub struct RefusedRow {
     pub error: String,
     /// Whether it follows an earlier letter of its key rather than having failed itself.
     pub follows: bool,
+    /// The table its changes reach the sinks as (after `route`): the letter is filed under it, so a TRUNCATE of
+    /// that table deletes it.
+    pub target: TableId,
 }
 
 /// How an online re-copy of a table unfolds in the stream (the DBLog watermark method: chunks of rows read between

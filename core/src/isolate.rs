@@ -180,8 +180,15 @@ impl Isolation {
                     TRANSFORM
                 };
                 let error = Error::fatal(row.error.clone());
-                self.dead_letter(sink, &row.table, &row.op, &error, code, 1)
-                    .await?;
+                self.dead_letter(
+                    sink,
+                    &row.table,
+                    &row.op,
+                    &error,
+                    (code, 1),
+                    Some(&row.target),
+                )
+                .await?;
                 if let Some(position) = durable {
                     apply_within(sink, &[], Some(position))
                         .await
@@ -235,7 +242,7 @@ impl Isolation {
                         let error = Error::fatal(
                             "an earlier change of this key is a dead letter: this one follows it, in order",
                         );
-                        self.dead_letter(sink, table, op, &error, FOLLOWS, 0)
+                        self.dead_letter(sink, table, op, &error, (FOLLOWS, 0), None)
                             .await?;
                     }
                 }
@@ -327,7 +334,7 @@ impl Isolation {
                 Ok(())
             }
             OnError::DeadLetter => {
-                self.dead_letter(sink, table, op, &error, &code, attempts)
+                self.dead_letter(sink, table, op, &error, (&code, attempts), None)
                     .await
             }
         }
@@ -339,9 +346,24 @@ impl Isolation {
         table: &SchemaRef,
         op: &RowOp,
         error: &Error,
-        code: &str,
-        attempts: u32,
+        (code, attempts): (&str, u32),
+        filed_under: Option<&TableId>,
     ) -> Result<()> {
+        // The batch under way alone needs more room than the cap gives: replaying or discarding letters cannot
+        // make room for it, so waiting would be forever.
+        let uncommitted = self
+            .pending
+            .iter()
+            .filter(|(_, kind, _)| *kind == "dead_letter")
+            .count() as u64;
+        if uncommitted + 1 > self.rules.max_dead_letters {
+            return Err(Error::fatal(format!(
+                "sink {}: the transaction under way alone sets aside more than max_dead_letters ({}) changes; \
+                 raise [pipeline] max_dead_letters and start the pipeline again",
+                sink.name(),
+                self.rules.max_dead_letters
+            )));
+        }
         if self.dead_count >= self.rules.max_dead_letters {
             return Err(Error::paused(format!(
                 "sink {}: another dead letter would pass max_dead_letters ({} held, those of the batch under way \
@@ -354,11 +376,14 @@ impl Isolation {
         }
         let mut letter = DeadLetter::new(table, op, self.tx.as_deref(), error, attempts);
         letter.code = code.to_owned();
+        if let Some(target) = filed_under {
+            letter.table = target.clone();
+        }
         sink.dead_letter(&letter).await?;
         warn!(sink = sink.name(), table = %table.id, key = letter.key, position = letter.position, code, error = letter.error, "a change is set aside as a dead letter");
         if !table.match_key().is_empty() {
             // The keys the letter holds back, as it stores them.
-            let keys = self.dead.entry(table.id.clone()).or_default();
+            let keys = self.dead.entry(letter.table.clone()).or_default();
             keys.extend(letter.keys().cloned());
         }
         self.dead_count += 1;

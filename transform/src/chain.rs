@@ -120,7 +120,7 @@ impl Chain {
         let Some(keys) = self.dead_keys.get(&table.id) else {
             return false;
         };
-        if stages::key_columns(table).is_empty() {
+        if table.match_key().is_empty() {
             return false;
         }
         let (key, moved) = row_keys(table, op);
@@ -210,12 +210,20 @@ impl Chain {
             return Ok(());
         };
         if !self.dead_keys.is_empty() && self.follows(table, &op) {
+            // A key change that follows holds back its new key too.
+            if let (_, Some(moved)) = row_keys(table, &op) {
+                self.dead_keys
+                    .entry(table.id.clone())
+                    .or_default()
+                    .insert(moved);
+            }
             out.push(Event::Change(Change::Refused(Box::new(RefusedRow {
                 table: table.clone(),
                 op,
                 error: "an earlier change of this key is a transform's dead letter: this one follows it, in order"
                     .into(),
                 follows: true,
+                target: output.id.clone(),
             }))));
             return Ok(());
         }
@@ -264,7 +272,7 @@ impl Chain {
                 let Some(op) = original else {
                     return Err(Error::fatal(error));
                 };
-                if !stages::key_columns(table).is_empty() {
+                if !table.match_key().is_empty() {
                     let (key, moved) = row_keys(table, &op);
                     let keys = self.dead_keys.entry(table.id.clone()).or_default();
                     keys.insert(key);
@@ -275,6 +283,7 @@ impl Chain {
                     op,
                     error,
                     follows: false,
+                    target: output.id.clone(),
                 }))));
                 return Ok(());
             }

@@ -306,6 +306,22 @@ fn a_row_that_fails_under_dead_letter_is_set_aside_as_read_and_its_key_follows_i
     assert_eq!(applied, vec![7, 9]);
     // Rows keep their place among the positions.
     assert!(matches!(out.last(), Some(Event::Commit { .. })));
+    // A key change of the dead key follows, and holds back its new key too.
+    let out = run(
+        &mut c,
+        vec![
+            begin(3),
+            update(row(8, "13"), row(80, "13")),
+            update(row(80, "13"), row(80, "14")),
+            commit(4),
+        ],
+    )
+    .unwrap();
+    let follows = out
+        .iter()
+        .filter(|e| matches!(e, Event::Change(Change::Refused(r)) if r.follows))
+        .count();
+    assert_eq!(follows, 2, "{out:?}");
 
     // Letters from an earlier run (read from the sinks at start) are followed too; a TRUNCATE ends that.
     let (mut c, _) = chain(

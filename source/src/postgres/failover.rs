@@ -36,11 +36,22 @@ pub async fn prepare(
     if server_version >= 170_000 {
         failover_slot(conn, client, slot).await?;
     }
-    let timeline = current_timeline(conn).await?;
+    let (timeline, flushed) = current_timeline(conn).await?;
     let comment = publication_comment(client, publication).await?;
     let recorded = recorded_timeline(comment.as_deref().unwrap_or(""), slot);
     if let (Some(checkpoint), true) = (checkpoint, timeline > 1 && recorded != Some(timeline)) {
         check_fork(conn, slot, checkpoint, recorded, timeline).await?;
+    }
+    // A position this server never wrote: the targets hold changes from another history (an old primary started
+    // again, or a server promoted before it received them).
+    if let Some(checkpoint) = checkpoint.filter(|c| *c > flushed) {
+        return Err(Error::fatal(format!(
+            "the sinks hold changes up to {checkpoint}, past the end of this server's WAL ({flushed}, timeline \
+             {timeline}): it is not the server the targets were filled from, or a successor that has them (an old \
+             primary started again after a failover, or a standby promoted before it received them). Point the \
+             source URL at the current primary; if this is it, the targets hold changes it lacks: `ferry reset \
+             --config <file> --yes` copies the tables anew"
+        )));
     }
     if recorded != Some(timeline) {
         record_timeline(client, publication, comment.as_deref(), slot, timeline).await?;
@@ -132,14 +143,19 @@ pub(crate) async fn standbys_not_waited_for(client: &Client) -> Result<Option<St
     Ok(physical.filter(|_| waited_for.trim().is_empty()))
 }
 
-/// The server's timeline (IDENTIFY_SYSTEM).
-async fn current_timeline(conn: &mut ReplicationConn) -> Result<u32, Error> {
+/// The server's timeline and its WAL flush position (IDENTIFY_SYSTEM).
+async fn current_timeline(conn: &mut ReplicationConn) -> Result<(u32, Lsn), Error> {
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
-    rows.first()
-        .and_then(|r| r.get(1))
-        .and_then(|v| v.as_deref())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::fatal("IDENTIFY_SYSTEM returned no timeline"))
+    let field = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i))
+            .and_then(|v| v.as_deref())
+    };
+    let timeline = field(1).and_then(|v| v.parse().ok());
+    let flushed = field(2).and_then(|v| v.parse().ok());
+    timeline
+        .zip(flushed)
+        .ok_or_else(|| Error::fatal("IDENTIFY_SYSTEM returned no timeline or WAL position"))
 }
 
 /// The ancestors of `timeline` with the LSN where each ended (TIMELINE_HISTORY; timeline 1 has none).
@@ -227,10 +243,15 @@ async fn record_timeline(
         quote_literal(&text)
     );
     client.batch_execute(&sql).await.map_err(|e| {
-        Error::transient(
-            "recording the source's timeline in the publication's comment",
-            e,
-        )
+        let what = "recording the source's timeline in the publication's comment";
+        match e.code() {
+            // Not the publication's owner: retrying will not change that.
+            Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => Error::fatal_from(
+                format!("{what}: Ferry's role must own publication {publication} (ALTER PUBLICATION … OWNER TO)"),
+                e,
+            ),
+            _ => Error::transient(what, e),
+        }
     })
 }
 
