@@ -52,15 +52,7 @@ fn a_promoted_replica_takes_over_under_load_and_the_target_ends_identical() {
     let (mut primary, replica) = pair();
     let target = replica_server();
     let dir = scratch();
-    let config = failover_config(
-        dir.path(),
-        "mysql",
-        &format!(
-            "mysql://root@127.0.0.1:{},127.0.0.1:{}/shop",
-            primary.port, replica.port
-        ),
-        &target,
-    );
+    let config = failover_config(dir.path(), "mysql", &[primary.port, replica.port], &target);
     let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
     let load = load(primary.port);
@@ -100,15 +92,7 @@ fn a_replica_behind_what_the_targets_hold_is_refused_loudly() {
     let (mut primary, replica) = pair();
     let target = replica_server();
     let dir = scratch();
-    let config = failover_config(
-        dir.path(),
-        "mysql",
-        &format!(
-            "mysql://root@127.0.0.1:{},127.0.0.1:{}/shop",
-            primary.port, replica.port
-        ),
-        &target,
-    );
+    let config = failover_config(dir.path(), "mysql", &[primary.port, replica.port], &target);
     let mut ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
     ferry.wait_streaming();
     primary.sql("USE shop; INSERT INTO items (writer, n) SELECT 0, seq FROM seq_1_to_100");

@@ -119,10 +119,7 @@ fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
     let config = failover_config(
         dir.path(),
         "postgres",
-        &format!(
-            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/shop",
-            primary.port, standby.port
-        ),
+        &[primary.port, standby.port],
         &target,
     );
     let (ok, out) = ferry_command(&["check"], &config);
@@ -208,10 +205,7 @@ fn a_standby_behind_what_the_targets_hold_is_refused_loudly() {
     let config = failover_config(
         dir.path(),
         "postgres",
-        &format!(
-            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/shop",
-            primary.port, standby.port
-        ),
+        &[primary.port, standby.port],
         &target,
     );
     // `ferry check` names the missing setting up front.

@@ -558,15 +558,22 @@ pub fn replica_server() -> PgServer {
     target
 }
 
-/// Pipeline `failover` from a `source_type` source at `url` (several hosts) into the `replica` database of
-/// `target`.
-pub fn failover_config(dir: &Path, source_type: &str, url: &str, target: &PgServer) -> PathBuf {
+/// Pipeline `failover` from the `shop` database of a `source_type` (`postgres` or `mysql`) source whose URL lists
+/// the servers on `ports` of 127.0.0.1, into the `replica` database of `target`.
+pub fn failover_config(dir: &Path, source_type: &str, ports: &[u16], target: &PgServer) -> PathBuf {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let user = if source_type == "mysql" {
+        "root"
+    } else {
+        "postgres"
+    };
     write_config(
         dir,
         "failover",
         &format!(
-            "[pipeline]\nname = \"failover\"\n\n[source]\ntype = \"{source_type}\"\nurl = \"{url}\"\n\n\
-             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            "[pipeline]\nname = \"failover\"\n\n[source]\ntype = \"{source_type}\"\n\
+             url = \"{source_type}://{user}@{}/shop\"\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            hosts.join(","),
             target.url("replica")
         ),
     )
