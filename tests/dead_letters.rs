@@ -545,3 +545,101 @@ fn rows_a_transform_fails_on_become_dead_letters_and_replay_runs_them_through_th
         ferry.log()
     );
 }
+
+/// Transform letters of a routed table are filed under the name the sinks see, so a TRUNCATE of the source table
+/// drops them (a replay would otherwise bring truncated rows back); a keyless table's letter holds back no other
+/// row (it has no key to follow); a transaction that alone sets aside more than `max_dead_letters` stops the
+/// pipeline with the fix, rather than pausing forever with nothing to replay.
+#[test]
+fn transform_letters_follow_routes_and_keys_and_an_oversized_transaction_stops_loudly() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL, qty int NOT NULL);
+         CREATE TABLE logs (msg text, total int, qty int); ALTER TABLE logs REPLICA IDENTITY FULL;",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "trl",
+        &format!(
+            "[pipeline]\nname = \"trl\"\nmax_dead_letters = 5\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+             [[transform]]\ntype = \"compute\"\ntables = [\"public.orders\", \"public.logs\"]\ncolumn = \"unit\"\n\
+             column_type = \"bigint\"\nexpression = \"after.total / after.qty\"\non_error = \"dead_letter\"\n\
+             [[transform]]\ntype = \"route\"\ntables = [\"public.orders\"]\nto = \"public.orders_v2\"\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let log = dir.path().join("f.log");
+    let mut ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    let letters = || {
+        pg.try_psql(
+            "replica",
+            "SELECT string_agg(table_name || ' ' || row_key || ' ' || op || ' ' || code, ', ' ORDER BY id) FROM ferry_dead_letters",
+        )
+        .unwrap_or_default()
+    };
+    // Integer division by zero fails in CEL: order 3 and the log line 'a' become letters.
+    pg.psql(
+        "shop",
+        "INSERT INTO orders SELECT g, g * 10, CASE WHEN g = 3 THEN 0 ELSE 2 END FROM generate_series(1, 10) g;
+         INSERT INTO logs VALUES ('a', 10, 0), ('b', 10, 1);",
+    );
+    // The keyless table's later changes do not follow 'a' into the queue.
+    pg.psql(
+        "shop",
+        "UPDATE logs SET qty = 2 WHERE msg = 'b'; INSERT INTO logs VALUES ('c', 10, 5);",
+    );
+    let logs = "SELECT msg, total, qty, unit FROM logs ORDER BY msg";
+    assert!(
+        wait_until(WAIT, || pg.try_psql("replica", logs).ok().as_deref()
+            == Some("b|10|2|5\nc|10|5|2")),
+        "{}\n{}",
+        pg.try_psql("replica", logs).unwrap_or_else(|e| e),
+        ferry.log()
+    );
+    assert_eq!(
+        letters(),
+        "orders_v2 [\"3\"] insert transform, logs [] insert transform"
+    );
+    // TRUNCATE of the routed table drops its letters with its rows.
+    pg.psql(
+        "shop",
+        "TRUNCATE orders; INSERT INTO orders VALUES (20, 40, 2);",
+    );
+    assert!(
+        wait_until(WAIT, || pg
+            .try_psql("replica", "SELECT id, unit FROM orders_v2 ORDER BY id")
+            .ok()
+            .as_deref()
+            == Some("20|20")),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(letters(), "logs [] insert transform");
+
+    // One transaction with more refused rows than the cap allows: a fatal error naming the setting.
+    pg.psql(
+        "shop",
+        "INSERT INTO orders SELECT g, g, 0 FROM generate_series(100, 109) g",
+    );
+    let status = ferry.wait_exit(WAIT);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{status:?}\n{}",
+        ferry.log()
+    );
+    assert!(
+        ferry
+            .log()
+            .contains("alone sets aside 10 changes, more than max_dead_letters (5)"),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(letters(), "logs [] insert transform");
+    assert_eq!(pg.psql("replica", "SELECT count(*) FROM orders_v2"), "1");
+}

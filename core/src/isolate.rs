@@ -39,6 +39,9 @@ pub struct Isolation {
     pending: Vec<(String, &'static str, String)>,
     /// The source transaction the last `Begin` opened.
     tx: Option<Arc<TxContext>>,
+    /// Letters of the batch under way that the cap left unwritten: the batch is finished (and rolled back) only to
+    /// count them, so that a batch the cap can never admit stops the pipeline instead of pausing it forever.
+    over_cap: u64,
 }
 
 impl Isolation {
@@ -56,6 +59,7 @@ impl Isolation {
             dead_count,
             pending: Vec::new(),
             tx: None,
+            over_cap: 0,
         }
     }
 
@@ -100,6 +104,7 @@ impl Isolation {
             }
         };
         result?;
+        self.admit(sink.name())?;
         if let Some(position) = commit {
             stats.set_aside_committed(std::mem::take(&mut self.pending));
             stats
@@ -113,6 +118,35 @@ impl Isolation {
             }
         }
         Ok(())
+    }
+
+    /// When the batch under way needed letters the cap left unwritten: a pause until some are replayed or
+    /// discarded, or, when the batch's own letters alone pass the cap (replaying cannot make room for them), a
+    /// fatal error.
+    /// Called before the target transaction commits, which it must not while letters went unwritten.
+    fn admit(&mut self, sink: &str) -> Result<()> {
+        if self.over_cap == 0 {
+            return Ok(());
+        }
+        let written = self
+            .pending
+            .iter()
+            .filter(|(_, kind, _)| *kind == "dead_letter")
+            .count() as u64;
+        let own = written + std::mem::take(&mut self.over_cap);
+        let held = self.dead_count.saturating_sub(written);
+        let max = self.rules.max_dead_letters;
+        if own > max {
+            return Err(Error::fatal(format!(
+                "sink {sink}: the transaction under way alone sets aside {own} changes, more than max_dead_letters \
+                 ({max}); raise [pipeline] max_dead_letters and start the pipeline again"
+            )));
+        }
+        Err(Error::paused(format!(
+            "sink {sink}: the batch under way sets aside {own} changes and {held} are held, more than \
+             max_dead_letters ({max}); the pipeline is paused until some are replayed or discarded: `ferry \
+             dead-letters list --config <file>`, then `replay` or `discard` (they run while it is paused)"
+        )))
     }
 
     /// Dead letters the sink holds.
@@ -190,6 +224,7 @@ impl Isolation {
                 )
                 .await?;
                 if let Some(position) = durable {
+                    self.admit(sink.name())?;
                     apply_within(sink, &[], Some(position))
                         .await
                         .map_err(refused_outside_rows)?;
@@ -209,6 +244,9 @@ impl Isolation {
                     }
                 }
             }
+            if durable.is_some() {
+                self.admit(sink.name())?;
+            }
             apply_within(sink, std::slice::from_ref(event), durable)
                 .await
                 .map_err(refused_outside_rows)?;
@@ -216,6 +254,7 @@ impl Isolation {
         if let Some(start) = run_start {
             self.rows(sink, stats, &events[start..]).await?;
             if let Some(position) = commit {
+                self.admit(sink.name())?;
                 apply_within(sink, &[], Some(position))
                     .await
                     .map_err(refused_outside_rows)?;
@@ -349,30 +388,9 @@ impl Isolation {
         (code, attempts): (&str, u32),
         filed_under: Option<&TableId>,
     ) -> Result<()> {
-        // The batch under way alone needs more room than the cap gives: replaying or discarding letters cannot
-        // make room for it, so waiting would be forever.
-        let uncommitted = self
-            .pending
-            .iter()
-            .filter(|(_, kind, _)| *kind == "dead_letter")
-            .count() as u64;
-        if uncommitted + 1 > self.rules.max_dead_letters {
-            return Err(Error::fatal(format!(
-                "sink {}: the transaction under way alone sets aside more than max_dead_letters ({}) changes; \
-                 raise [pipeline] max_dead_letters and start the pipeline again",
-                sink.name(),
-                self.rules.max_dead_letters
-            )));
-        }
         if self.dead_count >= self.rules.max_dead_letters {
-            return Err(Error::paused(format!(
-                "sink {}: another dead letter would pass max_dead_letters ({} held, those of the batch under way \
-                 included, of {} allowed); the pipeline is paused until some are replayed or discarded: `ferry \
-                 dead-letters list --config <file>`, then `replay` or `discard` (they run while it is paused)",
-                sink.name(),
-                self.dead_count,
-                self.rules.max_dead_letters
-            )));
+            self.over_cap += 1;
+            return Ok(());
         }
         let mut letter = DeadLetter::new(table, op, self.tx.as_deref(), error, attempts);
         letter.code = code.to_owned();
