@@ -1,6 +1,7 @@
 //! Consistency for applications (issue 14): synchronous replication into Ferry (with `synchronous_standby_names`
 //! naming the pipeline's walsender, `ferry_<pipeline>`, a source COMMIT returns only once every sink holds the
-//! transaction) and read-your-writes (`GET /wait` for the position of a write, then read the replica).
+//! transaction; with `semi_sync = true` a MariaDB primary running semi-synchronous replication does the same) and
+//! read-your-writes (`GET /wait` for the position of a write, then read the replica).
 
 mod support;
 
@@ -97,6 +98,111 @@ fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_r
     );
     pg.psql("postgres", "ALTER SYSTEM RESET synchronous_standby_names");
     pg.psql("postgres", "SELECT pg_reload_conf()");
+    assert!(ferry.terminate().success());
+}
+
+/// MariaDB with `rpl_semi_sync_master_enabled` and `semi_sync = true`: Ferry registers as a semi-synchronous
+/// replica (over its own dump connection, logging in with a password) and acknowledges each transaction once the
+/// sink has committed it, so every COMMIT returns with the row already in the target, and none fell back to
+/// asynchronous (`Rpl_semi_sync_master_no_tx` stays 0).
+#[test]
+fn with_semi_sync_a_mariadb_commit_returns_once_the_row_is_in_the_target() {
+    let my = MariaDbServer::start_with(&[
+        "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+        "--rpl-semi-sync-master-timeout=10000",
+    ]);
+    my.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.s (id int PRIMARY KEY, at datetime(6) DEFAULT now(6));
+         CREATE USER ferry@'%' IDENTIFIED BY 'semi-secret';
+         GRANT ALL ON *.* TO ferry@'%';",
+    );
+    let pg = server_with_dbs();
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "semi",
+        &format!(
+            "[pipeline]\nname = \"semi\"\n[pipeline.batch]\nmax_wait = \"0ms\"\n\
+             [source]\ntype = \"mysql\"\nurl = \"mysql://ferry:semi-secret@127.0.0.1:{}/shop\"\nsemi_sync = true\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            my.port,
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    let status = |name: &str| {
+        my.sql(&format!(
+            "SELECT variable_value FROM information_schema.global_status WHERE variable_name = '{name}'"
+        ))
+    };
+    // Turned on once Ferry streams, as an operator would: with no semi-synchronous replica, the setup's commits
+    // would each wait out the timeout.
+    my.sql("SET GLOBAL rpl_semi_sync_master_enabled = ON");
+    assert!(
+        wait_until(Duration::from_secs(30), || status(
+            "RPL_SEMI_SYNC_MASTER_CLIENTS"
+        ) == "1"
+            && status("RPL_SEMI_SYNC_MASTER_STATUS") == "ON"),
+        "Ferry did not register as a semi-synchronous replica\n{}",
+        ferry.log()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let my_url = my.url("shop");
+    let (misses, mut latencies) = runtime.block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut source = mysql_async::Conn::from_url(my_url).await.expect("connect");
+        let target = connect(pg.url("replica")).await;
+        // The target's table appears with the first row.
+        source
+            .query_drop("INSERT INTO s (id) VALUES (0)")
+            .await
+            .unwrap();
+        let probe = target
+            .prepare("SELECT count(*) FROM shop.s WHERE id = $1")
+            .await
+            .unwrap();
+        let (mut misses, mut latencies) = (0, Vec::new());
+        for id in 1..=1000i32 {
+            let started = Instant::now();
+            source
+                .exec_drop("INSERT INTO s (id) VALUES (?)", (id,))
+                .await
+                .unwrap();
+            latencies.push(started.elapsed());
+            let found: i64 = target.query_one(&probe, &[&id]).await.unwrap().get(0);
+            if found != 1 {
+                misses += 1;
+            }
+        }
+        (misses, latencies)
+    });
+    latencies.sort();
+    println!(
+        "semi-synchronous commit through Ferry: p50 {:?}, p99 {:?} over {} commits",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies.len()
+    );
+    assert_eq!(
+        misses,
+        0,
+        "rows missing from the target when COMMIT returned; semi-sync status {}, commits not waited for {}\n{}",
+        status("RPL_SEMI_SYNC_MASTER_STATUS"),
+        status("RPL_SEMI_SYNC_MASTER_NO_TX"),
+        ferry.log()
+    );
+    assert_eq!(
+        status("RPL_SEMI_SYNC_MASTER_NO_TX"),
+        "0",
+        "commits that did not wait for Ferry"
+    );
+    let waited: u64 = status("RPL_SEMI_SYNC_MASTER_YES_TX").parse().unwrap();
+    assert!(waited >= 1001, "{waited} commits waited for Ferry");
+    assert!(!ferry.log().contains("semi-secret"), "{}", ferry.log());
     assert!(ferry.terminate().success());
 }
 

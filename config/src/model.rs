@@ -82,6 +82,10 @@ pub struct MysqlSource {
     /// counted instead of stopping the pipeline.
     pub skip_unknown_ddl: bool,
     pub origins: OriginFilter,
+    /// `semi_sync = true`: Ferry registers as a semi-synchronous replica and acknowledges each transaction only
+    /// once every sink has committed it, so a primary with `rpl_semi_sync_master_enabled` returns COMMIT only
+    /// then (docs/operations.md, synchronous replication).
+    pub semi_sync: bool,
 }
 
 /// A PostgreSQL logical-replication source.

@@ -612,6 +612,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 }
             };
             let origins = read_origins(r, &mut s);
+            let semi_sync = flag(r, &mut s, "semi_sync", false);
             (|| {
                 Some(SourceConfig::Mysql(MysqlSource {
                     url: url?,
@@ -620,6 +621,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     server_id: server_id?,
                     skip_unknown_ddl: on_unknown_ddl?,
                     origins: origins?,
+                    semi_sync: semi_sync?,
                 }))
             })()
         }

@@ -14,6 +14,8 @@
 //! `ssl-ca = /path/ca.pem` names the certificate authority. Other parameters go to mysql_async as they are.
 //! Errors never repeat the URL (it may hold the password).
 
+pub mod dump;
+
 use std::path::PathBuf;
 
 use ferry_core::Error;

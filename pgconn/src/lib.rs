@@ -14,7 +14,7 @@
 
 pub mod lease;
 mod stream;
-mod verify;
+pub mod verify;
 pub mod versions;
 
 use std::path::PathBuf;
@@ -302,7 +302,7 @@ pub async fn https_connect(
 }
 
 /// rustls client settings that check the server's certificate with `verifier`.
-fn tls_client(
+pub fn tls_client(
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
 ) -> Result<Arc<ClientConfig>, Error> {
     let config = ClientConfig::builder_with_provider(verify::provider())

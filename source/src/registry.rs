@@ -74,10 +74,9 @@ impl Source for AnySource {
             AnySource::Postgres(settings, stats) => {
                 crate::postgres::run(&settings, resume, events, acked, shutdown, stats).await
             }
-            // The binlog needs no acknowledgements: the server keeps it regardless of replicas.
+            // The server keeps its binlog regardless of replicas: acknowledgements only serve semi-sync.
             AnySource::Mysql(settings, stats) => {
-                drop(acked);
-                crate::mysql::run(&settings, resume, events, shutdown, stats).await
+                crate::mysql::run(&settings, resume, events, acked, shutdown, stats).await
             }
         }
     }

@@ -183,6 +183,7 @@ pub async fn run(
     settings: &MysqlSourceSettings,
     resume: Option<Position>,
     events: mpsc::Sender<Event>,
+    acked: watch::Receiver<Option<Position>>,
     shutdown: watch::Receiver<bool>,
     stats: Arc<PipelineStats>,
 ) -> Result<SourceExit, Error> {
@@ -286,14 +287,17 @@ pub async fn run(
         .with_origins(cfg.origins.clone());
     stream::run(
         &cfg.url,
-        flavor,
-        settings.server_id(),
+        stream::Binlog {
+            flavor,
+            server_id: settings.server_id(),
+            semi_sync: cfg.semi_sync.then_some(acked),
+            timeout: settings.source_timeout,
+        },
         &start,
         decoder,
         events,
         shutdown,
         stats,
-        settings.source_timeout,
     )
     .await?;
     Ok(SourceExit::Shutdown)
