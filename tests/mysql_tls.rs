@@ -48,17 +48,18 @@ fn verify_identity_replicates_over_tls_and_wrong_ca_or_disabled_are_refused() {
     };
     let verify = format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", tls.ca.display());
     let dir = scratch();
-    let config = |name: &str, source: &str, sink: &str| {
+    let config_with = |name: &str, source: &str, sink: &str, extra: &str| {
         write_config(
             dir.path(),
             name,
             &format!(
                 "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
-                 [source]\ntype = \"mysql\"\nurl = \"{source}\"\nserver_id = 4343\n\
+                 [source]\ntype = \"mysql\"\nurl = \"{source}\"\nserver_id = 4343\n{extra}\
                  [[sink]]\ntype = \"mysql\"\nurl = \"{sink}\"\n"
             ),
         )
     };
+    let config = |name: &str, source: &str, sink: &str| config_with(name, source, sink, "");
     let cfg = config("tls", &url("shop", &verify), &url("copy", &verify));
     let log = dir.path().join("tls.log");
     let ferry = Ferry::start(&cfg, &log);
@@ -80,6 +81,25 @@ fn verify_identity_replicates_over_tls_and_wrong_ca_or_disabled_are_refused() {
     // Every session of the tls account is encrypted (the server would refuse it otherwise); and it is Ferry's.
     let sessions = my.sql("SELECT count(*) FROM information_schema.processlist WHERE user = 'tls'");
     assert!(sessions.parse::<u32>().unwrap_or(0) >= 2, "{sessions}");
+    assert!(ferry.terminate().success());
+    assert!(!ferry_log_contains(&log, PASSWORD));
+
+    // semi_sync: Ferry's own binlog connection, encrypted and verified the same way, resumes from the checkpoint.
+    let cfg = config_with(
+        "tls",
+        &url("shop", &verify),
+        &url("copy", &verify),
+        "semi_sync = true\n",
+    );
+    let ferry = Ferry::start(&cfg, &log);
+    ferry.wait_streaming();
+    my.sql("INSERT INTO shop.t VALUES (3, 'semi-sync')");
+    assert!(
+        wait_until(WAIT, || copied() == "snapshot,streamed,semi-sync"),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.log().contains("semi_sync=true"), "{}", ferry.log());
     assert!(ferry.terminate().success());
     assert!(!ferry_log_contains(&log, PASSWORD));
 

@@ -144,6 +144,24 @@ pub async fn check_prerequisites(cfg: &MysqlSource) -> Result<Vec<CheckOutcome>,
         ),
     });
 
+    if cfg.semi_sync {
+        let enabled = variable(&mut conn, "rpl_semi_sync_master_enabled").await?;
+        out.push(if on(&enabled) {
+            pass("semi_sync", "rpl_semi_sync_master_enabled is ON")
+        } else {
+            fail(
+                "semi_sync",
+                format!(
+                    "semi_sync is set, but rpl_semi_sync_master_enabled is {}: the source's commits do not wait \
+                     for Ferry",
+                    enabled.as_deref().unwrap_or("unknown (MySQL: the semisync source plugin is not installed)")
+                ),
+                "SET GLOBAL rpl_semi_sync_master_enabled = ON; SET GLOBAL rpl_semi_sync_master_wait_point = \
+                 'AFTER_SYNC'; (and both in my.cnf)",
+            )
+        });
+    }
+
     for table in cfg.tables.iter().flatten() {
         let keys: Option<u64> = conn
             .exec_first(

@@ -192,7 +192,7 @@ async fn acknowledge(
 }
 
 /// Opens the semi-synchronous dump connection to the server `conn` reached, with the session settings `set` (each a
-/// `SET` statement) and `@rpl_semi_sync_slave = 1`.
+/// `SET` statement) and the user variable that makes the primary treat it as a semi-synchronous replica.
 async fn semi_sync_feed(
     url: &str,
     conn: &mysql_async::Conn,
@@ -283,14 +283,35 @@ pub async fn run(
     info!(from = %start, server_id = binlog.server_id, by_gtid = use_gtid, semi_sync = binlog.semi_sync.is_some(), "reading the binlog");
     let mut feed = match binlog.semi_sync {
         Some(acked) => {
-            let enabled: Option<String> = conn
-                .query_first("SELECT @@global.rpl_semi_sync_master_enabled")
-                .await
-                .unwrap_or(None);
-            if !enabled.is_some_and(|e| e == "1" || e.eq_ignore_ascii_case("ON")) {
-                warn!("semi_sync is set, but the source does not run semi-synchronous replication \
-                       (rpl_semi_sync_master_enabled is off): its commits do not wait for Ferry; SET GLOBAL \
-                       rpl_semi_sync_master_enabled = ON turns it on (docs/operations.md)");
+            // MariaDB and MySQL's old plugin call it master, MySQL's plugin since 8.0.26 source.
+            let mut enabled: Option<String> = None;
+            for variable in [
+                "rpl_semi_sync_master_enabled",
+                "rpl_semi_sync_source_enabled",
+            ] {
+                if let Ok(Some(v)) = conn
+                    .query_first(format!("SELECT @@global.{variable}"))
+                    .await
+                {
+                    enabled = Some(v);
+                    break;
+                }
+            }
+            match enabled {
+                None => {
+                    return Err(Error::fatal(
+                        "semi_sync is set, but the source has no semi-synchronous replication (no \
+                         rpl_semi_sync_master_enabled or rpl_semi_sync_source_enabled): MySQL needs INSTALL PLUGIN \
+                         rpl_semi_sync_source SONAME 'semisync_source.so'; MariaDB has it built in from 10.3; or \
+                         remove semi_sync from [source]",
+                    ))
+                }
+                Some(e) if !(e == "1" || e.eq_ignore_ascii_case("ON")) => {
+                    warn!("semi_sync is set, but the source does not run semi-synchronous replication \
+                           (rpl_semi_sync_master_enabled is off): its commits do not wait for Ferry until SET GLOBAL \
+                           rpl_semi_sync_master_enabled = ON (docs/operations.md)");
+                }
+                Some(_) => {}
             }
             session.push("SET @master_binlog_checksum = 'ALL'".to_owned());
             let feed = semi_sync_feed(url, &conn, binlog.server_id, start, &session, acked).await?;
