@@ -140,7 +140,7 @@ impl Bench {
             events.push(Event::Begin(std::sync::Arc::new(ferry_core::TxContext {
                 xid: Some(t as u32 + 1000),
                 commit_time: Some(ferry_core::Timestamp::now()),
-                ..ferry_core::TxContext::at(Position::Pg(Lsn(2 * t + 1)))
+                ..ferry_core::TxContext::at(Position::pg(Lsn(2 * t + 1)))
             })));
             for id in t * 1000 + 1..=t * 1000 + 1000 {
                 let after = vec![
@@ -155,7 +155,7 @@ impl Bench {
                 }));
             }
             events.push(Event::Commit {
-                position: Position::Pg(Lsn(2 * t + 2)),
+                position: Position::pg(Lsn(2 * t + 2)),
                 commit_time: now,
             });
         }

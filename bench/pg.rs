@@ -393,7 +393,7 @@ fn chain_in_process(n: u64) -> Measure {
     let mut kept = 0u64;
     for t in 0..n / 1000 {
         let mut events = Vec::with_capacity(1002);
-        events.push(Event::begin_at(Position::Pg(Lsn(t * 2 + 1))));
+        events.push(Event::begin_at(Position::pg(Lsn(t * 2 + 1))));
         for id in t * 1000 + 1..=t * 1000 + 1000 {
             events.push(Event::Change(Change::Row {
                 table: table.clone(),
@@ -408,7 +408,7 @@ fn chain_in_process(n: u64) -> Measure {
             }));
         }
         events.push(Event::Commit {
-            position: Position::Pg(Lsn(t * 2 + 2)),
+            position: Position::pg(Lsn(t * 2 + 2)),
             commit_time: Timestamp::now(),
         });
         let started = Instant::now();

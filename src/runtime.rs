@@ -165,7 +165,10 @@ async fn run_once(
                 min = Some(p.clone());
             }
         }
-        min
+        min.map(|from| ferry_core::Resume {
+            from,
+            checkpoints: checkpoints.iter().flatten().cloned().collect(),
+        })
     };
     let (tracker, acked) = AckTracker::new(checkpoints.clone());
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);

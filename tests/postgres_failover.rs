@@ -194,6 +194,32 @@ fn a_promoted_standby_takes_over_under_load_and_the_target_ends_identical() {
         "the restarted pipeline did not catch up:\n{}",
         ferry.log()
     );
+    assert_eq!(ferry.terminate().code(), Some(0));
+
+    // Split brain: the old primary starts again on its own timeline and takes writes, until its WAL is past the
+    // checkpoint. It comes first in the URL and accepts writes, so Ferry reaches it; the sinks' checkpoint says
+    // they hold timeline 2, so Ferry refuses instead of streaming the old primary's own history into them.
+    primary.start_again();
+    primary.psql(
+        "shop",
+        "INSERT INTO items (writer, n, note) SELECT 8, g, repeat('x', 200) FROM generate_series(1, 20000) g",
+    );
+    let mut ferry = Ferry::start(&config, &dir.path().join("ferry3.log"));
+    let status = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "ferry should stop:\n{log}"
+    );
+    assert!(
+        log.contains("read on timeline 2") && log.contains("this server is on timeline 1"),
+        "{log}"
+    );
+    assert_eq!(
+        target.psql("replica", ROWS),
+        want,
+        "the target changed:\n{log}"
+    );
 }
 
 #[test]

@@ -133,7 +133,7 @@ fn sigterm_under_load_acknowledges_what_is_durable_and_restart_resumes() {
         &db,
         "SELECT position FROM ferry_checkpoints WHERE pipeline = 'life'",
     );
-    assert_eq!(checkpoints, format!("pg:{confirmed}"), "{log}");
+    assert_eq!(checkpoints, format!("pg:{confirmed};timeline=1"), "{log}");
     assert_eq!(sqlite_checkpoint, [checkpoints]);
 
     let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));

@@ -45,7 +45,7 @@ pub use schema::{
     enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,
 };
 pub use sink::{Savepoint, Sink, Transform};
-pub use source::{Source, SourceExit};
+pub use source::{Resume, Source, SourceExit};
 pub use stats::{ConflictCount, PipelineState, PipelineStats, SinkStats, SnapshotProgress};
 pub use task::AbortOnDrop;
 pub use temporal::{Date, Interval, Time, TimeTz, Timestamp};

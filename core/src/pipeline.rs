@@ -408,7 +408,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     fn pg(n: u64) -> Position {
-        Position::Pg(Lsn(n))
+        Position::pg(Lsn(n))
     }
 
     fn txn(commit_start: u64, end: u64) -> Vec<Event> {

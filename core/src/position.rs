@@ -59,12 +59,15 @@ impl FromStr for Lsn {
 
 /// Where a source stands: the end of the last committed source transaction that has been applied.
 ///
-/// Stored by sinks in their checkpoint as its `Display` form (`pg:16/B374D848`), read back with `FromStr`.
+/// Stored by sinks in their checkpoint as its `Display` form (`pg:16/B374D848;timeline=2`,
+/// `mysql:binlog.000003:1234;gtid=0-1-42`), read back with `FromStr`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Position {
-    /// PostgreSQL: the end LSN of a transaction's commit record. Restarting the slot there replays only
-    /// transactions that committed after it.
-    Pg(Lsn),
+    /// PostgreSQL: the end LSN of a transaction's commit record, and the timeline of the server Ferry read it from
+    /// (0: not known, as in checkpoints written before Ferry recorded it). Restarting the slot there replays only
+    /// transactions that committed after it; the timeline tells a server that forked from the targets' history
+    /// (an old primary started again after a failover) from its successor. Positions order by LSN alone.
+    Pg(Lsn, u32),
     /// MySQL / MariaDB: the binlog offset just past a transaction's commit event, with the GTID state after it.
     Binlog(BinlogPosition),
 }
@@ -81,7 +84,7 @@ impl Position {
     /// Orders two positions of the same kind; positions of different kinds are an error.
     pub fn try_cmp(&self, other: &Position) -> Result<Ordering, IncomparablePositions> {
         match (self, other) {
-            (Position::Pg(a), Position::Pg(b)) => Ok(a.cmp(b)),
+            (Position::Pg(a, _), Position::Pg(b, _)) => Ok(a.cmp(b)),
             (Position::Binlog(a), Position::Binlog(b)) => a
                 .pos
                 .try_cmp(&b.pos)
@@ -100,16 +103,22 @@ impl Position {
     /// The LSN of a PostgreSQL position, `None` for other kinds.
     pub fn as_lsn(&self) -> Option<Lsn> {
         match self {
-            Position::Pg(lsn) => Some(*lsn),
+            Position::Pg(lsn, _) => Some(*lsn),
             Position::Binlog(_) => None,
         }
+    }
+
+    /// A PostgreSQL position whose timeline is not known.
+    pub fn pg(lsn: Lsn) -> Position {
+        Position::Pg(lsn, 0)
     }
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Position::Pg(lsn) => write!(f, "pg:{lsn}"),
+            Position::Pg(lsn, 0) => write!(f, "pg:{lsn}"),
+            Position::Pg(lsn, timeline) => write!(f, "pg:{lsn};timeline={timeline}"),
             Position::Binlog(pos) => write!(f, "mysql:{pos}"),
         }
     }
@@ -120,7 +129,21 @@ impl FromStr for Position {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some(("pg", lsn)) => Ok(Position::Pg(lsn.parse()?)),
+            Some(("pg", rest)) => {
+                let (lsn, timeline) = match rest.split_once(";timeline=") {
+                    Some((lsn, tli)) => (
+                        lsn,
+                        tli.parse().map_err(|_| {
+                            ParsePositionError::new(
+                                s,
+                                "a position such as pg:16/B374D848;timeline=2",
+                            )
+                        })?,
+                    ),
+                    None => (rest, 0),
+                };
+                Ok(Position::Pg(lsn.parse()?, timeline))
+            }
             Some(("mysql", pos)) => Ok(Position::Binlog(pos.parse()?)),
             _ => Err(ParsePositionError::new(
                 s,
@@ -148,6 +171,7 @@ impl FromStr for WaitPoint {
         // Ferry's own spelling of a PostgreSQL position (`pg:0/1D6C138`, as `ferry status` prints it) too.
         let s = s.strip_prefix("pg:").unwrap_or(s);
         if s.contains('/') {
+            let s = s.split_once(";timeline=").map_or(s, |(lsn, _)| lsn);
             return Ok(WaitPoint::Lsn(s.parse()?));
         }
         let maria: Option<Vec<_>> = s
@@ -183,7 +207,7 @@ impl WaitPoint {
     pub fn reached_by(&self, checkpoint: &Position) -> Option<bool> {
         use crate::binlog_position::GtidState;
         match (self, checkpoint) {
-            (WaitPoint::Lsn(want), Position::Pg(at)) => Some(at >= want),
+            (WaitPoint::Lsn(want), Position::Pg(at, _)) => Some(at >= want),
             (WaitPoint::MariaDb(want), Position::Binlog(b)) => match &b.gtid {
                 Some(GtidState::MariaDb(at)) => Some(want.iter().all(|g| {
                     at.0.get(&g.domain)
@@ -212,7 +236,7 @@ impl Position {
     /// transaction's first event starts, the checkpoint where a transaction's last event ends; same rule.
     pub fn includes(&self, commit_at: &Position) -> Result<bool, IncomparablePositions> {
         match (self, commit_at) {
-            (Position::Pg(checkpoint), Position::Pg(commit)) => Ok(commit < checkpoint),
+            (Position::Pg(checkpoint, _), Position::Pg(commit, _)) => Ok(commit < checkpoint),
             (Position::Binlog(checkpoint), Position::Binlog(start)) => Ok(start
                 .pos
                 .try_cmp(&checkpoint.pos)
@@ -241,7 +265,7 @@ mod tests {
         assert!("mysql:1".parse::<Position>().is_err());
         assert!("oracle:1".parse::<Position>().is_err());
         let binlog: Position = "mysql:bin.000002:77".parse().unwrap();
-        assert!(binlog.try_cmp(&Position::Pg(Lsn(1))).is_err());
+        assert!(binlog.try_cmp(&Position::pg(Lsn(1))).is_err());
         assert!(binlog
             .includes(&"mysql:bin.000002:4".parse().unwrap())
             .unwrap());
@@ -252,8 +276,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn position_round_trips(v in any::<u64>()) {
-            let p = Position::Pg(Lsn(v));
+        fn position_round_trips(v in any::<u64>(), timeline in any::<u32>()) {
+            let p = Position::Pg(Lsn(v), timeline);
             prop_assert_eq!(p.to_string().parse::<Position>().unwrap(), p);
         }
     }
@@ -266,6 +290,17 @@ mod tests {
             lsn.reached_by(&"pg:0/1D6C137".parse().unwrap()),
             Some(false)
         );
+        let on_timeline: WaitPoint = "pg:0/1D6C138;timeline=3".parse().unwrap();
+        assert_eq!(on_timeline, lsn);
+        assert_eq!(
+            lsn.reached_by(&"pg:0/1D6C138;timeline=2".parse().unwrap()),
+            Some(true)
+        );
+        // Old checkpoints, without a timeline, still read; timelines do not order positions.
+        let old: Position = "pg:0/10".parse().unwrap();
+        assert_eq!(old, Position::Pg(Lsn(0x10), 0));
+        assert!(old.try_cmp(&Position::Pg(Lsn(0x10), 2)).unwrap().is_eq());
+        assert!("pg:0/10;timeline=x".parse::<Position>().is_err());
         let maria: WaitPoint = "0-1-42,1-1-7".parse().unwrap();
         assert!(matches!(maria, WaitPoint::MariaDb(ref g) if g.len() == 2));
         assert_eq!(maria.reached_by(&"pg:0/1".parse().unwrap()), None);

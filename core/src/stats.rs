@@ -405,7 +405,7 @@ impl PipelineStats {
     /// (`None` while the file is not among the server's binary logs).
     pub fn lag_bytes(&self, sink: &SinkStats) -> Option<u64> {
         match sink.checkpoint()? {
-            Position::Pg(at) => {
+            Position::Pg(at, _) => {
                 let head = self.source_wal_lsn.load(Relaxed);
                 (head > 0).then(|| head.saturating_sub(at.0))
             }
@@ -569,7 +569,7 @@ mod tests {
     fn sink_stats_count_rows_transactions_and_lag() {
         let stats = PipelineStats::new("p", &["a"]);
         let sink = &stats.sinks[0];
-        let position = Position::Pg(Lsn(42));
+        let position = Position::pg(Lsn(42));
         let commit_time = now_unix_micros() - 2_000_000;
         sink.applied(
             &[
@@ -597,9 +597,9 @@ mod tests {
         // A heartbeat of an idle source says the sink is caught up as of now.
         sink.applied(
             &[Event::Heartbeat {
-                position: Position::Pg(Lsn(43)),
+                position: Position::pg(Lsn(43)),
             }],
-            Some(&Position::Pg(Lsn(43))),
+            Some(&Position::pg(Lsn(43))),
         );
         assert!(sink.lag_seconds().unwrap() < 0.5);
     }

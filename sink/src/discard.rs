@@ -113,7 +113,7 @@ mod tests {
         let file = dir.path().join("d.pos");
         let mut sink = DiscardSink::new("d", "p", &file).unwrap();
         assert_eq!(sink.checkpoint().await.unwrap(), None);
-        let position = Position::Pg(Lsn(0x1_0000_0010));
+        let position = Position::pg(Lsn(0x1_0000_0010));
         sink.apply(&[], Some(&position)).await.unwrap();
         sink.apply(&[], None).await.unwrap();
         assert_eq!(sink.checkpoint().await.unwrap(), Some(position));

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use ferry_config::{PipelineConfig, SourceConfig};
-use ferry_core::{Error, Event, PipelineStats, Position, Source, SourceExit, TableId};
+use ferry_core::{Error, Event, PipelineStats, Position, Resume, Source, SourceExit, TableId};
 use tokio::sync::{mpsc, watch};
 
 use crate::mysql::MysqlSourceSettings;
@@ -65,7 +65,7 @@ fn vector_tables(config: &PipelineConfig) -> Vec<String> {
 impl Source for AnySource {
     async fn run(
         self,
-        resume: Option<Position>,
+        resume: Option<Resume>,
         events: mpsc::Sender<Event>,
         acked: watch::Receiver<Option<Position>>,
         shutdown: watch::Receiver<bool>,
@@ -76,6 +76,7 @@ impl Source for AnySource {
             }
             // The server keeps its binlog regardless of replicas: acknowledgements only serve semi-sync.
             AnySource::Mysql(settings, stats) => {
+                let resume = resume.map(|r| r.from);
                 crate::mysql::run(&settings, resume, events, acked, shutdown, stats).await
             }
         }

@@ -58,13 +58,13 @@ fn begin(lsn: u64) -> Event {
             name: Some("pg_16384".into()),
             ..Origin::default()
         },
-        ..TxContext::at(Position::Pg(Lsn(lsn)))
+        ..TxContext::at(Position::pg(Lsn(lsn)))
     }))
 }
 
 fn commit(lsn: u64) -> Event {
     Event::Commit {
-        position: Position::Pg(Lsn(lsn)),
+        position: Position::pg(Lsn(lsn)),
         commit_time: Timestamp::from_unix_micros(1_700_000_000_000_000),
     }
 }
@@ -117,7 +117,7 @@ fn a_filter_that_drops_every_row_keeps_the_positions() {
             }),
             commit(21),
             Event::Heartbeat {
-                position: Position::Pg(Lsn(30)),
+                position: Position::pg(Lsn(30)),
             },
         ],
     )

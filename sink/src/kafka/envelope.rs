@@ -995,7 +995,7 @@ mod tests {
         };
         let tx = TxContext {
             xid: Some(7),
-            ..TxContext::at(Position::Pg(Lsn(42)))
+            ..TxContext::at(Position::pg(Lsn(42)))
         };
         let change = Change {
             table: &table,

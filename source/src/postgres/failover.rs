@@ -11,12 +11,14 @@
 //! `synchronized_standby_slots` set on the primary they never do (the walsender holds changes back until the
 //! standby has them); without it they may, and the targets would then keep rows the new primary never had.
 //!
-//! So Ferry writes the timeline it streams from into its publication's comment (`ferry slot <slot> timeline <N>`,
-//! one line per slot), on the source and before streaming there. On resuming on a later timeline, it reads the
-//! server's timeline history: if the sinks' checkpoint lies past the end of the timeline Ferry last streamed from,
-//! it stops loudly instead of continuing with a gap.
+//! So every position Ferry reads carries the server's timeline ([`Position::Pg`]), and the sinks store it with
+//! their checkpoints. On resuming on a later timeline, Ferry reads the server's timeline history: if a sink's
+//! checkpoint lies past the end of the timeline it was read on, it stops loudly instead of continuing with a gap;
+//! on an earlier timeline (an old primary started again after a failover) it stops too. Checkpoints written before
+//! positions carried timelines fall back on the timeline Ferry records in its publication's comment (`ferry slot
+//! <slot> timeline <N>`, one line per slot) before streaming.
 
-use ferry_core::{Error, Lsn};
+use ferry_core::{Error, Lsn, Position};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -24,27 +26,54 @@ use super::conn::ReplicationConn;
 use super::slot::{quote_ident, quote_literal};
 
 /// Marks the slot for failover (PostgreSQL 17+), warns when the primary lets Ferry run ahead of its standbys, and
-/// checks that resuming at `checkpoint` (`None`: a new slot) continues the history the sinks hold.
+/// checks that every sink's checkpoint (none: a new slot) lies in this server's history. Returns the server's
+/// timeline, which the stream records in every position.
 pub async fn prepare(
     conn: &mut ReplicationConn,
     client: &Client,
     slot: &str,
     publication: &str,
     server_version: u32,
-    checkpoint: Option<Lsn>,
-) -> Result<(), Error> {
+    checkpoints: &[Position],
+) -> Result<u32, Error> {
     if server_version >= 170_000 {
         failover_slot(conn, client, slot).await?;
     }
     let (timeline, flushed) = current_timeline(conn).await?;
     let comment = publication_comment(client, publication).await?;
     let recorded = recorded_timeline(comment.as_deref().unwrap_or(""), slot);
-    if let (Some(checkpoint), true) = (checkpoint, timeline > 1 && recorded != Some(timeline)) {
-        check_fork(conn, slot, checkpoint, recorded, timeline).await?;
+    let mut history = None;
+    for checkpoint in checkpoints {
+        let Position::Pg(lsn, read_on) = *checkpoint else {
+            continue;
+        };
+        // A checkpoint from before Ferry recorded timelines: the timeline last recorded on the source stands in.
+        let read_on = match (read_on, recorded) {
+            (0, Some(recorded)) => recorded,
+            (0, None) if timeline > 1 => {
+                check_fork(conn, slot, lsn, None, timeline, &mut history).await?;
+                continue;
+            }
+            (0, None) => timeline,
+            (known, _) => known,
+        };
+        if read_on > timeline {
+            return Err(Error::fatal(format!(
+                "the sinks hold changes read on timeline {read_on} (up to {lsn}), but this server is on timeline \
+                 {timeline}: it is not the current primary but one from before a failover (an old primary started \
+                 again, perhaps taking writes of its own). Point the source URL at the current primary; if this \
+                 server must be the source, the targets hold changes it lacks: `ferry reset --config <file> --yes` \
+                 copies the tables anew"
+            )));
+        }
+        if read_on < timeline {
+            check_fork(conn, slot, lsn, Some(read_on), timeline, &mut history).await?;
+        }
     }
     // A position this server never wrote: the targets hold changes from another history (an old primary started
     // again, or a server promoted before it received them).
-    if let Some(checkpoint) = checkpoint.filter(|c| *c > flushed) {
+    let furthest = checkpoints.iter().filter_map(Position::as_lsn).max();
+    if let Some(checkpoint) = furthest.filter(|c| *c > flushed) {
         return Err(Error::fatal(format!(
             "the sinks hold changes up to {checkpoint}, past the end of this server's WAL ({flushed}, timeline \
              {timeline}): it is not the server the targets were filled from, or a successor that has them (an old \
@@ -56,30 +85,35 @@ pub async fn prepare(
     if recorded != Some(timeline) {
         record_timeline(client, publication, comment.as_deref(), slot, timeline).await?;
     }
-    Ok(())
+    Ok(timeline)
 }
 
-/// Resuming at `checkpoint` on `timeline`, having last streamed from timeline `last` (`None`: not recorded, as
-/// when the marker had not reached the standby before it was promoted): the checkpoint must lie before the end of
-/// `last` (of the parent timeline when unknown) in this server's history.
+/// Resuming at `checkpoint`, read on timeline `read_on` (`None`: not known, as when neither the checkpoint nor the
+/// source recorded it), on a server now on `timeline`: `read_on` must be an ancestor of `timeline` (of the parent
+/// timeline when unknown) in this server's history, and the checkpoint must lie before the point where it ended.
+/// `history` caches the server's timeline history across the sinks' checkpoints.
 async fn check_fork(
     conn: &mut ReplicationConn,
     slot: &str,
     checkpoint: Lsn,
-    last: Option<u32>,
+    read_on: Option<u32>,
     timeline: u32,
+    history: &mut Option<Vec<(u32, Lsn)>>,
 ) -> Result<(), Error> {
-    let history = timeline_history(conn, timeline).await?;
-    let ended = match last {
+    if history.is_none() {
+        *history = Some(timeline_history(conn, timeline).await?);
+    }
+    let history = history.as_deref().unwrap_or_default();
+    let ended = match read_on {
         Some(last) => history.iter().find(|(tli, _)| *tli == last).copied(),
         None => history.last().copied(),
     };
     let Some((last, end)) = ended else {
         return Err(Error::fatal(format!(
-            "Ferry last streamed slot {slot} from timeline {}, which is not in the history of the source's \
-             timeline {timeline}: this server is not a successor of the one the targets were filled from; run \
-             `ferry reset --config <file> --yes` to copy the tables anew",
-            last.map_or_else(|| "?".to_owned(), |t| t.to_string())
+            "the sinks hold changes of slot {slot} read on timeline {}, which is not in the history of the \
+             source's timeline {timeline}: this server is not a successor of the one the targets were filled \
+             from; run `ferry reset --config <file> --yes` to copy the tables anew",
+            read_on.map_or_else(|| "?".to_owned(), |t| t.to_string())
         )));
     };
     if checkpoint > end {
@@ -144,7 +178,7 @@ pub(crate) async fn standbys_not_waited_for(client: &Client) -> Result<Option<St
 }
 
 /// The server's timeline and its WAL flush position (IDENTIFY_SYSTEM).
-async fn current_timeline(conn: &mut ReplicationConn) -> Result<(u32, Lsn), Error> {
+pub(crate) async fn current_timeline(conn: &mut ReplicationConn) -> Result<(u32, Lsn), Error> {
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
     let field = |i: usize| {
         rows.first()

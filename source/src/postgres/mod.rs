@@ -131,7 +131,7 @@ async fn prepare_versions(
 /// Runs the source: snapshot if `resume` is `None`, then streams from the slot until `shutdown` turns true.
 pub async fn run(
     settings: &PgSourceSettings,
-    resume: Option<Position>,
+    resume: Option<ferry_core::Resume>,
     events: mpsc::Sender<Event>,
     acked: watch::Receiver<Option<Position>>,
     shutdown: watch::Receiver<bool>,
@@ -178,14 +178,18 @@ pub async fn run(
     let url_config = PgUrl::parse(&cfg.url)?;
     let application_name = format!("ferry_{}", settings.pipeline);
 
-    let resuming = resume.is_some();
-    let start = match resume {
-        Some(checkpoint) => slot::check_resumable(catalog.client(), &cfg.slot, &checkpoint).await?,
+    let checkpoints = resume
+        .as_ref()
+        .map(|r| r.checkpoints.clone())
+        .unwrap_or_default();
+    let start = match &resume {
+        Some(resume) => slot::check_resumable(catalog.client(), &cfg.slot, &resume.from).await?,
         None => {
             if slot::drop_slot(catalog.client(), &cfg.slot).await? {
                 warn!(slot = %cfg.slot, "no sink holds a checkpoint: dropped the old slot to start over");
             }
             let mut creator = ReplicationConn::connect(&url_config, &application_name).await?;
+            let (timeline, _) = failover::current_timeline(&mut creator).await?;
             let export = cfg.snapshot != SnapshotMode::Never;
             let created = slot::create_slot(&mut creator, &cfg.slot, export, version).await?;
             info!(slot = %cfg.slot, consistent_point = %created.consistent_point, "created replication slot");
@@ -203,7 +207,7 @@ pub async fn run(
                 let copy = snapshot::run(
                     &cfg.url,
                     name,
-                    created.consistent_point,
+                    Position::Pg(created.consistent_point, timeline),
                     tables,
                     &mut catalog,
                     &events,
@@ -220,8 +224,11 @@ pub async fn run(
                     }
                 }
             } else {
-                crate::snapshot::send_marker(&events, Position::Pg(created.consistent_point))
-                    .await?;
+                crate::snapshot::send_marker(
+                    &events,
+                    Position::Pg(created.consistent_point, timeline),
+                )
+                .await?;
             }
             creator.terminate().await;
             if cfg.snapshot == SnapshotMode::Only {
@@ -231,13 +238,13 @@ pub async fn run(
         }
     };
     let mut conn = ReplicationConn::connect(&url_config, &application_name).await?;
-    failover::prepare(
+    let timeline = failover::prepare(
         &mut conn,
         catalog.client(),
         &cfg.slot,
         &cfg.publication,
         version,
-        resuming.then_some(start),
+        &checkpoints,
     )
     .await?;
     let generated_published = catalog.publishes_generated_columns().await?;
@@ -270,8 +277,9 @@ pub async fn run(
         skipping: false,
         internal: Default::default(),
         skipped_position_at: std::time::Instant::now(),
+        timeline,
     };
-    if resuming {
+    if resume.is_some() {
         streamer.resume_recopies(settings.recopies.clone()).await?;
         // Followed tables dropped and created again while Ferry was away were out of the publication, so their
         // rows since then never reached the slot: copy them anew.

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use ferry_core::{
-    Change, Error, Event, Lsn, PipelineStats, Position, RowOp, SchemaRef, SnapshotProgress,
-    TableId, TableSchema, Value,
+    Change, Error, Event, PipelineStats, Position, RowOp, SchemaRef, SnapshotProgress, TableId,
+    TableSchema, Value,
 };
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -31,12 +31,12 @@ pub struct SnapshotTable {
 }
 
 /// Copies `tables` under the exported snapshot `snapshot_name` and emits them as one transaction committing at
-/// `consistent_point`.
+/// `position` (the slot's consistent point).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     url: &str,
     snapshot_name: &str,
-    consistent_point: Lsn,
+    position: Position,
     tables: Vec<SnapshotTable>,
     catalog: &mut Catalog,
     events: &mpsc::Sender<Event>,
@@ -53,7 +53,6 @@ pub async fn run(
         );
     }
     let generated_published = catalog.publishes_generated_columns().await?;
-    let position = Position::Pg(consistent_point);
     crate::snapshot::begin(events, &position, &schemas).await?;
 
     let estimated: f64 = tables.iter().map(|t| t.estimated_rows).sum();

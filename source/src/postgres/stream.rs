@@ -122,6 +122,8 @@ pub(crate) struct Streamer {
     pub skipping: bool,
     /// When the last skipped transaction's position went out as a heartbeat.
     pub skipped_position_at: std::time::Instant,
+    /// The server's timeline, recorded in every position (see [`Position::Pg`]).
+    pub timeline: u32,
     /// Relations that are Ferry's own tables ([`ferry_core::is_internal_table`]): never captured.
     pub internal: HashSet<u32>,
 }
@@ -473,7 +475,7 @@ impl Streamer {
                 self.skipping = false;
                 self.xid = Some(xid);
                 self.pending_begin = Some(TxContext {
-                    commit_at: Position::Pg(final_lsn),
+                    commit_at: Position::Pg(final_lsn, self.timeline),
                     // 0: a transaction applied under a replication origin that set no origin timestamp.
                     commit_time: (commit_time_micros != 0)
                         .then(|| Timestamp::from_pg_micros(commit_time_micros)),
@@ -489,7 +491,7 @@ impl Streamer {
                 if self.skipped_position_at.elapsed() >= SKIPPED_POSITION_EVERY {
                     self.skipped_position_at = std::time::Instant::now();
                     out.push_back(Event::Heartbeat {
-                        position: Position::Pg(end_lsn),
+                        position: Position::Pg(end_lsn, self.timeline),
                     });
                 }
             }
@@ -501,7 +503,7 @@ impl Streamer {
                 self.in_transaction = false;
                 self.recopies.committed(self.xid.take());
                 out.push_back(Event::Commit {
-                    position: Position::Pg(end_lsn),
+                    position: Position::Pg(end_lsn, self.timeline),
                     commit_time: Timestamp::from_pg_micros(commit_time_micros),
                 });
             }
@@ -645,7 +647,7 @@ impl Streamer {
                 ..
             } => {
                 out.push_back(Event::Heartbeat {
-                    position: Position::Pg(lsn),
+                    position: Position::Pg(lsn, self.timeline),
                 });
             }
             PgOutput::Message {

@@ -163,7 +163,7 @@ pub fn sample_tx() -> ferry_core::TxContext {
             server_id: Some(1),
             gtid: Some("0-1-1".into()),
         },
-        ..ferry_core::TxContext::at(ferry_core::Position::Pg(ferry_core::Lsn(1)))
+        ..ferry_core::TxContext::at(ferry_core::Position::pg(ferry_core::Lsn(1)))
     }
 }
 
