@@ -634,9 +634,9 @@ fn transform_letters_follow_routes_and_keys_and_an_oversized_transaction_stops_l
         ferry.log()
     );
     assert!(
-        ferry
-            .log()
-            .contains("alone sets aside 10 changes, more than max_dead_letters (5)"),
+        ferry.log().contains(
+            "one source transaction alone sets aside 10 changes, more than max_dead_letters (5)"
+        ),
         "{}",
         ferry.log()
     );

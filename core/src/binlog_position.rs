@@ -74,6 +74,16 @@ impl MariaGtidList {
     pub fn advance(&mut self, gtid: MariaGtid) {
         self.0.insert(gtid.domain, gtid);
     }
+
+    /// Whether this state includes every GTID of `other`: in each of its domains, a sequence number at least as
+    /// high (sequence numbers grow within a domain, which `gtid_strict_mode` enforces).
+    pub fn contains(&self, other: &MariaGtidList) -> bool {
+        other.0.values().all(|g| {
+            self.0
+                .get(&g.domain)
+                .is_some_and(|a| a.sequence >= g.sequence)
+        })
+    }
 }
 
 impl fmt::Display for MariaGtidList {
@@ -131,6 +141,16 @@ impl MysqlGtidSet {
             }
         }
         *intervals = merged;
+    }
+
+    /// Whether every transaction of `other` is in this set.
+    pub fn contains(&self, other: &MysqlGtidSet) -> bool {
+        other.0.iter().all(|(sid, intervals)| {
+            let held = self.0.get(sid).map_or(&[][..], Vec::as_slice);
+            intervals
+                .iter()
+                .all(|(lo, hi)| held.iter().any(|(a, b)| a <= lo && hi <= b))
+        })
     }
 }
 
@@ -197,6 +217,25 @@ impl GtidState {
             GtidState::MySql(s) => s.0.is_empty(),
         }
     }
+
+    /// Whether this state includes every transaction of `other`; `None` for states of different server families.
+    pub fn contains(&self, other: &GtidState) -> Option<bool> {
+        match (self, other) {
+            (GtidState::MariaDb(a), GtidState::MariaDb(b)) => Some(a.contains(b)),
+            (GtidState::MySql(a), GtidState::MySql(b)) => Some(a.contains(b)),
+            _ => None,
+        }
+    }
+
+    /// Orders states by inclusion; `None` when neither includes the other.
+    pub fn try_cmp(&self, other: &GtidState) -> Option<Ordering> {
+        match (self.contains(other)?, other.contains(self)?) {
+            (true, true) => Some(Ordering::Equal),
+            (true, false) => Some(Ordering::Greater),
+            (false, true) => Some(Ordering::Less),
+            (false, false) => None,
+        }
+    }
 }
 
 impl fmt::Display for GtidState {
@@ -227,6 +266,30 @@ impl FromStr for GtidState {
 pub struct BinlogPosition {
     pub pos: BinlogFilePos,
     pub gtid: Option<GtidState>,
+}
+
+impl BinlogPosition {
+    /// Orders positions: by GTID state when both have one, which holds across servers (after a failover the new
+    /// primary's files and offsets have nothing to do with the old one's), else by file and offset on one server.
+    pub fn try_cmp(&self, other: &BinlogPosition) -> Option<Ordering> {
+        match (self.gtids(), other.gtids()) {
+            (Some(a), Some(b)) => a.try_cmp(b),
+            _ => self.pos.try_cmp(&other.pos),
+        }
+    }
+
+    /// Whether this position (a checkpoint) includes the transaction that starts at `start` (its GTID state holds
+    /// that transaction's own GTID): by GTID when both have one, else by file and offset. `None`: no order.
+    pub fn includes(&self, start: &BinlogPosition) -> Option<bool> {
+        match (self.gtids(), start.gtids()) {
+            (Some(a), Some(b)) => a.contains(b),
+            _ => Some(start.pos.try_cmp(&self.pos)?.is_lt()),
+        }
+    }
+
+    fn gtids(&self) -> Option<&GtidState> {
+        self.gtid.as_ref().filter(|g| !g.is_empty())
+    }
 }
 
 impl fmt::Display for BinlogPosition {
@@ -268,6 +331,59 @@ impl FromStr for BinlogPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(text: &str) -> BinlogPosition {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn gtids_order_positions_across_servers() {
+        // The old primary's checkpoint in its 6th file; the promoted replica writes its 2nd.
+        let checkpoint = at("binlog.000006:900;gtid=0-1-100");
+        let later = at("binlog.000002:400;gtid=0-2-101");
+        let earlier = at("binlog.000002:300;gtid=0-1-99");
+        assert_eq!(checkpoint.try_cmp(&later), Some(Ordering::Less));
+        assert_eq!(checkpoint.try_cmp(&earlier), Some(Ordering::Greater));
+        // A transaction's own GTID: included when the checkpoint's state has it.
+        assert_eq!(
+            checkpoint.includes(&at("binlog.000002:350;gtid=0-2-101")),
+            Some(false)
+        );
+        assert_eq!(
+            checkpoint.includes(&at("binlog.000002:250;gtid=0-1-100")),
+            Some(true)
+        );
+        // A domain the checkpoint never saw is not included; states that each lack the other's have no order.
+        assert_eq!(
+            checkpoint.includes(&at("binlog.000002:250;gtid=1-2-1")),
+            Some(false)
+        );
+        assert_eq!(
+            at("b.000001:4;gtid=0-1-5").try_cmp(&at("b.000001:4;gtid=1-1-5")),
+            None
+        );
+        // Without GTIDs, file and offset on one server.
+        assert_eq!(
+            at("b.000003:10").try_cmp(&at("b.000002:90")),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(at("b.000003:10").includes(&at("b.000003:4")), Some(true));
+        // MySQL GTID sets: inclusion of sets.
+        let sid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let set = at(&format!("binlog.000009:10;gtid={sid}:1-50"));
+        assert_eq!(
+            set.includes(&at(&format!("binlog.000001:5;gtid={sid}:42"))),
+            Some(true)
+        );
+        assert_eq!(
+            set.includes(&at(&format!("binlog.000001:5;gtid={sid}:51"))),
+            Some(false)
+        );
+        assert_eq!(
+            set.try_cmp(&at(&format!("binlog.000001:5;gtid={sid}:1-60"))),
+            Some(Ordering::Less)
+        );
+    }
 
     #[test]
     fn positions_round_trip_through_text() {

@@ -42,6 +42,10 @@ pub struct Isolation {
     /// Letters of the batch under way that the cap left unwritten: the batch is finished (and rolled back) only to
     /// count them, so that a batch the cap can never admit stops the pipeline instead of pausing it forever.
     over_cap: u64,
+    /// Letters of the source transaction under way (written or counted), and the most any one source transaction
+    /// of the batch needed: a transaction needing more than the cap can never be admitted.
+    tx_letters: u64,
+    most_in_one_tx: u64,
 }
 
 impl Isolation {
@@ -60,6 +64,8 @@ impl Isolation {
             pending: Vec::new(),
             tx: None,
             over_cap: 0,
+            tx_letters: 0,
+            most_in_one_tx: 0,
         }
     }
 
@@ -106,6 +112,7 @@ impl Isolation {
         result?;
         self.admit(sink.name())?;
         if let Some(position) = commit {
+            self.most_in_one_tx = 0;
             stats.set_aside_committed(std::mem::take(&mut self.pending));
             stats
                 .dead_letters
@@ -121,9 +128,10 @@ impl Isolation {
     }
 
     /// When the batch under way needed letters the cap left unwritten: a pause until some are replayed or
-    /// discarded, or, when the batch's own letters alone pass the cap (replaying cannot make room for them), a
-    /// fatal error.
-    /// Called before the target transaction commits, which it must not while letters went unwritten.
+    /// discarded, or, when one source transaction's letters alone pass the cap (replaying cannot make room for
+    /// them), a fatal error.
+    /// Called before the target transaction commits (or a MySQL target's DDL commits it), which must not happen
+    /// while letters went unwritten.
     fn admit(&mut self, sink: &str) -> Result<()> {
         if self.over_cap == 0 {
             return Ok(());
@@ -135,10 +143,10 @@ impl Isolation {
             .count() as u64;
         let own = written + std::mem::take(&mut self.over_cap);
         let held = self.dead_count.saturating_sub(written);
-        let max = self.rules.max_dead_letters;
-        if own > max {
+        let (max, most) = (self.rules.max_dead_letters, self.most_in_one_tx);
+        if most > max {
             return Err(Error::fatal(format!(
-                "sink {sink}: the transaction under way alone sets aside {own} changes, more than max_dead_letters \
+                "sink {sink}: one source transaction alone sets aside {most} changes, more than max_dead_letters \
                  ({max}); raise [pipeline] max_dead_letters and start the pipeline again"
             )));
         }
@@ -233,6 +241,12 @@ impl Isolation {
             }
             if let Event::Begin(tx) = event {
                 self.tx = Some(tx.clone());
+                self.tx_letters = 0;
+            }
+            // A MySQL target commits before DDL on its own: nothing more may be applied once letters went
+            // unwritten.
+            if matches!(event, Event::Schema(_)) {
+                self.admit(sink.name())?;
             }
             if let Event::Change(Change::Truncate { tables, .. }) = event {
                 // Emptied tables: their letters would bring back rows the source removed.
@@ -330,7 +344,10 @@ impl Isolation {
         };
         let retry = self.rules.retry;
         let mut attempts = 1;
-        while attempts < retry.attempts {
+        // Past the cap a dead letter is only counted, never written: trying the row again would only hold locks.
+        let counted_only =
+            self.over_cap > 0 && matches!(self.rules.for_table(&table.id), OnError::DeadLetter);
+        while attempts < retry.attempts && !counted_only {
             tokio::time::sleep(retry.delay(attempts)).await;
             attempts += 1;
             stats
@@ -388,6 +405,8 @@ impl Isolation {
         (code, attempts): (&str, u32),
         filed_under: Option<&TableId>,
     ) -> Result<()> {
+        self.tx_letters += 1;
+        self.most_in_one_tx = self.most_in_one_tx.max(self.tx_letters);
         if self.dead_count >= self.rules.max_dead_letters {
             self.over_cap += 1;
             return Ok(());

@@ -85,10 +85,9 @@ impl Position {
     pub fn try_cmp(&self, other: &Position) -> Result<Ordering, IncomparablePositions> {
         match (self, other) {
             (Position::Pg(a, _), Position::Pg(b, _)) => Ok(a.cmp(b)),
-            (Position::Binlog(a), Position::Binlog(b)) => a
-                .pos
-                .try_cmp(&b.pos)
-                .ok_or_else(|| self.incomparable(other)),
+            (Position::Binlog(a), Position::Binlog(b)) => {
+                a.try_cmp(b).ok_or_else(|| self.incomparable(other))
+            }
             _ => Err(self.incomparable(other)),
         }
     }
@@ -216,12 +215,7 @@ impl WaitPoint {
                 _ => None,
             },
             (WaitPoint::MySql(want), Position::Binlog(b)) => match &b.gtid {
-                Some(GtidState::MySql(at)) => Some(want.0.iter().all(|(sid, intervals)| {
-                    let held = at.0.get(sid).map_or(&[][..], Vec::as_slice);
-                    intervals
-                        .iter()
-                        .all(|(lo, hi)| held.iter().any(|(a, b)| a <= lo && hi <= b))
-                })),
+                Some(GtidState::MySql(at)) => Some(at.contains(want)),
                 _ => None,
             },
             _ => None,
@@ -237,11 +231,9 @@ impl Position {
     pub fn includes(&self, commit_at: &Position) -> Result<bool, IncomparablePositions> {
         match (self, commit_at) {
             (Position::Pg(checkpoint, _), Position::Pg(commit, _)) => Ok(commit < checkpoint),
-            (Position::Binlog(checkpoint), Position::Binlog(start)) => Ok(start
-                .pos
-                .try_cmp(&checkpoint.pos)
-                .ok_or_else(|| self.incomparable(commit_at))?
-                .is_lt()),
+            (Position::Binlog(checkpoint), Position::Binlog(start)) => checkpoint
+                .includes(start)
+                .ok_or_else(|| self.incomparable(commit_at)),
             _ => Err(self.incomparable(commit_at)),
         }
     }

@@ -38,6 +38,10 @@ pub enum DumpError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(String),
+    /// The stream is not what a semi-synchronous replica can follow (no semi-sync header, an acknowledgement
+    /// format Ferry does not speak): reconnecting would not help.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl DumpError {
@@ -57,6 +61,7 @@ pub struct DumpEvent {
 const MAX_PACKET: usize = 1 << 30;
 const COM_QUERY: u8 = 0x03;
 const SEMI_SYNC_MAGIC: u8 = 0xEF;
+const SEMI_SYNC_ACK_REQ: u8 = 0x01;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A dump connection during setup: statements (`SET …`) and then the dump request.
@@ -103,6 +108,13 @@ impl DumpConn {
             conn.respond(url, greeting).await?;
             Ok(conn)
         };
+        let handshake = async {
+            tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                .await
+                .map_err(|_| {
+                    HandshakeError::Dump(DumpError::Io(std::io::ErrorKind::TimedOut.into()))
+                })?
+        };
         match handshake.await {
             Ok(conn) => Ok(conn),
             Err(HandshakeError::Fatal(e)) => Err(e),
@@ -116,6 +128,10 @@ impl DumpConn {
     /// Reads the server's greeting and settles the capabilities; under TLS, sends the SSL request.
     async fn greet(&mut self, url: &MyUrl, what: &str) -> Result<Greeting, HandshakeError> {
         let packet = self.read_packet().await?;
+        if packet.first() == Some(&0xFF) {
+            // Too many connections, a blocked host: the server says why before any handshake.
+            return Err(server_error(&packet).into());
+        }
         let handshake: HandshakePacket<'_> = ParseBuf(&packet)
             .parse(())
             .map_err(|e| DumpError::protocol(format!("a malformed handshake: {e}")))?;
@@ -368,11 +384,16 @@ async fn start_tls(
         .connect(name, tcp)
         .await
         .map_err(|e| {
-            fatal(format!(
-                "{what}: the TLS handshake failed under ssl-mode={}: {e}; check ssl-ca names the CA that signed \
-                 the server's certificate, and under VERIFY_IDENTITY that the URL's host is the name in it",
-                url.mode_name()
-            ))
+            // rustls's own verdicts (the certificate, the protocol) are fatal; a connection lost on the way is not.
+            if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                fatal(format!(
+                    "{what}: the TLS handshake failed under ssl-mode={}: {e}; check ssl-ca names the CA that signed \
+                     the server's certificate, and under VERIFY_IDENTITY that the URL's host is the name in it",
+                    url.mode_name()
+                ))
+            } else {
+                HandshakeError::Dump(DumpError::Io(e))
+            }
         })?;
     Ok(MaybeTlsStream::Tls(Box::new(stream)))
 }
@@ -427,16 +448,21 @@ impl DumpReader {
             }));
         }
         match packet.get(1..3) {
-            Some([SEMI_SYNC_MAGIC, flag]) => {
-                let wants_ack = flag & 0x01 != 0;
+            Some(&[SEMI_SYNC_MAGIC, flag]) if flag & !SEMI_SYNC_ACK_REQ == 0 => {
                 packet.drain(..3);
                 Ok(Some(DumpEvent {
                     data: packet,
-                    wants_ack,
+                    wants_ack: flag == SEMI_SYNC_ACK_REQ,
                 }))
             }
-            _ => Err(DumpError::protocol(
-                "an event without the semi-sync header on a semi-synchronous dump connection",
+            Some(&[SEMI_SYNC_MAGIC, flag]) => Err(DumpError::Unsupported(format!(
+                "the primary asks for a semi-synchronous acknowledgement Ferry does not speak (flags {flag:#04x}); \
+                 remove semi_sync from [source]"
+            ))),
+            _ => Err(DumpError::Unsupported(
+                "the server sends events without the semi-sync header although Ferry registered as a \
+                 semi-synchronous replica (a binlog proxy in between?); remove semi_sync from [source]"
+                    .to_owned(),
             )),
         }
     }

@@ -145,7 +145,11 @@ pub async fn check_prerequisites(cfg: &MysqlSource) -> Result<Vec<CheckOutcome>,
     });
 
     if cfg.semi_sync {
-        let enabled = variable(&mut conn, "rpl_semi_sync_master_enabled").await?;
+        // MariaDB and MySQL's old plugin say master, MySQL's plugin since 8.0.26 source.
+        let enabled = match variable(&mut conn, "rpl_semi_sync_master_enabled").await? {
+            Some(v) => Some(v),
+            None => variable(&mut conn, "rpl_semi_sync_source_enabled").await?,
+        };
         out.push(if on(&enabled) {
             pass("semi_sync", "rpl_semi_sync_master_enabled is ON")
         } else {

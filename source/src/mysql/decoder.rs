@@ -387,10 +387,24 @@ impl Decoder {
                 PendingGtid::Maria(g) => g.to_string(),
                 PendingGtid::Mysql(sid, gno) => format!("{sid}:{gno}"),
             });
+            // The transaction's own GTID: a checkpoint includes the transaction when its state includes that
+            // GTID, which holds across a failover where files and offsets do not.
+            let own = txn.gtid.as_ref().map(|g| match g {
+                PendingGtid::Maria(g) => {
+                    let mut list = ferry_core::MariaGtidList::default();
+                    list.advance(*g);
+                    GtidState::MariaDb(list)
+                }
+                PendingGtid::Mysql(sid, gno) => {
+                    let mut set = MysqlGtidSet::default();
+                    set.add(sid, *gno);
+                    GtidState::MySql(set)
+                }
+            });
             out.push(FerryEvent::Begin(Arc::new(TxContext {
                 commit_at: Position::Binlog(BinlogPosition {
                     pos: txn.start.clone(),
-                    gtid: None,
+                    gtid: own,
                 }),
                 commit_time: Some(txn.commit_time),
                 xid: None,

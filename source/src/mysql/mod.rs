@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ferry_config::{MysqlSource, SnapshotMode};
-use ferry_core::{BinlogPosition, Error, Event, PipelineState, PipelineStats, Position};
+use ferry_core::{BinlogPosition, Error, Event, GtidState, PipelineState, PipelineStats, Position};
 use mysql_async::prelude::Queryable;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -230,7 +230,12 @@ pub async fn run(
 
     let start = match resume {
         Some(Position::Binlog(p)) => {
-            require_binlog_still_has(&mut conn, &p).await?;
+            // Resuming by GTID, the server finds the start itself (and refuses a state it cannot serve); the
+            // checkpoint's file may be another server's (after a failover) and mean nothing here.
+            let by_gtid = flavor == Flavor::MariaDb && matches!(p.gtid, Some(GtidState::MariaDb(_)));
+            if !by_gtid {
+                require_binlog_still_has(&mut conn, &p).await?;
+            }
             p
         }
         Some(other) => {

@@ -44,6 +44,7 @@ fn stream_error(start: &BinlogPosition, e: mysql_async::Error) -> Error {
 fn dump_error(start: &BinlogPosition, e: DumpError) -> Error {
     match &e {
         DumpError::Server { code, message } => lost_position(start, *code, message),
+        DumpError::Unsupported(why) => Some(Error::fatal(why.clone())),
         _ => None,
     }
     .unwrap_or_else(|| Error::transient("reading the binlog", e))
@@ -81,27 +82,33 @@ enum Feed {
     SemiSync {
         reader: DumpReader,
         events: EventStreamReader,
-        /// The inner events of a MySQL 8 compressed transaction being read.
-        payload: Option<Cursor<Vec<u8>>>,
+        /// The inner events of a MySQL 8 compressed transaction still to hand out, each with the offset to
+        /// acknowledge after it (the last one carries the flagged payload event's end).
+        payload: VecDeque<(BinlogEvent, Option<u64>)>,
         /// Events the primary waits for, to the task that acknowledges them.
         acks: mpsc::UnboundedSender<PendingAck>,
         _acker: ferry_core::AbortOnDrop,
     },
 }
 
-/// An event the primary waits for: where it ends, and whether that is a transaction the sinks must commit first
-/// (`false`: nothing of it reaches them, so it is acknowledged once everything before it is).
+/// An event the primary waits for: where it ends, and the transaction the sinks must commit first (its commit
+/// position, with the GTID state that orders it across servers); `None`: nothing of it reaches them, so it is
+/// acknowledged once everything before it is.
 struct PendingAck {
     end: BinlogFilePos,
-    for_sinks: bool,
+    commit: Option<BinlogPosition>,
 }
 
 impl Feed {
-    /// The next event and whether the primary waits for it; `Ok(None)` when the server ends the stream.
-    async fn next(&mut self, start: &BinlogPosition) -> Result<Option<(BinlogEvent, bool)>, Error> {
+    /// The next event and, when the primary waits for an acknowledgement of it, the binlog offset to acknowledge;
+    /// `Ok(None)` when the server ends the stream.
+    async fn next(
+        &mut self,
+        start: &BinlogPosition,
+    ) -> Result<Option<(BinlogEvent, Option<u64>)>, Error> {
         match self {
             Feed::Plain(stream) => match stream.next().await {
-                Some(Ok(event)) => Ok(Some((event, false))),
+                Some(Ok(event)) => Ok(Some((event, None))),
                 Some(Err(e)) => Err(stream_error(start, e)),
                 None => Ok(None),
             },
@@ -111,15 +118,12 @@ impl Feed {
                 payload,
                 ..
             } => {
+                if let Some(inner) = payload.pop_front() {
+                    return Ok(Some(inner));
+                }
                 let malformed = |e: std::io::Error| {
                     Error::fatal(format!("a malformed binlog event from the server: {e}"))
                 };
-                if let Some(inner) = payload.as_mut() {
-                    match events.read_decompressed(inner).map_err(malformed)? {
-                        Some(event) => return Ok(Some((event, false))),
-                        None => *payload = None,
-                    }
-                }
                 let Some(dumped) = reader.next().await.map_err(|e| dump_error(start, e))? else {
                     return Ok(None);
                 };
@@ -127,18 +131,31 @@ impl Feed {
                     .read(&dumped.data[..])
                     .map_err(malformed)?
                     .ok_or_else(|| malformed(std::io::ErrorKind::UnexpectedEof.into()))?;
-                if event.header().event_type_raw() == TRANSACTION_PAYLOAD {
-                    let inner = event
-                        .read_event::<TransactionPayloadEvent<'_>>()
-                        .and_then(|p| {
-                            let mut out = Vec::new();
-                            std::io::Read::read_to_end(&mut p.decompressed()?, &mut out)?;
-                            Ok(out)
-                        })
-                        .map_err(malformed)?;
-                    *payload = Some(Cursor::new(inner));
+                let ack_at = dumped
+                    .wants_ack
+                    .then(|| u64::from(event.header().log_pos()));
+                if event.header().event_type_raw() != TRANSACTION_PAYLOAD {
+                    return Ok(Some((event, ack_at)));
                 }
-                Ok(Some((event, dumped.wants_ack)))
+                // A compressed transaction: its commit is the last inner event, so the acknowledgement waits for
+                // that one (the decoder gives inner events the payload's end as their position).
+                let inner = event
+                    .read_event::<TransactionPayloadEvent<'_>>()
+                    .and_then(|p| {
+                        let mut out = Vec::new();
+                        std::io::Read::read_to_end(&mut p.decompressed()?, &mut out)?;
+                        Ok(out)
+                    })
+                    .map_err(malformed)?;
+                let mut cursor = Cursor::new(inner);
+                while let Some(e) = events.read_decompressed(&mut cursor).map_err(malformed)? {
+                    payload.push_back((e, None));
+                }
+                match payload.back_mut() {
+                    Some(last) => last.1 = ack_at,
+                    None => return Ok(Some((event, ack_at))),
+                }
+                Ok(Some((event, None)))
             }
         }
     }
@@ -159,12 +176,16 @@ async fn acknowledge(
         {
             let durable = acked.borrow_and_update();
             let durable = match &*durable {
-                Some(Position::Binlog(b)) => Some(&b.pos),
+                Some(Position::Binlog(b)) => Some(b),
                 _ => None,
             };
             while let Some(first) = queue.front() {
-                let covered = !first.for_sinks
-                    || durable.is_some_and(|d| first.end.try_cmp(d).is_some_and(|o| o.is_le()));
+                let covered = match &first.commit {
+                    None => true,
+                    Some(commit) => {
+                        durable.is_some_and(|d| commit.try_cmp(d).is_some_and(|o| o.is_le()))
+                    }
+                };
                 if !covered {
                     break;
                 }
@@ -181,7 +202,7 @@ async fn acknowledge(
         tokio::select! {
             next = pending.recv() => match next {
                 Some(p) => {
-                    tracing::debug!(end = %p.end, for_sinks = p.for_sinks, "the primary waits for an acknowledgement");
+                    tracing::debug!(end = %p.end, for_sinks = p.commit.is_some(), "the primary waits for an acknowledgement");
                     queue.push_back(p)
                 }
                 None => return,
@@ -222,7 +243,7 @@ async fn semi_sync_feed(
     Ok(Feed::SemiSync {
         reader,
         events: EventStreamReader::new(BinlogVersion::Version4),
-        payload: None,
+        payload: VecDeque::new(),
         acks,
         _acker: ferry_core::AbortOnDrop(tokio::spawn(acknowledge(acker, pending, acked))),
     })
@@ -352,7 +373,7 @@ pub async fn run(
             },
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
-        let (event, wants_ack) = match next {
+        let (event, ack_at) = match next {
             Ok(Ok(Some(next))) => next,
             Ok(Err(e)) => return Err(e),
             Ok(Ok(None)) => return Err(Error::transient("reading the binlog", "the server closed the binlog stream")),
@@ -366,15 +387,17 @@ pub async fn run(
         let skipped = decoder.origin_skipped;
         decoder.decode(&event, &mut out)?;
         stats.add_origin_skipped(decoder.origin_skipped - skipped);
-        if wants_ack {
-            if let Feed::SemiSync { acks, .. } = &feed {
-                let end = BinlogFilePos::new(decoder.file(), u64::from(event.header().log_pos()));
-                // The sinks commit what ends here only if the decoder made a transaction of it.
-                let for_sinks = out.iter().any(|e| {
-                    matches!(e, Event::Commit { position: Position::Binlog(b), .. } if b.pos == end)
-                });
-                let _ = acks.send(PendingAck { end, for_sinks });
-            }
+        if let (Some(offset), Feed::SemiSync { acks, .. }) = (ack_at, &feed) {
+            let end = BinlogFilePos::new(decoder.file(), offset);
+            // The sinks commit what ends here only if the decoder made a transaction of it.
+            let commit = out.iter().find_map(|e| match e {
+                Event::Commit {
+                    position: Position::Binlog(b),
+                    ..
+                } if b.pos == end => Some(b.clone()),
+                _ => None,
+            });
+            let _ = acks.send(PendingAck { end, commit });
         }
         let commits = out
             .iter()
