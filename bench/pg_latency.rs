@@ -178,6 +178,20 @@ pub fn lag(dir: &std::path::Path) -> LatencyMeasure {
             "{db} did not receive every row"
         );
     }
+    // Where Ferry's share of the lag goes: its own histograms of source commit → sink commit and of each apply.
+    if let Some((_, body)) = ferry.get("/metrics") {
+        for family in ["ferry_sink_commit_lag_seconds", "ferry_sink_apply_seconds"] {
+            let buckets: Vec<String> = body
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}_bucket")))
+                .filter_map(|l| {
+                    let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                    Some(format!("≤{le}s:{}", l.rsplit(' ').next()?))
+                })
+                .collect();
+            eprintln!("bench:   lag: {family} (cumulative) {}", buckets.join(" "));
+        }
+    }
     assert!(ferry.terminate().success(), "ferry failed");
     LatencyMeasure {
         workload: format!("end-to-end lag at {tps} txn/s, ms"),

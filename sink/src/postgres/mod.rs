@@ -105,6 +105,8 @@ pub struct PostgresSink {
     pipeline: String,
     client: Client,
     in_transaction: bool,
+    /// The checkpoint upsert, prepared once.
+    checkpoint_statement: Option<Statement>,
     statements: HashMap<(TableId, u64, GroupKind, Vec<usize>), Statement>,
     known_tables: HashMap<TableId, SchemaRef>,
     /// What this sink last applied to each target table (`ferry_schemas`).
@@ -202,6 +204,7 @@ impl PostgresSink {
             pipeline: pipeline.to_owned(),
             client,
             in_transaction: false,
+            checkpoint_statement: None,
             statements: HashMap::new(),
             known_tables: HashMap::new(),
             shadows: Shadows::from_records(&applied),
@@ -210,13 +213,13 @@ impl PostgresSink {
         })
     }
 
-    /// Opens the target transaction if none is open.
+    /// Opens the target transaction if none is open. BEGIN is pipelined: sent now, ahead of the statements that
+    /// follow on this connection, without waiting for its answer (a round trip per batch). It cannot fail on its
+    /// own; a broken connection shows in the next statement.
     async fn begin(&mut self) -> Result<(), Error> {
         if !self.in_transaction {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(write_error("starting a transaction"))?;
+            // The first poll of the request sends it; the connection task reads and drops the answer.
+            let _ = futures_util::FutureExt::now_or_never(self.client.batch_execute("BEGIN"));
             self.in_transaction = true;
         }
         Ok(())
@@ -1128,23 +1131,32 @@ impl Sink for PostgresSink {
         self.apply_events(&events).await?;
         if let Some(position) = commit {
             let position = position.to_string();
-            self.client
-                .execute(
-                    checkpoint::UPSERT_CHECKPOINT,
-                    &[
-                        &self.pipeline,
-                        &self.name,
-                        &position,
-                        &checkpoint::now_text(),
-                    ],
-                )
-                .await
-                .map_err(write_error("writing the checkpoint"))?;
-            self.client
-                .batch_execute(&format!("{}COMMIT", self.multi.origin_commit_sql()))
-                .await
-                .map_err(write_error("committing"))?;
+            let upsert = match &self.checkpoint_statement {
+                Some(statement) => statement.clone(),
+                None => {
+                    let statement = self
+                        .client
+                        .prepare(checkpoint::UPSERT_CHECKPOINT)
+                        .await
+                        .map_err(write_error("preparing the checkpoint upsert"))?;
+                    self.checkpoint_statement = Some(statement.clone());
+                    statement
+                }
+            };
+            // The checkpoint and COMMIT in one round trip. Should the upsert fail, COMMIT ends the aborted
+            // transaction with a rollback and the upsert's error is what this returns.
+            let commit_sql = format!("{}COMMIT", self.multi.origin_commit_sql());
+            let now = checkpoint::now_text();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&self.pipeline, &self.name, &position, &now];
+            let (written, committed) = futures_util::future::join(
+                self.client.execute(&upsert, &params),
+                self.client.batch_execute(&commit_sql),
+            )
+            .await;
             self.in_transaction = false;
+            written.map_err(write_error("writing the checkpoint"))?;
+            committed.map_err(write_error("committing"))?;
             self.truncated.clear();
             self.multi.tally.committed();
             self.multi.last_commit = None;
