@@ -4,8 +4,12 @@
 //! The whole snapshot is one source "transaction" (`Begin`, a truncate of every target table, `read` rows,
 //! `Commit` at the consistent point). Sinks commit it as a unit, so a crash during the snapshot leaves no
 //! checkpoint and the next start takes the snapshot again from scratch: never a mixed target.
+//!
+//! `snapshot_parallelism` workers copy tables side by side, and split a big table (PostgreSQL 14+, which scans a
+//! range of pages by TID) into page ranges copied under the same exported snapshot: one table alone then keeps
+//! every worker busy.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,9 +70,10 @@ pub async fn run(
     let started = Instant::now();
     let reporter = crate::snapshot::report_progress(stats.clone());
 
+    let pieces = split_tables(catalog, &schemas, &tables, parallelism).await?;
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
     let mut workers = tokio::task::JoinSet::new();
-    for schema in schemas {
+    for (schema, pages, remaining) in pieces {
         let permits = permits.clone();
         let (url, snapshot, events, stats) = (
             url.to_owned(),
@@ -85,13 +90,19 @@ pub async fn run(
                 &url,
                 &snapshot,
                 &schema,
+                pages,
                 generated_published,
                 &events,
                 &stats.snapshot,
             )
             .await?;
-            stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
-            info!(table = %schema.id, rows, "table copied");
+            if let Some(pages) = pages {
+                info!(table = %schema.id, pages = %pages, rows, "table chunk copied");
+            }
+            if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
+                info!(table = %schema.id, "table copied");
+            }
             Ok::<_, Error>(())
         });
     }
@@ -101,12 +112,97 @@ pub async fn run(
     crate::snapshot::commit(events, position, &stats, started).await
 }
 
-/// Copies one table. Generated columns the stream cannot carry (`generated_published` false) are copied as NULL,
-/// so snapshot and stream agree.
+/// Tables of fewer pages than this (8 KiB each: 16 MiB) are copied whole; a bigger one is split into ranges of
+/// at least this many pages, one per worker.
+const CHUNK_PAGES: u64 = 2048;
+
+/// A range of a table's pages: `from` up to `to` (`None`: to the end, so rows in pages added since the size was
+/// read are copied too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pages {
+    from: u64,
+    to: Option<u64>,
+}
+
+impl std::fmt::Display for Pages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to {
+            Some(to) => write!(f, "{}..{to}", self.from),
+            None => write!(f, "{}..", self.from),
+        }
+    }
+}
+
+/// `pages` split into at most `parts` ranges of at least [`CHUNK_PAGES`] each; `None` when one range would do.
+fn page_ranges(pages: u64, parts: usize) -> Option<Vec<Pages>> {
+    let parts = (pages / CHUNK_PAGES).min(parts as u64);
+    if parts < 2 {
+        return None;
+    }
+    let step = pages / parts;
+    Some(
+        (0..parts)
+            .map(|i| Pages {
+                from: i * step,
+                to: (i + 1 < parts).then_some((i + 1) * step),
+            })
+            .collect(),
+    )
+}
+
+/// The work of the copy: each table whole, or its page ranges, with a count of the pieces left per table.
+async fn split_tables(
+    catalog: &mut Catalog,
+    schemas: &[SchemaRef],
+    tables: &[SnapshotTable],
+    parallelism: usize,
+) -> Result<Vec<(SchemaRef, Option<Pages>, Arc<AtomicUsize>)>, Error> {
+    // Scanning a TID range reads only those pages from PostgreSQL 14 on; before, each range would scan it all.
+    let sizes: std::collections::HashMap<u32, u64> = if parallelism > 1
+        && catalog.server_version().await? >= 140_000
+    {
+        let oids: Vec<i64> = tables.iter().map(|t| i64::from(t.oid)).collect();
+        catalog
+                .client()
+                .query(
+                    "SELECT c.oid::int8, pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                     FROM pg_class c WHERE c.oid::int8 = ANY($1) AND c.relkind = 'r'",
+                    &[&oids],
+                )
+                .await
+                .map_err(|e| Error::transient("reading the tables' sizes", e))?
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1).max(0) as u64))
+                .collect()
+    } else {
+        Default::default()
+    };
+    let mut pieces = Vec::new();
+    for (schema, table) in schemas.iter().zip(tables) {
+        let ranges = sizes
+            .get(&table.oid)
+            .and_then(|&pages| page_ranges(pages, parallelism));
+        match ranges {
+            Some(ranges) => {
+                info!(table = %schema.id, chunks = ranges.len(), "copying the table in page ranges");
+                let remaining = Arc::new(AtomicUsize::new(ranges.len()));
+                for pages in ranges {
+                    pieces.push((schema.clone(), Some(pages), remaining.clone()));
+                }
+            }
+            None => pieces.push((schema.clone(), None, Arc::new(AtomicUsize::new(1)))),
+        }
+    }
+    Ok(pieces)
+}
+
+/// Copies one table, or the rows in one range of its pages. Generated columns the stream cannot carry
+/// (`generated_published` false) are copied as NULL, so snapshot and stream agree.
 async fn copy_table(
     url: &str,
     snapshot_name: &str,
     schema: &SchemaRef,
+    pages: Option<Pages>,
     generated_published: bool,
     events: &mpsc::Sender<Event>,
     progress: &SnapshotProgress,
@@ -121,8 +217,15 @@ async fn copy_table(
         ))
         .await
         .map_err(sql_err)?;
+    let range = match pages {
+        None => String::new(),
+        Some(Pages { from, to: None }) => format!(" WHERE ctid >= '({from},0)'::tid"),
+        Some(Pages { from, to: Some(to) }) => {
+            format!(" WHERE ctid >= '({from},0)'::tid AND ctid < '({to},0)'::tid")
+        }
+    };
     let sql = format!(
-        "COPY (SELECT {} FROM {}) TO STDOUT",
+        "COPY (SELECT {} FROM {}{range}) TO STDOUT",
         select_list(schema, generated_published),
         qualified(&schema.id)
     );
@@ -242,6 +345,21 @@ pub(crate) fn unescape_copy(field: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_tables_split_into_page_ranges_that_cover_every_page() {
+        assert_eq!(page_ranges(CHUNK_PAGES * 2 - 1, 4), None);
+        assert_eq!(page_ranges(CHUNK_PAGES * 10, 1), None);
+        let ranges = page_ranges(CHUNK_PAGES * 3 + 5, 2).unwrap();
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(ranges[0].from, 0);
+        assert_eq!(ranges[0].to, Some(ranges[1].from));
+        // The last range is open: pages added after the size was read are copied too.
+        assert_eq!(ranges[1].to, None);
+        let ranges = page_ranges(CHUNK_PAGES * 100, 8).unwrap();
+        assert_eq!(ranges.len(), 8);
+        assert!(ranges.windows(2).all(|w| w[0].to == Some(w[1].from)));
+    }
 
     #[test]
     fn unescapes_copy_text() {
