@@ -107,15 +107,33 @@ fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_r
 /// asynchronous (`Rpl_semi_sync_master_no_tx` stays 0).
 #[test]
 fn with_semi_sync_a_mariadb_commit_returns_once_the_row_is_in_the_target() {
+    semi_sync_commits_find_their_rows("CRC32", "IDENTIFIED BY 'semi-secret'");
+}
+
+/// The same without binlog checksums (MariaDB still puts one on the stream's first, artificial ROTATE, which must
+/// not end up in the file name Ferry acknowledges) and with an account on MariaDB's ed25519 plugin.
+#[test]
+fn with_semi_sync_and_no_binlog_checksums_an_ed25519_account_waits_as_well() {
+    semi_sync_commits_find_their_rows(
+        "NONE",
+        "IDENTIFIED VIA ed25519 USING PASSWORD('semi-secret')",
+    );
+}
+
+fn semi_sync_commits_find_their_rows(checksum: &str, identified: &str) {
     let my = MariaDbServer::start_with(&[
         "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
         "--rpl-semi-sync-master-timeout=10000",
+        &format!("--binlog-checksum={checksum}"),
     ]);
-    my.sql(
+    if identified.contains("ed25519") {
+        my.sql("INSTALL SONAME 'auth_ed25519'");
+    }
+    my.sql(&format!(
         "CREATE DATABASE shop; CREATE TABLE shop.s (id int PRIMARY KEY, at datetime(6) DEFAULT now(6));
-         CREATE USER ferry@'%' IDENTIFIED BY 'semi-secret';
-         GRANT ALL ON *.* TO ferry@'%';",
-    );
+         CREATE USER ferry@'%' {identified};
+         GRANT ALL ON *.* TO ferry@'%';"
+    ));
     let pg = server_with_dbs();
     let dir = scratch();
     let cfg = write_config(
@@ -203,6 +221,18 @@ fn with_semi_sync_a_mariadb_commit_returns_once_the_row_is_in_the_target() {
     let waited: u64 = status("RPL_SEMI_SYNC_MASTER_YES_TX").parse().unwrap();
     assert!(waited >= 1001, "{waited} commits waited for Ferry");
     assert!(!ferry.log().contains("semi-secret"), "{}", ferry.log());
+    // The checkpoint names the server's binlog file as it is, nothing appended.
+    let checkpoint = pg.psql("replica", "SELECT position FROM ferry_checkpoints");
+    let file = my
+        .sql("SHOW MASTER STATUS")
+        .split('\t')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        checkpoint.starts_with(&format!("mysql:{file}:")),
+        "{checkpoint} is not in {file}"
+    );
     assert!(ferry.terminate().success());
 }
 

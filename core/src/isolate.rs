@@ -150,10 +150,18 @@ impl Isolation {
                  ({max}); raise [pipeline] max_dead_letters and start the pipeline again"
             )));
         }
+        if held == 0 {
+            // Nothing to replay or discard: a pause could never end.
+            return Err(Error::fatal(format!(
+                "sink {sink}: the batch under way sets aside {own} changes, more than max_dead_letters ({max}), and \
+                 none are held to replay or discard; raise [pipeline] max_dead_letters and start the pipeline again"
+            )));
+        }
         Err(Error::paused(format!(
             "sink {sink}: the batch under way sets aside {own} changes and {held} are held, more than \
              max_dead_letters ({max}); the pipeline is paused until some are replayed or discarded: `ferry \
-             dead-letters list --config <file>`, then `replay` or `discard` (they run while it is paused)"
+             dead-letters list --config <file>`, then `replay` or `discard` (they run while it is paused), or \
+             raise [pipeline] max_dead_letters and start it again"
         )))
     }
 

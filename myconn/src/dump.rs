@@ -5,7 +5,8 @@
 //! socket: `0xEF`, the binlog position as 8 bytes little-endian, the file name (MariaDB's `semisync_slave.cc`,
 //! MySQL's "Semi-synchronous replication" protocol notes). mysql_async's binlog stream reads neither, so with
 //! `semi_sync` Ferry opens the dump connection itself: the handshake, TLS as the URL's `ssl-mode` says (with the
-//! PostgreSQL connections' rustls verifiers), authentication (`mysql_native_password`, `caching_sha2_password`),
+//! PostgreSQL connections' rustls verifiers), authentication (`mysql_native_password`, `caching_sha2_password`,
+//! MariaDB's `client_ed25519`),
 //! and then raw packets, parsed with mysql_common's packet types.
 
 use std::borrow::Cow;
@@ -233,12 +234,13 @@ impl DumpConn {
                     plugin = match switch.auth_plugin() {
                         AuthPlugin::MysqlNativePassword => AuthPlugin::MysqlNativePassword,
                         AuthPlugin::CachingSha2Password => AuthPlugin::CachingSha2Password,
+                        AuthPlugin::Ed25519 => AuthPlugin::Ed25519,
                         AuthPlugin::MysqlClearPassword if tls => AuthPlugin::MysqlClearPassword,
                         other => {
                             return Err(HandshakeError::Fatal(Error::fatal(format!(
                                 "the server asks for the authentication plugin {} on the binlog connection; with \
-                                 semi_sync Ferry speaks mysql_native_password and caching_sha2_password (and \
-                                 mysql_clear_password over TLS): give Ferry's user one of those",
+                                 semi_sync Ferry speaks mysql_native_password, caching_sha2_password, \
+                                 client_ed25519 (and mysql_clear_password over TLS): give Ferry's user one of those",
                                 String::from_utf8_lossy(other.as_bytes())
                             ))))
                         }

@@ -69,7 +69,8 @@ fn mariadb_gtids_enums_and_timestamps() {
             Value::TimestampTz(Timestamp::from_unix_micros(1_650_493_084_000_000)),
         ]
     );
-    // Begin carries the transaction's first byte, Commit the end of its last: the next transaction starts there.
+    // Begin carries the transaction's first byte and its own GTID, Commit the end of its last: the next
+    // transaction starts there.
     let begins: Vec<&ferry_core::TxContext> = events
         .iter()
         .filter_map(|e| match e {
@@ -79,7 +80,7 @@ fn mariadb_gtids_enums_and_timestamps() {
         .collect();
     assert_eq!(
         begins[1].commit_at,
-        "mysql:rmc__mariadb-bin.000001:702"
+        "mysql:rmc__mariadb-bin.000001:702;gtid=0-1-2"
             .parse::<Position>()
             .unwrap()
     );

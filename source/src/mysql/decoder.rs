@@ -143,7 +143,6 @@ pub struct Decoder {
     last_heartbeat: Instant,
     seen_format_description: bool,
     /// The server checksums its events (binlog_checksum = CRC32).
-    stream_checksums: bool,
     /// TABLE_MAP events carry column names, signedness and labels (binlog_row_metadata = FULL).
     full_metadata: bool,
     /// DDL statements skipped under `on_unknown_ddl = "skip"`.
@@ -201,7 +200,6 @@ impl Decoder {
             payload_end: None,
             last_heartbeat: Instant::now(),
             seen_format_description: false,
-            stream_checksums: false,
             full_metadata: false,
             skipped_ddl: 0,
             column_hints: HashMap::new(),
@@ -221,11 +219,6 @@ impl Decoder {
     /// Tells the decoder that the server writes FULL row metadata, so DDL needs no interpreting.
     pub fn set_full_metadata(&mut self, on: bool) {
         self.full_metadata = on;
-    }
-
-    /// Tells the decoder that the server checksums its events (`binlog_checksum` is not NONE).
-    pub fn set_stream_checksums(&mut self, on: bool) {
-        self.stream_checksums = on;
     }
 
     /// The binlog file being read.
@@ -261,8 +254,10 @@ impl Decoder {
                     event.read_event().map_err(|e| self.fail(end, e))?;
                 let mut name = rotate.name_raw();
                 // The stream's first (artificial) ROTATE comes before the FORMAT_DESCRIPTION that announces
-                // checksums, so the parser leaves the CRC32 on the end of the name.
-                if !self.seen_format_description && self.stream_checksums && name.len() > 4 {
+                // checksums, so the parser may leave a CRC32 on the end of the name. Whether one is there depends
+                // on the server and what the replica declared (MariaDB adds one even when its binlog has none), so
+                // the event's own bytes decide.
+                if !self.seen_format_description && ends_with_own_crc32(event) && name.len() > 4 {
                     name = &name[..name.len() - 4];
                 }
                 self.file = String::from_utf8_lossy(name).into_owned();
@@ -995,4 +990,21 @@ fn previous_gtids_bounded(data: &[u8]) -> bool {
         Some(())
     };
     walk().is_some()
+}
+
+/// Whether an event's last four bytes are the CRC32 of the rest (header and body), as a checksummed event ends.
+fn ends_with_own_crc32(event: &Event) -> bool {
+    use mysql_common::proto::MySerialize;
+    let data = event.data();
+    let Some(split) = data.len().checked_sub(4) else {
+        return false;
+    };
+    let (body, crc) = data.split_at(split);
+    let mut header = Vec::with_capacity(19);
+    event.header().serialize(&mut header);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header);
+    hasher.update(body);
+    crc.try_into()
+        .is_ok_and(|crc: [u8; 4]| hasher.finalize() == u32::from_le_bytes(crc))
 }

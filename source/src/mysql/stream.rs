@@ -264,11 +264,6 @@ pub async fn run(
     let timeout = binlog.timeout;
     let mut conn = super::connect(url).await?;
     let setup_err = |e| Error::transient("preparing the binlog connection", e);
-    let checksum: Option<String> = conn
-        .query_first("SELECT @@global.binlog_checksum")
-        .await
-        .map_err(setup_err)?;
-    decoder.set_stream_checksums(checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")));
     // MySQL before 8.0.1 and MariaDB before 10.5 have no binlog_row_metadata: MINIMAL.
     let metadata: Option<String> = conn
         .query_first("SELECT @@global.binlog_row_metadata")
