@@ -18,6 +18,42 @@ async fn connect(url: String) -> tokio_postgres::Client {
     client
 }
 
+/// One commit on the source.
+type Commit<C> =
+    for<'a> fn(&'a mut C, i32) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Commits rows 1..=1000 one at a time on `source`, and right after each COMMIT returns looks for the row in the
+/// target with `probe` (`$1`: the id): how many were missing, and each commit's latency.
+async fn commit_then_probe<C>(
+    source: &mut C,
+    commit: Commit<C>,
+    target: &tokio_postgres::Client,
+    probe: &str,
+) -> (usize, Vec<Duration>) {
+    let probe = target.prepare(probe).await.unwrap();
+    let (mut misses, mut latencies) = (0, Vec::new());
+    for id in 1..=1000i32 {
+        let started = Instant::now();
+        commit(source, id).await;
+        latencies.push(started.elapsed());
+        let found: i64 = target.query_one(&probe, &[&id]).await.unwrap().get(0);
+        if found != 1 {
+            misses += 1;
+        }
+    }
+    (misses, latencies)
+}
+
+fn report_latencies(what: &str, latencies: &mut [Duration]) {
+    latencies.sort();
+    println!(
+        "{what}: p50 {:?}, p99 {:?} over {} commits",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies.len()
+    );
+}
+
 #[test]
 fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_returns() {
     let pg = server_with_dbs();
@@ -69,29 +105,20 @@ fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_r
             .prepare("INSERT INTO s (id) VALUES ($1)")
             .await
             .unwrap();
-        let probe = target
-            .prepare("SELECT count(*) FROM s WHERE id = $1")
-            .await
-            .unwrap();
-        let (mut misses, mut latencies) = (0, Vec::new());
-        for id in 1..=1000i32 {
-            let started = Instant::now();
-            source.execute(&insert, &[&id]).await.unwrap();
-            latencies.push(started.elapsed());
-            let found: i64 = target.query_one(&probe, &[&id]).await.unwrap().get(0);
-            if found != 1 {
-                misses += 1;
-            }
-        }
-        (misses, latencies)
+        let mut source = (source, insert);
+        commit_then_probe(
+            &mut source,
+            |(client, insert), id| {
+                Box::pin(async move {
+                    client.execute(&*insert, &[&id]).await.unwrap();
+                })
+            },
+            &target,
+            "SELECT count(*) FROM s WHERE id = $1",
+        )
+        .await
     });
-    latencies.sort();
-    println!(
-        "synchronous commit through Ferry: p50 {:?}, p99 {:?} over {} commits",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() * 99 / 100],
-        latencies.len()
-    );
+    report_latencies("synchronous commit through Ferry", &mut latencies);
     assert_eq!(
         misses, 0,
         "rows missing from the target when COMMIT returned"
@@ -179,32 +206,21 @@ fn semi_sync_commits_find_their_rows(checksum: &str, identified: &str) {
             .query_drop("INSERT INTO s (id) VALUES (0)")
             .await
             .unwrap();
-        let probe = target
-            .prepare("SELECT count(*) FROM shop.s WHERE id = $1")
-            .await
-            .unwrap();
-        let (mut misses, mut latencies) = (0, Vec::new());
-        for id in 1..=1000i32 {
-            let started = Instant::now();
-            source
-                .exec_drop("INSERT INTO s (id) VALUES (?)", (id,))
-                .await
-                .unwrap();
-            latencies.push(started.elapsed());
-            let found: i64 = target.query_one(&probe, &[&id]).await.unwrap().get(0);
-            if found != 1 {
-                misses += 1;
-            }
-        }
-        (misses, latencies)
+        commit_then_probe(
+            &mut source,
+            |conn, id| {
+                Box::pin(async move {
+                    conn.exec_drop("INSERT INTO s (id) VALUES (?)", (id,))
+                        .await
+                        .unwrap();
+                })
+            },
+            &target,
+            "SELECT count(*) FROM shop.s WHERE id = $1",
+        )
+        .await
     });
-    latencies.sort();
-    println!(
-        "semi-synchronous commit through Ferry: p50 {:?}, p99 {:?} over {} commits",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() * 99 / 100],
-        latencies.len()
-    );
+    report_latencies("semi-synchronous commit through Ferry", &mut latencies);
     assert_eq!(
         misses,
         0,
