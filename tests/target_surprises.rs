@@ -478,3 +478,52 @@ fn a_transaction_that_fails_midway_in_mariadb_is_applied_once_when_resumed() {
         "1\t1\t7\n2\t2\t8"
     );
 }
+
+/// The target's `ferry_checkpoints` altered by hand so that the position is no longer text: the restart is a fatal
+/// error naming the table and the fix, never a panic, and nothing more is applied.
+#[test]
+fn an_altered_checkpoint_table_is_an_error_naming_it_never_a_panic() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        "CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a VALUES (1);",
+    );
+    let dir = scratch();
+    let cfg = write_config(
+        dir.path(),
+        "ckpt",
+        &format!(
+            "[pipeline]\nname = \"ckpt\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        ),
+    );
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    assert!(
+        wait_until(WAIT, || pg
+            .try_psql("replica", "SELECT count(*) FROM a")
+            .ok()
+            .as_deref()
+            == Some("1")),
+        "{}",
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+    pg.psql(
+        "replica",
+        "ALTER TABLE ferry_checkpoints ALTER COLUMN position TYPE int USING 0",
+    );
+    pg.psql("shop", "INSERT INTO a VALUES (2)");
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("f2.log"));
+    let stopped = ferry.wait_exit(WAIT);
+    let log = ferry.log();
+    assert!(stopped.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("ferry_checkpoints.position in the target is not text")
+            && !log.contains("panicked"),
+        "{log}"
+    );
+    assert_eq!(pg.psql("replica", "SELECT count(*) FROM a"), "1");
+}

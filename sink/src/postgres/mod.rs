@@ -1072,7 +1072,14 @@ impl Sink for PostgresSink {
             .await
             .map_err(write_error("reading the checkpoint"))?;
         row.map(|r| {
-            r.get::<_, String>(0)
+            r.try_get::<_, String>(0)
+                .map_err(|e| {
+                    Error::fatal_from(
+                        "ferry_checkpoints.position in the target is not text (was the table altered?); restore \
+                         it with ALTER TABLE ferry_checkpoints ALTER COLUMN position TYPE text, or run `ferry reset`",
+                        e,
+                    )
+                })?
                 .parse()
                 .map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))
         })
@@ -1143,20 +1150,21 @@ impl Sink for PostgresSink {
                     statement
                 }
             };
-            // The checkpoint and COMMIT in one round trip. Should the upsert fail, COMMIT ends the aborted
-            // transaction with a rollback and the upsert's error is what this returns.
+            // The checkpoint and COMMIT in one round trip. try_join polls the upsert first: one that fails before
+            // it is sent (its parameters do not fit a ferry_checkpoints someone altered) returns at once, and COMMIT
+            // is never sent. One the server refuses leaves the transaction aborted, and the COMMIT queued behind
+            // it rolls back; either way the upsert's error is what this returns.
             let commit_sql = format!("{}COMMIT", self.multi.origin_commit_sql());
             let now = checkpoint::now_text();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&self.pipeline, &self.name, &position, &now];
-            let (written, committed) = futures_util::future::join(
+            let done = futures_util::future::try_join(
                 self.client.execute(&upsert, &params),
                 self.client.batch_execute(&commit_sql),
             )
             .await;
             self.in_transaction = false;
-            written.map_err(write_error("writing the checkpoint"))?;
-            committed.map_err(write_error("committing"))?;
+            done.map_err(write_error("writing the checkpoint and committing"))?;
             self.truncated.clear();
             self.multi.tally.committed();
             self.multi.last_commit = None;
