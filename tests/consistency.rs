@@ -65,12 +65,7 @@ fn with_synchronous_standby_names_a_committed_row_is_in_the_target_when_commit_r
     let cfg = write_config(
         dir.path(),
         "sync",
-        &format!(
-            "[pipeline]\nname = \"sync\"\n[pipeline.batch]\nmax_wait = \"0ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
-        ),
+        &pg_to_pg_config(&pg, "sync", "[pipeline.batch]\nmax_wait = \"0ms\"\n"),
     );
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
     ferry.wait_streaming();
@@ -264,12 +259,7 @@ fn waiting_for_the_position_of_a_write_never_reads_a_stale_replica() {
     let cfg = write_config(
         dir.path(),
         "ryw",
-        &format!(
-            "[pipeline]\nname = \"ryw\"\n[pipeline.batch]\nmax_wait = \"5ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
-        ),
+        &pg_to_pg_config(&pg, "ryw", "[pipeline.batch]\nmax_wait = \"5ms\"\n"),
     );
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
     ferry.wait_streaming();

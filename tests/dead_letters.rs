@@ -32,14 +32,13 @@ fn refused_rows_become_dead_letters_and_replay_applies_them_exactly_once_under_s
     let cfg = write_config(
         dir.path(),
         "dl",
-        &format!(
-            "[pipeline]\nname = \"dl\"\non_error = \"dead_letter\"\n\
+        &pg_to_pg_config(
+            &pg,
+            "dl",
+            "on_error = \"dead_letter\"\n\
              [pipeline.retry]\ninitial = \"10ms\"\nmax = \"40ms\"\nattempts = 2\n\
              [[pipeline.on_error_rules]]\ntables = [\"public.audit\"]\non_error = \"skip\"\n\
-             [pipeline.batch]\nmax_wait = \"20ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
+             [pipeline.batch]\nmax_wait = \"20ms\"\n",
         ),
     );
     let log = dir.path().join("f.log");
@@ -161,12 +160,11 @@ fn a_refused_row_under_halt_stops_the_pipeline_naming_table_key_and_constraint()
     let cfg = write_config(
         dir.path(),
         "halt",
-        &format!(
-            "[pipeline]\nname = \"halt\"\n[pipeline.retry]\ninitial = \"10ms\"\nmax = \"20ms\"\n\
-             [pipeline.batch]\nmax_wait = \"20ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
+        &pg_to_pg_config(
+            &pg,
+            "halt",
+            "[pipeline.retry]\ninitial = \"10ms\"\nmax = \"20ms\"\n\
+             [pipeline.batch]\nmax_wait = \"20ms\"\n",
         ),
     );
     let mut ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
@@ -354,13 +352,12 @@ fn key_changes_truncates_and_keyless_rows_keep_the_replica_exact() {
     let cfg = write_config(
         dir.path(),
         "kc",
-        &format!(
-            "[pipeline]\nname = \"kc\"\non_error = \"dead_letter\"\n\
+        &pg_to_pg_config(
+            &pg,
+            "kc",
+            "on_error = \"dead_letter\"\n\
              [pipeline.retry]\ninitial = \"10ms\"\nmax = \"20ms\"\nattempts = 1\n\
-             [pipeline.batch]\nmax_wait = \"20ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
+             [pipeline.batch]\nmax_wait = \"20ms\"\n",
         ),
     );
     let log = dir.path().join("f.log");

@@ -49,13 +49,12 @@ fn lag_alerts_fire_and_clear_and_the_shipped_rules_and_dashboard_use_real_metric
     let cfg = write_config(
         dir.path(),
         "mon",
-        &format!(
-            "[pipeline]\nname = \"mon\"\nheartbeat_interval = \"500ms\"\n\
+        &pg_to_pg_config(
+            &pg,
+            "mon",
+            "heartbeat_interval = \"500ms\"\n\
              [pipeline.alerts]\nlag_seconds = 2\nretained_wal = \"1TB\"\nreadyz = true\n\
-             [pipeline.batch]\nmax_wait = \"20ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
+             [pipeline.batch]\nmax_wait = \"20ms\"\n",
         ),
     );
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));

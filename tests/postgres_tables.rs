@@ -233,11 +233,10 @@ fn a_big_table_is_copied_in_page_ranges_and_arrives_whole() {
     let cfg = write_config(
         dir.path(),
         "chunks",
-        &format!(
-            "[pipeline]\nname = \"chunks\"\nsnapshot_parallelism = 3\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
+        &pg_to_pg_config(
+            &pg,
+            "chunks",
+            "snapshot_parallelism = 3\n[pipeline.batch]\nmax_wait = \"20ms\"\n",
         ),
     );
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));

@@ -492,12 +492,7 @@ fn an_altered_checkpoint_table_is_an_error_naming_it_never_a_panic() {
     let cfg = write_config(
         dir.path(),
         "ckpt",
-        &format!(
-            "[pipeline]\nname = \"ckpt\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("shop"),
-            pg.url("replica")
-        ),
+        &pg_to_pg_config(&pg, "ckpt", "[pipeline.batch]\nmax_wait = \"20ms\"\n"),
     );
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
     ferry.wait_streaming();

@@ -208,9 +208,11 @@ impl WaitPoint {
         match (self, checkpoint) {
             (WaitPoint::Lsn(want), Position::Pg(at, _)) => Some(at >= want),
             (WaitPoint::MariaDb(want), Position::Binlog(b)) => match &b.gtid {
+                // Each GTID on its own: a point may name one domain twice.
                 Some(GtidState::MariaDb(at)) => Some(want.iter().all(|g| {
-                    at.0.get(&g.domain)
-                        .is_some_and(|a| a.sequence >= g.sequence)
+                    at.contains(&crate::binlog_position::MariaGtidList(
+                        [(g.domain, *g)].into(),
+                    ))
                 })),
                 _ => None,
             },

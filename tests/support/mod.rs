@@ -599,6 +599,17 @@ pub fn fan_out_config(pg: &PgServer, name: &str, pipeline_extra: &str, sqlite: &
     )
 }
 
+/// A pipeline from `pg`'s `shop` database into its `replica` database; `pipeline_extra` goes into `[pipeline]` (and
+/// may open its subtables).
+pub fn pg_to_pg_config(pg: &PgServer, name: &str, pipeline_extra: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n{pipeline_extra}\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+        pg.url("shop"),
+        pg.url("replica")
+    )
+}
+
 /// A certificate authority and a server certificate it signed for 127.0.0.1 and localhost, made with the
 /// openssl command line; readable by the server user.
 pub struct TlsFiles {
