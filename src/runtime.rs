@@ -247,8 +247,6 @@ async fn run_once(
     }
 }
 
-/// The online re-copies to resume, from what each sink that keeps them recorded: a table's cursor when every such
-/// sink holds the same one, `None` (start it again) when they differ or some sink has none.
 /// Stops before anything moves when this pipeline and another would replicate each other's changes back and
 /// forth (docs/multi-master.md): the error names both and the setting that breaks the loop.
 async fn refuse_loops(config: &PipelineConfig) -> Result<(), Error> {
@@ -267,6 +265,8 @@ async fn refuse_loops(config: &PipelineConfig) -> Result<(), Error> {
     )))
 }
 
+/// The online re-copies to resume, from what each sink that keeps them recorded: a table's cursor when every such
+/// sink holds the same one, `None` (start it again) when they differ or some sink has none.
 fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<String>)> {
     let mut tables: Vec<&TableId> = per_sink.iter().flatten().map(|(t, _)| t).collect();
     tables.sort();

@@ -186,3 +186,148 @@ to = "public.accounts_masked"
     );
     assert!(ferry.terminate().success());
 }
+
+/// A SIGKILL during a 2,000,000-row initial copy: the tables the snapshot finished stay as they are, each table
+/// it had not finished is re-copied online (a second SIGKILL lands during that re-copy), and both targets end
+/// equal to the source, while writers change every table throughout — including updates that leave a TOASTed
+/// column unchanged, which a target could not apply to a row it lacks.
+#[test]
+fn a_snapshot_cut_short_resumes_with_the_tables_it_had_not_copied() {
+    let pg = server_with_dbs();
+    // Rows whose id is a multiple of 1000 carry a TOASTed document.
+    let doc = "CASE WHEN g % 1000 = 0 THEN repeat(md5(g::text), 200) ELSE 'd' || g END";
+    let mut setup = format!(
+        "CREATE TABLE big (id bigint PRIMARY KEY, n bigint NOT NULL, doc text);
+         INSERT INTO big SELECT g, g, {doc} FROM generate_series(1, 1000000) g;"
+    );
+    for t in 1..=10 {
+        setup.push_str(&format!(
+            "CREATE TABLE small_{t} (id int PRIMARY KEY, n int NOT NULL, doc text);
+             INSERT INTO small_{t} SELECT g, g, {doc} FROM generate_series(1, 100000) g;"
+        ));
+    }
+    pg.psql("shop", &setup);
+    let dir = scratch();
+    let db = dir.path().join("replica.db");
+    let config = write_config(
+        dir.path(),
+        "cutshort",
+        &fan_out_config(&pg, "cutshort", "snapshot_parallelism = 2", &db),
+    );
+    let log = dir.path().join("ferry.log");
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        let t = seq % 10 + 1;
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN;
+                 UPDATE big SET n = n + 1 WHERE id = ({seq}::bigint * 7919 + {w}) % 1000 * 1000 + 1000;
+                 UPDATE big SET n = n + {seq} WHERE id = ({seq}::bigint * 104729 + {w}) % 1000000 + 1;
+                 DELETE FROM big WHERE id = ({seq}::bigint * 15485863 + {w}) % 1000000 + 1;
+                 INSERT INTO big VALUES (2000000 + {w} * 100000 + {seq}, {seq}, 'new');
+                 UPDATE small_{t} SET n = n + 1 WHERE id = ({seq} * 31 + {w}) % 100 * 1000 + 1000;
+                 DELETE FROM small_{t} WHERE id = ({seq} * 7919 + {w}) % 100000 + 1;
+                 INSERT INTO small_{t} VALUES (200000 + {w} * 100000 + {seq}, {seq}, 'new');
+                 COMMIT;"
+            ),
+        )
+    });
+
+    // Whether either sink has yet to record `table` as copied.
+    let copying = |table: &str| {
+        let done = format!(
+            "SELECT count(*) FROM ferry_schemas WHERE source_table = 'public.{table}' AND {} IS NULL",
+            "(applied::jsonb ->> 'copying')"
+        );
+        pg.try_psql("replica", &done).ok().as_deref() == Some("0")
+            || sqlite_rows(
+                &db,
+                &done.replace(
+                    "(applied::jsonb ->> 'copying')",
+                    "json_extract(applied, '$.copying')",
+                ),
+            ) != ["1"]
+    };
+    let small = |t: usize| format!("small_{t}");
+    // Cut the copy short once `big` and most small tables are copied, but not all.
+    let ferry = Ferry::start(&config, &log);
+    let cut = wait_until(Duration::from_secs(120), || {
+        if copying("big") {
+            return false;
+        }
+        let left = (1..=10).filter(|&t| copying(&small(t))).count();
+        (1..=3).contains(&left)
+    });
+    assert!(
+        cut,
+        "the snapshot was never part-way through its small tables:\n{}",
+        ferry.log()
+    );
+    ferry.kill9();
+    let finished: Vec<String> = std::iter::once("big".to_owned())
+        .chain((1..=10).map(small))
+        .filter(|t| !copying(t))
+        .collect();
+    assert!(
+        finished.len() < 11,
+        "every table was copied before the kill"
+    );
+    let stamp = |table: &str| {
+        pg.psql(
+            "replica",
+            &format!("SELECT min(xmin::text::bigint) FROM public.{table} WHERE id <= 100000"),
+        )
+    };
+    let stamps: Vec<String> = finished.iter().map(|t| stamp(t)).collect();
+
+    // Resume; a second kill lands during the online re-copy.
+    let ferry = Ferry::start(&config, &log);
+    assert!(
+        wait_until(Duration::from_secs(60), || ferry
+            .log()
+            .contains("re-copy started")),
+        "no online re-copy started after the snapshot was cut short:\n{}",
+        ferry.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    ferry.kill9();
+    writers.stop();
+
+    let ferry = Ferry::start(&config, &log);
+    let mut tables = vec!["big".to_owned()];
+    tables.extend((1..=10).map(small));
+    let expected: Vec<String> = tables
+        .iter()
+        .map(|t| pg.psql("shop", &format!("SELECT id, n, doc FROM {t} ORDER BY id")))
+        .collect();
+    let matches = || {
+        tables.iter().zip(&expected).all(|(t, e)| {
+            let q = format!("SELECT id, n, doc FROM {t} ORDER BY id");
+            pg.try_psql("replica", &q).ok().as_deref() == Some(e.as_str())
+                && sqlite_rows(&db, &q).join("\n") == *e
+        })
+    };
+    let converged = wait_until(Duration::from_secs(180), matches);
+    assert!(
+        converged,
+        "targets differ from the source after the snapshot was cut short:\n{}",
+        ferry.log()
+    );
+    // The tables copied before the kill were not copied again: their rows keep the transaction that wrote them.
+    for (table, before) in finished.iter().zip(&stamps) {
+        assert_eq!(&stamp(table), before, "{table} was copied again");
+    }
+    let log_text = ferry.log();
+    for table in &tables {
+        let recopied = log_text.contains(&format!("it is re-copied online table=public.{table}\n"));
+        assert_eq!(
+            recopied,
+            !finished.contains(table),
+            "{table}: re-copied online {recopied}, though copied before the kill: {}",
+            finished.contains(table)
+        );
+    }
+    assert!(ferry.terminate().success());
+}

@@ -432,6 +432,17 @@ pub enum SinkKind {
     Kafka(KafkaSink),
 }
 
+impl SinkKind {
+    /// Whether the sink records which tables a snapshot finished, so that a snapshot cut short resumes with the
+    /// tables it had not finished (SQL targets). A topic cannot take back the reads it published.
+    pub fn resumes_snapshots(&self) -> bool {
+        matches!(
+            self,
+            SinkKind::Postgres { .. } | SinkKind::Mysql { .. } | SinkKind::Sqlite { .. }
+        )
+    }
+}
+
 /// How a Kafka sink writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaSink {

@@ -70,6 +70,13 @@ pub enum Change {
         table: TableId,
         step: RecopyStep,
     },
+    /// The initial snapshot has copied every row of `tables`. A snapshot's truncate marks its tables as being
+    /// copied; SQL sinks record both in `ferry_schemas`, so that after a crash in a snapshot committed in parts
+    /// (see [`TxContext::continues_snapshot`]) a table whose copy was cut short is quarantined and copied anew
+    /// online, while the tables already copied stay as they are.
+    Copied {
+        tables: Vec<TableId>,
+    },
     /// A row a transform stage failed on under `on_error = "dead_letter"`, or a later change of a key that has
     /// such a letter (it follows it, in order). Never applied: the sink's runner writes it to the sink's dead
     /// letters in the batch's transaction, and `ferry dead-letters replay` runs it through the transforms again.
@@ -108,6 +115,10 @@ pub enum RecopyStep {
     /// The re-copy stops unfinished (a new snapshot copies the table whole): the shadow is dropped.
     Cancel,
 }
+
+/// The re-copy cursor a SQL sink reports ([`crate::Sink::recopies`]) for a table whose initial copy a crash cut
+/// short ([`Change::Copied`]) and whose online re-copy has not started: the source starts one.
+pub const INTERRUPTED_COPY: &str = "interrupted-initial-copy";
 
 /// The tables Ferry keeps in databases it writes to (checkpoints, applied schemas, leases, the conflict log,
 /// tombstones, dead letters). Sources never capture them: in two databases replicating into each other they belong to the
@@ -173,6 +184,7 @@ impl Change {
             Change::Truncate { tables, .. } => 64 * tables.len(),
             Change::Quarantine { reason, .. } => 64 + reason.len(),
             Change::Recopy { .. } => 64,
+            Change::Copied { tables } => 64 * tables.len(),
             Change::Refused(r) => 64 + r.op.row().iter().map(Value::size_hint).sum::<usize>(),
         }
     }
@@ -219,6 +231,9 @@ pub struct TxContext {
     /// PostgreSQL's transaction id (Debezium's `txId`); `None` for binlog sources and snapshots.
     pub xid: Option<u32>,
     pub origin: Origin,
+    /// A later part of a snapshot committed in parts, all at the snapshot's consistent point: the checkpoint an
+    /// earlier part left does not cover it.
+    pub continues_snapshot: bool,
 }
 
 impl TxContext {
@@ -229,6 +244,7 @@ impl TxContext {
             commit_time: None,
             xid: None,
             origin: Origin::default(),
+            continues_snapshot: false,
         }
     }
 }

@@ -38,7 +38,8 @@ pub use dead_letter::{DeadLetter, OnError, Retry, RowErrors};
 pub use error::{mysql_refuses, Error, ErrorClass, Result};
 pub use event::{
     is_internal_table, is_recopy_shadow, recopy_shadow, Change, Event, Origin, RecopyStep,
-    RefusedRow, Row, RowOp, TxContext, TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS, VERSION_VECTOR,
+    RefusedRow, Row, RowOp, TxContext, INTERRUPTED_COPY, TOMBSTONES_TABLE, VERSION_NODE,
+    VERSION_TS, VERSION_VECTOR,
 };
 pub use position::{Lsn, Position, WaitPoint};
 pub use schema::{

@@ -356,6 +356,7 @@ impl SkipCovered {
             return Ok(false);
         };
         let covered = match event {
+            Event::Begin(tx) if tx.continues_snapshot => Ok(false),
             Event::Begin(tx) => cp.includes(&tx.commit_at),
             Event::Heartbeat { position } => position.try_cmp(cp).map(|o| o.is_le()),
             _ => return Ok(false),

@@ -40,6 +40,11 @@ pub struct Applied {
     /// when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recopy: Option<String>,
+    /// The initial snapshot emptied the table and has not yet copied all its rows ([`ferry_core::Change::Copied`]).
+    /// Found at a sink's start, the copy was cut short: the table is quarantined until an online re-copy
+    /// replaces its rows ([`interrupted_copy`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copying: bool,
 }
 
 impl Applied {
@@ -59,6 +64,7 @@ impl Applied {
                 .collect(),
             quarantined: None,
             recopy: None,
+            copying: false,
         }
     }
 
@@ -68,6 +74,7 @@ impl Applied {
         Applied {
             quarantined: previous.and_then(|a| a.quarantined.clone()),
             recopy: previous.and_then(|a| a.recopy.clone()),
+            copying: previous.is_some_and(|a| a.copying),
             ..Applied::of(schema)
         }
     }
@@ -79,6 +86,7 @@ impl Applied {
             columns: Vec::new(),
             quarantined: None,
             recopy: None,
+            copying: false,
         });
         record.quarantined = Some(reason.to_owned());
         record
@@ -195,17 +203,38 @@ pub fn is_quarantined(applied: &HashMap<TableId, Applied>, table: &TableId) -> b
     applied.get(table).is_some_and(|a| a.quarantined.is_some())
 }
 
-/// A new snapshot copies `table` anew: its quarantine ends. Returns the record to store, if it was quarantined.
-pub fn release(applied: &mut HashMap<TableId, Applied>, table: &TableId) -> Option<Applied> {
-    let record = applied.get_mut(table).filter(|a| a.quarantined.is_some())?;
-    record.quarantined = None;
-    tracing::info!(%table, "a new snapshot copies the quarantined table: its changes are applied again");
+/// A new snapshot empties `table` to copy it anew: its quarantine ends, and its copy is under way until
+/// [`copied`]. Returns the record to store.
+pub fn snapshot_starts(
+    applied: &mut HashMap<TableId, Applied>,
+    table: &TableId,
+) -> Option<Applied> {
+    let record = applied.get_mut(table)?;
+    if record.quarantined.take().is_some() {
+        tracing::info!(%table, "a new snapshot copies the quarantined table: its changes are applied again");
+    }
+    record.copying = true;
     Some(record.clone())
+}
+
+/// The snapshot copied every row of `table` ([`ferry_core::Change::Copied`]). Returns the record to store.
+pub fn copied(applied: &mut HashMap<TableId, Applied>, table: &TableId) -> Option<Applied> {
+    let record = applied.get_mut(table).filter(|a| a.copying)?;
+    record.copying = false;
+    Some(record.clone())
+}
+
+/// The reason a table whose initial copy was cut short is quarantined at a sink's start.
+fn interrupted_copy(table: &TableId) -> String {
+    format!(
+        "the initial copy of {table} was cut short (the process stopped during the snapshot): its changes wait          until an online re-copy replaces its rows"
+    )
 }
 
 /// Logs each quarantined table of a sink at its start: the target stays behind for those tables.
 pub fn report_quarantined(sink: &str, applied: &HashMap<TableId, Applied>) {
-    for (table, record) in applied {
+    // A copy cut short was reported as it was read, with what happens to it.
+    for (table, record) in applied.iter().filter(|(_, a)| !a.copying) {
         if let Some(reason) = &record.quarantined {
             tracing::error!(sink, %table, reason, "table is quarantined: its changes are not applied (ferry reset takes a new snapshot)");
         }
@@ -267,14 +296,25 @@ pub fn record_key(table: &TableId) -> String {
 }
 
 /// Reads the records of every table: `(source_table, applied)` rows as the target returned them.
+/// A sink's records as read at its start. A table whose initial copy was cut short (`copying`) is quarantined
+/// here, in memory: the record keeps saying so until its online re-copy finishes, which ends both.
 pub fn parse_records(rows: Vec<(String, String)>) -> Result<HashMap<TableId, Applied>, Error> {
-    rows.into_iter()
+    let mut applied = rows
+        .into_iter()
         .filter_map(|(key, text)| {
             let (schema, name) = key.split_once('.')?;
             Some((TableId::new(schema, name), key.clone(), text))
         })
         .map(|(id, key, text)| Ok((id, Applied::from_json(&key, &text)?)))
-        .collect()
+        .collect::<Result<HashMap<_, _>, Error>>()?;
+    for (table, record) in applied.iter_mut().filter(|(_, a)| a.copying) {
+        if record.quarantined.is_none() {
+            tracing::warn!(%table, "the table's initial copy was cut short: it is copied anew online, and its \
+                changes wait until then");
+            record.quarantined = Some(interrupted_copy(table));
+        }
+    }
+    Ok(applied)
 }
 
 /// One change to a target table.

@@ -143,10 +143,19 @@ impl Shadows {
 }
 
 /// The re-copies recorded in a sink's `ferry_schemas` (for [`ferry_core::Sink::recopies`]).
+/// A table whose initial copy was cut short, and whose re-copy has not started, reports
+/// [`ferry_core::INTERRUPTED_COPY`].
 pub fn recorded(applied: &HashMap<TableId, Applied>) -> Vec<(TableId, String)> {
     let mut out: Vec<(TableId, String)> = applied
         .iter()
-        .filter_map(|(t, a)| Some((t.clone(), a.recopy.clone()?)))
+        .filter_map(|(t, a)| {
+            let cursor = match &a.recopy {
+                Some(cursor) => cursor.clone(),
+                None if a.copying => ferry_core::INTERRUPTED_COPY.to_owned(),
+                None => return None,
+            };
+            Some((t.clone(), cursor))
+        })
         .collect();
     out.sort();
     out
@@ -179,6 +188,7 @@ pub fn record_step(
         RecopyStep::Finish { .. } => {
             tracing::info!(sink, %table, "re-copy finished: the table's rows are replaced by the copy");
             record.recopy = None;
+            record.copying = false;
             if record.quarantined.take().is_some() {
                 tracing::info!(sink, %table, "the re-copied table leaves quarantine: its changes are applied again");
             }

@@ -30,6 +30,7 @@ pub fn open(
                 config: source.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 snapshot_parallelism: config.snapshot_parallelism,
+                resumable_snapshot: config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
                 source_timeout: config.source_timeout,
                 recopies,
                 node: config.node.clone(),

@@ -1,12 +1,14 @@
-//! What every source's snapshot shares: progress reports, waiting for the table workers, and the commit that ends
-//! the snapshot transaction.
+//! What every source's snapshot shares: progress reports, the output the table workers send their rows through,
+//! waiting for them, and the commit that ends the snapshot.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::{Change, Error, Event, PipelineStats, Position, SchemaRef, Timestamp};
-use tokio::sync::mpsc;
+use ferry_core::{
+    Change, Error, Event, PipelineStats, Position, SchemaRef, TableId, Timestamp, TxContext,
+};
+use tokio::sync::{mpsc, Mutex};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::info;
 
@@ -77,6 +79,104 @@ pub(crate) async fn begin(
         }))
         .await
         .map_err(closed)
+}
+
+/// Where the table workers of one snapshot send their rows, and say when a table is copied.
+///
+/// A resumable snapshot commits after each table it finishes (a `Commit` at the snapshot's position, then a
+/// `Begin` that [continues the snapshot](TxContext::continues_snapshot)): after a crash the sinks keep the tables
+/// copied, and the source re-copies online only those it had not finished (see [`Change::Copied`]). Otherwise the
+/// whole snapshot is one transaction, and a crash starts it over.
+pub(crate) struct Output {
+    events: mpsc::Sender<Event>,
+    position: Position,
+    resumable: bool,
+    /// Held while one worker sends: a table's `Copied`, `Commit` and `Begin` go out with no other worker's rows
+    /// between them.
+    gate: Mutex<()>,
+}
+
+/// Rows a worker sends at once, under the gate.
+const ROWS_PER_SEND: usize = 256;
+
+impl Output {
+    pub(crate) fn new(
+        events: mpsc::Sender<Event>,
+        position: Position,
+        resumable: bool,
+    ) -> Arc<Output> {
+        Arc::new(Output {
+            events,
+            position,
+            resumable,
+            gate: Mutex::new(()),
+        })
+    }
+
+    /// A worker's buffer of rows in front of this output.
+    pub(crate) fn rows(self: &Arc<Output>) -> Rows {
+        Rows {
+            output: self.clone(),
+            buffer: Vec::with_capacity(ROWS_PER_SEND),
+        }
+    }
+
+    async fn send_all(&self, events: impl IntoIterator<Item = Event>) -> Result<(), Error> {
+        let _gate = self.gate.lock().await;
+        for e in events {
+            self.events
+                .send(e)
+                .await
+                .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;
+        }
+        Ok(())
+    }
+
+    /// Every row of `table` was sent (by the worker calling this, after [`Rows::flush`], and by any other worker
+    /// copying a part of it).
+    pub(crate) async fn table_copied(&self, table: TableId) -> Result<(), Error> {
+        let copied = Event::Change(Change::Copied {
+            tables: vec![table],
+        });
+        if !self.resumable {
+            return self.send_all([copied]).await;
+        }
+        let mut next = TxContext::at(self.position.clone());
+        next.continues_snapshot = true;
+        self.send_all([
+            copied,
+            Event::Commit {
+                position: self.position.clone(),
+                commit_time: Timestamp::now(),
+            },
+            Event::Begin(Arc::new(next)),
+        ])
+        .await
+    }
+}
+
+/// One worker's rows on their way to an [`Output`].
+pub(crate) struct Rows {
+    output: Arc<Output>,
+    buffer: Vec<Event>,
+}
+
+impl Rows {
+    pub(crate) async fn push(&mut self, event: Event) -> Result<(), Error> {
+        self.buffer.push(event);
+        if self.buffer.len() >= ROWS_PER_SEND {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<(), Error> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.buffer, Vec::with_capacity(ROWS_PER_SEND));
+        self.output.send_all(batch).await
+    }
 }
 
 /// Waits for every table worker; the first failure stops the others.

@@ -386,6 +386,14 @@ impl Transform for Chain {
                     }));
                 }
             }
+            Event::Change(Change::Copied { tables }) => {
+                // One source table per target (route refuses more), so each maps alone.
+                let tables: Vec<TableId> =
+                    tables.iter().filter_map(|t| self.map_table(t)).collect();
+                if !tables.is_empty() {
+                    out.push(Event::Change(Change::Copied { tables }));
+                }
+            }
             Event::Change(Change::Quarantine { table, reason }) => {
                 if let Some(table) = self.map_table(&table) {
                     out.push(Event::Change(Change::Quarantine { table, reason }));

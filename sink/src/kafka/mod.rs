@@ -665,6 +665,9 @@ impl KafkaSink {
                 }
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.
                 Change::Truncate { snapshot: true, .. } => {}
+                // A topic keeps no record of which tables a snapshot finished (a snapshot into Kafka is one
+                // transaction).
+                Change::Copied { .. } => {}
                 // A topic holds events, not a copy: the table's later changes are still true events.
                 Change::Refused(_) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))

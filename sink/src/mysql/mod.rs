@@ -733,6 +733,20 @@ impl MysqlSink {
                 Change::Refused(_) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
                 }
+                Change::Copied { tables } => {
+                    self.flush(&mut upserts).await?;
+                    for t in tables {
+                        if let Some(record) = evolve::copied(&mut self.applied, t) {
+                            ddl::save_record(
+                                &mut self.conn,
+                                (&self.pipeline, &self.name),
+                                t,
+                                &record,
+                            )
+                            .await?;
+                        }
+                    }
+                }
                 Change::Quarantine { table, reason } => {
                     self.flush(&mut upserts).await?;
                     let record = Applied::quarantined(self.applied.get(table), reason);
@@ -751,7 +765,7 @@ impl MysqlSink {
                         )?;
                     }
                     for t in tables.iter().filter(|_| *snapshot) {
-                        if let Some(record) = evolve::release(&mut self.applied, t) {
+                        if let Some(record) = evolve::snapshot_starts(&mut self.applied, t) {
                             ddl::save_record(
                                 &mut self.conn,
                                 (&self.pipeline, &self.name),

@@ -755,6 +755,21 @@ impl PostgresSink {
                 Event::Change(Change::Refused(_)) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
                 }
+                Event::Change(Change::Copied { tables }) => {
+                    self.flush(group.take()).await?;
+                    for t in tables {
+                        self.truncated.remove(t);
+                        if let Some(record) = evolve::copied(&mut self.applied, t) {
+                            ddl::save_record(
+                                &self.client,
+                                (&self.pipeline, &self.name),
+                                t,
+                                &record,
+                            )
+                            .await?;
+                        }
+                    }
+                }
                 Event::Change(Change::Quarantine { table, reason }) => {
                     self.flush(group.take()).await?;
                     let record = Applied::quarantined(self.applied.get(table), reason);
@@ -828,7 +843,7 @@ impl PostgresSink {
                         )?;
                     }
                     for t in tables.iter().filter(|_| *snapshot) {
-                        if let Some(record) = evolve::release(&mut self.applied, t) {
+                        if let Some(record) = evolve::snapshot_starts(&mut self.applied, t) {
                             ddl::save_record(
                                 &self.client,
                                 (&self.pipeline, &self.name),
@@ -1165,7 +1180,10 @@ impl Sink for PostgresSink {
             .await;
             self.in_transaction = false;
             done.map_err(write_error("writing the checkpoint and committing"))?;
-            self.truncated.clear();
+            // A snapshot committed in parts goes on copying into the tables it emptied.
+            let applied = &self.applied;
+            self.truncated
+                .retain(|t| applied.get(t).is_some_and(|a| a.copying));
             self.multi.tally.committed();
             self.multi.last_commit = None;
             debug!(sink = %self.name, position, "committed");

@@ -286,6 +286,13 @@ impl SqliteSink {
                 Event::Change(Change::Refused(_)) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
                 }
+                Event::Change(Change::Copied { tables }) => {
+                    for t in tables {
+                        if let Some(record) = evolve::copied(&mut self.applied, t) {
+                            save_record(&self.conn, (&self.pipeline, &self.name), t, &record)?;
+                        }
+                    }
+                }
                 Event::Change(Change::Quarantine { table, reason }) => {
                     let record = Applied::quarantined(self.applied.get(table), reason);
                     save_record(&self.conn, (&self.pipeline, &self.name), table, &record)?;
@@ -307,7 +314,7 @@ impl SqliteSink {
                         )?;
                     }
                     for t in tables.iter().filter(|_| *snapshot) {
-                        if let Some(record) = evolve::release(&mut self.applied, t) {
+                        if let Some(record) = evolve::snapshot_starts(&mut self.applied, t) {
                             save_record(&self.conn, (&self.pipeline, &self.name), t, &record)?;
                         }
                     }

@@ -408,6 +408,7 @@ impl Decoder {
                     server_id: Some(txn.server_id),
                     gtid,
                 },
+                continues_snapshot: false,
             })));
         }
     }

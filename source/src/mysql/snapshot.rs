@@ -250,6 +250,8 @@ pub async fn run(
         estimated += rows.flatten().unwrap_or(0);
     }
     crate::snapshot::begin(events, &position, &schemas).await?;
+    // No online re-copy resumes a binlog source's snapshot: it is one transaction.
+    let output = crate::snapshot::Output::new(events.clone(), position.clone(), false);
     stats.snapshot.start(tables.len() as u64, estimated);
     info!(
         tables = tables.len(),
@@ -261,7 +263,7 @@ pub async fn run(
     let queue = Arc::new(std::sync::Mutex::new(work));
     let mut workers = tokio::task::JoinSet::new();
     for mut conn in conns.drain(..) {
-        let (queue, events, stats) = (queue.clone(), events.clone(), stats.clone());
+        let (queue, output, stats) = (queue.clone(), output.clone(), stats.clone());
         workers.spawn(async move {
             loop {
                 let next = queue
@@ -271,7 +273,10 @@ pub async fn run(
                 let Some((schema, charsets)) = next else {
                     break;
                 };
-                let rows = copy_table(&mut conn, &schema, &charsets, &events, &stats).await?;
+                let mut sent = output.rows();
+                let rows = copy_table(&mut conn, &schema, &charsets, &mut sent, &stats).await?;
+                sent.flush().await?;
+                output.table_copied(schema.id.clone()).await?;
                 stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
                 info!(table = %schema.id, rows, "table copied");
             }
@@ -290,7 +295,7 @@ async fn copy_table(
     conn: &mut Conn,
     schema: &SchemaRef,
     charsets: &[Charset],
-    events: &mpsc::Sender<Event>,
+    sent: &mut crate::snapshot::Rows,
     stats: &PipelineStats,
 ) -> Result<u64, Error> {
     let columns = schema
@@ -338,13 +343,11 @@ async fn copy_table(
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        events
-            .send(Event::Change(Change::Row {
-                table: schema.clone(),
-                op: RowOp::Read { after: values },
-            }))
-            .await
-            .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;
+        sent.push(Event::Change(Change::Row {
+            table: schema.clone(),
+            op: RowOp::Read { after: values },
+        }))
+        .await?;
         stats.snapshot.rows_copied.fetch_add(1, Ordering::Relaxed);
         count += 1;
     }

@@ -68,6 +68,8 @@ pub struct PgSourceSettings {
     pub config: PostgresSource,
     pub heartbeat_interval: Option<Duration>,
     pub snapshot_parallelism: usize,
+    /// Every sink resumes a snapshot cut short (SQL sinks): the snapshot commits after each table it copies.
+    pub resumable_snapshot: bool,
     /// How long the server may send nothing before its connection is taken for dead.
     pub source_timeout: Duration,
     /// Online re-copies under way in the sinks, with the cursor they agree on (`None`: they disagree, and the
@@ -182,6 +184,21 @@ pub async fn run(
         .as_ref()
         .map(|r| r.checkpoints.clone())
         .unwrap_or_default();
+    // A snapshot cut short is resumed by re-copying online each table it had not finished, which takes a key.
+    let resume = match resume {
+        Some(r) => {
+            let keyless = keyless_interrupted(catalog.client(), settings).await?;
+            if keyless.is_empty() {
+                Some(r)
+            } else {
+                warn!(tables = %keyless.join(", "), "the snapshot was cut short before these tables without a \
+                      primary key were copied whole, and only a table with one can be re-copied online: the \
+                      snapshot starts over");
+                None
+            }
+        }
+        None => None,
+    };
     let start = match &resume {
         Some(resume) => slot::check_resumable(catalog.client(), &cfg.slot, &resume.from).await?,
         None => {
@@ -212,6 +229,7 @@ pub async fn run(
                     &mut catalog,
                     &events,
                     settings.snapshot_parallelism,
+                    settings.resumable_snapshot,
                     stats.clone(),
                 );
                 let mut shutdown = shutdown.clone();
@@ -291,6 +309,36 @@ pub async fn run(
     }
     streamer.run(&cfg.slot, &cfg.publication, start).await?;
     Ok(SourceExit::Shutdown)
+}
+
+/// The tables whose initial copy was cut short (or might have been: the sinks disagree on how far their re-copy
+/// got) and that have no primary key nor replica identity index, so cannot be re-copied online.
+async fn keyless_interrupted(
+    client: &Client,
+    settings: &PgSourceSettings,
+) -> Result<Vec<String>, Error> {
+    let mut keyless = Vec::new();
+    for (table, cursor) in &settings.recopies {
+        if cursor
+            .as_deref()
+            .is_some_and(|c| c != ferry_core::INTERRUPTED_COPY)
+        {
+            continue;
+        }
+        let keyed = client
+            .query_opt(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(|e| Error::transient("looking up a table's key", e))?
+            .is_none_or(|r| r.get::<_, bool>(0));
+        if !keyed {
+            keyless.push(table.to_string());
+        }
+    }
+    Ok(keyless)
 }
 
 /// Asks the pipeline reading `config` to re-copy `table` while it streams (`ferry snapshot --table`): checks the

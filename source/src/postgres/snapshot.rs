@@ -1,9 +1,11 @@
 //! The initial snapshot: copies the published tables as of the slot's creation, so that streaming from the slot's
 //! consistent point continues exactly where the copy ends.
 //!
-//! The whole snapshot is one source "transaction" (`Begin`, a truncate of every target table, `read` rows,
-//! `Commit` at the consistent point). Sinks commit it as a unit, so a crash during the snapshot leaves no
-//! checkpoint and the next start takes the snapshot again from scratch: never a mixed target.
+//! The snapshot is a source "transaction" at the consistent point (`Begin`, a truncate of every target table,
+//! `read` rows, `Commit`). When every sink can resume it (SQL sinks), it commits after each table it finishes
+//! ([`crate::snapshot::Output`]): after a crash the tables copied stay, and each table whose copy was cut short is
+//! re-copied online (the DBLog method of `recopy.rs`) while the stream goes on from the consistent point. Else it
+//! commits as a unit, and a crash leaves no checkpoint: the next start takes the snapshot again from scratch.
 //!
 //! `snapshot_parallelism` workers copy tables side by side, and split a big table (PostgreSQL 14+, which scans a
 //! range of pages by TID) into page ranges copied under the same exported snapshot: one table alone then keeps
@@ -45,6 +47,7 @@ pub async fn run(
     catalog: &mut Catalog,
     events: &mpsc::Sender<Event>,
     parallelism: usize,
+    resumable: bool,
     stats: Arc<PipelineStats>,
 ) -> Result<(), Error> {
     let mut schemas = Vec::with_capacity(tables.len());
@@ -58,6 +61,7 @@ pub async fn run(
     }
     let generated_published = catalog.publishes_generated_columns().await?;
     crate::snapshot::begin(events, &position, &schemas).await?;
+    let output = crate::snapshot::Output::new(events.clone(), position.clone(), resumable);
 
     let estimated: f64 = tables.iter().map(|t| t.estimated_rows).sum();
     stats.snapshot.start(tables.len() as u64, estimated as u64);
@@ -75,10 +79,10 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     for (schema, pages, remaining) in pieces {
         let permits = permits.clone();
-        let (url, snapshot, events, stats) = (
+        let (url, snapshot, output, stats) = (
             url.to_owned(),
             snapshot_name.to_owned(),
-            events.clone(),
+            output.clone(),
             stats.clone(),
         );
         workers.spawn(async move {
@@ -86,20 +90,23 @@ pub async fn run(
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::fatal("snapshot workers stopped"))?;
+            let mut sent = output.rows();
             let rows = copy_table(
                 &url,
                 &snapshot,
                 &schema,
                 pages,
                 generated_published,
-                &events,
+                &mut sent,
                 &stats.snapshot,
             )
             .await?;
+            sent.flush().await?;
             if let Some(pages) = pages {
                 info!(table = %schema.id, pages = %pages, rows, "table chunk copied");
             }
             if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                output.table_copied(schema.id.clone()).await?;
                 stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
                 info!(table = %schema.id, "table copied");
             }
@@ -204,7 +211,7 @@ async fn copy_table(
     schema: &SchemaRef,
     pages: Option<Pages>,
     generated_published: bool,
-    events: &mpsc::Sender<Event>,
+    sent: &mut crate::snapshot::Rows,
     progress: &SnapshotProgress,
 ) -> Result<u64, Error> {
     let client = connect_client(url).await?;
@@ -239,13 +246,11 @@ async fn copy_table(
             let line = buf.split_to(end);
             buf.advance(1);
             let after = parse_copy_line(schema, &line)?;
-            events
-                .send(Event::Change(Change::Row {
-                    table: schema.clone(),
-                    op: RowOp::Read { after },
-                }))
-                .await
-                .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;
+            sent.push(Event::Change(Change::Row {
+                table: schema.clone(),
+                op: RowOp::Read { after },
+            }))
+            .await?;
             rows += 1;
             progress.rows_copied.fetch_add(1, Ordering::Relaxed);
         }

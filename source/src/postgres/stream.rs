@@ -481,6 +481,7 @@ impl Streamer {
                         .then(|| Timestamp::from_pg_micros(commit_time_micros)),
                     xid: Some(xid),
                     origin: Origin::default(),
+                    continues_snapshot: false,
                 });
             }
             PgOutput::Commit { end_lsn, .. } if self.skipping => {
@@ -825,6 +826,11 @@ impl Streamer {
                 continue;
             };
             match cursor {
+                Some(text) if text == ferry_core::INTERRUPTED_COPY => {
+                    info!(%table, "the snapshot was cut short before this table was copied whole: it is re-copied \
+                          online");
+                    recopy::request(self.catalog.client(), &self.slot, &table).await?;
+                }
                 Some(text)
                     if Cursor::parse(&table, &text)?
                         .relation
