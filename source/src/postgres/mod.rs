@@ -19,6 +19,7 @@ pub mod recopy;
 mod rewrite;
 mod slot;
 mod snapshot;
+mod spool;
 mod stream;
 
 use std::sync::Arc;
@@ -296,6 +297,9 @@ pub async fn run(
         internal: Default::default(),
         skipped_position_at: std::time::Instant::now(),
         timeline,
+        spool: spool::Spool::new(std::env::temp_dir().join(format!("ferry-spool-{}", cfg.slot)))?,
+        replay: None,
+        replay_decoder: pgoutput::Decoder::streamed(),
     };
     if resume.is_some() {
         streamer.resume_recopies(settings.recopies.clone()).await?;

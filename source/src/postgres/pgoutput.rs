@@ -257,6 +257,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder for the data messages of streamed blocks read back from a spool (each carries its transaction
+    /// id; the Stream Start that says so is not spooled).
+    pub fn streamed() -> Decoder {
+        Decoder { in_stream: true }
+    }
+
     pub fn decode<'a>(&mut self, buf: &'a [u8]) -> Result<PgOutput<'a>, DecodeError> {
         let mut c = Cursor { buf };
         let tag = c.u8("pgoutput tag")?;

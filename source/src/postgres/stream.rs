@@ -30,6 +30,7 @@ use super::pgoutput::{standby_status_update, Decoder, PgOutput, ReplicationMessa
 use super::recopy::{self, Cursor, Landed, Recopies};
 use super::rewrite::{self, Rewrite};
 use super::slot::quote_literal;
+use super::spool::{Spool, StreamCommit};
 use ferry_config::SchemaChangePolicy;
 
 /// Why streaming stopped without an error.
@@ -126,6 +127,25 @@ pub(crate) struct Streamer {
     pub timeline: u32,
     /// Relations that are Ferry's own tables ([`ferry_core::is_internal_table`]): never captured.
     pub internal: HashSet<u32>,
+    /// Transactions the server streams before they commit, on disk until then.
+    pub spool: Spool,
+    /// A committed streamed transaction being applied from its spool.
+    pub replay: Option<super::spool::Replay>,
+    pub replay_decoder: Decoder,
+}
+
+/// The (sub)transaction a streamed data message belongs to; 0 for one that names none (an Origin).
+fn streamed_xid(msg: &PgOutput<'_>) -> u32 {
+    match msg {
+        PgOutput::Relation { xid, .. }
+        | PgOutput::Type { xid, .. }
+        | PgOutput::Insert { xid, .. }
+        | PgOutput::Update { xid, .. }
+        | PgOutput::Delete { xid, .. }
+        | PgOutput::Truncate { xid, .. }
+        | PgOutput::Message { xid, .. } => xid.unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn now_unix_micros() -> i64 {
@@ -172,8 +192,15 @@ impl Streamer {
         } else {
             ""
         };
+        // PostgreSQL 14+ streams a transaction bigger than logical_decoding_work_mem before it commits: Ferry
+        // spools it (`spool.rs`) rather than the walsender holding it until then.
+        let streaming = if self.catalog.server_version().await? >= 140_000 {
+            "proto_version '2', streaming 'on'"
+        } else {
+            "proto_version '1'"
+        };
         let command = format!(
-            "START_REPLICATION SLOT \"{}\" LOGICAL {start} (proto_version '1', publication_names {}, messages 'true'{origin})",
+            "START_REPLICATION SLOT \"{}\" LOGICAL {start} ({streaming}, publication_names {}, messages 'true'{origin})",
             slot.replace('"', "\"\""),
             quote_literal(&format!("\"{}\"", publication.replace('"', "\"\"")))
         );
@@ -207,6 +234,13 @@ impl Streamer {
                             return Err(pipeline_stopped())
                         }
                     }
+                } else if self.replay.is_some() {
+                    // A committed streamed transaction is read back before anything after its commit.
+                    let timeout = self.source_timeout;
+                    tokio::time::timeout(timeout, self.replay_step(&mut pending))
+                        .await
+                        .map_err(|_| catalog_silent(timeout))??;
+                    continue;
                 } else if let Some(data) = self.conn.buffered_copy_data() {
                     self.on_copy_data(&data, &mut pending).await?;
                     continue;
@@ -252,6 +286,7 @@ impl Streamer {
                 _ = tick.tick() => Step::Tick,
                 changed = self.acked.changed() => Step::Acked(changed.is_ok()),
                 _ = self.stats.source_wake.notified() => Step::Wake,
+                _ = std::future::ready(()), if self.replay.is_some() => Step::Continue,
                 data = self.conn.next_copy_data() => Step::Data(data?),
             };
             match step {
@@ -451,6 +486,79 @@ impl Streamer {
             .decoder
             .decode(data)
             .map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
+        match msg {
+            PgOutput::StreamStart { xid, .. } => return self.spool.start(xid),
+            PgOutput::StreamStop => {
+                self.spool.stop();
+                return Ok(());
+            }
+            PgOutput::StreamAbort { xid, subxid } => return self.spool.abort(xid, subxid),
+            PgOutput::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                let commit = StreamCommit {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time_micros,
+                };
+                // The transaction takes its place here, as if the server had sent it whole at its commit.
+                let begin = PgOutput::Begin {
+                    final_lsn: commit_lsn,
+                    xid,
+                    commit_time_micros,
+                };
+                match self.spool.commit(commit)? {
+                    Some(replay) => {
+                        self.apply(begin, out).await?;
+                        self.replay = Some(replay);
+                    }
+                    None => {
+                        self.apply(begin, out).await?;
+                        self.apply(commit.as_commit(), out).await?;
+                    }
+                }
+                return Ok(());
+            }
+            _ if self.spool.in_block() => {
+                return self.spool.write(streamed_xid(&msg), data);
+            }
+            _ => {}
+        }
+        self.apply(msg, out).await
+    }
+
+    /// Applies the next message of the streamed transaction being read back from its spool, or its commit.
+    async fn replay_step(&mut self, out: &mut VecDeque<Event>) -> Result<(), Error> {
+        let Some(replay) = self.replay.as_mut() else {
+            return Ok(());
+        };
+        match replay.next_message()? {
+            Some(bytes) => {
+                let msg = self
+                    .replay_decoder
+                    .decode(&bytes)
+                    .map_err(|e| Error::fatal_from("decoding a spooled pgoutput message", e))?;
+                self.apply(msg, out).await
+            }
+            None => {
+                let commit = replay.commit;
+                debug!(
+                    xid = commit.xid,
+                    messages = replay.messages,
+                    "streamed transaction applied"
+                );
+                self.replay = None;
+                self.apply(commit.as_commit(), out).await
+            }
+        }
+    }
+
+    /// Handles one message of a transaction, in commit order.
+    async fn apply(&mut self, msg: PgOutput<'_>, out: &mut VecDeque<Event>) -> Result<(), Error> {
         // pgoutput sends a transaction's Origin (if any) right after its Begin.
         if let Some(mut tx) = self.pending_begin.take() {
             if let PgOutput::Origin { name, .. } = msg {
