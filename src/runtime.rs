@@ -220,8 +220,21 @@ async fn run_once(
         stats.clone(),
     ));
 
-    let source = ferry_source::registry::open(config, agreed_recopies(&recopies), stats.clone())
-        .run(resume, events_tx, acked, shutdown);
+    // The snapshot asks a chain of its own which tables it leaves unchanged (their rows may travel unparsed).
+    let unchanged = Chain::new(config, Arc::new(PipelineStats::new(&config.name, &[])))
+        .ok()
+        .flatten()
+        .map(|chain| {
+            let chain = std::sync::Mutex::new(chain);
+            Arc::new(move |schema: &ferry_core::SchemaRef| {
+                chain
+                    .lock()
+                    .is_ok_and(|mut c| c.leaves_rows_unchanged(schema))
+            }) as ferry_source::snapshot::Unchanged
+        });
+    let source =
+        ferry_source::registry::open(config, agreed_recopies(&recopies), unchanged, stats.clone())
+            .run(resume, events_tx, acked, shutdown);
     tokio::pin!(source);
 
     let mut source_result = None;

@@ -63,6 +63,58 @@ fn every_type_round_trips_through_snapshot_and_stream() {
     ferry.terminate();
 }
 
+/// Into PostgreSQL alone the snapshot passes the source's COPY lines through unparsed: every type, and text full of
+/// COPY's own escapes (tabs, newlines, backslashes, a literal `\N`), arrives exactly; a table a transform
+/// changes is still parsed and transformed; the stream goes on after.
+#[test]
+fn a_snapshot_into_postgres_alone_passes_copy_lines_through_exactly() {
+    let pg = server_with_dbs();
+    pg.psql("shop", TYPES_TABLE);
+    pg.psql("shop", TYPES_ROWS);
+    pg.psql(
+        "shop",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text, raw bytea, tags text[]);
+         INSERT INTO notes SELECT g, CASE g % 5 WHEN 0 THEN E'tab\\there\\nnew line \\\\ back' WHEN 1 THEN '\\N'
+           WHEN 2 THEN '' WHEN 3 THEN NULL ELSE repeat('ü✓', g % 700) END,
+           decode(md5(g::text), 'hex'), ARRAY['a\"b', NULL, E'c\\td']
+           FROM generate_series(1, 50000) g;
+         CREATE TABLE masked (id int PRIMARY KEY, secret text);
+         INSERT INTO masked SELECT g, 's' || g FROM generate_series(1, 100) g;",
+    );
+    let dir = scratch();
+    let log = dir.path().join("f.log");
+    let config = format!(
+        "{}\n[[transform]]\ntype = \"mask\"\ncolumns = [\"public.masked.secret\"]\nwith = \"null\"\n",
+        pg_to_pg_config(&pg, "rawcopy", "[pipeline.batch]\nmax_wait = \"20ms\"")
+    );
+    let ferry = Ferry::start(&write_config(dir.path(), "rawcopy", &config), &log);
+    let types = "SELECT id, b, i2, i4, i8, o, f4, f8, n, n2, t, vc, bp, nm, by, j, jb, u, d, tm, ttz, ts, tstz, iv, ip, cid, mac, bt, vb, m, e::text, dm, ai, at, a2, rg, pt, tv FROM public.all_types ORDER BY id";
+    wait_same(&pg, types, &ferry);
+    let notes = "SELECT id, body, body IS NULL, raw, tags FROM public.notes ORDER BY id";
+    wait_same(&pg, notes, &ferry);
+    assert_eq!(
+        pg.psql(
+            "replica",
+            "SELECT count(*), count(secret) FROM public.masked"
+        ),
+        "100|0",
+        "the masked table was not transformed"
+    );
+    let text = ferry.log();
+    for (table, raw) in [("all_types", true), ("notes", true), ("masked", false)] {
+        assert!(
+            text.contains(&format!("table copied table=public.{table} raw={raw}")),
+            "{table} should be copied with raw={raw}:\n{text}"
+        );
+    }
+    pg.psql(
+        "shop",
+        "UPDATE notes SET body = body || '+' WHERE id % 1000 = 0",
+    );
+    wait_same(&pg, notes, &ferry);
+    ferry.terminate();
+}
+
 #[test]
 fn unchanged_toast_values_are_kept_and_ddl_and_truncate_follow_the_source() {
     let pg = server_with_dbs();

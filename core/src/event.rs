@@ -70,6 +70,15 @@ pub enum Change {
         table: TableId,
         step: RecopyStep,
     },
+    /// Snapshot rows of `table`, `rows` whole lines of PostgreSQL's `COPY` text format as the source server wrote
+    /// them (the columns of `table`, in order), sent instead of [`RowOp::Read`] rows when the pipeline writes the
+    /// table unchanged into PostgreSQL targets only: the sink loads them with `COPY … FROM STDIN` into columns of
+    /// the same types, and no value is parsed and written again on the way.
+    CopyRows {
+        table: SchemaRef,
+        rows: u64,
+        data: bytes::Bytes,
+    },
     /// The initial snapshot has copied every row of `tables`. A snapshot's truncate marks its tables as being
     /// copied; SQL sinks record both in `ferry_schemas`, so that after a crash in a snapshot committed in parts
     /// (see [`TxContext::continues_snapshot`]) a table whose copy was cut short is quarantined and copied anew
@@ -185,6 +194,7 @@ impl Change {
             Change::Quarantine { reason, .. } => 64 + reason.len(),
             Change::Recopy { .. } => 64,
             Change::Copied { tables } => 64 * tables.len(),
+            Change::CopyRows { data, .. } => 64 + data.len(),
             Change::Refused(r) => 64 + r.op.row().iter().map(Value::size_hint).sum::<usize>(),
         }
     }

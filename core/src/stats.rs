@@ -291,6 +291,7 @@ impl SinkStats {
         for e in events {
             match e {
                 Event::Change(Change::Row { .. }) => rows += 1,
+                Event::Change(Change::CopyRows { rows: n, .. }) => rows += n,
                 Event::Commit { commit_time, .. } => {
                     transactions += 1;
                     last_commit = commit_time.unix_micros();

@@ -121,6 +121,15 @@ fn missing_row_error(table: &TableSchema, old: &Row) -> Error {
     ))
 }
 
+/// Raw COPY lines ([`ferry_core::Change::CopyRows`]) reached a sink that is not PostgreSQL: the source sends them
+/// only when every sink is, so this is a bug, stopped loudly rather than rows lost.
+pub fn raw_copy_reached(sink: &str) -> Error {
+    Error::fatal(format!(
+        "sink {sink}: snapshot rows arrived as raw PostgreSQL COPY lines, which only a PostgreSQL sink loads (a \
+         bug: please report it)"
+    ))
+}
+
 /// The error for a source value that `target` cannot hold (a year past 9999 in a MySQL DATETIME, an instant
 /// past an i64 of microseconds in a Kafka `MicroTimestamp`): it stops the pipeline naming the table, the row's
 /// key, the column and the value (`why` quotes it), rather than writing a different value.

@@ -5,6 +5,6 @@ pub mod check;
 pub mod mysql;
 pub mod postgres;
 pub mod registry;
-mod snapshot;
+pub mod snapshot;
 
 pub use check::CheckOutcome;

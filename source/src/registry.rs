@@ -21,6 +21,7 @@ pub enum AnySource {
 pub fn open(
     config: &PipelineConfig,
     recopies: Vec<(TableId, Option<String>)>,
+    unchanged: Option<crate::snapshot::Unchanged>,
     stats: Arc<PipelineStats>,
 ) -> AnySource {
     match &config.source {
@@ -31,6 +32,7 @@ pub fn open(
                 heartbeat_interval: config.heartbeat_interval,
                 snapshot_parallelism: config.snapshot_parallelism,
                 resumable_snapshot: config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
+                raw_copy: crate::snapshot::RawCopy::of(config, unchanged),
                 source_timeout: config.source_timeout,
                 recopies,
                 node: config.node.clone(),

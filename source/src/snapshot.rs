@@ -81,6 +81,52 @@ pub(crate) async fn begin(
         .map_err(closed)
 }
 
+/// Whether the transform chain passes a table's rows on unchanged (`ferry_transform::Chain::leaves_rows_unchanged`).
+pub type Unchanged = Arc<dyn Fn(&ferry_core::SchemaRef) -> bool + Send + Sync>;
+
+/// Which tables a snapshot may send as raw COPY lines ([`Change::CopyRows`]) rather than parsed rows.
+#[derive(Clone, Default)]
+pub struct RawCopy {
+    /// Every sink is PostgreSQL and writes without conflict rules or a node: it loads the lines as they are.
+    pub sinks_allow: bool,
+    /// `None`: the pipeline has no transform stage.
+    pub unchanged: Option<Unchanged>,
+    /// A row a target refuses in a raw copy cannot be set aside alone: only tables whose rows halt the pipeline.
+    pub row_errors: ferry_core::RowErrors,
+}
+
+impl std::fmt::Debug for RawCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCopy")
+            .field("sinks_allow", &self.sinks_allow)
+            .field("transforms", &self.unchanged.is_some())
+            .finish()
+    }
+}
+
+impl RawCopy {
+    /// What `config` allows, with `unchanged` telling the tables its transform chain (if any) leaves alone.
+    pub fn of(config: &ferry_config::PipelineConfig, unchanged: Option<Unchanged>) -> RawCopy {
+        let sinks_allow = config.node.is_none()
+            && config.sinks.iter().all(|s| {
+                matches!(s.kind, ferry_config::SinkKind::Postgres { .. })
+                    && s.conflicts == ferry_config::ConflictPolicy::default()
+            });
+        RawCopy {
+            sinks_allow,
+            unchanged,
+            row_errors: config.row_errors.clone(),
+        }
+    }
+
+    /// Whether `table`'s snapshot rows may go as raw COPY lines.
+    pub fn allows(&self, table: &ferry_core::SchemaRef) -> bool {
+        self.sinks_allow
+            && self.unchanged.as_ref().is_none_or(|f| f(table))
+            && self.row_errors.for_table(&table.id) == ferry_core::OnError::Halt
+    }
+}
+
 /// Where the table workers of one snapshot send their rows, and say when a table is copied.
 ///
 /// A resumable snapshot commits after each table it finishes (a `Commit` at the snapshot's position, then a
@@ -96,8 +142,9 @@ pub(crate) struct Output {
     gate: Mutex<()>,
 }
 
-/// Rows a worker sends at once, under the gate.
+/// Rows a worker sends at once, under the gate, unless they reach [`BYTES_PER_SEND`] first.
 const ROWS_PER_SEND: usize = 256;
+const BYTES_PER_SEND: usize = 1 << 20;
 
 impl Output {
     pub(crate) fn new(
@@ -118,6 +165,7 @@ impl Output {
         Rows {
             output: self.clone(),
             buffer: Vec::with_capacity(ROWS_PER_SEND),
+            bytes: 0,
         }
     }
 
@@ -159,12 +207,14 @@ impl Output {
 pub(crate) struct Rows {
     output: Arc<Output>,
     buffer: Vec<Event>,
+    bytes: usize,
 }
 
 impl Rows {
     pub(crate) async fn push(&mut self, event: Event) -> Result<(), Error> {
+        self.bytes += event.size_hint();
         self.buffer.push(event);
-        if self.buffer.len() >= ROWS_PER_SEND {
+        if self.buffer.len() >= ROWS_PER_SEND || self.bytes >= BYTES_PER_SEND {
             self.flush().await?;
         }
         Ok(())
@@ -174,6 +224,7 @@ impl Rows {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        self.bytes = 0;
         let batch = std::mem::replace(&mut self.buffer, Vec::with_capacity(ROWS_PER_SEND));
         self.output.send_all(batch).await
     }

@@ -128,6 +128,17 @@ impl Chain {
     }
 
     /// The table `table`'s changes continue as; `None` when a stage drops it.
+    /// Whether the chain passes `schema`'s rows on unchanged (a route may rename the table): its snapshot rows may
+    /// then travel as raw COPY lines ([`Change::CopyRows`]).
+    pub fn leaves_rows_unchanged(&mut self, schema: &SchemaRef) -> bool {
+        match self.plan(schema).as_deref() {
+            Ok(Plan::Steps { steps, output }) => {
+                steps.is_empty() && output.columns == schema.columns
+            }
+            _ => false,
+        }
+    }
+
     fn map_table(&self, table: &TableId) -> Option<TableId> {
         let mut id = table.clone();
         for s in &self.stages {
@@ -386,6 +397,25 @@ impl Transform for Chain {
                     }));
                 }
             }
+            // The source sends raw COPY lines only for tables no stage changes (see `ferry_source`'s raw copy):
+            // they pass, under the table's name after any route, or stop loudly.
+            Event::Change(Change::CopyRows { table, rows, data }) => match &*self.plan(&table)? {
+                Plan::Dropped => {}
+                Plan::Steps { steps, output } if steps.is_empty() && output.columns == table.columns => {
+                    out.push(Event::Change(Change::CopyRows {
+                        table: output.clone(),
+                        rows,
+                        data,
+                    }));
+                }
+                Plan::Steps { .. } => {
+                    return Err(Error::fatal(format!(
+                        "table {}: snapshot rows arrived as raw COPY lines, but a transform stage changes the \
+                         table's rows (a bug: please report it)",
+                        table.id
+                    )))
+                }
+            },
             Event::Change(Change::Copied { tables }) => {
                 // One source table per target (route refuses more), so each maps alone.
                 let tables: Vec<TableId> =

@@ -668,6 +668,7 @@ impl KafkaSink {
                 // A topic keeps no record of which tables a snapshot finished (a snapshot into Kafka is one
                 // transaction).
                 Change::Copied { .. } => {}
+                Change::CopyRows { .. } => return Err(crate::rows::raw_copy_reached(&self.name)),
                 // A topic holds events, not a copy: the table's later changes are still true events.
                 Change::Refused(_) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))

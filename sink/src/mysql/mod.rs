@@ -733,6 +733,7 @@ impl MysqlSink {
                 Change::Refused(_) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
                 }
+                Change::CopyRows { .. } => return Err(crate::rows::raw_copy_reached(&self.name)),
                 Change::Copied { tables } => {
                     self.flush(&mut upserts).await?;
                     for t in tables {

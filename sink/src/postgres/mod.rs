@@ -290,6 +290,43 @@ impl PostgresSink {
             .map_err(write_error("managing the copy savepoint"))
     }
 
+    /// Loads snapshot rows the source server wrote in COPY text format ([`Change::CopyRows`]) as they are. Only
+    /// into a table the snapshot emptied in a copy still under way, whose every column Ferry writes: anything
+    /// else stops loudly (the source sends raw lines only when that holds).
+    async fn copy_raw(&mut self, table: &SchemaRef, data: bytes::Bytes) -> Result<(), Error> {
+        use futures_util::SinkExt;
+        let writable = self.truncated.contains(&table.id)
+            && !evolve::is_quarantined(&self.applied, &table.id)
+            && written(table, 0..table.columns.len()).len() == table.columns.len();
+        if !writable {
+            return Err(Error::fatal(format!(
+                "table {}: snapshot rows arrived as raw COPY lines for a table the snapshot is not copying into \
+                 afresh (a bug: please report it)",
+                table.id
+            )));
+        }
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| ddl::quote_ident(&c.name))
+            .collect();
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN",
+            qualified_name(&table.id),
+            columns.join(", ")
+        );
+        let what = format!("copying into {}", table.id);
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&sql)
+            .await
+            .map_err(write_error(&what))?;
+        futures_util::pin_mut!(sink);
+        sink.send(data).await.map_err(write_error(&what))?;
+        sink.finish().await.map_err(write_error(&what))?;
+        Ok(())
+    }
+
     /// Loads the group's rows with `COPY … FROM STDIN` (text format).
     async fn copy_in(&mut self, group: &Group<'_>) -> Result<(), CopyError> {
         use futures_util::SinkExt;
@@ -754,6 +791,10 @@ impl PostgresSink {
                     if evolve::is_quarantined(&self.applied, &table.id) => {}
                 Event::Change(Change::Refused(_)) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
+                }
+                Event::Change(Change::CopyRows { table, data, .. }) => {
+                    self.flush(group.take()).await?;
+                    self.copy_raw(table, data.clone()).await?;
                 }
                 Event::Change(Change::Copied { tables }) => {
                     self.flush(group.take()).await?;

@@ -286,6 +286,9 @@ impl SqliteSink {
                 Event::Change(Change::Refused(_)) => {
                     return Err(ferry_core::dead_letter::refused_row_reached(&self.name))
                 }
+                Event::Change(Change::CopyRows { .. }) => {
+                    return Err(crate::rows::raw_copy_reached(&self.name))
+                }
                 Event::Change(Change::Copied { tables }) => {
                     for t in tables {
                         if let Some(record) = evolve::copied(&mut self.applied, t) {

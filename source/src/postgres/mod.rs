@@ -71,6 +71,8 @@ pub struct PgSourceSettings {
     pub snapshot_parallelism: usize,
     /// Every sink resumes a snapshot cut short (SQL sinks): the snapshot commits after each table it copies.
     pub resumable_snapshot: bool,
+    /// Which tables the snapshot may send as raw COPY lines.
+    pub raw_copy: crate::snapshot::RawCopy,
     /// How long the server may send nothing before its connection is taken for dead.
     pub source_timeout: Duration,
     /// Online re-copies under way in the sinks, with the cursor they agree on (`None`: they disagree, and the
@@ -231,6 +233,7 @@ pub async fn run(
                     &events,
                     settings.snapshot_parallelism,
                     settings.resumable_snapshot,
+                    &settings.raw_copy,
                     stats.clone(),
                 );
                 let mut shutdown = shutdown.clone();

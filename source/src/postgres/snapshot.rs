@@ -48,6 +48,7 @@ pub async fn run(
     events: &mpsc::Sender<Event>,
     parallelism: usize,
     resumable: bool,
+    raw_copy: &crate::snapshot::RawCopy,
     stats: Arc<PipelineStats>,
 ) -> Result<(), Error> {
     let mut schemas = Vec::with_capacity(tables.len());
@@ -79,6 +80,8 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     for (schema, pages, remaining) in pieces {
         let permits = permits.clone();
+        // Raw COPY lines need the columns the target writes: none the target computes itself.
+        let raw = raw_copy.allows(&schema) && schema.columns.iter().all(|c| c.generated.is_none());
         let (url, snapshot, output, stats) = (
             url.to_owned(),
             snapshot_name.to_owned(),
@@ -95,8 +98,11 @@ pub async fn run(
                 &url,
                 &snapshot,
                 &schema,
-                pages,
-                generated_published,
+                Copy {
+                    pages,
+                    generated_published,
+                    raw,
+                },
                 &mut sent,
                 &stats.snapshot,
             )
@@ -108,7 +114,7 @@ pub async fn run(
             if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 output.table_copied(schema.id.clone()).await?;
                 stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
-                info!(table = %schema.id, "table copied");
+                info!(table = %schema.id, raw, "table copied");
             }
             Ok::<_, Error>(())
         });
@@ -203,17 +209,33 @@ async fn split_tables(
     Ok(pieces)
 }
 
-/// Copies one table, or the rows in one range of its pages. Generated columns the stream cannot carry
-/// (`generated_published` false) are copied as NULL, so snapshot and stream agree.
+/// How one piece of a table is copied.
+struct Copy {
+    /// `None`: the whole table.
+    pages: Option<Pages>,
+    /// Whether the stream carries generated columns; if not, the copy gives NULL, so snapshot and stream agree.
+    generated_published: bool,
+    /// Sent as raw COPY lines ([`Change::CopyRows`]) rather than parsed rows.
+    raw: bool,
+}
+
+/// Raw COPY lines go out in chunks of about this many bytes.
+const RAW_CHUNK: usize = 1 << 20;
+
+/// Copies one table, or the rows in one range of its pages.
 async fn copy_table(
     url: &str,
     snapshot_name: &str,
     schema: &SchemaRef,
-    pages: Option<Pages>,
-    generated_published: bool,
+    copy: Copy,
     sent: &mut crate::snapshot::Rows,
     progress: &SnapshotProgress,
 ) -> Result<u64, Error> {
+    let Copy {
+        pages,
+        generated_published,
+        raw,
+    } = copy;
     let client = connect_client(url).await?;
     let sql_err =
         |e: tokio_postgres::Error| Error::transient(format!("copying table {}", schema.id), e);
@@ -240,6 +262,40 @@ async fn copy_table(
     pin_mut!(stream);
     let mut buf = BytesMut::new();
     let mut rows = 0u64;
+    if raw {
+        // Each CopyData message holds whole lines (one per row); a chunk ends at a line's end.
+        let mut lines = 0u64;
+        let mut send = |buf: &mut BytesMut, lines: &mut u64| {
+            let event = Event::Change(Change::CopyRows {
+                table: schema.clone(),
+                rows: *lines,
+                data: buf.split().freeze(),
+            });
+            progress.rows_copied.fetch_add(*lines, Ordering::Relaxed);
+            rows += *lines;
+            *lines = 0;
+            event
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(sql_err)?;
+            lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= RAW_CHUNK && buf.last() == Some(&b'\n') {
+                sent.push(send(&mut buf, &mut lines)).await?;
+            }
+        }
+        if !buf.is_empty() {
+            if buf.last() != Some(&b'\n') {
+                return Err(Error::fatal(format!(
+                    "table {}: COPY output ended inside a line",
+                    schema.id
+                )));
+            }
+            sent.push(send(&mut buf, &mut lines)).await?;
+        }
+        client.batch_execute("COMMIT").await.map_err(sql_err)?;
+        return Ok(rows);
+    }
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk.map_err(sql_err)?);
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
