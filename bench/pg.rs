@@ -544,11 +544,14 @@ fn run_once(n: u64) -> Vec<Measure> {
             "-f",
             "/dev/null",
         ])
+        // What Ferry asks for from PostgreSQL 14 on: protocol 2, big transactions streamed as they are decoded.
         .args([
             "--endpos",
             &end,
             "-o",
-            "proto_version=1",
+            "proto_version=2",
+            "-o",
+            "streaming=on",
             "-o",
             "publication_names=native_pub",
         ])
@@ -792,6 +795,32 @@ fn run_once(n: u64) -> Vec<Measure> {
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
     });
+
+    // 6. The same snapshot into the discard sink: Ferry's copy with every value parsed, and no target. The
+    // anchor is supabase/etl's copy into a null destination, 1.28M rows/s, measured once on this machine (issue 15)
+    // and not run here: its ratio is against that figure, not a run beside this one.
+    let null_pos = b.dir.path().join("snap_null.pos");
+    let null = b.pipeline(
+        "bench_snap_null",
+        "[\"public.bench_rows\"]",
+        "initial",
+        &format!("type = \"discard\"\npath = \"{}\"", null_pos.display()),
+    );
+    let started = Instant::now();
+    let ferry = Ferry::start(&null.config, &null.log);
+    let took = time_until(started, "ferry snapshot into discard", || {
+        std::fs::read_to_string(&null_pos).is_ok_and(|t| !t.trim().is_empty())
+    });
+    let (rss, cores) = finish(ferry, took, &null.log);
+    out.push(Measure {
+        workload: format!("initial snapshot into discard, {} rows", thousands(n)),
+        anchor: "supabase/etl null destination (1.28M rows/s, issue 15)",
+        rows: n,
+        ferry: took,
+        anchor_time: Some(Duration::from_secs_f64(n as f64 / 1_280_000.0)),
+        ferry_peak_rss_mb: rss,
+        ferry_cpu_cores: cores,
+    });
     out
 }
 
@@ -822,9 +851,84 @@ fn main() {
     if part != "latency" {
         throughput(runs, n, json);
     }
-    if part != "throughput" {
+    if part != "throughput" && part != "bigtxn" {
         latencies(runs, json);
     }
+    // Not in the default run: ten times the rows, a few minutes per run.
+    if part == "bigtxn" {
+        big_transactions(runs, n * 10, json);
+    }
+}
+
+/// One transaction of `n` rows written while each contender replicates live (PostgreSQL 14+ streams it to both
+/// before it commits: Ferry spools it, the native subscription runs with `streaming = on`). Measures how long
+/// after the source's COMMIT returns the target holds every row, and Ferry's peak RSS. Each contender gets its own
+/// transaction, alone on the machine.
+fn big_transactions(runs: u64, n: u64, json: bool) {
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        eprintln!("bench: big transaction run {run} of {runs} ({n} rows)");
+        let b = Bench::new();
+        let insert = |from: u64| {
+            format!(
+                "INSERT INTO bench_big SELECT g, g % 100, md5(g::text), now() FROM generate_series({from}, {}) g",
+                from + n - 1
+            )
+        };
+        let count = |probe: &Probe| {
+            probe
+                .scalar("SELECT count(*) FROM bench_big")
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        // Native: the subscription applies while the transaction is written.
+        b.target
+            .psql("native", "ALTER SUBSCRIPTION native SET (streaming = on)");
+        b.target.psql("native", "ALTER SUBSCRIPTION native ENABLE");
+        let probe = Probe::connect(&b.target.url("native"));
+        time_until(Instant::now(), "native apply worker start", || {
+            probe.scalar("SELECT count(*) FROM pg_stat_subscription WHERE subname = 'native' AND pid IS NOT NULL") == "1"
+        });
+        b.source.psql("shop", &insert(1));
+        let committed = Instant::now();
+        let native = time_until(committed, "native big transaction", || count(&probe) == n);
+        b.target.psql("native", "ALTER SUBSCRIPTION native DISABLE");
+        // Ferry: streaming from the start, its transaction written after the native one was applied.
+        let pipeline = b.pipeline(
+            "bench_bigtxn",
+            "[\"public.bench_big\"]",
+            "never",
+            &format!(
+                "type = \"postgres\"\nurl = \"{}\"",
+                b.target.url("ferry_pg")
+            ),
+        );
+        b.target.psql("ferry_pg", TABLES);
+        let probe = Probe::connect(&b.target.url("ferry_pg"));
+        let ferry = Ferry::start(&pipeline.config, &pipeline.log);
+        ferry.wait_streaming();
+        let started = Instant::now();
+        b.source.psql("shop", &insert(n + 1));
+        let written = started.elapsed();
+        let committed = Instant::now();
+        let took = time_until(committed, "ferry big transaction", || count(&probe) == n);
+        let (rss, cores) = finish(ferry, written + took, &pipeline.log);
+        eprintln!(
+            "bench:   after COMMIT: ferry {:.1} s, native {:.1} s; ferry peak RSS {rss:.0} MB",
+            took.as_secs_f64(),
+            native.as_secs_f64()
+        );
+        all.push(vec![Measure {
+            workload: format!("one {}-row txn, live: after COMMIT", thousands(n)),
+            anchor: "native subscription, streaming = on",
+            rows: n,
+            ferry: took,
+            anchor_time: Some(native),
+            ferry_peak_rss_mb: rss,
+            ferry_cpu_cores: cores,
+        }]);
+    }
+    report(&all, json);
 }
 
 /// The throughput rows: each run on fresh servers, medians reported.

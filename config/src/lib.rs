@@ -131,6 +131,25 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_directory_is_relative_to_the_file_and_checked() {
+        let SourceConfig::Postgres(pg) = load(GOOD).unwrap().source else {
+            panic!("not a PostgreSQL source")
+        };
+        assert_eq!(pg.spool_dir, None);
+        let with = GOOD.replace("tables = [", "spool_dir = \"spool\"\n        tables = [");
+        let SourceConfig::Postgres(pg) = load(&with).unwrap().source else {
+            panic!("not a PostgreSQL source")
+        };
+        assert_eq!(pg.spool_dir, Some("/etc/ferry/spool".into()));
+        let wrong = GOOD.replace("tables = [", "spool_dir = 5\n        tables = [");
+        let e = load(&wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("source.spool_dir") && e.contains("expected a directory"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn reports_every_error_with_key_and_expectation() {
         let text = r#"
             [pipeline]

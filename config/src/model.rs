@@ -101,6 +101,9 @@ pub struct PostgresSource {
     /// What to do when the source changes a table in a way Ferry cannot reproduce on its targets.
     pub on_schema_change: SchemaChangePolicy,
     pub origins: OriginFilter,
+    /// `spool_dir`: where transactions the server streams before they commit are kept, in a subdirectory
+    /// `ferry-spool-<slot>` (emptied at start); `None`: the system's temporary directory.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// What to do with a schema change Ferry cannot reproduce on a target: a table rewritten without row events

@@ -563,6 +563,16 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 None => None,
             };
             let origins = read_origins(r, &mut s);
+            let spool_dir = if s.table.contains_key("spool_dir") {
+                r.file_path(
+                    &mut s,
+                    "spool_dir",
+                    "a directory such as \"/var/lib/ferry/spool\"",
+                )
+                .map(Some)
+            } else {
+                Some(None)
+            };
             // Not `?` here: the unknown keys below must be reported too.
             (|| {
                 Some(SourceConfig::Postgres(PostgresSource {
@@ -573,6 +583,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     publication,
                     on_schema_change: on_schema_change?,
                     origins: origins?,
+                    spool_dir: spool_dir?,
                 }))
             })()
         }

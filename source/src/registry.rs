@@ -12,7 +12,7 @@ use crate::postgres::PgSourceSettings;
 
 /// A source of any kind.
 pub enum AnySource {
-    Postgres(PgSourceSettings, Arc<PipelineStats>),
+    Postgres(Box<PgSourceSettings>, Arc<PipelineStats>),
     Mysql(MysqlSourceSettings, Arc<PipelineStats>),
 }
 
@@ -26,18 +26,20 @@ pub fn open(
 ) -> AnySource {
     match &config.source {
         SourceConfig::Postgres(source) => AnySource::Postgres(
-            PgSourceSettings {
+            Box::new(PgSourceSettings {
                 pipeline: config.name.clone(),
                 config: source.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 snapshot_parallelism: config.snapshot_parallelism,
-                resumable_snapshot: config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
+                // `snapshot = "only"` ends with its snapshot: one cut short is taken again, never resumed by streaming.
+                resumable_snapshot: source.snapshot != ferry_config::SnapshotMode::Only
+                    && config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
                 raw_copy: crate::snapshot::RawCopy::of(config, unchanged),
                 source_timeout: config.source_timeout,
                 recopies,
                 node: config.node.clone(),
                 vector_tables: vector_tables(config),
-            },
+            }),
             stats,
         ),
         SourceConfig::Mysql(source) => AnySource::Mysql(

@@ -300,7 +300,12 @@ pub async fn run(
         internal: Default::default(),
         skipped_position_at: std::time::Instant::now(),
         timeline,
-        spool: spool::Spool::new(std::env::temp_dir().join(format!("ferry-spool-{}", cfg.slot)))?,
+        spool: spool::Spool::new(
+            cfg.spool_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!("ferry-spool-{}", cfg.slot)),
+        )?,
         replay: None,
         replay_decoder: pgoutput::Decoder::streamed(),
     };
