@@ -858,6 +858,119 @@ fn main() {
     if part == "bigtxn" {
         big_transactions(runs, n * 10, json);
     }
+    if part == "tables" {
+        many_tables(runs, 2000, n / 10, json);
+    }
+}
+
+/// A pipeline over `tables` tables against the same rows in one table: start-up with the snapshot of a few rows
+/// per table (until the pipeline streams), then the apply of a backlog of `rows` rows in transactions of 100 rows,
+/// each transaction into one table, spread over all of them.
+fn many_tables(runs: u64, tables: u64, rows: u64, json: bool) {
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        eprintln!("bench: {tables} tables run {run} of {runs}");
+        let source = PgServer::start_with(SERVER_SETTINGS);
+        let target = PgServer::start_with(SERVER_SETTINGS);
+        let dir = scratch();
+        source.create_db("shop");
+        let per_table = 50;
+        source.psql(
+            "shop",
+            &format!(
+                "CREATE SCHEMA many; CREATE SCHEMA one;
+                 CREATE TABLE one.t (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL);
+                 CREATE TABLE one.marker (id int8 PRIMARY KEY); CREATE TABLE many.marker (id int8 PRIMARY KEY);
+                 DO $$ BEGIN FOR i IN 1..{tables} LOOP
+                   EXECUTE format('CREATE TABLE many.t%s (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL)', i);
+                   EXECUTE format('INSERT INTO many.t%s SELECT g, g, md5(g::text) FROM generate_series(1, {per_table}) g', i);
+                 END LOOP; END $$;
+                 INSERT INTO one.t SELECT g, g, md5(g::text) FROM generate_series(1, {}) g;",
+                tables * per_table
+            ),
+        );
+        let mut measures = Vec::new();
+        let mut startup = Vec::new();
+        let mut apply = Vec::new();
+        for schema in ["many", "one"] {
+            target.create_db(schema);
+            let list: Vec<String> = if schema == "many" {
+                (1..=tables).map(|i| format!("\"many.t{i}\"")).collect()
+            } else {
+                vec!["\"one.t\"".into()]
+            };
+            let text = format!(
+                "[pipeline]\nname = \"bench_{schema}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n                 tables = [{}, \"{schema}.marker\"]\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                source.url("shop"),
+                list.join(", "),
+                target.url(schema)
+            );
+            let config = write_config(dir.path(), schema, &text);
+            let log = dir.path().join(format!("{schema}.log"));
+            let started = Instant::now();
+            let ferry = Ferry::start(&config, &log);
+            let took = time_until(started, "start-up and snapshot", || {
+                ferry
+                    .get("/status")
+                    .is_some_and(|(_, body)| body.contains("\"state\":\"streaming\""))
+            });
+            let (rss, _) = finish(ferry, took, &log);
+            startup.push((took, rss));
+            // The backlog: `rows` rows, 100 per transaction, round robin over the tables.
+            let target_of = if schema == "many" {
+                format!("'many.t' || (b % {tables} + 1)")
+            } else {
+                "'one.t'".to_owned()
+            };
+            source.psql(
+                "shop",
+                &format!(
+                    "DO $$ BEGIN FOR b IN 0..{} LOOP
+                       EXECUTE format('INSERT INTO %s SELECT g, g, md5(g::text) FROM generate_series(%s, %s) g',
+                                      {target_of}, 1000000 + b * 100, 1000000 + b * 100 + 99);
+                       COMMIT;
+                     END LOOP; END $$;
+                     INSERT INTO {schema}.marker VALUES (1);",
+                    rows / 100 - 1
+                ),
+            );
+            let probe = Probe::connect(&target.url(schema));
+            let started = Instant::now();
+            let ferry = Ferry::start(&config, &log);
+            let took = time_until(started, "backlog apply", || {
+                probe.scalar(&format!("SELECT count(*) FROM {schema}.marker")) == "1"
+            });
+            let (rss, cores) = finish(ferry, took, &log);
+            apply.push((took, rss, cores));
+        }
+        eprintln!(
+            "bench:   start-up with snapshot: {tables} tables {:.1} s ({:.0} MB), one table {:.1} s ({:.0} MB)",
+            startup[0].0.as_secs_f64(),
+            startup[0].1,
+            startup[1].0.as_secs_f64(),
+            startup[1].1
+        );
+        measures.push(Measure {
+            workload: format!("start-up + snapshot, {tables} tables"),
+            anchor: "the same rows in one table",
+            rows: tables * per_table,
+            ferry: startup[0].0,
+            anchor_time: Some(startup[1].0),
+            ferry_peak_rss_mb: startup[0].1,
+            ferry_cpu_cores: 0.0,
+        });
+        measures.push(Measure {
+            workload: format!("apply over {tables} tables"),
+            anchor: "the same rows in one table",
+            rows,
+            ferry: apply[0].0,
+            anchor_time: Some(apply[1].0),
+            ferry_peak_rss_mb: apply[0].1,
+            ferry_cpu_cores: apply[0].2,
+        });
+        all.push(measures);
+    }
+    report(&all, json);
 }
 
 /// One transaction of `n` rows written while each contender replicates live (PostgreSQL 14+ streams it to both
