@@ -323,12 +323,13 @@ fn an_insert_of_a_key_the_target_already_has_replaces_that_row() {
         "target table never created:\n{}",
         ferry.log()
     );
-    // Someone wrote key 2 into the target directly: the optimistic COPY of the source's insert conflicts, and the
-    // rows are upserted instead.
+    // Someone wrote key 2 into the target directly: the optimistic COPY of the source's insert (enough rows to be
+    // copied) conflicts, and the rows are upserted instead.
     pg.psql("replica", "INSERT INTO items VALUES (2, 'stale')");
     pg.psql(
         "shop",
-        "INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three\ttab')",
+        "INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three\ttab');
+         INSERT INTO items SELECT g, 'n' || g FROM generate_series(10, 400) g",
     );
     wait_same(&pg, "SELECT id, label FROM items ORDER BY id", &ferry);
     assert!(
@@ -338,7 +339,12 @@ fn an_insert_of_a_key_the_target_already_has_replaces_that_row() {
         "the conflict path was not taken:\n{}",
         ferry.log()
     );
-    pg.psql("shop", "INSERT INTO items VALUES (4, 'four')");
+    // A few rows go by one upsert: a key the target has is replaced all the same.
+    pg.psql("replica", "INSERT INTO items VALUES (1000, 'stale')");
+    pg.psql(
+        "shop",
+        "INSERT INTO items VALUES (4, 'four'), (1000, 'thousand')",
+    );
     wait_same(&pg, "SELECT id, label FROM items ORDER BY id", &ferry);
     assert!(ferry.terminate().success());
 }

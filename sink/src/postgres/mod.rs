@@ -231,6 +231,12 @@ impl PostgresSink {
         };
         match group.kind {
             GroupKind::Copy => return Ok(self.copy_in(&group).await?),
+            // A few rows: one prepared upsert is one round trip, where a savepoint, COPY and release are four (what
+            // a load spread over many tables, a small group each, pays per group). The outcome is the same: COPY
+            // falls back to this upsert when a key exists.
+            GroupKind::CopyOrUpsert if group.rows.len() < SMALL_GROUP_ROWS => {
+                group.kind = GroupKind::Upsert;
+            }
             GroupKind::CopyOrUpsert => {
                 self.savepoint_sql("SAVEPOINT ferry_copy").await?;
                 match self.copy_in(&group).await {
@@ -948,6 +954,9 @@ impl PostgresSink {
 
 /// The columns of `columns` that statements write: all but the generated columns the target computes itself
 /// (those of a PostgreSQL source, created with the same expression; see `ddl::ensure_table`).
+/// Inserted rows of one table in a group smaller than this are upserted by one statement rather than copied.
+const SMALL_GROUP_ROWS: usize = 256;
+
 fn written(table: &TableSchema, columns: impl IntoIterator<Item = usize>) -> Vec<usize> {
     columns
         .into_iter()
