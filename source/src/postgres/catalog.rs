@@ -57,7 +57,31 @@ pub struct Catalog {
     formats: HashMap<(u32, i32), String>,
     types: HashMap<u32, ResolvedType>,
     warned: HashSet<(TableId, String)>,
+    /// The per-table queries, prepared once: a snapshot or a stream meeting thousands of tables saves a round trip
+    /// and a parse for each.
+    prepared: HashMap<&'static str, tokio_postgres::Statement>,
 }
+
+const TABLE_SCHEMA_SQL: &str = "SELECT a.attname::text, a.attnotnull, \
+            coalesce((SELECT k.ord::int FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                      WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0), \
+            CASE c.relreplident \
+              WHEN 'f' THEN true \
+              WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
+                        AND i.indisprimary AND a.attnum = ANY (i.indkey)) \
+              WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
+                        AND i.indisreplident AND a.attnum = ANY (i.indkey)) \
+              ELSE false END, \
+            c.relreplident::text, a.attnum::int, a.atttypid::int8, a.atttypmod, \
+            CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END, \
+            CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
+            CASE WHEN a.atthasmissing THEN a.attmissingval::text END \
+     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+     WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+
+const COLUMNS_SQL: &str = "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute \
+     WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
 
 fn catalog_error(e: tokio_postgres::Error) -> Error {
     Error::transient("reading the source catalog", e)
@@ -96,6 +120,7 @@ impl Catalog {
             formats: HashMap::new(),
             types: HashMap::new(),
             warned: HashSet::new(),
+            prepared: HashMap::new(),
         }
     }
 
@@ -180,14 +205,11 @@ impl Catalog {
     }
 
     /// The relation's columns in catalog order, for the snapshot.
-    pub async fn columns(&self, rel_oid: u32) -> Result<Vec<RawColumn>, Error> {
+    pub async fn columns(&mut self, rel_oid: u32) -> Result<Vec<RawColumn>, Error> {
+        let statement = self.prepared(COLUMNS_SQL).await?;
         let rows = self
             .client
-            .query(
-                "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute \
-                 WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                &[&i64::from(rel_oid)],
-            )
+            .query(&statement, &[&i64::from(rel_oid)])
             .await
             .map_err(catalog_error)?;
         Ok(rows
@@ -199,6 +221,15 @@ impl Catalog {
                 is_key: false,
             })
             .collect())
+    }
+
+    async fn prepared(&mut self, sql: &'static str) -> Result<tokio_postgres::Statement, Error> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql).await.map_err(catalog_error)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
     }
 
     /// `format_type(oid, typmod)`: a type's DDL spelling (`character varying(20)`), cached.
@@ -253,28 +284,10 @@ impl Catalog {
         version: u64,
         previous: Option<&TableSchema>,
     ) -> Result<Arc<TableSchema>, Error> {
+        let statement = self.prepared(TABLE_SCHEMA_SQL).await?;
         let rows = self
             .client
-            .query(
-                "SELECT a.attname::text, a.attnotnull, \
-                        coalesce((SELECT k.ord::int FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                                  WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0), \
-                        CASE c.relreplident \
-                          WHEN 'f' THEN true \
-                          WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
-                                                AND i.indisprimary AND a.attnum = ANY (i.indkey)) \
-                          WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
-                                                AND i.indisreplident AND a.attnum = ANY (i.indkey)) \
-                          ELSE false END, \
-                        c.relreplident::text, a.attnum::int, a.atttypid::int8, a.atttypmod, \
-                        CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END, \
-                        CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
-                        CASE WHEN a.atthasmissing THEN a.attmissingval::text END \
-                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                 WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                &[&i64::from(rel_oid)],
-            )
+            .query(&statement, &[&i64::from(rel_oid)])
             .await
             .map_err(catalog_error)?;
         let attrs: Vec<CatalogAttr> = rows

@@ -21,7 +21,7 @@ use ferry_core::{
     TableSchema, Value,
 };
 use futures_util::{pin_mut, StreamExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tracing::info;
 
 use super::catalog::Catalog;
@@ -76,45 +76,68 @@ pub async fn run(
     let reporter = crate::snapshot::report_progress(stats.clone());
 
     let pieces = split_tables(catalog, &schemas, &tables, parallelism).await?;
-    let permits = Arc::new(Semaphore::new(parallelism.max(1)));
+    // Each worker holds one connection in the exported snapshot and copies piece after piece on it: a pipeline
+    // over thousands of small tables does not pay a connection per table.
+    let queue = Arc::new(std::sync::Mutex::new(
+        pieces
+            .into_iter()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
     let mut workers = tokio::task::JoinSet::new();
-    for (schema, pages, remaining) in pieces {
-        let permits = permits.clone();
-        // Raw COPY lines need the columns the target writes: none the target computes itself.
-        let raw = raw_copy.allows(&schema) && schema.columns.iter().all(|c| c.generated.is_none());
-        let (url, snapshot, output, stats) = (
+    for _ in 0..parallelism.max(1) {
+        let (url, snapshot, output, stats, queue, raw_copy) = (
             url.to_owned(),
             snapshot_name.to_owned(),
             output.clone(),
             stats.clone(),
+            queue.clone(),
+            raw_copy.clone(),
         );
         workers.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::fatal("snapshot workers stopped"))?;
-            let mut sent = output.rows();
-            let rows = copy_table(
-                &url,
-                &snapshot,
-                &schema,
-                Copy {
-                    pages,
-                    generated_published,
-                    raw,
-                },
-                &mut sent,
-                &stats.snapshot,
-            )
-            .await?;
-            sent.flush().await?;
-            if let Some(pages) = pages {
-                info!(table = %schema.id, pages = %pages, rows, "table chunk copied");
+            let mut client = None;
+            loop {
+                let next = queue
+                    .lock()
+                    .map_err(|_| Error::fatal("snapshot queue poisoned"))?
+                    .pop_front();
+                let Some((schema, pages, remaining)) = next else {
+                    break;
+                };
+                let client = match &mut client {
+                    Some(c) => c,
+                    None => client.insert(snapshot_session(&url, &snapshot).await?),
+                };
+                // Raw COPY lines need the columns the target writes: none the target computes itself.
+                let raw = raw_copy.allows(&schema)
+                    && schema.columns.iter().all(|c| c.generated.is_none());
+                let mut sent = output.rows();
+                let rows = copy_table(
+                    client,
+                    &schema,
+                    Copy {
+                        pages,
+                        generated_published,
+                        raw,
+                    },
+                    &mut sent,
+                    &stats.snapshot,
+                )
+                .await?;
+                sent.flush().await?;
+                if let Some(pages) = pages {
+                    info!(table = %schema.id, pages = %pages, rows, "table chunk copied");
+                }
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    output.table_copied(schema.id.clone()).await?;
+                    stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
+                    info!(table = %schema.id, raw, "table copied");
+                }
             }
-            if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                output.table_copied(schema.id.clone()).await?;
-                stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
-                info!(table = %schema.id, raw, "table copied");
+            if let Some(client) = client {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| Error::transient("ending a snapshot transaction", e))?;
             }
             Ok::<_, Error>(())
         });
@@ -222,10 +245,22 @@ struct Copy {
 /// Raw COPY lines go out in chunks of about this many bytes.
 const RAW_CHUNK: usize = 1 << 20;
 
-/// Copies one table, or the rows in one range of its pages.
+/// A connection in a read-only transaction under the exported snapshot `snapshot_name`.
+async fn snapshot_session(url: &str, snapshot_name: &str) -> Result<tokio_postgres::Client, Error> {
+    let client = connect_client(url).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; {SESSION_SQL}",
+            snapshot_name.replace('\'', "''")
+        ))
+        .await
+        .map_err(|e| Error::transient("opening a snapshot transaction", e))?;
+    Ok(client)
+}
+
+/// Copies one table, or the rows in one range of its pages, on `client` (a [`snapshot_session`]).
 async fn copy_table(
-    url: &str,
-    snapshot_name: &str,
+    client: &tokio_postgres::Client,
     schema: &SchemaRef,
     copy: Copy,
     sent: &mut crate::snapshot::Rows,
@@ -236,16 +271,8 @@ async fn copy_table(
         generated_published,
         raw,
     } = copy;
-    let client = connect_client(url).await?;
     let sql_err =
         |e: tokio_postgres::Error| Error::transient(format!("copying table {}", schema.id), e);
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; {SESSION_SQL}",
-            snapshot_name.replace('\'', "''")
-        ))
-        .await
-        .map_err(sql_err)?;
     let range = match pages {
         None => String::new(),
         Some(Pages { from, to: None }) => format!(" WHERE ctid >= '({from},0)'::tid"),
@@ -293,7 +320,6 @@ async fn copy_table(
             }
             sent.push(send(&mut buf, &mut lines)).await?;
         }
-        client.batch_execute("COMMIT").await.map_err(sql_err)?;
         return Ok(rows);
     }
     while let Some(chunk) = stream.next().await {
@@ -311,7 +337,6 @@ async fn copy_table(
             progress.rows_copied.fetch_add(1, Ordering::Relaxed);
         }
     }
-    client.batch_execute("COMMIT").await.map_err(sql_err)?;
     Ok(rows)
 }
 
