@@ -78,6 +78,8 @@ fn a_snapshot_into_postgres_alone_passes_copy_lines_through_exactly() {
            WHEN 2 THEN '' WHEN 3 THEN NULL ELSE repeat('ü✓', g % 700) END,
            decode(md5(g::text), 'hex'), ARRAY['a\"b', NULL, E'c\\td']
            FROM generate_series(1, 50000) g;
+         CREATE TABLE refs (id int PRIMARY KEY, rc regclass, rt regtype, rts regtype[]);
+         INSERT INTO refs VALUES (1, 'notes', 'mood', '{mood,int4[]}'), (2, 'pg_class', 'int4[]', NULL);
          CREATE TABLE masked (id int PRIMARY KEY, secret text);
          INSERT INTO masked SELECT g, 's' || g FROM generate_series(1, 100) g;",
     );
@@ -101,6 +103,14 @@ fn a_snapshot_into_postgres_alone_passes_copy_lines_through_exactly() {
         "the masked table was not transformed"
     );
     let text = ferry.log();
+    // Object references are the objects' names, as text: the target need not have the objects.
+    assert_eq!(
+        pg.psql(
+            "replica",
+            "SELECT id, rc, rt, rts, pg_typeof(rc) FROM public.refs ORDER BY id"
+        ),
+        "1|notes|mood|{mood,integer[]}|text\n2|pg_class|integer[]||text"
+    );
     for (table, raw) in [("all_types", true), ("notes", true), ("masked", false)] {
         assert!(
             text.contains(&format!("table copied table=public.{table} raw={raw}")),

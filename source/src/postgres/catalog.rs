@@ -87,6 +87,24 @@ fn catalog_error(e: tokio_postgres::Error) -> Error {
     Error::transient("reading the source catalog", e)
 }
 
+/// Whether a built-in type names a catalog object by OID, written as the object's name (`regclass`, `regtype`, …).
+fn is_object_reference(typname: &str) -> bool {
+    matches!(
+        typname,
+        "regclass"
+            | "regtype"
+            | "regproc"
+            | "regprocedure"
+            | "regoper"
+            | "regoperator"
+            | "regconfig"
+            | "regdictionary"
+            | "regnamespace"
+            | "regrole"
+            | "regcollation"
+    )
+}
+
 /// The value type of a built-in (pg_catalog) type by name.
 fn builtin(typname: &str) -> Option<ColumnType> {
     Some(match typname {
@@ -177,6 +195,14 @@ impl Catalog {
                 as_text_reason: element.as_text_reason,
             }
         } else if typtype == "e" {
+            ResolvedType {
+                ty: ColumnType::Other,
+                ddl_override: Some("text".into()),
+                as_text_reason: None,
+            }
+        } else if nspname == "pg_catalog" && is_object_reference(&typname) {
+            // regclass, regtype, …: the name of a source object, which a target may not have (its input would
+            // look it up there): kept as the name, text.
             ResolvedType {
                 ty: ColumnType::Other,
                 ddl_override: Some("text".into()),

@@ -88,6 +88,12 @@ impl Spool {
                 dir.display()
             )))?;
         }
+        // Made now, so a directory Ferry cannot write stops it at start ([source] spool_dir), not at the first
+        // big transaction.
+        std::fs::create_dir_all(&dir).map_err(io_error(format!(
+            "creating the spool directory {} for streamed transactions ([source] spool_dir)",
+            dir.display()
+        )))?;
         Ok(Spool {
             dir,
             open: HashMap::new(),
@@ -103,10 +109,6 @@ impl Spool {
     /// Stream Start: the block's messages belong to top-level transaction `xid`.
     pub fn start(&mut self, xid: u32) -> Result<(), Error> {
         if !self.open.contains_key(&xid) {
-            std::fs::create_dir_all(&self.dir).map_err(io_error(format!(
-                "creating the spool directory {} for streamed transactions",
-                self.dir.display()
-            )))?;
             let path = self.dir.join(format!("{xid}.spool"));
             let file = File::create(&path).map_err(io_error(format!(
                 "creating the spool file {} of streamed transaction {xid}",
