@@ -544,14 +544,11 @@ fn run_once(n: u64) -> Vec<Measure> {
             "-f",
             "/dev/null",
         ])
-        // What Ferry asks for from PostgreSQL 14 on: protocol 2, big transactions streamed as they are decoded.
         .args([
             "--endpos",
             &end,
             "-o",
-            "proto_version=2",
-            "-o",
-            "streaming=on",
+            "proto_version=1",
             "-o",
             "publication_names=native_pub",
         ])
@@ -1033,10 +1030,11 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
         let committed = Instant::now();
         let native = time_until(committed, "native big transaction", || count(&probe) == n);
         b.target.psql("native", "ALTER SUBSCRIPTION native DISABLE");
-        // Ferry: streaming from the start, its transaction written after the native one was applied.
+        // Ferry (`[source] streaming = true`): streaming from the start, its transaction written after the native
+        // one was applied.
         let pipeline = b.pipeline(
             "bench_bigtxn",
-            "[\"public.bench_big\"]",
+            "[\"public.bench_big\"]\nstreaming = true",
             "never",
             &format!(
                 "type = \"postgres\"\nurl = \"{}\"",

@@ -26,7 +26,8 @@ fn streamed_transactions_land_once_at_their_commit_without_what_aborted() {
     let config = write_config(
         dir.path(),
         "streamed",
-        &pg_to_pg_config(&pg, "streamed", "[pipeline.batch]\nmax_wait = \"20ms\""),
+        &pg_to_pg_config(&pg, "streamed", "[pipeline.batch]\nmax_wait = \"20ms\"")
+            .replace("[source]\n", "[source]\nstreaming = true\n"),
     );
     let log = dir.path().join("ferry.log");
     let ferry = Ferry::start(&config, &log);

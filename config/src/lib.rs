@@ -136,11 +136,16 @@ mod tests {
             panic!("not a PostgreSQL source")
         };
         assert_eq!(pg.spool_dir, None);
-        let with = GOOD.replace("tables = [", "spool_dir = \"spool\"\n        tables = [");
+        assert!(!pg.streaming, "streaming is off unless asked for");
+        let with = GOOD.replace(
+            "tables = [",
+            "spool_dir = \"spool\"\n        streaming = true\n        tables = [",
+        );
         let SourceConfig::Postgres(pg) = load(&with).unwrap().source else {
             panic!("not a PostgreSQL source")
         };
         assert_eq!(pg.spool_dir, Some("/etc/ferry/spool".into()));
+        assert!(pg.streaming);
         let wrong = GOOD.replace("tables = [", "spool_dir = 5\n        tables = [");
         let e = load(&wrong).unwrap_err().to_string();
         assert!(

@@ -101,6 +101,11 @@ pub struct PostgresSource {
     /// What to do when the source changes a table in a way Ferry cannot reproduce on its targets.
     pub on_schema_change: SchemaChangePolicy,
     pub origins: OriginFilter,
+    /// `streaming`: ask the server (PostgreSQL 14+) to stream a transaction bigger than
+    /// `logical_decoding_work_mem` before it commits, kept on Ferry's disk instead of the walsender's until then.
+    /// Off by default: receiving and applying such a transaction then no longer overlap (0.6× on a 1,000,000-row
+    /// transaction), so it pays only where the source's own spill hurts.
+    pub streaming: bool,
     /// `spool_dir`: where transactions the server streams before they commit are kept, in a subdirectory
     /// `ferry-spool-<slot>` (emptied at start); `None`: the system's temporary directory.
     pub spool_dir: Option<PathBuf>,

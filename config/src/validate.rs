@@ -563,6 +563,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 None => None,
             };
             let origins = read_origins(r, &mut s);
+            let streaming = flag(r, &mut s, "streaming", false);
             let spool_dir = if s.table.contains_key("spool_dir") {
                 r.file_path(
                     &mut s,
@@ -583,6 +584,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     publication,
                     on_schema_change: on_schema_change?,
                     origins: origins?,
+                    streaming: streaming?,
                     spool_dir: spool_dir?,
                 }))
             })()

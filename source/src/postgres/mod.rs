@@ -300,6 +300,7 @@ pub async fn run(
         internal: Default::default(),
         skipped_position_at: std::time::Instant::now(),
         timeline,
+        streaming: cfg.streaming,
         spool: spool::Spool::new(
             cfg.spool_dir
                 .clone()

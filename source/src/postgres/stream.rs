@@ -127,6 +127,8 @@ pub(crate) struct Streamer {
     pub timeline: u32,
     /// Relations that are Ferry's own tables ([`ferry_core::is_internal_table`]): never captured.
     pub internal: HashSet<u32>,
+    /// Whether to ask for streamed transactions (`[source] streaming`).
+    pub streaming: bool,
     /// Transactions the server streams before they commit, on disk until then.
     pub spool: Spool,
     /// A committed streamed transaction being applied from its spool.
@@ -192,9 +194,9 @@ impl Streamer {
         } else {
             ""
         };
-        // PostgreSQL 14+ streams a transaction bigger than logical_decoding_work_mem before it commits: Ferry
-        // spools it (`spool.rs`) rather than the walsender holding it until then.
-        let streaming = if self.catalog.server_version().await? >= 140_000 {
+        // With `[source] streaming`, PostgreSQL 14+ streams a transaction bigger than logical_decoding_work_mem
+        // before it commits: Ferry spools it (`spool.rs`) rather than the walsender holding it until then.
+        let streaming = if self.streaming && self.catalog.server_version().await? >= 140_000 {
             "proto_version '2', streaming 'on'"
         } else {
             "proto_version '1'"
