@@ -311,16 +311,7 @@ impl PostgresSink {
                 table.id
             )));
         }
-        let columns: Vec<String> = table
-            .columns
-            .iter()
-            .map(|c| ddl::quote_ident(&c.name))
-            .collect();
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN",
-            qualified_name(&table.id),
-            columns.join(", ")
-        );
+        let sql = copy_statement(table, 0..table.columns.len());
         let what = format!("copying into {}", table.id);
         let sink = self
             .client
@@ -336,16 +327,7 @@ impl PostgresSink {
     /// Loads the group's rows with `COPY … FROM STDIN` (text format).
     async fn copy_in(&mut self, group: &Group<'_>) -> Result<(), CopyError> {
         use futures_util::SinkExt;
-        let columns: Vec<String> = group
-            .columns
-            .iter()
-            .map(|&c| ddl::quote_ident(&group.table.columns[c].name))
-            .collect();
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN",
-            qualified_name(&group.table.id),
-            columns.join(", ")
-        );
+        let sql = copy_statement(&group.table, group.columns.iter().copied());
         let what = format!("copying into {}", group.table.id);
         let sink = self
             .client
@@ -954,6 +936,19 @@ impl PostgresSink {
 
 /// The columns of `columns` that statements write: all but the generated columns the target computes itself
 /// (those of a PostgreSQL source, created with the same expression; see `ddl::ensure_table`).
+/// `COPY … FROM STDIN` (text format) into `columns` of `table`.
+fn copy_statement(table: &TableSchema, columns: impl IntoIterator<Item = usize>) -> String {
+    let columns: Vec<String> = columns
+        .into_iter()
+        .map(|c| ddl::quote_ident(&table.columns[c].name))
+        .collect();
+    format!(
+        "COPY {} ({}) FROM STDIN",
+        qualified_name(&table.id),
+        columns.join(", ")
+    )
+}
+
 /// Inserted rows of one table in a group smaller than this are upserted by one statement rather than copied.
 const SMALL_GROUP_ROWS: usize = 256;
 

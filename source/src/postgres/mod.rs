@@ -338,20 +338,32 @@ async fn keyless_interrupted(
         {
             continue;
         }
-        let keyed = client
-            .query_opt(
-                "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-                &[&table.schema, &table.name],
-            )
-            .await
-            .map_err(|e| Error::transient("looking up a table's key", e))?
-            .is_none_or(|r| r.get::<_, bool>(0));
-        if !keyed {
+        // A table no longer published is dropped from the re-copies when streaming starts.
+        if published_key(client, table, &settings.config.publication).await? == Some(false) {
             keyless.push(table.to_string());
         }
     }
     Ok(keyless)
+}
+
+/// Whether `table`, if `publication` includes it, has a primary key or replica identity index (what an online
+/// re-copy reads it by); `None` when the publication does not include it.
+async fn published_key(
+    client: &Client,
+    table: &TableId,
+    publication: &str,
+) -> Result<Option<bool>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND EXISTS (SELECT 1 FROM pg_publication_tables p \
+             WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname)",
+            &[&table.schema, &table.name, &publication],
+        )
+        .await
+        .map_err(|e| Error::transient("looking up the table", e))?;
+    Ok(row.map(|r| r.get::<_, bool>(0)))
 }
 
 /// Asks the pipeline reading `config` to re-copy `table` while it streams (`ferry snapshot --table`): checks the
@@ -365,17 +377,7 @@ pub async fn request_recopy(config: &PostgresSource, table: &TableId) -> Result<
             config.slot
         )));
     }
-    let row = client
-        .query_opt(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND EXISTS (SELECT 1 FROM pg_publication_tables p \
-             WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname)",
-            &[&table.schema, &table.name, &config.publication],
-        )
-        .await
-        .map_err(|e| Error::transient("looking up the table", e))?;
-    match row.map(|r| r.get::<_, bool>(0)) {
+    match published_key(&client, table, &config.publication).await? {
         None => {
             return Err(Error::fatal(format!(
                 "publication {} does not include the table (names match exactly, case included; check [source] \
