@@ -32,8 +32,14 @@ pub fn open(
                 heartbeat_interval: config.heartbeat_interval,
                 snapshot_parallelism: config.snapshot_parallelism,
                 // `snapshot = "only"` ends with its snapshot: one cut short is taken again, never resumed by streaming.
+                // A route files a table's record under its target name, which the source cannot re-copy by:
+                // a routed pipeline keeps the one-transaction snapshot.
                 resumable_snapshot: source.snapshot != ferry_config::SnapshotMode::Only
-                    && config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
+                    && config.sinks.iter().all(|s| s.kind.resumes_snapshots())
+                    && !config
+                        .transforms
+                        .iter()
+                        .any(|t| matches!(t.kind, ferry_config::TransformKind::Route { .. })),
                 raw_copy: crate::snapshot::RawCopy::of(config, unchanged),
                 source_timeout: config.source_timeout,
                 recopies,
