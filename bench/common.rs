@@ -22,6 +22,10 @@ pub struct Measure {
     pub ferry_peak_rss_mb: f64,
     /// CPU seconds ferry used per wall second.
     pub ferry_cpu_cores: f64,
+    /// CPU microseconds per row of the source process serving ferry (the walsender), where measured.
+    pub source_cpu_us_per_row: Option<f64>,
+    /// The same for the anchor.
+    pub anchor_source_cpu_us_per_row: Option<f64>,
 }
 
 /// Polls every 20 ms until `done`, for at most 30 minutes; returns the elapsed time since `started`.
@@ -111,7 +115,39 @@ pub fn report(all: &[Vec<Measure>], json: bool) {
         let rss = median(all.iter().map(|r| r[i].ferry_peak_rss_mb).collect());
         let cores = median(all.iter().map(|r| r[i].ferry_cpu_cores).collect());
         let ratio = ferry / anchor;
-        if json {
+        let source_cpu = median(
+            all.iter()
+                .map(|r| r[i].source_cpu_us_per_row.unwrap_or(f64::NAN))
+                .collect(),
+        );
+        let anchor_source_cpu = median(
+            all.iter()
+                .map(|r| r[i].anchor_source_cpu_us_per_row.unwrap_or(f64::NAN))
+                .collect(),
+        );
+        // Ferry's own CPU per row: cores × wall time, over the rows.
+        let ferry_cpu = median(
+            all.iter()
+                .map(|r| r[i].ferry_cpu_cores * r[i].ferry.as_secs_f64() / r[i].rows as f64 * 1e6)
+                .collect(),
+        );
+        if json && first.source_cpu_us_per_row.is_some() {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "workload": first.workload,
+                    "ferry_rows_per_s": ferry.round(),
+                    "anchor": first.anchor,
+                    "anchor_rows_per_s": anchor.round(),
+                    "ratio": (ratio * 100.0).round() / 100.0,
+                    "ferry_peak_rss_mb": rss.round(),
+                    "ferry_cpu_cores": (cores * 100.0).round() / 100.0,
+                    "ferry_cpu_us_per_row": (ferry_cpu * 100.0).round() / 100.0,
+                    "walsender_cpu_us_per_row": (source_cpu * 100.0).round() / 100.0,
+                    "anchor_walsender_cpu_us_per_row": (anchor_source_cpu * 100.0).round() / 100.0,
+                })
+            );
+        } else if json {
             println!(
                 "{}",
                 serde_json::json!({
@@ -135,6 +171,13 @@ pub fn report(all: &[Vec<Measure>], json: bool) {
                 "{:<36} | {:>14.0} | {:<28} | {:>14.0} | {:>5.2}× | {:>14} | {:>4.2} cores",
                 first.workload, ferry, first.anchor, anchor, ratio, rss, cores
             );
+            if first.source_cpu_us_per_row.is_some() {
+                println!(
+                    "{:<36}   CPU per row: ferry {ferry_cpu:.2} µs, its walsender {source_cpu:.2} µs; \
+                     the anchor's walsender {anchor_source_cpu:.2} µs",
+                    ""
+                );
+            }
         }
     }
 }

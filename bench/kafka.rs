@@ -302,6 +302,8 @@ fn run_once(n: u64) -> Vec<Measure> {
             anchor_time: None,
             ferry_peak_rss_mb: rss,
             ferry_cpu_cores: cores,
+            source_cpu_us_per_row: None,
+            anchor_source_cpu_us_per_row: None,
         });
     }
     let (took, cores) = b.sink_alone(n);
@@ -314,6 +316,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         // In this process, next to the prepared events: not the sink's own figure.
         ferry_peak_rss_mb: f64::NAN,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
     anchor(&b, n, plain_record, out)
 }

@@ -191,6 +191,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
 
     b.workload(
@@ -213,6 +215,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
 
     // Decode only, over the whole backlog (inserts and updates).
@@ -264,6 +268,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
     out
 }

@@ -315,6 +315,8 @@ impl Bench {
             anchor_time: Some(native),
             ferry_peak_rss_mb: rss,
             ferry_cpu_cores: cores,
+            source_cpu_us_per_row: None,
+            anchor_source_cpu_us_per_row: None,
         }
     }
 
@@ -432,7 +434,107 @@ fn chain_in_process(n: u64) -> Measure {
         anchor_time: None,
         ferry_peak_rss_mb: f64::NAN,
         ferry_cpu_cores: 1.0,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     }
+}
+
+/// The walsender process serving `slot` on `pg`, while one does.
+fn walsender_pid(pg: &PgServer, slot: &str) -> Option<u32> {
+    pg.psql(
+        "shop",
+        &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+    )
+    .parse()
+    .ok()
+}
+
+/// Decode only: pg_recvlogical (protocol 1, text values) reads the backlog up to `marker` into /dev/null, then each
+/// of `pipelines` (a discard sink, its position file, the value format it asks for) reads the same backlog. Ferry's
+/// CPU and its walsender's are reported per row, beside pg_recvlogical's walsender.
+fn decode_only(
+    b: &Bench,
+    pipelines: &[(&Pipeline, &PathBuf, &str)],
+    marker: ferry_core::Lsn,
+    n: u64,
+) -> Vec<Measure> {
+    let end = b.source.psql("shop", "SELECT pg_current_wal_lsn()");
+    let started = Instant::now();
+    let mut recv = Command::new(pg_bin("pg_recvlogical"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "shop"])
+        .args(["--slot", "recv", "-p", &b.source.port.to_string()])
+        .args(["--start", "--no-loop", "-f", "/dev/null", "--endpos", &end])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=native_pub",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run pg_recvlogical");
+    // The walsender's CPU, sampled until pg_recvlogical ends (the walsender ends with it).
+    let mut recv_walsender = None;
+    let mut recv_walsender_cpu = 0.0;
+    let status = loop {
+        if let Some(status) = recv.try_wait().expect("pg_recvlogical") {
+            break status;
+        }
+        recv_walsender = recv_walsender.or_else(|| walsender_pid(&b.source, "recv"));
+        if let Some(pid) = recv_walsender {
+            recv_walsender_cpu = f64::max(recv_walsender_cpu, cpu_seconds(pid));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "pg_recvlogical failed");
+    let recv = started.elapsed();
+    let per_row = |seconds: f64| seconds / n as f64 * 1e6;
+    eprintln!(
+        "bench:   decode only: pg_recvlogical's walsender {:.2} µs CPU per row",
+        per_row(recv_walsender_cpu)
+    );
+    b.source
+        .psql("shop", "SELECT pg_drop_replication_slot('recv')");
+    let mut out = Vec::new();
+    for (pipeline, pos, format) in pipelines {
+        let started = Instant::now();
+        let ferry = Ferry::start(&pipeline.config, &pipeline.log);
+        let took = time_until(started, "ferry decode", || {
+            std::fs::read_to_string(pos)
+                .ok()
+                .and_then(|t| t.trim().parse::<ferry_core::Position>().ok())
+                .and_then(|p| p.as_lsn())
+                .is_some_and(|lsn| lsn > marker)
+        });
+        let slot = format!(
+            "ferry_{}",
+            pipeline.config.file_stem().unwrap().to_string_lossy()
+        );
+        let walsender = walsender_pid(&b.source, &slot).map_or(f64::NAN, cpu_seconds);
+        let ferry_cpu = cpu_seconds(ferry.pid());
+        let (rss, cores) = finish(ferry, took, &pipeline.log);
+        eprintln!(
+            "bench:   decode only, {format} values: ferry {:.2} µs CPU per row, its walsender {:.2} µs",
+            per_row(ferry_cpu),
+            per_row(walsender)
+        );
+        b.source.psql(
+            "shop",
+            &format!("SELECT pg_drop_replication_slot('{slot}')"),
+        );
+        out.push(Measure {
+            workload: format!("decode only, {format} (discard sink)"),
+            anchor: "pg_recvlogical",
+            rows: n,
+            ferry: took,
+            anchor_time: Some(recv),
+            ferry_peak_rss_mb: rss,
+            ferry_cpu_cores: cores,
+            source_cpu_us_per_row: Some(per_row(walsender)),
+            anchor_source_cpu_us_per_row: Some(per_row(recv_walsender_cpu)),
+        });
+    }
+    out
 }
 
 /// One full run: every workload once.
@@ -460,6 +562,16 @@ fn run_once(n: u64) -> Vec<Measure> {
         "[\"public.bench_rows\", \"public.bench_marker\"]",
         "never",
         &format!("type = \"discard\"\npath = \"{}\"", decode_pos.display()),
+    );
+    let decode_text_pos = b.dir.path().join("decode_text.pos");
+    let decode_text = b.pipeline(
+        "bench_decode_text",
+        "[\"public.bench_rows\", \"public.bench_marker\"]\nbinary = false",
+        "never",
+        &format!(
+            "type = \"discard\"\npath = \"{}\"",
+            decode_text_pos.display()
+        ),
     );
     // The same inserts through a 4-stage chain.
     let chain = b.pipeline(
@@ -508,6 +620,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         !sqlite_rows(&sqlite_db, "SELECT 1 FROM ferry_checkpoints").is_empty()
     });
     b.prime(&decode, || decode_pos.exists());
+    b.prime(&decode_text, || decode_text_pos.exists());
     let mut out = Vec::new();
     let batches = n / 1000;
 
@@ -522,64 +635,17 @@ fn run_once(n: u64) -> Vec<Measure> {
             batches - 1
         ),
     );
-    // Decode only: pg_recvlogical and ferry's discard sink read the same backlog.
-    let end = b.source.psql("shop", "SELECT pg_current_wal_lsn()");
-    let started = Instant::now();
-    let status = Command::new(pg_bin("pg_recvlogical"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "shop",
-            "--slot",
-            "recv",
-        ])
-        .args([
-            "-p",
-            &b.source.port.to_string(),
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
-        .args([
-            "--endpos",
-            &end,
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=native_pub",
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .expect("run pg_recvlogical");
-    assert!(status.success(), "pg_recvlogical failed");
-    let recv = started.elapsed();
-    let started = Instant::now();
-    let ferry = Ferry::start(&decode.config, &decode.log);
-    let took = time_until(started, "ferry decode", || {
-        std::fs::read_to_string(&decode_pos)
-            .ok()
-            .and_then(|t| t.trim().parse::<ferry_core::Position>().ok())
-            .and_then(|p| p.as_lsn())
-            .is_some_and(|lsn| lsn > marker)
-    });
-    let (rss, cores) = finish(ferry, took, &decode.log);
-    b.source.psql(
-        "shop",
-        "SELECT pg_drop_replication_slot('recv'); SELECT pg_drop_replication_slot('ferry_bench_decode')",
-    );
-    out.push(Measure {
-        workload: "decode only (discard sink)".to_owned(),
-        anchor: "pg_recvlogical",
-        rows: n,
-        ferry: took,
-        anchor_time: Some(recv),
-        ferry_peak_rss_mb: rss,
-        ferry_cpu_cores: cores,
-    });
+    // Decode only: pg_recvlogical and ferry's discard sink read the same backlog, ferry with values in binary
+    // (its default) and in text.
+    out.extend(decode_only(
+        &b,
+        &[
+            (&decode, &decode_pos, "binary"),
+            (&decode_text, &decode_text_pos, "text"),
+        ],
+        marker,
+        n,
+    ));
 
     let inserts = b.apply_race(
         &pg,
@@ -617,6 +683,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(plain),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
     out.push(chain_in_process(n));
     // The inserts into both last-write-wins targets (not measured).
@@ -644,6 +712,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: native,
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
 
     // 2. Updates of every row in 1,000-row transactions.
@@ -681,6 +751,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(plain),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
     // A tenth of the rows written on the target after the source's updates: those updates lose.
     b.target.psql(
@@ -791,6 +863,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(native),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
 
     // 6. The same snapshot into the discard sink: Ferry's copy with every value parsed, and no target. The
@@ -817,6 +891,8 @@ fn run_once(n: u64) -> Vec<Measure> {
         anchor_time: Some(Duration::from_secs_f64(n as f64 / 1_280_000.0)),
         ferry_peak_rss_mb: rss,
         ferry_cpu_cores: cores,
+        source_cpu_us_per_row: None,
+        anchor_source_cpu_us_per_row: None,
     });
     out
 }
@@ -982,6 +1058,8 @@ fn many_tables(runs: u64, tables: u64, rows: u64, json: bool) {
             anchor_time: Some(startup[1].0),
             ferry_peak_rss_mb: startup[0].1,
             ferry_cpu_cores: 0.0,
+            source_cpu_us_per_row: None,
+            anchor_source_cpu_us_per_row: None,
         });
         measures.push(Measure {
             workload: format!("apply over {tables} tables"),
@@ -991,6 +1069,8 @@ fn many_tables(runs: u64, tables: u64, rows: u64, json: bool) {
             anchor_time: Some(apply[1].0),
             ferry_peak_rss_mb: apply[0].1,
             ferry_cpu_cores: apply[0].2,
+            source_cpu_us_per_row: None,
+            anchor_source_cpu_us_per_row: None,
         });
         all.push(measures);
     }
@@ -1064,6 +1144,8 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
             anchor_time: Some(native),
             ferry_peak_rss_mb: rss,
             ferry_cpu_cores: cores,
+            source_cpu_us_per_row: None,
+            anchor_source_cpu_us_per_row: None,
         }]);
     }
     report(&all, json);

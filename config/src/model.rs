@@ -106,6 +106,11 @@ pub struct PostgresSource {
     /// Off by default: receiving and applying such a transaction then no longer overlap (0.6× on a 1,000,000-row
     /// transaction), so it pays only where the source's own spill hurts.
     pub streaming: bool,
+    /// `binary`: ask the server (PostgreSQL 14+) for values in binary, its types' send format, where Ferry reads
+    /// every published column's type so (built-in scalar types, enums, domains and arrays of them; a publication
+    /// with another type, such as `inet` or a composite, streams in text). On by default: see the decode-only
+    /// rows of `scripts/bench pg`.
+    pub binary: bool,
     /// `spool_dir`: where transactions the server streams before they commit are kept, in a subdirectory
     /// `ferry-spool-<slot>` (emptied at start); `None`: the system's temporary directory.
     pub spool_dir: Option<PathBuf>,

@@ -564,6 +564,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             };
             let origins = read_origins(r, &mut s);
             let streaming = flag(r, &mut s, "streaming", false);
+            let binary = flag(r, &mut s, "binary", true);
             let spool_dir = if s.table.contains_key("spool_dir") {
                 r.file_path(
                     &mut s,
@@ -585,6 +586,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                     on_schema_change: on_schema_change?,
                     origins: origins?,
                     streaming: streaming?,
+                    binary: binary?,
                     spool_dir: spool_dir?,
                 }))
             })()

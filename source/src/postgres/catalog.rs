@@ -31,6 +31,8 @@ struct ResolvedType {
     ddl_override: Option<String>,
     /// Why the values are carried as text, for the once-per-column log line.
     as_text_reason: Option<&'static str>,
+    /// Whether `binary.rs` decodes the type's send format into the value its text form gives.
+    binary: bool,
 }
 
 /// One attribute as the catalog describes it.
@@ -166,6 +168,7 @@ impl Catalog {
                 ty: ColumnType::Other,
                 ddl_override: Some("text".into()),
                 as_text_reason: Some("unknown type"),
+                binary: false,
             });
         };
         let typname: String = row.get(0);
@@ -190,15 +193,18 @@ impl Catalog {
                 ColumnType::Array(Box::new(element.ty))
             };
             ResolvedType {
+                binary: element.binary && ty != ColumnType::Other,
                 ty,
                 ddl_override: element.ddl_override.map(|d| format!("{d}[]")),
                 as_text_reason: element.as_text_reason,
             }
         } else if typtype == "e" {
+            // enum_send writes the label, as enum_out does.
             ResolvedType {
                 ty: ColumnType::Other,
                 ddl_override: Some("text".into()),
                 as_text_reason: None,
+                binary: true,
             }
         } else if nspname == "pg_catalog" && is_object_reference(&typname) {
             // regclass, regtype, …: the name of a source object, which a target may not have (its input would
@@ -207,10 +213,14 @@ impl Catalog {
                 ty: ColumnType::Other,
                 ddl_override: Some("text".into()),
                 as_text_reason: None,
+                binary: false,
             }
         } else if nspname == "pg_catalog" {
+            let ty = builtin(&typname);
             ResolvedType {
-                ty: builtin(&typname).unwrap_or(ColumnType::Other),
+                // "char" sends its byte raw, where its text escapes bytes above 127.
+                binary: ty.is_some() && typname != "char",
+                ty: ty.unwrap_or(ColumnType::Other),
                 ddl_override: None,
                 as_text_reason: None,
             }
@@ -224,10 +234,41 @@ impl Catalog {
                 ty: ColumnType::Other,
                 ddl_override: Some("text".into()),
                 as_text_reason: Some(reason),
+                binary: false,
             }
         };
         self.types.insert(oid, resolved.clone());
         Ok(resolved)
+    }
+
+    /// Whether values of type `oid` can be read in pgoutput's binary format (see `binary.rs`).
+    pub async fn binary_decodable(&mut self, oid: u32) -> Result<bool, Error> {
+        Ok(self.resolve(oid).await?.binary)
+    }
+
+    /// A column (`schema.table.column type`) of a table in `publication` whose values cannot be read in binary;
+    /// `None` when every column's can.
+    pub async fn text_only_column(&mut self, publication: &str) -> Result<Option<String>, Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT ON (a.atttypid) a.atttypid::int8, \
+                        format('%I.%I.%I %s', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)) \
+                 FROM pg_publication_tables p \
+                 JOIN pg_namespace n ON n.nspname = p.schemaname \
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE p.pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(catalog_error)?;
+        for row in rows {
+            if !self.binary_decodable(row.get::<_, i64>(0) as u32).await? {
+                return Ok(Some(row.get(1)));
+            }
+        }
+        Ok(None)
     }
 
     /// The relation's columns in catalog order, for the snapshot.

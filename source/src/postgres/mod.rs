@@ -8,6 +8,7 @@
 //! Progress tracking: the slot's confirmed position only moves when the sinks acknowledge (see `stream.rs`), so
 //! after any crash the slot still holds every change after the minimum checkpoint.
 
+mod binary;
 mod catalog;
 mod check;
 mod conn;
@@ -301,6 +302,8 @@ pub async fn run(
         skipped_position_at: std::time::Instant::now(),
         timeline,
         streaming: cfg.streaming,
+        binary: cfg.binary,
+        binary_on: false,
         spool: spool::Spool::new(
             cfg.spool_dir
                 .clone()

@@ -11,7 +11,7 @@
 //! whenever the server asks, and while the loop waits for room in the event channel (back-pressure never starves
 //! the keepalive protocol).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +23,7 @@ use ferry_core::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::binary::decode_binary;
 use super::catalog::{Catalog, RawColumn};
 use super::conn::ReplicationConn;
 use super::decode::decode_text;
@@ -129,12 +130,20 @@ pub(crate) struct Streamer {
     pub internal: HashSet<u32>,
     /// Whether to ask for streamed transactions (`[source] streaming`).
     pub streaming: bool,
+    /// Whether to ask for values in binary (`[source] binary`) where every published column's type allows it.
+    pub binary: bool,
+    /// Whether this session's values arrive in binary.
+    pub binary_on: bool,
     /// Transactions the server streams before they commit, on disk until then.
     pub spool: Spool,
     /// A committed streamed transaction being applied from its spool.
     pub replay: Option<super::spool::Replay>,
     pub replay_decoder: Decoder,
 }
+
+/// Slots whose binary session met a column type Ferry cannot read in binary (added while streaming, or still in
+/// the WAL to replay though gone from the catalog): they stream in text for the rest of the process's life.
+static TEXT_ONLY_SLOTS: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
 
 /// The (sub)transaction a streamed data message belongs to; 0 for one that names none (an Origin).
 fn streamed_xid(msg: &PgOutput<'_>) -> u32 {
@@ -201,14 +210,21 @@ impl Streamer {
         } else {
             "proto_version '1'"
         };
+        self.binary_on = self.binary_format(slot, publication).await?;
+        let binary = if self.binary_on {
+            ", binary 'true'"
+        } else {
+            ""
+        };
         let command = format!(
-            "START_REPLICATION SLOT \"{}\" LOGICAL {start} ({streaming}, publication_names {}, messages 'true'{origin})",
+            "START_REPLICATION SLOT \"{}\" LOGICAL {start} ({streaming}, publication_names {}, messages 'true'{origin}{binary})",
             slot.replace('"', "\"\""),
             quote_literal(&format!("\"{}\"", publication.replace('"', "\"\"")))
         );
         self.conn.start_replication(&command).await?;
         self.stats.set_state(PipelineState::Streaming);
-        info!(slot, start = %start, "streaming from replication slot");
+        info!(slot, start = %start, format = if self.binary_on { "binary" } else { "text" },
+            "streaming from replication slot");
         let mut pending: VecDeque<Event> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,6 +655,19 @@ impl Streamer {
                 if ferry_core::is_internal_table(&id) {
                     self.internal.insert(oid);
                     return Ok(());
+                }
+                if self.binary_on {
+                    for c in &raw {
+                        if !self.catalog.binary_decodable(c.type_oid).await? {
+                            if let Ok(mut slots) = TEXT_ONLY_SLOTS.lock() {
+                                slots.insert(self.slot.clone());
+                            }
+                            return Err(Error::transient(
+                                format!("table {id}, column {}", c.name),
+                                "its type has no binary decoding in Ferry: reading the slot again in text format",
+                            ));
+                        }
+                    }
                 }
                 self.internal.remove(&oid);
                 self.schema_versions += 1;
@@ -1079,6 +1108,22 @@ impl Streamer {
         Ok(())
     }
 
+    /// Whether to ask for binary values: `[source] binary`, PostgreSQL 14+, and every published column of a type
+    /// `binary.rs` reads (one session has one format, and a type's send format is its own).
+    async fn binary_format(&mut self, slot: &str, publication: &str) -> Result<bool, Error> {
+        if !self.binary || self.catalog.server_version().await? < 140_000 {
+            return Ok(false);
+        }
+        if TEXT_ONLY_SLOTS.lock().is_ok_and(|s| s.contains(slot)) {
+            return Ok(false);
+        }
+        if let Some(column) = self.catalog.text_only_column(publication).await? {
+            info!(%column, "values arrive in text format: this published column's type has no binary decoding in Ferry");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// The text forms of `table`'s primary key in a tuple of relation `oid`, as the server sent them.
     fn key_text(
         &self,
@@ -1095,8 +1140,10 @@ impl Streamer {
                     None => k,
                 };
                 match tuple.get(pos)? {
-                    TupleValue::Text(b) | TupleValue::Binary(b) => {
-                        String::from_utf8(b.to_vec()).ok()
+                    TupleValue::Text(b) => String::from_utf8(b.to_vec()).ok(),
+                    TupleValue::Binary(b) => {
+                        let col = table.columns.get(k)?;
+                        ferry_core::pg_text::pg_text(&decode_binary(&col.ty, b).ok()?)
                     }
                     TupleValue::Null | TupleValue::Unchanged => None,
                 }
@@ -1174,9 +1221,10 @@ pub(crate) fn row(table: &SchemaRef, values: &[TupleValue<'_>]) -> Result<Vec<Va
 fn decode_tuple_value(table: &TableSchema, i: usize, v: &TupleValue<'_>) -> Result<Value, Error> {
     let col = &table.columns[i];
     match v {
-        TupleValue::Null => Ok(Value::Null),
-        TupleValue::Unchanged => Ok(Value::Unchanged),
-        TupleValue::Text(bytes) | TupleValue::Binary(bytes) => decode_text(&col.ty, bytes)
-            .map_err(|e| Error::fatal_from(format!("table {}, column {}", table.id, col.name), e)),
+        TupleValue::Null => return Ok(Value::Null),
+        TupleValue::Unchanged => return Ok(Value::Unchanged),
+        TupleValue::Text(bytes) => decode_text(&col.ty, bytes),
+        TupleValue::Binary(bytes) => decode_binary(&col.ty, bytes),
     }
+    .map_err(|e| Error::fatal_from(format!("table {}, column {}", table.id, col.name), e))
 }
