@@ -232,9 +232,24 @@ async fn run_once(
                     .is_ok_and(|mut c| c.leaves_rows_unchanged(schema))
             }) as ferry_source::snapshot::Unchanged
         });
-    let source =
-        ferry_source::registry::open(config, agreed_recopies(&recopies), unchanged, stats.clone())
-            .run(resume, events_tx, acked, shutdown);
+    // And the name the sinks know each source table by, which their re-copy records are filed under.
+    let sink_names = Chain::new(config, Arc::new(PipelineStats::new(&config.name, &[])))
+        .ok()
+        .flatten()
+        .map(|chain| {
+            let chain = std::sync::Mutex::new(chain);
+            ferry_source::registry::SinkNames(Arc::new(move |t: &TableId| {
+                chain.lock().ok().and_then(|c| c.map_table(t))
+            }))
+        });
+    let source = ferry_source::registry::open(
+        config,
+        agreed_recopies(&recopies),
+        unchanged,
+        sink_names,
+        stats.clone(),
+    )
+    .run(resume, events_tx, acked, shutdown);
     tokio::pin!(source);
 
     let mut source_result = None;

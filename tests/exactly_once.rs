@@ -334,3 +334,121 @@ fn a_snapshot_cut_short_resumes_with_the_tables_it_had_not_copied() {
     }
     assert!(ferry.terminate().success());
 }
+
+/// The same cut-short snapshot through a route (every table into schema `mirror`) and a mask: the sinks record
+/// each table under its routed name, the source maps those names back through the chain, and the tables the
+/// snapshot had not finished are re-copied online into their routed names, masked, until the target equals what
+/// the chain makes of the source.
+#[test]
+fn a_routed_snapshot_cut_short_resumes_under_the_routed_names() {
+    let pg = server_with_dbs();
+    let doc = "CASE WHEN g % 1000 = 0 THEN repeat(md5(g::text), 200) ELSE 'd' || g END";
+    let mut setup = String::new();
+    for t in 1..=8 {
+        setup.push_str(&format!(
+            "CREATE TABLE t{t} (id int PRIMARY KEY, n int NOT NULL, doc text NOT NULL);
+             INSERT INTO t{t} SELECT g, g, {doc} FROM generate_series(1, 150000) g;"
+        ));
+    }
+    pg.psql("shop", &setup);
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "routedcut",
+        &format!(
+            "{}\n{}",
+            pg_to_pg_config(&pg, "routedcut", "snapshot_parallelism = 2"),
+            r#"
+[[transform]]
+type = "mask"
+columns = ["public.t1.doc"]
+with = "sha256"
+salt = "cut-salt"
+[[transform]]
+type = "route"
+to = "mirror.{table}"
+"#
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        let t = seq % 8 + 1;
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN;
+                 UPDATE t{t} SET n = n + 1 WHERE id = ({seq} * 31 + {w}) % 150 * 1000 + 1000;
+                 DELETE FROM t{t} WHERE id = ({seq} * 7919 + {w}) % 150000 + 1;
+                 INSERT INTO t{t} VALUES (200000 + {w} * 100000 + {seq}, {seq}, 'new');
+                 COMMIT;"
+            ),
+        )
+    });
+    let copying = |t: usize| {
+        pg.try_psql(
+            "replica",
+            &format!(
+                "SELECT count(*) FROM ferry_schemas WHERE source_table = 'mirror.t{t}' \
+                 AND (applied::jsonb ->> 'copying') IS NULL"
+            ),
+        )
+        .ok()
+        .as_deref()
+            != Some("1")
+    };
+    let ferry = Ferry::start(&config, &log);
+    let cut = wait_until(Duration::from_secs(120), || {
+        let left = (1..=8).filter(|&t| copying(t)).count();
+        (2..=5).contains(&left)
+    });
+    assert!(cut, "the snapshot was never part-way:\n{}", ferry.log());
+    ferry.kill9();
+    let unfinished: Vec<usize> = (1..=8).filter(|&t| copying(t)).collect();
+    assert!(!unfinished.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    writers.stop();
+
+    let ferry = Ferry::start(&config, &log);
+    let expected = |t: usize| {
+        let doc = if t == 1 {
+            "encode(sha256(convert_to('cut-salt' || doc, 'UTF8')), 'hex')"
+        } else {
+            "doc"
+        };
+        pg.psql(
+            "shop",
+            &format!("SELECT id, n, {doc} FROM t{t} ORDER BY id"),
+        )
+    };
+    let expected: Vec<String> = (1..=8).map(expected).collect();
+    let converged = wait_until(Duration::from_secs(120), || {
+        (1..=8).all(|t| {
+            pg.try_psql(
+                "replica",
+                &format!("SELECT id, n, doc FROM mirror.t{t} ORDER BY id"),
+            )
+            .ok()
+            .as_deref()
+                == Some(expected[t - 1].as_str())
+        })
+    });
+    assert!(
+        converged,
+        "the routed target differs after the snapshot was cut short (unfinished {unfinished:?}):\n{}",
+        ferry.log()
+    );
+    let text = ferry.log();
+    for t in 1..=8 {
+        let recopied = text
+            .lines()
+            .any(|l| l.contains("re-copy started") && l.ends_with(&format!("table=mirror.t{t}")));
+        assert_eq!(
+            recopied,
+            unfinished.contains(&t),
+            "t{t}: re-copied {recopied} (unfinished at the kill: {unfinished:?}):\n{text}"
+        );
+    }
+    assert!(ferry.terminate().success());
+}

@@ -16,12 +16,38 @@ pub enum AnySource {
     Mysql(MysqlSourceSettings, Arc<PipelineStats>),
 }
 
+/// The name the sinks know a source table by, after the transform chain's routes
+/// (`ferry_transform::Chain::map_table`); `None` when the chain drops the table.
+#[derive(Clone)]
+pub struct SinkNames(pub Arc<MapTable>);
+
+/// A table's name after the transform chain; `None` when the chain drops it.
+pub type MapTable = dyn Fn(&TableId) -> Option<TableId> + Send + Sync;
+
+impl std::fmt::Debug for SinkNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SinkNames")
+    }
+}
+
+impl SinkNames {
+    /// The tables among `published` the sinks know as `recorded`.
+    pub fn sources_of<'a>(&self, recorded: &TableId, published: &'a [TableId]) -> Vec<&'a TableId> {
+        published
+            .iter()
+            .filter(|t| (self.0)(t).as_ref() == Some(recorded))
+            .collect()
+    }
+}
+
 /// The source `config` describes. `recopies`: online re-copies under way in the sinks, with the cursor they
-/// agree on (PostgreSQL sources resume them).
+/// agree on, under the names the sinks know the tables by (PostgreSQL sources resume them); `sink_names` maps
+/// source tables to those names when the pipeline has a transform chain.
 pub fn open(
     config: &PipelineConfig,
     recopies: Vec<(TableId, Option<String>)>,
     unchanged: Option<crate::snapshot::Unchanged>,
+    sink_names: Option<SinkNames>,
     stats: Arc<PipelineStats>,
 ) -> AnySource {
     match &config.source {
@@ -32,17 +58,12 @@ pub fn open(
                 heartbeat_interval: config.heartbeat_interval,
                 snapshot_parallelism: config.snapshot_parallelism,
                 // `snapshot = "only"` ends with its snapshot: one cut short is taken again, never resumed by streaming.
-                // A route files a table's record under its target name, which the source cannot re-copy by:
-                // a routed pipeline keeps the one-transaction snapshot.
                 resumable_snapshot: source.snapshot != ferry_config::SnapshotMode::Only
-                    && config.sinks.iter().all(|s| s.kind.resumes_snapshots())
-                    && !config
-                        .transforms
-                        .iter()
-                        .any(|t| matches!(t.kind, ferry_config::TransformKind::Route { .. })),
+                    && config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
                 raw_copy: crate::snapshot::RawCopy::of(config, unchanged),
                 source_timeout: config.source_timeout,
                 recopies,
+                sink_names,
                 node: config.node.clone(),
                 vector_tables: vector_tables(config),
             }),

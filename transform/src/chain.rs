@@ -127,7 +127,6 @@ impl Chain {
         keys.contains(&key) || moved.is_some_and(|k| keys.contains(&k))
     }
 
-    /// The table `table`'s changes continue as; `None` when a stage drops it.
     /// Whether the chain passes `schema`'s rows on unchanged (a route may rename the table): its snapshot rows may
     /// then travel as raw COPY lines ([`Change::CopyRows`]).
     pub fn leaves_rows_unchanged(&mut self, schema: &SchemaRef) -> bool {
@@ -139,7 +138,8 @@ impl Chain {
         }
     }
 
-    fn map_table(&self, table: &TableId) -> Option<TableId> {
+    /// The table `table`'s changes continue as (a route renames it); `None` when a stage drops it.
+    pub fn map_table(&self, table: &TableId) -> Option<TableId> {
         let mut id = table.clone();
         for s in &self.stages {
             if s.applies_to(&id) {

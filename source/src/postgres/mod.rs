@@ -79,6 +79,8 @@ pub struct PgSourceSettings {
     /// Online re-copies under way in the sinks, with the cursor they agree on (`None`: they disagree, and the
     /// re-copy starts again).
     pub recopies: Vec<(TableId, Option<String>)>,
+    /// The names the sinks know source tables by (a route renames them): `recopies` are recorded under those.
+    pub sink_names: Option<crate::registry::SinkNames>,
     /// `[pipeline] node`: registered in the source database as `public.ferry_local_node()`, the name the version
     /// triggers of conflict detection stamp local writes with (docs/multi-master.md).
     pub node: Option<String>,
@@ -188,10 +190,12 @@ pub async fn run(
         .as_ref()
         .map(|r| r.checkpoints.clone())
         .unwrap_or_default();
+    let recopies = recopies_by_source(catalog.client(), settings).await?;
     // A snapshot cut short is resumed by re-copying online each table it had not finished, which takes a key.
     let resume = match resume {
         Some(r) => {
-            let keyless = keyless_interrupted(catalog.client(), settings).await?;
+            let keyless =
+                keyless_interrupted(catalog.client(), &recopies, &cfg.publication).await?;
             if keyless.is_empty() {
                 Some(r)
             } else {
@@ -314,7 +318,7 @@ pub async fn run(
         replay_decoder: pgoutput::Decoder::streamed(),
     };
     if resume.is_some() {
-        streamer.resume_recopies(settings.recopies.clone()).await?;
+        streamer.resume_recopies(recopies).await?;
         // Followed tables dropped and created again while Ferry was away were out of the publication, so their
         // rows since then never reached the slot: copy them anew.
         for table in lost {
@@ -327,14 +331,45 @@ pub async fn run(
     Ok(SourceExit::Shutdown)
 }
 
+/// The re-copies the sinks recorded, under the source tables' names: the sinks file a routed table's records under
+/// its routed name. A route takes one source table per target, so each name maps back to one table; a name no
+/// published table is routed to stays as it is (and its re-copy is dropped, as for any table no longer published).
+async fn recopies_by_source(
+    client: &Client,
+    settings: &PgSourceSettings,
+) -> Result<Vec<(TableId, Option<String>)>, Error> {
+    let Some(names) = settings.sink_names.as_ref() else {
+        return Ok(settings.recopies.clone());
+    };
+    if settings.recopies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let published: Vec<TableId> = slot::published_tables(client, &settings.config.publication)
+        .await?
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    let mut out = Vec::new();
+    for (recorded, cursor) in &settings.recopies {
+        match names.sources_of(recorded, &published).as_slice() {
+            [] => out.push((recorded.clone(), cursor.clone())),
+            [source] => out.push(((*source).clone(), cursor.clone())),
+            // Not one source per target after all: a cursor cannot say whose it is, so each copy starts again.
+            many => out.extend(many.iter().map(|s| ((*s).clone(), None))),
+        }
+    }
+    Ok(out)
+}
+
 /// The tables whose initial copy was cut short (or might have been: the sinks disagree on how far their re-copy
 /// got) and that have no primary key nor replica identity index, so cannot be re-copied online.
 async fn keyless_interrupted(
     client: &Client,
-    settings: &PgSourceSettings,
+    recopies: &[(TableId, Option<String>)],
+    publication: &str,
 ) -> Result<Vec<String>, Error> {
     let mut keyless = Vec::new();
-    for (table, cursor) in &settings.recopies {
+    for (table, cursor) in recopies {
         if cursor
             .as_deref()
             .is_some_and(|c| c != ferry_core::INTERRUPTED_COPY)
@@ -342,7 +377,7 @@ async fn keyless_interrupted(
             continue;
         }
         // A table no longer published is dropped from the re-copies when streaming starts.
-        if published_key(client, table, &settings.config.publication).await? == Some(false) {
+        if published_key(client, table, publication).await? == Some(false) {
             keyless.push(table.to_string());
         }
     }
