@@ -919,7 +919,8 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
     let n = rows().max(1000) / 1000 * 1000;
-    // FERRY_BENCH_PART=throughput, latency, bigtxn or tables runs one part alone (the last two only that way).
+    // FERRY_BENCH_PART=throughput, latency, bigtxn, tables or pipelines runs one part alone (the last three only
+    // that way).
     let part = std::env::var("FERRY_BENCH_PART").unwrap_or_default();
     if part.is_empty() || part == "throughput" {
         throughput(runs, n, json);
@@ -934,6 +935,138 @@ fn main() {
     if part == "tables" {
         many_tables(runs, 2000, n / 10, json);
     }
+    if part == "pipelines" {
+        ten_pipelines(runs, 10, n, json);
+    }
+}
+
+/// `pipelines` pipelines in one process (`ferry run --config a.toml … j.toml`), each over its own table, slot and
+/// publication into one target, against one pipeline alone in a process: memory and CPU per pipeline, idle and
+/// draining a backlog of `rows` rows in all (1,000-row transactions, spread evenly; the lone pipeline drains its
+/// share alone).
+fn ten_pipelines(runs: u64, pipelines: u64, rows: u64, json: bool) {
+    let per = rows / pipelines / 1000 * 1000;
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        eprintln!("bench: {pipelines} pipelines run {run} of {runs} ({per} rows each)");
+        let source = PgServer::start_with(SERVER_SETTINGS);
+        let target = PgServer::start_with(SERVER_SETTINGS);
+        let dir = scratch();
+        source.create_db("shop");
+        target.create_db("replica");
+        let mut configs = Vec::new();
+        // Pipeline 0 runs alone; 1..=pipelines together.
+        for i in 0..=pipelines {
+            source.psql(
+                "shop",
+                &format!(
+                    "CREATE TABLE p{i} (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL);
+                     CREATE TABLE m{i} (id int8 PRIMARY KEY);"
+                ),
+            );
+            let text = format!(
+                "[pipeline]\nname = \"bench_p{i}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\
+                 tables = [\"public.p{i}\", \"public.m{i}\"]\nsnapshot = \"never\"\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                source.url("shop"),
+                target.url("replica")
+            );
+            configs.push(write_config(dir.path(), &format!("p{i}"), &text));
+        }
+        let probe = Probe::connect(&target.url("replica"));
+        let checkpoints = || {
+            probe
+                .scalar("SELECT count(*) FROM ferry_checkpoints")
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        // Primed: every slot made and checkpointed. The idle memory of the ten is read here.
+        let together: Vec<&std::path::Path> = configs[1..].iter().map(|c| c.as_path()).collect();
+        let log = dir.path().join("ten.log");
+        let solo_log = dir.path().join("one.log");
+        let ferry = Ferry::start_many(&together, &log);
+        time_until(Instant::now(), "ten pipelines start", || {
+            checkpoints() >= pipelines
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let idle_ten = peak_rss_mb(ferry.pid());
+        assert!(
+            ferry.terminate().success(),
+            "ferry failed: {}",
+            log.display()
+        );
+        let ferry = Ferry::start(&configs[0], &solo_log);
+        time_until(Instant::now(), "one pipeline start", || {
+            checkpoints() > pipelines
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let idle_one = peak_rss_mb(ferry.pid());
+        assert!(
+            ferry.terminate().success(),
+            "ferry failed: {}",
+            solo_log.display()
+        );
+        for i in 0..=pipelines {
+            source.psql(
+                "shop",
+                &format!(
+                    "DO $$ BEGIN FOR b IN 0..{} LOOP
+                       INSERT INTO p{i} SELECT g, g % 100, md5(g::text), now() FROM generate_series(b * 1000 + 1, b * 1000 + 1000) g;
+                       COMMIT;
+                     END LOOP; END $$;
+                     INSERT INTO m{i} VALUES (1);",
+                    per / 1000 - 1
+                ),
+            );
+        }
+        let marked = |range: std::ops::RangeInclusive<u64>| {
+            range.into_iter().all(|i| {
+                probe.scalar(&format!(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name = 'm{i}'"
+                )) == "1"
+                    && probe.scalar(&format!("SELECT count(*) FROM public.m{i}")) == "1"
+            })
+        };
+        let started = Instant::now();
+        let ferry = Ferry::start_many(&together, &log);
+        let ten = time_until(started, "ten pipelines drain", || marked(1..=pipelines));
+        let (ten_rss, ten_cores) = finish(ferry, ten, &log);
+        let started = Instant::now();
+        let ferry = Ferry::start(&configs[0], &solo_log);
+        let one = time_until(started, "one pipeline drain", || marked(0..=0));
+        let (one_rss, one_cores) = finish(ferry, one, &solo_log);
+        for i in 0..=pipelines {
+            let q = format!("SELECT count(*), sum(qty) FROM p{i}");
+            assert_eq!(
+                target.psql("replica", &q),
+                source.psql("shop", &q),
+                "pipeline p{i}: the target differs"
+            );
+        }
+        let us_per_row =
+            |cores: f64, took: Duration, n: u64| cores * took.as_secs_f64() / n as f64 * 1e6;
+        eprintln!(
+            "bench:   {pipelines} pipelines in one process: idle {idle_ten:.0} MB ({:.1} MB per pipeline), draining \
+             {ten_rss:.0} MB ({:.1} MB per pipeline), {:.2} µs CPU per row; one pipeline alone: idle {idle_one:.0} MB, \
+             draining {one_rss:.0} MB, {:.2} µs CPU per row",
+            idle_ten / pipelines as f64,
+            ten_rss / pipelines as f64,
+            us_per_row(ten_cores, ten, per * pipelines),
+            us_per_row(one_cores, one, per)
+        );
+        all.push(vec![Measure {
+            workload: format!("{pipelines} pipelines in one process"),
+            anchor: "one pipeline alone",
+            rows: per * pipelines,
+            ferry: ten,
+            // The lone pipeline's rate, counted over the same number of rows.
+            anchor_time: Some(one.mul_f64(pipelines as f64)),
+            ferry_peak_rss_mb: ten_rss,
+            ferry_cpu_cores: ten_cores,
+            source_cpu_us_per_row: None,
+            anchor_source_cpu_us_per_row: None,
+        }]);
+    }
+    report(&all, json);
 }
 
 /// A pipeline over `tables` tables against the same rows in one table: start-up with the snapshot of a few rows

@@ -362,6 +362,11 @@ pub fn ferry_command(args: &[&str], config: &Path) -> (bool, String) {
 
 impl Ferry {
     pub fn start(config: &Path, log_path: &Path) -> Ferry {
+        Ferry::start_many(&[config], log_path)
+    }
+
+    /// One process running the pipelines of several config files.
+    pub fn start_many(configs: &[&Path], log_path: &Path) -> Ferry {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -370,7 +375,7 @@ impl Ferry {
         let http = format!("127.0.0.1:{}", free_port());
         let child = Command::new(ferry_bin())
             .args(["run", "--http", &http, "--config"])
-            .arg(config)
+            .args(configs)
             .env(
                 "FERRY_LOG",
                 std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info,ferry_core=debug".into()),
