@@ -46,7 +46,8 @@ impl Bench {
         // Ferry's writes are a client's, so the target writes them to its binlog; the native replica writes what it
         // applies there too only with log_slave_updates (MariaDB's default is off). Both do the same work unless
         // FERRY_BENCH_REPLICA_BINLOG=off, which leaves the replica's binlog out (and so the native one's writes).
-        let replica_binlog = std::env::var("FERRY_BENCH_REPLICA_BINLOG").map_or(true, |v| v != "off");
+        let replica_binlog =
+            std::env::var("FERRY_BENCH_REPLICA_BINLOG").map_or(true, |v| v != "off");
         let target = MariaDbServer::start_with(&[
             "--server-id=2",
             if replica_binlog {

@@ -338,3 +338,70 @@ fn parallel_snapshot_under_writes_is_consistent() {
     );
     assert!(ferry.log().contains("connections=2"), "{}", ferry.log());
 }
+
+/// A big table whose key is one integer column is copied in primary-key ranges, one per snapshot connection,
+/// all in the same snapshot: under a writer that moves value between rows of different ranges, the copy still
+/// has every row once and the source's total.
+#[test]
+fn a_big_table_is_copied_in_key_ranges_of_one_snapshot() {
+    let my = MariaDbServer::start();
+    let target = MariaDbServer::start();
+    my.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.big (id bigint PRIMARY KEY, v int NOT NULL);
+         INSERT INTO shop.big SELECT CAST(seq AS SIGNED) - 300000, 10 FROM shop.seq_1_to_600000;
+         CREATE TABLE shop.small (code varchar(10) PRIMARY KEY, v int NOT NULL);
+         INSERT INTO shop.small SELECT concat('c', seq), 1 FROM shop.seq_1_to_100;
+         ANALYZE TABLE shop.big;",
+    );
+    target.sql("CREATE DATABASE copy");
+    let dir = scratch();
+    let db = dir.path().join("t.db");
+    let cfg = write_config(
+        dir.path(),
+        "k",
+        &config(&my, &target, &db).replace("[source]\n", "[source]\nsnapshot = \"only\"\n"),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, port) = (stop.clone(), my.port);
+        std::thread::spawn(move || {
+            let mut i: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let (a, b) = (i * 7919 % 600000 - 300000, -(i * 104729 % 300000));
+                let sql = format!(
+                    "START TRANSACTION; UPDATE shop.big SET v = v - 1 WHERE id = {a}; UPDATE shop.big SET v = v + 1 WHERE id = {b}; COMMIT;"
+                );
+                let _ = mariadb_ok(port, "shop", &sql);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ferry = Ferry::start(&cfg, &dir.path().join("ferry.log"));
+    let status = ferry
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("snapshot did not finish:\n{}", ferry.log()));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(status.success(), "{}", ferry.log());
+    let log = ferry.log();
+    assert!(
+        log.contains("copying the table in primary-key ranges chunks=2 table=shop.big")
+            || log.contains("copying the table in primary-key ranges table=shop.big chunks=2"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("primary-key ranges table=shop.small"),
+        "{log}"
+    );
+    assert_eq!(
+        target.sql("SELECT count(*), count(DISTINCT id), sum(v), min(id), max(id) FROM copy.big"),
+        "600000\t600000\t6000000\t-299999\t300000",
+        "the copy is not the source's one cut:\n{log}"
+    );
+    assert_eq!(
+        sqlite_rows(&db, "SELECT count(*), sum(v) FROM shop_big"),
+        vec!["600000|6000000".to_owned()]
+    );
+    assert_eq!(target.sql("SELECT count(*) FROM copy.small"), "100");
+}

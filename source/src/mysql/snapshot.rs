@@ -239,7 +239,9 @@ pub async fn run(
     }
     let mut conns = conns;
     let mut estimated = 0u64;
-    for (id, _) in tables {
+    let parallelism = conns.len();
+    let mut pieces = Vec::new();
+    for ((id, _), (schema, charsets)) in tables.iter().zip(work) {
         let rows: Option<Option<u64>> = conns[0]
             .exec_first(
                 "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -247,8 +249,31 @@ pub async fn run(
             )
             .await
             .map_err(sql_error("estimating table sizes"))?;
-        estimated += rows.flatten().unwrap_or(0);
+        let rows = rows.flatten().unwrap_or(0);
+        estimated += rows;
+        let ranges = key_ranges(&mut conns[0], &schema, rows, parallelism).await?;
+        let progress = Arc::new(TableProgress::default());
+        match ranges {
+            Some(ranges) => {
+                info!(table = %id, chunks = ranges.len(), "copying the table in primary-key ranges");
+                progress.remaining.store(ranges.len(), Ordering::Relaxed);
+                for range in ranges {
+                    pieces.push((
+                        schema.clone(),
+                        charsets.clone(),
+                        Some(range),
+                        progress.clone(),
+                    ));
+                }
+            }
+            None => {
+                progress.remaining.store(1, Ordering::Relaxed);
+                pieces.push((schema, charsets, None, progress));
+            }
+        }
     }
+    // Popped from the end: the first table's pieces first.
+    pieces.reverse();
     crate::snapshot::begin(events, &position, &schemas).await?;
     // No online re-copy resumes a binlog source's snapshot: it is one transaction.
     let output = crate::snapshot::Output::new(events.clone(), position.clone(), false);
@@ -260,7 +285,7 @@ pub async fn run(
     );
     let started = Instant::now();
     let reporter = crate::snapshot::report_progress(stats.clone());
-    let queue = Arc::new(std::sync::Mutex::new(work));
+    let queue = Arc::new(std::sync::Mutex::new(pieces));
     let mut workers = tokio::task::JoinSet::new();
     for mut conn in conns.drain(..) {
         let (queue, output, stats) = (queue.clone(), output.clone(), stats.clone());
@@ -270,15 +295,19 @@ pub async fn run(
                     .lock()
                     .map_err(|_| Error::fatal("snapshot queue poisoned"))?
                     .pop();
-                let Some((schema, charsets)) = next else {
+                let Some((schema, charsets, range, progress)) = next else {
                     break;
                 };
                 let mut sent = output.rows();
-                let rows = copy_table(&mut conn, &schema, &charsets, &mut sent, &stats).await?;
+                let rows =
+                    copy_table(&mut conn, &schema, &charsets, range, &mut sent, &stats).await?;
                 sent.flush().await?;
-                output.table_copied(schema.id.clone()).await?;
-                stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
-                info!(table = %schema.id, rows, "table copied");
+                let rows = progress.rows.fetch_add(rows, Ordering::AcqRel) + rows;
+                if progress.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    output.table_copied(schema.id.clone()).await?;
+                    stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
+                    info!(table = %schema.id, rows, "table copied");
+                }
             }
             conn.query_drop("COMMIT")
                 .await
@@ -291,10 +320,86 @@ pub async fn run(
     crate::snapshot::commit(events, position, &stats, started).await
 }
 
+/// A table's pieces still to copy and the rows copied so far.
+#[derive(Default)]
+struct TableProgress {
+    remaining: std::sync::atomic::AtomicUsize,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+/// Tables estimated at fewer rows than this are copied whole; a bigger one whose primary key is one integer column
+/// is split into key ranges of about this many rows or more, one per worker.
+const CHUNK_ROWS: u64 = 200_000;
+
+/// A range of a one-column integer primary key: from `from` (inclusive; `None`: the lowest) up to `to`
+/// (exclusive; `None`: the highest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRange {
+    from: Option<i128>,
+    to: Option<i128>,
+}
+
+/// `[min, max]` split into at most `parts` ranges that cover every integer; `None` when one range would do.
+fn split_keys(min: i128, max: i128, parts: u64) -> Option<Vec<KeyRange>> {
+    let parts = i128::from(parts).min(max - min + 1);
+    if parts < 2 {
+        return None;
+    }
+    let step = (max - min + 1) / parts;
+    Some(
+        (0..parts)
+            .map(|i| KeyRange {
+                from: (i > 0).then_some(min + i * step),
+                to: (i + 1 < parts).then_some(min + (i + 1) * step),
+            })
+            .collect(),
+    )
+}
+
+/// The key ranges `schema`'s rows are copied in (read in the snapshot transaction on `conn`), or `None` to copy
+/// it whole: a table of fewer than 2 × [`CHUNK_ROWS`] estimated rows, one worker, or a key that is not one
+/// integer column.
+async fn key_ranges(
+    conn: &mut Conn,
+    schema: &SchemaRef,
+    estimated_rows: u64,
+    parallelism: usize,
+) -> Result<Option<Vec<KeyRange>>, Error> {
+    let parts = (estimated_rows / CHUNK_ROWS).min(parallelism as u64);
+    let [key] = schema.primary_key[..] else {
+        return Ok(None);
+    };
+    let integer = matches!(
+        schema.columns[key].ty,
+        ferry_core::ColumnType::Int2 | ferry_core::ColumnType::Int4 | ferry_core::ColumnType::Int8
+    );
+    if parts < 2 || !integer {
+        return Ok(None);
+    }
+    let column = quote_ident(&schema.columns[key].name);
+    let bounds: Option<(Option<String>, Option<String>)> = conn
+        .query_first(format!(
+            "SELECT CAST(MIN({column}) AS CHAR), CAST(MAX({column}) AS CHAR) FROM {}.{}",
+            quote_ident(&schema.id.schema),
+            quote_ident(&schema.id.name)
+        ))
+        .await
+        .map_err(sql_error("reading a table's key range"))?;
+    let parse = |v: Option<String>| v.and_then(|v| v.parse::<i128>().ok());
+    Ok(match bounds {
+        Some((min, max)) => match (parse(min), parse(max)) {
+            (Some(min), Some(max)) => split_keys(min, max, parts),
+            _ => None,
+        },
+        None => None,
+    })
+}
+
 async fn copy_table(
     conn: &mut Conn,
     schema: &SchemaRef,
     charsets: &[Charset],
+    range: Option<KeyRange>,
     sent: &mut crate::snapshot::Rows,
     stats: &PipelineStats,
 ) -> Result<u64, Error> {
@@ -304,11 +409,25 @@ async fn copy_table(
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
+    let mut sql = format!(
         "SELECT {columns} FROM {}.{}",
         quote_ident(&schema.id.schema),
         quote_ident(&schema.id.name)
     );
+    if let (Some(range), [key]) = (range, &schema.primary_key[..]) {
+        let key = quote_ident(&schema.columns[*key].name);
+        let mut bounds = Vec::new();
+        if let Some(from) = range.from {
+            bounds.push(format!("{key} >= {from}"));
+        }
+        if let Some(to) = range.to {
+            bounds.push(format!("{key} < {to}"));
+        }
+        if !bounds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&bounds.join(" AND "));
+        }
+    }
     let err = |e: mysql_async::Error| Error::transient(format!("reading table {}", schema.id), e);
     // The binary protocol gives typed values (integers, dates) rather than text.
     let mut result = match conn.exec_iter(sql, ()).await {
@@ -406,4 +525,34 @@ fn snapshot_value(
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ranges_cover_every_key_once() {
+        let r = split_keys(1, 1_000_000, 2).unwrap();
+        assert_eq!(
+            r,
+            vec![
+                KeyRange {
+                    from: None,
+                    to: Some(500_001)
+                },
+                KeyRange {
+                    from: Some(500_001),
+                    to: None
+                },
+            ]
+        );
+        assert_eq!(split_keys(5, 5, 4), None);
+        assert_eq!(split_keys(-10, 10, 1), None);
+        // Contiguous, open at both ends.
+        let r = split_keys(i128::from(i64::MIN), i128::from(u64::MAX), 4).unwrap();
+        assert_eq!(r.len(), 4);
+        assert_eq!((r[0].from, r[3].to), (None, None));
+        assert!(r.windows(2).all(|w| w[0].to == w[1].from));
+    }
 }
