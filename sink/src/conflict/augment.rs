@@ -187,6 +187,12 @@ impl Augmenter {
     /// The policy and version of a change of `table` (a versioned schema), `None` when it is under no policy.
     /// A delete's version is `node`'s.
     pub fn managed(&self, table: &SchemaRef, op: &RowOp, node: &str) -> Option<Managed> {
+        // The common case, a table under no policy: its changes carry the source schema planned last.
+        if let Some((source, None)) = &self.last {
+            if Arc::ptr_eq(source, table) {
+                return None;
+            }
+        }
         let last = self
             .last
             .as_ref()

@@ -59,24 +59,43 @@ fn first_year(from: Dialect) -> i64 {
 /// `YYYY-MM-DD` of a date in MySQL's range for its source; `None` outside it, `±infinity` included.
 fn date_text(d: Date, from: Dialect) -> Option<String> {
     let (y, m, day) = d.ymd();
-    (d.is_finite() && (first_year(from)..=9999).contains(&y))
-        .then(|| format!("{y:04}-{m:02}-{day:02}"))
+    if !(d.is_finite() && (first_year(from)..=9999).contains(&y)) {
+        return None;
+    }
+    // Written digit by digit: this runs for every date of every row loaded.
+    let mut s = String::with_capacity(26);
+    push_digits(&mut s, y as u32, 4);
+    s.push('-');
+    push_digits(&mut s, m, 2);
+    s.push('-');
+    push_digits(&mut s, day, 2);
+    Some(s)
+}
+
+/// `n` (below 10^`width`) in `width` digits, zero-padded.
+fn push_digits(s: &mut String, mut n: u32, width: usize) {
+    let mut digits = [b'0'; 6];
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    s.extend(digits[..width].iter().map(|&d| d as char));
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` of a UTC timestamp in MySQL's DATETIME range (see [`date_text`]).
 fn datetime_text(t: Timestamp, from: Dialect) -> Option<String> {
     let (date, rest) = t.date_time()?;
     let mut s = date_text(date, from)?;
-    let secs = rest / 1_000_000;
-    let _ = write!(
-        s,
-        " {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    let secs = (rest / 1_000_000) as u32;
+    s.push(' ');
+    push_digits(&mut s, secs / 3600, 2);
+    s.push(':');
+    push_digits(&mut s, secs / 60 % 60, 2);
+    s.push(':');
+    push_digits(&mut s, secs % 60, 2);
     if rest % 1_000_000 != 0 {
-        let _ = write!(s, ".{:06}", rest % 1_000_000);
+        s.push('.');
+        push_digits(&mut s, (rest % 1_000_000) as u32, 6);
     }
     Some(s)
 }

@@ -42,6 +42,9 @@ use literal::{literal, load_field, quote_ident};
 /// Row groups are flushed once their values reach this size (well under max_allowed_packet's 16 MiB default).
 const MAX_STATEMENT_BYTES: usize = 4 << 20;
 
+/// Bytes of LOAD DATA rows sent to the server at a time.
+const LOAD_DATA_CHUNK: usize = 64 * 1024;
+
 /// Fewer rows than this go in one INSERT; more through LOAD DATA.
 const LOAD_DATA_MIN_ROWS: usize = 16;
 
@@ -1355,22 +1358,6 @@ impl MysqlSink {
             && rows.len() >= LOAD_DATA_MIN_ROWS
             && enum_errors.is_empty()
         {
-            let mut data = Vec::with_capacity(rows.len() * 64);
-            for row in rows {
-                for (n, &i) in columns.iter().enumerate() {
-                    if n > 0 {
-                        data.push(b'\t');
-                    }
-                    load_field(
-                        &mut data,
-                        &row[i],
-                        target.kind(&table.columns[i].name),
-                        table.dialect,
-                    )
-                    .map_err(|why| unwritable("MySQL", table, row, i, &why))?;
-                }
-                data.push(b'\n');
-            }
             let replace = if table.has_primary_key() {
                 "REPLACE "
             } else {
@@ -1380,12 +1367,68 @@ impl MysqlSink {
                 "LOAD DATA LOCAL INFILE 'ferry' {replace}INTO TABLE {name} CHARACTER SET binary \
                  FIELDS TERMINATED BY X'09' ESCAPED BY X'5C' LINES TERMINATED BY X'0A' ({list})"
             );
-            let data = bytes::Bytes::from(data);
+            // The rows are written out while the server loads those already sent: chunks pass through a small
+            // channel to the file the server asks for, so encoding and the server's parsing overlap.
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(2);
             self.conn.set_infile_handler(async move {
-                Ok(futures_util::stream::iter([Ok(data)]).boxed())
+                Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|chunk| (chunk, rx))
+                })
+                .boxed())
             });
+            // Moves the sender in: the file ends when it is dropped.
+            let columns_ref = &columns;
+            let encode = async move {
+                let columns = columns_ref;
+                let mut data = Vec::with_capacity(LOAD_DATA_CHUNK + 4096);
+                for row in rows {
+                    for (n, &i) in columns.iter().enumerate() {
+                        if n > 0 {
+                            data.push(b'\t');
+                        }
+                        load_field(
+                            &mut data,
+                            &row[i],
+                            target.kind(&table.columns[i].name),
+                            table.dialect,
+                        )
+                        .map_err(|why| unwritable("MySQL", table, row, i, &why))?;
+                    }
+                    data.push(b'\n');
+                    if data.len() >= LOAD_DATA_CHUNK {
+                        let chunk = std::mem::replace(
+                            &mut data,
+                            Vec::with_capacity(LOAD_DATA_CHUNK + 4096),
+                        );
+                        if tx.send(Ok(chunk.into())).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !data.is_empty() {
+                    let _ = tx.send(Ok(data.into())).await;
+                }
+                Ok::<(), Error>(())
+            };
             self.dirty = true;
-            match self.conn.query_drop(sql).await {
+            let (loaded, encoded) = {
+                let load = self.conn.query_drop(sql);
+                tokio::pin!(load, encode);
+                let mut encoded = None;
+                let loaded = loop {
+                    tokio::select! {
+                        loaded = &mut load => break loaded,
+                        e = &mut encode, if encoded.is_none() => encoded = Some(e),
+                    }
+                };
+                (loaded, encoded)
+            };
+            // A value MySQL cannot hold ends the file early (its rows are loaded in a transaction that is never
+            // committed); an encoder still waiting means the server refused before asking for the file.
+            if let Some(Err(e)) = encoded {
+                return Err(e);
+            }
+            match loaded {
                 // LOCAL makes the server turn conversion errors into warnings whatever the sql_mode: any warning
                 // is a value the target did not take as sent.
                 Ok(()) if self.conn.get_warnings() == 0 => return Ok(()),
