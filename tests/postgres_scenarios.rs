@@ -358,3 +358,72 @@ fn an_insert_of_a_key_the_target_already_has_replaces_that_row() {
     wait_same(&pg, "SELECT id, label FROM items ORDER BY id", &ferry);
     assert!(ferry.terminate().success());
 }
+
+/// A source database in LATIN1: the walsender converts what it sends to the session's client encoding, which
+/// Ferry sets to UTF8, so streamed text equals the source's (before, LATIN1 bytes were read as UTF-8: some changed
+/// silently, the rest stopped the pipeline). With `int2vector` / `oidvector` columns, whose text is
+/// space-separated, in binary and text sessions alike.
+#[test]
+fn a_latin1_source_and_vector_types_replicate_exactly() {
+    let pg = server_with_dbs();
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE lat ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    );
+    let rows = |from: i32| {
+        format!(
+            "SET client_encoding = 'UTF8'; INSERT INTO l VALUES ({}, 'cafÃ©', '{{naÃ¯ve,\"àéîõü ÿ\"}}', '1 2 -3', '0 4294967295'),
+                                  ({}, '½ © ® ß', NULL, '', ''),
+                                  ({}, 'plain', '{{}}', '32767', '7')",
+            from,
+            from + 1,
+            from + 2
+        )
+    };
+    pg.psql(
+        "lat",
+        &format!(
+            "SET client_encoding = 'UTF8'; CREATE TABLE l (id int PRIMARY KEY, t text, a text[], i2v int2vector, ov oidvector); {}",
+            rows(1)
+        ),
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let config = fan_out_config(&pg, "latin", "[pipeline.batch]\nmax_wait = \"20ms\"", &db)
+        .replace(&pg.url("shop"), &pg.url("lat"));
+    let ferry = Ferry::start(
+        &write_config(dir.path(), "latin", &config),
+        &dir.path().join("f.log"),
+    );
+    ferry.wait_streaming();
+    pg.psql("lat", &rows(11));
+    pg.psql("lat", "SET client_encoding = 'UTF8'; UPDATE l SET t = t || ' é', a = a || 'ü'::text WHERE id IN (2, 12)");
+    // psql's client encoding follows each server's unless set: set it, so both sides print UTF-8.
+    let sql = "SET client_encoding = 'UTF8'; SELECT id, t, a, i2v::text, ov::text FROM public.l ORDER BY id";
+    let ok = wait_until(WAIT, || {
+        pg.try_psql("replica", sql).ok() == pg.try_psql("lat", sql).ok()
+    });
+    assert!(
+        ok,
+        "target differs\n--- source\n{}\n--- target\n{}\n--- log\n{}",
+        pg.psql("lat", sql),
+        pg.try_psql("replica", sql).unwrap_or_else(|e| e),
+        ferry.log()
+    );
+    // SQLite: the snapshot's rows (text) and the stream's equal, character for character.
+    let snap = sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id < 10 ORDER BY id");
+    let streamed = sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id > 10 ORDER BY id");
+    assert_eq!(snap.len(), 3);
+    assert_eq!(snap, streamed);
+    let source_t = pg.psql(
+        "lat",
+        "SET client_encoding = 'UTF8'; SELECT t FROM l WHERE id = 1",
+    );
+    assert_eq!(
+        snap[0].split('|').next(),
+        source_t.lines().last(),
+        "{snap:?}"
+    );
+    assert!(source_t.contains('Ã'), "{source_t}");
+    ferry.terminate();
+}

@@ -184,6 +184,15 @@ impl Catalog {
                 ddl_override: base_type.ddl_override.clone().or(base_ddl),
                 ..base_type
             }
+        } else if nspname == "pg_catalog" && matches!(typname.as_str(), "int2vector" | "oidvector")
+        {
+            // Arrays by catalog, but written space-separated ("1 2 -3"): kept as that text, which the type reads.
+            ResolvedType {
+                ty: ColumnType::Other,
+                ddl_override: None,
+                as_text_reason: None,
+                binary: false,
+            }
         } else if category == "A" && elem != 0 {
             let element = Box::pin(self.resolve(elem as u32)).await?;
             // box[] separates elements with ';': keep it whole as text.

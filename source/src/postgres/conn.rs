@@ -152,6 +152,9 @@ impl ReplicationConn {
             ("database", dbname),
             ("replication", "database"),
             ("application_name", application_name),
+            // pgoutput converts every text it sends (values, names) to the client encoding: without this, a
+            // database in another encoding (LATIN1) would send bytes Ferry reads as UTF-8.
+            ("client_encoding", "UTF8"),
             ("options", SESSION_OPTIONS),
         ];
         frontend::startup_message(params.iter().copied(), &mut conn.write_buf).map_err(io_error)?;
