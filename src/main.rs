@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc: rows are allocated by the source task and freed by the sink tasks, on other threads, where glibc's
+/// allocator spent about a fifth of decode CPU (profile in the issue 15 notes).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Change-data-capture replication, exactly once.
 #[derive(Parser)]
 #[command(name = "ferry", version, about)]
