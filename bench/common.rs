@@ -131,35 +131,23 @@ pub fn report(all: &[Vec<Measure>], json: bool) {
                 .map(|r| r[i].ferry_cpu_cores * r[i].ferry.as_secs_f64() / r[i].rows as f64 * 1e6)
                 .collect(),
         );
-        if json && first.source_cpu_us_per_row.is_some() {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "workload": first.workload,
-                    "ferry_rows_per_s": ferry.round(),
-                    "anchor": first.anchor,
-                    "anchor_rows_per_s": anchor.round(),
-                    "ratio": (ratio * 100.0).round() / 100.0,
-                    "ferry_peak_rss_mb": rss.round(),
-                    "ferry_cpu_cores": (cores * 100.0).round() / 100.0,
-                    "ferry_cpu_us_per_row": (ferry_cpu * 100.0).round() / 100.0,
-                    "walsender_cpu_us_per_row": (source_cpu * 100.0).round() / 100.0,
-                    "anchor_walsender_cpu_us_per_row": (anchor_source_cpu * 100.0).round() / 100.0,
-                })
-            );
-        } else if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "workload": first.workload,
-                    "ferry_rows_per_s": ferry.round(),
-                    "anchor": first.anchor,
-                    "anchor_rows_per_s": anchor.round(),
-                    "ratio": (ratio * 100.0).round() / 100.0,
-                    "ferry_peak_rss_mb": rss.round(),
-                    "ferry_cpu_cores": (cores * 100.0).round() / 100.0,
-                })
-            );
+        if json {
+            let mut row = serde_json::json!({
+                "workload": first.workload,
+                "ferry_rows_per_s": ferry.round(),
+                "anchor": first.anchor,
+                "anchor_rows_per_s": anchor.round(),
+                "ratio": (ratio * 100.0).round() / 100.0,
+                "ferry_peak_rss_mb": rss.round(),
+                "ferry_cpu_cores": (cores * 100.0).round() / 100.0,
+            });
+            if first.source_cpu_us_per_row.is_some() {
+                let round2 = |v: f64| (v * 100.0).round() / 100.0;
+                row["ferry_cpu_us_per_row"] = round2(ferry_cpu).into();
+                row["walsender_cpu_us_per_row"] = round2(source_cpu).into();
+                row["anchor_walsender_cpu_us_per_row"] = round2(anchor_source_cpu).into();
+            }
+            println!("{row}");
         } else {
             // No peak RSS of its own for a contender measured inside the bench process.
             let rss = if rss.is_nan() {

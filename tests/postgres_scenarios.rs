@@ -400,16 +400,7 @@ fn a_latin1_source_and_vector_types_replicate_exactly() {
     pg.psql("lat", "SET client_encoding = 'UTF8'; UPDATE l SET t = t || ' é', a = a || 'ü'::text WHERE id IN (2, 12)");
     // psql's client encoding follows each server's unless set: set it, so both sides print UTF-8.
     let sql = "SET client_encoding = 'UTF8'; SELECT id, t, a, i2v::text, ov::text FROM public.l ORDER BY id";
-    let ok = wait_until(WAIT, || {
-        pg.try_psql("replica", sql).ok() == pg.try_psql("lat", sql).ok()
-    });
-    assert!(
-        ok,
-        "target differs\n--- source\n{}\n--- target\n{}\n--- log\n{}",
-        pg.psql("lat", sql),
-        pg.try_psql("replica", sql).unwrap_or_else(|e| e),
-        ferry.log()
-    );
+    wait_same_from(&pg, "lat", sql, &ferry);
     // SQLite: the snapshot's rows (text) and the stream's equal, character for character.
     let snap = sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id < 10 ORDER BY id");
     let streamed = sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id > 10 ORDER BY id");

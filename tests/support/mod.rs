@@ -529,13 +529,18 @@ pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
 
 /// Waits until `sql` returns the same text on the source (`shop`) and the PostgreSQL target (`replica`).
 pub fn wait_same(pg: &PgServer, sql: &str, ferry: &Ferry) {
+    wait_same_from(pg, "shop", sql, ferry)
+}
+
+/// [`wait_same`] with the source database `source`.
+pub fn wait_same_from(pg: &PgServer, source: &str, sql: &str, ferry: &Ferry) {
     let ok = wait_until(Duration::from_secs(30), || {
-        pg.try_psql("replica", sql).ok() == pg.try_psql("shop", sql).ok()
+        pg.try_psql("replica", sql).ok() == pg.try_psql(source, sql).ok()
     });
     assert!(
         ok,
         "target differs for {sql}\n--- source\n{}\n--- target\n{}\n--- log\n{}",
-        pg.psql("shop", sql),
+        pg.psql(source, sql),
         pg.try_psql("replica", sql).unwrap_or_else(|e| e),
         ferry.log()
     );
