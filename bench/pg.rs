@@ -559,14 +559,14 @@ fn run_once(n: u64) -> Vec<Measure> {
     );
     let decode = b.pipeline(
         "bench_decode",
-        "[\"public.bench_rows\", \"public.bench_marker\"]",
+        "[\"public.bench_rows\", \"public.bench_marker\"]\nbinary = true",
         "never",
         &format!("type = \"discard\"\npath = \"{}\"", decode_pos.display()),
     );
     let decode_text_pos = b.dir.path().join("decode_text.pos");
     let decode_text = b.pipeline(
         "bench_decode_text",
-        "[\"public.bench_rows\", \"public.bench_marker\"]\nbinary = false",
+        "[\"public.bench_rows\", \"public.bench_marker\"]",
         "never",
         &format!(
             "type = \"discard\"\npath = \"{}\"",
@@ -636,7 +636,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         ),
     );
     // Decode only: pg_recvlogical and ferry's discard sink read the same backlog, ferry with values in binary
-    // (its default) and in text.
+    // (`binary = true`) and in text (its default).
     out.extend(decode_only(
         &b,
         &[

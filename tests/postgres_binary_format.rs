@@ -1,4 +1,4 @@
-//! pgoutput's binary format (`[source] binary`, on by default): values read from their types' send format must be
+//! pgoutput's binary format (`[source] binary = true`): values read from their types' send format must be
 //! exactly the values their text form gives, and a type Ferry cannot read in binary moves the slot to text.
 
 mod support;
@@ -53,7 +53,8 @@ fn binary_values_are_the_values_their_text_gives() {
     pg.psql("shop", ROWS);
     let dir = scratch();
     let db = dir.path().join("r.db");
-    let config = fan_out_config(&pg, "binary", "[pipeline.batch]\nmax_wait = \"20ms\"", &db);
+    let config = fan_out_config(&pg, "binary", "[pipeline.batch]\nmax_wait = \"20ms\"", &db)
+        .replace("[source]\n", "[source]\nbinary = true\n");
     let ferry = Ferry::start(
         &write_config(dir.path(), "binary", &config),
         &dir.path().join("f.log"),
@@ -113,7 +114,8 @@ fn a_type_without_binary_decoding_moves_the_slot_to_text() {
          INSERT INTO hosts SELECT g, 'h' || g, '2024-01-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 100) g",
     );
     let dir = scratch();
-    let config = pg_to_pg_config(&pg, "totext", "[pipeline.batch]\nmax_wait = \"20ms\"");
+    let config = pg_to_pg_config(&pg, "totext", "[pipeline.batch]\nmax_wait = \"20ms\"")
+        .replace("[source]\n", "[source]\nbinary = true\n");
     let config = write_config(dir.path(), "totext", &config);
     let log = dir.path().join("f.log");
     let ferry = Ferry::start(&config, &log);

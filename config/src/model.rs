@@ -108,8 +108,8 @@ pub struct PostgresSource {
     pub streaming: bool,
     /// `binary`: ask the server (PostgreSQL 14+) for values in binary, its types' send format, where Ferry reads
     /// every published column's type so (built-in scalar types, enums, domains and arrays of them; a publication
-    /// with another type, such as `inet` or a composite, streams in text). On by default: see the decode-only
-    /// rows of `scripts/bench pg`.
+    /// with another type, such as `inet` or a composite, streams in text). Off by default: in `scripts/bench pg`
+    /// it decodes at the same CPU per row as text, and single-row transactions applied slower with it.
     pub binary: bool,
     /// `spool_dir`: where transactions the server streams before they commit are kept, in a subdirectory
     /// `ferry-spool-<slot>` (emptied at start); `None`: the system's temporary directory.

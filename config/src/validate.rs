@@ -564,7 +564,7 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
             };
             let origins = read_origins(r, &mut s);
             let streaming = flag(r, &mut s, "streaming", false);
-            let binary = flag(r, &mut s, "binary", true);
+            let binary = flag(r, &mut s, "binary", false);
             let spool_dir = if s.table.contains_key("spool_dir") {
                 r.file_path(
                     &mut s,
