@@ -119,3 +119,55 @@ fn assert_endpoints(ferry: &Ferry, config: &std::path::Path) {
     );
     assert!(text.contains("sink postgres: checkpoint pg:"), "{text}");
 }
+
+/// Ten pipelines in one process (`ferry run --config p1.toml … p10.toml`), each over its own table and slot from
+/// one source database into one target database: they start together, so each creating Ferry's own tables and
+/// the source's event trigger at once must not fail another (`CREATE … IF NOT EXISTS` races on the catalog), and
+/// every one replicates its table.
+#[test]
+fn ten_pipelines_in_one_process_start_together_and_each_replicates() {
+    let pg = server_with_dbs();
+    let dir = scratch();
+    let mut configs = Vec::new();
+    for i in 1..=10 {
+        pg.psql(
+            "shop",
+            &format!(
+                "CREATE TABLE p{i} (id int PRIMARY KEY, v text NOT NULL);
+                 INSERT INTO p{i} SELECT g, 'p{i} ' || g FROM generate_series(1, 100) g;"
+            ),
+        );
+        let text = format!(
+            "[pipeline]\nname = \"many_{i}\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n[source]\ntype = \"postgres\"\n\
+             url = \"{}\"\ntables = [\"public.p{i}\"]\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            pg.url("replica")
+        );
+        configs.push(write_config(dir.path(), &format!("p{i}"), &text));
+    }
+    let paths: Vec<&std::path::Path> = configs.iter().map(|c| c.as_path()).collect();
+    let ferry = Ferry::start_many(&paths, &dir.path().join("f.log"));
+    for i in 1..=10 {
+        pg.psql(
+            "shop",
+            &format!("INSERT INTO p{i} VALUES (1000, 'streamed {i}')"),
+        );
+    }
+    for i in 1..=10 {
+        wait_same(
+            &pg,
+            &format!("SELECT id, v FROM public.p{i} ORDER BY id"),
+            &ferry,
+        );
+    }
+    let log = ferry.log();
+    assert!(!log.contains("pipeline failed"), "{log}");
+    assert_eq!(
+        pg.psql(
+            "replica",
+            "SELECT count(DISTINCT pipeline) FROM ferry_checkpoints"
+        ),
+        "10"
+    );
+    ferry.terminate();
+}

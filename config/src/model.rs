@@ -109,7 +109,7 @@ pub struct PostgresSource {
     /// `binary`: ask the server (PostgreSQL 14+) for values in binary, its types' send format, where Ferry reads
     /// every published column's type so (built-in scalar types, enums, domains and arrays of them; a publication
     /// with another type, such as `inet` or a composite, streams in text). Off by default: in `scripts/bench pg`
-    /// it decodes at the same CPU per row as text, and single-row transactions applied slower with it.
+    /// it decodes at the same CPU per row as text.
     pub binary: bool,
     /// `spool_dir`: where transactions the server streams before they commit are kept, in a subdirectory
     /// `ferry-spool-<slot>` (emptied at start); `None`: the system's temporary directory.

@@ -28,6 +28,17 @@ use tokio_postgres::Client;
 
 pub use stream::MaybeTlsStream;
 
+/// The advisory lock (per database) under which Ferry creates its own objects in a PostgreSQL database: pipelines
+/// starting together take turns, since `CREATE … IF NOT EXISTS` against a concurrent creator fails with a unique
+/// violation on the catalog. Taken with `pg_advisory_xact_lock` at the head of a multi-statement batch, which runs
+/// as one transaction.
+pub const SETUP_LOCK: i64 = 0x6665_7272_7976;
+
+/// [`SETUP_LOCK`] as the batch's first statement.
+pub fn setup_locked(batch: &str) -> String {
+    format!("SELECT pg_advisory_xact_lock({SETUP_LOCK}); {batch}")
+}
+
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {

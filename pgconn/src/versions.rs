@@ -8,10 +8,9 @@ use ferry_core::{TOMBSTONES_TABLE, VERSION_NODE, VERSION_TS, VERSION_VECTOR};
 use tokio_postgres::Client;
 use tracing::info;
 
-/// The advisory lock that serialises creating the functions and triggers: a source and a peer's sink preparing
-/// the same database at once would otherwise fail with "tuple concurrently updated". Held to the end of the
-/// transaction (the sink prepares inside its open one, whose catalog changes stay locked until it commits).
-const LOCK: i64 = 0x6665_7272_7976;
+/// Held to the end of the transaction: the sink prepares inside its open one, whose catalog changes stay locked
+/// until it commits.
+use crate::SETUP_LOCK as LOCK;
 
 /// The tombstone table and the trigger functions. Ferry's own sessions set `ferry.applying = on`, so the
 /// triggers leave the versions they write alone.

@@ -17,7 +17,9 @@ pub async fn write(
 ) -> Result<(), Error> {
     if create {
         client
-            .batch_execute(&Dialect::Postgres.create_table())
+            .batch_execute(&ferry_pgconn::setup_locked(
+                &Dialect::Postgres.create_table(),
+            ))
             .await
             .map_err(write_error("creating ferry_dead_letters"))?;
     }

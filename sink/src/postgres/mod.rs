@@ -179,11 +179,11 @@ impl PostgresSink {
             return Err(crate::lease_busy(pipeline, name, &holder));
         }
         client
-            .batch_execute(&format!(
+            .batch_execute(&ferry_pgconn::setup_locked(&format!(
                 "{}; {}",
                 checkpoint::CREATE_CHECKPOINT_TABLE,
                 evolve::CREATE_SCHEMAS_TABLE
-            ))
+            )))
             .await
             .map_err(write_error("creating ferry_checkpoints and ferry_schemas"))?;
         let records = client
@@ -1290,7 +1290,9 @@ pub async fn list_checkpoints(
 pub async fn delete_checkpoints(url: &str, pipeline: &str) -> Result<u64, Error> {
     let client = connect(url).await?;
     client
-        .batch_execute(checkpoint::CREATE_CHECKPOINT_TABLE)
+        .batch_execute(&ferry_pgconn::setup_locked(
+            checkpoint::CREATE_CHECKPOINT_TABLE,
+        ))
         .await
         .map_err(write_error("creating ferry_checkpoints"))?;
     client

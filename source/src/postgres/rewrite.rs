@@ -86,7 +86,7 @@ pub async fn install(client: &Client) -> Result<bool, Error> {
     }
     // Always (idempotent): the function takes this version's notice format.
     client
-        .batch_execute(INSTALL)
+        .batch_execute(&ferry_pgconn::setup_locked(INSTALL))
         .await
         .map_err(|e| Error::fatal_from("creating the ferry_table_rewrite event trigger", e))?;
     Ok(true)
