@@ -1012,11 +1012,11 @@ fn ten_pipelines(runs: u64, pipelines: u64, rows: u64, json: bool) {
                     "DO $$ BEGIN FOR b IN 0..{} LOOP
                        INSERT INTO p{i} SELECT g, g % 100, md5(g::text), now() FROM generate_series(b * 1000 + 1, b * 1000 + 1000) g;
                        COMMIT;
-                     END LOOP; END $$;
-                     INSERT INTO m{i} VALUES (1);",
+                     END LOOP; END $$",
                     per / 1000 - 1
                 ),
             );
+            source.psql("shop", &format!("INSERT INTO m{i} VALUES (1)"));
         }
         let marked = |range: std::ops::RangeInclusive<u64>| {
             range.into_iter().all(|i| {
