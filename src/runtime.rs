@@ -294,7 +294,9 @@ async fn refuse_loops(config: &PipelineConfig) -> Result<(), Error> {
 }
 
 /// The online re-copies to resume, from what each sink that keeps them recorded: a table's cursor when every such
-/// sink holds the same one, `None` (start it again) when they differ or some sink has none.
+/// sink holds the same one, or one that covers them all (an initial copy resumed in place, see
+/// [`ferry_source::postgres::recopy::Cursor::merge`]); `None` (start it again) when they differ otherwise or some
+/// sink has none.
 fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<String>)> {
     let mut tables: Vec<&TableId> = per_sink.iter().flatten().map(|(t, _)| t).collect();
     tables.sort();
@@ -306,11 +308,16 @@ fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<
                 .iter()
                 .map(|s| s.iter().find(|(x, _)| x == t).map(|(_, c)| c))
                 .collect();
-            let agreed = cursors
-                .iter()
-                .all(|c| *c == cursors[0])
-                .then(|| cursors[0].cloned())
-                .flatten();
+            let agreed = if cursors.iter().all(|c| *c == cursors[0]) {
+                cursors[0].cloned()
+            } else {
+                cursors
+                    .iter()
+                    .map(|c| c.map(String::as_str))
+                    .collect::<Option<Vec<&str>>>()
+                    .and_then(|all| ferry_source::postgres::recopy::Cursor::merge(&all))
+                    .map(|c| c.to_json())
+            };
             (t.clone(), agreed)
         })
         .collect()

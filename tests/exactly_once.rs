@@ -335,6 +335,138 @@ fn a_snapshot_cut_short_resumes_with_the_tables_it_had_not_copied() {
     assert!(ferry.terminate().success());
 }
 
+/// A 2,000,000-row table in a resumable snapshot is copied in chunks of pages, each recorded with the sinks'
+/// checkpoint. Killed once some chunks landed, the copy resumes online at the chunks it had not copied, in the
+/// target table itself, while writers change rows the copy has and has not reached (TOASTed values left
+/// unchanged, keys changed, deletes, inserts); a second kill lands during the resumed copy. Both targets end equal
+/// to the source, the resumed copy starts from the rows already copied, and no copy anew (shadow table) starts.
+#[test]
+fn a_big_table_cut_short_resumes_at_the_chunks_it_had_not_copied() {
+    const ROWS: u64 = 2_000_000;
+    let pg = server_with_dbs();
+    pg.psql(
+        "shop",
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, n bigint NOT NULL, doc text);
+             ALTER TABLE big ALTER doc SET STORAGE EXTERNAL;
+             INSERT INTO big SELECT g, g, CASE WHEN g % 5000 = 0 THEN repeat(md5(g::text), 100) ELSE 'd' || g END
+             FROM generate_series(1, {ROWS}) g;"
+        ),
+    );
+    let dir = scratch();
+    let db = dir.path().join("replica.db");
+    let config = write_config(
+        dir.path(),
+        "chunks",
+        &fan_out_config(&pg, "chunks", "snapshot_parallelism = 2", &db),
+    );
+    let log = dir.path().join("ferry.log");
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN;
+                 UPDATE big SET n = n + 1 WHERE id = ({seq}::bigint * 7919 + {w}) % 400 * 5000 + 5000;
+                 UPDATE big SET n = n + {seq} WHERE id = ({seq}::bigint * 104729 + {w}) % {ROWS} + 1;
+                 UPDATE big SET id = id + 10000000 WHERE id = ({seq}::bigint * 15485863 + {w}) % 400 * 5000 + 2500;
+                 UPDATE big SET id = id + 10000000 WHERE id = ({seq}::bigint * 2750159 + {w}) % 400 * 5000 + 5000;
+                 DELETE FROM big WHERE id = ({seq}::bigint * 7907 + {w}) % {ROWS} + 1;
+                 INSERT INTO big VALUES (20000000 + {w} * 1000000 + {seq}, {seq}, 'new');
+                 COMMIT;"
+            ),
+        )
+    });
+    // Whether both sinks hold a chunk of `big` and neither has it all.
+    let part_way = || {
+        let pg_has = pg
+            .try_psql(
+                "replica",
+                "SELECT count(*) FROM ferry_schemas WHERE source_table = 'public.big' \
+                 AND applied::jsonb ? 'recopy' AND applied::jsonb ? 'copying'",
+            )
+            .ok()
+            .as_deref()
+            == Some("1");
+        pg_has
+            && sqlite_rows(
+                &db,
+                "SELECT count(*) FROM ferry_schemas WHERE source_table = 'public.big' \
+                 AND json_extract(applied, '$.recopy') IS NOT NULL \
+                 AND json_extract(applied, '$.copying') IS NOT NULL",
+            ) == ["1"]
+    };
+    let ferry = Ferry::start(&config, &log);
+    assert!(
+        wait_until(Duration::from_secs(300), part_way),
+        "no chunk of big was recorded part-way through its copy:\n{}",
+        ferry.log()
+    );
+    ferry.kill9();
+
+    // Resume; a second kill lands during the resumed copy.
+    let ferry = Ferry::start(&config, &log);
+    let resumed = "resuming the table's initial copy at the pages it had not copied";
+    assert!(
+        wait_until(Duration::from_secs(60), || ferry.log().contains(resumed)),
+        "the copy did not resume at its chunks:\n{}",
+        ferry.log()
+    );
+    let text = ferry.log();
+    let rows_so_far: u64 = text
+        .lines()
+        .find(|l| l.contains(resumed))
+        .and_then(|l| l.split("rows_so_far=").nth(1))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rows_so_far in the resume line:\n{text}"));
+    assert!(
+        (200_000..ROWS).contains(&rows_so_far),
+        "the resumed copy starts at {rows_so_far} rows"
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    ferry.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    writers.stop();
+
+    let ferry = Ferry::start(&config, &log);
+    let totals = "SELECT count(*), sum(id), sum(n), sum(length(doc)) FROM big";
+    let expected_totals = pg.psql("shop", totals);
+    let cheap = wait_until(Duration::from_secs(300), || {
+        pg.try_psql("replica", totals).ok().as_deref() == Some(expected_totals.as_str())
+            && sqlite_rows(&db, totals).join("\n") == expected_totals
+    });
+    assert!(
+        cheap,
+        "the targets' totals differ from the source's ({expected_totals}): postgres {:?}, sqlite {:?}\n{}",
+        pg.try_psql("replica", totals),
+        sqlite_rows(&db, totals),
+        ferry.log()
+    );
+    let rows = "SELECT id, n, doc FROM big ORDER BY id";
+    let expected = pg.psql("shop", rows);
+    assert!(
+        wait_until(Duration::from_secs(60), || pg
+            .try_psql("replica", rows)
+            .ok()
+            .as_deref()
+            == Some(expected.as_str())
+            && sqlite_rows(&db, rows).join("\n") == expected),
+        "the targets differ from the source row by row"
+    );
+    let text = ferry.log();
+    assert!(
+        !text.contains("re-copy started"),
+        "a copy anew started instead of resuming in place:\n{text}"
+    );
+    assert!(
+        text.contains("the initial copy resumed in place is complete"),
+        "{text}"
+    );
+    assert!(ferry.terminate().success());
+}
+
 /// The same cut-short snapshot through a route (every table into schema `mirror`) and a mask: the sinks record
 /// each table under its routed name, the source maps those names back through the chain, and the tables the
 /// snapshot had not finished are re-copied online into their routed names, masked, until the target equals what

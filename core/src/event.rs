@@ -118,8 +118,19 @@ pub enum RecopyStep {
     Start { schema: SchemaRef },
     /// A chunk's rows precede this in the same transaction; `cursor` is the source's opaque record of where the
     /// copy stands, stored with the checkpoint so a restart resumes at the next chunk. `rows`: rows copied so far.
-    Chunk { cursor: String, rows: u64 },
-    /// Every row was copied: the shadow replaces the rows of the table, whose schema is `schema`.
+    ///
+    /// `in_place`: the copy fills the table itself, not a shadow. An initial snapshot copying a big table in
+    /// chunks sends this after each chunk (with no `Start`), so that after a crash the copy resumes online at the
+    /// chunks left: the target table keeps the chunks copied and takes the table's changes from the snapshot's
+    /// position on, while rows the copy has not reached yet may be missing from it (a change of such a row that
+    /// cannot be written is left to the copy, which reads the row later). `Finish` then only ends the copy.
+    Chunk {
+        cursor: String,
+        rows: u64,
+        in_place: bool,
+    },
+    /// Every row was copied: the shadow replaces the rows of the table, whose schema is `schema` (a copy in place
+    /// just ends).
     Finish { schema: SchemaRef },
     /// The re-copy stops unfinished (a new snapshot copies the table whole): the shadow is dropped.
     Cancel,

@@ -45,6 +45,11 @@ pub struct Applied {
     /// replaces its rows ([`interrupted_copy`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub copying: bool,
+    /// The re-copy under way (`recopy`) fills the table itself: an initial copy in chunks, resumed where a crash
+    /// cut it short ([`ferry_core::RecopyStep::Chunk`]). Such a table is not quarantined: it takes its changes,
+    /// and may lack the rows of the chunks not copied yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
 }
 
 impl Applied {
@@ -65,6 +70,7 @@ impl Applied {
             quarantined: None,
             recopy: None,
             copying: false,
+            in_place: false,
         }
     }
 
@@ -75,6 +81,7 @@ impl Applied {
             quarantined: previous.and_then(|a| a.quarantined.clone()),
             recopy: previous.and_then(|a| a.recopy.clone()),
             copying: previous.is_some_and(|a| a.copying),
+            in_place: previous.is_some_and(|a| a.in_place),
             ..Applied::of(schema)
         }
     }
@@ -87,6 +94,7 @@ impl Applied {
             quarantined: None,
             recopy: None,
             copying: false,
+            in_place: false,
         });
         record.quarantined = Some(reason.to_owned());
         record
@@ -214,6 +222,10 @@ pub fn snapshot_starts(
         tracing::info!(%table, "a new snapshot copies the quarantined table: its changes are applied again");
     }
     record.copying = true;
+    if record.in_place {
+        record.in_place = false;
+        record.recopy = None;
+    }
     Some(record.clone())
 }
 
@@ -221,11 +233,15 @@ pub fn snapshot_starts(
 pub fn copied(applied: &mut HashMap<TableId, Applied>, table: &TableId) -> Option<Applied> {
     let record = applied.get_mut(table).filter(|a| a.copying)?;
     record.copying = false;
+    if record.in_place {
+        record.in_place = false;
+        record.recopy = None;
+    }
     Some(record.clone())
 }
 
 /// The reason a table whose initial copy was cut short is quarantined at a sink's start.
-fn interrupted_copy(table: &TableId) -> String {
+pub(crate) fn interrupted_copy(table: &TableId) -> String {
     format!(
         "the initial copy of {table} was cut short (the process stopped during the snapshot): its changes wait          until an online re-copy replaces its rows"
     )
@@ -308,7 +324,10 @@ pub fn parse_records(rows: Vec<(String, String)>) -> Result<HashMap<TableId, App
         .map(|(id, key, text)| Ok((id, Applied::from_json(&key, &text)?)))
         .collect::<Result<HashMap<_, _>, Error>>()?;
     for (table, record) in applied.iter_mut().filter(|(_, a)| a.copying) {
-        if record.quarantined.is_none() {
+        if record.in_place && record.recopy.is_some() {
+            tracing::warn!(%table, "the table's initial copy was cut short: it resumes online at the chunks it had \
+                not copied, and its changes are applied meanwhile");
+        } else if record.quarantined.is_none() {
             tracing::warn!(%table, "the table's initial copy was cut short: it is copied anew online, and its \
                 changes wait until then");
             record.quarantined = Some(interrupted_copy(table));

@@ -33,7 +33,7 @@ impl Shadows {
         Shadows {
             active: applied
                 .iter()
-                .filter(|(_, a)| a.recopy.is_some())
+                .filter(|(_, a)| a.recopy.is_some() && !a.in_place)
                 .map(|(t, _)| t.clone())
                 .collect(),
             schemas: HashMap::new(),
@@ -161,6 +161,15 @@ pub fn recorded(applied: &HashMap<TableId, Applied>) -> Vec<(TableId, String)> {
     out
 }
 
+/// Whether `table` is being filled in place by an initial copy resumed after a crash
+/// ([`ferry_core::RecopyStep::Chunk`]): it may lack rows the copy has not reached, so a change that finds no row
+/// and cannot write it anew is left to the copy, which reads that row later.
+pub fn fills_in_place(applied: &HashMap<TableId, Applied>, table: &TableId) -> bool {
+    applied
+        .get(table)
+        .is_some_and(|a| a.in_place && a.recopy.is_some())
+}
+
 /// The statements that end a re-copy of `live` (names quoted for the dialect): its rows become the shadow's
 /// (the sink drops the shadow after). `columns` are the (quoted) columns the sink writes.
 pub fn finish_statements(live: &str, shadow: &str, columns: &[String]) -> [String; 2] {
@@ -183,8 +192,24 @@ pub fn record_step(
         RecopyStep::Start { .. } => {
             tracing::info!(sink, %table, "re-copy started: the table's rows are copied into its shadow table");
             record.recopy = Some(String::new());
+            if std::mem::take(&mut record.in_place) && record.copying {
+                // An initial copy resumed in place gives way to a copy anew (the source table was rewritten or
+                // replaced): the table may lack rows, so its changes wait for the shadow to replace its rows.
+                record.quarantined = Some(crate::evolve::interrupted_copy(table));
+            }
         }
-        RecopyStep::Chunk { cursor, .. } => record.recopy = Some(cursor.clone()),
+        RecopyStep::Chunk {
+            cursor, in_place, ..
+        } => {
+            record.recopy = Some(cursor.clone());
+            record.in_place = *in_place;
+        }
+        RecopyStep::Finish { .. } if record.in_place => {
+            tracing::info!(sink, %table, "the initial copy resumed in place is complete");
+            record.recopy = None;
+            record.copying = false;
+            record.in_place = false;
+        }
         RecopyStep::Finish { .. } => {
             tracing::info!(sink, %table, "re-copy finished: the table's rows are replaced by the copy");
             record.recopy = None;
@@ -193,7 +218,10 @@ pub fn record_step(
                 tracing::info!(sink, %table, "the re-copied table leaves quarantine: its changes are applied again");
             }
         }
-        RecopyStep::Cancel => record.recopy = None,
+        RecopyStep::Cancel => {
+            record.recopy = None;
+            record.in_place = false;
+        }
     }
     Some(record.clone())
 }

@@ -102,10 +102,10 @@ pub fn describe_key(table: &TableSchema, row: &Row) -> String {
 }
 
 /// A [`RowAction::Move`] found no target row and cannot write the row anew: an error, except in a re-copy's
-/// shadow table, which lacks the rows not copied yet (the source reads such a row again, see
-/// `ferry_source::postgres::recopy`).
-pub fn missing_row(table: &TableSchema, old: &Row) -> Result<(), Error> {
-    if ferry_core::is_recopy_shadow(&table.id) {
+/// shadow table or a table an initial copy fills in place (`lacks_rows`, see [`crate::recopy::fills_in_place`]),
+/// which lack the rows not copied yet (the source reads such a row again, see `ferry_source::postgres::recopy`).
+pub fn missing_row(table: &TableSchema, old: &Row, lacks_rows: bool) -> Result<(), Error> {
+    if lacks_rows || ferry_core::is_recopy_shadow(&table.id) {
         return Ok(());
     }
     Err(missing_row_error(table, old))

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Change, Error, Event, PipelineStats, Position, SchemaRef, TableId, Timestamp, TxContext,
+    Change, Error, Event, PipelineStats, Position, RecopyStep, SchemaRef, TableId, Timestamp,
+    TxContext,
 };
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::{JoinHandle, JoinSet};
@@ -171,6 +172,11 @@ impl Output {
 
     async fn send_all(&self, events: impl IntoIterator<Item = Event>) -> Result<(), Error> {
         let _gate = self.gate.lock().await;
+        self.send_locked(events).await
+    }
+
+    /// Sends `events` in order; the caller holds the gate.
+    async fn send_locked(&self, events: impl IntoIterator<Item = Event>) -> Result<(), Error> {
         for e in events {
             self.events
                 .send(e)
@@ -183,24 +189,77 @@ impl Output {
     /// Every row of `table` was sent (by the worker calling this, after [`Rows::flush`], and by any other worker
     /// copying a part of it).
     pub(crate) async fn table_copied(&self, table: TableId) -> Result<(), Error> {
+        let _gate = self.gate.lock().await;
+        self.send_locked(self.copied_events(table)).await
+    }
+
+    /// The `Copied` of `table`, and in a resumable snapshot the commit after it.
+    fn copied_events(&self, table: TableId) -> Vec<Event> {
         let copied = Event::Change(Change::Copied {
             tables: vec![table],
         });
+        let mut events = vec![copied];
+        events.extend(self.commit_part());
+        events
+    }
+
+    /// In a resumable snapshot: the commit of what was sent so far, and the `Begin` that continues the snapshot.
+    fn commit_part(&self) -> Vec<Event> {
         if !self.resumable {
-            return self.send_all([copied]).await;
+            return Vec::new();
         }
         let mut next = TxContext::at(self.position.clone());
         next.continues_snapshot = true;
-        self.send_all([
-            copied,
+        vec![
             Event::Commit {
                 position: self.position.clone(),
                 commit_time: Timestamp::now(),
             },
             Event::Begin(Arc::new(next)),
-        ])
-        .await
+        ]
     }
+
+    /// A worker sent every row of one part of `table` (after [`Rows::flush`]); `left` says, under the gate (so
+    /// that records go out in the order they were made), what of the table is left. Returns whether the table
+    /// is copied.
+    pub(crate) async fn part_copied(
+        &self,
+        table: &TableId,
+        left: impl FnOnce() -> Left,
+    ) -> Result<bool, Error> {
+        let _gate = self.gate.lock().await;
+        match left() {
+            Left::Nothing => {
+                self.send_locked(self.copied_events(table.clone())).await?;
+                Ok(true)
+            }
+            Left::Chunks { cursor, rows } if self.resumable => {
+                let mut events = vec![Event::Change(Change::Recopy {
+                    table: table.clone(),
+                    step: RecopyStep::Chunk {
+                        cursor,
+                        rows,
+                        in_place: true,
+                    },
+                })];
+                events.extend(self.commit_part());
+                self.send_locked(events).await?;
+                Ok(false)
+            }
+            Left::Chunks { .. } | Left::Parts => Ok(false),
+        }
+    }
+}
+
+/// What is left of a table's copy once a worker finished one part of it ([`Output::part_copied`]).
+pub(crate) enum Left {
+    /// Nothing: the table is copied.
+    Nothing,
+    /// Other parts, which an online re-copy in place resumes at `cursor` (the source's record of the parts left)
+    /// after a crash; `rows`: rows copied so far.
+    Chunks { cursor: String, rows: u64 },
+    /// Other parts, which only a copy anew replaces.
+    Parts,
 }
 
 /// One worker's rows on their way to an [`Output`].

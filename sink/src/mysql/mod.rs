@@ -701,7 +701,9 @@ impl MysqlSink {
                         )?;
                     }
                     match step {
-                        RecopyStep::Finish { schema } => {
+                        RecopyStep::Finish { schema }
+                            if !recopy::fills_in_place(&self.applied, table) =>
+                        {
                             let shadow = recopy_shadow(table);
                             let columns: Vec<String> = schema
                                 .columns
@@ -718,7 +720,9 @@ impl MysqlSink {
                             self.forget_shadow(shadow).await?;
                         }
                         RecopyStep::Cancel => self.forget_shadow(recopy_shadow(table)).await?,
-                        RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
+                        RecopyStep::Start { .. }
+                        | RecopyStep::Chunk { .. }
+                        | RecopyStep::Finish { .. } => {}
                     }
                     if let Some(record) =
                         recopy::record_step(&mut self.applied, &self.name, table, step)
@@ -1725,7 +1729,11 @@ impl MysqlSink {
                     return Ok(());
                 }
                 if !is_complete(new) {
-                    return missing_row(table, old);
+                    return missing_row(
+                        table,
+                        old,
+                        recopy::fills_in_place(&self.applied, &table.id),
+                    );
                 }
                 let mut one = Upserts::default();
                 one.push(table, new);

@@ -412,7 +412,11 @@ impl PostgresSink {
             return Ok(());
         }
         if !is_complete(new) {
-            return crate::rows::missing_row(table, old);
+            return crate::rows::missing_row(
+                table,
+                old,
+                recopy::fills_in_place(&self.applied, &table.id),
+            );
         }
         let group = Group {
             table: table.clone(),
@@ -759,9 +763,15 @@ impl PostgresSink {
                         )?;
                     }
                     match step {
-                        RecopyStep::Finish { schema } => self.finish_recopy(schema).await?,
+                        RecopyStep::Finish { schema }
+                            if !recopy::fills_in_place(&self.applied, table) =>
+                        {
+                            self.finish_recopy(schema).await?
+                        }
                         RecopyStep::Cancel => self.forget_shadow(&recopy_shadow(table)).await?,
-                        RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
+                        RecopyStep::Start { .. }
+                        | RecopyStep::Chunk { .. }
+                        | RecopyStep::Finish { .. } => {}
                     }
                     if let Some(record) =
                         recopy::record_step(&mut self.applied, &self.name, table, step)

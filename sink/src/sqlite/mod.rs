@@ -258,7 +258,9 @@ impl SqliteSink {
                         )?;
                     }
                     match step {
-                        RecopyStep::Finish { schema } => {
+                        RecopyStep::Finish { schema }
+                            if !recopy::fills_in_place(&self.applied, table) =>
+                        {
                             let columns: Vec<String> =
                                 schema.columns.iter().map(|c| quote(&c.name)).collect();
                             let (live, shadow) = (
@@ -273,7 +275,9 @@ impl SqliteSink {
                             self.forget_shadow(table)?;
                         }
                         RecopyStep::Cancel => self.forget_shadow(table)?,
-                        RecopyStep::Start { .. } | RecopyStep::Chunk { .. } => {}
+                        RecopyStep::Start { .. }
+                        | RecopyStep::Chunk { .. }
+                        | RecopyStep::Finish { .. } => {}
                     }
                     if let Some(record) =
                         recopy::record_step(&mut self.applied, &self.name, table, step)
@@ -468,7 +472,11 @@ impl SqliteSink {
                     .chain(keys.iter().map(|&k| &old[k]));
                 if self.exec(&sql, values, what)? == 0 {
                     if !is_complete(new) {
-                        return missing_row(table, old);
+                        return missing_row(
+                            table,
+                            old,
+                            recopy::fills_in_place(&self.applied, &table.id),
+                        );
                     }
                     self.upsert(table, new)?;
                 }

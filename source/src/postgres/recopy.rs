@@ -33,7 +33,7 @@ use tracing::{debug, info};
 
 use super::catalog::Catalog;
 use super::slot::{qualified, quote_ident, quote_literal};
-use super::snapshot::{parse_copy_line, select_list, unescape_copy};
+use super::snapshot::{parse_copy_line, select_list, unescape_copy, Pages};
 use super::{connect_client, SESSION_SQL};
 
 /// The logical message prefix of the watermarks.
@@ -43,6 +43,8 @@ pub const SIGNAL_PREFIX: &str = "ferry_signal";
 
 /// Rows per chunk.
 pub const CHUNK_ROWS: usize = 2048;
+/// Pages per chunk when an initial copy resumes at the page ranges it had not copied (8 KiB each: 1 MiB).
+const CHUNK_PAGES: u64 = 128;
 /// Windows in a row that may find every remaining key changed before the re-copy gives up.
 const MAX_STARVED_WINDOWS: u32 = 1000;
 /// Committed transactions remembered, to find those that committed before a low watermark but were invisible to
@@ -65,6 +67,26 @@ pub struct Cursor {
     /// another table, whose copy starts over.
     #[serde(default)]
     pub relation: Option<u32>,
+    /// The copy fills the table itself rather than a shadow: an initial copy resumed where a crash cut it short
+    /// (the target table holds the chunks copied and takes the table's changes), see
+    /// [`ferry_core::RecopyStep::Chunk`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
+    /// The page ranges an initial copy in chunks had not copied; `None` once the copy reads in key order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PagesLeft>,
+}
+
+/// The page ranges of a table an initial copy cut short had not copied ([`Cursor::pages`]).
+///
+/// Every row it had not copied is in these pages, unless a transaction changed it since (then the stream
+/// carries it: written whole, or, without every column, read again by key) or the table was rewritten (a new
+/// relfilenode: the re-copy reads every key instead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PagesLeft {
+    /// `pg_relation_filenode` of the table when the pages were read.
+    pub filenode: u32,
+    pub left: Vec<Pages>,
 }
 
 impl Cursor {
@@ -83,6 +105,63 @@ impl Cursor {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// One cursor that resumes an initial copy in place for sinks that recorded different ones (`cursors`, as
+    /// stored; each sink commits its chunks at its own pace): the union of the page ranges they had left and of
+    /// their keys to read again, which copies again, in place, what some sink already holds. `None` unless every
+    /// cursor reads by pages the same relation's storage.
+    pub fn merge(cursors: &[&str]) -> Option<Cursor> {
+        let parsed: Vec<Cursor> = cursors
+            .iter()
+            .map(|c| serde_json::from_str::<Cursor>(c).ok())
+            .collect::<Option<_>>()?;
+        let first = parsed.first()?.clone();
+        let filenode = first.pages.as_ref()?.filenode;
+        let mut left = Vec::new();
+        let mut retry: Vec<Vec<String>> = Vec::new();
+        for c in &parsed {
+            let pages = c.pages.as_ref()?;
+            if !c.in_place || c.relation != first.relation || pages.filenode != filenode {
+                return None;
+            }
+            left.extend(pages.left.iter().copied());
+            for key in &c.retry {
+                if !retry.contains(key) {
+                    retry.push(key.clone());
+                }
+            }
+        }
+        Some(Cursor {
+            after: None,
+            retry,
+            ranged_out: false,
+            rows: parsed.iter().map(|c| c.rows).min().unwrap_or(0),
+            relation: first.relation,
+            in_place: true,
+            pages: Some(PagesLeft {
+                filenode,
+                left: union(left),
+            }),
+        })
+    }
+}
+
+/// The page ranges covering every page of `ranges`, ascending and disjoint.
+fn union(mut ranges: Vec<Pages>) -> Vec<Pages> {
+    ranges.sort_by_key(|p| p.from);
+    let mut out: Vec<Pages> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.to.is_none_or(|to| r.from <= to) => {
+                last.to = match (last.to, r.to) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// A request to re-copy a table, as `ferry snapshot` writes it into the WAL.
@@ -127,8 +206,10 @@ struct Chunk {
     rows: Vec<(Row, Vec<String>)>,
     /// How many of `rows` were read in key order (the rest are keys read again).
     ranged: usize,
-    /// Whether the ordered read returned a full chunk (more keys may follow).
+    /// Whether the ordered read returned a full chunk (more keys may follow), or pages are left.
     full: bool,
+    /// Read by pages ([`Cursor::pages`]): the ranges left after this chunk's. `None`: read in key order.
+    pages_left: Option<Vec<Pages>>,
     /// Transactions in progress for the chunk's snapshot (32-bit xids, as pgoutput's Begin carries them).
     xip: HashSet<u32>,
     /// The table was rewritten (ALTER … TYPE, VACUUM FULL, TRUNCATE) after the chunk's snapshot was taken: a
@@ -224,7 +305,16 @@ impl Recopies {
                 schema.id
             )));
         }
-        info!(table = %schema.id, rows_so_far = cursor.rows, "re-copying the table while streaming");
+        match &cursor.pages {
+            Some(pages) => {
+                info!(table = %schema.id, rows_so_far = cursor.rows, page_ranges_left = pages.left.len(),
+                                 "resuming the table's initial copy at the pages it had not copied, while streaming")
+            }
+            None => {
+                info!(table = %schema.id, rows_so_far = cursor.rows, in_place = cursor.in_place,
+                          "re-copying the table while streaming")
+            }
+        }
         let cursor = Cursor {
             relation: Some(oid),
             ..cursor
@@ -415,8 +505,18 @@ impl Recopies {
         let mut cursor = active.cursor.clone();
         let mut rows = Vec::with_capacity(chunk.rows.len());
         let mut retry = Vec::new();
+        match chunk.pages_left {
+            Some(left) => {
+                if let Some(pages) = cursor.pages.as_mut() {
+                    pages.left = left;
+                }
+            }
+            // Read in key order from the first key (the table was rewritten since its pages were listed).
+            None => cursor.pages = None,
+        }
+        let by_key = cursor.pages.is_none();
         for (i, (row, key_text)) in chunk.rows.into_iter().enumerate() {
-            if i + 1 == chunk.ranged {
+            if by_key && i + 1 == chunk.ranged {
                 cursor.after = Some(key_text.clone());
             }
             let changed = [&schema.primary_key[..], schema.match_key()]
@@ -628,10 +728,33 @@ impl TableTask {
                 ))
             })?;
         let mut rows = Vec::new();
-        if !cursor.ranged_out {
-            let after = cursor
-                .after
-                .as_ref()
+        let mut pages_left = None;
+        let mut after = cursor.after.as_ref();
+        if let Some(pages) = cursor.pages.as_ref().filter(|_| !cursor.ranged_out) {
+            let (filenode, size): (Option<i64>, i64) = client
+                .query_one(
+                    "SELECT pg_relation_filenode($1::int8::oid)::int8, \
+                     pg_relation_size($1::int8::oid) / current_setting('block_size')::int8",
+                    &[&i64::from(self.oid)],
+                )
+                .await
+                .map(|r| (r.get(0), r.get(1)))
+                .map_err(sql_err)?;
+            if filenode == Some(i64::from(pages.filenode)) {
+                let (next, left) = next_pages(&pages.left, size.max(0) as u64);
+                if let Some(next) = next {
+                    let sql = format!("COPY ({from}{}) TO STDOUT", next.condition());
+                    read_copy(client, &sql, &schema, &key_index, &mut rows).await?;
+                }
+                pages_left = Some(left);
+            } else {
+                info!(table = %self.table, "the table was rewritten since its initial copy was cut short: its \
+                      page ranges no longer say where its rows are, so the copy reads every key");
+                after = None;
+            }
+        }
+        if pages_left.is_none() && !cursor.ranged_out {
+            let after = after
                 .map(|a| format!(" WHERE {key_list} > {}", literal(a)))
                 .unwrap_or_default();
             let sql = format!(
@@ -665,7 +788,11 @@ impl TableTask {
         Ok(Some(Chunk {
             tag,
             schema,
-            full: ranged == CHUNK_ROWS,
+            full: match &pages_left {
+                Some(left) => !left.is_empty(),
+                None => ranged == CHUNK_ROWS,
+            },
+            pages_left,
             ranged,
             rows,
             xip,
@@ -673,6 +800,27 @@ impl TableTask {
             reply,
         }))
     }
+}
+
+/// The next [`CHUNK_PAGES`] pages to read of the ranges `left`, in a table of `size` pages now, and the ranges
+/// left after them. Pages past the end hold no row the copy missed: rows added since are in the stream.
+fn next_pages(left: &[Pages], size: u64) -> (Option<Pages>, Vec<Pages>) {
+    let end = |p: &Pages| p.to.map_or(size, |to| to.min(size));
+    let mut left: Vec<Pages> = left.iter().copied().filter(|p| p.from < end(p)).collect();
+    let Some(first) = left.first_mut() else {
+        return (None, left);
+    };
+    let to = (first.from + CHUNK_PAGES).min(end(first));
+    let next = Pages {
+        from: first.from,
+        to: Some(to),
+    };
+    if to < end(first) {
+        first.from = to;
+    } else {
+        left.remove(0);
+    }
+    (Some(next), left)
 }
 
 /// Writes a watermark: a transactional logical message, committed on its own.
@@ -752,9 +900,81 @@ mod tests {
             ranged_out: false,
             rows: 4096,
             relation: Some(16384),
+            in_place: true,
+            pages: Some(PagesLeft {
+                filenode: 16390,
+                left: vec![
+                    Pages {
+                        from: 0,
+                        to: Some(2048),
+                    },
+                    Pages {
+                        from: 4096,
+                        to: None,
+                    },
+                ],
+            }),
         };
         assert_eq!(Cursor::parse(&t, &c.to_json()).unwrap(), c);
         assert!(Cursor::parse(&t, "{not json").is_err());
+    }
+
+    #[test]
+    fn resumed_page_ranges_are_read_in_chunks_up_to_the_tables_end() {
+        let p = |from, to| Pages { from, to };
+        let left = vec![p(0, Some(200)), p(4096, None)];
+        let (next, left) = next_pages(&left, 5000);
+        assert_eq!(next, Some(p(0, Some(CHUNK_PAGES))));
+        assert_eq!(left, vec![p(CHUNK_PAGES, Some(200)), p(4096, None)]);
+        let (next, left) = next_pages(&left, 5000);
+        assert_eq!(next, Some(p(CHUNK_PAGES, Some(200))));
+        assert_eq!(left, vec![p(4096, None)]);
+        // The open range ends at the table's size when read.
+        let (next, left) = next_pages(&left, 4100);
+        assert_eq!(next, Some(p(4096, Some(4100))));
+        assert!(left.is_empty());
+        // Ranges past the end (the table was truncated by VACUUM) are done.
+        assert_eq!(next_pages(&[p(10, Some(20))], 5), (None, vec![]));
+        assert_eq!(next_pages(&[], 5), (None, vec![]));
+    }
+
+    #[test]
+    fn sinks_that_recorded_different_chunks_resume_at_the_union_of_what_they_had_left() {
+        let p = |from, to| Pages { from, to };
+        let cursor = |left: Vec<Pages>, retry: Vec<&str>| {
+            Cursor {
+                rows: 100 * left.len() as u64,
+                relation: Some(7),
+                in_place: true,
+                retry: retry.into_iter().map(|k| vec![k.to_owned()]).collect(),
+                pages: Some(PagesLeft { filenode: 9, left }),
+                ..Cursor::default()
+            }
+            .to_json()
+        };
+        let a = cursor(vec![p(2048, Some(4096)), p(6144, None)], vec!["1"]);
+        let b = cursor(
+            vec![p(0, Some(2048)), p(3000, Some(4096)), p(6144, None)],
+            vec!["2"],
+        );
+        let merged = Cursor::merge(&[&a, &b]).unwrap();
+        assert_eq!(
+            merged.pages.unwrap().left,
+            vec![p(0, Some(4096)), p(6144, None)]
+        );
+        assert_eq!(merged.retry.len(), 2);
+        assert_eq!(merged.rows, 200);
+        // Not the same storage, or one reads by key: no cursor fits both.
+        let c = cursor(vec![], vec![]).replace("\"filenode\":9", "\"filenode\":10");
+        assert!(Cursor::merge(&[&a, &c]).is_none());
+        let keyed = Cursor {
+            relation: Some(7),
+            in_place: true,
+            ..Cursor::default()
+        }
+        .to_json();
+        assert!(Cursor::merge(&[&a, &keyed]).is_none());
+        assert!(Cursor::merge(&[&a, "{not json"]).is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! range of pages by TID) into page ranges copied under the same exported snapshot: one table alone then keeps
 //! every worker busy.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,13 +21,16 @@ use ferry_core::{
     TableSchema, Value,
 };
 use futures_util::{pin_mut, StreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::info;
 
 use super::catalog::Catalog;
 use super::decode::decode_text;
+use super::recopy::{Cursor, PagesLeft};
 use super::slot::{qualified, quote_ident};
 use super::{connect_client, SESSION_SQL};
+use crate::snapshot::Left;
 
 /// One table to copy.
 pub struct SnapshotTable {
@@ -75,7 +78,7 @@ pub async fn run(
     let started = Instant::now();
     let reporter = crate::snapshot::report_progress(stats.clone());
 
-    let pieces = split_tables(catalog, &schemas, &tables, parallelism).await?;
+    let pieces = split_tables(catalog, &schemas, &tables, parallelism, resumable).await?;
     // Each worker holds one connection in the exported snapshot and copies piece after piece on it: a pipeline
     // over thousands of small tables does not pay a connection per table.
     let queue = Arc::new(std::sync::Mutex::new(
@@ -100,7 +103,12 @@ pub async fn run(
                     .lock()
                     .map_err(|_| Error::fatal("snapshot queue poisoned"))?
                     .pop_front();
-                let Some((schema, pages, remaining)) = next else {
+                let Some(Piece {
+                    schema,
+                    pages,
+                    table,
+                }) = next
+                else {
                     break;
                 };
                 let client = match &mut client {
@@ -127,8 +135,10 @@ pub async fn run(
                 if let Some(pages) = pages {
                     info!(table = %schema.id, pages = %pages, rows, "table chunk copied");
                 }
-                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    output.table_copied(schema.id.clone()).await?;
+                if output
+                    .part_copied(&schema.id, || table.finish(pages, rows))
+                    .await?
+                {
                     stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
                     info!(table = %schema.id, raw, "table copied");
                 }
@@ -149,15 +159,99 @@ pub async fn run(
 }
 
 /// Tables of fewer pages than this (8 KiB each: 16 MiB) are copied whole; a bigger one is split into ranges of
-/// at least this many pages, one per worker.
+/// at least this many pages, one per worker, or (in a resumable snapshot) into chunks of this many pages, each
+/// recorded by the sinks as it lands.
 const CHUNK_PAGES: u64 = 2048;
 
 /// A range of a table's pages: `from` up to `to` (`None`: to the end, so rows in pages added since the size was
 /// read are copied too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pages {
-    from: u64,
-    to: Option<u64>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pages {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+impl Pages {
+    /// The `WHERE` clause selecting the rows stored in these pages (a TID range scan from PostgreSQL 14 on).
+    pub(crate) fn condition(&self) -> String {
+        match self.to {
+            None => format!(" WHERE ctid >= '({},0)'::tid", self.from),
+            Some(to) => format!(
+                " WHERE ctid >= '({},0)'::tid AND ctid < '({to},0)'::tid",
+                self.from
+            ),
+        }
+    }
+}
+
+/// One piece of the copy: a table, or a range of its pages.
+struct Piece {
+    schema: SchemaRef,
+    /// `None`: the whole table.
+    pages: Option<Pages>,
+    table: Arc<TableCopy>,
+}
+
+/// The pieces of one table not copied yet.
+struct TableCopy {
+    left: std::sync::Mutex<Vec<Option<Pages>>>,
+    rows: std::sync::atomic::AtomicU64,
+    /// For a table copied in chunks an online re-copy can resume in place: its relation OID and the relfilenode
+    /// whose pages the chunks are (a rewrite of the table makes the page ranges meaningless).
+    resume: Option<(u32, u32)>,
+}
+
+impl TableCopy {
+    fn new(parts: Vec<Option<Pages>>, resume: Option<(u32, u32)>) -> Arc<TableCopy> {
+        Arc::new(TableCopy {
+            left: std::sync::Mutex::new(parts),
+            rows: Default::default(),
+            resume,
+        })
+    }
+
+    /// `pages` (`rows` rows) were copied: what is left.
+    fn finish(&self, pages: Option<Pages>, rows: u64) -> Left {
+        let rows = self.rows.fetch_add(rows, Ordering::AcqRel) + rows;
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        left.retain(|p| *p != pages);
+        if left.is_empty() {
+            return Left::Nothing;
+        }
+        let Some((oid, filenode)) = self.resume else {
+            return Left::Parts;
+        };
+        let cursor = Cursor {
+            rows,
+            relation: Some(oid),
+            in_place: true,
+            pages: Some(PagesLeft {
+                filenode,
+                left: left.iter().flatten().copied().collect(),
+            }),
+            ..Cursor::default()
+        };
+        Left::Chunks {
+            cursor: cursor.to_json(),
+            rows,
+        }
+    }
+}
+
+/// `pages` in chunks of [`CHUNK_PAGES`], the last one open; `None` when one chunk would do.
+fn page_chunks(pages: u64) -> Option<Vec<Pages>> {
+    let chunks = pages / CHUNK_PAGES;
+    if chunks < 2 {
+        return None;
+    }
+    Some(
+        (0..chunks)
+            .map(|i| Pages {
+                from: i * CHUNK_PAGES,
+                to: (i + 1 < chunks).then_some((i + 1) * CHUNK_PAGES),
+            })
+            .collect(),
+    )
 }
 
 impl std::fmt::Display for Pages {
@@ -186,47 +280,70 @@ fn page_ranges(pages: u64, parts: usize) -> Option<Vec<Pages>> {
     )
 }
 
-/// The work of the copy: each table whole, or its page ranges, with a count of the pieces left per table.
+/// The work of the copy: each table whole, or its page ranges. In a `resumable` snapshot a big table with a key
+/// is copied in chunks of [`CHUNK_PAGES`] (each recorded as it lands, so a crash resumes at the chunks left);
+/// otherwise a big table is split into one range per worker.
 async fn split_tables(
     catalog: &mut Catalog,
     schemas: &[SchemaRef],
     tables: &[SnapshotTable],
     parallelism: usize,
-) -> Result<Vec<(SchemaRef, Option<Pages>, Arc<AtomicUsize>)>, Error> {
+    resumable: bool,
+) -> Result<Vec<Piece>, Error> {
     // Scanning a TID range reads only those pages from PostgreSQL 14 on; before, each range would scan it all.
-    let sizes: std::collections::HashMap<u32, u64> = if parallelism > 1
+    let sizes: std::collections::HashMap<u32, (u64, u32)> = if (parallelism > 1 || resumable)
         && catalog.server_version().await? >= 140_000
     {
         let oids: Vec<i64> = tables.iter().map(|t| i64::from(t.oid)).collect();
         catalog
-                .client()
-                .query(
-                    "SELECT c.oid::int8, pg_relation_size(c.oid) / current_setting('block_size')::int8 \
-                     FROM pg_class c WHERE c.oid::int8 = ANY($1) AND c.relkind = 'r'",
-                    &[&oids],
-                )
-                .await
-                .map_err(|e| Error::transient("reading the tables' sizes", e))?
-                .iter()
-                .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1).max(0) as u64))
-                .collect()
+            .client()
+            .query(
+                "SELECT c.oid::int8, pg_relation_size(c.oid) / current_setting('block_size')::int8, \
+                 pg_relation_filenode(c.oid)::int8 FROM pg_class c WHERE c.oid::int8 = ANY($1) AND c.relkind = 'r'",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| Error::transient("reading the tables' sizes", e))?
+            .iter()
+            .map(|r| {
+                let (oid, pages, filenode): (i64, i64, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+                (oid as u32, (pages.max(0) as u64, filenode.unwrap_or(0) as u32))
+            })
+            .collect()
     } else {
         Default::default()
     };
     let mut pieces = Vec::new();
     for (schema, table) in schemas.iter().zip(tables) {
-        let ranges = sizes
-            .get(&table.oid)
-            .and_then(|&pages| page_ranges(pages, parallelism));
+        let size = sizes.get(&table.oid);
+        let chunks = size
+            .filter(|_| resumable && !schema.primary_key.is_empty())
+            .and_then(|&(pages, filenode)| Some((page_chunks(pages)?, filenode)));
+        let (ranges, resume) = match chunks {
+            Some((chunks, filenode)) => (Some(chunks), Some((table.oid, filenode))),
+            None => (
+                size.and_then(|&(pages, _)| page_ranges(pages, parallelism)),
+                None,
+            ),
+        };
         match ranges {
             Some(ranges) => {
-                info!(table = %schema.id, chunks = ranges.len(), "copying the table in page ranges");
-                let remaining = Arc::new(AtomicUsize::new(ranges.len()));
+                info!(table = %schema.id, chunks = ranges.len(), resumable = resume.is_some(),
+                      "copying the table in page ranges");
+                let copy = TableCopy::new(ranges.iter().copied().map(Some).collect(), resume);
                 for pages in ranges {
-                    pieces.push((schema.clone(), Some(pages), remaining.clone()));
+                    pieces.push(Piece {
+                        schema: schema.clone(),
+                        pages: Some(pages),
+                        table: copy.clone(),
+                    });
                 }
             }
-            None => pieces.push((schema.clone(), None, Arc::new(AtomicUsize::new(1)))),
+            None => pieces.push(Piece {
+                schema: schema.clone(),
+                pages: None,
+                table: TableCopy::new(vec![None], None),
+            }),
         }
     }
     Ok(pieces)
@@ -273,13 +390,7 @@ async fn copy_table(
     } = copy;
     let sql_err =
         |e: tokio_postgres::Error| Error::transient(format!("copying table {}", schema.id), e);
-    let range = match pages {
-        None => String::new(),
-        Some(Pages { from, to: None }) => format!(" WHERE ctid >= '({from},0)'::tid"),
-        Some(Pages { from, to: Some(to) }) => {
-            format!(" WHERE ctid >= '({from},0)'::tid AND ctid < '({to},0)'::tid")
-        }
-    };
+    let range = pages.map(|p| p.condition()).unwrap_or_default();
     let sql = format!(
         "COPY (SELECT {} FROM {}{range}) TO STDOUT",
         select_list(schema, generated_published),

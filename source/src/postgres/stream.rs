@@ -1102,6 +1102,7 @@ impl Streamer {
             RecopyStep::Chunk {
                 rows: cursor.rows,
                 cursor: cursor.to_json(),
+                in_place: cursor.in_place,
             }
         };
         out.push_back(Event::Change(Change::Recopy { table, step }));
