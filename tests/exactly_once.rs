@@ -467,6 +467,113 @@ fn a_big_table_cut_short_resumes_at_the_chunks_it_had_not_copied() {
     assert!(ferry.terminate().success());
 }
 
+/// The table of an initial copy cut short is rewritten (VACUUM FULL) before Ferry starts again: its page ranges
+/// no longer say where the rows not copied are, so the copy resumed in place reads every key instead. The
+/// MariaDB target, whose sink leaves to the copy each change of a row it does not hold yet, ends equal to the
+/// source, with writers running throughout.
+#[test]
+fn a_copy_cut_short_of_a_table_rewritten_since_reads_every_key_into_mariadb() {
+    const ROWS: u64 = 700_000;
+    let pg = server_with_dbs();
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.psql(
+        "shop",
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, n bigint NOT NULL, doc text);
+             ALTER TABLE big ALTER doc SET STORAGE EXTERNAL;
+             INSERT INTO big SELECT g, g, CASE WHEN g % 5000 = 0 THEN repeat(md5(g::text), 100) ELSE 'd' || g END
+             FROM generate_series(1, {ROWS}) g;"
+        ),
+    );
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "rewritten",
+        &format!(
+            "[pipeline]\nname = \"rewritten\"\nsnapshot_parallelism = 1\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            pg.url("shop"),
+            my.url("replica")
+        ),
+    );
+    let log = dir.path().join("ferry.log");
+    let port = pg.port;
+    let writers = Writers::start(2, move |w, seq| {
+        psql_ok(
+            port,
+            "shop",
+            &format!(
+                "BEGIN;
+                 UPDATE big SET n = n + 1 WHERE id = ({seq}::bigint * 7919 + {w}) % 140 * 5000 + 5000;
+                 UPDATE big SET n = n + {seq} WHERE id = ({seq}::bigint * 104729 + {w}) % {ROWS} + 1;
+                 UPDATE big SET id = id + 10000000 WHERE id = ({seq}::bigint * 2750159 + {w}) % 140 * 5000 + 5000;
+                 DELETE FROM big WHERE id = ({seq}::bigint * 7907 + {w}) % {ROWS} + 1;
+                 INSERT INTO big VALUES (20000000 + {w} * 1000000 + {seq}, {seq}, 'new');
+                 COMMIT;"
+            ),
+        )
+    });
+    let part_way = || {
+        my.try_sql(
+            "SELECT count(*) FROM replica.ferry_schemas WHERE source_table = 'public.big' \
+             AND JSON_VALUE(applied, '$.recopy') IS NOT NULL AND JSON_VALUE(applied, '$.copying') IS NOT NULL",
+        )
+        .ok()
+        .as_deref()
+            == Some("1")
+    };
+    let ferry = Ferry::start(&config, &log);
+    assert!(
+        wait_until(Duration::from_secs(300), part_way),
+        "no chunk of big was recorded part-way through its copy:\n{}",
+        ferry.log()
+    );
+    ferry.kill9();
+    pg.psql("shop", "VACUUM FULL big");
+
+    let ferry = Ferry::start(&config, &log);
+    std::thread::sleep(Duration::from_secs(3));
+    writers.stop();
+    let totals = "SELECT count(*), sum(id), sum(n), sum(length(doc)) FROM big";
+    let expected_totals = pg.psql("shop", totals);
+    let target_totals = || {
+        my.try_sql(&totals.replace("FROM big", "FROM replica.big"))
+            .map(|t| t.replace('\t', "|"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(300), || target_totals().ok().as_deref()
+            == Some(expected_totals.as_str())),
+        "the target's totals differ from the source's ({expected_totals}): {:?}\n{}",
+        target_totals(),
+        ferry.log()
+    );
+    let expected = pg.psql("shop", "SELECT id, n, doc FROM big ORDER BY id");
+    assert!(
+        wait_until(Duration::from_secs(60), || my
+            .try_sql("SELECT id, n, doc FROM replica.big ORDER BY id")
+            .map(|t| t.replace('\t', "|"))
+            .ok()
+            .as_deref()
+            == Some(expected.as_str())),
+        "the target differs from the source row by row"
+    );
+    let text = ferry.log();
+    assert!(
+        text.contains("the table was rewritten since its initial copy was cut short"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("re-copy started"),
+        "a copy anew started instead of resuming in place:\n{text}"
+    );
+    assert!(
+        text.contains("the initial copy resumed in place is complete"),
+        "{text}"
+    );
+    assert!(ferry.terminate().success());
+}
+
 /// The same cut-short snapshot through a route (every table into schema `mirror`) and a mask: the sinks record
 /// each table under its routed name, the source maps those names back through the chain, and the tables the
 /// snapshot had not finished are re-copied online into their routed names, masked, until the target equals what

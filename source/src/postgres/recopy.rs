@@ -598,6 +598,12 @@ struct TableTask {
 impl TableTask {
     async fn run(self, mut cursor: Cursor) -> Result<(), Error> {
         let client = connect_client(&self.url).await?;
+        // A watermark reaches the stream once its commit is flushed: with `synchronous_commit = off` that waits
+        // for the WAL writer (`wal_writer_delay`, 200 ms by default), twice per chunk.
+        client
+            .batch_execute("SET synchronous_commit = local")
+            .await
+            .map_err(|e| Error::transient("setting up a re-copy session", e))?;
         let mut catalog = Catalog::new(client);
         let gone = || Error::fatal("the source stopped during a re-copy");
         for window in 0u64.. {
