@@ -847,8 +847,12 @@ fn run_once(n: u64) -> Vec<Measure> {
     let probe = Probe::connect(&b.target.url("snap_ferry"));
     let started = Instant::now();
     let ferry = Ferry::start(&snap.config, &snap.log);
+    // A big table commits (with a checkpoint) after each chunk: the copy is done when no table is still copying.
     let took = time_until(started, "ferry snapshot", || {
         probe.scalar("SELECT count(*) FROM ferry_checkpoints") == "1"
+            && probe.scalar(
+                "SELECT count(*) FROM ferry_schemas WHERE applied::jsonb ? 'copying' OR applied::jsonb ? 'recopy'",
+            ) == "0"
     });
     let (rss, cores) = finish(ferry, took, &snap.log);
     let sql = "SELECT count(*), sum(qty) FROM bench_rows";

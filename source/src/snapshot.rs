@@ -251,6 +251,31 @@ impl Output {
     }
 }
 
+/// The parts of one table (`None`: the table whole) its workers have not copied yet, and the rows they copied.
+pub(crate) struct TableParts<P> {
+    left: std::sync::Mutex<Vec<Option<P>>>,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+impl<P: PartialEq + Clone> TableParts<P> {
+    pub(crate) fn new(parts: Vec<Option<P>>) -> Arc<TableParts<P>> {
+        Arc::new(TableParts {
+            left: std::sync::Mutex::new(parts),
+            rows: Default::default(),
+        })
+    }
+
+    /// `part` (`rows` rows) was copied: the rows copied so far, and the parts left.
+    pub(crate) fn finish(&self, part: &Option<P>, rows: u64) -> (u64, Vec<Option<P>>) {
+        let rows = self.rows.fetch_add(rows, Ordering::AcqRel) + rows;
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = left.iter().position(|p| p == part) {
+            left.remove(i);
+        }
+        (rows, left.clone())
+    }
+}
+
 /// What is left of a table's copy once a worker finished one part of it ([`Output::part_copied`]).
 pub(crate) enum Left {
     /// Nothing: the table is copied.

@@ -26,6 +26,7 @@ use tracing::info;
 use super::catalog::{shared_schema, CatalogTable};
 use super::charset::Charset;
 use super::{quote_ident, Flavor};
+use crate::snapshot::TableParts;
 
 fn sql_error(what: &'static str) -> impl Fn(mysql_async::Error) -> Error {
     move |e| Error::transient(what, e)
@@ -252,11 +253,10 @@ pub async fn run(
         let rows = rows.flatten().unwrap_or(0);
         estimated += rows;
         let ranges = key_ranges(&mut conns[0], &schema, rows, parallelism).await?;
-        let progress = Arc::new(TableProgress::default());
         match ranges {
             Some(ranges) => {
                 info!(table = %id, chunks = ranges.len(), "copying the table in primary-key ranges");
-                progress.remaining.store(ranges.len(), Ordering::Relaxed);
+                let progress = TableParts::new(ranges.iter().copied().map(Some).collect());
                 for range in ranges {
                     pieces.push((
                         schema.clone(),
@@ -266,10 +266,7 @@ pub async fn run(
                     ));
                 }
             }
-            None => {
-                progress.remaining.store(1, Ordering::Relaxed);
-                pieces.push((schema, charsets, None, progress));
-            }
+            None => pieces.push((schema, charsets, None, TableParts::new(vec![None]))),
         }
     }
     // Popped from the end: the first table's pieces first.
@@ -302,8 +299,8 @@ pub async fn run(
                 let rows =
                     copy_table(&mut conn, &schema, &charsets, range, &mut sent, &stats).await?;
                 sent.flush().await?;
-                let rows = progress.rows.fetch_add(rows, Ordering::AcqRel) + rows;
-                if progress.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let (rows, left) = progress.finish(&range, rows);
+                if left.is_empty() {
                     output.table_copied(schema.id.clone()).await?;
                     stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
                     info!(table = %schema.id, rows, "table copied");
@@ -318,13 +315,6 @@ pub async fn run(
     reporter.abort();
     result?;
     crate::snapshot::commit(events, position, &stats, started).await
-}
-
-/// A table's pieces still to copy and the rows copied so far.
-#[derive(Default)]
-struct TableProgress {
-    remaining: std::sync::atomic::AtomicUsize,
-    rows: std::sync::atomic::AtomicU64,
 }
 
 /// Tables estimated at fewer rows than this are copied whole; a bigger one whose primary key is one integer column

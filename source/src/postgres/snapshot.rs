@@ -30,7 +30,7 @@ use super::decode::decode_text;
 use super::recopy::{Cursor, PagesLeft};
 use super::slot::{qualified, quote_ident};
 use super::{connect_client, SESSION_SQL};
-use crate::snapshot::Left;
+use crate::snapshot::{Left, TableParts};
 
 /// One table to copy.
 pub struct SnapshotTable {
@@ -194,8 +194,7 @@ struct Piece {
 
 /// The pieces of one table not copied yet.
 struct TableCopy {
-    left: std::sync::Mutex<Vec<Option<Pages>>>,
-    rows: std::sync::atomic::AtomicU64,
+    parts: Arc<TableParts<Pages>>,
     /// For a table copied in chunks an online re-copy can resume in place: its relation OID and the relfilenode
     /// whose pages the chunks are (a rewrite of the table makes the page ranges meaningless).
     resume: Option<(u32, u32)>,
@@ -204,17 +203,14 @@ struct TableCopy {
 impl TableCopy {
     fn new(parts: Vec<Option<Pages>>, resume: Option<(u32, u32)>) -> Arc<TableCopy> {
         Arc::new(TableCopy {
-            left: std::sync::Mutex::new(parts),
-            rows: Default::default(),
+            parts: TableParts::new(parts),
             resume,
         })
     }
 
     /// `pages` (`rows` rows) were copied: what is left.
     fn finish(&self, pages: Option<Pages>, rows: u64) -> Left {
-        let rows = self.rows.fetch_add(rows, Ordering::AcqRel) + rows;
-        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
-        left.retain(|p| *p != pages);
+        let (rows, left) = self.parts.finish(&pages, rows);
         if left.is_empty() {
             return Left::Nothing;
         }
@@ -227,7 +223,7 @@ impl TableCopy {
             in_place: true,
             pages: Some(PagesLeft {
                 filenode,
-                left: left.iter().flatten().copied().collect(),
+                left: left.into_iter().flatten().collect(),
             }),
             ..Cursor::default()
         };
