@@ -97,6 +97,13 @@ impl Shadows {
                     table,
                     step: RecopyStep::Start { schema },
                 }) => {
+                    if self.active.contains(table) {
+                        // The copy starts over: its old shadow goes, with any quarantine of its own.
+                        out.push(Event::Change(Change::Recopy {
+                            table: table.clone(),
+                            step: RecopyStep::Cancel,
+                        }));
+                    }
                     self.active.insert(table.clone());
                     self.schemas.remove(table);
                     let shadow = self.shadow(schema, &mut out);
@@ -180,14 +187,35 @@ pub fn finish_statements(live: &str, shadow: &str, columns: &[String]) -> [Strin
     ]
 }
 
-/// Updates the records for a re-copy step; returns the table's record to store, if it changed, and logs.
+/// How a sink ends a re-copy at its `Finish` ([`record_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finishing {
+    /// Replace the table's rows with its shadow's ([`finish_statements`]), then drop the shadow.
+    Swap,
+    /// Drop the shadow only: it was quarantined during the copy (a change this target cannot reproduce on the
+    /// rows it already held), so its rows are not the source's; the table stays quarantined.
+    Discard,
+    /// Nothing to do: the copy filled the table itself.
+    InPlace,
+    /// Not a `Finish`.
+    None,
+}
+
+/// Updates the records for a re-copy step (before the sink acts on it); returns how to finish (for `Finish`) and
+/// the table's record to store, if it changed, and logs.
 pub fn record_step(
     applied: &mut HashMap<TableId, Applied>,
     sink: &str,
     table: &TableId,
     step: &RecopyStep,
-) -> Option<Applied> {
-    let record = applied.get_mut(table)?;
+) -> (Finishing, Option<Applied>) {
+    let shadow_quarantine = applied
+        .get(&recopy_shadow(table))
+        .and_then(|a| a.quarantined.clone());
+    let Some(record) = applied.get_mut(table) else {
+        return (Finishing::None, None);
+    };
+    let mut finishing = Finishing::None;
     match step {
         RecopyStep::Start { .. } => {
             tracing::info!(sink, %table, "re-copy started: the table's rows are copied into its shadow table");
@@ -209,13 +237,28 @@ pub fn record_step(
             record.recopy = None;
             record.copying = false;
             record.in_place = false;
+            finishing = Finishing::InPlace;
         }
         RecopyStep::Finish { .. } => {
-            tracing::info!(sink, %table, "re-copy finished: the table's rows are replaced by the copy");
             record.recopy = None;
             record.copying = false;
-            if record.quarantined.take().is_some() {
-                tracing::info!(sink, %table, "the re-copied table leaves quarantine: its changes are applied again");
+            match shadow_quarantine {
+                Some(why) => {
+                    let reason = format!(
+                        "its re-copy could not be finished here: the copy's shadow table was quarantined ({why}); \
+                         copy the table anew (`ferry snapshot --table`)"
+                    );
+                    tracing::error!(sink, %table, %reason, "re-copy discarded: the table stays quarantined");
+                    record.quarantined = Some(reason);
+                    finishing = Finishing::Discard;
+                }
+                None => {
+                    tracing::info!(sink, %table, "re-copy finished: the table's rows are replaced by the copy");
+                    if record.quarantined.take().is_some() {
+                        tracing::info!(sink, %table, "the re-copied table leaves quarantine: its changes are applied again");
+                    }
+                    finishing = Finishing::Swap;
+                }
             }
         }
         RecopyStep::Cancel => {
@@ -223,7 +266,7 @@ pub fn record_step(
             record.in_place = false;
         }
     }
-    Some(record.clone())
+    (finishing, Some(record.clone()))
 }
 
 #[cfg(test)]
@@ -322,5 +365,77 @@ mod tests {
         assert_ne!(a, c);
         assert!(a.name.len() <= 26, "{}", a.name);
         assert_eq!(a, recopy_shadow(&TableId::new("public", "orders")));
+    }
+    #[test]
+    fn a_finish_swaps_a_good_shadow_discards_a_quarantined_one_and_ends_a_copy_in_place() {
+        let t = schema();
+        let finish = RecopyStep::Finish { schema: t.clone() };
+        let records = |shadow_quarantined: bool, in_place: bool| {
+            let mut applied = HashMap::new();
+            let mut record = Applied::of(&t);
+            record.quarantined = Some("type change".into());
+            record.recopy = Some("{}".into());
+            record.in_place = in_place;
+            record.copying = in_place;
+            applied.insert(t.id.clone(), record);
+            let mut shadow = Applied::of(&t);
+            if shadow_quarantined {
+                shadow.quarantined = Some("column c changed type".into());
+            }
+            applied.insert(recopy_shadow(&t.id), shadow);
+            applied
+        };
+        let mut applied = records(false, false);
+        let (how, record) = record_step(&mut applied, "s", &t.id, &finish);
+        assert_eq!(how, Finishing::Swap);
+        assert_eq!(
+            record.unwrap().quarantined,
+            None,
+            "a good copy ends the quarantine"
+        );
+
+        let mut applied = records(true, false);
+        let (how, record) = record_step(&mut applied, "s", &t.id, &finish);
+        assert_eq!(how, Finishing::Discard);
+        let record = record.unwrap();
+        assert!(record
+            .quarantined
+            .unwrap()
+            .contains("column c changed type"));
+        assert_eq!(record.recopy, None);
+
+        let mut applied = records(false, true);
+        let (how, record) = record_step(&mut applied, "s", &t.id, &finish);
+        assert_eq!(how, Finishing::InPlace);
+        let record = record.unwrap();
+        assert!(!record.copying && !record.in_place && record.recopy.is_none());
+    }
+
+    #[test]
+    fn a_copy_that_starts_over_drops_its_old_shadow_first() {
+        let t = schema();
+        let start = || {
+            Event::Change(Change::Recopy {
+                table: t.id.clone(),
+                step: RecopyStep::Start { schema: t.clone() },
+            })
+        };
+        let mut shadows = Shadows::default();
+        let first = shadows.expand(&[start()]).into_owned();
+        assert!(!first.iter().any(|e| matches!(
+            e,
+            Event::Change(Change::Recopy {
+                step: RecopyStep::Cancel,
+                ..
+            })
+        )));
+        let again = shadows.expand(&[start()]).into_owned();
+        assert!(matches!(
+            again.first(),
+            Some(Event::Change(Change::Recopy {
+                step: RecopyStep::Cancel,
+                ..
+            }))
+        ));
     }
 }

@@ -33,7 +33,7 @@ use crate::conflict::augment::{
 use crate::conflict::{ConflictRecord, ConflictTally, Decision, MultiMasterOptions, Policies};
 use crate::dead_letters::{self as layout, Dialect};
 use crate::evolve::{self, Applied};
-use crate::recopy::{self, Shadows};
+use crate::recopy::{self, Finishing, Shadows};
 use crate::rows::{classify, describe_key, is_complete, missing_row, unwritable, RowAction};
 use ddl::{ensure_table, TargetKind, TargetTable};
 use ferry_myconn::MyUrl;
@@ -700,10 +700,10 @@ impl MysqlSink {
                             "an online re-copy",
                         )?;
                     }
-                    match step {
-                        RecopyStep::Finish { schema }
-                            if !recopy::fills_in_place(&self.applied, table) =>
-                        {
+                    let (finishing, record) =
+                        recopy::record_step(&mut self.applied, &self.name, table, step);
+                    match (step, finishing) {
+                        (RecopyStep::Finish { schema }, Finishing::Swap) => {
                             let shadow = recopy_shadow(table);
                             let columns: Vec<String> = schema
                                 .columns
@@ -719,14 +719,12 @@ impl MysqlSink {
                             self.exec(copy, &what).await?;
                             self.forget_shadow(shadow).await?;
                         }
-                        RecopyStep::Cancel => self.forget_shadow(recopy_shadow(table)).await?,
-                        RecopyStep::Start { .. }
-                        | RecopyStep::Chunk { .. }
-                        | RecopyStep::Finish { .. } => {}
+                        (RecopyStep::Cancel, _) | (_, Finishing::Discard) => {
+                            self.forget_shadow(recopy_shadow(table)).await?
+                        }
+                        _ => {}
                     }
-                    if let Some(record) =
-                        recopy::record_step(&mut self.applied, &self.name, table, step)
-                    {
+                    if let Some(record) = record {
                         ddl::save_record(
                             &mut self.conn,
                             (&self.pipeline, &self.name),

@@ -31,7 +31,7 @@ use tracing::{debug, error, info};
 use crate::checkpoint;
 use crate::conflict::{ConflictTally, MultiMasterOptions, Policies, TablePolicy};
 use crate::evolve::{self, Applied};
-use crate::recopy::{self, Shadows};
+use crate::recopy::{self, Finishing, Shadows};
 use crate::rows::{classify, is_complete, sent_columns, RowAction};
 use text::pg_text;
 
@@ -762,20 +762,18 @@ impl PostgresSink {
                             "an online re-copy",
                         )?;
                     }
-                    match step {
-                        RecopyStep::Finish { schema }
-                            if !recopy::fills_in_place(&self.applied, table) =>
-                        {
+                    let (finishing, record) =
+                        recopy::record_step(&mut self.applied, &self.name, table, step);
+                    match (step, finishing) {
+                        (RecopyStep::Finish { schema }, Finishing::Swap) => {
                             self.finish_recopy(schema).await?
                         }
-                        RecopyStep::Cancel => self.forget_shadow(&recopy_shadow(table)).await?,
-                        RecopyStep::Start { .. }
-                        | RecopyStep::Chunk { .. }
-                        | RecopyStep::Finish { .. } => {}
+                        (RecopyStep::Cancel, _) | (_, Finishing::Discard) => {
+                            self.forget_shadow(&recopy_shadow(table)).await?
+                        }
+                        _ => {}
                     }
-                    if let Some(record) =
-                        recopy::record_step(&mut self.applied, &self.name, table, step)
-                    {
+                    if let Some(record) = record {
                         ddl::save_record(
                             &self.client,
                             (&self.pipeline, &self.name),

@@ -25,7 +25,7 @@ use crate::checkpoint;
 use crate::conflict::MultiMasterOptions;
 use crate::dead_letters::{self as layout, Dialect};
 use crate::evolve::{self, Applied, Step};
-use crate::recopy::{self, Shadows};
+use crate::recopy::{self, Finishing, Shadows};
 use crate::rows::{classify, is_complete, missing_row, sent_columns, RowAction};
 
 fn db_error(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -257,10 +257,10 @@ impl SqliteSink {
                             "an online re-copy",
                         )?;
                     }
-                    match step {
-                        RecopyStep::Finish { schema }
-                            if !recopy::fills_in_place(&self.applied, table) =>
-                        {
+                    let (finishing, record) =
+                        recopy::record_step(&mut self.applied, &self.name, table, step);
+                    match (step, finishing) {
+                        (RecopyStep::Finish { schema }, Finishing::Swap) => {
                             let columns: Vec<String> =
                                 schema.columns.iter().map(|c| quote(&c.name)).collect();
                             let (live, shadow) = (
@@ -274,14 +274,12 @@ impl SqliteSink {
                             }
                             self.forget_shadow(table)?;
                         }
-                        RecopyStep::Cancel => self.forget_shadow(table)?,
-                        RecopyStep::Start { .. }
-                        | RecopyStep::Chunk { .. }
-                        | RecopyStep::Finish { .. } => {}
+                        (RecopyStep::Cancel, _) | (_, Finishing::Discard) => {
+                            self.forget_shadow(table)?
+                        }
+                        _ => {}
                     }
-                    if let Some(record) =
-                        recopy::record_step(&mut self.applied, &self.name, table, step)
-                    {
+                    if let Some(record) = record {
                         save_record(&self.conn, (&self.pipeline, &self.name), table, &record)?;
                     }
                 }

@@ -230,6 +230,14 @@ pub(crate) enum Landed {
     },
     /// The table is gone (dropped, or replaced by another under its name): the re-copy ends unfinished.
     Gone { table: TableId },
+    /// A column of relation `oid` changed type since the copy started: the rows copied so far hold values of the
+    /// old type (which a target that keeps stored values as they were cannot convert), so the copy starts over,
+    /// with `schema` (the chunk's; `schema_new`: the stream has not announced it).
+    Restart {
+        oid: u32,
+        schema: SchemaRef,
+        schema_new: bool,
+    },
     /// The window is not one of this process's.
     None,
 }
@@ -253,6 +261,8 @@ struct Active {
     /// Keys (text forms) whose change the shadow table may not have been able to apply (an update without every
     /// column, to a row not copied yet): read again in the next window.
     reread: Vec<Vec<String>>,
+    /// Each column's name and type as the copy started with them.
+    types: Vec<(String, String)>,
     task: tokio::task::AbortHandle,
 }
 
@@ -342,6 +352,7 @@ impl Recopies {
                 starved: 0,
                 mismatches: 0,
                 reread: Vec::new(),
+                types: column_types(schema),
                 task,
             },
         );
@@ -497,6 +508,20 @@ impl Recopies {
             _ => (chunk.schema.clone(), true),
         };
         active.mismatches = 0;
+        let types = column_types(&schema);
+        let retyped = active
+            .types
+            .iter()
+            .any(|(name, ty)| types.iter().any(|(n, t)| n == name && t != ty));
+        if retyped {
+            let _ = chunk.reply.send(None);
+            self.stop(oid);
+            return Ok(Landed::Restart {
+                oid,
+                schema,
+                schema_new,
+            });
+        }
         if hidden || window.truncated || chunk.rewritten {
             debug!(table = %active.table, hidden, truncated = window.truncated, rewritten = chunk.rewritten, "reading a re-copy chunk again");
             let _ = chunk.reply.send(Some(active.cursor.clone()));
@@ -567,6 +592,15 @@ impl Recopies {
             finished,
         })
     }
+}
+
+/// Each column's name and type (as the source spells it).
+fn column_types(schema: &TableSchema) -> Vec<(String, String)> {
+    schema
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.source_type.clone()))
+        .collect()
 }
 
 /// A row's values at `columns`, as a comparable string (the stream and the chunks decode values alike); `None`

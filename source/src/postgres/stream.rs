@@ -802,7 +802,7 @@ impl Streamer {
                 prefix: recopy::WATERMARK_PREFIX,
                 content,
                 ..
-            } => self.on_watermark(content, out)?,
+            } => self.on_watermark(content, out).await?,
             PgOutput::Message {
                 transactional: true,
                 prefix: recopy::SIGNAL_PREFIX,
@@ -1041,8 +1041,34 @@ impl Streamer {
         Ok(schema)
     }
 
+    /// The schema a re-copy chunk lands with: when it is `new` to the stream (read after a change the stream has
+    /// not reached), a new version of it, announced.
+    fn recopy_schema(
+        &mut self,
+        schema: SchemaRef,
+        new: bool,
+        out: &mut VecDeque<Event>,
+    ) -> SchemaRef {
+        if !new {
+            return schema;
+        }
+        self.schema_versions += 1;
+        let mut s = (*schema).clone();
+        s.version = self.schema_versions;
+        let s = std::sync::Arc::new(s);
+        if let Some(oid) = s.relation_id {
+            self.recopy_schemas.insert(oid, s.clone());
+        }
+        out.push_back(Event::Schema(s.clone()));
+        s
+    }
+
     /// A re-copy watermark: at a high watermark, the chunk's rows and cursor (or the end of the re-copy).
-    fn on_watermark(&mut self, content: &[u8], out: &mut VecDeque<Event>) -> Result<(), Error> {
+    async fn on_watermark(
+        &mut self,
+        content: &[u8],
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
         let relations = &self.relations;
         let recopy_schemas = &self.recopy_schemas;
         let landed = self.recopies.watermark(content, |oid| {
@@ -1069,21 +1095,27 @@ impl Streamer {
                 }));
                 return Ok(());
             }
+            Landed::Restart {
+                oid,
+                schema,
+                schema_new,
+            } => {
+                let table = schema.id.clone();
+                warn!(%table, "a column of the table being re-copied changed type: the rows copied so far hold \
+                      values of the old type, so its re-copy starts over");
+                // Started with the schema the chunk was read with: the stream may not have seen the change yet.
+                let schema = self.recopy_schema(schema, schema_new, out);
+                self.recopies.start(oid, &schema, Cursor::default())?;
+                self.stats.recopy(table.to_string(), 0, false);
+                out.push_back(Event::Change(Change::Recopy {
+                    table,
+                    step: RecopyStep::Start { schema },
+                }));
+                return Ok(());
+            }
             Landed::None => return Ok(()),
         };
-        let schema = if schema_new {
-            self.schema_versions += 1;
-            let mut s = (*schema).clone();
-            s.version = self.schema_versions;
-            let s = std::sync::Arc::new(s);
-            if let Some(oid) = s.relation_id {
-                self.recopy_schemas.insert(oid, s.clone());
-            }
-            out.push_back(Event::Schema(s.clone()));
-            s
-        } else {
-            schema
-        };
+        let schema = self.recopy_schema(schema, schema_new, out);
         for after in rows {
             out.push_back(Event::Change(Change::Row {
                 table: schema.clone(),
