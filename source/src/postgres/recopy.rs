@@ -263,6 +263,8 @@ struct Active {
     reread: Vec<Vec<String>>,
     /// Each column's name and type as the copy started with them.
     types: Vec<(String, String)>,
+    /// `reread` holds keys no cursor the sinks stored names yet.
+    reread_unsaved: bool,
     task: tokio::task::AbortHandle,
 }
 
@@ -353,6 +355,7 @@ impl Recopies {
                 mismatches: 0,
                 reread: Vec::new(),
                 types: column_types(schema),
+                reread_unsaved: false,
                 task,
             },
         );
@@ -413,8 +416,28 @@ impl Recopies {
         if let Some(a) = self.active.get_mut(&oid) {
             if !a.reread.contains(&key) {
                 a.reread.push(key);
+                a.reread_unsaved = true;
             }
         }
+    }
+
+    /// For each re-copy with keys to read again that no stored cursor names yet: its cursor with those keys
+    /// among the ones to retry, for the sinks to store in the transaction that skipped the changes (sent before
+    /// its commit). Kept only in memory, such a key would be lost with a crash after the sinks committed past
+    /// the change they could not write: the row, not yet copied, may have moved into pages already copied.
+    pub fn unsaved_rereads(&mut self) -> Vec<(TableId, Cursor)> {
+        let mut out = Vec::new();
+        for a in self.active.values_mut().filter(|a| a.reread_unsaved) {
+            a.reread_unsaved = false;
+            let mut cursor = a.cursor.clone();
+            for key in &a.reread {
+                if !cursor.retry.contains(key) {
+                    cursor.retry.push(key.clone());
+                }
+            }
+            out.push((a.table.clone(), cursor));
+        }
+        out
     }
 
     /// Relation `oid` was truncated.
@@ -573,6 +596,7 @@ impl Recopies {
                 retry.push(key);
             }
         }
+        active.reread_unsaved = false;
         cursor.retry = retry;
         cursor.rows += rows.len() as u64;
         let finished = cursor.ranged_out && cursor.retry.is_empty();

@@ -629,6 +629,16 @@ impl Streamer {
             } => {
                 self.in_transaction = false;
                 self.recopies.committed(self.xid.take());
+                for (table, cursor) in self.recopies.unsaved_rereads() {
+                    out.push_back(Event::Change(Change::Recopy {
+                        table,
+                        step: RecopyStep::Chunk {
+                            rows: cursor.rows,
+                            cursor: cursor.to_json(),
+                            in_place: cursor.in_place,
+                        },
+                    }));
+                }
                 out.push_back(Event::Commit {
                     position: Position::Pg(end_lsn, self.timeline),
                     commit_time: Timestamp::from_pg_micros(commit_time_micros),
