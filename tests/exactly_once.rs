@@ -335,6 +335,31 @@ fn a_snapshot_cut_short_resumes_with_the_tables_it_had_not_copied() {
     assert!(ferry.terminate().success());
 }
 
+/// `big`: `rows` rows keyed by `id`, every 5,000th with a document stored out of line (TOAST).
+fn big_toasted_table(pg: &PgServer, rows: u64) {
+    pg.psql(
+        "shop",
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, n bigint NOT NULL, doc text);
+             ALTER TABLE big ALTER doc SET STORAGE EXTERNAL;
+             INSERT INTO big SELECT g, g, CASE WHEN g % 5000 = 0 THEN repeat(md5(g::text), 100) ELSE 'd' || g END
+             FROM generate_series(1, {rows}) g;"
+        ),
+    );
+}
+
+/// The log shows a copy resumed in place to its end, never a copy anew into a shadow table.
+fn assert_resumed_in_place(log: &str) {
+    assert!(
+        !log.contains("re-copy started"),
+        "a copy anew started instead of resuming in place:\n{log}"
+    );
+    assert!(
+        log.contains("the initial copy resumed in place is complete"),
+        "{log}"
+    );
+}
+
 /// A 2,000,000-row table in a resumable snapshot is copied in chunks of pages, each recorded with the sinks'
 /// checkpoint. Killed once some chunks landed, the copy resumes online at the chunks it had not copied, in the
 /// target table itself, while writers change rows the copy has and has not reached (TOASTed values left
@@ -344,15 +369,7 @@ fn a_snapshot_cut_short_resumes_with_the_tables_it_had_not_copied() {
 fn a_big_table_cut_short_resumes_at_the_chunks_it_had_not_copied() {
     const ROWS: u64 = 2_000_000;
     let pg = server_with_dbs();
-    pg.psql(
-        "shop",
-        &format!(
-            "CREATE TABLE big (id bigint PRIMARY KEY, n bigint NOT NULL, doc text);
-             ALTER TABLE big ALTER doc SET STORAGE EXTERNAL;
-             INSERT INTO big SELECT g, g, CASE WHEN g % 5000 = 0 THEN repeat(md5(g::text), 100) ELSE 'd' || g END
-             FROM generate_series(1, {ROWS}) g;"
-        ),
-    );
+    big_toasted_table(&pg, ROWS);
     let dir = scratch();
     let db = dir.path().join("replica.db");
     let config = write_config(
@@ -456,14 +473,7 @@ fn a_big_table_cut_short_resumes_at_the_chunks_it_had_not_copied() {
         "the targets differ from the source row by row"
     );
     let text = ferry.log();
-    assert!(
-        !text.contains("re-copy started"),
-        "a copy anew started instead of resuming in place:\n{text}"
-    );
-    assert!(
-        text.contains("the initial copy resumed in place is complete"),
-        "{text}"
-    );
+    assert_resumed_in_place(&text);
     assert!(ferry.terminate().success());
 }
 
@@ -584,15 +594,7 @@ fn a_copy_cut_short_of_a_table_rewritten_since_reads_every_key_into_mariadb() {
     let pg = server_with_dbs();
     let my = MariaDbServer::start();
     my.sql("CREATE DATABASE replica");
-    pg.psql(
-        "shop",
-        &format!(
-            "CREATE TABLE big (id bigint PRIMARY KEY, n bigint NOT NULL, doc text);
-             ALTER TABLE big ALTER doc SET STORAGE EXTERNAL;
-             INSERT INTO big SELECT g, g, CASE WHEN g % 5000 = 0 THEN repeat(md5(g::text), 100) ELSE 'd' || g END
-             FROM generate_series(1, {ROWS}) g;"
-        ),
-    );
+    big_toasted_table(&pg, ROWS);
     let dir = scratch();
     let config = write_config(
         dir.path(),
@@ -670,14 +672,7 @@ fn a_copy_cut_short_of_a_table_rewritten_since_reads_every_key_into_mariadb() {
         text.contains("the table was rewritten since its initial copy was cut short"),
         "{text}"
     );
-    assert!(
-        !text.contains("re-copy started"),
-        "a copy anew started instead of resuming in place:\n{text}"
-    );
-    assert!(
-        text.contains("the initial copy resumed in place is complete"),
-        "{text}"
-    );
+    assert_resumed_in_place(&text);
     assert!(ferry.terminate().success());
 }
 
