@@ -221,22 +221,37 @@ fn strings_arrive_exactly(metadata: &str) {
          INSERT INTO shop.later VALUES (1, '€ “x”', '〜日本', '繁體');",
     );
     let later = "1|€ “x”|〜日本|繁體";
-    assert!(
-        wait_until(WAIT, || pg
-            .try_psql("replica", "SELECT id, l1, sj, b5 FROM shop.later")
-            .ok()
-            .as_deref()
-            == Some(later)),
-        "shop.later in PostgreSQL: {:?}\n{}",
-        pg.try_psql("replica", "SELECT id, l1, sj, b5 FROM shop.later"),
-        ferry.log()
-    );
-    assert_eq!(
-        target
-            .sql("SELECT id, l1, sj, b5 FROM copy.later")
-            .replace('\t', "|"),
-        later
-    );
+    // Each sink applies at its own pace: wait for every target, not only the first.
+    let later_rows = [
+        (
+            "PostgreSQL",
+            Box::new(|| {
+                pg.try_psql("replica", "SELECT id, l1, sj, b5 FROM shop.later")
+                    .unwrap_or_default()
+            }) as Box<dyn Fn() -> String>,
+        ),
+        (
+            "MariaDB",
+            Box::new(|| {
+                target
+                    .try_sql("SELECT id, l1, sj, b5 FROM copy.later")
+                    .unwrap_or_default()
+                    .replace('\t', "|")
+            }),
+        ),
+        (
+            "SQLite",
+            Box::new(|| sqlite_rows(&db, "SELECT id, l1, sj, b5 FROM shop_later").join("\n")),
+        ),
+    ];
+    for (name, rows) in &later_rows {
+        assert!(
+            wait_until(WAIT, || rows() == later),
+            "shop.later in {name}: {:?}\n{}",
+            rows(),
+            ferry.log()
+        );
+    }
     assert!(ferry.terminate().success());
 }
 
