@@ -567,6 +567,12 @@ fn render_metrics(pipelines: &[Arc<PipelineStats>]) -> String {
         per_sink(&|s| Some(s.transactions.load(Relaxed) as f64)),
     );
     family(
+        "ferry_sink_live_abandoned_total",
+        "counter",
+        "Transactions applied while still in progress at the source, then undone (aborted there, or applied again whole at their commit).",
+        per_sink(&|s| Some(s.live_abandoned.load(Relaxed) as f64)),
+    );
+    family(
         "ferry_sink_batches_total",
         "counter",
         "Target transactions committed with a checkpoint.",

@@ -84,10 +84,15 @@ fn binary_values_are_the_values_their_text_gives() {
         &db,
         &format!("SELECT {columns} FROM bin WHERE id < 10 ORDER BY id"),
     );
-    let binary = sqlite_rows(
-        &db,
-        &format!("SELECT {columns} FROM bin WHERE id > 10 ORDER BY id"),
-    );
+    let binary = || {
+        sqlite_rows(
+            &db,
+            &format!("SELECT {columns} FROM bin WHERE id > 10 ORDER BY id"),
+        )
+    };
+    // The SQLite sink applies at its own pace: wait for it too.
+    wait_until(WAIT, || binary() == text);
+    let binary = binary();
     assert_eq!(text.len(), 5, "SQLite target: {text:?}");
     assert_eq!(text, binary);
     // Updates and deletes read their keys and old images from binary too.
@@ -96,10 +101,9 @@ fn binary_values_are_the_values_their_text_gives() {
         "UPDATE bin SET f4 = -f4, an = an || 1.5::numeric, id = id + 100 WHERE id > 10; DELETE FROM bin WHERE id = 113",
     );
     wait_same(&pg, &sql, &ferry);
-    assert_eq!(
-        sqlite_rows(&db, "SELECT count(*) FROM bin WHERE id > 100"),
-        vec!["4".to_owned()]
-    );
+    let moved = || sqlite_rows(&db, "SELECT count(*) FROM bin WHERE id > 100");
+    wait_until(WAIT, || moved() == ["4"]);
+    assert_eq!(moved(), vec!["4".to_owned()]);
     ferry.terminate();
 }
 

@@ -57,9 +57,14 @@ fn every_type_round_trips_through_snapshot_and_stream() {
         "6"
     );
     // SQLite: the documented mapping.
-    let sqlite = sqlite_rows(&db, "SELECT i8, f8, n2, by, d, tstz, ai, at, e, typeof(b), typeof(f4) FROM all_types WHERE id IN (1, 11) ORDER BY id");
+    // The SQLite sink applies at its own pace: wait for it too.
+    let sqlite = || {
+        sqlite_rows(&db, "SELECT i8, f8, n2, by, d, tstz, ai, at, e, typeof(b), typeof(f4) FROM all_types WHERE id IN (1, 11) ORDER BY id")
+    };
     let expected = "-9223372036854775808|inf|-123456789.123|00ff10|0044-03-15 BC|infinity|[1,null,3]|[\"a b\",\"c,d\",null,\"\\\\\"]|happy|integer|text";
-    assert_eq!(sqlite, vec![expected.to_owned(), expected.to_owned()]);
+    let want = vec![expected.to_owned(), expected.to_owned()];
+    wait_until(WAIT, || sqlite() == want);
+    assert_eq!(sqlite(), want);
     ferry.terminate();
 }
 
@@ -403,7 +408,10 @@ fn a_latin1_source_and_vector_types_replicate_exactly() {
     wait_same_from(&pg, "lat", sql, &ferry);
     // SQLite: the snapshot's rows (text) and the stream's equal, character for character.
     let snap = sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id < 10 ORDER BY id");
-    let streamed = sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id > 10 ORDER BY id");
+    let streamed = || sqlite_rows(&db, "SELECT t, a, i2v, ov FROM l WHERE id > 10 ORDER BY id");
+    // The SQLite sink applies at its own pace: wait for it too.
+    wait_until(WAIT, || streamed() == snap);
+    let streamed = streamed();
     assert_eq!(snap.len(), 3);
     assert_eq!(snap, streamed);
     let source_t = pg.psql(

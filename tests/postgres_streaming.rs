@@ -117,3 +117,195 @@ fn streamed_transactions_land_once_at_their_commit_without_what_aborted() {
     assert!(left.is_empty(), "spool files left behind: {left:?}");
     assert!(ferry.terminate().success());
 }
+
+/// A psql session kept open, so a test can hold a source transaction in progress.
+struct Session(std::process::Child);
+
+impl Session {
+    fn open(port: u16, db: &str) -> Session {
+        let child = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &port.to_string(), "-d", db])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql");
+        Session(child)
+    }
+
+    fn send(&mut self, sql: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql}").expect("write to psql");
+        stdin.flush().expect("flush psql");
+    }
+
+    /// Ends the session after `sql`; whether every statement succeeded.
+    fn finish(mut self, sql: &str) -> bool {
+        self.send(sql);
+        drop(self.0.stdin.take());
+        self.0.wait().is_ok_and(|s| s.success())
+    }
+}
+
+/// Transactions the server streams reach every target while still in progress (their rows are written into an
+/// open target transaction), and land exactly once: committed; aborted (nothing lands); overtaken by another
+/// transaction's commit or cut by a subtransaction's abort (undone, then applied whole at the commit); cut by a
+/// SIGKILL of Ferry while in progress and just after the commit. PostgreSQL, SQLite and MariaDB targets.
+#[test]
+fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
+    let pg = PgServer::start_with(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE replica");
+    pg.create_db("shop");
+    pg.create_db("replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL, doc text);
+         INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 100) g;",
+    );
+    let dir = scratch();
+    let db = dir.path().join("r.db");
+    let config = write_config(
+        dir.path(),
+        "live",
+        &format!(
+            "{}\n[[sink]]\ntype = \"mysql\"\nurl = \"{}\"\n",
+            fan_out_config(&pg, "live", "[pipeline.batch]\nmax_wait = \"20ms\"", &db),
+            my.url("replica")
+        )
+        .replace("[source]\n", "[source]\nstreaming = true\n"),
+    );
+    let log = dir.path().join("ferry.log");
+    let mut ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    let sql = "SELECT id, n, doc FROM items ORDER BY id";
+    let all_same = |ferry: &Ferry| {
+        let want = pg.psql("shop", sql);
+        let ok = wait_until(Duration::from_secs(60), || {
+            pg.try_psql("replica", sql).ok().as_deref() == Some(want.as_str())
+                && sqlite_rows(&db, sql).join("\n") == want
+                && my
+                    .try_sql(&format!("USE replica; {sql}"))
+                    .is_ok_and(|s| s.replace('\t', "|").replace("NULL", "") == want)
+        });
+        assert!(ok, "a target differs from the source:\n{}", ferry.log());
+    };
+    all_same(&ferry);
+    let target_bytes = || -> i64 {
+        pg.psql("replica", "SELECT pg_relation_size('items')")
+            .parse()
+            .unwrap()
+    };
+    let live_starts = |ferry: &Ferry| {
+        ferry
+            .log()
+            .matches("applying a streamed transaction while it is in progress")
+            .count()
+    };
+    // Waits until the target's table file grew while the source transaction is still open: rows reached it.
+    let reaches_target_before_commit = |ferry: &Ferry, before: i64, starts: usize, from: u32| {
+        assert!(
+            wait_until(Duration::from_secs(60), || live_starts(ferry) > starts
+                && target_bytes() > before),
+            "the open transaction's rows did not reach the target (file {} bytes, was {before}):\n{}",
+            target_bytes(),
+            ferry.log()
+        );
+        assert_eq!(
+            pg.psql(
+                "replica",
+                &format!("SELECT count(*) FROM items WHERE id >= {from}")
+            ),
+            "0",
+            "rows of an open transaction are visible on the target"
+        );
+    };
+    let insert = |from: u32, n: u32, doc: &str| {
+        format!(
+            "INSERT INTO items SELECT g, g, '{doc}' || repeat('x', 50) FROM generate_series({from}, {}) g;",
+            from + n - 1
+        )
+    };
+
+    // 1. Committed: reaches the target before its commit, lands once after.
+    let mut s = Session::open(pg.port, "shop");
+    s.send(&format!("BEGIN; {}", insert(10_000, 40_000, "live")));
+    reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 10_000);
+    assert!(s.finish(&format!(
+        "{} UPDATE items SET n = -n WHERE id % 7 = 0; DELETE FROM items WHERE id % 11 = 0; COMMIT;",
+        insert(60_000, 20_000, "more")
+    )));
+    all_same(&ferry);
+    assert!(
+        ferry
+            .log()
+            .contains("a transaction applied while in progress committed"),
+        "{}",
+        ferry.log()
+    );
+
+    // 2. Aborted: undone, nothing lands.
+    let mut s = Session::open(pg.port, "shop");
+    s.send(&format!("BEGIN; {}", insert(100_000, 40_000, "aborted")));
+    reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 100_000);
+    assert!(s.finish("ROLLBACK;"));
+    all_same(&ferry);
+
+    // 3. Overtaken by another transaction's commit: undone, applied whole at its commit.
+    let mut s = Session::open(pg.port, "shop");
+    s.send(&format!("BEGIN; {}", insert(200_000, 40_000, "overtaken")));
+    reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 200_000);
+    pg.psql("shop", "UPDATE items SET doc = 'small' WHERE id = 1");
+    assert!(s.finish(&format!("{} COMMIT;", insert(250_000, 10_000, "after"))));
+    all_same(&ferry);
+
+    // 4. A subtransaction aborts: undone, applied at the commit without it.
+    let mut s = Session::open(pg.port, "shop");
+    s.send(&format!("BEGIN; {}", insert(300_000, 40_000, "outer")));
+    reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 300_000);
+    assert!(s.finish(&format!(
+        "SAVEPOINT a; {} ROLLBACK TO SAVEPOINT a; {} COMMIT;",
+        insert(350_000, 10_000, "gone"),
+        insert(370_000, 10_000, "kept")
+    )));
+    all_same(&ferry);
+    let abandoned = metric(&ferry, "ferry_sink_live_abandoned_total");
+    assert!(
+        abandoned >= 3.0 * 3.0,
+        "undone live transactions, over three sinks: {abandoned}"
+    );
+
+    // 5. Ferry is SIGKILLed while one is in progress, and again right after a commit.
+    let mut s = Session::open(pg.port, "shop");
+    s.send(&format!("BEGIN; {}", insert(400_000, 40_000, "killed")));
+    reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 400_000);
+    ferry.kill9();
+    ferry = Ferry::start(&config, &log);
+    ferry.wait_streaming();
+    s.send(&insert(450_000, 20_000, "resumed"));
+    assert!(s.finish("COMMIT;"));
+    all_same(&ferry);
+    let mut s = Session::open(pg.port, "shop");
+    s.send(&format!("BEGIN; {}", insert(500_000, 40_000, "committed")));
+    reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 500_000);
+    assert!(s.finish("UPDATE items SET n = n + 1 WHERE id > 500000; COMMIT;"));
+    ferry.kill9();
+    ferry = Ferry::start(&config, &log);
+    all_same(&ferry);
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir().join("ferry-spool-ferry_live"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spool files left behind: {left:?}");
+    assert!(ferry.try_exit().is_none());
+    assert!(ferry.terminate().success());
+}

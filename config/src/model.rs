@@ -36,6 +36,44 @@ pub struct PipelineConfig {
     pub alerts: Alerts,
 }
 
+impl PipelineConfig {
+    /// Why transactions streamed while in progress cannot be applied live (before they commit) in this
+    /// pipeline; `None` when they can. Live apply needs every sink to undo what it applied (a transaction that
+    /// aborts or that is applied again whole), and nothing that reads a transaction's commit: conflict
+    /// resolution and origins (commit times), a transform expression reading `tx`, transform dead letters (kept
+    /// in the chain's memory), `[pipeline] node`.
+    pub fn live_apply_blocked(&self) -> Option<String> {
+        if let Some(s) = self.sinks.iter().find(|s| !s.kind.rolls_back()) {
+            return Some(format!("sink {} cannot undo what it applied", s.name));
+        }
+        if let Some(s) = self
+            .sinks
+            .iter()
+            .find(|s| s.conflicts.default.is_some() || !s.conflicts.rules.is_empty())
+        {
+            return Some(format!("sink {} resolves conflicts by commit", s.name));
+        }
+        if self.node.is_some() {
+            return Some("[pipeline] node is set (multi-master)".to_owned());
+        }
+        for t in &self.transforms {
+            if t.on_error == RowErrorPolicy::DeadLetter {
+                return Some(format!("{} sets rows aside as dead letters", t.key));
+            }
+            // Conservative: any identifier `tx` in the stage's expressions.
+            let text = format!("{:?}", t.kind);
+            let reads_tx = text.match_indices("tx").any(|(i, _)| {
+                let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                !word(text[..i].chars().next_back()) && !word(text[i + 2..].chars().next())
+            });
+            if reads_tx {
+                return Some(format!("{} reads the transaction (`tx`)", t.key));
+            }
+        }
+        None
+    }
+}
+
 /// Which source transactions a source passes on, by the replication origin (PostgreSQL) or the server id
 /// (MySQL / MariaDB binlog) they were written under: `[source] origins` and `skip_origins`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -446,6 +484,12 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
+    /// Whether the sink can undo a transaction it applied while the source had not committed it yet
+    /// (`ferry_core::Sink::rollback`): targets with transactions. A topic cannot take back what it published.
+    pub fn rolls_back(&self) -> bool {
+        self.resumes_snapshots() || matches!(self, SinkKind::Discard { .. })
+    }
+
     /// Whether the sink records which tables a snapshot finished, so that a snapshot cut short resumes with the
     /// tables it had not finished (SQL targets). A topic cannot take back the reads it published.
     pub fn resumes_snapshots(&self) -> bool {

@@ -53,6 +53,13 @@ impl Batch {
         self.events.is_empty()
     }
 
+    /// Whether `event` must start a batch of its own: a transaction applied live ([`Event::opens_live`]) and an
+    /// [`Event::Abandon`] stand apart from what precedes them, so that the runner commits before the one and
+    /// undoes nothing but the live transaction at the other.
+    pub fn starts_apart(event: &Event) -> bool {
+        event.opens_live() || matches!(event, Event::Abandon)
+    }
+
     /// Whether the batch ends at a transaction boundary (a commit, or a heartbeat between transactions).
     pub fn ends_transaction(&self) -> bool {
         matches!(

@@ -232,6 +232,11 @@ pub enum Event {
     Heartbeat {
         position: Position,
     },
+    /// The transaction in progress ([`TxContext::in_progress`]) ends without committing: the source aborted
+    /// it, or it stops being applied live (another transaction commits first, a subtransaction aborts, a schema
+    /// change) and comes again whole at its commit. The runner undoes everything the sinks applied of it
+    /// ([`crate::Sink::rollback`]); sinks never receive this event in [`crate::Sink::apply`].
+    Abandon,
 }
 
 /// What a transaction's rows share, known at its `Begin`: transform stages read it per row (`filter` on the origin,
@@ -255,6 +260,10 @@ pub struct TxContext {
     /// A later part of a snapshot committed in parts, all at the snapshot's consistent point: the checkpoint an
     /// earlier part left does not cover it.
     pub continues_snapshot: bool,
+    /// The source has not committed this transaction yet (a PostgreSQL transaction streamed while in progress,
+    /// applied live): `commit_at` is where its first change was decoded, past every sink's checkpoint and before
+    /// its commit; `commit_time` is `None`. It ends with `Commit` (the real position) or [`Event::Abandon`].
+    pub in_progress: bool,
 }
 
 impl TxContext {
@@ -266,6 +275,7 @@ impl TxContext {
             xid: None,
             origin: Origin::default(),
             continues_snapshot: false,
+            in_progress: false,
         }
     }
 }
@@ -289,6 +299,11 @@ impl Event {
     /// A `Begin` with only a position (snapshots, tests).
     pub fn begin_at(commit_at: Position) -> Event {
         Event::Begin(Arc::new(TxContext::at(commit_at)))
+    }
+
+    /// Whether this `Begin` opens a transaction the source has not committed yet ([`TxContext::in_progress`]).
+    pub fn opens_live(&self) -> bool {
+        matches!(self, Event::Begin(tx) if tx.in_progress)
     }
 
     pub fn size_hint(&self) -> usize {

@@ -28,6 +28,14 @@ use crate::schema::{SchemaRef, TableId};
 use crate::sink::{Savepoint, Sink};
 use crate::stats::SinkStats;
 
+/// [`Isolation`]'s state at a point of the open target transaction ([`Isolation::mark`]).
+pub struct Mark {
+    dead: HashMap<TableId, HashSet<String>>,
+    dead_count: u64,
+    pending: usize,
+    tx_letters: u64,
+}
+
 /// A sink's state of row isolation, kept for one run of the sink.
 pub struct Isolation {
     rules: Arc<RowErrors>,
@@ -168,6 +176,25 @@ impl Isolation {
     /// Dead letters the sink holds.
     pub fn dead_count(&self) -> u64 {
         self.dead_count
+    }
+
+    /// What the open target transaction may still change, to go back to ([`Isolation::restore`]) when the sink
+    /// undoes it ([`Sink::rollback`]).
+    pub fn mark(&self) -> Mark {
+        Mark {
+            dead: self.dead.clone(),
+            dead_count: self.dead_count,
+            pending: self.pending.len(),
+            tx_letters: self.tx_letters,
+        }
+    }
+
+    /// Forgets what was set aside since `mark`: its letters were rolled back with the target transaction.
+    pub fn restore(&mut self, mark: Mark) {
+        self.dead = mark.dead;
+        self.dead_count = mark.dead_count;
+        self.pending.truncate(mark.pending);
+        self.tx_letters = mark.tx_letters;
     }
 
     fn note_begins(&mut self, events: &[Event]) {

@@ -107,7 +107,20 @@ async fn cut_batches(
             deadline = Some(Instant::now() + limits.max_wait);
         }
         for event in transformed.drain(..) {
+            let apart = Batch::starts_apart(&event);
+            if apart && !batch.is_empty() {
+                send(&outputs, std::mem::take(&mut batch)).await?;
+                deadline = Some(Instant::now() + limits.max_wait);
+            }
+            let abandon = matches!(event, Event::Abandon);
             batch.push(event);
+            if abandon {
+                send(&outputs, std::mem::take(&mut batch)).await?;
+                deadline = None;
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         if batch.is_full(&limits) {
             send(&outputs, std::mem::take(&mut batch)).await?;
@@ -242,6 +255,8 @@ pub async fn run_sink<S: Sink>(
     let mut waiting: Option<Arc<Batch>> = None;
     // Events applied since the last commit, and when that commit was.
     let (mut open_events, mut last_commit) = (0, Instant::now());
+    // The isolation state when the transaction applied live began, to go back to if it is abandoned.
+    let mut live: Option<(crate::isolate::Mark, u64)> = None;
     loop {
         let batch = match waiting.take() {
             Some(batch) => batch,
@@ -250,6 +265,43 @@ pub async fn run_sink<S: Sink>(
                 None => break,
             },
         };
+        match batch.events.first() {
+            Some(Event::Abandon) => {
+                sink.rollback().await?;
+                let rows_before = live.take().map(|(mark, rows)| {
+                    isolation.restore(mark);
+                    rows
+                });
+                open_events = 0;
+                sink_stats.abandoned(
+                    rows_before.unwrap_or_else(|| {
+                        sink_stats.rows.load(std::sync::atomic::Ordering::Relaxed)
+                    }),
+                );
+                debug!(sink = sink.name(), "undid a transaction applied live");
+                continue;
+            }
+            Some(begin) if begin.opens_live() => {
+                // Only the live transaction may be open when it is abandoned: commit what precedes it (events
+                // between transactions, such as a schema change) at the checkpoint already stored.
+                if open_events > 0 {
+                    let Some(position) = skip.checkpoint.clone() else {
+                        return Err(Error::fatal(
+                            "a transaction was applied live before the sink had a checkpoint",
+                        ));
+                    };
+                    isolation
+                        .apply(&mut sink, sink_stats, &[], Some(&position))
+                        .await?;
+                    (open_events, last_commit) = (0, Instant::now());
+                }
+                live = Some((
+                    isolation.mark(),
+                    sink_stats.rows.load(std::sync::atomic::Ordering::Relaxed),
+                ));
+            }
+            _ => {}
+        }
         let owned;
         let events: &[Event] = if skip.needs_filter(&batch.events)? {
             owned = skip.filter(&batch.events)?;
@@ -265,7 +317,9 @@ pub async fn run_sink<S: Sink>(
             if let Ok(next) = batches.try_recv() {
                 // A schema change may need DDL, which a MySQL target cannot hold inside a transaction: commit
                 // before it as usual.
-                let joins = !next.events.iter().any(|e| matches!(e, Event::Schema(_)));
+                // A transaction applied live starts a target transaction of its own (see `Abandon`).
+                let joins = !next.events.iter().any(|e| matches!(e, Event::Schema(_)))
+                    && !next.events.first().is_some_and(Batch::starts_apart);
                 waiting = Some(next);
                 if joins {
                     isolation.apply(&mut sink, sink_stats, events, None).await?;
@@ -286,6 +340,7 @@ pub async fn run_sink<S: Sink>(
                     .observe(started.elapsed().as_secs_f64());
                 sink_stats.applied(&events[..=i], Some(position));
                 sink_stats.conflicts_committed(sink.take_conflicts());
+                live = None;
                 debug!(sink = sink.name(), position = %position, events = open_events + i + 1, "committed batch");
                 skip.checkpoint = Some(position.clone());
                 tracker.report(index, position.clone());
@@ -356,7 +411,8 @@ impl SkipCovered {
             return Ok(false);
         };
         let covered = match event {
-            Event::Begin(tx) if tx.continues_snapshot => Ok(false),
+            // A transaction applied live begins past every checkpoint (the source makes sure).
+            Event::Begin(tx) if tx.continues_snapshot || tx.in_progress => Ok(false),
             Event::Begin(tx) => cp.includes(&tx.commit_at),
             Event::Heartbeat { position } => position.try_cmp(cp).map(|o| o.is_le()),
             _ => return Ok(false),
@@ -404,6 +460,7 @@ impl SkipCovered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::TxContext;
     use crate::position::Lsn;
     use crate::temporal::Timestamp;
     use std::sync::atomic::Ordering;
@@ -535,6 +592,82 @@ mod tests {
             self.0.lock().unwrap().push((events.len(), commit.cloned()));
             Ok(())
         }
+
+        /// Recorded as `usize::MAX` events.
+        async fn rollback(&mut self) -> Result<()> {
+            self.0.lock().unwrap().push((usize::MAX, None));
+            Ok(())
+        }
+    }
+
+    /// A transaction applied live: its `Begin`, and a row.
+    fn live(first_change: u64) -> Vec<Event> {
+        let mut tx = TxContext::at(pg(first_change));
+        tx.in_progress = true;
+        let mut events = txn(0, 0);
+        events[0] = Event::Begin(Arc::new(tx));
+        events.pop();
+        events
+    }
+
+    #[tokio::test]
+    async fn a_live_transaction_starts_its_own_target_transaction_and_an_abandon_undoes_only_it() {
+        // Queued together, so the sink is behind and would join them all into one target transaction.
+        let mut schema_after = txn(1, 2);
+        schema_after.push(Event::Heartbeat { position: pg(2) });
+        let batches = vec![
+            schema_after,
+            live(3),
+            vec![Event::Abandon],
+            txn(4, 5),
+            live(6),
+            vec![Event::Commit {
+                position: pg(7),
+                commit_time: Timestamp::UNIX_EPOCH,
+            }],
+        ];
+        let (calls, acked) = sink_calls(batches, BatchLimits::default()).await;
+        assert_eq!(
+            calls,
+            vec![
+                (4, Some(pg(2))),
+                (2, None),
+                (usize::MAX, None),
+                // Not joined with the live transaction after it.
+                (3, Some(pg(5))),
+                (2, None),
+                (1, Some(pg(7))),
+            ]
+        );
+        assert_eq!(acked, Some(pg(7)));
+    }
+
+    #[tokio::test]
+    async fn the_batcher_sets_live_transactions_and_abandons_apart() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let stats = Arc::new(PipelineStats::new("p", &[]));
+        let task = tokio::spawn(run_batcher(
+            rx,
+            None,
+            BatchLimits::default(),
+            vec![out_tx],
+            stats,
+        ));
+        let mut events = txn(1, 2);
+        events.extend(live(3));
+        events.push(Event::Abandon);
+        events.extend(txn(4, 5));
+        for e in events {
+            tx.send(e).await.unwrap();
+        }
+        drop(tx);
+        let mut sizes = Vec::new();
+        while let Some(batch) = out_rx.recv().await {
+            sizes.push(batch.events.len());
+        }
+        task.await.unwrap().unwrap();
+        assert_eq!(sizes, vec![3, 2, 1, 3]);
     }
 
     /// Runs `run_sink` over `batches`, all queued before it starts; returns its calls and the acknowledged position.

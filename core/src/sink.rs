@@ -37,6 +37,19 @@ pub trait Sink: Send + 'static {
         commit: Option<&Position>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Undoes the open target transaction: everything [`Sink::apply`] did since the last commit, in the target and
+    /// in the sink's own state, as if it had not happened. The runner calls it when a transaction applied live
+    /// ends in [`Event::Abandon`], having committed whatever came before that transaction. Sinks that cannot
+    /// answer with an error that says so (the source applies transactions live only into sinks that can:
+    /// `ferry_config::SinkKind::rolls_back`).
+    fn rollback(&mut self) -> impl Future<Output = Result<()>> + Send {
+        let error = Error::fatal(format!(
+            "sink {} cannot undo a transaction applied while in progress",
+            self.name()
+        ));
+        async { Err(error) }
+    }
+
     /// The conflicts made durable by the commits since the last call (each is also a row of the target's
     /// `ferry_conflicts`). Sinks that resolve no conflicts have none.
     fn take_conflicts(&mut self) -> Vec<crate::stats::ConflictCount> {

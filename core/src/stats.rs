@@ -190,6 +190,8 @@ pub struct SinkStats {
     set_aside: Mutex<std::collections::BTreeMap<(String, &'static str, String), u64>>,
     /// Tries of a refused row after its first.
     pub row_retries: AtomicU64,
+    /// Transactions applied live (while in progress at the source) and then undone.
+    pub live_abandoned: AtomicU64,
     /// Dead letters the sink's target holds (as of its last commit).
     pub dead_letters: AtomicU64,
     /// Source commit to target commit, per transaction made durable, seconds.
@@ -212,6 +214,14 @@ pub struct ConflictCount {
 }
 
 impl SinkStats {
+    /// A transaction applied live was undone: its rows, counted since `rows_before`, no longer count.
+    pub fn abandoned(&self, rows_before: u64) {
+        let rows = self.rows.load(Relaxed);
+        self.rows
+            .fetch_sub(rows.saturating_sub(rows_before), Relaxed);
+        self.live_abandoned.fetch_add(1, Relaxed);
+    }
+
     /// Adds conflicts the sink made durable.
     pub fn conflicts_committed(&self, conflicts: Vec<ConflictCount>) {
         if conflicts.is_empty() {
@@ -244,6 +254,7 @@ impl SinkStats {
             lag: Histogram::default(),
             apply_seconds: Histogram::default(),
             row_retries: AtomicU64::new(0),
+            live_abandoned: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             isolate_through: Mutex::new(None),
         }

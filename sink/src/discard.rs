@@ -51,6 +51,11 @@ impl Sink for DiscardSink {
             .transpose()
     }
 
+    /// Nothing was written before a commit.
+    async fn rollback(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn apply(&mut self, _events: &[Event], commit: Option<&Position>) -> Result<(), Error> {
         let Some(position) = commit else {
             return Ok(());

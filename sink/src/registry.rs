@@ -57,6 +57,10 @@ impl Sink for AnySink {
         each!(self, s => s.savepoint(step).await)
     }
 
+    async fn rollback(&mut self) -> Result<(), Error> {
+        each!(self, s => s.rollback().await)
+    }
+
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
         each!(self, s => s.dead_letter(letter).await)
     }

@@ -60,6 +60,7 @@ pub fn open(
                 // `snapshot = "only"` ends with its snapshot: one cut short is taken again, never resumed by streaming.
                 resumable_snapshot: source.snapshot != ferry_config::SnapshotMode::Only
                     && config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
+                live_blocked: config.live_apply_blocked(),
                 raw_copy: crate::snapshot::RawCopy::of(config, unchanged),
                 source_timeout: config.source_timeout,
                 recopies,

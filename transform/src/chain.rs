@@ -456,6 +456,7 @@ impl Transform for Chain {
             }
             other @ (Event::Commit { .. }
             | Event::Heartbeat { .. }
+            | Event::Abandon
             | Event::Change(Change::Refused(_))) => out.push(other),
         }
         Ok(())

@@ -1824,6 +1824,15 @@ impl Sink for MysqlSink {
         self.multi.tally.take()
     }
 
+    async fn rollback(&mut self) -> Result<(), Error> {
+        if self.in_transaction {
+            self.end_transaction("ROLLBACK", "undoing a transaction applied live")
+                .await?;
+        }
+        self.multi.tally.rollback(0);
+        Ok(())
+    }
+
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {
         self.begin().await?;
         let sql = crate::dead_letters::savepoint_sql(

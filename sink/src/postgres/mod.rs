@@ -934,7 +934,10 @@ impl PostgresSink {
                         self.prepare_managed(schema, policy.vectors).await?;
                     }
                 }
-                Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
+                Event::Begin(_)
+                | Event::Commit { .. }
+                | Event::Heartbeat { .. }
+                | Event::Abandon => {}
             }
         }
         self.flush_managed(managed).await?;
@@ -1160,6 +1163,19 @@ impl Sink for PostgresSink {
 
     fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
         self.multi.tally.take()
+    }
+
+    async fn rollback(&mut self) -> Result<(), Error> {
+        if self.in_transaction {
+            self.in_transaction = false;
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(write_error("undoing a transaction applied live"))?;
+        }
+        self.multi.tally.rollback(0);
+        self.multi.last_commit = None;
+        Ok(())
     }
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {

@@ -343,7 +343,10 @@ impl SqliteSink {
                     self.known_tables.insert(schema.id.clone(), schema.clone());
                     self.prepare_versions(schema)?;
                 }
-                Event::Begin(_) | Event::Commit { .. } | Event::Heartbeat { .. } => {}
+                Event::Begin(_)
+                | Event::Commit { .. }
+                | Event::Heartbeat { .. }
+                | Event::Abandon => {}
             }
         }
         if let Some(position) = commit {
@@ -796,6 +799,16 @@ impl Sink for SqliteSink {
 
     fn take_conflicts(&mut self) -> Vec<ferry_core::ConflictCount> {
         self.multi.tally.take()
+    }
+
+    async fn rollback(&mut self) -> Result<(), Error> {
+        if self.in_transaction {
+            self.in_transaction = false;
+            tokio::task::block_in_place(|| self.conn.execute_batch("ROLLBACK"))
+                .map_err(db_error("undoing a transaction applied live"))?;
+        }
+        self.multi.tally.rollback(0);
+        Ok(())
     }
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), Error> {

@@ -409,6 +409,7 @@ impl Decoder {
                     gtid,
                 },
                 continues_snapshot: false,
+                in_progress: false,
             })));
         }
     }

@@ -14,6 +14,7 @@ mod check;
 mod conn;
 mod decode;
 mod failover;
+mod live;
 pub mod multimaster;
 pub mod pgoutput;
 pub mod recopy;
@@ -72,6 +73,9 @@ pub struct PgSourceSettings {
     pub snapshot_parallelism: usize,
     /// Every sink resumes a snapshot cut short (SQL sinks): the snapshot commits after each table it copies.
     pub resumable_snapshot: bool,
+    /// Why streamed transactions cannot be applied before they commit (`PipelineConfig::live_apply_blocked`);
+    /// `None`: they are, when `[source] streaming` is on.
+    pub live_blocked: Option<String>,
     /// Which tables the snapshot may send as raw COPY lines.
     pub raw_copy: crate::snapshot::RawCopy,
     /// How long the server may send nothing before its connection is taken for dead.
@@ -316,6 +320,20 @@ pub async fn run(
         )?,
         replay: None,
         replay_decoder: pgoutput::Decoder::streamed(),
+        live: live::Live::new(
+            if cfg.streaming {
+                settings.live_blocked.clone()
+            } else {
+                Some("streaming is off".to_owned())
+            },
+            checkpoints
+                .iter()
+                .filter_map(Position::as_lsn)
+                .max()
+                .unwrap_or(Lsn(0)),
+            resume.is_some(),
+        ),
+        relation_shapes: Default::default(),
     };
     if resume.is_some() {
         streamer.resume_recopies(recopies).await?;

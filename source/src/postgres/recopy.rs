@@ -303,6 +303,11 @@ impl Recopies {
         }
     }
 
+    /// Whether any table is being re-copied.
+    pub fn any_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
     /// Whether `oid` is being re-copied.
     pub fn is_active(&self, oid: u32) -> bool {
         self.active.contains_key(&oid)

@@ -129,6 +129,11 @@ impl Spool {
         Ok(())
     }
 
+    /// The top-level transaction of the block being received.
+    pub fn current(&self) -> Option<u32> {
+        self.current
+    }
+
     /// Stream Stop.
     pub fn stop(&mut self) {
         self.current = None;

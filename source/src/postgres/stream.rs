@@ -138,6 +138,10 @@ pub(crate) struct Streamer {
     pub spool: Spool,
     /// A committed streamed transaction being applied from its spool.
     pub replay: Option<super::spool::Replay>,
+    /// The streamed transaction applied while in progress (`live.rs`).
+    pub live: super::live::Live,
+    /// Each relation's last Relation message as handled (`live::relation_shape`).
+    pub relation_shapes: HashMap<u32, String>,
     pub replay_decoder: Decoder,
 }
 
@@ -226,6 +230,14 @@ impl Streamer {
         info!(slot, start = %start, format = if self.binary_on { "binary" } else { "text" },
             "streaming from replication slot");
         let mut pending: VecDeque<Event> = VecDeque::new();
+        if !self.live.has_floor {
+            // Nothing before the slot's start remains to be applied (a new slot, its snapshot, if any, copied):
+            // sinks without a checkpoint take one there, so that a transaction applied live can begin apart.
+            pending.push_back(Event::Heartbeat {
+                position: Position::Pg(start, self.timeline),
+            });
+            self.live.has_floor = true;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // When data last arrived, as seen at the status ticks (a clock read per message costs too much).
@@ -434,12 +446,14 @@ impl Streamer {
         match ReplicationMessage::parse(data)
             .map_err(|e| Error::fatal_from("reading the replication stream", e))?
         {
-            ReplicationMessage::XLogData { data, .. } => {
+            ReplicationMessage::XLogData {
+                data, wal_start, ..
+            } => {
                 self.received += 1;
                 // Handling may query the catalog: a catalog connection that stopped answering must not hold the
                 // stream forever.
                 let timeout = self.source_timeout;
-                tokio::time::timeout(timeout, self.handle(data, pending))
+                tokio::time::timeout(timeout, self.handle(data, wal_start, pending))
                     .await
                     .map_err(|_| catalog_silent(timeout))?
             }
@@ -499,24 +513,79 @@ impl Streamer {
         Ok(())
     }
 
-    async fn handle(&mut self, data: &[u8], out: &mut VecDeque<Event>) -> Result<(), Error> {
+    async fn handle(
+        &mut self,
+        data: &[u8],
+        wal_start: Lsn,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
         let msg = self
             .decoder
             .decode(data)
             .map_err(|e| Error::fatal_from("decoding pgoutput", e))?;
         match msg {
-            PgOutput::StreamStart { xid, .. } => return self.spool.start(xid),
+            PgOutput::StreamStart { xid, first_segment } => {
+                self.spool.start(xid)?;
+                if first_segment
+                    && self.live.offer(
+                        xid,
+                        wal_start,
+                        self.recopies.any_active() || self.in_transaction,
+                    )
+                {
+                    debug!(
+                        xid,
+                        "a streamed transaction may be applied while in progress"
+                    );
+                }
+                return Ok(());
+            }
             PgOutput::StreamStop => {
                 self.spool.stop();
                 return Ok(());
             }
-            PgOutput::StreamAbort { xid, subxid } => return self.spool.abort(xid, subxid),
+            PgOutput::StreamAbort { xid, subxid } => {
+                if self.live.is(xid) {
+                    let why = if subxid == xid {
+                        "it aborted"
+                    } else {
+                        "a subtransaction of it aborted"
+                    };
+                    self.leave_live(why, out);
+                }
+                return self.spool.abort(xid, subxid);
+            }
+            PgOutput::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } if self.live.is(xid) && self.live.begun() => {
+                self.live.end();
+                self.live.committed += 1;
+                self.spool.abort(xid, xid)?;
+                self.in_transaction = false;
+                self.recopies.committed(Some(xid));
+                info!(xid, commit_lsn = %commit_lsn, "a transaction applied while in progress committed");
+                self.live.has_floor = true;
+                out.push_back(Event::Commit {
+                    position: Position::Pg(end_lsn, self.timeline),
+                    commit_time: Timestamp::from_pg_micros(commit_time_micros),
+                });
+                return Ok(());
+            }
             PgOutput::StreamCommit {
                 xid,
                 commit_lsn,
                 end_lsn,
                 commit_time_micros,
             } => {
+                if self.live.is(xid) {
+                    // Nothing of it went out yet: it is applied from its spool as usual.
+                    self.live.end();
+                } else if self.live.active() {
+                    self.leave_live("another transaction committed first", out);
+                }
                 let commit = StreamCommit {
                     xid,
                     commit_lsn,
@@ -542,11 +611,125 @@ impl Streamer {
                 return Ok(());
             }
             _ if self.spool.in_block() => {
-                return self.spool.write(streamed_xid(&msg), data);
+                self.spool.write(streamed_xid(&msg), data)?;
+                if self.spool.current().is_some_and(|x| self.live.is(x)) {
+                    return self.live_message(msg, wal_start, out).await;
+                }
+                return Ok(());
+            }
+            // A heartbeat's position lies inside the transaction applied live, which is not durable yet.
+            PgOutput::Message {
+                transactional: false,
+                prefix: "ferry",
+                ..
+            } if self.live.active() => return Ok(()),
+            PgOutput::Begin { .. } if self.live.active() => {
+                self.leave_live("another transaction committed first", out);
             }
             _ => {}
         }
         self.apply(msg, out).await
+    }
+
+    /// A message of the transaction applied live (it is spooled too): its rows go out now; anything the sinks
+    /// could not take back, or that would change what other transactions decode with, ends live apply.
+    async fn live_message(
+        &mut self,
+        msg: PgOutput<'_>,
+        wal_start: Lsn,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
+        match &msg {
+            PgOutput::Relation {
+                oid,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+                ..
+            } => {
+                let shape =
+                    super::live::relation_shape(namespace, name, *replica_identity, columns);
+                match self.relation_shapes.get(oid) {
+                    Some(known) if *known == shape => Ok(()),
+                    // A table this session has not described yet: as other transactions would describe it.
+                    None if !self.live.begun() => self.apply(msg, out).await,
+                    None => {
+                        self.leave_live("a table first seen after its first row", out);
+                        Ok(())
+                    }
+                    Some(_) => {
+                        self.leave_live("it changes a table's columns", out);
+                        Ok(())
+                    }
+                }
+            }
+            PgOutput::Type { .. } => Ok(()),
+            PgOutput::Insert { oid, .. }
+            | PgOutput::Update { oid, .. }
+            | PgOutput::Delete { oid, .. } => {
+                let oid = *oid;
+                if self.internal.contains(&oid) {
+                    return Ok(());
+                }
+                if self.recopies.is_active(oid) {
+                    self.leave_live("a table it changes is being re-copied", out);
+                    return Ok(());
+                }
+                if !self.live.begun() {
+                    // Tables described so far are announced before the transaction, between transactions.
+                    let unannounced: Vec<u32> = self.unannounced.iter().copied().collect();
+                    for o in unannounced {
+                        self.relation(o, out)?;
+                    }
+                    self.live.begin();
+                    self.in_transaction = true;
+                    let xid = self.spool.current();
+                    info!(
+                        xid,
+                        "applying a streamed transaction while it is in progress"
+                    );
+                    out.push_back(Event::Begin(Arc::new(TxContext {
+                        commit_at: Position::Pg(wal_start, self.timeline),
+                        commit_time: None,
+                        xid,
+                        origin: Origin::default(),
+                        continues_snapshot: false,
+                        in_progress: true,
+                    })));
+                } else if self.unannounced.contains(&oid) {
+                    self.leave_live("a table first seen after its first row", out);
+                    return Ok(());
+                }
+                self.apply(msg, out).await
+            }
+            PgOutput::Truncate { .. } => {
+                self.leave_live("a TRUNCATE", out);
+                Ok(())
+            }
+            PgOutput::Origin { .. } => {
+                self.leave_live("a replication origin", out);
+                Ok(())
+            }
+            _ => {
+                self.leave_live("a logical decoding message", out);
+                Ok(())
+            }
+        }
+    }
+
+    /// The transaction applied live stops being so: what went out of it is undone, and its spool replays it at
+    /// its commit.
+    fn leave_live(&mut self, why: &str, out: &mut VecDeque<Event>) {
+        if self.live.end() {
+            self.live.abandoned += 1;
+            self.in_transaction = false;
+            out.push_back(Event::Abandon);
+            info!(
+                reason = why,
+                "a transaction applied while in progress is undone: it is applied at its commit"
+            );
+        }
     }
 
     /// Applies the next message of the streamed transaction being read back from its spool, or its commit.
@@ -608,6 +791,7 @@ impl Streamer {
                     xid: Some(xid),
                     origin: Origin::default(),
                     continues_snapshot: false,
+                    in_progress: false,
                 });
             }
             PgOutput::Commit { end_lsn, .. } if self.skipping => {
@@ -628,6 +812,7 @@ impl Streamer {
                 ..
             } => {
                 self.in_transaction = false;
+                self.live.has_floor = true;
                 self.recopies.committed(self.xid.take());
                 for (table, cursor) in self.recopies.unsaved_rereads() {
                     out.push_back(Event::Change(Change::Recopy {
@@ -652,6 +837,10 @@ impl Streamer {
                 columns,
                 ..
             } => {
+                self.relation_shapes.insert(
+                    oid,
+                    super::live::relation_shape(namespace, name, replica_identity, &columns),
+                );
                 let raw: Vec<RawColumn> = columns
                     .iter()
                     .map(|c| RawColumn {
@@ -796,6 +985,7 @@ impl Streamer {
                 lsn,
                 ..
             } => {
+                self.live.has_floor = true;
                 out.push_back(Event::Heartbeat {
                     position: Position::Pg(lsn, self.timeline),
                 });
