@@ -20,6 +20,8 @@ mod latency;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -1218,8 +1220,38 @@ fn many_tables(runs: u64, tables: u64, rows: u64, json: bool) {
 /// before it commits: Ferry spools it, the native subscription runs with `streaming = on`). Measures how long
 /// after the source's COMMIT returns the target holds every row, and Ferry's peak RSS. Each contender gets its own
 /// transaction, alone on the machine.
+/// Watches table `bench_big` of the database at `url` from now on, in a thread of its own: the instant its file
+/// first holds a page, that is a row written there, committed or not (`None` if none until `stop`).
+fn first_write(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Option<Instant>> {
+    std::thread::spawn(move || {
+        let probe = Probe::connect(&url);
+        while !stop.load(Ordering::Relaxed) {
+            if probe
+                .scalar("SELECT pg_relation_size('bench_big')")
+                .parse::<i64>()
+                .unwrap_or(0)
+                > 0
+            {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    })
+}
+
+/// Seconds from `start` to `at`, NaN for none.
+fn secs_since(start: Instant, at: Option<Instant>) -> f64 {
+    at.map_or(f64::NAN, |t| {
+        t.saturating_duration_since(start).as_secs_f64()
+    })
+}
+
 fn big_transactions(runs: u64, n: u64, json: bool) {
     let mut all = Vec::new();
+    // Per run: seconds from the transaction's start to its commit, to the first row at Ferry's target, and at the
+    // native subscription's.
+    let mut firsts: Vec<[f64; 3]> = Vec::new();
     for run in 1..=runs {
         eprintln!("bench: big transaction run {run} of {runs} ({n} rows)");
         let b = Bench::new();
@@ -1235,17 +1267,31 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
                 .parse::<u64>()
                 .unwrap_or(0)
         };
-        // Native: the subscription applies while the transaction is written.
-        b.target
-            .psql("native", "ALTER SUBSCRIPTION native SET (streaming = on)");
+        // Native: the subscription applies while the transaction is written (`parallel` where the server has it,
+        // PostgreSQL 16+; before that `on` spools the transaction and applies it at its commit).
+        let version: u32 = b
+            .target
+            .psql("native", "SHOW server_version_num")
+            .parse()
+            .unwrap_or(0);
+        let mode = if version >= 160_000 { "parallel" } else { "on" };
+        b.target.psql(
+            "native",
+            &format!("ALTER SUBSCRIPTION native SET (streaming = {mode})"),
+        );
         b.target.psql("native", "ALTER SUBSCRIPTION native ENABLE");
         let probe = Probe::connect(&b.target.url("native"));
         time_until(Instant::now(), "native apply worker start", || {
             probe.scalar("SELECT count(*) FROM pg_stat_subscription WHERE subname = 'native' AND pid IS NOT NULL") == "1"
         });
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = first_write(b.target.url("native"), stop.clone());
+        let started = Instant::now();
         b.source.psql("shop", &insert(1));
         let committed = Instant::now();
         let native = time_until(committed, "native big transaction", || count(&probe) == n);
+        stop.store(true, Ordering::Relaxed);
+        let native_first = secs_since(started, watcher.join().expect("watcher"));
         b.target.psql("native", "ALTER SUBSCRIPTION native DISABLE");
         // Ferry (`[source] streaming = true`): streaming from the start, its transaction written after the native
         // one was applied.
@@ -1262,11 +1308,20 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
         let probe = Probe::connect(&b.target.url("ferry_pg"));
         let ferry = Ferry::start(&pipeline.config, &pipeline.log);
         ferry.wait_streaming();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = first_write(b.target.url("ferry_pg"), stop.clone());
         let started = Instant::now();
         b.source.psql("shop", &insert(n + 1));
         let written = started.elapsed();
         let committed = Instant::now();
         let took = time_until(committed, "ferry big transaction", || count(&probe) == n);
+        stop.store(true, Ordering::Relaxed);
+        let ferry_first = secs_since(started, watcher.join().expect("watcher"));
+        eprintln!(
+            "bench:   the source committed {:.1} s after it began; first row at the target: ferry {ferry_first:.1} s,              native {native_first:.1} s",
+            written.as_secs_f64()
+        );
+        firsts.push([written.as_secs_f64(), ferry_first, native_first]);
         let (rss, cores) = finish(ferry, written + took, &pipeline.log);
         eprintln!(
             "bench:   after COMMIT: ferry {:.1} s, native {:.1} s; ferry peak RSS {rss:.0} MB",
@@ -1286,6 +1341,31 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
         }]);
     }
     report(&all, json);
+    let at = |i: usize| median(firsts.iter().map(|f| f[i]).collect());
+    let (commit, ferry, native) = (at(0), at(1), at(2));
+    let workload = format!(
+        "one {}-row txn, live: first row at the target",
+        thousands(n)
+    );
+    if json {
+        let round1 = |v: f64| (v * 10.0).round() / 10.0;
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": workload,
+                "source_commit_s": round1(commit),
+                "ferry_first_row_s": round1(ferry),
+                "anchor": "native subscription",
+                "anchor_first_row_s": round1(native),
+                "ferry_first_row_before_commit": ferry < commit,
+            })
+        );
+    } else {
+        println!(
+            "{workload:<36}   the source committed at {commit:.1} s; first row at the target: ferry {ferry:.1} s{},              native {native:.1} s (medians)",
+            if ferry < commit { " (before the commit)" } else { "" }
+        );
+    }
 }
 
 /// The throughput rows: each run on fresh servers, medians reported.
