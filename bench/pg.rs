@@ -1221,17 +1221,19 @@ fn many_tables(runs: u64, tables: u64, rows: u64, json: bool) {
 /// after the source's COMMIT returns the target holds every row, and Ferry's peak RSS. Each contender gets its own
 /// transaction, alone on the machine.
 /// Watches table `bench_big` of the database at `url` from now on, in a thread of its own: the instant its file
-/// first holds a page, that is a row written there, committed or not (`None` if none until `stop`).
+/// first grows, that is rows written there, committed or not (`None` if none until `stop`).
 fn first_write(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Option<Instant>> {
     std::thread::spawn(move || {
         let probe = Probe::connect(&url);
-        while !stop.load(Ordering::Relaxed) {
-            if probe
+        let size = || {
+            probe
                 .scalar("SELECT pg_relation_size('bench_big')")
                 .parse::<i64>()
                 .unwrap_or(0)
-                > 0
-            {
+        };
+        let before = size();
+        while !stop.load(Ordering::Relaxed) {
+            if size() > before {
                 return Some(Instant::now());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -1308,6 +1310,15 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
         let probe = Probe::connect(&b.target.url("ferry_pg"));
         let ferry = Ferry::start(&pipeline.config, &pipeline.log);
         ferry.wait_streaming();
+        // A steady stream has described the table before a big transaction comes (a transaction applies live only
+        // on tables described in this session): one change, applied.
+        b.source.psql(
+            "shop",
+            "BEGIN; INSERT INTO bench_big VALUES (0, 0, '', now()); DELETE FROM bench_big WHERE id = 0; COMMIT",
+        );
+        time_until(Instant::now(), "ferry warm-up change", || {
+            probe.scalar("SELECT pg_relation_size('bench_big')") != "0"
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = first_write(b.target.url("ferry_pg"), stop.clone());
         let started = Instant::now();

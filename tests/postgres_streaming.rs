@@ -201,6 +201,9 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
         assert!(ok, "a target differs from the source:\n{}", ferry.log());
     };
     all_same(&ferry);
+    // A transaction applies live only on tables described in this session: a steady stream has described them.
+    pg.psql("shop", "UPDATE items SET n = n WHERE id = 1");
+    all_same(&ferry);
     let target_bytes = || -> i64 {
         pg.psql("replica", "SELECT pg_relation_size('items')")
             .parse()
@@ -307,5 +310,92 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
         .unwrap_or_default();
     assert!(left.is_empty(), "spool files left behind: {left:?}");
     assert!(ferry.try_exit().is_none());
+    assert!(ferry.terminate().success());
+}
+
+/// Schema changes inside a streamed transaction reach no target before it commits, whether the table was
+/// described in this session or not: a `DROP COLUMN` rolled back loses no value, a rename committed needs no
+/// re-copy, and types created in the transaction are read as what they are.
+#[test]
+fn schema_changes_in_a_transaction_in_progress_wait_for_its_commit() {
+    let pg = PgServer::start_with(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
+    pg.create_db("shop");
+    pg.create_db("replica");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, amount int NOT NULL, note text);
+         INSERT INTO orders SELECT g, g, 'note ' || g FROM generate_series(1, 20000) g;",
+    );
+    let dir = scratch();
+    let config = write_config(
+        dir.path(),
+        "ddl",
+        &pg_to_pg_config(&pg, "ddl", "[pipeline.batch]\nmax_wait = \"20ms\"")
+            .replace("[source]\n", "[source]\nstreaming = true\n"),
+    );
+    let ferry = Ferry::start(&config, &dir.path().join("ferry.log"));
+    ferry.wait_streaming();
+    let notes = "SELECT count(note) FROM orders";
+    assert!(wait_until(Duration::from_secs(60), || pg
+        .try_psql("replica", notes)
+        .ok()
+        .as_deref()
+        == Some("20000")));
+
+    // Not described in this session yet, then described: a DROP COLUMN in a transaction that rolls back.
+    for round in 0..2 {
+        let mut s = Session::open(pg.port, "shop");
+        s.send(
+            "BEGIN; ALTER TABLE orders DROP COLUMN note; UPDATE orders SET amount = amount + 1;",
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            pg.try_psql("replica", notes).as_deref(),
+            Ok("20000"),
+            "round {round}: the open transaction's DROP COLUMN reached the target:\n{}",
+            ferry.log()
+        );
+        assert!(s.finish("ROLLBACK;"));
+        pg.psql("shop", "UPDATE orders SET amount = amount + 1 WHERE id = 2");
+        wait_same(
+            &pg,
+            "SELECT id, amount, note FROM orders ORDER BY id",
+            &ferry,
+        );
+    }
+
+    // A rename and new types, committed.
+    assert!(psql_ok(
+        pg.port,
+        "shop",
+        "BEGIN;
+         ALTER TABLE orders RENAME COLUMN amount TO total;
+         UPDATE orders SET total = total * 2;
+         CREATE TYPE color AS ENUM ('red', 'green');
+         CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+         CREATE TABLE paint (id int PRIMARY KEY, c color, cs color[], n posint);
+         INSERT INTO paint SELECT g, 'green', '{red,green}', g FROM generate_series(1, 20000) g;
+         COMMIT;"
+    ));
+    wait_same(
+        &pg,
+        "SELECT id, total, note FROM orders ORDER BY id",
+        &ferry,
+    );
+    wait_same(
+        &pg,
+        "SELECT id, c::text, cs::text, n FROM paint ORDER BY id",
+        &ferry,
+    );
+    assert_eq!(
+        pg.psql(
+            "replica",
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'paint'::regclass AND attname = 'n'"
+        ),
+        "integer"
+    );
+    let log = ferry.log();
+    assert!(!log.contains("unknown type"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
     assert!(ferry.terminate().success());
 }

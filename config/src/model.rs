@@ -60,13 +60,7 @@ impl PipelineConfig {
             if t.on_error == RowErrorPolicy::DeadLetter {
                 return Some(format!("{} sets rows aside as dead letters", t.key));
             }
-            // Conservative: any identifier `tx` in the stage's expressions.
-            let text = format!("{:?}", t.kind);
-            let reads_tx = text.match_indices("tx").any(|(i, _)| {
-                let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-                !word(text[..i].chars().next_back()) && !word(text[i + 2..].chars().next())
-            });
-            if reads_tx {
+            if t.kind.expression().is_some_and(names_tx) {
                 return Some(format!("{} reads the transaction (`tx`)", t.key));
             }
         }
@@ -265,6 +259,30 @@ pub enum TransformKind {
         column_type: String,
         expression: String,
     },
+}
+
+impl TransformKind {
+    /// The stage's CEL expression, if it has one (`filter`, `compute`, `route` by expression).
+    pub fn expression(&self) -> Option<&str> {
+        match self {
+            TransformKind::Filter { predicate, .. } => Some(predicate),
+            TransformKind::Compute { expression, .. } => Some(expression),
+            TransformKind::Route {
+                to: RouteTo::Expression(e),
+            } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a CEL expression names the variable `tx` (conservatively: the word anywhere but after a `.`, string
+/// literals included).
+fn names_tx(expression: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    expression.match_indices("tx").any(|(i, _)| {
+        let before = expression[..i].chars().next_back();
+        !word(before) && before != Some('.') && !word(expression[i + 2..].chars().next())
+    })
 }
 
 /// Where `route` sends a table.
@@ -584,6 +602,27 @@ impl SinkKind {
             SinkKind::Sqlite { .. } => "sqlite",
             SinkKind::Discard { .. } => "discard",
             SinkKind::Kafka(_) => "kafka",
+        }
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::names_tx;
+
+    #[test]
+    fn an_expression_names_tx_after_any_separator_but_not_inside_a_word_or_after_a_dot() {
+        for e in [
+            "tx.position",
+            "\ttx.position",
+            "string(\ntx.commit_time)",
+            "has(tx.origin)",
+            "a == 1 &&tx.xid > 0",
+        ] {
+            assert!(names_tx(e), "{e:?}");
+        }
+        for e in ["txn == 1", "row.tx == 2", "ctx > 1", "after.tx_id"] {
+            assert!(!names_tx(e), "{e:?}");
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::postgres::PgSourceSettings;
 /// A source of any kind.
 pub enum AnySource {
     Postgres(Box<PgSourceSettings>, Arc<PipelineStats>),
-    Mysql(MysqlSourceSettings, Arc<PipelineStats>),
+    Mysql(Box<MysqlSourceSettings>, Arc<PipelineStats>),
 }
 
 /// The name the sinks know a source table by, after the transform chain's routes
@@ -57,9 +57,7 @@ pub fn open(
                 config: source.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 snapshot_parallelism: config.snapshot_parallelism,
-                // `snapshot = "only"` ends with its snapshot: one cut short is taken again, never resumed by streaming.
-                resumable_snapshot: source.snapshot != ferry_config::SnapshotMode::Only
-                    && config.sinks.iter().all(|s| s.kind.resumes_snapshots()),
+                resumable_snapshot: resumable_snapshot(config, source.snapshot),
                 live_blocked: config.live_apply_blocked(),
                 raw_copy: crate::snapshot::RawCopy::of(config, unchanged),
                 source_timeout: config.source_timeout,
@@ -71,17 +69,28 @@ pub fn open(
             stats,
         ),
         SourceConfig::Mysql(source) => AnySource::Mysql(
-            MysqlSourceSettings {
+            Box::new(MysqlSourceSettings {
                 pipeline: config.name.clone(),
                 source_timeout: config.source_timeout,
                 config: source.clone(),
                 snapshot_parallelism: config.snapshot_parallelism,
                 node: config.node.clone(),
                 vector_tables: vector_tables(config),
-            },
+                resumable_snapshot: resumable_snapshot(config, source.snapshot),
+                recopies,
+                sink_names,
+            }),
             stats,
         ),
     }
+}
+
+/// Whether a snapshot cut short resumes with what it had not copied: every sink records what it holds (SQL
+/// sinks), and the snapshot is not all (`snapshot = "only"` ends with it: one cut short is taken again, never
+/// resumed by streaming).
+fn resumable_snapshot(config: &PipelineConfig, mode: ferry_config::SnapshotMode) -> bool {
+    mode != ferry_config::SnapshotMode::Only
+        && config.sinks.iter().all(|s| s.kind.resumes_snapshots())
 }
 
 /// The tables (globs) the pipeline's sinks keep version vectors for.

@@ -82,6 +82,40 @@ pub(crate) async fn begin(
         .map_err(closed)
 }
 
+/// Opens the part of a snapshot that finishes one cut short (a `Begin` that continues it, at its `position`):
+/// each table's schema, and the truncate of `emptied`, the tables copied anew whole (the others keep the parts
+/// already copied).
+pub(crate) async fn begin_resumed(
+    events: &mpsc::Sender<Event>,
+    position: &Position,
+    schemas: &[SchemaRef],
+    emptied: Vec<TableId>,
+) -> Result<(), Error> {
+    let closed = |_| Error::fatal("the pipeline stopped during the snapshot");
+    let mut tx = TxContext::at(position.clone());
+    tx.continues_snapshot = true;
+    events
+        .send(Event::Begin(Arc::new(tx)))
+        .await
+        .map_err(closed)?;
+    for s in schemas {
+        events
+            .send(Event::Schema(s.clone()))
+            .await
+            .map_err(closed)?;
+    }
+    if !emptied.is_empty() {
+        events
+            .send(Event::Change(Change::Truncate {
+                tables: emptied,
+                snapshot: true,
+            }))
+            .await
+            .map_err(closed)?;
+    }
+    Ok(())
+}
+
 /// Whether the transform chain passes a table's rows on unchanged (`ferry_transform::Chain::leaves_rows_unchanged`).
 pub type Unchanged = Arc<dyn Fn(&ferry_core::SchemaRef) -> bool + Send + Sync>;
 
@@ -184,13 +218,6 @@ impl Output {
                 .map_err(|_| Error::fatal("the pipeline stopped during the snapshot"))?;
         }
         Ok(())
-    }
-
-    /// Every row of `table` was sent (by the worker calling this, after [`Rows::flush`], and by any other worker
-    /// copying a part of it).
-    pub(crate) async fn table_copied(&self, table: TableId) -> Result<(), Error> {
-        let _gate = self.gate.lock().await;
-        self.send_locked(self.copied_events(table)).await
     }
 
     /// The `Copied` of `table`, and in a resumable snapshot the commit after it.

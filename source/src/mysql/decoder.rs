@@ -157,6 +157,19 @@ pub struct Decoder {
     origin_maps: HashMap<u64, Arc<TableLayout>>,
     /// Row changes left out by their origin.
     pub origin_skipped: u64,
+    /// The stream catching up with rows a resumed snapshot copied after its start.
+    catch_up: Option<CatchUp>,
+}
+
+/// The stream starts again at a snapshot's position after some tables' rows were copied later, at `until`
+/// (`Copy::resume`): until it passes there, it brings those rows changes they hold already. Each change is
+/// written whole by its key (binlog rows carry every column), so each row ends as the source has it; only a key
+/// change could meet its new key already there, so it goes as a delete and an insert. Past `until`, the tables'
+/// `Copied` tells the sinks their copy is complete.
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    pub until: BinlogPosition,
+    pub tables: Vec<TableId>,
 }
 
 /// What an ALTER TABLE says that the next row layout alone cannot: a column's old name, a new column's default.
@@ -207,7 +220,14 @@ impl Decoder {
             origins: Default::default(),
             origin_maps: HashMap::new(),
             origin_skipped: 0,
+            catch_up: None,
         }
+    }
+
+    /// Catches up with rows copied later ([`CatchUp`]).
+    pub fn with_catch_up(mut self, catch_up: Option<CatchUp>) -> Self {
+        self.catch_up = catch_up;
+        self
     }
 
     /// Which transactions to leave out by the Ferry pipeline that applied them.
@@ -396,11 +416,16 @@ impl Decoder {
                     GtidState::MySql(set)
                 }
             });
+            let start = BinlogPosition {
+                pos: txn.start.clone(),
+                gtid: own,
+            };
+            // The first transaction past the copy's position: the rows copied then hold everything before it.
+            let caught_up = self
+                .catch_up
+                .take_if(|c| c.until.includes(&start) != Some(true));
             out.push(FerryEvent::Begin(Arc::new(TxContext {
-                commit_at: Position::Binlog(BinlogPosition {
-                    pos: txn.start.clone(),
-                    gtid: own,
-                }),
+                commit_at: Position::Binlog(start),
                 commit_time: Some(txn.commit_time),
                 xid: None,
                 origin: Origin {
@@ -411,6 +436,12 @@ impl Decoder {
                 continues_snapshot: false,
                 in_progress: false,
             })));
+            if let Some(done) = caught_up {
+                tracing::info!(until = %done.until, tables = done.tables.len(), "the stream caught up with the rows the resumed snapshot copied");
+                out.push(FerryEvent::Change(Change::Copied {
+                    tables: done.tables,
+                }));
+            }
         }
     }
 
@@ -810,12 +841,34 @@ impl Decoder {
         if self.unannounced.remove(&table) {
             out.push(FerryEvent::Schema(layout.schema.clone()));
         }
-        out.extend(ops.into_iter().map(|op| {
-            FerryEvent::Change(Change::Row {
-                table: layout.schema.clone(),
-                op,
-            })
-        }));
+        let catching_up = self
+            .catch_up
+            .as_ref()
+            .is_some_and(|c| c.tables.contains(&table));
+        for op in ops {
+            let row = |op| {
+                FerryEvent::Change(Change::Row {
+                    table: layout.schema.clone(),
+                    op,
+                })
+            };
+            match op {
+                RowOp::Update {
+                    before: Some(before),
+                    after,
+                } if catching_up
+                    && layout
+                        .schema
+                        .primary_key
+                        .iter()
+                        .any(|&k| before[k] != after[k]) =>
+                {
+                    out.push(row(RowOp::Delete { before }));
+                    out.push(row(RowOp::Insert { after }));
+                }
+                op => out.push(row(op)),
+            }
+        }
         Ok(())
     }
 }

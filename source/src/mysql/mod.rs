@@ -34,7 +34,7 @@ pub use check::check_prerequisites;
 use ferry_myconn::MyUrl;
 
 use crate::postgres::SourceExit;
-use decoder::{Decoder, Selection, UnknownDdl};
+use decoder::{CatchUp, Decoder, Selection, UnknownDdl};
 
 /// Opens an ordinary connection (TLS as the URL's `ssl-mode` says, see `ferry_myconn`).
 pub async fn connect(url: &str) -> Result<mysql_async::Conn, Error> {
@@ -146,6 +146,14 @@ pub struct MysqlSourceSettings {
     /// The tables (globs) the pipeline's sinks keep version vectors for: their source tables count local writes
     /// per node too.
     pub vector_tables: Vec<String>,
+    /// Every sink records the parts of a snapshot it holds (SQL sinks): the snapshot commits after each table and
+    /// key range, and one cut short resumes with what is left.
+    pub resumable_snapshot: bool,
+    /// The tables whose initial copy the sinks had not finished, with the cursor they agree on (`None`: copy the
+    /// table whole), under the names the sinks know them by.
+    pub recopies: Vec<(ferry_core::TableId, Option<String>)>,
+    /// Source tables' names as the sinks know them, when the pipeline has transforms.
+    pub sink_names: Option<crate::registry::SinkNames>,
 }
 
 impl MysqlSourceSettings {
@@ -228,6 +236,7 @@ pub async fn run(
         }
     }
 
+    let mut catch_up = None;
     let start = match resume {
         Some(Position::Binlog(p)) => {
             // Resuming by GTID, the server finds the start itself (and refuses a state it cannot serve); the
@@ -236,7 +245,24 @@ pub async fn run(
             if !by_gtid {
                 require_binlog_still_has(&mut conn, &p).await?;
             }
-            p
+            if settings.recopies.is_empty() || cfg.snapshot == SnapshotMode::Never {
+                p
+            } else {
+                let copy = Copy {
+                    settings,
+                    flavor,
+                    databases: &databases,
+                    events: &events,
+                    stats: &stats,
+                };
+                match copy.resume(&mut conn, &mut catalog, p, shutdown.clone()).await? {
+                    Some(resumed) => {
+                        catch_up = resumed.catch_up;
+                        resumed.from
+                    }
+                    None => return Ok(SourceExit::Shutdown),
+                }
+            }
         }
         Some(other) => {
             return Err(Error::fatal(format!(
@@ -244,32 +270,16 @@ pub async fn run(
             )))
         }
         None => {
-            let parallelism = if cfg.snapshot == SnapshotMode::Never {
-                1
-            } else {
-                settings.snapshot_parallelism.clamp(1, catalog.len().max(1))
+            let copy = Copy {
+                settings,
+                flavor,
+                databases: &databases,
+                events: &events,
+                stats: &stats,
             };
-            let (snap, position) = snapshot::open(&cfg.url, flavor, parallelism).await?;
-            info!(position = %position, ?flavor, connections = snap.len(), "snapshot position");
-            // Read the table list again now that the position is fixed: a table created between the first read
-            // and the snapshot point is in neither the first list nor the binlog after the point. One created
-            // after the point is copied empty (or skipped) and its rows come from the binlog.
-            catalog = catalog::read_tables(&mut conn, &databases, only.as_deref()).await?;
-            if cfg.snapshot == SnapshotMode::Never {
-                crate::snapshot::send_marker(&events, Position::Binlog(position.clone())).await?;
-            } else {
-                stats.set_state(PipelineState::Snapshotting);
-                let tables: Vec<_> = catalog.iter().map(|(id, t)| (id.clone(), t.clone())).collect();
-                let copy = snapshot::run(snap, &position, &tables, &events, stats.clone());
-                let mut shutdown = shutdown.clone();
-                tokio::select! {
-                    r = copy => r?,
-                    _ = shutdown.wait_for(|stop| *stop) => {
-                        info!("shutdown during the snapshot; it restarts from the beginning on the next run");
-                        return Ok(SourceExit::Shutdown);
-                    }
-                }
-            }
+            let Some(position) = copy.anew(&mut conn, &mut catalog, shutdown.clone()).await? else {
+                return Ok(SourceExit::Shutdown);
+            };
             if cfg.snapshot == SnapshotMode::Only {
                 return Ok(SourceExit::SnapshotDone);
             }
@@ -289,7 +299,8 @@ pub async fn run(
     )));
     let decoder = Decoder::new(selection, on_unknown_ddl, catalog, &start)
         .with_database_charsets(database_charsets)
-        .with_origins(cfg.origins.clone());
+        .with_origins(cfg.origins.clone())
+        .with_catch_up(catch_up);
     stream::run(
         &cfg.url,
         stream::Binlog {
@@ -306,6 +317,210 @@ pub async fn run(
     )
     .await?;
     Ok(SourceExit::Shutdown)
+}
+
+/// What the initial copy needs: the source's settings and where its events go.
+struct Copy<'a> {
+    settings: &'a MysqlSourceSettings,
+    flavor: Flavor,
+    databases: &'a [String],
+    events: &'a mpsc::Sender<Event>,
+    stats: &'a Arc<PipelineStats>,
+}
+
+type Catalog = std::collections::BTreeMap<ferry_core::TableId, catalog::CatalogTable>;
+
+impl Copy<'_> {
+    /// Opens the snapshot transactions and reads the table list again now that the position is fixed: a table
+    /// created between the first read and the snapshot point is in neither the first list nor the binlog after
+    /// the point. One created after the point is copied empty (or skipped) and its rows come from the binlog.
+    async fn open(
+        &self,
+        conn: &mut mysql_async::Conn,
+        catalog: &mut Catalog,
+    ) -> Result<(Vec<mysql_async::Conn>, BinlogPosition), Error> {
+        let cfg = &self.settings.config;
+        let parallelism = if cfg.snapshot == SnapshotMode::Never {
+            1
+        } else {
+            self.settings
+                .snapshot_parallelism
+                .clamp(1, catalog.len().max(1))
+        };
+        let (snap, position) = snapshot::open(&cfg.url, self.flavor, parallelism).await?;
+        info!(position = %position, flavor = ?self.flavor, connections = snap.len(), "snapshot position");
+        *catalog = catalog::read_tables(conn, self.databases, cfg.tables.as_deref()).await?;
+        Ok((snap, position))
+    }
+
+    /// Copies every table (or, with `snapshot = "never"`, marks the position): the position to stream from, or
+    /// `None` on shutdown.
+    async fn anew(
+        &self,
+        conn: &mut mysql_async::Conn,
+        catalog: &mut Catalog,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<BinlogPosition>, Error> {
+        let (snap, position) = self.open(conn, catalog).await?;
+        if self.settings.config.snapshot == SnapshotMode::Never {
+            crate::snapshot::send_marker(self.events, Position::Binlog(position.clone())).await?;
+            return Ok(Some(position));
+        }
+        let tables: Vec<_> = catalog
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        let copied = self.copy(snap, &position, &tables, None, shutdown).await?;
+        Ok(copied.then_some(position))
+    }
+
+    /// Runs one copy until it ends or shutdown: whether it ended.
+    async fn copy(
+        &self,
+        snap: Vec<mysql_async::Conn>,
+        position: &BinlogPosition,
+        tables: &[(ferry_core::TableId, catalog::CatalogTable)],
+        resumed: Option<&snapshot::Resumed>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<bool, Error> {
+        self.stats.set_state(PipelineState::Snapshotting);
+        let resumable = self.settings.resumable_snapshot;
+        let copy = snapshot::run(
+            snap,
+            position,
+            tables,
+            self.events,
+            self.stats.clone(),
+            resumable,
+            resumed,
+        );
+        tokio::select! {
+            r = copy => r.map(|()| true),
+            _ = shutdown.wait_for(|stop| *stop) => {
+                if resumable {
+                    info!("shutdown during the snapshot; the next run copies what it had not");
+                } else {
+                    info!("shutdown during the snapshot; it restarts from the beginning on the next run");
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Finishes a snapshot cut short, whose position `from` every sink holds: the tables and key ranges the
+    /// sinks had not copied are read in a new snapshot (at a later position), and the stream starts again at
+    /// `from`. Between the two positions the stream applies again, over rows copied later, changes those rows
+    /// already hold: each is written whole by its key (the binlog's full row images; inserts and updates are
+    /// upserts, a change to a row the copy no longer found lands before its delete), so every row ends as the
+    /// source has it once the stream passes the new position. What that cannot hold for starts the copy over, at
+    /// the new position, for every table: a table without a primary key among those left (its changes are not
+    /// idempotent), a statement in the binlog between the positions (a schema change would reach rows copied
+    /// with the new shape through the old), a recorded table no longer found. Returns where to stream from
+    /// (`None` on shutdown).
+    async fn resume(
+        &self,
+        conn: &mut mysql_async::Conn,
+        catalog: &mut Catalog,
+        from: BinlogPosition,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<Resumed>, Error> {
+        let mut left = std::collections::HashMap::new();
+        let mut until: Option<BinlogPosition> = None;
+        let mut anew: Option<String> = None;
+        for (recorded, cursor) in &self.settings.recopies {
+            let found: Vec<&ferry_core::TableId> = catalog
+                .keys()
+                .filter(|t| match &self.settings.sink_names {
+                    Some(names) => (names.0)(t).as_ref() == Some(recorded),
+                    None => *t == recorded,
+                })
+                .collect();
+            let [table] = found[..] else {
+                anew.get_or_insert(format!("table {recorded} is not found as one source table"));
+                continue;
+            };
+            if catalog[table].primary_key.is_empty() {
+                anew.get_or_insert(format!(
+                    "table {table} has no primary key, so its changes cannot be applied again over rows copied later"
+                ));
+                continue;
+            }
+            let record = cursor.as_deref().and_then(snapshot::RangesLeft::parse);
+            if let Some((_, Some(at))) = &record {
+                if until
+                    .as_ref()
+                    .is_none_or(|u| u.try_cmp(at).is_some_and(|o| o.is_lt()))
+                {
+                    until = Some(at.clone());
+                }
+            }
+            left.insert(table.clone(), record.map(|(ranges, _)| ranges));
+        }
+        let to_copy = left
+            .values()
+            .any(|ranges| ranges.as_ref().is_none_or(|r| !r.is_empty()));
+        if anew.is_none() && !to_copy {
+            // Every table was copied by a resumed copy already: only the stream's catching up is left.
+            if let Some(until) = until {
+                info!(from = %from, until = %until, "the snapshot cut short was copied: streaming again from its                       position, applying changes the rows copied later hold already, until the copy's position");
+                return Ok(Some(Resumed {
+                    from,
+                    catch_up: Some(CatchUp {
+                        until,
+                        tables: left.into_keys().collect(),
+                    }),
+                }));
+            }
+        }
+        let (snap, position) = self.open(conn, catalog).await?;
+        if anew.is_none() {
+            anew = snapshot::statement_between(conn, &from.pos, &position.pos)
+                .await?
+                .map(|s| format!("the binlog since holds a statement, `{s}`"));
+        }
+        if let Some(why) = anew {
+            warn!(from = %from, at = %position, reason = why, "the snapshot was cut short, and what it left cannot be \
+                  copied on its own: every table is copied anew");
+            let tables: Vec<_> = catalog
+                .iter()
+                .map(|(id, t)| (id.clone(), t.clone()))
+                .collect();
+            let copied = self.copy(snap, &position, &tables, None, shutdown).await?;
+            return Ok(copied.then_some(Resumed {
+                from: position,
+                catch_up: None,
+            }));
+        }
+        let tables: Vec<_> = catalog
+            .iter()
+            .filter(|(id, _)| {
+                left.get(*id)
+                    .is_some_and(|r| r.as_ref().is_none_or(|r| !r.is_empty()))
+            })
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        let ranges: usize = left.values().flatten().map(Vec::len).sum();
+        info!(from = %from, at = %position, tables = tables.len(), key_ranges_left = ranges,
+              "resuming the snapshot that was cut short: copying what it had not, then streaming again from its position");
+        let plan = snapshot::Resumed { from, left };
+        let copied = self
+            .copy(snap, &position, &tables, Some(&plan), shutdown)
+            .await?;
+        Ok(copied.then(|| Resumed {
+            from: plan.from,
+            catch_up: Some(CatchUp {
+                until: position,
+                tables: plan.left.into_keys().collect(),
+            }),
+        }))
+    }
+}
+
+/// Where a resumed snapshot leaves the stream: it starts again at `from`, catching up with rows copied later
+/// (`None`: the copy started over, and the stream starts where it was read).
+struct Resumed {
+    from: BinlogPosition,
+    catch_up: Option<CatchUp>,
 }
 
 /// A multi-master source (`[pipeline] node`) names its databases' node and gives its followed tables the version

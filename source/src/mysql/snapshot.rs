@@ -208,15 +208,34 @@ fn mysql_position(row: Option<mysql_async::Row>) -> Result<BinlogPosition, Error
     })
 }
 
-/// Reads `tables` in the open snapshot transactions and emits them as one transaction committing at `position`.
+/// A snapshot cut short, resumed ([`run`]): what the sinks' checkpoint is, and what is left of each table it had
+/// not finished.
+pub struct Resumed {
+    /// The first snapshot's position, every sink's checkpoint: the copy left commits there, and the stream
+    /// starts there again.
+    pub from: BinlogPosition,
+    /// Per table: the key ranges left (`Some`), or `None` to empty and copy it whole.
+    pub left: std::collections::HashMap<TableId, Option<Vec<KeyRange>>>,
+}
+
+/// Reads `tables` in the open snapshot transactions at `position` and emits them.
+///
+/// `resumable` (every sink records a copy's parts): the snapshot commits after each table and each key range it
+/// finishes (a [`ferry_core::RecopyStep::Chunk`] with the ranges left), so that a crash leaves the sinks with the
+/// tables and ranges copied; otherwise it is one transaction. `resumed`: this copy finishes one cut short
+/// ([`Resumed`]): only the tables and ranges left, committed at the first snapshot's position.
 pub async fn run(
     conns: Vec<Conn>,
     position: &BinlogPosition,
     tables: &[(TableId, CatalogTable)],
     events: &mpsc::Sender<Event>,
     stats: Arc<PipelineStats>,
+    resumable: bool,
+    resumed: Option<&Resumed>,
 ) -> Result<(), Error> {
-    let position = Position::Binlog(position.clone());
+    // A resumed copy reads rows at `position`, after the sinks' checkpoint, and commits at the checkpoint.
+    let until = resumed.map(|_| position.clone());
+    let position = Position::Binlog(resumed.map_or(position, |r| &r.from).clone());
     let schemas: Vec<SchemaRef> = tables
         .iter()
         .map(|(id, t)| shared_schema(id, t, 0))
@@ -252,7 +271,10 @@ pub async fn run(
             .map_err(sql_error("estimating table sizes"))?;
         let rows = rows.flatten().unwrap_or(0);
         estimated += rows;
-        let ranges = key_ranges(&mut conns[0], &schema, rows, parallelism).await?;
+        let ranges = match resumed.and_then(|r| r.left.get(id)) {
+            Some(Some(left)) => Some(left.clone()),
+            _ => key_ranges(&mut conns[0], &schema, rows, parallelism, resumable).await?,
+        };
         match ranges {
             Some(ranges) => {
                 info!(table = %id, chunks = ranges.len(), "copying the table in primary-key ranges");
@@ -271,9 +293,20 @@ pub async fn run(
     }
     // Popped from the end: the first table's pieces first.
     pieces.reverse();
-    crate::snapshot::begin(events, &position, &schemas).await?;
-    // No online re-copy resumes a binlog source's snapshot: it is one transaction.
-    let output = crate::snapshot::Output::new(events.clone(), position.clone(), false);
+    match resumed {
+        None => crate::snapshot::begin(events, &position, &schemas).await?,
+        Some(r) => {
+            // The tables copied whole are emptied; those with ranges left keep the ranges already copied.
+            let emptied: Vec<TableId> = r
+                .left
+                .iter()
+                .filter(|(_, left)| left.is_none())
+                .map(|(t, _)| t.clone())
+                .collect();
+            crate::snapshot::begin_resumed(events, &position, &schemas, emptied).await?;
+        }
+    }
+    let output = crate::snapshot::Output::new(events.clone(), position.clone(), resumable);
     stats.snapshot.start(tables.len() as u64, estimated);
     info!(
         tables = tables.len(),
@@ -286,6 +319,7 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     for mut conn in conns.drain(..) {
         let (queue, output, stats) = (queue.clone(), output.clone(), stats.clone());
+        let until = until.clone();
         workers.spawn(async move {
             loop {
                 let next = queue
@@ -299,12 +333,24 @@ pub async fn run(
                 let rows =
                     copy_table(&mut conn, &schema, &charsets, range, &mut sent, &stats).await?;
                 sent.flush().await?;
-                let (rows, left) = progress.finish(&range, rows);
-                if left.is_empty() {
-                    output.table_copied(schema.id.clone()).await?;
-                    stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
-                    info!(table = %schema.id, rows, "table copied");
-                }
+                output
+                    .part_copied(&schema.id, || {
+                        let (rows, left) = progress.finish(&range, rows);
+                        let left: Vec<KeyRange> = left.into_iter().flatten().collect();
+                        if left.is_empty() {
+                            info!(table = %schema.id, rows, "table copied");
+                            stats.snapshot.tables_done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        match (left.is_empty(), &until) {
+                            (true, None) => crate::snapshot::Left::Nothing,
+                            // Copied, but the stream's changes before `until` still reach rows read after them.
+                            _ => crate::snapshot::Left::Chunks {
+                                cursor: RangesLeft::new(&left, rows, until.clone()).to_json(),
+                                rows,
+                            },
+                        }
+                    })
+                    .await?;
             }
             conn.query_drop("COMMIT")
                 .await
@@ -318,15 +364,148 @@ pub async fn run(
 }
 
 /// Tables estimated at fewer rows than this are copied whole; a bigger one whose primary key is one integer column
-/// is split into key ranges of about this many rows or more, one per worker.
+/// is split into key ranges of about this many rows or more: one per worker, or, when the snapshot commits its
+/// parts (resumable), as many as it takes, so that a crash loses at most one range per worker.
 const CHUNK_ROWS: u64 = 200_000;
 
 /// A range of a one-column integer primary key: from `from` (inclusive; `None`: the lowest) up to `to`
 /// (exclusive; `None`: the highest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct KeyRange {
+pub struct KeyRange {
     from: Option<i128>,
     to: Option<i128>,
+}
+
+/// The sinks' record of a table copied in key ranges (the [`ferry_core::RecopyStep::Chunk`] cursor): the ranges
+/// not copied yet, the rows copied so far, and for a table copied by a resumed snapshot, the position that copy
+/// was read at (`until`): until the stream passes it, the stream applies again changes the rows hold already
+/// (see `Copy::resume`). JSON, the bounds as decimal strings (an `i128` is no JSON number).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RangesLeft {
+    mysql_key_ranges: Vec<(Option<String>, Option<String>)>,
+    rows: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<BinlogPosition>,
+}
+
+impl RangesLeft {
+    fn new(left: &[KeyRange], rows: u64, until: Option<BinlogPosition>) -> RangesLeft {
+        let text = |v: Option<i128>| v.map(|v| v.to_string());
+        RangesLeft {
+            mysql_key_ranges: left.iter().map(|r| (text(r.from), text(r.to))).collect(),
+            rows,
+            until,
+        }
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The ranges a sink recorded and the position its rows were read at, if a resumed copy read them; `None`
+    /// when `cursor` is no such record (another source's, or cut short before its first range: the table is
+    /// copied whole).
+    pub fn parse(cursor: &str) -> Option<(Vec<KeyRange>, Option<BinlogPosition>)> {
+        let left: RangesLeft = serde_json::from_str(cursor).ok()?;
+        let bound = |v: &Option<String>| -> Option<Option<i128>> {
+            match v {
+                None => Some(None),
+                Some(t) => t.parse().ok().map(Some),
+            }
+        };
+        let ranges = left
+            .mysql_key_ranges
+            .iter()
+            .map(|(from, to)| {
+                Some(KeyRange {
+                    from: bound(from)?,
+                    to: bound(to)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some((ranges, left.until))
+    }
+}
+
+/// Events read per `SHOW BINLOG EVENTS`.
+const EVENTS_PER_PAGE: usize = 10_000;
+
+/// The first statement logged from `from` up to `to` other than a transaction's own (BEGIN, COMMIT, XA,
+/// SAVEPOINT): a schema change, a TRUNCATE, a statement-format write. Read with `SHOW BINLOG EVENTS`, a page at a
+/// time, following the server's list of binlogs; `Some` naming why when `from` is not among them (nothing can be
+/// told of what happened since).
+pub async fn statement_between(
+    conn: &mut Conn,
+    from: &BinlogFilePos,
+    to: &BinlogFilePos,
+) -> Result<Option<String>, Error> {
+    let logs: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(sql_error("listing the binary logs"))?;
+    let logs: Vec<String> = logs.into_iter().filter_map(|r| r.get(0)).collect();
+    if !logs.contains(&from.file) {
+        return Ok(Some(format!(
+            "binlog {} is no longer on the server",
+            from.file
+        )));
+    }
+    let before_end = |file: &str, at: u64| {
+        BinlogFilePos::new(file, at).try_cmp(to) == Some(std::cmp::Ordering::Less)
+    };
+    let (mut file, mut at) = (from.file.clone(), from.offset);
+    while before_end(&file, at) {
+        let page: Vec<mysql_async::Row> = conn
+            .query(format!(
+                "SHOW BINLOG EVENTS IN '{}' FROM {at} LIMIT {EVENTS_PER_PAGE}",
+                file.replace('\\', "\\\\").replace('\'', "''")
+            ))
+            .await
+            .map_err(sql_error("reading the binlog's events"))?;
+        for event in &page {
+            let start: u64 = event.get("Pos").unwrap_or(at);
+            if !before_end(&file, start) {
+                return Ok(None);
+            }
+            let kind: String = event.get("Event_type").unwrap_or_default();
+            let info: String = event.get("Info").unwrap_or_default();
+            if kind == "Query" && !transaction_control(&info) {
+                return Ok(Some(info));
+            }
+            at = event.get("End_log_pos").unwrap_or(at);
+        }
+        if page.len() < EVENTS_PER_PAGE {
+            // This file is read to its end: the next one.
+            match logs
+                .iter()
+                .position(|l| *l == file)
+                .and_then(|i| logs.get(i + 1))
+            {
+                Some(next) => (file, at) = (next.clone(), 4),
+                None => return Ok(None),
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a logged statement only frames a transaction.
+fn transaction_control(info: &str) -> bool {
+    // MariaDB and MySQL prefix a statement with the database it ran in.
+    let statement = match info.strip_prefix("use ") {
+        Some(rest) => rest.split_once("; ").map_or(rest, |(_, s)| s),
+        None => info,
+    };
+    let word = statement
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(
+        word.as_str(),
+        "BEGIN" | "COMMIT" | "ROLLBACK" | "XA" | "SAVEPOINT" | "RELEASE"
+    )
 }
 
 /// `[min, max]` split into at most `parts` ranges that cover every integer; `None` when one range would do.
@@ -347,15 +526,20 @@ fn split_keys(min: i128, max: i128, parts: u64) -> Option<Vec<KeyRange>> {
 }
 
 /// The key ranges `schema`'s rows are copied in (read in the snapshot transaction on `conn`), or `None` to copy
-/// it whole: a table of fewer than 2 × [`CHUNK_ROWS`] estimated rows, one worker, or a key that is not one
-/// integer column.
+/// it whole: a table of fewer than 2 × [`CHUNK_ROWS`] estimated rows, one worker in a snapshot that is not
+/// resumable, or a key that is not one integer column.
 async fn key_ranges(
     conn: &mut Conn,
     schema: &SchemaRef,
     estimated_rows: u64,
     parallelism: usize,
+    resumable: bool,
 ) -> Result<Option<Vec<KeyRange>>, Error> {
-    let parts = (estimated_rows / CHUNK_ROWS).min(parallelism as u64);
+    let parts = if resumable {
+        estimated_rows / CHUNK_ROWS
+    } else {
+        (estimated_rows / CHUNK_ROWS).min(parallelism as u64)
+    };
     let [key] = schema.primary_key[..] else {
         return Ok(None);
     };
@@ -544,5 +728,45 @@ mod tests {
         assert_eq!(r.len(), 4);
         assert_eq!((r[0].from, r[3].to), (None, None));
         assert!(r.windows(2).all(|w| w[0].to == w[1].from));
+    }
+
+    #[test]
+    fn ranges_left_round_trip_and_refuse_other_records() {
+        let left = split_keys(i128::from(i64::MIN), i128::from(u64::MAX), 3).unwrap();
+        let cursor = RangesLeft::new(&left, 42, None).to_json();
+        assert_eq!(RangesLeft::parse(&cursor), Some((left.clone(), None)));
+        let at = BinlogPosition {
+            pos: BinlogFilePos::new("binlog.000002", 1234),
+            gtid: None,
+        };
+        let cursor = RangesLeft::new(&[], 7, Some(at.clone())).to_json();
+        assert_eq!(RangesLeft::parse(&cursor), Some((Vec::new(), Some(at))));
+        assert_eq!(RangesLeft::parse(ferry_core::INTERRUPTED_COPY), None);
+        assert_eq!(RangesLeft::parse(r#"{"pages":[]}"#), None);
+        assert_eq!(
+            RangesLeft::parse(r#"{"mysql_key_ranges":[["x",null]],"rows":1}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn only_statements_that_frame_a_transaction_are_transaction_control() {
+        for frame in [
+            "BEGIN",
+            "COMMIT",
+            "use `shop`; COMMIT",
+            "XA END 'x'",
+            "SAVEPOINT a",
+        ] {
+            assert!(transaction_control(frame), "{frame}");
+        }
+        for other in [
+            "use `shop`; ALTER TABLE t ADD c int",
+            "TRUNCATE shop.t",
+            "use `shop`; CREATE TABLE `begin` (id int)",
+            "use `shop`; INSERT INTO t VALUES (1)",
+        ] {
+            assert!(!transaction_control(other), "{other}");
+        }
     }
 }

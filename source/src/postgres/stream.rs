@@ -650,19 +650,18 @@ impl Streamer {
             } => {
                 let shape =
                     super::live::relation_shape(namespace, name, *replica_identity, columns);
-                match self.relation_shapes.get(oid) {
-                    Some(known) if *known == shape => Ok(()),
-                    // A table this session has not described yet: as other transactions would describe it.
-                    None if !self.live.begun() => self.apply(msg, out).await,
-                    None => {
-                        self.leave_live("a table first seen after its first row", out);
-                        Ok(())
-                    }
-                    Some(_) => {
-                        self.leave_live("it changes a table's columns", out);
-                        Ok(())
-                    }
+                if self.relation_shapes.get(oid) != Some(&shape) {
+                    // A table this session has not described yet, or described otherwise: the description may
+                    // carry this transaction's own schema change, which must not reach the targets before it
+                    // commits (nor at all if it aborts). It waits for its commit.
+                    let why = if self.relation_shapes.contains_key(oid) {
+                        format!("it changes the columns of table {namespace}.{name}")
+                    } else {
+                        format!("table {namespace}.{name} was not described in this session before")
+                    };
+                    self.leave_live(&why, out);
                 }
+                Ok(())
             }
             PgOutput::Type { .. } => Ok(()),
             PgOutput::Insert { oid, .. }
@@ -698,7 +697,14 @@ impl Streamer {
                         in_progress: true,
                     })));
                 } else if self.unannounced.contains(&oid) {
-                    self.leave_live("a table first seen after its first row", out);
+                    let table = self.relations.get(&oid).map(|t| t.id.to_string());
+                    self.leave_live(
+                        &format!(
+                            "table {} changed columns after its first row",
+                            table.unwrap_or_default()
+                        ),
+                        out,
+                    );
                     return Ok(());
                 }
                 self.apply(msg, out).await
@@ -721,13 +727,21 @@ impl Streamer {
     /// The transaction applied live stops being so: what went out of it is undone, and its spool replays it at
     /// its commit.
     fn leave_live(&mut self, why: &str, out: &mut VecDeque<Event>) {
+        let xid = self.spool.current();
         if self.live.end() {
             self.live.abandoned += 1;
             self.in_transaction = false;
             out.push_back(Event::Abandon);
             info!(
+                xid,
                 reason = why,
                 "a transaction applied while in progress is undone: it is applied at its commit"
+            );
+        } else {
+            debug!(
+                xid,
+                reason = why,
+                "a streamed transaction is applied at its commit"
             );
         }
     }
