@@ -895,6 +895,22 @@ fn big_ranges_recorded(pg: &PgServer, db: &std::path::Path) -> bool {
     pg.try_psql("replica", sql).ok().as_deref() == Some("1") && sqlite_rows(db, sql) == ["1"]
 }
 
+/// Starts Ferry and SIGKILLs it once both sinks recorded a key range of `big`.
+fn cut_short_after_a_key_range(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    pg: &PgServer,
+    db: &std::path::Path,
+) {
+    let ferry = Ferry::start(config, log);
+    assert!(
+        wait_until(Duration::from_secs(180), || big_ranges_recorded(pg, db)),
+        "no key range of big was recorded:\n{}",
+        ferry.log()
+    );
+    ferry.kill9();
+}
+
 /// A MariaDB source's snapshot, SIGKILLed once a key range of its big table is recorded and again while the
 /// resumed copy runs, resumes with the ranges and tables it had not copied (a new snapshot, the stream again from
 /// the first one's position): the targets end equal to the source, and the copy did not start over.
@@ -902,13 +918,7 @@ fn big_ranges_recorded(pg: &PgServer, db: &std::path::Path) -> bool {
 fn a_mariadb_snapshot_cut_short_resumes_at_the_key_ranges_it_had_not_copied() {
     let (my, pg, dir, config, log, writers) = mariadb_cut_short_setup();
     let db = dir.path().join("replica.db");
-    let ferry = Ferry::start(&config, &log);
-    assert!(
-        wait_until(Duration::from_secs(180), || big_ranges_recorded(&pg, &db)),
-        "no key range of big was recorded:\n{}",
-        ferry.log()
-    );
-    ferry.kill9();
+    cut_short_after_a_key_range(&config, &log, &pg, &db);
     let ferry = Ferry::start(&config, &log);
     assert!(
         wait_until(Duration::from_secs(60), || ferry
@@ -960,13 +970,7 @@ fn a_mariadb_snapshot_cut_short_resumes_at_the_key_ranges_it_had_not_copied() {
 fn a_mariadb_snapshot_cut_short_before_a_schema_change_is_copied_anew() {
     let (my, pg, dir, config, log, writers) = mariadb_cut_short_setup();
     let db = dir.path().join("replica.db");
-    let ferry = Ferry::start(&config, &log);
-    assert!(
-        wait_until(Duration::from_secs(180), || big_ranges_recorded(&pg, &db)),
-        "no key range of big was recorded:\n{}",
-        ferry.log()
-    );
-    ferry.kill9();
+    cut_short_after_a_key_range(&config, &log, &pg, &db);
     my.sql("ALTER TABLE shop.small ADD COLUMN note varchar(10) DEFAULT 'x'");
     let ferry = Ferry::start(&config, &log);
     std::thread::sleep(Duration::from_secs(3));

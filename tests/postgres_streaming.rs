@@ -7,15 +7,20 @@ use std::time::Duration;
 
 use support::*;
 
+/// A server with databases `shop` and `replica` that streams every transaction past 64 kB of decoded changes.
+fn streaming_server() -> PgServer {
+    let pg = PgServer::start_with(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
+    pg.create_db("shop");
+    pg.create_db("replica");
+    pg
+}
+
 /// Big transactions streamed in blocks interleaved with small ones: one commits after a savepoint rolled back
 /// (nested), one aborts whole, one deletes and updates what others wrote; Ferry is killed while they stream and
 /// while it applies them. The target equals the source, the server did stream, and no spool file is left behind.
 #[test]
 fn streamed_transactions_land_once_at_their_commit_without_what_aborted() {
-    // 64 kB of decoded changes and the walsender streams the transaction.
-    let pg = PgServer::start_with(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
-    pg.create_db("shop");
-    pg.create_db("replica");
+    let pg = streaming_server();
     pg.psql(
         "shop",
         "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL, doc text);
@@ -118,56 +123,15 @@ fn streamed_transactions_land_once_at_their_commit_without_what_aborted() {
     assert!(ferry.terminate().success());
 }
 
-/// A psql session kept open, so a test can hold a source transaction in progress.
-struct Session(std::process::Child);
-
-impl Session {
-    fn open(port: u16, db: &str) -> Session {
-        let child = std::process::Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &port.to_string(), "-d", db])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("psql");
-        Session(child)
-    }
-
-    fn send(&mut self, sql: &str) {
-        use std::io::Write;
-        let stdin = self.0.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{sql}").expect("write to psql");
-        stdin.flush().expect("flush psql");
-    }
-
-    /// Ends the session after `sql`; whether every statement succeeded.
-    fn finish(mut self, sql: &str) -> bool {
-        self.send(sql);
-        drop(self.0.stdin.take());
-        self.0.wait().is_ok_and(|s| s.success())
-    }
-}
-
 /// Transactions the server streams reach every target while still in progress (their rows are written into an
 /// open target transaction), and land exactly once: committed; aborted (nothing lands); overtaken by another
 /// transaction's commit or cut by a subtransaction's abort (undone, then applied whole at the commit); cut by a
 /// SIGKILL of Ferry while in progress and just after the commit. PostgreSQL, SQLite and MariaDB targets.
 #[test]
 fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
-    let pg = PgServer::start_with(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
+    let pg = streaming_server();
     let my = MariaDbServer::start();
     my.sql("CREATE DATABASE replica");
-    pg.create_db("shop");
-    pg.create_db("replica");
     pg.psql(
         "shop",
         "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL, doc text);
@@ -241,7 +205,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     };
 
     // 1. Committed: reaches the target before its commit, lands once after.
-    let mut s = Session::open(pg.port, "shop");
+    let mut s = PsqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(10_000, 40_000, "live")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 10_000);
     assert!(s.finish(&format!(
@@ -258,14 +222,14 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     );
 
     // 2. Aborted: undone, nothing lands.
-    let mut s = Session::open(pg.port, "shop");
+    let mut s = PsqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(100_000, 40_000, "aborted")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 100_000);
     assert!(s.finish("ROLLBACK;"));
     all_same(&ferry);
 
     // 3. Overtaken by another transaction's commit: undone, applied whole at its commit.
-    let mut s = Session::open(pg.port, "shop");
+    let mut s = PsqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(200_000, 40_000, "overtaken")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 200_000);
     pg.psql("shop", "UPDATE items SET doc = 'small' WHERE id = 1");
@@ -273,7 +237,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     all_same(&ferry);
 
     // 4. A subtransaction aborts: undone, applied at the commit without it.
-    let mut s = Session::open(pg.port, "shop");
+    let mut s = PsqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(300_000, 40_000, "outer")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 300_000);
     assert!(s.finish(&format!(
@@ -289,7 +253,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     );
 
     // 5. Ferry is SIGKILLed while one is in progress, and again right after a commit.
-    let mut s = Session::open(pg.port, "shop");
+    let mut s = PsqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(400_000, 40_000, "killed")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 400_000);
     ferry.kill9();
@@ -298,7 +262,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     s.send(&insert(450_000, 20_000, "resumed"));
     assert!(s.finish("COMMIT;"));
     all_same(&ferry);
-    let mut s = Session::open(pg.port, "shop");
+    let mut s = PsqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(500_000, 40_000, "committed")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 500_000);
     assert!(s.finish("UPDATE items SET n = n + 1 WHERE id > 500000; COMMIT;"));
@@ -318,9 +282,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
 /// re-copy, and types created in the transaction are read as what they are.
 #[test]
 fn schema_changes_in_a_transaction_in_progress_wait_for_its_commit() {
-    let pg = PgServer::start_with(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
-    pg.create_db("shop");
-    pg.create_db("replica");
+    let pg = streaming_server();
     pg.psql(
         "shop",
         "CREATE TABLE orders (id int PRIMARY KEY, amount int NOT NULL, note text);
@@ -344,7 +306,7 @@ fn schema_changes_in_a_transaction_in_progress_wait_for_its_commit() {
 
     // Not described in this session yet, then described: a DROP COLUMN in a transaction that rolls back.
     for round in 0..2 {
-        let mut s = Session::open(pg.port, "shop");
+        let mut s = PsqlSession::open(pg.port, "shop");
         s.send(
             "BEGIN; ALTER TABLE orders DROP COLUMN note; UPDATE orders SET amount = amount + 1;",
         );

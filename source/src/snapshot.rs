@@ -62,24 +62,8 @@ pub(crate) async fn begin(
     position: &Position,
     schemas: &[SchemaRef],
 ) -> Result<(), Error> {
-    let closed = |_| Error::fatal("the pipeline stopped during the snapshot");
-    events
-        .send(Event::begin_at(position.clone()))
-        .await
-        .map_err(closed)?;
-    for s in schemas {
-        events
-            .send(Event::Schema(s.clone()))
-            .await
-            .map_err(closed)?;
-    }
-    events
-        .send(Event::Change(Change::Truncate {
-            tables: schemas.iter().map(|s| s.id.clone()).collect(),
-            snapshot: true,
-        }))
-        .await
-        .map_err(closed)
+    let every = schemas.iter().map(|s| s.id.clone()).collect();
+    open(events, TxContext::at(position.clone()), schemas, every).await
 }
 
 /// Opens the part of a snapshot that finishes one cut short (a `Begin` that continues it, at its `position`):
@@ -91,9 +75,19 @@ pub(crate) async fn begin_resumed(
     schemas: &[SchemaRef],
     emptied: Vec<TableId>,
 ) -> Result<(), Error> {
-    let closed = |_| Error::fatal("the pipeline stopped during the snapshot");
     let mut tx = TxContext::at(position.clone());
     tx.continues_snapshot = true;
+    open(events, tx, schemas, emptied).await
+}
+
+/// `tx`'s Begin, each table's schema, and the truncate of `emptied` (if any).
+async fn open(
+    events: &mpsc::Sender<Event>,
+    tx: TxContext,
+    schemas: &[SchemaRef],
+    emptied: Vec<TableId>,
+) -> Result<(), Error> {
+    let closed = |_| Error::fatal("the pipeline stopped during the snapshot");
     events
         .send(Event::Begin(Arc::new(tx)))
         .await

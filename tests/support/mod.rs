@@ -207,20 +207,8 @@ impl PgServer {
 
     /// Runs SQL with psql; the error text when it fails (a table not created yet, say).
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+        let out = psql_command(self.port, db)
+            .args(["-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("run psql");
         if !out.status.success() {
@@ -1375,26 +1363,52 @@ impl RetryingWriters {
     }
 }
 
+/// psql against database `db` of the test server on `port`, quiet, reading no ~/.psqlrc.
+pub fn psql_command(port: u16, db: &str) -> Command {
+    let mut command = Command::new("psql");
+    command
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &port.to_string(), "-d", db]);
+    command
+}
+
 /// Runs SQL with psql against a test server; whether it succeeded.
 pub fn psql_ok(port: u16, db: &str, sql: &str) -> bool {
-    Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &port.to_string(),
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
+    psql_command(port, db)
+        .args(["-c", sql])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A psql session kept open, so a test can hold a source transaction in progress: statements go in as they are
+/// sent, and stop the session at the first error.
+pub struct PsqlSession(Child);
+
+impl PsqlSession {
+    pub fn open(port: u16, db: &str) -> PsqlSession {
+        let child = psql_command(port, db)
+            .args(["-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("psql");
+        PsqlSession(child)
+    }
+
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql}").expect("write to psql");
+        stdin.flush().expect("flush psql");
+    }
+
+    /// Ends the session after `sql`; whether every statement succeeded.
+    pub fn finish(mut self, sql: &str) -> bool {
+        self.send(sql);
+        drop(self.0.stdin.take());
+        self.0.wait().is_ok_and(|s| s.success())
+    }
 }
 
 /// Runs SQL with the mariadb client against a test server; whether it succeeded.

@@ -236,6 +236,13 @@ pub async fn run(
         }
     }
 
+    let copy = Copy {
+        settings,
+        flavor,
+        databases: &databases,
+        events: &events,
+        stats: &stats,
+    };
     let mut catch_up = None;
     let start = match resume {
         Some(Position::Binlog(p)) => {
@@ -248,13 +255,6 @@ pub async fn run(
             if settings.recopies.is_empty() || cfg.snapshot == SnapshotMode::Never {
                 p
             } else {
-                let copy = Copy {
-                    settings,
-                    flavor,
-                    databases: &databases,
-                    events: &events,
-                    stats: &stats,
-                };
                 match copy.resume(&mut conn, &mut catalog, p, shutdown.clone()).await? {
                     Some(resumed) => {
                         catch_up = resumed.catch_up;
@@ -270,13 +270,6 @@ pub async fn run(
             )))
         }
         None => {
-            let copy = Copy {
-                settings,
-                flavor,
-                databases: &databases,
-                events: &events,
-                stats: &stats,
-            };
             let Some(position) = copy.anew(&mut conn, &mut catalog, shutdown.clone()).await? else {
                 return Ok(SourceExit::Shutdown);
             };
