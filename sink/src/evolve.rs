@@ -243,7 +243,7 @@ pub fn copied(applied: &mut HashMap<TableId, Applied>, table: &TableId) -> Optio
 /// The reason a table whose initial copy was cut short is quarantined at a sink's start.
 pub(crate) fn interrupted_copy(table: &TableId) -> String {
     format!(
-        "the initial copy of {table} was cut short (the process stopped during the snapshot): its changes wait          until an online re-copy replaces its rows"
+        "the initial copy of {table} was cut short (the process stopped during the snapshot): its changes wait until an online re-copy replaces its rows"
     )
 }
 

@@ -455,7 +455,7 @@ impl Copy<'_> {
         if anew.is_none() && !to_copy {
             // Every table was copied by a resumed copy already: only the stream's catching up is left.
             if let Some(until) = until {
-                info!(from = %from, until = %until, "the snapshot cut short was copied: streaming again from its                       position, applying changes the rows copied later hold already, until the copy's position");
+                info!(from = %from, until = %until, "the snapshot cut short was copied: streaming again from its position, applying changes the rows copied later hold already, until the copy's position");
                 return Ok(Some(Resumed {
                     from,
                     catch_up: Some(CatchUp {
