@@ -331,6 +331,13 @@ pub async fn run_sink<S: Sink>(
         }
         match split {
             Some((i, position)) => {
+                // A part of a snapshot resumed at a checkpoint below this sink's (sinks at different positions
+                // when it was cut short) leaves the checkpoint where it is: a checkpoint never moves back, or
+                // the sink would apply again what it holds.
+                let position = &match &skip.checkpoint {
+                    Some(cp) if position.try_cmp(cp).is_ok_and(|o| o.is_lt()) => cp.clone(),
+                    _ => position.clone(),
+                };
                 let started = Instant::now();
                 isolation
                     .apply(&mut sink, sink_stats, &events[..=i], Some(position))
@@ -640,6 +647,33 @@ mod tests {
             ]
         );
         assert_eq!(acked, Some(pg(7)));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_part_committed_below_the_checkpoint_leaves_it_where_it_is() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut part = TxContext::at(pg(5));
+        part.continues_snapshot = true;
+        let mut events = txn(0, 5);
+        events[0] = Event::Begin(Arc::new(part));
+        tx.send(Arc::new(Batch { events, bytes: 0 })).await.unwrap();
+        drop(tx);
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (tracker, acked) = AckTracker::new(vec![Some(pg(10))]);
+        let stats = Arc::new(PipelineStats::new("p", &["recorder"]));
+        run_sink(
+            Recorder(calls.clone()),
+            0,
+            Some(pg(10)),
+            rx,
+            tracker,
+            stats,
+            SinkSettings::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(*calls.lock().unwrap(), vec![(3, Some(pg(10)))]);
+        assert_eq!(*acked.borrow(), Some(pg(10)));
     }
 
     #[tokio::test]

@@ -110,6 +110,31 @@ async fn open(
     Ok(())
 }
 
+/// Ends the sinks' records of `tables`, whose copy was cut short but which are no longer followed (dropped, or
+/// left out of the pipeline): one transaction continuing the snapshot at `position` (the sinks' checkpoint),
+/// with their `Copied`. A filter that leaves a table out drops its `Copied` too; its record then stays, which
+/// costs nothing while the table is not followed, and resumes its copy if it is again.
+pub(crate) async fn forget_copies(
+    events: &mpsc::Sender<Event>,
+    position: &Position,
+    tables: Vec<TableId>,
+) -> Result<(), Error> {
+    let closed = |_| Error::fatal("the pipeline stopped");
+    let mut tx = TxContext::at(position.clone());
+    tx.continues_snapshot = true;
+    for event in [
+        Event::Begin(Arc::new(tx)),
+        Event::Change(Change::Copied { tables }),
+        Event::Commit {
+            position: position.clone(),
+            commit_time: Timestamp::now(),
+        },
+    ] {
+        events.send(event).await.map_err(closed)?;
+    }
+    Ok(())
+}
+
 /// Whether the transform chain passes a table's rows on unchanged (`ferry_transform::Chain::leaves_rows_unchanged`).
 pub type Unchanged = Arc<dyn Fn(&ferry_core::SchemaRef) -> bool + Send + Sync>;
 

@@ -418,6 +418,7 @@ impl Copy<'_> {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Resumed>, Error> {
         let mut left = std::collections::HashMap::new();
+        let mut gone = Vec::new();
         let mut until: Option<BinlogPosition> = None;
         let mut anew: Option<String> = None;
         for (recorded, cursor) in &self.settings.recopies {
@@ -429,7 +430,15 @@ impl Copy<'_> {
                 })
                 .collect();
             let [table] = found[..] else {
-                anew.get_or_insert(format!("table {recorded} is not found as one source table"));
+                if found.is_empty() {
+                    // Dropped, or left out of the pipeline since: nothing of it to copy.
+                    gone.push(recorded.clone());
+                } else {
+                    anew.get_or_insert(format!(
+                        "table {recorded} is the name of {} source tables",
+                        found.len()
+                    ));
+                }
                 continue;
             };
             if catalog[table].primary_key.is_empty() {
@@ -449,6 +458,17 @@ impl Copy<'_> {
             }
             left.insert(table.clone(), record.map(|(ranges, _)| ranges));
         }
+        if !gone.is_empty() {
+            info!(tables = ?gone, "tables whose copy was cut short are no longer followed: nothing of them is copied");
+            crate::snapshot::forget_copies(self.events, &Position::Binlog(from.clone()), gone)
+                .await?;
+        }
+        if left.is_empty() && anew.is_none() {
+            return Ok(Some(Resumed {
+                from,
+                catch_up: None,
+            }));
+        }
         let to_copy = left
             .values()
             .any(|ranges| ranges.as_ref().is_none_or(|r| !r.is_empty()));
@@ -467,9 +487,7 @@ impl Copy<'_> {
         }
         let (snap, position) = self.open(conn, catalog).await?;
         if anew.is_none() {
-            anew = snapshot::statement_between(conn, &from.pos, &position.pos)
-                .await?
-                .map(|s| format!("the binlog since holds a statement, `{s}`"));
+            anew = snapshot::change_between(conn, &from.pos, &position.pos).await?;
         }
         if let Some(why) = anew {
             warn!(from = %from, at = %position, reason = why, "the snapshot was cut short, and what it left cannot be \

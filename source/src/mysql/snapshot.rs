@@ -430,11 +430,12 @@ impl RangesLeft {
 /// Events read per `SHOW BINLOG EVENTS`.
 const EVENTS_PER_PAGE: usize = 10_000;
 
-/// The first statement logged from `from` up to `to` other than a transaction's own (BEGIN, COMMIT, XA,
-/// SAVEPOINT): a schema change, a TRUNCATE, a statement-format write. Read with `SHOW BINLOG EVENTS`, a page at a
-/// time, following the server's list of binlogs; `Some` naming why when `from` is not among them (nothing can be
-/// told of what happened since).
-pub async fn statement_between(
+/// Why the binlog from `from` up to `to` may hold a change that rows copied later cannot take again, `None` when
+/// it holds only row events and what frames transactions. Read with `SHOW BINLOG EVENTS`, a page at a time,
+/// following the server's list of binlogs. Anything else counts: a statement other than BEGIN, COMMIT, XA,
+/// SAVEPOINT or ANALYZE (a schema change, a TRUNCATE, a statement-format write; compressed ones too), an event
+/// of a kind not known to be harmless, and a `from` no longer on the server (nothing can be told of it).
+pub async fn change_between(
     conn: &mut Conn,
     from: &BinlogFilePos,
     to: &BinlogFilePos,
@@ -446,7 +447,7 @@ pub async fn statement_between(
     let logs: Vec<String> = logs.into_iter().filter_map(|r| r.get(0)).collect();
     if !logs.contains(&from.file) {
         return Ok(Some(format!(
-            "binlog {} is no longer on the server",
+            "binlog {} is no longer on the server, so what happened since cannot be told",
             from.file
         )));
     }
@@ -469,8 +470,10 @@ pub async fn statement_between(
             }
             let kind: String = event.get("Event_type").unwrap_or_default();
             let info: String = event.get("Info").unwrap_or_default();
-            if kind == "Query" && !transaction_control(&info) {
-                return Ok(Some(info));
+            if let Some(why) = unsafe_event(&kind, &info) {
+                return Ok(Some(format!(
+                    "the binlog since holds {why} at {file}:{start}"
+                )));
             }
             at = event.get("End_log_pos").unwrap_or(at);
         }
@@ -489,14 +492,43 @@ pub async fn statement_between(
     Ok(None)
 }
 
-/// Whether a logged statement only frames a transaction.
+/// Why a binlog event (its `SHOW BINLOG EVENTS` type and info) may change rows or a schema otherwise than by row
+/// events; `None` for row events, what frames a transaction, and bookkeeping.
+fn unsafe_event(kind: &str, info: &str) -> Option<String> {
+    const HARMLESS: &[&str] = &[
+        "Format_desc",
+        "Rotate",
+        "Stop",
+        "Heartbeat",
+        "Gtid",
+        "Gtid_list",
+        "Binlog_checkpoint",
+        "Previous_gtids",
+        "Anonymous_Gtid",
+        "Xid",
+        "XA_prepare",
+        "Table_map",
+        "Annotate_rows",
+        "Rows_query",
+        "Start_encryption",
+        "Transaction_payload",
+        "Partial_update_rows",
+    ];
+    let rows = ["Write_rows", "Update_rows", "Delete_rows"]
+        .iter()
+        .any(|r| kind.starts_with(r));
+    if rows || HARMLESS.contains(&kind) {
+        return None;
+    }
+    if kind.starts_with("Query") {
+        return (!transaction_control(info)).then(|| format!("a statement, `{info}`,"));
+    }
+    Some(format!("a {kind} event"))
+}
+
+/// Whether a logged statement only frames a transaction, or changes nothing (ANALYZE).
 fn transaction_control(info: &str) -> bool {
-    // MariaDB and MySQL prefix a statement with the database it ran in.
-    let statement = match info.strip_prefix("use ") {
-        Some(rest) => rest.split_once("; ").map_or(rest, |(_, s)| s),
-        None => info,
-    };
-    let word = statement
+    let word = statement_of(info)
         .trim_start()
         .split(|c: char| !c.is_ascii_alphabetic())
         .next()
@@ -504,8 +536,27 @@ fn transaction_control(info: &str) -> bool {
         .to_ascii_uppercase();
     matches!(
         word.as_str(),
-        "BEGIN" | "COMMIT" | "ROLLBACK" | "XA" | "SAVEPOINT" | "RELEASE"
+        "BEGIN" | "COMMIT" | "ROLLBACK" | "XA" | "SAVEPOINT" | "RELEASE" | "ANALYZE"
     )
+}
+
+/// A logged statement without the `` use `db`; `` MariaDB and MySQL put before it (a backtick in the name is
+/// doubled); the whole text when it has none or it does not parse.
+fn statement_of(info: &str) -> &str {
+    let Some(rest) = info.strip_prefix("use `") else {
+        return info;
+    };
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '`' {
+            if chars.peek().is_some_and(|(_, n)| *n == '`') {
+                chars.next();
+                continue;
+            }
+            return rest[i + 1..].strip_prefix("; ").unwrap_or(info);
+        }
+    }
+    info
 }
 
 /// `[min, max]` split into at most `parts` ranges that cover every integer; `None` when one range would do.
@@ -606,11 +657,17 @@ async fn copy_table(
     // The binary protocol gives typed values (integers, dates) rather than text.
     let mut result = match conn.exec_iter(sql, ()).await {
         Ok(result) => result,
-        // ER_TABLE_DEF_CHANGED: the table was created (or rebuilt) after the snapshot point, so every row it has
-        // comes from the binlog after that point.
+        // ER_TABLE_DEF_CHANGED: the table was created, or rebuilt (OPTIMIZE, ALTER … FORCE: no row events), after
+        // the snapshot point. Its rows are not all in the binlog after the point: the snapshot is taken again, at
+        // a point after that (a resumable one resumes).
         Err(mysql_async::Error::Server(e)) if e.code == 1412 => {
-            info!(table = %schema.id, "created after the snapshot point: its rows come from the binlog");
-            return Ok(0);
+            return Err(Error::transient(
+                format!(
+                    "table {} was created or rebuilt after the snapshot point: taking the snapshot again",
+                    schema.id
+                ),
+                mysql_async::Error::Server(e),
+            ));
         }
         Err(e) => return Err(err(e)),
     };
@@ -750,23 +807,36 @@ mod tests {
     }
 
     #[test]
-    fn only_statements_that_frame_a_transaction_are_transaction_control() {
-        for frame in [
-            "BEGIN",
-            "COMMIT",
-            "use `shop`; COMMIT",
-            "XA END 'x'",
-            "SAVEPOINT a",
+    fn only_row_events_and_what_frames_a_transaction_are_harmless() {
+        for (kind, info) in [
+            ("Query", "BEGIN"),
+            ("Query", "COMMIT"),
+            ("Query", "use `shop`; COMMIT"),
+            ("Query", "use `a``b`; SAVEPOINT a"),
+            ("Query", "XA END 'x'"),
+            ("Query", "use `shop`; ANALYZE TABLE big"),
+            ("Gtid", "BEGIN GTID 0-1-5"),
+            ("Write_rows_v1", "table_id: 30 flags: STMT_END_F"),
+            ("Update_rows_compressed_v1", ""),
+            ("Table_map", "table_id: 30 (shop.big)"),
+            ("Xid", "COMMIT /* xid=12 */"),
         ] {
-            assert!(transaction_control(frame), "{frame}");
+            assert_eq!(unsafe_event(kind, info), None, "{kind} {info}");
         }
-        for other in [
-            "use `shop`; ALTER TABLE t ADD c int",
-            "TRUNCATE shop.t",
-            "use `shop`; CREATE TABLE `begin` (id int)",
-            "use `shop`; INSERT INTO t VALUES (1)",
+        for (kind, info) in [
+            ("Query", "use `shop`; ALTER TABLE t ADD c int"),
+            (
+                "Query_compressed",
+                "use `shop`; ALTER TABLE big CHANGE n m bigint",
+            ),
+            ("Query", "TRUNCATE shop.t"),
+            ("Query", "use `shop`; CREATE TABLE `begin` (id int)"),
+            ("Query", "use `shop`; INSERT INTO t VALUES (1)"),
+            // The database's name is no statement.
+            ("Query", "use `x; COMMIT`; ALTER TABLE shop.small ADD c int"),
+            ("Execute_load_query", "LOAD DATA INFILE 'x' INTO TABLE t"),
         ] {
-            assert!(!transaction_control(other), "{other}");
+            assert!(unsafe_event(kind, info).is_some(), "{kind} {info}");
         }
     }
 }
