@@ -1341,7 +1341,11 @@ fn big_transactions(runs: u64, n: u64, json: bool) {
         );
         all.push(vec![Measure {
             workload: format!("one {}-row txn, live: after COMMIT", thousands(n)),
-            anchor: "native subscription, streaming = on",
+            anchor: if mode == "parallel" {
+                "native subscription, streaming = parallel"
+            } else {
+                "native subscription, streaming = on"
+            },
             rows: n,
             ferry: took,
             anchor_time: Some(native),
