@@ -295,8 +295,9 @@ async fn refuse_loops(config: &PipelineConfig) -> Result<(), Error> {
 
 /// The online re-copies to resume, from what each sink that keeps them recorded: a table's cursor when every such
 /// sink holds the same one, or one that covers them all (an initial copy resumed in place, see
-/// [`ferry_source::postgres::recopy::Cursor::merge`]); `None` (start it again) when they differ otherwise or some
-/// sink has none.
+/// [`ferry_source::postgres::recopy::Cursor::merge`]; a MySQL/MariaDB copy's key ranges, see
+/// [`ferry_source::mysql::merge_copy_records`]); `None` (start it again) when they differ otherwise or some sink
+/// has none.
 fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<String>)> {
     let mut tables: Vec<&TableId> = per_sink.iter().flatten().map(|(t, _)| t).collect();
     tables.sort();
@@ -315,8 +316,11 @@ fn agreed_recopies(per_sink: &[Vec<(TableId, String)>]) -> Vec<(TableId, Option<
                     .iter()
                     .map(|c| c.map(String::as_str))
                     .collect::<Option<Vec<&str>>>()
-                    .and_then(|all| ferry_source::postgres::recopy::Cursor::merge(&all))
-                    .map(|c| c.to_json())
+                    .and_then(|all| {
+                        ferry_source::postgres::recopy::Cursor::merge(&all)
+                            .map(|c| c.to_json())
+                            .or_else(|| ferry_source::mysql::merge_copy_records(&all))
+                    })
             };
             (t.clone(), agreed)
         })

@@ -312,6 +312,12 @@ pub async fn run(
     Ok(SourceExit::Shutdown)
 }
 
+/// One record of a table's copy covering what the sinks recorded at different paces
+/// ([`snapshot::RangesLeft::merge`]); `None` when they are not all key-range records.
+pub fn merge_copy_records(cursors: &[&str]) -> Option<String> {
+    snapshot::RangesLeft::merge(cursors)
+}
+
 /// What the initial copy needs: the source's settings and where its events go.
 struct Copy<'a> {
     settings: &'a MysqlSourceSettings,

@@ -402,6 +402,36 @@ impl RangesLeft {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// One record covering what several sinks recorded of a table, at different paces: every range one of them
+    /// has left (copying a range again into a sink that holds it is harmless: the rows are written by key, and
+    /// the stream from the checkpoint deletes what went since), and the latest position rows were read at.
+    /// `None` when one of `cursors` is no such record.
+    pub fn merge(cursors: &[&str]) -> Option<String> {
+        let mut merged: Option<RangesLeft> = None;
+        for cursor in cursors {
+            let record: RangesLeft = serde_json::from_str(cursor).ok()?;
+            Self::parse(cursor)?;
+            merged = Some(match merged {
+                None => record,
+                Some(mut m) => {
+                    for range in record.mysql_key_ranges {
+                        if !m.mysql_key_ranges.contains(&range) {
+                            m.mysql_key_ranges.push(range);
+                        }
+                    }
+                    m.rows = m.rows.min(record.rows);
+                    m.until = match (m.until, record.until) {
+                        (Some(a), Some(b)) if a.try_cmp(&b)?.is_lt() => Some(b),
+                        (Some(a), _) => Some(a),
+                        (None, b) => b,
+                    };
+                    m
+                }
+            });
+        }
+        merged.map(|m| m.to_json())
+    }
+
     /// The ranges a sink recorded and the position its rows were read at, if a resumed copy read them; `None`
     /// when `cursor` is no such record (another source's, or cut short before its first range: the table is
     /// copied whole).
@@ -802,6 +832,26 @@ mod tests {
         assert_eq!(RangesLeft::parse(r#"{"pages":[]}"#), None);
         assert_eq!(
             RangesLeft::parse(r#"{"mysql_key_ranges":[["x",null]],"rows":1}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn records_at_different_paces_merge_into_every_range_left_and_the_latest_read() {
+        let ranges = split_keys(1, 900, 3).unwrap();
+        let at = |offset| BinlogPosition {
+            pos: BinlogFilePos::new("binlog.000003", offset),
+            gtid: None,
+        };
+        let ahead = RangesLeft::new(&ranges[2..], 600, Some(at(50))).to_json();
+        let behind = RangesLeft::new(&ranges[1..], 300, Some(at(90))).to_json();
+        let merged = RangesLeft::merge(&[&ahead, &behind]).unwrap();
+        assert_eq!(
+            RangesLeft::parse(&merged),
+            Some((vec![ranges[2], ranges[1]], Some(at(90))))
+        );
+        assert_eq!(
+            RangesLeft::merge(&[&ahead, ferry_core::INTERRUPTED_COPY]),
             None
         );
     }
