@@ -355,28 +355,57 @@ impl Ferry {
 
     /// One process running the pipelines of several config files.
     pub fn start_many(configs: &[&Path], log_path: &Path) -> Ferry {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .expect("ferry log");
-        let http = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(ferry_bin())
-            .args(["run", "--http", &http, "--config"])
-            .args(configs)
-            .env(
-                "FERRY_LOG",
-                std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info,ferry_core=debug".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ferry");
-        Ferry {
-            child,
-            log_path: log_path.to_path_buf(),
-            http,
+        for attempt in 1.. {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .expect("ferry log");
+            let logged_before = log.metadata().map(|m| m.len()).unwrap_or(0);
+            let http = format!("127.0.0.1:{}", free_port());
+            let mut child = Command::new(ferry_bin())
+                .args(["run", "--http", &http, "--config"])
+                .args(configs)
+                .env(
+                    "FERRY_LOG",
+                    std::env::var("FERRY_TEST_LOG")
+                        .unwrap_or_else(|_| "info,ferry_core=debug".into()),
+                )
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start ferry");
+            // The port was free when chosen, but any process (a client's ephemeral port) may take it before
+            // Ferry binds it: then start again on another. Anything else is the test's to see.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let taken = loop {
+                let logged = std::fs::read(log_path).unwrap_or_default();
+                let new =
+                    String::from_utf8_lossy(&logged[(logged_before as usize).min(logged.len())..])
+                        .into_owned();
+                if new.contains("cannot listen on") {
+                    break true;
+                }
+                if new.contains("serving /healthz")
+                    || !matches!(child.try_wait(), Ok(None))
+                    || Instant::now() >= deadline
+                {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if taken && attempt < 5 {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            return Ferry {
+                child,
+                log_path: log_path.to_path_buf(),
+                http,
+            };
         }
+        unreachable!("the loop returns")
     }
 
     /// GET `path` from its HTTP endpoints: the status code and the body (`None` if nothing answers).
