@@ -30,9 +30,6 @@ pub struct Live {
     pub has_floor: bool,
     /// The transaction being applied live, and whether its `Begin` has gone out (it goes with its first row).
     current: Option<(u32, bool)>,
-    /// Transactions applied live and committed, and those abandoned (for the status and the tests' logs).
-    pub committed: u64,
-    pub abandoned: u64,
 }
 
 impl Live {
@@ -42,8 +39,6 @@ impl Live {
             after,
             has_floor,
             current: None,
-            committed: 0,
-            abandoned: 0,
         }
     }
 

@@ -562,7 +562,6 @@ impl Streamer {
                 commit_time_micros,
             } if self.live.is(xid) && self.live.begun() => {
                 self.live.end();
-                self.live.committed += 1;
                 self.spool.abort(xid, xid)?;
                 self.in_transaction = false;
                 self.recopies.committed(Some(xid));
@@ -729,7 +728,6 @@ impl Streamer {
     fn leave_live(&mut self, why: &str, out: &mut VecDeque<Event>) {
         let xid = self.spool.current();
         if self.live.end() {
-            self.live.abandoned += 1;
             self.in_transaction = false;
             out.push_back(Event::Abandon);
             info!(
