@@ -113,6 +113,12 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e),
             },
             SourceConfig::Mysql(source) => ferry_source::mysql::check_prerequisites(source).await,
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(source) => ferry_source::kafka::check_prerequisites(source).await,
+            #[cfg(not(feature = "kafka"))]
+            SourceConfig::Kafka(_) => Err(ferry_core::Error::fatal(
+                "this ferry was built without the kafka feature, which the Kafka source needs",
+            )),
         };
         // A source that cannot be reached still lets the sinks be checked: every failure at once.
         let outcomes = match outcomes {
@@ -232,6 +238,10 @@ pub async fn status(
                     .await
                     .context("reading the source's binlog position")?;
                 (None, None, None, position)
+            }
+            // Per partition, in each sink's lines below.
+            SourceConfig::Kafka(source) => {
+                (None, None, None, format!("Kafka group {}", source.group_id))
             }
         };
         let lag = |lsn: Lsn| current.map_or(0, |c| c.0.saturating_sub(lsn.0));

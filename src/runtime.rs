@@ -152,18 +152,12 @@ async fn run_once(
     } else {
         let mut min: Option<Position> = None;
         for p in checkpoints.iter().flatten() {
-            let lower = match &min {
-                None => true,
-                Some(m) => p
-                    .try_cmp(m)
-                    .map_err(|e| {
-                        Error::fatal_from("sinks hold checkpoints of different sources", e)
-                    })?
-                    .is_lt(),
-            };
-            if lower {
-                min = Some(p.clone());
-            }
+            min = Some(match &min {
+                None => p.clone(),
+                Some(m) => p.lower(m).map_err(|e| {
+                    Error::fatal_from("sinks hold checkpoints of different sources", e)
+                })?,
+            });
         }
         min.map(|from| ferry_core::Resume {
             from,

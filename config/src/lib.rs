@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 pub use env::{expand, ExpandError};
 pub use model::{
     Case, ColumnRef, ConflictPolicy, ConflictRule, DecimalHandling, FilterConfig, KafkaFormat,
-    KafkaSink, MaskKind, MergeRule, MysqlSource, OriginFilter, PipelineConfig, PostgresSource,
-    Resolver, RouteTo, RowErrorPolicy, SchemaChangePolicy, SinkConfig, SinkKind, SnapshotMode,
-    SourceConfig, TransformConfig, TransformKind,
+    KafkaSink, KafkaSource, KafkaTopics, MaskKind, MergeRule, MysqlSource, OriginFilter,
+    PipelineConfig, PostgresSource, Resolver, RouteTo, RowErrorPolicy, SchemaChangePolicy,
+    SinkConfig, SinkKind, SnapshotMode, SourceConfig, TransformConfig, TransformKind,
 };
 pub use validate::parse_duration;
 

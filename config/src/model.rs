@@ -98,6 +98,35 @@ impl OriginFilter {
 pub enum SourceConfig {
     Postgres(PostgresSource),
     Mysql(MysqlSource),
+    Kafka(KafkaSource),
+}
+
+/// Debezium-format topics read in a Kafka consumer group (docs/scale-out.md). Each sink stores the offsets of
+/// the partitions it applied in its checkpoint table, in the transaction of the rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSource {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topics: KafkaTopics,
+    /// The consumer group: processes with the same group share the topics' partitions.
+    pub group_id: String,
+    /// How records are encoded: Debezium's JSON envelope (with or without the schema block), or Avro through a
+    /// schema registry.
+    pub format: KafkaFormat,
+    /// librdkafka's `partition.assignment.strategy`.
+    pub assignment: String,
+    /// Where a partition no sink has applied starts: its earliest record (true) or the next one written.
+    pub from_earliest: bool,
+    /// Extra librdkafka properties (`[source.kafka]`: TLS, SASL, …).
+    pub properties: Vec<(String, String)>,
+}
+
+/// Which topics a Kafka source reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KafkaTopics {
+    List(Vec<String>),
+    /// A regular expression over topic names (librdkafka's `^…` subscription).
+    Pattern(String),
 }
 
 /// A MySQL / MariaDB row-binlog source (so far `ferry check` only; streaming is the MySQL-source issue's work).

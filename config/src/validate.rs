@@ -482,7 +482,7 @@ pub fn validate(
         include_tables: match &source {
             Some(SourceConfig::Postgres(pg)) => pg.tables.clone(),
             Some(SourceConfig::Mysql(my)) => my.tables.clone(),
-            None => None,
+            Some(SourceConfig::Kafka(_)) | None => None,
         },
         ..filter
     };
@@ -490,6 +490,18 @@ pub fn validate(
     let transforms = read_transforms(&mut r, &mut root);
     let sinks = read_sinks(&mut r, &mut root);
     r.finish(root);
+    // A Kafka source's offsets are stored in the targets' checkpoint tables.
+    if matches!(source, Some(SourceConfig::Kafka(_))) {
+        for (i, sink) in sinks.iter().enumerate() {
+            if matches!(sink.kind, SinkKind::Kafka(_)) {
+                r.error(
+                    format!("sink[{i}].type"),
+                    "a Kafka source applies to \"postgres\", \"mysql\", \"sqlite\" or \"discard\" sinks, which store \
+                     its offsets with the rows; to copy topics between clusters use MirrorMaker",
+                );
+            }
+        }
+    }
     // A row a transform sets aside goes to every sink's dead letters: each sink must keep them.
     let no_letters: Vec<&str> = sinks
         .iter()
@@ -640,10 +652,11 @@ fn read_source(r: &mut Reader<'_>, mut s: Section<'_>, pipeline: &str) -> Option
                 }))
             })()
         }
+        Some("kafka") => read_kafka_source(r, &mut s),
         Some(other) => {
             r.error(
                 s.key("type"),
-                format!("expected \"postgres\" or \"mysql\", found {other:?}"),
+                format!("expected \"postgres\", \"mysql\" or \"kafka\", found {other:?}"),
             );
             None
         }
@@ -992,44 +1005,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     let dead_letter_topic = r
         .string(s, "dead_letter_topic", "a topic name")
         .unwrap_or(defaults.dead_letter_topic);
-    let registry = r.string(
-        s,
-        "schema_registry",
-        "a schema registry URL such as \"http://registry:8081\" or \"https://KEY:SECRET@registry.example.com\"",
-    );
-    let registry_ca = r
-        .string(
-            s,
-            "schema_registry_ca",
-            "the path of a PEM file with the CA certificate of an https registry",
-        )
-        .map(std::path::PathBuf::from);
-    // Every key is read before any is given up on, so all errors are reported at once.
-    let format = match choice(r, s, "format", &["json", "avro"], "json").as_deref() {
-        None => None,
-        Some("avro") => match registry {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                Some(KafkaFormat::Avro {
-                    schema_registry: url,
-                    schema_registry_ca: registry_ca,
-                })
-            }
-            Some(url) => {
-                // Not echoed whole: the URL may carry credentials.
-                let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-                r.error(
-                    s.key("schema_registry"),
-                    format!("expected an http:// or https:// URL, found one starting {scheme:?}"),
-                );
-                None
-            }
-            None => {
-                r.error(s.key("schema_registry"), "missing; format = \"avro\" needs a schema registry URL such as \"http://registry:8081\"");
-                None
-            }
-        },
-        Some(_) => Some(KafkaFormat::Json),
-    };
+    let format = read_kafka_format(r, s);
     let exactly_once = choice(
         r,
         s,
@@ -1077,23 +1053,7 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
     } else {
         Some(defaults.max_message_bytes)
     };
-    let mut properties = Vec::new();
-    if let Some(props) = r.subtable(s, "kafka") {
-        for (k, v) in props.table {
-            match v {
-                Value::String(text) => match expand(text, r.env) {
-                    Ok(text) => properties.push((k.clone(), text)),
-                    Err(e) => r.error(props.key(k), e.to_string()),
-                },
-                Value::Integer(n) => properties.push((k.clone(), n.to_string())),
-                Value::Boolean(b) => properties.push((k.clone(), b.to_string())),
-                other => r.error(
-                    props.key(k),
-                    format!("expected a librdkafka property value (string, number or boolean), found {}", other.type_str()),
-                ),
-            }
-        }
-    }
+    let properties = read_kafka_properties(r, s);
     Some(SinkKind::Kafka(KafkaSink {
         brokers: brokers?,
         topic_prefix,
@@ -1111,6 +1071,148 @@ fn read_kafka(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SinkKind> {
         dead_letter_topic,
         properties,
     }))
+}
+
+/// `format` with `schema_registry` and `schema_registry_ca` (a Kafka sink's or source's).
+fn read_kafka_format(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<KafkaFormat> {
+    let registry = r.string(
+        s,
+        "schema_registry",
+        "a schema registry URL such as \"http://registry:8081\" or \"https://KEY:SECRET@registry.example.com\"",
+    );
+    let registry_ca = r
+        .string(
+            s,
+            "schema_registry_ca",
+            "the path of a PEM file with the CA certificate of an https registry",
+        )
+        .map(std::path::PathBuf::from);
+    let format = match choice(r, s, "format", &["json", "avro"], "json").as_deref() {
+        None => None,
+        Some("avro") => match registry {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(KafkaFormat::Avro {
+                    schema_registry: url,
+                    schema_registry_ca: registry_ca,
+                })
+            }
+            Some(url) => {
+                // Not echoed whole: the URL may carry credentials.
+                let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+                r.error(
+                    s.key("schema_registry"),
+                    format!("expected an http:// or https:// URL, found one starting {scheme:?}"),
+                );
+                None
+            }
+            None => {
+                r.error(s.key("schema_registry"), "missing; format = \"avro\" needs a schema registry URL such as \"http://registry:8081\"");
+                None
+            }
+        },
+        Some(_) => Some(KafkaFormat::Json),
+    };
+    format
+}
+
+/// `[sink.kafka]` / `[source.kafka]`: librdkafka properties passed through (TLS, SASL, …).
+fn read_kafka_properties(r: &mut Reader<'_>, s: &mut Section<'_>) -> Vec<(String, String)> {
+    let mut properties = Vec::new();
+    if let Some(props) = r.subtable(s, "kafka") {
+        for (k, v) in props.table {
+            match v {
+                Value::String(text) => match expand(text, r.env) {
+                    Ok(text) => properties.push((k.clone(), text)),
+                    Err(e) => r.error(props.key(k), e.to_string()),
+                },
+                Value::Integer(n) => properties.push((k.clone(), n.to_string())),
+                Value::Boolean(b) => properties.push((k.clone(), b.to_string())),
+                other => r.error(
+                    props.key(k),
+                    format!("expected a librdkafka property value (string, number or boolean), found {}", other.type_str()),
+                ),
+            }
+        }
+    }
+    properties
+}
+
+/// A `[source] type = "kafka"`: Debezium-format topics read in a consumer group.
+fn read_kafka_source(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SourceConfig> {
+    let brokers = r.required_string(s, "brokers", "a broker list such as \"127.0.0.1:9092\"");
+    let list = r.string_list(s, "topics", "topic names such as \"shop.public.orders\"");
+    let pattern = r.string(
+        s,
+        "topic_pattern",
+        "a regular expression such as \"^shop\\\\..*\"",
+    );
+    let topics = match (list, pattern) {
+        (Some(_), Some(_)) => {
+            r.error(
+                s.key("topic_pattern"),
+                "set either topics or topic_pattern, not both",
+            );
+            None
+        }
+        (Some(list), None) if list.is_empty() => {
+            r.error(s.key("topics"), "expected at least one topic name");
+            None
+        }
+        (Some(list), None) => {
+            let bad: Vec<_> = list.iter().filter(|t| !valid_topic(t)).cloned().collect();
+            if bad.is_empty() {
+                Some(KafkaTopics::List(list))
+            } else {
+                r.error(s.key("topics"), format!("expected Kafka topic names (letters, digits, '.', '_', '-'), found {bad:?}"));
+                None
+            }
+        }
+        // librdkafka subscribes by regular expression to a name that starts with `^`.
+        (None, Some(p)) if p.starts_with('^') && p.len() > 1 => Some(KafkaTopics::Pattern(p)),
+        (None, Some(_)) => {
+            r.error(
+                s.key("topic_pattern"),
+                "expected a regular expression starting with ^, such as \"^shop\\\\..*\"",
+            );
+            None
+        }
+        (None, None) => {
+            r.error(s.key("topics"), "missing; expected topics = [\"shop.public.orders\", …] or topic_pattern = \"^shop\\\\..*\"");
+            None
+        }
+    };
+    let group_id = r.required_string(
+        s,
+        "group_id",
+        "a consumer group id such as \"ferry-replica-eu\"",
+    );
+    let format = read_kafka_format(r, s);
+    let assignment = choice(
+        r,
+        s,
+        "assignment",
+        &["cooperative-sticky", "range", "roundrobin"],
+        "cooperative-sticky",
+    );
+    let start = choice(r, s, "start", &["earliest", "latest"], "earliest").map(|v| v == "earliest");
+    let properties = read_kafka_properties(r, s);
+    Some(SourceConfig::Kafka(KafkaSource {
+        brokers: brokers?,
+        topics: topics?,
+        group_id: group_id?,
+        format: format?,
+        assignment: assignment?,
+        from_earliest: start?,
+        properties,
+    }))
+}
+
+/// Kafka's rule for topic names.
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn read_snapshot_mode(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SnapshotMode> {

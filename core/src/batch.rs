@@ -57,7 +57,7 @@ impl Batch {
     /// [`Event::Abandon`] stand apart from what precedes them, so that the runner commits before the one and
     /// undoes nothing but the live transaction at the other.
     pub fn starts_apart(event: &Event) -> bool {
-        event.opens_live() || matches!(event, Event::Abandon)
+        event.opens_live() || matches!(event, Event::Abandon | Event::Claim(_))
     }
 
     /// Whether the batch ends at a transaction boundary (a commit, or a heartbeat between transactions).

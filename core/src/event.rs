@@ -237,6 +237,10 @@ pub enum Event {
     /// change) and comes again whole at its commit. The runner undoes everything the sinks applied of it
     /// ([`crate::Sink::rollback`]); sinks never receive this event in [`crate::Sink::apply`].
     Abandon,
+    /// A Kafka source was given partitions ([`crate::kafka_offsets::Claim`]): the runner commits what came
+    /// before, has its sink claim them and answers the source. Sinks never receive it in
+    /// [`crate::Sink::apply`].
+    Claim(Arc<crate::kafka_offsets::Claim>),
 }
 
 /// What a transaction's rows share, known at its `Begin`: transform stages read it per row (`filter` on the origin,

@@ -14,9 +14,11 @@ pub mod alerts;
 pub mod batch;
 pub mod binlog_position;
 pub mod dead_letter;
+pub mod debezium;
 pub mod error;
 pub mod event;
 pub mod isolate;
+pub mod kafka_offsets;
 pub mod pg_text;
 pub mod pipeline;
 pub mod position;
@@ -41,6 +43,7 @@ pub use event::{
     RefusedRow, Row, RowOp, TxContext, INTERRUPTED_COPY, TOMBSTONES_TABLE, VERSION_NODE,
     VERSION_TS, VERSION_VECTOR,
 };
+pub use kafka_offsets::{Claim, KafkaOffsets, PartitionMark, TopicPartition};
 pub use position::{Lsn, Position, WaitPoint};
 pub use schema::{
     enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,

@@ -112,9 +112,10 @@ async fn cut_batches(
                 send(&outputs, std::mem::take(&mut batch)).await?;
                 deadline = Some(Instant::now() + limits.max_wait);
             }
-            let abandon = matches!(event, Event::Abandon);
+            // An abandon and a claim each make a batch of their own.
+            let alone = matches!(event, Event::Abandon | Event::Claim(_));
             batch.push(event);
-            if abandon {
+            if alone {
                 send(&outputs, std::mem::take(&mut batch)).await?;
                 deadline = None;
             }
@@ -199,19 +200,15 @@ impl AckTracker {
 /// The smallest position, or `None` while any sink has none. Positions of different kinds never meet in one
 /// pipeline (one source), so an incomparable pair is treated as "not yet".
 fn minimum(positions: &[Option<Position>]) -> Option<Position> {
-    let mut min: Option<&Position> = None;
+    let mut min: Option<Position> = None;
     for p in positions {
         let p = p.as_ref()?;
-        min = match min {
-            None => Some(p),
-            Some(m) => match p.try_cmp(m) {
-                Ok(std::cmp::Ordering::Less) => Some(p),
-                Ok(_) => Some(m),
-                Err(_) => return None,
-            },
-        };
+        min = Some(match min {
+            None => p.clone(),
+            Some(m) => p.lower(&m).ok()?,
+        });
     }
-    min.cloned()
+    min
 }
 
 /// How a sink's runner works: batch limits, and what it does with rows the target refuses.
@@ -281,19 +278,47 @@ pub async fn run_sink<S: Sink>(
                 debug!(sink = sink.name(), "undid a transaction applied live");
                 continue;
             }
+            Some(Event::Claim(claim)) => {
+                commit_open(
+                    &mut sink,
+                    &mut isolation,
+                    sink_stats,
+                    &skip,
+                    &mut open_events,
+                )
+                .await?;
+                last_commit = Instant::now();
+                let claimed = sink.claim(&claim.partitions, claim.token).await;
+                let answer = claimed
+                    .as_ref()
+                    .map(Clone::clone)
+                    .map_err(ToString::to_string);
+                // The source waits for every sink's answer; one that has stopped waiting has failed itself.
+                let _ = claim.answers.send((index, answer));
+                let claimed = claimed?;
+                let held = match &skip.checkpoint {
+                    Some(Position::Kafka(cp)) => cp.with_claimed(&claim.partitions, &claimed),
+                    _ => claimed,
+                };
+                let held = Position::Kafka(held);
+                info!(sink = sink.name(), partitions = claim.partitions.len(), held = %held, "claimed Kafka partitions");
+                skip.checkpoint = Some(held.clone());
+                tracker.report(index, held);
+                continue;
+            }
             Some(begin) if begin.opens_live() => {
                 // Only the live transaction may be open when it is abandoned: commit what precedes it (events
                 // between transactions, such as a schema change) at the checkpoint already stored.
                 if open_events > 0 {
-                    let Some(position) = skip.checkpoint.clone() else {
-                        return Err(Error::fatal(
-                            "a transaction was applied live before the sink had a checkpoint",
-                        ));
-                    };
-                    isolation
-                        .apply(&mut sink, sink_stats, &[], Some(&position))
-                        .await?;
-                    (open_events, last_commit) = (0, Instant::now());
+                    commit_open(
+                        &mut sink,
+                        &mut isolation,
+                        sink_stats,
+                        &skip,
+                        &mut open_events,
+                    )
+                    .await?;
+                    last_commit = Instant::now();
                 }
                 live = Some((
                     isolation.mark(),
@@ -334,9 +359,10 @@ pub async fn run_sink<S: Sink>(
                 // A part of a snapshot resumed at a checkpoint below this sink's (sinks at different positions
                 // when it was cut short) leaves the checkpoint where it is: a checkpoint never moves back, or
                 // the sink would apply again what it holds.
+                // (Kafka offsets: per partition.)
                 let position = &match &skip.checkpoint {
-                    Some(cp) if position.try_cmp(cp).is_ok_and(|o| o.is_lt()) => cp.clone(),
-                    _ => position.clone(),
+                    Some(cp) => position.not_below(cp),
+                    None => position.clone(),
                 };
                 let started = Instant::now();
                 isolation
@@ -369,6 +395,30 @@ pub async fn run_sink<S: Sink>(
         }
     }
     info!(sink = sink.name(), "sink finished");
+    Ok(())
+}
+
+/// Commits the events applied since the last commit at the checkpoint already stored (events between
+/// transactions, such as a schema change), before a step that needs the target transaction to itself.
+async fn commit_open<S: Sink>(
+    sink: &mut S,
+    isolation: &mut Isolation,
+    sink_stats: &crate::stats::SinkStats,
+    skip: &SkipCovered,
+    open_events: &mut usize,
+) -> Result<()> {
+    if *open_events == 0 {
+        return Ok(());
+    }
+    let Some(position) = skip.checkpoint.clone() else {
+        return Err(Error::fatal(
+            "events were left uncommitted before the sink had a checkpoint",
+        ));
+    };
+    isolation
+        .apply(sink, sink_stats, &[], Some(&position))
+        .await?;
+    *open_events = 0;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::binlog_position::BinlogPosition;
+use crate::kafka_offsets::KafkaOffsets;
 
 /// A PostgreSQL write-ahead-log location, displayed as PostgreSQL does (`16/B374D848`).
 #[derive(
@@ -70,6 +71,9 @@ pub enum Position {
     Pg(Lsn, u32),
     /// MySQL / MariaDB: the binlog offset just past a transaction's commit event, with the GTID state after it.
     Binlog(BinlogPosition),
+    /// A Kafka source: per partition, the next offset to apply and the claim that owns it
+    /// ([`KafkaOffsets`]). Maps order only partially: [`Position::lower`] takes their meet.
+    Kafka(KafkaOffsets),
 }
 
 /// Two positions of different kinds were compared.
@@ -88,7 +92,33 @@ impl Position {
             (Position::Binlog(a), Position::Binlog(b)) => {
                 a.try_cmp(b).ok_or_else(|| self.incomparable(other))
             }
+            (Position::Kafka(a), Position::Kafka(b)) => {
+                a.try_cmp(b).ok_or_else(|| self.incomparable(other))
+            }
             _ => Err(self.incomparable(other)),
+        }
+    }
+
+    /// The position both include: the lower of two ordered positions; for Kafka offsets, per partition the
+    /// lower offset of the partitions both hold. Positions of different kinds are an error.
+    pub fn lower(&self, other: &Position) -> Result<Position, IncomparablePositions> {
+        match (self, other) {
+            (Position::Kafka(a), Position::Kafka(b)) => Ok(Position::Kafka(a.meet(b))),
+            _ => Ok(if self.try_cmp(other)?.is_le() {
+                self.clone()
+            } else {
+                other.clone()
+            }),
+        }
+    }
+
+    /// This position as a checkpoint that never moves back from `floor` (a sink's stored checkpoint): `floor`
+    /// when this one is below it; for Kafka offsets, each partition's offset raised to `floor`'s.
+    pub fn not_below(&self, floor: &Position) -> Position {
+        match (self, floor) {
+            (Position::Kafka(a), Position::Kafka(f)) => Position::Kafka(a.not_below(f)),
+            _ if self.try_cmp(floor).is_ok_and(|o| o.is_lt()) => floor.clone(),
+            _ => self.clone(),
         }
     }
 
@@ -103,7 +133,7 @@ impl Position {
     pub fn as_lsn(&self) -> Option<Lsn> {
         match self {
             Position::Pg(lsn, _) => Some(*lsn),
-            Position::Binlog(_) => None,
+            Position::Binlog(_) | Position::Kafka(_) => None,
         }
     }
 
@@ -119,6 +149,7 @@ impl fmt::Display for Position {
             Position::Pg(lsn, 0) => write!(f, "pg:{lsn}"),
             Position::Pg(lsn, timeline) => write!(f, "pg:{lsn};timeline={timeline}"),
             Position::Binlog(pos) => write!(f, "mysql:{pos}"),
+            Position::Kafka(offsets) => write!(f, "kafka:{offsets}"),
         }
     }
 }
@@ -144,6 +175,7 @@ impl FromStr for Position {
                 Ok(Position::Pg(lsn.parse()?, timeline))
             }
             Some(("mysql", pos)) => Ok(Position::Binlog(pos.parse()?)),
+            Some(("kafka", offsets)) => Ok(Position::Kafka(offsets.parse()?)),
             _ => Err(ParsePositionError::new(
                 s,
                 "a position such as pg:16/B374D848 or mysql:binlog.000003:1234",
@@ -236,6 +268,9 @@ impl Position {
             (Position::Binlog(checkpoint), Position::Binlog(start)) => checkpoint
                 .includes(start)
                 .ok_or_else(|| self.incomparable(commit_at)),
+            (Position::Kafka(checkpoint), Position::Kafka(record)) => {
+                Ok(checkpoint.includes(record))
+            }
             _ => Err(self.incomparable(commit_at)),
         }
     }

@@ -50,6 +50,26 @@ pub trait Sink: Send + 'static {
         async { Err(error) }
     }
 
+    /// A Kafka source's partitions come to this process ([`crate::Event::Claim`]). In a target transaction of
+    /// its own, with nothing else open, the sink stamps each partition's checkpoint with `token` (creating the
+    /// row of a partition it never applied) and returns the offsets it holds for them, with `token` as their
+    /// claim. From then on a commit of offsets under another token finds the token changed and fails whole:
+    /// a process that lost the partitions cannot write them. Sinks that keep no such rows answer with an error
+    /// that says so.
+    fn claim(
+        &mut self,
+        partitions: &[crate::TopicPartition],
+        token: u64,
+    ) -> impl Future<Output = Result<crate::KafkaOffsets>> + Send {
+        let _ = (partitions, token);
+        let error = Error::fatal(format!(
+            "sink {} cannot store a Kafka source's offsets; a Kafka source applies to PostgreSQL, MySQL / MariaDB \
+             or SQLite targets",
+            self.name()
+        ));
+        async { Err(error) }
+    }
+
     /// The conflicts made durable by the commits since the last call (each is also a row of the target's
     /// `ferry_conflicts`). Sinks that resolve no conflicts have none.
     fn take_conflicts(&mut self) -> Vec<crate::stats::ConflictCount> {

@@ -432,6 +432,8 @@ impl PipelineStats {
                         + logs[i + 1..].iter().map(|(_, size)| size).sum::<u64>(),
                 )
             }
+            // Measured in records, per partition (`ferry status`).
+            Position::Kafka(_) => None,
         }
     }
 

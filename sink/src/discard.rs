@@ -51,6 +51,26 @@ impl Sink for DiscardSink {
             .transpose()
     }
 
+    /// Answers with the offsets its file holds; one process owns the file, so nothing is fenced.
+    async fn claim(
+        &mut self,
+        partitions: &[ferry_core::TopicPartition],
+        token: u64,
+    ) -> Result<ferry_core::KafkaOffsets, Error> {
+        let held = match self.checkpoint().await? {
+            Some(Position::Kafka(offsets)) => offsets,
+            _ => ferry_core::KafkaOffsets::default(),
+        };
+        let claimed = partitions
+            .iter()
+            .map(|tp| {
+                let next = held.get(tp).and_then(|m| m.next);
+                (tp.clone(), ferry_core::PartitionMark { next, claim: token })
+            })
+            .collect();
+        Ok(ferry_core::KafkaOffsets::from_map(claimed))
+    }
+
     /// Nothing was written before a commit.
     async fn rollback(&mut self) -> Result<(), Error> {
         Ok(())

@@ -61,6 +61,14 @@ impl Sink for AnySink {
         each!(self, s => s.rollback().await)
     }
 
+    async fn claim(
+        &mut self,
+        partitions: &[ferry_core::TopicPartition],
+        token: u64,
+    ) -> Result<ferry_core::KafkaOffsets, Error> {
+        each!(self, s => s.claim(partitions, token).await)
+    }
+
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), Error> {
         each!(self, s => s.dead_letter(letter).await)
     }
@@ -88,6 +96,7 @@ fn multi_master(config: &PipelineConfig, sink: &SinkConfig) -> crate::conflict::
     crate::conflict::MultiMasterOptions {
         conflicts: sink.conflicts.clone(),
         node: config.node.clone(),
+        shared: matches!(config.source, ferry_config::SourceConfig::Kafka(_)),
     }
 }
 
@@ -135,6 +144,8 @@ fn source_info(
     let (connector, url) = match &config.source {
         ferry_config::SourceConfig::Postgres(p) => ("postgresql", p.url.as_str()),
         ferry_config::SourceConfig::Mysql(m) => ("mysql", m.url.as_str()),
+        // Refused by config validation: a Kafka source stores its offsets in SQL targets.
+        ferry_config::SourceConfig::Kafka(_) => ("kafka", ""),
     };
     // The database is the URL's path: scheme://user@host:port/db?options.
     let db = url

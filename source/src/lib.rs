@@ -2,6 +2,8 @@
 //! position the sinks report as durable.
 
 pub mod check;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mysql;
 pub mod postgres;
 pub mod registry;

@@ -14,6 +14,10 @@ use crate::postgres::PgSourceSettings;
 pub enum AnySource {
     Postgres(Box<PgSourceSettings>, Arc<PipelineStats>),
     Mysql(Box<MysqlSourceSettings>, Arc<PipelineStats>),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<crate::kafka::KafkaSourceSettings>),
+    /// A source this build leaves out (a cargo feature), with why.
+    Missing(&'static str),
 }
 
 /// The name the sinks know a source table by, after the transform chain's routes
@@ -82,6 +86,18 @@ pub fn open(
             }),
             stats,
         ),
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(source) => {
+            AnySource::Kafka(Box::new(crate::kafka::KafkaSourceSettings {
+                pipeline: config.name.clone(),
+                config: source.clone(),
+                sinks: config.sinks.len(),
+            }))
+        }
+        #[cfg(not(feature = "kafka"))]
+        SourceConfig::Kafka(_) => AnySource::Missing(
+            "this ferry was built without the kafka feature, which the Kafka source needs",
+        ),
     }
 }
 
@@ -121,6 +137,12 @@ impl Source for AnySource {
                 let resume = resume.map(|r| r.from);
                 crate::mysql::run(&settings, resume, events, acked, shutdown, stats).await
             }
+            // Each partition's start comes from the sinks' claims, not from `resume`.
+            #[cfg(feature = "kafka")]
+            AnySource::Kafka(settings) => {
+                crate::kafka::run(&settings, events, acked, shutdown).await
+            }
+            AnySource::Missing(why) => Err(Error::fatal(why)),
         }
     }
 }

@@ -457,6 +457,7 @@ impl Transform for Chain {
             other @ (Event::Commit { .. }
             | Event::Heartbeat { .. }
             | Event::Abandon
+            | Event::Claim(_)
             | Event::Change(Change::Refused(_))) => out.push(other),
         }
         Ok(())

@@ -36,6 +36,10 @@ pub struct MultiMasterOptions {
     /// `[pipeline] node`: when set, the sink marks the transactions it applies (a PostgreSQL replication origin,
     /// a MySQL `ferry_origin` row) so that a peer pipeline reading the target can skip them.
     pub node: Option<String>,
+    /// Processes of a Kafka source's consumer group run this sink together, each applying its own partitions:
+    /// no lease keeps them apart; each partition's claim fences them instead
+    /// ([`ferry_core::kafka_offsets`]).
+    pub shared: bool,
 }
 
 impl MultiMasterOptions {

@@ -7,6 +7,8 @@
 //! forms cannot hold (a timestamp past an i64 of microseconds since 1970) stops the pipeline naming it.
 
 use ferry_config::DecimalHandling;
+pub(super) use ferry_core::debezium::{unscaled_bytes, UNAVAILABLE};
+use ferry_core::debezium::{MICRO_TIMESTAMP_INFINITY, MICRO_TIMESTAMP_NEG_INFINITY};
 use ferry_core::{
     ColumnType, Decimal, Dialect, Error, Interval, Position, Row, SchemaRef, TableSchema,
     Timestamp, TxContext, Value,
@@ -202,52 +204,6 @@ fn push_int(out: &mut String, n: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
-/// The unscaled value of a decimal as big-endian two's-complement bytes, and its scale (Kafka Connect's
-/// `Decimal` logical type).
-pub(super) fn unscaled_bytes(text: &str) -> (Vec<u8>, usize) {
-    let negative = text.starts_with('-');
-    let body = text.trim_start_matches(['-', '+']);
-    let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
-    // Magnitude as little-endian base-256 digits, built by multiply-and-add over the decimal digits.
-    let mut mag: Vec<u8> = vec![0];
-    for d in whole.bytes().chain(frac.bytes()) {
-        let mut carry = u32::from(d - b'0');
-        for byte in mag.iter_mut() {
-            let v = u32::from(*byte) * 10 + carry;
-            *byte = (v & 0xff) as u8;
-            carry = v >> 8;
-        }
-        while carry > 0 {
-            mag.push((carry & 0xff) as u8);
-            carry >>= 8;
-        }
-    }
-    // Room for the sign bit.
-    if mag.last().is_some_and(|b| b & 0x80 != 0) {
-        mag.push(0);
-    }
-    if negative {
-        let mut carry = 1u16;
-        for byte in mag.iter_mut() {
-            let v = u16::from(!*byte) + carry;
-            *byte = (v & 0xff) as u8;
-            carry = v >> 8;
-        }
-    }
-    // Shortest form: drop redundant sign bytes.
-    while mag.len() > 1 {
-        let top = mag[mag.len() - 1];
-        let next = mag[mag.len() - 2];
-        if (top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0) {
-            mag.pop();
-        } else {
-            break;
-        }
-    }
-    mag.reverse();
-    (mag, frac.len())
-}
-
 /// The decimal's precision and scale as the column declares them (`numeric(12,2)`, `decimal(65,30)`), if it does.
 pub(super) fn declared_precision_scale(source_type: &str) -> Option<(usize, usize)> {
     let args = source_type.split_once('(')?.1.split_once(')')?.0;
@@ -258,11 +214,6 @@ pub(super) fn declared_precision_scale(source_type: &str) -> Option<(usize, usiz
 fn declared_scale(source_type: &str) -> Option<usize> {
     declared_precision_scale(source_type).map(|(_, s)| s)
 }
-
-/// Debezium's placeholder for a value the source did not send (PostgreSQL's unchanged TOAST), the default of its
-/// `unavailable.value.placeholder`: consumers of Debezium topics already recognise it, and it is never mistaken
-/// for a NULL the source wrote.
-pub(super) const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 /// The form the placeholder takes in a column, as Debezium's `UnchangedToastedPlaceholder` writes it: text in
 /// text-typed fields, its bytes in binary ones, its bytes as numbers in integer arrays, a one-element array in
@@ -342,11 +293,6 @@ fn push_unavailable(out: &mut String, form: Unavailable) {
         Unavailable::Null => out.push_str("null"),
     }
 }
-
-/// Debezium's `MicroTimestamp` for PostgreSQL's `infinity` and `-infinity`: the JDBC driver's
-/// `PGStatement.DATE_POSITIVE_INFINITY` / `DATE_NEGATIVE_INFINITY`, as Debezium's PostgreSQL connector writes them.
-const MICRO_TIMESTAMP_INFINITY: i64 = 9_223_372_036_825_200_000;
-const MICRO_TIMESTAMP_NEG_INFINITY: i64 = -9_223_372_036_832_400_000;
 
 const MICROS_PER_DAY: i128 = 86_400_000_000;
 
@@ -478,6 +424,17 @@ fn field_schema(table: &TableSchema, i: usize, decimals: DecimalHandling) -> Jso
     if let Json::Object(m) = &mut schema {
         m.insert("optional".into(), Json::Bool(column.nullable));
         m.insert("field".into(), Json::String(column.name.clone()));
+        // The column's type as the source spells it, so that a Ferry Kafka source creates the target column
+        // exactly (Debezium's `column.propagate.source.type` gives only the type's name and size).
+        if !column.source_type.is_empty() {
+            let params = m.entry("parameters").or_insert_with(|| json!({}));
+            if let Json::Object(p) = params {
+                p.insert(
+                    "__ferry.source.type".into(),
+                    Json::String(column.source_type.clone()),
+                );
+            }
+        }
     }
     schema
 }

@@ -632,35 +632,56 @@ impl KafkaSink {
                         .ok_or_else(|| {
                             Error::fatal("a row's table was not prepared for the batch")
                         })?;
-                    let (op_code, before, after, snapshot) = match op {
-                        RowOp::Insert { after } => ("c", None, Some(after), false),
-                        RowOp::Read { after } => ("r", None, Some(after), true),
-                        RowOp::Update { before, after } => {
-                            ("u", before.as_ref(), Some(after), false)
+                    // A key change is a delete of the old key and a create of the new one, as Debezium's
+                    // connectors write it: each record goes to its own key's partition, so a consumer that
+                    // applies partitions apart still sees every key's changes in order.
+                    let parts: [Option<(
+                        &str,
+                        Option<&ferry_core::Row>,
+                        Option<&ferry_core::Row>,
+                        bool,
+                    )>; 2] = match op {
+                        RowOp::Insert { after } => [Some(("c", None, Some(after), false)), None],
+                        RowOp::Read { after } => [Some(("r", None, Some(after), true)), None],
+                        RowOp::Update {
+                            before: Some(before),
+                            after,
+                        } if table.has_primary_key()
+                            && table.primary_key.iter().any(|&k| before[k] != after[k]) =>
+                        {
+                            [
+                                Some(("d", Some(before), None, false)),
+                                Some(("c", None, Some(after), false)),
+                            ]
                         }
-                        RowOp::Delete { before } => ("d", Some(before), None, false),
+                        RowOp::Update { before, after } => {
+                            [Some(("u", before.as_ref(), Some(after), false)), None]
+                        }
+                        RowOp::Delete { before } => [Some(("d", Some(before), None, false)), None],
                     };
-                    let change = envelope::Change {
-                        table,
-                        op: op_code,
-                        before,
-                        after,
-                        commit_ms,
-                        tx,
-                        snapshot,
-                        transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
-                    };
-                    // A row that cannot be encoded or is too large is refused alone (`on_error`).
-                    let (key, value) = self
-                        .encode(prepared, &change, now, &mut buffers)
-                        .map_err(|e| Error::row(e.message.clone(), "encode", e))?;
-                    let size = key.map_or(0, <[u8]>::len) + value.len();
-                    if size > self.cfg.max_message_bytes {
-                        return Err(too_large(&prepared.topic, self.cfg.max_message_bytes));
-                    }
-                    self.produce(&prepared.topic, key, Some(value)).await?;
-                    if op_code == "d" && self.cfg.tombstones && key.is_some() {
-                        self.produce(&prepared.topic, key, None).await?;
+                    for (op_code, before, after, snapshot) in parts.into_iter().flatten() {
+                        let change = envelope::Change {
+                            table,
+                            op: op_code,
+                            before,
+                            after,
+                            commit_ms,
+                            tx,
+                            snapshot,
+                            transaction: self.transaction.as_mut().map(|t| t.count(&table.id)),
+                        };
+                        // A row that cannot be encoded or is too large is refused alone (`on_error`).
+                        let (key, value) = self
+                            .encode(prepared, &change, now, &mut buffers)
+                            .map_err(|e| Error::row(e.message.clone(), "encode", e))?;
+                        let size = key.map_or(0, <[u8]>::len) + value.len();
+                        if size > self.cfg.max_message_bytes {
+                            return Err(too_large(&prepared.topic, self.cfg.max_message_bytes));
+                        }
+                        self.produce(&prepared.topic, key, Some(value)).await?;
+                        if op_code == "d" && self.cfg.tombstones && key.is_some() {
+                            self.produce(&prepared.topic, key, None).await?;
+                        }
                     }
                 }
                 // The snapshot empties SQL targets first; Debezium reports no truncate for a snapshot.

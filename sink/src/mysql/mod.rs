@@ -146,6 +146,8 @@ pub struct MysqlSink {
     /// The collation of text key columns (`ddl::key_collation`).
     key_collation: String,
     in_transaction: bool,
+    /// A Kafka source's offsets as this sink last wrote them.
+    kafka_rows: crate::checkpoint::KafkaRows,
     /// Writes made in the open transaction.
     dirty: bool,
     /// The tables the open transaction has written (DDL on them must wait for it).
@@ -227,7 +229,9 @@ impl MysqlSink {
         conn.query_drop(CREATE_CHECKPOINT_TABLE)
             .await
             .map_err(write_error("creating ferry_checkpoints"))?;
-        take_lease(&mut conn, pipeline, name).await?;
+        if !multi.shared {
+            take_lease(&mut conn, pipeline, name).await?;
+        }
         conn.query_drop(evolve::CREATE_SCHEMAS_TABLE)
             .await
             .map_err(write_error("creating ferry_schemas"))?;
@@ -253,6 +257,7 @@ impl MysqlSink {
             applied,
             key_collation,
             in_transaction: false,
+            kafka_rows: crate::checkpoint::KafkaRows::default(),
             dirty: false,
             touched: HashSet::new(),
             load_data: true,
@@ -1290,7 +1295,27 @@ impl MysqlSink {
             self.apply_segment(&events[start..end]).await?;
             start = end;
         }
-        if let Some(position) = commit {
+        if let Some(Position::Kafka(offsets)) = commit {
+            let now = now_text();
+            for w in self.kafka_rows.changed(&self.name, offsets) {
+                let sql = format!(
+                    "UPDATE ferry_checkpoints SET position = {}, updated_at = {} WHERE pipeline = {} AND sink = {} \
+                     AND position LIKE {}",
+                    literal::text(&w.text),
+                    literal::text(&now),
+                    literal::text(&self.pipeline),
+                    literal::text(&w.key),
+                    literal::text(&w.claim)
+                );
+                if self.exec_counted(sql, "writing the Kafka offsets").await? != 1 {
+                    self.end_transaction("ROLLBACK", "rolling back").await?;
+                    return Err(crate::checkpoint::fenced(&self.name, &w.partition));
+                }
+            }
+            self.end_transaction("COMMIT", "committing").await?;
+            self.kafka_rows.committed(offsets);
+            self.multi.tally.committed();
+        } else if let Some(position) = commit {
             let sql = format!(
                 "INSERT INTO ferry_checkpoints (pipeline, sink, position, updated_at) VALUES ({}, {}, {}, {}) \
                  ON DUPLICATE KEY UPDATE position = VALUES(position), updated_at = VALUES(updated_at)",
@@ -1800,20 +1825,68 @@ impl Sink for MysqlSink {
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
-        let position: Option<String> = self
+        let rows: Vec<(String, String)> = self
             .conn
-            .exec_first(
-                "SELECT position FROM ferry_checkpoints WHERE pipeline = ? AND sink = ?",
-                (self.pipeline.clone(), self.name.clone()),
+            .exec(
+                "SELECT sink, position FROM ferry_checkpoints WHERE pipeline = ?",
+                (self.pipeline.clone(),),
             )
             .await
             .map_err(write_error("reading the checkpoint"))?;
-        position
-            .map(|p| {
-                p.parse()
-                    .map_err(|e| Error::fatal_from("stored checkpoint", e))
-            })
-            .transpose()
+        crate::checkpoint::gather(&self.name, rows)
+    }
+
+    async fn claim(
+        &mut self,
+        partitions: &[ferry_core::TopicPartition],
+        token: u64,
+    ) -> Result<ferry_core::KafkaOffsets, Error> {
+        if self.in_transaction {
+            return Err(Error::fatal(
+                "Kafka partitions were claimed inside an open transaction",
+            ));
+        }
+        let now = now_text();
+        let what = "claiming Kafka partitions";
+        self.begin().await?;
+        let mut held = std::collections::BTreeMap::new();
+        for tp in partitions {
+            let fresh = ferry_core::PartitionMark {
+                next: None,
+                claim: token,
+            };
+            let row = crate::checkpoint::partition_write(&self.name, tp, fresh);
+            let (pipeline, key) = (literal::text(&self.pipeline), literal::text(&row.key));
+            let sql = format!(
+                "INSERT IGNORE INTO ferry_checkpoints (pipeline, sink, position, updated_at) VALUES ({pipeline}, {key}, {}, {})",
+                literal::text(&row.text),
+                literal::text(&now)
+            );
+            self.exec(sql, what).await?;
+            let stored: Option<String> = self
+                .conn
+                .query_first(format!(
+                    "SELECT position FROM ferry_checkpoints WHERE pipeline = {pipeline} AND sink = {key} FOR UPDATE"
+                ))
+                .await
+                .map_err(write_error(what))?;
+            let next = stored
+                .and_then(|s| crate::checkpoint::stored_mark(&s, tp))
+                .and_then(|m| m.next);
+            let mark = ferry_core::PartitionMark { next, claim: token };
+            let row = crate::checkpoint::partition_write(&self.name, tp, mark);
+            let sql = format!(
+                "UPDATE ferry_checkpoints SET position = {}, updated_at = {} WHERE pipeline = {pipeline} AND sink = {key}",
+                literal::text(&row.text),
+                literal::text(&now)
+            );
+            self.exec(sql, what).await?;
+            held.insert(tp.clone(), mark);
+        }
+        self.end_transaction("COMMIT", what).await?;
+        let held = ferry_core::KafkaOffsets::from_map(held);
+        self.kafka_rows.committed(&held);
+        Ok(held)
     }
 
     async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {

@@ -107,6 +107,8 @@ pub struct PostgresSink {
     in_transaction: bool,
     /// The checkpoint upsert, prepared once.
     checkpoint_statement: Option<Statement>,
+    /// A Kafka source's offsets as this sink last wrote them.
+    kafka_rows: checkpoint::KafkaRows,
     statements: HashMap<(TableId, u64, GroupKind, Vec<usize>), Statement>,
     known_tables: HashMap<TableId, SchemaRef>,
     /// What this sink last applied to each target table (`ferry_schemas`).
@@ -173,10 +175,12 @@ impl PostgresSink {
         options: MultiMasterOptions,
     ) -> Result<Self, Error> {
         let client = connect(url).await?;
-        if let Some(holder) =
-            ferry_pgconn::lease::try_lease(&client, &format!("sink {pipeline}/{name}")).await?
-        {
-            return Err(crate::lease_busy(pipeline, name, &holder));
+        if !options.shared {
+            if let Some(holder) =
+                ferry_pgconn::lease::try_lease(&client, &format!("sink {pipeline}/{name}")).await?
+            {
+                return Err(crate::lease_busy(pipeline, name, &holder));
+            }
         }
         client
             .batch_execute(&ferry_pgconn::setup_locked(&format!(
@@ -205,6 +209,7 @@ impl PostgresSink {
             client,
             in_transaction: false,
             checkpoint_statement: None,
+            kafka_rows: checkpoint::KafkaRows::default(),
             statements: HashMap::new(),
             known_tables: HashMap::new(),
             shadows: Shadows::from_records(&applied),
@@ -216,6 +221,52 @@ impl PostgresSink {
     /// Opens the target transaction if none is open. BEGIN is pipelined: sent now, ahead of the statements that
     /// follow on this connection, without waiting for its answer (a round trip per batch). It cannot fail on its
     /// own; a broken connection shows in the next statement.
+    /// Commits with a Kafka source's offsets: each changed partition's row moves only under this process's claim
+    /// ([`checkpoint::KafkaRows`]); one that moved away rolls the whole transaction back.
+    async fn commit_offsets(&mut self, offsets: &ferry_core::KafkaOffsets) -> Result<(), Error> {
+        let now = checkpoint::now_text();
+        let writes = self.kafka_rows.changed(&self.name, offsets);
+        type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+        let params: Vec<[Param<'_>; 5]> = writes
+            .iter()
+            .map(|w| [&self.pipeline as Param<'_>, &w.key, &w.text, &now, &w.claim])
+            .collect();
+        // Pipelined: one round trip for every partition.
+        let moved = futures_util::future::try_join_all(
+            params
+                .iter()
+                .map(|p| self.client.execute(checkpoint::SET_PARTITION_CHECKPOINT, p)),
+        )
+        .await;
+        let fenced = match &moved {
+            Ok(counts) => writes
+                .iter()
+                .zip(counts)
+                .find(|(_, n)| **n != 1)
+                .map(|(w, _)| w),
+            Err(_) => None,
+        };
+        if moved.is_err() || fenced.is_some() {
+            self.in_transaction = false;
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        moved.map_err(write_error("writing the Kafka offsets"))?;
+        if let Some(w) = fenced {
+            return Err(checkpoint::fenced(&self.name, &w.partition));
+        }
+        let commit_sql = format!("{}COMMIT", self.multi.origin_commit_sql());
+        self.in_transaction = false;
+        self.client
+            .batch_execute(&commit_sql)
+            .await
+            .map_err(write_error("committing"))?;
+        self.kafka_rows.committed(offsets);
+        self.multi.tally.committed();
+        self.multi.last_commit = None;
+        debug!(sink = %self.name, %offsets, "committed");
+        Ok(())
+    }
+
     async fn begin(&mut self) -> Result<(), Error> {
         if !self.in_transaction {
             // The first poll of the request sends it; the connection task reads and drops the answer.
@@ -937,7 +988,8 @@ impl PostgresSink {
                 Event::Begin(_)
                 | Event::Commit { .. }
                 | Event::Heartbeat { .. }
-                | Event::Abandon => {}
+                | Event::Abandon
+                | Event::Claim(_) => {}
             }
         }
         self.flush_managed(managed).await?;
@@ -1137,24 +1189,83 @@ impl Sink for PostgresSink {
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
-        let row = self
+        let rows = self
             .client
-            .query_opt(checkpoint::SELECT_CHECKPOINT, &[&self.pipeline, &self.name])
+            .query(checkpoint::SELECT_PIPELINE_CHECKPOINTS, &[&self.pipeline])
             .await
             .map_err(write_error("reading the checkpoint"))?;
-        row.map(|r| {
-            r.try_get::<_, String>(0)
-                .map_err(|e| {
-                    Error::fatal_from(
-                        "ferry_checkpoints.position in the target is not text (was the table altered?); restore \
-                         it with ALTER TABLE ferry_checkpoints ALTER COLUMN position TYPE text, or run `ferry reset`",
-                        e,
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| {
+                Error::fatal_from(
+                    "ferry_checkpoints.position in the target is not text (was the table altered?); restore \
+                     it with ALTER TABLE ferry_checkpoints ALTER COLUMN position TYPE text, or run `ferry reset`",
+                    e,
+                )
+            })?;
+        checkpoint::gather(&self.name, rows)
+    }
+
+    async fn claim(
+        &mut self,
+        partitions: &[ferry_core::TopicPartition],
+        token: u64,
+    ) -> Result<ferry_core::KafkaOffsets, Error> {
+        if self.in_transaction {
+            return Err(Error::fatal(
+                "Kafka partitions were claimed inside an open transaction",
+            ));
+        }
+        let now = checkpoint::now_text();
+        let claim = async {
+            self.client.batch_execute("BEGIN").await?;
+            let mut held = std::collections::BTreeMap::new();
+            for tp in partitions {
+                let fresh = ferry_core::PartitionMark {
+                    next: None,
+                    claim: token,
+                };
+                let row = checkpoint::partition_write(&self.name, tp, fresh);
+                self.client
+                    .execute(
+                        checkpoint::INSERT_PARTITION_CHECKPOINT,
+                        &[&self.pipeline, &row.key, &row.text, &now],
                     )
-                })?
-                .parse()
-                .map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))
-        })
-        .transpose()
+                    .await?;
+                let stored: String = self
+                    .client
+                    .query_one(
+                        "SELECT position FROM ferry_checkpoints WHERE pipeline = $1 AND sink = $2 FOR UPDATE",
+                        &[&self.pipeline, &row.key],
+                    )
+                    .await?
+                    .try_get(0)?;
+                let next = checkpoint::stored_mark(&stored, tp).and_then(|m| m.next);
+                let mark = ferry_core::PartitionMark { next, claim: token };
+                let row = checkpoint::partition_write(&self.name, tp, mark);
+                self.client
+                    .execute(
+                        "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 WHERE pipeline = $1 AND sink = $2",
+                        &[&self.pipeline, &row.key, &row.text, &now],
+                    )
+                    .await?;
+                held.insert(tp.clone(), mark);
+            }
+            self.client.batch_execute("COMMIT").await?;
+            Ok::<_, tokio_postgres::Error>(ferry_core::KafkaOffsets::from_map(held))
+        };
+        match claim.await {
+            Ok(held) => {
+                self.kafka_rows.committed(&held);
+                Ok(held)
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(write_error("claiming Kafka partitions")(e))
+            }
+        }
     }
 
     async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
@@ -1220,6 +1331,9 @@ impl Sink for PostgresSink {
         self.begin().await?;
         let events = self.shadows.expand(events);
         self.apply_events(&events).await?;
+        if let Some(Position::Kafka(offsets)) = commit {
+            return self.commit_offsets(offsets).await;
+        }
         if let Some(position) = commit {
             let position = position.to_string();
             let upsert = match &self.checkpoint_statement {

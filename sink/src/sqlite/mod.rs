@@ -165,13 +165,15 @@ pub struct SqliteSink {
     pipeline: String,
     conn: Connection,
     in_transaction: bool,
+    /// A Kafka source's offsets as this sink last wrote them.
+    kafka_rows: checkpoint::KafkaRows,
     known_tables: HashMap<TableId, SchemaRef>,
     /// What this sink last applied to each target table (`ferry_schemas`).
     applied: HashMap<TableId, Applied>,
     /// Tables being re-copied into shadow tables.
     shadows: Shadows,
     /// The locked lease file: held while this sink exists.
-    _lease: std::fs::File,
+    _lease: Option<std::fs::File>,
     multi: Box<conflict::SqliteMulti>,
     /// The conflicts of the open transaction when the row isolation's savepoint was set.
     savepoint_tally: usize,
@@ -187,7 +189,11 @@ impl SqliteSink {
         path: &Path,
         multi: MultiMasterOptions,
     ) -> Result<Self, Error> {
-        let lease = crate::file_lease(path, pipeline, name)?;
+        let lease = if multi.shared {
+            None
+        } else {
+            Some(crate::file_lease(path, pipeline, name)?)
+        };
         let conn = open_db(path)?;
         if multi.resolves() {
             conn.execute_batch(&conflict::support_sql())
@@ -210,6 +216,7 @@ impl SqliteSink {
             pipeline: pipeline.to_owned(),
             conn,
             in_transaction: false,
+            kafka_rows: checkpoint::KafkaRows::default(),
             known_tables: HashMap::new(),
             _lease: lease,
             shadows: Shadows::from_records(&applied),
@@ -346,10 +353,27 @@ impl SqliteSink {
                 Event::Begin(_)
                 | Event::Commit { .. }
                 | Event::Heartbeat { .. }
-                | Event::Abandon => {}
+                | Event::Abandon
+                | Event::Claim(_) => {}
             }
         }
-        if let Some(position) = commit {
+        if let Some(Position::Kafka(offsets)) = commit {
+            let now = checkpoint::now_text();
+            for w in self.kafka_rows.changed(&self.name, offsets) {
+                let moved = self
+                    .conn
+                    .execute(
+                        checkpoint::SET_PARTITION_CHECKPOINT,
+                        (&self.pipeline, &w.key, &w.text, &now, &w.claim),
+                    )
+                    .map_err(db_error("writing the Kafka offsets"))?;
+                if moved != 1 {
+                    self.in_transaction = false;
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(checkpoint::fenced(&self.name, &w.partition));
+                }
+            }
+        } else if let Some(position) = commit {
             self.conn
                 .execute(
                     checkpoint::UPSERT_CHECKPOINT,
@@ -361,6 +385,8 @@ impl SqliteSink {
                     ),
                 )
                 .map_err(db_error("writing the checkpoint"))?;
+        }
+        if let Some(position) = commit {
             if self.multi.options.resolves() {
                 self.conn
                     .execute_batch(&format!("DELETE FROM {}", conflict::APPLYING_TABLE))
@@ -370,6 +396,9 @@ impl SqliteSink {
                 .execute_batch("COMMIT")
                 .map_err(db_error("committing"))?;
             self.in_transaction = false;
+            if let Position::Kafka(offsets) = position {
+                self.kafka_rows.committed(offsets);
+            }
             self.multi.tally.committed();
             debug!(sink = %self.name, %position, "committed");
         }
@@ -770,27 +799,65 @@ impl Sink for SqliteSink {
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Position>, Error> {
-        let text: Option<String> = self
+        let rows = self
             .conn
-            .query_row(
-                checkpoint::SELECT_CHECKPOINT,
-                (&self.pipeline, &self.name),
-                |r| r.get(0),
-            )
-            .map(Some)
-            .or_else(|e| {
-                if e == rusqlite::Error::QueryReturnedNoRows {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
+            .prepare(checkpoint::SELECT_PIPELINE_CHECKPOINTS)
+            .and_then(|mut st| {
+                st.query_map([&self.pipeline], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<(String, String)>, _>>()
             })
             .map_err(db_error("reading the checkpoint"))?;
-        text.map(|t| {
-            t.parse()
-                .map_err(|e| Error::fatal_from("the stored checkpoint is not a position", e))
-        })
-        .transpose()
+        checkpoint::gather(&self.name, rows)
+    }
+
+    async fn claim(
+        &mut self,
+        partitions: &[ferry_core::TopicPartition],
+        token: u64,
+    ) -> Result<ferry_core::KafkaOffsets, Error> {
+        if self.in_transaction {
+            return Err(Error::fatal(
+                "Kafka partitions were claimed inside an open transaction",
+            ));
+        }
+        let now = checkpoint::now_text();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_error("claiming Kafka partitions"))?;
+        let mut held = std::collections::BTreeMap::new();
+        for tp in partitions {
+            let fresh = ferry_core::PartitionMark {
+                next: None,
+                claim: token,
+            };
+            let row = checkpoint::partition_write(&self.name, tp, fresh);
+            tx.execute(
+                checkpoint::INSERT_PARTITION_CHECKPOINT,
+                (&self.pipeline, &row.key, &row.text, &now),
+            )
+            .map_err(db_error("claiming Kafka partitions"))?;
+            let stored: String = tx
+                .query_row(
+                    "SELECT position FROM ferry_checkpoints WHERE pipeline = $1 AND sink = $2",
+                    (&self.pipeline, &row.key),
+                    |r| r.get(0),
+                )
+                .map_err(db_error("claiming Kafka partitions"))?;
+            let next = checkpoint::stored_mark(&stored, tp).and_then(|m| m.next);
+            let mark = ferry_core::PartitionMark { next, claim: token };
+            let row = checkpoint::partition_write(&self.name, tp, mark);
+            tx.execute(
+                "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 WHERE pipeline = $1 AND sink = $2",
+                (&self.pipeline, &row.key, &row.text, &now),
+            )
+            .map_err(db_error("claiming Kafka partitions"))?;
+            held.insert(tp.clone(), mark);
+        }
+        tx.commit().map_err(db_error("claiming Kafka partitions"))?;
+        let held = ferry_core::KafkaOffsets::from_map(held);
+        self.kafka_rows.committed(&held);
+        Ok(held)
     }
 
     async fn recopies(&mut self) -> Result<Option<Vec<(TableId, String)>>, Error> {
