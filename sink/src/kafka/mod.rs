@@ -235,6 +235,14 @@ struct AvroSchemas {
     value: (Schema, i32),
 }
 
+/// One record a row change becomes: op code, before, after, whether a snapshot read.
+type Record<'a> = (
+    &'static str,
+    Option<&'a ferry_core::Row>,
+    Option<&'a ferry_core::Row>,
+    bool,
+);
+
 impl KafkaSink {
     /// Connects, and with exactly-once initialises the transactional producer (fencing older instances).
     pub async fn connect(
@@ -635,12 +643,7 @@ impl KafkaSink {
                     // A key change is a delete of the old key and a create of the new one, as Debezium's
                     // connectors write it: each record goes to its own key's partition, so a consumer that
                     // applies partitions apart still sees every key's changes in order.
-                    let parts: [Option<(
-                        &str,
-                        Option<&ferry_core::Row>,
-                        Option<&ferry_core::Row>,
-                        bool,
-                    )>; 2] = match op {
+                    let parts: [Option<Record<'_>>; 2] = match op {
                         RowOp::Insert { after } => [Some(("c", None, Some(after), false)), None],
                         RowOp::Read { after } => [Some(("r", None, Some(after), true)), None],
                         RowOp::Update {
