@@ -179,6 +179,20 @@ struct SinkStatus {
     lag_seconds: Option<f64>,
     /// Row changes its target refused and keeps in ferry_dead_letters.
     dead_letters: usize,
+    /// A Kafka source: where the sink stands in each partition.
+    partitions: Vec<PartitionStatus>,
+}
+
+/// One Kafka partition as a sink holds it.
+#[derive(Serialize)]
+struct PartitionStatus {
+    partition: String,
+    /// The next offset the sink applies (`None`: claimed, nothing applied yet).
+    next: Option<i64>,
+    /// The partition's end (high watermark), when the brokers answered.
+    end: Option<i64>,
+    /// Records (and transaction markers) between the two.
+    behind: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -195,6 +209,9 @@ struct PipelineStatus {
     sinks: Vec<SinkStatus>,
     /// The running process's view (state, snapshot progress), when its /status answered.
     process: Option<LiveStatus>,
+    /// A Kafka source: its consumer group's members and assignment.
+    #[cfg(feature = "kafka")]
+    group: Option<ferry_source::kafka::GroupStatus>,
 }
 
 /// `ferry status`.
@@ -263,8 +280,49 @@ pub async fn status(
                 lag_bytes,
                 lag_seconds: live_lag.or((lag_bytes == Some(0)).then_some(0.0)),
                 dead_letters,
+                partitions: Vec::new(),
             });
         }
+        // A Kafka source: each sink's offset per partition beside the partition's end, and the group.
+        #[cfg(feature = "kafka")]
+        let group = match &p.source {
+            SourceConfig::Kafka(source) => {
+                let offsets =
+                    |s: &SinkStatus| match s.checkpoint.as_deref().map(str::parse::<Position>) {
+                        Some(Ok(Position::Kafka(o))) => o,
+                        _ => ferry_core::KafkaOffsets::default(),
+                    };
+                let mut all: Vec<ferry_core::TopicPartition> = sinks
+                    .iter()
+                    .flat_map(|s| {
+                        offsets(s)
+                            .iter()
+                            .map(|(tp, _)| tp.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                all.sort();
+                all.dedup();
+                let (group, ends) = ferry_source::kafka::group_status(source, all.clone()).await?;
+                for s in &mut sinks {
+                    let held = offsets(s);
+                    s.partitions = held
+                        .iter()
+                        .map(|(tp, mark)| {
+                            let end = all.iter().position(|t| t == tp).and_then(|i| ends[i]);
+                            PartitionStatus {
+                                partition: tp.to_string(),
+                                next: mark.next,
+                                end,
+                                behind: end.map(|e| (e - mark.next.unwrap_or(0)).max(0)),
+                            }
+                        })
+                        .collect();
+                }
+                Some(group)
+            }
+            _ => None,
+        };
         let status = PipelineStatus {
             pipeline: p.name.clone(),
             slot: slot_name.clone(),
@@ -278,6 +336,8 @@ pub async fn status(
             slot_lag_bytes: slot.as_ref().and_then(|s| s.confirmed_flush).map(lag),
             sinks,
             process: process.cloned(),
+            #[cfg(feature = "kafka")]
+            group,
         };
         if json {
             println!("{}", serde_json::to_string(&status)?);
@@ -336,7 +396,44 @@ pub async fn status(
                     println!("  alert {alert}");
                 }
             }
+            #[cfg(feature = "kafka")]
+            if let Some(g) = &status.group {
+                println!(
+                    "  Kafka group {}: {}, {} members",
+                    g.group,
+                    g.state,
+                    g.members.len()
+                );
+                for m in &g.members {
+                    println!(
+                        "    {} ({}): {}",
+                        m.client_id,
+                        m.host,
+                        m.partitions.join(", ")
+                    );
+                }
+            }
             for s in &status.sinks {
+                if !s.partitions.is_empty() {
+                    println!(
+                        "  sink {}: offsets at {}",
+                        s.name,
+                        s.updated_at.as_deref().unwrap_or("?")
+                    );
+                    for p in &s.partitions {
+                        let next = p.next.map_or_else(
+                            || "nothing applied".to_owned(),
+                            |n| format!("next offset {n}"),
+                        );
+                        match (p.end, p.behind) {
+                            (Some(end), Some(behind)) => {
+                                println!("    {}: {next} of {end} ({behind} behind)", p.partition)
+                            }
+                            _ => println!("    {}: {next}", p.partition),
+                        }
+                    }
+                    continue;
+                }
                 match (&s.checkpoint, s.lag_bytes) {
                     (Some(cp), lag) => println!(
                         "  sink {}: checkpoint {cp} at {}{}{}{}",

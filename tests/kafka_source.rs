@@ -264,3 +264,104 @@ fn a_batch_in_flight_when_its_partitions_move_cannot_commit() {
     );
     assert_eq!(missed, "0", "ledger rows never applied");
 }
+
+/// Every value and column type of a PostgreSQL table arrives exactly through Ferry's JSON topics and through its
+/// Avro topics (a schema registry), into a PostgreSQL target each: inserts, updates, a key change, deletes.
+#[test]
+fn values_and_types_arrive_exactly_through_json_and_avro_topics() {
+    let pg = server_with_dbs();
+    pg.create_db("replica2");
+    let broker = KafkaBroker::start();
+    let registry = SchemaRegistry::start();
+    let table = "CREATE TABLE types (id int PRIMARY KEY, i2 smallint, i8 bigint, n numeric(12,2), nv numeric,
+         f4 real, f8 double precision, b boolean, t text, vc varchar(40), ch char(5), by bytea, j json, jb jsonb,
+         u uuid, d date, tm time, ts timestamp(3), tz timestamptz, ia int[], ta text[], big text)";
+    pg.psql("shop", table);
+    let rows = "INSERT INTO types VALUES
+         (1, -32768, 9223372036854775807, -12.30, 1.000000000000000000001, 1.5, 2.718281828459045, true,
+          'ünïcødé ✓ ''quoted''', 'var', 'ab', '\\x0001ff', '{\"b\":  1, \"a\": [1,2]}', '{\"b\": 1, \"a\": [1, 2]}',
+          'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '13:14:15.123456', '1999-12-31 23:59:59.999',
+          '2024-02-29 10:11:12.123456+02', '{1,NULL,3}', '{a,\"b c\",NULL}', repeat('x', 5000)),
+         (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+          'infinity', '-infinity', '{}', '{}', NULL),
+         (3, 0, -1, 0.00, -7, -0.0, 1e300, false, '', '', '', '\\x', '[]', '{}', '00000000-0000-0000-0000-000000000000',
+          '0001-01-01', '00:00', '1970-01-01 00:00', '1970-01-01 00:00+00', '{1,2}', '{\"\"}', 'y')";
+    pg.psql("shop", rows);
+    let dir = scratch();
+    let capture = |name: &str, prefix: &str, extra: &str| {
+        write_config(
+            dir.path(),
+            name,
+            &format!(
+                "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
+                 [source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+                 [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\npartitions = 3\n{extra}\n",
+                pg.url("shop"),
+                broker.brokers()
+            ),
+        )
+    };
+    let avro = format!(
+        "format = \"avro\"\nschema_registry = \"{}\"",
+        registry.url()
+    );
+    let (capj, capa) = (capture("capj", "j", ""), capture("capa", "a", &avro));
+    let apply = |name: &str, topic: &str, db: &str, extra: &str| {
+        write_config(
+            dir.path(),
+            name,
+            &format!(
+                "[pipeline]\nname = \"{name}\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
+                 [source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{name}\"\n\
+                 assignment = \"roundrobin\"\n{extra}\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                broker.brokers(),
+                pg.url(db)
+            ),
+        )
+    };
+    let (applyj, applya) = (
+        apply("applyj", "j.public.types", "replica", ""),
+        apply("applya", "a.public.types", "replica2", &avro),
+    );
+    let ferry = Ferry::start_many(
+        &[&capj, &capa, &applyj, &applya],
+        &dir.path().join("ferry.log"),
+    );
+    let all = "SELECT * FROM types ORDER BY id";
+    let types = "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
+         WHERE attrelid = 'public.types'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
+    let same = || {
+        let source = (pg.psql("shop", all), pg.psql("shop", types));
+        ["replica", "replica2"].iter().all(|db| {
+            pg.try_psql(db, all).ok().as_ref() == Some(&source.0)
+                && pg.try_psql(db, types).ok().as_ref() == Some(&source.1)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), same),
+        "the snapshot did not arrive exactly\nsource:\n{}\njson:\n{:?}\navro:\n{:?}\ntypes:\n{}\njson:\n{:?}\navro:\n{:?}\n{}",
+        pg.psql("shop", all),
+        pg.try_psql("replica", all),
+        pg.try_psql("replica2", all),
+        pg.psql("shop", types),
+        pg.try_psql("replica", types),
+        pg.try_psql("replica2", types),
+        ferry.log()
+    );
+    pg.psql(
+        "shop",
+        "UPDATE types SET t = 'changed', n = 99.99, ia = '{7}' WHERE id = 1;
+         UPDATE types SET id = 10, big = big || 'z' WHERE id = 3;
+         UPDATE types SET b = true, tz = '2000-01-01 00:00+05:30' WHERE id = 2;
+         DELETE FROM types WHERE id = 2;
+         INSERT INTO types (id, t) VALUES (4, 'four');",
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), same),
+        "the changes did not arrive exactly\nsource:\n{}\njson:\n{:?}\navro:\n{:?}\n{}",
+        pg.psql("shop", all),
+        pg.try_psql("replica", all),
+        pg.try_psql("replica2", all),
+        ferry.log()
+    );
+}

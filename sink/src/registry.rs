@@ -172,13 +172,24 @@ pub async fn stored_checkpoint(
     pipeline: &str,
     sink: &SinkConfig,
 ) -> Result<Option<StoredCheckpoint>, Error> {
-    let pick = |rows: Vec<(String, String, String)>| {
-        rows.into_iter()
-            .find(|(name, _, _)| *name == sink.name)
-            .map(|(_, position, updated_at)| StoredCheckpoint {
-                position,
+    // Its own row, or (a Kafka source's) one row per partition gathered into one position.
+    let pick = |rows: Vec<(String, String, String)>| -> Result<Option<StoredCheckpoint>, Error> {
+        let prefix = format!("{}@", sink.name);
+        let mine: Vec<_> = rows
+            .into_iter()
+            .filter(|(name, _, _)| *name == sink.name || name.starts_with(&prefix))
+            .collect();
+        let updated_at = mine.iter().map(|(_, _, at)| at.clone()).max();
+        let position = crate::checkpoint::gather(
+            &sink.name,
+            mine.into_iter().map(|(name, position, _)| (name, position)),
+        )?;
+        Ok(position
+            .zip(updated_at)
+            .map(|(p, updated_at)| StoredCheckpoint {
+                position: p.to_string(),
                 updated_at,
-            })
+            }))
     };
     let one = |row: Option<(String, String)>| {
         row.map(|(position, updated_at)| StoredCheckpoint {
@@ -187,9 +198,11 @@ pub async fn stored_checkpoint(
         })
     };
     Ok(match &sink.kind {
-        SinkKind::Postgres { url } => pick(crate::postgres::list_checkpoints(url, pipeline).await?),
-        SinkKind::Mysql { url } => pick(crate::mysql::list_checkpoints(url, pipeline).await?),
-        SinkKind::Sqlite { path } => pick(crate::sqlite::list_checkpoints(path, pipeline)?),
+        SinkKind::Postgres { url } => {
+            pick(crate::postgres::list_checkpoints(url, pipeline).await?)?
+        }
+        SinkKind::Mysql { url } => pick(crate::mysql::list_checkpoints(url, pipeline).await?)?,
+        SinkKind::Sqlite { path } => pick(crate::sqlite::list_checkpoints(path, pipeline)?)?,
         SinkKind::Discard { checkpoint_file } => {
             one(crate::discard::read_checkpoint(checkpoint_file)?)
         }

@@ -82,12 +82,31 @@ fn column_type(ty: &ColumnType, source_type: &str, decimals: DecimalHandling) ->
     }
 }
 
+/// The column's type as the source spells it, in Kafka Connect's `connect.parameters` (as the JSON schema block's
+/// `__ferry.source.type`), so that a Ferry Kafka source creates the target column exactly.
+fn with_source_type(ty: Json, source_type: &str) -> Json {
+    if source_type.is_empty() {
+        return ty;
+    }
+    let mut ty = match ty {
+        Json::String(name) => json!({ "type": name }),
+        other => other,
+    };
+    if let Json::Object(m) = &mut ty {
+        let params = m.entry("connect.parameters").or_insert_with(|| json!({}));
+        if let Json::Object(p) = params {
+            p.insert("__ferry.source.type".into(), json!(source_type));
+        }
+    }
+    ty
+}
+
 fn row_fields(table: &TableSchema, columns: &[usize], decimals: DecimalHandling) -> Vec<Json> {
     columns
         .iter()
         .map(|&i| {
             let c = &table.columns[i];
-            let ty = column_type(&c.ty, &c.source_type, decimals);
+            let ty = with_source_type(column_type(&c.ty, &c.source_type, decimals), &c.source_type);
             if table.primary_key.contains(&i) {
                 json!({ "name": avro_name(&c.name), "type": ty })
             } else {

@@ -11,7 +11,7 @@ mod avro;
 mod checkpoints;
 pub(crate) mod dead_letters;
 mod envelope;
-mod registry;
+use ferry_registry as registry;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

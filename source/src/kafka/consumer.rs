@@ -185,9 +185,13 @@ pub fn spawn(
                 "latest"
             },
         );
+    // Topics created after the group starts (and new ones a pattern matches) are seen within 10 s, not
+    // librdkafka's default 5 minutes.
     for (k, v) in [
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "1000"),
+        ("topic.metadata.refresh.interval.ms", "10000"),
+        ("enable.partition.eof", "false"),
     ] {
         if !config.properties.iter().any(|(p, _)| p == k) {
             client.set(k, v);
@@ -310,4 +314,116 @@ pub fn check(config: &KafkaSource) -> Result<Vec<crate::CheckOutcome>, ferry_cor
         }
     }
     Ok(outcomes)
+}
+
+/// A consumer group as the coordinator describes it, for `ferry status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStatus {
+    pub group: String,
+    /// The coordinator's word: `Stable`, `PreparingRebalance`, `Empty`, …
+    pub state: String,
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of the group and the partitions it holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberStatus {
+    pub client_id: String,
+    pub host: String,
+    pub partitions: Vec<String>,
+}
+
+/// The group's members and assignment, and the end offset (high watermark) of each of `partitions`.
+pub fn group_status(
+    config: &KafkaSource,
+    partitions: &[TopicPartition],
+) -> Result<(GroupStatus, Vec<Option<i64>>), ferry_core::Error> {
+    let mut client = ClientConfig::new();
+    for (k, v) in &config.properties {
+        client.set(k, v);
+    }
+    // A client of its own, never subscribed: it does not join the group it describes.
+    let consumer: BaseConsumer = client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{}.ferry-status", config.group_id))
+        .create()
+        .map_err(|e| ferry_core::Error::fatal_from("creating a Kafka client", e))?;
+    let timeout = Duration::from_secs(10);
+    let groups = consumer
+        .fetch_group_list(Some(&config.group_id), timeout)
+        .map_err(|e| {
+            ferry_core::Error::fatal_from(
+                format!("describing consumer group {}", config.group_id),
+                e,
+            )
+        })?;
+    let group = groups.groups().first();
+    let status = GroupStatus {
+        group: config.group_id.clone(),
+        state: group.map_or_else(|| "unknown".to_owned(), |g| g.state().to_owned()),
+        members: group
+            .map(|g| {
+                g.members()
+                    .iter()
+                    .map(|m| MemberStatus {
+                        client_id: m.client_id().to_owned(),
+                        host: m.client_host().to_owned(),
+                        partitions: m.assignment().map(assigned).unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let ends = partitions
+        .iter()
+        .map(|tp| {
+            consumer
+                .fetch_watermarks(&tp.topic, tp.partition, timeout)
+                .ok()
+                .map(|(_, high)| high)
+        })
+        .collect();
+    Ok((status, ends))
+}
+
+/// The partitions in a member's assignment (Kafka's ConsumerProtocolAssignment: version i16, then an array of
+/// topic string and partition i32 array; integers big-endian, arrays and strings prefixed by an i32 / i16
+/// length). Whatever cannot be read is left out.
+fn assigned(bytes: &[u8]) -> Vec<String> {
+    let mut at = 2usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = bytes.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    let mut out = Vec::new();
+    let mut read = || -> Option<()> {
+        let topics = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        for _ in 0..topics.max(0) {
+            let len = i16::from_be_bytes(take(2)?.try_into().ok()?);
+            let topic = String::from_utf8_lossy(take(len.max(0) as usize)?).into_owned();
+            let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
+            for _ in 0..count.max(0) {
+                let p = i32::from_be_bytes(take(4)?.try_into().ok()?);
+                out.push(format!("{topic}:{p}"));
+            }
+        }
+        Some(())
+    };
+    let _ = read();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn assignments_read_as_the_consumer_protocol_writes_them() {
+        let mut bytes = vec![
+            0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 5,
+        ];
+        assert_eq!(super::assigned(&bytes), ["t:3", "t:5"]);
+        bytes.truncate(19);
+        assert_eq!(super::assigned(&bytes), ["t:3"]);
+        assert!(super::assigned(&[]).is_empty());
+    }
 }

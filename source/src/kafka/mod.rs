@@ -17,6 +17,7 @@
 //! Order: Kafka keeps a partition's order, and Debezium (and Ferry's sink) key records by primary key, so each
 //! row's changes apply in order; there is no order across partitions (docs/scale-out.md).
 
+mod avro;
 mod consumer;
 pub mod debezium;
 
@@ -83,6 +84,16 @@ pub async fn run(
         offsets: KafkaOffsets::default(),
         announced: HashMap::new(),
         decoder: Decoder::default(),
+        avro: match &settings.config.format {
+            ferry_config::KafkaFormat::Json => None,
+            ferry_config::KafkaFormat::Avro {
+                schema_registry,
+                schema_registry_ca,
+            } => Some(avro::AvroRecords::new(ferry_registry::Registry::new(
+                schema_registry,
+                schema_registry_ca.as_deref(),
+            )?)),
+        },
     };
     let result = loop {
         let message = tokio::select! {
@@ -153,6 +164,8 @@ struct State<'a> {
     /// The schema each table's rows were last announced with.
     announced: HashMap<TableId, SchemaRef>,
     decoder: Decoder,
+    /// `format = "avro"`: records become JsonConverter's JSON before they are decoded.
+    avro: Option<avro::AvroRecords>,
 }
 
 impl State<'_> {
@@ -171,15 +184,24 @@ impl State<'_> {
             }
             held.next = Some(r.offset + 1);
             let claim = held.claim;
+            let refused = |e: debezium::DecodeError| {
+                Error::fatal(format!(
+                    "Kafka record {}@{} is not a change Ferry can apply: {e}",
+                    r.partition, r.offset
+                ))
+            };
+            let (key, value) = match &mut self.avro {
+                None => (r.key, r.value),
+                Some(avro) => {
+                    let key = avro.connect_json_opt(r.key).await?.map_err(refused)?;
+                    let value = avro.connect_json_opt(r.value).await?.map_err(refused)?;
+                    (key, value)
+                }
+            };
             let decoded = self
                 .decoder
-                .decode(r.key.as_deref(), r.value.as_deref())
-                .map_err(|e| {
-                    Error::fatal(format!(
-                        "Kafka record {}@{} is not a change Ferry can apply: {e}",
-                        r.partition, r.offset
-                    ))
-                })?;
+                .decode(key.as_deref(), value.as_deref())
+                .map_err(refused)?;
             let (tx_info, change) = match decoded {
                 Decoded::Row { table, op, tx } => {
                     if !self
@@ -360,4 +382,17 @@ pub async fn check_prerequisites(config: &KafkaSource) -> Result<Vec<crate::Chec
     tokio::task::spawn_blocking(move || consumer::check(&config))
         .await
         .map_err(|e| Error::fatal(format!("checking the Kafka source: {e}")))?
+}
+
+pub use consumer::{GroupStatus, MemberStatus};
+
+/// `ferry status`: the group's members and assignment, and each of `partitions`' end offset.
+pub async fn group_status(
+    config: &KafkaSource,
+    partitions: Vec<TopicPartition>,
+) -> Result<(GroupStatus, Vec<Option<i64>>), Error> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || consumer::group_status(&config, &partitions))
+        .await
+        .map_err(|e| Error::fatal(format!("describing the Kafka group: {e}")))?
 }

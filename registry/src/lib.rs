@@ -1,5 +1,5 @@
 //! A Confluent-compatible schema registry client: registers schemas under TopicNameStrategy subjects and
-//! remembers their ids. `http://` or `https://` (the certificate verified against the system's CAs or
+//! remembers their ids (the Kafka sink), and reads schemas by id (the Kafka source). `http://` or `https://` (the certificate verified against the system's CAs or
 //! `schema_registry_ca`), with HTTP basic authentication from the URL's user info
 //! (`https://KEY:SECRET@host`, the form Confluent Cloud's API keys take). One short connection per new schema:
 //! registrations are rare.
@@ -28,6 +28,8 @@ pub struct Registry {
     /// `Basic …` from the URL's user info.
     authorization: Option<String>,
     ids: HashMap<(String, String), i32>,
+    /// Schemas read by id.
+    schemas: HashMap<i32, String>,
 }
 
 impl Registry {
@@ -64,9 +66,11 @@ impl Registry {
                 decode(parsed.username()),
                 decode(parsed.password().unwrap_or(""))
             );
-            let mut header = "Basic ".to_owned();
-            super::envelope::push_base64(&mut header, credentials.as_bytes());
-            header
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
         });
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
@@ -79,6 +83,7 @@ impl Registry {
             base_path: parsed.path().trim_end_matches('/').to_owned(),
             authorization,
             ids: HashMap::new(),
+            schemas: HashMap::new(),
         })
     }
 
@@ -90,7 +95,7 @@ impl Registry {
         }
         let body = serde_json::json!({ "schema": schema }).to_string();
         let path = format!("{}/subjects/{subject}/versions", self.base_path);
-        let (status, response) = self.post(&path, body).await?;
+        let (status, response) = self.request(&path, Some(body)).await?;
         match status {
             200 => {}
             401 | 403 => {
@@ -132,7 +137,44 @@ impl Registry {
         Ok(id)
     }
 
-    async fn post(&self, path: &str, body: String) -> Result<(u16, String), Error> {
+    /// The schema registered under `id` (the text of its JSON), read once and remembered. Errors name the
+    /// registry (without credentials) and the id.
+    pub async fn schema(&mut self, id: i32) -> Result<&str, Error> {
+        if !self.schemas.contains_key(&id) {
+            let path = format!("{}/schemas/ids/{id}", self.base_path);
+            let (status, response) = self.request(&path, None).await?;
+            let schema = match status {
+                200 => serde_json::from_str::<serde_json::Value>(&response)
+                    .ok()
+                    .and_then(|v| v["schema"].as_str().map(str::to_owned)),
+                401 | 403 => {
+                    return Err(Error::fatal(format!(
+                        "the schema registry at {} refused the credentials (HTTP {status}): give them as https://KEY:SECRET@host in schema_registry: {response}",
+                        self.shown
+                    )))
+                }
+                500.. => {
+                    return Err(Error::transient(
+                        format!("reading schema {id}"),
+                        format!("HTTP {status} from {}: {response}", self.shown),
+                    ))
+                }
+                _ => None,
+            };
+            let schema = schema.ok_or_else(|| {
+                Error::fatal(format!(
+                    "the schema registry at {} has no schema {id} (HTTP {status}): {response}; a record names a \
+                     schema of another registry",
+                    self.shown
+                ))
+            })?;
+            self.schemas.insert(id, schema);
+        }
+        Ok(&self.schemas[&id])
+    }
+
+    /// One request: a POST of `body`, or a GET without one.
+    async fn request(&self, path: &str, body: Option<String>) -> Result<(u16, String), Error> {
         let what = format!("calling the schema registry at {}", self.shown);
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -142,7 +184,7 @@ impl Registry {
                 tcp,
                 &self.host,
                 self.ca.as_deref(),
-                "give the CA certificate that signed the registry's certificate as schema_registry_ca = \"<PEM file>\" in the sink",
+                "give the CA certificate that signed the registry's certificate as schema_registry_ca = \"<PEM file>\" beside schema_registry",
             )
             .await?
         } else {
@@ -158,7 +200,14 @@ impl Registry {
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        let mut request = hyper::Request::post(path)
+        let method = if body.is_some() {
+            hyper::Method::POST
+        } else {
+            hyper::Method::GET
+        };
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(HOST, host)
             .header(CONTENT_TYPE, MEDIA_TYPE)
             .header(ACCEPT, MEDIA_TYPE);
@@ -166,7 +215,7 @@ impl Registry {
             request = request.header(AUTHORIZATION, authorization);
         }
         let request = request
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::fatal_from(format!("a request to {}", self.shown), e))?;
         let response = sender
             .send_request(request)
