@@ -1,4 +1,6 @@
-//! `scripts/bench kafka`: PostgreSQL → Kafka against a plain rdkafka producer, on the noida-db broker.
+//! `scripts/bench kafka`: PostgreSQL → Kafka against a plain rdkafka producer, on the noida-db broker
+//! (`FERRY_BENCH_PART=sink`), then Kafka → PostgreSQL by consumer groups of 1, 2 and 4 processes against a direct
+//! pipeline (`FERRY_BENCH_PART=scale`, see [`scale`]); both when the variable is unset.
 //!
 //! Each run starts a fresh PostgreSQL and broker. Three pipelines (exactly-once and at-least-once, JSON records,
 //! and a discard sink) are primed, so their first checkpoints sit before the workload; then N rows are written in
@@ -133,6 +135,7 @@ impl Bench {
             relation_id: None,
             lineage: Default::default(),
             dialect: Dialect::Postgres,
+            keeps_absent_columns: false,
         });
         let now = Timestamp::now();
         let mut events = Vec::with_capacity(n as usize + n as usize / 500);
@@ -363,10 +366,206 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
     let n = env_number("FERRY_BENCH_ROWS", 200_000).max(1000) / 1000 * 1000;
-    let mut all = Vec::new();
-    for run in 1..=runs {
-        eprintln!("bench: run {run} of {runs} ({n} rows)");
-        all.push(run_once(n));
+    let part = std::env::var("FERRY_BENCH_PART").unwrap_or_default();
+    if part.is_empty() || part == "sink" {
+        let mut all = Vec::new();
+        for run in 1..=runs {
+            eprintln!("bench: run {run} of {runs} ({n} rows)");
+            all.push(run_once(n));
+        }
+        report(&all, json);
     }
-    report(&all, json);
+    if part.is_empty() || part == "scale" {
+        let mut all = Vec::new();
+        for run in 1..=runs {
+            eprintln!("bench: scale-out run {run} of {runs} ({n} rows, 8 partitions)");
+            all.push(scale::run_once(n));
+        }
+        report(&all, json);
+        for (k, ratio, cpu) in scale::scaling(&all) {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"workload": "kafka scale-out", "processes": k, "scaling": (ratio * 100.0).round() / 100.0, "ferry_cpu_us_per_row": (cpu * 100.0).round() / 100.0})
+                );
+            } else {
+                println!("scale-out: {k} process(es) apply {ratio:.2}× the rows/s of one, {cpu:.2} µs of Ferry CPU per row");
+            }
+        }
+    }
+}
+
+/// `FERRY_BENCH_PART=scale`: Kafka → PostgreSQL apply by a consumer group of 1, 2 and 4 `ferry` processes on an
+/// 8-partition topic, beside a direct PostgreSQL → PostgreSQL pipeline draining the same rows from the slot.
+///
+/// The rows (1,000-row transactions) are written once; a capture pipeline publishes them (exactly once, JSON
+/// with the schema block) before any apply group starts, and the direct pipeline is primed before the writes, so
+/// every contender drains a backlog. Each is timed from its start until its target table holds every row; CPU
+/// per row sums the group's processes.
+mod scale {
+    use super::*;
+
+    pub const GROUPS: [usize; 3] = [1, 2, 4];
+
+    fn count(pg: &PgServer, db: &str) -> u64 {
+        pg.try_psql(db, "SELECT count(*) FROM bench_rows")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn run_once(n: u64) -> Vec<Measure> {
+        let pg = PgServer::start_with(&[
+            "wal_level=logical",
+            "max_wal_size=8GB",
+            "wal_sender_timeout=0",
+        ]);
+        pg.create_db("shop");
+        for db in ["direct", "g1", "g2", "g4"] {
+            pg.create_db(db);
+        }
+        pg.psql(
+            "shop",
+            "CREATE TABLE bench_rows (id int8 PRIMARY KEY, qty int4 NOT NULL, note text NOT NULL, at timestamptz NOT NULL)",
+        );
+        let broker = KafkaBroker::start();
+        let dir = scratch();
+        let direct = write_config(
+            dir.path(),
+            "direct",
+            &format!(
+                "[pipeline]\nname = \"direct\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                pg.url("shop"),
+                pg.url("direct")
+            ),
+        );
+        let capture = write_config(
+            dir.path(),
+            "capture",
+            &format!(
+                "[pipeline]\nname = \"capture\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+                 [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"scale\"\npartitions = 8\n",
+                pg.url("shop"),
+                broker.brokers()
+            ),
+        );
+        // Prime the direct pipeline (slot and empty snapshot), so it drains the backlog like the groups.
+        {
+            let log = dir.path().join("direct.log");
+            let ferry = Ferry::start(&direct, &log);
+            assert!(
+                wait_until(Duration::from_secs(60), || pg
+                    .try_psql("direct", "SELECT count(*) FROM ferry_checkpoints")
+                    .is_ok_and(|c| c == "1")),
+                "the direct pipeline did not start: {}",
+                ferry.log()
+            );
+            assert!(ferry.terminate().success(), "direct failed");
+        }
+        eprintln!("bench:   writing {n} rows in 1,000-row transactions");
+        pg.psql(
+            "shop",
+            &format!(
+                "DO $$ BEGIN FOR t IN 0..{} LOOP
+                   INSERT INTO bench_rows SELECT g, g % 100, 'note ' || g, now() FROM generate_series(t * 1000 + 1, t * 1000 + 1000) g;
+                   COMMIT; END LOOP; END $$;",
+                n / 1000 - 1
+            ),
+        );
+        {
+            let log = dir.path().join("capture.log");
+            let ferry = Ferry::start(&capture, &log);
+            let started = Instant::now();
+            time_until(started, "capture", || {
+                metric(&ferry, "ferry_sink_rows_total") >= n as f64
+            });
+            assert!(ferry.terminate().success(), "capture failed");
+        }
+        let mut out = Vec::new();
+        let log = dir.path().join("direct.log");
+        let started = Instant::now();
+        let ferry = Ferry::start(&direct, &log);
+        let direct_took = time_until(started, "direct", || count(&pg, "direct") >= n);
+        let (_, direct_cores) = finish(ferry, direct_took, &log);
+        eprintln!(
+            "bench:   direct PG→PG: {:.0} rows/s, {:.2} µs CPU per row",
+            per_second(n, direct_took),
+            direct_cores * direct_took.as_secs_f64() / n as f64 * 1e6
+        );
+        for k in GROUPS {
+            let db = format!("g{k}");
+            let config = write_config(
+                dir.path(),
+                &format!("apply{k}"),
+                &format!(
+                    "[pipeline]\nname = \"apply{k}\"\n\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+                     topics = [\"scale.public.bench_rows\"]\ngroup_id = \"bench-{k}\"\nassignment = \"roundrobin\"\n\n\
+                     [sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                    broker.brokers(),
+                    pg.url(&db)
+                ),
+            );
+            let started = Instant::now();
+            let group: Vec<Ferry> = (0..k)
+                .map(|i| Ferry::start(&config, &dir.path().join(format!("apply{k}-{i}.log"))))
+                .collect();
+            let took = time_until(started, &format!("{k} consumers"), || count(&pg, &db) >= n);
+            let cpu: f64 = group.iter().map(|f| cpu_seconds(f.pid())).sum();
+            let rss = group
+                .iter()
+                .map(|f| peak_rss_mb(f.pid()))
+                .fold(0.0, f64::max);
+            for f in group {
+                assert!(
+                    f.terminate().success(),
+                    "a consumer of the {k}-process group failed"
+                );
+            }
+            eprintln!(
+                "bench:   {k} consumer process(es): {:.0} rows/s, {:.2} µs CPU per row",
+                per_second(n, took),
+                cpu / n as f64 * 1e6
+            );
+            out.push(Measure {
+                workload: format!(
+                    "Kafka→PG apply, {k} process{}",
+                    if k == 1 { "" } else { "es" }
+                ),
+                anchor: "direct PG→PG (Ferry)",
+                rows: n,
+                ferry: took,
+                anchor_time: Some(direct_took),
+                ferry_peak_rss_mb: rss,
+                ferry_cpu_cores: cpu / took.as_secs_f64(),
+                source_cpu_us_per_row: None,
+                anchor_source_cpu_us_per_row: None,
+            });
+        }
+        out
+    }
+
+    /// The median rows/s of `k` processes over that of one, from the report's runs.
+    pub fn scaling(all: &[Vec<Measure>]) -> Vec<(usize, f64, f64)> {
+        let rate = |i: usize| {
+            median(
+                all.iter()
+                    .map(|r| per_second(r[i].rows, r[i].ferry))
+                    .collect(),
+            )
+        };
+        let cpu = |i: usize| {
+            median(
+                all.iter()
+                    .map(|r| {
+                        r[i].ferry_cpu_cores * r[i].ferry.as_secs_f64() / r[i].rows as f64 * 1e6
+                    })
+                    .collect(),
+            )
+        };
+        GROUPS
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, rate(i) / rate(0), cpu(i)))
+            .collect()
+    }
 }

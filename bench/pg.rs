@@ -391,6 +391,7 @@ fn chain_in_process(n: u64) -> Measure {
         relation_id: Some(1),
         lineage: Default::default(),
         dialect: Default::default(),
+        keeps_absent_columns: false,
     });
     let mut out = Vec::with_capacity(1100);
     let mut busy = Duration::ZERO;

@@ -1,13 +1,15 @@
 //! The Kafka source: PostgreSQL → Kafka (Ferry's sink, exactly once) → a consumer group of Ferry processes →
 //! PostgreSQL and MariaDB, against a real Kafka-protocol broker started by the harness.
 //!
-//! The broker is tansu: noida-db never expires a member that died without leaving (a group with a SIGKILLed
-//! consumer waits for it forever; checked with Confluent's Python client), which these tests are about. tansu
-//! does not hide aborted transactions, so the capture pipeline writes `delivery = "at_least_once"` and is never
-//! killed (the Kafka sink's own exactly-once under SIGKILL is kafka_pipeline.rs's, on noida-db). Neither broker
-//! completes the second round of a cooperative rebalance (a member joining waits forever, also checked with the
-//! Python client), so the groups here use `assignment = "roundrobin"`; the source handles both protocols the
-//! same way (claims on assignment, a settled hand-over on revocation).
+//! The SIGKILL test runs on tansu: noida-db never expires a member that died without leaving (a group with a
+//! SIGKILLed consumer waits for it forever; checked with Confluent's Python client). The others run on noida-db,
+//! whose coordinator handles a member that leaves and joins again during a rebalance (tansu's can stall the group
+//! then, as a fenced consumer does when it restarts). tansu does not hide aborted transactions, so the capture
+//! pipeline writes `delivery = "at_least_once"` and is never killed (the Kafka sink's own exactly-once under
+//! SIGKILL is kafka_pipeline.rs's, on noida-db). Neither broker completes the second round of a cooperative
+//! rebalance (a member joining waits forever, also checked with the Python client), so the groups here use
+//! `assignment = "roundrobin"`; the source handles both protocols the same way (claims on assignment, a settled
+//! hand-over on revocation).
 
 mod support;
 
@@ -107,11 +109,18 @@ struct Setup {
     capture: Ferry,
 }
 
-fn setup() -> Setup {
+/// `tansu`: a broker that expires consumers killed without leaving (SIGKILL tests); otherwise noida-db, whose
+/// group coordinator handles members that leave and join again while a rebalance is under way (tansu's can stall
+/// the group then).
+fn setup(tansu: bool) -> Setup {
     let pg = server_with_dbs();
     let my = MariaDbServer::start();
     my.sql("CREATE DATABASE shop");
-    let broker = KafkaBroker::start_tansu();
+    let broker = if tansu {
+        KafkaBroker::start_tansu()
+    } else {
+        KafkaBroker::start()
+    };
     pg.psql("shop", TABLES);
     pg.psql(
         "shop",
@@ -144,7 +153,7 @@ fn setup() -> Setup {
 
 #[test]
 fn three_consumers_apply_six_partitions_exactly_once_through_sigkills() {
-    let s = setup();
+    let s = setup(true);
     let config = write_config(
         s.dir.path(),
         "apply",
@@ -210,7 +219,7 @@ fn three_consumers_apply_six_partitions_exactly_once_through_sigkills() {
 /// rolls back whole: nothing is applied twice.
 #[test]
 fn a_batch_in_flight_when_its_partitions_move_cannot_commit() {
-    let s = setup();
+    let s = setup(false);
     let config = write_config(
         s.dir.path(),
         "apply",
@@ -364,4 +373,113 @@ fn values_and_types_arrive_exactly_through_json_and_avro_topics() {
         pg.try_psql("replica2", all),
         ferry.log()
     );
+}
+
+/// A backlog read from several partitions mixes records written before and after schema changes: the target
+/// still ends as the source, column for column. Also values the source did not send (unchanged TOAST of every
+/// kind) stay as they are, and a stored generated column stays generated.
+#[test]
+fn a_backlog_across_schema_changes_unchanged_toast_and_generated_columns_arrive_exactly() {
+    let pg = server_with_dbs();
+    let broker = KafkaBroker::start();
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, v text, code varchar(10), price numeric(12,2), g int GENERATED ALWAYS AS (id * 2) STORED);
+         CREATE TABLE blobs (id int PRIMARY KEY, other int, big text, ia int[], ta text[], nb numeric(1000,0),
+           nfree numeric, jb jsonb, by bytea, tsa timestamptz[], f8a float8[]);
+         ALTER TABLE blobs ALTER COLUMN big SET STORAGE EXTERNAL, ALTER COLUMN ia SET STORAGE EXTERNAL,
+           ALTER COLUMN ta SET STORAGE EXTERNAL, ALTER COLUMN nb SET STORAGE EXTERNAL,
+           ALTER COLUMN nfree SET STORAGE EXTERNAL, ALTER COLUMN jb SET STORAGE EXTERNAL,
+           ALTER COLUMN by SET STORAGE EXTERNAL, ALTER COLUMN tsa SET STORAGE EXTERNAL,
+           ALTER COLUMN f8a SET STORAGE EXTERNAL;
+         ALTER TABLE blobs SET (toast_tuple_target = 128);
+         INSERT INTO items (id, v, code, price) SELECT g, 'first', 'c' || g, g * 1.25 FROM generate_series(1, 10) g;
+         INSERT INTO blobs SELECT g, 0, repeat('b', 3000), array_fill(g, ARRAY[900]), array_fill('t'::text, ARRAY[600]),
+           repeat('9', 900)::numeric, ('1.' || repeat('3', 900))::numeric, jsonb_build_object('k', repeat('j', 3000)),
+           decode(repeat('ab', 3000), 'hex'), array_fill('2024-01-01 00:00+00'::timestamptz, ARRAY[300]),
+           array_fill(1.5::float8, ARRAY[600]) FROM generate_series(1, 3) g;",
+    );
+    let dir = scratch();
+    let capture = write_config(
+        dir.path(),
+        "capture",
+        &format!(
+            "[pipeline]\nname = \"capture\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
+             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"shop\"\npartitions = 4\n",
+            pg.url("shop"),
+            broker.brokers()
+        ),
+    );
+    let apply = write_config(
+        dir.path(),
+        "apply",
+        &format!(
+            "[pipeline]\nname = \"apply\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
+             [source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"shop.public.items\", \"shop.public.blobs\"]\n\
+             group_id = \"apply\"\nassignment = \"roundrobin\"\n\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            broker.brokers(),
+            pg.url("replica")
+        ),
+    );
+    let capture = Ferry::start(&capture, &dir.path().join("capture.log"));
+    let log = dir.path().join("apply.log");
+    let items = "SELECT * FROM items ORDER BY id";
+    let blobs =
+        "SELECT id, other, md5(big), md5(ia::text), md5(ta::text), md5(nb::text), md5(nfree::text),
+         md5(jb::text), md5(by), md5(tsa::text), md5(f8a::text) FROM blobs ORDER BY id";
+    let columns = "SELECT attname, format_type(atttypid, atttypmod), attgenerated FROM pg_attribute
+         WHERE attrelid = 'public.items'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
+    let same = |sqls: &[&str]| {
+        sqls.iter()
+            .all(|sql| pg.try_psql("replica", sql).ok() == Some(pg.psql("shop", sql)))
+    };
+    let ferry = Ferry::start(&apply, &log);
+    assert!(
+        wait_until(Duration::from_secs(60), || same(&[items, blobs, columns])),
+        "the first rows did not arrive\n{}\n{}",
+        capture.log(),
+        ferry.log()
+    );
+    assert!(ferry.terminate().success());
+    // While the apply side is down: a backlog whose records straddle schema changes, over four partitions.
+    pg.psql(
+        "shop",
+        "INSERT INTO items (id, v, code, price) SELECT g, 'pre', 'c' || g, g * 1.25 FROM generate_series(11, 400) g;
+         ALTER TABLE items ADD COLUMN extra int;
+         ALTER TABLE items ALTER COLUMN code TYPE varchar(40);
+         INSERT INTO items (id, v, code, price, extra) SELECT g, 'post', 'longer than ten ' || g, g + 0.33, -g FROM generate_series(401, 800) g;
+         UPDATE items SET extra = id WHERE id <= 400 AND id % 3 = 0;
+         UPDATE blobs SET other = other + 1;",
+    );
+    let ferry = Ferry::start(&apply, &log);
+    assert!(
+        wait_until(Duration::from_secs(90), || same(&[items, blobs, columns])),
+        "the backlog did not arrive exactly\nrows that differ:\n{}\ncolumns:\n{}\n{:?}\nblobs:\n{}\n{:?}\ncapture:\n{}\napply:\n{}",
+        differing(&pg.psql("shop", items), &pg.try_psql("replica", items).unwrap_or_default()),
+        pg.psql("shop", columns),
+        pg.try_psql("replica", columns),
+        pg.psql("shop", blobs),
+        pg.try_psql("replica", blobs),
+        capture.log(),
+        ferry.log()
+    );
+}
+
+/// The lines of `a` not in `b` and of `b` not in `a`, for failure messages.
+fn differing(a: &str, b: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let only = |x: &[&str], y: &[&str]| {
+        x.iter()
+            .filter(|l| !y.contains(l))
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "source only:\n{}\ntarget only:\n{}",
+        only(&a, &b),
+        only(&b, &a)
+    )
 }

@@ -7,6 +7,16 @@
 /// for a NULL the source wrote.
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
+/// The record header in which Ferry's Kafka sink names the columns a change leaves as they are (values the source
+/// did not send, such as unchanged TOAST), comma-separated: Debezium's placeholder value cannot mark them in every
+/// type (a number, an array of numbers, a timestamp). Ferry's Kafka source reads it.
+pub const UNCHANGED_HEADER: &str = "ferry.unchanged";
+
+/// The record header in which Ferry's Kafka sink numbers a row change within its source transaction (1, 2, …):
+/// the `source` block's position is the transaction's, so this orders the records of one transaction that land
+/// on different partitions (Ferry's Kafka source uses it to tell which describes a table as it is later).
+pub const ORDER_HEADER: &str = "ferry.order";
+
 /// Debezium's `MicroTimestamp` for PostgreSQL's `infinity` and `-infinity`: the JDBC driver's
 /// `PGStatement.DATE_POSITIVE_INFINITY` / `DATE_NEGATIVE_INFINITY`, as Debezium's PostgreSQL connector writes them.
 pub const MICRO_TIMESTAMP_INFINITY: i64 = 9_223_372_036_825_200_000;

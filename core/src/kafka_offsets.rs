@@ -128,8 +128,9 @@ impl KafkaOffsets {
     pub fn not_below(&self, floor: &KafkaOffsets) -> KafkaOffsets {
         let mut out = self.clone();
         for (tp, mark) in self.iter() {
-            if let (Some(f), Some(n)) = (floor.get(tp).and_then(|m| m.next), mark.next) {
-                if f > n {
+            // Nothing read yet of a partition the sink holds up to `f`: still `f`.
+            if let (Some(f), n) = (floor.get(tp).and_then(|m| m.next), mark.next) {
+                if n.is_none_or(|n| f > n) {
                     out.set(
                         tp.clone(),
                         PartitionMark {
@@ -303,6 +304,8 @@ mod tests {
         let committing = offsets("t:0@10#5,t:1@4#5");
         let floor = offsets("t:0@12#3,t:1@2#3,t:2@9#3");
         assert_eq!(committing.not_below(&floor), offsets("t:0@12#5,t:1@4#5"));
+        // A partition claimed and not read yet keeps what the sink holds.
+        assert_eq!(offsets("t:2@-#5").not_below(&floor), offsets("t:2@9#5"));
         let claimed = offsets("t:1@7#6");
         let parts = [TopicPartition::new("t", 1), TopicPartition::new("t", 2)];
         assert_eq!(

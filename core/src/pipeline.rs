@@ -805,14 +805,11 @@ mod tests {
         assert_eq!(calls, vec![(3, None), (3, Some(pg(4))), (3, Some(pg(6)))]);
 
         let table = Arc::new(crate::schema::TableSchema {
-            id: crate::schema::TableId::new("public", "t"),
-            columns: vec![],
-            primary_key: vec![],
-            identity: Vec::new(),
             version: 1,
-            relation_id: None,
-            lineage: Default::default(),
-            dialect: Default::default(),
+            ..crate::schema::TableSchema::named(
+                crate::schema::TableId::new("public", "t"),
+                Default::default(),
+            )
         });
         let mut with_schema = vec![Event::Schema(table)];
         with_schema.extend(txn(3, 4));

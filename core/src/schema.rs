@@ -160,6 +160,10 @@ pub struct TableSchema {
     /// The dialect of the columns' `source_type`: a sink of the same dialect can create columns exactly as the
     /// source has them; others map from [`ColumnType`].
     pub dialect: Dialect,
+    /// Target columns this schema lacks are kept, not dropped: the source cannot tell a column dropped from
+    /// one its record had not met yet (a Kafka source, whose partitions arrive in no order between them).
+    #[serde(default)]
+    pub keeps_absent_columns: bool,
 }
 
 /// A shared schema.
@@ -189,6 +193,7 @@ impl TableSchema {
             relation_id: None,
             lineage: Lineage::default(),
             dialect,
+            keeps_absent_columns: false,
         }
     }
 

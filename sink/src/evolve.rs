@@ -435,7 +435,9 @@ pub fn plan(
     let dropped: Vec<&AppliedColumn> = previous_columns
         .iter()
         .enumerate()
-        .filter(|(j, pc)| !taken.contains(j) && columns.contains(&pc.name))
+        .filter(|(j, pc)| {
+            !taken.contains(j) && columns.contains(&pc.name) && !schema.keeps_absent_columns
+        })
         .map(|(_, pc)| pc)
         .collect();
     let added: Vec<usize> = (0..schema.columns.len())
@@ -590,6 +592,7 @@ mod tests {
             relation_id: Some(rid),
             lineage: Default::default(),
             dialect: Default::default(),
+            keeps_absent_columns: false,
         }
     }
 

@@ -284,6 +284,7 @@ mod tests {
             relation_id: Some(42),
             lineage: Default::default(),
             dialect: Default::default(),
+            keeps_absent_columns: false,
         })
     }
 

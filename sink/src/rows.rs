@@ -189,6 +189,7 @@ mod tests {
             relation_id: None,
             lineage: Default::default(),
             dialect: Default::default(),
+            keeps_absent_columns: false,
         }
     }
 

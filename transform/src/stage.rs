@@ -121,5 +121,6 @@ pub fn reshape(
         relation_id: input.relation_id,
         lineage: input.lineage.clone(),
         dialect: input.dialect,
+        keeps_absent_columns: input.keeps_absent_columns,
     }
 }

@@ -37,6 +37,7 @@ fn customers() -> SchemaRef {
         relation_id: Some(77),
         lineage: Default::default(),
         dialect: Default::default(),
+        keeps_absent_columns: false,
     })
 }
 
@@ -437,6 +438,7 @@ fn convert_casts_trims_and_shifts_zones() {
         relation_id: None,
         lineage: Default::default(),
         dialect: Default::default(),
+        keeps_absent_columns: false,
     });
     let (mut c, _) = chain(
         "[[transform]]\ntype = \"convert\"\ncolumns = [\"at\"]\nto = \"timestamptz\"\nzone = \"Europe/Paris\"\n\

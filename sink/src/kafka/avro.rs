@@ -82,10 +82,28 @@ fn column_type(ty: &ColumnType, source_type: &str, decimals: DecimalHandling) ->
     }
 }
 
-/// The column's type as the source spells it, in Kafka Connect's `connect.parameters` (as the JSON schema block's
-/// `__ferry.source.type`), so that a Ferry Kafka source creates the target column exactly.
-fn with_source_type(ty: Json, source_type: &str) -> Json {
-    if source_type.is_empty() {
+/// What Ferry adds to a column's Connect parameters so that a Ferry Kafka source recreates it exactly: its type
+/// as the source spells it (`__ferry.source.type`), the source's stable column number, which survives a rename
+/// (`__ferry.source.id`), and a stored generated column's expression (`__ferry.generated`). Consumers ignore
+/// parameters they do not know.
+pub(super) fn ferry_parameters(column: &ferry_core::Column) -> Vec<(String, Json)> {
+    let mut params = Vec::new();
+    if !column.source_type.is_empty() {
+        params.push(("__ferry.source.type".into(), json!(column.source_type)));
+    }
+    if let Some(id) = column.source_id {
+        params.push(("__ferry.source.id".into(), json!(id.to_string())));
+    }
+    if let Some(expression) = &column.generated {
+        params.push(("__ferry.generated".into(), json!(expression)));
+    }
+    params
+}
+
+/// [`ferry_parameters`] in the Avro type's `connect.parameters`.
+fn with_ferry_parameters(ty: Json, column: &ferry_core::Column) -> Json {
+    let params = ferry_parameters(column);
+    if params.is_empty() {
         return ty;
     }
     let mut ty = match ty {
@@ -93,20 +111,31 @@ fn with_source_type(ty: Json, source_type: &str) -> Json {
         other => other,
     };
     if let Json::Object(m) = &mut ty {
-        let params = m.entry("connect.parameters").or_insert_with(|| json!({}));
-        if let Json::Object(p) = params {
-            p.insert("__ferry.source.type".into(), json!(source_type));
+        if let Json::Object(p) = m.entry("connect.parameters").or_insert_with(|| json!({})) {
+            p.extend(params);
         }
     }
     ty
 }
 
-fn row_fields(table: &TableSchema, columns: &[usize], decimals: DecimalHandling) -> Vec<Json> {
+/// The fields of `columns`; `ferry`: with Ferry's parameters (a value's; not a key's, whose bytes choose its
+/// partition and must not change when the source's catalog numbers a column or not).
+fn row_fields(
+    table: &TableSchema,
+    columns: &[usize],
+    decimals: DecimalHandling,
+    ferry: bool,
+) -> Vec<Json> {
     columns
         .iter()
         .map(|&i| {
             let c = &table.columns[i];
-            let ty = with_source_type(column_type(&c.ty, &c.source_type, decimals), &c.source_type);
+            let ty = column_type(&c.ty, &c.source_type, decimals);
+            let ty = if ferry {
+                with_ferry_parameters(ty, c)
+            } else {
+                ty
+            };
             if table.primary_key.contains(&i) {
                 json!({ "name": avro_name(&c.name), "type": ty })
             } else {
@@ -123,7 +152,7 @@ pub fn key_schema(table: &TableSchema, topic: &str, decimals: DecimalHandling) -
             "type": "record",
             "name": "Key",
             "namespace": namespace(topic),
-            "fields": row_fields(table, &table.primary_key, decimals)
+            "fields": row_fields(table, &table.primary_key, decimals, false)
         })
     })
 }
@@ -166,7 +195,7 @@ pub fn value_schema(
         "namespace": namespace(topic),
         "fields": [
             { "name": "before", "type": ["null", {
-                "type": "record", "name": "Value", "fields": row_fields(table, &all, decimals)
+                "type": "record", "name": "Value", "fields": row_fields(table, &all, decimals, true)
             }], "default": null },
             { "name": "after", "type": ["null", "Value"], "default": null },
             { "name": "source", "type": {

@@ -417,22 +417,20 @@ fn element_type(ty: &ColumnType) -> &ColumnType {
     }
 }
 
-/// The Kafka Connect schema of one column.
-fn field_schema(table: &TableSchema, i: usize, decimals: DecimalHandling) -> Json {
+/// The Kafka Connect schema of one column. `ferry`: with Ferry's parameters (value schemas only: a key's bytes
+/// choose its partition, so they must not change when the source's catalog numbers a column or not).
+fn field_schema(table: &TableSchema, i: usize, decimals: DecimalHandling, ferry: bool) -> Json {
     let column = &table.columns[i];
     let mut schema = column_schema(&column.ty, &column.source_type, decimals);
     if let Json::Object(m) = &mut schema {
         m.insert("optional".into(), Json::Bool(column.nullable));
         m.insert("field".into(), Json::String(column.name.clone()));
-        // The column's type as the source spells it, so that a Ferry Kafka source creates the target column
-        // exactly (Debezium's `column.propagate.source.type` gives only the type's name and size).
-        if !column.source_type.is_empty() {
-            let params = m.entry("parameters").or_insert_with(|| json!({}));
-            if let Json::Object(p) = params {
-                p.insert(
-                    "__ferry.source.type".into(),
-                    Json::String(column.source_type.clone()),
-                );
+        // So that a Ferry Kafka source creates the target column exactly (Debezium's
+        // `column.propagate.source.type` gives only the type's name and size).
+        let params = super::avro::ferry_parameters(column);
+        if ferry && !params.is_empty() {
+            if let Json::Object(p) = m.entry("parameters").or_insert_with(|| json!({})) {
+                p.extend(params);
             }
         }
     }
@@ -515,11 +513,13 @@ fn struct_schema(
     optional: bool,
     decimals: DecimalHandling,
 ) -> Json {
+    // A row's struct is optional (before / after); a key's is not.
+    let ferry = optional;
     json!({
         "type": "struct",
         "name": name,
         "optional": optional,
-        "fields": columns.iter().map(|&i| field_schema(table, i, decimals)).collect::<Vec<_>>()
+        "fields": columns.iter().map(|&i| field_schema(table, i, decimals, ferry)).collect::<Vec<_>>()
     })
 }
 
@@ -847,6 +847,7 @@ mod tests {
             relation_id: None,
             lineage: Default::default(),
             dialect: Dialect::Postgres,
+            keeps_absent_columns: false,
         });
         let row = vec![
             Value::Int(7),
@@ -933,6 +934,7 @@ mod tests {
             relation_id: None,
             lineage: Default::default(),
             dialect: Dialect::Postgres,
+            keeps_absent_columns: false,
         });
         let note = "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀";
         let row = vec![

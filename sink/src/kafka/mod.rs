@@ -11,6 +11,7 @@ mod avro;
 mod checkpoints;
 pub(crate) mod dead_letters;
 mod envelope;
+use ferry_core::debezium::{ORDER_HEADER, UNCHANGED_HEADER};
 use ferry_registry as registry;
 
 use std::collections::{HashMap, HashSet};
@@ -170,6 +171,8 @@ pub struct KafkaSink {
     json_tables: HashMap<(String, u64), Arc<envelope::JsonTable>>,
     /// The source transaction in progress, for records whose `Begin` was in an earlier batch.
     open_tx: Option<Arc<TxContext>>,
+    /// Row records produced so far in the open source transaction ([`ORDER_HEADER`]).
+    change_order: u64,
     /// The latest schema of each table seen, for truncates (which name tables only).
     known: HashMap<TableId, SchemaRef>,
     /// With `transaction_topic`: the source transaction in progress and its event counts.
@@ -188,6 +191,7 @@ struct HeldRecord {
     topic: String,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
+    headers: Vec<(&'static str, String)>,
 }
 
 /// Debezium's transaction metadata for one source transaction: its id (the position where it starts) and how
@@ -280,6 +284,7 @@ impl KafkaSink {
             avro_schemas: HashMap::new(),
             json_tables: HashMap::new(),
             open_tx: None,
+            change_order: 0,
             known: HashMap::new(),
             transaction: None,
             held: std::sync::Mutex::new(None),
@@ -449,6 +454,7 @@ impl KafkaSink {
             &topic,
             Some(key.as_bytes()),
             Some(record.to_string().as_bytes()),
+            &[],
         )
         .await
     }
@@ -508,21 +514,25 @@ impl KafkaSink {
     }
 
     /// Queues one record, waiting while librdkafka's queue is full (its own thread drains it).
+    /// Produces one record with `headers` (Ferry's own: [`ferry_core::debezium::UNCHANGED_HEADER`],
+    /// [`ferry_core::debezium::ORDER_HEADER`]).
     async fn produce(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
+        headers: &[(&'static str, String)],
     ) -> Result<(), Error> {
         if let Some(held) = self.held.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             held.push(HeldRecord {
                 topic: topic.to_owned(),
                 key: key.map(<[u8]>::to_vec),
                 payload: payload.map(<[u8]>::to_vec),
+                headers: headers.to_vec(),
             });
             return Ok(());
         }
-        self.send(topic, key, payload).await
+        self.send(topic, key, payload, headers).await
     }
 
     /// Sends one record now, waiting while librdkafka's queue is full.
@@ -531,8 +541,19 @@ impl KafkaSink {
         topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
+        headers: &[(&'static str, String)],
     ) -> Result<(), Error> {
         let mut record = BaseRecord::to(topic);
+        if !headers.is_empty() {
+            let mut owned = rdkafka::message::OwnedHeaders::new_with_capacity(headers.len());
+            for (key, value) in headers {
+                owned = owned.insert(rdkafka::message::Header {
+                    key,
+                    value: Some(value.as_str()),
+                });
+            }
+            record = record.headers(owned);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -614,6 +635,7 @@ impl KafkaSink {
             ended = matches!(e, Event::Commit { .. });
             if let Event::Begin(begin) = e {
                 open_tx = Some(begin.clone());
+                self.change_order = 0;
             }
             let tx = open_tx.as_deref();
             // The source's commit time; now for snapshot reads, which belong to no source transaction.
@@ -681,9 +703,28 @@ impl KafkaSink {
                         if size > self.cfg.max_message_bytes {
                             return Err(too_large(&prepared.topic, self.cfg.max_message_bytes));
                         }
-                        self.produce(&prepared.topic, key, Some(value)).await?;
+                        // Values the source did not send, by name: Debezium's placeholder cannot mark them
+                        // in every type (a number, an array of numbers, a timestamp).
+                        let unchanged: Vec<&str> = after
+                            .map(|row| {
+                                row.iter()
+                                    .zip(&table.columns)
+                                    .filter(|(v, _)| **v == ferry_core::Value::Unchanged)
+                                    .map(|(_, c)| c.name.as_str())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        // The change's place in its transaction, which orders records of one transaction
+                        // (they share its position) across partitions.
+                        self.change_order += 1;
+                        let mut headers = vec![(ORDER_HEADER, self.change_order.to_string())];
+                        if !unchanged.is_empty() {
+                            headers.push((UNCHANGED_HEADER, unchanged.join(",")));
+                        }
+                        self.produce(&prepared.topic, key, Some(value), &headers)
+                            .await?;
                         if op_code == "d" && self.cfg.tombstones && key.is_some() {
-                            self.produce(&prepared.topic, key, None).await?;
+                            self.produce(&prepared.topic, key, None, &[]).await?;
                         }
                     }
                 }
@@ -736,7 +777,8 @@ impl KafkaSink {
                             transaction: self.transaction.as_mut().map(|c| c.count(t)),
                         };
                         let (_, value) = self.encode(&prepared, &change, now, &mut buffers)?;
-                        self.produce(&prepared.topic, None, Some(value)).await?;
+                        self.produce(&prepared.topic, None, Some(value), &[])
+                            .await?;
                     }
                 }
             }
@@ -757,6 +799,7 @@ impl KafkaSink {
             CHECKPOINT_TOPIC,
             Some(key.as_bytes()),
             Some(text.as_bytes()),
+            &[],
         )
         .await?;
         self.delivered().await?;
@@ -837,7 +880,7 @@ impl Sink for KafkaSink {
                 let records = held.take().unwrap_or_default();
                 self.saved = None;
                 for r in records {
-                    self.send(&r.topic, r.key.as_deref(), r.payload.as_deref())
+                    self.send(&r.topic, r.key.as_deref(), r.payload.as_deref(), &r.headers)
                         .await?;
                 }
             }
@@ -875,7 +918,7 @@ impl Sink for KafkaSink {
             value = encode(&without)?;
         }
         let key = dead_letters::key(&self.pipeline, &self.name, id);
-        self.produce(&topic, Some(key.as_bytes()), Some(&value))
+        self.produce(&topic, Some(key.as_bytes()), Some(&value), &[])
             .await?;
         self.next_letter += 1;
         self.letters.insert(id, letter.table.clone());
@@ -921,7 +964,8 @@ impl Sink for KafkaSink {
         }
         let key = dead_letters::key(&self.pipeline, &self.name, id);
         let topic = self.cfg.dead_letter_topic.clone();
-        self.produce(&topic, Some(key.as_bytes()), None).await?;
+        self.produce(&topic, Some(key.as_bytes()), None, &[])
+            .await?;
         self.letters.remove(&id);
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_config::{KafkaSource, KafkaTopics};
+use ferry_core::debezium::{ORDER_HEADER, UNCHANGED_HEADER};
 use ferry_core::TopicPartition;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -31,6 +32,10 @@ pub struct Fetched {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The [`UNCHANGED_HEADER`] Ferry's Kafka sink writes: the columns whose values the source did not send.
+    pub unchanged: Option<Vec<String>>,
+    /// The [`ORDER_HEADER`]: the change's place in its source transaction.
+    pub order: Option<u64>,
 }
 
 /// Where a partition no sink has applied starts.
@@ -236,6 +241,21 @@ fn poll(consumer: BaseConsumer<Context>, out: mpsc::Sender<FromConsumer>, stop: 
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
+                    order: m.headers().and_then(|h| {
+                        use rdkafka::message::Headers;
+                        let h = h.iter().find(|h| h.key == ORDER_HEADER)?;
+                        std::str::from_utf8(h.value?).ok()?.parse().ok()
+                    }),
+                    unchanged: m.headers().and_then(|h| {
+                        use rdkafka::message::Headers;
+                        h.iter().find(|h| h.key == UNCHANGED_HEADER).map(|h| {
+                            String::from_utf8_lossy(h.value.unwrap_or_default())
+                                .split(',')
+                                .filter(|c| !c.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                    }),
                 };
                 let mut chunk = context.pending.lock().unwrap_or_else(|p| p.into_inner());
                 chunk.push(fetched);

@@ -22,6 +22,7 @@ use ferry_core::{
 };
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
 /// What one record becomes.
@@ -95,33 +96,99 @@ struct Envelope {
     op: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Record {
-    schema: Option<Json>,
+/// A record value: `{"schema": …, "payload": {envelope}}`, or the envelope alone. The schema block is kept as
+/// its text: every record repeats it, and it is read once per distinct text ([`Decoder`]).
+#[derive(Debug, Default)]
+struct Record<'a> {
+    schema: Option<&'a RawValue>,
     payload: Option<Envelope>,
-    #[serde(flatten)]
     bare: Envelope,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Record<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Record<'a>, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Record<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Debezium envelope")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'a>, A::Error> {
+                let mut r = Record::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "schema" => r.schema = map.next_value()?,
+                        "payload" => r.payload = map.next_value()?,
+                        "before" => r.bare.before = map.next_value()?,
+                        "after" => r.bare.after = map.next_value()?,
+                        "source" => r.bare.source = map.next_value()?,
+                        "op" => r.bare.op = map.next_value()?,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// A key: `{"schema": …, "payload": {…}}` or the plain object.
 #[derive(Debug, Deserialize)]
-struct Key {
-    schema: Option<Json>,
+struct Key<'a> {
+    #[serde(borrow)]
+    schema: Option<&'a RawValue>,
     payload: Option<Ordered>,
     #[serde(flatten)]
-    bare: HashMap<String, Json>,
+    bare: HashMap<String, serde::de::IgnoredAny>,
 }
 
-/// Decodes records, keeping each table's last schema so that unchanged tables share one `Arc`.
+/// Decodes records. What a schema block says is worked out once per distinct text, and each table's schema is
+/// one `Arc` for as long as it does not change.
+///
+/// Partitions are read in no order between them, so a record written before a schema change can arrive after
+/// one written after it. A table's schema is therefore merged from every record's ([`Merged`]): columns are
+/// added, never dropped (as Debezium's JDBC sink evolves tables), and a column's name and type are those of the
+/// record with the latest source position (`source.lsn`; binlog file and offset) that describes it, so an older
+/// record never takes a table back to an earlier schema.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    tables: HashMap<TableId, SchemaRef>,
+    tables: HashMap<TableId, Merged>,
+    /// Value schema blocks read so far, by text (per dialect: the default spellings differ).
+    row_fields: HashMap<(String, Dialect), Arc<Vec<Field>>>,
+    /// Key schema blocks read so far: the key's columns.
+    key_fields: HashMap<String, Vec<String>>,
+}
+
+/// A record's field list, and where each of its fields sits among a merged table's columns.
+type FieldMap = (Arc<Vec<Field>>, Arc<Vec<usize>>);
+
+/// A table as its records have described it so far.
+#[derive(Debug)]
+struct Merged {
+    columns: Vec<Field>,
+    key: Vec<String>,
+    schema: SchemaRef,
+    /// The source position of the newest record whose description was taken (`None`: none had one).
+    newest: Option<Position3>,
+    /// That record's fields: the table's columns at that point of the source.
+    newest_fields: Arc<Vec<Field>>,
+    /// Field lists met, and where each of their fields sits among `columns` (indexes never move: columns are
+    /// only replaced or appended).
+    maps: Vec<FieldMap>,
 }
 
 /// One column as a record describes it.
 #[derive(Debug, Clone, PartialEq)]
 struct Field {
     name: String,
+    /// The source's stable column number (Ferry's `__ferry.source.id`, PostgreSQL's attnum): a column renamed
+    /// keeps it.
+    source_id: Option<u32>,
+    /// A stored generated column's expression (Ferry's `__ferry.generated`).
+    generated: Option<String>,
     ty: ColumnType,
     /// The Connect schema's logical name, which says how values are written.
     logical: Option<String>,
@@ -134,16 +201,18 @@ struct Field {
 }
 
 impl Decoder {
-    /// Decodes one record: its key and value bytes as Kafka holds them.
+    /// Decodes one record: its key and value bytes as Kafka holds them, and what its headers say ([`Hints`]).
     pub fn decode(
         &mut self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        hints: &Hints<'_>,
     ) -> Result<Decoded, DecodeError> {
+        let unchanged = hints.unchanged;
         let Some(value) = value else {
             return Ok(Decoded::Tombstone);
         };
-        let record: Record = serde_json::from_slice(value)
+        let record: Record<'_> = serde_json::from_slice(value)
             .map_err(|e| bad(format!("the value is not a Debezium JSON envelope: {e}")))?;
         let (schema, envelope) = match record.payload {
             Some(payload) => (record.schema, payload),
@@ -162,26 +231,57 @@ impl Decoder {
         if op == "t" {
             return Ok(Decoded::Truncate { table, tx });
         }
-        let key_fields = key_columns(key)?;
-        let fields = match &schema {
-            Some(schema) => row_fields(schema, dialect)?,
+        let key_fields = self.key_columns(key)?;
+        let fields = match schema.filter(|s| s.get() != "null") {
+            Some(schema) => match self.row_fields.get(&(schema.get().to_owned(), dialect)) {
+                Some(fields) => fields.clone(),
+                None => {
+                    let parsed: Json = serde_json::from_str(schema.get())
+                        .map_err(|e| bad(format!("the schema block is not JSON: {e}")))?;
+                    let fields = Arc::new(row_fields(&parsed, dialect)?);
+                    self.row_fields
+                        .insert((schema.get().to_owned(), dialect), fields.clone());
+                    fields
+                }
+            },
             None => {
                 let image = envelope.after.as_ref().or(envelope.before.as_ref());
                 let image =
                     image.ok_or_else(|| bad(format!("a {op:?} event without before or after")))?;
-                self.inferred_fields(&table, image, dialect)
+                Arc::new(self.inferred_fields(&table, image, dialect))
             }
         };
-        let schema = self.schema_for(table, dialect, &fields, &key_fields);
-        let row = |image: &Ordered| image_row(image, &fields, schema.as_ref());
+        let at = source_position(source, hints.order);
+        let (schema, map) = self.merge(table, dialect, &fields, &key_fields, at)?;
+        let ferry_written = source
+            .get("version")
+            .and_then(Json::as_str)
+            .is_some_and(|v| v.starts_with("ferry"));
+        let image = Image {
+            fields: &fields,
+            map: &map,
+            table: &schema,
+            unchanged: unchanged.or(ferry_written.then_some(&[][..])),
+        };
+        // A column a record does not describe (it was added after the record was written) is left as the target
+        // has it by an update, and NULL in a new row.
         let op = match (op, &envelope.before, &envelope.after) {
-            ("c", _, Some(after)) => RowOp::Insert { after: row(after)? },
-            ("r", _, Some(after)) => RowOp::Read { after: row(after)? },
-            ("u", before, Some(after)) => RowOp::Update {
-                before: before.as_ref().map(row).transpose()?,
-                after: row(after)?,
+            ("c", _, Some(after)) => RowOp::Insert {
+                after: image.row(after, Value::Null, true)?,
             },
-            ("d", Some(before), _) => RowOp::Delete { before: row(before)? },
+            ("r", _, Some(after)) => RowOp::Read {
+                after: image.row(after, Value::Null, true)?,
+            },
+            ("u", before, Some(after)) => RowOp::Update {
+                before: before
+                    .as_ref()
+                    .map(|b| image.row(b, Value::Null, false))
+                    .transpose()?,
+                after: image.row(after, Value::Unchanged, true)?,
+            },
+            ("d", Some(before), _) => RowOp::Delete {
+                before: image.row(before, Value::Null, false)?,
+            },
             (op, _, _) => {
                 return Err(bad(format!(
                     "op {op:?} with the images it needs missing (c, r and u need after; d needs before)"
@@ -197,7 +297,7 @@ impl Decoder {
 
     /// Columns of a schemaless record: each keeps the type its first non-null value had.
     fn inferred_fields(&self, table: &TableId, image: &Ordered, dialect: Dialect) -> Vec<Field> {
-        let known = self.tables.get(table);
+        let known = self.tables.get(table).map(|m| &m.schema);
         image
             .0
             .iter()
@@ -222,53 +322,286 @@ impl Decoder {
             .collect()
     }
 
-    /// The table's schema for these fields: the one in use when nothing changed, else the next version.
-    fn schema_for(
+    /// Merges a record's description of its table into what earlier records said ([`Decoder`]): the table's
+    /// schema (the same `Arc` while nothing changed) and where each of the record's fields sits in it.
+    fn merge(
         &mut self,
         id: TableId,
         dialect: Dialect,
-        fields: &[Field],
+        fields: &Arc<Vec<Field>>,
         key: &[String],
-    ) -> SchemaRef {
-        let columns: Vec<Column> = fields
+        at: Option<Position3>,
+    ) -> Result<(SchemaRef, Arc<Vec<usize>>), DecodeError> {
+        let Some(m) = self.tables.get_mut(&id) else {
+            let map = Arc::new((0..fields.len()).collect::<Vec<_>>());
+            let schema = build_schema(&id, dialect, fields, key, 1);
+            self.tables.insert(
+                id,
+                Merged {
+                    columns: fields.to_vec(),
+                    key: key.to_vec(),
+                    schema: schema.clone(),
+                    newest: at,
+                    newest_fields: fields.clone(),
+                    maps: vec![(fields.clone(), map.clone())],
+                },
+            );
+            return Ok((schema, map));
+        };
+        // Records without a position count as the newest (what arrives last).
+        let newer = match (at, m.newest) {
+            (Some(a), Some(n)) => a >= n,
+            _ => true,
+        };
+        if newer && !Arc::ptr_eq(&m.newest_fields, fields) {
+            // Columns gone and others come since the newest description, without the source's column numbers
+            // to tell a rename from a drop and an add: the target cannot be made to match by guessing.
+            let same = |a: &Field, b: &Field| match (a.source_id, b.source_id) {
+                (Some(x), Some(y)) => x == y,
+                _ => a.name == b.name,
+            };
+            let gone: Vec<&Field> = m
+                .newest_fields
+                .iter()
+                .filter(|c| !fields.iter().any(|f| same(c, f)))
+                .collect();
+            let added: Vec<&Field> = fields
+                .iter()
+                .filter(|f| !m.newest_fields.iter().any(|c| same(c, f)))
+                .collect();
+            let unnumbered = gone.iter().chain(&added).any(|f| f.source_id.is_none());
+            if !gone.is_empty() && !added.is_empty() && unnumbered {
+                let names = |fs: &[&Field]| {
+                    fs.iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(bad(format!(
+                    "table {id}: columns {} disappeared and {} appeared, and the records do not say whether they \
+                     were renamed (Ferry's Kafka sink numbers columns only while the source's catalog still \
+                     describes them; Debezium never does). Nothing was applied of this record; rename the target \
+                     column by hand if it was a rename (or add the new one if not), then restart",
+                    names(&gone),
+                    names(&added)
+                )));
+            }
+            m.newest_fields = fields.clone();
+        }
+        if newer {
+            m.newest = at.max(m.newest);
+        }
+        let mut changed = false;
+        if newer && key != m.key.as_slice() {
+            m.key = key.to_vec();
+            changed = true;
+        }
+        let known = m
+            .maps
             .iter()
-            .map(|f| {
-                let spelled = f
-                    .source_type
-                    .clone()
-                    .unwrap_or_else(|| default_spelling(&f.ty, dialect));
-                Column::new(
+            .find(|(f, _)| Arc::ptr_eq(f, fields))
+            .map(|(_, map)| map.clone());
+        let map = match known {
+            // Met before: its columns are in, and as newest it already gave them their form.
+            Some(map)
+                if !newer
+                    || fields
+                        .iter()
+                        .zip(map.iter())
+                        .all(|(f, &j)| m.columns[j] == *f) =>
+            {
+                map
+            }
+            _ => {
+                let mut map = Vec::with_capacity(fields.len());
+                for f in fields.iter() {
+                    let same = |c: &Field| match (f.source_id, c.source_id) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => c.name == f.name,
+                    };
+                    match m.columns.iter().position(same) {
+                        Some(j) => {
+                            if newer && m.columns[j] != *f {
+                                m.columns[j] = f.clone();
+                                changed = true;
+                            }
+                            map.push(j);
+                        }
+                        None => {
+                            m.columns.push(f.clone());
+                            changed = true;
+                            map.push(m.columns.len() - 1);
+                        }
+                    }
+                }
+                let map = Arc::new(map);
+                m.maps.retain(|(f, _)| !Arc::ptr_eq(f, fields));
+                m.maps.push((fields.clone(), map.clone()));
+                map
+            }
+        };
+        if changed {
+            let schema = build_schema(&id, dialect, &m.columns, &m.key, m.schema.version + 1);
+            // The same columns described again (another field list) keep the schema in use.
+            if schema.columns != m.schema.columns || schema.primary_key != m.schema.primary_key {
+                m.schema = schema;
+            }
+        }
+        Ok((m.schema.clone(), map))
+    }
+
+    /// The key's column names, in key order; none for a record without a key.
+    fn key_columns(&mut self, key: Option<&[u8]>) -> Result<Vec<String>, DecodeError> {
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let key: Key<'_> = serde_json::from_slice(key)
+            .map_err(|e| bad(format!("the key is not a JSON object: {e}")))?;
+        if let Some(schema) = key.schema.filter(|s| s.get() != "null") {
+            if let Some(names) = self.key_fields.get(schema.get()) {
+                return Ok(names.clone());
+            }
+            let parsed: Json = serde_json::from_str(schema.get())
+                .map_err(|e| bad(format!("the key's schema block is not JSON: {e}")))?;
+            let names: Vec<String> = parsed
+                .get("fields")
+                .and_then(Json::as_array)
+                .map(|fields| {
+                    fields
+                        .iter()
+                        .filter_map(|f| f.get("field").and_then(Json::as_str).map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.key_fields
+                .insert(schema.get().to_owned(), names.clone());
+            return Ok(names);
+        }
+        match key.payload {
+            Some(payload) => Ok(payload.0.into_iter().map(|(k, _)| k).collect()),
+            None => {
+                // A plain key object: its field order is lost to the map, so the names go sorted.
+                let mut names: Vec<String> = key.bare.into_keys().collect();
+                names.sort();
+                Ok(names)
+            }
+        }
+    }
+}
+
+/// A table schema of merged columns.
+fn build_schema(
+    id: &TableId,
+    dialect: Dialect,
+    fields: &[Field],
+    key: &[String],
+    version: u64,
+) -> SchemaRef {
+    let columns: Vec<Column> = fields
+        .iter()
+        .map(|f| {
+            let spelled = f
+                .source_type
+                .clone()
+                .unwrap_or_else(|| default_spelling(&f.ty, dialect));
+            Column {
+                source_id: f.source_id,
+                generated: f.generated.clone(),
+                ..Column::new(
                     &f.name,
                     f.ty.clone(),
                     spelled,
                     f.optional && !key.contains(&f.name),
                 )
-            })
-            .collect();
-        let primary_key: Vec<usize> = key
-            .iter()
-            .filter_map(|k| columns.iter().position(|c| &c.name == k))
-            .collect();
-        if let Some(known) = self.tables.get(&id) {
-            if known.columns == columns && known.primary_key == primary_key {
-                return known.clone();
             }
+        })
+        .collect();
+    let primary_key: Vec<usize> = key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
+        .collect();
+    Arc::new(TableSchema {
+        columns,
+        primary_key,
+        version,
+        keeps_absent_columns: true,
+        ..TableSchema::named(id.clone(), dialect)
+    })
+}
+
+/// Where a record stands in its source's log, to tell which of two records describes a table as it is later:
+/// PostgreSQL's `source.lsn`, or a binlog's file sequence number and `source.pos`; then the change's place
+/// within that position (Ferry's order header: its sink writes a transaction's position on every change of
+/// it; Debezium's MySQL `source.row`, the row within its event).
+fn source_position(source: &Json, order: Option<u64>) -> Option<Position3> {
+    let row = order
+        .or_else(|| source.get("row").and_then(Json::as_u64))
+        .unwrap_or(0);
+    if let Some(lsn) = source.get("lsn").and_then(Json::as_u64) {
+        return Some((0, lsn, row));
+    }
+    let file = source.get("file").and_then(Json::as_str)?;
+    let seq = file.rsplit('.').next()?.parse::<u64>().ok()?;
+    Some((seq, source.get("pos").and_then(Json::as_u64)?, row))
+}
+
+/// A source position as [`source_position`] orders them.
+type Position3 = (u64, u64, u64);
+
+/// What a record's headers say besides its key and value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hints<'a> {
+    /// The columns Ferry's Kafka sink listed in the `ferry.unchanged` header (values the source did not send);
+    /// `None` for records without it, where Debezium's `__debezium_unavailable_value` placeholder marks them.
+    pub unchanged: Option<&'a [String]>,
+    /// Ferry's `ferry.order` header: the change's place in its source transaction.
+    pub order: Option<u64>,
+}
+
+/// One record's images turned into rows of the merged table.
+struct Image<'a> {
+    /// The record's own fields, which say how its values are written.
+    fields: &'a [Field],
+    /// Where each sits in the table.
+    map: &'a [usize],
+    table: &'a TableSchema,
+    /// Ferry-written records: the columns whose values the source did not send (the `ferry.unchanged` header);
+    /// `None`: Debezium's placeholder value marks them.
+    unchanged: Option<&'a [String]>,
+}
+
+impl Image<'_> {
+    /// `missing`: what a column the record does not describe gets. `new_values`: an after-image (where a value
+    /// may be one the source did not send).
+    fn row(
+        &self,
+        image: &Ordered,
+        missing: Value,
+        new_values: bool,
+    ) -> Result<Vec<Value>, DecodeError> {
+        let mut row = vec![missing; self.table.columns.len()];
+        for (f, &j) in self.fields.iter().zip(self.map) {
+            let Some((_, v)) = image.0.iter().find(|(k, _)| *k == f.name) else {
+                // A column the image leaves out: PostgreSQL's old image carries only the identity.
+                row[j] = Value::Null;
+                continue;
+            };
+            let value = match self.unchanged {
+                Some(names) if new_values && names.contains(&f.name) => Ok(Value::Unchanged),
+                Some(_) => value(v, f, false),
+                None => value(v, f, new_values),
+            };
+            row[j] = value.map_err(|why| bad(format!("{}.{}: {why}", self.table.id, f.name)))?;
         }
-        let version = self.tables.get(&id).map_or(1, |t| t.version + 1);
-        let schema = Arc::new(TableSchema {
-            columns,
-            primary_key,
-            version,
-            ..TableSchema::named(id.clone(), dialect)
-        });
-        self.tables.insert(id, schema.clone());
-        schema
+        Ok(row)
     }
 }
 
 fn plain_field(name: &str, ty: ColumnType, source_type: Option<String>) -> Field {
     Field {
         name: name.to_owned(),
+        source_id: None,
+        generated: None,
         ty,
         logical: None,
         scale: None,
@@ -312,35 +645,6 @@ fn tx_info(source: &Json) -> TxInfo {
         xid: int("txId").and_then(|x| u32::try_from(x).ok()),
         gtid: source.get("gtid").and_then(Json::as_str).map(str::to_owned),
         server_id: int("server_id").and_then(|x| u32::try_from(x).ok()),
-    }
-}
-
-/// The key's column names, in key order; none for a record without a key.
-fn key_columns(key: Option<&[u8]>) -> Result<Vec<String>, DecodeError> {
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    let key: Key = serde_json::from_slice(key)
-        .map_err(|e| bad(format!("the key is not a JSON object: {e}")))?;
-    if let Some(fields) = key
-        .schema
-        .as_ref()
-        .and_then(|s| s.get("fields"))
-        .and_then(Json::as_array)
-    {
-        return Ok(fields
-            .iter()
-            .filter_map(|f| f.get("field").and_then(Json::as_str).map(str::to_owned))
-            .collect());
-    }
-    match key.payload {
-        Some(payload) => Ok(payload.0.into_iter().map(|(k, _)| k).collect()),
-        None => {
-            // A plain key object: its field order is lost to the map, so it follows the row's column order.
-            let mut names: Vec<String> = key.bare.into_keys().collect();
-            names.sort();
-            Ok(names)
-        }
     }
 }
 
@@ -452,6 +756,8 @@ fn field(f: &Json, dialect: Dialect) -> Result<Field, DecodeError> {
     };
     Ok(Field {
         name,
+        source_id: param("__ferry.source.id").and_then(|id| id.parse().ok()),
+        generated: param("__ferry.generated"),
         ty,
         logical,
         scale,
@@ -524,32 +830,14 @@ fn default_spelling(ty: &ColumnType, dialect: Dialect) -> String {
     }
 }
 
-/// One image (`before` / `after`) as a row in `table`'s column order.
-fn image_row(
-    image: &Ordered,
-    fields: &[Field],
-    table: &TableSchema,
-) -> Result<Vec<Value>, DecodeError> {
-    let mut row = vec![Value::Null; table.columns.len()];
-    for (i, f) in fields.iter().enumerate() {
-        let Some((_, v)) = image.0.iter().find(|(k, _)| *k == f.name) else {
-            // A column the image leaves out: PostgreSQL's old image carries only the identity.
-            continue;
-        };
-        row[i] = value(v, f).map_err(|why| bad(format!("{}.{}: {why}", table.id, f.name)))?;
-    }
-    Ok(row)
-}
-
-/// One value as the field's type and logical name have it written.
-fn value(v: &Json, f: &Field) -> Result<Value, String> {
+/// One value as the field's type and logical name have it written. `placeholders`: Debezium's
+/// `__debezium_unavailable_value` (in each form its connector writes it: text, base64 bytes, an array of it or
+/// of its bytes) means a value the source did not send.
+fn value(v: &Json, f: &Field, placeholders: bool) -> Result<Value, String> {
     if v.is_null() {
         return Ok(Value::Null);
     }
-    let unavailable_bytes = || base64::engine::general_purpose::STANDARD.encode(UNAVAILABLE);
-    if v.as_str() == Some(UNAVAILABLE)
-        || (f.ty == ColumnType::Bytes && v.as_str() == Some(&unavailable_bytes()))
-    {
+    if placeholders && is_placeholder(v) {
         return Ok(Value::Unchanged);
     }
     let int = || {
@@ -668,7 +956,13 @@ fn value(v: &Json, f: &Field) -> Result<Value, String> {
             Value::Array(
                 items
                     .iter()
-                    .map(|i| value(i, &element))
+                    // A multi-dimensional array nests one level per dimension.
+                    .map(|i| match i {
+                        Json::Array(_) if !matches!(element.ty, ColumnType::Array(_)) => {
+                            value(i, f, false)
+                        }
+                        i => value(i, &element, false),
+                    })
                     .collect::<Result<_, _>>()?,
             )
         }
@@ -680,6 +974,26 @@ fn value(v: &Json, f: &Field) -> Result<Value, String> {
     })
 }
 
+/// Whether `v` is Debezium's placeholder for a value not sent, in any of the forms Ferry's sink and Debezium's
+/// PostgreSQL connector write it.
+fn is_placeholder(v: &Json) -> bool {
+    let b64 = || base64::engine::general_purpose::STANDARD.encode(UNAVAILABLE);
+    match v {
+        Json::String(s) => s == UNAVAILABLE || *s == b64(),
+        Json::Array(items) => match items.as_slice() {
+            [one @ Json::String(_)] => is_placeholder(one),
+            ints => {
+                ints.len() == UNAVAILABLE.len()
+                    && ints
+                        .iter()
+                        .zip(UNAVAILABLE.bytes())
+                        .all(|(i, b)| i.as_u64() == Some(u64::from(b)))
+            }
+        },
+        _ => false,
+    }
+}
+
 fn decimal(bytes: &[u8], scale: usize) -> Result<Value, String> {
     let text = decimal_text(bytes, scale).ok_or("an empty decimal")?;
     Ok(Value::Decimal(Decimal::Finite(text)))
@@ -687,10 +1001,25 @@ fn decimal(bytes: &[u8], scale: usize) -> Result<Value, String> {
 
 /// ISO 8601 as Debezium writes zoned times (`2024-02-29T10:11:12.5Z`, `…+05:30`) in PostgreSQL's spelling
 /// (`2024-02-29 10:11:12.5+00`), which Ferry's parsers read.
+/// Years outside 0001–9999 come signed (`-4712-01-01T…Z` is 4713 BC, the astronomical year -4712;
+/// `+294276-…`), which PostgreSQL spells with `BC` and no sign.
 fn iso_to_pg(s: &str) -> String {
     let s = s.replacen('T', " ", 1);
-    match s.strip_suffix('Z') {
+    let s = match s.strip_suffix('Z') {
         Some(body) => format!("{body}+00"),
+        None => s,
+    };
+    if let Some(rest) = s.strip_prefix('+') {
+        return rest.to_owned();
+    }
+    if let Some(rest) = s.strip_prefix("0000-") {
+        return format!("0001-{rest} BC");
+    }
+    match s.strip_prefix('-').and_then(|rest| rest.split_once('-')) {
+        Some((year, rest)) => match year.parse::<u64>() {
+            Ok(y) => format!("{:04}-{rest} BC", y + 1),
+            Err(_) => s,
+        },
         None => s,
     }
 }
@@ -801,6 +1130,26 @@ mod tests {
 
     /// Debezium-written JSON records decode to the values their fixtures' expected.json lists, column by column.
     #[test]
+    fn zoned_times_outside_years_1_to_9999_read_as_postgresql_spells_them() {
+        assert_eq!(
+            iso_to_pg("-4712-01-01T00:00:00Z"),
+            "4713-01-01 00:00:00+00 BC"
+        );
+        assert_eq!(
+            iso_to_pg("0000-03-01T10:00:00Z"),
+            "0001-03-01 10:00:00+00 BC"
+        );
+        assert_eq!(
+            iso_to_pg("+294276-12-31T23:59:59Z"),
+            "294276-12-31 23:59:59+00"
+        );
+        assert_eq!(
+            iso_to_pg("2024-02-29T10:11:12.5+05:30"),
+            "2024-02-29 10:11:12.5+05:30"
+        );
+    }
+
+    #[test]
     fn debezium_json_fixtures_decode_to_their_expected_values() {
         let mut checked = 0;
         // Without the schema block a value's type is what JSON says (a timestamp is a number): the plain
@@ -825,6 +1174,7 @@ mod tests {
                     .decode(
                         bytes(&record["key"]).as_deref(),
                         bytes(&record["value"]).as_deref(),
+                        &Hints::default(),
                     )
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 checked += check(&what, decoded, want, typed);
@@ -852,7 +1202,9 @@ mod tests {
             super::super::avro::json_of(&schema, &connect, &framed[5..]).unwrap()
         };
         let (key, value) = (json("key", 41), json("value", 42));
-        let decoded = Decoder::default().decode(Some(&key), Some(&value)).unwrap();
+        let decoded = Decoder::default()
+            .decode(Some(&key), Some(&value), &Hints::default())
+            .unwrap();
         let checked = check(
             "postgres-avro",
             decoded,

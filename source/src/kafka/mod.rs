@@ -200,7 +200,14 @@ impl State<'_> {
             };
             let decoded = self
                 .decoder
-                .decode(key.as_deref(), value.as_deref())
+                .decode(
+                    key.as_deref(),
+                    value.as_deref(),
+                    &debezium::Hints {
+                        unchanged: r.unchanged.as_deref(),
+                        order: r.order,
+                    },
+                )
                 .map_err(refused)?;
             let (tx_info, change) = match decoded {
                 Decoded::Row { table, op, tx } => {
@@ -284,7 +291,8 @@ impl State<'_> {
             answers,
         };
         send(events, Event::Claim(Arc::new(claim))).await?;
-        let mut lowest: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
+        // Per partition: the lowest offset a sink holds, and whether some sink holds none (one added since).
+        let mut lowest: BTreeMap<TopicPartition, (Option<i64>, bool)> = BTreeMap::new();
         for _ in 0..self.settings.sinks {
             let (sink, held) = answered.recv().await.ok_or_else(|| {
                 Error::fatal("a sink stopped before it claimed the assigned Kafka partitions")
@@ -296,27 +304,32 @@ impl State<'_> {
             })?;
             for tp in partitions {
                 let next = held.get(tp).and_then(|m| m.next);
-                let entry = lowest.entry(tp.clone()).or_insert(next);
-                *entry = match (*entry, next) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    _ => None,
-                };
+                let (low, none) = lowest.entry(tp.clone()).or_insert((None, false));
+                match next {
+                    Some(n) => *low = Some(low.map_or(n, |l| l.min(n))),
+                    None => *none = true,
+                }
             }
         }
         let mut starts = Vec::with_capacity(partitions.len());
         for tp in partitions {
-            let next = lowest.get(tp).copied().flatten();
+            let (low, none) = lowest.get(tp).copied().unwrap_or((None, true));
+            // A sink that holds nothing of the partition starts at `start`: the earliest record (the others skip
+            // what they hold), or, with "latest", where the others are, so that none of them skips anything.
+            let start = match (low, none) {
+                (None, _) if self.settings.config.from_earliest => Start::Earliest,
+                (None, _) => Start::Latest,
+                (Some(_), true) if self.settings.config.from_earliest => Start::Earliest,
+                (Some(n), _) => Start::At(n),
+            };
+            let next = match start {
+                Start::At(n) => Some(n),
+                _ => None,
+            };
             self.held.insert(tp.clone(), Held { claim: token, next });
             self.offsets
                 .set(tp.clone(), PartitionMark { next, claim: token });
-            starts.push((
-                tp.clone(),
-                match next {
-                    Some(n) => Start::At(n),
-                    None if self.settings.config.from_earliest => Start::Earliest,
-                    None => Start::Latest,
-                },
-            ));
+            starts.push((tp.clone(), start));
         }
         info!(pipeline = %self.settings.pipeline, partitions = %list(partitions), claim = format!("{token:x}"), "assigned Kafka partitions");
         Ok(starts)

@@ -187,6 +187,7 @@ impl CatalogTable {
             relation_id: None,
             lineage: Default::default(),
             dialect: Dialect::Mysql,
+            keeps_absent_columns: false,
         }
     }
 }

@@ -524,6 +524,7 @@ pub fn layout_from_table_map(
             relation_id: None,
             lineage: Default::default(),
             dialect: Dialect::Mysql,
+            keeps_absent_columns: false,
         }),
     })
 }

@@ -531,6 +531,7 @@ impl Catalog {
             relation_id: Some(rel_oid),
             lineage: Default::default(),
             dialect: ferry_core::Dialect::Postgres,
+            keeps_absent_columns: false,
         }))
     }
 }
