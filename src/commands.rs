@@ -125,7 +125,11 @@ pub async fn check(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 println!("  FAIL source: {e}");
-                println!("       fix: check the host, port, user, password and TLS settings in [source] url, and that the server lets this user in from here");
+                if matches!(p.source, SourceConfig::Kafka(_)) {
+                    println!("       fix: check [source] brokers and the TLS / SASL properties in [source.kafka], and that the brokers let this client in from here");
+                } else {
+                    println!("       fix: check the host, port, user, password and TLS settings in [source] url, and that the server lets this user in from here");
+                }
                 all_ok = false;
                 Vec::new()
             }
@@ -376,6 +380,8 @@ pub async fn status(
                 }
             }
             match (&status.slot, &status.confirmed_flush_lsn) {
+                // A Kafka source's group is shown on its own line.
+                (None, _) if matches!(p.source, SourceConfig::Kafka(_)) => {}
                 (None, _) => println!("  source binlog at {}", status.current_wal_lsn),
                 (Some(slot), Some(lsn)) => println!(
                     "  slot {slot}: confirmed {lsn}, {} ({} bytes behind {})",

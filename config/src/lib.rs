@@ -191,6 +191,71 @@ mod tests {
     }
 
     #[test]
+    fn a_kafka_source_reads_as_written_and_reports_every_error_at_once() {
+        let good = r#"
+            [pipeline]
+            name = "replica"
+            [source]
+            type = "kafka"
+            brokers = "127.0.0.1:9092"
+            topics = ["shop.public.orders", "shop.public.customers"]
+            group_id = "ferry-replica-eu"
+            format = "json"
+            [source.kafka]
+            "security.protocol" = "SASL_SSL"
+            [[sink]]
+            type = "postgres"
+            url = "postgres://h/db"
+        "#;
+        let SourceConfig::Kafka(k) = load(good).unwrap().source else {
+            panic!("not a Kafka source")
+        };
+        assert_eq!(k.group_id, "ferry-replica-eu");
+        assert_eq!(
+            k.topics,
+            KafkaTopics::List(vec![
+                "shop.public.orders".into(),
+                "shop.public.customers".into()
+            ])
+        );
+        assert_eq!(
+            (k.assignment.as_str(), k.from_earliest),
+            ("cooperative-sticky", true)
+        );
+        assert_eq!(
+            k.properties,
+            [("security.protocol".to_owned(), "SASL_SSL".to_owned())]
+        );
+
+        let bad = r#"
+            [pipeline]
+            name = "replica"
+            [source]
+            type = "kafka"
+            brokers = "127.0.0.1:9092"
+            topics = ["shop orders"]
+            topic_pattern = "shop.*"
+            group_id = ""
+            assignment = "sticky"
+            [[sink]]
+            type = "kafka"
+            brokers = "h:9092"
+        "#;
+        let errs = load(bad).unwrap_err();
+        let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "source.topic_pattern",
+                "source.group_id",
+                "source.assignment",
+                "sink[0].type"
+            ],
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_reported_beside_a_missing_required_key() {
         let text = r#"
             [pipeline]

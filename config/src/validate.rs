@@ -490,8 +490,14 @@ pub fn validate(
     let transforms = read_transforms(&mut r, &mut root);
     let sinks = read_sinks(&mut r, &mut root);
     r.finish(root);
-    // A Kafka source's offsets are stored in the targets' checkpoint tables.
-    if matches!(source, Some(SourceConfig::Kafka(_))) {
+    // A Kafka source's offsets are stored in the targets' checkpoint tables (checked whatever else is wrong with
+    // the source, so that every error is reported at once).
+    let kafka_source = doc
+        .get("source")
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str)
+        == Some("kafka");
+    if kafka_source {
         for (i, sink) in sinks.iter().enumerate() {
             if matches!(sink.kind, SinkKind::Kafka(_)) {
                 r.error(
@@ -1181,11 +1187,22 @@ fn read_kafka_source(r: &mut Reader<'_>, s: &mut Section<'_>) -> Option<SourceCo
             None
         }
     };
-    let group_id = r.required_string(
-        s,
-        "group_id",
-        "a consumer group id such as \"ferry-replica-eu\"",
-    );
+    let group_id = r
+        .required_string(
+            s,
+            "group_id",
+            "a consumer group id such as \"ferry-replica-eu\"",
+        )
+        .filter(|g| {
+            let ok = !g.trim().is_empty();
+            if !ok {
+                r.error(
+                    s.key("group_id"),
+                    "expected a consumer group id such as \"ferry-replica-eu\", found an empty string",
+                );
+            }
+            ok
+        });
     let format = read_kafka_format(r, s);
     let assignment = choice(
         r,
