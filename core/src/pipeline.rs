@@ -310,16 +310,16 @@ pub async fn run_sink<S: Sink>(
                 // Only the live transaction may be open when it is abandoned: commit what precedes it (events
                 // between transactions, such as a schema change) at the checkpoint already stored.
                 if open_events > 0 {
-                    commit_open(
-                        &mut sink,
-                        &mut isolation,
-                        sink_stats,
-                        &skip,
-                        &mut open_events,
-                    )
-                    .await?;
                     last_commit = Instant::now();
                 }
+                commit_open(
+                    &mut sink,
+                    &mut isolation,
+                    sink_stats,
+                    &skip,
+                    &mut open_events,
+                )
+                .await?;
                 live = Some((
                     isolation.mark(),
                     sink_stats.rows.load(std::sync::atomic::Ordering::Relaxed),

@@ -128,6 +128,41 @@ pub fn partition_write(sink: &str, tp: &TopicPartition, mark: PartitionMark) -> 
     }
 }
 
+/// A claim of `tp` with `token` ([`ferry_core::Sink::claim`]), in two steps each SQL sink runs in one
+/// transaction: the row to insert when the partition has none yet (nothing applied), then, from the row as
+/// stored (locked), the mark the sink keeps (its offset, the new claim) and the row that writes it.
+pub fn fresh_claim(sink: &str, tp: &TopicPartition, token: u64) -> PartitionWrite {
+    partition_write(
+        sink,
+        tp,
+        PartitionMark {
+            next: None,
+            claim: token,
+        },
+    )
+}
+
+/// See [`fresh_claim`].
+pub fn claimed(
+    sink: &str,
+    tp: &TopicPartition,
+    stored: Option<&str>,
+    token: u64,
+) -> (PartitionMark, PartitionWrite) {
+    let next = stored.and_then(|s| stored_mark(s, tp)).and_then(|m| m.next);
+    let mark = PartitionMark { next, claim: token };
+    (mark, partition_write(sink, tp, mark))
+}
+
+/// Claims come between transactions (the runner commits first).
+pub fn claim_inside_transaction() -> ferry_core::Error {
+    ferry_core::Error::fatal("Kafka partitions were claimed inside an open transaction")
+}
+
+/// Moves a partition's row to its claim; parameters: pipeline, row key, position, updated_at.
+pub const CLAIM_PARTITION_CHECKPOINT: &str =
+    "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 WHERE pipeline = $1 AND sink = $2";
+
 /// The stored mark of a partition row's text (`None` if it is not one).
 pub fn stored_mark(text: &str, tp: &TopicPartition) -> Option<PartitionMark> {
     match text.parse::<Position>() {

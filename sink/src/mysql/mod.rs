@@ -1842,20 +1842,14 @@ impl Sink for MysqlSink {
         token: u64,
     ) -> Result<ferry_core::KafkaOffsets, Error> {
         if self.in_transaction {
-            return Err(Error::fatal(
-                "Kafka partitions were claimed inside an open transaction",
-            ));
+            return Err(crate::checkpoint::claim_inside_transaction());
         }
         let now = now_text();
         let what = "claiming Kafka partitions";
         self.begin().await?;
         let mut held = std::collections::BTreeMap::new();
         for tp in partitions {
-            let fresh = ferry_core::PartitionMark {
-                next: None,
-                claim: token,
-            };
-            let row = crate::checkpoint::partition_write(&self.name, tp, fresh);
+            let row = crate::checkpoint::fresh_claim(&self.name, tp, token);
             let (pipeline, key) = (literal::text(&self.pipeline), literal::text(&row.key));
             let sql = format!(
                 "INSERT IGNORE INTO ferry_checkpoints (pipeline, sink, position, updated_at) VALUES ({pipeline}, {key}, {}, {})",
@@ -1870,11 +1864,7 @@ impl Sink for MysqlSink {
                 ))
                 .await
                 .map_err(write_error(what))?;
-            let next = stored
-                .and_then(|s| crate::checkpoint::stored_mark(&s, tp))
-                .and_then(|m| m.next);
-            let mark = ferry_core::PartitionMark { next, claim: token };
-            let row = crate::checkpoint::partition_write(&self.name, tp, mark);
+            let (mark, row) = crate::checkpoint::claimed(&self.name, tp, stored.as_deref(), token);
             let sql = format!(
                 "UPDATE ferry_checkpoints SET position = {}, updated_at = {} WHERE pipeline = {pipeline} AND sink = {key}",
                 literal::text(&row.text),

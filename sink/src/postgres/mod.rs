@@ -1214,20 +1214,14 @@ impl Sink for PostgresSink {
         token: u64,
     ) -> Result<ferry_core::KafkaOffsets, Error> {
         if self.in_transaction {
-            return Err(Error::fatal(
-                "Kafka partitions were claimed inside an open transaction",
-            ));
+            return Err(checkpoint::claim_inside_transaction());
         }
         let now = checkpoint::now_text();
         let claim = async {
             self.client.batch_execute("BEGIN").await?;
             let mut held = std::collections::BTreeMap::new();
             for tp in partitions {
-                let fresh = ferry_core::PartitionMark {
-                    next: None,
-                    claim: token,
-                };
-                let row = checkpoint::partition_write(&self.name, tp, fresh);
+                let row = checkpoint::fresh_claim(&self.name, tp, token);
                 self.client
                     .execute(
                         checkpoint::INSERT_PARTITION_CHECKPOINT,
@@ -1242,12 +1236,10 @@ impl Sink for PostgresSink {
                     )
                     .await?
                     .try_get(0)?;
-                let next = checkpoint::stored_mark(&stored, tp).and_then(|m| m.next);
-                let mark = ferry_core::PartitionMark { next, claim: token };
-                let row = checkpoint::partition_write(&self.name, tp, mark);
+                let (mark, row) = checkpoint::claimed(&self.name, tp, Some(&stored), token);
                 self.client
                     .execute(
-                        "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 WHERE pipeline = $1 AND sink = $2",
+                        checkpoint::CLAIM_PARTITION_CHECKPOINT,
                         &[&self.pipeline, &row.key, &row.text, &now],
                     )
                     .await?;

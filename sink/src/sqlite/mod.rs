@@ -816,9 +816,7 @@ impl Sink for SqliteSink {
         token: u64,
     ) -> Result<ferry_core::KafkaOffsets, Error> {
         if self.in_transaction {
-            return Err(Error::fatal(
-                "Kafka partitions were claimed inside an open transaction",
-            ));
+            return Err(checkpoint::claim_inside_transaction());
         }
         let now = checkpoint::now_text();
         let tx = self
@@ -827,11 +825,7 @@ impl Sink for SqliteSink {
             .map_err(db_error("claiming Kafka partitions"))?;
         let mut held = std::collections::BTreeMap::new();
         for tp in partitions {
-            let fresh = ferry_core::PartitionMark {
-                next: None,
-                claim: token,
-            };
-            let row = checkpoint::partition_write(&self.name, tp, fresh);
+            let row = checkpoint::fresh_claim(&self.name, tp, token);
             tx.execute(
                 checkpoint::INSERT_PARTITION_CHECKPOINT,
                 (&self.pipeline, &row.key, &row.text, &now),
@@ -844,11 +838,9 @@ impl Sink for SqliteSink {
                     |r| r.get(0),
                 )
                 .map_err(db_error("claiming Kafka partitions"))?;
-            let next = checkpoint::stored_mark(&stored, tp).and_then(|m| m.next);
-            let mark = ferry_core::PartitionMark { next, claim: token };
-            let row = checkpoint::partition_write(&self.name, tp, mark);
+            let (mark, row) = checkpoint::claimed(&self.name, tp, Some(&stored), token);
             tx.execute(
-                "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 WHERE pipeline = $1 AND sink = $2",
+                checkpoint::CLAIM_PARTITION_CHECKPOINT,
                 (&self.pipeline, &row.key, &row.text, &now),
             )
             .map_err(db_error("claiming Kafka partitions"))?;
