@@ -655,6 +655,74 @@ mod tests {
             self.0.lock().unwrap().push((usize::MAX, None));
             Ok(())
         }
+
+        /// Recorded as `usize::MAX - 1` events; holds offset 10 of every partition.
+        async fn claim(
+            &mut self,
+            partitions: &[crate::TopicPartition],
+            token: u64,
+        ) -> Result<crate::KafkaOffsets> {
+            self.0.lock().unwrap().push((usize::MAX - 1, None));
+            let mark = crate::PartitionMark {
+                next: Some(10),
+                claim: token,
+            };
+            Ok(crate::KafkaOffsets::from_map(
+                partitions.iter().map(|tp| (tp.clone(), mark)).collect(),
+            ))
+        }
+    }
+
+    /// A claim is made between commits, answered to the source, and sets where the sink skips: a record its
+    /// target holds is skipped, the next is applied, and the offset stored never moves back.
+    #[tokio::test]
+    async fn a_claim_is_answered_and_the_sink_skips_what_it_holds() {
+        use crate::{KafkaOffsets, PartitionMark, TopicPartition};
+        let tp = TopicPartition::new("t", 0);
+        let record = |offset: i64, next: Option<i64>| {
+            let mut commit = KafkaOffsets::default();
+            commit.set(tp.clone(), PartitionMark { next, claim: 7 });
+            vec![
+                Event::begin_at(Position::Kafka(KafkaOffsets::record(tp.clone(), offset))),
+                Event::Change(crate::event::Change::Truncate {
+                    tables: vec![],
+                    snapshot: false,
+                }),
+                Event::Commit {
+                    position: Position::Kafka(commit),
+                    commit_time: Timestamp::UNIX_EPOCH,
+                },
+            ]
+        };
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        let claim = Event::Claim(Arc::new(crate::Claim {
+            partitions: vec![tp.clone()],
+            token: 7,
+            answers,
+        }));
+        // The source started the partition at 5 (another sink held less); this one holds 10.
+        let (calls, acked) = sink_calls(
+            vec![vec![claim], record(9, Some(10)), record(10, Some(11))],
+            BatchLimits::default(),
+        )
+        .await;
+        let (sink, held) = answered.recv().await.unwrap();
+        assert_eq!(sink, 0);
+        assert_eq!(held.unwrap().get(&tp).unwrap().next, Some(10));
+        let stored = |next| {
+            let mut o = KafkaOffsets::default();
+            o.set(
+                tp.clone(),
+                PartitionMark {
+                    next: Some(next),
+                    claim: 7,
+                },
+            );
+            Some(Position::Kafka(o))
+        };
+        // The claim, record 9 skipped (the target holds it), record 10 applied and stored.
+        assert_eq!(calls, vec![(usize::MAX - 1, None), (3, stored(11))]);
+        assert_eq!(acked, stored(11));
     }
 
     /// A transaction applied live: its `Begin`, and a row.
