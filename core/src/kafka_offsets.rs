@@ -18,15 +18,16 @@ use std::sync::Arc;
 
 use crate::position::ParsePositionError;
 
-/// A topic partition. Kafka topic names are `[a-zA-Z0-9._-]`, so `topic:partition` is unambiguous.
+/// A topic partition. Kafka topic names are `[a-zA-Z0-9._-]`, so `topic:partition` is unambiguous. The name is
+/// shared: every record's commit position holds each partition's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
 }
 
 impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> TopicPartition {
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> TopicPartition {
         TopicPartition {
             topic: topic.into(),
             partition,
