@@ -8,8 +8,8 @@
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 /// The record header in which Ferry's Kafka sink names the columns a change leaves as they are (values the source
-/// did not send, such as unchanged TOAST), comma-separated: Debezium's placeholder value cannot mark them in every
-/// type (a number, an array of numbers, a timestamp). Ferry's Kafka source reads it.
+/// did not send, such as unchanged TOAST), as a JSON array of names: Debezium's placeholder value cannot mark them
+/// in every type (a number, an array of numbers, a timestamp). Ferry's Kafka source reads it.
 pub const UNCHANGED_HEADER: &str = "ferry.unchanged";
 
 /// The record header in which Ferry's Kafka sink numbers a row change within its source transaction (1, 2, …):

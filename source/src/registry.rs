@@ -15,7 +15,7 @@ pub enum AnySource {
     Postgres(Box<PgSourceSettings>, Arc<PipelineStats>),
     Mysql(Box<MysqlSourceSettings>, Arc<PipelineStats>),
     #[cfg(feature = "kafka")]
-    Kafka(Box<crate::kafka::KafkaSourceSettings>),
+    Kafka(Box<crate::kafka::KafkaSourceSettings>, Arc<PipelineStats>),
     /// A source this build leaves out (a cargo feature), with why.
     Missing(&'static str),
 }
@@ -87,13 +87,14 @@ pub fn open(
             stats,
         ),
         #[cfg(feature = "kafka")]
-        SourceConfig::Kafka(source) => {
-            AnySource::Kafka(Box::new(crate::kafka::KafkaSourceSettings {
+        SourceConfig::Kafka(source) => AnySource::Kafka(
+            Box::new(crate::kafka::KafkaSourceSettings {
                 pipeline: config.name.clone(),
                 config: source.clone(),
                 sinks: config.sinks.len(),
-            }))
-        }
+            }),
+            stats,
+        ),
         #[cfg(not(feature = "kafka"))]
         SourceConfig::Kafka(_) => AnySource::Missing(
             "this ferry was built without the kafka feature, which the Kafka source needs",
@@ -139,8 +140,8 @@ impl Source for AnySource {
             }
             // Each partition's start comes from the sinks' claims, not from `resume`.
             #[cfg(feature = "kafka")]
-            AnySource::Kafka(settings) => {
-                crate::kafka::run(&settings, events, acked, shutdown).await
+            AnySource::Kafka(settings, stats) => {
+                crate::kafka::run(&settings, events, acked, shutdown, &stats).await
             }
             AnySource::Missing(why) => Err(Error::fatal(why)),
         }

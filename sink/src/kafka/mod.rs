@@ -719,7 +719,9 @@ impl KafkaSink {
                         self.change_order += 1;
                         let mut headers = vec![(ORDER_HEADER, self.change_order.to_string())];
                         if !unchanged.is_empty() {
-                            headers.push((UNCHANGED_HEADER, unchanged.join(",")));
+                            // A JSON array: column names may hold any character.
+                            headers
+                                .push((UNCHANGED_HEADER, serde_json::json!(unchanged).to_string()));
                         }
                         self.produce(&prepared.topic, key, Some(value), &headers)
                             .await?;

@@ -248,13 +248,8 @@ fn poll(consumer: BaseConsumer<Context>, out: mpsc::Sender<FromConsumer>, stop: 
                     }),
                     unchanged: m.headers().and_then(|h| {
                         use rdkafka::message::Headers;
-                        h.iter().find(|h| h.key == UNCHANGED_HEADER).map(|h| {
-                            String::from_utf8_lossy(h.value.unwrap_or_default())
-                                .split(',')
-                                .filter(|c| !c.is_empty())
-                                .map(str::to_owned)
-                                .collect()
-                        })
+                        let h = h.iter().find(|h| h.key == UNCHANGED_HEADER)?;
+                        serde_json::from_slice::<Vec<String>>(h.value?).ok()
                     }),
                 };
                 let mut chunk = context.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -169,6 +169,9 @@ type FieldMap = (Arc<Vec<Field>>, Arc<Vec<usize>>);
 #[derive(Debug)]
 struct Merged {
     columns: Vec<Field>,
+    /// Per column, the source position of the record whose form it has: a column takes the form of the newest
+    /// record that describes it, even when a newer record no longer does (dropped or renamed since).
+    column_at: Vec<Option<Position3>>,
     key: Vec<String>,
     schema: SchemaRef,
     /// The source position of the newest record whose description was taken (`None`: none had one).
@@ -253,10 +256,9 @@ impl Decoder {
         };
         let at = source_position(source, hints.order);
         let (schema, map) = self.merge(table, dialect, &fields, &key_fields, at)?;
-        let ferry_written = source
-            .get("version")
-            .and_then(Json::as_str)
-            .is_some_and(|v| v.starts_with("ferry"));
+        // Ferry's sink writes the order header on every row change, and names the values not sent in another;
+        // records without it (Debezium's, or an older Ferry's) mark them with the placeholder.
+        let ferry_written = hints.order.is_some();
         let image = Image {
             fields: &fields,
             map: &map,
@@ -339,6 +341,7 @@ impl Decoder {
                 id,
                 Merged {
                     columns: fields.to_vec(),
+                    column_at: vec![at; fields.len()],
                     key: key.to_vec(),
                     schema: schema.clone(),
                     newest: at,
@@ -380,8 +383,9 @@ impl Decoder {
                 return Err(bad(format!(
                     "table {id}: columns {} disappeared and {} appeared, and the records do not say whether they \
                      were renamed (Ferry's Kafka sink numbers columns only while the source's catalog still \
-                     describes them; Debezium never does). Nothing was applied of this record; rename the target \
-                     column by hand if it was a rename (or add the new one if not), then restart",
+                     describes them; Debezium never does), so the target cannot follow the topic exactly. Nothing \
+                     was applied of this record. Publish the table anew from a new snapshot of the source (a new \
+                     topic, or `ferry reset` of the capture pipeline) and apply from there",
                     names(&gone),
                     names(&added)
                 )));
@@ -402,13 +406,12 @@ impl Decoder {
             .find(|(f, _)| Arc::ptr_eq(f, fields))
             .map(|(_, map)| map.clone());
         let map = match known {
-            // Met before: its columns are in, and as newest it already gave them their form.
+            // Met before, and every column has its form already.
             Some(map)
-                if !newer
-                    || fields
-                        .iter()
-                        .zip(map.iter())
-                        .all(|(f, &j)| m.columns[j] == *f) =>
+                if fields
+                    .iter()
+                    .zip(map.iter())
+                    .all(|(f, &j)| m.columns[j] == *f) =>
             {
                 map
             }
@@ -421,14 +424,21 @@ impl Decoder {
                     };
                     match m.columns.iter().position(same) {
                         Some(j) => {
-                            if newer && m.columns[j] != *f {
+                            // Records without a position count as the newest (what arrives last).
+                            let newer_here = match (at, m.column_at[j]) {
+                                (Some(a), Some(c)) => a >= c,
+                                _ => true,
+                            };
+                            if newer_here && m.columns[j] != *f {
                                 m.columns[j] = f.clone();
+                                m.column_at[j] = at;
                                 changed = true;
                             }
                             map.push(j);
                         }
                         None => {
                             m.columns.push(f.clone());
+                            m.column_at.push(at);
                             changed = true;
                             map.push(m.columns.len() - 1);
                         }
@@ -1129,6 +1139,73 @@ mod tests {
     }
 
     /// Debezium-written JSON records decode to the values their fixtures' expected.json lists, column by column.
+    /// A Ferry-like record of `t` at `lsn` with columns `(name, source type)` (all text).
+    fn record(lsn: u64, columns: &[(&str, &str)]) -> (Vec<u8>, Vec<u8>) {
+        let fields: Vec<Json> =
+            std::iter::once(serde_json::json!({"type": "int32", "optional": false, "field": "id"}))
+                .chain(columns.iter().map(|(name, ty)| {
+                    serde_json::json!({"type": "string", "optional": true, "field": name,
+                    "parameters": {"__ferry.source.type": ty}})
+                }))
+                .collect();
+        let row: serde_json::Map<String, Json> =
+            std::iter::once(("id".to_owned(), serde_json::json!(1)))
+                .chain(
+                    columns
+                        .iter()
+                        .map(|(name, _)| (name.to_string(), serde_json::json!("x"))),
+                )
+                .collect();
+        let value = serde_json::json!({
+            "schema": {"type": "struct", "fields": [
+                {"type": "struct", "optional": true, "field": "before", "fields": fields},
+                {"type": "struct", "optional": true, "field": "after", "fields": fields}]},
+            "payload": {"before": null, "after": row, "op": "u",
+                "source": {"connector": "postgresql", "schema": "public", "table": "t", "lsn": lsn}}
+        });
+        let key = serde_json::json!({"schema": {"type": "struct", "fields": [{"type": "int32", "field": "id"}]},
+            "payload": {"id": 1}});
+        (key.to_string().into_bytes(), value.to_string().into_bytes())
+    }
+
+    /// Records read out of order (partitions) never take a column back to an older form; each column has the form
+    /// of the newest record describing it, even when a later record no longer does; columns are never dropped.
+    #[test]
+    fn a_column_keeps_the_form_of_the_newest_record_that_describes_it() {
+        let mut d = Decoder::default();
+        let mut types = |lsn, columns: &[(&str, &str)]| {
+            let (k, v) = record(lsn, columns);
+            match d.decode(Some(&k), Some(&v), &Hints::default()).unwrap() {
+                Decoded::Row { table, .. } => table
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.source_type))
+                    .collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            types(100, &[("v", "varchar(10)")]),
+            ["id integer", "v varchar(10)"]
+        );
+        // The column is gone from the newest record: kept.
+        assert_eq!(types(300, &[]), ["id integer", "v varchar(10)"]);
+        // A record between them widens it; an older one does not narrow it back.
+        assert_eq!(
+            types(200, &[("v", "varchar(20)")]),
+            ["id integer", "v varchar(20)"]
+        );
+        assert_eq!(
+            types(150, &[("v", "varchar(15)")]),
+            ["id integer", "v varchar(20)"]
+        );
+        // A column only an old record describes is added.
+        assert_eq!(
+            types(50, &[("w", "text")]),
+            ["id integer", "v varchar(20)", "w text"]
+        );
+    }
+
     #[test]
     fn zoned_times_outside_years_1_to_9999_read_as_postgresql_spells_them() {
         assert_eq!(

@@ -66,6 +66,7 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     mut acked: watch::Receiver<Option<Position>>,
     mut shutdown: watch::Receiver<bool>,
+    stats: &ferry_core::PipelineStats,
 ) -> Result<SourceExit, Error> {
     let (tx, mut rx) = mpsc::channel(16);
     let stop = Arc::new(AtomicBool::new(false));
@@ -95,6 +96,8 @@ pub async fn run(
             )?)),
         },
     };
+    // Subscribed: the group gives this process its partitions (or none, as a standby) from here on.
+    stats.set_state(ferry_core::PipelineState::Streaming);
     let result = loop {
         let message = tokio::select! {
             m = rx.recv() => m,
