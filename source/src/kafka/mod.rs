@@ -51,6 +51,9 @@ pub struct KafkaSourceSettings {
 /// anyway (its next owner's claim then fences this process's late commit).
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long stopping waits for the consumer to leave its group, then for its thread to end.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// A partition this process holds.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -149,13 +152,16 @@ pub async fn run(
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        warn!("the Kafka consumer did not leave its group within 10 s");
+    if tokio::time::timeout(CLOSE_WAIT, drain).await.is_err() {
+        warn!("the Kafka consumer did not leave its group within 5 s");
     }
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    // A consumer still closing (a broker that does not answer its LeaveGroup) must not hold the pipeline: what it
+    // sends from here on fails at once, and it is left to finish on its own.
+    drop(rx);
+    let joined = tokio::task::spawn_blocking(move || thread.join());
+    if tokio::time::timeout(CLOSE_WAIT, joined).await.is_err() {
+        warn!("the Kafka consumer did not close within 5 s; leaving it behind");
+    }
     result
 }
 
