@@ -401,7 +401,8 @@ fn main() {
 /// The rows (1,000-row transactions) are written once; a capture pipeline publishes them (exactly once, JSON
 /// with the schema block) before any apply group starts, and the direct pipeline is primed before the writes, so
 /// every contender drains a backlog. Each is timed from its start until its target table holds every row; CPU
-/// per row sums the group's processes.
+/// per row sums the group's processes. noida-db answers a fetch with the whole backlog whatever the consumer's
+/// fetch limits, so the consumers accept responses up to 2 GB.
 mod scale {
     use super::*;
 
@@ -499,7 +500,8 @@ mod scale {
                 &format!("apply{k}"),
                 &format!(
                     "[pipeline]\nname = \"apply{k}\"\n\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\n\
-                     topics = [\"scale.public.bench_rows\"]\ngroup_id = \"bench-{k}\"\nassignment = \"roundrobin\"\n\n\
+                     topics = [\"scale.public.bench_rows\"]\ngroup_id = \"bench-{k}\"\nassignment = \"roundrobin\"\n\
+                     [source.kafka]\n\"receive.message.max.bytes\" = 2000000000\n\n\
                      [sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
                     broker.brokers(),
                     pg.url(&db)
