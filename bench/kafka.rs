@@ -208,6 +208,20 @@ impl Bench {
     }
 }
 
+/// The workload: `n` rows into `shop.bench_rows`, in 1,000-row transactions.
+fn write_rows(pg: &PgServer, n: u64) {
+    eprintln!("bench:   writing {n} rows in 1,000-row transactions");
+    pg.psql(
+        "shop",
+        &format!(
+            "DO $$ BEGIN FOR t IN 0..{} LOOP
+               INSERT INTO bench_rows SELECT g, g % 100, 'note ' || g, now() FROM generate_series(t * 1000 + 1, t * 1000 + 1000) g;
+               COMMIT; END LOOP; END $$;",
+            n / 1000 - 1
+        ),
+    );
+}
+
 const CONTENDERS: [(&str, &str, &str); 3] = [
     ("eos", "exactly_once", "PG→Kafka exactly once (JSON)"),
     ("alo", "at_least_once", "PG→Kafka at least once (JSON)"),
@@ -250,16 +264,7 @@ fn run_once(n: u64) -> Vec<Measure> {
         );
         assert!(ferry.terminate().success(), "{name} failed");
     }
-    eprintln!("bench:   writing {n} rows in 1,000-row transactions");
-    b.pg.psql(
-        "shop",
-        &format!(
-            "DO $$ BEGIN FOR t IN 0..{} LOOP
-               INSERT INTO bench_rows SELECT g, g % 100, 'note ' || g, now() FROM generate_series(t * 1000 + 1, t * 1000 + 1000) g;
-               COMMIT; END LOOP; END $$;",
-            n / 1000 - 1
-        ),
-    );
+    write_rows(&b.pg, n);
     let target: ferry_core::Lsn = b
         .pg
         .psql(
@@ -463,16 +468,7 @@ mod scale {
             );
             assert!(ferry.terminate().success(), "direct failed");
         }
-        eprintln!("bench:   writing {n} rows in 1,000-row transactions");
-        pg.psql(
-            "shop",
-            &format!(
-                "DO $$ BEGIN FOR t IN 0..{} LOOP
-                   INSERT INTO bench_rows SELECT g, g % 100, 'note ' || g, now() FROM generate_series(t * 1000 + 1, t * 1000 + 1000) g;
-                   COMMIT; END LOOP; END $$;",
-                n / 1000 - 1
-            ),
-        );
+        write_rows(&pg, n);
         {
             let log = dir.path().join("capture.log");
             let ferry = Ferry::start(&capture, &log);
