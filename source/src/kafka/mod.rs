@@ -54,15 +54,6 @@ const REVOKE_WAIT: Duration = Duration::from_secs(30);
 /// How long stopping waits for the consumer to leave its group, then for its thread to end.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// A partition this process holds.
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    claim: u64,
-    /// The offset the next record must have at least (records below it were read before, under another
-    /// assignment); `None` until the first record when no sink had applied any.
-    next: Option<i64>,
-}
-
 /// Streams the topics' records into `events` until `shutdown`.
 pub async fn run(
     settings: &KafkaSourceSettings,
@@ -84,7 +75,6 @@ pub async fn run(
     })?;
     let mut state = State {
         settings,
-        held: BTreeMap::new(),
         offsets: KafkaOffsets::default(),
         announced: HashMap::new(),
         decoder: Decoder::default(),
@@ -167,8 +157,9 @@ pub async fn run(
 
 struct State<'a> {
     settings: &'a KafkaSourceSettings,
-    held: BTreeMap<TopicPartition, Held>,
-    /// Every held partition's mark: the commit position of the next record.
+    /// The partitions this process holds, each with its claim and the offset the next record must have at
+    /// least (records below it were read before, under another assignment; `None` until the first record when no
+    /// sink had applied any): also the commit position of the next record.
     offsets: KafkaOffsets,
     /// The schema each table's rows were last announced with.
     announced: HashMap<TableId, SchemaRef>,
@@ -184,14 +175,13 @@ impl State<'_> {
         events: &mpsc::Sender<Event>,
     ) -> Result<(), Error> {
         for r in records {
-            let Some(held) = self.held.get_mut(&r.partition) else {
+            let Some(&held) = self.offsets.get(&r.partition) else {
                 // Read before the partition was taken away: its next owner reads it.
                 continue;
             };
             if held.next.is_some_and(|n| r.offset < n) {
                 continue;
             }
-            held.next = Some(r.offset + 1);
             let claim = held.claim;
             let refused = |e: debezium::DecodeError| {
                 Error::fatal(format!(
@@ -335,7 +325,6 @@ impl State<'_> {
                 Start::At(n) => Some(n),
                 _ => None,
             };
-            self.held.insert(tp.clone(), Held { claim: token, next });
             self.offsets
                 .set(tp.clone(), PartitionMark { next, claim: token });
             starts.push((tp.clone(), start));
@@ -365,7 +354,6 @@ impl State<'_> {
             warn!(partitions = %list(partitions), "revoked Kafka partitions handed over before the sinks committed all that was read of them; their next owner fences this process's late commits");
         }
         for tp in partitions {
-            self.held.remove(tp);
             self.offsets.remove(tp);
         }
         info!(pipeline = %self.settings.pipeline, partitions = %list(partitions), "revoked Kafka partitions");
