@@ -46,7 +46,7 @@ pub use event::{
 pub use kafka_offsets::{Claim, KafkaOffsets, PartitionMark, TopicPartition};
 pub use position::{Lsn, Position, WaitPoint};
 pub use schema::{
-    enum_labels, Column, ColumnType, Dialect, Lineage, SchemaRef, TableId, TableSchema,
+    enum_labels, Column, ColumnType, Dialect, Lineage, LogPoint, SchemaRef, TableId, TableSchema,
 };
 pub use sink::{Savepoint, Sink, Transform};
 pub use source::{Resume, Source, SourceExit};

@@ -101,6 +101,24 @@ pub struct Column {
     /// The column's name in the table's previous schema version, when the source reported a rename (MySQL's
     /// `RENAME COLUMN` / `CHANGE`, read from the binlog's DDL): sinks rename the column instead of dropping it.
     pub previous_name: Option<String>,
+    /// Where in the source's log the description that gave the column this form was written, for a source whose
+    /// descriptions of one table arrive out of order (a Kafka source: partitions, and processes, read at their
+    /// own pace). A sink never takes a column back to the form of an earlier point, across restarts and processes
+    /// (it keeps the point in its record of the table). `None`: the source describes tables in order.
+    #[serde(default)]
+    pub described_at: Option<LogPoint>,
+}
+
+/// A point in a source's log, as far as it orders descriptions of a table: PostgreSQL's LSN (`file` 0), or a
+/// binlog file's sequence number and byte offset; then the change's place at that point (its index within its
+/// transaction, or the row within its binlog event). Compared field by field, in that order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct LogPoint {
+    pub file: u64,
+    pub offset: u64,
+    pub row: u64,
 }
 
 impl Column {
@@ -121,6 +139,7 @@ impl Column {
             default: None,
             missing_value: None,
             previous_name: None,
+            described_at: None,
         }
     }
 }

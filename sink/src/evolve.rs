@@ -10,7 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ferry_core::{Error, Lineage, TableId, TableSchema};
+use std::borrow::Cow;
+
+use ferry_core::{Error, Lineage, LogPoint, TableId, TableSchema};
 use serde::{Deserialize, Serialize};
 
 /// Creates the table of applied schemas (portable across PostgreSQL, SQLite and MySQL).
@@ -26,6 +28,9 @@ pub struct AppliedColumn {
     pub source_type: String,
     pub nullable: bool,
     pub default: Option<String>,
+    /// The point of the source log whose description gave the column this form ([`ferry_core::Column::described_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub described_at: Option<LogPoint>,
 }
 
 /// A target table as a sink last made it, from which source table.
@@ -65,6 +70,7 @@ impl Applied {
                     source_type: c.source_type.clone(),
                     nullable: c.nullable,
                     default: c.default.clone(),
+                    described_at: c.described_at,
                 })
                 .collect(),
             quarantined: None,
@@ -306,6 +312,27 @@ pub fn check_target_name(
     }
 }
 
+/// Replaces the sink's record of `table` with `stored`, the `ferry_schemas.applied` text just read from the target
+/// (`None`: there is none), for a schema described out of order ([`described_out_of_order`]).
+pub fn refresh_record(
+    applied: &mut HashMap<TableId, Applied>,
+    table: &TableId,
+    stored: Option<String>,
+) -> Result<(), Error> {
+    match stored {
+        Some(text) => {
+            applied.insert(
+                table.clone(),
+                Applied::from_json(&record_key(table), &text)?,
+            );
+        }
+        None => {
+            applied.remove(table);
+        }
+    }
+    Ok(())
+}
+
 /// The `ferry_schemas.source_table` key of a table.
 pub fn record_key(table: &TableId) -> String {
     table.to_string()
@@ -334,6 +361,61 @@ pub fn parse_records(rows: Vec<(String, String)>) -> Result<HashMap<TableId, App
         }
     }
     Ok(applied)
+}
+
+/// Whether `schema` comes from a source whose descriptions of a table arrive out of order ([`settle`]): its sink
+/// reads its record of the table afresh, under a lock where the target has one, before applying it, since
+/// another process of the pipeline (or this one before a restart) may have applied a later description.
+pub fn described_out_of_order(schema: &TableSchema) -> bool {
+    schema.columns.iter().any(|c| c.described_at.is_some())
+}
+
+/// `schema` as the target should have it, given the sink's record of the table (`previous`): a column the record
+/// holds in the form of a later point of the source log ([`ferry_core::Column::described_at`]) keeps that form,
+/// so a description read late (another partition, another process, or a restart) never narrows a column the
+/// source widened, or rounds values to a scale the source raised. The rows of the older description still fit:
+/// the target converts them to the later form as the source did.
+///
+/// Errors: such a column renamed since; the rows of the older description name it as it was, which the target
+/// table no longer has.
+pub fn settle<'a>(
+    schema: &'a TableSchema,
+    previous: Option<&Applied>,
+) -> Result<Cow<'a, TableSchema>, Error> {
+    let Some(previous) = previous else {
+        return Ok(Cow::Borrowed(schema));
+    };
+    let mut settled = Cow::Borrowed(schema);
+    for (i, c) in schema.columns.iter().enumerate() {
+        let Some(at) = c.described_at else { continue };
+        let recorded = previous
+            .columns
+            .iter()
+            .find(|pc| match (pc.source_id, c.source_id) {
+                (Some(a), Some(b)) => a == b,
+                _ => pc.name == c.name,
+            });
+        let Some(pc) = recorded.filter(|pc| pc.described_at.is_some_and(|p| p > at)) else {
+            continue;
+        };
+        if pc.name != c.name {
+            return Err(Error::fatal(format!(
+                "table {table}: column {old} was renamed {new} by a later change of the source, already applied \
+                 to the target, and a change written before the rename still names it {old}: the target cannot \
+                 take it exactly. Nothing was applied of it. Publish the table anew from a new snapshot of the \
+                 source (a new topic, or `ferry reset` of the capture pipeline) and apply from there",
+                table = schema.id,
+                old = c.name,
+                new = pc.name
+            )));
+        }
+        let later = &mut settled.to_mut().columns[i];
+        later.source_type = pc.source_type.clone();
+        later.nullable = pc.nullable;
+        later.default = pc.default.clone();
+        later.described_at = pc.described_at;
+    }
+    Ok(settled)
 }
 
 /// One change to a target table.
@@ -725,5 +807,86 @@ mod tests {
                 .contains("columns a disappeared and tmp appeared"),
             "{err}"
         );
+    }
+
+    /// `table` with each column described at `at` (a Kafka source's merged schema).
+    fn described(cols: &[(&str, u32, &str)], at: u64) -> TableSchema {
+        let mut t = table("t", 10, cols);
+        t.keeps_absent_columns = true;
+        for c in &mut t.columns {
+            c.described_at = Some(LogPoint {
+                file: 0,
+                offset: at,
+                row: 0,
+            });
+        }
+        t
+    }
+
+    /// A description read late (another partition or process, or after a restart) never takes a column back to
+    /// an earlier form; a later one still changes it.
+    #[test]
+    fn a_column_described_later_keeps_its_form_against_an_earlier_description() {
+        let later = described(
+            &[
+                ("id", 1, "int"),
+                ("v", 2, "varchar(40)"),
+                ("n", 3, "numeric(12,4)"),
+            ],
+            200,
+        );
+        let applied = HashMap::from([(later.id.clone(), Applied::of(&later))]);
+        let earlier = described(
+            &[
+                ("id", 1, "int"),
+                ("v", 2, "varchar(10)"),
+                ("n", 3, "numeric(10,2)"),
+            ],
+            100,
+        );
+        let settled = settle(&earlier, applied.get(&earlier.id)).unwrap();
+        let types: Vec<&str> = settled
+            .columns
+            .iter()
+            .map(|c| c.source_type.as_str())
+            .collect();
+        assert_eq!(types, ["int", "varchar(40)", "numeric(12,4)"]);
+        assert_eq!(
+            plan(&applied, &settled, Some(&names(&later))).unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            Applied::following(&settled, applied.get(&later.id)),
+            applied[&later.id]
+        );
+
+        let newest = described(
+            &[
+                ("id", 1, "int"),
+                ("v", 2, "varchar(60)"),
+                ("n", 3, "numeric(12,4)"),
+            ],
+            300,
+        );
+        let settled = settle(&newest, applied.get(&newest.id)).unwrap();
+        assert_eq!(settled.columns[1].source_type, "varchar(60)");
+        assert_eq!(
+            plan(&applied, &settled, Some(&names(&later))).unwrap(),
+            vec![Step::AlterColumn {
+                i: 1,
+                ty: true,
+                nullable: false,
+                default: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_column_renamed_by_a_later_description_stops_an_earlier_one_loudly() {
+        let later = described(&[("id", 1, "int"), ("b2", 2, "text")], 200);
+        let applied = HashMap::from([(later.id.clone(), Applied::of(&later))]);
+        let earlier = described(&[("id", 1, "int"), ("b", 2, "text")], 100);
+        let err = settle(&earlier, applied.get(&earlier.id)).unwrap_err();
+        assert!(err.to_string().contains("column b was renamed b2"), "{err}");
     }
 }

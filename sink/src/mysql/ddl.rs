@@ -327,6 +327,7 @@ pub async fn planned_steps(
     schema: &TableSchema,
     applied: &HashMap<TableId, Applied>,
 ) -> Result<Vec<Step>, Error> {
+    let schema = &*evolve::settle(schema, applied.get(&schema.id))?;
     let existing: Vec<String> = columns(conn, name)
         .await?
         .into_iter()
@@ -351,6 +352,19 @@ pub async fn ensure_table(
     target_name: &(dyn Fn(&TableId) -> String + Sync),
     key_collation: &str,
 ) -> Result<TargetTable, Error> {
+    if evolve::described_out_of_order(schema) {
+        // Another process of the pipeline may have evolved the table since this one read its records. (MySQL
+        // commits DDL on its own, so no transaction can hold the record while the table changes.)
+        let stored: Option<String> = conn
+            .exec_first(
+                "SELECT applied FROM ferry_schemas WHERE pipeline = ? AND sink = ? AND source_table = ?",
+                (pipeline, sink, evolve::record_key(&schema.id)),
+            )
+            .await
+            .map_err(write_error("reading ferry_schemas"))?;
+        evolve::refresh_record(applied, &schema.id, stored)?;
+    }
+    let schema = &*evolve::settle(schema, applied.get(&schema.id))?;
     let existing: Vec<String> = columns(conn, name)
         .await?
         .into_iter()

@@ -414,6 +414,19 @@ pub async fn ensure_table(
     pipeline: &str,
     sink: &str,
 ) -> Result<(), Error> {
+    if evolve::described_out_of_order(schema) {
+        // Locked until the transaction ends: processes of one pipeline evolve the table one at a time.
+        let row = client
+            .query_opt(
+                "SELECT applied FROM ferry_schemas WHERE pipeline = $1 AND sink = $2 AND source_table = $3 \
+                 FOR UPDATE",
+                &[&pipeline, &sink, &evolve::record_key(&schema.id)],
+            )
+            .await
+            .map_err(ddl_error(&schema.id))?;
+        evolve::refresh_record(applied, &schema.id, row.map(|r| r.get(0)))?;
+    }
+    let schema = &*evolve::settle(schema, applied.get(&schema.id))?;
     let name = qualified_name(&schema.id);
     let existing = target_columns(client, &name, "")
         .await

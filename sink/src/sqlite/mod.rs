@@ -16,7 +16,7 @@ use ferry_core::{
     Savepoint, SchemaRef, Sink, TableId, TableSchema, Value,
 };
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use tracing::{debug, error, info};
 
 mod conflict;
@@ -643,7 +643,7 @@ fn column_definition(c: &ferry_core::Column) -> String {
 
 /// The SQL of one step (docs/schema-changes.md). SQLite cannot change a column's type or default in place; its
 /// columns take any value of their affinity, so a type change needs nothing.
-fn step_sql(schema: &SchemaRef, step: &Step) -> Option<String> {
+fn step_sql(schema: &TableSchema, step: &Step) -> Option<String> {
     let name = quote(&table_name(&schema.id));
     Some(match step {
         Step::DropTable => format!("DROP TABLE IF EXISTS {name}"),
@@ -687,6 +687,21 @@ fn ensure_table(
     pipeline: &str,
     sink: &str,
 ) -> Result<(), Error> {
+    if evolve::described_out_of_order(schema) {
+        // Another process of the pipeline may have evolved the table (SQLite's write lock, held by the open
+        // transaction, keeps them one at a time).
+        let stored: Option<String> = conn
+            .query_row(
+                "SELECT applied FROM ferry_schemas WHERE pipeline = ?1 AND sink = ?2 AND source_table = ?3",
+                (pipeline, sink, evolve::record_key(&schema.id)),
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_error("reading ferry_schemas"))?;
+        evolve::refresh_record(applied, &schema.id, stored)?;
+    }
+    let settled = evolve::settle(schema, applied.get(&schema.id))?;
+    let schema: &TableSchema = &settled;
     let name = table_name(&schema.id);
     let what = || format!("creating or altering target table {name}");
     let existing: Vec<String> = {

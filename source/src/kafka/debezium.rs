@@ -17,8 +17,8 @@ use ferry_core::debezium::{
     decimal_text, MICRO_TIMESTAMP_INFINITY, MICRO_TIMESTAMP_NEG_INFINITY, UNAVAILABLE,
 };
 use ferry_core::{
-    Column, ColumnType, Date, Decimal, Dialect, Interval, RowOp, SchemaRef, TableId, TableSchema,
-    Time, TimeTz, Timestamp, Uuid, Value,
+    Column, ColumnType, Date, Decimal, Dialect, Interval, LogPoint, RowOp, SchemaRef, TableId,
+    TableSchema, Time, TimeTz, Timestamp, Uuid, Value,
 };
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -171,11 +171,11 @@ struct Merged {
     columns: Vec<Field>,
     /// Per column, the source position of the record whose form it has: a column takes the form of the newest
     /// record that describes it, even when a newer record no longer does (dropped or renamed since).
-    column_at: Vec<Option<Position3>>,
+    column_at: Vec<Option<LogPoint>>,
     key: Vec<String>,
     schema: SchemaRef,
     /// The source position of the newest record whose description was taken (`None`: none had one).
-    newest: Option<Position3>,
+    newest: Option<LogPoint>,
     /// That record's fields: the table's columns at that point of the source.
     newest_fields: Arc<Vec<Field>>,
     /// Field lists met, and where each of their fields sits among `columns` (indexes never move: columns are
@@ -332,11 +332,11 @@ impl Decoder {
         dialect: Dialect,
         fields: &Arc<Vec<Field>>,
         key: &[String],
-        at: Option<Position3>,
+        at: Option<LogPoint>,
     ) -> Result<(SchemaRef, Arc<Vec<usize>>), DecodeError> {
         let Some(m) = self.tables.get_mut(&id) else {
             let map = Arc::new((0..fields.len()).collect::<Vec<_>>());
-            let schema = build_schema(&id, dialect, fields, key, 1);
+            let schema = build_schema(&id, dialect, fields, &vec![at; fields.len()], key, 1);
             self.tables.insert(
                 id,
                 Merged {
@@ -451,7 +451,14 @@ impl Decoder {
             }
         };
         if changed {
-            let schema = build_schema(&id, dialect, &m.columns, &m.key, m.schema.version + 1);
+            let schema = build_schema(
+                &id,
+                dialect,
+                &m.columns,
+                &m.column_at,
+                &m.key,
+                m.schema.version + 1,
+            );
             // The same columns described again (another field list) keep the schema in use.
             if schema.columns != m.schema.columns || schema.primary_key != m.schema.primary_key {
                 m.schema = schema;
@@ -499,17 +506,19 @@ impl Decoder {
     }
 }
 
-/// A table schema of merged columns.
+/// A table schema of merged columns, each described at `described_at`.
 fn build_schema(
     id: &TableId,
     dialect: Dialect,
     fields: &[Field],
+    described_at: &[Option<LogPoint>],
     key: &[String],
     version: u64,
 ) -> SchemaRef {
     let columns: Vec<Column> = fields
         .iter()
-        .map(|f| {
+        .zip(described_at)
+        .map(|(f, &described_at)| {
             let spelled = f
                 .source_type
                 .clone()
@@ -517,6 +526,7 @@ fn build_schema(
             Column {
                 source_id: f.source_id,
                 generated: f.generated.clone(),
+                described_at,
                 ..Column::new(
                     &f.name,
                     f.ty.clone(),
@@ -543,20 +553,25 @@ fn build_schema(
 /// PostgreSQL's `source.lsn`, or a binlog's file sequence number and `source.pos`; then the change's place
 /// within that position (Ferry's order header: its sink writes a transaction's position on every change of
 /// it; Debezium's MySQL `source.row`, the row within its event).
-fn source_position(source: &Json, order: Option<u64>) -> Option<Position3> {
+fn source_position(source: &Json, order: Option<u64>) -> Option<LogPoint> {
     let row = order
         .or_else(|| source.get("row").and_then(Json::as_u64))
         .unwrap_or(0);
     if let Some(lsn) = source.get("lsn").and_then(Json::as_u64) {
-        return Some((0, lsn, row));
+        return Some(LogPoint {
+            file: 0,
+            offset: lsn,
+            row,
+        });
     }
     let file = source.get("file").and_then(Json::as_str)?;
     let seq = file.rsplit('.').next()?.parse::<u64>().ok()?;
-    Some((seq, source.get("pos").and_then(Json::as_u64)?, row))
+    Some(LogPoint {
+        file: seq,
+        offset: source.get("pos").and_then(Json::as_u64)?,
+        row,
+    })
 }
-
-/// A source position as [`source_position`] orders them.
-type Position3 = (u64, u64, u64);
 
 /// What a record's headers say besides its key and value.
 #[derive(Debug, Default, Clone, Copy)]

@@ -485,6 +485,7 @@ impl Catalog {
                 default: attr.and_then(|a| a.default.clone()),
                 missing_value,
                 previous_name: None,
+                described_at: None,
             });
         }
         pk.sort();
