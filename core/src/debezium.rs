@@ -2,6 +2,10 @@
 //! agree by construction. Sources: Debezium's PostgreSQL and MySQL connector documentation (data type mappings)
 //! and Kafka Connect's `Decimal` logical type.
 
+use std::collections::BTreeMap;
+
+use crate::value::Value;
+
 /// Debezium's placeholder for a value the source did not send (PostgreSQL's unchanged TOAST), the default of its
 /// `unavailable.value.placeholder`: consumers of Debezium topics already recognise it, and it is never mistaken
 /// for a NULL the source wrote.
@@ -16,6 +20,30 @@ pub const UNCHANGED_HEADER: &str = "ferry.unchanged";
 /// the `source` block's position is the transaction's, so this orders the records of one transaction that land
 /// on different partitions (Ferry's Kafka source uses it to tell which describes a table as it is later).
 pub const ORDER_HEADER: &str = "ferry.order";
+
+/// The record header in which Ferry's Kafka sink carries the values its Debezium envelope holds only
+/// approximately or as null ([`ExactValues`]), so Ferry's Kafka source applies them exactly while other consumers
+/// read what Debezium would have written.
+pub const EXACT_HEADER: &str = "ferry.exact";
+
+/// The [`EXACT_HEADER`]'s content: per row image, column name → Ferry's own value (its serde form, as dead letters
+/// store rows). Carried for the values Debezium's forms lose: an interval with months or days (`MicroDuration`
+/// counts microseconds, a month as 30 days), a decimal NaN or ±Infinity (Kafka Connect's `Decimal` has no form
+/// for them) or any decimal written as a double (`decimal.handling.mode = double`), MySQL's zero dates (null),
+/// and arrays holding any of these.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExactValues {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub before: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub after: BTreeMap<String, Value>,
+}
+
+impl ExactValues {
+    pub fn is_empty(&self) -> bool {
+        self.before.is_empty() && self.after.is_empty()
+    }
+}
 
 /// Debezium's `MicroTimestamp` for PostgreSQL's `infinity` and `-infinity`: the JDBC driver's
 /// `PGStatement.DATE_POSITIVE_INFINITY` / `DATE_NEGATIVE_INFINITY`, as Debezium's PostgreSQL connector writes them.

@@ -58,6 +58,80 @@ fn postgres_ids() -> (u32, u32) {
 }
 
 /// A command that runs as the unprivileged `postgres` user when we are root.
+/// A data directory `initdb` made once for this build of the tests and this server build (`pg_bin`), which each
+/// server copies: a copy costs about a tenth of an `initdb`, and the suites start a few hundred servers.
+fn initialized_cluster() -> PathBuf {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let initdb = pg_bin("initdb");
+            let stamp = std::fs::metadata(&initdb)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            let key: String = format!("{}-{stamp}", initdb.display())
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let done = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-cluster-{key}"));
+            if done.join("data").join("PG_VERSION").exists() {
+                return done.join("data");
+            }
+            // Made aside and renamed into place: test binaries of other runs may look for it at the same time.
+            let building = tempfile::Builder::new()
+                .prefix("pg-cluster-building-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .expect("temp dir")
+                .keep();
+            if is_root() {
+                let (uid, gid) = postgres_ids();
+                std::os::unix::fs::chown(&building, Some(uid), Some(gid)).expect("chown data dir");
+            }
+            let out = as_server_user(&initdb)
+                .args(["-D"])
+                .arg(building.join("data"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
+                .output()
+                .expect("run initdb");
+            assert!(
+                out.status.success(),
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if std::fs::rename(&building, &done).is_err() {
+                // Another process put its copy in place first.
+                let _ = std::fs::remove_dir_all(&building);
+            }
+            done.join("data")
+        })
+        .clone()
+}
+
+/// `cp -a from to`: ownership and modes as they were (a data directory must stay its server user's, mode 0700).
+fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("run cp");
+    assert!(
+        out.status.success(),
+        "copying {} failed: {}",
+        from.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn as_server_user(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
@@ -99,25 +173,7 @@ impl PgServer {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown data dir");
         }
         let data = dir.path().join("data");
-        let out = as_server_user(&pg_bin("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        copy_dir(&initialized_cluster(), &data);
         let mut server = PgServer {
             port: free_port(),
             dir,

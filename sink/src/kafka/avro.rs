@@ -271,7 +271,17 @@ fn value(
                 _ => Avro::String(s.clone()),
             }
         }
-        (Value::Decimal(d), _) => Avro::String(d.to_string()),
+        // NaN and the infinities: Kafka Connect's `Decimal` has no form for them, so a precise decimal is null
+        // (as in JSON; the exact value travels in Ferry's `ferry.exact` header).
+        (Value::Decimal(d), _) => match decimals {
+            DecimalHandling::String => Avro::String(d.to_string()),
+            DecimalHandling::Double => Avro::Double(match d {
+                Decimal::Infinity => f64::INFINITY,
+                Decimal::NegInfinity => f64::NEG_INFINITY,
+                _ => f64::NAN,
+            }),
+            DecimalHandling::Precise => Avro::Null,
+        },
         (Value::Text(s) | Value::Json(s), _) => Avro::String(s.clone()),
         (Value::Bytes(b), _) => Avro::Bytes(b.clone()),
         (Value::Uuid(u), _) => Avro::String(u.to_string()),

@@ -400,13 +400,31 @@ fn push_value(
     Ok(())
 }
 
-/// Appends a double as serde_json writes it; NaN and infinities, which JSON cannot hold, as null.
+/// Appends a double as serde_json writes it; NaN and the infinities, which JSON numbers cannot hold, as the
+/// strings `"NaN"`, `"Infinity"` and `"-Infinity"`, as Kafka Connect's `JsonConverter` (Jackson) writes them.
 fn push_float(out: &mut String, f: f64) {
     match serde_json::Number::from_f64(f) {
         Some(n) => {
             let _ = write!(out, "{n}");
         }
-        None => out.push_str("null"),
+        None if f.is_nan() => out.push_str("\"NaN\""),
+        None if f > 0.0 => out.push_str("\"Infinity\""),
+        None => out.push_str("\"-Infinity\""),
+    }
+}
+
+/// Whether the envelope's form of `value` loses some of it, so that Ferry's sink also carries it exactly
+/// ([`ferry_core::debezium::ExactValues`]): an interval with months or days (`MicroDuration`), a decimal NaN or
+/// ±Infinity unless decimals are text, any decimal written as a double, a MySQL zero date (null), or an array
+/// holding one.
+pub(super) fn approximated(value: &Value, decimals: DecimalHandling) -> bool {
+    match (value, decimals) {
+        (Value::Interval(i), _) => i.months != 0 || i.days != 0,
+        (Value::Decimal(_), DecimalHandling::String) => false,
+        (Value::Decimal(Decimal::Finite(_)), DecimalHandling::Precise) => false,
+        (Value::Decimal(_) | Value::ZeroDate(_), _) => true,
+        (Value::Array(items), _) => items.iter().any(|v| approximated(v, decimals)),
+        _ => false,
     }
 }
 
@@ -728,6 +746,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn float_specials_are_jacksons_strings_and_lossy_values_are_found_in_arrays_too() {
+        let text = |f: f64| {
+            let mut out = String::new();
+            push_float(&mut out, f);
+            out
+        };
+        assert_eq!(text(f64::NAN), "\"NaN\"");
+        assert_eq!(text(f64::INFINITY), "\"Infinity\"");
+        assert_eq!(text(f64::NEG_INFINITY), "\"-Infinity\"");
+        assert_eq!(text(-0.5), "-0.5");
+        let iv = |months, days, micros| {
+            Value::Interval(Interval {
+                months,
+                days,
+                micros,
+            })
+        };
+        let nan = Value::Decimal(Decimal::NaN);
+        let finite = Value::Decimal(Decimal::Finite("1.5".into()));
+        use DecimalHandling::{Double, Precise, String as Text};
+        for (v, decimals, lossy) in [
+            (iv(0, 0, 5), Precise, false),
+            (iv(1, 0, 0), Precise, true),
+            (iv(0, -1, 0), Precise, true),
+            (nan.clone(), Precise, true),
+            (nan.clone(), Double, true),
+            (nan.clone(), Text, false),
+            (finite.clone(), Precise, false),
+            (finite.clone(), Double, true),
+            (finite, Text, false),
+            (Value::ZeroDate("0000-00-00".into()), Precise, true),
+            (Value::Array(vec![Value::Null, iv(0, 0, 1)]), Precise, false),
+            (Value::Array(vec![Value::Array(vec![nan])]), Precise, true),
+            (Value::Float(f64::NAN), Precise, false),
+        ] {
+            assert_eq!(approximated(&v, decimals), lossy, "{v:?} {decimals:?}");
+        }
+    }
+
+    #[test]
     fn unchanged_values_carry_debeziums_placeholder_never_null() {
         let json = |ty: ColumnType, source_type: &str| {
             let mut out = String::new();
@@ -976,7 +1034,7 @@ mod tests {
         assert_eq!(after["price"], "gw==", "declared scale: bytes only");
         assert_eq!(after["amount"], json!({ "scale": 0, "value": "AIA=" }));
         assert_eq!(after["at"], "1970-01-01T00:00:01.5Z");
-        assert_eq!(after["ratio"], Json::Null);
+        assert_eq!(after["ratio"], "NaN", "Jackson's string for a NaN double");
         assert_eq!(after["tags"], json!(["a\"", null]));
         assert_eq!(v["before"], Json::Null);
         assert_eq!(v["op"], "c");

@@ -11,7 +11,7 @@ mod avro;
 mod checkpoints;
 pub(crate) mod dead_letters;
 mod envelope;
-use ferry_core::debezium::{ORDER_HEADER, UNCHANGED_HEADER};
+use ferry_core::debezium::{ExactValues, EXACT_HEADER, ORDER_HEADER, UNCHANGED_HEADER};
 use ferry_registry as registry;
 
 use std::collections::{HashMap, HashSet};
@@ -723,6 +723,13 @@ impl KafkaSink {
                             headers
                                 .push((UNCHANGED_HEADER, serde_json::json!(unchanged).to_string()));
                         }
+                        let exact = exact_values(table, before, after, self.cfg.decimal_handling);
+                        if !exact.is_empty() {
+                            headers.push((
+                                EXACT_HEADER,
+                                serde_json::to_string(&exact).unwrap_or_default(),
+                            ));
+                        }
                         self.produce(&prepared.topic, key, Some(value), &headers)
                             .await?;
                         if op_code == "d" && self.cfg.tombstones && key.is_some() {
@@ -970,6 +977,27 @@ impl Sink for KafkaSink {
             .await?;
         self.letters.remove(&id);
         Ok(())
+    }
+}
+
+/// The values of a change's row images that its envelope holds only approximately ([`envelope::approximated`]),
+/// for the [`EXACT_HEADER`].
+fn exact_values(
+    table: &TableSchema,
+    before: Option<&ferry_core::Row>,
+    after: Option<&ferry_core::Row>,
+    decimals: ferry_config::DecimalHandling,
+) -> ExactValues {
+    let image = |row: Option<&ferry_core::Row>| {
+        row.into_iter()
+            .flat_map(|row| row.iter().zip(&table.columns))
+            .filter(|(v, _)| envelope::approximated(v, decimals))
+            .map(|(v, c)| (c.name.clone(), v.clone()))
+            .collect()
+    };
+    ExactValues {
+        before: image(before),
+        after: image(after),
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_config::{KafkaSource, KafkaTopics};
-use ferry_core::debezium::{ORDER_HEADER, UNCHANGED_HEADER};
+use ferry_core::debezium::{ExactValues, EXACT_HEADER, ORDER_HEADER, UNCHANGED_HEADER};
 use ferry_core::TopicPartition;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -36,6 +36,8 @@ pub struct Fetched {
     pub unchanged: Option<Vec<String>>,
     /// The [`ORDER_HEADER`]: the change's place in its source transaction.
     pub order: Option<u64>,
+    /// The [`EXACT_HEADER`]: values the envelope holds only approximately.
+    pub exact: Option<ExactValues>,
 }
 
 /// Where a partition no sink has applied starts.
@@ -250,6 +252,11 @@ fn poll(consumer: BaseConsumer<Context>, out: mpsc::Sender<FromConsumer>, stop: 
                         use rdkafka::message::Headers;
                         let h = h.iter().find(|h| h.key == UNCHANGED_HEADER)?;
                         serde_json::from_slice::<Vec<String>>(h.value?).ok()
+                    }),
+                    exact: m.headers().and_then(|h| {
+                        use rdkafka::message::Headers;
+                        let h = h.iter().find(|h| h.key == EXACT_HEADER)?;
+                        serde_json::from_slice::<ExactValues>(h.value?).ok()
                     }),
                 };
                 let mut chunk = context.pending.lock().unwrap_or_else(|p| p.into_inner());

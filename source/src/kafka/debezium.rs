@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use ferry_core::debezium::{
-    decimal_text, MICRO_TIMESTAMP_INFINITY, MICRO_TIMESTAMP_NEG_INFINITY, UNAVAILABLE,
+    decimal_text, ExactValues, MICRO_TIMESTAMP_INFINITY, MICRO_TIMESTAMP_NEG_INFINITY, UNAVAILABLE,
 };
 use ferry_core::{
     Column, ColumnType, Date, Decimal, Dialect, Interval, LogPoint, RowOp, SchemaRef, TableId,
@@ -264,6 +264,7 @@ impl Decoder {
             map: &map,
             table: &schema,
             unchanged: unchanged.or(ferry_written.then_some(&[][..])),
+            exact: hints.exact,
         };
         // A column a record does not describe (it was added after the record was written) is left as the target
         // has it by an update, and NULL in a new row.
@@ -581,6 +582,8 @@ pub struct Hints<'a> {
     pub unchanged: Option<&'a [String]>,
     /// Ferry's `ferry.order` header: the change's place in its source transaction.
     pub order: Option<u64>,
+    /// Ferry's `ferry.exact` header: values the envelope holds only approximately, exactly.
+    pub exact: Option<&'a ExactValues>,
 }
 
 /// One record's images turned into rows of the merged table.
@@ -593,6 +596,8 @@ struct Image<'a> {
     /// Ferry-written records: the columns whose values the source did not send (the `ferry.unchanged` header);
     /// `None`: Debezium's placeholder value marks them.
     unchanged: Option<&'a [String]>,
+    /// Ferry-written records: values the envelope holds only approximately, by image and column.
+    exact: Option<&'a ExactValues>,
 }
 
 impl Image<'_> {
@@ -617,6 +622,14 @@ impl Image<'_> {
                 None => value(v, f, new_values),
             };
             row[j] = value.map_err(|why| bad(format!("{}.{}: {why}", self.table.id, f.name)))?;
+        }
+        let exact = self
+            .exact
+            .map(|e| if new_values { &e.after } else { &e.before });
+        for (name, v) in exact.into_iter().flatten() {
+            if let Some(i) = self.fields.iter().position(|f| f.name == *name) {
+                row[self.map[i]] = v.clone();
+            }
         }
         Ok(row)
     }

@@ -205,6 +205,7 @@ impl State<'_> {
                     &debezium::Hints {
                         unchanged: r.unchanged.as_deref(),
                         order: r.order,
+                        exact: r.exact.as_ref(),
                     },
                 )
                 .map_err(refused)?;
