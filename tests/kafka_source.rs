@@ -7,9 +7,10 @@
 //! then, as a fenced consumer does when it restarts). tansu does not hide aborted transactions, so the capture
 //! pipeline writes `delivery = "at_least_once"` and is never killed (the Kafka sink's own exactly-once under
 //! SIGKILL is kafka_pipeline.rs's, on noida-db). Neither broker completes the second round of a cooperative
-//! rebalance (a member joining waits forever, also checked with the Python client), so the groups here use
-//! `assignment = "roundrobin"`; the source handles both protocols the same way (claims on assignment, a settled
-//! hand-over on revocation).
+//! rebalance (a member joining waits forever, also checked with the Python client), so the groups on them use
+//! `assignment = "roundrobin"`; the default, cooperative-sticky, is tested on librdkafka's own mock cluster,
+//! which the test process hosts (it listens on 127.0.0.1 and completes incremental rebalances, but cannot create
+//! topics through the admin API, which Ferry's Kafka sink needs: the test writes Debezium's records itself).
 
 mod support;
 
@@ -209,6 +210,149 @@ fn three_consumers_apply_six_partitions_exactly_once_through_sigkills() {
     assert_eq!(
         rows, "12",
         "partition checkpoint rows of the PostgreSQL target"
+    );
+    drop(consumers);
+}
+
+/// A ledger change as Debezium's PostgreSQL connector writes it (JSON with the schema block): key and value.
+fn ledger_record(writer: usize, seq: i32, lsn: u64) -> (String, String) {
+    let columns = serde_json::json!([
+        {"type": "int32", "optional": false, "field": "writer"},
+        {"type": "int32", "optional": false, "field": "seq"},
+        {"type": "int64", "optional": false, "field": "amount"}]);
+    let key = serde_json::json!({
+        "schema": {"type": "struct", "optional": false, "name": "shop.public.ledger.Key",
+            "fields": [columns[0], columns[1]]},
+        "payload": {"writer": writer, "seq": seq}});
+    let value = serde_json::json!({
+        "schema": {"type": "struct", "name": "shop.public.ledger.Envelope", "fields": [
+            {"type": "struct", "optional": true, "field": "before", "fields": columns},
+            {"type": "struct", "optional": true, "field": "after", "fields": columns},
+            {"type": "struct", "optional": false, "field": "source", "fields": []},
+            {"type": "string", "optional": false, "field": "op"}]},
+        "payload": {"before": null, "after": {"writer": writer, "seq": seq, "amount": i64::from(seq) * 10},
+            "source": {"connector": "postgresql", "schema": "public", "table": "ledger", "lsn": lsn,
+                "ts_ms": 1_700_000_000_000_u64},
+            "op": "c"}});
+    (key.to_string(), value.to_string())
+}
+
+/// The default assignment, cooperative-sticky, on librdkafka's own mock cluster (its group coordinator completes
+/// incremental rebalances, which the harness's other brokers do not): records produced throughout, two
+/// processes share six partitions, a third joins and takes some of them while the others keep theirs, one is
+/// SIGKILLed and its partitions move to the others once its session times out. Every ledger row is applied
+/// exactly once (the target's trigger counts), and the processes' logs show incremental hand-overs.
+#[test]
+fn cooperative_sticky_groups_share_move_and_rebalance_partitions_exactly_once() {
+    let pg = server_with_dbs();
+    pg.psql("replica", TABLES);
+    pg.psql("replica", COUNTING);
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
+    mock.create_topic("shop.public.ledger", 6, 1)
+        .expect("create topic");
+    let brokers = mock.bootstrap_servers();
+    let producer: rdkafka::producer::ThreadedProducer<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let producer = std::sync::Arc::new(producer);
+    let lsn = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1000));
+    let writers = {
+        let (producer, lsn) = (producer.clone(), lsn.clone());
+        Writers::start(2, move |w, seq| {
+            let at = lsn.fetch_add(8, std::sync::atomic::Ordering::Relaxed);
+            let (key, value) = ledger_record(w, seq, at);
+            let record = rdkafka::producer::BaseRecord::to("shop.public.ledger")
+                .key(&key)
+                .payload(&value);
+            std::thread::sleep(Duration::from_millis(3));
+            producer.send(record).is_ok()
+        })
+    };
+    let dir = scratch();
+    // No `assignment`: cooperative-sticky. A short session, so a killed member's partitions move soon.
+    let config = write_config(
+        dir.path(),
+        "apply",
+        &format!(
+            "[pipeline]\nname = \"apply\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
+             [source]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"shop.public.ledger\"]\n\
+             group_id = \"replica\"\nformat = \"json\"\n\
+             [source.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\n\
+             [sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("replica")
+        ),
+    );
+    let log = |i: usize| dir.path().join(format!("apply-{i}.log"));
+    let text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
+    let logs = || (0..3).map(text).collect::<Vec<_>>().join("\n---\n");
+    let assigned = |i: usize| text(i).matches("assigned Kafka partitions").count();
+    let mut consumers = vec![
+        Some(Ferry::start(&config, &log(0))),
+        Some(Ferry::start(&config, &log(1))),
+    ];
+    assert!(
+        wait_until(Duration::from_secs(60), || assigned(0) > 0
+            && assigned(1) > 0),
+        "the two first processes did not share the partitions\n{}",
+        logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // A third joins: an incremental rebalance moves some partitions to it; the others keep the rest.
+    let before = (assigned(0), assigned(1));
+    consumers.push(Some(Ferry::start(&config, &log(2))));
+    assert!(
+        wait_until(Duration::from_secs(60), || assigned(2) > 0),
+        "the third process got no partitions\n{}",
+        logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || text(0)
+            .contains("revoked Kafka partitions")
+            || text(1).contains("revoked Kafka partitions")),
+        "no partition moved to the third process\n{}",
+        logs()
+    );
+    // Cooperative: the members that gave partitions up were not assigned everything anew.
+    assert_eq!(
+        (assigned(0), assigned(1)),
+        before,
+        "a member was assigned its partitions anew (an eager rebalance)\n{}",
+        logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // One dies without leaving: its partitions move once its session times out.
+    let held = (assigned(0), assigned(2));
+    consumers[1].take().expect("running").kill9();
+    assert!(
+        wait_until(Duration::from_secs(60), || (assigned(0), assigned(2))
+            != held),
+        "the killed process's partitions did not move\n{}",
+        logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let written: i32 = writers.stop().iter().sum();
+    rdkafka::producer::Producer::flush(&*producer, Duration::from_secs(30)).expect("flush");
+    let count = || {
+        pg.try_psql("replica", "SELECT count(*) FROM ledger")
+            .ok()
+            .and_then(|c| c.parse::<i32>().ok())
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || count() == Some(written)),
+        "{:?} of {written} ledger rows applied\n{}",
+        count(),
+        logs()
+    );
+    let (twice, missed) = applied_counts(&pg);
+    assert_eq!(twice, "", "ledger rows applied more than once");
+    assert_eq!(missed, "0", "ledger rows never applied");
+    assert_eq!(
+        pg.psql(
+            "replica",
+            "SELECT count(*) FROM ledger WHERE amount <> seq * 10"
+        ),
+        "0"
     );
     drop(consumers);
 }
