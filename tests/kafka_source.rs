@@ -33,11 +33,16 @@ const COUNTING: &str = "CREATE TABLE ledger_applied (writer int, seq int, n int 
      CREATE TRIGGER count_ledger AFTER INSERT OR UPDATE ON ledger FOR EACH ROW EXECUTE FUNCTION count_ledger();";
 
 fn capture_config(pg: &PgServer, broker: &KafkaBroker) -> String {
+    capture_into(pg, broker, 6, "delivery = \"at_least_once\"\n")
+}
+
+/// PostgreSQL `shop` → Ferry's Kafka sink, topics `shop.<schema>.<table>` of `partitions` partitions; `extra`:
+/// more `[sink]` keys.
+fn capture_into(pg: &PgServer, broker: &KafkaBroker, partitions: u32, extra: &str) -> String {
     format!(
         "[pipeline]\nname = \"capture\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
          [source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
-         [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"shop\"\npartitions = 6\n\
-         delivery = \"at_least_once\"\n",
+         [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"shop\"\npartitions = {partitions}\n{extra}",
         pg.url("shop"),
         broker.brokers()
     )
@@ -270,6 +275,7 @@ fn cooperative_sticky_groups_share_move_and_rebalance_partitions_exactly_once() 
         })
     };
     let dir = scratch();
+    let lite = dir.path().join("replica.db");
     // No `assignment`: cooperative-sticky. A short session, so a killed member's partitions move soon.
     let config = write_config(
         dir.path(),
@@ -279,8 +285,10 @@ fn cooperative_sticky_groups_share_move_and_rebalance_partitions_exactly_once() 
              [source]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"shop.public.ledger\"]\n\
              group_id = \"replica\"\nformat = \"json\"\n\
              [source.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\n\
-             [sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
-            pg.url("replica")
+             [[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [[sink]]\nname = \"lite\"\ntype = \"sqlite\"\npath = \"{}\"\n",
+            pg.url("replica"),
+            lite.display()
         ),
     );
     let log = |i: usize| dir.path().join(format!("apply-{i}.log"));
@@ -353,6 +361,22 @@ fn cooperative_sticky_groups_share_move_and_rebalance_partitions_exactly_once() 
             "SELECT count(*) FROM ledger WHERE amount <> seq * 10"
         ),
         "0"
+    );
+    // The SQLite target too (several processes share its file).
+    let lite_count = || sqlite_rows(&lite, "SELECT count(*) FROM ledger").join("");
+    assert!(
+        wait_until(Duration::from_secs(60), || lite_count()
+            == written.to_string()),
+        "{} of {written} ledger rows in the SQLite target\n{}",
+        lite_count(),
+        logs()
+    );
+    assert_eq!(
+        sqlite_rows(
+            &lite,
+            "SELECT count(*) FROM ledger WHERE amount <> seq * 10"
+        ),
+        ["0"]
     );
     drop(consumers);
 }
@@ -556,17 +580,7 @@ fn a_backlog_across_schema_changes_unchanged_toast_and_generated_columns_arrive_
            array_fill(1.5::float8, ARRAY[600]) FROM generate_series(1, 3) g;",
     );
     let dir = scratch();
-    let capture = write_config(
-        dir.path(),
-        "capture",
-        &format!(
-            "[pipeline]\nname = \"capture\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
-             [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"shop\"\npartitions = 4\n",
-            pg.url("shop"),
-            broker.brokers()
-        ),
-    );
+    let capture = write_config(dir.path(), "capture", &capture_into(&pg, &broker, 4, ""));
     let apply = write_config(
         dir.path(),
         "apply",
@@ -641,17 +655,7 @@ fn records_read_again_from_the_start_never_take_a_target_column_back_to_an_earli
          INSERT INTO items SELECT g, 'c' || g, g * 1.25 FROM generate_series(1, 40) g;",
     );
     let dir = scratch();
-    let capture = write_config(
-        dir.path(),
-        "capture",
-        &format!(
-            "[pipeline]\nname = \"capture\"\n[pipeline.batch]\nmax_wait = \"20ms\"\n\n\
-             [source]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
-             [sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"shop\"\npartitions = 4\n",
-            pg.url("shop"),
-            broker.brokers()
-        ),
-    );
+    let capture = write_config(dir.path(), "capture", &capture_into(&pg, &broker, 4, ""));
     let capture = Ferry::start(&capture, &dir.path().join("capture.log"));
     assert!(
         wait_until(Duration::from_secs(60), || metric(

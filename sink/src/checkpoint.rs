@@ -33,10 +33,11 @@ pub const SELECT_PIPELINE_CHECKPOINTS: &str =
     "SELECT sink, position FROM ferry_checkpoints WHERE pipeline = $1";
 
 /// Moves one Kafka partition's checkpoint if its claim is still the one given (compare-and-set); parameters:
-/// pipeline, row key, position, updated_at, claim pattern ([`KafkaRows`]).
+/// position, updated_at, pipeline, row key, claim pattern ([`KafkaRows`]). Parameters are numbered in the order
+/// they first appear: SQLite takes `$N` for a name, numbered by first appearance.
 pub const SET_PARTITION_CHECKPOINT: &str =
-    "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 \
-    WHERE pipeline = $1 AND sink = $2 AND position LIKE $5";
+    "UPDATE ferry_checkpoints SET position = $1, updated_at = $2 \
+    WHERE pipeline = $3 AND sink = $4 AND position LIKE $5";
 
 /// Creates a partition's checkpoint row when missing; parameters: pipeline, row key, position, updated_at.
 pub const INSERT_PARTITION_CHECKPOINT: &str =
@@ -159,9 +160,10 @@ pub fn claim_inside_transaction() -> ferry_core::Error {
     ferry_core::Error::fatal("Kafka partitions were claimed inside an open transaction")
 }
 
-/// Moves a partition's row to its claim; parameters: pipeline, row key, position, updated_at.
+/// Moves a partition's row to its claim; parameters: position, updated_at, pipeline, row key (in order of first
+/// appearance, as for [`SET_PARTITION_CHECKPOINT`]).
 pub const CLAIM_PARTITION_CHECKPOINT: &str =
-    "UPDATE ferry_checkpoints SET position = $3, updated_at = $4 WHERE pipeline = $1 AND sink = $2";
+    "UPDATE ferry_checkpoints SET position = $1, updated_at = $2 WHERE pipeline = $3 AND sink = $4";
 
 /// The stored mark of a partition row's text (`None` if it is not one).
 pub fn stored_mark(text: &str, tp: &TopicPartition) -> Option<PartitionMark> {

@@ -229,7 +229,7 @@ impl PostgresSink {
         type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
         let params: Vec<[Param<'_>; 5]> = writes
             .iter()
-            .map(|w| [&self.pipeline as Param<'_>, &w.key, &w.text, &now, &w.claim])
+            .map(|w| [&w.text as Param<'_>, &now, &self.pipeline, &w.key, &w.claim])
             .collect();
         // Pipelined: one round trip for every partition.
         let moved = futures_util::future::try_join_all(
@@ -1240,7 +1240,7 @@ impl Sink for PostgresSink {
                 self.client
                     .execute(
                         checkpoint::CLAIM_PARTITION_CHECKPOINT,
-                        &[&self.pipeline, &row.key, &row.text, &now],
+                        &[&row.text, &now, &self.pipeline, &row.key],
                     )
                     .await?;
                 held.insert(tp.clone(), mark);

@@ -364,7 +364,7 @@ impl SqliteSink {
                     .conn
                     .execute(
                         checkpoint::SET_PARTITION_CHECKPOINT,
-                        (&self.pipeline, &w.key, &w.text, &now, &w.claim),
+                        (&w.text, &now, &self.pipeline, &w.key, &w.claim),
                     )
                     .map_err(db_error("writing the Kafka offsets"))?;
                 if moved != 1 {
@@ -856,7 +856,7 @@ impl Sink for SqliteSink {
             let (mark, row) = checkpoint::claimed(&self.name, tp, Some(&stored), token);
             tx.execute(
                 checkpoint::CLAIM_PARTITION_CHECKPOINT,
-                (&self.pipeline, &row.key, &row.text, &now),
+                (&row.text, &now, &self.pipeline, &row.key),
             )
             .map_err(db_error("claiming Kafka partitions"))?;
             held.insert(tp.clone(), mark);
