@@ -641,7 +641,10 @@ fn a_backlog_across_schema_changes_unchanged_toast_and_generated_columns_arrive_
 /// higher numeric scale). The targets that hold the later form must keep it: taking a column back to the earlier
 /// form would round the values written since (numeric) or fail on them (varchar), silently in the first case.
 /// The same happens after any restart, or in a second process of the group, whose decoder has not met the later
-/// records yet: each sink keeps the source point of each column's form in its record of the table.
+/// records yet: each sink keeps the source point of each column's form in its record of the table. The history
+/// also adds a column in one change and widens it in two more (records read before it existed leave it alone).
+/// A column narrowed at the source at last (which rewrites its rows without row changes, an order the topic does
+/// not keep across partitions) stops the pipeline, naming it.
 #[test]
 fn records_read_again_from_the_start_never_take_a_target_column_back_to_an_earlier_form() {
     let pg = server_with_dbs();
@@ -666,12 +669,16 @@ fn records_read_again_from_the_start_never_take_a_target_column_back_to_an_earli
         capture.log()
     );
     // Widened while the topic holds the earlier records; new rows and updates use the wider forms.
-    pg.psql(
-        "shop",
+    for step in [
         "ALTER TABLE items ALTER COLUMN code TYPE varchar(40), ALTER COLUMN price TYPE numeric(12,4);
          INSERT INTO items SELECT g, 'a code longer than ten ' || g, g + 0.1234 FROM generate_series(41, 80) g;
          UPDATE items SET price = price + 0.0001 WHERE id % 2 = 0;",
-    );
+        "ALTER TABLE items ADD COLUMN c numeric(8,2); UPDATE items SET c = id + 0.25 WHERE id <= 20;",
+        "ALTER TABLE items ALTER c TYPE numeric(10,2); UPDATE items SET c = id + 1.5 WHERE id BETWEEN 21 AND 30;",
+        "ALTER TABLE items ALTER c TYPE numeric(12,4); UPDATE items SET c = id + 0.1234;",
+    ] {
+        pg.psql("shop", step);
+    }
     let sinks = |late: bool| {
         let mut s = format!(
             "[[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{}\"\n\n\
@@ -700,7 +707,7 @@ fn records_read_again_from_the_start_never_take_a_target_column_back_to_an_earli
             ),
         )
     };
-    let rows = "SELECT id, code, price FROM items ORDER BY id";
+    let rows = "SELECT id, code, price, c FROM items ORDER BY id";
     let columns = "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
          WHERE attrelid = 'public.items'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
     let maria_columns = "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS
@@ -726,11 +733,11 @@ fn records_read_again_from_the_start_never_take_a_target_column_back_to_an_earli
     );
     assert_eq!(
         maria(maria_columns),
-        "id|int(11)\ncode|varchar(40)\nprice|decimal(12,4)"
+        "id|int(11)\ncode|varchar(40)\nprice|decimal(12,4)\nc|decimal(12,4)"
     );
     assert!(ferry.terminate().success());
 
-    let ferry = Ferry::start(&apply(true), &log);
+    let mut ferry = Ferry::start(&apply(true), &log);
     assert!(
         wait_until(Duration::from_secs(90), || same(&["replica", "late"])),
         "after reading the topic again, the targets differ from the source\nreplica:\n{}\nlate:\n{}\ncolumns:\n{:?}\n{}\nmaria:\n{}\n{}",
@@ -746,7 +753,29 @@ fn records_read_again_from_the_start_never_take_a_target_column_back_to_an_earli
     assert!(!ferry.log().contains("ERROR"), "{}", ferry.log());
     assert_eq!(
         maria(maria_columns),
-        "id|int(11)\ncode|varchar(40)\nprice|decimal(12,4)"
+        "id|int(11)\ncode|varchar(40)\nprice|decimal(12,4)\nc|decimal(12,4)"
+    );
+    pg.psql(
+        "shop",
+        "ALTER TABLE items ALTER price TYPE numeric(10,2); UPDATE items SET code = 'narrowed' WHERE id = 1;",
+    );
+    let status = ferry.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the pipeline did not stop at the narrowing\n{}",
+        ferry.log()
+    );
+    assert!(
+        ferry.log().contains(
+            "column price was narrowed at the source from numeric(12,4) to numeric(10,2)"
+        ),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(
+        pg.psql("replica", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'price'"),
+        "numeric(12,4)",
+        "the target column was left as it was"
     );
 }
 

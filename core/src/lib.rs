@@ -28,6 +28,7 @@ pub mod source;
 pub mod stats;
 pub mod task;
 pub mod temporal;
+pub mod type_change;
 pub mod value;
 pub mod versions;
 

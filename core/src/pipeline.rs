@@ -248,6 +248,7 @@ pub async fn run_sink<S: Sink>(
     let mut skip = SkipCovered {
         checkpoint,
         skipping: false,
+        schema_kept: false,
     };
     let mut waiting: Option<Arc<Batch>> = None;
     // Events applied since the last commit, and when that commit was.
@@ -460,6 +461,8 @@ struct SkipCovered {
     checkpoint: Option<Position>,
     /// Inside a covered transaction carried over from the previous batch.
     skipping: bool,
+    /// A schema event of the covered transaction under way was kept.
+    schema_kept: bool,
 }
 
 impl SkipCovered {
@@ -495,12 +498,23 @@ impl SkipCovered {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             if self.skipping {
-                if matches!(e, Event::Commit { .. }) {
-                    self.skipping = false;
-                }
                 // Schema events inside a skipped transaction still describe the stream from here on.
                 if matches!(e, Event::Schema(_)) {
                     out.push(e.clone());
+                    self.schema_kept = true;
+                }
+                if let Event::Commit { commit_time, .. } = e {
+                    self.skipping = false;
+                    // What the schemas changed in the target (DDL) is committed at the checkpoint the sink holds,
+                    // not left open (holding the target table's locks) until a transaction of its own comes.
+                    if std::mem::take(&mut self.schema_kept) {
+                        if let Some(cp) = &self.checkpoint {
+                            out.push(Event::Commit {
+                                position: cp.clone(),
+                                commit_time: *commit_time,
+                            });
+                        }
+                    }
                 }
                 continue;
             }
@@ -545,6 +559,7 @@ mod tests {
         let mut skip = SkipCovered {
             checkpoint: Some(pg(20)),
             skipping: false,
+            schema_kept: false,
         };
         let mut events = txn(10, 20);
         events.extend(txn(20, 30));
@@ -558,12 +573,43 @@ mod tests {
         let mut skip = SkipCovered {
             checkpoint: Some(pg(20)),
             skipping: false,
+            schema_kept: false,
         };
         let t = txn(10, 20);
         assert!(skip.filter(&t[..2]).unwrap().is_empty());
         assert!(skip.needs_filter(&t[2..]).unwrap());
         assert!(skip.filter(&t[2..]).unwrap().is_empty());
         assert!(!skip.needs_filter(&txn(25, 30)).unwrap());
+    }
+
+    /// A schema kept from a covered transaction (its DDL opens a target transaction) is committed at the
+    /// checkpoint the sink holds, so the target's locks are not held until the next transaction comes.
+    #[test]
+    fn a_schema_kept_from_a_covered_transaction_is_committed_at_the_checkpoint() {
+        let mut skip = SkipCovered {
+            checkpoint: Some(pg(20)),
+            skipping: false,
+            schema_kept: false,
+        };
+        let schema = Event::Schema(std::sync::Arc::new(crate::TableSchema::named(
+            crate::TableId::new("public", "t"),
+            crate::Dialect::Postgres,
+        )));
+        let mut t = txn(10, 15);
+        t.insert(1, schema.clone());
+        let kept = skip.filter(&t).unwrap();
+        assert_eq!(
+            kept,
+            vec![
+                schema,
+                Event::Commit {
+                    position: pg(20),
+                    commit_time: Timestamp::UNIX_EPOCH
+                }
+            ]
+        );
+        // A covered transaction without one is left out whole.
+        assert!(skip.filter(&txn(11, 16)).unwrap().is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use std::borrow::Cow;
 
+use ferry_core::type_change::{narrowed_at_source, narrows};
 use ferry_core::{Error, Lineage, LogPoint, TableId, TableSchema};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,16 @@ pub struct AppliedColumn {
     /// The point of the source log whose description gave the column this form ([`ferry_core::Column::described_at`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub described_at: Option<LogPoint>,
+}
+
+impl AppliedColumn {
+    /// The same source column: the same source number when both have one, else the same name.
+    fn same_as(&self, other: &AppliedColumn) -> bool {
+        match (self.source_id, other.source_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.name == other.name,
+        }
+    }
 }
 
 /// A target table as a sink last made it, from which source table.
@@ -82,14 +93,26 @@ impl Applied {
 
     /// The record once `schema` is applied to a table last recorded as `previous`. A quarantined table's target
     /// keeps in step with its schema, and stays quarantined until copied anew; a re-copy under way goes on.
+    /// A schema that keeps absent columns ([`TableSchema::keeps_absent_columns`]) keeps their records too: the
+    /// target still has them, in the form (and from the source point) last applied.
     pub fn following(schema: &TableSchema, previous: Option<&Applied>) -> Applied {
-        Applied {
+        let mut record = Applied {
             quarantined: previous.and_then(|a| a.quarantined.clone()),
             recopy: previous.and_then(|a| a.recopy.clone()),
             copying: previous.is_some_and(|a| a.copying),
             in_place: previous.is_some_and(|a| a.in_place),
             ..Applied::of(schema)
+        };
+        if let Some(previous) = previous.filter(|_| schema.keeps_absent_columns) {
+            let absent: Vec<AppliedColumn> = previous
+                .columns
+                .iter()
+                .filter(|pc| !record.columns.iter().any(|c| c.same_as(pc)))
+                .cloned()
+                .collect();
+            record.columns.extend(absent);
         }
+        record
     }
 
     /// The record of `table` once quarantined: its last applied columns, or none if it was never applied.
@@ -148,68 +171,6 @@ pub fn check_required_target_columns(
         schema.id,
         own.join(", ")
     )))
-}
-
-/// Whether the values a column holds stay the source's when its type changes from `old` to `new` without the
-/// target converting them (SQLite keeps stored values as they arrived): a wider integer, a longer or unbounded
-/// string, no fewer digits before or after the decimal point. Any other change (fewer digits or scale, text to a date) would leave
-/// values the source no longer has.
-pub fn values_survive(old: &str, new: &str) -> bool {
-    fn parts(t: &str) -> (String, Vec<u32>) {
-        let t = t.trim().to_ascii_lowercase();
-        let (base, args) = match t.split_once('(') {
-            Some((b, rest)) => (
-                b.trim().to_owned(),
-                rest.trim_end_matches(')')
-                    .split(',')
-                    .filter_map(|a| a.trim().parse().ok())
-                    .collect(),
-            ),
-            None => (t.clone(), Vec::new()),
-        };
-        (base, args)
-    }
-    let rank = |b: &str| match b {
-        "tinyint" => Some(1),
-        "smallint" | "int2" => Some(2),
-        "mediumint" => Some(3),
-        "integer" | "int" | "int4" => Some(4),
-        "bigint" | "int8" => Some(5),
-        _ => None,
-    };
-    let strings = ["character varying", "varchar", "text", "character", "char"];
-    let ((ob, oa), (nb, na)) = (parts(old), parts(new));
-    if ob == nb && oa == na {
-        return true;
-    }
-    if let (Some(o), Some(n)) = (rank(&ob), rank(&nb)) {
-        return n >= o;
-    }
-    let unbounded =
-        |b: &str, a: &[u32]| b == "text" || (b != "character" && b != "char" && a.is_empty());
-    if strings.contains(&ob.as_str()) && strings.contains(&nb.as_str()) {
-        return unbounded(&nb, &na)
-            || (nb != "character"
-                && nb != "char"
-                && na.first().zip(oa.first()).is_some_and(|(n, o)| n >= o));
-    }
-    if rank(&ob).is_some() && nb == "text" {
-        return true;
-    }
-    if matches!(ob.as_str(), "numeric" | "decimal") && matches!(nb.as_str(), "numeric" | "decimal")
-    {
-        return match (oa.as_slice(), na.as_slice()) {
-            (_, []) => true,
-            // No fewer digits on either side of the point: every value is the same number.
-            ([op, os], [np, ns]) => {
-                let digits = |p: &u32, s: &u32| i64::from(*p) - i64::from(*s);
-                ns >= os && digits(np, ns) >= digits(op, os)
-            }
-            ([op], [np]) => np >= op,
-            _ => false,
-        };
-    }
-    false
 }
 
 /// Whether a sink skips `table`'s changes, logging the reason once per sink start.
@@ -395,9 +356,20 @@ pub fn settle<'a>(
                 (Some(a), Some(b)) => a == b,
                 _ => pc.name == c.name,
             });
-        let Some(pc) = recorded.filter(|pc| pc.described_at.is_some_and(|p| p > at)) else {
+        let Some(pc) = recorded else { continue };
+        if pc.described_at.is_none_or(|p| p <= at) {
+            // A later description that narrows the column within its type: the source narrowed it, rewriting
+            // its rows (rounded, cut) without a row change for any of them.
+            if narrows(&pc.source_type, &c.source_type) {
+                return Err(narrowed_at_source(
+                    &schema.id,
+                    &c.name,
+                    &pc.source_type,
+                    &c.source_type,
+                ));
+            }
             continue;
-        };
+        }
         if pc.name != c.name {
             return Err(Error::fatal(format!(
                 "table {table}: column {old} was renamed {new} by a later change of the source, already applied \
@@ -617,39 +589,6 @@ pub fn plan(
         }
     }
     Ok(steps)
-}
-
-#[cfg(test)]
-mod survive_tests {
-    use super::values_survive;
-
-    #[test]
-    fn only_widening_type_changes_keep_values() {
-        for (old, new) in [
-            ("integer", "bigint"),
-            ("smallint", "integer"),
-            ("character varying(5)", "character varying(20)"),
-            ("varchar(5)", "text"),
-            ("numeric(6,2)", "numeric(10,2)"),
-            ("numeric(6,2)", "numeric(10,5)"),
-            ("numeric(6,2)", "numeric"),
-            ("int", "text"),
-            ("bigint", "bigint"),
-        ] {
-            assert!(values_survive(old, new), "{old} -> {new}");
-        }
-        for (old, new) in [
-            ("bigint", "integer"),
-            ("numeric(10,3)", "numeric(8,1)"),
-            ("numeric(6,2)", "numeric(6,3)"),
-            ("text", "date"),
-            ("character varying(20)", "character varying(5)"),
-            ("text", "integer"),
-            ("timestamp without time zone", "timestamp with time zone"),
-        ] {
-            assert!(!values_survive(old, new), "{old} -> {new}");
-        }
-    }
 }
 
 #[cfg(test)]
@@ -879,6 +818,59 @@ mod tests {
                 default: false
             }]
         );
+    }
+
+    /// A later description narrower than the target's column (the source narrowed it, rewriting its rows without
+    /// row changes) stops loudly; an earlier one leaves it as it is; a column a description leaves out keeps its
+    /// record.
+    #[test]
+    fn a_narrowing_at_the_source_stops_and_absent_columns_keep_their_record() {
+        let wide = described(
+            &[
+                ("id", 1, "int"),
+                ("n", 3, "numeric(12,4)"),
+                ("c", 4, "varchar(20)"),
+            ],
+            100,
+        );
+        let applied = HashMap::from([(wide.id.clone(), Applied::of(&wide))]);
+        let narrow = described(&[("id", 1, "int"), ("n", 3, "numeric(10,2)")], 150);
+        let err = settle(&narrow, applied.get(&narrow.id)).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "column n was narrowed at the source from numeric(12,4) to numeric(10,2)"
+            ),
+            "{err}"
+        );
+        let earlier = described(&[("id", 1, "int"), ("n", 3, "numeric(10,2)")], 50);
+        let settled = settle(&earlier, applied.get(&earlier.id)).unwrap();
+        assert_eq!(settled.columns[1].source_type, "numeric(12,4)");
+        assert_eq!(
+            plan(&applied, &settled, Some(&names(&wide))).unwrap(),
+            vec![]
+        );
+        let record = Applied::following(&settled, applied.get(&wide.id));
+        let kept: Vec<(&str, &str)> = record
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.source_type.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [("id", "int"), ("n", "numeric(12,4)"), ("c", "varchar(20)")]
+        );
+        for (old, new, narrower) in [
+            ("numeric(12,4)", "numeric(10,2)", true),
+            ("varchar(40)", "character varying(10)", true),
+            ("bigint", "integer", true),
+            ("text", "varchar(5)", true),
+            ("numeric(10,2)", "numeric(12,4)", false),
+            ("text", "integer", false),
+            ("integer", "text", false),
+            ("timestamp(6)", "timestamp(3)", false),
+        ] {
+            assert_eq!(narrows(old, new), narrower, "{old} -> {new}");
+        }
     }
 
     #[test]

@@ -754,7 +754,7 @@ fn ensure_table(
             (Some(a), Some(b)) => a == b,
             _ => p.name == c.name || c.previous_name.as_deref() == Some(p.name.as_str()),
         })?;
-        (!evolve::values_survive(&old.source_type, &c.source_type)).then(|| {
+        (!ferry_core::type_change::values_survive(&old.source_type, &c.source_type)).then(|| {
             format!(
                 "column {} changed type from {} to {}, and SQLite keeps the values it holds as they were; copy \
                  the table anew (`ferry snapshot --table`, or `ferry reset` for a MySQL source)",

@@ -16,6 +16,7 @@ use base64::Engine;
 use ferry_core::debezium::{
     decimal_text, ExactValues, MICRO_TIMESTAMP_INFINITY, MICRO_TIMESTAMP_NEG_INFINITY, UNAVAILABLE,
 };
+use ferry_core::type_change::{narrowed_at_source, narrows};
 use ferry_core::{
     Column, ColumnType, Date, Decimal, Dialect, Interval, LogPoint, RowOp, SchemaRef, TableId,
     TableSchema, Time, TimeTz, Timestamp, Uuid, Value,
@@ -169,9 +170,14 @@ type FieldMap = (Arc<Vec<Field>>, Arc<Vec<usize>>);
 #[derive(Debug)]
 struct Merged {
     columns: Vec<Field>,
-    /// Per column, the source position of the record whose form it has: a column takes the form of the newest
-    /// record that describes it, even when a newer record no longer does (dropped or renamed since).
+    /// Per column, the source position of the newest record that described it, whose form it has (even when a
+    /// newer record no longer describes it: dropped or renamed since). Moved by every newer record describing it,
+    /// with its form or not, so a record older than one already met never changes the column (the source may
+    /// have gone back and forth between two forms).
     column_at: Vec<Option<LogPoint>>,
+    /// Per column, each source type records gave it, with the first and last source positions of those records:
+    /// a narrower type described after a wider one means the source narrowed the column ([`Forms::note`]).
+    forms: Vec<Forms>,
     key: Vec<String>,
     schema: SchemaRef,
     /// The source position of the newest record whose description was taken (`None`: none had one).
@@ -181,6 +187,54 @@ struct Merged {
     /// Field lists met, and where each of their fields sits among `columns` (indexes never move: columns are
     /// only replaced or appended).
     maps: Vec<FieldMap>,
+}
+
+/// The source types records gave one column, each with the first and last source positions that did.
+#[derive(Debug, Default)]
+struct Forms(Vec<(String, LogPoint, LogPoint)>);
+
+impl Forms {
+    fn new(f: &Field, at: Option<LogPoint>) -> Forms {
+        let mut forms = Forms::default();
+        if let (Some(ty), Some(at)) = (&f.source_type, at) {
+            forms.0.push((ty.clone(), at, at));
+        }
+        forms
+    }
+
+    /// Notes that a record at `at` describes the column as `f`. A narrower type (within its kind) described
+    /// after a wider one means the source narrowed the column, rewriting its rows without row changes: records
+    /// read over partitions cannot bring a target to the same values, and the error says so.
+    fn note(&mut self, table: &TableId, f: &Field, at: LogPoint) -> Result<(), DecodeError> {
+        let Some(ty) = &f.source_type else {
+            return Ok(());
+        };
+        match self.0.iter_mut().find(|(t, ..)| t == ty) {
+            Some((_, first, last)) => {
+                *first = at.min(*first);
+                *last = at.max(*last);
+            }
+            None => self.0.push((ty.clone(), at, at)),
+        }
+        if self.0.len() < 2 {
+            return Ok(());
+        }
+        for (other, first, last) in &self.0 {
+            let narrowed = if narrows(other, ty) && *first < at {
+                Some((other, ty))
+            } else if narrows(ty, other) && at < *last {
+                Some((ty, other))
+            } else {
+                None
+            };
+            if let Some((wide, narrow)) = narrowed {
+                return Err(DecodeError(
+                    narrowed_at_source(table, &f.name, wide, narrow).to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One column as a record describes it.
@@ -343,6 +397,7 @@ impl Decoder {
                 Merged {
                     columns: fields.to_vec(),
                     column_at: vec![at; fields.len()],
+                    forms: fields.iter().map(|f| Forms::new(f, at)).collect(),
                     key: key.to_vec(),
                     schema: schema.clone(),
                     newest: at,
@@ -414,6 +469,14 @@ impl Decoder {
                     .zip(map.iter())
                     .all(|(f, &j)| m.columns[j] == *f) =>
             {
+                if let Some(at) = at {
+                    for (f, &j) in fields.iter().zip(map.iter()) {
+                        if m.column_at[j].is_none_or(|c| c < at) {
+                            m.column_at[j] = Some(at);
+                        }
+                        m.forms[j].note(&id, f, at)?;
+                    }
+                }
                 map
             }
             _ => {
@@ -432,14 +495,20 @@ impl Decoder {
                             };
                             if newer_here && m.columns[j] != *f {
                                 m.columns[j] = f.clone();
-                                m.column_at[j] = at;
                                 changed = true;
+                            }
+                            if newer_here && at.is_some() {
+                                m.column_at[j] = at;
+                            }
+                            if let Some(at) = at {
+                                m.forms[j].note(&id, f, at)?;
                             }
                             map.push(j);
                         }
                         None => {
                             m.columns.push(f.clone());
                             m.column_at.push(at);
+                            m.forms.push(Forms::new(f, at));
                             changed = true;
                             map.push(m.columns.len() - 1);
                         }
@@ -1232,6 +1301,38 @@ mod tests {
             types(50, &[("w", "text")]),
             ["id integer", "v varchar(20)", "w text"]
         );
+    }
+
+    /// A narrower type described after a wider one (the source narrowed the column, rewriting its rows) stops,
+    /// in whichever order the two are read; widenings never do.
+    #[test]
+    fn a_column_narrowed_at_the_source_stops_the_decoder() {
+        for order in [[100, 200], [200, 100]] {
+            let mut d = Decoder::default();
+            let widen = record(50, &[("v", "varchar(5)")]);
+            d.decode(Some(&widen.0), Some(&widen.1), &Hints::default())
+                .unwrap();
+            let mut outcome = Vec::new();
+            for lsn in order {
+                let ty = if lsn == 100 {
+                    "varchar(20)"
+                } else {
+                    "varchar(10)"
+                };
+                let (k, v) = record(lsn, &[("v", ty)]);
+                outcome.push(d.decode(Some(&k), Some(&v), &Hints::default()).map(|_| ()));
+            }
+            let err = outcome
+                .into_iter()
+                .find_map(Result::err)
+                .unwrap_or_else(|| panic!("no error reading {order:?}"));
+            assert!(
+                err.0.contains(
+                    "column v was narrowed at the source from varchar(20) to varchar(10)"
+                ),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]
