@@ -63,20 +63,68 @@ pub fn values_survive(old: &str, new: &str) -> bool {
     false
 }
 
-/// Whether a type change from `old` to `new` narrows a column within its kind of type: `new` holds fewer values
-/// (a shorter string, fewer digits, a smaller integer) all of which `old` holds.
+/// Whether a type change from `old` to `new` narrows a column: the source rewrites values the new type cannot
+/// hold (rounds, cuts, drops fractions or precision). Within a kind of type, anything [`values_survive`] does not
+/// keep: a shorter string, fewer digits before or after the point, a smaller integer; across kinds, a decimal to
+/// an integer, a double to a real; for times, timestamps and datetimes, fewer fractional digits.
 pub fn narrows(old: &str, new: &str) -> bool {
-    fn kind(t: &str) -> String {
-        let base = t.split('(').next().unwrap_or(t).trim().to_ascii_lowercase();
-        match base.as_str() {
-            "tinyint" | "smallint" | "int2" | "mediumint" | "integer" | "int" | "int4"
-            | "bigint" | "int8" => "integer".into(),
-            "character varying" | "varchar" | "character" | "char" | "text" => "string".into(),
-            "decimal" => "numeric".into(),
-            _ => base,
+    /// The spelling without its `(…)` arguments, and those arguments.
+    fn parts(t: &str) -> (String, Vec<u32>) {
+        let t = t.trim().to_ascii_lowercase();
+        match (t.find('('), t.find(')')) {
+            (Some(open), Some(close)) if open < close => (
+                format!("{} {}", t[..open].trim(), t[close + 1..].trim())
+                    .trim()
+                    .to_owned(),
+                t[open + 1..close]
+                    .split(',')
+                    .filter_map(|a| a.trim().parse().ok())
+                    .collect(),
+            ),
+            _ => (t, Vec::new()),
         }
     }
-    kind(old) == kind(new) && values_survive(new, old) && !values_survive(old, new)
+    fn kind(base: &str) -> &str {
+        match base {
+            "tinyint" | "smallint" | "int2" | "mediumint" | "integer" | "int" | "int4"
+            | "bigint" | "int8" => "integer",
+            "character varying" | "varchar" | "character" | "char" | "text" => "string",
+            "numeric" | "decimal" => "numeric",
+            "double precision" | "float8" | "double" => "float8",
+            "real" | "float4" | "float" => "float4",
+            other => other,
+        }
+    }
+    let ((ob, oa), (nb, na)) = (parts(old), parts(new));
+    let temporal = [
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "timestamp",
+        "timestamptz",
+        "time without time zone",
+        "time with time zone",
+        "time",
+        "timetz",
+        "datetime",
+    ];
+    match (kind(&ob), kind(&nb)) {
+        (o, n) if o == n && matches!(o, "integer" | "string" | "numeric") => {
+            !values_survive(old, new)
+        }
+        ("numeric", "integer") | ("float8", "float4") => true,
+        (o, n) if o == n && temporal.contains(&o) => {
+            // Fractional digits when none are given: PostgreSQL's 6 (it spells the zone: `time without time
+            // zone`), MySQL's 0 (`time`, `timestamp`, `datetime`).
+            let default = if matches!(o, "time" | "timestamp" | "datetime") {
+                0
+            } else {
+                6
+            };
+            let digits = |a: &[u32]| a.first().copied().unwrap_or(default);
+            digits(&na) < digits(&oa)
+        }
+        _ => false,
+    }
 }
 
 /// The error of a column narrowed at the source (`from` to `to`, within its type) behind a Kafka source. The
@@ -96,6 +144,58 @@ pub fn narrowed_at_source(
          from a new snapshot of the source (a new topic, or `ferry reset` of the capture pipeline) and apply from \
          there"
     ))
+}
+
+#[cfg(test)]
+mod narrowing_tests {
+    use super::narrows;
+
+    #[test]
+    fn narrowings_are_told_from_widenings_and_conversions() {
+        for (old, new) in [
+            ("numeric(12,4)", "numeric(10,2)"),
+            ("numeric(10,4)", "numeric(12,2)"),
+            ("numeric(12,4)", "integer"),
+            ("character varying(40)", "character varying(10)"),
+            ("text", "character varying(5)"),
+            ("bigint", "integer"),
+            ("double precision", "real"),
+            (
+                "timestamp(6) without time zone",
+                "timestamp(0) without time zone",
+            ),
+            (
+                "timestamp without time zone",
+                "timestamp(3) without time zone",
+            ),
+            ("time without time zone", "time(0) without time zone"),
+            ("timestamp with time zone", "timestamp(2) with time zone"),
+            ("datetime(6)", "datetime"),
+            ("time(3)", "time"),
+        ] {
+            assert!(narrows(old, new), "{old} -> {new}");
+        }
+        for (old, new) in [
+            ("numeric(10,2)", "numeric(12,4)"),
+            ("numeric(12,4)", "numeric"),
+            ("integer", "bigint"),
+            ("integer", "numeric(12,2)"),
+            ("integer", "text"),
+            ("text", "integer"),
+            ("real", "double precision"),
+            ("character varying(5)", "text"),
+            (
+                "timestamp(0) without time zone",
+                "timestamp without time zone",
+            ),
+            ("timestamp without time zone", "timestamp with time zone"),
+            ("datetime", "datetime(6)"),
+            ("time", "time(3)"),
+            ("numeric(12,4)", "numeric(12,4)"),
+        ] {
+            assert!(!narrows(old, new), "{old} -> {new}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -867,7 +867,7 @@ mod tests {
             ("numeric(10,2)", "numeric(12,4)", false),
             ("text", "integer", false),
             ("integer", "text", false),
-            ("timestamp(6)", "timestamp(3)", false),
+            ("timestamp(6)", "timestamp(3)", true),
         ] {
             assert_eq!(narrows(old, new), narrower, "{old} -> {new}");
         }

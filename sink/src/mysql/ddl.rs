@@ -353,8 +353,26 @@ pub async fn ensure_table(
     key_collation: &str,
 ) -> Result<TargetTable, Error> {
     if evolve::described_out_of_order(schema) {
-        // Another process of the pipeline may have evolved the table since this one read its records. (MySQL
-        // commits DDL on its own, so no transaction can hold the record while the table changes.)
+        // Another process of the pipeline may have evolved the table since this one read its records. MySQL
+        // commits DDL on its own, so no transaction can hold the record while the table changes: a named lock
+        // keeps the processes' changes to the table one at a time (released with the connection, or by the
+        // caller's `RELEASE_ALL_LOCKS` once the change is recorded).
+        let lock: Option<i64> = conn
+            .exec_first(
+                "SELECT GET_LOCK(?, 60)",
+                (lock_name((pipeline, sink), &schema.id),),
+            )
+            .await
+            .map_err(write_error("waiting for the lock on the table's schema"))?;
+        if lock != Some(1) {
+            return Err(Error::transient(
+                format!(
+                    "another process kept the lock on the schema of {} for 60 s",
+                    schema.id
+                ),
+                std::io::Error::other("GET_LOCK timed out"),
+            ));
+        }
         let stored: Option<String> = conn
             .exec_first(
                 "SELECT applied FROM ferry_schemas WHERE pipeline = ? AND sink = ? AND source_table = ?",
@@ -461,6 +479,14 @@ async fn extra_unique_indexes(conn: &mut Conn, name: &str) -> Result<Vec<String>
     )
     .await
     .map_err(write_error(format!("reading the indexes of {name}")))
+}
+
+/// The name of the lock [`ensure_table`] takes on a table's schema (`GET_LOCK` names are at most 64 characters).
+fn lock_name((pipeline, sink): (&str, &str), table: &TableId) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (pipeline, sink, evolve::record_key(table)).hash(&mut h);
+    format!("ferry_schemas {:016x}", h.finish())
 }
 
 /// Stores a table's [`Applied`] record in `ferry_schemas`.

@@ -464,7 +464,15 @@ impl MysqlSink {
                 &target_name,
                 &self.key_collation,
             )
-            .await?;
+            .await;
+            if evolve::described_out_of_order(&schema) {
+                // The lock ensure_table took on the table's schema, now that the change is recorded (or failed).
+                self.conn
+                    .query_drop("DO RELEASE_ALL_LOCKS()")
+                    .await
+                    .map_err(write_error("releasing the lock on the table's schema"))?;
+            }
+            let target = target?;
             self.tables.insert(schema.id.clone(), target);
             if let Some(vectors) = self.unprepared_policy(&schema)? {
                 self.multi

@@ -415,7 +415,19 @@ pub async fn ensure_table(
     sink: &str,
 ) -> Result<(), Error> {
     if evolve::described_out_of_order(schema) {
-        // Locked until the transaction ends: processes of one pipeline evolve the table one at a time.
+        // Processes of one pipeline evolve the table one at a time, until the transaction ends: an advisory lock
+        // on its name (the record row may not exist yet, when they start together on an empty target), and the
+        // record's row.
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[&format!(
+                    "ferry_schemas {pipeline} {sink} {}",
+                    evolve::record_key(&schema.id)
+                )],
+            )
+            .await
+            .map_err(ddl_error(&schema.id))?;
         let row = client
             .query_opt(
                 "SELECT applied FROM ferry_schemas WHERE pipeline = $1 AND sink = $2 AND source_table = $3 \

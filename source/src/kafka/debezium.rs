@@ -136,14 +136,41 @@ impl<'de: 'a, 'a> Deserialize<'de> for Record<'a> {
     }
 }
 
-/// A key: `{"schema": …, "payload": {…}}` or the plain object.
-#[derive(Debug, Deserialize)]
+/// A key: `{"schema": …, "payload": {…}}` or the plain object. Only names are wanted: the schema block and the
+/// payload stay text until needed, and a plain object's values are skipped.
+#[derive(Debug, Default)]
 struct Key<'a> {
-    #[serde(borrow)]
     schema: Option<&'a RawValue>,
-    payload: Option<Ordered>,
-    #[serde(flatten)]
-    bare: HashMap<String, serde::de::IgnoredAny>,
+    payload: Option<&'a RawValue>,
+    /// A plain object's field names.
+    bare: Vec<String>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key<'a>, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key<'a>, A::Error> {
+                let mut k = Key::default();
+                while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match name.as_ref() {
+                        "schema" => k.schema = map.next_value()?,
+                        "payload" => k.payload = map.next_value()?,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    k.bare.push(name.into_owned());
+                }
+                Ok(k)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// Decodes records. What a schema block says is worked out once per distinct text, and each table's schema is
@@ -158,10 +185,17 @@ struct Key<'a> {
 pub struct Decoder {
     tables: HashMap<TableId, Merged>,
     /// Value schema blocks read so far, by text (per dialect: the default spellings differ).
-    row_fields: HashMap<(String, Dialect), Arc<Vec<Field>>>,
+    row_fields: HashMap<String, Vec<(Dialect, FieldList)>>,
     /// Key schema blocks read so far: the key's columns.
-    key_fields: HashMap<String, Vec<String>>,
+    key_fields: HashMap<String, Arc<[String]>>,
+    /// The value and key schema blocks met last: records of one topic come in runs, and comparing a block's text
+    /// with the last one costs less than hashing it.
+    last_row: Option<(String, Dialect, FieldList)>,
+    last_key: Option<(String, Arc<[String]>)>,
 }
+
+/// A record's fields, as its schema block lists them.
+type FieldList = Arc<Vec<Field>>;
 
 /// A record's field list, and where each of its fields sits among a merged table's columns.
 type FieldMap = (Arc<Vec<Field>>, Arc<Vec<usize>>);
@@ -290,17 +324,7 @@ impl Decoder {
         }
         let key_fields = self.key_columns(key)?;
         let fields = match schema.filter(|s| s.get() != "null") {
-            Some(schema) => match self.row_fields.get(&(schema.get().to_owned(), dialect)) {
-                Some(fields) => fields.clone(),
-                None => {
-                    let parsed: Json = serde_json::from_str(schema.get())
-                        .map_err(|e| bad(format!("the schema block is not JSON: {e}")))?;
-                    let fields = Arc::new(row_fields(&parsed, dialect)?);
-                    self.row_fields
-                        .insert((schema.get().to_owned(), dialect), fields.clone());
-                    fields
-                }
-            },
+            Some(schema) => self.value_fields(schema.get(), dialect)?,
             None => {
                 let image = envelope.after.as_ref().or(envelope.before.as_ref());
                 let image =
@@ -538,41 +562,89 @@ impl Decoder {
     }
 
     /// The key's column names, in key order; none for a record without a key.
-    fn key_columns(&mut self, key: Option<&[u8]>) -> Result<Vec<String>, DecodeError> {
+    fn key_columns(&mut self, key: Option<&[u8]>) -> Result<Arc<[String]>, DecodeError> {
         let Some(key) = key.filter(|k| !k.is_empty()) else {
-            return Ok(Vec::new());
+            return Ok(Arc::from([]));
         };
         let key: Key<'_> = serde_json::from_slice(key)
             .map_err(|e| bad(format!("the key is not a JSON object: {e}")))?;
         if let Some(schema) = key.schema.filter(|s| s.get() != "null") {
-            if let Some(names) = self.key_fields.get(schema.get()) {
-                return Ok(names.clone());
+            let text = schema.get();
+            if let Some((last, names)) = &self.last_key {
+                if last == text {
+                    return Ok(names.clone());
+                }
             }
-            let parsed: Json = serde_json::from_str(schema.get())
-                .map_err(|e| bad(format!("the key's schema block is not JSON: {e}")))?;
-            let names: Vec<String> = parsed
-                .get("fields")
-                .and_then(Json::as_array)
-                .map(|fields| {
-                    fields
-                        .iter()
-                        .filter_map(|f| f.get("field").and_then(Json::as_str).map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.key_fields
-                .insert(schema.get().to_owned(), names.clone());
+            let names = match self.key_fields.get(text) {
+                Some(names) => names.clone(),
+                None => {
+                    let parsed: Json = serde_json::from_str(text)
+                        .map_err(|e| bad(format!("the key's schema block is not JSON: {e}")))?;
+                    let names: Arc<[String]> = parsed
+                        .get("fields")
+                        .and_then(Json::as_array)
+                        .map(|fields| {
+                            fields
+                                .iter()
+                                .filter_map(|f| {
+                                    f.get("field").and_then(Json::as_str).map(str::to_owned)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    self.key_fields.insert(text.to_owned(), names.clone());
+                    names
+                }
+            };
+            self.last_key = Some((text.to_owned(), names.clone()));
             return Ok(names);
         }
         match key.payload {
-            Some(payload) => Ok(payload.0.into_iter().map(|(k, _)| k).collect()),
+            Some(payload) => {
+                let payload: Ordered = serde_json::from_str(payload.get())
+                    .map_err(|e| bad(format!("the key's payload is not a JSON object: {e}")))?;
+                Ok(payload.0.into_iter().map(|(k, _)| k).collect())
+            }
             None => {
-                // A plain key object: its field order is lost to the map, so the names go sorted.
-                let mut names: Vec<String> = key.bare.into_keys().collect();
+                // A plain key object: its field order is not the key's, so the names go sorted.
+                let mut names = key.bare;
                 names.sort();
-                Ok(names)
+                Ok(names.into())
             }
         }
+    }
+
+    /// The fields of a value schema block's row struct (`text`), read once per distinct text.
+    fn value_fields(
+        &mut self,
+        text: &str,
+        dialect: Dialect,
+    ) -> Result<Arc<Vec<Field>>, DecodeError> {
+        if let Some((last, d, fields)) = &self.last_row {
+            if *d == dialect && last == text {
+                return Ok(fields.clone());
+            }
+        }
+        let known = self
+            .row_fields
+            .get(text)
+            .and_then(|per| per.iter().find(|(d, _)| *d == dialect))
+            .map(|(_, fields)| fields.clone());
+        let fields = match known {
+            Some(fields) => fields,
+            None => {
+                let parsed: Json = serde_json::from_str(text)
+                    .map_err(|e| bad(format!("the schema block is not JSON: {e}")))?;
+                let fields = Arc::new(row_fields(&parsed, dialect)?);
+                self.row_fields
+                    .entry(text.to_owned())
+                    .or_default()
+                    .push((dialect, fields.clone()));
+                fields
+            }
+        };
+        self.last_row = Some((text.to_owned(), dialect, fields.clone()));
+        Ok(fields)
     }
 }
 
