@@ -35,11 +35,12 @@ pub struct AppliedColumn {
 }
 
 impl AppliedColumn {
-    /// The same source column: the same source number when both have one, else the same name.
-    fn same_as(&self, other: &AppliedColumn) -> bool {
-        match (self.source_id, other.source_id) {
+    /// Whether this is the source column numbered `source_id` and named `name`: the same number when both have
+    /// one, else the same name.
+    fn is(&self, source_id: Option<u32>, name: &str) -> bool {
+        match (self.source_id, source_id) {
             (Some(a), Some(b)) => a == b,
-            _ => self.name == other.name,
+            _ => self.name == name,
         }
     }
 }
@@ -107,7 +108,7 @@ impl Applied {
             let absent: Vec<AppliedColumn> = previous
                 .columns
                 .iter()
-                .filter(|pc| !record.columns.iter().any(|c| c.same_as(pc)))
+                .filter(|pc| !record.columns.iter().any(|c| c.is(pc.source_id, &pc.name)))
                 .cloned()
                 .collect();
             record.columns.extend(absent);
@@ -352,10 +353,7 @@ pub fn settle<'a>(
         let recorded = previous
             .columns
             .iter()
-            .find(|pc| match (pc.source_id, c.source_id) {
-                (Some(a), Some(b)) => a == b,
-                _ => pc.name == c.name,
-            });
+            .find(|pc| pc.is(c.source_id, &c.name));
         let Some(pc) = recorded else { continue };
         if pc.described_at.is_none_or(|p| p <= at) {
             // A later description that narrows the column within its type: the source narrowed it, rewriting
