@@ -414,7 +414,7 @@ fn a_batch_in_flight_when_its_partitions_move_cannot_commit() {
         a.log()
     );
     std::thread::sleep(Duration::from_secs(2));
-    let mut lock = PsqlSession::open(s.pg.port, "replica");
+    let mut lock = SqlSession::open(s.pg.port, "replica");
     lock.send("BEGIN; LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE;");
     std::thread::sleep(Duration::from_secs(2));
     let b = Ferry::start(&config, &log_b);

@@ -490,6 +490,89 @@ fn key_changes_crossing_edits_converge_between_postgres_and_mariadb() {
     );
 }
 
+/// A delete that commits in MariaDB while PostgreSQL's older change of the same row waits there for the row's
+/// lock: the change must meet the delete's tombstone as committed, not as the sink's transaction first saw the
+/// tombstones, or MariaDB keeps a row PostgreSQL deletes when MariaDB's delete arrives.
+#[test]
+fn a_mariadb_delete_committed_while_an_older_change_waits_for_the_row_is_not_undone() {
+    let pg = PgServer::start();
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE kv (id int PRIMARY KEY, v varchar(20));
+         ALTER TABLE kv REPLICA IDENTITY FULL;
+         INSERT INTO kv VALUES (1, 'seed'), (2, 'seed'), (3, 'seed');",
+    );
+    let my = MariaDbServer::start();
+    my.sql("CREATE DATABASE shop");
+    let dir = scratch();
+    let (p2m, m2p) = pair_configs(&pg, &my, dir.path(), "");
+    let (log_p2m, log_m2p) = (dir.path().join("p2m.log"), dir.path().join("m2p.log"));
+    let a = Ferry::start(&p2m, &log_p2m);
+    a.wait_streaming();
+    assert!(wait_until(WAIT, || my
+        .try_sql("SELECT count(*) FROM shop.kv")
+        .ok()
+        .as_deref()
+        == Some("3")));
+    {
+        let b = Ferry::start(&m2p, &log_m2p);
+        b.wait_streaming();
+        b.terminate();
+    }
+    // MariaDB writes row 1 (PostgreSQL does not hear of it yet), so PostgreSQL's next change of it meets a row of
+    // another writer there.
+    my.sql("UPDATE shop.kv SET v = 'maria-first' WHERE id = 1");
+    let mut session = SqlSession::mariadb(my.port, "shop");
+    session.send("BEGIN; SELECT id FROM kv WHERE id = 1 FOR UPDATE;");
+    pg.psql("shop", "UPDATE kv SET v = 'pg-older' WHERE id = 1");
+    let waiting =
+        "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'";
+    assert!(
+        wait_until(WAIT, || my.try_sql(waiting).ok().as_deref() == Some("1")),
+        "PostgreSQL's change never waited for MariaDB's lock\n{}",
+        a.log()
+    );
+    // MariaDB's last write and its delete come after PostgreSQL's change: the delete wins on both sides.
+    assert!(session.finish(
+        "UPDATE kv SET v = 'maria-later' WHERE id = 1; DELETE FROM kv WHERE id = 1; COMMIT;"
+    ));
+    let b = Ferry::start(&m2p, &log_m2p);
+    assert!(
+        wait_until(WAIT, || pg
+            .psql("shop", "SELECT count(*) FROM kv WHERE id = 1")
+            == "0"),
+        "MariaDB's delete never reached PostgreSQL\n{}",
+        b.log()
+    );
+    // Rows never stamped show their versions' NULLs alike on both.
+    let all =
+        "SELECT id, v, coalesce(_ferry_ts, 0), coalesce(_ferry_node, '-') FROM kv ORDER BY id";
+    let rows = || {
+        (
+            pg.try_psql("shop", all).unwrap_or_default(),
+            my.try_sql(&all.replace(" FROM ", " FROM shop."))
+                .unwrap_or_default()
+                .replace('\t', "|"),
+        )
+    };
+    let converged = wait_until(WAIT, || {
+        let (p, m) = rows();
+        !p.is_empty() && p == m
+    });
+    let (p, m) = rows();
+    assert!(
+        converged,
+        "PostgreSQL and MariaDB differ\n--- pg\n{p}\n--- mariadb\n{m}\n--- p2m\n{}\n--- m2p\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT id, v FROM kv ORDER BY id"),
+        "2|seed\n3|seed"
+    );
+}
+
 /// Version vectors between PostgreSQL and MariaDB: a causal chain of writes on both sides is no conflict, and
 /// concurrent writes to a row are exactly one conflict on each side, resolved by last-write-wins, after which
 /// both rows hold the same joined vector.

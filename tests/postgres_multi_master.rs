@@ -853,6 +853,50 @@ fn crossing_deletes_edits_in_turn_zoned_keys_and_key_changes_converge() {
     }
 }
 
+/// A delete that commits on B while A's older change of the same row waits there for the row's lock: the change
+/// must meet the delete's tombstone, not the snapshot its statement began with (which still held the row), or B
+/// keeps a row that A deletes when B's delete arrives.
+#[test]
+fn a_delete_committed_while_an_older_change_waits_for_the_row_is_not_undone() {
+    let pg = two_databases();
+    for db in ["a", "b"] {
+        pg.psql(db, "CREATE TABLE kv (id int PRIMARY KEY, v text)");
+    }
+    pg.psql("a", "INSERT INTO kv VALUES (1, 'seed'), (2, 'seed')");
+    let dir = scratch();
+    let (ab, ba, _, b_to_a) = start_pair(&pg, dir.path(), "", "conflict = \"last_write_wins\"\n");
+    let all = "SELECT id, v, _ferry_ts, _ferry_node FROM kv ORDER BY id";
+    wait_converged(&pg, all, &ab, &ba);
+    // B writes row 1 (A does not hear of it yet), so A's next change of it meets a row of another writer in B.
+    ba.terminate();
+    pg.psql("b", "UPDATE kv SET v = 'b-first' WHERE id = 1");
+    let mut b = SqlSession::open(pg.port, "b");
+    b.send("BEGIN; SELECT id FROM kv WHERE id = 1 FOR UPDATE;");
+    pg.psql("a", "UPDATE kv SET v = 'a-older' WHERE id = 1");
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'b' AND wait_event_type = 'Lock'";
+    assert!(
+        wait_until(WAIT, || pg.psql("b", waiting) == "1"),
+        "A's change never waited for B's lock\n{}",
+        ab.log()
+    );
+    // B's last write and its delete come after A's change: the delete wins everywhere.
+    assert!(
+        b.finish("UPDATE kv SET v = 'b-later' WHERE id = 1; DELETE FROM kv WHERE id = 1; COMMIT;")
+    );
+    let ba = Ferry::start(&b_to_a, &dir.path().join("b_to_a.log"));
+    assert!(
+        wait_until(WAIT, || pg
+            .psql("a", "SELECT count(*) FROM kv WHERE id = 1")
+            == "0"),
+        "B's delete never reached A\n{}",
+        ba.log()
+    );
+    let rows = wait_converged(&pg, all, &ab, &ba);
+    let values: Vec<&str> = rows.lines().map(|l| l.split('|').nth(1).unwrap()).collect();
+    assert_eq!(values, ["seed"], "{rows}");
+}
+
 #[test]
 fn unique_collisions_and_truncates_stop_the_pipeline_naming_them() {
     let pg = two_databases();

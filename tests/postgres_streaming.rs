@@ -205,7 +205,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     };
 
     // 1. Committed: reaches the target before its commit, lands once after.
-    let mut s = PsqlSession::open(pg.port, "shop");
+    let mut s = SqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(10_000, 40_000, "live")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 10_000);
     assert!(s.finish(&format!(
@@ -222,14 +222,14 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     );
 
     // 2. Aborted: undone, nothing lands.
-    let mut s = PsqlSession::open(pg.port, "shop");
+    let mut s = SqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(100_000, 40_000, "aborted")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 100_000);
     assert!(s.finish("ROLLBACK;"));
     all_same(&ferry);
 
     // 3. Overtaken by another transaction's commit: undone, applied whole at its commit.
-    let mut s = PsqlSession::open(pg.port, "shop");
+    let mut s = SqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(200_000, 40_000, "overtaken")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 200_000);
     pg.psql("shop", "UPDATE items SET doc = 'small' WHERE id = 1");
@@ -237,7 +237,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     all_same(&ferry);
 
     // 4. A subtransaction aborts: undone, applied at the commit without it.
-    let mut s = PsqlSession::open(pg.port, "shop");
+    let mut s = SqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(300_000, 40_000, "outer")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 300_000);
     assert!(s.finish(&format!(
@@ -253,7 +253,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     );
 
     // 5. Ferry is SIGKILLed while one is in progress, and again right after a commit.
-    let mut s = PsqlSession::open(pg.port, "shop");
+    let mut s = SqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(400_000, 40_000, "killed")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 400_000);
     ferry.kill9();
@@ -262,7 +262,7 @@ fn streamed_transactions_reach_the_targets_before_they_commit_and_land_once() {
     s.send(&insert(450_000, 20_000, "resumed"));
     assert!(s.finish("COMMIT;"));
     all_same(&ferry);
-    let mut s = PsqlSession::open(pg.port, "shop");
+    let mut s = SqlSession::open(pg.port, "shop");
     s.send(&format!("BEGIN; {}", insert(500_000, 40_000, "committed")));
     reaches_target_before_commit(&ferry, target_bytes(), live_starts(&ferry), 500_000);
     assert!(s.finish("UPDATE items SET n = n + 1 WHERE id > 500000; COMMIT;"));
@@ -306,7 +306,7 @@ fn schema_changes_in_a_transaction_in_progress_wait_for_its_commit() {
 
     // Not described in this session yet, then described: a DROP COLUMN in a transaction that rolls back.
     for round in 0..2 {
-        let mut s = PsqlSession::open(pg.port, "shop");
+        let mut s = SqlSession::open(pg.port, "shop");
         s.send(
             "BEGIN; ALTER TABLE orders DROP COLUMN note; UPDATE orders SET amount = amount + 1;",
         );

@@ -1466,26 +1466,39 @@ pub fn psql_ok(port: u16, db: &str, sql: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A psql session kept open, so a test can hold a source transaction in progress: statements go in as they are
-/// sent, and stop the session at the first error.
-pub struct PsqlSession(Child);
+/// A psql (or mariadb client) session kept open, so a test can hold a transaction in progress: statements go in
+/// as they are sent, and stop the session at the first error.
+pub struct SqlSession(Child);
 
-impl PsqlSession {
-    pub fn open(port: u16, db: &str) -> PsqlSession {
+impl SqlSession {
+    pub fn open(port: u16, db: &str) -> SqlSession {
         let child = psql_command(port, db)
             .args(["-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .expect("psql");
-        PsqlSession(child)
+        SqlSession(child)
+    }
+
+    /// A session of the mariadb client (it stops at the first error when reading its standard input).
+    pub fn mariadb(port: u16, db: &str) -> SqlSession {
+        let child = Command::new("/usr/bin/mariadb")
+            .args(["--no-defaults", "-h", "127.0.0.1", "-u", "root", "-P"])
+            .arg(port.to_string())
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mariadb");
+        SqlSession(child)
     }
 
     pub fn send(&mut self, sql: &str) {
         use std::io::Write;
         let stdin = self.0.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{sql}").expect("write to psql");
-        stdin.flush().expect("flush psql");
+        writeln!(stdin, "{sql}").expect("write to the SQL client");
+        stdin.flush().expect("flush the SQL client");
     }
 
     /// Ends the session after `sql`; whether every statement succeeded.

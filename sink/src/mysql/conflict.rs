@@ -111,10 +111,14 @@ impl KeyTable {
             .join(", ")
     }
 
-    /// The tombstones of the keys at places `ords`: place, version µs, node.
+    /// The tombstones of the keys at places `ords`: place, version µs, node. A locking read: it sees the latest
+    /// tombstones, not the transaction's snapshot (the probe before it may have waited for a row that a delete,
+    /// committed meanwhile, took away), and holds the keys' places in the tombstone table until the transaction
+    /// ends, so a concurrent writer of one of these tombstones waits for it (or deadlocks, and goes again).
     pub fn lookup_sql(&self, ords: &[usize]) -> String {
         format!(
-            "SELECT k.ord, tb.{ts}, COALESCE(tb.{node}, '') FROM {} k JOIN {} tb ON {} WHERE k.ord IN ({})",
+            "SELECT k.ord, tb.{ts}, COALESCE(tb.{node}, '') FROM {} k JOIN {} tb ON {} WHERE k.ord IN ({}) \
+             LOCK IN SHARE MODE",
             self.name,
             self.tombstones,
             self.matching(),

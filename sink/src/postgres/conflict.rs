@@ -219,6 +219,10 @@ pub fn fast_statement(
 /// One `UPDATE … FROM` the incoming rows and the target rows as the statement found them (`o`, for the log),
 /// deciding per row in `SET` on the row's current version; then an `INSERT` of the changes whose row is
 /// missing, when the resolver and the tombstones allow it. Only rows of another writer are returned.
+///
+/// A row the snapshot holds that the `UPDATE` no longer finds was deleted while the statement waited for its
+/// lock: the delete's tombstone is newer than the snapshot, so deciding on the snapshot would bring the row back.
+/// Such a change is returned as raced (`'r'`) and goes again in a statement of its own.
 pub fn change_statement(
     table: &TableSchema,
     types: &[String],
@@ -276,11 +280,13 @@ upd AS (UPDATE {name} t SET {sets} FROM u, {name} o
                WHEN {merged} THEN {local} ELSE {t_local} END AS local,
           {won} AS won),
 found AS (SELECT ord FROM upd),
+gone AS (SELECT u.ord FROM u JOIN {name} o ON {o_key} WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)),
 tomb AS (SELECT u.ord, tb.{VERSION_TS} AS ts, tb.{VERSION_NODE} AS node FROM u
          JOIN public.{TOMBSTONES_TABLE} tb ON tb.table_name = $1000 AND tb.key = ARRAY[{key_text}]
          WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)),
 cand AS (SELECT u.*, ARRAY[{key_text}] AS key FROM u
         WHERE u.ins AND NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord)
+          AND NOT EXISTS (SELECT 1 FROM gone WHERE gone.ord = u.ord)
           AND NOT EXISTS (SELECT 1 FROM tomb tb WHERE tb.ord = u.ord AND coalesce(tb.node, '') <> u.vnode
                           AND NOT ({tomb_win}))),
 ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE}{vv_col})
@@ -289,8 +295,10 @@ ins AS (INSERT INTO {name} AS n ({cols}, {VERSION_TS}, {VERSION_NODE}{vv_col})
 SELECT 'x'::text, ord, lts, lnode, local, won FROM upd WHERE local IS NOT NULL
 UNION ALL SELECT 'm', u.ord, tb.ts, tb.node, NULL, NULL FROM u LEFT JOIN tomb tb ON tb.ord = u.ord
   WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.ord = u.ord) AND (u.upd OR tb.ord IS NOT NULL)
+    AND NOT EXISTS (SELECT 1 FROM gone WHERE gone.ord = u.ord)
 UNION ALL SELECT 'r', c.ord, NULL, NULL, NULL, NULL FROM cand c
-  WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.key = c.key)",
+  WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.key = c.key)
+UNION ALL SELECT 'r', ord, NULL, NULL, NULL, NULL FROM gone",
         pk = table
             .primary_key
             .iter()
@@ -560,6 +568,61 @@ struct Outcome {
     won: Option<bool>,
 }
 
+/// The advisory lock class of [`KeyLocks`] (two-key advisory locks do not share a space with Ferry's one-key
+/// ones): "fkey".
+const KEY_LOCK_CLASS: i32 = 0x666b_6579;
+
+/// The statement of [`KeyLocks`] for `table`: `$1…$k` the key columns' texts, `$k+1` the table's name.
+fn key_lock_statement(table: &TableSchema, types: &[String]) -> String {
+    let keys = &table.primary_key;
+    let key_text = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| format!("u.c{i}::{}::text", target_type(table, types, k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, h) FROM (SELECT DISTINCT hashtext(${t} || ARRAY[{key_text}]::text)          AS h FROM ({unnest}) u ORDER BY 1) k",
+        t = keys.len() + 1,
+        unnest = unnest(keys.len(), 0, &[]),
+    )
+}
+
+/// Serializes Ferry's writers of the same keys of a table until the transaction ends: a pipeline per peer writes
+/// into this target, and each statement decides on the snapshot it starts with. Two of them deciding one missing
+/// key at once would each miss the other's write (an insert beside a delete that found no row and left a
+/// tombstone), and this target would keep a row its peers deleted. The locks are taken, in hash order, by a
+/// statement of their own that runs before the deciding ones, so those start from a snapshot holding every
+/// earlier writer's commit.
+struct KeyLocks {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl KeyLocks {
+    fn new<'r>(
+        table: &TableSchema,
+        types: &[String],
+        rows: impl Iterator<Item = &'r Row> + Clone,
+    ) -> Self {
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        for &k in &table.primary_key {
+            params.push(Box::new(
+                rows.clone().map(|r| pg_text(&r[k])).collect::<Vec<_>>(),
+            ));
+        }
+        params.push(Box::new(table.id.to_string()));
+        KeyLocks {
+            sql: key_lock_statement(table, types),
+            params,
+        }
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params.iter().map(|p| &**p as _).collect()
+    }
+}
+
 async fn run(
     client: &Client,
     sql: &str,
@@ -661,36 +724,30 @@ async fn apply_changes_once(
         columns,
         ..
     } = writes;
+    let what = format!("writing to {}", table.id);
+    let error = super::write_error(&what);
+    let locks = KeyLocks::new(table, types, changes.iter().map(|ch| ch.row));
+    let lock = prepare(client, prepared, &locks.sql, table).await?;
+    let lock_refs = locks.refs();
     let Some(sql) = fast_statement(table, types, policy, columns) else {
+        client.query(&lock, &lock_refs).await.map_err(&error)?;
         return resolve_changes(client, writes, changes).await;
     };
-    let statement = match prepared.get(&sql) {
-        Some(s) => s.clone(),
-        None => {
-            let s = client
-                .prepare(&sql)
-                .await
-                .map_err(super::write_error(&format!(
-                    "preparing a write to {}",
-                    table.id
-                )))?;
-            prepared.insert(sql, s.clone());
-            s
-        }
-    };
+    let statement = prepare(client, prepared, &sql, table).await?;
     let params = change_params(writes, changes)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     // The generic plan from the first batch on (PostgreSQL would plan the first five for their exact row count,
-    // and hash the whole table); the setting is back to the session's for every other statement. The three are
-    // sent together, without waiting for each other. The statement's own error comes first: after it, the
-    // settings fail only because the transaction is aborted, and that would hide a deadlock (transient).
-    let (set, rows, reset) = tokio::join!(
+    // and hash the whole table); the setting is back to the session's for every other statement. The four are
+    // sent together, without waiting for each other, and run in order. The first error is the one to report:
+    // after it, the others fail only because the transaction is aborted, and that would hide a deadlock
+    // (transient).
+    let (locked, set, rows, reset) = tokio::join!(
+        client.query(&lock, &lock_refs),
         client.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan"),
         client.query(&statement, &refs),
         client.batch_execute("SET LOCAL plan_cache_mode = DEFAULT"),
     );
-    let what = format!("writing to {}", table.id);
-    let error = super::write_error(&what);
+    locked.map_err(&error)?;
     let rows = rows.map_err(&error)?;
     set.and(reset).map_err(&error)?;
     let applied: std::collections::HashSet<i32> = rows.iter().map(|r| r.get(0)).collect();
@@ -703,6 +760,27 @@ async fn apply_changes_once(
     let rest: Vec<Change<'_>> = left.iter().map(|&i| changes[i].clone()).collect();
     let (records, raced) = resolve_changes(client, writes, &rest).await?;
     Ok((records, raced.into_iter().map(|i| left[i]).collect()))
+}
+
+/// `sql` prepared once per sink session (kept in `prepared`).
+async fn prepare(
+    client: &Client,
+    prepared: &mut HashMap<String, Statement>,
+    sql: &str,
+    table: &TableSchema,
+) -> Result<Statement, Error> {
+    if let Some(s) = prepared.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = client
+        .prepare(sql)
+        .await
+        .map_err(super::write_error(&format!(
+            "preparing a write to {}",
+            table.id
+        )))?;
+    prepared.insert(sql.to_owned(), s.clone());
+    Ok(s)
 }
 
 /// The parameters of both statements of a group of changes (the table's name, which only
@@ -794,8 +872,8 @@ async fn resolve_changes(
     let sql = change_statement(table, types, policy, columns);
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     let outcomes = run(client, &sql, &refs, table).await?;
-    // Keys a local write inserted after the statement's snapshot: those changes were not applied; they go again,
-    // now meeting the row like any other.
+    // Keys a local write inserted, or deleted, after the statement's snapshot: those changes were not applied;
+    // they go again, now meeting the row (or its tombstone) like any other.
     let raced: Vec<usize> = outcomes
         .iter()
         .filter(|o| o.what == "r")
@@ -998,6 +1076,11 @@ pub async fn apply_deletes(
     params.push(Box::new(table.id.to_string()));
     let sql = delete_statement(table, types, policy);
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
+    let locks = KeyLocks::new(table, types, deletes.iter().map(|d| d.row));
+    client
+        .query(&locks.sql, &locks.refs())
+        .await
+        .map_err(super::write_error(&format!("writing to {}", table.id)))?;
     let outcomes = run(client, &sql, &refs, table).await?;
     let mut records = Vec::new();
     for o in &outcomes {

@@ -269,8 +269,13 @@ impl PostgresSink {
 
     async fn begin(&mut self) -> Result<(), Error> {
         if !self.in_transaction {
-            // The first poll of the request sends it; the connection task reads and drops the answer.
-            let _ = futures_util::FutureExt::now_or_never(self.client.batch_execute("BEGIN"));
+            // The first poll of the request sends it; the connection task reads and drops the answer. Read
+            // committed whatever the target's default: each statement (the conflict statements above all) decides
+            // on what is committed when it starts, and re-checks the rows it waited for.
+            let _ = futures_util::FutureExt::now_or_never(
+                self.client
+                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+            );
             self.in_transaction = true;
         }
         Ok(())
