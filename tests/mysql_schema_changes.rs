@@ -96,6 +96,77 @@ fn mariadb_add_column_default_rename_and_type_change_keep_every_value() {
     assert!(ferry.terminate().success());
 }
 
+/// A datetime and a time cut to fewer fractional digits in MariaDB, which rewrites its rows without a row event
+/// for any of them: the MariaDB copy cuts its own the same way; PostgreSQL and SQLite, which cannot know the
+/// source's rule (MariaDB truncates, MySQL rounds), quarantine the table, saying why, and apply none of its later
+/// rows.
+#[test]
+fn mariadb_fractional_seconds_cut_are_followed_or_quarantined() {
+    let my = MariaDbServer::start();
+    let pg = PgServer::start();
+    pg.create_db("replica");
+    my.sql(
+        "CREATE DATABASE shop; CREATE DATABASE copy;
+         CREATE TABLE shop.t (id int PRIMARY KEY, d datetime(6), tm time(6));
+         INSERT INTO shop.t VALUES (1, '2024-05-06 07:08:09.123456', '07:08:09.999999'),
+           (2, '1999-12-31 23:59:59.999500', '00:00:00.000500'), (3, NULL, NULL);",
+    );
+    let dir = scratch();
+    let cfg = fan_out(&my, &pg, dir.path(), "frac", "tables = [\"shop.t\"]");
+    let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
+    ferry.wait_streaming();
+    wait_targets(
+        &my,
+        &pg,
+        dir.path(),
+        &ferry,
+        ("SELECT count(*) FROM {t}", "t"),
+        "3",
+    );
+    my.sql(
+        "ALTER TABLE shop.t MODIFY d datetime(3), MODIFY tm time(3);
+         INSERT INTO shop.t VALUES (4, '2024-01-01 00:00:00.5', '01:02:03.5');",
+    );
+    let all = "SELECT id, CAST(d AS CHAR), CAST(tm AS CHAR) FROM {t} ORDER BY id";
+    let source = my.sql(&all.replace("{t}", "shop.t")).replace('\t', "|");
+    let copied = wait_until(WAIT, || {
+        my.try_sql(&all.replace("{t}", "copy.t"))
+            .map(|s| s.replace('\t', "|"))
+            .ok()
+            == Some(source.clone())
+    });
+    assert!(
+        copied,
+        "the MariaDB copy differs from\n{source}\n{}",
+        ferry.log()
+    );
+    for target in ["PostgreSQL", "SQLite"] {
+        assert!(
+            wait_until(WAIT, || ferry
+                .log()
+                .contains(&format!("table quarantined in the {target} target"))),
+            "{target} did not quarantine the table\n{}",
+            ferry.log()
+        );
+    }
+    assert!(ferry
+        .log()
+        .contains("column d changed type from datetime(6) to datetime(3)"));
+    assert_eq!(
+        pg.psql("replica", "SELECT count(*) FROM shop.t WHERE id = 4"),
+        "0"
+    );
+    assert_eq!(
+        sqlite_rows(
+            &dir.path().join("r.db"),
+            "SELECT count(*) FROM shop_t WHERE id = 4"
+        )
+        .join(""),
+        "0"
+    );
+    assert!(ferry.terminate().success());
+}
+
 /// A pipeline from MariaDB's `shop` (`tables` as given) into PostgreSQL, SQLite and another MariaDB database.
 fn fan_out(
     my: &MariaDbServer,

@@ -52,22 +52,33 @@ impl Targets {
         (pg_sql, lite_sql, my_sql): (&str, &str, &str),
         expected: &str,
     ) {
+        self.wait_on(ferry, (pg_sql, Some(lite_sql), my_sql), expected);
+    }
+
+    /// [`Targets::wait_all`], leaving SQLite out when `lite_sql` is `None`.
+    fn wait_on(
+        &self,
+        ferry: &Ferry,
+        (pg_sql, lite_sql, my_sql): (&str, Option<&str>, &str),
+        expected: &str,
+    ) {
         assert_eq!(self.pg.psql("shop", pg_sql), expected, "source: {pg_sql}");
         let my = || {
             self.my
                 .try_sql(&format!("USE replica; {my_sql}"))
                 .map(|s| s.replace('\t', "|").replace("NULL", ""))
         };
+        let lite = || lite_sql.map(|q| sqlite_rows(&self.db, q).join("\n"));
         let ok = wait_until(WAIT, || {
             self.pg.try_psql("replica", pg_sql).ok().as_deref() == Some(expected)
-                && sqlite_rows(&self.db, lite_sql).join("\n") == expected
+                && lite().is_none_or(|rows| rows == expected)
                 && my().ok().as_deref() == Some(expected)
         });
         assert!(
             ok,
-            "expected\n{expected}\n--- postgres target\n{}\n--- sqlite\n{}\n--- mariadb\n{:?}\n--- log\n{}",
+            "expected\n{expected}\n--- postgres target\n{}\n--- sqlite\n{:?}\n--- mariadb\n{:?}\n--- log\n{}",
             self.pg.try_psql("replica", pg_sql).unwrap_or_else(|e| e),
-            sqlite_rows(&self.db, lite_sql).join("\n"),
+            lite(),
             my(),
             ferry.log()
         );
@@ -177,6 +188,146 @@ fn add_column_with_default_rename_and_type_changes_keep_every_value() {
         (q, q, q),
         "1|ONE\n2|two\n3|three\n4|four\n5|five\n6|six\n7|seven",
     );
+    assert!(ferry.terminate().success());
+}
+
+/// Times and timestamps cut to fewer fractional digits at the source: PostgreSQL rounds the rows it holds
+/// without a row event for any of them. The PostgreSQL and MariaDB targets round theirs the same way (ties on
+/// either side of PostgreSQL's 2000-01-01 epoch, a time rounding up to 24:00, a timestamptz judged in UTC);
+/// SQLite, which keeps values as they arrived, quarantines the table, saying why.
+#[test]
+fn fractional_seconds_cut_at_the_source_are_rounded_alike_or_quarantined() {
+    let t = targets("frac");
+    t.pg.psql(
+        "shop",
+        "CREATE TABLE tp (id int PRIMARY KEY, ts timestamp(6), tz timestamptz(6), tm time(6));
+         INSERT INTO tp VALUES
+           (1, '2024-05-06 07:08:09.123456', '2024-05-06 07:08:09.123456+00', '07:08:09.123456'),
+           (2, '2024-05-06 07:08:09.1235', '2000-01-01 00:00:00.0005+00', '23:59:59.9995'),
+           (3, '1999-12-31 23:59:59.0005', '1999-12-31 23:59:59.9995+00', '00:00:00.0005'),
+           (4, '1970-01-01 00:00:00.9996', '1969-07-20 20:17:40.0015+00', '12:00:00.4444'),
+           (5, NULL, NULL, NULL);",
+    );
+    let ferry = t.start("f.log");
+    ferry.wait_streaming();
+    let pg_q = "SELECT id, to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US'), \
+                to_char(tz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), to_char(tm, 'HH24:MI:SS.US') \
+                FROM tp ORDER BY id";
+    let my_q =
+        "SELECT id, CAST(ts AS CHAR), CAST(tz AS CHAR), CAST(tm AS CHAR) FROM tp ORDER BY id";
+    t.wait_on(
+        &ferry,
+        (pg_q, None, my_q),
+        "1|2024-05-06 07:08:09.123456|2024-05-06 07:08:09.123456|07:08:09.123456\n\
+         2|2024-05-06 07:08:09.123500|2000-01-01 00:00:00.000500|23:59:59.999500\n\
+         3|1999-12-31 23:59:59.000500|1999-12-31 23:59:59.999500|00:00:00.000500\n\
+         4|1970-01-01 00:00:00.999600|1969-07-20 20:17:40.001500|12:00:00.444400\n\
+         5|||",
+    );
+    t.pg.psql(
+        "shop",
+        "ALTER TABLE tp ALTER COLUMN ts TYPE timestamp(3), ALTER COLUMN tz TYPE timestamptz(3),
+           ALTER COLUMN tm TYPE time(3);
+         INSERT INTO tp VALUES (6, '2024-01-01 00:00:00.5', '2024-01-01 00:00:00.5+00', '01:02:03.5');",
+    );
+    t.wait_on(
+        &ferry,
+        (pg_q, None, my_q),
+        "1|2024-05-06 07:08:09.123000|2024-05-06 07:08:09.123000|07:08:09.123000\n\
+         2|2024-05-06 07:08:09.124000|2000-01-01 00:00:00.001000|24:00:00.000000\n\
+         3|1999-12-31 23:59:59.000000|1999-12-31 23:59:59.999000|00:00:00.001000\n\
+         4|1970-01-01 00:00:01.000000|1969-07-20 20:17:40.001000|12:00:00.444000\n\
+         5|||\n\
+         6|2024-01-01 00:00:00.500000|2024-01-01 00:00:00.500000|01:02:03.500000",
+    );
+    t.same_columns_on_postgres("tp");
+    assert!(
+        ferry
+            .log()
+            .contains("table quarantined in the SQLite target")
+            && ferry.log().contains(
+                "column ts changed type from timestamp(6) without time zone to timestamp(3)"
+            ),
+        "SQLite did not quarantine the table\n{}",
+        ferry.log()
+    );
+    assert_eq!(
+        sqlite_rows(&t.db, "SELECT count(*) FROM tp WHERE id = 6").join(""),
+        "0",
+        "SQLite applied rows of a quarantined table"
+    );
+    assert!(ferry.terminate().success());
+}
+
+/// A type change reaches the targets where the source rewrote its rows, not with the table's next change: a
+/// narrowing of a quiet table rounds the targets' copies at once, and one undone before any change (which the
+/// stream alone never shows) still leaves them rounded as the source's.
+#[test]
+fn a_type_change_takes_effect_where_the_source_rewrote_its_rows() {
+    let t = targets("rewrite");
+    t.pg.psql(
+        "shop",
+        "CREATE TABLE q (id int PRIMARY KEY, n numeric(12,4), ts timestamp(6));
+         INSERT INTO q VALUES (1, 1.2345, '2024-05-06 07:08:09.5'), (2, 2.5050, '2024-05-06 07:08:09.4999'),
+           (3, -2.5050, '1999-12-31 23:59:59.5'), (4, NULL, NULL);",
+    );
+    let ferry = t.start("f.log");
+    ferry.wait_streaming();
+    let pg_q = "SELECT id, n, to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US') FROM q ORDER BY id";
+    let my_q = "SELECT id, n, CAST(ts AS CHAR) FROM q ORDER BY id";
+    t.wait_on(
+        &ferry,
+        (pg_q, None, my_q),
+        "1|1.2345|2024-05-06 07:08:09.500000\n2|2.5050|2024-05-06 07:08:09.499900\n\
+         3|-2.5050|1999-12-31 23:59:59.500000\n4||",
+    );
+    // A narrowing, and no change to the table after it.
+    t.pg.psql("shop", "ALTER TABLE q ALTER COLUMN n TYPE numeric(12,2)");
+    t.wait_on(
+        &ferry,
+        (pg_q, None, my_q),
+        "1|1.23|2024-05-06 07:08:09.500000\n2|2.51|2024-05-06 07:08:09.499900\n\
+         3|-2.51|1999-12-31 23:59:59.500000\n4||",
+    );
+    t.same_columns_on_postgres("q");
+    // Widened back; and another column narrowed and widened back before any change.
+    t.pg.psql(
+        "shop",
+        "ALTER TABLE q ALTER COLUMN n TYPE numeric(12,4);
+         ALTER TABLE q ALTER COLUMN ts TYPE timestamp(0);
+         ALTER TABLE q ALTER COLUMN ts TYPE timestamp(6);",
+    );
+    t.wait_on(
+        &ferry,
+        (pg_q, None, my_q),
+        "1|1.2300|2024-05-06 07:08:10.000000\n2|2.5100|2024-05-06 07:08:09.000000\n\
+         3|-2.5100|1999-12-31 23:59:59.000000\n4||",
+    );
+    // SQLite keeps values as they arrived: the first narrowing quarantined the table there.
+    assert!(
+        ferry
+            .log()
+            .contains("column n changed type from numeric(12,4) to numeric(12,2)"),
+        "{}",
+        ferry.log()
+    );
+    // Changes go on after it.
+    t.pg.psql(
+        "shop",
+        "INSERT INTO q VALUES (5, 5.55555, '2024-01-01 00:00:00.1234567')",
+    );
+    t.wait_on(
+        &ferry,
+        (
+            "SELECT id, n, to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US') FROM q WHERE id = 5",
+            None,
+            "SELECT id, n, CAST(ts AS CHAR) FROM q WHERE id = 5",
+        ),
+        "5|5.5556|2024-01-01 00:00:00.123457",
+    );
+    // The widening of `ts` rewrote nothing (more digits fit the values as they are): the target column follows it
+    // with the table's next change.
+    t.same_columns_on_postgres("q");
     assert!(ferry.terminate().success());
 }
 

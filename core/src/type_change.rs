@@ -3,38 +3,40 @@
 
 /// Whether the values a column holds stay the source's when its type changes from `old` to `new` without the
 /// target converting them (SQLite keeps stored values as they arrived): a wider integer, a longer or unbounded
-/// string, no fewer digits before or after the decimal point. Any other change (fewer digits or scale, text to a date) would leave
-/// values the source no longer has.
+/// string, no fewer digits before or after the decimal point, no fewer fractional digits of a time or timestamp.
+/// Any other change (fewer digits or scale, text to a date) would leave values the source no longer has.
 pub fn values_survive(old: &str, new: &str) -> bool {
-    fn parts(t: &str) -> (String, Vec<u32>) {
-        let t = t.trim().to_ascii_lowercase();
-        let (base, args) = match t.split_once('(') {
-            Some((b, rest)) => (
-                b.trim().to_owned(),
-                rest.trim_end_matches(')')
-                    .split(',')
-                    .filter_map(|a| a.trim().parse().ok())
-                    .collect(),
-            ),
-            None => (t.clone(), Vec::new()),
+    // An integer type's size, and whether it is unsigned (MySQL's `int(11) unsigned`: the width is display only).
+    let rank = |b: &str| {
+        let b = b.trim_end_matches(" zerofill");
+        let (b, unsigned) = b
+            .strip_suffix(" unsigned")
+            .map_or((b, false), |b| (b, true));
+        let size = match b {
+            "tinyint" => 1,
+            "smallint" | "int2" => 2,
+            "mediumint" => 3,
+            "integer" | "int" | "int4" => 4,
+            "bigint" | "int8" => 5,
+            _ => return None,
         };
-        (base, args)
-    }
-    let rank = |b: &str| match b {
-        "tinyint" => Some(1),
-        "smallint" | "int2" => Some(2),
-        "mediumint" => Some(3),
-        "integer" | "int" | "int4" => Some(4),
-        "bigint" | "int8" => Some(5),
-        _ => None,
+        Some((size, unsigned))
     };
     let strings = ["character varying", "varchar", "text", "character", "char"];
-    let ((ob, oa), (nb, na)) = (parts(old), parts(new));
+    if let (Some((ok, od)), Some((nk, nd))) = (fraction_digits(old), fraction_digits(new)) {
+        return ok == nk && nd >= od;
+    }
+    let ((ob, oa), (nb, na)) = (spelling(old), spelling(new));
     if ob == nb && oa == na {
         return true;
     }
-    if let (Some(o), Some(n)) = (rank(&ob), rank(&nb)) {
-        return n >= o;
+    if let (Some((o, o_unsigned)), Some((n, n_unsigned))) = (rank(&ob), rank(&nb)) {
+        return match (o_unsigned, n_unsigned) {
+            (a, b) if a == b => n >= o,
+            // Unsigned into a larger signed type holds every value; signed into unsigned loses the negatives.
+            (true, false) => n > o,
+            _ => false,
+        };
     }
     let unbounded =
         |b: &str, a: &[u32]| b == "text" || (b != "character" && b != "char" && a.is_empty());
@@ -68,22 +70,6 @@ pub fn values_survive(old: &str, new: &str) -> bool {
 /// keep: a shorter string, fewer digits before or after the point, a smaller integer; across kinds, a decimal to
 /// an integer, a double to a real; for times, timestamps and datetimes, fewer fractional digits.
 pub fn narrows(old: &str, new: &str) -> bool {
-    /// The spelling without its `(…)` arguments, and those arguments.
-    fn parts(t: &str) -> (String, Vec<u32>) {
-        let t = t.trim().to_ascii_lowercase();
-        match (t.find('('), t.find(')')) {
-            (Some(open), Some(close)) if open < close => (
-                format!("{} {}", t[..open].trim(), t[close + 1..].trim())
-                    .trim()
-                    .to_owned(),
-                t[open + 1..close]
-                    .split(',')
-                    .filter_map(|a| a.trim().parse().ok())
-                    .collect(),
-            ),
-            _ => (t, Vec::new()),
-        }
-    }
     fn kind(base: &str) -> &str {
         match base {
             "tinyint" | "smallint" | "int2" | "mediumint" | "integer" | "int" | "int4"
@@ -95,36 +81,54 @@ pub fn narrows(old: &str, new: &str) -> bool {
             other => other,
         }
     }
-    let ((ob, oa), (nb, na)) = (parts(old), parts(new));
-    let temporal = [
-        "timestamp without time zone",
-        "timestamp with time zone",
-        "timestamp",
-        "timestamptz",
-        "time without time zone",
-        "time with time zone",
-        "time",
-        "timetz",
-        "datetime",
-    ];
+    if let (Some((ok, od)), Some((nk, nd))) = (fraction_digits(old), fraction_digits(new)) {
+        return ok == nk && nd < od;
+    }
+    let ((ob, _), (nb, _)) = (spelling(old), spelling(new));
     match (kind(&ob), kind(&nb)) {
         (o, n) if o == n && matches!(o, "integer" | "string" | "numeric") => {
             !values_survive(old, new)
         }
         ("numeric", "integer") | ("float8", "float4") => true,
-        (o, n) if o == n && temporal.contains(&o) => {
-            // Fractional digits when none are given: PostgreSQL's 6 (it spells the zone: `time without time
-            // zone`), MySQL's 0 (`time`, `timestamp`, `datetime`).
-            let default = if matches!(o, "time" | "timestamp" | "datetime") {
-                0
-            } else {
-                6
-            };
-            let digits = |a: &[u32]| a.first().copied().unwrap_or(default);
-            digits(&na) < digits(&oa)
-        }
         _ => false,
     }
+}
+
+/// A type's spelling without its `(…)` arguments (`timestamp(3) without time zone` → `timestamp without time
+/// zone`), and those arguments.
+fn spelling(t: &str) -> (String, Vec<u32>) {
+    let t = t.trim().to_ascii_lowercase();
+    match (t.find('('), t.find(')')) {
+        (Some(open), Some(close)) if open < close => (
+            format!("{} {}", t[..open].trim(), t[close + 1..].trim())
+                .trim()
+                .to_owned(),
+            t[open + 1..close]
+                .split(',')
+                .filter_map(|a| a.trim().parse().ok())
+                .collect(),
+        ),
+        _ => (t, Vec::new()),
+    }
+}
+
+/// For a time, timestamp or datetime type: its spelling without arguments, and how many fractional digits of a
+/// second it keeps. When none are given: PostgreSQL's 6 (it spells the zone: `time without time zone`), MySQL's 0
+/// (`time`, `timestamp`, `datetime`). `None` for other types.
+pub fn fraction_digits(t: &str) -> Option<(String, u32)> {
+    let (base, args) = spelling(t);
+    let default = match base.as_str() {
+        "time" | "timestamp" | "datetime" => 0,
+        "timestamp without time zone"
+        | "timestamp with time zone"
+        | "timestamptz"
+        | "time without time zone"
+        | "time with time zone"
+        | "timetz" => 6,
+        _ => return None,
+    };
+    let digits = args.first().copied().unwrap_or(default);
+    Some((base, digits))
 }
 
 /// The error of a column narrowed at the source (`from` to `to`, within its type) behind a Kafka source. The
@@ -214,6 +218,14 @@ mod survive_tests {
             ("numeric(6,2)", "numeric"),
             ("int", "text"),
             ("bigint", "bigint"),
+            (
+                "timestamp(3) without time zone",
+                "timestamp without time zone",
+            ),
+            ("time(0) without time zone", "time(6) without time zone"),
+            ("datetime", "datetime(6)"),
+            ("int(11) unsigned", "bigint(20) unsigned"),
+            ("int unsigned", "bigint"),
         ] {
             assert!(values_survive(old, new), "{old} -> {new}");
         }
@@ -225,6 +237,19 @@ mod survive_tests {
             ("character varying(20)", "character varying(5)"),
             ("text", "integer"),
             ("timestamp without time zone", "timestamp with time zone"),
+            (
+                "timestamp(6) without time zone",
+                "timestamp(3) without time zone",
+            ),
+            (
+                "timestamp without time zone",
+                "timestamp(0) without time zone",
+            ),
+            ("time with time zone", "time(2) with time zone"),
+            ("datetime(6)", "datetime(3)"),
+            ("time(3)", "time"),
+            ("int", "int unsigned"),
+            ("int unsigned", "int"),
         ] {
             assert!(!values_survive(old, new), "{old} -> {new}");
         }

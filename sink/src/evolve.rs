@@ -131,6 +131,30 @@ impl Applied {
     }
 }
 
+/// Why a target cannot follow a type change among `steps` (the quarantine reason), by the target's own rule
+/// `follows(column, old_type)`: a change that rewrote the source's values without a row event for any of them,
+/// which the target cannot do to its copies in the same way (`why` says what the target does instead).
+pub fn unfollowed_type_change(
+    schema: &TableSchema,
+    steps: &[Step],
+    follows: impl Fn(&ferry_core::Column, &str) -> bool,
+    why: &str,
+) -> Option<String> {
+    steps.iter().find_map(|step| {
+        let Step::AlterColumn { i, ty: Some(old), .. } = step else {
+            return None;
+        };
+        let c = &schema.columns[*i];
+        (!follows(c, old)).then(|| {
+            format!(
+                "column {} changed type from {old} to {}, and {why}; copy the table anew (`ferry snapshot \
+                 --table`, or `ferry reset` for a MySQL source)",
+                c.name, c.source_type
+            )
+        })
+    })
+}
+
 /// Whether the target table of `schema` was dropped outside Ferry: this sink wrote it (its record has columns,
 /// for the same source table) but the target has no such table now. Its rows cannot come back from the stream,
 /// so the sink creates it again empty and quarantines it until a re-copy (`ferry snapshot --table`) fills it.
@@ -410,7 +434,8 @@ pub enum Step {
     /// Column `i`'s type, nullability or default changed.
     AlterColumn {
         i: usize,
-        ty: bool,
+        /// The type the column had (its source spelling), when its type changed.
+        ty: Option<String>,
         nullable: bool,
         default: bool,
     },
@@ -573,11 +598,11 @@ pub fn plan(
             continue;
         };
         let (ty, nullable, default) = (
-            pc.source_type != c.source_type,
+            (pc.source_type != c.source_type).then(|| pc.source_type.clone()),
             pc.nullable != c.nullable,
             pc.default != c.default,
         );
-        if ty || nullable || default {
+        if ty.is_some() || nullable || default {
             steps.push(Step::AlterColumn {
                 i,
                 ty,
@@ -642,7 +667,7 @@ mod tests {
                 },
                 Step::AlterColumn {
                     i: 1,
-                    ty: true,
+                    ty: Some("text".into()),
                     nullable: false,
                     default: false
                 },
@@ -811,7 +836,7 @@ mod tests {
             plan(&applied, &settled, Some(&names(&later))).unwrap(),
             vec![Step::AlterColumn {
                 i: 1,
-                ty: true,
+                ty: Some("varchar(40)".into()),
                 nullable: false,
                 default: false
             }]

@@ -312,12 +312,50 @@ fn step_sql(
         Step::DropColumn(c) => vec![format!("ALTER TABLE {name} DROP COLUMN {}", quote_ident(c))],
         Step::AlterColumn {
             i, ty, nullable, ..
-        } if *ty || *nullable => vec![format!(
-            "ALTER TABLE {name} MODIFY COLUMN {}",
-            column_definition(schema, *i, key_collation)
-        )],
+        } if ty.is_some() || *nullable => {
+            let mut out = vec![format!(
+                "ALTER TABLE {name} MODIFY COLUMN {}",
+                column_definition(schema, *i, key_collation)
+            )];
+            out.extend(
+                ty.as_deref()
+                    .and_then(|old| fraction_rounding(schema, *i, old, name)),
+            );
+            out
+        }
         Step::AlterColumn { .. } => Vec::new(),
     })
+}
+
+/// The statement that rounds the values of column `i` of a PostgreSQL source's table as the source did when a type
+/// change from `old` cut the column's fractional digits of a second. The source rewrote its rows without a row
+/// event for any of them, and this target keeps six digits whatever the source's (`datetime(6)`, `time(6)`), so
+/// it must round its copies itself, by PostgreSQL's rule (`AdjustTimestampForTypmod`, `AdjustTimeForTypmod` in
+/// its src/backend/utils/adt): to the nearest, and a tie away from PostgreSQL's epoch, 2000-01-01, for
+/// timestamps (earlier before it, later after it; a `timestamptz` is stored here in UTC), up for times.
+fn fraction_rounding(schema: &TableSchema, i: usize, old: &str, name: &str) -> Option<String> {
+    use ferry_core::type_change::fraction_digits;
+    let c = &schema.columns[i];
+    let col = quote_ident(&c.name);
+    let tie_up = match c.ty {
+        ColumnType::Timestamp | ColumnType::TimestampTz => format!("{col} >= '2000-01-01'"),
+        ColumnType::Time => "TRUE".to_owned(),
+        _ => return None,
+    };
+    if schema.dialect != Dialect::Postgres {
+        return None;
+    }
+    let ((_, from), (_, to)) = (fraction_digits(old)?, fraction_digits(&c.source_type)?);
+    if to >= from.min(6) {
+        return None;
+    }
+    let unit = 10u32.pow(6 - to);
+    let rest = format!("MICROSECOND({col}) MOD {unit}");
+    Some(format!(
+        "UPDATE {name} SET {col} = DATE_ADD({col}, INTERVAL (CASE WHEN {rest} * 2 > {unit} \
+         OR ({rest} * 2 = {unit} AND {tie_up}) THEN {unit} - {rest} ELSE -({rest}) END) MICROSECOND) \
+         WHERE {rest} <> 0"
+    ))
 }
 
 /// The steps [`ensure_table`] would take for `schema` (reads only).
@@ -411,6 +449,21 @@ pub async fn ensure_table(
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;
+    }
+    // A PostgreSQL `time with time zone` is text here: its fractional digits cut at the source cannot be rounded.
+    let unrounded = evolve::unfollowed_type_change(
+        schema,
+        &steps,
+        |c, old| {
+            !(schema.dialect == Dialect::Postgres
+                && c.ty == ColumnType::TimeTz
+                && ferry_core::type_change::narrows(old, &c.source_type))
+        },
+        "the source rounded the values, which this target holds as text and cannot round alike",
+    );
+    if let (None, Some(why)) = (&record.quarantined, unrounded) {
+        tracing::error!(table = %schema.id, reason = %why, "table quarantined in the MySQL target");
+        record.quarantined = Some(why);
     }
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record).await?;

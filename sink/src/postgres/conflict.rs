@@ -572,6 +572,12 @@ struct Outcome {
 /// ones): "fkey".
 const KEY_LOCK_CLASS: i32 = 0x666b_6579;
 
+/// How many locks [`KeyLocks`] spreads a table's keys over. Each lock held is an entry in PostgreSQL's shared lock
+/// table (`max_locks_per_transaction` × connections, 6,400 by default), and a transaction may apply 100,000
+/// changes: a lock per key would exhaust it, so keys share a lock by their hash. Transactions that meet few keys
+/// still rarely wait for each other.
+const KEY_LOCKS_PER_TABLE: i32 = 256;
+
 /// The statement of [`KeyLocks`] for `table`: `$1…$k` the key columns' texts, `$k+1` the table's name.
 fn key_lock_statement(table: &TableSchema, types: &[String]) -> String {
     let keys = &table.primary_key;
@@ -582,8 +588,10 @@ fn key_lock_statement(table: &TableSchema, types: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, h) FROM (SELECT DISTINCT hashtext(${t} || ARRAY[{key_text}]::text)          AS h FROM ({unnest}) u ORDER BY 1) k",
+        "SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, l) FROM (SELECT DISTINCT hashtext(${t}) # \
+         (hashtext(ARRAY[{key_text}]::text) & {mask}) AS l FROM ({unnest}) u ORDER BY 1) k",
         t = keys.len() + 1,
+        mask = KEY_LOCKS_PER_TABLE - 1,
         unnest = unnest(keys.len(), 0, &[]),
     )
 }
@@ -591,9 +599,9 @@ fn key_lock_statement(table: &TableSchema, types: &[String]) -> String {
 /// Serializes Ferry's writers of the same keys of a table until the transaction ends: a pipeline per peer writes
 /// into this target, and each statement decides on the snapshot it starts with. Two of them deciding one missing
 /// key at once would each miss the other's write (an insert beside a delete that found no row and left a
-/// tombstone), and this target would keep a row its peers deleted. The locks are taken, in hash order, by a
-/// statement of their own that runs before the deciding ones, so those start from a snapshot holding every
-/// earlier writer's commit.
+/// tombstone), and this target would keep a row its peers deleted. The locks ([`KEY_LOCKS_PER_TABLE`] per table,
+/// a key's by its hash) are taken in order by a statement of their own that runs before the deciding ones, so
+/// those start from a snapshot holding every earlier writer's commit.
 struct KeyLocks {
     sql: String,
     params: Vec<Box<dyn ToSql + Sync + Send>>,

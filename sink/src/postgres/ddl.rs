@@ -373,7 +373,7 @@ fn step_sql(schema: &TableSchema, step: &Step) -> Vec<String> {
         } => {
             let mut out = Vec::new();
             let c = &schema.columns[*i];
-            if *ty && !computed_by_target(schema, *i) {
+            if ty.is_some() && !computed_by_target(schema, *i) {
                 let t = pg_type(schema, *i);
                 out.push(format!(
                     "ALTER TABLE {name} ALTER COLUMN {0} TYPE {t} USING {0}::{t}",
@@ -473,6 +473,24 @@ pub async fn ensure_table(
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;
+    }
+    // A MySQL / MariaDB source cut a time or datetime column's fractional digits: it rewrote its rows truncating
+    // (MariaDB) or rounding half up (MySQL), as the ALTER's sql_mode said; PostgreSQL's cast rounds ties by its own
+    // rule, and the sink does not know which the source did.
+    let uncut = evolve::unfollowed_type_change(
+        schema,
+        &steps,
+        |c, old| {
+            !(schema.dialect == Dialect::Mysql
+                && ferry_core::type_change::fraction_digits(old).is_some()
+                && ferry_core::type_change::narrows(old, &c.source_type))
+        },
+        "the source cut the fractional seconds its rows held by a rule (MariaDB truncates, MySQL rounds, as the \
+         statement's sql_mode says) this target cannot know",
+    );
+    if let (None, Some(why)) = (&record.quarantined, uncut) {
+        tracing::error!(table = %schema.id, reason = %why, "table quarantined in the PostgreSQL target");
+        record.quarantined = Some(why);
     }
     if applied.get(&schema.id) != Some(&record) {
         save_record(client, (pipeline, sink), &schema.id, &record).await?;

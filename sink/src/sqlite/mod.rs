@@ -744,24 +744,12 @@ fn ensure_table(
     evolve::check_required_target_columns(schema, &required)?;
     // SQLite keeps stored values as they arrived: a type change that changes values at the source (a smaller
     // scale rounds, text becomes a date) leaves them different here until the table is copied anew.
-    let previous = applied.get(&schema.id);
-    let unconverted = steps.iter().find_map(|step| {
-        let Step::AlterColumn { i, ty: true, .. } = step else {
-            return None;
-        };
-        let c = &schema.columns[*i];
-        let old = previous?.columns.iter().find(|p| match (p.source_id, c.source_id) {
-            (Some(a), Some(b)) => a == b,
-            _ => p.name == c.name || c.previous_name.as_deref() == Some(p.name.as_str()),
-        })?;
-        (!ferry_core::type_change::values_survive(&old.source_type, &c.source_type)).then(|| {
-            format!(
-                "column {} changed type from {} to {}, and SQLite keeps the values it holds as they were; copy \
-                 the table anew (`ferry snapshot --table`, or `ferry reset` for a MySQL source)",
-                c.name, old.source_type, c.source_type
-            )
-        })
-    });
+    let unconverted = evolve::unfollowed_type_change(
+        schema,
+        &steps,
+        |c, old| ferry_core::type_change::values_survive(old, &c.source_type),
+        "SQLite keeps the values it holds as they were",
+    );
     if let Some(why) = &unconverted {
         error!(table = %schema.id, reason = %why, "table quarantined in the SQLite target");
     }

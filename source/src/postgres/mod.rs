@@ -334,6 +334,7 @@ pub async fn run(
             resume.is_some(),
         ),
         relation_shapes: Default::default(),
+        relation_columns: Default::default(),
     };
     if resume.is_some() {
         streamer.resume_recopies(recopies).await?;

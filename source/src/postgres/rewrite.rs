@@ -26,7 +26,11 @@ LANGUAGE plpgsql AS $f$
 BEGIN
   PERFORM pg_logical_emit_message(true, 'ferry_rewrite',
     pg_event_trigger_table_rewrite_oid()::oid::text || E'\\t' || pg_event_trigger_table_rewrite_reason() || E'\\t'
-    || current_setting('TimeZone') || E'\\t' || current_setting('DateStyle') || E'\\t' || current_query());
+    || current_setting('TimeZone') || E'\\t' || current_setting('DateStyle') || E'\\t'
+    || (SELECT coalesce(json_agg(json_build_array(attname, atttypid::int8, atttypmod) ORDER BY attnum), '[]')
+        FROM pg_attribute WHERE attrelid = pg_event_trigger_table_rewrite_oid() AND attnum > 0
+        AND NOT attisdropped)::text
+    || E'\\t' || current_query());
 END $f$;
 CREATE OR REPLACE FUNCTION public.ferry_ddl_end() RETURNS event_trigger LANGUAGE plpgsql AS $f$
 DECLARE
@@ -100,21 +104,45 @@ pub struct Rewrite {
     /// The rewriting session's `TimeZone` and `DateStyle`: a date/time type change's values depend on them.
     pub timezone: String,
     pub datestyle: String,
+    /// The rewritten relation's columns as the rewrite leaves them (name, type OID, type modifier), when the
+    /// notice carries them (`table_rewrite` notices from this version on).
+    pub columns: Option<Vec<(String, u32, i32)>>,
     pub statement: String,
 }
 
 impl Rewrite {
-    /// Parses a notice's content: `<oid>\t<reason>\t<TimeZone>\t<DateStyle>\t<statement>`.
+    /// Parses a notice's content: `<oid>\t<reason>\t<TimeZone>\t<DateStyle>\t[<columns>\t]<statement>`, where
+    /// `<columns>` is a JSON array of `[name, type OID, type modifier]` (a statement never starts with `[`).
     pub fn parse(content: &[u8]) -> Option<Rewrite> {
         let text = std::str::from_utf8(content).ok()?;
         let mut parts = text.splitn(5, '\t');
+        let (oid, reason, timezone, datestyle) = (
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.to_owned(),
+            parts.next()?.to_owned(),
+        );
+        let rest = parts.next().unwrap_or_default();
+        let (columns, statement) = match rest.split_once('\t') {
+            // Columns that do not read leave the notice as it was before they were sent.
+            Some((json, statement)) if json.starts_with('[') => {
+                (serde_json::from_str(json).ok(), statement)
+            }
+            _ => (None, rest),
+        };
         Some(Rewrite {
-            oid: parts.next()?.parse().ok()?,
-            reason: parts.next()?.parse().ok()?,
-            timezone: parts.next()?.to_owned(),
-            datestyle: parts.next()?.to_owned(),
-            statement: parts.next().unwrap_or_default().to_owned(),
+            oid,
+            reason,
+            timezone,
+            datestyle,
+            columns,
+            statement: statement.to_owned(),
         })
+    }
+
+    /// Whether the rewrite changed a column's type (the targets follow the notice's column types then).
+    pub fn changes_types(&self) -> bool {
+        self.reason & COLUMN_REWRITE != 0
     }
 
     /// `Err(why)` when a target cannot derive the rewritten rows from the ones it has.
@@ -327,5 +355,29 @@ mod tests {
         assert_eq!(int.reproducible(), Ok(()));
         assert!(Rewrite::parse(b"x\t4\tUTC\tISO\tALTER").is_none());
         assert!(Rewrite::parse(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn notices_carry_the_columns_as_the_rewrite_leaves_them() {
+        let n = Rewrite::parse(
+            b"16384\t4\tUTC\tISO, MDY\t[[\"id\", 23, -1], [\"a\\tb\", 1700, 786438]]\tALTER TABLE t ALTER \"a\tb\" TYPE numeric(12,2)",
+        )
+        .unwrap();
+        assert_eq!(
+            n.columns,
+            Some(vec![("id".into(), 23, -1), ("a\tb".into(), 1700, 786438)])
+        );
+        assert_eq!(
+            n.statement,
+            "ALTER TABLE t ALTER \"a\tb\" TYPE numeric(12,2)"
+        );
+        assert!(n.changes_types());
+        // A notice from before the columns were sent (still in the WAL), its statement holding a tab.
+        let old =
+            Rewrite::parse(b"16384\t4\tUTC\tISO, MDY\tALTER TABLE t\tALTER n TYPE bigint").unwrap();
+        assert_eq!(old.columns, None);
+        assert_eq!(old.statement, "ALTER TABLE t\tALTER n TYPE bigint");
+        let unread = Rewrite::parse(b"16384\t4\tUTC\tISO\t[not json\tALTER").unwrap();
+        assert_eq!((unread.columns, unread.statement.as_str()), (None, "ALTER"));
     }
 }

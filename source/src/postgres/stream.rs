@@ -142,6 +142,9 @@ pub(crate) struct Streamer {
     pub live: super::live::Live,
     /// Each relation's last Relation message as handled (`live::relation_shape`).
     pub relation_shapes: HashMap<u32, String>,
+    /// Each relation's columns and replica identity as its last Relation message gave them: a rewrite notice
+    /// describes the table anew from them with the types the rewrite left.
+    pub relation_columns: HashMap<u32, (Vec<RawColumn>, u8)>,
     pub replay_decoder: Decoder,
 }
 
@@ -893,6 +896,8 @@ impl Streamer {
                         self.relations.get(&oid).map(|s| s.as_ref()),
                     )
                     .await?;
+                self.relation_columns
+                    .insert(oid, (raw.clone(), replica_identity));
                 let changed = self.relations.get(&oid).is_none_or(|old| {
                     old.id != schema.id
                         || old.columns != schema.columns
@@ -1063,26 +1068,11 @@ impl Streamer {
         };
         let Err(why) = rewrite.reproducible() else {
             debug!(oid = rewrite.oid, statement = %rewrite.statement, "a table rewrite the targets reproduce");
+            return self.describe_rewritten(&rewrite, out).await;
+        };
+        let Some((oid, table)) = self.published_root(rewrite.oid).await? else {
             return Ok(());
         };
-        // The published table (a partition's root) the rewritten relation belongs to.
-        let row = self
-            .catalog
-            .client()
-            .query_opt(
-                "SELECT n.nspname::text, c.relname::text, c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.oid = coalesce(pg_partition_root($1::int8::oid), $1::int8::oid) \
-                 AND EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2 \
-                             AND p.schemaname = n.nspname AND p.tablename = c.relname)",
-                &[&i64::from(rewrite.oid), &self.publication],
-            )
-            .await
-            .map_err(|e| Error::transient("reading the rewritten table", e))?;
-        let Some(row) = row else {
-            return Ok(());
-        };
-        let table = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        let oid = row.get::<_, i64>(2) as u32;
         // Rows already copied into a re-copy's shadow hold the values from before the rewrite, which no row event
         // will correct: whatever the policy, that copy starts over.
         let recopying = self.recopies.is_active(oid);
@@ -1117,6 +1107,101 @@ impl Streamer {
                 self.start_recopy(table, out).await
             }
         }
+    }
+
+    /// A type change the targets reproduce takes effect on them here, where the source rewrote its rows: the
+    /// stream would describe the table only with its next change, so a quiet table's copies would keep the old
+    /// values until then, and a narrowing undone before it (`numeric(12,4)` → `(12,2)` → `(12,4)`) would never reach
+    /// them, though it rounded every source row. The new types are the notice's; the rest is as the table's last
+    /// Relation message described it.
+    async fn describe_rewritten(
+        &mut self,
+        rewrite: &Rewrite,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), Error> {
+        let Some(types) = rewrite.columns.as_ref().filter(|_| rewrite.changes_types()) else {
+            return Ok(());
+        };
+        let Some((oid, table)) = self.published_root(rewrite.oid).await? else {
+            return Ok(());
+        };
+        // The columns as the table's last Relation message gave them, with the notice's types; a table this
+        // session has not described yet (copied by the snapshot, quiet since) takes the notice's columns, as the
+        // snapshot took the catalog's.
+        let notice = || {
+            types
+                .iter()
+                .map(|(name, oid, modifier)| RawColumn {
+                    name: name.clone(),
+                    type_oid: *oid,
+                    type_modifier: *modifier,
+                    is_key: false,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (raw, identity) = match self.relation_columns.get(&oid) {
+            Some((raw, identity)) => (
+                raw.iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        if let Some((_, oid, modifier)) =
+                            types.iter().find(|(name, ..)| *name == c.name)
+                        {
+                            (c.type_oid, c.type_modifier) = (*oid, *modifier);
+                        }
+                        c
+                    })
+                    .collect(),
+                Some(*identity),
+            ),
+            None => (notice(), None),
+        };
+        let previous = self.relations.get(&oid).cloned();
+        self.schema_versions += 1;
+        let schema = self
+            .catalog
+            .table_schema(
+                oid,
+                table,
+                &raw,
+                identity,
+                self.schema_versions,
+                previous.as_deref(),
+            )
+            .await?;
+        if previous.is_some_and(|p| p.columns == schema.columns) {
+            return Ok(());
+        }
+        info!(table = %schema.id, statement = %rewrite.statement.trim(), "a type change rewrote the table: the targets follow it here");
+        if let Some(identity) = identity {
+            self.relation_columns.insert(oid, (raw, identity));
+        }
+        self.relations.insert(oid, schema.clone());
+        self.unannounced.remove(&oid);
+        out.push_back(Event::Schema(schema));
+        Ok(())
+    }
+
+    /// The published table (a partition's root) relation `oid` belongs to, if it is published.
+    async fn published_root(&mut self, oid: u32) -> Result<Option<(u32, TableId)>, Error> {
+        let row = self
+            .catalog
+            .client()
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text, c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = coalesce(pg_partition_root($1::int8::oid), $1::int8::oid) \
+                 AND EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2 \
+                             AND p.schemaname = n.nspname AND p.tablename = c.relname)",
+                &[&i64::from(oid), &self.publication],
+            )
+            .await
+            .map_err(|e| Error::transient("reading the rewritten table", e))?;
+        Ok(row.map(|row| {
+            (
+                row.get::<_, i64>(2) as u32,
+                TableId::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+            )
+        }))
     }
 
     /// A listed table dropped and created again at the source is no longer in the publication, so its rows stop
