@@ -115,18 +115,18 @@ fn mariadb_fractional_seconds_cut_are_followed_or_quarantined() {
     let cfg = fan_out(&my, &pg, dir.path(), "frac", "tables = [\"shop.t\"]");
     let ferry = Ferry::start(&cfg, &dir.path().join("f.log"));
     ferry.wait_streaming();
+    // A row after the snapshot, so that the stream has described the table.
+    my.sql("INSERT INTO shop.t VALUES (5, '2020-02-02 02:02:02.222222', '02:02:02.222222')");
     wait_targets(
         &my,
         &pg,
         dir.path(),
         &ferry,
         ("SELECT count(*) FROM {t}", "t"),
-        "3",
+        "4",
     );
-    my.sql(
-        "ALTER TABLE shop.t MODIFY d datetime(3), MODIFY tm time(3);
-         INSERT INTO shop.t VALUES (4, '2024-01-01 00:00:00.5', '01:02:03.5');",
-    );
+    // The cut, and no row after it: the targets follow at the ALTER.
+    my.sql("ALTER TABLE shop.t MODIFY d datetime(3), MODIFY tm time(3)");
     let all = "SELECT id, CAST(d AS CHAR), CAST(tm AS CHAR) FROM {t} ORDER BY id";
     let source = my.sql(&all.replace("{t}", "shop.t")).replace('\t', "|");
     let copied = wait_until(WAIT, || {
@@ -152,6 +152,18 @@ fn mariadb_fractional_seconds_cut_are_followed_or_quarantined() {
     assert!(ferry
         .log()
         .contains("column d changed type from datetime(6) to datetime(3)"));
+    // Later rows reach the MariaDB copy only.
+    my.sql("INSERT INTO shop.t VALUES (4, '2024-01-01 00:00:00.5', '01:02:03.5')");
+    let source = my.sql(&all.replace("{t}", "shop.t")).replace('\t', "|");
+    assert!(
+        wait_until(WAIT, || my
+            .try_sql(&all.replace("{t}", "copy.t"))
+            .map(|s| s.replace('\t', "|"))
+            .ok()
+            == Some(source.clone())),
+        "the MariaDB copy differs from\n{source}\n{}",
+        ferry.log()
+    );
     assert_eq!(
         pg.psql("replica", "SELECT count(*) FROM shop.t WHERE id = 4"),
         "0"

@@ -259,6 +259,54 @@ fn fractional_seconds_cut_at_the_source_are_rounded_alike_or_quarantined() {
     assert!(ferry.terminate().success());
 }
 
+/// Arrays and intervals whose values a type change rounds at the source: MariaDB holds them as JSON and text,
+/// which its `MODIFY` does not touch, so it quarantines the table, as SQLite does; PostgreSQL follows.
+#[test]
+fn array_and_interval_values_cut_at_the_source_are_followed_or_quarantined() {
+    let t = targets("cut");
+    t.pg.psql(
+        "shop",
+        "CREATE TABLE h (id int PRIMARY KEY, ta timestamp(6)[], na numeric(12,4)[], iv interval);
+         INSERT INTO h VALUES (1, '{\"1999-12-31 23:59:59.5\"}', '{1.2346,2.55}', '1.5 s'), (2, '{}', '{}', '-1 day 02:03:04.5');",
+    );
+    let ferry = t.start("f.log");
+    ferry.wait_streaming();
+    let q = "SELECT id, ta::text, na::text, iv::text FROM h ORDER BY id";
+    let expected = t.pg.psql("shop", q);
+    assert!(
+        wait_until(WAIT, || t.pg.try_psql("replica", q).ok().as_deref()
+            == Some(&expected)),
+        "{}",
+        ferry.log()
+    );
+    t.pg.psql(
+        "shop",
+        "ALTER TABLE h ALTER COLUMN ta TYPE timestamp(0)[], ALTER COLUMN na TYPE numeric(12,1)[],
+           ALTER COLUMN iv TYPE interval(0)",
+    );
+    let expected = t.pg.psql("shop", q);
+    assert_eq!(
+        expected,
+        "1|{\"1999-12-31 23:59:59\"}|{1.2,2.6}|00:00:02\n2|{}|{}|-1 days +02:03:05"
+    );
+    assert!(
+        wait_until(WAIT, || t.pg.try_psql("replica", q).ok().as_deref()
+            == Some(&expected)),
+        "{}",
+        ferry.log()
+    );
+    for target in ["MySQL", "SQLite"] {
+        assert!(
+            wait_until(WAIT, || ferry
+                .log()
+                .contains(&format!("table quarantined in the {target} target"))),
+            "{target} did not quarantine the table\n{}",
+            ferry.log()
+        );
+    }
+    assert!(ferry.terminate().success());
+}
+
 /// A type change reaches the targets where the source rewrote its rows, not with the table's next change: a
 /// narrowing of a quiet table rounds the targets' copies at once, and one undone before any change (which the
 /// stream alone never shows) still leaves them rounded as the source's.

@@ -23,6 +23,10 @@ pub fn values_survive(old: &str, new: &str) -> bool {
         Some((size, unsigned))
     };
     let strings = ["character varying", "varchar", "text", "character", "char"];
+    // Arrays keep their values when their elements do.
+    if let (Some(o), Some(n)) = (old.trim().strip_suffix("[]"), new.trim().strip_suffix("[]")) {
+        return values_survive(o, n);
+    }
     if let (Some((ok, od)), Some((nk, nd))) = (fraction_digits(old), fraction_digits(new)) {
         return ok == nk && nd >= od;
     }
@@ -81,6 +85,9 @@ pub fn narrows(old: &str, new: &str) -> bool {
             other => other,
         }
     }
+    if let (Some(o), Some(n)) = (old.trim().strip_suffix("[]"), new.trim().strip_suffix("[]")) {
+        return narrows(o, n);
+    }
     if let (Some((ok, od)), Some((nk, nd))) = (fraction_digits(old), fraction_digits(new)) {
         return ok == nk && nd < od;
     }
@@ -112,8 +119,8 @@ fn spelling(t: &str) -> (String, Vec<u32>) {
     }
 }
 
-/// For a time, timestamp or datetime type: its spelling without arguments, and how many fractional digits of a
-/// second it keeps. When none are given: PostgreSQL's 6 (it spells the zone: `time without time zone`), MySQL's 0
+/// For a time, timestamp, datetime or interval type: its spelling without arguments, and how many fractional digits
+/// of a second it keeps. When none are given: PostgreSQL's 6 (it spells the zone: `time without time zone`), MySQL's 0
 /// (`time`, `timestamp`, `datetime`). `None` for other types.
 pub fn fraction_digits(t: &str) -> Option<(String, u32)> {
     let (base, args) = spelling(t);
@@ -125,6 +132,8 @@ pub fn fraction_digits(t: &str) -> Option<(String, u32)> {
         | "time without time zone"
         | "time with time zone"
         | "timetz" => 6,
+        // `interval`, `interval(3)`, `interval day to second(3)`: the fields are part of the kind.
+        b if b == "interval" || b.starts_with("interval ") => 6,
         _ => return None,
     };
     let digits = args.first().copied().unwrap_or(default);
@@ -226,6 +235,10 @@ mod survive_tests {
             ("datetime", "datetime(6)"),
             ("int(11) unsigned", "bigint(20) unsigned"),
             ("int unsigned", "bigint"),
+            ("integer[]", "bigint[]"),
+            ("numeric(12,2)[]", "numeric(14,4)[]"),
+            ("interval(0)", "interval"),
+            ("interval day to second(1)", "interval day to second(3)"),
         ] {
             assert!(values_survive(old, new), "{old} -> {new}");
         }
@@ -250,6 +263,14 @@ mod survive_tests {
             ("time(3)", "time"),
             ("int", "int unsigned"),
             ("int unsigned", "int"),
+            ("numeric(12,4)[]", "numeric(12,1)[]"),
+            (
+                "timestamp(6) without time zone[]",
+                "timestamp(0) without time zone[]",
+            ),
+            ("interval", "interval(0)"),
+            ("interval", "interval hour to minute"),
+            ("interval day to second(3)", "interval day to second(1)"),
         ] {
             assert!(!values_survive(old, new), "{old} -> {new}");
         }

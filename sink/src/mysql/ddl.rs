@@ -450,16 +450,21 @@ pub async fn ensure_table(
     if lost.is_some() {
         record.quarantined = lost;
     }
-    // A PostgreSQL `time with time zone` is text here: its fractional digits cut at the source cannot be rounded.
+    // A PostgreSQL source's `time with time zone`, `interval` and arrays are text or JSON here, which `MODIFY` does
+    // not convert: a type change that changed their values at the source (fewer fractional digits or fields, an
+    // element type's narrowing) cannot be followed.
     let unrounded = evolve::unfollowed_type_change(
         schema,
         &steps,
         |c, old| {
             !(schema.dialect == Dialect::Postgres
-                && c.ty == ColumnType::TimeTz
-                && ferry_core::type_change::narrows(old, &c.source_type))
+                && matches!(
+                    c.ty,
+                    ColumnType::TimeTz | ColumnType::Interval | ColumnType::Array(_)
+                )
+                && !ferry_core::type_change::values_survive(old, &c.source_type))
         },
-        "the source rounded the values, which this target holds as text and cannot round alike",
+        "the source changed the values, which this target holds as text or JSON and cannot change alike",
     );
     if let (None, Some(why)) = (&record.quarantined, unrounded) {
         tracing::error!(table = %schema.id, reason = %why, "table quarantined in the MySQL target");

@@ -626,7 +626,7 @@ impl Decoder {
         if let Ok(Ddl::Alter(table, specs)) = parse_ddl(sql, db) {
             let mut hints = Vec::new();
             let mut unknown = None;
-            for spec in specs {
+            for spec in specs.clone() {
                 match spec {
                     AlterSpec::RenameColumn(from, to) => hints.push(ColumnHint::Renamed { from, to }),
                     AlterSpec::Change(from, def, _) if from != def.name => {
@@ -656,6 +656,7 @@ impl Decoder {
                     _ => {}
                 }
             }
+            renamed.extend(self.retyped(&table, &specs));
             if let Some(why) = unknown {
                 let quoted: String = sql.chars().take(500).collect();
                 return Err(self.fail(
@@ -695,6 +696,51 @@ impl Decoder {
                 Ok(renamed)
             }
         }
+    }
+
+    /// A known table's schema after `MODIFY` / `CHANGE` (without a rename) cut a column's digits within its type
+    /// (`datetime(6)` → `datetime(3)`, `decimal(12,4)` → `decimal(12,2)`): the server rewrote the rows, without row
+    /// events, so the targets must follow here, not with the table's next row (a quiet table would keep its
+    /// values). A table not seen since Ferry started is described with its next row.
+    fn retyped(&mut self, table: &TableId, specs: &[AlterSpec]) -> Option<SchemaRef> {
+        use ferry_core::type_change::values_survive;
+        let known = self.schemas.get(table)?;
+        let base = |t: &str| {
+            t.split('(')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        };
+        let mut schema = (**known).clone();
+        let mut changed = false;
+        for spec in specs {
+            let AlterSpec::Change(from, def, _) = spec else {
+                continue;
+            };
+            let Some(c) = schema
+                .columns
+                .iter_mut()
+                .find(|c| c.name == *from && *from == def.name)
+            else {
+                continue;
+            };
+            let new = def.column_type.to_ascii_lowercase();
+            if base(&c.source_type) == base(&new) && !values_survive(&c.source_type, &new) {
+                c.source_type = new;
+                c.nullable = def.nullable;
+                changed = true;
+            }
+        }
+        if !changed {
+            return None;
+        }
+        self.schema_versions += 1;
+        schema.version = self.schema_versions;
+        let schema = Arc::new(schema);
+        self.schemas.insert(table.clone(), schema.clone());
+        self.unannounced.remove(table);
+        Some(schema)
     }
 
     fn table_map(&mut self, tme: &TableMapEvent<'_>, end: u64) -> Result<(), Error> {
