@@ -103,7 +103,7 @@ pub fn narrows(old: &str, new: &str) -> bool {
 
 /// A type's spelling without its `(…)` arguments (`timestamp(3) without time zone` → `timestamp without time
 /// zone`), and those arguments.
-fn spelling(t: &str) -> (String, Vec<u32>) {
+pub fn spelling(t: &str) -> (String, Vec<u32>) {
     let t = t.trim().to_ascii_lowercase();
     match (t.find('('), t.find(')')) {
         (Some(open), Some(close)) if open < close => (

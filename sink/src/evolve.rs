@@ -131,16 +131,21 @@ impl Applied {
     }
 }
 
-/// Why a target cannot follow a type change among `steps` (the quarantine reason), by the target's own rule
-/// `follows(column, old_type)`: a change that rewrote the source's values without a row event for any of them,
-/// which the target cannot do to its copies in the same way (`why` says what the target does instead).
-pub fn unfollowed_type_change(
+/// Quarantines `record` (unless it already is) when the target cannot follow a type change among `steps`, by its
+/// own rule `follows(column, old_type)`: a change that rewrote the source's values without a row event for any of
+/// them, which the target cannot do to its copies in the same way (`why` says what the target does instead).
+/// Logged at ERROR, naming the `target` kind.
+pub fn quarantine_unfollowed(
+    record: &mut Applied,
     schema: &TableSchema,
     steps: &[Step],
     follows: impl Fn(&ferry_core::Column, &str) -> bool,
-    why: &str,
-) -> Option<String> {
-    steps.iter().find_map(|step| {
+    (why, target): (&str, &str),
+) {
+    if record.quarantined.is_some() {
+        return;
+    }
+    let reason = steps.iter().find_map(|step| {
         let Step::AlterColumn { i, ty: Some(old), .. } = step else {
             return None;
         };
@@ -152,7 +157,11 @@ pub fn unfollowed_type_change(
                 c.name, c.source_type
             )
         })
-    })
+    });
+    if let Some(reason) = reason {
+        tracing::error!(table = %schema.id, %reason, "table quarantined in the {target} target");
+        record.quarantined = Some(reason);
+    }
 }
 
 /// Whether the target table of `schema` was dropped outside Ferry: this sink wrote it (its record has columns,

@@ -453,7 +453,8 @@ pub async fn ensure_table(
     // A PostgreSQL source's `time with time zone`, `interval` and arrays are text or JSON here, which `MODIFY` does
     // not convert: a type change that changed their values at the source (fewer fractional digits or fields, an
     // element type's narrowing) cannot be followed.
-    let unrounded = evolve::unfollowed_type_change(
+    evolve::quarantine_unfollowed(
+        &mut record,
         schema,
         &steps,
         |c, old| {
@@ -464,12 +465,11 @@ pub async fn ensure_table(
                 )
                 && !ferry_core::type_change::values_survive(old, &c.source_type))
         },
-        "the source changed the values, which this target holds as text or JSON and cannot change alike",
+        (
+            "the source changed the values, which this target holds as text or JSON and cannot change alike",
+            "MySQL",
+        ),
     );
-    if let (None, Some(why)) = (&record.quarantined, unrounded) {
-        tracing::error!(table = %schema.id, reason = %why, "table quarantined in the MySQL target");
-        record.quarantined = Some(why);
-    }
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);

@@ -477,7 +477,8 @@ pub async fn ensure_table(
     // A MySQL / MariaDB source cut a time or datetime column's fractional digits: it rewrote its rows truncating
     // (MariaDB) or rounding half up (MySQL), as the ALTER's sql_mode said; PostgreSQL's cast rounds ties by its own
     // rule, and the sink does not know which the source did.
-    let uncut = evolve::unfollowed_type_change(
+    evolve::quarantine_unfollowed(
+        &mut record,
         schema,
         &steps,
         |c, old| {
@@ -485,13 +486,12 @@ pub async fn ensure_table(
                 && ferry_core::type_change::fraction_digits(old).is_some()
                 && ferry_core::type_change::narrows(old, &c.source_type))
         },
-        "the source cut the fractional seconds its rows held by a rule (MariaDB truncates, MySQL rounds, as the \
-         statement's sql_mode says) this target cannot know",
+        (
+            "the source cut the fractional seconds its rows held by a rule (MariaDB truncates, MySQL rounds, as the \
+             statement's sql_mode says) this target cannot know",
+            "PostgreSQL",
+        ),
     );
-    if let (None, Some(why)) = (&record.quarantined, uncut) {
-        tracing::error!(table = %schema.id, reason = %why, "table quarantined in the PostgreSQL target");
-        record.quarantined = Some(why);
-    }
     if applied.get(&schema.id) != Some(&record) {
         save_record(client, (pipeline, sink), &schema.id, &record).await?;
         applied.insert(schema.id.clone(), record);

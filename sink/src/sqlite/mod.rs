@@ -744,22 +744,17 @@ fn ensure_table(
     evolve::check_required_target_columns(schema, &required)?;
     // SQLite keeps stored values as they arrived: a type change that changes values at the source (a smaller
     // scale rounds, text becomes a date) leaves them different here until the table is copied anew.
-    let unconverted = evolve::unfollowed_type_change(
-        schema,
-        &steps,
-        |c, old| ferry_core::type_change::values_survive(old, &c.source_type),
-        "SQLite keeps the values it holds as they were",
-    );
-    if let Some(why) = &unconverted {
-        error!(table = %schema.id, reason = %why, "table quarantined in the SQLite target");
-    }
     let mut record = Applied::following(schema, applied.get(&schema.id));
     if lost.is_some() {
         record.quarantined = lost;
     }
-    if unconverted.is_some() && record.quarantined.is_none() {
-        record.quarantined = unconverted;
-    }
+    evolve::quarantine_unfollowed(
+        &mut record,
+        schema,
+        &steps,
+        |c, old| ferry_core::type_change::values_survive(old, &c.source_type),
+        ("SQLite keeps the values it holds as they were", "SQLite"),
+    );
     if applied.get(&schema.id) != Some(&record) {
         save_record(conn, (pipeline, sink), &schema.id, &record)?;
         applied.insert(schema.id.clone(), record);

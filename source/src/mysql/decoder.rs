@@ -703,15 +703,8 @@ impl Decoder {
     /// events, so the targets must follow here, not with the table's next row (a quiet table would keep its
     /// values). A table not seen since Ferry started is described with its next row.
     fn retyped(&mut self, table: &TableId, specs: &[AlterSpec]) -> Option<SchemaRef> {
-        use ferry_core::type_change::values_survive;
+        use ferry_core::type_change::{spelling, values_survive};
         let known = self.schemas.get(table)?;
-        let base = |t: &str| {
-            t.split('(')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        };
         let mut schema = (**known).clone();
         let mut changed = false;
         for spec in specs {
@@ -726,7 +719,9 @@ impl Decoder {
                 continue;
             };
             let new = def.column_type.to_ascii_lowercase();
-            if base(&c.source_type) == base(&new) && !values_survive(&c.source_type, &new) {
+            if spelling(&c.source_type).0 == spelling(&new).0
+                && !values_survive(&c.source_type, &new)
+            {
                 c.source_type = new;
                 c.nullable = def.nullable;
                 changed = true;
